@@ -1,0 +1,16 @@
+//! edgemed-models: the reference architectures of edgemed's seed papers, built
+//! from base weights (safetensors, documented names) or a seeded initialisation
+//! and emitted as ONNX with prost. Host-side only; the device runtime does not link it.
+//!
+//! - [`eq_mobilenet_v2`]: rotation-equivariant MobileNetV2 for C_N (PCam).
+//! - [`rotation`]: rotated filter banks (grid rotations, steerable basis).
+//! - [`onnx`]: the graph builder all exporters share.
+//! - [`weights`]: named tensors and their safetensors form.
+
+pub mod eq_mobilenet_v2;
+pub mod error;
+pub mod onnx;
+pub mod rotation;
+pub mod weights;
+
+pub use error::{Error, Result};

@@ -1,0 +1,145 @@
+//! A small ONNX graph builder over the protobuf types tract exposes
+//! (`tract_onnx::pb`), and saving a model so that it is never half-written.
+
+use std::path::Path;
+
+use edgemed_runtime::tract_onnx::pb;
+use prost::Message;
+
+use crate::error::Result;
+
+pub const OPSET: i64 = 13;
+/// IR version 8 goes with opset 13-17 and loads in every ONNX Runtime since 1.10.
+pub const IR_VERSION: i64 = 8;
+
+/// A dimension when declaring graph inputs and outputs.
+#[derive(Debug, Clone)]
+pub enum D {
+    N(i64),
+    Sym(&'static str),
+}
+
+pub enum Attr {
+    Int(&'static str, i64),
+    Ints(&'static str, Vec<i64>),
+    Float(&'static str, f32),
+}
+
+#[derive(Default)]
+pub struct GraphBuilder {
+    pub graph: pb::GraphProto,
+}
+
+fn value_info(name: &str, elem_type: pb::tensor_proto::DataType, dims: &[D]) -> pb::ValueInfoProto {
+    use pb::tensor_shape_proto::{dimension::Value, Dimension};
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            denotation: String::new(),
+            value: Some(match d {
+                D::N(n) => Value::DimValue(*n),
+                D::Sym(s) => Value::DimParam(s.to_string()),
+            }),
+        })
+        .collect();
+    pb::ValueInfoProto {
+        name: name.to_string(),
+        r#type: Some(pb::TypeProto {
+            denotation: String::new(),
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: elem_type as i32,
+                shape: Some(pb::TensorShapeProto { dim }),
+            })),
+        }),
+        doc_string: String::new(),
+    }
+}
+
+pub fn tensor_f32(name: &str, shape: &[usize], data: &[f32]) -> pb::TensorProto {
+    assert_eq!(shape.iter().product::<usize>(), data.len(), "initializer {name}: shape and data disagree");
+    pb::TensorProto {
+        name: name.to_string(),
+        dims: shape.iter().map(|d| *d as i64).collect(),
+        data_type: pb::tensor_proto::DataType::Float as i32,
+        raw_data: data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+pub fn tensor_i64(name: &str, shape: &[usize], data: &[i64]) -> pb::TensorProto {
+    assert_eq!(shape.iter().product::<usize>(), data.len(), "initializer {name}: shape and data disagree");
+    pb::TensorProto {
+        name: name.to_string(),
+        dims: shape.iter().map(|d| *d as i64).collect(),
+        data_type: pb::tensor_proto::DataType::Int64 as i32,
+        raw_data: data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+impl GraphBuilder {
+    pub fn new(name: &str) -> Self {
+        GraphBuilder { graph: pb::GraphProto { name: name.to_string(), ..Default::default() } }
+    }
+
+    pub fn input_f32(&mut self, name: &str, dims: &[D]) {
+        self.graph.input.push(value_info(name, pb::tensor_proto::DataType::Float, dims));
+    }
+
+    pub fn output_f32(&mut self, name: &str, dims: &[D]) {
+        self.graph.output.push(value_info(name, pb::tensor_proto::DataType::Float, dims));
+    }
+
+    /// Adds a float initializer and returns its name.
+    pub fn init_f32(&mut self, name: &str, shape: &[usize], data: &[f32]) -> String {
+        self.graph.initializer.push(tensor_f32(name, shape, data));
+        name.to_string()
+    }
+
+    pub fn init_i64(&mut self, name: &str, shape: &[usize], data: &[i64]) -> String {
+        self.graph.initializer.push(tensor_i64(name, shape, data));
+        name.to_string()
+    }
+
+    /// Adds a node named `name` with one output, also called `name`, and returns it.
+    pub fn node(&mut self, op: &str, name: &str, inputs: &[&str], attrs: Vec<Attr>) -> String {
+        let attribute = attrs
+            .into_iter()
+            .map(|a| {
+                use pb::attribute_proto::AttributeType as T;
+                match a {
+                    Attr::Int(n, i) => pb::AttributeProto { name: n.into(), r#type: T::Int as i32, i, ..Default::default() },
+                    Attr::Ints(n, ints) => pb::AttributeProto { name: n.into(), r#type: T::Ints as i32, ints, ..Default::default() },
+                    Attr::Float(n, f) => pb::AttributeProto { name: n.into(), r#type: T::Float as i32, f, ..Default::default() },
+                }
+            })
+            .collect();
+        self.graph.node.push(pb::NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![name.to_string()],
+            name: name.to_string(),
+            op_type: op.to_string(),
+            attribute,
+            ..Default::default()
+        });
+        name.to_string()
+    }
+
+    pub fn into_model(self, producer: &str, metadata: &[(String, String)]) -> pb::ModelProto {
+        pb::ModelProto {
+            ir_version: IR_VERSION,
+            opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: OPSET }],
+            producer_name: producer.to_string(),
+            producer_version: env!("CARGO_PKG_VERSION").to_string(),
+            graph: Some(self.graph),
+            metadata_props: metadata.iter().map(|(k, v)| pb::StringStringEntryProto { key: k.clone(), value: v.clone() }).collect(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Encodes and writes a model through a temporary file and a rename.
+pub fn save(model: &pb::ModelProto, path: &Path) -> Result<()> {
+    edgemed_runtime::fsutil::write_atomic(path, &model.encode_to_vec())?;
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! The tract backend: parses the protobuf with tract-onnx, fixes the input
+//! shape, optimises once, then runs the plan for every batch.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use tract_onnx::prelude::*;
+
+use super::Backend;
+use crate::error::{Error, Result};
+use crate::model::OnnxModel;
+use crate::ndarray::ArrayD;
+
+pub struct TractBackend {
+    plan: std::sync::Arc<TypedSimplePlan>,
+    input_shape: Vec<usize>,
+}
+
+fn backend_err(e: impl std::fmt::Display) -> Error {
+    Error::Backend { backend: "tract", reason: e.to_string() }
+}
+
+impl TractBackend {
+    /// Compiles `model` for a concrete input shape (symbolic dims resolved by the caller).
+    pub fn new(model: &OnnxModel, input_shape: &[usize]) -> Result<Self> {
+        let unsupported = |e: TractError| Error::UnsupportedModel { path: model.path.clone(), reason: format!("{e:#}") };
+        // tract reports most problems as errors, but a malformed graph can trip an
+        // internal assertion; a device must not die on a bad file, so turn that into an error.
+        let built = catch_unwind(AssertUnwindSafe(|| -> TractResult<std::sync::Arc<TypedSimplePlan>> {
+            // Exporters annotate intermediate and output shapes with their own symbolic batch
+            // names; once the input shape is pinned those would fail to unify, and tract
+            // infers every shape from the input anyway.
+            tract_onnx::onnx()
+                .with_ignore_value_info(true)
+                .with_ignore_output_shapes(true)
+                .model_for_proto_model(&model.proto)?
+                .with_input_fact(0, f32::fact(input_shape).into())?
+                .into_optimized()?
+                .into_runnable()
+        }));
+        let plan = match built {
+            Ok(Ok(plan)) => plan,
+            Ok(Err(e)) => return Err(unsupported(e)),
+            Err(_) => {
+                return Err(Error::UnsupportedModel { path: model.path.clone(), reason: "tract failed while compiling the graph".into() })
+            }
+        };
+        Ok(TractBackend { plan, input_shape: input_shape.to_vec() })
+    }
+}
+
+impl Backend for TractBackend {
+    fn name(&self) -> &'static str {
+        "tract"
+    }
+
+    fn input_shape(&self) -> &[usize] {
+        &self.input_shape
+    }
+
+    fn run(&self, input: ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
+        if input.shape() != self.input_shape.as_slice() {
+            return Err(Error::WrongShape { got: input.shape().to_vec(), expected: self.input_shape.clone() });
+        }
+        let outputs = catch_unwind(AssertUnwindSafe(|| self.plan.run(tvec!(Tensor::from(input).into()))))
+            .map_err(|_| backend_err("tract panicked while running the model"))?
+            .map_err(|e| backend_err(format!("{e:#}")))?;
+        outputs
+            .into_iter()
+            .map(|t| {
+                let t = t.into_tensor().cast_to::<f32>().map_err(backend_err)?.into_owned();
+                t.into_plain_array::<f32>().map_err(backend_err)
+            })
+            .collect()
+    }
+}

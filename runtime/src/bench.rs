@@ -1,0 +1,75 @@
+//! Latency and throughput of a compiled model: warm-up, timed runs, percentiles,
+//! peak resident memory. Measurements for the `bench` subcommand, not tests.
+
+use std::time::{Duration, Instant};
+
+use crate::backend::Backend;
+use crate::error::Result;
+use crate::ndarray::{ArrayD, IxDyn};
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchStats {
+    pub backend: String,
+    pub batch: usize,
+    pub iterations: usize,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub mean_ms: f64,
+    /// Items (batch elements) per second at the median latency.
+    pub throughput: f64,
+    /// Peak resident set size of the whole process, in MiB (Linux only).
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// Runs `warmup` untimed then `iterations` timed inferences on a fixed pseudo-random input.
+pub fn bench(backend: &dyn Backend, warmup: usize, iterations: usize) -> Result<BenchStats> {
+    let shape = backend.input_shape().to_vec();
+    let n: usize = shape.iter().product();
+    // Deterministic input in [-1, 1): the numbers do not matter for timing, but zeros
+    // could hit shortcuts that real patches never take.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let data: Vec<f32> = (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect();
+    let input = ArrayD::from_shape_vec(IxDyn(&shape), data).expect("shape matches length");
+    for _ in 0..warmup {
+        backend.run(input.clone())?;
+    }
+    let mut times: Vec<Duration> = Vec::with_capacity(iterations);
+    for _ in 0..iterations.max(1) {
+        let x = input.clone();
+        let t = Instant::now();
+        backend.run(x)?;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let pct = |q: f64| ms(times[((times.len() - 1) as f64 * q).round() as usize]);
+    let mean_ms = times.iter().map(|d| ms(*d)).sum::<f64>() / times.len() as f64;
+    let p50 = pct(0.5);
+    Ok(BenchStats {
+        backend: backend.name().to_string(),
+        batch: shape[0],
+        iterations: times.len(),
+        p50_ms: p50,
+        p90_ms: pct(0.9),
+        p99_ms: pct(0.99),
+        mean_ms,
+        throughput: shape[0] as f64 / (p50 / 1e3),
+        peak_rss_mib: peak_rss_mib(),
+    })
+}
+
+/// VmHWM from /proc/self/status.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}

@@ -1,0 +1,276 @@
+//! edgemed-run: the device binary. Classifies PCam patches, describes models,
+//! and benchmarks them. Every failure is one line on stderr and a non-zero exit.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use edgemed_runtime::backend::TractBackend;
+use edgemed_runtime::classify::{Classifier, ClassifierOptions, PatchResult};
+use edgemed_runtime::model::{Dim, OnnxModel};
+use edgemed_runtime::{bench, fsutil, patch};
+
+#[derive(Parser)]
+#[command(name = "edgemed-run", version, about = "Run edgemed models on device: PCam patch classification, model info, benchmarks")]
+struct Cli {
+    /// More logging (-v info, -vv debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Classify PCam patches (files, directories, glob patterns): probability of metastatic tissue.
+    Classify {
+        /// Patch images (PNG/JPEG/TIFF), directories of them, or glob patterns.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// ONNX model; default: the bundled demonstration model.
+        #[arg(short, long)]
+        model: Option<PathBuf>,
+        #[arg(short, long, default_value_t = 16)]
+        batch: usize,
+        /// Worker threads (each runs whole batches).
+        #[arg(short, long, default_value_t = 1)]
+        threads: usize,
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Write the results here (atomically) instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Resample patches whose size differs from the model's patch size instead of refusing them.
+        #[arg(long)]
+        resize: bool,
+        /// Centre-crop size (must match the model input; default from the model).
+        #[arg(long)]
+        crop: Option<u32>,
+    },
+    /// Describe a model: inputs, outputs, operators, parameters, precision, metadata.
+    Info {
+        /// ONNX model; default: the bundled demonstration model.
+        model: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure latency (p50/p90/p99), throughput and peak memory.
+    Bench {
+        /// ONNX model; default: the bundled demonstration model.
+        model: Option<PathBuf>,
+        #[arg(short, long, default_value_t = 1)]
+        batch: usize,
+        #[arg(long, default_value_t = 50)]
+        iters: usize,
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).format_timestamp(None).init();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("edgemed-run: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load_model(path: Option<&Path>) -> Result<OnnxModel> {
+    Ok(match path {
+        Some(p) => OnnxModel::load(p)?,
+        None => bundled_model()?,
+    })
+}
+
+#[cfg(feature = "bundled-model")]
+fn bundled_model() -> Result<OnnxModel> {
+    Ok(OnnxModel::from_bytes(edgemed_runtime::BUNDLED_MODEL_NAME, edgemed_runtime::BUNDLED_MODEL)?)
+}
+
+#[cfg(not(feature = "bundled-model"))]
+fn bundled_model() -> Result<OnnxModel> {
+    anyhow::bail!("this build has no bundled model (feature bundled-model is off); pass --model MODEL.onnx")
+}
+
+fn run(cmd: Command) -> Result<ExitCode> {
+    match cmd {
+        Command::Classify { paths, model, batch, threads, format, output, resize, crop } => {
+            let model = load_model(model.as_deref())?;
+            let classifier = Classifier::new(&model, &ClassifierOptions { batch, threads, resize, crop })?;
+            let files = patch::expand_inputs(&paths)?;
+            classify(&classifier, &files, format, output.as_deref())
+        }
+        Command::Info { model, json } => {
+            let model = load_model(model.as_deref())?;
+            info(&model, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { model, batch, iters, warmup } => {
+            let model = load_model(model.as_deref())?;
+            let (_, side, _) = model.image_input()?;
+            let backend = TractBackend::new(&model, &[batch, 3, side, side])?;
+            let s = bench::bench(&backend, warmup, iters)?;
+            println!(
+                "{:<30} {:>6} {:>9} {:>9} {:>9} {:>12} {:>13}",
+                "model / backend", "batch", "p50 ms", "p90 ms", "p99 ms", "items/s", "peak RSS MiB"
+            );
+            println!(
+                "{:<30} {:>6} {:>9.3} {:>9.3} {:>9.3} {:>12.1} {:>13}",
+                format!("{} / {}", short_name(&model.path), s.backend),
+                s.batch,
+                s.p50_ms,
+                s.p90_ms,
+                s.p99_ms,
+                s.throughput,
+                s.peak_rss_mib.map_or("n/a".into(), |m| format!("{m:.1}"))
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn short_name(p: &Path) -> String {
+    p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+fn classify(classifier: &Classifier, files: &[patch::PatchSource], format: Format, output: Option<&Path>) -> Result<ExitCode> {
+    let names = &classifier.metadata.class_names;
+    let positive = &names[classifier.metadata.positive_class];
+    let mut results: Vec<PatchResult> = Vec::with_capacity(files.len());
+    // The bar appears only when the work lasts over a second, and only on a terminal.
+    let bar = indicatif::ProgressBar::with_draw_target(Some(files.len() as u64), indicatif::ProgressDrawTarget::hidden());
+    bar.set_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} patches, {per_sec}, eta {eta}").expect("valid template"));
+    let start = Instant::now();
+    let mut shown = false;
+    classifier.classify(files, |r| {
+        results.push(r);
+        bar.inc(1);
+        if !shown && start.elapsed() > Duration::from_secs(1) {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            shown = true;
+        }
+    })?;
+    bar.finish_and_clear();
+
+    let mut text = Vec::new();
+    match format {
+        Format::Table => {
+            let width = results.iter().map(|r| r.source.to_string().len()).max().unwrap_or(4).max(4);
+            writeln!(text, "{:<width$}  {:>12}  {}", "file", format!("p({positive})"), "class")?;
+            for r in &results {
+                match &r.outcome {
+                    Ok(p) => writeln!(text, "{:<width$}  {:>12.4}  {}", r.source.to_string(), p.probability, p.class_name)?,
+                    Err(e) => writeln!(text, "{:<width$}  {:>12}  error: {e}", r.source.to_string(), "-")?,
+                }
+            }
+        }
+        Format::Json => {
+            let rows: Vec<serde_json::Value> = results
+                .iter()
+                .map(|r| match &r.outcome {
+                    Ok(p) => serde_json::json!({"file": r.source.to_string(), "probability": p.probability, "class": p.class_name, "class_index": p.class_index, "logits": p.logits}),
+                    Err(e) => serde_json::json!({"file": r.source.to_string(), "error": e}),
+                })
+                .collect();
+            serde_json::to_writer_pretty(&mut text, &rows)?;
+            text.push(b'\n');
+        }
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(&mut text);
+            w.write_record(["file", "probability", "class", "error"])?;
+            for r in &results {
+                let file = r.source.to_string();
+                match &r.outcome {
+                    Ok(p) => w.write_record([file, format!("{:.6}", p.probability), p.class_name.clone(), String::new()])?,
+                    Err(e) => w.write_record([file, String::new(), String::new(), e.clone()])?,
+                }
+            }
+            w.flush()?;
+        }
+    }
+    match output {
+        Some(path) => fsutil::write_atomic(path, &text).with_context(|| format!("writing {}", path.display()))?,
+        None => std::io::stdout().write_all(&text)?,
+    }
+
+    let failed: Vec<&PatchResult> = results.iter().filter(|r| r.outcome.is_err()).collect();
+    for r in &failed {
+        eprintln!("edgemed-run: error: {}", r.outcome.as_ref().unwrap_err());
+    }
+    eprintln!(
+        "classified {} of {} patches in {:.2} s{}",
+        results.len() - failed.len(),
+        results.len(),
+        start.elapsed().as_secs_f64(),
+        if failed.is_empty() { String::new() } else { format!("; {} failed", failed.len()) }
+    );
+    Ok(if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn info(model: &OnnxModel, json: bool) -> Result<()> {
+    let dims = |d: &Option<Vec<Dim>>| {
+        d.as_ref().map_or("?".into(), |d| format!("[{}]", d.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")))
+    };
+    if json {
+        let v = serde_json::json!({
+            "path": model.path,
+            "opset": model.opset(),
+            "producer": model.proto.producer_name,
+            "inputs": model.inputs,
+            "outputs": model.outputs,
+            "ops": model.op_histogram(),
+            "parameters": model.parameter_count(),
+            "precision": model.precision(),
+            "metadata": model.metadata,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("model      {}", model.path.display());
+    println!("producer   {} {} (opset {})", model.proto.producer_name, model.proto.producer_version, model.opset());
+    for i in &model.inputs {
+        println!("input      {} {} {}", i.name, i.elem_type, dims(&i.dims));
+    }
+    for o in &model.outputs {
+        println!("output     {} {} {}", o.name, o.elem_type, dims(&o.dims));
+    }
+    println!("parameters {}", model.parameter_count());
+    println!("precision  {}", model.precision());
+    let ops: Vec<String> = model.op_histogram().into_iter().map(|(k, v)| format!("{k} x{v}")).collect();
+    println!("operators  {}", ops.join(", "));
+    let md = &model.metadata;
+    println!(
+        "pipeline   patch {}x{} -> crop {} -> (x/255 - {:?}) / {:?}{}",
+        md.patch_size,
+        md.patch_size,
+        md.crop_size.map_or("model input".into(), |c| c.to_string()),
+        md.mean,
+        md.std,
+        if md.circular_mask { " -> circular mask" } else { "" }
+    );
+    println!("classes    {} (reported: {})", md.class_names.join(", "), md.class_names[md.positive_class]);
+    println!("group      C{}{}", md.group_order, md.arch.as_ref().map_or(String::new(), |a| format!(" ({a})")));
+    for (k, v) in &md.raw {
+        println!("meta       {k} = {v}");
+    }
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! One error type for the runtime, grouped by what went wrong, each variant
+//! carrying the file or value it is about so the CLI can print one clear line.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    // --- files -------------------------------------------------------------
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: no such file or directory")]
+    NotFound { path: PathBuf },
+    #[error("{pattern}: no files match")]
+    NoMatch { pattern: String },
+
+    // --- models ------------------------------------------------------------
+    #[error("{path}: not a valid ONNX model (corrupt or truncated protobuf: {reason})")]
+    CorruptModel { path: PathBuf, reason: String },
+    #[error("{path}: unsupported model: {reason}")]
+    UnsupportedModel { path: PathBuf, reason: String },
+    #[error("{path}: model input is not an image tensor: {reason}")]
+    NotAnImageModel { path: PathBuf, reason: String },
+    #[error("{path}: bad metadata {key}={value:?}: {reason}")]
+    BadMetadata { path: PathBuf, key: String, value: String, reason: String },
+    #[error("backend {backend}: {reason}")]
+    Backend { backend: &'static str, reason: String },
+
+    // --- inputs ------------------------------------------------------------
+    #[error("{path}: not a readable image: {reason}")]
+    BadImage { path: PathBuf, reason: String },
+    #[error("{path}: patch is {width}x{height}, expected {expected}x{expected} (pass --resize to accept other sizes)")]
+    WrongPatchSize { path: PathBuf, width: u32, height: u32, expected: u32 },
+    #[error("input tensor has shape {got:?}, model expects {expected:?}")]
+    WrongShape { got: Vec<usize>, expected: Vec<usize> },
+    #[error("{what}: contains NaN or infinite values")]
+    NonFinite { what: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        let path = path.into();
+        if source.kind() == std::io::ErrorKind::NotFound {
+            Error::NotFound { path }
+        } else {
+            Error::Io { path, source }
+        }
+    }
+}
+
+/// `ensure!(cond, Error::...)`: return the error when the condition fails.
+#[macro_export]
+macro_rules! ensure {
+    ($cond:expr, $err:expr) => {
+        if !$cond {
+            return Err($err);
+        }
+    };
+}

@@ -1,0 +1,222 @@
+//! edgemed-run as a user meets it: the README's main command, output formats,
+//! and every kind of bad input named in the foundation issue (one-line error
+//! naming the file, non-zero exit, no panic, good patches still classified).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use edgemed_runtime::tract_onnx::pb;
+use prost::Message;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn samples() -> PathBuf {
+    root().join("examples/data/pcam")
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_edgemed-run")).args(args).current_dir(root()).output().expect("runs edgemed-run")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("edgemed-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn first_sample() -> PathBuf {
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(samples()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "png")).collect();
+    files.sort();
+    files.remove(0)
+}
+
+fn assert_clean_failure(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "expected failure, got success; stderr: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert!(err.contains(needle), "stderr does not mention {needle:?}: {err}");
+}
+
+#[test]
+fn classifies_the_samples_with_no_flags_and_beats_chance() {
+    let o = run(&["classify", "examples/data/pcam", "--format", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    let labels = std::fs::read_to_string(samples().join("labels.csv")).unwrap();
+    let truth: std::collections::HashMap<String, u64> = labels
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let (f, y) = l.split_once(',').unwrap();
+            (f.to_string(), y.trim().parse().unwrap())
+        })
+        .collect();
+    assert_eq!(rows.len(), truth.len(), "every labelled sample is classified");
+    let correct = rows
+        .iter()
+        .filter(|r| {
+            let file = Path::new(r["file"].as_str().unwrap()).file_name().unwrap().to_str().unwrap().to_string();
+            let p = r["probability"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&p));
+            (p >= 0.5) as u64 == truth[&file]
+        })
+        .count();
+    let acc = correct as f64 / rows.len() as f64;
+    println!("bundled model accuracy on the sample patches: {acc:.3}");
+    assert!(acc >= 0.85, "bundled model accuracy on the samples is {acc}");
+}
+
+#[test]
+fn csv_and_table_agree_and_output_file_is_written() {
+    let dir = tmpdir("formats");
+    let out = dir.join("r.csv");
+    let o = run(&["classify", "examples/data/pcam", "--format", "csv", "--batch", "7", "--threads", "2", "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.stdout.is_empty(), "results go to the file");
+    let csv = std::fs::read_to_string(&out).unwrap();
+    let t = run(&["classify", "examples/data/pcam", "--batch", "16"]);
+    let table = String::from_utf8(t.stdout).unwrap();
+    assert_eq!(csv.lines().count(), table.lines().count());
+    // Batch size and threads must not change the answers.
+    for (c, t) in csv.lines().skip(1).zip(table.lines().skip(1)) {
+        let p_csv: f64 = c.split(',').nth(1).unwrap().parse().unwrap();
+        let p_tab: f64 = t.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!((p_csv - p_tab).abs() < 1e-4, "{c} vs {t}");
+    }
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left behind");
+}
+
+#[test]
+fn missing_file_is_reported_and_the_rest_classified() {
+    let good = first_sample();
+    let o = run(&["classify", good.to_str().unwrap(), "no/such/patch.png"]);
+    assert_clean_failure(&o, "no/such/patch.png: no such file");
+    assert_eq!(o.status.code(), Some(1));
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(out.contains(good.file_name().unwrap().to_str().unwrap()) && out.lines().nth(1).unwrap().contains('.'), "{out}");
+}
+
+#[test]
+fn non_image_and_truncated_images_fail_alone() {
+    let dir = tmpdir("badimg");
+    std::fs::write(dir.join("notes.png"), "this is not a png").unwrap();
+    let bytes = std::fs::read(first_sample()).unwrap();
+    std::fs::write(dir.join("cut.png"), &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::copy(first_sample(), dir.join("good.png")).unwrap();
+    let o = run(&["classify", dir.to_str().unwrap(), "--format", "csv"]);
+    assert_clean_failure(&o, "notes.png: not a readable image");
+    assert!(stderr(&o).contains("cut.png: not a readable image"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("classified 1 of 3 patches; 2 failed"), "{}", stderr(&o));
+}
+
+#[test]
+fn wrong_patch_size_is_refused_unless_resize() {
+    let dir = tmpdir("size");
+    let big = dir.join("big.png");
+    image::RgbImage::from_pixel(120, 80, image::Rgb([200, 120, 180])).save(&big).unwrap();
+    let o = run(&["classify", big.to_str().unwrap()]);
+    assert_clean_failure(&o, "big.png: patch is 120x80, expected 96x96 (pass --resize");
+    let o = run(&["classify", big.to_str().unwrap(), "--resize"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn corrupt_and_truncated_models_are_refused() {
+    let dir = tmpdir("models");
+    let junk = dir.join("junk.onnx");
+    std::fs::write(&junk, b"\x08\x07garbage that is not protobuf \xff\xff\xff").unwrap();
+    let o = run(&["classify", "--model", junk.to_str().unwrap(), "examples/data/pcam"]);
+    assert_clean_failure(&o, "junk.onnx: not a valid ONNX model");
+    assert_eq!(o.status.code(), Some(2));
+
+    let good = std::fs::read(root().join("models/bundled/pcam-c4-demo.onnx")).unwrap();
+    let cut = dir.join("cut.onnx");
+    std::fs::write(&cut, &good[..good.len() * 2 / 3]).unwrap();
+    let o = run(&["info", cut.to_str().unwrap()]);
+    assert_clean_failure(&o, "cut.onnx: not a valid ONNX model");
+
+    let o = run(&["classify", "--model", "missing.onnx", "examples/data/pcam"]);
+    assert_clean_failure(&o, "missing.onnx: no such file");
+}
+
+#[test]
+fn model_without_an_image_input_is_refused() {
+    // A valid ONNX model whose input is a [1, 10] vector.
+    let vi = |name: &str| pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            denotation: String::new(),
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: pb::tensor_proto::DataType::Float as i32,
+                shape: Some(pb::TensorShapeProto {
+                    dim: [1, 10]
+                        .iter()
+                        .map(|d| pb::tensor_shape_proto::Dimension {
+                            denotation: String::new(),
+                            value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(*d)),
+                        })
+                        .collect(),
+                }),
+            })),
+        }),
+        doc_string: String::new(),
+    };
+    let model = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 13 }],
+        graph: Some(pb::GraphProto {
+            node: vec![pb::NodeProto { input: vec!["x".into()], output: vec!["y".into()], op_type: "Relu".into(), ..Default::default() }],
+            input: vec![vi("x")],
+            output: vec![vi("y")],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let dir = tmpdir("vector");
+    let path = dir.join("vector.onnx");
+    std::fs::write(&path, model.encode_to_vec()).unwrap();
+    let o = run(&["classify", "--model", path.to_str().unwrap(), "examples/data/pcam"]);
+    assert_clean_failure(&o, "vector.onnx: model input is not an image tensor");
+    // `info` still describes it.
+    let o = run(&["info", path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("Relu x1"));
+}
+
+#[test]
+fn empty_directory_and_unmatched_glob_are_errors() {
+    let dir = tmpdir("empty");
+    let o = run(&["classify", dir.to_str().unwrap()]);
+    assert_clean_failure(&o, "no .png/.jpg/.tif files");
+    let o = run(&["classify", "examples/data/pcam/*.jpeg"]);
+    assert_clean_failure(&o, "no files match");
+}
+
+#[test]
+fn glob_selects_patches() {
+    let o = run(&["classify", "examples/data/pcam/patch_00*.png", "--format", "csv"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 11, "header + patch_000..patch_009");
+}
+
+#[test]
+fn info_and_bench_describe_the_bundled_model() {
+    let o = run(&["info", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["metadata"]["group_order"], 4);
+    assert_eq!(v["precision"], "FP32");
+    assert!(v["parameters"].as_u64().unwrap() > 10_000);
+    let o = run(&["bench", "--iters", "3", "--warmup", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("p50 ms") && out.contains("tract"), "{out}");
+}
