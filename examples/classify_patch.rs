@@ -15,7 +15,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let classifier = Classifier::new(&model, &ClassifierOptions::default())?;
     classifier.classify(&[PatchSource::File(patch.into())], |result| match result.outcome {
-        Ok(p) => println!("{}: P({}) = {:.4}, predicted {}", result.source, model.metadata.class_names[model.metadata.positive_class], p.probability, p.class_name),
+        Ok(p) => println!(
+            "{}: P({}) = {:.4}, predicted {}",
+            result.source, model.metadata.class_names[model.metadata.positive_class], p.probability, p.class_name
+        ),
         Err(e) => eprintln!("{e}"),
     })?;
     Ok(())

@@ -1,12 +1,28 @@
 #!/usr/bin/env bash
-# The test command of the README: builds the workspace and runs every test suite.
-# Tests need only Rust: fixtures (ONNX Runtime reference outputs) are committed;
-# scripts/make-fixtures.sh regenerates them with the Python peers.
+# The test command of the README: installs what the tests need (libhdf5 for the
+# PCam HDF5 reader), then builds the workspace and runs every test suite.
+# Fixtures (ONNX Runtime reference outputs) are committed; scripts/make-fixtures.sh
+# regenerates them with the Python peers, which the tests themselves never need.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null; then
     echo "cargo not found: install Rust (https://rustup.rs) first" >&2
     exit 1
 fi
+
+features=(--features edgemed-runtime/pcam-h5)
+if [[ "${EDGEMED_SKIP_H5:-0}" == 1 ]]; then
+    echo "EDGEMED_SKIP_H5=1: not testing the PCam HDF5 reader" >&2
+    features=()
+elif ! pkg-config --exists hdf5 2>/dev/null; then
+    echo "installing libhdf5-dev and pkg-config (needed by the PCam HDF5 reader's tests)" >&2
+    sudo=""
+    [[ "$(id -u)" -ne 0 ]] && sudo=sudo
+    if ! { $sudo apt-get update -q && $sudo apt-get install -y -q --no-install-recommends libhdf5-dev pkg-config; } >&2; then
+        echo "could not install libhdf5-dev; install it, or run with EDGEMED_SKIP_H5=1 to skip those tests" >&2
+        exit 1
+    fi
+fi
+
 # Release mode: the tests run real networks, and the README's main command shares these artefacts.
-exec cargo test --release --workspace "$@"
+exec cargo test --release --workspace "${features[@]}" "$@"

@@ -1,12 +1,20 @@
-//! edgemed: the host CLI. `export` builds reference architectures as ONNX.
+//! edgemed: the host CLI. `quantize` turns FP32 ONNX into INT8 QDQ ONNX without
+//! data (DFQ), `inspect` shows per-layer weight ranges before and after
+//! equalization, `verify` compares an FP32 and an INT8 model, `export` builds the
+//! reference architectures.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use edgemed_converter::graph::Graph;
+use edgemed_converter::passes::equalize::Relu6Policy;
+use edgemed_converter::quantize::Granularity;
+use edgemed_converter::{dfq, inputs, passes, verify};
 use edgemed_models::eq_mobilenet_v2::{self, Config};
 use edgemed_models::weights::Weights;
+use edgemed_runtime::model::OnnxModel;
 
 #[derive(Parser)]
 #[command(name = "edgemed", version, about = "edgemed host converter: export reference architectures to ONNX")]
@@ -17,6 +25,57 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Quantize an FP32 ONNX model to INT8 (QDQ) with data-free quantization.
+    Quantize {
+        input: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Per-channel weight scales (default: per tensor, the DFQ paper's setting).
+        #[arg(long)]
+        per_channel: bool,
+        /// Share scales within blocks of N channels (C_N regular fields); default from the model's metadata.
+        #[arg(long)]
+        field_size: Option<usize>,
+        /// Activation ranges from these images instead of batch-norm statistics.
+        #[arg(long)]
+        calibrate: Option<PathBuf>,
+        /// With --calibrate: clip ranges at this percentile instead of min/max.
+        #[arg(long)]
+        percentile: Option<f32>,
+        #[arg(long)]
+        no_cle: bool,
+        #[arg(long)]
+        no_bias_absorption: bool,
+        #[arg(long)]
+        no_bias_correction: bool,
+        /// Replace ReLU6 by ReLU before equalizing (AIMET's way; changes outputs above 6).
+        #[arg(long)]
+        relu6_to_relu: bool,
+        /// Write the transformed FP32 model (BN folded, equalized, biases absorbed) without quantizing.
+        #[arg(long)]
+        fp32_only: bool,
+        /// Write a float16 model instead (batch norm folded; inputs and outputs stay float32).
+        #[arg(long, conflicts_with_all = ["per_channel", "calibrate", "fp32_only"])]
+        fp16: bool,
+    },
+    /// Per layer: operator, weight shape, per-channel weight ranges before and after equalization.
+    Inspect {
+        model: PathBuf,
+        #[arg(long)]
+        field_size: Option<usize>,
+    },
+    /// Compare an FP32 model and its INT8 version: SQNR, top-1 agreement, rotation invariance.
+    Verify {
+        fp32: PathBuf,
+        int8: PathBuf,
+        /// Patch images to run (default: --random 16).
+        #[arg(long, conflicts_with = "random")]
+        inputs: Option<PathBuf>,
+        #[arg(long)]
+        random: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Export a reference architecture to ONNX.
     #[command(subcommand)]
     Export(Export),
@@ -62,6 +121,120 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Quantize {
+            input,
+            output,
+            per_channel,
+            field_size,
+            calibrate,
+            percentile,
+            no_cle,
+            no_bias_absorption,
+            no_bias_correction,
+            relu6_to_relu,
+            fp32_only,
+            fp16,
+        } => {
+            let mut g = Graph::load(&input)?;
+            if fp16 {
+                let folded = passes::fold_bn::fold_batch_norm(&mut g)?.len();
+                edgemed_converter::fp16::convert_to_fp16(&mut g)?;
+                edgemed_converter::export::save_verified(&g.model, &output).with_context(|| format!("writing {}", output.display()))?;
+                eprintln!("wrote {}: float16 weights, {folded} batch norms folded, float32 inputs and outputs", output.display());
+                return Ok(());
+            }
+            let field_size = field_size.unwrap_or_else(|| dfq::field_size_of(&g));
+            let calibration = match &calibrate {
+                Some(dir) => inputs::from_images(&OnnxModel::load(&input)?, dir, 256)?,
+                None => Vec::new(),
+            };
+            let opts = dfq::Options {
+                granularity: if per_channel { Granularity::PerChannel } else { Granularity::PerTensor },
+                field_size,
+                cle: !no_cle,
+                relu6: if relu6_to_relu { Relu6Policy::ReplaceWithRelu } else { Relu6Policy::PerChannelBound },
+                bias_absorption: !no_bias_absorption,
+                bias_correction: !no_bias_correction,
+                calibration,
+                percentile,
+                fp32_only,
+            };
+            let report = dfq::run(&mut g, &opts)?;
+            for m in &report.messages {
+                eprintln!("edgemed: note: {m}");
+            }
+            if !report.quant.left_fp32.is_empty() {
+                eprintln!("edgemed: warning: {} tensors left in FP32:", report.quant.left_fp32.len());
+                for n in &report.quant.left_fp32 {
+                    eprintln!("  {n}");
+                }
+            }
+            edgemed_converter::export::save_verified(&g.model, &output).with_context(|| format!("writing {}", output.display()))?;
+            eprintln!(
+                "wrote {}: folded {} batch norms; CLE {}; high-bias absorption {}; {} weights ({}), {} activations quantized, {} biases corrected; field size {field_size}",
+                output.display(),
+                report.folded,
+                report.cle.map_or("off".into(), |c| format!("{} triplets + {} pairs in {} iterations", c.triplets, c.pairs, c.iterations)),
+                report.absorbed.map_or("off".into(), |a| format!("{} layers", a.absorbed_layers)),
+                report.quant.weights_quantized,
+                if per_channel { "per channel" } else { "per tensor" },
+                report.quant.activations_quantized,
+                report.quant.bias_corrected,
+            );
+            Ok(())
+        }
+        Command::Inspect { model, field_size } => {
+            let g = Graph::load(&model)?;
+            let field = field_size.unwrap_or_else(|| dfq::field_size_of(&g));
+            let mut eq = Graph::from_bytes(&g.to_bytes())?;
+            let mut stats = passes::fold_bn::fold_batch_norm(&mut eq)?;
+            passes::equalize::cross_layer_equalize(
+                &mut eq,
+                &mut stats,
+                &passes::equalize::Options { field_size: field, ..Default::default() },
+            )?;
+            let summary = |g: &Graph, l: &passes::Layer| -> Result<String> {
+                let r = passes::out_ranges(&passes::weight_and_bias(g, l)?.0, l.out_axis);
+                let mut s = r.clone();
+                s.sort_by(f32::total_cmp);
+                let lo = s[0].max(1e-12);
+                Ok(format!("{:>9.3e} {:>9.3e} {:>9.1}", s[s.len() / 2], s[s.len() - 1], s[s.len() - 1] / lo))
+            };
+            println!(
+                "{:<32} {:<5} {:<18} | {:^29} | {:^29}",
+                "layer", "op", "weight", "before: median max max/min", "after CLE: median max max/min"
+            );
+            let after: std::collections::HashMap<String, passes::Layer> =
+                passes::layers(&eq).into_iter().map(|l| (l.name.clone(), l)).collect();
+            for l in passes::layers(&g) {
+                let w = passes::weight_and_bias(&g, &l)?.0;
+                let kind = if l.is_depthwise() { "dw" } else { g.nodes()[l.node].op_type.as_str() };
+                let post = after.get(&l.name).map(|a| summary(&eq, a)).transpose()?.unwrap_or_default();
+                println!("{:<32} {:<5} {:<18} | {} | {}", l.name, kind, format!("{:?}", w.shape), summary(&g, &l)?, post);
+            }
+            Ok(())
+        }
+        Command::Verify { fp32, int8, inputs: dir, random, json } => {
+            let a = OnnxModel::load(&fp32)?;
+            let b = OnnxModel::load(&int8)?;
+            let xs = match dir {
+                Some(d) => inputs::from_images(&a, &d, 1024)?,
+                None => inputs::random(&a, random.unwrap_or(16), 1)?,
+            };
+            let rotation = a.metadata.group_order >= 4 && a.metadata.group_order % 4 == 0;
+            let v = verify::verify(&a, &b, &xs, rotation)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("inputs           {}", v.inputs);
+                println!("logit SQNR       {:.2} dB", v.sqnr_db[0]);
+                println!("top-1 agreement  {:.4}", v.top1_agreement);
+                if let Some((f, q)) = v.rotation_error {
+                    println!("rotation error   first {f:.2e}, second {q:.2e} (max |f(rot90 x) - f(x)| / max |f(x)|)");
+                }
+            }
+            Ok(())
+        }
         Command::Export(Export::EqMobilenetV2 { weights, seed, group_order, width, input_size, fold_bn, save_weights, output }) => {
             let cfg = Config { group_order, width, input_size, fold_batch_norm: fold_bn, ..Config::default() };
             let (cfg, w) = match weights {

@@ -42,7 +42,11 @@ fn tract_matches_onnxruntime_on_fixtures() {
                 assert!(worst <= 10.0 * step * 1.001, "{name}: {} output steps apart", worst / step);
                 assert!(mean_steps <= 1.5, "{name}: mean difference {mean_steps} steps");
                 let classes = case["output_shape"][1].as_u64().unwrap() as usize;
-                let argmax = |v: &[f32]| v.chunks(classes).map(|r| r.iter().enumerate().fold((0, f32::MIN), |b, (i, x)| if *x > b.1 { (i, *x) } else { b }).0).collect::<Vec<_>>();
+                let argmax = |v: &[f32]| {
+                    v.chunks(classes)
+                        .map(|r| r.iter().enumerate().fold((0, f32::MIN), |b, (i, x)| if *x > b.1 { (i, *x) } else { b }).0)
+                        .collect::<Vec<_>>()
+                };
                 assert_eq!(argmax(ours.as_slice().unwrap()), argmax(&reference), "{name}: predicted classes differ");
             }
             None => {

@@ -1,0 +1,288 @@
+//! The converter's view of an ONNX model: the prost `ModelProto` itself, plus
+//! lookups (producer and consumers of a value, constant tensors from initializers or
+//! `Constant` nodes) and small edits. Passes change only what they rewrite, so a
+//! model with no applicable pattern round-trips unchanged.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use edgemed_runtime::tract_onnx::pb;
+use pb::tensor_proto::DataType;
+use prost::Message;
+
+/// A float tensor taken out of the graph (row-major).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Array {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl Array {
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        assert_eq!(shape.iter().product::<usize>(), data.len(), "array shape and data disagree");
+        Array { shape, data }
+    }
+
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+}
+
+pub struct Graph {
+    pub model: pb::ModelProto,
+}
+
+impl Graph {
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::from_bytes(&bytes).with_context(|| format!("{}: not a valid ONNX model", path.display()))
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let model = pb::ModelProto::decode(bytes).context("corrupt or truncated protobuf")?;
+        match &model.graph {
+            Some(g) if !g.node.is_empty() => Ok(Graph { model }),
+            _ => bail!("the model has no graph or an empty one"),
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.model.encode_to_vec()
+    }
+
+    pub fn g(&self) -> &pb::GraphProto {
+        self.model.graph.as_ref().expect("checked at load")
+    }
+
+    pub fn g_mut(&mut self) -> &mut pb::GraphProto {
+        self.model.graph.as_mut().expect("checked at load")
+    }
+
+    pub fn nodes(&self) -> &[pb::NodeProto] {
+        &self.g().node
+    }
+
+    pub fn opset(&self) -> i64 {
+        self.model.opset_import.iter().find(|o| o.domain.is_empty() || o.domain == "ai.onnx").map(|o| o.version).unwrap_or(0)
+    }
+
+    /// Index of the node producing `value`.
+    pub fn producer(&self, value: &str) -> Option<usize> {
+        self.nodes().iter().position(|n| n.output.iter().any(|o| o == value))
+    }
+
+    /// Indices of the nodes reading `value`.
+    pub fn consumers(&self, value: &str) -> Vec<usize> {
+        self.nodes().iter().enumerate().filter(|(_, n)| n.input.iter().any(|i| i == value)).map(|(i, _)| i).collect()
+    }
+
+    pub fn is_graph_output(&self, value: &str) -> bool {
+        self.g().output.iter().any(|o| o.name == value)
+    }
+
+    /// True when exactly one node reads `value` and it is not a graph output.
+    pub fn single_use(&self, value: &str) -> bool {
+        self.consumers(value).len() == 1 && !self.is_graph_output(value)
+    }
+
+    pub fn initializer(&self, name: &str) -> Option<&pb::TensorProto> {
+        self.g().initializer.iter().find(|t| t.name == name)
+    }
+
+    /// A constant float tensor: an initializer or a `Constant` node's value.
+    pub fn constant(&self, name: &str) -> Option<Array> {
+        if name.is_empty() {
+            return None;
+        }
+        if let Some(t) = self.initializer(name) {
+            return tensor_to_array(t).ok();
+        }
+        let node = &self.nodes()[self.producer(name)?];
+        if node.op_type != "Constant" {
+            return None;
+        }
+        node.attribute.iter().find(|a| a.name == "value").and_then(|a| a.t.as_ref()).and_then(|t| tensor_to_array(t).ok())
+    }
+
+    /// Replaces (or adds) a float initializer. A `Constant` node of that name is removed.
+    pub fn set_initializer(&mut self, name: &str, a: &Array) {
+        if let Some(p) = self.producer(name) {
+            if self.nodes()[p].op_type == "Constant" {
+                self.g_mut().node.remove(p);
+            }
+        }
+        let t = array_to_tensor(name, a);
+        let g = self.g_mut();
+        match g.initializer.iter_mut().find(|t| t.name == name) {
+            Some(slot) => *slot = t,
+            None => g.initializer.push(t),
+        }
+    }
+
+    pub fn add_tensor(&mut self, t: pb::TensorProto) {
+        self.g_mut().initializer.retain(|x| x.name != t.name);
+        self.g_mut().initializer.push(t);
+    }
+
+    /// A value name not used anywhere in the graph, derived from `base`.
+    pub fn fresh_name(&self, base: &str) -> String {
+        let used: HashSet<&str> = self
+            .nodes()
+            .iter()
+            .flat_map(|n| n.input.iter().chain(n.output.iter()).chain(std::iter::once(&n.name)).map(|s| s.as_str()))
+            .chain(self.g().initializer.iter().map(|t| t.name.as_str()))
+            .chain(self.g().input.iter().map(|v| v.name.as_str()))
+            .collect();
+        if !used.contains(base) {
+            return base.to_string();
+        }
+        (1..).map(|i| format!("{base}_{i}")).find(|n| !used.contains(n.as_str())).expect("unbounded")
+    }
+
+    /// Makes every reader of `from` read `to` instead (graph outputs included).
+    pub fn replace_uses(&mut self, from: &str, to: &str) {
+        let g = self.g_mut();
+        for n in g.node.iter_mut() {
+            for i in n.input.iter_mut() {
+                if i == from {
+                    *i = to.to_string();
+                }
+            }
+        }
+        for o in g.output.iter_mut() {
+            if o.name == from {
+                o.name = to.to_string();
+            }
+        }
+    }
+
+    /// Removes nodes by index, then initializers and value infos nobody references any more.
+    pub fn remove_nodes(&mut self, mut idx: Vec<usize>) {
+        idx.sort_unstable();
+        idx.dedup();
+        for i in idx.into_iter().rev() {
+            self.g_mut().node.remove(i);
+        }
+        self.prune();
+    }
+
+    pub fn prune(&mut self) {
+        let g = self.g_mut();
+        // Constants feeding only removed nodes go too (repeat: a Constant may feed a Constant-only chain).
+        loop {
+            let used: HashSet<String> =
+                g.node.iter().flat_map(|n| n.input.iter().cloned()).chain(g.output.iter().map(|o| o.name.clone())).collect();
+            let before = g.node.len();
+            g.node.retain(|n| n.op_type != "Constant" || n.output.iter().any(|o| used.contains(o)));
+            if g.node.len() == before {
+                break;
+            }
+        }
+        let used: HashSet<String> =
+            g.node.iter().flat_map(|n| n.input.iter().cloned()).chain(g.output.iter().map(|o| o.name.clone())).collect();
+        g.initializer.retain(|t| used.contains(&t.name));
+        let produced: HashSet<String> = g.node.iter().flat_map(|n| n.output.iter().cloned()).collect();
+        g.value_info.retain(|v| produced.contains(&v.name));
+    }
+
+    /// Nodes in an order where every node comes after its inputs' producers.
+    pub fn topological_order(&self) -> Result<Vec<usize>> {
+        let nodes = self.nodes();
+        let producer: HashMap<&str, usize> =
+            nodes.iter().enumerate().flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i))).collect();
+        let mut state = vec![0u8; nodes.len()];
+        let mut order = Vec::with_capacity(nodes.len());
+        for start in 0..nodes.len() {
+            let mut stack = vec![(start, false)];
+            while let Some((i, done)) = stack.pop() {
+                if done {
+                    state[i] = 2;
+                    order.push(i);
+                    continue;
+                }
+                match state[i] {
+                    2 => continue,
+                    1 => bail!("the graph has a cycle through node {:?}", nodes[i].name),
+                    _ => {}
+                }
+                state[i] = 1;
+                stack.push((i, true));
+                for input in &nodes[i].input {
+                    if let Some(&p) = producer.get(input.as_str()) {
+                        if state[p] != 2 {
+                            stack.push((p, false));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(order)
+    }
+
+    /// Reorders `node` topologically (passes insert nodes at the end).
+    pub fn sort(&mut self) -> Result<()> {
+        let order = self.topological_order()?;
+        let nodes = std::mem::take(&mut self.g_mut().node);
+        let mut slots: Vec<Option<pb::NodeProto>> = nodes.into_iter().map(Some).collect();
+        self.g_mut().node = order.into_iter().map(|i| slots[i].take().expect("each node once")).collect();
+        Ok(())
+    }
+}
+
+pub fn attr<'a>(n: &'a pb::NodeProto, name: &str) -> Option<&'a pb::AttributeProto> {
+    n.attribute.iter().find(|a| a.name == name)
+}
+
+pub fn attr_i(n: &pb::NodeProto, name: &str, default: i64) -> i64 {
+    attr(n, name).map_or(default, |a| a.i)
+}
+
+pub fn attr_f(n: &pb::NodeProto, name: &str, default: f32) -> f32 {
+    attr(n, name).map_or(default, |a| a.f)
+}
+
+pub fn attr_ints(n: &pb::NodeProto, name: &str) -> Option<Vec<i64>> {
+    attr(n, name).map(|a| a.ints.clone())
+}
+
+pub fn tensor_to_array(t: &pb::TensorProto) -> Result<Array> {
+    let shape: Vec<usize> = t.dims.iter().map(|d| *d as usize).collect();
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = match DataType::try_from(t.data_type) {
+        Ok(DataType::Float) if !t.raw_data.is_empty() => {
+            t.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+        }
+        Ok(DataType::Float) => t.float_data.clone(),
+        Ok(DataType::Double) if !t.raw_data.is_empty() => {
+            t.raw_data.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect()
+        }
+        Ok(DataType::Double) => t.double_data.iter().map(|x| *x as f32).collect(),
+        Ok(DataType::Int64) if !t.raw_data.is_empty() => {
+            t.raw_data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32).collect()
+        }
+        Ok(DataType::Int64) => t.int64_data.iter().map(|x| *x as f32).collect(),
+        other => bail!("tensor {:?} has type {other:?}, not a float", t.name),
+    };
+    if t.data_location == Some(pb::tensor_proto::DataLocation::External as i32) {
+        bail!("tensor {:?} is stored outside the model file (external data is not supported)", t.name);
+    }
+    if data.len() != n {
+        bail!("tensor {:?}: {} values for shape {shape:?}", t.name, data.len());
+    }
+    Ok(Array::new(shape, data))
+}
+
+pub fn array_to_tensor(name: &str, a: &Array) -> pb::TensorProto {
+    pb::TensorProto {
+        name: name.to_string(),
+        dims: a.shape.iter().map(|d| *d as i64).collect(),
+        data_type: DataType::Float as i32,
+        raw_data: a.data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,209 @@
+//! Data-free quantization passes (Nagel et al. 2019), each usable alone:
+//! [`fold_bn`] -> [`equalize`] (cross-layer equalization, ReLU6 handling) ->
+//! [`absorb`] (high-bias absorption) -> quantization with bias correction
+//! (`crate::quantize`). Layers are viewed through [`Layer`]; per-channel
+//! batch-norm statistics travel beside the graph in [`ChannelStats`].
+
+pub mod absorb;
+pub mod equalize;
+pub mod fold_bn;
+
+use std::collections::HashMap;
+
+use anyhow::{bail, Result};
+
+use crate::graph::{attr_i, attr_ints, Array, Graph};
+
+/// Distribution of a layer's pre-activation output per channel, N(beta, gamma^2),
+/// taken from the batch norm folded into it (the paper's data-free assumption).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelStats {
+    pub beta: Vec<f32>,
+    pub gamma: Vec<f32>,
+}
+
+/// Statistics keyed by the name of the layer's output value.
+pub type Stats = HashMap<String, ChannelStats>;
+
+/// A Conv or Gemm with constant weights, seen per output channel.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    pub node: usize,
+    pub name: String,
+    pub output: String,
+    pub weight: String,
+    pub bias: Option<String>,
+    /// Axis of the weight that indexes output channels (0 for Conv, 0 or 1 for Gemm).
+    pub out_axis: usize,
+    pub group: usize,
+    pub out_channels: usize,
+    pub in_channels: usize,
+    /// Any non-zero padding (bias absorption into such a layer would not be exact at borders).
+    pub padded: bool,
+}
+
+impl Layer {
+    pub fn is_depthwise(&self) -> bool {
+        self.group > 1 && self.group == self.out_channels && self.group == self.in_channels
+    }
+}
+
+/// The layer at node `i`, if it is a Conv or Gemm whose weights are constants.
+pub fn layer_at(g: &Graph, i: usize) -> Option<Layer> {
+    let n = &g.nodes()[i];
+    let w = g.constant(n.input.get(1)?)?;
+    let bias = n.input.get(2).filter(|b| !b.is_empty()).cloned();
+    if let Some(b) = &bias {
+        g.constant(b)?;
+    }
+    match n.op_type.as_str() {
+        "Conv" if w.shape.len() >= 3 => {
+            let group = attr_i(n, "group", 1) as usize;
+            let padded = attr_ints(n, "pads").is_some_and(|p| p.iter().any(|x| *x != 0))
+                || crate::graph::attr(n, "auto_pad").is_some_and(|a| !a.s.is_empty() && a.s != b"NOTSET" && a.s != b"VALID");
+            Some(Layer {
+                node: i,
+                name: n.name.clone(),
+                output: n.output[0].clone(),
+                weight: n.input[1].clone(),
+                bias,
+                out_axis: 0,
+                group,
+                out_channels: w.shape[0],
+                in_channels: w.shape[1] * group,
+                padded,
+            })
+        }
+        "Gemm" if w.shape.len() == 2 && attr_i(n, "transA", 0) == 0 => {
+            let trans_b = attr_i(n, "transB", 0) == 1;
+            let (out_axis, in_axis) = if trans_b { (0, 1) } else { (1, 0) };
+            Some(Layer {
+                node: i,
+                name: n.name.clone(),
+                output: n.output[0].clone(),
+                weight: n.input[1].clone(),
+                bias,
+                out_axis,
+                group: 1,
+                out_channels: w.shape[out_axis],
+                in_channels: w.shape[in_axis],
+                padded: false,
+            })
+        }
+        _ => None,
+    }
+}
+
+pub fn layers(g: &Graph) -> Vec<Layer> {
+    (0..g.nodes().len()).filter_map(|i| layer_at(g, i)).collect()
+}
+
+/// Weight and bias (zeros when the layer has none) of a layer.
+pub fn weight_and_bias(g: &Graph, l: &Layer) -> Result<(Array, Vec<f32>)> {
+    let w = match g.constant(&l.weight) {
+        Some(w) => w,
+        None => bail!("{}: weight {} is not a float constant", l.name, l.weight),
+    };
+    let b = match &l.bias {
+        Some(b) => g.constant(b).map(|a| a.data).unwrap_or_else(|| vec![0.0; l.out_channels]),
+        None => vec![0.0; l.out_channels],
+    };
+    Ok((w, b))
+}
+
+/// Writes a layer's weight and bias back, giving it private copies when the
+/// initializers are shared with other nodes and a bias input when it had none.
+pub fn set_weight_and_bias(g: &mut Graph, l: &mut Layer, w: &Array, b: &[f32]) {
+    let shared = |g: &Graph, name: &str| g.nodes().iter().filter(|n| n.input.iter().any(|i| i == name)).count() > 1;
+    if shared(g, &l.weight) {
+        l.weight = g.fresh_name(&format!("{}.weight", l.name));
+        g.g_mut().node[l.node].input[1] = l.weight.clone();
+    }
+    g.set_initializer(&l.weight, w);
+    let bias_name = match &l.bias {
+        Some(name) if !shared(g, name) => name.clone(),
+        _ => {
+            let name = g.fresh_name(&format!("{}.bias", if l.name.is_empty() { &l.output } else { &l.name }));
+            let node = &mut g.g_mut().node[l.node];
+            if node.input.len() < 3 {
+                node.input.resize(3, String::new());
+            }
+            node.input[2] = name.clone();
+            l.bias = Some(name.clone());
+            name
+        }
+    };
+    g.set_initializer(&bias_name, &Array::new(vec![b.len()], b.to_vec()));
+}
+
+/// Per-output-channel max |w|.
+pub fn out_ranges(w: &Array, out_axis: usize) -> Vec<f32> {
+    let n = w.shape[out_axis];
+    let mut r = vec![0f32; n];
+    for_each_index(w, |idx, v| {
+        let o = idx[out_axis];
+        r[o] = r[o].max(v.abs());
+    });
+    r
+}
+
+/// Per-input-channel max |w| of a dense (group 1) layer.
+pub fn in_ranges(w: &Array, out_axis: usize) -> Vec<f32> {
+    let in_axis = if w.shape.len() == 2 { 1 - out_axis } else { 1 };
+    let mut r = vec![0f32; w.shape[in_axis]];
+    for_each_index(w, |idx, v| {
+        let i = idx[in_axis];
+        r[i] = r[i].max(v.abs());
+    });
+    r
+}
+
+/// Calls `f` with the multi-index of every element (row-major).
+pub fn for_each_index(w: &Array, mut f: impl FnMut(&[usize], f32)) {
+    let mut idx = vec![0usize; w.shape.len()];
+    for &v in &w.data {
+        f(&idx, v);
+        for d in (0..idx.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < w.shape[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+}
+
+/// Multiplies every element by `s[idx[axis]]`.
+pub fn scale_axis(w: &mut Array, axis: usize, s: &[f32]) {
+    let shape = w.shape.clone();
+    let inner: usize = shape[axis + 1..].iter().product();
+    let n = shape[axis];
+    for (k, v) in w.data.iter_mut().enumerate() {
+        *v *= s[(k / inner) % n];
+    }
+}
+
+/// Spreads per-field values to channels: every block of `field` channels takes
+/// the maximum over the block, so equivariant models keep equal scales within a field.
+pub fn share_within_fields(r: &[f32], field: usize) -> Vec<f32> {
+    if field <= 1 || r.len() % field != 0 {
+        return r.to_vec();
+    }
+    r.chunks(field).flat_map(|c| std::iter::repeat_n(c.iter().copied().fold(0f32, f32::max), field)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_and_scaling_follow_axes() {
+        // [O=2, I=3, 1, 1]
+        let mut w = Array::new(vec![2, 3, 1, 1], vec![1., -4., 2., 0.5, 3., -1.]);
+        assert_eq!(out_ranges(&w, 0), vec![4., 3.]);
+        assert_eq!(in_ranges(&w, 0), vec![1., 4., 2.]);
+        scale_axis(&mut w, 1, &[1., 0.5, 2.]);
+        assert_eq!(w.data, vec![1., -2., 4., 0.5, 1.5, -2.]);
+        assert_eq!(share_within_fields(&[1., 3., 2., 0.5], 2), vec![3., 3., 2., 2.]);
+    }
+}

@@ -1,0 +1,416 @@
+//! INT8 quantization into QDQ ONNX: symmetric int8 weights (per tensor, the
+//! paper's setting, or per channel, scales shared within fields of N channels),
+//! analytic bias correction of the error that weight rounding adds on average, and
+//! u8 activations whose ranges come from the batch-norm statistics (data-free) or
+//! from calibration inputs. What cannot be quantized stays FP32 and is listed.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, Result};
+use edgemed_runtime::tract_onnx::pb;
+use pb::tensor_proto::DataType;
+
+use crate::graph::{attr_f, Array, Graph};
+use crate::passes::{layer_at, layers, set_weight_and_bias, share_within_fields, weight_and_bias, ChannelStats, Layer, Stats};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Granularity {
+    PerTensor,
+    PerChannel,
+}
+
+/// A closed range of real values an activation tensor is quantized over.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Range {
+    pub lo: f32,
+    pub hi: f32,
+}
+
+impl Range {
+    fn union(self, o: Range) -> Range {
+        Range { lo: self.lo.min(o.lo), hi: self.hi.max(o.hi) }
+    }
+
+    /// u8 affine parameters, the range widened to contain zero (ONNX requires an exact zero).
+    pub fn to_u8(self) -> (f32, u8) {
+        let (lo, hi) = (self.lo.min(0.0), self.hi.max(0.0));
+        let scale = ((hi - lo) / 255.0).max(1e-8);
+        let zp = (-lo / scale).round_ties_even().clamp(0.0, 255.0) as u8;
+        (scale, zp)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub granularity: Granularity,
+    pub field_size: usize,
+    pub bias_correction: bool,
+    /// Activation ranges by value name; `None`: data-free from the statistics.
+    pub calibrated: Option<HashMap<String, Range>>,
+    /// Range of the model input when data-free (from the model's normalisation metadata).
+    pub input_range: Range,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub weights_quantized: usize,
+    pub activations_quantized: usize,
+    pub bias_corrected: usize,
+    /// Nodes left in FP32, with the reason.
+    pub left_fp32: Vec<String>,
+}
+
+/// Symmetric int8 with the range [-127, 127]; the scale per output channel when asked.
+pub fn weight_scales(w: &Array, out_axis: usize, g: &Granularity, field: usize) -> Vec<f32> {
+    let ranges = crate::passes::out_ranges(w, out_axis);
+    let ranges = match g {
+        Granularity::PerTensor => vec![ranges.iter().copied().fold(0f32, f32::max); ranges.len()],
+        Granularity::PerChannel => share_within_fields(&ranges, field),
+    };
+    ranges.into_iter().map(|r| if r > 0.0 { r / 127.0 } else { 1.0 }).collect()
+}
+
+fn quantize_weight(w: &Array, out_axis: usize, scales: &[f32]) -> (Vec<i8>, Array) {
+    let inner: usize = w.shape[out_axis + 1..].iter().product();
+    let n = w.shape[out_axis];
+    let mut q = Vec::with_capacity(w.len());
+    let mut deq = Vec::with_capacity(w.len());
+    for (k, v) in w.data.iter().enumerate() {
+        let s = scales[(k / inner) % n];
+        let x = (v / s).round_ties_even().clamp(-127.0, 127.0);
+        q.push(x as i8);
+        deq.push(x * s);
+    }
+    (q, Array::new(w.shape.clone(), deq))
+}
+
+/// E[f(X)] for X ~ N(mu, sigma^2) and f the activation: identity, ReLU, or ReLU clipped at `hi`.
+pub fn expected_activation(mu: f32, sigma: f32, lo: Option<f32>, hi: Option<f32>) -> f32 {
+    let (mu, sigma) = (mu as f64, (sigma as f64).max(1e-12));
+    let pdf = |z: f64| (-0.5 * z * z).exp() / (2.0 * std::f64::consts::PI).sqrt();
+    let cdf = |z: f64| 0.5 * (1.0 + libm::erf(z / std::f64::consts::SQRT_2));
+    let e = match (lo, hi) {
+        (None, _) => mu,
+        (Some(a), None) => {
+            let a = a as f64;
+            let za = (a - mu) / sigma;
+            // E[max(X, a)] = a P(X < a) + mu P(X > a) + sigma pdf(za)
+            a * cdf(za) + mu * (1.0 - cdf(za)) + sigma * pdf(za)
+        }
+        (Some(a), Some(b)) => {
+            let (a, b) = (a as f64, b as f64);
+            let (za, zb) = ((a - mu) / sigma, (b - mu) / sigma);
+            a * cdf(za) + mu * (cdf(zb) - cdf(za)) + sigma * (pdf(za) - pdf(zb)) + b * (1.0 - cdf(zb))
+        }
+    };
+    e as f32
+}
+
+/// What feeds a layer's data input: a layer with statistics through an activation.
+struct Source {
+    stats: ChannelStats,
+    lo: Option<f32>,
+    /// Per-channel upper bound (ReLU6 or Relu + Min).
+    hi: Option<Vec<f32>>,
+}
+
+fn source_of(g: &Graph, stats: &Stats, value: &str) -> Option<Source> {
+    let mut v = value.to_string();
+    let (mut lo, mut hi): (Option<f32>, Option<Vec<f32>>) = (None, None);
+    for _ in 0..3 {
+        if let Some(st) = stats.get(&v) {
+            return Some(Source { stats: st.clone(), lo, hi });
+        }
+        let n = &g.nodes()[g.producer(&v)?];
+        match n.op_type.as_str() {
+            "Relu" => lo = Some(0.0),
+            "Min" => {
+                let b = n.input.iter().find_map(|i| g.initializer(i).and(g.constant(i)))?;
+                hi = Some(b.data);
+                v = n.input.iter().find(|i| g.initializer(i).is_none())?.clone();
+                continue;
+            }
+            "Clip" => {
+                lo = Some(n.input.get(1).and_then(|x| g.constant(x)).map_or(attr_f(n, "min", f32::MIN), |a| a.data[0]));
+                hi = n.input.get(2).and_then(|x| g.constant(x)).map(|a| a.data);
+            }
+            _ => return None,
+        }
+        v = n.input[0].clone();
+    }
+    None
+}
+
+/// Data-free range of every tensor we can bound, propagated in topological order.
+pub fn data_free_ranges(g: &Graph, stats: &Stats, input_range: Range) -> Result<HashMap<String, Range>> {
+    let mut r: HashMap<String, Range> = HashMap::new();
+    for i in &g.g().input {
+        if g.initializer(&i.name).is_none() {
+            r.insert(i.name.clone(), input_range);
+        }
+    }
+    for &i in &g.topological_order()? {
+        let n = &g.nodes()[i];
+        let out = n.output[0].clone();
+        let ins: Vec<Option<Range>> = n.input.iter().map(|x| r.get(x).copied()).collect();
+        let range = if let Some(st) = stats.get(&out) {
+            let lo = st.beta.iter().zip(&st.gamma).map(|(b, s)| b - 3.0 * s).fold(f32::MAX, f32::min);
+            let hi = st.beta.iter().zip(&st.gamma).map(|(b, s)| b + 3.0 * s).fold(f32::MIN, f32::max);
+            Some(Range { lo, hi })
+        } else {
+            match (n.op_type.as_str(), ins.first().copied().flatten()) {
+                ("Relu", Some(x)) => Some(Range { lo: x.lo.max(0.0), hi: x.hi.max(0.0) }),
+                ("Clip", Some(x)) => {
+                    let lo = n.input.get(1).and_then(|v| g.constant(v)).map_or(f32::MIN, |a| a.data[0]);
+                    let hi = n.input.get(2).and_then(|v| g.constant(v)).map_or(f32::MAX, |a| a.data[0]);
+                    Some(Range { lo: x.lo.max(lo), hi: x.hi.min(hi) })
+                }
+                ("Min", Some(x)) => n.input.iter().find_map(|v| g.initializer(v).and(g.constant(v))).map(|b| Range {
+                    lo: x.lo.min(b.data.iter().copied().fold(f32::MAX, f32::min)),
+                    hi: x.hi.min(b.data.iter().copied().fold(f32::MIN, f32::max)),
+                }),
+                ("Add", Some(a)) => ins.get(1).copied().flatten().map(|b| Range { lo: a.lo + b.lo, hi: a.hi + b.hi }),
+                // A 0/1 mask keeps values and adds zeros.
+                ("Mul", Some(x))
+                    if n.input.get(1).and_then(|m| g.constant(m)).is_some_and(|m| m.data.iter().all(|v| *v == 0.0 || *v == 1.0)) =>
+                {
+                    Some(x.union(Range { lo: 0.0, hi: 0.0 }))
+                }
+                (
+                    "Reshape" | "Flatten" | "ReduceMax" | "MaxPool" | "GlobalAveragePool" | "GlobalMaxPool" | "AveragePool" | "Transpose"
+                    | "Squeeze" | "Unsqueeze" | "Identity",
+                    Some(x),
+                ) => Some(x),
+                _ => None,
+            }
+        };
+        if let Some(range) = range {
+            r.insert(out, range);
+        }
+    }
+    Ok(r)
+}
+
+fn qdq_pair(g: &mut Graph, value: &str, scale: f32, zp: u8) {
+    let s = g.fresh_name(&format!("{value}.scale"));
+    let z = g.fresh_name(&format!("{value}.zero_point"));
+    g.add_tensor(pb::TensorProto {
+        name: s.clone(),
+        data_type: DataType::Float as i32,
+        raw_data: scale.to_le_bytes().to_vec(),
+        ..Default::default()
+    });
+    g.add_tensor(pb::TensorProto { name: z.clone(), data_type: DataType::Uint8 as i32, raw_data: vec![zp], ..Default::default() });
+    let q = g.fresh_name(&format!("{value}.q"));
+    let dq = g.fresh_name(&format!("{value}.dq"));
+    g.replace_uses(value, &dq);
+    let node = |op: &str, input: Vec<String>, output: String| pb::NodeProto {
+        name: output.clone(),
+        op_type: op.into(),
+        input,
+        output: vec![output],
+        ..Default::default()
+    };
+    g.g_mut().node.push(node("QuantizeLinear", vec![value.into(), s.clone(), z.clone()], q.clone()));
+    g.g_mut().node.push(node("DequantizeLinear", vec![q, s, z], dq));
+}
+
+/// For `value` = act(layer(x)) with act a chain of Relu / Min(constant) / Clip, the layer's output.
+fn activation_root(g: &Graph, value: &str) -> Option<String> {
+    let mut v = value.to_string();
+    let mut through_act = false;
+    loop {
+        let n = &g.nodes()[g.producer(&v)?];
+        match n.op_type.as_str() {
+            "Relu" | "Clip" => {}
+            "Min" if n.input.iter().any(|i| g.initializer(i).is_some()) => {}
+            "Conv" | "Gemm" if through_act && g.single_use(&v) => return Some(v),
+            _ => return None,
+        }
+        through_act = true;
+        let data = n.input.iter().find(|i| g.initializer(i).is_none() && g.constant(i).is_none())?.clone();
+        if !g.single_use(&data) {
+            return None;
+        }
+        v = data;
+    }
+}
+
+/// Quantizes weights (with bias correction) and activations in place.
+pub fn quantize(g: &mut Graph, stats: &Stats, opts: &Options) -> Result<Report> {
+    if g.opset() < 13 && opts.granularity == Granularity::PerChannel {
+        bail!("per-channel quantization needs opset 13 or later (the model has opset {})", g.opset());
+    }
+    let mut report = Report::default();
+    let ranges = match &opts.calibrated {
+        Some(r) => r.clone(),
+        None => data_free_ranges(g, stats, opts.input_range)?,
+    };
+
+    // Weights first, bias correction from the exact rounding error.
+    let all: Vec<Layer> = layers(g);
+    let mut dequantize_nodes = Vec::new();
+    for l in all {
+        let mut l = layer_at(g, g.producer(&l.output).expect("layer")).expect("layer");
+        let (w, mut b) = weight_and_bias(g, &l)?;
+        let scales = weight_scales(&w, l.out_axis, &opts.granularity, opts.field_size);
+        let (q, deq) = quantize_weight(&w, l.out_axis, &scales);
+        if opts.bias_correction {
+            let input = g.nodes()[l.node].input[0].clone();
+            if let Some(src) = source_of(g, stats, &input) {
+                let ex: Vec<f32> = (0..src.stats.beta.len())
+                    .map(|c| {
+                        expected_activation(
+                            src.stats.beta[c],
+                            src.stats.gamma[c],
+                            src.lo,
+                            src.hi.as_ref().map(|h| if h.len() == 1 { h[0] } else { h[c] }),
+                        )
+                    })
+                    .collect();
+                let in_axis = if l.is_depthwise() {
+                    0
+                } else if w.shape.len() == 2 {
+                    1 - l.out_axis
+                } else {
+                    1
+                };
+                if ex.len() == w.shape[in_axis] || l.is_depthwise() {
+                    let mut shift = vec![0f32; b.len()];
+                    crate::passes::for_each_index(&w, |idx, v| {
+                        let k: usize = idx.iter().zip(&w.shape).fold(0, |acc, (i, d)| acc * d + i);
+                        shift[idx[l.out_axis]] += (deq.data[k] - v) * ex[idx[in_axis]];
+                    });
+                    b.iter_mut().zip(&shift).for_each(|(b, s)| *b -= s);
+                    set_weight_and_bias(g, &mut l, &w, &b);
+                    report.bias_corrected += 1;
+                }
+            }
+        }
+        let base = if l.name.is_empty() { l.output.clone() } else { l.name.clone() };
+        let qn = g.fresh_name(&format!("{base}.weight_q"));
+        let sn = g.fresh_name(&format!("{base}.weight_scale"));
+        let zn = g.fresh_name(&format!("{base}.weight_zero_point"));
+        let dqn = g.fresh_name(&format!("{base}.weight_dq"));
+        let per_tensor = opts.granularity == Granularity::PerTensor;
+        let (scale_dims, scale_data): (Vec<i64>, Vec<f32>) =
+            if per_tensor { (vec![], vec![scales[0]]) } else { (vec![scales.len() as i64], scales.clone()) };
+        g.add_tensor(pb::TensorProto {
+            name: qn.clone(),
+            dims: w.shape.iter().map(|d| *d as i64).collect(),
+            data_type: DataType::Int8 as i32,
+            raw_data: q.iter().map(|x| *x as u8).collect(),
+            ..Default::default()
+        });
+        g.add_tensor(pb::TensorProto {
+            name: sn.clone(),
+            dims: scale_dims.clone(),
+            data_type: DataType::Float as i32,
+            raw_data: scale_data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ..Default::default()
+        });
+        g.add_tensor(pb::TensorProto {
+            name: zn.clone(),
+            dims: scale_dims,
+            data_type: DataType::Int8 as i32,
+            raw_data: vec![0; scale_data.len()],
+            ..Default::default()
+        });
+        let mut node = pb::NodeProto {
+            name: dqn.clone(),
+            op_type: "DequantizeLinear".into(),
+            input: vec![qn, sn, zn],
+            output: vec![dqn.clone()],
+            ..Default::default()
+        };
+        if !per_tensor {
+            node.attribute.push(pb::AttributeProto {
+                name: "axis".into(),
+                r#type: pb::attribute_proto::AttributeType::Int as i32,
+                i: l.out_axis as i64,
+                ..Default::default()
+            });
+        }
+        dequantize_nodes.push(node);
+        g.g_mut().node[l.node].input[1] = dqn;
+        report.weights_quantized += 1;
+    }
+    g.g_mut().node.extend(dequantize_nodes);
+
+    // Activations: every float tensor entering a Conv, Gemm, Add or pooling op.
+    let mut targets: Vec<String> = Vec::new();
+    for n in g.nodes() {
+        let data_inputs: &[String] = match n.op_type.as_str() {
+            "Conv" | "Gemm" | "GlobalAveragePool" | "AveragePool" | "MaxPool" => &n.input[..1],
+            "Add" | "Concat" => &n.input[..],
+            _ => continue,
+        };
+        for v in data_inputs {
+            if g.initializer(v).is_none() && g.constant(v).is_none() && !targets.contains(v) && !v.ends_with(".weight_dq") {
+                targets.push(v.clone());
+            }
+        }
+    }
+    for v in targets {
+        match ranges.get(&v) {
+            Some(r) if r.lo.is_finite() && r.hi.is_finite() && r.hi > r.lo => {
+                let (scale, zp) = r.to_u8();
+                // Quantize the layer output itself on the activation's grid too, so the
+                // convolution runs as one integer op (exact, order-independent: equivariance
+                // survives) and the ReLU / per-channel bound act elementwise on grid values.
+                if let Some(root) = activation_root(g, &v) {
+                    qdq_pair(g, &root, scale, zp);
+                }
+                qdq_pair(g, &v, scale, zp);
+                report.activations_quantized += 1;
+            }
+            _ => report.left_fp32.push(format!("{v} (no activation range: no batch-norm statistics reach it; use --calibrate)")),
+        }
+    }
+    g.sort()?;
+    g.prune();
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_clipped_normal_matches_monte_carlo_limits() {
+        // Identity and the closed forms at extremes.
+        assert_eq!(expected_activation(0.3, 1.0, None, None), 0.3);
+        // E[ReLU(N(0,1))] = 1/sqrt(2 pi)
+        assert!((expected_activation(0.0, 1.0, Some(0.0), None) - 0.398_942_3).abs() < 1e-6);
+        // Far above the clip, the output is the bound; far below zero, zero.
+        assert!((expected_activation(50.0, 1.0, Some(0.0), Some(6.0)) - 6.0).abs() < 1e-5);
+        assert!(expected_activation(-50.0, 1.0, Some(0.0), Some(6.0)).abs() < 1e-5);
+        // A numeric integral of clip(x, 0, 6) against N(2, 3^2).
+        let (mu, s) = (2.0f64, 3.0f64);
+        let mut acc = 0.0;
+        let steps = 200_000;
+        for k in 0..steps {
+            let x = mu - 12.0 * s + 24.0 * s * (k as f64 + 0.5) / steps as f64;
+            let p = (-(x - mu).powi(2) / (2.0 * s * s)).exp() / (s * (2.0 * std::f64::consts::PI).sqrt());
+            acc += x.clamp(0.0, 6.0) * p * 24.0 * s / steps as f64;
+        }
+        assert!((expected_activation(2.0, 3.0, Some(0.0), Some(6.0)) as f64 - acc).abs() < 1e-4);
+    }
+
+    #[test]
+    fn u8_parameters_contain_zero_exactly() {
+        let (s, z) = Range { lo: 0.5, hi: 6.0 }.to_u8();
+        assert_eq!(z, 0);
+        assert!((s - 6.0 / 255.0).abs() < 1e-7);
+        let (s, z) = Range { lo: -1.0, hi: 3.0 }.to_u8();
+        assert!((z as f32 * s - 1.0).abs() < s);
+    }
+
+    #[test]
+    fn per_channel_scales_are_shared_within_fields() {
+        let w = Array::new(vec![4, 1, 1, 1], vec![1.0, -2.0, 0.5, 0.25]);
+        let s = weight_scales(&w, 0, &Granularity::PerChannel, 2);
+        assert_eq!(s, vec![2.0 / 127.0, 2.0 / 127.0, 0.5 / 127.0, 0.5 / 127.0]);
+        assert_eq!(weight_scales(&w, 0, &Granularity::PerTensor, 1), vec![2.0 / 127.0; 4]);
+    }
+}

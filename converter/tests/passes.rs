@@ -1,0 +1,121 @@
+//! Each data-free quantization pass, alone and chained, on real models run
+//! through the runtime: batch-norm folding and cross-layer equalization must keep
+//! the FP32 function (relative output error < 1e-5); high-bias absorption changes
+//! it only where the normal assumption fails, which is measured and bounded.
+
+use edgemed_converter::graph::Graph;
+use edgemed_converter::passes::equalize::{cross_layer_equalize, Options, Relu6Policy};
+use edgemed_converter::passes::{absorb, fold_bn, in_ranges, layers, out_ranges, weight_and_bias};
+use edgemed_runtime::backend::{Backend, TractBackend};
+use edgemed_runtime::model::OnnxModel;
+use edgemed_runtime::ndarray::{ArrayD, IxDyn};
+use edgemed_tests::{fixture, read_f32};
+
+fn run(g: &Graph, input: &ArrayD<f32>) -> Vec<f32> {
+    let model = OnnxModel::from_bytes("pass.onnx", &g.to_bytes()).unwrap();
+    let backend = TractBackend::new(&model, input.shape()).unwrap();
+    backend.run(input.clone()).unwrap().remove(0).iter().copied().collect()
+}
+
+/// ||a - b|| / ||b|| over all outputs.
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den).sqrt() as f32
+}
+
+fn input(name: &str) -> ArrayD<f32> {
+    ArrayD::from_shape_vec(IxDyn(&[2, 3, 95, 95]), read_f32(&fixture(&format!("{name}.input.f32")))).unwrap()
+}
+
+/// Median over layers of (max channel range / min channel range) of depthwise weights.
+fn depthwise_range_ratio(g: &Graph) -> f32 {
+    let mut ratios: Vec<f32> = layers(g)
+        .iter()
+        .filter(|l| l.is_depthwise())
+        .map(|l| {
+            let r = out_ranges(&weight_and_bias(g, l).unwrap().0, 0);
+            r.iter().copied().fold(0f32, f32::max) / r.iter().copied().fold(f32::MAX, f32::min).max(1e-12)
+        })
+        .collect();
+    ratios.sort_by(f32::total_cmp);
+    ratios[ratios.len() / 2]
+}
+
+#[test]
+fn folding_and_equalization_keep_the_function() {
+    for (name, field) in [("eqmnv2_c1", 1), ("eqmnv2_c4", 4), ("eqmnv2_c8", 8), ("eqmnv2_c12", 12), ("eqmnv2_c4_folded", 4)] {
+        let x = input(name);
+        let mut g = Graph::load(&fixture(&format!("{name}.onnx"))).unwrap();
+        let reference = run(&g, &x);
+        let mut stats = fold_bn::fold_batch_norm(&mut g).unwrap();
+        let folded = run(&g, &x);
+        let e_fold = rel_err(&folded, &reference);
+        assert!(!g.nodes().iter().any(|n| n.op_type == "BatchNormalization"), "{name}: BN left");
+        assert_eq!(stats.is_empty(), name.ends_with("folded"), "{name}: statistics kept only when BN was there");
+        let before = depthwise_range_ratio(&g);
+        let report = cross_layer_equalize(&mut g, &mut stats, &Options { field_size: field, ..Options::default() }).unwrap();
+        let after = depthwise_range_ratio(&g);
+        let e_cle = rel_err(&run(&g, &x), &reference);
+        println!("{name}: fold {e_fold:.2e}, CLE {e_cle:.2e} ({} triplets, {} pairs, {} iterations); depthwise range ratio {before:.1} -> {after:.1}", report.triplets, report.pairs, report.iterations);
+        assert!(e_fold < 1e-5 && e_cle < 1e-5, "{name}: fold {e_fold}, CLE {e_cle}");
+        // Every inverted residual block is a triplet, except where the block input also feeds a
+        // residual add (C8 at this width: the stem output), which must not be rescaled.
+        assert!(report.triplets >= 16, "{name}: {} triplets", report.triplets);
+        assert!(after < before, "{name}: equalization should narrow depthwise ranges");
+    }
+}
+
+#[test]
+fn equalization_shares_scales_within_fields() {
+    // After field-aware CLE the per-channel ranges of a C4 model are equal within every field
+    // wherever they were before; checked on the stem, whose filters are rotated copies.
+    let mut g = Graph::load(&fixture("eqmnv2_c4.onnx")).unwrap();
+    let mut stats = fold_bn::fold_batch_norm(&mut g).unwrap();
+    cross_layer_equalize(&mut g, &mut stats, &Options { field_size: 4, ..Options::default() }).unwrap();
+    for l in layers(&g).iter().filter(|l| l.out_channels % 4 == 0 && !l.name.contains("logits")) {
+        let r = out_ranges(&weight_and_bias(&g, l).unwrap().0, l.out_axis);
+        for f in r.chunks(4) {
+            assert!(f.iter().all(|v| (v / f[0] - 1.0).abs() < 1e-5), "{}: {f:?}", l.name);
+        }
+    }
+    // And the next layers' input ranges likewise (pointwise weights are field-circulant).
+    let l = layers(&g).into_iter().find(|l| l.name == "blocks.1.expand.conv").unwrap();
+    let r = in_ranges(&weight_and_bias(&g, &l).unwrap().0, 0);
+    assert!(r.chunks(4).all(|f| f.iter().all(|v| (v / f[0] - 1.0).abs() < 1e-5)));
+}
+
+#[test]
+fn relu6_replacement_is_an_explicit_function_change() {
+    let name = "eqmnv2_c4";
+    let x = input(name);
+    let mut g = Graph::load(&fixture(&format!("{name}.onnx"))).unwrap();
+    let reference = run(&g, &x);
+    let mut stats = fold_bn::fold_batch_norm(&mut g).unwrap();
+    let report =
+        cross_layer_equalize(&mut g, &mut stats, &Options { field_size: 4, relu6: Relu6Policy::ReplaceWithRelu, ..Options::default() })
+            .unwrap();
+    assert!(report.clips_rewritten > 0);
+    assert!(!g.nodes().iter().any(|n| n.op_type == "Clip" || n.op_type == "Min"), "all ReLU6 in chains became ReLU");
+    let e = rel_err(&run(&g, &x), &reference);
+    println!("ReLU6 -> ReLU changes outputs by {e:.2e} (relative)");
+    assert!(e > 1e-5, "replacing ReLU6 should change this model's outputs");
+}
+
+#[test]
+fn high_bias_absorption_is_exact_where_its_assumption_holds() {
+    let name = "eqmnv2_c4";
+    let x = input(name);
+    let mut g = Graph::load(&fixture(&format!("{name}.onnx"))).unwrap();
+    let reference = run(&g, &x);
+    let mut stats = fold_bn::fold_batch_norm(&mut g).unwrap();
+    cross_layer_equalize(&mut g, &mut stats, &Options { field_size: 4, ..Options::default() }).unwrap();
+    let report = absorb::absorb_high_biases(&mut g, &mut stats, 4).unwrap();
+    let e = rel_err(&run(&g, &x), &reference);
+    println!(
+        "absorbed into {} layers (skipped {} padded), max shift {:.3}; relative output change {e:.2e}",
+        report.absorbed_layers, report.skipped_padded, report.max_shift
+    );
+    assert!(report.absorbed_layers > 0, "the seeded model has biases above 3 sigma");
+    assert!(e < 1e-2, "absorption moved outputs by {e}");
+}
