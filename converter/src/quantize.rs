@@ -281,6 +281,7 @@ pub fn quantize(g: &mut Graph, stats: &Stats, opts: &Options) -> Result<Report> 
                         let k: usize = idx.iter().zip(&w.shape).fold(0, |acc, (i, d)| acc * d + i);
                         shift[idx[l.out_axis]] += (deq.data[k] - v) * ex[idx[in_axis]];
                     });
+                    crate::passes::uniform_within_fields(&mut shift, opts.field_size);
                     b.iter_mut().zip(&shift).for_each(|(b, s)| *b -= s);
                     set_weight_and_bias(g, &mut l, &w, &b);
                     report.bias_corrected += 1;

@@ -57,7 +57,10 @@ pub fn absorb_high_biases(g: &mut Graph, stats: &mut Stats, field_size: usize) -
         } else {
             1
         };
-        super::for_each_index(&w2, |idx, v| b2[idx[second.out_axis]] += v * c[idx[in_axis]]);
+        let mut shift = vec![0f32; b2.len()];
+        super::for_each_index(&w2, |idx, v| shift[idx[second.out_axis]] += v * c[idx[in_axis]]);
+        super::uniform_within_fields(&mut shift, field_size);
+        b2.iter_mut().zip(&shift).for_each(|(b, s)| *b += s);
         set_weight_and_bias(g, &mut second, &w2, &b2);
         let st = stats.get_mut(&link.first).expect("present");
         st.beta.iter_mut().zip(&c).for_each(|(b, c)| *b -= c);

@@ -192,6 +192,18 @@ pub fn share_within_fields(r: &[f32], field: usize) -> Vec<f32> {
     r.chunks(field).flat_map(|c| std::iter::repeat_n(c.iter().copied().fold(0f32, f32::max), field)).collect()
 }
 
+/// Makes per-channel values uniform within each field (their mean), undoing the
+/// last-ulp differences that summing a permuted row in a different order leaves.
+pub fn uniform_within_fields(v: &mut [f32], field: usize) {
+    if field <= 1 || v.len() % field != 0 {
+        return;
+    }
+    for f in v.chunks_mut(field) {
+        let mean = (f.iter().map(|x| *x as f64).sum::<f64>() / field as f64) as f32;
+        f.iter_mut().for_each(|x| *x = mean);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

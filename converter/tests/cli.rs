@@ -1,0 +1,60 @@
+//! The `edgemed` CLI on bad input: one clear line, non-zero exit, no output file.
+
+use std::process::{Command, Output};
+
+use edgemed_tests::{fixture, repo_root};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_edgemed")).args(args).current_dir(repo_root()).output().unwrap()
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("edgemed-conv-{}-{}", name, std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn non_onnx_input_is_refused_and_nothing_written() {
+    let d = tmp("junk");
+    let junk = d.join("junk.onnx");
+    std::fs::write(&junk, "definitely not protobuf \u{1}\u{2}").unwrap();
+    let out = d.join("out.onnx");
+    let o = run(&["quantize", junk.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("junk.onnx: not a valid ONNX model"), "{err}");
+    assert!(!out.exists());
+    assert_eq!(std::fs::read_dir(&d).unwrap().count(), 1, "no temporary file left");
+}
+
+#[test]
+fn quantize_inspect_verify_round_trip() {
+    let d = tmp("ok");
+    let out = d.join("c4_int8.onnx");
+    let o = run(&["quantize", fixture("eqmnv2_c4.onnx").to_str().unwrap(), "-o", out.to_str().unwrap(), "--per-channel"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&["verify", fixture("eqmnv2_c4.onnx").to_str().unwrap(), out.to_str().unwrap(), "--random", "4", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["sqnr_db"][0].as_f64().unwrap() > 15.0 && v["rotation_error"][1].as_f64().unwrap() <= 1e-4, "{v}");
+    let o = run(&["inspect", fixture("eqmnv2_c4.onnx").to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && text.contains("blocks.3.dw.conv") && text.contains("after CLE"), "{text}");
+    let fp16 = d.join("c4_fp16.onnx");
+    let o = run(&["quantize", fixture("eqmnv2_c4.onnx").to_str().unwrap(), "-o", fp16.to_str().unwrap(), "--fp16"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&["verify", fixture("eqmnv2_c4.onnx").to_str().unwrap(), fp16.to_str().unwrap(), "--random", "2", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["sqnr_db"][0].as_f64().unwrap() > 40.0, "{v}");
+}
+
+#[test]
+fn unsupported_patterns_stay_fp32_and_are_listed() {
+    let d = tmp("partial");
+    let out = d.join("escnn_int8.onnx");
+    let o = run(&["quantize", fixture("dfq/escnn_c4.onnx").to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("left in FP32") && err.contains("use --calibrate"), "{err}");
+}
