@@ -54,6 +54,8 @@ pub fn input_range(md: &ModelMetadata) -> Range {
 
 pub fn run(g: &mut Graph, opts: &Options) -> Result<Report> {
     let mut report = Report::default();
+    // Unoptimised exports compute biases and batch-norm parameters through shape plumbing.
+    g.materialize_constant_inputs(&["Conv", "Gemm", "BatchNormalization", "Clip"]);
     let bn_nodes = g.nodes().iter().filter(|n| n.op_type == "BatchNormalization").count();
     let mut stats = fold_bn::fold_batch_norm(g)?;
     report.folded = bn_nodes - g.nodes().iter().filter(|n| n.op_type == "BatchNormalization").count();

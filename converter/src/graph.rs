@@ -109,6 +109,94 @@ impl Graph {
         node.attribute.iter().find(|a| a.name == "value").and_then(|a| a.t.as_ref()).and_then(|t| tensor_to_array(t).ok())
     }
 
+    /// Evaluates `name` when it is computed from constants only by shape plumbing
+    /// (Shape of an initializer, Expand, Cast, CastLike, Identity, Reshape), as
+    /// unoptimised exports build zero biases and batch-norm parameters.
+    pub fn eval_constant(&self, name: &str, depth: usize) -> Option<Array> {
+        if let Some(a) = self.constant(name) {
+            return Some(a);
+        }
+        if depth == 0 {
+            return None;
+        }
+        let n = &self.nodes()[self.producer(name)?];
+        let arg = |i: usize| n.input.get(i).and_then(|x| self.eval_constant(x, depth - 1));
+        match n.op_type.as_str() {
+            "Constant" => {
+                let a = n.attribute.iter().find(|a| a.name.starts_with("value"))?;
+                match a.name.as_str() {
+                    "value_ints" => Some(Array::new(vec![a.ints.len()], a.ints.iter().map(|v| *v as f32).collect())),
+                    "value_int" => Some(Array::new(vec![], vec![a.i as f32])),
+                    "value_float" => Some(Array::new(vec![], vec![a.f])),
+                    "value_floats" => Some(Array::new(vec![a.floats.len()], a.floats.clone())),
+                    _ => None,
+                }
+            }
+            "Shape" => {
+                let src = n.input.first()?;
+                let dims: Vec<f32> = match self.initializer(src) {
+                    Some(t) => t.dims.iter().map(|d| *d as f32).collect(),
+                    None => self.eval_constant(src, depth - 1)?.shape.iter().map(|d| *d as f32).collect(),
+                };
+                let len = dims.len() as i64;
+                let clamp = |v: i64| (if v < 0 { v + len } else { v }).clamp(0, len) as usize;
+                let start = clamp(attr_i(n, "start", 0));
+                let end = clamp(attr_i(n, "end", len));
+                let d = dims[start..end.max(start)].to_vec();
+                Some(Array::new(vec![d.len()], d))
+            }
+            "Cast" | "CastLike" | "Identity" => arg(0),
+            "Expand" => {
+                let x = arg(0)?;
+                let shape: Vec<usize> = arg(1)?.data.iter().map(|v| *v as usize).collect();
+                let n_out: usize = shape.iter().product();
+                (x.len() == 1).then(|| Array::new(shape, vec![x.data[0]; n_out]))
+            }
+            "Reshape" => {
+                let x = arg(0)?;
+                let spec = arg(1)?.data;
+                let known: usize = spec.iter().filter(|v| **v > 0.0).map(|v| *v as usize).product();
+                let shape: Vec<usize> = spec
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| match *v as i64 {
+                        -1 => x.len() / known.max(1),
+                        0 => x.shape.get(i).copied().unwrap_or(1),
+                        k => k as usize,
+                    })
+                    .collect();
+                (shape.iter().product::<usize>() == x.len()).then(|| Array::new(shape, x.data))
+            }
+            _ => None,
+        }
+    }
+
+    /// Replaces computed-constant inputs of `ops` nodes (all but the data input) by initializers.
+    pub fn materialize_constant_inputs(&mut self, ops: &[&str]) -> usize {
+        let mut count = 0;
+        for i in 0..self.nodes().len() {
+            if !ops.contains(&self.nodes()[i].op_type.as_str()) {
+                continue;
+            }
+            for k in 1..self.nodes()[i].input.len() {
+                let name = self.nodes()[i].input[k].clone();
+                if name.is_empty() || self.initializer(&name).is_some() {
+                    continue;
+                }
+                if let Some(a) = self.eval_constant(&name, 8) {
+                    let fresh = self.fresh_name(&format!("{name}.const"));
+                    self.set_initializer(&fresh, &a);
+                    self.g_mut().node[i].input[k] = fresh;
+                    count += 1;
+                }
+            }
+        }
+        if count > 0 {
+            self.prune();
+        }
+        count
+    }
+
     /// Replaces (or adds) a float initializer. A `Constant` node of that name is removed.
     pub fn set_initializer(&mut self, name: &str, a: &Array) {
         if let Some(p) = self.producer(name) {
@@ -173,12 +261,12 @@ impl Graph {
 
     pub fn prune(&mut self) {
         let g = self.g_mut();
-        // Constants feeding only removed nodes go too (repeat: a Constant may feed a Constant-only chain).
+        // Nodes nobody reads go too, repeatedly (ONNX inference ops have no side effects).
         loop {
             let used: HashSet<String> =
                 g.node.iter().flat_map(|n| n.input.iter().cloned()).chain(g.output.iter().map(|o| o.name.clone())).collect();
             let before = g.node.len();
-            g.node.retain(|n| n.op_type != "Constant" || n.output.iter().any(|o| used.contains(o)));
+            g.node.retain(|n| n.output.iter().any(|o| used.contains(o)));
             if g.node.len() == before {
                 break;
             }

@@ -184,10 +184,11 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Inspect { model, field_size } => {
-            let g = Graph::load(&model)?;
+            // "Before" is after batch-norm folding: those are the ranges quantization would face.
+            let mut g = Graph::load(&model)?;
             let field = field_size.unwrap_or_else(|| dfq::field_size_of(&g));
+            let mut stats = passes::fold_bn::fold_batch_norm(&mut g)?;
             let mut eq = Graph::from_bytes(&g.to_bytes())?;
-            let mut stats = passes::fold_bn::fold_batch_norm(&mut eq)?;
             passes::equalize::cross_layer_equalize(
                 &mut eq,
                 &mut stats,
@@ -202,7 +203,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             println!(
                 "{:<32} {:<5} {:<18} | {:^29} | {:^29}",
-                "layer", "op", "weight", "before: median max max/min", "after CLE: median max max/min"
+                "layer", "op", "weight", "BN folded: median max max/min", "after CLE: median max max/min"
             );
             let after: std::collections::HashMap<String, passes::Layer> =
                 passes::layers(&eq).into_iter().map(|l| (l.name.clone(), l)).collect();

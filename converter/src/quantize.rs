@@ -177,8 +177,8 @@ pub fn data_free_ranges(g: &Graph, stats: &Stats, input_range: Range) -> Result<
                     Some(x.union(Range { lo: 0.0, hi: 0.0 }))
                 }
                 (
-                    "Reshape" | "Flatten" | "ReduceMax" | "MaxPool" | "GlobalAveragePool" | "GlobalMaxPool" | "AveragePool" | "Transpose"
-                    | "Squeeze" | "Unsqueeze" | "Identity",
+                    "Reshape" | "Flatten" | "ReduceMax" | "ReduceMean" | "MaxPool" | "GlobalAveragePool" | "GlobalMaxPool" | "AveragePool"
+                    | "Transpose" | "Squeeze" | "Unsqueeze" | "Identity",
                     Some(x),
                 ) => Some(x),
                 _ => None,
@@ -347,7 +347,8 @@ pub fn quantize(g: &mut Graph, stats: &Stats, opts: &Options) -> Result<Report> 
             _ => continue,
         };
         for v in data_inputs {
-            if g.initializer(v).is_none() && g.constant(v).is_none() && !targets.contains(v) && !v.ends_with(".weight_dq") {
+            // Constants (shape pieces, computed or stored) are not activations.
+            if g.initializer(v).is_none() && g.eval_constant(v, 8).is_none() && !targets.contains(v) && !v.ends_with(".weight_dq") {
                 targets.push(v.clone());
             }
         }

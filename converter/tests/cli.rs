@@ -37,7 +37,10 @@ fn quantize_inspect_verify_round_trip() {
     let o = run(&["verify", fixture("eqmnv2_c4.onnx").to_str().unwrap(), out.to_str().unwrap(), "--random", "4", "--json"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(v["sqnr_db"][0].as_f64().unwrap() > 15.0 && v["rotation_error"][1].as_f64().unwrap() <= 1e-4, "{v}");
+    // Rotation error: FP32 at float precision; INT8 under tract's float simulation of QDQ
+    // at the level of a few flipped rounding steps (exactly 0 with integer kernels, see tests/dfq.rs).
+    assert!(v["sqnr_db"][0].as_f64().unwrap() > 15.0, "{v}");
+    assert!(v["rotation_error"][0].as_f64().unwrap() <= 1e-4 && v["rotation_error"][1].as_f64().unwrap() <= 1e-2, "{v}");
     let o = run(&["inspect", fixture("eqmnv2_c4.onnx").to_str().unwrap()]);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success() && text.contains("blocks.3.dw.conv") && text.contains("after CLE"), "{text}");
