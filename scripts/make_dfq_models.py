@@ -37,15 +37,18 @@ mnv2_spread.fp32_logits.f32
 mnv2_spread.ort_perchannel.onnx / mnv2_spread.ort_pertensor.onnx
     onnxruntime.quantization.quantize_static from mnv2_spread_folded.onnx: QDQ,
     MinMax calibration on 64 other synthetic patches (seed 202), u8 activations,
-    s8 weights, per_channel True / False ("naive per-tensor INT8").
+    s8 weights, per_channel True / False ("naive per-tensor INT8"). Kept as ORT
+    wrote them: the Clip nodes are gone (the u8 ranges clip) and their bound
+    Constant nodes are left dangling.
 mnv2_spread.aimet_cle.onnx (only when aimet-onnx is importable)
     aimet_onnx.cross_layer_equalization.equalize_model applied to mnv2_spread.onnx
     (BN fold, ReLU6 -> ReLU, cross-layer scaling, high-bias fold).
 baselines.json
     Logit SQNR (dB) = 10 log10(sum y^2 / sum (y - yq)^2) over all eval logits, and
     top-1 agreement with the FP32 logits, for ORT per-channel, ORT per-tensor and
-    (if available) AIMET CLE + the same per-tensor quantize_static; with the exact
-    settings and package versions.
+    (if available) AIMET CLE + the same per-tensor quantize_static (against both
+    the original and the equalized FP32 logits); also the FP32 change from
+    ReLU6 -> ReLU alone. With the exact settings and package versions.
 escnn_c4.onnx / escnn_c4.json (only when escnn is importable)
     Tiny C4-equivariant escnn network exported to plain torch then ONNX (opset 13,
     BN kept), input [batch, 3, 33, 33], 2 classes; the json gives the field size
@@ -54,10 +57,12 @@ escnn_c4.onnx / escnn_c4.json (only when escnn is importable)
 
 Rerun
 -----
-The base venv (/work/venv: torch, torchvision, onnx, onnxruntime, numpy 1.26.4)
-makes everything except the AIMET and escnn parts, which are skipped and marked
-"not available" in the json when their packages are missing. Both peers can live
-in an overlay venv so the base venv keeps numpy 1.26.4 and its own packages:
+The base venv (/work/venv: torch, onnx, onnxruntime, numpy 1.26.4, plus
+`pip install --no-deps torchvision==0.29.2`) makes everything except the AIMET
+and escnn parts. Without aimet-onnx the AIMET entry of baselines.json says "not
+available"; without escnn the escnn_c4 files are left as they are. Both peers
+live in an overlay venv, so the base venv keeps numpy 1.26.4 (aimet-onnx would
+otherwise pull numpy 2) and its own packages:
 
     python3.11 -m venv /tmp/dfq-peers
     echo /work/venv/lib/python3.11/site-packages > /tmp/dfq-peers/lib/python3.11/site-packages/base.pth
@@ -109,6 +114,27 @@ def patches(n, seed):
     x = (img.astype(np.float32) / 255.0 - MEAN) / STD
     off = (pcam_synth.P - S) // 2  # 0, as torchvision's CenterCrop for 96 -> 95
     return np.ascontiguousarray(x[:, off:off + S, off:off + S, :].transpose(0, 3, 1, 2))
+
+
+def prune_dead_nodes(m):
+    """Drops nodes none of whose outputs is used (AIMET leaves the Clip bounds' Constant nodes behind)."""
+    while True:
+        used = {i for n in m.graph.node for i in n.input} | {o.name for o in m.graph.output}
+        dead = [n for n in m.graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            return m
+        for n in dead:
+            m.graph.node.remove(n)
+
+
+def relu6_as_relu(src, dst):
+    """Copy of a model with every Clip(0, 6) replaced by Relu (what AIMET's CLE does first)."""
+    m = onnx.load(str(src))
+    for n in m.graph.node:
+        if n.op_type == "Clip":
+            n.op_type = "Relu"
+            del n.input[1:]
+    onnx.save(prune_dead_nodes(m), str(dst))
 
 
 def session(path):
@@ -312,6 +338,7 @@ def run_aimet(out, src, x, y, calib):
     m = onnx.load(str(src))
     clips_before = sum(n.op_type == "Clip" for n in m.graph.node)
     equalize_model(m)  # in place
+    prune_dead_nodes(m)
     dst = out / "mnv2_spread.aimet_cle.onnx"
     onnx.save(m, str(dst))
     m = onnx.load(str(dst))
@@ -325,6 +352,7 @@ def run_aimet(out, src, x, y, calib):
         steps="BN fold, ReLU6 (Clip 0..6) -> ReLU, cross-layer scaling, high-bias fold; no bias correction",
         relu6_replaced_by_relu=True,
         clip_nodes_before=clips_before,
+        clip_nodes_kept=[n.name for n in m.graph.node if n.op_type == "Clip"],
         ops_after=op_counts(m),
         fp32_vs_original=dict(sqnr_db=round(sqnr_db(y, y_cle), 3), top1_agreement=top1_agreement(y, y_cle),
                               max_abs_logit_err=float(np.abs(y - y_cle).max()),
@@ -451,6 +479,7 @@ def main(argv=None):
                     help=f"training steps before the BN re-estimation (default {TRAIN_STEPS}; 0: random weights)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    ort.set_default_logger_severity(3)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     import torchvision
@@ -481,10 +510,25 @@ def main(argv=None):
     for name, pc in (("ort_perchannel", True), ("ort_pertensor", False)):
         dst = out / f"mnv2_spread.{name}.onnx"
         quantize(out / "mnv2_spread_folded.onnx", dst, x_calib, pc)
-        results[name] = dict(**evaluate(dst, x_eval, y),
-                             settings=settings_json(ort_settings(pc), "mnv2_spread_folded.onnx", calib_desc))
+        mq = onnx.load(str(dst))
+        used = {i for n in mq.graph.node for i in n.input}
+        results[name] = dict(
+            **evaluate(dst, x_eval, y),
+            ops=op_counts(mq),
+            dangling_constant_nodes=sum(n.op_type == "Constant" and n.output[0] not in used for n in mq.graph.node),
+            note="quantize_static drops every Clip(0, 6) after a conv (the u8 range of the conv's QuantizeLinear, "
+                 "calibrated on the Clip output, does the clipping) and leaves the Clip bounds as dangling Constant "
+                 "nodes; the file is kept as ORT wrote it",
+            settings=settings_json(ort_settings(pc), "mnv2_spread_folded.onnx", calib_desc))
     aimet, cle_stats = run_aimet(out, out / "mnv2_spread.onnx", x_eval, y, x_calib)
     results["aimet_cle_pertensor"] = aimet
+    with tempfile.TemporaryDirectory() as tmp:  # how much of AIMET's change is ReLU6 -> ReLU alone
+        relu = Path(tmp) / "relu.onnx"
+        relu6_as_relu(out / "mnv2_spread_folded.onnx", relu)
+        y_relu = run_ort(relu, x_eval)
+    results["fp32_relu6_replaced_by_relu"] = dict(
+        sqnr_db=round(sqnr_db(y, y_relu), 3), top1_agreement=top1_agreement(y, y_relu),
+        note="FP32 mnv2_spread_folded.onnx with every Clip(0, 6) as Relu, against the FP32 logits; no file kept")
     baselines = dict(
         model="mnv2_spread (FP32 reference: mnv2_spread.fp32_logits.f32, ONNX Runtime on mnv2_spread.onnx)",
         eval_inputs="eval_inputs.f32 [32, 3, 95, 95]",

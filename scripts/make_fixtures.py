@@ -135,7 +135,7 @@ def torch_logits_of_samples(out):
     files = sorted((ROOT / "examples/data/pcam").glob("*.png"))
     imgs = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
     with torch.no_grad():
-        logits = model(train_pcam.to_input(imgs, model)).numpy()
+        logits = model(train_pcam.to_input(imgs)).numpy()
     write(out / "pcam_c4_demo.torch_logits.f32", logits)
     (out / "pcam_c4_demo.torch_logits.json").write_text(json.dumps({"files": [f.name for f in files], "shape": list(logits.shape)}) + "\n")
     print(f"torch logits of {len(files)} sample patches written")

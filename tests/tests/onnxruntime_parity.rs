@@ -5,12 +5,12 @@
 //! Tolerance, FP32 models: |ours - ort| <= 1e-4 * max(1, max|ort|) per element.
 //! INT8 QDQ models: two runtimes may round an intermediate value to neighbouring
 //! integers and the flip spreads through later layers. ONNX Runtime's own optimised
-//! and unoptimised runs of the fixture differ by 3 output quantization steps
-//! (`ort_self_spread_steps` in the manifest); tract quantizes with `x * (1/scale)`
-//! instead of `x / scale` (tract-core ops/quant.rs), which flips more ties: measured
-//! here 7 steps at most, 0.94 on average. Allowed: 10 steps per element, 1.5 on
-//! average, and the same predicted class — a wrong scale, zero point or axis moves
-//! outputs by tens of steps.
+//! and unoptimised runs of the fixture differ by up to 1 output quantization step
+//! (`ort_self_spread_steps` in the manifest; 3-5 steps on other seeds); tract
+//! quantizes with `x * (1/scale)` instead of `x / scale` (tract-core ops/quant.rs),
+//! which flips more ties: measured here 1 step at most, 0.12 on average. Allowed:
+//! 4 steps per element, 0.5 on average, and the same predicted class — a wrong
+//! scale, zero point or axis moves outputs by tens of steps.
 
 use edgemed_runtime::backend::{Backend, TractBackend};
 use edgemed_runtime::model::OnnxModel;
@@ -38,9 +38,9 @@ fn tract_matches_onnxruntime_on_fixtures() {
             Some(step) => {
                 let step = step as f32;
                 let mean_steps = diffs.iter().sum::<f32>() / diffs.len() as f32 / step;
-                println!("{name}: max {:.2} steps, mean {mean_steps:.2} steps apart (allowed 10, 1.5)", worst / step);
-                assert!(worst <= 10.0 * step * 1.001, "{name}: {} output steps apart", worst / step);
-                assert!(mean_steps <= 1.5, "{name}: mean difference {mean_steps} steps");
+                println!("{name}: max {:.2} steps, mean {mean_steps:.2} steps apart (allowed 4, 0.5)", worst / step);
+                assert!(worst <= 4.0 * step * 1.001, "{name}: {} output steps apart", worst / step);
+                assert!(mean_steps <= 0.5, "{name}: mean difference {mean_steps} steps");
                 let classes = case["output_shape"][1].as_u64().unwrap() as usize;
                 let argmax = |v: &[f32]| {
                     v.chunks(classes)
