@@ -9,6 +9,9 @@ use crate::graph::Graph;
 use crate::passes::{absorb, equalize, fold_bn};
 use crate::quantize::{self, Granularity, Range};
 
+/// Default width of data-free activation ranges in standard deviations (see `quantize --range-sigmas`).
+pub const DEFAULT_RANGE_SIGMAS: f32 = 6.0;
+
 #[derive(Debug, Clone)]
 pub struct Options {
     pub granularity: Granularity,
@@ -22,6 +25,8 @@ pub struct Options {
     /// Calibration inputs; empty: data-free ranges.
     pub calibration: Vec<ArrayD<f32>>,
     pub percentile: Option<f32>,
+    /// Data-free activation ranges: beta +- this many |gamma| per channel.
+    pub range_sigmas: f32,
 }
 
 #[derive(Debug, Default)]
@@ -96,6 +101,7 @@ pub fn run(g: &mut Graph, opts: &Options) -> Result<Report> {
         bias_correction: opts.bias_correction,
         calibrated,
         input_range: input_range(&metadata(g)),
+        range_sigmas: opts.range_sigmas,
     };
     report.quant = quantize::quantize(g, &stats, &qopts)?;
     g.model.metadata_props.retain(|e| e.key != "edgemed.precision");

@@ -42,6 +42,9 @@ enum Command {
         /// With --calibrate: clip ranges at this percentile instead of min/max.
         #[arg(long)]
         percentile: Option<f32>,
+        /// Data-free activation ranges: beta +- this many |gamma| per channel.
+        #[arg(long, default_value_t = edgemed_converter::dfq::DEFAULT_RANGE_SIGMAS)]
+        range_sigmas: f32,
         #[arg(long)]
         no_cle: bool,
         #[arg(long)]
@@ -128,6 +131,7 @@ fn run(cli: Cli) -> Result<()> {
             field_size,
             calibrate,
             percentile,
+            range_sigmas,
             no_cle,
             no_bias_absorption,
             no_bias_correction,
@@ -157,6 +161,7 @@ fn run(cli: Cli) -> Result<()> {
                 bias_correction: !no_bias_correction,
                 calibration,
                 percentile,
+                range_sigmas,
                 fp32_only,
             };
             let report = dfq::run(&mut g, &opts)?;

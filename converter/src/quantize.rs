@@ -49,6 +49,8 @@ pub struct Options {
     pub calibrated: Option<HashMap<String, Range>>,
     /// Range of the model input when data-free (from the model's normalisation metadata).
     pub input_range: Range,
+    /// Data-free pre-activation range per channel: beta +- this many |gamma|.
+    pub range_sigmas: f32,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -142,7 +144,7 @@ fn source_of(g: &Graph, stats: &Stats, value: &str) -> Option<Source> {
 }
 
 /// Data-free range of every tensor we can bound, propagated in topological order.
-pub fn data_free_ranges(g: &Graph, stats: &Stats, input_range: Range) -> Result<HashMap<String, Range>> {
+pub fn data_free_ranges(g: &Graph, stats: &Stats, input_range: Range, sigmas: f32) -> Result<HashMap<String, Range>> {
     let mut r: HashMap<String, Range> = HashMap::new();
     for i in &g.g().input {
         if g.initializer(&i.name).is_none() {
@@ -154,8 +156,8 @@ pub fn data_free_ranges(g: &Graph, stats: &Stats, input_range: Range) -> Result<
         let out = n.output[0].clone();
         let ins: Vec<Option<Range>> = n.input.iter().map(|x| r.get(x).copied()).collect();
         let range = if let Some(st) = stats.get(&out) {
-            let lo = st.beta.iter().zip(&st.gamma).map(|(b, s)| b - 3.0 * s).fold(f32::MAX, f32::min);
-            let hi = st.beta.iter().zip(&st.gamma).map(|(b, s)| b + 3.0 * s).fold(f32::MIN, f32::max);
+            let lo = st.beta.iter().zip(&st.gamma).map(|(b, s)| b - sigmas * s).fold(f32::MAX, f32::min);
+            let hi = st.beta.iter().zip(&st.gamma).map(|(b, s)| b + sigmas * s).fold(f32::MIN, f32::max);
             Some(Range { lo, hi })
         } else {
             match (n.op_type.as_str(), ins.first().copied().flatten()) {
@@ -244,7 +246,7 @@ pub fn quantize(g: &mut Graph, stats: &Stats, opts: &Options) -> Result<Report> 
     let mut report = Report::default();
     let ranges = match &opts.calibrated {
         Some(r) => r.clone(),
-        None => data_free_ranges(g, stats, opts.input_range)?,
+        None => data_free_ranges(g, stats, opts.input_range, opts.range_sigmas)?,
     };
 
     // Weights first, bias correction from the exact rounding error.

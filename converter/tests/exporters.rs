@@ -37,6 +37,7 @@ fn opts(fp32_only: bool, absorb: bool) -> Options {
         fp32_only,
         calibration: Vec::new(),
         percentile: None,
+        range_sigmas: dfq::DEFAULT_RANGE_SIGMAS,
     }
 }
 

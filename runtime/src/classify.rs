@@ -46,7 +46,7 @@ pub struct ClassifierOptions {
 
 impl Default for ClassifierOptions {
     fn default() -> Self {
-        ClassifierOptions { batch: 16, threads: 1, resize: false, crop: None }
+        ClassifierOptions { batch: 1, threads: 1, resize: false, crop: None }
     }
 }
 
