@@ -220,3 +220,21 @@ fn info_and_bench_describe_the_bundled_model() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("p50 ms") && out.contains("tract"), "{out}");
 }
+
+#[test]
+fn jpeg_and_tiff_patches_are_read() {
+    let dir = tmpdir("formats-img");
+    let img = image::open(first_sample()).unwrap();
+    img.save(dir.join("a.tif")).unwrap();
+    img.save(dir.join("b.jpg")).unwrap();
+    let o = run(&["classify", dir.to_str().unwrap(), "--format", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(rows.len(), 2);
+    // TIFF is lossless: same answer as the PNG; JPEG close to it.
+    let png = run(&["classify", first_sample().to_str().unwrap(), "--format", "json"]);
+    let p: Vec<serde_json::Value> = serde_json::from_slice(&png.stdout).unwrap();
+    let (pa, pt, pj) = (p[0]["probability"].as_f64().unwrap(), rows[0]["probability"].as_f64().unwrap(), rows[1]["probability"].as_f64().unwrap());
+    assert_eq!(pa, pt);
+    assert!((pa - pj).abs() < 0.2, "png {pa} vs jpeg {pj}");
+}
