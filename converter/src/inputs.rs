@@ -41,7 +41,7 @@ pub fn random(model: &OnnxModel, n: usize, seed: u64) -> Result<Vec<ArrayD<f32>>
     Ok((0..n)
         .map(|_| {
             ArrayD::from_shape_fn(IxDyn(&[1, 3, side, side]), |i| {
-                let inside = mask.as_ref().map_or(true, |m| m[i[2] * side + i[3]]);
+                let inside = mask.as_ref().is_none_or(|m| m[i[2] * side + i[3]]);
                 if inside {
                     (next() - md.mean[i[1]]) / md.std[i[1]]
                 } else {

@@ -2,7 +2,7 @@
 //! writes loads in the runtime, keeps every scale shared within the C_N fields,
 //! and keeps the equivariant model's rotation invariance.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use edgemed_converter::dfq::{self, Options};
 use edgemed_converter::graph::{attr_i, Graph};
@@ -27,7 +27,7 @@ fn options(granularity: Granularity, field_size: usize) -> Options {
     }
 }
 
-fn quantize(path: &PathBuf, opts: &Options) -> (Graph, OnnxModel) {
+fn quantize(path: &Path, opts: &Options) -> (Graph, OnnxModel) {
     let mut g = Graph::load(path).unwrap();
     let report = dfq::run(&mut g, opts).unwrap();
     assert!(report.quant.weights_quantized > 0 && report.quant.activations_quantized > 0);
@@ -48,7 +48,7 @@ fn assert_field_uniform(g: &Graph, field: usize) {
         };
         for name in per_channel {
             let a = g.constant(name).unwrap_or_else(|| panic!("{name} is constant"));
-            if a.len() % field != 0 || a.len() == 1 {
+            if !a.len().is_multiple_of(field) || a.len() == 1 {
                 continue;
             }
             for f in a.data.chunks(field) {
@@ -162,7 +162,7 @@ fn escnn_export_quantizes_with_its_fields() {
 fn assert_field_uniform_weights(g: &Graph, field: usize) {
     for n in g.nodes().iter().filter(|n| n.op_type == "DequantizeLinear" && attr_i(n, "axis", -1) == 0) {
         let s = g.constant(&n.input[1]).unwrap();
-        if s.len() % field == 0 {
+        if s.len().is_multiple_of(field) {
             assert!(s.data.chunks(field).all(|f| f.iter().all(|v| *v == f[0])), "{}", n.input[1]);
         }
     }

@@ -101,7 +101,8 @@ impl Config {
         if self.num_classes == 0 || self.class_names.len() != self.num_classes {
             return bad(format!("{} class names for {} classes", self.class_names.len(), self.num_classes));
         }
-        if self.std.iter().any(|s| !(*s > 0.0)) || self.mean.iter().any(|m| !m.is_finite()) {
+        // Written so NaN standard deviations fail too.
+        if self.std.iter().any(|s| s.is_nan() || *s <= 0.0) || self.mean.iter().any(|m| !m.is_finite()) {
             return bad("mean must be finite and std positive".into());
         }
         Ok(())
@@ -111,7 +112,7 @@ impl Config {
         self.validate()?;
         let mut size = self.input_size;
         let down = |size: &mut usize| -> Result<()> {
-            if *size % 2 == 0 || *size < 3 {
+            if (*size).is_multiple_of(2) || *size < 3 {
                 return Err(Error::Config(format!(
                     "input size {} reaches an even or tiny map ({size}) at a stride-2 layer; 90-degree rotations would not be exact (use 95, 191, ...)",
                     self.input_size
@@ -221,12 +222,13 @@ pub fn expected_tensors(cfg: &Config) -> Result<Vec<(String, Vec<usize>)>> {
     let layers = std::iter::once(&plan.stem).chain(plan.blocks.iter().flat_map(|(l, _)| l)).chain(std::iter::once(&plan.head));
     for l in layers {
         let (suffix, shape) = match l.kind {
-            LayerKind::Lifting => {
-                (param.suffix(), if param == FilterParam::Grid { vec![l.fields_out, 3, 3, 3] } else { vec![l.fields_out, 3, param.len()] })
-            }
+            LayerKind::Lifting => (
+                param.suffix(),
+                if param == FilterParam::Grid { vec![l.fields_out, 3, 3, 3] } else { vec![l.fields_out, 3, param.numbers()] },
+            ),
             LayerKind::Pointwise => ("weight", vec![l.fields_out, l.fields_in, n]),
             LayerKind::Depthwise => {
-                (param.suffix(), if param == FilterParam::Grid { vec![l.fields_out, 3, 3] } else { vec![l.fields_out, param.len()] })
+                (param.suffix(), if param == FilterParam::Grid { vec![l.fields_out, 3, 3] } else { vec![l.fields_out, param.numbers()] })
             }
         };
         out.push((format!("{}.{suffix}", l.name), shape));
@@ -301,7 +303,7 @@ pub fn init_weights(cfg: &Config, seed: u64) -> Result<Weights> {
 
 /// Expanded ONNX conv weight [F_out*N, C_in, k, k] of one layer (see the layout table in the spec).
 fn expand_conv(l: &Layer, base: &Tensor, rot: &Rotator, n: usize) -> (Vec<usize>, Vec<f32>) {
-    let p = rot.param().len();
+    let p = rot.param().numbers();
     match l.kind {
         LayerKind::Lifting => {
             let mut w = vec![0f32; l.fields_out * n * 3 * 9];

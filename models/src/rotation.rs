@@ -30,7 +30,8 @@ impl FilterParam {
         }
     }
 
-    pub fn len(self) -> usize {
+    /// Numbers per base filter.
+    pub fn numbers(self) -> usize {
         match self {
             FilterParam::Grid => 9,
             FilterParam::Steerable => STEERABLE_BASIS_SIZE,
@@ -114,7 +115,7 @@ impl Rotator {
 
     /// `base` has `param().len()` numbers.
     pub fn rotate(&self, base: &[f32], r: usize) -> Filter {
-        debug_assert_eq!(base.len(), self.param.len());
+        debug_assert_eq!(base.len(), self.param.numbers());
         match self.param {
             FilterParam::Grid => rot90(base.try_into().expect("grid filters have 9 entries"), r * 4 / self.n),
             FilterParam::Steerable => {
@@ -162,10 +163,9 @@ mod tests {
         for n in [8, 12] {
             let basis = steerable_basis(n);
             for r in 0..n / 4 {
-                for b in 0..STEERABLE_BASIS_SIZE {
-                    let turned = rot90(&basis[r][b], 1);
-                    let direct = basis[r + n / 4][b];
-                    assert!(turned.iter().zip(&direct).all(|(x, y)| (x - y).abs() <= 1e-6), "N={n} r={r} b={b}");
+                for (b, (filter, direct)) in basis[r].iter().zip(&basis[r + n / 4]).enumerate() {
+                    let turned = rot90(filter, 1);
+                    assert!(turned.iter().zip(direct.iter()).all(|(x, y)| (x - y).abs() <= 1e-6), "N={n} r={r} b={b}");
                 }
             }
         }

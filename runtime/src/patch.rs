@@ -170,7 +170,7 @@ impl Preprocess {
         for y in 0..s {
             for x in 0..s {
                 let p = img.get_pixel((x + off) as u32, (y + off) as u32).0;
-                let inside = mask.as_ref().map_or(true, |m| m[y * s + x]);
+                let inside = mask.as_ref().is_none_or(|m| m[y * s + x]);
                 for c in 0..3 {
                     out[c * s * s + y * s + x] = if inside { (p[c] as f32 / 255.0 - self.mean[c]) / self.std[c] } else { 0.0 };
                 }

@@ -234,7 +234,8 @@ fn jpeg_and_tiff_patches_are_read() {
     // TIFF is lossless: same answer as the PNG; JPEG close to it.
     let png = run(&["classify", first_sample().to_str().unwrap(), "--format", "json"]);
     let p: Vec<serde_json::Value> = serde_json::from_slice(&png.stdout).unwrap();
-    let (pa, pt, pj) = (p[0]["probability"].as_f64().unwrap(), rows[0]["probability"].as_f64().unwrap(), rows[1]["probability"].as_f64().unwrap());
+    let (pa, pt, pj) =
+        (p[0]["probability"].as_f64().unwrap(), rows[0]["probability"].as_f64().unwrap(), rows[1]["probability"].as_f64().unwrap());
     assert_eq!(pa, pt);
     assert!((pa - pj).abs() < 0.2, "png {pa} vs jpeg {pj}");
 }

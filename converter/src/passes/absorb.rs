@@ -34,7 +34,7 @@ pub fn absorb_high_biases(g: &mut Graph, stats: &mut Stats, field_size: usize) -
         }
         let mut c: Vec<f32> = st.beta.iter().zip(&st.gamma).map(|(b, s)| (b - 3.0 * s.abs()).max(0.0)).collect();
         // Keep fields uniform: the smallest shift of the field applies to all of it.
-        if field_size > 1 && c.len() % field_size == 0 {
+        if field_size > 1 && c.len().is_multiple_of(field_size) {
             c = c.chunks(field_size).flat_map(|f| std::iter::repeat_n(f.iter().copied().fold(f32::MAX, f32::min), field_size)).collect();
         }
         if c.iter().all(|x| *x == 0.0) {

@@ -89,9 +89,7 @@ fn follow(g: &mut Graph, value: &str, relu6: Relu6Policy, rewritten: &mut usize)
                 Some(m) if g.nodes()[m].op_type == "Min" && g.nodes()[m].input.len() == 2 => {
                     let n = &g.nodes()[m];
                     let other = if n.input[0] == r_out { n.input[1].clone() } else { n.input[0].clone() };
-                    if g.initializer(&other).is_none() {
-                        return None;
-                    }
+                    g.initializer(&other)?;
                     (Act::Bounded { bound: other }, n.output[0].clone())
                 }
                 _ => (Act::Relu, r_out),

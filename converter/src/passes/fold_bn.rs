@@ -3,24 +3,26 @@
 
 use anyhow::Result;
 
-use super::{layer_at, set_weight_and_bias, weight_and_bias, ChannelStats, Stats};
+use super::{layer_at, set_weight_and_bias, weight_and_bias, ChannelStats, Layer, Stats};
 use crate::graph::{attr_f, Graph};
+
+/// The first BatchNormalization whose input is a layer's output read by nothing else.
+fn next_foldable(g: &Graph) -> Option<(usize, Layer)> {
+    (0..g.nodes().len()).find_map(|i| {
+        let n = &g.nodes()[i];
+        if n.op_type != "BatchNormalization" || n.output.len() != 1 {
+            return None;
+        }
+        let layer = layer_at(g, g.producer(&n.input[0])?)?;
+        (g.single_use(&n.input[0]) && n.input[1..5].iter().all(|x| g.constant(x).is_some())).then_some((i, layer))
+    })
+}
 
 /// Returns the statistics of every folded layer, keyed by its (new) output name.
 pub fn fold_batch_norm(g: &mut Graph) -> Result<Stats> {
     let mut stats = Stats::new();
-    loop {
-        let Some((bn, mut layer)) = (0..g.nodes().len()).find_map(|i| {
-            let n = &g.nodes()[i];
-            if n.op_type != "BatchNormalization" || n.output.len() != 1 {
-                return None;
-            }
-            let p = g.producer(&n.input[0])?;
-            let layer = layer_at(g, p)?;
-            (g.single_use(&n.input[0]) && n.input[1..5].iter().all(|x| g.constant(x).is_some())).then_some((i, layer))
-        }) else {
-            break;
-        };
+    // Folding changes node indices, so the next pair is looked up afresh each time.
+    while let Some((bn, mut layer)) = next_foldable(g) {
         let n = g.nodes()[bn].clone();
         let [gamma, beta, mean, var] = [1, 2, 3, 4].map(|k| g.constant(&n.input[k]).expect("checked").data);
         let eps = attr_f(&n, "epsilon", 1e-5);

@@ -186,7 +186,7 @@ pub fn scale_axis(w: &mut Array, axis: usize, s: &[f32]) {
 /// Spreads per-field values to channels: every block of `field` channels takes
 /// the maximum over the block, so equivariant models keep equal scales within a field.
 pub fn share_within_fields(r: &[f32], field: usize) -> Vec<f32> {
-    if field <= 1 || r.len() % field != 0 {
+    if field <= 1 || !r.len().is_multiple_of(field) {
         return r.to_vec();
     }
     r.chunks(field).flat_map(|c| std::iter::repeat_n(c.iter().copied().fold(0f32, f32::max), field)).collect()
@@ -195,7 +195,7 @@ pub fn share_within_fields(r: &[f32], field: usize) -> Vec<f32> {
 /// Makes per-channel values uniform within each field (their mean), undoing the
 /// last-ulp differences that summing a permuted row in a different order leaves.
 pub fn uniform_within_fields(v: &mut [f32], field: usize) {
-    if field <= 1 || v.len() % field != 0 {
+    if field <= 1 || !v.len().is_multiple_of(field) {
         return;
     }
     for f in v.chunks_mut(field) {

@@ -178,7 +178,7 @@ fn classify(classifier: &Classifier, files: &[patch::PatchSource], format: Forma
     match format {
         Format::Table => {
             let width = results.iter().map(|r| r.source.to_string().len()).max().unwrap_or(4).max(4);
-            writeln!(text, "{:<width$}  {:>12}  {}", "file", format!("p({positive})"), "class")?;
+            writeln!(text, "{:<width$}  {:>12}  class", "file", format!("p({positive})"))?;
             for r in &results {
                 match &r.outcome {
                     Ok(p) => writeln!(text, "{:<width$}  {:>12.4}  {}", r.source.to_string(), p.probability, p.class_name)?,
