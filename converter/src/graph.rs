@@ -197,6 +197,28 @@ impl Graph {
         count
     }
 
+    /// Bounds of a Clip node: inputs 1 and 2 (opset 11+) or the `min`/`max` attributes
+    /// (older opsets); an absent bound is `f32::MIN` / `f32::MAX`.
+    pub fn clip_bounds(&self, n: &pb::NodeProto) -> (f32, f32) {
+        let bound = |k: usize, attr: &str, default: f32| {
+            n.input.get(k).and_then(|x| self.constant(x)).and_then(|a| a.data.first().copied()).unwrap_or(attr_f(n, attr, default))
+        };
+        (bound(1, "min", f32::MIN), bound(2, "max", f32::MAX))
+    }
+
+    /// For a two-input Min whose other operand is an initializer: (data input, bound initializer).
+    pub fn min_bound(&self, n: &pb::NodeProto) -> Option<(String, String)> {
+        if n.op_type != "Min" || n.input.len() != 2 {
+            return None;
+        }
+        let (a, b) = (&n.input[0], &n.input[1]);
+        match (self.initializer(a).is_some(), self.initializer(b).is_some()) {
+            (false, true) => Some((a.clone(), b.clone())),
+            (true, false) => Some((b.clone(), a.clone())),
+            _ => None,
+        }
+    }
+
     /// Replaces (or adds) a float initializer. A `Constant` node of that name is removed.
     pub fn set_initializer(&mut self, name: &str, a: &Array) {
         if let Some(p) = self.producer(name) {

@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use edgemed_runtime::tract_onnx::pb;
 use pb::tensor_proto::DataType;
 
-use crate::graph::{attr_f, Array, Graph};
+use crate::graph::{Array, Graph};
 use crate::passes::{layer_at, layers, set_weight_and_bias, share_within_fields, weight_and_bias, ChannelStats, Layer, Stats};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -127,14 +127,15 @@ fn source_of(g: &Graph, stats: &Stats, value: &str) -> Option<Source> {
         match n.op_type.as_str() {
             "Relu" => lo = Some(0.0),
             "Min" => {
-                let b = n.input.iter().find_map(|i| g.initializer(i).and(g.constant(i)))?;
-                hi = Some(b.data);
-                v = n.input.iter().find(|i| g.initializer(i).is_none())?.clone();
+                let (data, bound) = g.min_bound(n)?;
+                hi = Some(g.constant(&bound)?.data);
+                v = data;
                 continue;
             }
             "Clip" => {
-                lo = Some(n.input.get(1).and_then(|x| g.constant(x)).map_or(attr_f(n, "min", f32::MIN), |a| a.data[0]));
-                hi = n.input.get(2).and_then(|x| g.constant(x)).map(|a| a.data);
+                let (l, h) = g.clip_bounds(n);
+                lo = Some(l);
+                hi = (h < f32::MAX).then(|| vec![h]);
             }
             _ => return None,
         }
@@ -163,11 +164,10 @@ pub fn data_free_ranges(g: &Graph, stats: &Stats, input_range: Range, sigmas: f3
             match (n.op_type.as_str(), ins.first().copied().flatten()) {
                 ("Relu", Some(x)) => Some(Range { lo: x.lo.max(0.0), hi: x.hi.max(0.0) }),
                 ("Clip", Some(x)) => {
-                    let lo = n.input.get(1).and_then(|v| g.constant(v)).map_or(f32::MIN, |a| a.data[0]);
-                    let hi = n.input.get(2).and_then(|v| g.constant(v)).map_or(f32::MAX, |a| a.data[0]);
+                    let (lo, hi) = g.clip_bounds(n);
                     Some(Range { lo: x.lo.max(lo), hi: x.hi.min(hi) })
                 }
-                ("Min", Some(x)) => n.input.iter().find_map(|v| g.initializer(v).and(g.constant(v))).map(|b| Range {
+                ("Min", Some(x)) => g.min_bound(n).and_then(|(_, bound)| g.constant(&bound)).map(|b| Range {
                     lo: x.lo.min(b.data.iter().copied().fold(f32::MAX, f32::min)),
                     hi: x.hi.min(b.data.iter().copied().fold(f32::MIN, f32::max)),
                 }),
@@ -225,7 +225,7 @@ fn activation_root(g: &Graph, value: &str) -> Option<String> {
         let n = &g.nodes()[g.producer(&v)?];
         match n.op_type.as_str() {
             "Relu" | "Clip" => {}
-            "Min" if n.input.iter().any(|i| g.initializer(i).is_some()) => {}
+            "Min" if g.min_bound(n).is_some() => {}
             "Conv" | "Gemm" if through_act && g.single_use(&v) => return Some(v),
             _ => return None,
         }

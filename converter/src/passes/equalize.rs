@@ -11,7 +11,7 @@
 use anyhow::Result;
 
 use super::{in_ranges, layer_at, out_ranges, scale_axis, set_weight_and_bias, share_within_fields, weight_and_bias, Layer, Stats};
-use crate::graph::{attr_f, Array, Graph};
+use crate::graph::{Array, Graph};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Relu6Policy {
@@ -86,19 +86,16 @@ fn follow(g: &mut Graph, value: &str, relu6: Relu6Policy, rewritten: &mut usize)
         "Relu" => {
             let r_out = g.nodes()[c].output[0].clone();
             match g.single_use(&r_out).then(|| g.consumers(&r_out)[0]) {
-                Some(m) if g.nodes()[m].op_type == "Min" && g.nodes()[m].input.len() == 2 => {
-                    let n = &g.nodes()[m];
-                    let other = if n.input[0] == r_out { n.input[1].clone() } else { n.input[0].clone() };
-                    g.initializer(&other)?;
-                    (Act::Bounded { bound: other }, n.output[0].clone())
+                Some(m) if g.nodes()[m].op_type == "Min" => {
+                    let (_, bound) = g.min_bound(&g.nodes()[m])?;
+                    (Act::Bounded { bound }, g.nodes()[m].output[0].clone())
                 }
                 _ => (Act::Relu, r_out),
             }
         }
         "Clip" => {
             let n = g.nodes()[c].clone();
-            let lo = n.input.get(1).and_then(|x| g.constant(x)).map(|a| a.data[0]).unwrap_or(attr_f(&n, "min", f32::MIN));
-            let hi = n.input.get(2).and_then(|x| g.constant(x)).map(|a| a.data[0]).unwrap_or(attr_f(&n, "max", f32::MAX));
+            let (lo, hi) = g.clip_bounds(&n);
             if lo != 0.0 || !(hi > 0.0 && hi.is_finite()) {
                 return None;
             }
