@@ -29,6 +29,24 @@ pub struct Options {
     pub range_sigmas: f32,
 }
 
+/// The CLI's defaults: the DFQ paper's recipe, per-tensor weights, data-free ranges.
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            granularity: Granularity::PerTensor,
+            field_size: 1,
+            cle: true,
+            relu6: equalize::Relu6Policy::PerChannelBound,
+            bias_absorption: true,
+            bias_correction: true,
+            fp32_only: false,
+            calibration: Vec::new(),
+            percentile: None,
+            range_sigmas: DEFAULT_RANGE_SIGMAS,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Report {
     pub folded: usize,

@@ -6,25 +6,13 @@ use std::path::Path;
 
 use edgemed_converter::dfq::{self, Options};
 use edgemed_converter::graph::{attr_i, Graph};
-use edgemed_converter::passes::equalize::Relu6Policy;
 use edgemed_converter::quantize::Granularity;
 use edgemed_converter::verify;
 use edgemed_runtime::model::OnnxModel;
 use edgemed_tests::fixture;
 
 fn options(granularity: Granularity, field_size: usize) -> Options {
-    Options {
-        granularity,
-        field_size,
-        cle: true,
-        relu6: Relu6Policy::PerChannelBound,
-        bias_absorption: true,
-        bias_correction: true,
-        fp32_only: false,
-        calibration: Vec::new(),
-        percentile: None,
-        range_sigmas: dfq::DEFAULT_RANGE_SIGMAS,
-    }
+    Options { granularity, field_size, ..Options::default() }
 }
 
 fn quantize(path: &Path, opts: &Options) -> (Graph, OnnxModel) {

@@ -7,7 +7,6 @@
 
 use edgemed_converter::dfq::{self, Options};
 use edgemed_converter::graph::Graph;
-use edgemed_converter::passes::equalize::Relu6Policy;
 use edgemed_converter::quantize::Granularity;
 use edgemed_converter::verify::sqnr_db;
 use edgemed_runtime::backend::{Backend, TractBackend};
@@ -23,18 +22,7 @@ fn logits(g: &Graph) -> Vec<f32> {
 
 fn quantized(granularity: Granularity, dfq_on: bool) -> Vec<f32> {
     let mut g = Graph::load(&fixture("dfq/mnv2_spread.onnx")).unwrap();
-    let opts = Options {
-        granularity,
-        field_size: 1,
-        cle: dfq_on,
-        relu6: Relu6Policy::PerChannelBound,
-        bias_absorption: dfq_on,
-        bias_correction: dfq_on,
-        fp32_only: false,
-        calibration: Vec::new(),
-        percentile: None,
-        range_sigmas: dfq::DEFAULT_RANGE_SIGMAS,
-    };
+    let opts = Options { granularity, cle: dfq_on, bias_absorption: dfq_on, bias_correction: dfq_on, ..Options::default() };
     dfq::run(&mut g, &opts).unwrap();
     logits(&g)
 }
@@ -64,18 +52,7 @@ fn data_free_int8_of_the_trained_demo_model_stays_close_to_fp32() {
     let inputs = edgemed_converter::inputs::from_images(&fp32, &edgemed_tests::repo_root().join("examples/data/pcam"), 100).unwrap();
     for granularity in [Granularity::PerTensor, Granularity::PerChannel] {
         let mut g = Graph::load(&path).unwrap();
-        let opts = Options {
-            granularity: granularity.clone(),
-            field_size: 4,
-            cle: true,
-            relu6: Relu6Policy::PerChannelBound,
-            bias_absorption: true,
-            bias_correction: true,
-            fp32_only: false,
-            calibration: Vec::new(),
-            percentile: None,
-            range_sigmas: dfq::DEFAULT_RANGE_SIGMAS,
-        };
+        let opts = Options { granularity: granularity.clone(), field_size: 4, ..Options::default() };
         dfq::run(&mut g, &opts).unwrap();
         let int8 = OnnxModel::from_bytes("int8.onnx", &g.to_bytes()).unwrap();
         let v = edgemed_converter::verify::verify(&fp32, &int8, &inputs, false).unwrap();

@@ -5,7 +5,6 @@
 
 use edgemed_converter::dfq::{self, Options};
 use edgemed_converter::graph::Graph;
-use edgemed_converter::passes::equalize::Relu6Policy;
 use edgemed_converter::quantize::Granularity;
 use edgemed_converter::verify::sqnr_db;
 use edgemed_runtime::backend::{Backend, TractBackend};
@@ -27,18 +26,7 @@ fn rel(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn opts(fp32_only: bool, absorb: bool) -> Options {
-    Options {
-        granularity: Granularity::PerChannel,
-        field_size: 1,
-        cle: true,
-        relu6: Relu6Policy::PerChannelBound,
-        bias_absorption: absorb,
-        bias_correction: true,
-        fp32_only,
-        calibration: Vec::new(),
-        percentile: None,
-        range_sigmas: dfq::DEFAULT_RANGE_SIGMAS,
-    }
+    Options { granularity: Granularity::PerChannel, bias_absorption: absorb, fp32_only, ..Options::default() }
 }
 
 #[test]
