@@ -56,42 +56,32 @@ pub fn layer_at(g: &Graph, i: usize) -> Option<Layer> {
     if let Some(b) = &bias {
         g.constant(b)?;
     }
-    match n.op_type.as_str() {
+    // (output-channel axis, group, input channels, padded) per op kind.
+    let (out_axis, group, in_channels, padded) = match n.op_type.as_str() {
         "Conv" if w.shape.len() >= 3 => {
             let group = attr_i(n, "group", 1) as usize;
             let padded = attr_ints(n, "pads").is_some_and(|p| p.iter().any(|x| *x != 0))
                 || crate::graph::attr(n, "auto_pad").is_some_and(|a| !a.s.is_empty() && a.s != b"NOTSET" && a.s != b"VALID");
-            Some(Layer {
-                node: i,
-                name: n.name.clone(),
-                output: n.output[0].clone(),
-                weight: n.input[1].clone(),
-                bias,
-                out_axis: 0,
-                group,
-                out_channels: w.shape[0],
-                in_channels: w.shape[1] * group,
-                padded,
-            })
+            (0, group, w.shape[1] * group, padded)
         }
         "Gemm" if w.shape.len() == 2 && attr_i(n, "transA", 0) == 0 => {
-            let trans_b = attr_i(n, "transB", 0) == 1;
-            let (out_axis, in_axis) = if trans_b { (0, 1) } else { (1, 0) };
-            Some(Layer {
-                node: i,
-                name: n.name.clone(),
-                output: n.output[0].clone(),
-                weight: n.input[1].clone(),
-                bias,
-                out_axis,
-                group: 1,
-                out_channels: w.shape[out_axis],
-                in_channels: w.shape[in_axis],
-                padded: false,
-            })
+            let out_axis = if attr_i(n, "transB", 0) == 1 { 0 } else { 1 };
+            (out_axis, 1, w.shape[1 - out_axis], false)
         }
-        _ => None,
-    }
+        _ => return None,
+    };
+    Some(Layer {
+        node: i,
+        name: n.name.clone(),
+        output: n.output[0].clone(),
+        weight: n.input[1].clone(),
+        bias,
+        out_axis,
+        group,
+        out_channels: w.shape[out_axis],
+        in_channels,
+        padded,
+    })
 }
 
 pub fn layers(g: &Graph) -> Vec<Layer> {
