@@ -11,27 +11,8 @@ use edgemed_runtime::tract_onnx::pb;
 use pb::tensor_proto::DataType;
 use prost::Message;
 
-/// A float tensor taken out of the graph (row-major).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Array {
-    pub shape: Vec<usize>,
-    pub data: Vec<f32>,
-}
-
-impl Array {
-    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
-        assert_eq!(shape.iter().product::<usize>(), data.len(), "array shape and data disagree");
-        Array { shape, data }
-    }
-
-    pub fn len(&self) -> usize {
-        self.data.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
-    }
-}
+/// A float tensor taken out of the graph (row-major): the models crate's tensor type.
+pub use edgemed_models::weights::Tensor as Array;
 
 pub struct Graph {
     pub model: pb::ModelProto,

@@ -8,6 +8,7 @@ use safetensors::tensor::{Dtype, TensorView};
 
 use crate::error::{Error, Result};
 
+/// A float32 tensor, row-major (also the converter's `graph::Array`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tensor {
     pub shape: Vec<usize>,
@@ -16,8 +17,16 @@ pub struct Tensor {
 
 impl Tensor {
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
-        assert_eq!(shape.iter().product::<usize>(), data.len());
+        assert_eq!(shape.iter().product::<usize>(), data.len(), "tensor shape and data disagree");
         Tensor { shape, data }
+    }
+
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
     }
 }
 
