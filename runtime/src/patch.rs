@@ -166,11 +166,10 @@ impl Preprocess {
         assert_eq!(out.len(), 3 * s * s, "output buffer must hold one CHW patch");
         // floor((P - S) / 2), as torchvision's CenterCrop does for the PCam 96 -> 95 case.
         let off = ((img.width() - self.crop_size) / 2) as usize;
-        let mask = self.circular_mask.then(|| circular_mask(s));
         for y in 0..s {
             for x in 0..s {
                 let p = img.get_pixel((x + off) as u32, (y + off) as u32).0;
-                let inside = mask.as_ref().is_none_or(|m| m[y * s + x]);
+                let inside = !self.circular_mask || in_circle(s, y, x);
                 for c in 0..3 {
                     out[c * s * s + y * s + x] = if inside { (p[c] as f32 / 255.0 - self.mean[c]) / self.std[c] } else { 0.0 };
                 }
@@ -179,12 +178,17 @@ impl Preprocess {
     }
 }
 
-/// The inscribed-circle mask of an S x S map: (i - c)^2 + (j - c)^2 <= (S/2)^2, c = (S - 1)/2.
-/// Symmetric under 90-degree rotations, which keeps C4 invariance exact.
-pub fn circular_mask(s: usize) -> Vec<bool> {
+/// Whether pixel (i, j) of an S x S map lies in its inscribed circle:
+/// (i - c)^2 + (j - c)^2 <= (S/2)^2, c = (S - 1)/2. Symmetric under 90-degree
+/// rotations, which keeps C4 invariance exact.
+pub fn in_circle(s: usize, i: usize, j: usize) -> bool {
     let c = (s as f64 - 1.0) / 2.0;
-    let r2 = (s as f64 / 2.0).powi(2);
-    (0..s * s).map(|k| ((k / s) as f64 - c).powi(2) + ((k % s) as f64 - c).powi(2) <= r2).collect()
+    (i as f64 - c).powi(2) + (j as f64 - c).powi(2) <= (s as f64 / 2.0).powi(2)
+}
+
+/// The inscribed-circle mask of an S x S map, row-major (see [`in_circle`]).
+pub fn circular_mask(s: usize) -> Vec<bool> {
+    (0..s * s).map(|k| in_circle(s, k / s, k % s)).collect()
 }
 
 #[cfg(test)]
