@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use edgemed_runtime::bench::UniformNoise;
 use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::ndarray::{ArrayD, IxDyn};
 use edgemed_runtime::patch::{circular_mask, expand_inputs, Preprocess};
@@ -31,13 +32,8 @@ pub fn random(model: &OnnxModel, n: usize, seed: u64) -> Result<Vec<ArrayD<f32>>
     let (_, side, _) = model.image_input()?;
     let md = &model.metadata;
     let mask = md.circular_mask.then(|| circular_mask(side));
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 40) as f32 / (1u64 << 24) as f32
-    };
+    let mut noise = UniformNoise::from_seed(seed);
+    let mut next = move || noise.next_unit();
     Ok((0..n)
         .map(|_| {
             ArrayD::from_shape_fn(IxDyn(&[1, 3, side, side]), |i| {

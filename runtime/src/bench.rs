@@ -28,15 +28,8 @@ pub fn bench(backend: &dyn Backend, warmup: usize, iterations: usize) -> Result<
     let n: usize = shape.iter().product();
     // Deterministic input in [-1, 1): the numbers do not matter for timing, but zeros
     // could hit shortcuts that real patches never take.
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let data: Vec<f32> = (0..n)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect();
+    let mut noise = UniformNoise::from_seed(1);
+    let data: Vec<f32> = (0..n).map(|_| 2.0 * noise.next_unit() - 1.0).collect();
     let input = ArrayD::from_shape_vec(IxDyn(&shape), data).expect("shape matches length");
     for _ in 0..warmup {
         backend.run(input.clone())?;
@@ -64,6 +57,25 @@ pub fn bench(backend: &dyn Backend, warmup: usize, iterations: usize) -> Result<
         throughput: shape[0] as f64 / (p50 / 1e3),
         peak_rss_mib: peak_rss_mib(),
     })
+}
+
+/// A seeded xorshift64 stream of uniform numbers in [0, 1): reproducible inputs for
+/// benchmarks and for the converter's `--random` verification, without a data file.
+pub struct UniformNoise {
+    state: u64,
+}
+
+impl UniformNoise {
+    pub fn from_seed(seed: u64) -> Self {
+        UniformNoise { state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1 }
+    }
+
+    pub fn next_unit(&mut self) -> f32 {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        (self.state >> 40) as f32 / (1u64 << 24) as f32
+    }
 }
 
 /// VmHWM from /proc/self/status.
