@@ -17,3 +17,11 @@ pub fn read_f32(path: &std::path::Path) -> Vec<f32> {
     assert_eq!(bytes.len() % 4, 0, "{}: not a float32 file", path.display());
     bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }
+
+/// An empty scratch directory for one test (named after it and the process).
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("edgemed-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display()));
+    d
+}

@@ -2,22 +2,15 @@
 
 use std::process::{Command, Output};
 
-use edgemed_tests::{fixture, repo_root};
+use edgemed_tests::{fixture, repo_root, scratch_dir};
 
 fn run(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_edgemed")).args(args).current_dir(repo_root()).output().unwrap()
 }
 
-fn tmp(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("edgemed-conv-{}-{}", name, std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 #[test]
 fn non_onnx_input_is_refused_and_nothing_written() {
-    let d = tmp("junk");
+    let d = scratch_dir("conv-junk");
     let junk = d.join("junk.onnx");
     std::fs::write(&junk, "definitely not protobuf \u{1}\u{2}").unwrap();
     let out = d.join("out.onnx");
@@ -30,7 +23,7 @@ fn non_onnx_input_is_refused_and_nothing_written() {
 
 #[test]
 fn quantize_inspect_verify_round_trip() {
-    let d = tmp("ok");
+    let d = scratch_dir("conv-ok");
     let out = d.join("c4_int8.onnx");
     let o = run(&["quantize", fixture("eqmnv2_c4.onnx").to_str().unwrap(), "-o", out.to_str().unwrap(), "--per-channel"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -54,7 +47,7 @@ fn quantize_inspect_verify_round_trip() {
 
 #[test]
 fn unsupported_patterns_stay_fp32_and_are_listed() {
-    let d = tmp("partial");
+    let d = scratch_dir("conv-partial");
     let out = d.join("escnn_int8.onnx");
     let o = run(&["quantize", fixture("dfq/escnn_c4.onnx").to_str().unwrap(), "-o", out.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);

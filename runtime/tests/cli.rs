@@ -6,29 +6,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use edgemed_runtime::tract_onnx::pb;
+use edgemed_tests::{repo_root, scratch_dir};
 use prost::Message;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
 fn samples() -> PathBuf {
-    root().join("examples/data/pcam")
+    repo_root().join("examples/data/pcam")
 }
 
 fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edgemed-run")).args(args).current_dir(root()).output().expect("runs edgemed-run")
+    Command::new(env!("CARGO_BIN_EXE_edgemed-run")).args(args).current_dir(repo_root()).output().expect("runs edgemed-run")
 }
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("edgemed-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 fn first_sample() -> PathBuf {
@@ -76,7 +66,7 @@ fn classifies_the_samples_with_no_flags_and_beats_chance() {
 
 #[test]
 fn csv_and_table_agree_and_output_file_is_written() {
-    let dir = tmpdir("formats");
+    let dir = scratch_dir("cli-formats");
     let out = dir.join("r.csv");
     let o = run(&["classify", "examples/data/pcam", "--format", "csv", "--batch", "7", "--threads", "2", "-o", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -106,7 +96,7 @@ fn missing_file_is_reported_and_the_rest_classified() {
 
 #[test]
 fn non_image_and_truncated_images_fail_alone() {
-    let dir = tmpdir("badimg");
+    let dir = scratch_dir("cli-badimg");
     std::fs::write(dir.join("notes.png"), "this is not a png").unwrap();
     let bytes = std::fs::read(first_sample()).unwrap();
     std::fs::write(dir.join("cut.png"), &bytes[..bytes.len() / 2]).unwrap();
@@ -119,7 +109,7 @@ fn non_image_and_truncated_images_fail_alone() {
 
 #[test]
 fn wrong_patch_size_is_refused_unless_resize() {
-    let dir = tmpdir("size");
+    let dir = scratch_dir("cli-size");
     let big = dir.join("big.png");
     image::RgbImage::from_pixel(120, 80, image::Rgb([200, 120, 180])).save(&big).unwrap();
     let o = run(&["classify", big.to_str().unwrap()]);
@@ -130,14 +120,14 @@ fn wrong_patch_size_is_refused_unless_resize() {
 
 #[test]
 fn corrupt_and_truncated_models_are_refused() {
-    let dir = tmpdir("models");
+    let dir = scratch_dir("cli-models");
     let junk = dir.join("junk.onnx");
     std::fs::write(&junk, b"\x08\x07garbage that is not protobuf \xff\xff\xff").unwrap();
     let o = run(&["classify", "--model", junk.to_str().unwrap(), "examples/data/pcam"]);
     assert_clean_failure(&o, "junk.onnx: not a valid ONNX model");
     assert_eq!(o.status.code(), Some(2));
 
-    let good = std::fs::read(root().join("models/bundled/pcam-c4-demo.onnx")).unwrap();
+    let good = std::fs::read(repo_root().join("models/bundled/pcam-c4-demo.onnx")).unwrap();
     let cut = dir.join("cut.onnx");
     std::fs::write(&cut, &good[..good.len() * 2 / 3]).unwrap();
     let o = run(&["info", cut.to_str().unwrap()]);
@@ -180,7 +170,7 @@ fn model_without_an_image_input_is_refused() {
         }),
         ..Default::default()
     };
-    let dir = tmpdir("vector");
+    let dir = scratch_dir("cli-vector");
     let path = dir.join("vector.onnx");
     std::fs::write(&path, model.encode_to_vec()).unwrap();
     let o = run(&["classify", "--model", path.to_str().unwrap(), "examples/data/pcam"]);
@@ -193,7 +183,7 @@ fn model_without_an_image_input_is_refused() {
 
 #[test]
 fn empty_directory_and_unmatched_glob_are_errors() {
-    let dir = tmpdir("empty");
+    let dir = scratch_dir("cli-empty");
     let o = run(&["classify", dir.to_str().unwrap()]);
     assert_clean_failure(&o, "no .png/.jpg/.tif files");
     let o = run(&["classify", "examples/data/pcam/*.jpeg"]);
@@ -223,7 +213,7 @@ fn info_and_bench_describe_the_bundled_model() {
 
 #[test]
 fn jpeg_and_tiff_patches_are_read() {
-    let dir = tmpdir("formats-img");
+    let dir = scratch_dir("cli-formats-img");
     let img = image::open(first_sample()).unwrap();
     img.save(dir.join("a.tif")).unwrap();
     img.save(dir.join("b.jpg")).unwrap();

@@ -8,7 +8,7 @@
 use edgemed_runtime::classify::{Classifier, ClassifierOptions};
 use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::patch::PatchSource;
-use edgemed_tests::{fixture, read_f32, repo_root};
+use edgemed_tests::{fixture, read_f32, repo_root, scratch_dir};
 
 fn bundled() -> Classifier {
     let model = OnnxModel::load(repo_root().join("models/bundled/pcam-c4-demo.onnx")).unwrap();
@@ -37,8 +37,7 @@ fn runtime_reproduces_the_training_models_logits() {
 
 #[test]
 fn bundled_model_is_invariant_to_quarter_turns_of_a_patch() {
-    let dir = std::env::temp_dir().join(format!("edgemed-rot-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("rot");
     let clf = bundled();
     for i in [0, 1, 2, 3] {
         let src = repo_root().join(format!("examples/data/pcam/patch_{i:03}.png"));
