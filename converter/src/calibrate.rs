@@ -26,14 +26,13 @@ pub fn calibrate(g: &Graph, values: &[String], inputs: &[ArrayD<f32>], percentil
         for (k, o) in outs.iter().enumerate() {
             let t = o.cast_to::<f32>()?;
             let view = t.to_plain_array_view::<f32>()?;
-            let v: Vec<f32> = view.iter().copied().collect();
-            for &e in &v {
+            for &e in view.iter() {
                 ranges[k].lo = ranges[k].lo.min(e);
                 ranges[k].hi = ranges[k].hi.max(e);
             }
             if percentile.is_some() {
-                let stride = (v.len() * inputs.len() / SAMPLE_CAP).max(1);
-                samples[k].extend(v.iter().step_by(stride));
+                let stride = (view.len() * inputs.len() / SAMPLE_CAP).max(1);
+                samples[k].extend(view.iter().step_by(stride));
             }
         }
     }
