@@ -192,3 +192,20 @@ fn graph_round_trips_unchanged_without_passes() {
         assert_eq!(again.model, g.model, "{name}");
     }
 }
+
+#[test]
+fn percentile_calibration_narrows_min_max_ranges() {
+    let g = Graph::load(&fixture("eqmnv2_c4_folded.onnx")).unwrap();
+    let model = OnnxModel::load(fixture("eqmnv2_c4_folded.onnx")).unwrap();
+    let inputs = edgemed_converter::inputs::from_images(&model, &edgemed_tests::repo_root().join("examples/data/pcam"), 8).unwrap();
+    let values: Vec<String> = g.nodes().iter().filter(|n| n.op_type == "Conv").map(|n| n.output[0].clone()).collect();
+    let full = edgemed_converter::calibrate::calibrate(&g, &values, &inputs, None).unwrap();
+    let clipped = edgemed_converter::calibrate::calibrate(&g, &values, &inputs, Some(99.0)).unwrap();
+    let mut narrower = 0;
+    for v in &values {
+        let (a, b) = (full[v], clipped[v]);
+        assert!(b.lo >= a.lo && b.hi <= a.hi && b.lo < b.hi, "{v}: percentile {b:?} outside min/max {a:?}");
+        narrower += (b.hi < a.hi || b.lo > a.lo) as usize;
+    }
+    assert!(narrower > values.len() / 2, "99th percentile clipped only {narrower} of {} ranges", values.len());
+}
