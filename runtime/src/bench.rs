@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::backend::Backend;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ndarray::{ArrayD, IxDyn};
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -25,6 +25,7 @@ pub struct BenchStats {
 /// Runs `warmup` untimed then `iterations` timed inferences on a fixed pseudo-random input.
 pub fn bench(backend: &dyn Backend, warmup: usize, iterations: usize) -> Result<BenchStats> {
     let shape = backend.input_shape().to_vec();
+    crate::ensure!(shape.first().is_some_and(|b| *b >= 1), Error::Invalid("batch size must be at least 1".into()));
     let n: usize = shape.iter().product();
     // Deterministic input in [-1, 1): the numbers do not matter for timing, but zeros
     // could hit shortcuts that real patches never take.

@@ -137,39 +137,50 @@ fn corrupt_and_truncated_models_are_refused() {
     assert_clean_failure(&o, "missing.onnx: no such file");
 }
 
-#[test]
-fn model_without_an_image_input_is_refused() {
-    // A valid ONNX model whose input is a [1, 10] vector.
-    let vi = |name: &str| pb::ValueInfoProto {
+/// A float tensor declaration; a negative dimension is the symbolic batch.
+fn value_info(name: &str, dims: &[i64]) -> pb::ValueInfoProto {
+    use pb::tensor_shape_proto::{dimension::Value, Dimension};
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            denotation: String::new(),
+            value: Some(if *d < 0 { Value::DimParam("batch".into()) } else { Value::DimValue(*d) }),
+        })
+        .collect();
+    pb::ValueInfoProto {
         name: name.into(),
         r#type: Some(pb::TypeProto {
             denotation: String::new(),
             value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
                 elem_type: pb::tensor_proto::DataType::Float as i32,
-                shape: Some(pb::TensorShapeProto {
-                    dim: [1, 10]
-                        .iter()
-                        .map(|d| pb::tensor_shape_proto::Dimension {
-                            denotation: String::new(),
-                            value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(*d)),
-                        })
-                        .collect(),
-                }),
+                shape: Some(pb::TensorShapeProto { dim }),
             })),
         }),
         doc_string: String::new(),
-    };
-    let model = pb::ModelProto {
+    }
+}
+
+/// An opset-13 model from nodes, initializers and the declared input `x` and output `y`.
+fn tiny_model(node: Vec<pb::NodeProto>, initializer: Vec<pb::TensorProto>, x: &[i64], y: &[i64]) -> pb::ModelProto {
+    pb::ModelProto {
         ir_version: 8,
         opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 13 }],
         graph: Some(pb::GraphProto {
-            node: vec![pb::NodeProto { input: vec!["x".into()], output: vec!["y".into()], op_type: "Relu".into(), ..Default::default() }],
-            input: vec![vi("x")],
-            output: vec![vi("y")],
+            node,
+            initializer,
+            input: vec![value_info("x", x)],
+            output: vec![value_info("y", y)],
             ..Default::default()
         }),
         ..Default::default()
-    };
+    }
+}
+
+#[test]
+fn model_without_an_image_input_is_refused() {
+    // A valid ONNX model whose input is a [1, 10] vector.
+    let relu = pb::NodeProto { input: vec!["x".into()], output: vec!["y".into()], op_type: "Relu".into(), ..Default::default() };
+    let model = tiny_model(vec![relu], vec![], &[1, 10], &[1, 10]);
     let dir = scratch_dir("cli-vector");
     let path = dir.join("vector.onnx");
     std::fs::write(&path, model.encode_to_vec()).unwrap();
@@ -228,4 +239,45 @@ fn jpeg_and_tiff_patches_are_read() {
         (p[0]["probability"].as_f64().unwrap(), rows[0]["probability"].as_f64().unwrap(), rows[1]["probability"].as_f64().unwrap());
     assert_eq!(pa, pt);
     assert!((pa - pj).abs() < 0.2, "png {pa} vs jpeg {pj}");
+}
+
+#[test]
+fn model_whose_output_ignores_the_batch_is_refused() {
+    // Image input with a symbolic batch, but one logit for the whole batch: [B,3,95,95] -> [1, 1].
+    let mean = pb::NodeProto {
+        input: vec!["x".into()],
+        output: vec!["m".into()],
+        op_type: "ReduceMean".into(),
+        attribute: vec![pb::AttributeProto {
+            name: "axes".into(),
+            r#type: pb::attribute_proto::AttributeType::Ints as i32,
+            ints: vec![0, 1, 2, 3],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let reshape = pb::NodeProto {
+        input: vec!["m".into(), "shape".into()],
+        output: vec!["y".into()],
+        op_type: "Reshape".into(),
+        ..Default::default()
+    };
+    let shape = pb::TensorProto {
+        name: "shape".into(),
+        dims: vec![2],
+        data_type: pb::tensor_proto::DataType::Int64 as i32,
+        int64_data: vec![1, 1],
+        ..Default::default()
+    };
+    let model = tiny_model(vec![mean, reshape], vec![shape], &[-1, 3, 95, 95], &[1, 1]);
+    let path = scratch_dir("cli-pooled").join("pooled.onnx");
+    std::fs::write(&path, model.encode_to_vec()).unwrap();
+    let o = run(&["classify", "--model", path.to_str().unwrap(), "--batch", "2", "examples/data/pcam"]);
+    assert_clean_failure(&o, "the model output has shape [1, 1], expected [2, classes]");
+}
+
+#[test]
+fn bench_refuses_an_empty_batch() {
+    let o = run(&["bench", "--batch", "0", "--iters", "1"]);
+    assert_clean_failure(&o, "batch size must be at least 1");
 }
