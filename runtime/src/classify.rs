@@ -132,7 +132,7 @@ impl Classifier {
             let x = ArrayD::from_shape_vec(IxDyn(&[self.batch, 3, s, s]), input).map_err(|e| Error::Invalid(e.to_string()))?;
             let out = self.backend.run(x)?.into_iter().next().ok_or_else(|| Error::Invalid("the model produced no output".into()))?;
             // One row of logits per patch, or the rows cannot be told apart.
-            if out.ndim() == 0 || out.shape()[0] != self.batch || out.len() == 0 {
+            if out.ndim() == 0 || out.shape()[0] != self.batch || out.is_empty() {
                 return Err(Error::Invalid(format!("the model output has shape {:?}, expected [{}, classes]", out.shape(), self.batch)));
             }
             Some(out)
