@@ -233,7 +233,9 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!("inputs           {}", v.inputs);
-                println!("logit SQNR       {:.2} dB", v.sqnr_db[0]);
+                for (name, db) in v.outputs.iter().zip(&v.sqnr_db) {
+                    println!("SQNR {name:<11} {db:.2} dB");
+                }
                 println!("top-1 agreement  {:.4}", v.top1_agreement);
                 if let Some((f, q)) = v.rotation_error {
                     println!("rotation error   first {f:.2e}, second {q:.2e} (max |f(rot90 x) - f(x)| / max |f(x)|)");

@@ -10,7 +10,10 @@ use edgemed_runtime::ndarray::{ArrayD, Axis, Dimension, IxDyn};
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Verification {
     pub inputs: usize,
+    /// One per model output, in the graph's output order.
+    pub outputs: Vec<String>,
     pub sqnr_db: Vec<f64>,
+    /// Over the first output (the classifier's scores).
     pub top1_agreement: f64,
     /// max |f(rot90 x) - f(x)| / max |f(x)| over inputs and quarter turns, FP32 then INT8.
     pub rotation_error: Option<(f64, f64)>,
@@ -41,18 +44,30 @@ pub fn rot90(x: &ArrayD<f32>) -> ArrayD<f32> {
     })
 }
 
-fn run_all(m: &OnnxModel, inputs: &[ArrayD<f32>]) -> Result<Vec<ArrayD<f32>>> {
+/// Every output of the model for every input batch: `[batch][output]`.
+fn run_all(m: &OnnxModel, inputs: &[ArrayD<f32>]) -> Result<Vec<Vec<ArrayD<f32>>>> {
     let backend = TractBackend::new(m, inputs[0].shape())?;
-    inputs.iter().map(|x| Ok(backend.run(x.clone())?.remove(0))).collect()
+    inputs.iter().map(|x| Ok(backend.run(x.clone())?)).collect()
+}
+
+fn first(all: Vec<Vec<ArrayD<f32>>>) -> Vec<ArrayD<f32>> {
+    all.into_iter().map(|mut outs| outs.remove(0)).collect()
 }
 
 pub fn verify(fp32: &OnnxModel, int8: &OnnxModel, inputs: &[ArrayD<f32>], check_rotation: bool) -> Result<Verification> {
     ensure!(!inputs.is_empty(), "no inputs to verify with");
-    let a = run_all(fp32, inputs).context("running the FP32 model")?;
-    let b = run_all(int8, inputs).context("running the INT8 model")?;
-    let flat = |v: &[ArrayD<f32>]| v.iter().flat_map(|t| t.iter().copied()).collect::<Vec<f32>>();
-    let (fa, fb) = (flat(&a), flat(&b));
-    ensure!(fa.len() == fb.len(), "the models' outputs differ in size ({} vs {})", fa.len(), fb.len());
+    let all_a = run_all(fp32, inputs).context("running the FP32 model")?;
+    let all_b = run_all(int8, inputs).context("running the INT8 model")?;
+    let n_out = all_a[0].len();
+    ensure!(all_b[0].len() == n_out, "the models have different numbers of outputs ({} vs {})", n_out, all_b[0].len());
+    let mut sqnr = Vec::with_capacity(n_out);
+    for o in 0..n_out {
+        let flat = |v: &[Vec<ArrayD<f32>>]| v.iter().flat_map(|outs| outs[o].iter().copied()).collect::<Vec<f32>>();
+        let (fa, fb) = (flat(&all_a), flat(&all_b));
+        ensure!(fa.len() == fb.len(), "output {o} differs in size between the models ({} vs {})", fa.len(), fb.len());
+        sqnr.push(sqnr_db(&fa, &fb));
+    }
+    let (a, b) = (first(all_a), first(all_b));
     let (mut agree, mut total) = (0usize, 0usize);
     for (x, y) in a.iter().zip(&b) {
         for (p, q) in argmax_rows(x).into_iter().zip(argmax_rows(y)) {
@@ -63,7 +78,7 @@ pub fn verify(fp32: &OnnxModel, int8: &OnnxModel, inputs: &[ArrayD<f32>], check_
     let rotation_error = if check_rotation {
         let rotated: Vec<ArrayD<f32>> = inputs.iter().map(rot90).collect();
         let err = |m: &OnnxModel, base: &[ArrayD<f32>]| -> Result<f64> {
-            let r = run_all(m, &rotated)?;
+            let r = first(run_all(m, &rotated)?);
             let scale = base.iter().flat_map(|t| t.iter()).fold(0f32, |s, v| s.max(v.abs())) as f64;
             let worst =
                 r.iter().zip(base).flat_map(|(p, q)| p.iter().zip(q.iter()).map(|(u, v)| (u - v).abs())).fold(0f32, f32::max) as f64;
@@ -75,7 +90,8 @@ pub fn verify(fp32: &OnnxModel, int8: &OnnxModel, inputs: &[ArrayD<f32>], check_
     };
     Ok(Verification {
         inputs: inputs.len() * inputs[0].shape()[0],
-        sqnr_db: vec![sqnr_db(&fa, &fb)],
+        outputs: fp32.outputs.iter().map(|o| o.name.clone()).collect(),
+        sqnr_db: sqnr,
         top1_agreement: agree as f64 / total.max(1) as f64,
         rotation_error,
     })

@@ -209,3 +209,25 @@ fn percentile_calibration_narrows_min_max_ranges() {
     }
     assert!(narrower > values.len() / 2, "99th percentile clipped only {narrower} of {} ranges", values.len());
 }
+
+#[test]
+fn verify_reports_sqnr_for_every_output() {
+    // A second graph output (the pooled features before the classifier) gets its own SQNR.
+    let mut g = Graph::load(&fixture("eqmnv2_c4.onnx")).unwrap();
+    let gemm = g.nodes().iter().find(|n| n.op_type == "Gemm").expect("classifier").input[0].clone();
+    let mut extra = g.g().output[0].clone();
+    extra.name = gemm.clone();
+    extra.r#type = None;
+    g.g_mut().output.push(extra);
+    let fp32 = OnnxModel::from_bytes("two-outputs.onnx", &g.to_bytes()).unwrap();
+    dfq::run(&mut g, &options(Granularity::PerChannel, 4)).unwrap();
+    let int8 = OnnxModel::from_bytes("two-outputs-int8.onnx", &g.to_bytes()).unwrap();
+    let inputs = edgemed_converter::inputs::random(&fp32, 4, 5).unwrap();
+    let v = verify::verify(&fp32, &int8, &inputs, false).unwrap();
+    println!("per-output SQNR {:?} for {:?}", v.sqnr_db, v.outputs);
+    assert_eq!(v.outputs.len(), 2);
+    assert_eq!(v.outputs[1], gemm);
+    assert_eq!(v.sqnr_db.len(), 2);
+    assert!(v.sqnr_db.iter().all(|db| db.is_finite() && *db > 10.0), "{:?}", v.sqnr_db);
+    assert_ne!(v.sqnr_db[0], v.sqnr_db[1]);
+}
