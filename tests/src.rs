@@ -25,3 +25,20 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display()));
     d
 }
+
+/// The ONNX Runtime library for the ort backend's tests: `ORT_DYLIB_PATH` (which
+/// scripts/test.sh sets), else where scripts/setup-ort.sh puts it. `None` only when
+/// the run says `EDGEMED_SKIP_ORT=1`; without a library the tests fail, so they
+/// cannot pass by quietly not running.
+pub fn ort_library() -> Option<PathBuf> {
+    if std::env::var("EDGEMED_SKIP_ORT").is_ok_and(|v| v == "1") {
+        eprintln!("EDGEMED_SKIP_ORT=1: ONNX Runtime backend test skipped");
+        return None;
+    }
+    let fetched = repo_root().join("target/onnxruntime/libonnxruntime.so.1.31.1");
+    match std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        Some(p) => Some(PathBuf::from(p)),
+        None if fetched.is_file() => Some(fetched),
+        None => panic!("ORT_DYLIB_PATH is not set: run scripts/test.sh, or export ORT_DYLIB_PATH=$(scripts/setup-ort.sh), or EDGEMED_SKIP_ORT=1"),
+    }
+}

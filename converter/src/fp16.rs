@@ -1,6 +1,7 @@
 //! FP16 export: every float initializer and Constant becomes float16 (the `half`
 //! crate, round to nearest even); the graph's float inputs and outputs stay float32
-//! behind Cast nodes, so callers feed and read the same tensors as before.
+//! behind Cast nodes, so callers feed and read the same tensors as before, unless
+//! float16 inputs and outputs are asked for (half the transfer to a GPU).
 
 use anyhow::{bail, Result};
 use edgemed_runtime::tract_onnx::pb;
@@ -46,7 +47,14 @@ fn cast(g: &Graph, input: &str, output: &str, to: DataType) -> pb::NodeProto {
 /// Ops kept in float32 between Casts: tract 0.23 types a float16 Gemm's output as float32.
 const KEEP_FP32: &[&str] = &["Gemm"];
 
-pub fn convert_to_fp16(g: &mut Graph) -> Result<()> {
+fn set_elem_type(v: &mut pb::ValueInfoProto, t: DataType) {
+    if let Some(pb::type_proto::Value::TensorType(tt)) = v.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+        tt.elem_type = t as i32;
+    }
+}
+
+/// Converts the graph to float16; `float16_io` makes its float inputs and outputs float16 too.
+pub fn convert_to_fp16(g: &mut Graph, float16_io: bool) -> Result<()> {
     let initializers: std::collections::HashSet<String> = g.g().initializer.iter().map(|t| t.name.clone()).collect();
     let keep: std::collections::HashSet<String> =
         g.nodes().iter().filter(|n| KEEP_FP32.contains(&n.op_type.as_str())).flat_map(|n| n.input.iter().skip(1).cloned()).collect();
@@ -81,6 +89,15 @@ pub fn convert_to_fp16(g: &mut Graph) -> Result<()> {
     }
     // Intermediate type annotations would now be wrong; they are optional.
     g.g_mut().value_info.clear();
+    if float16_io {
+        for v in g.g_mut().input.iter_mut().filter(|i| is_float(i) && !initializers.contains(&i.name)) {
+            set_elem_type(v, DataType::Float16);
+        }
+        for v in g.g_mut().output.iter_mut().filter(|o| is_float(o)) {
+            set_elem_type(v, DataType::Float16);
+        }
+        return finish(g);
+    }
     let inputs: Vec<String> =
         g.g().input.iter().filter(|i| is_float(i) && !initializers.contains(&i.name)).map(|i| i.name.clone()).collect();
     for name in inputs {
@@ -104,6 +121,10 @@ pub fn convert_to_fp16(g: &mut Graph) -> Result<()> {
         let c = cast(g, &half_name, &name, DataType::Float);
         g.g_mut().node.push(c);
     }
+    finish(g)
+}
+
+fn finish(g: &mut Graph) -> Result<()> {
     g.model.metadata_props.retain(|e| e.key != "edgemed.precision");
     g.model.metadata_props.push(pb::StringStringEntryProto { key: "edgemed.precision".into(), value: "fp16".into() });
     g.sort()

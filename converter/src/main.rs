@@ -60,6 +60,9 @@ enum Command {
         /// Write a float16 model instead (batch norm folded; inputs and outputs stay float32).
         #[arg(long, conflicts_with_all = ["per_channel", "calibrate", "fp32_only"])]
         fp16: bool,
+        /// With --fp16: float16 inputs and outputs too (the runtime converts from and to float32).
+        #[arg(long, requires = "fp16")]
+        fp16_io: bool,
     },
     /// Per layer: operator, weight shape, per-channel weight ranges before and after equalization.
     Inspect {
@@ -138,13 +141,18 @@ fn run(cli: Cli) -> Result<()> {
             relu6_to_relu,
             fp32_only,
             fp16,
+            fp16_io,
         } => {
             let mut g = Graph::load(&input)?;
             if fp16 {
                 let folded = passes::fold_bn::fold_batch_norm(&mut g)?.len();
-                edgemed_converter::fp16::convert_to_fp16(&mut g)?;
+                edgemed_converter::fp16::convert_to_fp16(&mut g, fp16_io)?;
                 edgemed_converter::export::save_verified(&g.model, &output).with_context(|| format!("writing {}", output.display()))?;
-                eprintln!("wrote {}: float16 weights, {folded} batch norms folded, float32 inputs and outputs", output.display());
+                eprintln!(
+                    "wrote {}: float16 weights, {folded} batch norms folded, float{} inputs and outputs",
+                    output.display(),
+                    if fp16_io { 16 } else { 32 }
+                );
                 return Ok(());
             }
             let field_size = field_size.unwrap_or_else(|| dfq::field_size_of(&g));

@@ -43,6 +43,17 @@ fn quantize_inspect_verify_round_trip() {
     let o = run(&["verify", fixture("eqmnv2_c4.onnx").to_str().unwrap(), fp16.to_str().unwrap(), "--random", "2", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(v["sqnr_db"][0].as_f64().unwrap() > 40.0, "{v}");
+    // Float16 inputs and outputs too: the runtime converts at the boundary.
+    let fp16_io = d.join("c4_fp16_io.onnx");
+    let o = run(&["quantize", fixture("eqmnv2_c4.onnx").to_str().unwrap(), "-o", fp16_io.to_str().unwrap(), "--fp16", "--fp16-io"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = edgemed_runtime::model::OnnxModel::load(&fp16_io).unwrap();
+    assert_eq!((m.inputs[0].elem_type.as_str(), m.outputs[0].elem_type.as_str()), ("float16", "float16"));
+    let o = run(&["verify", fixture("eqmnv2_c4.onnx").to_str().unwrap(), fp16_io.to_str().unwrap(), "--random", "2", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["sqnr_db"][0].as_f64().unwrap() > 40.0, "{v}");
+    let o = run(&["quantize", fixture("eqmnv2_c4.onnx").to_str().unwrap(), "-o", fp16_io.to_str().unwrap(), "--fp16-io"]);
+    assert!(!o.status.success(), "--fp16-io without --fp16 must be refused");
 }
 
 #[test]

@@ -10,6 +10,7 @@ use crate::ndarray::{ArrayD, IxDyn};
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BenchStats {
     pub backend: String,
+    pub device: String,
     pub batch: usize,
     pub iterations: usize,
     pub p50_ms: f64,
@@ -49,6 +50,7 @@ pub fn bench(backend: &dyn Backend, warmup: usize, iterations: usize) -> Result<
     let p50 = pct(0.5);
     Ok(BenchStats {
         backend: backend.name().to_string(),
+        device: backend.device(),
         batch: shape[0],
         iterations: times.len(),
         p50_ms: p50,

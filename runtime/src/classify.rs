@@ -2,7 +2,7 @@
 //! per-patch results streamed to the caller in input order. A bad patch fails
 //! alone; the rest of its batch is still classified.
 
-use crate::backend::{Backend, TractBackend};
+use crate::backend::{Backend, BackendKind, BackendOptions};
 use crate::error::{Error, Result};
 use crate::metadata::ModelMetadata;
 use crate::model::OnnxModel;
@@ -42,11 +42,12 @@ pub struct ClassifierOptions {
     pub resize: bool,
     /// Overrides the model's crop size.
     pub crop: Option<u32>,
+    pub backend: BackendOptions,
 }
 
 impl Default for ClassifierOptions {
     fn default() -> Self {
-        ClassifierOptions { batch: 1, threads: 1, resize: false, crop: None }
+        ClassifierOptions { batch: 1, threads: 1, resize: false, crop: None, backend: BackendOptions::default() }
     }
 }
 
@@ -77,7 +78,13 @@ impl Classifier {
                 reason: format!("must equal the model input size {side} and fit in the {} patch", preprocess.patch_size),
             }
         );
-        let backend = TractBackend::new(model, &[batch, 3, side, side])?;
+        // tract runs whole batches on several threads; ONNX Runtime parallelises inside each run.
+        let mut backend_opts = opts.backend.clone();
+        if backend_opts.kind == BackendKind::Ort && backend_opts.intra_threads == 0 {
+            backend_opts.intra_threads = opts.threads;
+        }
+        let backend = crate::backend::create(model, &[batch, 3, side, side], &backend_opts)?;
+        let threads = if backend.parallel_runs() { opts.threads } else { 1 };
         let out_classes = model.outputs[0].dims.as_ref().and_then(|d| d.last().cloned());
         if let Some(crate::model::Dim::Fixed(n)) = out_classes {
             let expected = if n == 1 { 2 } else { n };
@@ -91,7 +98,11 @@ impl Classifier {
                 }
             );
         }
-        Ok(Classifier { backend: Box::new(backend), metadata: model.metadata.clone(), preprocess, batch, threads: opts.threads })
+        Ok(Classifier { backend, metadata: model.metadata.clone(), preprocess, batch, threads })
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
     }
 
     pub fn batch_size(&self) -> usize {

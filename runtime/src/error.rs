@@ -26,6 +26,10 @@ pub enum Error {
     BadMetadata { path: PathBuf, key: String, value: String, reason: String },
     #[error("backend {backend}: {reason}")]
     Backend { backend: &'static str, reason: String },
+    #[error("{0}")]
+    OrtLibrary(String),
+    #[error("device {device} is not available: {reason}")]
+    DeviceUnavailable { device: String, reason: String },
 
     // --- inputs ------------------------------------------------------------
     #[error("{path}: not a readable image: {reason}")]

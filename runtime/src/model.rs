@@ -121,8 +121,8 @@ impl OnnxModel {
             return Err(not_image(format!("{} inputs, expected one NCHW image tensor", self.inputs.len())));
         }
         let spec = &self.inputs[0];
-        if spec.elem_type != "float32" {
-            return Err(not_image(format!("input {:?} is {}, expected float32", spec.name, spec.elem_type)));
+        if spec.elem_type != "float32" && spec.elem_type != "float16" {
+            return Err(not_image(format!("input {:?} is {}, expected float32 or float16", spec.name, spec.elem_type)));
         }
         let dims = spec.dims.as_ref().ok_or_else(|| not_image(format!("input {:?} declares no shape", spec.name)))?;
         match dims.as_slice() {

@@ -281,3 +281,71 @@ fn bench_refuses_an_empty_batch() {
     let o = run(&["bench", "--batch", "0", "--iters", "1"]);
     assert_clean_failure(&o, "batch size must be at least 1");
 }
+
+// --- backends and devices --------------------------------------------------
+
+fn run_env(args: &[&str], env: &[(&str, Option<&str>)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_edgemed-run"));
+    c.args(args).current_dir(repo_root());
+    for (k, v) in env {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c.output().expect("runs edgemed-run")
+}
+
+fn probabilities(o: &Output) -> Vec<f64> {
+    assert!(o.status.success(), "{}", stderr(o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v.as_array().unwrap().iter().map(|r| r["probability"].as_f64().unwrap()).collect()
+}
+
+#[test]
+fn ort_backend_classifies_like_tract() {
+    let Some(lib) = edgemed_tests::ort_library() else { return };
+    let lib = lib.to_string_lossy().into_owned();
+    let tract = probabilities(&run(&["classify", "examples/data/pcam", "-f", "json"]));
+    let ort = probabilities(&run(&["--backend", "ort", "--ort-lib", &lib, "--device", "cpu", "classify", "examples/data/pcam", "-f", "json"]));
+    assert_eq!(tract.len(), 100);
+    let worst = tract.iter().zip(&ort).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max);
+    assert!(worst < 1e-4, "max probability difference {worst}");
+    // Both backends in one benchmark, one row per backend and batch size, with the ratio.
+    let o = run(&["--backend", "tract,ort", "--ort-lib", &lib, "bench", "--batch", "1,2", "--iters", "2", "--warmup", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(out.lines().filter(|l| l.contains("/ tract @ cpu")).count(), 2, "{out}");
+    assert_eq!(out.lines().filter(|l| l.contains("/ ort @ cpu")).count(), 2, "{out}");
+    assert!(out.contains("speed-up"), "{out}");
+    // Classify takes one backend.
+    assert_clean_failure(&run(&["--backend", "tract,ort", "classify", "examples/data/pcam"]), "one --backend");
+}
+
+#[test]
+fn cuda_on_a_host_without_it_falls_back_loudly_or_fails_when_strict() {
+    // tract never has CUDA; ONNX Runtime's CPU wheel neither (a GPU host's CUDA build is
+    // exercised by tests/tests/ort_backend.rs).
+    let o = run(&["--device", "cuda", "classify", &first_sample().to_string_lossy()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("CPU only"), "{}", stderr(&o));
+    assert_clean_failure(&run(&["--device", "cuda:0", "--strict-device", "classify", "examples/data/pcam"]), "device cuda:0 is not available");
+    assert_clean_failure(&run(&["--device", "tpu", "classify", "examples/data/pcam"]), "unknown device");
+    assert_clean_failure(&run(&["--backend", "tvm", "classify", "examples/data/pcam"]), "unknown backend");
+}
+
+#[test]
+fn missing_or_wrong_onnxruntime_library_is_one_clear_line() {
+    let no_env = [("ORT_DYLIB_PATH", None)];
+    let o = run_env(&["--backend", "ort", "classify", "examples/data/pcam"], &no_env);
+    assert_clean_failure(&o, "ONNX Runtime 1.31 library not found");
+    assert!(stderr(&o).contains("pip install onnxruntime"), "{}", stderr(&o));
+    assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
+    let o = run_env(&["--backend", "ort", "--ort-lib", "/nonexistent/onnxruntime", "classify", "examples/data/pcam"], &no_env);
+    assert_clean_failure(&o, "--ort-lib /nonexistent/onnxruntime: no such file or directory");
+    // A file that is not a shared library (and, through the variable, a folder without one).
+    let o = run_env(&["--backend", "ort", "--ort-lib", "Cargo.toml", "classify", "examples/data/pcam"], &no_env);
+    assert_clean_failure(&o, "loading ONNX Runtime");
+    let o = run_env(&["--backend", "ort", "classify", "examples/data/pcam"], &[("ORT_DYLIB_PATH", Some("examples"))]);
+    assert_clean_failure(&o, "ORT_DYLIB_PATH examples holds no ONNX Runtime library");
+}

@@ -1,9 +1,17 @@
 //! Execution backends. The runtime speaks to them through [`Backend`]; tract is
-//! the default (pure Rust, cross-compiles). An ONNX Runtime backend plugs in here.
+//! the default (pure Rust, cross-compiles), ONNX Runtime ([`ort`], feature `ort`)
+//! serves GPU hosts through its CUDA provider. [`create`] picks one from
+//! [`BackendOptions`], the same options every CLI subcommand takes.
 
+#[cfg(feature = "ort")]
+pub mod ort;
 pub mod tract;
 
-use crate::error::Result;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+use crate::model::OnnxModel;
 use crate::ndarray::ArrayD;
 
 pub use self::tract::TractBackend;
@@ -11,8 +19,162 @@ pub use self::tract::TractBackend;
 /// A compiled model that maps one batch of inputs to its outputs.
 pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
+    /// Where it runs, as the user should read it ("cpu", "cuda:0").
+    fn device(&self) -> String {
+        "cpu".into()
+    }
     /// The input shape the model was compiled for, batch dimension included.
     fn input_shape(&self) -> &[usize];
     /// Runs one input tensor of exactly [`Backend::input_shape`]; returns every output.
+    /// Float16 model inputs and outputs are converted from and to float32 here.
     fn run(&self, input: ArrayD<f32>) -> Result<Vec<ArrayD<f32>>>;
+    /// Whether one instance runs batches from several threads at once without
+    /// serialising them (tract: yes; ONNX Runtime parallelises inside each run instead).
+    fn parallel_runs(&self) -> bool {
+        true
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum BackendKind {
+    Tract,
+    Ort,
+}
+
+impl FromStr for BackendKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "tract" => Ok(BackendKind::Tract),
+            "ort" | "onnxruntime" => Ok(BackendKind::Ort),
+            _ => Err(Error::Invalid(format!("unknown backend {s:?}: expected tract or ort"))),
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackendKind::Tract => "tract",
+            BackendKind::Ort => "ort",
+        })
+    }
+}
+
+/// Where to run: `cpu`, `cuda` / `cuda:ID`, or `auto` (CUDA when the provider is there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda(u32),
+    Auto,
+}
+
+impl FromStr for Device {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "auto" => Ok(Device::Auto),
+            "cuda" | "gpu" => Ok(Device::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").map(str::parse) {
+                Some(Ok(id)) => Ok(Device::Cuda(id)),
+                _ => Err(Error::Invalid(format!("unknown device {s:?}: expected cpu, cuda, cuda:ID or auto"))),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(id) => write!(f, "cuda:{id}"),
+            Device::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+/// ONNX Runtime's graph optimisation levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptLevel {
+    Disable,
+    Basic,
+    Extended,
+    All,
+}
+
+impl FromStr for OptLevel {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "disable" | "none" => Ok(OptLevel::Disable),
+            "basic" => Ok(OptLevel::Basic),
+            "extended" => Ok(OptLevel::Extended),
+            "all" => Ok(OptLevel::All),
+            _ => Err(Error::Invalid(format!("unknown optimisation level {s:?}: expected disable, basic, extended or all"))),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendOptions {
+    pub kind: BackendKind,
+    pub device: Device,
+    /// Fail instead of falling back to the CPU when the requested device is unavailable.
+    pub strict_device: bool,
+    /// ONNX Runtime library (file, or a directory holding it); see [`ort::find_library`].
+    pub ort_library: Option<PathBuf>,
+    /// Threads inside one run (ONNX Runtime's intra-op pool); 0: the library's default.
+    pub intra_threads: usize,
+    pub opt_level: OptLevel,
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        BackendOptions {
+            kind: BackendKind::Tract,
+            device: Device::Cpu,
+            strict_device: false,
+            ort_library: None,
+            intra_threads: 0,
+            opt_level: OptLevel::All,
+        }
+    }
+}
+
+/// Compiles `model` for `input_shape` on the backend and device the options name.
+pub fn create(model: &OnnxModel, input_shape: &[usize], opts: &BackendOptions) -> Result<Box<dyn Backend>> {
+    match opts.kind {
+        BackendKind::Tract => {
+            match opts.device {
+                Device::Cpu | Device::Auto => {}
+                Device::Cuda(_) if opts.strict_device => {
+                    return Err(Error::DeviceUnavailable { device: opts.device.to_string(), reason: "tract runs on the CPU only; use --backend ort".into() })
+                }
+                Device::Cuda(_) => log::warn!("tract runs on the CPU only; --device {} ignored (use --backend ort for CUDA)", opts.device),
+            }
+            Ok(Box::new(TractBackend::new(model, input_shape)?))
+        }
+        #[cfg(feature = "ort")]
+        BackendKind::Ort => Ok(Box::new(ort::OrtBackend::new(model, input_shape, opts)?)),
+        #[cfg(not(feature = "ort"))]
+        BackendKind::Ort => Err(Error::Invalid("this build has no ONNX Runtime backend (feature ort is off)".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_devices_and_backends() {
+        assert_eq!("cuda:1".parse::<Device>().unwrap(), Device::Cuda(1));
+        assert_eq!("cuda".parse::<Device>().unwrap(), Device::Cuda(0));
+        assert_eq!("auto".parse::<Device>().unwrap(), Device::Auto);
+        assert!("cuda:x".parse::<Device>().is_err());
+        assert!("tpu".parse::<Device>().is_err());
+        assert_eq!("ort".parse::<BackendKind>().unwrap(), BackendKind::Ort);
+        assert!("tvm".parse::<BackendKind>().is_err());
+        assert_eq!("extended".parse::<OptLevel>().unwrap(), OptLevel::Extended);
+    }
 }

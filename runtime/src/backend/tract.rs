@@ -13,6 +13,8 @@ use crate::ndarray::ArrayD;
 pub struct TractBackend {
     plan: std::sync::Arc<TypedSimplePlan>,
     input_shape: Vec<usize>,
+    /// The model takes float16 (an FP16 export that kept half-precision inputs).
+    input_f16: bool,
 }
 
 fn backend_err(e: impl std::fmt::Display) -> Error {
@@ -22,6 +24,8 @@ fn backend_err(e: impl std::fmt::Display) -> Error {
 impl TractBackend {
     /// Compiles `model` for a concrete input shape (symbolic dims resolved by the caller).
     pub fn new(model: &OnnxModel, input_shape: &[usize]) -> Result<Self> {
+        let input_f16 = model.inputs.first().is_some_and(|i| i.elem_type == "float16");
+        let fact: InferenceFact = if input_f16 { f16::fact(input_shape).into() } else { f32::fact(input_shape).into() };
         let unsupported = |e: TractError| Error::UnsupportedModel { path: model.path.clone(), reason: format!("{e:#}") };
         // tract reports most problems as errors, but a malformed graph can trip an
         // internal assertion; a device must not die on a bad file, so turn that into an error.
@@ -33,7 +37,7 @@ impl TractBackend {
                 .with_ignore_value_info(true)
                 .with_ignore_output_shapes(true)
                 .model_for_proto_model(&model.proto)?
-                .with_input_fact(0, f32::fact(input_shape).into())?
+                .with_input_fact(0, fact.clone())?
                 .into_optimized()?
                 .into_runnable()
         }));
@@ -44,7 +48,7 @@ impl TractBackend {
                 return Err(Error::UnsupportedModel { path: model.path.clone(), reason: "tract failed while compiling the graph".into() })
             }
         };
-        Ok(TractBackend { plan, input_shape: input_shape.to_vec() })
+        Ok(TractBackend { plan, input_shape: input_shape.to_vec(), input_f16 })
     }
 }
 
@@ -61,7 +65,8 @@ impl Backend for TractBackend {
         if input.shape() != self.input_shape.as_slice() {
             return Err(Error::WrongShape { got: input.shape().to_vec(), expected: self.input_shape.clone() });
         }
-        let outputs = catch_unwind(AssertUnwindSafe(|| self.plan.run(tvec!(Tensor::from(input).into()))))
+        let input = if self.input_f16 { Tensor::from(input.mapv(f16::from_f32)) } else { Tensor::from(input) };
+        let outputs = catch_unwind(AssertUnwindSafe(|| self.plan.run(tvec!(input.into()))))
             .map_err(|_| backend_err("tract panicked while running the model"))?
             .map_err(|e| backend_err(format!("{e:#}")))?;
         outputs

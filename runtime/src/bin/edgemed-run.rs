@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use edgemed_runtime::backend::TractBackend;
+use edgemed_runtime::backend::{BackendKind, BackendOptions, Device, OptLevel};
 use edgemed_runtime::classify::{Classifier, ClassifierOptions, PatchResult};
 use edgemed_runtime::model::{Dim, OnnxModel};
 use edgemed_runtime::{bench, fsutil, patch};
@@ -19,6 +19,21 @@ struct Cli {
     /// More logging (-v info, -vv debug).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Backend: tract (pure Rust, default) or ort (ONNX Runtime); bench takes a list (tract,ort).
+    #[arg(long, global = true, default_value = "tract", value_delimiter = ',')]
+    backend: Vec<String>,
+    /// cpu, cuda, cuda:ID, or auto (CUDA when ONNX Runtime has the provider, else CPU).
+    #[arg(long, global = true, default_value = "auto")]
+    device: String,
+    /// Fail when the requested device is unavailable instead of falling back to the CPU.
+    #[arg(long, global = true)]
+    strict_device: bool,
+    /// ONNX Runtime library (file or folder); default: ORT_DYLIB_PATH, then next to this binary.
+    #[arg(long, global = true, value_name = "PATH")]
+    ort_lib: Option<PathBuf>,
+    /// ONNX Runtime graph optimisation: disable, basic, extended or all.
+    #[arg(long, global = true, default_value = "all")]
+    ort_opt_level: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -63,8 +78,12 @@ enum Command {
     Bench {
         /// ONNX model; default: the bundled demonstration model.
         model: Option<PathBuf>,
+        /// Batch sizes, e.g. 1,32,256.
+        #[arg(short, long, default_value = "1", value_delimiter = ',')]
+        batch: Vec<usize>,
+        /// Threads inside one ONNX Runtime run (tract runs on one).
         #[arg(short, long, default_value_t = 1)]
-        batch: usize,
+        threads: usize,
         #[arg(long, default_value_t = 50)]
         iters: usize,
         #[arg(long, default_value_t = 5)]
@@ -87,13 +106,37 @@ fn main() -> ExitCode {
         _ => "debug",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).format_timestamp(None).init();
-    match run(cli.command) {
+    match backend_options(&cli).and_then(|b| run(cli.command, b)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("edgemed-run: error: {e:#}");
             ExitCode::from(2)
         }
     }
+}
+
+/// The backends named on the command line (bench may take several), with the shared options.
+fn backend_options(cli: &Cli) -> Result<Vec<BackendOptions>> {
+    let device: Device = cli.device.parse()?;
+    let opt_level: OptLevel = cli.ort_opt_level.parse()?;
+    cli.backend
+        .iter()
+        .map(|b| {
+            Ok(BackendOptions {
+                kind: b.parse::<BackendKind>()?,
+                device,
+                strict_device: cli.strict_device,
+                ort_library: cli.ort_lib.clone(),
+                intra_threads: 0,
+                opt_level,
+            })
+        })
+        .collect()
+}
+
+fn single(backends: &[BackendOptions]) -> Result<BackendOptions> {
+    anyhow::ensure!(backends.len() == 1, "this subcommand takes one --backend (only bench compares several)");
+    Ok(backends[0].clone())
 }
 
 fn load_model(path: Option<&Path>) -> Result<OnnxModel> {
@@ -113,39 +156,51 @@ fn bundled_model() -> Result<OnnxModel> {
     anyhow::bail!("this build has no bundled model (feature bundled-model is off); pass --model MODEL.onnx")
 }
 
-fn run(cmd: Command) -> Result<ExitCode> {
+fn run(cmd: Command, backends: Vec<BackendOptions>) -> Result<ExitCode> {
     match cmd {
         Command::Classify { paths, model, batch, threads, format, output, resize, crop } => {
             let model = load_model(model.as_deref())?;
             let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            let classifier = Classifier::new(&model, &ClassifierOptions { batch, threads, resize, crop })?;
+            let backend = single(&backends)?;
+            let classifier = Classifier::new(&model, &ClassifierOptions { batch, threads, resize, crop, backend })?;
+            log::info!("running on {} ({})", classifier.backend().name(), classifier.backend().device());
             let files = patch::expand_inputs(&paths)?;
             classify(&classifier, &files, format, output.as_deref())
         }
         Command::Info { model, json } => {
             let model = load_model(model.as_deref())?;
-            info(&model, json)?;
+            info(&model, &single(&backends)?, json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { model, batch, iters, warmup } => {
+        Command::Bench { model, batch, threads, iters, warmup } => {
             let model = load_model(model.as_deref())?;
             let (_, side, _) = model.image_input()?;
-            let backend = TractBackend::new(&model, &[batch, 3, side, side])?;
-            let s = bench::bench(&backend, warmup, iters)?;
+            anyhow::ensure!(threads >= 1, "--threads must be at least 1");
             println!(
-                "{:<30} {:>6} {:>9} {:>9} {:>9} {:>12} {:>13}",
-                "model / backend", "batch", "p50 ms", "p90 ms", "p99 ms", "items/s", "peak RSS MiB"
+                "{:<34} {:>6} {:>9} {:>9} {:>9} {:>12} {:>9} {:>13}",
+                "model / backend @ device", "batch", "p50 ms", "p90 ms", "p99 ms", "items/s", "speed-up", "peak RSS MiB"
             );
-            println!(
-                "{:<30} {:>6} {:>9.3} {:>9.3} {:>9.3} {:>12.1} {:>13}",
-                format!("{} / {}", short_name(&model.path), s.backend),
-                s.batch,
-                s.p50_ms,
-                s.p90_ms,
-                s.p99_ms,
-                s.throughput,
-                s.peak_rss_mib.map_or("n/a".into(), |m| format!("{m:.1}"))
-            );
+            for b in &batch {
+                // Ratios against the first backend listed, measured in the same run.
+                let mut first: Option<f64> = None;
+                for opts in &backends {
+                    let opts = BackendOptions { intra_threads: threads, ..opts.clone() };
+                    let backend = edgemed_runtime::backend::create(&model, &[*b, 3, side, side], &opts)?;
+                    let s = bench::bench(backend.as_ref(), warmup, iters)?;
+                    let ratio = s.throughput / *first.get_or_insert(s.throughput);
+                    println!(
+                        "{:<34} {:>6} {:>9.3} {:>9.3} {:>9.3} {:>12.1} {:>8.2}x {:>13}",
+                        format!("{} / {} @ {}", short_name(&model.path), s.backend, s.device),
+                        s.batch,
+                        s.p50_ms,
+                        s.p90_ms,
+                        s.p99_ms,
+                        s.throughput,
+                        ratio,
+                        s.peak_rss_mib.map_or("n/a".into(), |m| format!("{m:.1}"))
+                    );
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -229,7 +284,29 @@ fn classify(classifier: &Classifier, files: &[patch::PatchSource], format: Forma
     Ok(if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-fn info(model: &OnnxModel, json: bool) -> Result<()> {
+/// What the chosen backend would run on: for ONNX Runtime, the library and its CUDA provider.
+fn backend_line(opts: &BackendOptions) -> String {
+    match opts.kind {
+        BackendKind::Tract => "tract (CPU)".into(),
+        #[cfg(feature = "ort")]
+        BackendKind::Ort => match edgemed_runtime::backend::ort::load(opts.ort_library.as_deref()) {
+            Ok(path) => format!(
+                "ort, library {}, CUDA provider {}",
+                path.display(),
+                match edgemed_runtime::backend::ort::cuda_available(None) {
+                    Ok(true) => "available",
+                    Ok(false) => "not available",
+                    Err(_) => "unknown",
+                }
+            ),
+            Err(e) => format!("ort, unavailable: {e}"),
+        },
+        #[cfg(not(feature = "ort"))]
+        BackendKind::Ort => "ort, not in this build".into(),
+    }
+}
+
+fn info(model: &OnnxModel, backend: &BackendOptions, json: bool) -> Result<()> {
     let dims = |d: &Option<Vec<Dim>>| {
         d.as_ref().map_or("?".into(), |d| format!("[{}]", d.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")))
     };
@@ -244,6 +321,7 @@ fn info(model: &OnnxModel, json: bool) -> Result<()> {
             "parameters": model.parameter_count(),
             "precision": model.precision(),
             "metadata": model.metadata,
+            "backend": backend_line(backend),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -271,6 +349,7 @@ fn info(model: &OnnxModel, json: bool) -> Result<()> {
         if md.circular_mask { " -> circular mask" } else { "" }
     );
     println!("classes    {} (reported: {})", md.class_names.join(", "), md.class_names[md.positive_class]);
+    println!("backend    {}", backend_line(backend));
     println!("group      C{}{}", md.group_order, md.arch.as_ref().map_or(String::new(), |a| format!(" ({a})")));
     for (k, v) in &md.raw {
         println!("meta       {k} = {v}");
