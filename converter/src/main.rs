@@ -82,9 +82,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Export a reference architecture to ONNX.
+    /// Export a reference architecture to ONNX, or rewrite a classifier into a local prediction map.
+    Export(ExportArgs),
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_required = false)]
+struct ExportArgs {
     #[command(subcommand)]
-    Export(Export),
+    arch: Option<Export>,
+    /// Rewrite IN.onnx (global pooling -> linear classifier) into a model whose output is the
+    /// map of local logits (BagNet style); the map's spatial mean equals the original logits.
+    #[arg(long, value_name = "IN.onnx", requires = "output")]
+    local_map: Option<PathBuf>,
+    #[arg(short, long)]
+    output: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -251,7 +263,27 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Export(Export::EqMobilenetV2 { weights, seed, group_order, width, input_size, fold_bn, save_weights, output }) => {
+        Command::Export(ExportArgs { arch: None, local_map: Some(input), output: Some(output) }) => {
+            let mut g = Graph::load(&input)?;
+            let r = edgemed_converter::local_map::to_local_map(&mut g).with_context(|| format!("{}: no local map", input.display()))?;
+            edgemed_converter::export::save_verified(&g.model, &output).with_context(|| format!("writing {}", output.display()))?;
+            eprintln!(
+                "wrote {}: output {} = 1x1 convolution of {} ({} classes){}",
+                output.display(),
+                r.output,
+                r.features,
+                r.classes,
+                if r.dropped_qdq > 0 { format!("; {} quantize/dequantize nodes of the pooled vector dropped", r.dropped_qdq) } else { String::new() }
+            );
+            Ok(())
+        }
+        Command::Export(ExportArgs { arch: None, .. }) => {
+            anyhow::bail!("export needs an architecture (eq-mobilenet-v2) or --local-map IN.onnx -o OUT.onnx")
+        }
+        Command::Export(ExportArgs {
+            arch: Some(Export::EqMobilenetV2 { weights, seed, group_order, width, input_size, fold_bn, save_weights, output }),
+            ..
+        }) => {
             let cfg = Config { group_order, width, input_size, fold_batch_norm: fold_bn, ..Config::default() };
             let (cfg, w) = match weights {
                 Some(path) => {
