@@ -39,6 +39,8 @@ pub fn ort_library() -> Option<PathBuf> {
     match std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
         Some(p) => Some(PathBuf::from(p)),
         None if fetched.is_file() => Some(fetched),
-        None => panic!("ORT_DYLIB_PATH is not set: run scripts/test.sh, or export ORT_DYLIB_PATH=$(scripts/setup-ort.sh), or EDGEMED_SKIP_ORT=1"),
+        None => panic!(
+            "ORT_DYLIB_PATH is not set: run scripts/test.sh, or export ORT_DYLIB_PATH=$(scripts/setup-ort.sh), or EDGEMED_SKIP_ORT=1"
+        ),
     }
 }

@@ -149,7 +149,10 @@ pub fn to_local_map(g: &mut Graph) -> Result<Report> {
             "ReduceMean" if is_spatial_mean(g, n) => break i,
             "Flatten" | "Reshape" | "Squeeze" | "Identity" => {}
             "QuantizeLinear" | "DequantizeLinear" => dropped_qdq += 1,
-            other => bail!("{}: {other} between the pooling and the classifier is not supported (expected Flatten, Reshape, Squeeze or Q/DQ)", n.name),
+            other => bail!(
+                "{}: {other} between the pooling and the classifier is not supported (expected Flatten, Reshape, Squeeze or Q/DQ)",
+                n.name
+            ),
         }
         chain.push(i);
         value = n.input[0].clone();

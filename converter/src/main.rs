@@ -273,7 +273,11 @@ fn run(cli: Cli) -> Result<()> {
                 r.output,
                 r.features,
                 r.classes,
-                if r.dropped_qdq > 0 { format!("; {} quantize/dequantize nodes of the pooled vector dropped", r.dropped_qdq) } else { String::new() }
+                if r.dropped_qdq > 0 {
+                    format!("; {} quantize/dequantize nodes of the pooled vector dropped", r.dropped_qdq)
+                } else {
+                    String::new()
+                }
             );
             Ok(())
         }

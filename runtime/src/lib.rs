@@ -2,7 +2,8 @@
 //!
 //! Owns loading ONNX models ([`model`]), their `edgemed.*` metadata ([`metadata`]),
 //! execution backends ([`backend`], tract by default), PCam patch input
-//! ([`patch`]), batched classification ([`classify`]) and benchmarking ([`bench`]).
+//! ([`patch`]), batched classification ([`classify`]), probability maps over
+//! larger images ([`heatmap`]) and benchmarking ([`bench`]).
 //! It never links the converter: the device binary `edgemed-run` stays small.
 
 pub mod backend;
@@ -10,6 +11,7 @@ pub mod bench;
 pub mod classify;
 pub mod error;
 pub mod fsutil;
+pub mod heatmap;
 pub mod metadata;
 pub mod model;
 pub mod patch;

@@ -307,7 +307,8 @@ fn ort_backend_classifies_like_tract() {
     let Some(lib) = edgemed_tests::ort_library() else { return };
     let lib = lib.to_string_lossy().into_owned();
     let tract = probabilities(&run(&["classify", "examples/data/pcam", "-f", "json"]));
-    let ort = probabilities(&run(&["--backend", "ort", "--ort-lib", &lib, "--device", "cpu", "classify", "examples/data/pcam", "-f", "json"]));
+    let ort =
+        probabilities(&run(&["--backend", "ort", "--ort-lib", &lib, "--device", "cpu", "classify", "examples/data/pcam", "-f", "json"]));
     assert_eq!(tract.len(), 100);
     let worst = tract.iter().zip(&ort).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max);
     assert!(worst < 1e-4, "max probability difference {worst}");
@@ -329,7 +330,10 @@ fn cuda_on_a_host_without_it_falls_back_loudly_or_fails_when_strict() {
     let o = run(&["--device", "cuda", "classify", &first_sample().to_string_lossy()]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("CPU only"), "{}", stderr(&o));
-    assert_clean_failure(&run(&["--device", "cuda:0", "--strict-device", "classify", "examples/data/pcam"]), "device cuda:0 is not available");
+    assert_clean_failure(
+        &run(&["--device", "cuda:0", "--strict-device", "classify", "examples/data/pcam"]),
+        "device cuda:0 is not available",
+    );
     assert_clean_failure(&run(&["--device", "tpu", "classify", "examples/data/pcam"]), "unknown device");
     assert_clean_failure(&run(&["--backend", "tvm", "classify", "examples/data/pcam"]), "unknown backend");
 }
@@ -348,4 +352,41 @@ fn missing_or_wrong_onnxruntime_library_is_one_clear_line() {
     assert_clean_failure(&o, "loading ONNX Runtime");
     let o = run_env(&["--backend", "ort", "classify", "examples/data/pcam"], &[("ORT_DYLIB_PATH", Some("examples"))]);
     assert_clean_failure(&o, "ORT_DYLIB_PATH examples holds no ONNX Runtime library");
+}
+
+#[test]
+fn cli_writes_overlay_and_map_and_refuses_bad_requests() {
+    let d = scratch_dir("heatmap-cli");
+    let img_path = d.join("region.png");
+    let mut region = image::RgbImage::new(288, 288);
+    for k in 0..9u32 {
+        let p = edgemed_runtime::patch::read_rgb(&samples().join(format!("patch_{:03}.png", k * 11))).unwrap();
+        image::imageops::replace(&mut region, &p, (k % 3 * 96) as i64, (k / 3 * 96) as i64);
+    }
+    region.save(&img_path).unwrap();
+    let out = d.join("map.png");
+    let bin = env!("CARGO_BIN_EXE_edgemed-run");
+    let o =
+        Command::new(bin).args(["heatmap", img_path.to_str().unwrap(), "-o", out.to_str().unwrap(), "--stride", "48"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("area >= 0.5") && text.contains("patch classifier"), "{text}");
+    let overlay = edgemed_runtime::patch::read_rgb(&out).unwrap();
+    assert_eq!(overlay.dimensions(), (288, 288));
+    let map: edgemed_runtime::ndarray::Array2<f32> = ndarray_npy::read_npy(d.join("map.npy")).unwrap();
+    assert_eq!(map.shape(), &[5, 5]); // (288 - 95) / 48 + 1
+    assert!(map.iter().all(|p| (0.0..=1.0).contains(p)));
+    // Too small an image, a missing image, and nothing left half-written.
+    image::RgbImage::new(64, 64).save(d.join("small.png")).unwrap();
+    let o = Command::new(bin)
+        .args(["heatmap", d.join("small.png").to_str().unwrap(), "-o", d.join("s.png").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("smaller than the model's 95x95 input"));
+    let o = Command::new(bin)
+        .args(["heatmap", d.join("none.png").to_str().unwrap(), "-o", d.join("n.png").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no such file"));
+    assert!(!d.join("s.png").exists() && !d.join("n.png").exists());
 }

@@ -149,7 +149,10 @@ pub fn create(model: &OnnxModel, input_shape: &[usize], opts: &BackendOptions) -
             match opts.device {
                 Device::Cpu | Device::Auto => {}
                 Device::Cuda(_) if opts.strict_device => {
-                    return Err(Error::DeviceUnavailable { device: opts.device.to_string(), reason: "tract runs on the CPU only; use --backend ort".into() })
+                    return Err(Error::DeviceUnavailable {
+                        device: opts.device.to_string(),
+                        reason: "tract runs on the CPU only; use --backend ort".into(),
+                    })
                 }
                 Device::Cuda(_) => log::warn!("tract runs on the CPU only; --device {} ignored (use --backend ort for CUDA)", opts.device),
             }

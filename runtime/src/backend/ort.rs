@@ -32,8 +32,7 @@ fn err(e: impl std::fmt::Display) -> Error {
 fn is_library_name(name: &str) -> bool {
     // libonnxruntime.so, libonnxruntime.so.1, libonnxruntime.so.1.31.1, onnxruntime.dll, libonnxruntime.1.31.1.dylib;
     // not libonnxruntime_providers_cuda.so and the like.
-    name == "onnxruntime.dll"
-        || (name.starts_with("libonnxruntime.") && (name.contains(".so") || name.ends_with(".dylib")))
+    name == "onnxruntime.dll" || (name.starts_with("libonnxruntime.") && (name.contains(".so") || name.ends_with(".dylib")))
 }
 
 /// The library inside `dir`, preferring the plain name, then the longest versioned one.
@@ -157,7 +156,8 @@ impl OrtBackend {
         let (session, device) = match cuda {
             Some(id) => {
                 let ep = ort::ep::CUDA::default().with_device_id(id as i32).build().error_on_failure();
-                let attempt = builder(opts)?.with_execution_providers([ep]).map_err(err).and_then(|mut b| b.commit_from_memory(&bytes).map_err(err));
+                let attempt =
+                    builder(opts)?.with_execution_providers([ep]).map_err(err).and_then(|mut b| b.commit_from_memory(&bytes).map_err(err));
                 match attempt {
                     Ok(s) => (s, format!("cuda:{id}")),
                     Err(e) if opts.strict_device => return Err(unavailable(Device::Cuda(id), e.to_string())),
@@ -169,9 +169,16 @@ impl OrtBackend {
             }
             None => (builder(opts)?.commit_from_memory(&bytes).map_err(unsupported)?, "cpu".into()),
         };
-        let input = session.inputs().first().ok_or_else(|| Error::UnsupportedModel { path: model.path.clone(), reason: "no inputs".into() })?;
+        let input =
+            session.inputs().first().ok_or_else(|| Error::UnsupportedModel { path: model.path.clone(), reason: "no inputs".into() })?;
         let input_f16 = model.inputs.first().is_some_and(|i| i.elem_type == "float16");
-        Ok(OrtBackend { input_name: input.name().to_string(), session: Mutex::new(session), input_f16, input_shape: input_shape.to_vec(), device })
+        Ok(OrtBackend {
+            input_name: input.name().to_string(),
+            session: Mutex::new(session),
+            input_f16,
+            input_shape: input_shape.to_vec(),
+            device,
+        })
     }
 }
 

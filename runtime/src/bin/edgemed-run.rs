@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use edgemed_runtime::backend::{BackendKind, BackendOptions, Device, OptLevel};
 use edgemed_runtime::classify::{Classifier, ClassifierOptions, PatchResult};
+use edgemed_runtime::heatmap::{self, HeatmapOptions, Tta};
 use edgemed_runtime::model::{Dim, OnnxModel};
 use edgemed_runtime::{bench, fsutil, patch};
 
@@ -68,6 +69,32 @@ enum Command {
         #[arg(long)]
         crop: Option<u32>,
     },
+    /// Probability map over a large image (a slide region): overlay PNG, raw map (.npy), summary.
+    Heatmap {
+        /// The image (PNG/JPEG/TIFF).
+        image: PathBuf,
+        /// ONNX model: a patch classifier, or a local-map model from `edgemed export --local-map`;
+        /// default: the bundled demonstration model.
+        #[arg(short, long)]
+        model: Option<PathBuf>,
+        /// Overlay PNG to write; the raw probability map goes beside it as .npy (float32, NaN = no prediction).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Classifiers: pixels between patch positions (default: a third of the patch side).
+        #[arg(long)]
+        stride: Option<usize>,
+        /// Image rows turned into patches at a time (bounds memory on large images).
+        #[arg(long, default_value_t = 1024)]
+        tile: usize,
+        #[arg(short, long, default_value_t = 16)]
+        batch: usize,
+        /// Test-time augmentation: none, or d4 (the 8 rotations and reflections of each patch).
+        #[arg(long, value_enum, default_value_t = TtaArg::None)]
+        tta: TtaArg,
+        /// Probability from which a cell counts as positive in the summary.
+        #[arg(long, default_value_t = 0.5)]
+        threshold: f32,
+    },
     /// Describe a model: inputs, outputs, operators, parameters, precision, metadata.
     Info {
         /// ONNX model; default: the bundled demonstration model.
@@ -90,6 +117,12 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         warmup: usize,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum TtaArg {
+    None,
+    D4,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -168,6 +201,42 @@ fn run(cmd: Command, backends: Vec<BackendOptions>) -> Result<ExitCode> {
             log::info!("running on {} ({})", classifier.backend().name(), classifier.backend().device());
             let files = patch::expand_inputs(&paths)?;
             classify(&classifier, &files, format, output.as_deref())
+        }
+        Command::Heatmap { image, model, output, stride, tile, batch, tta, threshold } => {
+            let model = load_model(model.as_deref())?;
+            let img = patch::read_rgb(&image)?;
+            let opts = HeatmapOptions {
+                stride,
+                tile,
+                batch,
+                tta: if tta == TtaArg::D4 { Tta::D4 } else { Tta::None },
+                backend: single(&backends)?,
+            };
+            let start = Instant::now();
+            let map = heatmap::heatmap(&model, &img, &opts)?;
+            let npy = output.with_extension("npy");
+            let mut raw = Vec::new();
+            let grid = edgemed_runtime::ndarray::Array2::from_shape_vec((map.rows, map.cols), map.probs.clone())?;
+            ndarray_npy::WriteNpyExt::write_npy(&grid, &mut raw)?;
+            let mut png = Vec::new();
+            heatmap::overlay(&img, &map, 0.5).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+            fsutil::write_atomic(&npy, &raw).with_context(|| format!("writing {}", npy.display()))?;
+            fsutil::write_atomic(&output, &png).with_context(|| format!("writing {}", output.display()))?;
+            let (lo, mean, hi) = map.summary();
+            println!("image        {} ({}x{})", image.display(), img.width(), img.height());
+            println!(
+                "map          {}x{} cells of {:.1} px ({}), {} patch runs in {:.2} s",
+                map.rows,
+                map.cols,
+                map.cell,
+                if map.local_map { "local map" } else { "patch classifier" },
+                map.patches,
+                start.elapsed().as_secs_f64()
+            );
+            println!("probability  min {lo:.4}  mean {mean:.4}  max {hi:.4}");
+            println!("area >= {threshold}  {:.1}% of the mapped cells", 100.0 * map.area_above(threshold));
+            println!("wrote        {} (overlay), {} (map)", output.display(), npy.display());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Info { model, json } => {
             let model = load_model(model.as_deref())?;
