@@ -41,13 +41,15 @@ pub struct HeatmapOptions {
     /// Pixel rows of the image turned into patches at a time.
     pub tile: usize,
     pub batch: usize,
+    /// Batches run side by side (tract); ONNX Runtime uses them inside each run.
+    pub threads: usize,
     pub tta: Tta,
     pub backend: BackendOptions,
 }
 
 impl Default for HeatmapOptions {
     fn default() -> Self {
-        HeatmapOptions { stride: None, tile: 1024, batch: 16, tta: Tta::None, backend: BackendOptions::default() }
+        HeatmapOptions { stride: None, tile: 1024, batch: 1, threads: 1, tta: Tta::None, backend: BackendOptions::default() }
     }
 }
 
@@ -137,7 +139,11 @@ pub fn heatmap(model: &OnnxModel, img: &RgbImage, opts: &HeatmapOptions) -> Resu
     let (_, side, _) = model.image_input()?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     crate::ensure!(w >= side && h >= side, Error::Invalid(format!("the image is {w}x{h}, smaller than the model's {side}x{side} input")));
-    let backend = backend::create(model, &[opts.batch, 3, side, side], &opts.backend)?;
+    let mut backend_opts = opts.backend.clone();
+    if backend_opts.intra_threads == 0 {
+        backend_opts.intra_threads = opts.threads;
+    }
+    let backend = backend::create(model, &[opts.batch, 3, side, side], &backend_opts)?;
     // One probe batch tells the kind of model: [N, K] or [N, K, h, w].
     let probe = backend.run(ArrayD::zeros(IxDyn(&[opts.batch, 3, side, side])))?.into_iter().next();
     let shape = probe.map(|o| o.shape().to_vec()).ok_or_else(|| Error::Invalid("the model produced no output".into()))?;
@@ -178,23 +184,39 @@ pub fn heatmap(model: &OnnxModel, img: &RgbImage, opts: &HeatmapOptions) -> Resu
     };
     // Band by band: the patches of the grid rows whose pixels start within `tile` rows.
     let band_rows = (opts.tile / stride).max(1);
-    for band in positions.chunks(band_rows * cols) {
-        for chunk in band.chunks(opts.batch) {
-            let mut sum = vec![0f32; chunk.len() * k * k];
-            for &t in &transforms {
-                let grids = run_batch(&plan, img, chunk, t, x0, y0, stride)?;
-                for (acc, g) in sum.chunks_mut(k * k).zip(grids) {
-                    let back = d4(&g, k, 1, d4_inverse(t));
-                    acc.iter_mut().zip(back).for_each(|(a, b)| *a += b);
-                }
+    // Threads run whole batches side by side where the backend allows it (tract);
+    // ONNX Runtime parallelises inside each run instead.
+    let threads = if plan.backend.parallel_runs() { opts.threads.max(1) } else { 1 };
+    let averaged = |chunk: &[(usize, usize)]| -> Result<Vec<f32>> {
+        let mut sum = vec![0f32; chunk.len() * k * k];
+        for &t in &transforms {
+            let grids = run_batch(&plan, img, chunk, t, x0, y0, stride)?;
+            for (acc, g) in sum.chunks_mut(k * k).zip(grids) {
+                let back = d4(&g, k, 1, d4_inverse(t));
+                acc.iter_mut().zip(back).for_each(|(a, b)| *a += b / transforms.len() as f32);
             }
-            for (&(r, c), block) in chunk.iter().zip(sum.chunks(k * k)) {
-                for i in 0..k {
-                    for j in 0..k {
-                        if plan.mask_cells && !in_circle(k, i, j) {
-                            continue;
+        }
+        Ok(sum)
+    };
+    for band in positions.chunks(band_rows * cols) {
+        let chunks: Vec<&[(usize, usize)]> = band.chunks(opts.batch).collect();
+        for group in chunks.chunks(threads) {
+            let results: Vec<Result<Vec<f32>>> = if group.len() == 1 {
+                vec![averaged(group[0])]
+            } else {
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = group.iter().map(|c| scope.spawn(|| averaged(c))).collect();
+                    handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Invalid("worker thread panicked".into())))).collect()
+                })
+            };
+            for (chunk, sum) in group.iter().zip(results) {
+                for (&(r, c), block) in chunk.iter().zip(sum?.chunks(k * k)) {
+                    for i in 0..k {
+                        for j in 0..k {
+                            if !plan.mask_cells || in_circle(k, i, j) {
+                                probs[(r * k + i) * map_cols + c * k + j] = block[i * k + j];
+                            }
                         }
-                        probs[(r * k + i) * map_cols + c * k + j] = block[i * k + j] / transforms.len() as f32;
                     }
                 }
             }

@@ -77,6 +77,9 @@ fn classifier_cells_are_the_classifier_on_the_grid_patches() {
     }
     let (lo, _, hi) = map.summary();
     assert!(lo < 0.5 && hi > 0.5, "the region mixes normal and tumour patches: {lo}..{hi}");
+    // Threads, batch size and band height do not change the map.
+    let other = heatmap(&model, &img, &HeatmapOptions { stride: Some(40), batch: 3, threads: 2, tile: 50, ..Default::default() }).unwrap();
+    assert!(max_diff(&map.probs, &other.probs) < 1e-6);
 }
 
 #[test]

@@ -86,8 +86,12 @@ enum Command {
         /// Image rows turned into patches at a time (bounds memory on large images).
         #[arg(long, default_value_t = 1024)]
         tile: usize,
-        #[arg(short, long, default_value_t = 16)]
-        batch: usize,
+        /// Patches per run (default: 1 with tract, 32 with ONNX Runtime; see classify).
+        #[arg(short, long)]
+        batch: Option<usize>,
+        /// Worker threads (default: all cores).
+        #[arg(short, long)]
+        threads: Option<usize>,
         /// Test-time augmentation: none, or d4 (the 8 rotations and reflections of each patch).
         #[arg(long, value_enum, default_value_t = TtaArg::None)]
         tta: TtaArg,
@@ -202,15 +206,17 @@ fn run(cmd: Command, backends: Vec<BackendOptions>) -> Result<ExitCode> {
             let files = patch::expand_inputs(&paths)?;
             classify(&classifier, &files, format, output.as_deref())
         }
-        Command::Heatmap { image, model, output, stride, tile, batch, tta, threshold } => {
+        Command::Heatmap { image, model, output, stride, tile, batch, threads, tta, threshold } => {
             let model = load_model(model.as_deref())?;
             let img = patch::read_rgb(&image)?;
+            let backend = single(&backends)?;
             let opts = HeatmapOptions {
                 stride,
                 tile,
-                batch,
+                batch: batch.unwrap_or(if backend.kind == BackendKind::Ort { 32 } else { 1 }),
+                threads: threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
                 tta: if tta == TtaArg::D4 { Tta::D4 } else { Tta::None },
-                backend: single(&backends)?,
+                backend,
             };
             let start = Instant::now();
             let map = heatmap::heatmap(&model, &img, &opts)?;
