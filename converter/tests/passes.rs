@@ -5,7 +5,7 @@
 
 use edgemed_converter::graph::Graph;
 use edgemed_converter::passes::equalize::{cross_layer_equalize, Options, Relu6Policy};
-use edgemed_converter::passes::{absorb, fold_bn, in_ranges, layers, out_ranges, weight_and_bias};
+use edgemed_converter::passes::{absorb, fold_bn, in_ranges, layers, out_ranges, weight_and_bias, Stats};
 use edgemed_runtime::backend::{Backend, TractBackend};
 use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::ndarray::{ArrayD, IxDyn};
@@ -28,6 +28,16 @@ fn input(name: &str) -> ArrayD<f32> {
     ArrayD::from_shape_vec(IxDyn(&[2, 3, 95, 95]), read_f32(&fixture(&format!("{name}.input.f32")))).unwrap()
 }
 
+/// A fixture model with its batch norm folded, its test input, its unfolded outputs
+/// (the reference every pass must keep) and the statistics folding kept.
+fn folded_fixture(name: &str) -> (Graph, ArrayD<f32>, Vec<f32>, Stats) {
+    let x = input(name);
+    let mut g = Graph::load(&fixture(&format!("{name}.onnx"))).unwrap();
+    let reference = run(&g, &x);
+    let stats = fold_bn::fold_batch_norm(&mut g).unwrap();
+    (g, x, reference, stats)
+}
+
 /// Median over layers of (max channel range / min channel range) of depthwise weights.
 fn depthwise_range_ratio(g: &Graph) -> f32 {
     let mut ratios: Vec<f32> = layers(g)
@@ -45,10 +55,7 @@ fn depthwise_range_ratio(g: &Graph) -> f32 {
 #[test]
 fn folding_and_equalization_keep_the_function() {
     for (name, field) in [("eqmnv2_c1", 1), ("eqmnv2_c4", 4), ("eqmnv2_c8", 8), ("eqmnv2_c12", 12), ("eqmnv2_c4_folded", 4)] {
-        let x = input(name);
-        let mut g = Graph::load(&fixture(&format!("{name}.onnx"))).unwrap();
-        let reference = run(&g, &x);
-        let mut stats = fold_bn::fold_batch_norm(&mut g).unwrap();
+        let (mut g, x, reference, mut stats) = folded_fixture(name);
         let folded = run(&g, &x);
         let e_fold = rel_err(&folded, &reference);
         assert!(!g.nodes().iter().any(|n| n.op_type == "BatchNormalization"), "{name}: BN left");
@@ -87,11 +94,7 @@ fn equalization_shares_scales_within_fields() {
 
 #[test]
 fn relu6_replacement_is_an_explicit_function_change() {
-    let name = "eqmnv2_c4";
-    let x = input(name);
-    let mut g = Graph::load(&fixture(&format!("{name}.onnx"))).unwrap();
-    let reference = run(&g, &x);
-    let mut stats = fold_bn::fold_batch_norm(&mut g).unwrap();
+    let (mut g, x, reference, mut stats) = folded_fixture("eqmnv2_c4");
     let report =
         cross_layer_equalize(&mut g, &mut stats, &Options { field_size: 4, relu6: Relu6Policy::ReplaceWithRelu, ..Options::default() })
             .unwrap();
@@ -104,11 +107,7 @@ fn relu6_replacement_is_an_explicit_function_change() {
 
 #[test]
 fn high_bias_absorption_is_exact_where_its_assumption_holds() {
-    let name = "eqmnv2_c4";
-    let x = input(name);
-    let mut g = Graph::load(&fixture(&format!("{name}.onnx"))).unwrap();
-    let reference = run(&g, &x);
-    let mut stats = fold_bn::fold_batch_norm(&mut g).unwrap();
+    let (mut g, x, reference, mut stats) = folded_fixture("eqmnv2_c4");
     cross_layer_equalize(&mut g, &mut stats, &Options { field_size: 4, ..Options::default() }).unwrap();
     let report = absorb::absorb_high_biases(&mut g, &mut stats, 4).unwrap();
     let e = rel_err(&run(&g, &x), &reference);

@@ -2,7 +2,7 @@
 //! per-patch results streamed to the caller in input order. A bad patch fails
 //! alone; the rest of its batch is still classified.
 
-use crate::backend::{Backend, BackendKind, BackendOptions};
+use crate::backend::{Backend, BackendOptions};
 use crate::error::{Error, Result};
 use crate::metadata::ModelMetadata;
 use crate::model::OnnxModel;
@@ -78,12 +78,7 @@ impl Classifier {
                 reason: format!("must equal the model input size {side} and fit in the {} patch", preprocess.patch_size),
             }
         );
-        // tract runs whole batches on several threads; ONNX Runtime parallelises inside each run.
-        let mut backend_opts = opts.backend.clone();
-        if backend_opts.kind == BackendKind::Ort && backend_opts.intra_threads == 0 {
-            backend_opts.intra_threads = opts.threads;
-        }
-        let backend = crate::backend::create(model, &[batch, 3, side, side], &backend_opts)?;
+        let backend = crate::backend::create(model, &[batch, 3, side, side], &opts.backend.clone().with_threads(opts.threads))?;
         let threads = if backend.parallel_runs() { opts.threads } else { 1 };
         let out_classes = model.outputs[0].dims.as_ref().and_then(|d| d.last().cloned());
         if let Some(crate::model::Dim::Fixed(n)) = out_classes {
@@ -115,14 +110,7 @@ impl Classifier {
         let batches: Vec<&[PatchSource]> = paths.chunks(self.batch).collect();
         // Threads work on consecutive batches side by side; results are emitted in order.
         for group in batches.chunks(self.threads) {
-            let results: Vec<Result<Vec<PatchResult>>> = if group.len() == 1 {
-                vec![self.classify_batch(group[0])]
-            } else {
-                std::thread::scope(|s| {
-                    let handles: Vec<_> = group.iter().map(|b| s.spawn(move || self.classify_batch(b))).collect();
-                    handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Invalid("worker thread panicked".into())))).collect()
-                })
-            };
+            let results = crate::parallel::map_side_by_side(group, |b| self.classify_batch(b));
             for r in results {
                 r?.into_iter().for_each(&mut on_result);
             }

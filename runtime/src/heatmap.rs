@@ -139,11 +139,7 @@ pub fn heatmap(model: &OnnxModel, img: &RgbImage, opts: &HeatmapOptions) -> Resu
     let (_, side, _) = model.image_input()?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     crate::ensure!(w >= side && h >= side, Error::Invalid(format!("the image is {w}x{h}, smaller than the model's {side}x{side} input")));
-    let mut backend_opts = opts.backend.clone();
-    if backend_opts.intra_threads == 0 {
-        backend_opts.intra_threads = opts.threads;
-    }
-    let backend = backend::create(model, &[opts.batch, 3, side, side], &backend_opts)?;
+    let backend = backend::create(model, &[opts.batch, 3, side, side], &opts.backend.clone().with_threads(opts.threads))?;
     // One probe batch tells the kind of model: [N, K] or [N, K, h, w].
     let probe = backend.run(ArrayD::zeros(IxDyn(&[opts.batch, 3, side, side])))?.into_iter().next();
     let shape = probe.map(|o| o.shape().to_vec()).ok_or_else(|| Error::Invalid("the model produced no output".into()))?;
@@ -185,7 +181,7 @@ pub fn heatmap(model: &OnnxModel, img: &RgbImage, opts: &HeatmapOptions) -> Resu
     // Band by band: the patches of the grid rows whose pixels start within `tile` rows.
     let band_rows = (opts.tile / stride).max(1);
     // Threads run whole batches side by side where the backend allows it (tract);
-    // ONNX Runtime parallelises inside each run instead.
+    // ONNX Runtime got them for inside each run (`with_threads`).
     let threads = if plan.backend.parallel_runs() { opts.threads.max(1) } else { 1 };
     let averaged = |chunk: &[(usize, usize)]| -> Result<Vec<f32>> {
         let mut sum = vec![0f32; chunk.len() * k * k];
@@ -201,14 +197,7 @@ pub fn heatmap(model: &OnnxModel, img: &RgbImage, opts: &HeatmapOptions) -> Resu
     for band in positions.chunks(band_rows * cols) {
         let chunks: Vec<&[(usize, usize)]> = band.chunks(opts.batch).collect();
         for group in chunks.chunks(threads) {
-            let results: Vec<Result<Vec<f32>>> = if group.len() == 1 {
-                vec![averaged(group[0])]
-            } else {
-                std::thread::scope(|scope| {
-                    let handles: Vec<_> = group.iter().map(|c| scope.spawn(|| averaged(c))).collect();
-                    handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Invalid("worker thread panicked".into())))).collect()
-                })
-            };
+            let results = crate::parallel::map_side_by_side(group, |c| averaged(c));
             for (chunk, sum) in group.iter().zip(results) {
                 for (&(r, c), block) in chunk.iter().zip(sum?.chunks(k * k)) {
                     for i in 0..k {

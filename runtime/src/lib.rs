@@ -14,6 +14,7 @@ pub mod fsutil;
 pub mod heatmap;
 pub mod metadata;
 pub mod model;
+pub mod parallel;
 pub mod patch;
 pub mod pcam_h5;
 

@@ -115,6 +115,12 @@ impl OnnxModel {
     }
 
     /// The single image input as (channels, height, width), checking it is one.
+    /// Whether the (first) input is float16: an FP16 export that kept half-precision inputs.
+    /// Backends convert float32 inputs to it.
+    pub fn takes_float16(&self) -> bool {
+        self.inputs.first().is_some_and(|i| i.elem_type == "float16")
+    }
+
     pub fn image_input(&self) -> Result<(usize, usize, usize)> {
         let not_image = |reason: String| Error::NotAnImageModel { path: self.path.clone(), reason };
         if self.inputs.len() != 1 {

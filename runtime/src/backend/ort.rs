@@ -171,7 +171,7 @@ impl OrtBackend {
         };
         let input =
             session.inputs().first().ok_or_else(|| Error::UnsupportedModel { path: model.path.clone(), reason: "no inputs".into() })?;
-        let input_f16 = model.inputs.first().is_some_and(|i| i.elem_type == "float16");
+        let input_f16 = model.takes_float16();
         Ok(OrtBackend {
             input_name: input.name().to_string(),
             session: Mutex::new(session),

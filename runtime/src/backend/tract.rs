@@ -24,7 +24,7 @@ fn backend_err(e: impl std::fmt::Display) -> Error {
 impl TractBackend {
     /// Compiles `model` for a concrete input shape (symbolic dims resolved by the caller).
     pub fn new(model: &OnnxModel, input_shape: &[usize]) -> Result<Self> {
-        let input_f16 = model.inputs.first().is_some_and(|i| i.elem_type == "float16");
+        let input_f16 = model.takes_float16();
         let fact: InferenceFact = if input_f16 { f16::fact(input_shape).into() } else { f32::fact(input_shape).into() };
         let unsupported = |e: TractError| Error::UnsupportedModel { path: model.path.clone(), reason: format!("{e:#}") };
         // tract reports most problems as errors, but a malformed graph can trip an
@@ -37,7 +37,7 @@ impl TractBackend {
                 .with_ignore_value_info(true)
                 .with_ignore_output_shapes(true)
                 .model_for_proto_model(&model.proto)?
-                .with_input_fact(0, fact.clone())?
+                .with_input_fact(0, fact)?
                 .into_optimized()?
                 .into_runnable()
         }));

@@ -172,6 +172,10 @@ fn backend_options(cli: &Cli) -> Result<Vec<BackendOptions>> {
         .collect()
 }
 
+fn all_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 fn single(backends: &[BackendOptions]) -> Result<BackendOptions> {
     anyhow::ensure!(backends.len() == 1, "this subcommand takes one --backend (only bench compares several)");
     Ok(backends[0].clone())
@@ -198,9 +202,9 @@ fn run(cmd: Command, backends: Vec<BackendOptions>) -> Result<ExitCode> {
     match cmd {
         Command::Classify { paths, model, batch, threads, format, output, resize, crop } => {
             let model = load_model(model.as_deref())?;
-            let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let threads = threads.unwrap_or_else(all_cores);
             let backend = single(&backends)?;
-            let batch = batch.unwrap_or(if backend.kind == BackendKind::Ort { 32 } else { 1 });
+            let batch = batch.unwrap_or(backend.default_batch());
             let classifier = Classifier::new(&model, &ClassifierOptions { batch, threads, resize, crop, backend })?;
             log::info!("running on {} ({})", classifier.backend().name(), classifier.backend().device());
             let files = patch::expand_inputs(&paths)?;
@@ -213,8 +217,8 @@ fn run(cmd: Command, backends: Vec<BackendOptions>) -> Result<ExitCode> {
             let opts = HeatmapOptions {
                 stride,
                 tile,
-                batch: batch.unwrap_or(if backend.kind == BackendKind::Ort { 32 } else { 1 }),
-                threads: threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                batch: batch.unwrap_or(backend.default_batch()),
+                threads: threads.unwrap_or_else(all_cores),
                 tta: if tta == TtaArg::D4 { Tta::D4 } else { Tta::None },
                 backend,
             };
