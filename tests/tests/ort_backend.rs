@@ -178,3 +178,21 @@ fn cuda_without_the_provider_falls_back_or_fails_when_strict() {
         other => panic!("expected WrongShape, got {:?}", other.map(|v| v.len())),
     }
 }
+
+#[test]
+fn a_model_onnx_runtime_cannot_load_is_an_error_naming_it() {
+    if ort_library().is_none() {
+        return;
+    }
+    let mut proto = bundled().proto;
+    proto.graph.as_mut().unwrap().node[0].op_type = "NoSuchOp".into();
+    let m = OnnxModel::from_bytes("unknown-op.onnx", &prost::Message::encode_to_vec(&proto)).unwrap();
+    match backend::create(&m, &[1, 3, 95, 95], &options(BackendKind::Ort, Device::Cpu, true)) {
+        Err(Error::UnsupportedModel { path, reason }) => {
+            assert_eq!(path.to_string_lossy(), "unknown-op.onnx");
+            assert!(reason.contains("NoSuchOp"), "{reason}");
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a model with an unknown operator loaded"),
+    }
+}
