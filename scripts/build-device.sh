@@ -29,25 +29,10 @@ if command -v cross >/dev/null && { docker info >/dev/null 2>&1 || podman info >
 elif [[ "$triple" == x86_64-* ]]; then
     cargo build --profile device --target "$triple" -p edgemed-runtime --bin edgemed-run "${feature_args[@]}"
 else
-    gcc_prefix=$(case "$triple" in
-        aarch64-unknown-linux-gnu) echo aarch64-linux-gnu ;;
-        armv7-unknown-linux-gnueabihf) echo arm-linux-gnueabihf ;;
-        *) echo "" ;;
-    esac)
-    [[ -n "$gcc_prefix" ]] || { echo "no cross toolchain recipe for $triple" >&2; exit 1; }
-    for tool in /usr/bin/rustc "$gcc_prefix-gcc"; do
-        command -v "$tool" >/dev/null || { echo "$tool missing: install the cross toolchain (README, \"ARM boards\")" >&2; exit 1; }
-    done
-    # Debian's rustc (a different compiler than the host's: separate target dir above).
-    export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc
-    export "CARGO_TARGET_${upper}_LINKER=$gcc_prefix-gcc"
-    export "CC_${triple//-/_}=$gcc_prefix-gcc" "AR_${triple//-/_}=$gcc_prefix-ar"
-    build_std=()
-    if [[ ! -d "/usr/lib/rustlib/$triple" ]]; then
-        # No packaged std for this target: build it from rust-web-src.
-        export RUSTC_BOOTSTRAP=1
-        build_std=(-Zbuild-std=std,panic_abort)
-    fi
+    source scripts/cross-env.sh
+    cross_env "$triple"
+    # The device binary aborts on panic, so std is built with panic_abort alone.
+    if [[ ${#build_std[@]} -gt 0 ]]; then build_std=(-Zbuild-std=std,panic_abort); fi
     cargo build --profile device --target "$triple" -p edgemed-runtime --bin edgemed-run "${feature_args[@]}" "${build_std[@]}"
 fi
 bin="$CARGO_TARGET_DIR/$triple/device/edgemed-run"

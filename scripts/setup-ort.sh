@@ -3,10 +3,22 @@
 # in target/onnxruntime/ and prints its path. scripts/test.sh uses it for the ONNX
 # Runtime backend's tests; users pass it with --ort-lib or ORT_DYLIB_PATH.
 # For CUDA take the library from the `onnxruntime-gpu` wheel instead (same layout).
+#
+#   scripts/setup-ort.sh            # this machine's architecture -> target/onnxruntime/
+#   scripts/setup-ort.sh aarch64    # the aarch64 wheel (ARM tests under qemu) -> target/onnxruntime/aarch64/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version=1.31.1  # keep in step with the ort crate's api-31 feature (Cargo.toml)
+arch="${1:-$(uname -m)}"
 dest=target/onnxruntime
+platform=()
+if [[ "$arch" != "$(uname -m)" ]]; then
+    case "$arch" in
+        aarch64) platform=(--platform manylinux_2_28_aarch64) ;;
+        *) echo "no onnxruntime wheel for $arch (PyPI has x86_64 and aarch64 Linux wheels)" >&2; exit 1 ;;
+    esac
+    dest="target/onnxruntime/$arch"
+fi
 lib="$dest/libonnxruntime.so.$version"
 if [[ ! -f "$lib" ]]; then
     sudo=""
@@ -17,7 +29,7 @@ if [[ ! -f "$lib" ]]; then
     fi
     tmp=$(mktemp -d)
     trap 'rm -rf "$tmp"' EXIT
-    python3 -m pip download -q --no-deps --only-binary=:all: "onnxruntime==$version" -d "$tmp" >&2
+    python3 -m pip download -q --no-deps --only-binary=:all: "${platform[@]}" "onnxruntime==$version" -d "$tmp" >&2
     mkdir -p "$dest"
     # The wheel is a zip; only the C library (and its provider bridge) is needed.
     python3 - "$tmp" "$dest" <<'PY'

@@ -44,3 +44,18 @@ pub fn ort_library() -> Option<PathBuf> {
         ),
     }
 }
+
+/// A command for a binary the tests built (`env!("CARGO_BIN_EXE_...")`). When the tests
+/// run under an emulator (scripts/test-arm.sh: `EDGEMED_RUNNER="qemu-aarch64-static"`),
+/// the binary is for that emulator's architecture too, and runs through it.
+pub fn command(bin: &str) -> std::process::Command {
+    match std::env::var("EDGEMED_RUNNER").ok().filter(|r| !r.trim().is_empty()) {
+        Some(runner) => {
+            let mut words = runner.split_whitespace();
+            let mut c = std::process::Command::new(words.next().expect("not empty"));
+            c.args(words).arg(bin);
+            c
+        }
+        None => std::process::Command::new(bin),
+    }
+}

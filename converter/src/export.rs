@@ -1,5 +1,6 @@
 //! Writing models: encode, prove the bytes load and compile in the runtime, then
-//! rename into place, so the converter never leaves a model that fails to load.
+//! rename into place, so the converter never leaves a model that fails to load; and
+//! record it (SHA-256, inputs) in the edgemed-manifest.json beside it, which devices check.
 
 use std::path::Path;
 
@@ -24,5 +25,7 @@ pub fn save_verified(model: &pb::ModelProto, path: &Path) -> Result<()> {
         .collect();
     TractBackend::new(&loaded, &shape).context("the written model does not compile in the runtime")?;
     edgemed_runtime::fsutil::write_atomic(path, &bytes)?;
+    let manifest = edgemed_runtime::manifest::Manifest::record(path, &bytes, &loaded)?;
+    log::info!("recorded {} in {}", path.display(), manifest.display());
     Ok(())
 }

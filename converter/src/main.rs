@@ -84,6 +84,12 @@ enum Command {
     },
     /// Export a reference architecture to ONNX, or rewrite a classifier into a local prediction map.
     Export(ExportArgs),
+    /// Record models in the edgemed-manifest.json beside them (name, version, SHA-256, inputs), for
+    /// models made elsewhere; the converter records the models it writes itself.
+    Manifest {
+        #[arg(required = true)]
+        models: Vec<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -139,6 +145,15 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Manifest { models } => {
+            for path in models {
+                let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                let model = edgemed_runtime::model::OnnxModel::from_bytes(&path, &bytes)?;
+                let manifest = edgemed_runtime::manifest::Manifest::record(&path, &bytes, &model)?;
+                eprintln!("recorded {} in {}", path.display(), manifest.display());
+            }
+            Ok(())
+        }
         Command::Quantize {
             input,
             output,

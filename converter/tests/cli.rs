@@ -54,6 +54,25 @@ fn quantize_inspect_verify_round_trip() {
     assert!(v["sqnr_db"][0].as_f64().unwrap() > 40.0, "{v}");
     let o = run(&["quantize", fixture("eqmnv2_c4.onnx").to_str().unwrap(), "-o", fp16_io.to_str().unwrap(), "--fp16-io"]);
     assert!(!o.status.success(), "--fp16-io without --fp16 must be refused");
+
+    // Every model written is recorded, with the hash of the bytes on disk and its inputs.
+    use edgemed_runtime::manifest::{sha256_hex, Manifest, MANIFEST_FILE};
+    let manifest = Manifest::load(&d.join(MANIFEST_FILE)).unwrap();
+    let files: Vec<&str> = manifest.models.iter().map(|m| m.file.as_str()).collect();
+    assert_eq!(files, ["c4_fp16.onnx", "c4_fp16_io.onnx", "c4_int8.onnx"]);
+    for entry in &manifest.models {
+        let path = d.join(&entry.file);
+        assert_eq!(entry.sha256, sha256_hex(&std::fs::read(&path).unwrap()), "{}", entry.file);
+        assert_eq!(entry.inputs, edgemed_runtime::model::OnnxModel::load(&path).unwrap().inputs);
+    }
+    // `edgemed manifest` records models made elsewhere.
+    let copy = d.join("from_elsewhere.onnx");
+    std::fs::copy(fixture("eqmnv2_c4.onnx"), &copy).unwrap();
+    let o = run(&["manifest", copy.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let manifest = Manifest::load(&d.join(MANIFEST_FILE)).unwrap();
+    assert_eq!(manifest.entry("from_elsewhere.onnx").unwrap().sha256, sha256_hex(&std::fs::read(&copy).unwrap()));
+    assert_eq!(manifest.models.len(), 4);
 }
 
 #[test]

@@ -26,6 +26,8 @@ pub enum Error {
     BadMetadata { path: PathBuf, key: String, value: String, reason: String },
     #[error("backend {backend}: {reason}")]
     Backend { backend: &'static str, reason: String },
+    #[error("{path}: refused by the model manifest: {reason}")]
+    Integrity { path: PathBuf, reason: String },
     #[error("{0}")]
     OrtLibrary(String),
     #[error("device {device} is not available: {reason}")]
@@ -40,6 +42,8 @@ pub enum Error {
     WrongShape { got: Vec<usize>, expected: Vec<usize> },
     #[error("{what}: contains NaN or infinite values")]
     NonFinite { what: String },
+    #[error("{what} needs {needed}, over the memory budget of {budget} (--memory-budget)")]
+    OverBudget { what: String, needed: String, budget: String },
     #[error("{0}")]
     Invalid(String),
 }

@@ -3,20 +3,27 @@
 //! Owns loading ONNX models ([`model`]), their `edgemed.*` metadata ([`metadata`]),
 //! execution backends ([`backend`], tract by default), PCam patch input
 //! ([`patch`]), batched classification ([`classify`]), probability maps over
-//! larger images ([`heatmap`]) and benchmarking ([`bench`]).
+//! larger images ([`heatmap`]), tensors as files for checking one machine against
+//! another ([`tensors`]) and benchmarking ([`bench`]); and what keeps a device safe:
+//! model manifests ([`manifest`]), the memory budget ([`budget`]) and results streamed
+//! so nothing done is lost ([`results`]).
 //! It never links the converter: the device binary `edgemed-run` stays small.
 
 pub mod backend;
 pub mod bench;
+pub mod budget;
 pub mod classify;
 pub mod error;
 pub mod fsutil;
 pub mod heatmap;
+pub mod manifest;
 pub mod metadata;
 pub mod model;
 pub mod parallel;
 pub mod patch;
 pub mod pcam_h5;
+pub mod results;
+pub mod tensors;
 
 pub use error::{Error, Result};
 pub use tract_onnx;
@@ -27,3 +34,7 @@ pub use tract_onnx::prelude::tract_ndarray as ndarray;
 #[cfg(feature = "bundled-model")]
 pub const BUNDLED_MODEL: &[u8] = include_bytes!("../../models/bundled/pcam-c4-demo.onnx");
 pub const BUNDLED_MODEL_NAME: &str = "<bundled pcam-c4-demo>";
+/// The bundled model's manifest (models/bundled/edgemed-manifest.json), checked against the
+/// embedded bytes before use.
+#[cfg(feature = "bundled-model")]
+pub const BUNDLED_MANIFEST: &str = include_str!("../../models/bundled/edgemed-manifest.json");

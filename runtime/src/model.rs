@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::metadata::ModelMetadata;
 
 /// A dimension of a model input or output as declared in the graph.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(untagged)]
 pub enum Dim {
     Fixed(usize),
@@ -27,7 +27,7 @@ impl std::fmt::Display for Dim {
     }
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TensorSpec {
     pub name: String,
     pub elem_type: String,

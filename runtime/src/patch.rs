@@ -15,6 +15,9 @@ pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "tif", "tiff"];
 /// (decompression bombs); a PCam patch is 96.
 pub const MAX_IMAGE_SIDE: u32 = 8192;
 
+/// What a decoder may allocate for one image: an 8192 x 8192 RGBA image at 16 bits.
+pub const MAX_IMAGE_BYTES: u64 = 8192 * 8192 * 8;
+
 /// Where one patch comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PatchSource {
@@ -98,15 +101,27 @@ fn walk_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 
 /// Decodes an image file as 8-bit RGB, refusing absurd dimensions before allocating.
 pub fn read_rgb(path: &Path) -> Result<RgbImage> {
+    let size = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    if size > MAX_IMAGE_BYTES {
+        return Err(Error::BadImage { path: path.to_path_buf(), reason: format!("{size} bytes, larger than any image read here") });
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    decode_rgb(path, &bytes)
+}
+
+/// Decodes image bytes (PNG, JPEG, TIFF; `path` names them in errors) as 8-bit RGB. The
+/// header's dimensions are checked against [`MAX_IMAGE_SIDE`] and the decoder's
+/// allocations capped before any pixel is decoded (decompression bombs).
+pub fn decode_rgb(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
     let bad = |reason: String| Error::BadImage { path: path.to_path_buf(), reason };
-    let mut reader =
-        image::ImageReader::open(path).map_err(|e| Error::io(path, e))?.with_guessed_format().map_err(|e| Error::io(path, e))?;
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| Error::io(path, e))?;
     if reader.format().is_none() {
         return Err(bad("unknown image format".into()));
     }
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_IMAGE_BYTES);
     reader.limits(limits);
     let img = reader.decode().map_err(|e| bad(e.to_string()))?;
     Ok(img.to_rgb8())

@@ -3,7 +3,7 @@
 //! naming the file, non-zero exit, no panic, good patches still classified).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use edgemed_runtime::tract_onnx::pb;
 use edgemed_tests::{repo_root, scratch_dir};
@@ -14,7 +14,7 @@ fn samples() -> PathBuf {
 }
 
 fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edgemed-run")).args(args).current_dir(repo_root()).output().expect("runs edgemed-run")
+    edgemed_tests::command(env!("CARGO_BIN_EXE_edgemed-run")).args(args).current_dir(repo_root()).output().expect("runs edgemed-run")
 }
 
 fn stderr(o: &Output) -> String {
@@ -285,7 +285,7 @@ fn bench_refuses_an_empty_batch() {
 // --- backends and devices --------------------------------------------------
 
 fn run_env(args: &[&str], env: &[(&str, Option<&str>)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_edgemed-run"));
+    let mut c = edgemed_tests::command(env!("CARGO_BIN_EXE_edgemed-run"));
     c.args(args).current_dir(repo_root());
     for (k, v) in env {
         match v {
@@ -366,8 +366,10 @@ fn cli_writes_overlay_and_map_and_refuses_bad_requests() {
     region.save(&img_path).unwrap();
     let out = d.join("map.png");
     let bin = env!("CARGO_BIN_EXE_edgemed-run");
-    let o =
-        Command::new(bin).args(["heatmap", img_path.to_str().unwrap(), "-o", out.to_str().unwrap(), "--stride", "48"]).output().unwrap();
+    let o = edgemed_tests::command(bin)
+        .args(["heatmap", img_path.to_str().unwrap(), "-o", out.to_str().unwrap(), "--stride", "48"])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("area >= 0.5") && text.contains("patch classifier"), "{text}");
@@ -378,15 +380,262 @@ fn cli_writes_overlay_and_map_and_refuses_bad_requests() {
     assert!(map.iter().all(|p| (0.0..=1.0).contains(p)));
     // Too small an image, a missing image, and nothing left half-written.
     image::RgbImage::new(64, 64).save(d.join("small.png")).unwrap();
-    let o = Command::new(bin)
+    let o = edgemed_tests::command(bin)
         .args(["heatmap", d.join("small.png").to_str().unwrap(), "-o", d.join("s.png").to_str().unwrap()])
         .output()
         .unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("smaller than the model's 95x95 input"));
-    let o = Command::new(bin)
+    let o = edgemed_tests::command(bin)
         .args(["heatmap", d.join("none.png").to_str().unwrap(), "-o", d.join("n.png").to_str().unwrap()])
         .output()
         .unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no such file"));
     assert!(!d.join("s.png").exists() && !d.join("n.png").exists());
+}
+
+// --- run: one tensor in, outputs written or checked ----------------------------
+
+#[test]
+fn run_writes_outputs_and_checks_them_against_another_machines() {
+    use edgemed_runtime::tensors;
+    let dir = scratch_dir("cli-run");
+    let model = edgemed_tests::fixture("eqmnv2_c4.onnx");
+    let input = edgemed_tests::fixture("eqmnv2_c4.input.f32");
+    let (model_s, input_s) = (model.to_str().unwrap(), input.to_str().unwrap());
+    let host = dir.join("host");
+    let o = run(&["run", model_s, "--input", input_s, "--output-dir", host.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let name = &edgemed_runtime::model::OnnxModel::load(&model).unwrap().outputs[0].name;
+    let ours = tensors::read_npy(&tensors::output_file(&host, name)).unwrap();
+
+    // ONNX Runtime's output for the same input, as another machine would have written it.
+    let ort = dir.join("ort");
+    std::fs::create_dir_all(&ort).unwrap();
+    let reference = edgemed_tests::read_f32(&edgemed_tests::fixture("eqmnv2_c4.ort.f32"));
+    let reference = edgemed_runtime::ndarray::ArrayD::from_shape_vec(ours.shape(), reference).unwrap();
+    tensors::write_npy(&tensors::output_file(&ort, name), &reference).unwrap();
+    let o = run(&["run", model_s, "--input", input_s, "--expect", ort.to_str().unwrap(), "--tolerance", "1e-4"]);
+    assert!(o.status.success(), "{}{}", stderr(&o), String::from_utf8_lossy(&o.stdout));
+
+    // Identical bits against itself; one ulp off in one element is caught and located.
+    let o = run(&["run", model_s, "--input", input_s, "--expect", host.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    let mut off = ours.clone();
+    let last = off.len() - 1;
+    let v = off.as_slice_mut().unwrap();
+    v[last] = f32::from_bits(v[last].to_bits() + 1);
+    tensors::write_npy(&tensors::output_file(&host, name), &off).unwrap();
+    let o = run(&["run", model_s, "--input", input_s, "--expect", host.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("DIFFERS") && stdout.contains(&format!("1 of {} elements differ", ours.len())), "{stdout}");
+    assert!(stdout.contains(&format!("(element {last})")), "{stdout}");
+
+    // Bad requests: nothing to do, a raw file of the wrong size, NaN input, no reference.
+    assert_clean_failure(&run(&["run", model_s, "--input", input_s]), "nothing to do");
+    let short = dir.join("short.f32");
+    std::fs::write(&short, [0u8; 12]).unwrap();
+    assert_clean_failure(
+        &run(&["run", model_s, "--input", short.to_str().unwrap(), "-o", host.to_str().unwrap()]),
+        "3 float32 values do not fill",
+    );
+    let mut x = edgemed_tests::read_f32(&input);
+    x[7] = f32::NAN;
+    let nan = dir.join("nan.f32");
+    std::fs::write(&nan, x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    assert_clean_failure(&run(&["run", model_s, "--input", nan.to_str().unwrap(), "-o", host.to_str().unwrap()]), "NaN");
+    assert_clean_failure(&run(&["run", model_s, "--input", input_s, "--expect", dir.join("none").to_str().unwrap()]), "no such file");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// --- reliability: manifests, memory budget, streamed results --------------------
+
+/// A copy of the bundled model (and the samples' first patch) in a scratch folder.
+fn model_copy(dir: &Path) -> PathBuf {
+    let m = dir.join("pcam.onnx");
+    std::fs::copy(repo_root().join("models/bundled/pcam-c4-demo.onnx"), &m).unwrap();
+    m
+}
+
+#[test]
+fn manifests_refuse_tampered_and_unlisted_models() {
+    let dir = scratch_dir("cli-manifest");
+    let m = model_copy(&dir);
+    let (ms, patch) = (m.to_str().unwrap(), first_sample());
+    let patch = patch.to_str().unwrap();
+    // No manifest: runs, unless one is required.
+    assert!(run(&["classify", patch, "-m", ms]).status.success());
+    assert_clean_failure(&run(&["--require-manifest", "classify", patch, "-m", ms]), "--require-manifest");
+    // The converter's manifest command records it; then it runs even when required.
+    let bytes = std::fs::read(&m).unwrap();
+    let model = edgemed_runtime::model::OnnxModel::from_bytes(&m, &bytes).unwrap();
+    edgemed_runtime::manifest::Manifest::record(&m, &bytes, &model).unwrap();
+    let o = run(&["--require-manifest", "classify", patch, "-m", ms]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // One flipped byte in a weight: refused, naming the hash, whatever the flags.
+    let mut tampered = bytes.clone();
+    let at = tampered.len() - 100;
+    tampered[at] ^= 1;
+    std::fs::write(&m, &tampered).unwrap();
+    assert_clean_failure(&run(&["classify", patch, "-m", ms]), "does not match the manifest");
+    assert_clean_failure(&run(&["run", ms, "--input", "x.f32", "-o", "y"]), "SHA-256");
+    // A model the manifest does not list: warned about, or refused when required.
+    let other = dir.join("other.onnx");
+    std::fs::write(&other, &bytes).unwrap();
+    let o = run(&["classify", patch, "-m", other.to_str().unwrap()]);
+    assert!(o.status.success() && stderr(&o).contains("not listed"), "{}", stderr(&o));
+    assert_clean_failure(&run(&["--require-manifest", "classify", patch, "-m", other.to_str().unwrap()]), "not listed");
+    // A manifest named explicitly, and one that is not a manifest.
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, "{\"models\": \"no\"}").unwrap();
+    assert_clean_failure(&run(&["--manifest", bad.to_str().unwrap(), "classify", patch, "-m", ms]), "not a model manifest");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn memory_budget_refuses_before_allocating() {
+    let dir = scratch_dir("cli-budget");
+    let patch = first_sample();
+    let patch = patch.to_str().unwrap();
+    // The bundled model needs a few MiB at batch 1; 1 MiB is too little.
+    assert_clean_failure(&run(&["--memory-budget", "1M", "classify", patch]), "over the memory budget of 1.0 MiB");
+    assert!(run(&["--memory-budget", "64M", "classify", patch]).status.success());
+    // A batch whose activations would not fit: refused before running, naming the input.
+    assert_clean_failure(
+        &run(&["--memory-budget", "256M", "bench", "--batch", "1024", "--iters", "1"]),
+        "activations at input [1024, 3, 95, 95]",
+    );
+    assert_clean_failure(&run(&["--memory-budget", "lots", "classify", patch]), "memory size");
+
+    // Declared sizes that are absurd: an initializer claiming 2^40 floats (with no data),
+    // and a graph whose Tile output would take 32 GiB from a small input.
+    let huge = pb::TensorProto { name: "w".into(), dims: vec![1 << 20, 1 << 20], data_type: 1, ..Default::default() };
+    let node = |op: &str, i: &[&str], o: &str| pb::NodeProto {
+        op_type: op.into(),
+        input: i.iter().map(|s| s.to_string()).collect(),
+        output: vec![o.into()],
+        ..Default::default()
+    };
+    let forged = tiny_model(vec![node("Add", &["x", "w"], "y")], vec![huge], &[1, 3, 96, 96], &[1, 3, 96, 96]);
+    let path = dir.join("forged.onnx");
+    std::fs::write(&path, forged.encode_to_vec()).unwrap();
+    assert_clean_failure(&run(&["classify", patch, "-m", path.to_str().unwrap()]), "the weights needs");
+    let reps = pb::TensorProto { name: "r".into(), dims: vec![4], data_type: 7, int64_data: vec![1, 1, 300, 300], ..Default::default() };
+    let tile = tiny_model(vec![node("Tile", &["x", "r"], "y")], vec![reps], &[1, 3, 96, 96], &[1, 3, 28800, 28800]);
+    let path = dir.join("tile.onnx");
+    std::fs::write(&path, tile.encode_to_vec()).unwrap();
+    assert_clean_failure(&run(&["classify", patch, "-m", path.to_str().unwrap()]), "over the memory budget");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Minimal PNG with only a header claiming `side` x `side` pixels (a decompression bomb's shape).
+fn png_header_only(side: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in bytes {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+            }
+        }
+        !c
+    }
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend(side.to_be_bytes());
+    ihdr.extend(side.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(13u32.to_be_bytes());
+    png.extend(&ihdr);
+    png.extend(crc32(&ihdr).to_be_bytes());
+    png
+}
+
+#[test]
+fn decompression_bombs_are_refused_from_the_header() {
+    let dir = scratch_dir("cli-bomb");
+    let bomb = dir.join("bomb.png");
+    std::fs::write(&bomb, png_header_only(100_000)).unwrap();
+    let o = run(&["classify", bomb.to_str().unwrap()]);
+    assert_clean_failure(&o, "bomb.png: not a readable image");
+    assert!(stderr(&o).to_lowercase().contains("limit"), "{}", stderr(&o));
+    let o = run(&["heatmap", bomb.to_str().unwrap(), "-o", dir.join("m.png").to_str().unwrap()]);
+    assert_clean_failure(&o, "bomb.png: not a readable image");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn rows_of(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn results_stream_as_they_come_and_resume_skips_what_is_done() {
+    let dir = scratch_dir("cli-resume");
+    let out = dir.join("out.jsonl");
+    let partial = dir.join("out.jsonl.partial");
+    let o = run(&["classify", "examples/data/pcam", "--format", "jsonl", "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let full = rows_of(&out);
+    assert_eq!(full.len(), 100);
+    assert!(!partial.exists());
+
+    // An interrupted run: 30 rows, a torn one, then the rest with --resume.
+    let text = std::fs::read_to_string(&out).unwrap();
+    let mut cut: String = text.lines().take(30).map(|l| format!("{l}\n")).collect();
+    cut.push_str(&text.lines().nth(30).unwrap()[..20]);
+    std::fs::write(&partial, cut).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    let o = run(&["classify", "examples/data/pcam", "--format", "jsonl", "-o", out.to_str().unwrap(), "--resume"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("30 of 100 patches already classified"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("classified 70 of 70"), "{}", stderr(&o));
+    let mut resumed = rows_of(&out);
+    assert!(!partial.exists());
+    let key = |v: &serde_json::Value| v["file"].as_str().unwrap().to_string();
+    resumed.sort_by_key(key);
+    let mut expected = full.clone();
+    expected.sort_by_key(key);
+    assert_eq!(resumed, expected, "each patch once, with the same result");
+
+    // Killed mid-run: what was done is in the partial file, and --resume completes it.
+    for sub in ["a", "b", "c", "d"] {
+        let d = dir.join("many").join(sub);
+        std::fs::create_dir_all(&d).unwrap();
+        for f in std::fs::read_dir(samples()).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, d.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let many = dir.join("many");
+    let out = dir.join("many.csv");
+    let partial = dir.join("many.csv.partial");
+    let args = ["classify", many.to_str().unwrap(), "--format", "csv", "-o", out.to_str().unwrap(), "--threads", "1"];
+    let mut child = edgemed_tests::command(env!("CARGO_BIN_EXE_edgemed-run")).args(args).current_dir(repo_root()).spawn().unwrap();
+    let lines = |p: &Path| std::fs::read_to_string(p).map(|t| t.lines().count()).unwrap_or(0);
+    let start = std::time::Instant::now();
+    while lines(&partial) < 20 && child.try_wait().unwrap().is_none() && start.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let kept = lines(&partial);
+    assert!(!out.exists() && (20..401).contains(&kept), "the killed run left {kept} lines");
+    let o = run(&["classify", many.to_str().unwrap(), "--format", "csv", "-o", out.to_str().unwrap(), "--resume"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&out).unwrap();
+    let mut files: Vec<&str> = text.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
+    assert_eq!(files.len(), 400, "every patch exactly once");
+    files.sort();
+    files.dedup();
+    assert_eq!(files.len(), 400);
+
+    // Refused: --resume without a streamed output file, or from a file that is not ours.
+    assert_clean_failure(&run(&["classify", "examples/data/pcam", "--resume"]), "--resume needs --output");
+    std::fs::write(&out, "not, results\n").unwrap();
+    std::fs::remove_file(&partial).ok();
+    assert_clean_failure(
+        &run(&["classify", "examples/data/pcam", "--format", "jsonl", "-o", out.to_str().unwrap(), "--resume"]),
+        "cannot resume",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

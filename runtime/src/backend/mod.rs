@@ -127,6 +127,8 @@ pub struct BackendOptions {
     /// Threads inside one run (ONNX Runtime's intra-op pool); 0: the library's default.
     pub intra_threads: usize,
     pub opt_level: OptLevel,
+    /// Bytes the model's weights, input and activations may take; 0: no limit. See [`crate::budget`].
+    pub memory_budget: u64,
 }
 
 impl Default for BackendOptions {
@@ -138,6 +140,7 @@ impl Default for BackendOptions {
             ort_library: None,
             intra_threads: 0,
             opt_level: OptLevel::All,
+            memory_budget: crate::budget::DEFAULT_BUDGET,
         }
     }
 }
@@ -176,13 +179,22 @@ pub fn create(model: &OnnxModel, input_shape: &[usize], opts: &BackendOptions) -
                 }
                 Device::Cuda(_) => log::warn!("tract runs on the CPU only; --device {} ignored (use --backend ort for CUDA)", opts.device),
             }
-            Ok(Box::new(TractBackend::new(model, input_shape)?))
+            Ok(Box::new(TractBackend::with_budget(model, input_shape, opts.memory_budget)?))
         }
         #[cfg(feature = "ort")]
         BackendKind::Ort => Ok(Box::new(ort::OrtBackend::new(model, input_shape, opts)?)),
         #[cfg(not(feature = "ort"))]
         BackendKind::Ort => Err(Error::Invalid("this build has no ONNX Runtime backend (feature ort is off)".into())),
     }
+}
+
+/// Weights and input from their declared sizes, before any backend allocates them.
+pub fn check_declared_sizes(model: &OnnxModel, input_shape: &[usize], budget: u64) -> Result<()> {
+    let weights = crate::budget::declared_weight_bytes(model.graph());
+    crate::budget::check(|| format!("{}: the weights", model.path.display()), weights, budget)?;
+    let input = input_shape.iter().fold(4u64, |acc, &d| acc.saturating_mul(d as u64));
+    crate::budget::check(|| format!("{}: the input {input_shape:?}", model.path.display()), input, budget)?;
+    crate::budget::check(|| format!("{}: weights and input together", model.path.display()), weights.saturating_add(input), budget)
 }
 
 #[cfg(test)]

@@ -136,6 +136,8 @@ fn builder(opts: &BackendOptions) -> Result<SessionBuilder> {
 
 impl OrtBackend {
     pub fn new(model: &OnnxModel, input_shape: &[usize], opts: &BackendOptions) -> Result<Self> {
+        // ONNX Runtime plans its own memory; what is declared is checked before it sees the model.
+        super::check_declared_sizes(model, input_shape, opts.memory_budget)?;
         let lib = load(opts.ort_library.as_deref())?;
         let unavailable = |device: Device, reason: String| Error::DeviceUnavailable { device: device.to_string(), reason };
         let cuda = match opts.device {

@@ -22,27 +22,50 @@ fn backend_err(e: impl std::fmt::Display) -> Error {
 }
 
 impl TractBackend {
-    /// Compiles `model` for a concrete input shape (symbolic dims resolved by the caller).
+    /// Compiles `model` for a concrete input shape (symbolic dims resolved by the caller),
+    /// within the default memory budget.
     pub fn new(model: &OnnxModel, input_shape: &[usize]) -> Result<Self> {
+        Self::with_budget(model, input_shape, crate::budget::DEFAULT_BUDGET)
+    }
+
+    /// As [`TractBackend::new`], refusing a model whose weights, input and peak live
+    /// activations would take more than `budget` bytes (0: no limit).
+    pub fn with_budget(model: &OnnxModel, input_shape: &[usize], budget: u64) -> Result<Self> {
+        super::check_declared_sizes(model, input_shape, budget)?;
         let input_f16 = model.takes_float16();
         let fact: InferenceFact = if input_f16 { f16::fact(input_shape).into() } else { f32::fact(input_shape).into() };
         let unsupported = |e: TractError| Error::UnsupportedModel { path: model.path.clone(), reason: format!("{e:#}") };
         // tract reports most problems as errors, but a malformed graph can trip an
         // internal assertion; a device must not die on a bad file, so turn that into an error.
-        let built = catch_unwind(AssertUnwindSafe(|| -> TractResult<std::sync::Arc<TypedSimplePlan>> {
+        let weights = crate::budget::declared_weight_bytes(model.graph());
+        let built = catch_unwind(AssertUnwindSafe(|| -> TractResult<Result<std::sync::Arc<TypedSimplePlan>>> {
             // Exporters annotate intermediate and output shapes with their own symbolic batch
             // names; once the input shape is pinned those would fail to unify, and tract
             // infers every shape from the input anyway.
-            tract_onnx::onnx()
+            let typed = tract_onnx::onnx()
                 .with_ignore_value_info(true)
                 .with_ignore_output_shapes(true)
                 .model_for_proto_model(&model.proto)?
                 .with_input_fact(0, fact)?
-                .into_optimized()?
-                .into_runnable()
+                .into_typed()?;
+            // Every shape is known now and nothing large is allocated yet.
+            if let Some(peak) = crate::budget::peak_activation_bytes(&typed)? {
+                log::info!(
+                    "{}: weights {} + peak activations {} at input {input_shape:?}",
+                    model.path.display(),
+                    crate::budget::mib(weights),
+                    crate::budget::mib(peak)
+                );
+                let what = || format!("{}: weights and activations at input {input_shape:?}", model.path.display());
+                if let Err(e) = crate::budget::check(what, weights.saturating_add(peak), budget) {
+                    return Ok(Err(e));
+                }
+            }
+            Ok(Ok(typed.into_optimized()?.into_runnable()?))
         }));
         let plan = match built {
-            Ok(Ok(plan)) => plan,
+            Ok(Ok(Ok(plan))) => plan,
+            Ok(Ok(Err(e))) => return Err(e),
             Ok(Err(e)) => return Err(unsupported(e)),
             Err(_) => {
                 return Err(Error::UnsupportedModel { path: model.path.clone(), reason: "tract failed while compiling the graph".into() })

@@ -11,8 +11,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use edgemed_runtime::backend::{BackendKind, BackendOptions, Device, OptLevel};
 use edgemed_runtime::classify::{Classifier, ClassifierOptions, PatchResult};
 use edgemed_runtime::heatmap::{self, HeatmapOptions, Tta};
+use edgemed_runtime::manifest::{self, IntegrityPolicy};
 use edgemed_runtime::model::{Dim, OnnxModel};
-use edgemed_runtime::{bench, fsutil, patch};
+use edgemed_runtime::results::{self, ResultStream, RowFormat};
+use edgemed_runtime::{bench, budget, fsutil, patch, tensors};
 
 #[derive(Parser)]
 #[command(name = "edgemed-run", version, about = "Run edgemed models on device: PCam patch classification, model info, benchmarks")]
@@ -35,6 +37,16 @@ struct Cli {
     /// ONNX Runtime graph optimisation: disable, basic, extended or all.
     #[arg(long, global = true, default_value = "all")]
     ort_opt_level: String,
+    /// Refuse models and inputs whose declared sizes (weights, input, peak activations)
+    /// exceed this, e.g. 512M, 2G; 0 or none: no limit.
+    #[arg(long, global = true, default_value = "1G", value_name = "SIZE")]
+    memory_budget: String,
+    /// Model manifest to check models against (default: edgemed-manifest.json beside the model, if any).
+    #[arg(long, global = true, value_name = "FILE")]
+    manifest: Option<PathBuf>,
+    /// Refuse models that no manifest lists.
+    #[arg(long, global = true)]
+    require_manifest: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -59,9 +71,15 @@ enum Command {
         threads: Option<usize>,
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         format: Format,
-        /// Write the results here (atomically) instead of standard output.
+        /// Write the results here instead of standard output. csv and jsonl rows are
+        /// streamed to OUTPUT.partial as patches are done, renamed to OUTPUT at the end;
+        /// table and json are written at the end (atomically).
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Continue an interrupted run: keep the patches already classified in OUTPUT(.partial),
+        /// classify the rest (failed ones again). Needs --output with --format csv or jsonl.
+        #[arg(long)]
+        resume: bool,
         /// Resample patches whose size differs from the model's patch size instead of refusing them.
         #[arg(long)]
         resize: bool,
@@ -106,6 +124,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a model on one input tensor and write its outputs, or check them against
+    /// outputs written elsewhere (e.g. on the host): `--expect DIR`.
+    Run {
+        /// ONNX model.
+        model: PathBuf,
+        /// Input tensor: float32 .npy, or raw little-endian float32 in the model's declared input shape.
+        #[arg(short, long)]
+        input: PathBuf,
+        /// Write each output as OUTPUT_DIR/<output name>.npy (atomically).
+        #[arg(short, long)]
+        output_dir: Option<PathBuf>,
+        /// Compare each output with DIR/<output name>.npy; exit status 1 when one differs.
+        #[arg(long)]
+        expect: Option<PathBuf>,
+        /// Largest absolute difference accepted by --expect; 0 (default) demands identical bits.
+        #[arg(long, default_value_t = 0.0)]
+        tolerance: f64,
+    },
     /// Measure latency (p50/p90/p99), throughput and peak memory.
     Bench {
         /// ONNX model; default: the bundled demonstration model.
@@ -134,6 +170,8 @@ enum Format {
     Table,
     Json,
     Csv,
+    /// JSON lines: one object per patch, streamed.
+    Jsonl,
 }
 
 fn main() -> ExitCode {
@@ -144,7 +182,11 @@ fn main() -> ExitCode {
         _ => "debug",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).format_timestamp(None).init();
-    match backend_options(&cli).and_then(|b| run(cli.command, b)) {
+    let checks = Checks {
+        integrity: IntegrityPolicy { manifest: cli.manifest.clone(), require: cli.require_manifest },
+        memory_budget: budget::parse_bytes(&cli.memory_budget).unwrap_or(0),
+    };
+    match backend_options(&cli).and_then(|b| run(cli.command, b, &checks)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("edgemed-run: error: {e:#}");
@@ -157,6 +199,7 @@ fn main() -> ExitCode {
 fn backend_options(cli: &Cli) -> Result<Vec<BackendOptions>> {
     let device: Device = cli.device.parse()?;
     let opt_level: OptLevel = cli.ort_opt_level.parse()?;
+    let memory_budget = budget::parse_bytes(&cli.memory_budget)?;
     cli.backend
         .iter()
         .map(|b| {
@@ -167,6 +210,7 @@ fn backend_options(cli: &Cli) -> Result<Vec<BackendOptions>> {
                 ort_library: cli.ort_lib.clone(),
                 intra_threads: 0,
                 opt_level,
+                memory_budget,
             })
         })
         .collect()
@@ -181,16 +225,35 @@ fn single(backends: &[BackendOptions]) -> Result<BackendOptions> {
     Ok(backends[0].clone())
 }
 
-fn load_model(path: Option<&Path>) -> Result<OnnxModel> {
+/// What every model load checks: the manifest and the memory budget.
+struct Checks {
+    integrity: IntegrityPolicy,
+    memory_budget: u64,
+}
+
+fn load_model(path: Option<&Path>, checks: &Checks) -> Result<OnnxModel> {
     Ok(match path {
-        Some(p) => OnnxModel::load(p)?,
+        Some(p) => {
+            // Before reading it: a model file larger than the budget cannot run here anyway.
+            if let Ok(meta) = std::fs::metadata(p) {
+                budget::check(|| format!("{}: the model file", p.display()), meta.len(), checks.memory_budget)?;
+            }
+            manifest::load_checked(p, &checks.integrity)?
+        }
         None => bundled_model()?,
     })
 }
 
+/// The embedded model, checked against its embedded manifest entry (a build that
+/// embedded another file than the one released fails here).
 #[cfg(feature = "bundled-model")]
 fn bundled_model() -> Result<OnnxModel> {
-    Ok(OnnxModel::from_bytes(edgemed_runtime::BUNDLED_MODEL_NAME, edgemed_runtime::BUNDLED_MODEL)?)
+    let (name, bytes) = (edgemed_runtime::BUNDLED_MODEL_NAME, edgemed_runtime::BUNDLED_MODEL);
+    let model = OnnxModel::from_bytes(name, bytes)?;
+    let listed = manifest::Manifest::parse(Path::new("models/bundled/edgemed-manifest.json"), edgemed_runtime::BUNDLED_MANIFEST)?;
+    let entry = listed.entry("pcam-c4-demo.onnx").context("the bundled manifest lists no pcam-c4-demo.onnx")?;
+    manifest::check_entry(Path::new(name), bytes, &model, entry)?;
+    Ok(model)
 }
 
 #[cfg(not(feature = "bundled-model"))]
@@ -198,20 +261,20 @@ fn bundled_model() -> Result<OnnxModel> {
     anyhow::bail!("this build has no bundled model (feature bundled-model is off); pass --model MODEL.onnx")
 }
 
-fn run(cmd: Command, backends: Vec<BackendOptions>) -> Result<ExitCode> {
+fn run(cmd: Command, backends: Vec<BackendOptions>, checks: &Checks) -> Result<ExitCode> {
     match cmd {
-        Command::Classify { paths, model, batch, threads, format, output, resize, crop } => {
-            let model = load_model(model.as_deref())?;
+        Command::Classify { paths, model, batch, threads, format, output, resume, resize, crop } => {
+            let model = load_model(model.as_deref(), checks)?;
             let threads = threads.unwrap_or_else(all_cores);
             let backend = single(&backends)?;
             let batch = batch.unwrap_or(backend.default_batch());
             let classifier = Classifier::new(&model, &ClassifierOptions { batch, threads, resize, crop, backend })?;
             log::info!("running on {} ({})", classifier.backend().name(), classifier.backend().device());
             let files = patch::expand_inputs(&paths)?;
-            classify(&classifier, &files, format, output.as_deref())
+            classify(&classifier, &files, format, output.as_deref(), resume)
         }
         Command::Heatmap { image, model, output, stride, tile, batch, threads, tta, threshold } => {
-            let model = load_model(model.as_deref())?;
+            let model = load_model(model.as_deref(), checks)?;
             let img = patch::read_rgb(&image)?;
             let backend = single(&backends)?;
             let opts = HeatmapOptions {
@@ -249,12 +312,16 @@ fn run(cmd: Command, backends: Vec<BackendOptions>) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Info { model, json } => {
-            let model = load_model(model.as_deref())?;
+            let model = load_model(model.as_deref(), checks)?;
             info(&model, &single(&backends)?, json)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run { model, input, output_dir, expect, tolerance } => {
+            let model = load_model(Some(&model), checks)?;
+            run_tensor(&model, &input, output_dir.as_deref(), expect.as_deref(), tolerance, &single(&backends)?)
+        }
         Command::Bench { model, batch, threads, iters, warmup } => {
-            let model = load_model(model.as_deref())?;
+            let model = load_model(model.as_deref(), checks)?;
             let (_, side, _) = model.image_input()?;
             anyhow::ensure!(threads >= 1, "--threads must be at least 1");
             println!(
@@ -287,43 +354,151 @@ fn run(cmd: Command, backends: Vec<BackendOptions>) -> Result<ExitCode> {
     }
 }
 
+fn run_tensor(
+    model: &OnnxModel,
+    input: &Path,
+    output_dir: Option<&Path>,
+    expect: Option<&Path>,
+    tolerance: f64,
+    opts: &BackendOptions,
+) -> Result<ExitCode> {
+    anyhow::ensure!(tolerance >= 0.0, "--tolerance must not be negative");
+    anyhow::ensure!(output_dir.is_some() || expect.is_some(), "nothing to do: give --output-dir, --expect, or both");
+    let x = tensors::read_input(input, model)?;
+    let backend = edgemed_runtime::backend::create(model, x.shape(), opts)?;
+    let outputs = backend.run(x)?;
+    let names: Vec<String> =
+        (0..outputs.len()).map(|i| model.outputs.get(i).map_or_else(|| format!("output{i}"), |o| o.name.clone())).collect();
+    if let Some(dir) = output_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (name, y) in names.iter().zip(&outputs) {
+            let path = tensors::output_file(dir, name);
+            tensors::write_npy(&path, y)?;
+            println!("wrote    {} {:?} -> {}", name, y.shape(), path.display());
+        }
+    }
+    let mut all_within = true;
+    if let Some(dir) = expect {
+        for (name, y) in names.iter().zip(&outputs) {
+            let reference = tensors::read_npy(&tensors::output_file(dir, name))?;
+            let c = tensors::compare(&reference, y)?;
+            let ok = c.within(tolerance);
+            all_within &= ok;
+            println!(
+                "{}  {}: {} of {} elements differ, max |diff| {:.3e} (element {}), tolerance {}",
+                if ok { "same   " } else { "DIFFERS" },
+                name,
+                c.differing,
+                c.elements,
+                c.max_abs_diff,
+                c.worst,
+                if tolerance == 0.0 { "identical bits".to_string() } else { format!("{tolerance:e}") }
+            );
+        }
+    }
+    Ok(if all_within { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
 fn short_name(p: &Path) -> String {
     p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
 }
 
-fn classify(classifier: &Classifier, files: &[patch::PatchSource], format: Format, output: Option<&Path>) -> Result<ExitCode> {
+fn classify(
+    classifier: &Classifier,
+    files: &[patch::PatchSource],
+    format: Format,
+    output: Option<&Path>,
+    resume: bool,
+) -> Result<ExitCode> {
     let names = &classifier.metadata.class_names;
     let positive = &names[classifier.metadata.positive_class];
-    let mut results: Vec<PatchResult> = Vec::with_capacity(files.len());
+    let rows = match format {
+        Format::Csv => Some(RowFormat::Csv),
+        Format::Jsonl => Some(RowFormat::JsonLines),
+        Format::Table | Format::Json => None,
+    };
+    anyhow::ensure!(!resume || (output.is_some() && rows.is_some()), "--resume needs --output FILE with --format csv or jsonl");
+
+    // csv and jsonl go out row by row: to OUTPUT.partial, or to standard output.
+    let mut stream = None;
+    let mut todo: Vec<patch::PatchSource> = files.to_vec();
+    if let (Some(path), Some(rows)) = (output, rows) {
+        let (s, done) = ResultStream::open(path, rows, resume)?;
+        if resume {
+            todo.retain(|f| !done.contains(&f.to_string()));
+            eprintln!("resuming {}: {} of {} patches already classified", path.display(), files.len() - todo.len(), files.len());
+        }
+        stream = Some(s);
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let width = todo.iter().map(|f| f.to_string().len()).max().unwrap_or(4).max(4);
+    if stream.is_none() {
+        match format {
+            Format::Csv => writeln!(out, "{}", results::CSV_HEADER)?,
+            Format::Table if output.is_none() => writeln!(out, "{:<width$}  {:>12}  class", "file", format!("p({positive})"))?,
+            _ => {}
+        }
+    }
+    let table_row = |r: &PatchResult| match &r.outcome {
+        Ok(p) => format!("{:<width$}  {:>12.4}  {}\n", r.source.to_string(), p.probability, p.class_name),
+        Err(e) => format!("{:<width$}  {:>12}  error: {e}\n", r.source.to_string(), "-"),
+    };
+
     // The bar appears only when the work lasts over a second, and only on a terminal.
-    let bar = indicatif::ProgressBar::with_draw_target(Some(files.len() as u64), indicatif::ProgressDrawTarget::hidden());
+    let bar = indicatif::ProgressBar::with_draw_target(Some(todo.len() as u64), indicatif::ProgressDrawTarget::hidden());
     bar.set_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} patches, {per_sec}, eta {eta}").expect("valid template"));
     let start = Instant::now();
     let mut shown = false;
-    classifier.classify(files, |r| {
-        results.push(r);
+    let mut kept: Vec<PatchResult> = Vec::new(); // only for the formats written at the end
+    let mut failed: Vec<String> = Vec::new();
+    let mut write_error: Option<anyhow::Error> = None;
+    let mut done = 0usize;
+    let outcome = classifier.classify(&todo, |r| {
+        done += 1;
+        if let Err(e) = &r.outcome {
+            failed.push(e.clone());
+        }
+        if write_error.is_none() {
+            let written: Result<()> = match (&mut stream, rows, format) {
+                (Some(s), _, _) => s.write(&r).map_err(Into::into),
+                (None, Some(rows), _) => out.write_all(results::format_row(rows, &r).as_bytes()).map_err(Into::into),
+                (None, None, Format::Table) if output.is_none() => out.write_all(table_row(&r).as_bytes()).map_err(Into::into),
+                _ => {
+                    kept.push(r);
+                    Ok(())
+                }
+            };
+            write_error = written.err();
+        }
         bar.inc(1);
         if !shown && start.elapsed() > Duration::from_secs(1) {
             bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
             shown = true;
         }
-    })?;
+    });
     bar.finish_and_clear();
+    if let Some(e) = write_error.or(outcome.err().map(Into::into)) {
+        if let (Some(path), Some(_)) = (output, rows) {
+            eprintln!(
+                "edgemed-run: {done} patches done are kept in {}; rerun with --resume to go on",
+                results::partial_path(path).display()
+            );
+        }
+        return Err(e);
+    }
+    if let Some(s) = stream {
+        s.finish().with_context(|| format!("writing {}", output.expect("streams go to files").display()))?;
+    }
 
     let mut text = Vec::new();
     match format {
-        Format::Table => {
-            let width = results.iter().map(|r| r.source.to_string().len()).max().unwrap_or(4).max(4);
+        Format::Table if output.is_some() => {
             writeln!(text, "{:<width$}  {:>12}  class", "file", format!("p({positive})"))?;
-            for r in &results {
-                match &r.outcome {
-                    Ok(p) => writeln!(text, "{:<width$}  {:>12.4}  {}", r.source.to_string(), p.probability, p.class_name)?,
-                    Err(e) => writeln!(text, "{:<width$}  {:>12}  error: {e}", r.source.to_string(), "-")?,
-                }
-            }
+            kept.iter().for_each(|r| text.extend(table_row(r).into_bytes()));
         }
         Format::Json => {
-            let rows: Vec<serde_json::Value> = results
+            let rows: Vec<serde_json::Value> = kept
                 .iter()
                 .map(|r| match &r.outcome {
                     Ok(p) => serde_json::json!({"file": r.source.to_string(), "probability": p.probability, "class": p.class_name, "class_index": p.class_index, "logits": p.logits}),
@@ -333,32 +508,23 @@ fn classify(classifier: &Classifier, files: &[patch::PatchSource], format: Forma
             serde_json::to_writer_pretty(&mut text, &rows)?;
             text.push(b'\n');
         }
-        Format::Csv => {
-            let mut w = csv::Writer::from_writer(&mut text);
-            w.write_record(["file", "probability", "class", "error"])?;
-            for r in &results {
-                let file = r.source.to_string();
-                match &r.outcome {
-                    Ok(p) => w.write_record([file, format!("{:.6}", p.probability), p.class_name.clone(), String::new()])?,
-                    Err(e) => w.write_record([file, String::new(), String::new(), e.clone()])?,
-                }
-            }
-            w.flush()?;
+        _ => {}
+    }
+    if !text.is_empty() {
+        match output {
+            Some(path) => fsutil::write_atomic(path, &text).with_context(|| format!("writing {}", path.display()))?,
+            None => out.write_all(&text)?,
         }
     }
-    match output {
-        Some(path) => fsutil::write_atomic(path, &text).with_context(|| format!("writing {}", path.display()))?,
-        None => std::io::stdout().write_all(&text)?,
-    }
+    out.flush()?;
 
-    let failed: Vec<&PatchResult> = results.iter().filter(|r| r.outcome.is_err()).collect();
-    for r in &failed {
-        eprintln!("edgemed-run: error: {}", r.outcome.as_ref().unwrap_err());
+    for e in &failed {
+        eprintln!("edgemed-run: error: {e}");
     }
     eprintln!(
         "classified {} of {} patches in {:.2} s{}",
-        results.len() - failed.len(),
-        results.len(),
+        done - failed.len(),
+        done,
         start.elapsed().as_secs_f64(),
         if failed.is_empty() { String::new() } else { format!("; {} failed", failed.len()) }
     );

@@ -1,0 +1,225 @@
+//! Classification results as rows (CSV or JSON lines), streamed to a file while the
+//! work goes on so an interrupted run keeps everything done so far, and read back so a
+//! rerun with `--resume` skips what is done.
+//!
+//! Rows go to `OUT.partial` (each row one write, flushed to disk at least once a
+//! second); when the run completes the file is renamed to `OUT`. A resumed run reads
+//! `OUT.partial`, or `OUT` if a completed run left one, keeps the rows of patches that
+//! were classified, drops failed ones (they are retried) and a torn last line, then
+//! appends.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::classify::PatchResult;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowFormat {
+    /// `file,probability,class,error`
+    Csv,
+    /// One JSON object per line: file, probability, class, class_index, logits (or error).
+    JsonLines,
+}
+
+pub const CSV_HEADER: &str = "file,probability,class,error";
+
+/// One result as a line of text, newline included.
+pub fn format_row(format: RowFormat, r: &PatchResult) -> String {
+    let file = r.source.to_string();
+    match format {
+        RowFormat::Csv => {
+            let mut w = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::new());
+            let record = match &r.outcome {
+                Ok(p) => [file, format!("{:.6}", p.probability), p.class_name.clone(), String::new()],
+                Err(e) => [file, String::new(), String::new(), e.clone()],
+            };
+            w.write_record(&record).expect("writing to memory");
+            String::from_utf8(w.into_inner().expect("writing to memory")).expect("UTF-8 in, UTF-8 out")
+        }
+        RowFormat::JsonLines => {
+            let v = match &r.outcome {
+                Ok(p) => {
+                    serde_json::json!({"file": file, "probability": p.probability, "class": p.class_name, "class_index": p.class_index, "logits": p.logits})
+                }
+                Err(e) => serde_json::json!({"file": file, "error": e}),
+            };
+            format!("{v}\n")
+        }
+    }
+}
+
+/// A row read back: which patch, and whether it was classified.
+#[derive(Debug, Clone, PartialEq)]
+struct Row {
+    file: String,
+    ok: bool,
+    line: String,
+}
+
+/// Parses the complete lines of an earlier run's output; a torn last line (no newline,
+/// or not parseable: the process died mid-write) is left out.
+fn parse_rows(format: RowFormat, text: &str) -> Vec<Row> {
+    let complete = match text.rfind('\n') {
+        Some(i) => &text[..=i],
+        None => "",
+    };
+    let mut rows = Vec::new();
+    for line in complete.lines() {
+        if line.trim().is_empty() || (format == RowFormat::Csv && line == CSV_HEADER) {
+            continue;
+        }
+        let parsed = match format {
+            RowFormat::Csv => {
+                let mut r = csv::ReaderBuilder::new().has_headers(false).from_reader(line.as_bytes());
+                r.records().next().and_then(|rec| rec.ok()).filter(|rec| rec.len() == 4).map(|rec| (rec[0].to_string(), rec[3].is_empty()))
+            }
+            RowFormat::JsonLines => serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| {
+                let file = v.get("file")?.as_str()?.to_string();
+                Some((file, v.get("error").is_none() && v.get("probability").is_some()))
+            }),
+        };
+        if let Some((file, ok)) = parsed {
+            rows.push(Row { file, ok, line: format!("{line}\n") });
+        }
+    }
+    rows
+}
+
+/// An output file being streamed to.
+pub struct ResultStream {
+    file: std::fs::File,
+    partial: PathBuf,
+    path: PathBuf,
+    format: RowFormat,
+    last_sync: Instant,
+}
+
+pub fn partial_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".partial");
+    path.with_file_name(name)
+}
+
+impl ResultStream {
+    /// Starts `path` afresh, or with `resume` continues an earlier run's output. Returns
+    /// the stream and the patches already classified (to skip).
+    pub fn open(path: &Path, format: RowFormat, resume: bool) -> Result<(Self, HashSet<String>)> {
+        let partial = partial_path(path);
+        let mut kept: Vec<Row> = Vec::new();
+        if resume {
+            let earlier = if partial.is_file() {
+                Some(&partial)
+            } else if path.is_file() {
+                Some(&path.to_path_buf())
+            } else {
+                None
+            };
+            if let Some(src) = earlier {
+                let text = std::fs::read_to_string(src).map_err(|e| Error::io(src, e))?;
+                let rows = parse_rows(format, &text);
+                crate::ensure!(
+                    !rows.is_empty() || text.trim().is_empty() || text.trim() == CSV_HEADER,
+                    Error::Invalid(format!("{}: not an edgemed-run {:?} result file; cannot resume from it", src.display(), format))
+                );
+                let mut seen = HashSet::new();
+                kept = rows.into_iter().filter(|r| r.ok && seen.insert(r.file.clone())).collect();
+            }
+        }
+        // The kept rows are written to a fresh partial file first (atomically), so a
+        // crash while resuming loses nothing either.
+        let mut head = String::new();
+        if format == RowFormat::Csv {
+            head.push_str(CSV_HEADER);
+            head.push('\n');
+        }
+        kept.iter().for_each(|r| head.push_str(&r.line));
+        crate::fsutil::write_atomic(&partial, head.as_bytes())?;
+        let file = std::fs::OpenOptions::new().append(true).open(&partial).map_err(|e| Error::io(&partial, e))?;
+        let done = kept.into_iter().map(|r| r.file).collect();
+        Ok((ResultStream { file, partial, path: path.to_path_buf(), format, last_sync: Instant::now() }, done))
+    }
+
+    pub fn write(&mut self, r: &PatchResult) -> Result<()> {
+        self.file.write_all(format_row(self.format, r).as_bytes()).map_err(|e| Error::io(&self.partial, e))?;
+        // Each row is one write (a killed process keeps it); syncing bounds what a power cut can take.
+        if self.last_sync.elapsed() > Duration::from_secs(1) {
+            self.file.sync_data().map_err(|e| Error::io(&self.partial, e))?;
+            self.last_sync = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// The run completed: flush and rename the partial file into place.
+    pub fn finish(self) -> Result<()> {
+        self.file.sync_all().map_err(|e| Error::io(&self.partial, e))?;
+        drop(self.file);
+        std::fs::rename(&self.partial, &self.path).map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::Prediction;
+    use crate::patch::PatchSource;
+
+    fn result(file: &str, ok: bool) -> PatchResult {
+        PatchResult {
+            source: PatchSource::File(file.into()),
+            outcome: if ok {
+                Ok(Prediction { probability: 0.25, class_index: 0, class_name: "normal".into(), logits: vec![1.0, -0.5] })
+            } else {
+                Err(format!("{file}: not a readable image: bad, \"quoted\""))
+            },
+        }
+    }
+
+    #[test]
+    fn rows_round_trip_and_torn_lines_are_dropped() {
+        for format in [RowFormat::Csv, RowFormat::JsonLines] {
+            let mut text = if format == RowFormat::Csv { format!("{CSV_HEADER}\n") } else { String::new() };
+            text.push_str(&format_row(format, &result("a, b.png", true)));
+            text.push_str(&format_row(format, &result("c.png", false)));
+            let torn = format_row(format, &result("d.png", true));
+            text.push_str(&torn[..torn.len() / 2]);
+            let rows = parse_rows(format, &text);
+            assert_eq!(
+                rows.iter().map(|r| (r.file.as_str(), r.ok)).collect::<Vec<_>>(),
+                vec![("a, b.png", true), ("c.png", false)],
+                "{format:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn resume_keeps_classified_rows_and_retries_failures() {
+        let dir = std::env::temp_dir().join(format!("edgemed-results-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("out.csv");
+        let (mut s, done) = ResultStream::open(&out, RowFormat::Csv, false).unwrap();
+        assert!(done.is_empty());
+        s.write(&result("a.png", true)).unwrap();
+        s.write(&result("b.png", false)).unwrap();
+        drop(s); // interrupted: no finish
+        assert!(!out.exists());
+        let (mut s, done) = ResultStream::open(&out, RowFormat::Csv, true).unwrap();
+        assert_eq!(done, HashSet::from(["a.png".to_string()]));
+        s.write(&result("b.png", true)).unwrap();
+        s.finish().unwrap();
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(!partial_path(&out).exists());
+        // Resuming a completed run skips everything.
+        let (s, done) = ResultStream::open(&out, RowFormat::Csv, true).unwrap();
+        assert_eq!(done.len(), 2);
+        s.finish().unwrap();
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), text);
+        // A file that is not ours is refused, not overwritten.
+        std::fs::write(&out, "hello\nworld\n").unwrap();
+        assert!(ResultStream::open(&out, RowFormat::JsonLines, true).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# CI's ARM leg: builds edgemed-run and the runtime crate's tests for aarch64 and armv7
+# with Debian's multiarch Rust, runs the tests under qemu-user, then checks that ARM
+# computes what x86 computes on the same inputs:
+#   - the INT8 QDQ fixture (quantized output): identical bits;
+#   - the bundled model quantized by the converter (DFQ, INT8 QDQ, float logits from the
+#     last Gemm): logits and classify results;
+#   - an FP32 equivariant MobileNetV2 fixture: logits within 1e-5;
+#   - `classify` of the sample patches with the bundled (FP32) model: same class for every
+#     patch, probability within 1e-5.
+# Float sums are ordered differently by the AVX and NEON kernels, hence a tolerance there.
+#
+#   scripts/test-arm.sh                       # both targets
+#   EDGEMED_ARM_TARGETS=aarch64-unknown-linux-gnu scripts/test-arm.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+targets=${EDGEMED_ARM_TARGETS:-"aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf"}
+scripts/setup-cross.sh
+
+# x86 references, from the host's release build (scripts/test.sh built it already).
+cargo build --release -q -p edgemed-runtime --bin edgemed-run
+host=target/release/edgemed-run
+ref=target/arm-check
+rm -rf "$ref" && mkdir -p "$ref"
+qdq=(tests/fixtures/eqmnv2_c4_qdq.onnx --input tests/fixtures/eqmnv2_c4_qdq.input.f32)
+fp32=(tests/fixtures/eqmnv2_c8.onnx --input tests/fixtures/eqmnv2_c8.input.f32)
+cargo run --release -q -p edgemed-converter -- quantize models/bundled/pcam-c4-demo.onnx -o "$ref/pcam-int8.onnx" >/dev/null
+int8=("$ref/pcam-int8.onnx" --input tests/fixtures/eqmnv2_c4.input.f32)
+"$host" run "${qdq[@]}" --output-dir "$ref/x86-qdq" >/dev/null
+"$host" run "${int8[@]}" --output-dir "$ref/x86-int8" >/dev/null
+"$host" classify examples/data/pcam -m "$ref/pcam-int8.onnx" --format csv -o "$ref/x86-int8.csv" 2>/dev/null
+"$host" run "${fp32[@]}" --output-dir "$ref/x86-fp32" >/dev/null
+"$host" classify examples/data/pcam --format csv -o "$ref/x86.csv" 2>/dev/null
+
+# Same file, same class, probability within $3: one line per difference, exit 1 if any.
+same_classes() {
+    awk -F, -v tol="$3" '
+        FNR == 1 { next }
+        NR == FNR { p[$1] = $2; c[$1] = $3; next }
+        { seen++
+          if (!($1 in c)) { print "not in the x86 output: " $1; bad++; next }
+          d = $2 - p[$1]; if (d < 0) d = -d
+          if ($3 != c[$1] || d > tol) { print $1 ": " $2 " " $3 " on ARM, " p[$1] " " c[$1] " on x86"; bad++ }
+          if (d > worst) worst = d }
+        END { if (seen != length(c)) { print seen " patches on ARM, " length(c) " on x86"; bad++ }
+              printf "%d patches, same classes, max |probability diff| %.1e\n", seen, worst
+              exit bad > 0 }' "$1" "$2"
+}
+
+export CARGO_TARGET_DIR=target/device
+for triple in $targets; do
+    echo "=== $triple" >&2
+    (
+        source scripts/cross-env.sh
+        cross_env "$triple"
+        upper=$(echo "$triple" | tr 'a-z-' 'A-Z_')
+        export "CARGO_TARGET_${upper}_RUNNER=$runner"
+        # The CLI tests start edgemed-run themselves: through the same emulator.
+        export EDGEMED_RUNNER="$runner"
+        # No ONNX Runtime under qemu: PyPI's aarch64 library (scripts/setup-ort.sh aarch64)
+        # crashes at load in its CPU probe (cpuinfo reads the x86 host's /proc/cpuinfo and
+        # /sys topology), and there is no armv7 wheel. The ort tests run on x86.
+        export EDGEMED_SKIP_ORT=1
+        # Only the runtime crate (the device side); PCam HDF5 needs a target libhdf5.
+        cargo test --release --target "$triple" -p edgemed-runtime --lib --bins --tests "${build_std[@]}"
+
+        bin="$CARGO_TARGET_DIR/$triple/release/edgemed-run"
+        out="$ref/$triple"
+        $runner "$bin" run "${qdq[@]}" --expect "$ref/x86-qdq"
+        $runner "$bin" run "${int8[@]}" --expect "$ref/x86-int8"
+        $runner "$bin" run "${fp32[@]}" --expect "$ref/x86-fp32" --tolerance 1e-5
+        $runner "$bin" classify examples/data/pcam -m "$ref/pcam-int8.onnx" --format csv -o "$out-int8.csv" 2>/dev/null
+        same_classes "$ref/x86-int8.csv" "$out-int8.csv" 0
+        $runner "$bin" classify examples/data/pcam --format csv -o "$out.csv" 2>/dev/null
+        same_classes "$ref/x86.csv" "$out.csv" 1e-5
+    )
+done
+echo "ARM: tests pass and outputs match x86 on: $targets" >&2
