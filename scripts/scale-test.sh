@@ -28,14 +28,15 @@ make_set() { # DIR COUNT: patches copied from the samples; every 100th truncated
     done
 }
 
-peak_rss_kib() { # ARGS...: runs edgemed-run, prints its peak RSS in KiB, keeps its exit status in $status
-    local t
+measure() { # VAR ARGS...: runs edgemed-run ARGS; VAR gets its peak RSS in KiB, $status its exit status
+    local var=$1 t
+    shift
     t=$(mktemp)
     set +e
     /usr/bin/time -f '%M' -o "$t" "$bin" "$@" 2>>"$work/stderr.log" >/dev/null
     status=$?
     set -e
-    cat "$t"
+    printf -v "$var" '%s' "$(tail -n 1 "$t")"
     rm -f "$t"
 }
 
@@ -57,12 +58,12 @@ echo "making $n patches in $work/patches (1% corrupt or truncated)" >&2
 make_set "$work/patches" "$n"
 make_set "$work/small" $((n / 10))
 
-small_rss=$(peak_rss_kib classify "$work/small" --format csv -o "$work/small.csv")
+measure small_rss classify "$work/small" --format csv -o "$work/small.csv"
 [[ $status == 1 ]] || { echo "exit status $status with bad patches in the input, expected 1" >&2; exit 1; }
 check "$work/small.csv" $((n / 10))
 
 start=$(date +%s.%N)
-full_rss=$(peak_rss_kib classify "$work/patches" --format csv -o "$work/full.csv")
+measure full_rss classify "$work/patches" --format csv -o "$work/full.csv"
 secs=$(echo "$(date +%s.%N) - $start" | bc -l)
 [[ $status == 1 ]] || { echo "exit status $status with bad patches in the input, expected 1" >&2; exit 1; }
 check "$work/full.csv" "$n"
@@ -72,7 +73,8 @@ grep -q "patch_000037.png: not a readable image" "$work/stderr.log" || { echo "t
 rm -f "$work/resumed.csv" "$work/resumed.csv.partial"
 "$bin" classify "$work/patches" --format csv -o "$work/resumed.csv" 2>/dev/null >/dev/null &
 pid=$!
-while [[ $(wc -l < "$work/resumed.csv.partial" 2>/dev/null || echo 0) -lt $((n / 2)) ]] && kill -0 $pid 2>/dev/null; do sleep 0.05; done
+rows_in() { if [[ -f $1 ]]; then wc -l < "$1"; else echo 0; fi; }
+while [[ $(rows_in "$work/resumed.csv.partial") -lt $((n / 2)) ]] && kill -0 $pid 2>/dev/null; do sleep 0.05; done
 kill -9 $pid 2>/dev/null || true
 wait $pid 2>/dev/null || true
 kept=$(($(wc -l < "$work/resumed.csv.partial") - 1))
@@ -83,7 +85,7 @@ set -e
 [[ $status == 1 ]] || { echo "resumed run: exit status $status, expected 1" >&2; exit 1; }
 check "$work/resumed.csv" "$n"
 
-printf '%-44s %s\n' "patches (1%% bad)" "$n" \
+printf '%-44s %s\n' "patches (1% bad)" "$n" \
     "classified in" "$(printf '%.1f s (%.0f patches/s)' "$secs" "$(echo "$n / $secs" | bc -l)")" \
     "peak RSS, $((n / 10)) patches" "$((small_rss / 1024)) MiB" \
     "peak RSS, $n patches" "$((full_rss / 1024)) MiB" \

@@ -26,10 +26,23 @@ impl Graph {
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let model = pb::ModelProto::decode(bytes).context("corrupt or truncated protobuf")?;
-        match &model.graph {
-            Some(g) if !g.node.is_empty() => Ok(Graph { model }),
+        let g = match &model.graph {
+            Some(g) if !g.node.is_empty() => g,
             _ => bail!("the model has no graph or an empty one"),
+        };
+        // ONNX graphs are in single-assignment form; the passes find layers by the value
+        // they write, so a value written twice (or a node overwriting an input or weight)
+        // is refused here rather than confusing them later.
+        let mut written: std::collections::HashSet<&str> = g.input.iter().map(|v| v.name.as_str()).collect();
+        written.extend(g.initializer.iter().map(|t| t.name.as_str()));
+        for n in &g.node {
+            for o in n.output.iter().filter(|o| !o.is_empty()) {
+                if !written.insert(o.as_str()) {
+                    bail!("value {o:?} is written twice (node {:?}, {}): not a valid ONNX graph", n.name, n.op_type);
+                }
+            }
         }
+        Ok(Graph { model })
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {

@@ -253,13 +253,24 @@ pub fn quantize(g: &mut Graph, stats: &Stats, opts: &Options) -> Result<Report> 
     let all: Vec<Layer> = layers(g);
     let mut dequantize_nodes = Vec::new();
     for l in all {
-        let mut l = layer_at(g, g.producer(&l.output).expect("layer")).expect("layer");
+        // Indices shift as weights are rewritten, so each layer is found again by its output;
+        // in a malformed graph (an output name written twice) it may be gone: left in float.
+        let Some(mut l) = g.producer(&l.output).and_then(|i| layer_at(g, i)) else {
+            log::warn!("{}: layer not found again after rewriting (duplicate output name?); left in float", l.output);
+            continue;
+        };
         let (w, mut b) = weight_and_bias(g, &l)?;
         let scales = weight_scales(&w, l.out_axis, &opts.granularity, opts.field_size);
         let (q, deq) = quantize_weight(&w, l.out_axis, &scales);
         if opts.bias_correction {
             let input = g.nodes()[l.node].input[0].clone();
-            if let Some(src) = source_of(g, stats, &input) {
+            // Statistics and clip bounds that disagree on the channel count (a malformed
+            // model) give no correction rather than a wrong one.
+            let consistent = |src: &Source| {
+                let n = src.stats.beta.len();
+                src.stats.gamma.len() == n && src.hi.as_ref().is_none_or(|h| h.len() == 1 || h.len() == n)
+            };
+            if let Some(src) = source_of(g, stats, &input).filter(|s| consistent(s)) {
                 let ex: Vec<f32> = (0..src.stats.beta.len())
                     .map(|c| {
                         expected_activation(
@@ -277,7 +288,7 @@ pub fn quantize(g: &mut Graph, stats: &Stats, opts: &Options) -> Result<Report> 
                 } else {
                     1
                 };
-                if ex.len() == w.shape[in_axis] || l.is_depthwise() {
+                if ex.len() == w.shape[in_axis] {
                     let mut shift = vec![0f32; b.len()];
                     crate::passes::for_each_index(&w, |idx, v| {
                         let k: usize = idx.iter().zip(&w.shape).fold(0, |acc, (i, d)| acc * d + i);

@@ -26,6 +26,12 @@ mod imp {
         if shape.len() != 4 || shape[3] != 3 {
             return Err(err(path, format!("dataset \"x\" has shape {shape:?}, expected [N, H, W, 3]")));
         }
+        // Reading one patch allocates H x W x 3 bytes: the declared size is checked first,
+        // as image headers are (found by fuzzing: a forged shape exhausted memory).
+        let side = crate::patch::MAX_IMAGE_SIDE as usize;
+        if shape[1] > side || shape[2] > side {
+            return Err(err(path, format!("patches of {}x{} declared, more than {side} pixels a side", shape[1], shape[2])));
+        }
         if ds.dtype().map_err(|e| err(path, e))?.size() != 1 {
             return Err(err(path, "dataset \"x\" is not uint8"));
         }

@@ -598,7 +598,7 @@ fn results_stream_as_they_come_and_resume_skips_what_is_done() {
     assert_eq!(resumed, expected, "each patch once, with the same result");
 
     // Killed mid-run: what was done is in the partial file, and --resume completes it.
-    for sub in ["a", "b", "c", "d"] {
+    for sub in ["a", "b"] {
         let d = dir.join("many").join(sub);
         std::fs::create_dir_all(&d).unwrap();
         for f in std::fs::read_dir(samples()).unwrap() {
@@ -619,15 +619,15 @@ fn results_stream_as_they_come_and_resume_skips_what_is_done() {
     child.kill().unwrap();
     child.wait().unwrap();
     let kept = lines(&partial);
-    assert!(!out.exists() && (20..401).contains(&kept), "the killed run left {kept} lines");
+    assert!(!out.exists() && (20..201).contains(&kept), "the killed run left {kept} lines");
     let o = run(&["classify", many.to_str().unwrap(), "--format", "csv", "-o", out.to_str().unwrap(), "--resume"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = std::fs::read_to_string(&out).unwrap();
     let mut files: Vec<&str> = text.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
-    assert_eq!(files.len(), 400, "every patch exactly once");
+    assert_eq!(files.len(), 200, "every patch exactly once");
     files.sort();
     files.dedup();
-    assert_eq!(files.len(), 400);
+    assert_eq!(files.len(), 200);
 
     // Refused: --resume without a streamed output file, or from a file that is not ours.
     assert_clean_failure(&run(&["classify", "examples/data/pcam", "--resume"]), "--resume needs --output");

@@ -150,7 +150,9 @@ pub fn find_chains(g: &mut Graph, relu6: Relu6Policy) -> Result<(Chains, usize)>
     let outputs: Vec<String> = super::layers(g).into_iter().map(|l| l.output).collect();
     for out in outputs {
         if let Some((act, next)) = follow(g, &out, relu6, &mut rewritten) {
-            let first = layer_by_output(g, &out).expect("still a layer");
+            // A malformed graph (an output name written twice) can lose the layer to the
+            // ReLU6 rewrite above; it is then simply not equalized.
+            let Some(first) = layer_by_output(g, &out) else { continue };
             let grouped_not_dw = (first.group > 1 && !first.is_depthwise()) || (next.group > 1 && !next.is_depthwise());
             // Only the outputs of a dense or depthwise layer can be scaled channel by channel
             // into a dense or depthwise successor; channel counts must line up.

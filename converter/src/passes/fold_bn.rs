@@ -28,6 +28,17 @@ pub fn fold_batch_norm(g: &mut Graph) -> Result<Stats> {
         let eps = attr_f(&n, "epsilon", 1e-5);
         let a: Vec<f32> = gamma.iter().zip(&var).map(|(g, v)| g / (v + eps).sqrt()).collect();
         let (mut w, b) = weight_and_bias(g, &layer)?;
+        let channels = w.shape.get(layer.out_axis).copied().unwrap_or(0);
+        if [gamma.len(), beta.len(), mean.len(), var.len(), b.len()].iter().any(|&len| len != channels) {
+            anyhow::bail!(
+                "BatchNormalization {:?} has parameters of {}/{}/{}/{} channels after a layer of {channels}: not a valid model",
+                n.name,
+                gamma.len(),
+                beta.len(),
+                mean.len(),
+                var.len()
+            );
+        }
         super::scale_axis(&mut w, layer.out_axis, &a);
         let b: Vec<f32> = (0..b.len()).map(|c| (b[c] - mean[c]) * a[c] + beta[c]).collect();
         set_weight_and_bias(g, &mut layer, &w, &b);
