@@ -4,7 +4,8 @@
 # computes what x86 computes on the same inputs:
 #   - the INT8 QDQ fixture (quantized output): identical bits;
 #   - the bundled model quantized by the converter (DFQ, INT8 QDQ, float logits from the
-#     last Gemm): logits within 1e-6, classify results (same classes);
+#     last Gemm): logits of the fixture input within 1e-6; `classify` of the samples
+#     identical on aarch64, same classes and probability within 0.05 on armv7 (below);
 #   - an FP32 equivariant MobileNetV2 fixture: logits within 1e-5;
 #   - `classify` of the sample patches with the bundled (FP32) model: same class for every
 #     patch, probability within 1e-5.
@@ -40,10 +41,12 @@ same_classes() {
         { seen++
           if (!($1 in c)) { print "not in the x86 output: " $1; bad++; next }
           d = $2 - p[$1]; if (d < 0) d = -d
+          if ($3 != c[$1]) flipped++
+          if (d > 0) moved++
           if ($3 != c[$1] || d > tol) { print $1 ": " $2 " " $3 " on ARM, " p[$1] " " c[$1] " on x86"; bad++ }
           if (d > worst) worst = d }
         END { if (seen != length(c)) { print seen " patches on ARM, " length(c) " on x86"; bad++ }
-              printf "%d patches, same classes, max |probability diff| %.1e\n", seen, worst
+              printf "%d patches: %d with another class, %d with another probability, max |diff| %.1e (allowed %s)\n", seen, flipped, moved, worst, tol
               exit bad > 0 }' "$1" "$2"
 }
 
@@ -72,7 +75,13 @@ for triple in $targets; do
         $runner "$bin" run "${int8[@]}" --expect "$ref/x86-int8" --tolerance 1e-6
         $runner "$bin" run "${fp32[@]}" --expect "$ref/x86-fp32" --tolerance 1e-5
         $runner "$bin" classify examples/data/pcam -m "$ref/pcam-int8.onnx" --format csv -o "$out-int8.csv" 2>/dev/null
-        same_classes "$ref/x86-int8.csv" "$out-int8.csv" 1e-6
+        # tract runs QDQ models as float convolutions between quantize/dequantize ops.
+        # aarch64 NEON fuses multiply-adds as x86 FMA does, so the integer grid and every
+        # probability come out identical; armv7 NEON does not fuse, single rounding flips
+        # in the 17 quantized layers spread (measured: 19 of 100 patches moved, at most
+        # 0.02, no class changed). Bit-identical INT8 on armv7 needs integer kernels.
+        if [[ "$triple" == armv7-* ]]; then int8_tol=0.05; else int8_tol=0; fi
+        same_classes "$ref/x86-int8.csv" "$out-int8.csv" "$int8_tol"
         $runner "$bin" classify examples/data/pcam --format csv -o "$out.csv" 2>/dev/null
         same_classes "$ref/x86.csv" "$out.csv" 1e-5
     )
