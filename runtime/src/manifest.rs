@@ -89,8 +89,7 @@ impl Manifest {
 
     /// Adds or refreshes the entry of `model_path` in the `edgemed-manifest.json` beside it.
     pub fn record(model_path: &Path, bytes: &[u8], model: &OnnxModel) -> Result<PathBuf> {
-        let dir = model_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let manifest_path = dir.join(MANIFEST_FILE);
+        let manifest_path = crate::fsutil::folder_of(model_path).join(MANIFEST_FILE);
         let mut manifest = if manifest_path.exists() { Manifest::load(&manifest_path)? } else { Manifest::default() };
         let file = model_path.file_name().ok_or_else(|| Error::Invalid(format!("{}: not a file path", model_path.display())))?;
         manifest.upsert(ManifestEntry::describe(&file.to_string_lossy(), bytes, model));
@@ -122,7 +121,7 @@ pub fn load_checked(path: &Path, policy: &IntegrityPolicy) -> Result<OnnxModel> 
     let manifest_path = match &policy.manifest {
         Some(m) => Some(m.clone()),
         None => {
-            let beside = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).join(MANIFEST_FILE);
+            let beside = crate::fsutil::folder_of(path).join(MANIFEST_FILE);
             beside.is_file().then_some(beside)
         }
     };

@@ -28,9 +28,9 @@ pub const CSV_HEADER: &str = "file,probability,class,error";
 
 /// One result as a line of text, newline included.
 pub fn format_row(format: RowFormat, r: &PatchResult) -> String {
-    let file = r.source.to_string();
     match format {
         RowFormat::Csv => {
+            let file = r.source.to_string();
             let mut w = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::new());
             let record = match &r.outcome {
                 Ok(p) => [file, format!("{:.6}", p.probability), p.class_name.clone(), String::new()],
@@ -39,15 +39,19 @@ pub fn format_row(format: RowFormat, r: &PatchResult) -> String {
             w.write_record(&record).expect("writing to memory");
             String::from_utf8(w.into_inner().expect("writing to memory")).expect("UTF-8 in, UTF-8 out")
         }
-        RowFormat::JsonLines => {
-            let v = match &r.outcome {
-                Ok(p) => {
-                    serde_json::json!({"file": file, "probability": p.probability, "class": p.class_name, "class_index": p.class_index, "logits": p.logits})
-                }
-                Err(e) => serde_json::json!({"file": file, "error": e}),
-            };
-            format!("{v}\n")
+        RowFormat::JsonLines => format!("{}\n", row_json(r)),
+    }
+}
+
+/// One result as JSON: file, probability, class, class_index, logits; or file and error.
+/// The rows of `--format jsonl` and the array of `--format json`.
+pub fn row_json(r: &PatchResult) -> serde_json::Value {
+    let file = r.source.to_string();
+    match &r.outcome {
+        Ok(p) => {
+            serde_json::json!({"file": file, "probability": p.probability, "class": p.class_name, "class_index": p.class_index, "logits": p.logits})
         }
+        Err(e) => serde_json::json!({"file": file, "error": e}),
     }
 }
 

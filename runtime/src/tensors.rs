@@ -15,8 +15,7 @@ use crate::ndarray::{ArrayD, IxDyn};
 pub fn read_input(path: &Path, model: &OnnxModel) -> Result<ArrayD<f32>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let array = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy")) {
-        <ArrayD<f32> as ndarray_npy::ReadNpyExt>::read_npy(bytes.as_slice())
-            .map_err(|e| Error::Invalid(format!("{}: not a float32 .npy array: {e}", path.display())))?
+        parse_npy(path, &bytes)?
     } else {
         crate::ensure!(
             bytes.len() % 4 == 0,
@@ -64,7 +63,11 @@ pub fn write_npy(path: &Path, array: &ArrayD<f32>) -> Result<()> {
 
 pub fn read_npy(path: &Path) -> Result<ArrayD<f32>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    <ArrayD<f32> as ndarray_npy::ReadNpyExt>::read_npy(bytes.as_slice())
+    parse_npy(path, &bytes)
+}
+
+fn parse_npy(path: &Path, bytes: &[u8]) -> Result<ArrayD<f32>> {
+    <ArrayD<f32> as ndarray_npy::ReadNpyExt>::read_npy(bytes)
         .map_err(|e| Error::Invalid(format!("{}: not a float32 .npy array: {e}", path.display())))
 }
 

@@ -189,12 +189,14 @@ pub fn create(model: &OnnxModel, input_shape: &[usize], opts: &BackendOptions) -
 }
 
 /// Weights and input from their declared sizes, before any backend allocates them.
-pub fn check_declared_sizes(model: &OnnxModel, input_shape: &[usize], budget: u64) -> Result<()> {
+/// Returns the weights' bytes, which the tract backend adds to the activations.
+pub fn check_declared_sizes(model: &OnnxModel, input_shape: &[usize], budget: u64) -> Result<u64> {
     let weights = crate::budget::declared_weight_bytes(model.graph());
     crate::budget::check(|| format!("{}: the weights", model.path.display()), weights, budget)?;
     let input = input_shape.iter().fold(4u64, |acc, &d| acc.saturating_mul(d as u64));
     crate::budget::check(|| format!("{}: the input {input_shape:?}", model.path.display()), input, budget)?;
-    crate::budget::check(|| format!("{}: weights and input together", model.path.display()), weights.saturating_add(input), budget)
+    crate::budget::check(|| format!("{}: weights and input together", model.path.display()), weights.saturating_add(input), budget)?;
+    Ok(weights)
 }
 
 #[cfg(test)]

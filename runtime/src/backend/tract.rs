@@ -31,13 +31,12 @@ impl TractBackend {
     /// As [`TractBackend::new`], refusing a model whose weights, input and peak live
     /// activations would take more than `budget` bytes (0: no limit).
     pub fn with_budget(model: &OnnxModel, input_shape: &[usize], budget: u64) -> Result<Self> {
-        super::check_declared_sizes(model, input_shape, budget)?;
+        let weights = super::check_declared_sizes(model, input_shape, budget)?;
         let input_f16 = model.takes_float16();
         let fact: InferenceFact = if input_f16 { f16::fact(input_shape).into() } else { f32::fact(input_shape).into() };
         let unsupported = |e: TractError| Error::UnsupportedModel { path: model.path.clone(), reason: format!("{e:#}") };
         // tract reports most problems as errors, but a malformed graph can trip an
         // internal assertion; a device must not die on a bad file, so turn that into an error.
-        let weights = crate::budget::declared_weight_bytes(model.graph());
         let built = catch_unwind(AssertUnwindSafe(|| -> TractResult<Result<std::sync::Arc<TypedSimplePlan>>> {
             // Exporters annotate intermediate and output shapes with their own symbolic batch
             // names; once the input shape is pinned those would fail to unify, and tract

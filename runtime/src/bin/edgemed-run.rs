@@ -182,11 +182,11 @@ fn main() -> ExitCode {
         _ => "debug",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).format_timestamp(None).init();
-    let checks = Checks {
-        integrity: IntegrityPolicy { manifest: cli.manifest.clone(), require: cli.require_manifest },
-        memory_budget: budget::parse_bytes(&cli.memory_budget).unwrap_or(0),
-    };
-    match backend_options(&cli).and_then(|b| run(cli.command, b, &checks)) {
+    let setup = budget::parse_bytes(&cli.memory_budget).map_err(anyhow::Error::from).and_then(|memory_budget| {
+        let checks = Checks { integrity: IntegrityPolicy { manifest: cli.manifest.clone(), require: cli.require_manifest }, memory_budget };
+        Ok((backend_options(&cli, memory_budget)?, checks))
+    });
+    match setup.and_then(|(b, checks)| run(cli.command, b, &checks)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("edgemed-run: error: {e:#}");
@@ -196,10 +196,9 @@ fn main() -> ExitCode {
 }
 
 /// The backends named on the command line (bench may take several), with the shared options.
-fn backend_options(cli: &Cli) -> Result<Vec<BackendOptions>> {
+fn backend_options(cli: &Cli, memory_budget: u64) -> Result<Vec<BackendOptions>> {
     let device: Device = cli.device.parse()?;
     let opt_level: OptLevel = cli.ort_opt_level.parse()?;
-    let memory_budget = budget::parse_bytes(&cli.memory_budget)?;
     cli.backend
         .iter()
         .map(|b| {
@@ -498,13 +497,7 @@ fn classify(
             kept.iter().for_each(|r| text.extend(table_row(r).into_bytes()));
         }
         Format::Json => {
-            let rows: Vec<serde_json::Value> = kept
-                .iter()
-                .map(|r| match &r.outcome {
-                    Ok(p) => serde_json::json!({"file": r.source.to_string(), "probability": p.probability, "class": p.class_name, "class_index": p.class_index, "logits": p.logits}),
-                    Err(e) => serde_json::json!({"file": r.source.to_string(), "error": e}),
-                })
-                .collect();
+            let rows: Vec<serde_json::Value> = kept.iter().map(results::row_json).collect();
             serde_json::to_writer_pretty(&mut text, &rows)?;
             text.push(b'\n');
         }
