@@ -1,9 +1,8 @@
 //! Data-free quantization on a MobileNetV2 whose batch-norm gammas spread over 2.5
 //! decades (tests/fixtures/dfq, scripts/make_dfq_models.py), logit SQNR against ONNX
-//! Runtime's FP32 logits. Issue 3 asks DFQ per-tensor to reach ONNX Runtime's
-//! per-channel MinMax (9.7 dB) and naive per-tensor + 10 dB; measured today: 5.1 dB,
-//! naive -1.3 dB (see the issue notes). This test pins what holds, so it cannot regress:
-//! DFQ per-tensor beats ONNX Runtime's per-tensor MinMax and naive per-tensor by 5 dB.
+//! Runtime's FP32 logits. Issue 3's criteria: DFQ with per-tensor weights reaches at
+//! least the SQNR of ONNX Runtime's quantize_static with per-channel MinMax
+//! (calibrated, from baselines.json) and is at least 10 dB above naive per-tensor INT8.
 
 use edgemed_converter::dfq::{self, Options};
 use edgemed_converter::graph::Graph;
@@ -39,9 +38,13 @@ fn dfq_per_tensor_matches_calibrated_per_channel_and_beats_naive() {
     let naive_pt = sqnr_db(&reference, &quantized(Granularity::PerTensor, false));
     let dfq_pc = sqnr_db(&reference, &quantized(Granularity::PerChannel, true));
     println!("logit SQNR (dB): DFQ per-tensor {dfq_pt:.2}, DFQ per-channel {dfq_pc:.2}, naive per-tensor {naive_pt:.2}; ONNX Runtime MinMax per-channel {ort_per_channel:.2}, per-tensor {ort_per_tensor:.2}");
-    assert!(dfq_pt >= ort_per_tensor + 4.0, "DFQ per-tensor {dfq_pt} not 4 dB above ONNX Runtime per-tensor {ort_per_tensor}");
-    assert!(dfq_pt >= naive_pt + 4.0, "DFQ per-tensor {dfq_pt} not 4 dB above naive {naive_pt}");
-    assert!(dfq_pc >= ort_per_channel - 1.0, "DFQ per-channel {dfq_pc} more than 1 dB below ONNX Runtime per-channel {ort_per_channel}");
+    assert!(dfq_pt >= ort_per_channel, "DFQ per-tensor {dfq_pt:.2} dB below ONNX Runtime per-channel MinMax {ort_per_channel:.2} dB");
+    assert!(dfq_pt >= naive_pt + 10.0, "DFQ per-tensor {dfq_pt:.2} dB not 10 dB above naive per-tensor {naive_pt:.2} dB");
+    assert!(
+        dfq_pt >= ort_per_tensor + 10.0,
+        "DFQ per-tensor {dfq_pt:.2} dB not 10 dB above ONNX Runtime per-tensor {ort_per_tensor:.2} dB"
+    );
+    assert!(dfq_pc >= ort_per_channel, "DFQ per-channel {dfq_pc:.2} dB below ONNX Runtime per-channel {ort_per_channel:.2} dB");
 }
 
 #[test]
