@@ -38,6 +38,8 @@ pub enum Error {
     BadImage { path: PathBuf, reason: String },
     #[error("{path}: patch is {width}x{height}, expected {expected}x{expected} (pass --resize to accept other sizes)")]
     WrongPatchSize { path: PathBuf, width: u32, height: u32, expected: u32 },
+    #[error("{path}: not a usable volume: {reason}")]
+    BadVolume { path: PathBuf, reason: String },
     #[error("input tensor has shape {got:?}, model expects {expected:?}")]
     WrongShape { got: Vec<usize>, expected: Vec<usize> },
     #[error("{what}: contains NaN or infinite values")]

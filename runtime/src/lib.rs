@@ -23,7 +23,10 @@ pub mod parallel;
 pub mod patch;
 pub mod pcam_h5;
 pub mod results;
+pub mod segment;
+pub mod sliding_window;
 pub mod tensors;
+pub mod volume;
 
 pub use error::{Error, Result};
 pub use tract_onnx;

@@ -121,6 +121,24 @@ impl OnnxModel {
         self.inputs.first().is_some_and(|i| i.elem_type == "float16")
     }
 
+    /// The dims of the single float input, checked to be `[batch, channels, spatial...]`
+    /// with at least one spatial dim (volume and image models alike).
+    pub fn spatial_input(&self) -> Result<Vec<Dim>> {
+        let not_image = |reason: String| Error::NotAnImageModel { path: self.path.clone(), reason };
+        if self.inputs.len() != 1 {
+            return Err(not_image(format!("{} inputs, expected one [batch, channels, spatial...] tensor", self.inputs.len())));
+        }
+        let spec = &self.inputs[0];
+        if spec.elem_type != "float32" && spec.elem_type != "float16" {
+            return Err(not_image(format!("input {:?} is {}, expected float32 or float16", spec.name, spec.elem_type)));
+        }
+        let dims = spec.dims.clone().ok_or_else(|| not_image(format!("input {:?} declares no shape", spec.name)))?;
+        if dims.len() < 3 {
+            return Err(not_image(format!("input {:?} has {} dims, expected [batch, channels, spatial...]", spec.name, dims.len())));
+        }
+        Ok(dims)
+    }
+
     pub fn image_input(&self) -> Result<(usize, usize, usize)> {
         let not_image = |reason: String| Error::NotAnImageModel { path: self.path.clone(), reason };
         if self.inputs.len() != 1 {

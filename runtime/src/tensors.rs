@@ -66,6 +66,13 @@ pub fn read_npy(path: &Path) -> Result<ArrayD<f32>> {
     parse_npy(path, &bytes)
 }
 
+/// A uint8 .npy array (label maps).
+pub fn read_npy_u8(path: &Path) -> Result<ArrayD<u8>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    <ArrayD<u8> as ndarray_npy::ReadNpyExt>::read_npy(&bytes[..])
+        .map_err(|e| Error::Invalid(format!("{}: not a uint8 .npy array: {e}", path.display())))
+}
+
 fn parse_npy(path: &Path, bytes: &[u8]) -> Result<ArrayD<f32>> {
     <ArrayD<f32> as ndarray_npy::ReadNpyExt>::read_npy(bytes)
         .map_err(|e| Error::Invalid(format!("{}: not a float32 .npy array: {e}", path.display())))

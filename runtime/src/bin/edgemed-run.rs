@@ -14,6 +14,9 @@ use edgemed_runtime::heatmap::{self, HeatmapOptions, Tta};
 use edgemed_runtime::manifest::{self, IntegrityPolicy};
 use edgemed_runtime::model::{Dim, OnnxModel};
 use edgemed_runtime::results::{self, ResultStream, RowFormat};
+use edgemed_runtime::segment::{self, SegmentOptions};
+use edgemed_runtime::sliding_window::{Blend, SlidingWindow};
+use edgemed_runtime::volume::{self, Volume};
 use edgemed_runtime::{bench, budget, fsutil, patch, tensors};
 
 #[derive(Parser)]
@@ -116,6 +119,40 @@ enum Command {
         /// Probability from which a cell counts as positive in the summary.
         #[arg(long, default_value_t = 0.5)]
         threshold: f32,
+    },
+    /// Segment a volume (NIfTI) with a segmentation network run by sliding window
+    /// (MONAI's sliding_window_inference semantics); writes a uint8 label map with the
+    /// input's affine.
+    Segment {
+        /// Input volume (.nii or .nii.gz, 3-D).
+        input: PathBuf,
+        /// Label map to write (.nii or .nii.gz).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// ONNX segmentation model, input [batch, 1, X, Y, Z], output [batch, classes, X, Y, Z].
+        #[arg(short, long)]
+        model: PathBuf,
+        /// Window size, e.g. 96,96,96; default: the model's fixed input size.
+        #[arg(long, value_delimiter = ',')]
+        roi: Option<Vec<usize>>,
+        /// Fraction of each window shared with its neighbour.
+        #[arg(long, default_value_t = 0.25)]
+        overlap: f64,
+        /// How overlapping windows are blended: constant or gaussian.
+        #[arg(long, default_value = "constant")]
+        blend: String,
+        /// Gaussian blending: sigma as a fraction of the window size.
+        #[arg(long, default_value_t = 0.125)]
+        sigma_scale: f32,
+        /// Keep every connected component (default: only the largest per class).
+        #[arg(long)]
+        all_components: bool,
+        /// CT windowing before the model: clip(HU + 80, 0, 255).
+        #[arg(long)]
+        ct_window: bool,
+        /// Reference label map: report Dice per class.
+        #[arg(long)]
+        label: Option<PathBuf>,
     },
     /// Describe a model: inputs, outputs, operators, parameters, precision, metadata.
     Info {
@@ -308,6 +345,49 @@ fn run(cmd: Command, backends: Vec<BackendOptions>, checks: &Checks) -> Result<E
             println!("probability  min {lo:.4}  mean {mean:.4}  max {hi:.4}");
             println!("area >= {threshold}  {:.1}% of the mapped cells", 100.0 * map.area_above(threshold));
             println!("wrote        {} (overlay), {} (map)", output.display(), npy.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Segment { input, output, model, roi, overlap, blend, sigma_scale, all_components, ct_window, label } => {
+            let model = load_model(Some(&model), checks)?;
+            let blend = match blend.parse::<Blend>()? {
+                Blend::Gaussian { .. } => Blend::Gaussian { sigma_scale },
+                b => b,
+            };
+            let window = SlidingWindow::new(segment::model_window(&model, roi.as_deref())?, overlap, blend)?;
+            let mut vol = Volume::read(&input, checks.memory_budget)?;
+            if ct_window {
+                volume::ct_window(&mut vol.data);
+            }
+            let reference = label.as_deref().map(|p| Volume::read(p, checks.memory_budget)).transpose()?;
+            if let Some(r) = &reference {
+                anyhow::ensure!(r.shape() == vol.shape(), "label map is {:?}, the volume {:?}", r.shape(), vol.shape());
+            }
+            let opts = SegmentOptions { window, largest_component: !all_components, backend: single(&backends)? };
+            let start = Instant::now();
+            let bar = progress_bar("windows");
+            let seg = segment::segment(&model, &vol, &opts, |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            })?;
+            bar.finish_and_clear();
+            vol.write_labels_like(&output, seg.labels.view())?;
+            let [x, y, z] = vol.shape();
+            let sp = vol.spacing();
+            let voxel_ml = (sp[0] * sp[1] * sp[2]).abs() as f64 / 1000.0;
+            println!("volume       {} ({x}x{y}x{z}, spacing {:.3}x{:.3}x{:.3})", input.display(), sp[0], sp[1], sp[2]);
+            println!(
+                "windows      {} of {:?} in {:.2} s; {} voxels removed outside the largest components",
+                seg.windows,
+                opts.window.roi,
+                start.elapsed().as_secs_f64(),
+                seg.removed
+            );
+            for (c, n) in seg.voxels.iter().enumerate().skip(1) {
+                let d = reference.as_ref().and_then(|r| segment::dice(seg.labels.view(), label_view(r).view(), c as u8));
+                let dice = d.map_or(String::new(), |d| format!("  Dice {d:.4}"));
+                println!("class {c:<6} {n} voxels, {:.2} mL{dice}", *n as f64 * voxel_ml);
+            }
+            println!("wrote        {}", output.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Info { model, json } => {
@@ -595,4 +675,21 @@ fn info(model: &OnnxModel, backend: &BackendOptions, json: bool) -> Result<()> {
         println!("meta       {k} = {v}");
     }
     Ok(())
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+fn progress_bar(what: &'static str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {msg} (eta {eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what);
+    bar
+}
+
+/// A label volume as class indices (labels are read as float like every volume).
+fn label_view(v: &Volume) -> edgemed_runtime::ndarray::Array3<u8> {
+    v.data.mapv(|x| x.round().clamp(0.0, 255.0) as u8)
 }
