@@ -13,6 +13,7 @@ use edgemed_converter::passes::equalize::Relu6Policy;
 use edgemed_converter::quantize::Granularity;
 use edgemed_converter::{dfq, inputs, passes, verify};
 use edgemed_models::eq_mobilenet_v2::{self, Config};
+use edgemed_models::espcn3d;
 use edgemed_models::weights::Weights;
 use edgemed_runtime::model::OnnxModel;
 
@@ -124,6 +125,24 @@ enum Export {
         /// Fold batch norm into the convolutions.
         #[arg(long)]
         fold_bn: bool,
+        /// Also write the base weights used (useful with --seed).
+        #[arg(long)]
+        save_weights: Option<PathBuf>,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// 3-D ESPCN super-resolution (valid convolutions + 3-D pixel shuffle) for a fixed
+    /// patch; tensor names in models/src/espcn3d.rs.
+    Espcn3d {
+        /// Base weights (safetensors with kernels/channels/scale metadata).
+        #[arg(long, conflicts_with = "seed")]
+        weights: Option<PathBuf>,
+        /// Seeded initialisation (default architecture: kernels 3,1,3, widths 16,8, rate 2).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Interior patch per axis (the model's input adds the halo on both sides), e.g. 16 or 16,16,8.
+        #[arg(long, default_value = "16", value_delimiter = ',')]
+        patch: Vec<usize>,
         /// Also write the base weights used (useful with --seed).
         #[arg(long)]
         save_weights: Option<PathBuf>,
@@ -297,7 +316,34 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Export(ExportArgs { arch: None, .. }) => {
-            anyhow::bail!("export needs an architecture (eq-mobilenet-v2) or --local-map IN.onnx -o OUT.onnx")
+            anyhow::bail!("export needs an architecture (eq-mobilenet-v2, espcn3d) or --local-map IN.onnx -o OUT.onnx")
+        }
+        Command::Export(ExportArgs { arch: Some(Export::Espcn3d { weights, seed, patch, save_weights, output }), .. }) => {
+            let patch: [usize; 3] = match patch.as_slice() {
+                [p] => [*p; 3],
+                [a, b, c] => [*a, *b, *c],
+                _ => anyhow::bail!("--patch takes one size or three (X,Y,Z)"),
+            };
+            let (cfg, w) = match weights {
+                Some(path) => {
+                    let w = Weights::load(&path)?;
+                    let cfg = espcn3d::Config::from_weights_metadata(&w.metadata, patch, &path.display().to_string())?;
+                    espcn3d::check_weights(&cfg, &w, &path.display().to_string())?;
+                    (cfg, w)
+                }
+                None => {
+                    let cfg = espcn3d::Config { patch, ..Default::default() };
+                    let w = espcn3d::init_weights(&cfg, seed.unwrap_or(0))?;
+                    (cfg, w)
+                }
+            };
+            let model = espcn3d::build_onnx(&cfg, &w)?;
+            edgemed_converter::export::save_verified(&model, &output).with_context(|| format!("exporting {}", output.display()))?;
+            if let Some(p) = save_weights {
+                w.save(&p)?;
+            }
+            eprintln!("wrote {} (rate {}, halo {}, patch {:?})", output.display(), cfg.scale, cfg.halo(), cfg.patch);
+            Ok(())
         }
         Command::Export(ExportArgs {
             arch: Some(Export::EqMobilenetV2 { weights, seed, group_order, width, input_size, fold_bn, save_weights, output }),

@@ -3,12 +3,14 @@
 //! and emitted as ONNX with prost. Host-side only; the device runtime does not link it.
 //!
 //! - [`eq_mobilenet_v2`]: rotation-equivariant MobileNetV2 for C_N (PCam).
+//! - [`espcn3d`]: 3-D ESPCN super-resolution (valid convolutions, 3-D pixel shuffle).
 //! - [`rotation`]: rotated filter banks (grid rotations, steerable basis).
 //! - [`onnx`]: the graph builder all exporters share.
 //! - [`weights`]: named tensors and their safetensors form.
 
 pub mod eq_mobilenet_v2;
 pub mod error;
+pub mod espcn3d;
 pub mod onnx;
 pub mod rotation;
 pub mod weights;

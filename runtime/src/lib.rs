@@ -3,7 +3,9 @@
 //! Owns loading ONNX models ([`model`]), their `edgemed.*` metadata ([`metadata`]),
 //! execution backends ([`backend`], tract by default), PCam patch input
 //! ([`patch`]), batched classification ([`classify`]), probability maps over
-//! larger images ([`heatmap`]), tensors as files for checking one machine against
+//! larger images ([`heatmap`]), volumes ([`volume`]: NIfTI, CT windowing, resampling)
+//! and what runs on them: sliding-window inference ([`sliding_window`]), segmentation
+//! ([`segment`]) and super-resolution ([`upsample`]), tensors as files for checking one machine against
 //! another ([`tensors`]) and benchmarking ([`bench`]); and what keeps a device safe:
 //! model manifests ([`manifest`]), the memory budget ([`budget`]) and results streamed
 //! so nothing done is lost ([`results`]).
@@ -26,6 +28,7 @@ pub mod results;
 pub mod segment;
 pub mod sliding_window;
 pub mod tensors;
+pub mod upsample;
 pub mod volume;
 
 pub use error::{Error, Result};

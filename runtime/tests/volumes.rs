@@ -111,3 +111,29 @@ fn a_volume_smaller_than_the_window_is_padded() {
     assert_eq!(seg.shape(), [20, 15, 9]);
     let _: &Array3<f32> = &seg.data;
 }
+
+#[test]
+fn upsamples_by_the_models_rate_with_a_matching_affine() {
+    let dir = scratch_dir("upsample");
+    let out = dir.join("hr.nii.gz");
+    let model = fixture("espcn/espcn3d_p8.onnx");
+    let input = fixture("unet/volume.nii.gz");
+    let o = run(&["upsample", s(&input), "-o", s(&out), "-m", s(&model)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lr = Volume::read(&input, 0).unwrap();
+    let hr = Volume::read(&out, 0).unwrap();
+    assert_eq!(hr.shape(), [90, 76, 56]);
+    // Output voxel i' sits at input voxel (i' + 0.5) / 2 - 0.5: same extent, half the spacing.
+    let (a, b) = (lr.affine(), hr.affine());
+    for r in 0..3 {
+        for c in 0..3 {
+            assert!((b[r][c] - a[r][c] / 2.0).abs() < 1e-6, "{b:?}");
+        }
+        let origin = a[r][3] - 0.25 * (a[r][0] + a[r][1] + a[r][2]);
+        assert!((b[r][3] - origin).abs() < 1e-4, "{b:?}");
+    }
+    assert_eq!(hr.spacing(), [0.4, 0.45, 0.75]);
+    // A model that is not an upsampling model is refused by name.
+    let o = run(&["upsample", s(&input), "-o", s(&out), "-m", s(&unet())]);
+    assert_clean_failure(&o, "not an upsampling model");
+}

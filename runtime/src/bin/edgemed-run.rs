@@ -16,6 +16,7 @@ use edgemed_runtime::model::{Dim, OnnxModel};
 use edgemed_runtime::results::{self, ResultStream, RowFormat};
 use edgemed_runtime::segment::{self, SegmentOptions};
 use edgemed_runtime::sliding_window::{Blend, SlidingWindow};
+use edgemed_runtime::upsample;
 use edgemed_runtime::volume::{self, Volume};
 use edgemed_runtime::{bench, budget, fsutil, patch, tensors};
 
@@ -153,6 +154,19 @@ enum Command {
         /// Reference label map: report Dice per class.
         #[arg(long)]
         label: Option<PathBuf>,
+    },
+    /// Super-resolve a volume (NIfTI) with an upsampling patch model (3-D ESPCN from
+    /// `edgemed export espcn3d`), patch by patch; writes the volume at r times the
+    /// resolution with the matching affine.
+    Upsample {
+        /// Input volume (.nii or .nii.gz, 3-D).
+        input: PathBuf,
+        /// Volume to write (.nii or .nii.gz).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// ONNX upsampling model (metadata edgemed.upsample_scale and edgemed.receptive_halo).
+        #[arg(short, long)]
+        model: PathBuf,
     },
     /// Describe a model: inputs, outputs, operators, parameters, precision, metadata.
     Info {
@@ -387,6 +401,34 @@ fn run(cmd: Command, backends: Vec<BackendOptions>, checks: &Checks) -> Result<E
                 let dice = d.map_or(String::new(), |d| format!("  Dice {d:.4}"));
                 println!("class {c:<6} {n} voxels, {:.2} mL{dice}", *n as f64 * voxel_ml);
             }
+            println!("wrote        {}", output.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Upsample { input, output, model } => {
+            let model = load_model(Some(&model), checks)?;
+            let geo = upsample::geometry(&model)?;
+            let vol = Volume::read(&input, checks.memory_budget)?;
+            let [x, y, z] = vol.shape();
+            let r = geo.scale;
+            budget::check(|| format!("the {}x upsampled volume", r), (x * y * z * r * r * r * 4) as u64, checks.memory_budget)?;
+            let start = Instant::now();
+            let bar = progress_bar("patches");
+            let out = upsample::upsample(&model, vol.data.view(), &single(&backends)?, |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            })?;
+            bar.finish_and_clear();
+            volume::write_nifti(&output, &upsample::upsampled_header(&vol.header, r), out.view())?;
+            println!("volume       {} ({x}x{y}x{z})", input.display());
+            println!(
+                "upsampled    x{r} to {}x{}x{} in {:.2} s (patches of {:?}, halo {})",
+                x * r,
+                y * r,
+                z * r,
+                start.elapsed().as_secs_f64(),
+                geo.patch,
+                geo.halo
+            );
             println!("wrote        {}", output.display());
             Ok(ExitCode::SUCCESS)
         }
