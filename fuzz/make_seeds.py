@@ -82,3 +82,17 @@ for name, m in {
 }.items():
     onnx.save(m, out / name)
     print(out / name, (out / name).stat().st_size, "bytes")
+
+# NIfTI seeds for the nifti_volume target: uncompressed, so mutations reach the header
+# fields (dims, datatype, scaling, qform/sform) directly. Needs nibabel.
+import nibabel as nib  # noqa: E402
+
+rng = np.random.default_rng(3)
+affine = np.array([[0.8, 0, 0, -10], [0, 0.9, 0, -8], [0, 0, 1.5, 4], [0, 0, 0, 1]])
+for name, data in {
+    "tiny_f32.nii": rng.standard_normal((6, 5, 4)).astype(np.float32),
+    "tiny_u8.nii": rng.integers(0, 3, (5, 4, 3)).astype(np.uint8),
+    "tiny_i16.nii": rng.integers(-1000, 1000, (4, 4, 4)).astype(np.int16),
+}.items():
+    nib.save(nib.Nifti1Image(data, affine), str(out / name))
+    print(out / name, (out / name).stat().st_size, "bytes")

@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-120}
 shift || true
 targets=("$@")
-[[ ${#targets[@]} -gt 0 ]] || targets=(onnx_model converter_passes patch_decode pcam_h5)
+[[ ${#targets[@]} -gt 0 ]] || targets=(onnx_model converter_passes patch_decode pcam_h5 nifti_volume)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
 
@@ -31,6 +31,7 @@ seed onnx_model fuzz/seeds/*.onnx fuzz/regressions/onnx_model/* 2>/dev/null
 seed converter_passes fuzz/seeds/*.onnx fuzz/regressions/converter_passes/* 2>/dev/null
 seed patch_decode examples/data/pcam/patch_00[0-4].png fuzz/regressions/patch_decode/* 2>/dev/null
 seed pcam_h5 tests/fixtures/pcam_tiny_x.h5 fuzz/regressions/pcam_h5/* 2>/dev/null
+seed nifti_volume tests/fixtures/unet/label.nii.gz fuzz/seeds/*.nii fuzz/regressions/nifti_volume/* 2>/dev/null
 
 report=()
 for t in "${targets[@]}"; do

@@ -2,7 +2,7 @@
 //! fuzz/regressions/<target>/ (inputs that once crashed, kept after the fix: a converter
 //! index panic on clip bounds of another channel count, a PCam HDF5 file declaring
 //! patches large enough to exhaust memory) and on the
-//! fuzzing seeds (fuzz/seeds), so a fixed crash stays fixed without cargo fuzz: every
+//! fuzzing seeds (fuzz/seeds: models and NIfTI volumes), so a fixed crash stays fixed without cargo fuzz: every
 //! input must give a result or an error, never a panic.
 
 use std::path::{Path, PathBuf};
@@ -60,7 +60,8 @@ fn patch_decode(data: &[u8]) -> bool {
 
 #[test]
 fn kept_fuzz_inputs_and_seeds_give_results_or_errors() {
-    let onnx = inputs(&["fuzz/seeds", "fuzz/regressions/onnx_model"]);
+    let is_nifti = |p: &PathBuf| p.extension().is_some_and(|e| e == "nii");
+    let onnx: Vec<PathBuf> = inputs(&["fuzz/seeds", "fuzz/regressions/onnx_model"]).into_iter().filter(|p| !is_nifti(p)).collect();
     assert!(onnx.len() >= 3, "the seed models are missing");
     for f in &onnx {
         let ok = onnx_model(&std::fs::read(f).unwrap());
@@ -68,7 +69,7 @@ fn kept_fuzz_inputs_and_seeds_give_results_or_errors() {
             assert!(ok, "{}: a seed model must run", f.display());
         }
     }
-    for f in inputs(&["fuzz/seeds", "fuzz/regressions/converter_passes"]) {
+    for f in inputs(&["fuzz/seeds", "fuzz/regressions/converter_passes"]).into_iter().filter(|p| !is_nifti(p)) {
         let ok = converter_passes(&std::fs::read(&f).unwrap());
         if f.starts_with(repo_root().join("fuzz/seeds")) {
             assert!(ok, "{}: a seed model must quantize", f.display());
@@ -78,6 +79,22 @@ fn kept_fuzz_inputs_and_seeds_give_results_or_errors() {
         patch_decode(&std::fs::read(&f).unwrap());
     }
     assert!(patch_decode(&std::fs::read(repo_root().join("examples/data/pcam/patch_000.png")).unwrap()));
+    // NIfTI: the seeds must read; kept inputs must give a volume or an error.
+    let nii = edgemed_tests::scratch_dir("fuzz-nifti").join("x.nii");
+    let seeds: Vec<PathBuf> = inputs(&["fuzz/seeds"]).into_iter().filter(is_nifti).collect();
+    assert!(seeds.len() >= 3, "the NIfTI seeds are missing");
+    for f in seeds.iter().chain(&inputs(&["fuzz/regressions/nifti_volume"])) {
+        std::fs::copy(f, &nii).unwrap();
+        let read = edgemed_runtime::volume::Volume::read(&nii, 64 << 20);
+        if let Ok(v) = &read {
+            let c = edgemed_runtime::volume::centre_of_gravity(v.data.view());
+            let _ = edgemed_runtime::volume::crop_around(v.data.view(), c, [4, 4, 4], 0.0);
+            let _ = edgemed_runtime::volume::resample_trilinear(v.data.view(), [3, 5, 2]);
+        }
+        if f.starts_with(repo_root().join("fuzz/seeds")) {
+            assert!(read.is_ok(), "{}: a seed volume must read: {read:?}", f.display());
+        }
+    }
     // PCam HDF5 (runs the reader when the runtime has the pcam-h5 feature, as scripts/test.sh builds it).
     let tmp = edgemed_tests::scratch_dir("fuzz-h5").join("x.h5");
     for f in inputs(&["fuzz/regressions/pcam_h5"]) {
