@@ -71,6 +71,14 @@ impl Volume {
         let [x, y, z] = spatial_dims(&header, path)?;
         let per_voxel = voxel_bytes(header.datatype)
             .ok_or_else(|| bad(path, format!("voxel type {} is not a scalar integer or float type", header.datatype)))?;
+        // The nifti crate sizes the data from bitpix and reads it by datatype; a header where
+        // they disagree made it panic (found by fuzzing, kept in fuzz/regressions/nifti_volume).
+        if header.bitpix as i64 != 8 * per_voxel as i64 {
+            return Err(bad(
+                path,
+                format!("header bitpix {} disagrees with its datatype {} ({} bits)", header.bitpix, header.datatype, 8 * per_voxel),
+            ));
+        }
         let voxels = (x as u64) * (y as u64) * (z as u64);
         // The file's voxels, their float32 copy, and the working copy a pipeline makes.
         budget::check(|| format!("{}: volume {x}x{y}x{z}", path.display()), voxels * (per_voxel + 8), memory_budget)?;
