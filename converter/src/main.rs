@@ -3,7 +3,7 @@
 //! equalization, `verify` compares an FP32 and an INT8 model, `export` builds the
 //! reference architectures.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -149,6 +149,20 @@ enum Export {
         #[arg(short, long)]
         output: PathBuf,
     },
+}
+
+/// Writes an exported model (loaded and checked before the rename) and, when asked, the weights it came from.
+fn write_export(
+    model: &edgemed_runtime::tract_onnx::pb::ModelProto,
+    output: &Path,
+    weights: &Weights,
+    save_weights: Option<&Path>,
+) -> Result<()> {
+    edgemed_converter::export::save_verified(model, output).with_context(|| format!("exporting {}", output.display()))?;
+    if let Some(p) = save_weights {
+        weights.save(p)?;
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -338,10 +352,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
             };
             let model = espcn3d::build_onnx(&cfg, &w)?;
-            edgemed_converter::export::save_verified(&model, &output).with_context(|| format!("exporting {}", output.display()))?;
-            if let Some(p) = save_weights {
-                w.save(&p)?;
-            }
+            write_export(&model, &output, &w, save_weights.as_deref())?;
             eprintln!("wrote {} (rate {}, halo {}, patch {:?})", output.display(), cfg.scale, cfg.halo(), cfg.patch);
             Ok(())
         }
@@ -363,10 +374,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
             };
             let model = eq_mobilenet_v2::build_onnx(&cfg, &w)?;
-            edgemed_converter::export::save_verified(&model, &output).with_context(|| format!("exporting {}", output.display()))?;
-            if let Some(p) = save_weights {
-                w.save(&p)?;
-            }
+            write_export(&model, &output, &w, save_weights.as_deref())?;
             let params: usize = w.tensors.values().map(|t| t.data.len()).sum();
             eprintln!("wrote {} (C{} width {} , {} base parameters)", output.display(), cfg.group_order, cfg.width, params);
             Ok(())

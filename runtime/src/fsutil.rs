@@ -12,17 +12,18 @@ pub fn folder_of(path: &Path) -> &Path {
 }
 
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = folder_of(path);
     let name = path.file_name().ok_or_else(|| Error::Invalid(format!("{}: not a file path", path.display())))?;
-    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
+    let tmp = folder_of(path).join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+    replace_via(path, &tmp, |tmp| std::fs::File::create(tmp)?.write_all(bytes))
+}
+
+/// Lets `write` make the whole file at `tmp` (beside `path`), flushes it to disk and
+/// renames it over `path`; on any failure the temporary file is removed. For writers
+/// that insist on opening the file themselves (the NIfTI writer picks gzip from the name).
+pub fn replace_via(path: &Path, tmp: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<()> {
+    let result = write(tmp).and_then(|_| std::fs::File::open(tmp)?.sync_all()).and_then(|_| std::fs::rename(tmp, path));
     result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(tmp);
         Error::io(path, e)
     })
 }

@@ -124,34 +124,36 @@ impl OnnxModel {
     /// The dims of the single float input, checked to be `[batch, channels, spatial...]`
     /// with at least one spatial dim (volume and image models alike).
     pub fn spatial_input(&self) -> Result<Vec<Dim>> {
-        let not_image = |reason: String| Error::NotAnImageModel { path: self.path.clone(), reason };
+        let (spec, dims) = self.single_float_input("[batch, channels, spatial...] tensor")?;
+        if dims.len() < 3 {
+            return Err(self.not_image(format!("input {:?} has {} dims, expected [batch, channels, spatial...]", spec.name, dims.len())));
+        }
+        Ok(dims.clone())
+    }
+
+    fn not_image(&self, reason: String) -> Error {
+        Error::NotAnImageModel { path: self.path.clone(), reason }
+    }
+
+    /// The one input, float32 or float16, with a declared shape (`expected` names what
+    /// the caller wants, for the message when there are several inputs).
+    fn single_float_input(&self, expected: &str) -> Result<(&TensorSpec, &Vec<Dim>)> {
         if self.inputs.len() != 1 {
-            return Err(not_image(format!("{} inputs, expected one [batch, channels, spatial...] tensor", self.inputs.len())));
+            return Err(self.not_image(format!("{} inputs, expected one {expected}", self.inputs.len())));
         }
         let spec = &self.inputs[0];
         if spec.elem_type != "float32" && spec.elem_type != "float16" {
-            return Err(not_image(format!("input {:?} is {}, expected float32 or float16", spec.name, spec.elem_type)));
+            return Err(self.not_image(format!("input {:?} is {}, expected float32 or float16", spec.name, spec.elem_type)));
         }
-        let dims = spec.dims.clone().ok_or_else(|| not_image(format!("input {:?} declares no shape", spec.name)))?;
-        if dims.len() < 3 {
-            return Err(not_image(format!("input {:?} has {} dims, expected [batch, channels, spatial...]", spec.name, dims.len())));
-        }
-        Ok(dims)
+        let dims = spec.dims.as_ref().ok_or_else(|| self.not_image(format!("input {:?} declares no shape", spec.name)))?;
+        Ok((spec, dims))
     }
 
     pub fn image_input(&self) -> Result<(usize, usize, usize)> {
-        let not_image = |reason: String| Error::NotAnImageModel { path: self.path.clone(), reason };
-        if self.inputs.len() != 1 {
-            return Err(not_image(format!("{} inputs, expected one NCHW image tensor", self.inputs.len())));
-        }
-        let spec = &self.inputs[0];
-        if spec.elem_type != "float32" && spec.elem_type != "float16" {
-            return Err(not_image(format!("input {:?} is {}, expected float32 or float16", spec.name, spec.elem_type)));
-        }
-        let dims = spec.dims.as_ref().ok_or_else(|| not_image(format!("input {:?} declares no shape", spec.name)))?;
+        let (spec, dims) = self.single_float_input("NCHW image tensor")?;
         match dims.as_slice() {
             [_, Dim::Fixed(3), Dim::Fixed(h), Dim::Fixed(w)] if h == w => Ok((3, *h, *w)),
-            _ => Err(not_image(format!(
+            _ => Err(self.not_image(format!(
                 "input {:?} has shape [{}], expected [batch, 3, S, S]",
                 spec.name,
                 dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")

@@ -42,25 +42,22 @@ pub fn model_window(model: &OnnxModel, roi: Option<&[usize]>) -> Result<Vec<usiz
         }
     }
     let spatial = &dims[2..];
-    let mut out = Vec::new();
-    for (d, dim) in spatial.iter().enumerate() {
-        match (dim, roi.map(|r| r.get(d).copied())) {
-            (_, Some(None)) => {
-                return Err(Error::Invalid(format!("--roi has {} sizes, the model {} spatial dims", roi.unwrap().len(), spatial.len())))
-            }
-            (Dim::Fixed(n), Some(Some(r))) if *n != r => {
-                return Err(Error::Invalid(format!("--roi {r} in dimension {d}, but the model's input is fixed at {n} there")))
-            }
-            (Dim::Fixed(n), _) => out.push(*n),
-            (Dim::Symbolic(_), Some(Some(r))) => out.push(r),
-            (Dim::Symbolic(s), None) => {
-                return Err(Error::Invalid(format!("the model's spatial input dimension {d} is free ({s}); give the window with --roi")))
-            }
-        }
-    }
     if let Some(r) = roi {
         if r.len() != spatial.len() {
             return Err(Error::Invalid(format!("--roi has {} sizes, the model {} spatial dims", r.len(), spatial.len())));
+        }
+    }
+    let mut out = Vec::new();
+    for (d, dim) in spatial.iter().enumerate() {
+        match (dim, roi.map(|r| r[d])) {
+            (Dim::Fixed(n), Some(r)) if *n != r => {
+                return Err(Error::Invalid(format!("--roi {r} in dimension {d}, but the model's input is fixed at {n} there")))
+            }
+            (Dim::Fixed(n), _) => out.push(*n),
+            (Dim::Symbolic(_), Some(r)) => out.push(r),
+            (Dim::Symbolic(s), None) => {
+                return Err(Error::Invalid(format!("the model's spatial input dimension {d} is free ({s}); give the window with --roi")))
+            }
         }
     }
     Ok(out)
@@ -122,10 +119,7 @@ pub fn argmax_into(slab: ArrayViewD<f32>, labels: &mut Array3<u8>, first_row: us
     }
 }
 
-const NEIGHBOURS_26: usize = 26;
-
 fn neighbours(shape: [usize; 3], (i, j, k): (usize, usize, usize), mut f: impl FnMut((usize, usize, usize))) {
-    let mut n = 0;
     for di in -1i64..=1 {
         for dj in -1i64..=1 {
             for dk in -1i64..=1 {
@@ -136,11 +130,9 @@ fn neighbours(shape: [usize; 3], (i, j, k): (usize, usize, usize), mut f: impl F
                 if a >= 0 && b >= 0 && c >= 0 && (a as usize) < shape[0] && (b as usize) < shape[1] && (c as usize) < shape[2] {
                     f((a as usize, b as usize, c as usize));
                 }
-                n += 1;
             }
         }
     }
-    debug_assert_eq!(n, NEIGHBOURS_26);
 }
 
 /// Size of the 26-connected component of `class` at `seed`, marking it in `seen` with `mark`.

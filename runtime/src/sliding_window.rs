@@ -205,12 +205,9 @@ impl SlidingWindow {
                 let start: Vec<usize> = std::iter::once(s0).chain(tail.iter().copied()).collect();
                 let window = self.extract(&input, &plan, &start);
                 let pred = predict(window)?;
-                let expected: Vec<usize> = [&[1usize][..], &self.roi].concat();
                 if pred.ndim() != nd + 2 || pred.shape()[0] != 1 || pred.shape()[2..] != self.roi[..] {
-                    return Err(Error::WrongShape {
-                        got: pred.shape().to_vec(),
-                        expected: [&[1usize, pred.shape().get(1).copied().unwrap_or(0)][..], &expected[1..]].concat(),
-                    });
+                    let channels = pred.shape().get(1).copied().unwrap_or(0);
+                    return Err(Error::WrongShape { got: pred.shape().to_vec(), expected: [&[1, channels][..], &self.roi].concat() });
                 }
                 if pred.iter().any(|v| !v.is_finite()) {
                     return Err(Error::NonFinite { what: format!("model output for the window at {start:?}") });

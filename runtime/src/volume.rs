@@ -13,7 +13,7 @@ use nifti::{IntoNdArray, NiftiHeader, NiftiObject, ReaderOptions};
 use crate::budget;
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::ndarray::{Array3, ArrayView3, Axis, Ix3};
+use crate::ndarray::{Array3, ArrayView3, Ix3};
 
 /// A scalar volume and the header it came with.
 #[derive(Debug, Clone)]
@@ -112,11 +112,6 @@ impl Volume {
         affine(&self.header)
     }
 
-    /// Writes float32 voxels with this volume's header (same affine, scaling reset).
-    pub fn write_like(&self, path: &Path, data: ArrayView3<f32>) -> Result<()> {
-        write_nifti(path, &self.header, data)
-    }
-
     /// Writes a label map (uint8) with this volume's header.
     pub fn write_labels_like(&self, path: &Path, labels: ArrayView3<u8>) -> Result<()> {
         write_nifti(path, &self.header, labels)
@@ -174,18 +169,12 @@ where
     let mut header = reference.clone();
     header.cal_min = 0.0;
     header.cal_max = 0.0;
-    let result = nifti::writer::WriterOptions::new(&tmp)
-        .reference_header(&header)
-        .write_nifti(&data)
-        .map_err(|e| Error::Io { path: path.to_path_buf(), source: std::io::Error::other(e.to_string()) })
-        .and_then(|_| {
-            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(path, e))?;
-            std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-        });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    fsutil::replace_via(path, &tmp, |tmp| {
+        nifti::writer::WriterOptions::new(tmp)
+            .reference_header(&header)
+            .write_nifti(&data)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    })
 }
 
 /// CT windowing of the aging paper: clip(HU + 80, 0, 255) (a brain window from -80 to 175 HU).
@@ -255,11 +244,6 @@ pub fn resample_trilinear(v: ArrayView3<f32>, shape: [usize; 3]) -> Array3<f32> 
         let plane = |x: usize| lerp(lerp(v[[x, y0, z0]], v[[x, y0, z1]], wz), lerp(v[[x, y1, z0]], v[[x, y1, z1]], wz), wy);
         lerp(plane(x0), plane(x1), wx)
     })
-}
-
-/// Splits a volume into its `[1, 1, X, Y, Z]` model tensor form.
-pub fn as_batch(v: &Array3<f32>) -> crate::ndarray::ArrayD<f32> {
-    v.clone().insert_axis(Axis(0)).insert_axis(Axis(0)).into_dyn()
 }
 
 #[cfg(test)]

@@ -376,6 +376,8 @@ fn run(cmd: Command, backends: Vec<BackendOptions>, checks: &Checks) -> Result<E
             if let Some(r) = &reference {
                 anyhow::ensure!(r.shape() == vol.shape(), "label map is {:?}, the volume {:?}", r.shape(), vol.shape());
             }
+            // Label maps are read as float like every volume; class indices once.
+            let reference = reference.map(|r| r.data.mapv(|x| x.round().clamp(0.0, 255.0) as u8));
             let opts = SegmentOptions { window, largest_component: !all_components, backend: single(&backends)? };
             let start = Instant::now();
             let bar = progress_bar("windows");
@@ -397,7 +399,7 @@ fn run(cmd: Command, backends: Vec<BackendOptions>, checks: &Checks) -> Result<E
                 seg.removed
             );
             for (c, n) in seg.voxels.iter().enumerate().skip(1) {
-                let d = reference.as_ref().and_then(|r| segment::dice(seg.labels.view(), label_view(r).view(), c as u8));
+                let d = reference.as_ref().and_then(|r| segment::dice(seg.labels.view(), r.view(), c as u8));
                 let dice = d.map_or(String::new(), |d| format!("  Dice {d:.4}"));
                 println!("class {c:<6} {n} voxels, {:.2} mL{dice}", *n as f64 * voxel_ml);
             }
@@ -729,9 +731,4 @@ fn progress_bar(what: &'static str) -> indicatif::ProgressBar {
     );
     bar.set_message(what);
     bar
-}
-
-/// A label volume as class indices (labels are read as float like every volume).
-fn label_view(v: &Volume) -> edgemed_runtime::ndarray::Array3<u8> {
-    v.data.mapv(|x| x.round().clamp(0.0, 255.0) as u8)
 }
