@@ -95,6 +95,14 @@ fn bad_volumes_are_one_clear_line() {
     assert_clean_failure(&segment(&fixture("unet/volume.nii.gz"), &out, &["--roi", "16,16,16"]), "fixed at 32");
     assert_clean_failure(&segment(&fixture("unet/volume.nii.gz"), &out, &["--overlap", "1.0"]), "overlap");
     assert_clean_failure(&segment(&fixture("unet/volume.nii.gz"), &out, &["--blend", "median"]), "blend");
+    // A reference label map of another shape, a 2-D image classifier, a window of the wrong rank.
+    let small = dir.join("small_label.nii");
+    write_volume(&small, &[10, 9, 8], vec![0.0; 10 * 9 * 8]);
+    assert_clean_failure(&segment(&fixture("unet/volume.nii.gz"), &out, &["--label", s(&small)]), "label map is [10, 9, 8]");
+    let classifier = repo_root().join("models/bundled/pcam-c4-demo.onnx");
+    let o = run(&["segment", s(&fixture("unet/volume.nii.gz")), "-o", s(&out), "-m", s(&classifier)]);
+    assert_clean_failure(&o, "3 channels");
+    assert_clean_failure(&segment(&fixture("unet/volume.nii.gz"), &out, &["--roi", "32,32"]), "--roi has 2 sizes");
     assert!(!out.exists(), "no output after a failure");
 }
 
