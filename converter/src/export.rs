@@ -13,13 +13,19 @@ use prost::Message;
 pub fn save_verified(model: &pb::ModelProto, path: &Path) -> Result<()> {
     let bytes = model.encode_to_vec();
     let loaded = OnnxModel::from_bytes(path, &bytes).context("the written model does not parse")?;
+    // Free spatial sizes are tried at the smallest the model accepts (a U-Net's
+    // size_multiple), so the check compiles every layer with a real shape.
+    let multiple =
+        model.metadata_props.iter().find(|p| p.key == "edgemed.size_multiple").and_then(|p| p.value.parse::<usize>().ok()).unwrap_or(1);
     let shape: Vec<usize> = loaded.inputs[0]
         .dims
         .as_ref()
         .context("the written model declares no input shape")?
         .iter()
-        .map(|d| match d {
+        .enumerate()
+        .map(|(i, d)| match d {
             Dim::Fixed(n) => *n,
+            Dim::Symbolic(_) if i >= 2 => multiple,
             Dim::Symbolic(_) => 1,
         })
         .collect();

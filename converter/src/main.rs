@@ -13,8 +13,8 @@ use edgemed_converter::passes::equalize::Relu6Policy;
 use edgemed_converter::quantize::Granularity;
 use edgemed_converter::{dfq, inputs, passes, verify};
 use edgemed_models::eq_mobilenet_v2::{self, Config};
-use edgemed_models::espcn3d;
 use edgemed_models::weights::Weights;
+use edgemed_models::{espcn3d, glow3d, unet};
 use edgemed_runtime::model::OnnxModel;
 
 #[derive(Parser)]
@@ -128,6 +128,64 @@ enum Export {
         /// Also write the base weights used (useful with --seed).
         #[arg(long)]
         save_weights: Option<PathBuf>,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// MONAI-shaped 2-D / 3-D U-Net from a MONAI state_dict saved as safetensors (MONAI's
+    /// parameter names; see models/src/unet.rs).
+    Unet {
+        /// MONAI UNet state_dict (safetensors). Its metadata key "constructor" (JSON of the
+        /// UNet arguments) gives the settings unless --constructor does.
+        #[arg(long, conflicts_with = "seed")]
+        weights: Option<PathBuf>,
+        /// Seeded initialisation instead of weights.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// The UNet constructor arguments as JSON, e.g.
+        /// '{"spatial_dims":3,"in_channels":1,"out_channels":2,"channels":[16,32,64],"strides":[2,2],"num_res_units":2}'
+        /// (default with --seed: MONAI's tutorial 3-D network).
+        #[arg(long)]
+        constructor: Option<String>,
+        /// Fix the spatial input size (e.g. 96,96,96); default: any size divisible by the strides.
+        #[arg(long, value_delimiter = ',')]
+        window: Option<Vec<usize>>,
+        #[arg(long)]
+        save_weights: Option<PathBuf>,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// The aging twin: 3-D GLOW encoder, analytic decoder and temporal latent model from
+    /// one weight file, written as DIR/encoder.onnx, DIR/decoder.onnx, DIR/temporal.onnx
+    /// (tensor names in models/src/glow3d.rs). `edgemed-run age -m DIR` runs them.
+    AgingTwin {
+        /// Weights (safetensors with in_channels/levels/steps/width/temporal_* metadata).
+        #[arg(long, conflicts_with = "seed")]
+        weights: Option<PathBuf>,
+        /// Seeded initialisation (architecture from the flags below).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Model grid X,Y,Z (or one size); each a multiple of 2^levels.
+        #[arg(long, default_value = "128", value_delimiter = ',')]
+        grid: Vec<usize>,
+        #[arg(long, default_value_t = 3)]
+        levels: usize,
+        #[arg(long, default_value_t = 4)]
+        steps: usize,
+        /// Hidden width of the coupling networks.
+        #[arg(long, default_value_t = 16)]
+        width: usize,
+        /// Temporal model widths, one per level.
+        #[arg(long, default_value = "16,32,64", value_delimiter = ',')]
+        temporal_widths: Vec<usize>,
+        /// Temporal model depths (convolutions), one per level.
+        #[arg(long, default_value = "2,2,2", value_delimiter = ',')]
+        temporal_depths: Vec<usize>,
+        /// Volume intensities LO,HI that map to the model's [-0.5, 0.5] (default: the CT window 0..255).
+        #[arg(long, default_value = "0,255", value_delimiter = ',')]
+        intensity_range: Vec<f32>,
+        #[arg(long)]
+        save_weights: Option<PathBuf>,
+        /// Output directory.
         #[arg(short, long)]
         output: PathBuf,
     },
@@ -331,6 +389,96 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Export(ExportArgs { arch: None, .. }) => {
             anyhow::bail!("export needs an architecture (eq-mobilenet-v2, espcn3d) or --local-map IN.onnx -o OUT.onnx")
+        }
+        Command::Export(ExportArgs {
+            arch:
+                Some(Export::AgingTwin {
+                    weights,
+                    seed,
+                    grid,
+                    levels,
+                    steps,
+                    width,
+                    temporal_widths,
+                    temporal_depths,
+                    intensity_range,
+                    save_weights,
+                    output,
+                }),
+            ..
+        }) => {
+            let grid: [usize; 3] = match grid.as_slice() {
+                [g] => [*g; 3],
+                [a, b, c] => [*a, *b, *c],
+                _ => anyhow::bail!("--grid takes one size or three (X,Y,Z)"),
+            };
+            let [lo, hi] = intensity_range.as_slice() else { anyhow::bail!("--intensity-range takes LO,HI") };
+            anyhow::ensure!(hi > lo, "--intensity-range {lo},{hi}: HI must exceed LO");
+            let mut cfg = glow3d::Config {
+                levels,
+                steps,
+                width,
+                temporal_widths,
+                temporal_depths,
+                grid,
+                intensity_scale: 1.0 / (hi - lo),
+                intensity_offset: -lo / (hi - lo) - 0.5,
+                ..glow3d::Config::default()
+            };
+            let loaded = weights.as_ref().map(|p| Weights::load(p).map(|w| (w, p.display().to_string()))).transpose()?;
+            if let Some((w, file)) = &loaded {
+                cfg = cfg.with_weights_metadata(&w.metadata, file)?;
+            }
+            let twin = glow3d::build(&cfg, loaded.as_ref().map(|(w, f)| (w, f.as_str())), seed.unwrap_or(0))?;
+            std::fs::create_dir_all(&output).with_context(|| format!("creating {}", output.display()))?;
+            for (name, model) in [("encoder", &twin.encoder), ("decoder", &twin.decoder), ("temporal", &twin.temporal)] {
+                let path = output.join(format!("{name}.onnx"));
+                edgemed_converter::export::save_verified(model, &path).with_context(|| format!("exporting {}", path.display()))?;
+            }
+            if let Some(p) = save_weights {
+                twin.weights.save(&p)?;
+            }
+            let params: usize = twin.weights.tensors.values().map(|t| t.data.len()).sum();
+            eprintln!(
+                "wrote {}/{{encoder,decoder,temporal}}.onnx (grid {:?}, {} levels x {} steps, latent {} values, {} parameters)",
+                output.display(),
+                cfg.grid,
+                cfg.levels,
+                cfg.steps,
+                cfg.latent_len(),
+                params
+            );
+            Ok(())
+        }
+        Command::Export(ExportArgs { arch: Some(Export::Unet { weights, seed, constructor, window, save_weights, output }), .. }) => {
+            let loaded = weights.as_ref().map(|p| Weights::load(p).map(|w| (w, p.display().to_string()))).transpose()?;
+            let json = match (&constructor, &loaded) {
+                (Some(j), _) => Some(j.clone()),
+                (None, Some((w, file))) => Some(
+                    w.metadata
+                        .get("constructor")
+                        .cloned()
+                        .with_context(|| format!("{file} has no \"constructor\" metadata: give the UNet arguments with --constructor"))?,
+                ),
+                (None, None) => None,
+            };
+            let mut cfg = match json {
+                Some(j) => unet::Config::from_constructor_json(&j)?,
+                None => unet::Config::default(),
+            };
+            cfg.window = window;
+            let (model, used) = unet::build_onnx(&cfg, loaded.as_ref().map(|(w, f)| (w, f.as_str())), seed.unwrap_or(0))?;
+            write_export(&model, &output, &used, save_weights.as_deref())?;
+            let params: usize = used.tensors.values().map(|t| t.data.len()).sum();
+            eprintln!(
+                "wrote {} ({}-D U-Net, channels {:?}, {} parameters, input sizes multiple of {})",
+                output.display(),
+                cfg.spatial_dims,
+                cfg.channels,
+                params,
+                cfg.downsampling()
+            );
+            Ok(())
         }
         Command::Export(ExportArgs { arch: Some(Export::Espcn3d { weights, seed, patch, save_weights, output }), .. }) => {
             let patch: [usize; 3] = match patch.as_slice() {

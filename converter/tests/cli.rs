@@ -84,3 +84,34 @@ fn unsupported_patterns_stay_fp32_and_are_listed() {
     assert!(o.status.success(), "{err}");
     assert!(err.contains("left in FP32") && err.contains("use --calibrate"), "{err}");
 }
+
+#[test]
+fn export_unet_from_a_monai_state_dict() {
+    let d = scratch_dir("conv-unet");
+    let out = d.join("unet3d.onnx");
+    let weights = fixture("unet/unet3d.safetensors");
+    let o = run(&["export", "unet", "--weights", weights.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.contains("3-D U-Net, channels [8, 16, 32], 35455 parameters, input sizes multiple of 4"), "{err}");
+    let m = edgemed_runtime::model::OnnxModel::load(&out).unwrap();
+    assert_eq!(m.inputs[0].dims.as_ref().unwrap().len(), 5);
+    // Settings that disagree with the file: one line naming the tensor, no file.
+    let bad = d.join("bad.onnx");
+    let ctor = r#"{"spatial_dims":3,"in_channels":1,"out_channels":3,"channels":[8,16,32],"strides":[2,2],"num_res_units":2,"norm":"instance","act":"prelu"}"#;
+    let o = run(&["export", "unet", "--weights", weights.to_str().unwrap(), "--constructor", ctor, "-o", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("missing tensor \"model.0.conv.unit1.conv.weight\"") && err.lines().count() == 1, "{err}");
+    let o = run(&[
+        "export",
+        "unet",
+        "--seed",
+        "1",
+        "--constructor",
+        r#"{"spatial_dims":3,"in_channels":1,"out_channels":2,"channels":[4,8],"strides":[2],"norm":"group"}"#,
+        "-o",
+        bad.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("norm \"group\" is not supported"), "{err}");
+    assert!(!bad.exists());
+}

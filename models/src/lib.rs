@@ -4,6 +4,8 @@
 //!
 //! - [`eq_mobilenet_v2`]: rotation-equivariant MobileNetV2 for C_N (PCam).
 //! - [`espcn3d`]: 3-D ESPCN super-resolution (valid convolutions, 3-D pixel shuffle).
+//! - [`unet`]: MONAI-shaped 2-D / 3-D U-Nets from MONAI state_dicts.
+//! - [`glow3d`]: the aging twin: 3-D GLOW encoder and analytic decoder, temporal latent model.
 //! - [`rotation`]: rotated filter banks (grid rotations, steerable basis).
 //! - [`onnx`]: the graph builder all exporters share.
 //! - [`weights`]: named tensors and their safetensors form.
@@ -11,8 +13,10 @@
 pub mod eq_mobilenet_v2;
 pub mod error;
 pub mod espcn3d;
+pub mod glow3d;
 pub mod onnx;
 pub mod rotation;
+pub mod unet;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -5,12 +5,14 @@
 //! ([`patch`]), batched classification ([`classify`]), probability maps over
 //! larger images ([`heatmap`]), volumes ([`volume`]: NIfTI, CT windowing, resampling)
 //! and what runs on them: sliding-window inference ([`sliding_window`]), segmentation
-//! ([`segment`]) and super-resolution ([`upsample`]), tensors as files for checking one machine against
+//! ([`segment`]), super-resolution ([`upsample`]) and aging prediction with the
+//! GLOW digital twin ([`aging`]), tensors as files for checking one machine against
 //! another ([`tensors`]) and benchmarking ([`bench`]); and what keeps a device safe:
 //! model manifests ([`manifest`]), the memory budget ([`budget`]) and results streamed
 //! so nothing done is lost ([`results`]).
 //! It never links the converter: the device binary `edgemed-run` stays small.
 
+pub mod aging;
 pub mod backend;
 pub mod bench;
 pub mod budget;

@@ -123,25 +123,9 @@ pub fn upsample(
 /// The header of the upsampled volume: voxels `r` times smaller, the same physical
 /// extent (voxel centre i' of the output lies at (i' + 0.5) / r - 0.5 of the input).
 pub fn upsampled_header(h: &NiftiHeader, r: usize) -> NiftiHeader {
-    let mut out = h.clone();
-    let r = r as f32;
-    let shift = (1.0 / r - 1.0) / 2.0;
-    for row in [&mut out.srow_x, &mut out.srow_y, &mut out.srow_z] {
-        let origin = row[3] + shift * (row[0] + row[1] + row[2]);
-        row[0] /= r;
-        row[1] /= r;
-        row[2] /= r;
-        row[3] = origin;
-    }
-    // The qform keeps its rotation; its origin moves like the sform's.
-    let q = crate::volume::affine(&NiftiHeader { sform_code: 0, ..h.clone() });
-    out.quatern_x = (q[0][3] + shift as f64 * (q[0][0] + q[0][1] + q[0][2])) as f32;
-    out.quatern_y = (q[1][3] + shift as f64 * (q[1][0] + q[1][1] + q[1][2])) as f32;
-    out.quatern_z = (q[2][3] + shift as f64 * (q[2][0] + q[2][1] + q[2][2])) as f32;
-    for d in 1..=3 {
-        out.pixdim[d] /= r;
-    }
-    out
+    let step = 1.0 / r as f64;
+    let dims = [h.dim[1], h.dim[2], h.dim[3]].map(|d| d.max(1) as usize * r);
+    crate::volume::regridded_header(h, [0.5 * step - 0.5; 3], [step; 3], dims)
 }
 
 #[cfg(test)]

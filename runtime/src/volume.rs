@@ -149,6 +149,12 @@ pub fn affine(h: &NiftiHeader) -> [[f64; 4]; 4] {
     [[p(1), 0.0, 0.0, 0.0], [0.0, p(2), 0.0, 0.0], [0.0, 0.0, p(3), 0.0], [0.0, 0.0, 0.0, 1.0]]
 }
 
+/// Whether `path` names a NIfTI file (.nii or .nii.gz), the only kind volumes are written as.
+pub fn is_nifti_name(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    name.ends_with(".nii") || name.ends_with(".nii.gz")
+}
+
 /// Writes `data` as NIfTI with `reference`'s header fields (affine, units, description)
 /// through a temporary file beside `path` and a rename, so a crash never leaves half
 /// a volume under the final name.
@@ -157,7 +163,7 @@ where
     A: nifti::DataElement + bytemuck::Pod,
 {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    if !(name.ends_with(".nii") || name.ends_with(".nii.gz")) {
+    if !is_nifti_name(path) {
         return Err(Error::Invalid(format!("{}: output volumes are written as .nii or .nii.gz", path.display())));
     }
     // The writer picks gzip from the suffix and rewrites everything after the stem's
@@ -175,6 +181,30 @@ where
             .write_nifti(&data)
             .map_err(|e| std::io::Error::other(e.to_string()))
     })
+}
+
+/// The header of a new grid over the same scanner space: output voxel o's centre is
+/// input voxel index `first + o * step` (per axis), the grid has `dims` voxels. The
+/// sform's columns scale by `step` and its origin moves; the qform keeps its rotation
+/// and moves its origin the same way; pixdim scales.
+pub fn regridded_header(h: &NiftiHeader, first: [f64; 3], step: [f64; 3], dims: [usize; 3]) -> NiftiHeader {
+    let mut out = h.clone();
+    for row in [&mut out.srow_x, &mut out.srow_y, &mut out.srow_z] {
+        let origin = row[3] as f64 + (0..3).map(|d| first[d] * row[d] as f64).sum::<f64>();
+        for d in 0..3 {
+            row[d] = (row[d] as f64 * step[d]) as f32;
+        }
+        row[3] = origin as f32;
+    }
+    let q = affine(&NiftiHeader { sform_code: 0, ..h.clone() });
+    let moved = |i: usize| (q[i][3] + (0..3).map(|d| first[d] * q[i][d]).sum::<f64>()) as f32;
+    (out.quatern_x, out.quatern_y, out.quatern_z) = (moved(0), moved(1), moved(2));
+    for d in 0..3 {
+        out.pixdim[d + 1] = (h.pixdim[d + 1] as f64 * step[d]) as f32;
+        out.dim[d + 1] = dims[d] as u16;
+    }
+    out.dim[0] = out.dim[0].max(3);
+    out
 }
 
 /// CT windowing of the aging paper: clip(HU + 80, 0, 255) (a brain window from -80 to 175 HU).

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use edgemed_runtime::aging;
 use edgemed_runtime::backend::{BackendKind, BackendOptions, Device, OptLevel};
 use edgemed_runtime::classify::{Classifier, ClassifierOptions, PatchResult};
 use edgemed_runtime::heatmap::{self, HeatmapOptions, Tta};
@@ -167,6 +168,34 @@ enum Command {
         /// ONNX upsampling model (metadata edgemed.upsample_scale and edgemed.receptive_halo).
         #[arg(short, long)]
         model: PathBuf,
+    },
+    /// Predict aging with the GLOW digital twin: x+ = G^-1(P^n(G(x))) on the model grid;
+    /// prints the volume of each tracked intensity band per year.
+    Age {
+        /// Input volume (.nii or .nii.gz, 3-D).
+        input: PathBuf,
+        /// Volume after --years years, on the model grid (.nii or .nii.gz).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// The twin's directory (encoder.onnx, decoder.onnx, temporal.onnx from `edgemed export aging-twin`).
+        #[arg(short, long)]
+        model: PathBuf,
+        /// Years to advance (applications of the temporal model).
+        #[arg(long)]
+        years: usize,
+        /// CT windowing before the model: clip(HU + 80, 0, 255).
+        #[arg(long)]
+        ct_window: bool,
+        /// Crop this many voxels (X,Y,Z or one size) around the centre of gravity before resampling to the grid.
+        #[arg(long, value_delimiter = ',')]
+        crop: Option<Vec<usize>>,
+        /// Also write every intermediate year as OUT_yearK.nii(.gz).
+        #[arg(long)]
+        every_year: bool,
+        /// Intensity band whose volume is reported per year, NAME:LO:HI in the written
+        /// volume's units (repeatable); the default is CSF-dense voxels (0-15 HU) after --ct-window.
+        #[arg(long, default_value = "csf:80:95")]
+        track: Vec<String>,
     },
     /// Describe a model: inputs, outputs, operators, parameters, precision, metadata.
     Info {
@@ -432,6 +461,64 @@ fn run(cmd: Command, backends: Vec<BackendOptions>, checks: &Checks) -> Result<E
                 geo.halo
             );
             println!("wrote        {}", output.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Age { input, output, model, years, ct_window, crop, every_year, track } => {
+            anyhow::ensure!(years >= 1, "--years must be at least 1");
+            let bands = track.iter().map(|t| t.parse::<aging::Band>()).collect::<edgemed_runtime::Result<Vec<_>>>()?;
+            let crop: Option<[usize; 3]> = match crop.as_deref() {
+                None => None,
+                Some([c]) => Some([*c; 3]),
+                Some([a, b, c]) => Some([*a, *b, *c]),
+                Some(_) => anyhow::bail!("--crop takes one size or three (X,Y,Z)"),
+            };
+            // Every output name is checked before hours of work, not after.
+            let paths: Vec<PathBuf> = (1..=years).map(|k| if k == years { output.clone() } else { year_path(&output, k) }).collect();
+            for p in &paths {
+                anyhow::ensure!(volume::is_nifti_name(p), "{}: output volumes are written as .nii or .nii.gz", p.display());
+            }
+            let models = aging::TwinModels::load(&model, |p| load_model(Some(p), checks))?;
+            let vol = Volume::read(&input, checks.memory_budget)?;
+            let start = Instant::now();
+            let twin = aging::Twin::new(&models, &single(&backends)?)?;
+            let prepared = aging::prepare(&vol, ct_window, crop, twin.spec.grid)?;
+            let [x, y, z] = vol.shape();
+            let [gx, gy, gz] = twin.spec.grid;
+            let sp = prepared.header.pixdim;
+            println!("volume       {} ({x}x{y}x{z}) -> grid {gx}x{gy}x{gz}, voxel {:.3}x{:.3}x{:.3}", input.display(), sp[1], sp[2], sp[3]);
+            let (mut zn, logdet) = twin.encode(&prepared.data)?;
+            twin.normalise(&mut zn);
+            println!("encoded      {} latent values, log-determinant {logdet:.1}, in {:.2} s", zn.len(), start.elapsed().as_secs_f64());
+            let header: String = bands.iter().map(|b| format!("  {:>12} {:>10}", format!("{} mL", b.name), "change")).collect();
+            println!("year{header}");
+            let base: Vec<usize> = bands.iter().map(|b| b.voxels(&prepared.data)).collect();
+            let row = |year: usize, counts: &[usize]| {
+                let cells: String = counts
+                    .iter()
+                    .zip(&base)
+                    .map(|(n, b0)| {
+                        format!("  {:>12.2} {:>+10.2}", *n as f64 * prepared.voxel_ml, (*n as f64 - *b0 as f64) * prepared.voxel_ml)
+                    })
+                    .collect();
+                println!("{year:<4}{cells}");
+            };
+            row(0, &base);
+            let bar = progress_bar("years");
+            bar.set_length(years as u64);
+            for (k, path) in (1..=years).zip(&paths) {
+                zn = twin.step(&zn)?;
+                if k == years || every_year {
+                    let aged = twin.decode(&zn)?;
+                    bar.suspend(|| row(k, &bands.iter().map(|b| b.voxels(&aged)).collect::<Vec<_>>()));
+                    volume::write_nifti(path, &prepared.header, aged.view())?;
+                }
+                bar.inc(1);
+            }
+            bar.finish_and_clear();
+            println!("aged         {years} years in {:.2} s", start.elapsed().as_secs_f64());
+            for p in if every_year { &paths[..] } else { &paths[years - 1..] } {
+                println!("wrote        {}", p.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Info { model, json } => {
@@ -722,6 +809,16 @@ fn info(model: &OnnxModel, backend: &BackendOptions, json: bool) -> Result<()> {
 }
 
 /// A progress bar on stderr (hidden when stderr is not a terminal).
+/// OUT.nii.gz -> OUT_yearK.nii.gz (intermediate years of `age`).
+fn year_path(output: &Path, k: usize) -> PathBuf {
+    let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let (stem, ext) = match name.strip_suffix(".nii.gz") {
+        Some(s) => (s.to_string(), ".nii.gz"),
+        None => (name.strip_suffix(".nii").unwrap_or(&name).to_string(), ".nii"),
+    };
+    output.with_file_name(format!("{stem}_year{k}{ext}"))
+}
+
 fn progress_bar(what: &'static str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
