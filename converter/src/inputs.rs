@@ -10,6 +10,46 @@ use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::ndarray::{ArrayD, IxDyn};
 use edgemed_runtime::patch::{circular_mask, expand_inputs, Preprocess};
 
+/// Calibration inputs from `path`: a `.npy` tensor (its first axis is the batch),
+/// a directory of `.npy` tensors, or a directory of patch images. Tensors must have
+/// the model's input shape after the batch axis (latents for a GLOW decoder, volumes...).
+pub fn calibration(model: &OnnxModel, path: &Path, limit: usize) -> Result<Vec<ArrayD<f32>>> {
+    let npys: Vec<std::path::PathBuf> = if path.is_file() && path.extension().is_some_and(|e| e == "npy") {
+        vec![path.to_path_buf()]
+    } else if path.is_dir() {
+        let mut v: Vec<_> = std::fs::read_dir(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "npy"))
+            .collect();
+        v.sort();
+        v
+    } else {
+        Vec::new()
+    };
+    if npys.is_empty() {
+        return from_images(model, path, limit);
+    }
+    let dims = model.inputs[0].dims.as_ref().context("the model declares no input shape")?;
+    let mut out = Vec::new();
+    for p in npys {
+        let t = edgemed_runtime::tensors::read_npy(&p)?;
+        let fits = t.ndim() == dims.len()
+            && dims.iter().zip(t.shape()).skip(1).all(|(d, &n)| match d {
+                edgemed_runtime::model::Dim::Fixed(f) => *f == n,
+                edgemed_runtime::model::Dim::Symbolic(_) => true,
+            });
+        anyhow::ensure!(fits, "{}: shape {:?} does not fit the model input {dims:?} (first axis: batch)", p.display(), t.shape());
+        for item in t.outer_iter() {
+            out.push(item.insert_axis(edgemed_runtime::ndarray::Axis(0)).to_owned());
+            if out.len() == limit {
+                return Ok(out);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Every image under `dir`, one [1, 3, S, S] tensor each (unreadable files are skipped with a warning).
 pub fn from_images(model: &OnnxModel, dir: &Path, limit: usize) -> Result<Vec<ArrayD<f32>>> {
     let (_, side, _) = model.image_input()?;

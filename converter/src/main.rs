@@ -37,7 +37,8 @@ enum Command {
         /// Share scales within blocks of N channels (C_N regular fields); default from the model's metadata.
         #[arg(long)]
         field_size: Option<usize>,
-        /// Activation ranges from these images instead of batch-norm statistics.
+        /// Activation ranges from these inputs instead of batch-norm statistics: a directory of
+        /// patch images, or a .npy tensor (or directory of them) in the model's input shape.
         #[arg(long)]
         calibrate: Option<PathBuf>,
         /// With --calibrate: clip ranges at this percentile instead of min/max.
@@ -275,7 +276,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             let field_size = field_size.unwrap_or_else(|| dfq::field_size_of(&g));
             let calibration = match &calibrate {
-                Some(dir) => inputs::from_images(&OnnxModel::load(&input)?, dir, 256)?,
+                Some(path) => inputs::calibration(&OnnxModel::load(&input)?, path, 256)?,
                 None => Vec::new(),
             };
             let opts = dfq::Options {

@@ -115,3 +115,30 @@ fn export_unet_from_a_monai_state_dict() {
     assert!(!o.status.success() && err.contains("norm \"group\" is not supported"), "{err}");
     assert!(!bad.exists());
 }
+
+#[test]
+fn quantize_a_twin_decoder_calibrated_on_latents() {
+    let d = scratch_dir("conv-twin");
+    let latents = d.join("latents.npy");
+    let z = edgemed_runtime::ndarray::ArrayD::from_shape_fn(vec![3, 512], |i| ((i[0] * 31 + i[1] * 7) % 19) as f32 / 19.0 - 0.5);
+    edgemed_runtime::tensors::write_npy(&latents, &z).unwrap();
+    let out = d.join("decoder_int8.onnx");
+    let decoder = fixture("twin_tiny/decoder.onnx");
+    let o = run(&["quantize", decoder.to_str().unwrap(), "--calibrate", latents.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.contains("activations quantized"), "{err}");
+    assert_eq!(edgemed_runtime::model::OnnxModel::load(&out).unwrap().precision(), "INT8 (QDQ)");
+    // Latents of another twin (4096 values) do not fit: one line, no file.
+    let bad = d.join("bad.onnx");
+    let o = run(&[
+        "quantize",
+        decoder.to_str().unwrap(),
+        "--calibrate",
+        fixture("glow/latent.npy").to_str().unwrap(),
+        "-o",
+        bad.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("does not fit the model input"), "{err}");
+    assert!(!bad.exists());
+}

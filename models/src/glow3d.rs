@@ -415,7 +415,7 @@ fn read_params(cfg: &Config, src: &mut ParamSource) -> Result<Params> {
             let cin = if j == 0 { c } else { w };
             let cout = if j + 1 == d { c } else { w };
             // A seeded P stays near the identity (small residual), as a trained one would.
-            let gain = if j + 1 == d { 0.05 } else { 1.0 };
+            let gain = if j + 1 == d { 0.005 } else { 1.0 };
             stack.push((
                 src.get(&format!("temporal.{l}.conv{j}.weight"), &[cout, cin, 3, 3, 3], Init::HeNormal { fan_in: cin * 27, gain })?,
                 src.get(&format!("temporal.{l}.conv{j}.bias"), &[cout], small(0.001))?,

@@ -156,3 +156,70 @@ fn committed_tiny_twin_is_a_fresh_export() {
         assert!(committed == m.encode_to_vec(), "twin_tiny/{name}.onnx differs from a fresh export: rerun the command above");
     }
 }
+
+/// Smooth synthetic volumes in model units (a few Gaussian blobs over [-0.5, 0.5]).
+fn blobs(n: usize, seed: u64) -> Vec<ArrayD<f32>> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 40) as f32 / (1u64 << 24) as f32
+    };
+    (0..n)
+        .map(|_| {
+            let centres: Vec<[f32; 4]> = (0..4).map(|_| [next() * 16.0, next() * 16.0, next() * 16.0, 2.0 + 4.0 * next()]).collect();
+            ArrayD::from_shape_fn(vec![1, 1, 16, 16, 16], |i| {
+                let v: f32 = centres
+                    .iter()
+                    .map(|c| {
+                        let d2 = (i[2] as f32 - c[0]).powi(2) + (i[3] as f32 - c[1]).powi(2) + (i[4] as f32 - c[2]).powi(2);
+                        (-d2 / (2.0 * c[3] * c[3])).exp()
+                    })
+                    .sum();
+                v.min(1.0) - 0.5
+            })
+        })
+        .collect()
+}
+
+/// The INT8 decoder (converter: QDQ, per-tensor weights, activation ranges calibrated
+/// on encoder latents of 24 synthetic volumes) against the FP32 decoder, on latents it
+/// was not calibrated on: the fixture volumes and their aged latents. The PSNR is
+/// over the FP32 output's range.
+#[test]
+fn int8_decoder_psnr_against_fp32() {
+    use edgemed_converter::{dfq, graph::Graph, quantize::Granularity};
+    let (_, t) = twin();
+    let enc = backend(&t.encoder, "encoder.onnx", &[1, 1, 16, 16, 16]);
+    let calibration: Vec<ArrayD<f32>> = blobs(24, 1).into_iter().map(|x| enc.run(x).unwrap().remove(0)).collect();
+    let quantized = |granularity| {
+        let mut g = Graph::from_bytes(&t.decoder.encode_to_vec()).unwrap();
+        let opts = dfq::Options { calibration: calibration.clone(), granularity, ..Default::default() };
+        let report = dfq::run(&mut g, &opts).unwrap();
+        assert!(report.quant.weights_quantized == 26 && report.quant.left_fp32.is_empty(), "{:?}", report.quant);
+        backend(&g.model, "decoder_int8.onnx", &[1, 4096])
+    };
+    let (int8, int8_pc) = (quantized(Granularity::PerTensor), quantized(Granularity::PerChannel));
+    let fp32 = backend(&t.decoder, "decoder.onnx", &[1, 4096]);
+    let x = read_npy(&fixture("glow/input.npy")).unwrap();
+    let aged = read_npy(&fixture("glow/temporal_out.npy")).unwrap().mapv(|v| v * glow3d::LATENT_SCALE - glow3d::LATENT_OFFSET);
+    let mut latents: Vec<ArrayD<f32>> = Vec::new();
+    for n in 0..2 {
+        let item = x.index_axis(edgemed_runtime::ndarray::Axis(0), n).insert_axis(edgemed_runtime::ndarray::Axis(0)).to_owned();
+        latents.push(enc.run(item).unwrap().remove(0));
+        latents.push(aged.index_axis(edgemed_runtime::ndarray::Axis(0), n).insert_axis(edgemed_runtime::ndarray::Axis(0)).to_owned());
+    }
+    let mut worst = f64::INFINITY;
+    for (k, z) in latents.into_iter().enumerate() {
+        let a = fp32.run(z.clone()).unwrap().remove(0);
+        let (lo, hi) = a.iter().fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+        let psnr = |b: &ArrayD<f32>| {
+            let mse = a.iter().zip(b.iter()).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>() / a.len() as f64;
+            10.0 * (((hi - lo) as f64).powi(2) / mse).log10()
+        };
+        let (p, pc) = (psnr(&int8.run(z.clone()).unwrap().remove(0)), psnr(&int8_pc.run(z).unwrap().remove(0)));
+        println!("latent {k}: INT8 decoder PSNR against FP32 {p:.1} dB per tensor, {pc:.1} dB per channel (output range {:.2})", hi - lo);
+        worst = worst.min(p.min(pc));
+    }
+    // Measured 31.2 dB worst (per tensor); the margin covers rounding differences between tract versions.
+    assert!(worst > 29.0, "worst PSNR {worst:.1} dB");
+}

@@ -433,6 +433,7 @@ fn run(cmd: Command, backends: Vec<BackendOptions>, checks: &Checks) -> Result<E
                 println!("class {c:<6} {n} voxels, {:.2} mL{dice}", *n as f64 * voxel_ml);
             }
             println!("wrote        {}", output.display());
+            print_peak_rss();
             Ok(ExitCode::SUCCESS)
         }
         Command::Upsample { input, output, model } => {
@@ -461,6 +462,7 @@ fn run(cmd: Command, backends: Vec<BackendOptions>, checks: &Checks) -> Result<E
                 geo.halo
             );
             println!("wrote        {}", output.display());
+            print_peak_rss();
             Ok(ExitCode::SUCCESS)
         }
         Command::Age { input, output, model, years, ct_window, crop, every_year, track } => {
@@ -519,6 +521,7 @@ fn run(cmd: Command, backends: Vec<BackendOptions>, checks: &Checks) -> Result<E
             for p in if every_year { &paths[..] } else { &paths[years - 1..] } {
                 println!("wrote        {}", p.display());
             }
+            print_peak_rss();
             Ok(ExitCode::SUCCESS)
         }
         Command::Info { model, json } => {
@@ -809,6 +812,13 @@ fn info(model: &OnnxModel, backend: &BackendOptions, json: bool) -> Result<()> {
 }
 
 /// A progress bar on stderr (hidden when stderr is not a terminal).
+/// Volumes are where memory matters: say how much the process took at its peak.
+fn print_peak_rss() {
+    if let Some(mib) = bench::peak_rss_mib() {
+        println!("peak RSS     {mib:.0} MiB");
+    }
+}
+
 /// OUT.nii.gz -> OUT_yearK.nii.gz (intermediate years of `age`).
 fn year_path(output: &Path, k: usize) -> PathBuf {
     let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
