@@ -1,7 +1,8 @@
 //! edgemed-runtime: the device side of edgemed.
 //!
 //! Owns loading ONNX models ([`model`]), their `edgemed.*` metadata ([`metadata`]),
-//! execution backends ([`backend`], tract by default), PCam patch input
+//! execution backends ([`backend`], tract by default), its own INT8 engine for QDQ
+//! models ([`int8`]), PCam patch input
 //! ([`patch`]), batched classification ([`classify`]), probability maps over
 //! larger images ([`heatmap`]), volumes ([`volume`]: NIfTI, CT windowing, resampling)
 //! and what runs on them: sliding-window inference ([`sliding_window`]), segmentation
@@ -20,6 +21,7 @@ pub mod classify;
 pub mod error;
 pub mod fsutil;
 pub mod heatmap;
+pub mod int8;
 pub mod manifest;
 pub mod metadata;
 pub mod model;

@@ -3,6 +3,7 @@
 //! serves GPU hosts through its CUDA provider. [`create`] picks one from
 //! [`BackendOptions`], the same options every CLI subcommand takes.
 
+pub mod int8;
 #[cfg(feature = "ort")]
 pub mod ort;
 pub mod tract;
@@ -39,6 +40,8 @@ pub trait Backend: Send + Sync {
 pub enum BackendKind {
     Tract,
     Ort,
+    /// edgemed's own integer engine for QDQ models (tract for what it does not cover).
+    Int8,
 }
 
 impl FromStr for BackendKind {
@@ -47,7 +50,8 @@ impl FromStr for BackendKind {
         match s {
             "tract" => Ok(BackendKind::Tract),
             "ort" | "onnxruntime" => Ok(BackendKind::Ort),
-            _ => Err(Error::Invalid(format!("unknown backend {s:?}: expected tract or ort"))),
+            "int8" | "edgemed-int8" => Ok(BackendKind::Int8),
+            _ => Err(Error::Invalid(format!("unknown backend {s:?}: expected tract, ort or int8"))),
         }
     }
 }
@@ -57,6 +61,7 @@ impl std::fmt::Display for BackendKind {
         f.write_str(match self {
             BackendKind::Tract => "tract",
             BackendKind::Ort => "ort",
+            BackendKind::Int8 => "int8",
         })
     }
 }
@@ -159,7 +164,7 @@ impl BackendOptions {
     /// batch 1 (3.0 ms per patch, 10.5 ms at any larger batch), ONNX Runtime gains from batches.
     pub fn default_batch(&self) -> usize {
         match self.kind {
-            BackendKind::Tract => 1,
+            BackendKind::Tract | BackendKind::Int8 => 1,
             BackendKind::Ort => 32,
         }
     }
@@ -181,6 +186,7 @@ pub fn create(model: &OnnxModel, input_shape: &[usize], opts: &BackendOptions) -
             }
             Ok(Box::new(TractBackend::with_budget(model, input_shape, opts.memory_budget)?))
         }
+        BackendKind::Int8 => int8::create(model, input_shape, opts.memory_budget),
         #[cfg(feature = "ort")]
         BackendKind::Ort => Ok(Box::new(ort::OrtBackend::new(model, input_shape, opts)?)),
         #[cfg(not(feature = "ort"))]

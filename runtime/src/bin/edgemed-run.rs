@@ -27,7 +27,8 @@ struct Cli {
     /// More logging (-v info, -vv debug).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
-    /// Backend: tract (pure Rust, default) or ort (ONNX Runtime); bench takes a list (tract,ort).
+    /// Backend: tract (pure Rust, default), ort (ONNX Runtime) or int8 (edgemed's integer engine for
+    /// QDQ models; tract for the rest); bench takes a list (tract,ort,int8).
     #[arg(long, global = true, default_value = "tract", value_delimiter = ',')]
     backend: Vec<String>,
     /// cpu, cuda, cuda:ID, or auto (CUDA when ONNX Runtime has the provider, else CPU).
@@ -742,6 +743,10 @@ fn classify(
 fn backend_line(opts: &BackendOptions) -> String {
     match opts.kind {
         BackendKind::Tract => "tract (CPU)".into(),
+        BackendKind::Int8 => format!(
+            "edgemed INT8 engine (CPU, {} kernels; tract for models it does not cover)",
+            edgemed_runtime::int8::kernels::Isa::detect().name()
+        ),
         #[cfg(feature = "ort")]
         BackendKind::Ort => match edgemed_runtime::backend::ort::load(opts.ort_library.as_deref()) {
             Ok(path) => format!(

@@ -1,0 +1,68 @@
+//! The edgemed INT8 backend: QDQ models run by the crate's own integer engine
+//! ([`crate::int8`]), batches item by item. Models the engine does not cover are
+//! compiled by tract instead, with a log line saying why.
+
+use super::{Backend, TractBackend};
+use crate::error::{Error, Result};
+use crate::int8::Engine;
+use crate::model::OnnxModel;
+use crate::ndarray::{ArrayD, Axis, IxDyn};
+
+pub struct Int8Backend {
+    engine: Engine,
+    input_shape: Vec<usize>,
+}
+
+/// The engine when it covers `model`, else tract (logged).
+pub fn create(model: &OnnxModel, input_shape: &[usize], budget: u64) -> Result<Box<dyn Backend>> {
+    super::check_declared_sizes(model, input_shape, budget)?;
+    match Engine::new(model) {
+        Ok(engine) => {
+            log::info!(
+                "{}: edgemed INT8 engine, {} integer ops ({:.1} MMAC), {} kernels, float tail: {}",
+                model.path.display(),
+                engine.plan.ops.len(),
+                engine.plan.macs as f64 / 1e6,
+                engine.isa.name(),
+                engine.plan.tail.as_ref().map_or(0, |t| t.graph.as_ref().map_or(0, |g| g.node.len()))
+            );
+            Ok(Box::new(Int8Backend { engine, input_shape: input_shape.to_vec() }))
+        }
+        Err(e) => {
+            log::warn!("{}: the INT8 engine does not cover this model ({e}); running it with tract", model.path.display());
+            Ok(Box::new(TractBackend::with_budget(model, input_shape, budget)?))
+        }
+    }
+}
+
+impl Backend for Int8Backend {
+    fn name(&self) -> &'static str {
+        "edgemed-int8"
+    }
+
+    fn input_shape(&self) -> &[usize] {
+        &self.input_shape
+    }
+
+    fn run(&self, input: ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
+        if input.shape() != self.input_shape.as_slice() {
+            return Err(Error::WrongShape { got: input.shape().to_vec(), expected: self.input_shape.clone() });
+        }
+        let mut per_item: Vec<Vec<ArrayD<f32>>> = Vec::new();
+        for item in input.axis_iter(Axis(0)) {
+            let x = item.as_standard_layout();
+            per_item.push(self.engine.run_one(x.as_slice().expect("standard layout"))?);
+        }
+        // Stack the items' outputs along the batch axis.
+        let n_out = per_item[0].len();
+        (0..n_out)
+            .map(|o| {
+                let views: Vec<_> = per_item.iter().map(|outs| outs[o].view()).collect();
+                let joined = crate::ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Invalid(e.to_string()))?;
+                joined
+                    .into_shape_with_order(IxDyn(&[&[per_item.len()], &per_item[0][o].shape()[1..]].concat()))
+                    .map_err(|e| Error::Invalid(e.to_string()))
+            })
+            .collect()
+    }
+}
