@@ -59,3 +59,11 @@ pub fn command(bin: &str) -> std::process::Command {
         None => std::process::Command::new(bin),
     }
 }
+
+/// A command that should fail cleanly: non-zero exit, no panic, stderr naming `needle`.
+pub fn assert_clean_failure(o: &std::process::Output, needle: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "expected failure, got success; stderr: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert!(err.contains(needle), "stderr does not mention {needle:?}: {err}");
+}

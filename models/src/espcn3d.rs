@@ -21,7 +21,7 @@ use rand::{RngExt, SeedableRng};
 
 use crate::error::{Error, Result};
 use crate::onnx::{Attr, GraphBuilder, D};
-use crate::weights::{Tensor, Weights};
+use crate::weights::{metadata_usize, metadata_usizes, Tensor, Weights};
 
 pub const ARCH: &str = "espcn3d";
 
@@ -84,21 +84,8 @@ impl Config {
 
     /// Reads the architecture from a weight file's metadata (keys as in the module docs).
     pub fn from_weights_metadata(md: &BTreeMap<String, String>, patch: [usize; 3], file: &str) -> Result<Self> {
-        let list = |key: &str| -> Result<Vec<usize>> {
-            let v = md.get(key).ok_or_else(|| Error::Config(format!("{file}: metadata has no {key:?}")))?;
-            v.split(',')
-                .filter(|s| !s.trim().is_empty())
-                .map(|s| {
-                    s.trim().parse::<usize>().map_err(|_| Error::Config(format!("{file}: metadata {key}={v:?} is not a list of integers")))
-                })
-                .collect()
-        };
-        let one = |key: &str| -> Result<usize> {
-            match list(key)?.as_slice() {
-                [x] => Ok(*x),
-                _ => Err(Error::Config(format!("{file}: metadata {key:?} must be one integer"))),
-            }
-        };
+        let list = |key: &str| metadata_usizes(md, key, file);
+        let one = |key: &str| metadata_usize(md, key, file);
         let cfg = Config {
             in_channels: one("in_channels")?,
             channels: list("channels")?,

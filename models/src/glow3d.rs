@@ -54,7 +54,7 @@ use edgemed_runtime::tract_onnx::pb;
 
 use crate::error::{Error, Result};
 use crate::onnx::{Attr, GraphBuilder, D};
-use crate::weights::{Init, ParamSource, Tensor, Weights};
+use crate::weights::{metadata_usize, metadata_usizes, Init, ParamSource, Tensor, Weights};
 
 pub const ARCH: &str = "glow3d";
 /// The seed paper's latent normalisation z <- clip((z + a) / b, 0, 1).
@@ -160,20 +160,8 @@ impl Config {
 
     /// Reads the architecture from weight-file metadata; `grid` and intensities stay the caller's.
     pub fn with_weights_metadata(mut self, md: &BTreeMap<String, String>, file: &str) -> Result<Self> {
-        let list = |key: &str| -> Result<Vec<usize>> {
-            let v = md.get(key).ok_or_else(|| Error::Config(format!("{file}: metadata has no {key:?}")))?;
-            v.split(',')
-                .map(|s| {
-                    s.trim().parse::<usize>().map_err(|_| Error::Config(format!("{file}: metadata {key}={v:?} is not a list of integers")))
-                })
-                .collect()
-        };
-        let one = |key: &str| -> Result<usize> {
-            match list(key)?.as_slice() {
-                [x] => Ok(*x),
-                _ => Err(Error::Config(format!("{file}: metadata {key:?} must be one integer"))),
-            }
-        };
+        let list = |key: &str| metadata_usizes(md, key, file);
+        let one = |key: &str| metadata_usize(md, key, file);
         if let Some(a) = md.get("arch") {
             if a != ARCH {
                 return Err(Error::Config(format!("{file}: metadata arch {a:?}, expected {ARCH:?}")));

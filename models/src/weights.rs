@@ -82,6 +82,23 @@ impl Weights {
     }
 }
 
+/// A comma-separated list of integers from weight-file metadata (empty items skipped).
+pub fn metadata_usizes(md: &BTreeMap<String, String>, key: &str, file: &str) -> Result<Vec<usize>> {
+    let v = md.get(key).ok_or_else(|| Error::Config(format!("{file}: metadata has no {key:?}")))?;
+    v.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse::<usize>().map_err(|_| Error::Config(format!("{file}: metadata {key}={v:?} is not a list of integers"))))
+        .collect()
+}
+
+/// One integer from weight-file metadata.
+pub fn metadata_usize(md: &BTreeMap<String, String>, key: &str, file: &str) -> Result<usize> {
+    match metadata_usizes(md, key, file)?.as_slice() {
+        [x] => Ok(*x),
+        _ => Err(Error::Config(format!("{file}: metadata {key:?} must be one integer"))),
+    }
+}
+
 /// How a seeded initialisation fills a parameter it has to invent.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Init {

@@ -10,7 +10,7 @@ use std::process::Output;
 
 use edgemed_runtime::ndarray::{Array, IxDyn};
 use edgemed_runtime::volume::Volume;
-use edgemed_tests::{fixture, repo_root, scratch_dir};
+use edgemed_tests::{assert_clean_failure, fixture, repo_root, scratch_dir};
 
 fn run(args: &[&str]) -> Output {
     edgemed_tests::command(env!("CARGO_BIN_EXE_edgemed-run")).args(args).current_dir(repo_root()).output().expect("runs edgemed-run")
@@ -18,13 +18,6 @@ fn run(args: &[&str]) -> Output {
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-fn assert_clean_failure(o: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "expected failure; stderr: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    assert!(err.contains(needle), "stderr does not mention {needle:?}: {err}");
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use edgemed_runtime::tract_onnx::pb;
-use edgemed_tests::{repo_root, scratch_dir};
+use edgemed_tests::{assert_clean_failure, repo_root, scratch_dir};
 use prost::Message;
 
 fn samples() -> PathBuf {
@@ -26,13 +26,6 @@ fn first_sample() -> PathBuf {
         std::fs::read_dir(samples()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "png")).collect();
     files.sort();
     files.remove(0)
-}
-
-fn assert_clean_failure(o: &Output, needle: &str) {
-    let err = stderr(o);
-    assert!(!o.status.success(), "expected failure, got success; stderr: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    assert!(err.contains(needle), "stderr does not mention {needle:?}: {err}");
 }
 
 #[test]

@@ -10,21 +10,14 @@ use edgemed_converter::graph::Graph;
 use edgemed_runtime::backend::{self, BackendKind, BackendOptions, Device};
 use edgemed_runtime::int8::{kernels::Isa, Engine};
 use edgemed_runtime::model::OnnxModel;
-use edgemed_runtime::ndarray::{ArrayD, IxDyn};
+use edgemed_runtime::ndarray::ArrayD;
 use edgemed_tests::{fixture, ort_library};
+
+mod common;
+use common::noise;
 
 fn options(kind: BackendKind) -> BackendOptions {
     BackendOptions { kind, device: Device::Cpu, strict_device: true, ort_library: ort_library(), intra_threads: 1, ..Default::default() }
-}
-
-fn noise(shape: &[usize], seed: u64) -> ArrayD<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    ArrayD::from_shape_fn(IxDyn(shape), |_| {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        (s >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
-    })
 }
 
 fn max_diff(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
@@ -65,19 +58,8 @@ fn converter_int8_model_agrees_with_onnx_runtime() {
     if ort_library().is_none() {
         return;
     }
-    let mut g = Graph::load(&edgemed_tests::repo_root().join("models/bundled/pcam-c4-demo.onnx")).unwrap();
-    let opts = edgemed_converter::dfq::Options { field_size: edgemed_converter::dfq::field_size_of(&g), ..Default::default() };
-    edgemed_converter::dfq::run(&mut g, &opts).unwrap();
-    // The logits come from a float Gemm (the engine's float tail): compare at its input,
-    // the last quantised activation, made a second output.
-    let gemm_in = g.nodes().iter().find(|n| n.op_type == "Gemm").unwrap().input[0].clone();
-    let dq = g.nodes()[g.producer(&gemm_in).unwrap()].clone();
-    let step = g.constant(&dq.input[1]).unwrap().data[0];
-    let mut extra = g.g().output[0].clone();
-    extra.name = gemm_in;
-    extra.r#type = None;
-    g.g_mut().output.push(extra);
-    let q = OnnxModel::from_bytes("int8.onnx", &g.to_bytes()).unwrap();
+    // The logits come from a float Gemm (the engine's float tail): compare at its input.
+    let (q, step) = common::demo_int8_with_last_activation();
     for seed in [4, 5] {
         let (e, o) = engine_and_ort(&q, 8, seed);
         let d = max_diff(&e[1], &o[1]) / step;

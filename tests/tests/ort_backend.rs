@@ -12,21 +12,14 @@ use edgemed_converter::graph::Graph;
 use edgemed_runtime::backend::{self, BackendKind, BackendOptions, Device, OptLevel};
 use edgemed_runtime::error::Error;
 use edgemed_runtime::model::OnnxModel;
-use edgemed_runtime::ndarray::{ArrayD, IxDyn};
+use edgemed_runtime::ndarray::ArrayD;
 use edgemed_tests::{fixture, ort_library};
+
+mod common;
+use common::noise;
 
 fn options(kind: BackendKind, device: Device, strict_device: bool) -> BackendOptions {
     BackendOptions { kind, device, strict_device, ort_library: ort_library(), intra_threads: 1, ..Default::default() }
-}
-
-fn noise(shape: &[usize], seed: u64) -> ArrayD<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    ArrayD::from_shape_fn(IxDyn(shape), |_| {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        (s >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
-    })
 }
 
 /// Outputs of both backends on the same input batch.
@@ -102,18 +95,7 @@ fn int8_models_agree_within_one_output_step() {
     // simulation) spread: measured 2-3 steps at most, and ONNX Runtime differs from itself
     // as much with its optimisations off. Allowed, as in onnxruntime_parity.rs: 4 steps,
     // 0.5 on average, the same class.
-    let mut g = Graph::load(&edgemed_tests::repo_root().join("models/bundled/pcam-c4-demo.onnx")).unwrap();
-    let opts = edgemed_converter::dfq::Options { field_size: edgemed_converter::dfq::field_size_of(&g), ..Default::default() };
-    edgemed_converter::dfq::run(&mut g, &opts).unwrap();
-    let gemm_in = g.nodes().iter().find(|n| n.op_type == "Gemm").unwrap().input[0].clone();
-    let dq = g.nodes()[g.producer(&gemm_in).unwrap()].clone();
-    assert_eq!(dq.op_type, "DequantizeLinear");
-    let step = g.constant(&dq.input[1]).unwrap().data[0];
-    let mut extra = g.g().output[0].clone();
-    extra.name = gemm_in;
-    extra.r#type = None;
-    g.g_mut().output.push(extra);
-    let q = OnnxModel::from_bytes("int8.onnx", &g.to_bytes()).unwrap();
+    let (q, step) = common::demo_int8_with_last_activation();
     for seed in [4, 5] {
         let (t, o) = both(&q, 8, seed);
         let d = max_diff(&t[1], &o[1]) / step;

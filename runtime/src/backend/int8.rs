@@ -13,11 +13,11 @@ pub struct Int8Backend {
     input_shape: Vec<usize>,
 }
 
-/// The engine when it covers `model`, else tract (logged).
+/// The engine when it covers `model`, else tract (logged), which checks the sizes itself.
 pub fn create(model: &OnnxModel, input_shape: &[usize], budget: u64) -> Result<Box<dyn Backend>> {
-    super::check_declared_sizes(model, input_shape, budget)?;
     match Engine::new(model) {
         Ok(engine) => {
+            super::check_declared_sizes(model, input_shape, budget)?;
             log::info!(
                 "{}: edgemed INT8 engine, {} integer ops ({:.1} MMAC), {} kernels, float tail: {}",
                 model.path.display(),
