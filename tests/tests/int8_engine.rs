@@ -76,14 +76,39 @@ fn scalar_and_simd_kernels_give_the_same_bits_on_whole_models() {
     let mut g = Graph::load(&edgemed_tests::repo_root().join("models/bundled/pcam-c4-demo.onnx")).unwrap();
     edgemed_converter::dfq::run(&mut g, &edgemed_converter::dfq::Options { field_size: 4, ..Default::default() }).unwrap();
     for m in [OnnxModel::load(fixture("eqmnv2_c4_qdq.onnx")).unwrap(), OnnxModel::from_bytes("int8.onnx", &g.to_bytes()).unwrap()] {
-        let mut fast = Engine::new(&m).unwrap();
         let mut slow = Engine::new(&m).unwrap();
         slow.isa = Isa::Scalar;
-        fast.isa = Isa::detect();
         let (_, side, _) = m.image_input().unwrap();
-        for seed in [1, 2] {
+        for isa in Isa::available() {
+            let mut fast = Engine::new(&m).unwrap();
+            fast.isa = isa;
+            for seed in [1, 2] {
+                let x = noise(&[1, 3, side, side], seed);
+                assert_eq!(fast.run_one(x.as_slice().unwrap()).unwrap(), slow.run_one(x.as_slice().unwrap()).unwrap(), "{isa:?}");
+            }
+        }
+    }
+}
+
+/// edgemed's float tail (and, on the converter's model, the head conv it runs in
+/// integers with a float output) against tract running the same tail graph.
+#[test]
+fn own_float_tail_and_head_agree_with_tract() {
+    let (demo, _) = common::demo_int8_with_last_activation();
+    for m in [OnnxModel::load(fixture("eqmnv2_c4_qdq.onnx")).unwrap(), demo] {
+        let ours = Engine::new(&m).unwrap();
+        let tract = Engine::with_tail(&m, true).unwrap();
+        let (_, side, _) = m.image_input().unwrap();
+        for seed in [1, 2, 3] {
             let x = noise(&[1, 3, side, side], seed);
-            assert_eq!(fast.run_one(x.as_slice().unwrap()).unwrap(), slow.run_one(x.as_slice().unwrap()).unwrap(), "{:?}", fast.isa);
+            let (a, b) = (ours.run_one(x.as_slice().unwrap()).unwrap(), tract.run_one(x.as_slice().unwrap()).unwrap());
+            assert_eq!(a.len(), b.len());
+            for (ya, yb) in a.iter().zip(&b) {
+                let scale = yb.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+                let d = max_diff(ya, yb);
+                println!("{} seed {seed}: max |edgemed tail - tract tail| = {d:.2e} (outputs up to {scale:.2})", m.path.display());
+                assert!(d <= 1e-5 * scale, "{d}");
+            }
         }
     }
 }

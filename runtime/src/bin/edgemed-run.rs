@@ -237,6 +237,10 @@ enum Command {
         iters: usize,
         #[arg(long, default_value_t = 5)]
         warmup: usize,
+        /// With the int8 backend: time each step of the engine's plan (per op: MACs,
+        /// microseconds, GMAC/s, share), the tool for finding where the time goes.
+        #[arg(long)]
+        profile: bool,
     },
 }
 
@@ -534,7 +538,7 @@ fn run(cmd: Command, backends: Vec<BackendOptions>, checks: &Checks) -> Result<E
             let model = load_model(Some(&model), checks)?;
             run_tensor(&model, &input, output_dir.as_deref(), expect.as_deref(), tolerance, &single(&backends)?)
         }
-        Command::Bench { model, batch, threads, iters, warmup } => {
+        Command::Bench { model, batch, threads, iters, warmup, profile } => {
             let model = load_model(model.as_deref(), checks)?;
             let (_, side, _) = model.image_input()?;
             anyhow::ensure!(threads >= 1, "--threads must be at least 1");
@@ -563,9 +567,43 @@ fn run(cmd: Command, backends: Vec<BackendOptions>, checks: &Checks) -> Result<E
                     );
                 }
             }
+            if profile {
+                anyhow::ensure!(
+                    backends.iter().any(|b| b.kind == BackendKind::Int8),
+                    "--profile times the steps of the INT8 engine: add int8 to --backend"
+                );
+                print_engine_profile(&model, side, iters)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Per-step times of the INT8 engine on the benchmark's input.
+fn print_engine_profile(model: &OnnxModel, side: usize, iters: usize) -> Result<()> {
+    let engine = edgemed_runtime::int8::Engine::new(model).context("the INT8 engine does not cover this model")?;
+    let n = 3 * side * side;
+    let mut noise = bench::UniformNoise::from_seed(1);
+    let x: Vec<f32> = (0..n).map(|_| 2.0 * noise.next_unit() - 1.0).collect();
+    engine.profile(&x, 5)?;
+    let steps = engine.profile(&x, iters)?;
+    let total: f64 = steps.iter().map(|s| s.seconds).sum();
+    println!(
+        "\nINT8 engine, {} kernels, {} ops, {:.2} MMAC, {:.1} KiB of buffers; per run, mean of {iters}:",
+        engine.isa.name(),
+        engine.plan.ops.len(),
+        engine.plan.macs as f64 / 1e6,
+        engine.memory().bytes() as f64 / 1024.0
+    );
+    println!("{:<48} {:>10} {:>9} {:>8} {:>7}", "step", "MMAC", "us", "GMAC/s", "share");
+    for s in &steps {
+        let us = s.seconds / iters as f64 * 1e6;
+        let gmacs = if s.macs > 0 { format!("{:.1}", s.macs as f64 / (us * 1e3)) } else { String::new() };
+        let mmac = if s.macs > 0 { format!("{:.3}", s.macs as f64 / 1e6) } else { String::new() };
+        println!("{:<48} {:>10} {:>9.1} {:>8} {:>6.1}%", s.label, mmac, us, gmacs, 100.0 * s.seconds / total);
+    }
+    println!("{:<48} {:>10} {:>9.1}", "total", format!("{:.3}", engine.plan.macs as f64 / 1e6), total / iters as f64 * 1e6);
+    Ok(())
 }
 
 fn run_tensor(

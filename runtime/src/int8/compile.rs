@@ -20,7 +20,7 @@ use std::collections::HashMap;
 
 use tract_onnx::pb;
 
-use super::kernels::{self, ConvGeometry, PackedWeights, Requant};
+use super::kernels::{self, ConvGeometry, DepthwiseWeights, PackedWeights, Requant};
 use crate::error::{Error, Result};
 use crate::model::OnnxModel;
 
@@ -60,8 +60,7 @@ impl QTensor {
 #[derive(Debug, Clone)]
 pub enum ConvKind {
     Dense(PackedWeights),
-    /// [kh * kw][c] weights.
-    Depthwise(Vec<i32>),
+    Depthwise(DepthwiseWeights),
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +90,49 @@ pub enum Op {
     },
 }
 
+impl Op {
+    /// Tensors the op reads.
+    pub fn sources(&self) -> Vec<usize> {
+        match self {
+            Op::Conv(c) => vec![c.src],
+            Op::Lut { src, .. } => vec![*src],
+            Op::Add { a, b, .. } => vec![*a, *b],
+        }
+    }
+
+    /// The tensor the op writes.
+    pub fn destination(&self) -> usize {
+        match self {
+            Op::Conv(c) => c.dst,
+            Op::Lut { dst, .. } | Op::Add { dst, .. } => *dst,
+        }
+    }
+
+    pub fn macs(&self) -> u64 {
+        match self {
+            Op::Conv(c) => c.macs,
+            _ => 0,
+        }
+    }
+}
+
+/// A convolution with a float output: f = clamp((acc - offset) * mult + bias, lo, hi),
+/// mult = s_x s_w, exactly the DequantizeLinear -> Conv -> activation of the graph
+/// (with an exact integer sum where a float conv would round as it adds).
+#[derive(Debug, Clone)]
+pub struct FloatHead {
+    pub src: usize,
+    pub geometry: ConvGeometry,
+    pub kind: ConvKind,
+    pub offset: Vec<i32>,
+    pub mult: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub lo: Vec<f32>,
+    pub hi: Vec<f32>,
+    pub name: String,
+    pub macs: u64,
+}
+
 /// The compiled integer part of a model.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -100,9 +142,46 @@ pub struct Plan {
     pub ops: Vec<Op>,
     /// Tensor handed on (dequantised, NCHW) to the float tail, or returned as the output.
     pub boundary: usize,
-    /// The rest of the graph, with the boundary tensor as its input (None: the boundary is the output).
+    /// A last convolution whose output goes to the float tail unquantised (the
+    /// converter leaves the head conv before group pooling in float): run on the
+    /// boundary tensor in integers, dequantised with its activation as float clamps.
+    pub head: Option<FloatHead>,
+    /// The rest of the graph, with the boundary tensor (or the head's output) as its
+    /// input (None: that is the output).
     pub tail: Option<pb::ModelProto>,
     pub macs: u64,
+}
+
+impl Plan {
+    /// Shape of the float tensor handed to the tail (NCHW): the head's output, or the boundary's.
+    pub fn handover_shape(&self) -> [usize; 4] {
+        match &self.head {
+            Some(h) => [1, h.mult.len(), h.geometry.oh, h.geometry.ow],
+            None => {
+                let b = self.tensors[self.boundary];
+                [1, b.c, b.h, b.w]
+            }
+        }
+    }
+
+    /// A one-line description of `op` for profiles, e.g. `conv 3x3/2 depthwise 48 -> 48 at 11x11`.
+    pub fn label(&self, op: &Op) -> String {
+        let t = |i: usize| self.tensors[i];
+        match op {
+            Op::Conv(c) => {
+                let g = &c.geometry;
+                let (x, y) = (t(c.src), t(c.dst));
+                let kind = match c.kind {
+                    ConvKind::Dense(_) if g.is_pointwise() => "pointwise",
+                    ConvKind::Dense(_) => "dense",
+                    ConvKind::Depthwise(_) => "depthwise",
+                };
+                format!("conv {}x{}/{} {kind} {} -> {} at {}x{}", g.kh, g.kw, g.stride[0], x.c, y.c, y.h, y.w)
+            }
+            Op::Lut { dst, .. } => format!("table (activation) {} at {}x{}", t(*dst).c, t(*dst).h, t(*dst).w),
+            Op::Add { dst, .. } => format!("add {} at {}x{}", t(*dst).c, t(*dst).h, t(*dst).w),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -156,7 +235,7 @@ fn unsupported(reason: impl Into<String>) -> Error {
 }
 
 /// Decodes the initializer types the engine reads.
-fn decode(t: &pb::TensorProto) -> Result<(Vec<usize>, Decoded)> {
+pub(crate) fn decode(t: &pb::TensorProto) -> Result<(Vec<usize>, Decoded)> {
     use pb::tensor_proto::DataType as T;
     let shape: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
     let n: usize = shape.iter().product();
@@ -198,7 +277,7 @@ fn decode(t: &pb::TensorProto) -> Result<(Vec<usize>, Decoded)> {
 }
 
 #[derive(Debug, Clone)]
-enum Decoded {
+pub(crate) enum Decoded {
     F32(Vec<f32>),
     I64(Vec<i64>),
 }
@@ -210,7 +289,7 @@ impl Decoded {
             Decoded::I64(v) => v.len(),
         }
     }
-    fn as_f32(&self) -> Vec<f32> {
+    pub(crate) fn as_f32(&self) -> Vec<f32> {
         match self {
             Decoded::F32(v) => v.clone(),
             Decoded::I64(v) => v.iter().map(|&x| x as f32).collect(),
@@ -451,16 +530,9 @@ impl<'m> Compiler<'m> {
                 let mult: Vec<f32> = (0..cout).map(|c| x.scale * sw(c)).collect();
                 let k = kh * kw * cin_g;
                 let (kind, offset) = if depthwise {
-                    // [c][kh][kw] -> [kh*kw][c]
-                    let mut dw = vec![0i32; kh * kw * cout];
-                    for c in 0..cout {
-                        for t in 0..kh * kw {
-                            dw[t * cout + c] = wq[c * kh * kw + t] as i32;
-                        }
-                    }
-                    (ConvKind::Depthwise(dw), vec![0; cout])
+                    (ConvKind::Depthwise(DepthwiseWeights::new(&wq, cout, kh * kw)), vec![0; cout])
                 } else {
-                    // [cout][cin][kh][kw] -> rows [cout][kh][kw][cin], the im2row order.
+                    // [cout][cin][kh][kw] -> rows [cout][kh][kw][cin], the im2row (and NHWC) order.
                     let mut rows = vec![0i8; cout * k];
                     for c in 0..cout {
                         for ci in 0..cin_g {
@@ -471,7 +543,7 @@ impl<'m> Compiler<'m> {
                             }
                         }
                     }
-                    let pw = PackedWeights::new(rows, cout, k);
+                    let pw = PackedWeights::new(rows, cout, kh, kw * cin_g);
                     let offset = pw.sums().iter().map(|s| s * x.zp as i32).collect();
                     (ConvKind::Dense(pw), offset)
                 };
@@ -657,7 +729,7 @@ fn compile_until(model: &OnnxModel, limit: usize) -> Result<std::result::Result<
                 needed.extend(p.input.iter().map(|s| s.as_str()));
             }
             (_, Some(Val::Int(_))) if comp.float_views.contains(v) => crossing.push(v.to_string()),
-            (_, Some(Val::PendingConv { conv })) => return Ok(Err(conv.start)),
+            (_, Some(Val::PendingConv { .. })) => crossing.push(v.to_string()),
             (_, Some(Val::PendingMap { start, .. } | Val::PendingAdd { start, .. })) => return Ok(Err(*start)),
             _ => {
                 return Err(unsupported(format!(
@@ -666,15 +738,45 @@ fn compile_until(model: &OnnxModel, limit: usize) -> Result<std::result::Result<
             }
         }
     }
+    let pending_start = |name: &String| match comp.vals.get(name) {
+        Some(Val::PendingConv { conv }) => Some(conv.start),
+        _ => None,
+    };
     let boundary_name = match crossing.as_slice() {
         [one] => one.clone(),
+        // A float conv among several crossings: hand it to the tail whole, and retry.
+        many if many.iter().any(|c| pending_start(c).is_some()) => {
+            return Ok(Err(many.iter().filter_map(pending_start).min().expect("one pending")));
+        }
         many => return Err(unsupported(format!("{} tensors cross into the float tail ({many:?}); one is supported", many.len()))),
     };
-    let boundary = comp.int_of(&boundary_name).expect("checked");
+    let (boundary, head) = match comp.vals.get(&boundary_name) {
+        Some(Val::PendingConv { conv }) => {
+            let c = (**conv).clone();
+            let head = FloatHead {
+                src: c.src,
+                geometry: c.geometry,
+                kind: c.kind,
+                offset: c.offset,
+                mult: c.mult,
+                bias: c.bias,
+                lo: c.lo,
+                hi: c.hi,
+                name: c.name,
+                macs: c.macs,
+            };
+            (c.src, Some(head))
+        }
+        _ => (comp.int_of(&boundary_name).expect("checked"), None),
+    };
     let tail = if tail_nodes.is_empty() {
         None
     } else {
-        let b = comp.tensors[boundary];
+        // The tail's input: the boundary tensor, or the head's output.
+        let b = match &head {
+            Some(h) => QTensor { c: h.mult.len(), h: h.geometry.oh, w: h.geometry.ow, scale: 1.0, zp: 0 },
+            None => comp.tensors[boundary],
+        };
         let mut g = pb::GraphProto { name: format!("{}_tail", graph.name), ..Default::default() };
         constant_nodes.sort_by_key(|n| graph.node.iter().position(|m| std::ptr::eq(m, *n)));
         g.node = constant_nodes.into_iter().chain(tail_nodes.iter().copied()).cloned().collect();
@@ -684,9 +786,9 @@ fn compile_until(model: &OnnxModel, limit: usize) -> Result<std::result::Result<
         g.input = vec![value_info(&boundary_name, &[1, b.c as i64, b.h as i64, b.w as i64])];
         Some(pb::ModelProto { graph: Some(g), ..model.proto.clone() })
     };
-    let macs = comp.ops.iter().map(|o| if let Op::Conv(c) = o { c.macs } else { 0 }).sum();
+    let macs = comp.ops.iter().map(|o| o.macs()).sum::<u64>() + head.as_ref().map_or(0, |h| h.macs);
     let input_t = comp.tensors[0];
-    Ok(Ok(Plan { tensors: comp.tensors, input: input_t, ops: comp.ops, boundary, tail, macs }))
+    Ok(Ok(Plan { tensors: comp.tensors, input: input_t, ops: comp.ops, boundary, head, tail, macs }))
 }
 
 fn value_info(name: &str, dims: &[i64]) -> pb::ValueInfoProto {

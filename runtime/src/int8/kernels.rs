@@ -5,30 +5,134 @@
 //! IEEE float operations in both). `tests` and `runtime/tests/int8_kernels.rs`
 //! check this on random shapes.
 
+use super::compile::{ConvKind, QTensor};
+
 /// Which implementation the dispatcher picked (for logs and benchmarks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
     Scalar,
     Avx2,
+    /// AVX-512 with VNNI (`vpdpbusd`): convolutions fused with requantisation.
+    Avx512Vnni,
 }
 
 impl Isa {
+    /// The best this CPU has, unless `EDGEMED_INT8_ISA` (scalar, avx2, avx512vnni)
+    /// asks for another it also has.
     pub fn detect() -> Isa {
+        let available = Isa::available();
+        if let Some(want) = std::env::var("EDGEMED_INT8_ISA").ok().and_then(|v| available.iter().copied().find(|i| i.name() == v)) {
+            return want;
+        }
+        *available.last().expect("scalar is always available")
+    }
+
+    /// Every implementation this CPU can run, slowest first.
+    pub fn available() -> Vec<Isa> {
+        let mut v = vec![Isa::Scalar];
         #[cfg(target_arch = "x86_64")]
         {
-            if std::env::var_os("EDGEMED_INT8_SCALAR").is_none() && std::is_x86_feature_detected!("avx2") {
-                return Isa::Avx2;
+            if std::is_x86_feature_detected!("avx2") {
+                v.push(Isa::Avx2);
+            }
+            if super::avx512::available() {
+                v.push(Isa::Avx512Vnni);
             }
         }
-        Isa::Scalar
+        v
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
+            Isa::Avx512Vnni => "avx512vnni",
         }
     }
+
+    /// Whether the AVX2 code may run (AVX-512 CPUs have AVX2).
+    fn has_avx2(self) -> bool {
+        matches!(self, Isa::Avx2 | Isa::Avx512Vnni)
+    }
+}
+
+/// Bytes of scratch [`conv`] needs for `g`: im2row rows (scalar, AVX2) or a padded
+/// copy of the input (VNNI).
+pub fn conv_scratch_len(g: &ConvGeometry, kind: &ConvKind) -> usize {
+    let im2row = match kind {
+        ConvKind::Dense(_) if !g.is_pointwise() => g.oh * g.ow * g.kh * g.kw * g.cin,
+        _ => 0,
+    };
+    let padded = if g.pads == [0; 4] { 0 } else { (g.h + g.pads[0] + g.pads[2]) * (g.w + g.pads[1] + g.pads[3]) * g.cin };
+    im2row.max(padded)
+}
+
+/// One convolution of the plan: dense or depthwise, then requantisation into `out`.
+/// `x` and `scratch` carry 64 bytes of slack past their data (the VNNI kernels read
+/// whole groups of bytes; what they read past the data meets zero weights).
+#[allow(clippy::too_many_arguments)]
+pub fn conv(
+    isa: Isa,
+    x: &[u8],
+    g: &ConvGeometry,
+    zp: u8,
+    kind: &ConvKind,
+    r: &Requant,
+    scratch: &mut [u8],
+    acc: &mut [i32],
+    out: &mut [u8],
+) {
+    let pixels = g.oh * g.ow;
+    let cout = r.mult.len();
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni {
+        let (input, padded) = padded_input(x, g, zp, scratch);
+        unsafe {
+            match kind {
+                ConvKind::Dense(w) => super::avx512::conv_dense(input, &padded, w, super::avx512::DenseOut::U8(r, out)),
+                ConvKind::Depthwise(w) => super::avx512::conv_depthwise(input, &padded, zp, w, r, out),
+            }
+        }
+        return;
+    }
+    accumulate(isa, x, g, zp, kind, scratch, acc);
+    requantize(isa, &acc[..pixels * cout], cout, r, out);
+}
+
+/// The int32 sums of a convolution, acc[p][c] = Σ (x - zp) w, zero-point corrected
+/// for depthwise but not for dense (whose correction is `zp * Σw`, done by the caller).
+#[allow(clippy::too_many_arguments)]
+pub fn accumulate(isa: Isa, x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind, scratch: &mut [u8], acc: &mut [i32]) {
+    let pixels = g.oh * g.ow;
+    match kind {
+        ConvKind::Dense(w) => {
+            #[cfg(target_arch = "x86_64")]
+            if isa == Isa::Avx512Vnni {
+                let (input, padded) = padded_input(x, g, zp, scratch);
+                return unsafe { super::avx512::conv_dense(input, &padded, w, super::avx512::DenseOut::I32(acc)) };
+            }
+            let input: &[u8] = if g.is_pointwise() {
+                x
+            } else {
+                im2row(x, g, zp, scratch);
+                scratch
+            };
+            gemm(isa, input, pixels, w, acc);
+        }
+        ConvKind::Depthwise(w) => depthwise(isa, x, g, zp, &w.w, acc),
+    }
+}
+
+/// The input with its padding materialised as the zero point (every tap is then
+/// read, and the correction zp * Σw is exact for border pixels too), and the
+/// geometry on it.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn padded_input<'a>(x: &'a [u8], g: &ConvGeometry, zp: u8, scratch: &'a mut [u8]) -> (&'a [u8], ConvGeometry) {
+    if g.pads == [0; 4] {
+        return (x, *g);
+    }
+    let (hp, wp) = pad_nhwc(x, g.h, g.w, g.cin, g.pads, zp, scratch);
+    (&*scratch, ConvGeometry { h: hp, w: wp, pads: [0; 4], ..*g })
 }
 
 /// Weights of a dense (im2row x weights) product, kept in the layouts the kernels read.
@@ -36,16 +140,25 @@ impl Isa {
 pub struct PackedWeights {
     pub k: usize,
     pub cout: usize,
+    pub kernel_rows: usize,
+    pub row_len: usize,
     /// [cout][k], the scalar reference's layout.
     pub rows: Vec<i8>,
     /// AVX2: blocks of 16 output channels, k in pairs: [cout/16][k/2][16][2] as i16.
     pub pairs: Vec<i16>,
+    /// VNNI: blocks of 16 output channels, each kernel row in quadruples (zero
+    /// padded): [cout/16][kernel_rows][row_len/4][16][4].
+    pub quads: Vec<i8>,
 }
 
 pub const CBLOCK: usize = 16;
 
 impl PackedWeights {
-    pub fn new(rows: Vec<i8>, cout: usize, k: usize) -> Self {
+    /// `rows`: [cout][k] with k = kernel rows x `row_len` (kh x kw*cin for a conv on
+    /// NHWC, one row of cin for pointwise), so that the VNNI kernel can read each
+    /// kernel row straight from the input without im2row.
+    pub fn new(rows: Vec<i8>, cout: usize, kernel_rows: usize, row_len: usize) -> Self {
+        let k = kernel_rows * row_len;
         assert_eq!(rows.len(), cout * k);
         let k2 = k.div_ceil(2);
         let blocks = cout.div_ceil(CBLOCK);
@@ -56,7 +169,17 @@ impl PackedWeights {
                 pairs[((b * k2 + kk / 2) * CBLOCK + lane) * 2 + kk % 2] = rows[c * k + kk] as i16;
             }
         }
-        PackedWeights { k, cout, rows, pairs }
+        let q4 = row_len.div_ceil(4);
+        let mut quads = vec![0i8; blocks * kernel_rows * q4 * CBLOCK * 4];
+        for c in 0..cout {
+            let (b, lane) = (c / CBLOCK, c % CBLOCK);
+            for i in 0..kernel_rows {
+                for j in 0..row_len {
+                    quads[(((b * kernel_rows + i) * q4 + j / 4) * CBLOCK + lane) * 4 + j % 4] = rows[c * k + i * row_len + j];
+                }
+            }
+        }
+        PackedWeights { k, cout, kernel_rows, row_len, rows, pairs, quads }
     }
 
     /// Σ_k w[c][k], for the zero-point correction.
@@ -65,12 +188,60 @@ impl PackedWeights {
     }
 }
 
+/// Weights of a depthwise convolution.
+#[derive(Debug, Clone)]
+pub struct DepthwiseWeights {
+    pub taps: usize,
+    pub c: usize,
+    /// [taps][c], the scalar and AVX2 layout.
+    pub w: Vec<i32>,
+    /// VNNI: blocks of 16 channels, taps in quadruples (zero padded): [c/16][taps/4][16][4].
+    pub quads: Vec<i8>,
+    /// Σ_taps w[c], for the zero-point correction when every tap is read.
+    pub sums: Vec<i32>,
+}
+
+impl DepthwiseWeights {
+    /// `w`: [c][taps] as ONNX stores them.
+    pub fn new(w: &[i8], c: usize, taps: usize) -> Self {
+        assert_eq!(w.len(), c * taps);
+        let mut t_c = vec![0i32; taps * c];
+        let g4 = taps.div_ceil(4);
+        let mut quads = vec![0i8; c.div_ceil(CBLOCK) * g4 * CBLOCK * 4];
+        for ch in 0..c {
+            let (b, lane) = (ch / CBLOCK, ch % CBLOCK);
+            for t in 0..taps {
+                t_c[t * c + ch] = w[ch * taps + t] as i32;
+                quads[((b * g4 + t / 4) * CBLOCK + lane) * 4 + t % 4] = w[ch * taps + t];
+            }
+        }
+        let sums = (0..c).map(|ch| w[ch * taps..(ch + 1) * taps].iter().map(|&v| v as i32).sum()).collect();
+        DepthwiseWeights { taps, c, w: t_c, quads, sums }
+    }
+}
+
+/// Copies an NHWC tensor into `out` with `pads` (top, left, bottom, right) of `zp`
+/// around it; returns the padded height and width.
+pub fn pad_nhwc(x: &[u8], h: usize, w: usize, c: usize, pads: [usize; 4], zp: u8, out: &mut [u8]) -> (usize, usize) {
+    let (hp, wp) = (h + pads[0] + pads[2], w + pads[1] + pads[3]);
+    let row = wp * c;
+    out[..pads[0] * row].fill(zp);
+    for y in 0..h {
+        let o = &mut out[(pads[0] + y) * row..(pads[0] + y + 1) * row];
+        o[..pads[1] * c].fill(zp);
+        o[pads[1] * c..(pads[1] + w) * c].copy_from_slice(&x[y * w * c..(y + 1) * w * c]);
+        o[(pads[1] + w) * c..].fill(zp);
+    }
+    out[(pads[0] + h) * row..hp * row].fill(zp);
+    (hp, wp)
+}
+
 /// acc[p][c] = Σ_k x[p][k] w[c][k] for `p` rows of `x` (row stride `k`).
 pub fn gemm(isa: Isa, x: &[u8], pixels: usize, w: &PackedWeights, acc: &mut [i32]) {
     debug_assert!(x.len() >= pixels * w.k && acc.len() >= pixels * w.cout);
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { gemm_avx2(x, pixels, w, acc) },
+        i if i.has_avx2() => unsafe { gemm_avx2(x, pixels, w, acc) },
         _ => gemm_scalar(x, pixels, w, acc),
     }
 }
@@ -198,7 +369,7 @@ pub fn im2row(x: &[u8], g: &ConvGeometry, zp: u8, rows: &mut [u8]) {
 pub fn depthwise(isa: Isa, x: &[u8], g: &ConvGeometry, zp: u8, w: &[i32], acc: &mut [i32]) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { depthwise_avx2(x, g, zp, w, acc) },
+        i if i.has_avx2() => unsafe { depthwise_avx2(x, g, zp, w, acc) },
         _ => depthwise_scalar(x, g, zp, w, acc),
     }
 }
@@ -266,7 +437,7 @@ pub struct Requant {
 pub fn requantize(isa: Isa, acc: &[i32], cout: usize, r: &Requant, out: &mut [u8]) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { requantize_avx2(acc, cout, r, out) },
+        i if i.has_avx2() => unsafe { requantize_avx2(acc, cout, r, out) },
         _ => requantize_body(acc, cout, r, out),
     }
 }
@@ -321,6 +492,61 @@ unsafe fn requantize_avx2(acc: &[i32], cout: usize, r: &Requant, out: &mut [u8])
     }
 }
 
+/// The model input: float NCHW quantised (ONNX QuantizeLinear) into u8 NHWC.
+pub fn quantize_nchw_to_nhwc(isa: Isa, x: &[f32], t: &QTensor, out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni && unsafe { super::avx512::quantize_nchw_to_nhwc(x, t.h * t.w, t.c, t.scale, t.zp, out) } {
+        return;
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        i if i.has_avx2() => unsafe { quantize_nchw_avx2(x, t, out) },
+        _ => quantize_nchw_body(x, t, out),
+    }
+}
+
+#[inline(always)]
+fn quantize_nchw_body(x: &[f32], t: &QTensor, out: &mut [u8]) {
+    let hw = t.h * t.w;
+    for c in 0..t.c {
+        let plane = &x[c * hw..(c + 1) * hw];
+        for (i, &v) in plane.iter().enumerate() {
+            out[i * t.c + c] = quantize_u8(v, t.scale, t.zp);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_nchw_avx2(x: &[f32], t: &QTensor, out: &mut [u8]) {
+    quantize_nchw_body(x, t, out)
+}
+
+/// QuantizeLinear(DequantizeLinear(a) + DequantizeLinear(b)), element-wise, with
+/// the float operations of the QDQ graph.
+pub fn add_quantized(isa: Isa, a: &[u8], ta: &QTensor, b: &[u8], tb: &QTensor, to: &QTensor, out: &mut [u8]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        i if i.has_avx2() => unsafe { add_quantized_avx2(a, ta, b, tb, to, out) },
+        _ => add_quantized_body(a, ta, b, tb, to, out),
+    }
+}
+
+#[inline(always)]
+fn add_quantized_body(a: &[u8], ta: &QTensor, b: &[u8], tb: &QTensor, to: &QTensor, out: &mut [u8]) {
+    let (za, zb) = (ta.zp as i32, tb.zp as i32);
+    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+        let v = (x as i32 - za) as f32 * ta.scale + (y as i32 - zb) as f32 * tb.scale;
+        *o = quantize_u8(v, to.scale, to.zp);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn add_quantized_avx2(a: &[u8], ta: &QTensor, b: &[u8], tb: &QTensor, to: &QTensor, out: &mut [u8]) {
+    add_quantized_body(a, ta, b, tb, to, out)
+}
+
 /// Round half to even, as ONNX QuantizeLinear does, in plain IEEE arithmetic so that
 /// it vectorises (`f32::round_ties_even` is a library call on x86-64 without SSE4.1):
 /// adding and subtracting 1.5 x 2^23 leaves the nearest integer, ties to even, for
@@ -357,52 +583,127 @@ mod tests {
         }
     }
 
-    #[test]
-    fn simd_gemm_equals_scalar_on_random_shapes() {
-        let isa = Isa::detect();
-        let mut s = 1u64;
-        for _ in 0..60 {
-            let (p, k, c) = (1 + lcg(&mut s) as usize % 23, 1 + lcg(&mut s) as usize % 77, 1 + lcg(&mut s) as usize % 41);
-            let x: Vec<u8> = (0..p * k).map(|_| lcg(&mut s) as u8).collect();
-            // Extremes included: 255 x -128 everywhere would overflow 16-bit pair sums.
-            let w: Vec<i8> = (0..c * k).map(|i| if i % 7 == 0 { -128 } else { lcg(&mut s) as i8 }).collect();
-            let pw = PackedWeights::new(w, c, k);
-            let (mut a, mut b) = (vec![0; p * c], vec![0; p * c]);
-            gemm_scalar(&x, p, &pw, &mut a);
-            gemm(isa, &x, p, &pw, &mut b);
-            assert_eq!(a, b, "p {p} k {k} c {c} on {isa:?}");
+    fn random_requant(s: &mut u64, c: usize) -> Requant {
+        let lo = lcg(s) as u8 % 20;
+        Requant {
+            offset: (0..c).map(|_| lcg(s) as i16 as i32).collect(),
+            mult: (0..c).map(|_| (1 + lcg(s) % 1000) as f32 * 2e-5).collect(),
+            bias: (0..c).map(|_| (lcg(s) % 200) as f32 * 0.5 - 50.0).collect(),
+            out_zp: (lcg(s) % 256) as f32,
+            lo: vec![lo; c],
+            hi: (0..c).map(|_| 235 + lcg(s) as u8 % 21).collect(),
         }
     }
 
     #[test]
-    fn simd_depthwise_and_requant_equal_scalar() {
-        let isa = Isa::detect();
-        let mut s = 7u64;
-        for _ in 0..30 {
-            let (h, w, c) = (1 + lcg(&mut s) as usize % 13, 1 + lcg(&mut s) as usize % 13, 1 + lcg(&mut s) as usize % 37);
-            let stride = [1 + lcg(&mut s) as usize % 2; 2];
-            let pad = lcg(&mut s) as usize % 2;
-            let Some(g) = ConvGeometry::new(h, w, c, 3, 3, stride, [pad; 4]) else { continue };
-            let x: Vec<u8> = (0..h * w * c).map(|_| lcg(&mut s) as u8).collect();
-            let wt: Vec<i32> = (0..9 * c).map(|_| lcg(&mut s) as i8 as i32).collect();
+    fn simd_gemm_equals_scalar_on_random_shapes() {
+        let mut s = 1u64;
+        for isa in Isa::available() {
+            for _ in 0..60 {
+                let (p, k, c) = (1 + lcg(&mut s) as usize % 23, 1 + lcg(&mut s) as usize % 77, 1 + lcg(&mut s) as usize % 41);
+                let x: Vec<u8> = (0..p * k).map(|_| lcg(&mut s) as u8).collect();
+                // Extremes included: 255 x -128 everywhere would overflow 16-bit pair sums.
+                let w: Vec<i8> = (0..c * k).map(|i| if i % 7 == 0 { -128 } else { lcg(&mut s) as i8 }).collect();
+                let pw = PackedWeights::new(w, c, 1, k);
+                let (mut a, mut b) = (vec![0; p * c], vec![0; p * c]);
+                gemm_scalar(&x, p, &pw, &mut a);
+                gemm(isa, &x, p, &pw, &mut b);
+                assert_eq!(a, b, "p {p} k {k} c {c} on {isa:?}");
+            }
+        }
+    }
+
+    /// Whole fused convolutions (dense with any kernel, depthwise; strides, padding)
+    /// on every implementation this CPU has, against the scalar reference.
+    #[test]
+    fn simd_convolutions_equal_scalar_on_random_geometries() {
+        let mut s = 11u64;
+        let (mut checked, mut inside, mut total) = (0, 0, 0);
+        for _ in 0..160 {
+            let depthwise = lcg(&mut s).is_multiple_of(2);
+            let (h, w) = (1 + lcg(&mut s) as usize % 14, 1 + lcg(&mut s) as usize % 14);
+            let cin = 1 + lcg(&mut s) as usize % 40;
+            let cout = if depthwise { cin } else { 1 + lcg(&mut s) as usize % 40 };
+            let k = [1, 3, 5][lcg(&mut s) as usize % 3];
+            let stride = [1 + lcg(&mut s) as usize % 2, 1 + lcg(&mut s) as usize % 2];
+            let pads: [usize; 4] = std::array::from_fn(|_| lcg(&mut s) as usize % 3 % (k / 2 + 1));
+            let Some(g) = ConvGeometry::new(h, w, cin, k, k, stride, pads) else { continue };
+            let x: Vec<u8> = (0..h * w * cin + 64).map(|_| lcg(&mut s) as u8).collect();
             let zp = lcg(&mut s) as u8;
-            let n = g.oh * g.ow * c;
-            let (mut a, mut b) = (vec![0; n], vec![0; n]);
-            depthwise_scalar(&x, &g, zp, &wt, &mut a);
-            depthwise(isa, &x, &g, zp, &wt, &mut b);
-            assert_eq!(a, b);
-            let r = Requant {
-                offset: (0..c).map(|_| lcg(&mut s) as i16 as i32).collect(),
-                mult: (0..c).map(|_| (lcg(&mut s) % 1000) as f32 * 1e-5).collect(),
-                bias: (0..c).map(|_| (lcg(&mut s) % 200) as f32 * 0.01 - 1.0).collect(),
-                out_zp: 17.0,
-                lo: vec![3; c],
-                hi: vec![250; c],
+            let taps = k * k;
+            let kind = if depthwise {
+                let wt: Vec<i8> = (0..cin * taps).map(|i| if i % 5 == 0 { -128 } else { lcg(&mut s) as i8 }).collect();
+                ConvKind::Depthwise(DepthwiseWeights::new(&wt, cin, taps))
+            } else {
+                let wt: Vec<i8> = (0..cout * taps * cin).map(|i| if i % 5 == 0 { -128 } else { lcg(&mut s) as i8 }).collect();
+                ConvKind::Dense(PackedWeights::new(wt, cout, k, k * cin))
             };
-            let (mut qa, mut qb) = (vec![0u8; n], vec![0u8; n]);
-            requantize_body(&a, c, &r, &mut qa);
-            requantize(isa, &a, c, &r, &mut qb);
-            assert_eq!(qa, qb);
+            let n = g.oh * g.ow * cout;
+            let scratch_len = conv_scratch_len(&g, &kind) + 64;
+            // Scale and centre the requantisation on these sums, so that most
+            // outputs fall inside the clamp and the comparison says something.
+            let mut r = random_requant(&mut s, cout);
+            let mut acc = vec![0i32; n];
+            match &kind {
+                ConvKind::Dense(pw) => {
+                    let mut rows = vec![0u8; scratch_len];
+                    let input: &[u8] = if g.is_pointwise() {
+                        &x
+                    } else {
+                        im2row(&x, &g, zp, &mut rows);
+                        &rows
+                    };
+                    gemm_scalar(input, g.oh * g.ow, pw, &mut acc);
+                }
+                ConvKind::Depthwise(dw) => depthwise_scalar(&x, &g, zp, &dw.w, &mut acc),
+            }
+            let mean = acc.iter().map(|&a| a as f64).sum::<f64>() / n as f64;
+            let sd = (acc.iter().map(|&a| (a as f64 - mean).powi(2)).sum::<f64>() / n as f64).sqrt().max(1.0);
+            r.offset.fill(0);
+            for c in 0..cout {
+                r.mult[c] *= (40.0 / sd / 0.01) as f32;
+                r.bias[c] = (-mean * r.mult[c] as f64) as f32 + r.bias[c] * 0.1;
+            }
+            r.out_zp = 128.0;
+            let mut reference = vec![0u8; n];
+            conv(Isa::Scalar, &x, &g, zp, &kind, &r, &mut vec![0; scratch_len], &mut vec![0; n], &mut reference);
+            for isa in Isa::available() {
+                let mut out = vec![0u8; n];
+                conv(isa, &x, &g, zp, &kind, &r, &mut vec![0; scratch_len], &mut vec![0; n], &mut out);
+                assert_eq!(reference, out, "{isa:?} depthwise {depthwise} {g:?} cout {cout}");
+            }
+            inside += reference.iter().filter(|&&v| v > r.lo[0] && v < 235).count();
+            total += n;
+            checked += 1;
+        }
+        assert!(checked > 100);
+        // Most outputs unsaturated: the comparisons say something.
+        assert!(inside * 2 > total, "{inside} of {total} outputs inside the clamp");
+    }
+
+    #[test]
+    fn simd_depthwise_and_requant_equal_scalar() {
+        let mut s = 7u64;
+        for isa in Isa::available() {
+            for _ in 0..30 {
+                let (h, w, c) = (1 + lcg(&mut s) as usize % 13, 1 + lcg(&mut s) as usize % 13, 1 + lcg(&mut s) as usize % 37);
+                let stride = [1 + lcg(&mut s) as usize % 2; 2];
+                let pad = lcg(&mut s) as usize % 2;
+                let Some(g) = ConvGeometry::new(h, w, c, 3, 3, stride, [pad; 4]) else { continue };
+                let x: Vec<u8> = (0..h * w * c).map(|_| lcg(&mut s) as u8).collect();
+                let wt: Vec<i32> = (0..9 * c).map(|_| lcg(&mut s) as i8 as i32).collect();
+                let zp = lcg(&mut s) as u8;
+                let n = g.oh * g.ow * c;
+                let (mut a, mut b) = (vec![0; n], vec![0; n]);
+                depthwise_scalar(&x, &g, zp, &wt, &mut a);
+                depthwise(isa, &x, &g, zp, &wt, &mut b);
+                assert_eq!(a, b);
+                let r = random_requant(&mut s, c);
+                let (mut qa, mut qb) = (vec![0u8; n], vec![0u8; n]);
+                requantize_body(&a, c, &r, &mut qa);
+                requantize(isa, &a, c, &r, &mut qb);
+                assert_eq!(qa, qb);
+            }
         }
     }
 }
