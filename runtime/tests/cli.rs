@@ -632,3 +632,40 @@ fn results_stream_as_they_come_and_resume_skips_what_is_done() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn bench_compares_fp32_and_int8_and_profiles_the_engine() {
+    let fx = repo_root().join("tests/fixtures");
+    let (fp32, qdq) = (fx.join("eqmnv2_c4.onnx"), fx.join("eqmnv2_c4_qdq.onnx"));
+    let args = [
+        "--backend",
+        "tract,int8",
+        "bench",
+        fp32.to_str().unwrap(),
+        "--quantized",
+        qdq.to_str().unwrap(),
+        "--iters",
+        "2",
+        "--warmup",
+        "1",
+        "--profile",
+    ];
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    // tract on both models, the engine on the INT8 one only; MACs from the engine's plan.
+    for row in
+        ["eqmnv2_c4.onnx FP32 / tract", "eqmnv2_c4_qdq.onnx INT8 / tract", "eqmnv2_c4_qdq.onnx INT8 / edgemed-int8", "GMAC/s", "6.01"]
+    {
+        assert!(out.contains(row), "{row} missing from\n{out}");
+    }
+    assert!(!out.contains("FP32 / edgemed-int8"), "{out}");
+    // The profile: one line per op of the plan, and the float tail.
+    assert!(out.matches("conv 3x3/").count() >= 10 && out.contains("float tail (edgemed)"), "{out}");
+
+    // --profile needs the engine; a missing --quantized model is named.
+    assert_clean_failure(&run(&["bench", fp32.to_str().unwrap(), "--iters", "1", "--profile"]), "add int8 to --backend");
+    let missing = fx.join("no-such-int8.onnx");
+    let o = run(&["bench", fp32.to_str().unwrap(), "--quantized", missing.to_str().unwrap(), "--iters", "1"]);
+    assert_clean_failure(&o, "no-such-int8.onnx");
+}

@@ -223,10 +223,15 @@ enum Command {
         #[arg(long, default_value_t = 0.0)]
         tolerance: f64,
     },
-    /// Measure latency (p50/p90/p99), throughput and peak memory.
+    /// Measure latency (p50/p90/p99), throughput and peak memory; with --quantized, the
+    /// FP32 model and its INT8 version side by side (speed-up against ONNX Runtime INT8).
     Bench {
         /// ONNX model; default: the bundled demonstration model.
         model: Option<PathBuf>,
+        /// The INT8 (QDQ) version of MODEL, run on every backend after MODEL (int8
+        /// only runs this one), e.g. `bench fp32.onnx --quantized int8.onnx --backend tract,ort,int8`.
+        #[arg(long)]
+        quantized: Option<PathBuf>,
         /// Batch sizes, e.g. 1,32,256.
         #[arg(short, long, default_value = "1", value_delimiter = ',')]
         batch: Vec<usize>,
@@ -538,31 +543,59 @@ fn run(cmd: Command, backends: Vec<BackendOptions>, checks: &Checks) -> Result<E
             let model = load_model(Some(&model), checks)?;
             run_tensor(&model, &input, output_dir.as_deref(), expect.as_deref(), tolerance, &single(&backends)?)
         }
-        Command::Bench { model, batch, threads, iters, warmup, profile } => {
+        Command::Bench { model, quantized, batch, threads, iters, warmup, profile } => {
             let model = load_model(model.as_deref(), checks)?;
             let (_, side, _) = model.image_input()?;
             anyhow::ensure!(threads >= 1, "--threads must be at least 1");
+            let qmodel = quantized.as_deref().map(|q| load_model(Some(q), checks)).transpose()?;
+            if let Some(q) = &qmodel {
+                anyhow::ensure!(q.image_input()?.1 == side, "--quantized takes the same input size as the model");
+            }
+            // MACs of the convolutions, as the INT8 engine counts them (None: it does not cover the model).
+            let macs = qmodel.as_ref().or(Some(&model)).and_then(|m| edgemed_runtime::int8::Engine::new(m).ok()).map(|e| e.plan.macs);
             println!(
-                "{:<34} {:>6} {:>9} {:>9} {:>9} {:>12} {:>9} {:>13}",
-                "model / backend @ device", "batch", "p50 ms", "p90 ms", "p99 ms", "items/s", "speed-up", "peak RSS MiB"
+                "{:<46} {:>6} {:>9} {:>9} {:>9} {:>12} {:>10} {:>8} {:>8} {:>13}",
+                "model / backend @ device", "batch", "p50 ms", "p90 ms", "p99 ms", "items/s", "speed-up", "MMAC", "GMAC/s", "peak RSS MiB"
             );
             for b in &batch {
-                // Ratios against the first backend listed, measured in the same run.
-                let mut first: Option<f64> = None;
+                // (model, precision label, backend): the FP32 model on the float backends, then the INT8 one on all.
+                let mut runs: Vec<(&OnnxModel, &str, &BackendOptions)> = Vec::new();
+                let fp32_label = if qmodel.is_some() { "FP32" } else { "" };
                 for opts in &backends {
+                    if qmodel.is_none() || opts.kind != BackendKind::Int8 {
+                        runs.push((&model, fp32_label, opts));
+                    }
+                }
+                if let Some(q) = &qmodel {
+                    runs.extend(backends.iter().map(|o| (q, "INT8", o)));
+                }
+                let mut rows = Vec::new();
+                for (m, label, opts) in runs {
                     let opts = BackendOptions { intra_threads: threads, ..opts.clone() };
-                    let backend = edgemed_runtime::backend::create(&model, &[*b, 3, side, side], &opts)?;
+                    let backend = edgemed_runtime::backend::create(m, &[*b, 3, side, side], &opts)?;
                     let s = bench::bench(backend.as_ref(), warmup, iters)?;
-                    let ratio = s.throughput / *first.get_or_insert(s.throughput);
+                    rows.push((format!("{} {label}", short_name(&m.path)).trim_end().to_string(), opts.kind, label, s));
+                }
+                // Speed-up against ONNX Runtime on the INT8 model when it ran, else the first row; same run.
+                let reference = rows
+                    .iter()
+                    .find(|r| r.1 == BackendKind::Ort && r.2 == "INT8")
+                    .or(rows.first())
+                    .map(|r| r.3.throughput)
+                    .expect("at least one backend");
+                for (name, _, _, s) in &rows {
+                    let gmacs = macs.map_or("".into(), |m| format!("{:.1}", m as f64 * s.batch as f64 / (s.p50_ms * 1e6)));
                     println!(
-                        "{:<34} {:>6} {:>9.3} {:>9.3} {:>9.3} {:>12.1} {:>8.2}x {:>13}",
-                        format!("{} / {} @ {}", short_name(&model.path), s.backend, s.device),
+                        "{:<46} {:>6} {:>9.3} {:>9.3} {:>9.3} {:>12.1} {:>9.2}x {:>8} {:>8} {:>13}",
+                        format!("{name} / {} @ {}", s.backend, s.device),
                         s.batch,
                         s.p50_ms,
                         s.p90_ms,
                         s.p99_ms,
                         s.throughput,
-                        ratio,
+                        s.throughput / reference,
+                        macs.map_or("".into(), |m| format!("{:.2}", m as f64 / 1e6)),
+                        gmacs,
                         s.peak_rss_mib.map_or("n/a".into(), |m| format!("{m:.1}"))
                     );
                 }
@@ -572,7 +605,7 @@ fn run(cmd: Command, backends: Vec<BackendOptions>, checks: &Checks) -> Result<E
                     backends.iter().any(|b| b.kind == BackendKind::Int8),
                     "--profile times the steps of the INT8 engine: add int8 to --backend"
                 );
-                print_engine_profile(&model, side, iters)?;
+                print_engine_profile(qmodel.as_ref().unwrap_or(&model), side, iters)?;
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -29,6 +29,7 @@ impl Isa {
 
     /// Every implementation this CPU can run, slowest first.
     pub fn available() -> Vec<Isa> {
+        #[allow(unused_mut)]
         let mut v = vec![Isa::Scalar];
         #[cfg(target_arch = "x86_64")]
         {
@@ -51,6 +52,7 @@ impl Isa {
     }
 
     /// Whether the AVX2 code may run (AVX-512 CPUs have AVX2).
+    #[cfg(target_arch = "x86_64")]
     fn has_avx2(self) -> bool {
         matches!(self, Isa::Avx2 | Isa::Avx512Vnni)
     }
