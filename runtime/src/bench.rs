@@ -27,11 +27,7 @@ pub struct BenchStats {
 pub fn bench(backend: &dyn Backend, warmup: usize, iterations: usize) -> Result<BenchStats> {
     let shape = backend.input_shape().to_vec();
     crate::ensure!(shape.first().is_some_and(|b| *b >= 1), Error::Invalid("batch size must be at least 1".into()));
-    let n: usize = shape.iter().product();
-    // Deterministic input in [-1, 1): the numbers do not matter for timing, but zeros
-    // could hit shortcuts that real patches never take.
-    let mut noise = UniformNoise::from_seed(1);
-    let data: Vec<f32> = (0..n).map(|_| 2.0 * noise.next_unit() - 1.0).collect();
+    let data = bench_input(shape.iter().product());
     let input = ArrayD::from_shape_vec(IxDyn(&shape), data).expect("shape matches length");
     for _ in 0..warmup {
         backend.run(input.clone())?;
@@ -60,6 +56,13 @@ pub fn bench(backend: &dyn Backend, warmup: usize, iterations: usize) -> Result<
         throughput: shape[0] as f64 / (p50 / 1e3),
         peak_rss_mib: peak_rss_mib(),
     })
+}
+
+/// The benchmark input: `n` deterministic values in [-1, 1). The numbers do not matter
+/// for timing, but zeros could hit shortcuts that real patches never take.
+pub fn bench_input(n: usize) -> Vec<f32> {
+    let mut noise = UniformNoise::from_seed(1);
+    (0..n).map(|_| 2.0 * noise.next_unit() - 1.0).collect()
 }
 
 /// A seeded xorshift64 stream of uniform numbers in [0, 1): reproducible inputs for

@@ -615,9 +615,7 @@ fn run(cmd: Command, backends: Vec<BackendOptions>, checks: &Checks) -> Result<E
 /// Per-step times of the INT8 engine on the benchmark's input.
 fn print_engine_profile(model: &OnnxModel, side: usize, iters: usize) -> Result<()> {
     let engine = edgemed_runtime::int8::Engine::new(model).context("the INT8 engine does not cover this model")?;
-    let n = 3 * side * side;
-    let mut noise = bench::UniformNoise::from_seed(1);
-    let x: Vec<f32> = (0..n).map(|_| 2.0 * noise.next_unit() - 1.0).collect();
+    let x = bench::bench_input(3 * side * side);
     engine.profile(&x, 5)?;
     let steps = engine.profile(&x, iters)?;
     let total: f64 = steps.iter().map(|s| s.seconds).sum();

@@ -118,19 +118,24 @@ impl Op {
 
 /// A convolution with a float output: f = clamp((acc - offset) * mult + bias, lo, hi),
 /// mult = s_x s_w, exactly the DequantizeLinear -> Conv -> activation of the graph
-/// (with an exact integer sum where a float conv would round as it adds).
+/// (with an exact integer sum where a float conv would round as it adds). While
+/// compiling, a conv awaiting its QuantizeLinear (which turns it into a [`ConvOp`]);
+/// in a plan, a last conv whose output goes to the float tail.
 #[derive(Debug, Clone)]
-pub struct FloatHead {
+pub struct FloatConv {
     pub src: usize,
     pub geometry: ConvGeometry,
     pub kind: ConvKind,
     pub offset: Vec<i32>,
     pub mult: Vec<f32>,
     pub bias: Vec<f32>,
+    /// Activation bounds so far (Relu, Min, Clip).
     pub lo: Vec<f32>,
     pub hi: Vec<f32>,
     pub name: String,
     pub macs: u64,
+    /// Index of the Conv node (where the tail starts if it has to run this conv in float).
+    start: usize,
 }
 
 /// The compiled integer part of a model.
@@ -145,7 +150,7 @@ pub struct Plan {
     /// A last convolution whose output goes to the float tail unquantised (the
     /// converter leaves the head conv before group pooling in float): run on the
     /// boundary tensor in integers, dequantised with its activation as float clamps.
-    pub head: Option<FloatHead>,
+    pub head: Option<FloatConv>,
     /// The rest of the graph, with the boundary tensor (or the head's output) as its
     /// input (None: that is the output).
     pub tail: Option<pb::ModelProto>,
@@ -191,7 +196,7 @@ enum Val {
     Int(usize),
     /// A float value awaiting its QuantizeLinear: a conv with its activation bounds so far.
     PendingConv {
-        conv: Box<PendingConv>,
+        conv: Box<FloatConv>,
     },
     /// Element-wise float ops on a u8 tensor's view, awaiting QuantizeLinear.
     PendingMap {
@@ -204,22 +209,6 @@ enum Val {
         b: usize,
         start: usize,
     },
-}
-
-#[derive(Debug, Clone)]
-struct PendingConv {
-    src: usize,
-    geometry: ConvGeometry,
-    kind: ConvKind,
-    offset: Vec<i32>,
-    mult: Vec<f32>,
-    bias: Vec<f32>,
-    lo: Vec<f32>,
-    hi: Vec<f32>,
-    name: String,
-    macs: u64,
-    /// Index of the Conv node (where the tail starts if this never reaches a QuantizeLinear).
-    start: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -548,7 +537,7 @@ impl<'m> Compiler<'m> {
                     (ConvKind::Dense(pw), offset)
                 };
                 let macs = (geometry.oh * geometry.ow * cout * k) as u64;
-                let conv = PendingConv {
+                let conv = FloatConv {
                     src,
                     geometry,
                     kind,
@@ -751,22 +740,7 @@ fn compile_until(model: &OnnxModel, limit: usize) -> Result<std::result::Result<
         many => return Err(unsupported(format!("{} tensors cross into the float tail ({many:?}); one is supported", many.len()))),
     };
     let (boundary, head) = match comp.vals.get(&boundary_name) {
-        Some(Val::PendingConv { conv }) => {
-            let c = (**conv).clone();
-            let head = FloatHead {
-                src: c.src,
-                geometry: c.geometry,
-                kind: c.kind,
-                offset: c.offset,
-                mult: c.mult,
-                bias: c.bias,
-                lo: c.lo,
-                hi: c.hi,
-                name: c.name,
-                macs: c.macs,
-            };
-            (c.src, Some(head))
-        }
+        Some(Val::PendingConv { conv }) => (conv.src, Some((**conv).clone())),
         _ => (comp.int_of(&boundary_name).expect("checked"), None),
     };
     let tail = if tail_nodes.is_empty() {
