@@ -122,3 +122,16 @@ fn uncovered_models_run_in_tract() {
     let b = backend::create(&m, &[1, 3, 95, 95], &options(BackendKind::Int8)).unwrap();
     assert_eq!(b.name(), "tract");
 }
+
+#[test]
+fn non_finite_or_wrongly_sized_inputs_are_refused() {
+    let m = OnnxModel::load(fixture("eqmnv2_c4_qdq.onnx")).unwrap();
+    let e = Engine::new(&m).unwrap();
+    let mut x = noise(&[1, 3, 95, 95], 1).into_raw_vec_and_offset().0;
+    x[100] = f32::NAN;
+    let err = e.run_one(&x).unwrap_err().to_string();
+    assert!(err.contains("NaN or infinite"), "{err}");
+    x[100] = f32::INFINITY;
+    assert!(e.run_one(&x).is_err());
+    assert!(e.run_one(&x[..1000]).is_err());
+}
