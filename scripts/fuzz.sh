@@ -9,7 +9,7 @@
 # Needs cargo-fuzz (installed here if missing) and a C++ compiler for libFuzzer. The
 # sanitizer is off (-s none): the code is safe Rust, and what is looked for is panics,
 # aborts, hangs and runaway memory; RUSTC_BOOTSTRAP lets a stable toolchain take the
-# flags cargo fuzz passes. The pcam_h5 target also needs libhdf5-dev.
+# flags cargo fuzz passes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-120}

@@ -69,7 +69,7 @@ for triple in $targets; do
         # crashes at load in its CPU probe (cpuinfo reads the x86 host's /proc/cpuinfo and
         # /sys topology), and there is no armv7 wheel. The ort tests run on x86.
         export EDGEMED_SKIP_ORT=1
-        # Only the runtime crate (the device side); PCam HDF5 needs a target libhdf5.
+        # Only the runtime crate (the device side).
         cargo test --release --target "$triple" -p edgemed-runtime --lib --bins --tests "${build_std[@]}"
 
         bin="$CARGO_TARGET_DIR/$triple/release/edgemed-run"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The test command of the README: installs what the tests need (libhdf5 for the
-# PCam HDF5 reader, ONNX Runtime's library for the ort backend), then builds the workspace and runs every test suite.
+# The test command of the README: installs what the tests need (ONNX Runtime's
+# library for the ort backend), then builds the workspace and runs every test suite.
 # Fixtures (ONNX Runtime reference outputs) are committed; scripts/make-fixtures.sh
 # regenerates them with the Python peers, which the tests themselves never need.
 set -euo pipefail
@@ -8,20 +8,6 @@ cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null; then
     echo "cargo not found: install Rust (https://rustup.rs) first" >&2
     exit 1
-fi
-
-features=(--features edgemed-runtime/pcam-h5)
-if [[ "${EDGEMED_SKIP_H5:-0}" == 1 ]]; then
-    echo "EDGEMED_SKIP_H5=1: not testing the PCam HDF5 reader" >&2
-    features=()
-elif ! pkg-config --exists hdf5 2>/dev/null; then
-    echo "installing libhdf5-dev and pkg-config (needed by the PCam HDF5 reader's tests)" >&2
-    sudo=""
-    [[ "$(id -u)" -ne 0 ]] && sudo=sudo
-    if ! { $sudo apt-get update -q && $sudo apt-get install -y -q --no-install-recommends libhdf5-dev pkg-config; } >&2; then
-        echo "could not install libhdf5-dev; install it, or run with EDGEMED_SKIP_H5=1 to skip those tests" >&2
-        exit 1
-    fi
 fi
 
 # The ONNX Runtime backend's tests load the CPU library from the onnxruntime pip wheel.
@@ -36,4 +22,4 @@ elif [[ -z "${ORT_DYLIB_PATH:-}" ]]; then
 fi
 
 # Release mode: the tests run real networks, and the README's main command shares these artefacts.
-exec cargo test --release --workspace "${features[@]}" "$@"
+exec cargo test --release --workspace "$@"

@@ -1,5 +1,5 @@
-//! PCam HDF5 files (feature pcam-h5): the bytes are written to a file, since libhdf5
-//! reads files, then opened, counted and the first patches read.
+//! PCam HDF5 files (feature pcam-h5): the bytes are written to a file, since the reader
+//! opens files as the CLI does, then opened, counted and the first patches read.
 #![no_main]
 mod common;
 

@@ -32,7 +32,19 @@ fn h5_patches_classify_like_their_pngs() {
 fn a_file_that_is_not_hdf5_is_refused() {
     let p = std::env::temp_dir().join(format!("edgemed-not-{}.h5", std::process::id()));
     std::fs::write(&p, b"plain text").unwrap();
-    let err = expand_inputs(&[p.clone()]).unwrap_err().to_string();
+    let err = expand_inputs(std::slice::from_ref(&p)).unwrap_err().to_string();
     std::fs::remove_file(&p).unwrap();
     assert!(err.contains("not a PCam HDF5 file"), "{err}");
+}
+
+/// libhdf5 1.10 segfaulted on this fuzzed file (a corrupted gzip chunk); the pure-Rust
+/// reader must report it as a bad patch, and still read the file's shape.
+#[test]
+fn a_corrupted_chunk_is_an_error_not_a_crash() {
+    let p = root().join("fuzz/regressions/pcam_h5/crash-173af81ce9c4f14286e0584c0c8d1d566ba59ed0");
+    assert_eq!(edgemed_runtime::pcam_h5::patch_count(&p).unwrap(), 4);
+    let err = edgemed_runtime::pcam_h5::read_patch(&p, 0).unwrap_err().to_string();
+    assert!(err.contains("not a PCam HDF5 file") && err.contains("patch 0") && err.contains("decompression"), "{err}");
+    let err = edgemed_runtime::pcam_h5::read_patch(&root().join("tests/fixtures/pcam_tiny_x.h5"), 4).unwrap_err().to_string();
+    assert!(err.contains("out of range"), "{err}");
 }

@@ -95,7 +95,7 @@ fn kept_fuzz_inputs_and_seeds_give_results_or_errors() {
             assert!(read.is_ok(), "{}: a seed volume must read: {read:?}", f.display());
         }
     }
-    // PCam HDF5 (runs the reader when the runtime has the pcam-h5 feature, as scripts/test.sh builds it).
+    // PCam HDF5 (the pcam-h5 feature is on by default).
     let tmp = edgemed_tests::scratch_dir("fuzz-h5").join("x.h5");
     for f in inputs(&["fuzz/regressions/pcam_h5"]) {
         std::fs::copy(&f, &tmp).unwrap();
