@@ -53,6 +53,44 @@ fn ort_qdq_fixture_within_one_output_step_of_onnx_runtime() {
     }
 }
 
+/// The scale of the DequantizeLinear that writes the graph's first output: one output step.
+fn output_step(m: &OnnxModel) -> f32 {
+    let g = m.graph();
+    let out = &g.output[0].name;
+    let dq = g.node.iter().find(|n| n.output.first() == Some(out) && n.op_type == "DequantizeLinear").expect("output written by a DQ");
+    let s = g.initializer.iter().find(|t| t.name == dq.input[1]).expect("scale initializer");
+    match s.raw_data.as_slice() {
+        [a, b, c, d] => f32::from_le_bytes([*a, *b, *c, *d]),
+        _ => s.float_data[0],
+    }
+}
+
+/// A torchvision-style MobileNetV2 (width 0.25, ReLU6 folded into the activation ranges,
+/// clip bounds as Constant nodes) quantised by ONNX Runtime's static QDQ quantiser, per
+/// channel and per tensor (`scripts/make_dfq_models.py`), on 8 of the PCam-like images
+/// it was evaluated on: every logit within one output step of ONNX Runtime.
+#[test]
+fn torchvision_mobilenet_v2_within_one_output_step_of_onnx_runtime() {
+    if ort_library().is_none() {
+        return;
+    }
+    let images = edgemed_tests::read_f32(&fixture("dfq/eval_inputs.f32"));
+    let shape = [8, 3, 95, 95];
+    let x = ArrayD::from_shape_vec(shape.to_vec(), images[..shape.iter().product()].to_vec()).unwrap();
+    for name in ["dfq/mnv2_spread.ort_perchannel.onnx", "dfq/mnv2_spread.ort_pertensor.onnx"] {
+        let m = OnnxModel::load(fixture(name)).unwrap();
+        let step = output_step(&m);
+        let int8 = backend::create(&m, &shape, &options(BackendKind::Int8)).unwrap();
+        assert_eq!(int8.name(), "edgemed-int8", "the engine covers {name}");
+        let ort = backend::create(&m, &shape, &options(BackendKind::Ort)).unwrap();
+        let (e, o) = (int8.run(x.clone()).unwrap(), ort.run(x.clone()).unwrap());
+        let d = max_diff(&e[0], &o[0]) / step;
+        let differ = e[0].iter().zip(o[0].iter()).filter(|(a, b)| a != b).count();
+        println!("{name}: max |engine - ort| = {d:.2} output steps, {differ} of {} logits differ", e[0].len());
+        assert!(d <= 1.001, "{d} steps apart");
+    }
+}
+
 #[test]
 fn converter_int8_model_agrees_with_onnx_runtime() {
     if ort_library().is_none() {

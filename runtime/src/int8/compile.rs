@@ -626,6 +626,13 @@ impl<'m> Compiler<'m> {
                 self.vals.insert(out, Val::PendingAdd { a, b, start: index });
                 Ok(true)
             }
+            // Exporters write clip bounds and shapes as Constant nodes (torch.onnx does).
+            "Constant" => {
+                let Some(t) = n.attribute.iter().find(|a| a.name == "value").and_then(|a| a.t.as_ref()) else { return Ok(false) };
+                let Ok((shape, d)) = decode(t) else { return Ok(false) };
+                self.vals.insert(out, Val::Const(Const { shape, data: d.as_f32(), int8: None }));
+                Ok(true)
+            }
             "Identity" => match self.vals.get(inp(0)).cloned() {
                 Some(v) => {
                     self.vals.insert(out, v);
