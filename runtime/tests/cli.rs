@@ -668,4 +668,14 @@ fn bench_compares_fp32_and_int8_and_profiles_the_engine() {
     let missing = fx.join("no-such-int8.onnx");
     let o = run(&["bench", fp32.to_str().unwrap(), "--quantized", missing.to_str().unwrap(), "--iters", "1"]);
     assert_clean_failure(&o, "no-such-int8.onnx");
+
+    // Volume models too (a 3-D U-Net window); a --quantized model of another shape is refused.
+    let unet = fx.join("unet/unet3d.onnx");
+    let o = run(&["bench", unet.to_str().unwrap(), "--iters", "1", "--warmup", "0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("unet3d.onnx / tract"), "{}", String::from_utf8_lossy(&o.stdout));
+    assert_clean_failure(
+        &run(&["bench", unet.to_str().unwrap(), "--quantized", qdq.to_str().unwrap(), "--iters", "1"]),
+        "same input shape",
+    );
 }

@@ -545,11 +545,15 @@ fn run(cmd: Command, backends: Vec<BackendOptions>, checks: &Checks) -> Result<E
         }
         Command::Bench { model, quantized, batch, threads, iters, warmup, profile } => {
             let model = load_model(model.as_deref(), checks)?;
-            let (_, side, _) = model.image_input()?;
+            // Any model with a fixed shape after the batch: patches, or volume windows.
+            let item = bench_item_shape(&model)?;
             anyhow::ensure!(threads >= 1, "--threads must be at least 1");
             let qmodel = quantized.as_deref().map(|q| load_model(Some(q), checks)).transpose()?;
             if let Some(q) = &qmodel {
-                anyhow::ensure!(q.image_input()?.1 == side, "--quantized takes the same input size as the model");
+                anyhow::ensure!(
+                    bench_item_shape(q)? == item,
+                    "--quantized takes the same input shape as the model ({item:?} after the batch)"
+                );
             }
             // MACs of the convolutions, as the INT8 engine counts them (None: it does not cover the model).
             let macs = qmodel.as_ref().or(Some(&model)).and_then(|m| edgemed_runtime::int8::Engine::new(m).ok()).map(|e| e.plan.macs);
@@ -572,7 +576,8 @@ fn run(cmd: Command, backends: Vec<BackendOptions>, checks: &Checks) -> Result<E
                 let mut rows = Vec::new();
                 for (m, label, opts) in runs {
                     let opts = BackendOptions { intra_threads: threads, ..opts.clone() };
-                    let backend = edgemed_runtime::backend::create(m, &[*b, 3, side, side], &opts)?;
+                    let shape: Vec<usize> = std::iter::once(*b).chain(item.iter().copied()).collect();
+                    let backend = edgemed_runtime::backend::create(m, &shape, &opts)?;
                     let s = bench::bench(backend.as_ref(), warmup, iters)?;
                     rows.push((format!("{} {label}", short_name(&m.path)).trim_end().to_string(), opts.kind, label, s));
                 }
@@ -605,17 +610,31 @@ fn run(cmd: Command, backends: Vec<BackendOptions>, checks: &Checks) -> Result<E
                     backends.iter().any(|b| b.kind == BackendKind::Int8),
                     "--profile times the steps of the INT8 engine: add int8 to --backend"
                 );
-                print_engine_profile(qmodel.as_ref().unwrap_or(&model), side, iters)?;
+                print_engine_profile(qmodel.as_ref().unwrap_or(&model), item.iter().product(), iters)?;
             }
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-/// Per-step times of the INT8 engine on the benchmark's input.
-fn print_engine_profile(model: &OnnxModel, side: usize, iters: usize) -> Result<()> {
+/// The input shape after the batch dimension, which `bench` needs fixed.
+fn bench_item_shape(model: &OnnxModel) -> Result<Vec<usize>> {
+    let input = model.inputs.first().context("the model has no input")?;
+    let dims = input.dims.as_ref().with_context(|| format!("input {:?} has no declared shape", input.name))?;
+    anyhow::ensure!(dims.len() >= 2, "input {:?} has shape {dims:?}: expected [batch, ...]", input.name);
+    dims[1..]
+        .iter()
+        .map(|d| match d {
+            edgemed_runtime::model::Dim::Fixed(n) if *n > 0 => Ok(*n),
+            _ => anyhow::bail!("input {:?} has shape {dims:?}: bench needs every size after the batch fixed", input.name),
+        })
+        .collect()
+}
+
+/// Per-step times of the INT8 engine on the benchmark's input (`item` values).
+fn print_engine_profile(model: &OnnxModel, item: usize, iters: usize) -> Result<()> {
     let engine = edgemed_runtime::int8::Engine::new(model).context("the INT8 engine does not cover this model")?;
-    let x = bench::bench_input(3 * side * side);
+    let x = bench::bench_input(item);
     engine.profile(&x, 5)?;
     let steps = engine.profile(&x, iters)?;
     let total: f64 = steps.iter().map(|s| s.seconds).sum();
