@@ -89,14 +89,25 @@ for triple in $targets; do
         same_classes "$ref/x86-int8.csv" "$out-int8.csv" "$int8_tol"
         $runner "$bin" classify examples/data/pcam --format csv -o "$out.csv" 2>/dev/null
         same_classes "$ref/x86.csv" "$out.csv" 1e-5
-        # The INT8 engine: scalar kernels here, AVX2 on x86, identical integers, so
-        # identical bits: the QDQ fixture's quantised logits, and every probability of the
-        # demo INT8 model (measured: 0 of 100 differ on both targets, where tract's float
-        # simulation moved 19 on armv7). Its float tail (head conv, pooling, Gemm) runs in
-        # tract; it came out identical too.
+        # The INT8 engine: NEON on aarch64 (scalar on armv7), AVX-512 VNNI on x86,
+        # identical integers, so identical bits: the QDQ fixture's quantised logits, and
+        # every probability of the demo INT8 model (measured: 0 of 100 differ on both
+        # targets, where tract's float simulation moved 19 on armv7). Its float tail
+        # (edgemed's interpreter: fixed operation order, no fused multiply-adds) too.
         $runner "$bin" --backend int8 run "${qdq[@]}" --expect "$ref/x86-qdq-engine"
         $runner "$bin" --backend int8 classify examples/data/pcam -m "$ref/pcam-int8.onnx" --format csv -o "$out-engine.csv" 2>/dev/null
         same_classes "$ref/x86-engine.csv" "$out-engine.csv" 0
+        if [[ "$triple" == aarch64-* ]]; then
+            # A core with the dot-product extension (qemu's "max"): the sdot kernels are
+            # chosen, and the property tests compare them (and NEON) with the scalar
+            # reference on random convolutions; whole models must keep x86's bits.
+            max="qemu-aarch64-static -cpu max"
+            CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="$max" \
+                cargo test --release --target "$triple" -p edgemed-runtime --lib int8 "${build_std[@]}"
+            $max "$bin" --backend int8 run "${qdq[@]}" --expect "$ref/x86-qdq-engine"
+            $max "$bin" --backend int8 classify examples/data/pcam -m "$ref/pcam-int8.onnx" --format csv -o "$out-engine-dot.csv" 2>/dev/null
+            same_classes "$ref/x86-engine.csv" "$out-engine-dot.csv" 0
+        fi
     )
 done
 echo "ARM: tests pass and outputs match x86 on: $targets" >&2

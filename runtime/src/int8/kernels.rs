@@ -1,6 +1,7 @@
 //! Integer kernels: u8 activations (NHWC) times s8 weights into i32 accumulators,
 //! and the requantisation back to u8. Each kernel has a portable scalar reference;
-//! the x86-64 AVX2 versions are chosen at run time and must give the same bits (the
+//! the x86-64 AVX2 / AVX-512 VNNI versions and the aarch64 NEON / `sdot` versions
+//! (`neon.rs`) are chosen at run time and must give the same bits (the
 //! arithmetic is integer until requantisation, which is the same sequence of
 //! IEEE float operations in both). `tests` and `runtime/tests/int8_kernels.rs`
 //! check this on random shapes.
@@ -14,11 +15,16 @@ pub enum Isa {
     Avx2,
     /// AVX-512 with VNNI (`vpdpbusd`): convolutions fused with requantisation.
     Avx512Vnni,
+    /// aarch64 NEON (every aarch64 CPU): `smlal` on i16-widened operands,
+    /// convolutions fused with requantisation.
+    Neon,
+    /// aarch64 NEON with the dot-product extension (`sdot`) for dense convolutions.
+    NeonDot,
 }
 
 impl Isa {
-    /// The best this CPU has, unless `EDGEMED_INT8_ISA` (scalar, avx2, avx512vnni)
-    /// asks for another it also has.
+    /// The best this CPU has, unless `EDGEMED_INT8_ISA` (scalar, avx2, avx512vnni,
+    /// neon, neondot) asks for another it also has.
     pub fn detect() -> Isa {
         let available = Isa::available();
         if let Some(want) = std::env::var("EDGEMED_INT8_ISA").ok().and_then(|v| available.iter().copied().find(|i| i.name() == v)) {
@@ -40,6 +46,14 @@ impl Isa {
                 v.push(Isa::Avx512Vnni);
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        {
+            // NEON is part of the aarch64 baseline.
+            v.push(Isa::Neon);
+            if super::neon::has_dotprod() {
+                v.push(Isa::NeonDot);
+            }
+        }
         v
     }
 
@@ -48,6 +62,8 @@ impl Isa {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Avx512Vnni => "avx512vnni",
+            Isa::Neon => "neon",
+            Isa::NeonDot => "neondot",
         }
     }
 
@@ -59,7 +75,7 @@ impl Isa {
 }
 
 /// Bytes of scratch [`conv`] needs for `g`: im2row rows (scalar, AVX2) or a padded
-/// copy of the input (VNNI).
+/// copy of the input (VNNI, NEON).
 pub fn conv_scratch_len(g: &ConvGeometry, kind: &ConvKind) -> usize {
     let im2row = match kind {
         ConvKind::Dense(_) if !g.is_pointwise() => g.oh * g.ow * g.kh * g.kw * g.cin,
@@ -70,8 +86,8 @@ pub fn conv_scratch_len(g: &ConvGeometry, kind: &ConvKind) -> usize {
 }
 
 /// One convolution of the plan: dense or depthwise, then requantisation into `out`.
-/// `x` and `scratch` carry 64 bytes of slack past their data (the VNNI kernels read
-/// whole groups of bytes; what they read past the data meets zero weights).
+/// `x` and `scratch` carry 64 bytes of slack past their data (the VNNI and NEON kernels
+/// read whole groups of bytes; what they read past the data meets zero weights).
 #[allow(clippy::too_many_arguments)]
 pub fn conv(
     isa: Isa,
@@ -97,6 +113,15 @@ pub fn conv(
         }
         return;
     }
+    #[cfg(target_arch = "aarch64")]
+    if let Isa::Neon | Isa::NeonDot = isa {
+        let (input, padded) = padded_input(x, g, zp, scratch);
+        match kind {
+            ConvKind::Dense(w) => super::neon::conv_dense(isa == Isa::NeonDot, input, &padded, w, super::neon::Out::U8(r, out)),
+            ConvKind::Depthwise(w) => super::neon::conv_depthwise(input, &padded, zp, w, super::neon::Out::U8(r, out)),
+        }
+        return;
+    }
     accumulate(isa, x, g, zp, kind, scratch, acc);
     requantize(isa, &acc[..pixels * cout], cout, r, out);
 }
@@ -113,6 +138,11 @@ pub fn accumulate(isa: Isa, x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind,
                 let (input, padded) = padded_input(x, g, zp, scratch);
                 return unsafe { super::avx512::conv_dense(input, &padded, w, super::avx512::DenseOut::I32(acc)) };
             }
+            #[cfg(target_arch = "aarch64")]
+            if let Isa::Neon | Isa::NeonDot = isa {
+                let (input, padded) = padded_input(x, g, zp, scratch);
+                return super::neon::conv_dense(isa == Isa::NeonDot, input, &padded, w, super::neon::Out::I32(acc));
+            }
             let input: &[u8] = if g.is_pointwise() {
                 x
             } else {
@@ -121,7 +151,14 @@ pub fn accumulate(isa: Isa, x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind,
             };
             gemm(isa, input, pixels, w, acc);
         }
-        ConvKind::Depthwise(w) => depthwise(isa, x, g, zp, &w.w, acc),
+        ConvKind::Depthwise(w) => {
+            #[cfg(target_arch = "aarch64")]
+            if let Isa::Neon | Isa::NeonDot = isa {
+                let (input, padded) = padded_input(x, g, zp, scratch);
+                return super::neon::conv_depthwise(input, &padded, zp, w, super::neon::Out::I32(acc));
+            }
+            depthwise(isa, x, g, zp, &w.w, acc)
+        }
     }
 }
 
@@ -148,9 +185,12 @@ pub struct PackedWeights {
     pub rows: Vec<i8>,
     /// AVX2: blocks of 16 output channels, k in pairs: [cout/16][k/2][16][2] as i16.
     pub pairs: Vec<i16>,
-    /// VNNI: blocks of 16 output channels, each kernel row in quadruples (zero
+    /// VNNI and `sdot`: blocks of 16 output channels, each kernel row in quadruples (zero
     /// padded): [cout/16][kernel_rows][row_len/4][16][4].
     pub quads: Vec<i8>,
+    /// NEON: i16 weights for `smlal` by lane, and Σw for `sdot`'s correction.
+    #[cfg(target_arch = "aarch64")]
+    pub(super) neon: super::neon::DenseWeights,
 }
 
 pub const CBLOCK: usize = 16;
@@ -181,7 +221,17 @@ impl PackedWeights {
                 }
             }
         }
-        PackedWeights { k, cout, kernel_rows, row_len, rows, pairs, quads }
+        PackedWeights {
+            #[cfg(target_arch = "aarch64")]
+            neon: super::neon::DenseWeights::new(&rows, cout, kernel_rows, row_len),
+            k,
+            cout,
+            kernel_rows,
+            row_len,
+            rows,
+            pairs,
+            quads,
+        }
     }
 
     /// Σ_k w[c][k], for the zero-point correction.
@@ -201,6 +251,9 @@ pub struct DepthwiseWeights {
     pub quads: Vec<i8>,
     /// Σ_taps w[c], for the zero-point correction when every tap is read.
     pub sums: Vec<i32>,
+    /// NEON: blocks of 8 channels, [c/8][taps][8] as i16 (zero padded).
+    #[cfg(target_arch = "aarch64")]
+    pub(super) neon: Vec<i16>,
 }
 
 impl DepthwiseWeights {
@@ -218,7 +271,15 @@ impl DepthwiseWeights {
             }
         }
         let sums = (0..c).map(|ch| w[ch * taps..(ch + 1) * taps].iter().map(|&v| v as i32).sum()).collect();
-        DepthwiseWeights { taps, c, w: t_c, quads, sums }
+        DepthwiseWeights {
+            taps,
+            c,
+            w: t_c,
+            quads,
+            sums,
+            #[cfg(target_arch = "aarch64")]
+            neon: super::neon::depthwise_layout(c, taps, |ch, t| w[ch * taps + t] as i16),
+        }
     }
 }
 
@@ -244,6 +305,8 @@ pub fn gemm(isa: Isa, x: &[u8], pixels: usize, w: &PackedWeights, acc: &mut [i32
     match isa {
         #[cfg(target_arch = "x86_64")]
         i if i.has_avx2() => unsafe { gemm_avx2(x, pixels, w, acc) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::NeonDot => super::neon::gemm(isa == Isa::NeonDot, x, pixels, w, acc),
         _ => gemm_scalar(x, pixels, w, acc),
     }
 }
@@ -372,6 +435,8 @@ pub fn depthwise(isa: Isa, x: &[u8], g: &ConvGeometry, zp: u8, w: &[i32], acc: &
     match isa {
         #[cfg(target_arch = "x86_64")]
         i if i.has_avx2() => unsafe { depthwise_avx2(x, g, zp, w, acc) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::NeonDot => super::neon::depthwise(x, g, zp, w, acc),
         _ => depthwise_scalar(x, g, zp, w, acc),
     }
 }
@@ -440,6 +505,8 @@ pub fn requantize(isa: Isa, acc: &[i32], cout: usize, r: &Requant, out: &mut [u8
     match isa {
         #[cfg(target_arch = "x86_64")]
         i if i.has_avx2() => unsafe { requantize_avx2(acc, cout, r, out) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::NeonDot => super::neon::requantize(acc, cout, r, out),
         _ => requantize_body(acc, cout, r, out),
     }
 }
@@ -500,6 +567,10 @@ pub fn quantize_nchw_to_nhwc(isa: Isa, x: &[f32], t: &QTensor, out: &mut [u8]) {
     if isa == Isa::Avx512Vnni && unsafe { super::avx512::quantize_nchw_to_nhwc(x, t.h * t.w, t.c, t.scale, t.zp, out) } {
         return;
     }
+    #[cfg(target_arch = "aarch64")]
+    if matches!(isa, Isa::Neon | Isa::NeonDot) && super::neon::quantize_nchw_to_nhwc(x, t, out) {
+        return;
+    }
     match isa {
         #[cfg(target_arch = "x86_64")]
         i if i.has_avx2() => unsafe { quantize_nchw_avx2(x, t, out) },
@@ -530,6 +601,8 @@ pub fn add_quantized(isa: Isa, a: &[u8], ta: &QTensor, b: &[u8], tb: &QTensor, t
     match isa {
         #[cfg(target_arch = "x86_64")]
         i if i.has_avx2() => unsafe { add_quantized_avx2(a, ta, b, tb, to, out) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::NeonDot => super::neon::add_quantized(a, ta, b, tb, to, out),
         _ => add_quantized_body(a, ta, b, tb, to, out),
     }
 }

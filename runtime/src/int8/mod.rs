@@ -1,13 +1,17 @@
 //! edgemed's own INT8 engine: QDQ graphs compiled ([`compile`]) into fused integer
 //! ops (u8 activations in NHWC, s8 weights, i32 accumulation, requantisation with
-//! the activation folded in as a clamp or a lookup table) run by [`kernels`] (scalar
-//! reference; AVX2 chosen at run time). The float tail a graph may end with (a
-//! classifier head after the last quantised tensor) runs in tract.
+//! the activation folded in as a clamp or a lookup table) run by [`kernels`] (a scalar
+//! reference; AVX2 and AVX-512 VNNI on x86-64, NEON and `sdot` on aarch64, chosen at
+//! run time). The float tail a graph may end with (a classifier head after the last
+//! quantised tensor) runs in edgemed's interpreter ([`tail`]), or in tract for ops it
+//! does not know.
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 pub mod compile;
 pub mod kernels;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 pub mod tail;
 
 use crate::backend::{Backend, TractBackend};
