@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use edgemed_runtime::model::{float_value_info, Dim};
 use edgemed_runtime::tract_onnx::pb;
 use prost::Message;
 
@@ -30,29 +31,15 @@ pub struct GraphBuilder {
     pub graph: pb::GraphProto,
 }
 
-fn value_info(name: &str, elem_type: pb::tensor_proto::DataType, dims: &[D]) -> pb::ValueInfoProto {
-    use pb::tensor_shape_proto::{dimension::Value, Dimension};
-    let dim = dims
+fn value_info(name: &str, dims: &[D]) -> pb::ValueInfoProto {
+    let dims: Vec<Dim> = dims
         .iter()
-        .map(|d| Dimension {
-            denotation: String::new(),
-            value: Some(match d {
-                D::N(n) => Value::DimValue(*n),
-                D::Sym(s) => Value::DimParam(s.to_string()),
-            }),
+        .map(|d| match d {
+            D::N(n) => Dim::Fixed(usize::try_from(*n).expect("declared dims are not negative")),
+            D::Sym(s) => Dim::Symbolic(s.to_string()),
         })
         .collect();
-    pb::ValueInfoProto {
-        name: name.to_string(),
-        r#type: Some(pb::TypeProto {
-            denotation: String::new(),
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: elem_type as i32,
-                shape: Some(pb::TensorShapeProto { dim }),
-            })),
-        }),
-        doc_string: String::new(),
-    }
+    float_value_info(name, &dims)
 }
 
 pub fn tensor_f32(name: &str, shape: &[usize], data: &[f32]) -> pb::TensorProto {
@@ -83,11 +70,11 @@ impl GraphBuilder {
     }
 
     pub fn input_f32(&mut self, name: &str, dims: &[D]) {
-        self.graph.input.push(value_info(name, pb::tensor_proto::DataType::Float, dims));
+        self.graph.input.push(value_info(name, dims));
     }
 
     pub fn output_f32(&mut self, name: &str, dims: &[D]) {
-        self.graph.output.push(value_info(name, pb::tensor_proto::DataType::Float, dims));
+        self.graph.output.push(value_info(name, dims));
     }
 
     /// Adds a float initializer and returns its name.

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use edgemed_runtime::model::Dim;
 use edgemed_runtime::tract_onnx::pb;
 use edgemed_tests::{assert_clean_failure, repo_root, scratch_dir};
 use prost::Message;
@@ -132,25 +133,8 @@ fn corrupt_and_truncated_models_are_refused() {
 
 /// A float tensor declaration; a negative dimension is the symbolic batch.
 fn value_info(name: &str, dims: &[i64]) -> pb::ValueInfoProto {
-    use pb::tensor_shape_proto::{dimension::Value, Dimension};
-    let dim = dims
-        .iter()
-        .map(|d| Dimension {
-            denotation: String::new(),
-            value: Some(if *d < 0 { Value::DimParam("batch".into()) } else { Value::DimValue(*d) }),
-        })
-        .collect();
-    pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            denotation: String::new(),
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: pb::tensor_proto::DataType::Float as i32,
-                shape: Some(pb::TensorShapeProto { dim }),
-            })),
-        }),
-        doc_string: String::new(),
-    }
+    let dims: Vec<Dim> = dims.iter().map(|&d| if d < 0 { Dim::Symbolic("batch".into()) } else { Dim::Fixed(d as usize) }).collect();
+    edgemed_runtime::model::float_value_info(name, &dims)
 }
 
 /// An opset-13 model from nodes, initializers and the declared input `x` and output `y`.

@@ -764,27 +764,10 @@ fn compile_until(model: &OnnxModel, limit: usize) -> Result<std::result::Result<
         let used: std::collections::HashSet<&str> = g.node.iter().flat_map(|n| n.input.iter().map(|s| s.as_str())).collect();
         g.initializer = graph.initializer.iter().filter(|t| used.contains(t.name.as_str())).cloned().collect();
         g.output = graph.output.clone();
-        g.input = vec![value_info(&boundary_name, &[1, b.c as i64, b.h as i64, b.w as i64])];
+        g.input = vec![crate::model::float_value_info(&boundary_name, &[1, b.c, b.h, b.w].map(crate::model::Dim::Fixed))];
         Some(pb::ModelProto { graph: Some(g), ..model.proto.clone() })
     };
     let macs = comp.ops.iter().map(|o| o.macs()).sum::<u64>() + head.as_ref().map_or(0, |h| h.macs);
     let input_t = comp.tensors[0];
     Ok(Ok(Plan { tensors: comp.tensors, input: input_t, ops: comp.ops, boundary, head, tail, macs }))
-}
-
-fn value_info(name: &str, dims: &[i64]) -> pb::ValueInfoProto {
-    use pb::tensor_shape_proto::{dimension::Value, Dimension};
-    pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            denotation: String::new(),
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: pb::tensor_proto::DataType::Float as i32,
-                shape: Some(pb::TensorShapeProto {
-                    dim: dims.iter().map(|&d| Dimension { denotation: String::new(), value: Some(Value::DimValue(d)) }).collect(),
-                }),
-            })),
-        }),
-        doc_string: String::new(),
-    }
 }
