@@ -9,22 +9,18 @@
 //! `edgemed-run bench FP32 --quantized INT8 --backend tract,ort,int8` prints the same
 //! comparison as one table with ratios; this is the statistically careful version.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use edgemed_runtime::backend::{self, BackendKind, BackendOptions};
 use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::ndarray::{ArrayD, IxDyn};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
-}
-
 /// (label, FP32 model, INT8 QDQ model)
 fn cases() -> Vec<(&'static str, PathBuf, PathBuf)> {
-    let fixtures = root().join("tests/fixtures");
+    let fixtures = edgemed_tests::repo_root().join("tests/fixtures");
     let mut v = vec![("eqmnv2_c4 95x95", fixtures.join("eqmnv2_c4.onnx"), fixtures.join("eqmnv2_c4_qdq.onnx"))];
-    let made = root().join("target/bench-models");
+    let made = edgemed_tests::repo_root().join("target/bench-models");
     for (label, fp32, int8) in
         [("mobilenet_v2 224x224", "mnv2_224.onnx", "mnv2_224_qdq.onnx"), ("unet3d 32^3 window", "unet3d.onnx", "unet3d_qdq.onnx")]
     {
@@ -48,17 +44,8 @@ fn engines(c: &mut Criterion) {
         rows.push(("edgemed INT8", &int8, BackendKind::Int8));
         for (name, path, kind) in rows {
             let model = OnnxModel::load(path).expect("benchmark model");
-            let mut shape: Vec<usize> = model.inputs[0]
-                .dims
-                .as_ref()
-                .expect("declared input shape")
-                .iter()
-                .map(|d| match d {
-                    edgemed_runtime::model::Dim::Fixed(n) => *n,
-                    _ => 1,
-                })
-                .collect();
-            shape[0] = 1;
+            let shape: Vec<usize> =
+                std::iter::once(1).chain(edgemed_runtime::bench::item_shape(&model).expect("fixed input shape")).collect();
             let opts = BackendOptions { kind, ort_library: ort.clone(), intra_threads: 1, ..Default::default() };
             let b = backend::create(&model, &shape, &opts).expect("backend");
             let n = shape.iter().product();

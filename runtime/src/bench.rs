@@ -23,6 +23,21 @@ pub struct BenchStats {
     pub peak_rss_mib: Option<f64>,
 }
 
+/// The input shape after the batch dimension, which a benchmark needs fixed (image
+/// patches or volume windows alike).
+pub fn item_shape(model: &crate::model::OnnxModel) -> Result<Vec<usize>> {
+    let input = model.inputs.first().ok_or_else(|| Error::Invalid("the model has no input".into()))?;
+    let dims = input.dims.as_ref().ok_or_else(|| Error::Invalid(format!("input {:?} has no declared shape", input.name)))?;
+    crate::ensure!(dims.len() >= 2, Error::Invalid(format!("input {:?} has shape {dims:?}: expected [batch, ...]", input.name)));
+    dims[1..]
+        .iter()
+        .map(|d| match d {
+            crate::model::Dim::Fixed(n) if *n > 0 => Ok(*n),
+            _ => Err(Error::Invalid(format!("input {:?} has shape {dims:?}: bench needs every size after the batch fixed", input.name))),
+        })
+        .collect()
+}
+
 /// Runs `warmup` untimed then `iterations` timed inferences on a fixed pseudo-random input.
 pub fn bench(backend: &dyn Backend, warmup: usize, iterations: usize) -> Result<BenchStats> {
     let shape = backend.input_shape().to_vec();

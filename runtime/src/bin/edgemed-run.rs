@@ -546,12 +546,12 @@ fn run(cmd: Command, backends: Vec<BackendOptions>, checks: &Checks) -> Result<E
         Command::Bench { model, quantized, batch, threads, iters, warmup, profile } => {
             let model = load_model(model.as_deref(), checks)?;
             // Any model with a fixed shape after the batch: patches, or volume windows.
-            let item = bench_item_shape(&model)?;
+            let item = bench::item_shape(&model)?;
             anyhow::ensure!(threads >= 1, "--threads must be at least 1");
             let qmodel = quantized.as_deref().map(|q| load_model(Some(q), checks)).transpose()?;
             if let Some(q) = &qmodel {
                 anyhow::ensure!(
-                    bench_item_shape(q)? == item,
+                    bench::item_shape(q)? == item,
                     "--quantized takes the same input shape as the model ({item:?} after the batch)"
                 );
             }
@@ -615,20 +615,6 @@ fn run(cmd: Command, backends: Vec<BackendOptions>, checks: &Checks) -> Result<E
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// The input shape after the batch dimension, which `bench` needs fixed.
-fn bench_item_shape(model: &OnnxModel) -> Result<Vec<usize>> {
-    let input = model.inputs.first().context("the model has no input")?;
-    let dims = input.dims.as_ref().with_context(|| format!("input {:?} has no declared shape", input.name))?;
-    anyhow::ensure!(dims.len() >= 2, "input {:?} has shape {dims:?}: expected [batch, ...]", input.name);
-    dims[1..]
-        .iter()
-        .map(|d| match d {
-            edgemed_runtime::model::Dim::Fixed(n) if *n > 0 => Ok(*n),
-            _ => anyhow::bail!("input {:?} has shape {dims:?}: bench needs every size after the batch fixed", input.name),
-        })
-        .collect()
 }
 
 /// Per-step times of the INT8 engine on the benchmark's input (`item` values).
