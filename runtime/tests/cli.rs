@@ -662,4 +662,9 @@ fn bench_compares_fp32_and_int8_and_profiles_the_engine() {
         &run(&["bench", unet.to_str().unwrap(), "--quantized", qdq.to_str().unwrap(), "--iters", "1"]),
         "same input shape",
     );
+    // Spatial sizes left symbolic: nothing to time them at.
+    let relu = pb::NodeProto { input: vec!["x".into()], output: vec!["y".into()], op_type: "Relu".into(), ..Default::default() };
+    let path = scratch_dir("cli-bench-symbolic").join("symbolic.onnx");
+    std::fs::write(&path, tiny_model(vec![relu], vec![], &[-1, 3, -1, -1], &[-1, 3, -1, -1]).encode_to_vec()).unwrap();
+    assert_clean_failure(&run(&["bench", path.to_str().unwrap(), "--iters", "1"]), "bench needs every size after the batch fixed");
 }
