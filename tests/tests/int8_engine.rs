@@ -128,35 +128,12 @@ fn scalar_and_simd_kernels_give_the_same_bits_on_whole_models() {
     }
 }
 
-/// edgemed's float tail (and, on the converter's model, the head conv it runs in
-/// integers with a float output) against tract running the same tail graph.
-#[test]
-fn own_float_tail_and_head_agree_with_tract() {
-    let (demo, _) = common::demo_int8_with_last_activation();
-    for m in [OnnxModel::load(fixture("eqmnv2_c4_qdq.onnx")).unwrap(), demo] {
-        let ours = Engine::new(&m).unwrap();
-        let tract = Engine::with_tail(&m, true).unwrap();
-        let (_, side, _) = m.image_input().unwrap();
-        for seed in [1, 2, 3] {
-            let x = noise(&[1, 3, side, side], seed);
-            let (a, b) = (ours.run_one(x.as_slice().unwrap()).unwrap(), tract.run_one(x.as_slice().unwrap()).unwrap());
-            assert_eq!(a.len(), b.len());
-            for (ya, yb) in a.iter().zip(&b) {
-                let scale = yb.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
-                let d = max_diff(ya, yb);
-                println!("{} seed {seed}: max |edgemed tail - tract tail| = {d:.2e} (outputs up to {scale:.2})", m.path.display());
-                assert!(d <= 1e-5 * scale, "{d}");
-            }
-        }
-    }
-}
-
 #[test]
 fn uncovered_models_run_in_tract() {
     // An FP32 model has no QuantizeLinear to start from.
     let m = OnnxModel::load(fixture("eqmnv2_c4.onnx")).unwrap();
     let e = Engine::new(&m).err().expect("not a QDQ model").to_string();
-    assert!(e.contains("not quantised by a QuantizeLinear"), "{e}");
+    assert!(e.contains("not a QDQ model"), "{e}");
     let b = backend::create(&m, &[1, 3, 95, 95], &options(BackendKind::Int8)).unwrap();
     assert_eq!(b.name(), "tract");
 }

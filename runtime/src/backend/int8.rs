@@ -18,13 +18,12 @@ pub fn create(model: &OnnxModel, input_shape: &[usize], budget: u64) -> Result<B
     match Engine::new(model) {
         Ok(engine) => {
             super::check_declared_sizes(model, input_shape, budget)?;
+            let (int_ops, float_ops) = engine.plan.counts();
             log::info!(
-                "{}: edgemed INT8 engine, {} integer ops ({:.1} MMAC), {} kernels, float tail: {}",
+                "{}: edgemed INT8 engine, {int_ops} integer ops ({:.1} MMAC), {float_ops} float ops, {} kernels",
                 model.path.display(),
-                engine.plan.ops.len(),
                 engine.plan.macs as f64 / 1e6,
                 engine.isa.name(),
-                engine.plan.tail.as_ref().map_or(0, |t| t.graph.as_ref().map_or(0, |g| g.node.len()))
             );
             Ok(Box::new(Int8Backend { engine, input_shape: input_shape.to_vec() }))
         }

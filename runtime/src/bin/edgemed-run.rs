@@ -625,20 +625,21 @@ fn print_engine_profile(model: &OnnxModel, item: usize, iters: usize) -> Result<
     let steps = engine.profile(&x, iters)?;
     let total: f64 = steps.iter().map(|s| s.seconds).sum();
     println!(
-        "\nINT8 engine, {} kernels, {} ops, {:.2} MMAC, {:.1} KiB of buffers; per run, mean of {iters}:",
+        "\nINT8 engine, {} kernels, {} integer ops, {} float ops, {:.2} MMAC, {:.1} KiB of buffers; per run, mean of {iters}:",
         engine.isa.name(),
-        engine.plan.ops.len(),
+        engine.plan.counts().0,
+        engine.plan.counts().1,
         engine.plan.macs as f64 / 1e6,
         engine.memory().bytes() as f64 / 1024.0
     );
-    println!("{:<48} {:>10} {:>9} {:>8} {:>7}", "step", "MMAC", "us", "GMAC/s", "share");
+    println!("{:<56} {:>10} {:>9} {:>8} {:>7}", "step", "MMAC", "us", "GMAC/s", "share");
     for s in &steps {
         let us = s.seconds / iters as f64 * 1e6;
         let gmacs = if s.macs > 0 { format!("{:.1}", s.macs as f64 / (us * 1e3)) } else { String::new() };
         let mmac = if s.macs > 0 { format!("{:.3}", s.macs as f64 / 1e6) } else { String::new() };
-        println!("{:<48} {:>10} {:>9.1} {:>8} {:>6.1}%", s.label, mmac, us, gmacs, 100.0 * s.seconds / total);
+        println!("{:<56} {:>10} {:>9.1} {:>8} {:>6.1}%", s.label, mmac, us, gmacs, 100.0 * s.seconds / total);
     }
-    println!("{:<48} {:>10} {:>9.1}", "total", format!("{:.3}", engine.plan.macs as f64 / 1e6), total / iters as f64 * 1e6);
+    println!("{:<56} {:>10} {:>9.1}", "total", format!("{:.3}", engine.plan.macs as f64 / 1e6), total / iters as f64 * 1e6);
     Ok(())
 }
 

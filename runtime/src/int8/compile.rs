@@ -1,39 +1,50 @@
 //! From a QDQ ONNX graph (what `edgemed quantize` writes, and ONNX Runtime's QDQ
-//! format) to a plan of fused integer ops. Patterns recognised, in graph order:
+//! format) to a plan of fused integer ops with float ops between them. Patterns
+//! recognised, in graph order:
 //!
-//! - `QuantizeLinear(input)`: the model input quantised to u8 (NCHW -> NHWC).
-//! - `DequantizeLinear(q)` of a u8 tensor: a float view of it, free.
+//! - `QuantizeLinear(f)` of a float value (the model input, or the output of a float
+//!   op): f quantised to a u8 tensor, channels last (NCHW -> NHWC, NCDHW -> NDHWC).
+//! - `DequantizeLinear(q)` of a u8 tensor: a float view of it, free while only
+//!   integer ops read it.
 //! - `Conv(DQ(x), DQ(w int8), bias) [-> Relu] [-> Min(bound) | Clip] -> QuantizeLinear`:
-//!   one fused conv (dense or depthwise), int32 accumulation, requantisation, the
-//!   activation as a clamp in the quantised domain (exact: quantisation is monotone).
+//!   one fused conv (2-D dense or depthwise, 3-D, or transposed), int32 accumulation,
+//!   requantisation, the activation as a clamp in the quantised domain (exact:
+//!   quantisation is monotone).
 //! - `DQ(q) -> Relu / Min / Clip ... -> QuantizeLinear`: a per-channel lookup table
 //!   (256 entries), computed with the same float operations, so it is exact.
 //! - `Add(DQ(a), DQ(b)) -> QuantizeLinear`: an element-wise quantised add.
 //!
-//! The first node that fits none of these ends the integer part; the rest of the
-//! graph (a classifier head, say) becomes a float tail run by tract on the one
-//! tensor that crosses the boundary. A graph whose boundary is crossed by more than
-//! one tensor, or that uses a construct the engine does not know before any integer
-//! op, is refused with the reason, and the caller falls back to tract for the whole model.
+//! Every other node is a float op ([`super::float`]) on NCHW arrays: the u8 tensors
+//! it reads are dequantised where it needs them, a conv whose output it reads is
+//! computed in integers and dequantised with its bias and activation, and a
+//! QuantizeLinear of its output makes a u8 tensor again. Instance normalisation and
+//! PReLU between a U-Net's convs, a flow's coupling arithmetic, a classifier head all
+//! run this way. A graph with a float op the interpreter does not know, or a form of
+//! quantisation the engine does not read, is refused with the reason, and the caller
+//! falls back to tract for the whole model.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tract_onnx::pb;
 
+use super::float::{self, FloatOp, Operand};
 use super::kernels::{self, ConvGeometry, DepthwiseWeights, PackedWeights, Requant};
 use crate::error::{Error, Result};
 use crate::model::OnnxModel;
+use crate::ndarray::{ArrayD, IxDyn};
 
 /// A float initializer or a folded DequantizeLinear of one.
 #[derive(Debug, Clone)]
 struct Const {
     shape: Vec<usize>,
     data: Vec<f32>,
-    /// The int8 values and scales when it is DQ(int8 initializer) (a quantised weight).
-    int8: Option<(Vec<i8>, Vec<f32>)>,
+    /// The int8 values, scales and scale axis when it is DQ(int8 initializer) (a quantised weight).
+    int8: Option<(Vec<i8>, Vec<f32>, usize)>,
 }
 
-/// A u8 NHWC tensor of the plan.
+/// A u8 tensor of the plan, channels last. 3-D volumes keep depth x height in `h`
+/// (the plan's `shapes` has the NC... shape); the integer ops that care (3-D convs)
+/// carry their own geometry.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct QTensor {
     pub c: usize,
@@ -55,6 +66,19 @@ impl QTensor {
     fn deq(&self, q: u8) -> f32 {
         (q as i32 - self.zp as i32) as f32 * self.scale
     }
+
+    /// The tensor holding a float value of `shape` ([1, C, spatial...], rank 2 to 5).
+    fn of_shape(shape: &[usize], scale: f32, zp: u8) -> Option<QTensor> {
+        if !(2..=5).contains(&shape.len()) || shape[0] != 1 {
+            return None;
+        }
+        let (h, w) = match shape.len() {
+            2 => (1, 1),
+            3 => (1, shape[2]),
+            _ => (shape[2..shape.len() - 1].iter().product(), shape[shape.len() - 1]),
+        };
+        Some(QTensor { c: shape[1], h, w, scale, zp })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -63,11 +87,62 @@ pub enum ConvKind {
     Depthwise(DepthwiseWeights),
 }
 
+/// Sizes of a 3-D convolution (a transposed one: input and output swap roles in the
+/// index arithmetic, o = i * stride - pad + tap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry3 {
+    pub input: [usize; 3],
+    pub cin: usize,
+    pub kernel: [usize; 3],
+    pub stride: [usize; 3],
+    /// Padding before each axis (the output sizes fix the rest).
+    pub pads: [usize; 3],
+    pub output: [usize; 3],
+}
+
+impl Geometry3 {
+    pub fn taps(&self) -> usize {
+        self.kernel.iter().product()
+    }
+}
+
+/// How a convolution's int32 sums are formed from the 2-D kernels.
+#[derive(Debug, Clone)]
+pub enum ConvLayout {
+    /// A 2-D convolution (or a 1x1x1 one) on the channels-last input, read in place.
+    Direct(ConvGeometry),
+    /// A 3-D convolution: each output plane's patches gathered into rows (padding as
+    /// the zero point), then multiplied as a pointwise conv on the rows (`plane`).
+    Planes { g: Geometry3, plane: ConvGeometry },
+    /// A transposed convolution: every input pixel times every tap's weights (a
+    /// pointwise product with taps x cout columns, `cols`), each tap's columns then
+    /// added into the output pixel it lands on, less zp * Σw for that tap.
+    Transposed { g: Geometry3, cols: ConvGeometry, col_offset: Vec<i32> },
+}
+
+impl ConvLayout {
+    /// Output pixels (voxels).
+    pub fn pixels(&self) -> usize {
+        match self {
+            ConvLayout::Direct(g) => g.oh * g.ow,
+            ConvLayout::Planes { g, .. } | ConvLayout::Transposed { g, .. } => g.output.iter().product(),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            ConvLayout::Direct(g) => format!("{}x{}/{}", g.kh, g.kw, g.stride[0]),
+            ConvLayout::Planes { g, .. } => format!("{}x{}x{}/{} 3-D", g.kernel[0], g.kernel[1], g.kernel[2], g.stride[0]),
+            ConvLayout::Transposed { g, .. } => format!("{}x{}x{}/{} transposed", g.kernel[0], g.kernel[1], g.kernel[2], g.stride[0]),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ConvOp {
     pub src: usize,
     pub dst: usize,
-    pub geometry: ConvGeometry,
+    pub layout: ConvLayout,
     pub kind: ConvKind,
     pub requant: Requant,
     pub name: String,
@@ -120,11 +195,11 @@ impl Op {
 /// mult = s_x s_w, exactly the DequantizeLinear -> Conv -> activation of the graph
 /// (with an exact integer sum where a float conv would round as it adds). While
 /// compiling, a conv awaiting its QuantizeLinear (which turns it into a [`ConvOp`]);
-/// in a plan, a last conv whose output goes to the float tail.
+/// in a plan, a conv whose output a float op reads.
 #[derive(Debug, Clone)]
 pub struct FloatConv {
     pub src: usize,
-    pub geometry: ConvGeometry,
+    pub layout: ConvLayout,
     pub kind: ConvKind,
     pub offset: Vec<i32>,
     pub mult: Vec<f32>,
@@ -132,59 +207,132 @@ pub struct FloatConv {
     /// Activation bounds so far (Relu, Min, Clip).
     pub lo: Vec<f32>,
     pub hi: Vec<f32>,
+    /// The output's NC... shape.
+    pub shape: Vec<usize>,
     pub name: String,
     pub macs: u64,
-    /// Index of the Conv node (where the tail starts if it has to run this conv in float).
-    start: usize,
 }
 
-/// The compiled integer part of a model.
+/// One step of a plan. Integer tensors live in reused buffers (the engine's memory
+/// plan), float values in arrays dropped after their last reader.
+#[derive(Debug, Clone)]
+pub enum Step {
+    Int(Op),
+    /// Float value `src` (NC...) quantised into tensor `dst`.
+    Quantize {
+        src: usize,
+        dst: usize,
+    },
+    /// Tensor `src` dequantised into float value `dst` (NC...).
+    Dequantize {
+        src: usize,
+        dst: usize,
+    },
+    /// A convolution run in integers whose output a float op reads.
+    ConvToFloat {
+        conv: Box<FloatConv>,
+        dst: usize,
+    },
+    Float {
+        op: FloatOp,
+        inputs: Vec<Operand>,
+        dst: usize,
+        name: String,
+    },
+}
+
+impl Step {
+    pub fn macs(&self) -> u64 {
+        match self {
+            Step::Int(op) => op.macs(),
+            Step::ConvToFloat { conv, .. } => conv.macs,
+            _ => 0,
+        }
+    }
+
+    /// Tensors the step reads.
+    pub fn tensor_sources(&self) -> Vec<usize> {
+        match self {
+            Step::Int(op) => op.sources(),
+            Step::Dequantize { src, .. } => vec![*src],
+            Step::ConvToFloat { conv, .. } => vec![conv.src],
+            _ => vec![],
+        }
+    }
+
+    /// The tensor the step writes.
+    pub fn tensor_destination(&self) -> Option<usize> {
+        match self {
+            Step::Int(op) => Some(op.destination()),
+            Step::Quantize { dst, .. } => Some(*dst),
+            _ => None,
+        }
+    }
+
+    /// Float values the step reads.
+    pub fn float_sources(&self) -> Vec<usize> {
+        match self {
+            Step::Quantize { src, .. } => vec![*src],
+            Step::Float { inputs, .. } => inputs
+                .iter()
+                .filter_map(|i| match i {
+                    Operand::Value(v) => Some(*v),
+                    Operand::Const(_) => None,
+                })
+                .collect(),
+            _ => vec![],
+        }
+    }
+}
+
+/// A compiled model.
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub tensors: Vec<QTensor>,
-    /// The model input (float NCHW) quantised into tensor 0.
-    pub input: QTensor,
-    pub ops: Vec<Op>,
-    /// Tensor handed on (dequantised, NCHW) to the float tail, or returned as the output.
-    pub boundary: usize,
-    /// A last convolution whose output goes to the float tail unquantised (the
-    /// converter leaves the head conv before group pooling in float): run on the
-    /// boundary tensor in integers, dequantised with its activation as float clamps.
-    pub head: Option<FloatConv>,
-    /// The rest of the graph, with the boundary tensor (or the head's output) as its
-    /// input (None: that is the output).
-    pub tail: Option<pb::ModelProto>,
+    /// The NC... shape of each tensor (batch 1).
+    pub shapes: Vec<Vec<usize>>,
+    /// The shape of each float value; value 0 is the model input.
+    pub float_shapes: Vec<Vec<usize>>,
+    pub steps: Vec<Step>,
+    /// Float values returned, in the graph's output order.
+    pub outputs: Vec<usize>,
     pub macs: u64,
 }
 
 impl Plan {
-    /// Shape of the float tensor handed to the tail (NCHW): the head's output, or the boundary's.
-    pub fn handover_shape(&self) -> [usize; 4] {
-        match &self.head {
-            Some(h) => [1, h.mult.len(), h.geometry.oh, h.geometry.ow],
-            None => {
-                let b = self.tensors[self.boundary];
-                [1, b.c, b.h, b.w]
-            }
-        }
+    pub fn input_shape(&self) -> &[usize] {
+        &self.float_shapes[0]
     }
 
-    /// A one-line description of `op` for profiles, e.g. `conv 3x3/2 depthwise 48 -> 48 at 11x11`.
-    pub fn label(&self, op: &Op) -> String {
+    /// Integer steps (ops on u8 tensors, conversions excluded) and float ops.
+    pub fn counts(&self) -> (usize, usize) {
+        let int = self.steps.iter().filter(|s| matches!(s, Step::Int(_) | Step::ConvToFloat { .. })).count();
+        let float = self.steps.iter().filter(|s| matches!(s, Step::Float { .. })).count();
+        (int, float)
+    }
+
+    /// A one-line description of `step` for profiles, e.g. `conv 3x3/2 depthwise 48 -> 48 at 11x11`.
+    pub fn label(&self, step: &Step) -> String {
         let t = |i: usize| self.tensors[i];
-        match op {
-            Op::Conv(c) => {
-                let g = &c.geometry;
-                let (x, y) = (t(c.src), t(c.dst));
-                let kind = match c.kind {
-                    ConvKind::Dense(_) if g.is_pointwise() => "pointwise",
-                    ConvKind::Dense(_) => "dense",
-                    ConvKind::Depthwise(_) => "depthwise",
-                };
-                format!("conv {}x{}/{} {kind} {} -> {} at {}x{}", g.kh, g.kw, g.stride[0], x.c, y.c, y.h, y.w)
+        let at = |i: usize| self.shapes[i][2..].iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
+        let conv_label = |layout: &ConvLayout, kind: &ConvKind, cin: usize, cout: usize| {
+            let k = match (layout, kind) {
+                (ConvLayout::Direct(g), ConvKind::Dense(_)) if g.is_pointwise() => "pointwise",
+                (_, ConvKind::Dense(_)) => "dense",
+                (_, ConvKind::Depthwise(_)) => "depthwise",
+            };
+            format!("conv {} {k} {cin} -> {cout}", layout.describe())
+        };
+        match step {
+            Step::Int(Op::Conv(c)) => format!("{} at {}", conv_label(&c.layout, &c.kind, t(c.src).c, t(c.dst).c), at(c.dst)),
+            Step::Int(Op::Lut { dst, .. }) => format!("table (activation) {} at {}", t(*dst).c, at(*dst)),
+            Step::Int(Op::Add { dst, .. }) => format!("add {} at {}", t(*dst).c, at(*dst)),
+            Step::Quantize { dst, .. } => format!("quantize {} at {}", t(*dst).c, at(*dst)),
+            Step::Dequantize { src, .. } => format!("dequantize {} at {}", t(*src).c, at(*src)),
+            Step::ConvToFloat { conv, .. } => {
+                format!("{} to float at {:?}", conv_label(&conv.layout, &conv.kind, t(conv.src).c, conv.mult.len()), &conv.shape[2..])
             }
-            Op::Lut { dst, .. } => format!("table (activation) {} at {}x{}", t(*dst).c, t(*dst).h, t(*dst).w),
-            Op::Add { dst, .. } => format!("add {} at {}x{}", t(*dst).c, t(*dst).h, t(*dst).w),
+            Step::Float { op, dst, .. } => format!("float {} -> {:?}", op.name(), self.float_shapes[*dst]),
         }
     }
 }
@@ -194,6 +342,8 @@ enum Val {
     Const(Const),
     /// A u8 tensor (the output of a QuantizeLinear) or its DequantizeLinear view.
     Int(usize),
+    /// A float value of the plan.
+    Float(usize),
     /// A float value awaiting its QuantizeLinear: a conv with its activation bounds so far.
     PendingConv {
         conv: Box<FloatConv>,
@@ -201,18 +351,16 @@ enum Val {
     /// Element-wise float ops on a u8 tensor's view, awaiting QuantizeLinear.
     PendingMap {
         src: usize,
-        steps: Vec<Step>,
-        start: usize,
+        steps: Vec<MapStep>,
     },
     PendingAdd {
         a: usize,
         b: usize,
-        start: usize,
     },
 }
 
 #[derive(Debug, Clone)]
-enum Step {
+enum MapStep {
     Relu,
     /// Per channel (or one value for all).
     Min(Vec<f32>),
@@ -295,20 +443,29 @@ fn attr_int(n: &pb::NodeProto, name: &str) -> Option<i64> {
 }
 
 struct Compiler<'m> {
+    graph: &'m pb::GraphProto,
+    opset: i64,
     inits: HashMap<&'m str, &'m pb::TensorProto>,
     vals: HashMap<String, Val>,
     tensors: Vec<QTensor>,
-    ops: Vec<Op>,
+    shapes: Vec<Vec<usize>>,
+    float_shapes: Vec<Vec<usize>>,
+    steps: Vec<Step>,
     uses: HashMap<&'m str, usize>,
     /// Names of DequantizeLinear views (float values) of u8 tensors.
-    float_views: std::collections::HashSet<String>,
+    float_views: HashSet<String>,
+    /// The float value each tensor was dequantised into (once, however many float ops read it).
+    dequantised: HashMap<usize, usize>,
+    /// MACs of convolutions left in float (weights not int8, grouped 3-D...).
+    float_macs: u64,
 }
 
 impl<'m> Compiler<'m> {
     fn konst(&self, name: &str) -> Option<Const> {
         match self.vals.get(name) {
             Some(Val::Const(c)) => Some(c.clone()),
-            _ => {
+            Some(_) => None,
+            None => {
                 let t = self.inits.get(name)?;
                 let (shape, d) = decode(t).ok()?;
                 Some(Const { shape, data: d.as_f32(), int8: None })
@@ -316,24 +473,25 @@ impl<'m> Compiler<'m> {
         }
     }
 
-    /// Scale and zero point of a Q/DQ node (per tensor only, u8 zero point).
-    fn qparams(&self, n: &pb::NodeProto) -> Result<(f32, u8)> {
-        let s = n.input.get(1).and_then(|s| self.konst(s)).ok_or_else(|| unsupported(format!("{}: scale is not a constant", n.name)))?;
+    /// Scale and zero point of a Q/DQ node when the engine's u8 tensors can carry
+    /// them (per tensor, u8 zero point); None: the node stays a float op.
+    fn qparams(&self, n: &pb::NodeProto) -> Option<(f32, u8)> {
+        let s = n.input.get(1).and_then(|s| self.konst(s))?;
         if s.data.len() != 1 || !(s.data[0] > 0.0 && s.data[0].is_finite()) {
-            return Err(unsupported(format!("{}: only per-tensor positive activation scales", n.name)));
+            return None;
         }
-        let zp = match n.input.get(2) {
+        let zp = match n.input.get(2).filter(|z| !z.is_empty()) {
             None => 0,
             Some(z) => {
-                let t = self.inits.get(z.as_str()).ok_or_else(|| unsupported(format!("{}: zero point is not an initializer", n.name)))?;
+                let t = self.inits.get(z.as_str())?;
                 if t.data_type != pb::tensor_proto::DataType::Uint8 as i32 {
-                    return Err(unsupported(format!("{}: activations must be uint8 (got type {})", n.name, t.data_type)));
+                    return None;
                 }
-                let (_, d) = decode(t)?;
+                let (_, d) = decode(t).ok()?;
                 d.as_f32().first().copied().unwrap_or(0.0) as u8
             }
         };
-        Ok((s.data[0], zp))
+        Some((s.data[0], zp))
     }
 
     fn int_of(&self, name: &str) -> Option<usize> {
@@ -343,13 +501,122 @@ impl<'m> Compiler<'m> {
         }
     }
 
-    fn new_tensor(&mut self, t: QTensor) -> usize {
+    fn new_tensor(&mut self, t: QTensor, shape: Vec<usize>) -> usize {
         self.tensors.push(t);
+        self.shapes.push(shape);
         self.tensors.len() - 1
     }
 
-    /// Handles one node; Ok(false) when it is not an integer pattern (the boundary).
-    fn node(&mut self, index: usize, n: &pb::NodeProto, input: &str) -> Result<bool> {
+    fn new_float(&mut self, shape: Vec<usize>) -> usize {
+        self.float_shapes.push(shape);
+        self.float_shapes.len() - 1
+    }
+
+    /// The float value of tensor `t`, dequantised (NC...) the first time a float op reads it.
+    fn dequantised(&mut self, t: usize) -> usize {
+        if let Some(&f) = self.dequantised.get(&t) {
+            return f;
+        }
+        let f = self.new_float(self.shapes[t].clone());
+        self.steps.push(Step::Dequantize { src: t, dst: f });
+        self.dequantised.insert(t, f);
+        f
+    }
+
+    /// Appends a float op; its output's shape is found by running it on zeros.
+    fn push_float(&mut self, op: FloatOp, inputs: Vec<Operand>, name: &str) -> Result<usize> {
+        let zeros: Vec<ArrayD<f32>> = inputs
+            .iter()
+            .map(|i| match i {
+                Operand::Value(v) => ArrayD::zeros(IxDyn(&self.float_shapes[*v])),
+                Operand::Const(c) => c.clone(),
+            })
+            .collect();
+        let args: Vec<&ArrayD<f32>> = zeros.iter().collect();
+        let shape = float::eval(&op, &args).map_err(|e| unsupported(format!("{name}: {e}")))?.shape().to_vec();
+        if let FloatOp::Conv { .. } = op {
+            let w = args.get(1).map_or(0, |w| w.len() / w.shape().first().copied().unwrap_or(1).max(1));
+            self.float_macs += (shape.iter().product::<usize>() * w) as u64;
+        }
+        let dst = self.new_float(shape);
+        self.steps.push(Step::Float { op, inputs, dst, name: name.to_string() });
+        Ok(dst)
+    }
+
+    /// The float value `name`, computing what the integer part kept pending: a conv
+    /// (in integers, dequantised), a table's float ops, an add.
+    fn float_of(&mut self, name: &str) -> Result<usize> {
+        let f = match self.vals.get(name).cloned() {
+            Some(Val::Float(f)) => return Ok(f),
+            Some(Val::Int(t)) if self.float_views.contains(name) => return Ok(self.dequantised(t)),
+            Some(Val::Int(_)) => return Err(unsupported(format!("{name}: a u8 tensor read by a float op without DequantizeLinear"))),
+            Some(Val::PendingConv { conv }) => {
+                let f = self.new_float(conv.shape.clone());
+                self.steps.push(Step::ConvToFloat { conv, dst: f });
+                f
+            }
+            Some(Val::PendingMap { src, steps }) => {
+                let mut f = self.dequantised(src);
+                let rank = self.shapes[src].len();
+                for s in steps {
+                    let scalar = |v: f32| Operand::Const(ArrayD::from_elem(IxDyn(&[]), v));
+                    let (op, extra) = match s {
+                        MapStep::Relu => (FloatOp::Relu, vec![]),
+                        MapStep::Clip(lo, hi) => (FloatOp::Clip, vec![scalar(lo), scalar(hi)]),
+                        MapStep::Min(b) if b.len() == 1 => (FloatOp::Binary(float::Binary::Min), vec![scalar(b[0])]),
+                        MapStep::Min(b) => {
+                            let mut shape = vec![1; rank];
+                            shape[1] = b.len();
+                            (
+                                FloatOp::Binary(float::Binary::Min),
+                                vec![Operand::Const(ArrayD::from_shape_vec(IxDyn(&shape), b).expect("sized"))],
+                            )
+                        }
+                    };
+                    let inputs = std::iter::once(Operand::Value(f)).chain(extra).collect();
+                    f = self.push_float(op, inputs, name)?;
+                }
+                f
+            }
+            Some(Val::PendingAdd { a, b }) => {
+                let (fa, fb) = (self.dequantised(a), self.dequantised(b));
+                self.push_float(FloatOp::Binary(float::Binary::Add), vec![Operand::Value(fa), Operand::Value(fb)], name)?
+            }
+            Some(Val::Const(_)) | None => return Err(unsupported(format!("{name}: not a value the engine computes"))),
+        };
+        self.vals.insert(name.to_string(), Val::Float(f));
+        Ok(f)
+    }
+
+    /// Node `n` as a float op (constants folded).
+    fn float_node(&mut self, n: &pb::NodeProto) -> Result<()> {
+        let op = float::float_op(n, self.opset, self.graph)?;
+        let mut inputs = Vec::with_capacity(n.input.len());
+        for name in &n.input {
+            inputs.push(if name.is_empty() {
+                Operand::Const(ArrayD::zeros(IxDyn(&[0])))
+            } else if let Some(c) = self.konst(name) {
+                Operand::Const(ArrayD::from_shape_vec(IxDyn(&c.shape), c.data).map_err(|e| unsupported(format!("{name}: {e}")))?)
+            } else {
+                Operand::Value(self.float_of(name)?)
+            });
+        }
+        let out = n.output.first().cloned().ok_or_else(|| unsupported(format!("{}: no output", n.name)))?;
+        if inputs.iter().all(|i| matches!(i, Operand::Const(_))) {
+            // Constant folding (shapes, weights' arithmetic) with the same code.
+            let args: Vec<&ArrayD<f32>> = inputs.iter().filter_map(|i| if let Operand::Const(c) = i { Some(c) } else { None }).collect();
+            let v = float::eval(&op, &args).map_err(|e| unsupported(format!("{}: {e}", n.name)))?;
+            let shape = v.shape().to_vec();
+            self.vals.insert(out, Val::Const(Const { shape, data: v.iter().copied().collect(), int8: None }));
+        } else {
+            let f = self.push_float(op, inputs, &n.name)?;
+            self.vals.insert(out, Val::Float(f));
+        }
+        Ok(())
+    }
+
+    /// Handles one node as (part of) an integer pattern; Ok(false): a float op.
+    fn node(&mut self, n: &pb::NodeProto) -> Result<bool> {
         let out = n.output.first().cloned().unwrap_or_default();
         let inp = |i: usize| n.input.get(i).map(|s| s.as_str()).unwrap_or("");
         match n.op_type.as_str() {
@@ -358,19 +625,19 @@ impl<'m> Compiler<'m> {
                     // A constant: fold (int8 weights keep their integers and scales).
                     let (shape, d) = decode(t)?;
                     let s = self.konst(inp(1)).ok_or_else(|| unsupported(format!("{}: scale is not a constant", n.name)))?;
-                    let zp = match n.input.get(2) {
+                    let zp = match n.input.get(2).filter(|z| !z.is_empty()) {
                         Some(z) => self.konst(z).map(|c| c.data).unwrap_or_default(),
                         None => vec![],
                     };
                     let axis = attr_int(n, "axis").unwrap_or(1);
                     let vals = d.as_f32();
                     let per = s.data.len();
-                    let inner = if per == 1 || shape.is_empty() {
-                        vals.len()
-                    } else {
-                        let ax = if axis < 0 { axis + shape.len() as i64 } else { axis } as usize;
-                        shape[ax + 1..].iter().product()
-                    };
+                    let ax = if axis < 0 { axis + shape.len() as i64 } else { axis }.max(0) as usize;
+                    let inner =
+                        if per == 1 || shape.is_empty() { vals.len() } else { shape[ax.min(shape.len() - 1) + 1..].iter().product() };
+                    if per > 1 && (ax >= shape.len() || shape[ax] != per) {
+                        return Err(unsupported(format!("{}: {per} scales for axis {axis} of {shape:?}", n.name)));
+                    }
                     let data: Vec<f32> = vals
                         .iter()
                         .enumerate()
@@ -379,11 +646,8 @@ impl<'m> Compiler<'m> {
                             (v - zp.get(c).copied().unwrap_or(0.0)) * s.data[c]
                         })
                         .collect();
-                    let int8 = if t.data_type == pb::tensor_proto::DataType::Int8 as i32
-                        && zp.iter().all(|&z| z == 0.0)
-                        && (per == 1 || axis == 0)
-                    {
-                        Some((vals.iter().map(|&v| v as i8).collect(), s.data.clone()))
+                    let int8 = if t.data_type == pb::tensor_proto::DataType::Int8 as i32 && zp.iter().all(|&z| z == 0.0) {
+                        Some((vals.iter().map(|&v| v as i8).collect(), s.data.clone(), if per == 1 { 0 } else { ax }))
                     } else {
                         None
                     };
@@ -391,33 +655,21 @@ impl<'m> Compiler<'m> {
                     return Ok(true);
                 }
                 let Some(t) = self.int_of(inp(0)) else { return Ok(false) };
-                let (s, z) = self.qparams(n)?;
-                if s != self.tensors[t].scale || z != self.tensors[t].zp {
-                    return Err(unsupported(format!("{}: dequantises with other parameters than its tensor was quantised with", n.name)));
+                if self.qparams(n) != Some((self.tensors[t].scale, self.tensors[t].zp)) {
+                    return Ok(false);
                 }
                 self.float_views.insert(out.clone());
                 self.vals.insert(out, Val::Int(t));
                 Ok(true)
             }
             "QuantizeLinear" => {
-                let (s, z) = self.qparams(n)?;
+                let Some((s, z)) = self.qparams(n) else { return Ok(false) };
                 let src = inp(0).to_string();
-                if src == input {
-                    // The model input: tensor 0, created by the caller.
-                    if self.tensors[0].scale != 0.0 {
-                        return Err(unsupported("the model input is quantised twice"));
-                    }
-                    self.tensors[0].scale = s;
-                    self.tensors[0].zp = z;
-                    self.vals.insert(out, Val::Int(0));
-                    return Ok(true);
-                }
                 match self.vals.get(&src).cloned() {
                     Some(Val::PendingConv { conv }) => {
                         let p = *conv;
-                        let cout = p.mult.len();
-                        let t = QTensor { c: cout, h: p.geometry.oh, w: p.geometry.ow, scale: s, zp: z };
-                        let dst = self.new_tensor(t);
+                        let t = QTensor::of_shape(&p.shape, s, z).expect("conv outputs are [1, C, ...]");
+                        let dst = self.new_tensor(t, p.shape.clone());
                         let q = |v: f32| kernels::quantize_u8(v, s, z);
                         let requant = Requant {
                             offset: p.offset,
@@ -427,166 +679,89 @@ impl<'m> Compiler<'m> {
                             lo: p.lo.iter().map(|&v| if v == f32::NEG_INFINITY { 0 } else { q(v) }).collect(),
                             hi: p.hi.iter().map(|&v| if v == f32::INFINITY { 255 } else { q(v) }).collect(),
                         };
-                        self.ops.push(Op::Conv(Box::new(ConvOp {
-                            src: p.src,
-                            dst,
-                            geometry: p.geometry,
-                            kind: p.kind,
-                            requant,
-                            name: p.name,
-                            macs: p.macs,
-                        })));
+                        let op = ConvOp { src: p.src, dst, layout: p.layout, kind: p.kind, requant, name: p.name, macs: p.macs };
+                        self.steps.push(Step::Int(Op::Conv(Box::new(op))));
                         self.vals.insert(out, Val::Int(dst));
-                        Ok(true)
+                        return Ok(true);
                     }
-                    Some(Val::PendingMap { src, steps, .. }) => {
+                    Some(Val::PendingMap { src, steps }) => {
                         let st = self.tensors[src];
-                        let dst = self.new_tensor(QTensor { scale: s, zp: z, ..st });
+                        let dst = self.new_tensor(QTensor { scale: s, zp: z, ..st }, self.shapes[src].clone());
                         let mut table = vec![0u8; st.c * 256];
                         for c in 0..st.c {
                             for qv in 0..256usize {
                                 let mut v = st.deq(qv as u8);
                                 for step in &steps {
                                     v = match step {
-                                        Step::Relu => v.max(0.0),
-                                        Step::Min(b) => v.min(if b.len() == 1 { b[0] } else { b[c] }),
-                                        Step::Clip(lo, hi) => v.clamp(*lo, *hi),
+                                        MapStep::Relu => v.max(0.0),
+                                        MapStep::Min(b) => v.min(if b.len() == 1 { b[0] } else { b[c] }),
+                                        MapStep::Clip(lo, hi) => v.clamp(*lo, *hi),
                                     };
                                 }
                                 table[c * 256 + qv] = kernels::quantize_u8(v, s, z);
                             }
                         }
-                        self.ops.push(Op::Lut { src, dst, table });
+                        self.steps.push(Step::Int(Op::Lut { src, dst, table }));
                         self.vals.insert(out, Val::Int(dst));
-                        Ok(true)
+                        return Ok(true);
                     }
-                    Some(Val::PendingAdd { a, b, .. }) => {
+                    Some(Val::PendingAdd { a, b }) => {
                         let ta = self.tensors[a];
-                        let dst = self.new_tensor(QTensor { scale: s, zp: z, ..ta });
-                        self.ops.push(Op::Add { a, b, dst });
+                        let dst = self.new_tensor(QTensor { scale: s, zp: z, ..ta }, self.shapes[a].clone());
+                        self.steps.push(Step::Int(Op::Add { a, b, dst }));
                         self.vals.insert(out, Val::Int(dst));
-                        Ok(true)
+                        return Ok(true);
                     }
                     Some(Val::Int(t)) if self.tensors[t].scale == s && self.tensors[t].zp == z => {
                         self.vals.insert(out, Val::Int(t));
-                        Ok(true)
+                        return Ok(true);
                     }
-                    _ => Ok(false),
+                    _ => {}
                 }
-            }
-            "Conv" => {
-                let Some(src) = self.int_of(inp(0)) else { return Ok(false) };
-                let Some(w) = self.konst(inp(1)) else { return Ok(false) };
-                let Some((wq, wscale)) = w.int8.clone() else { return Ok(false) };
-                if w.shape.len() != 4 {
-                    return Ok(false);
-                }
-                if attr_ints(n, "dilations").is_some_and(|d| d.iter().any(|&v| v != 1))
-                    || n.attribute.iter().any(|a| a.name == "auto_pad" && !a.s.is_empty() && a.s != b"NOTSET")
-                {
-                    return Ok(false);
-                }
-                let x = self.tensors[src];
-                let (cout, cin_g, kh, kw) = (w.shape[0], w.shape[1], w.shape[2], w.shape[3]);
-                let group = attr_int(n, "group").unwrap_or(1) as usize;
-                let strides = attr_ints(n, "strides").unwrap_or(vec![1, 1]);
-                let pads = attr_ints(n, "pads").unwrap_or(vec![0; 4]);
-                if strides.len() != 2 || pads.len() != 4 || pads.iter().any(|&p| p < 0) {
-                    return Ok(false);
-                }
-                let depthwise = group == x.c && group == cout && cin_g == 1 && group > 1;
-                if !(depthwise || group == 1 && cin_g == x.c) {
-                    return Ok(false);
-                }
-                let geometry = ConvGeometry::new(
-                    x.h,
-                    x.w,
-                    x.c,
-                    kh,
-                    kw,
-                    [strides[0] as usize, strides[1] as usize],
-                    [pads[0] as usize, pads[1] as usize, pads[2] as usize, pads[3] as usize],
-                )
-                .ok_or_else(|| unsupported(format!("{}: kernel larger than the padded input", n.name)))?;
-                let bias = match n.input.get(2).filter(|b| !b.is_empty()) {
-                    None => vec![0.0; cout],
-                    Some(b) => match self.konst(b) {
-                        Some(c) if c.data.len() == cout => c.data,
-                        _ => return Ok(false),
-                    },
-                };
-                let sw = |c: usize| if wscale.len() == 1 { wscale[0] } else { wscale[c] };
-                let mult: Vec<f32> = (0..cout).map(|c| x.scale * sw(c)).collect();
-                let k = kh * kw * cin_g;
-                let (kind, offset) = if depthwise {
-                    (ConvKind::Depthwise(DepthwiseWeights::new(&wq, cout, kh * kw)), vec![0; cout])
-                } else {
-                    // [cout][cin][kh][kw] -> rows [cout][kh][kw][cin], the im2row (and NHWC) order.
-                    let mut rows = vec![0i8; cout * k];
-                    for c in 0..cout {
-                        for ci in 0..cin_g {
-                            for i in 0..kh {
-                                for j in 0..kw {
-                                    rows[c * k + (i * kw + j) * cin_g + ci] = wq[((c * cin_g + ci) * kh + i) * kw + j];
-                                }
-                            }
-                        }
-                    }
-                    let pw = PackedWeights::new(rows, cout, kh, kw * cin_g);
-                    let offset = pw.sums().iter().map(|s| s * x.zp as i32).collect();
-                    (ConvKind::Dense(pw), offset)
-                };
-                let macs = (geometry.oh * geometry.ow * cout * k) as u64;
-                let conv = FloatConv {
-                    src,
-                    geometry,
-                    kind,
-                    offset,
-                    mult,
-                    bias,
-                    lo: vec![f32::NEG_INFINITY; cout],
-                    hi: vec![f32::INFINITY; cout],
-                    name: n.name.clone(),
-                    macs,
-                    start: index,
-                };
-                self.vals.insert(out, Val::PendingConv { conv: Box::new(conv) });
+                // A float value (the model input, a float op's output, a tensor dequantised
+                // with other parameters): quantised into a new tensor.
+                let Ok(f) = self.float_of(&src) else { return Ok(false) };
+                let shape = self.float_shapes[f].clone();
+                let Some(t) = QTensor::of_shape(&shape, s, z) else { return Ok(false) };
+                let dst = self.new_tensor(t, shape);
+                self.steps.push(Step::Quantize { src: f, dst });
+                self.vals.insert(out, Val::Int(dst));
                 Ok(true)
             }
+            "Conv" => self.conv(n, false),
+            "ConvTranspose" => self.conv(n, true),
             "Relu" | "Min" | "Clip" => {
                 let v = self.vals.get(inp(0)).cloned();
                 let step = match n.op_type.as_str() {
-                    "Relu" => Step::Relu,
-                    "Min" => match self.konst(inp(1)) {
-                        Some(b) => Step::Min(b.data),
-                        None => return Ok(false),
+                    "Relu" => MapStep::Relu,
+                    "Min" => match (n.input.len(), self.konst(inp(1))) {
+                        (2, Some(b)) => MapStep::Min(b.data),
+                        _ => return Ok(false),
                     },
                     _ => {
-                        let lo = if inp(1).is_empty() {
-                            f32::NEG_INFINITY
-                        } else {
-                            self.konst(inp(1)).and_then(|c| c.data.first().copied()).unwrap_or(f32::NAN)
+                        let bound = |i: usize, none: f32| {
+                            if inp(i).is_empty() {
+                                Some(none)
+                            } else {
+                                self.konst(inp(i)).and_then(|c| if c.data.len() == 1 { Some(c.data[0]) } else { None })
+                            }
                         };
-                        let hi = if inp(2).is_empty() {
-                            f32::INFINITY
-                        } else {
-                            self.konst(inp(2)).and_then(|c| c.data.first().copied()).unwrap_or(f32::NAN)
-                        };
-                        if lo.is_nan() || hi.is_nan() {
-                            return Ok(false);
+                        match (bound(1, f32::NEG_INFINITY), bound(2, f32::INFINITY)) {
+                            (Some(lo), Some(hi)) if !lo.is_nan() && !hi.is_nan() => MapStep::Clip(lo, hi),
+                            _ => return Ok(false),
                         }
-                        Step::Clip(lo, hi)
                     }
                 };
+                let single_use = self.uses.get(inp(0)) == Some(&1);
                 match v {
-                    Some(Val::PendingConv { mut conv }) if self.uses.get(inp(0)) == Some(&1) => {
+                    Some(Val::PendingConv { mut conv }) if single_use => {
                         let cout = conv.mult.len();
                         match &step {
-                            Step::Relu => conv.lo.iter_mut().for_each(|l| *l = l.max(0.0)),
-                            Step::Min(b) if b.len() == 1 || b.len() == cout => {
+                            MapStep::Relu => conv.lo.iter_mut().for_each(|l| *l = l.max(0.0)),
+                            MapStep::Min(b) if b.len() == 1 || b.len() == cout => {
                                 conv.hi.iter_mut().enumerate().for_each(|(c, h)| *h = h.min(if b.len() == 1 { b[0] } else { b[c] }))
                             }
-                            Step::Clip(lo, hi) => conv.lo.iter_mut().zip(conv.hi.iter_mut()).for_each(|(l, h)| {
+                            MapStep::Clip(lo, hi) => conv.lo.iter_mut().zip(conv.hi.iter_mut()).for_each(|(l, h)| {
                                 *l = l.max(*lo);
                                 *h = h.min(*hi);
                             }),
@@ -595,23 +770,23 @@ impl<'m> Compiler<'m> {
                         self.vals.insert(out, Val::PendingConv { conv });
                         Ok(true)
                     }
-                    Some(Val::Int(t)) => {
-                        if let Step::Min(b) = &step {
+                    Some(Val::Int(t)) if self.float_views.contains(inp(0)) => {
+                        if let MapStep::Min(b) = &step {
                             if b.len() != 1 && b.len() != self.tensors[t].c {
                                 return Ok(false);
                             }
                         }
-                        self.vals.insert(out, Val::PendingMap { src: t, steps: vec![step], start: index });
+                        self.vals.insert(out, Val::PendingMap { src: t, steps: vec![step] });
                         Ok(true)
                     }
-                    Some(Val::PendingMap { src, mut steps, start }) if self.uses.get(inp(0)) == Some(&1) => {
-                        if let Step::Min(b) = &step {
+                    Some(Val::PendingMap { src, mut steps }) if single_use => {
+                        if let MapStep::Min(b) = &step {
                             if b.len() != 1 && b.len() != self.tensors[src].c {
                                 return Ok(false);
                             }
                         }
                         steps.push(step);
-                        self.vals.insert(out, Val::PendingMap { src, steps, start });
+                        self.vals.insert(out, Val::PendingMap { src, steps });
                         Ok(true)
                     }
                     _ => Ok(false),
@@ -619,11 +794,10 @@ impl<'m> Compiler<'m> {
             }
             "Add" => {
                 let (Some(a), Some(b)) = (self.int_of(inp(0)), self.int_of(inp(1))) else { return Ok(false) };
-                let (ta, tb) = (self.tensors[a], self.tensors[b]);
-                if (ta.c, ta.h, ta.w) != (tb.c, tb.h, tb.w) {
+                if self.shapes[a] != self.shapes[b] || !self.float_views.contains(inp(0)) || !self.float_views.contains(inp(1)) {
                     return Ok(false);
                 }
-                self.vals.insert(out, Val::PendingAdd { a, b, start: index });
+                self.vals.insert(out, Val::PendingAdd { a, b });
                 Ok(true)
             }
             // Exporters write clip bounds and shapes as Constant nodes (torch.onnx does).
@@ -635,6 +809,9 @@ impl<'m> Compiler<'m> {
             }
             "Identity" => match self.vals.get(inp(0)).cloned() {
                 Some(v) => {
+                    if self.float_views.contains(inp(0)) {
+                        self.float_views.insert(out.clone());
+                    }
                     self.vals.insert(out, v);
                     Ok(true)
                 }
@@ -643,36 +820,186 @@ impl<'m> Compiler<'m> {
             _ => Ok(false),
         }
     }
-}
 
-/// Compiles `model` for a [1, C, H, W] float input; Err names what the engine does not cover.
-pub fn compile(model: &OnnxModel) -> Result<Plan> {
-    let mut limit = model.graph().node.len();
-    loop {
-        match compile_until(model, limit)? {
-            Ok(plan) => return Ok(plan),
-            // A fused chain that never reached a QuantizeLinear: hand it to the tail whole.
-            Err(start) if start < limit => limit = start,
-            Err(_) => return Err(unsupported("the integer part cannot be closed")),
+    /// A Conv or ConvTranspose on a u8 tensor with int8 weights: a pending conv.
+    fn conv(&mut self, n: &pb::NodeProto, transposed: bool) -> Result<bool> {
+        let inp = |i: usize| n.input.get(i).map(|s| s.as_str()).unwrap_or("");
+        let Some(src) = self.int_of(inp(0)) else { return Ok(false) };
+        let Some(w) = self.konst(inp(1)) else { return Ok(false) };
+        let Some((wq, wscale, waxis)) = w.int8.clone() else { return Ok(false) };
+        let xs = self.shapes[src].clone();
+        let x = self.tensors[src];
+        let rank = xs.len();
+        // Per-channel weight scales run along the output channels: axis 0 of a Conv's
+        // weights, axis 1 of a ConvTranspose's.
+        let out_axis = if transposed { 1 } else { 0 };
+        if !(4..=5).contains(&rank) || w.shape.len() != rank || (wscale.len() > 1 && waxis != out_axis) {
+            return Ok(false);
         }
+        if attr_ints(n, "dilations").is_some_and(|d| d.iter().any(|&v| v != 1))
+            || n.attribute.iter().any(|a| a.name == "auto_pad" && !a.s.is_empty() && a.s != b"NOTSET")
+            || n.attribute.iter().any(|a| a.name == "output_shape")
+        {
+            return Ok(false);
+        }
+        let sp = rank - 2;
+        let kernel: Vec<usize> = w.shape[2..].to_vec();
+        let group = attr_int(n, "group").unwrap_or(1) as usize;
+        let strides: Vec<usize> = attr_ints(n, "strides").unwrap_or(vec![1; sp]).iter().map(|&v| v.max(0) as usize).collect();
+        let pads = attr_ints(n, "pads").unwrap_or(vec![0; 2 * sp]);
+        let out_pad = attr_ints(n, "output_padding").unwrap_or(vec![0; sp]);
+        if strides.len() != sp || strides.contains(&0) || pads.len() != 2 * sp || pads.iter().any(|&p| p < 0) || out_pad.len() != sp {
+            return Ok(false);
+        }
+        let pads: Vec<usize> = pads.iter().map(|&p| p as usize).collect();
+        let (cout, cin_g) = if transposed { (w.shape[1], w.shape[0]) } else { (w.shape[0], w.shape[1]) };
+        let bias = match n.input.get(2).filter(|b| !b.is_empty()) {
+            None => vec![0.0; cout],
+            Some(b) => match self.konst(b) {
+                Some(c) if c.data.len() == cout => c.data,
+                _ => return Ok(false),
+            },
+        };
+        let depthwise = !transposed && sp == 2 && group == x.c && group == cout && cin_g == 1 && group > 1;
+        if !(depthwise || group == 1 && cin_g == x.c) {
+            return Ok(false);
+        }
+        let sw = |c: usize| if wscale.len() == 1 { wscale[0] } else { wscale[c] };
+        let mult: Vec<f32> = (0..cout).map(|c| x.scale * sw(c)).collect();
+        let taps: usize = kernel.iter().product();
+        let zp = x.zp as i32;
+        // Spatial sizes lifted to 3 axes (a 2-D conv has depth 1).
+        let lift = |v: &[usize], fill: usize| -> [usize; 3] {
+            let mut o = [fill; 3];
+            o[3 - v.len()..].copy_from_slice(v);
+            o
+        };
+        let input = lift(&xs[2..], 1);
+        let (k3, s3) = (lift(&kernel, 1), lift(&strides, 1));
+        let (pb, pe) = (lift(&pads[..sp], 0), lift(&pads[sp..], 0));
+        let mut output = [1usize; 3];
+        for a in 0..3 {
+            output[a] = if transposed {
+                let full = (input[a] - 1) * s3[a] + k3[a] + lift(&out_pad.iter().map(|&v| v.max(0) as usize).collect::<Vec<_>>(), 0)[a];
+                match full.checked_sub(pb[a] + pe[a]) {
+                    Some(o) if o > 0 => o,
+                    _ => return Err(unsupported(format!("{}: padding larger than the output", n.name))),
+                }
+            } else {
+                match (input[a] + pb[a] + pe[a]).checked_sub(k3[a]) {
+                    Some(d) => d / s3[a] + 1,
+                    None => return Err(unsupported(format!("{}: kernel larger than the padded input", n.name))),
+                }
+            };
+        }
+        let mut shape = vec![1, cout];
+        shape.extend_from_slice(&output[3 - sp..]);
+        let out_pixels: usize = output.iter().product();
+        let in_pixels: usize = input.iter().product();
+        let pointwise_on = |pixels: usize, cin: usize| ConvGeometry::new(1, pixels, cin, 1, 1, [1, 1], [0; 4]).expect("1x1 fits");
+        let (layout, kind, offset, macs) = if transposed {
+            // Columns [tap][cout] of [cin] weights: w is [cin][cout][taps].
+            let mut rows = vec![0i8; taps * cout * x.c];
+            let mut col_offset = vec![0i32; taps * cout];
+            for t in 0..taps {
+                for co in 0..cout {
+                    for ci in 0..x.c {
+                        let v = wq[(ci * cout + co) * taps + t];
+                        rows[(t * cout + co) * x.c + ci] = v;
+                        col_offset[t * cout + co] += zp * v as i32;
+                    }
+                }
+            }
+            let g = Geometry3 { input, cin: x.c, kernel: k3, stride: s3, pads: pb, output };
+            let layout = ConvLayout::Transposed { g, cols: pointwise_on(in_pixels, x.c), col_offset };
+            (layout, ConvKind::Dense(PackedWeights::new(rows, taps * cout, 1, x.c)), vec![0; cout], (in_pixels * x.c * cout * taps) as u64)
+        } else if depthwise {
+            let g = ConvGeometry::new(
+                input[1],
+                input[2],
+                x.c,
+                kernel[0],
+                kernel[1],
+                [strides[0], strides[1]],
+                [pads[0], pads[1], pads[2], pads[3]],
+            )
+            .ok_or_else(|| unsupported(format!("{}: kernel larger than the padded input", n.name)))?;
+            let kind = ConvKind::Depthwise(DepthwiseWeights::new(&wq, cout, taps));
+            (ConvLayout::Direct(g), kind, vec![0; cout], (out_pixels * cout * taps) as u64)
+        } else {
+            // [cout][cin][taps...] -> rows [cout][taps...][cin], the im2row (and channels-last) order.
+            let k = taps * x.c;
+            let mut rows = vec![0i8; cout * k];
+            for c in 0..cout {
+                for ci in 0..x.c {
+                    for t in 0..taps {
+                        rows[c * k + t * x.c + ci] = wq[(c * x.c + ci) * taps + t];
+                    }
+                }
+            }
+            let (layout, pw) = if sp == 2 {
+                let g = ConvGeometry::new(
+                    input[1],
+                    input[2],
+                    x.c,
+                    kernel[0],
+                    kernel[1],
+                    [strides[0], strides[1]],
+                    [pads[0], pads[1], pads[2], pads[3]],
+                )
+                .ok_or_else(|| unsupported(format!("{}: kernel larger than the padded input", n.name)))?;
+                (ConvLayout::Direct(g), PackedWeights::new(rows, cout, kernel[0], kernel[1] * x.c))
+            } else if taps == 1 && s3 == [1; 3] && pads.iter().all(|&p| p == 0) {
+                (ConvLayout::Direct(pointwise_on(in_pixels, x.c)), PackedWeights::new(rows, cout, 1, k))
+            } else {
+                let g = Geometry3 { input, cin: x.c, kernel: k3, stride: s3, pads: pb, output };
+                (ConvLayout::Planes { g, plane: pointwise_on(output[1] * output[2], k) }, PackedWeights::new(rows, cout, 1, k))
+            };
+            let offset = pw.sums().iter().map(|s| s * zp).collect();
+            (layout, ConvKind::Dense(pw), offset, (out_pixels * cout * k) as u64)
+        };
+        let conv = FloatConv {
+            src,
+            layout,
+            kind,
+            offset,
+            mult,
+            bias,
+            lo: vec![f32::NEG_INFINITY; cout],
+            hi: vec![f32::INFINITY; cout],
+            shape,
+            name: n.name.clone(),
+            macs,
+        };
+        let out = n.output.first().cloned().unwrap_or_default();
+        self.vals.insert(out, Val::PendingConv { conv: Box::new(conv) });
+        Ok(true)
     }
 }
 
-/// Compiles the first `limit` nodes at most; Ok(Err(i)): retry with the tail starting at node i.
-fn compile_until(model: &OnnxModel, limit: usize) -> Result<std::result::Result<Plan, usize>> {
+/// Compiles `model` for batch 1; Err names what the engine does not cover.
+pub fn compile(model: &OnnxModel) -> Result<Plan> {
     let graph = model.graph();
-    let input =
-        graph.input.iter().find(|i| !graph.initializer.iter().any(|t| t.name == i.name)).ok_or_else(|| unsupported("no graph input"))?;
+    let inits: HashMap<&str, &pb::TensorProto> = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+    let inputs: Vec<&pb::ValueInfoProto> = graph.input.iter().filter(|i| !inits.contains_key(i.name.as_str())).collect();
+    let [input] = inputs.as_slice() else {
+        return Err(unsupported(format!("{} graph inputs; the engine runs models with one", inputs.len())));
+    };
     let dims = model.inputs.first().and_then(|i| i.dims.clone()).ok_or_else(|| unsupported("the input has no declared shape"))?;
     let fixed: Vec<usize> = dims
         .iter()
         .skip(1)
         .map(|d| match d {
             crate::model::Dim::Fixed(n) => Ok(*n),
-            _ => Err(unsupported("the input's channel and spatial sizes must be fixed")),
+            _ => Err(unsupported("the input's sizes after the batch must be fixed")),
         })
         .collect::<Result<_>>()?;
-    let [c, h, w] = fixed.as_slice() else { return Err(unsupported(format!("input {dims:?}: expected [batch, C, H, W]"))) };
+    if fixed.is_empty() {
+        return Err(unsupported(format!("input {dims:?}: expected [batch, ...]")));
+    }
+    if !graph.node.iter().any(|n| n.op_type == "QuantizeLinear") {
+        return Err(unsupported("no QuantizeLinear: not a QDQ model"));
+    }
     let mut uses: HashMap<&str, usize> = HashMap::new();
     for n in &graph.node {
         for i in &n.input {
@@ -683,91 +1010,38 @@ fn compile_until(model: &OnnxModel, limit: usize) -> Result<std::result::Result<
         *uses.entry(o.name.as_str()).or_default() += 1;
     }
     let mut comp = Compiler {
-        inits: graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect(),
+        graph,
+        opset: model.opset(),
+        inits,
         vals: HashMap::new(),
-        tensors: vec![QTensor { c: *c, h: *h, w: *w, scale: 0.0, zp: 0 }],
-        ops: Vec::new(),
+        tensors: Vec::new(),
+        shapes: Vec::new(),
+        float_shapes: vec![std::iter::once(1).chain(fixed.iter().copied()).collect()],
+        steps: Vec::new(),
         uses,
-        float_views: Default::default(),
+        float_views: HashSet::new(),
+        dequantised: HashMap::new(),
+        float_macs: 0,
     };
-    let mut stop = limit;
-    for (i, n) in graph.node.iter().enumerate().take(limit) {
-        if !comp.node(i, n, &input.name)? {
-            stop = i;
-            break;
+    comp.vals.insert(input.name.clone(), Val::Float(0));
+    for n in &graph.node {
+        if !comp.node(n)? {
+            comp.float_node(n)?;
         }
     }
-    if comp.tensors[0].scale == 0.0 {
-        return Err(unsupported("the model input is not quantised by a QuantizeLinear (not a QDQ model)"));
+    let outputs = graph.output.iter().map(|o| comp.float_of(&o.name)).collect::<Result<Vec<_>>>()?;
+    let macs: u64 = comp.steps.iter().map(|s| s.macs()).sum();
+    if macs == 0 {
+        return Err(unsupported(
+            "no convolution runs in integers (not a QDQ model, or its quantised convs are in forms the engine does not read)",
+        ));
     }
-    if comp.ops.is_empty() {
+    // Naive float convs would cost more than tract's, which runs the whole model better.
+    if comp.float_macs > macs {
         return Err(unsupported(format!(
-            "no integer op before {:?}",
-            graph.node.get(stop).map(|n| n.op_type.as_str()).unwrap_or("the end")
+            "{:.1} MMAC of convolutions would run in float, more than in integers",
+            comp.float_macs as f64 / 1e6
         )));
     }
-    // The tail: every node from the boundary on, plus earlier constant nodes it reads.
-    let tail_nodes: Vec<&pb::NodeProto> = graph.node[stop..].iter().collect();
-    let produced_in_tail: std::collections::HashSet<&str> = tail_nodes.iter().flat_map(|n| n.output.iter().map(|s| s.as_str())).collect();
-    let mut crossing: Vec<String> = Vec::new();
-    let mut constant_nodes: Vec<&pb::NodeProto> = Vec::new();
-    let mut needed: Vec<&str> = tail_nodes.iter().flat_map(|n| n.input.iter().map(|s| s.as_str())).collect();
-    needed.extend(graph.output.iter().map(|o| o.name.as_str()));
-    let mut seen = std::collections::HashSet::new();
-    while let Some(v) = needed.pop() {
-        if v.is_empty() || produced_in_tail.contains(v) || comp.inits.contains_key(v) || !seen.insert(v) {
-            continue;
-        }
-        let producer = graph.node[..stop].iter().find(|n| n.output.iter().any(|o| o == v));
-        match (producer, comp.vals.get(v)) {
-            (Some(p), Some(Val::Const(_))) => {
-                constant_nodes.push(p);
-                needed.extend(p.input.iter().map(|s| s.as_str()));
-            }
-            (_, Some(Val::Int(_))) if comp.float_views.contains(v) => crossing.push(v.to_string()),
-            (_, Some(Val::PendingConv { .. })) => crossing.push(v.to_string()),
-            (_, Some(Val::PendingMap { start, .. } | Val::PendingAdd { start, .. })) => return Ok(Err(*start)),
-            _ => {
-                return Err(unsupported(format!(
-                    "value {v:?} crosses from the integer part to the float tail in a form the engine cannot hand over"
-                )))
-            }
-        }
-    }
-    let pending_start = |name: &String| match comp.vals.get(name) {
-        Some(Val::PendingConv { conv }) => Some(conv.start),
-        _ => None,
-    };
-    let boundary_name = match crossing.as_slice() {
-        [one] => one.clone(),
-        // A float conv among several crossings: hand it to the tail whole, and retry.
-        many if many.iter().any(|c| pending_start(c).is_some()) => {
-            return Ok(Err(many.iter().filter_map(pending_start).min().expect("one pending")));
-        }
-        many => return Err(unsupported(format!("{} tensors cross into the float tail ({many:?}); one is supported", many.len()))),
-    };
-    let (boundary, head) = match comp.vals.get(&boundary_name) {
-        Some(Val::PendingConv { conv }) => (conv.src, Some((**conv).clone())),
-        _ => (comp.int_of(&boundary_name).expect("checked"), None),
-    };
-    let tail = if tail_nodes.is_empty() {
-        None
-    } else {
-        // The tail's input: the boundary tensor, or the head's output.
-        let b = match &head {
-            Some(h) => QTensor { c: h.mult.len(), h: h.geometry.oh, w: h.geometry.ow, scale: 1.0, zp: 0 },
-            None => comp.tensors[boundary],
-        };
-        let mut g = pb::GraphProto { name: format!("{}_tail", graph.name), ..Default::default() };
-        constant_nodes.sort_by_key(|n| graph.node.iter().position(|m| std::ptr::eq(m, *n)));
-        g.node = constant_nodes.into_iter().chain(tail_nodes.iter().copied()).cloned().collect();
-        let used: std::collections::HashSet<&str> = g.node.iter().flat_map(|n| n.input.iter().map(|s| s.as_str())).collect();
-        g.initializer = graph.initializer.iter().filter(|t| used.contains(t.name.as_str())).cloned().collect();
-        g.output = graph.output.clone();
-        g.input = vec![crate::model::float_value_info(&boundary_name, &[1, b.c, b.h, b.w].map(crate::model::Dim::Fixed))];
-        Some(pb::ModelProto { graph: Some(g), ..model.proto.clone() })
-    };
-    let macs = comp.ops.iter().map(|o| o.macs()).sum::<u64>() + head.as_ref().map_or(0, |h| h.macs);
-    let input_t = comp.tensors[0];
-    Ok(Ok(Plan { tensors: comp.tensors, input: input_t, ops: comp.ops, boundary, head, tail, macs }))
+    Ok(Plan { tensors: comp.tensors, shapes: comp.shapes, float_shapes: comp.float_shapes, steps: comp.steps, outputs, macs })
 }

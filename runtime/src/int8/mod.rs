@@ -1,58 +1,37 @@
 //! edgemed's own INT8 engine: QDQ graphs compiled ([`compile`]) into fused integer
-//! ops (u8 activations in NHWC, s8 weights, i32 accumulation, requantisation with
-//! the activation folded in as a clamp or a lookup table) run by [`kernels`] (a scalar
-//! reference; AVX2 and AVX-512 VNNI on x86-64, NEON and `sdot` on aarch64, chosen at
-//! run time). The float tail a graph may end with (a classifier head after the last
-//! quantised tensor) runs in edgemed's interpreter ([`tail`]), or in tract for ops it
-//! does not know.
+//! ops (u8 activations channels last, s8 weights, i32 accumulation, requantisation
+//! with the activation folded in as a clamp or a lookup table) run by [`kernels`] (a
+//! scalar reference; AVX2 and AVX-512 VNNI on x86-64, NEON and `sdot` on aarch64,
+//! chosen at run time), 3-D and transposed convs on top of them ([`volume`]), and the
+//! float ops between them (normalisations, a flow's coupling arithmetic, a classifier
+//! head) in edgemed's interpreter ([`float`]).
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 pub mod compile;
+pub mod float;
 pub mod kernels;
 #[cfg(target_arch = "aarch64")]
 mod neon;
-pub mod tail;
+pub mod volume;
 
-use crate::backend::{Backend, TractBackend};
 use crate::error::{Error, Result};
 use crate::model::OnnxModel;
 use crate::ndarray::{ArrayD, IxDyn};
 use std::sync::Mutex;
 
-use compile::{Op, Plan};
+use compile::{ConvKind, ConvLayout, Op, Plan, Step};
 use kernels::Isa;
 
-/// A compiled plan with its memory plan, ready to run one image at a time.
+/// A compiled plan with its memory plan, ready to run one item at a time.
 pub struct Engine {
     pub plan: Plan,
     pub isa: Isa,
-    tail: Option<Tail>,
     memory: MemoryPlan,
+    /// Float values each step reads for the last time (dropped after it).
+    free_after: Vec<Vec<usize>>,
     /// Buffers kept between runs (a second concurrent caller allocates its own).
     scratch: Mutex<Option<Scratch>>,
-}
-
-/// Who runs the float tail: edgemed's interpreter, or tract for ops it does not know.
-enum Tail {
-    Interpreter(tail::FloatTail),
-    Tract(TractBackend),
-}
-
-impl Tail {
-    fn run(&self, x: ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
-        match self {
-            Tail::Interpreter(t) => t.run(x),
-            Tail::Tract(t) => t.run(x),
-        }
-    }
-
-    fn name(&self) -> &'static str {
-        match self {
-            Tail::Interpreter(_) => "float tail (edgemed)",
-            Tail::Tract(_) => "float tail (tract)",
-        }
-    }
 }
 
 /// Which buffer each tensor lives in: tensors whose lifetimes do not overlap share
@@ -61,28 +40,31 @@ impl Tail {
 pub struct MemoryPlan {
     pub slot_of: Vec<usize>,
     pub slot_len: Vec<usize>,
-    /// The largest im2row buffer and accumulator.
+    /// The largest kernel scratch (im2row rows or a padded input), gathered 3-D plane,
+    /// accumulator and transposed-conv output accumulator.
     pub rows_len: usize,
+    pub gather_len: usize,
     pub acc_len: usize,
+    pub acc2_len: usize,
 }
 
 impl MemoryPlan {
     fn new(plan: &Plan) -> Self {
         let n = plan.tensors.len();
-        // Index of the last op reading each tensor; the boundary lives to the end.
+        // Index of the last step reading each tensor.
         let mut last_use = vec![0usize; n];
-        for (i, op) in plan.ops.iter().enumerate() {
-            for s in op.sources() {
+        for (i, step) in plan.steps.iter().enumerate() {
+            for s in step.tensor_sources() {
                 last_use[s] = i;
             }
         }
-        last_use[plan.boundary] = usize::MAX;
         let mut slot_of = vec![usize::MAX; n];
         let mut slot_len: Vec<usize> = Vec::new();
         let mut holder: Vec<Option<usize>> = Vec::new();
-        let mut assign = |t: usize, at: usize, slot_of: &mut Vec<usize>| {
-            // A slot whose tensor was last read before op `at` is free.
-            let free = (0..holder.len()).find(|&s| holder[s].is_none_or(|h| last_use[h] < at));
+        for (i, step) in plan.steps.iter().enumerate() {
+            let Some(t) = step.tensor_destination() else { continue };
+            // A slot whose tensor was last read before step `i` is free.
+            let free = (0..holder.len()).find(|&s| holder[s].is_none_or(|h| last_use[h] < i));
             let s = free.unwrap_or_else(|| {
                 holder.push(None);
                 slot_len.push(0);
@@ -91,30 +73,38 @@ impl MemoryPlan {
             holder[s] = Some(t);
             slot_len[s] = slot_len[s].max(plan.tensors[t].len());
             slot_of[t] = s;
-        };
-        assign(0, 0, &mut slot_of);
-        for (i, op) in plan.ops.iter().enumerate() {
-            assign(op.destination(), i, &mut slot_of);
         }
-        let (mut rows_len, mut acc_len) = (0, 0);
-        for op in &plan.ops {
-            if let Op::Conv(c) = op {
-                let g = &c.geometry;
-                acc_len = acc_len.max(g.oh * g.ow * c.requant.mult.len());
-                rows_len = rows_len.max(kernels::conv_scratch_len(g, &c.kind));
+        let (mut rows_len, mut gather_len, mut acc_len, mut acc2_len) = (0, 0, 0, 0);
+        let mut conv = |layout: &ConvLayout, kind: &ConvKind, cout: usize| match layout {
+            ConvLayout::Direct(g) => {
+                acc_len = acc_len.max(g.oh * g.ow * cout);
+                rows_len = rows_len.max(kernels::conv_scratch_len(g, kind));
+            }
+            ConvLayout::Planes { g, plane } => {
+                acc_len = acc_len.max(layout.pixels() * cout);
+                gather_len = gather_len.max(plane.w * plane.cin);
+                rows_len = rows_len.max(kernels::conv_scratch_len(plane, kind));
+                let _ = g;
+            }
+            ConvLayout::Transposed { g, cols, .. } => {
+                acc_len = acc_len.max(cols.ow * g.taps() * cout);
+                acc2_len = acc2_len.max(layout.pixels() * cout);
+                rows_len = rows_len.max(kernels::conv_scratch_len(cols, kind));
+            }
+        };
+        for step in &plan.steps {
+            match step {
+                Step::Int(Op::Conv(c)) => conv(&c.layout, &c.kind, c.requant.mult.len()),
+                Step::ConvToFloat { conv: c, .. } => conv(&c.layout, &c.kind, c.mult.len()),
+                _ => {}
             }
         }
-        if let Some(h) = &plan.head {
-            let g = &h.geometry;
-            acc_len = acc_len.max(g.oh * g.ow * h.mult.len());
-            rows_len = rows_len.max(kernels::conv_scratch_len(g, &h.kind));
-        }
-        MemoryPlan { slot_of, slot_len, rows_len, acc_len }
+        MemoryPlan { slot_of, slot_len, rows_len, gather_len, acc_len, acc2_len }
     }
 
     /// Bytes held between runs.
     pub fn bytes(&self) -> usize {
-        self.slot_len.iter().sum::<usize>() + self.rows_len + 4 * self.acc_len
+        self.slot_len.iter().sum::<usize>() + self.rows_len + self.gather_len + 4 * (self.acc_len + self.acc2_len)
     }
 }
 
@@ -124,7 +114,9 @@ const SLACK: usize = 64;
 struct Scratch {
     slots: Vec<Vec<u8>>,
     rows: Vec<u8>,
+    gather: Vec<u8>,
     acc: Vec<i32>,
+    acc2: Vec<i32>,
 }
 
 impl Scratch {
@@ -132,7 +124,9 @@ impl Scratch {
         Scratch {
             slots: m.slot_len.iter().map(|&n| vec![0u8; n + SLACK]).collect(),
             rows: vec![0u8; m.rows_len + SLACK],
+            gather: vec![0u8; m.gather_len + SLACK],
             acc: vec![0i32; m.acc_len],
+            acc2: vec![0i32; m.acc2_len],
         }
     }
 }
@@ -147,45 +141,33 @@ pub struct StepTime {
 
 impl Engine {
     pub fn new(model: &OnnxModel) -> Result<Self> {
-        Self::with_tail(model, false)
-    }
-
-    /// `tract_tail`: run the float tail with tract even when edgemed's interpreter
-    /// knows its ops (for comparing the two).
-    pub fn with_tail(model: &OnnxModel, tract_tail: bool) -> Result<Self> {
         let plan = compile::compile(model)?;
-        let tail = match &plan.tail {
-            None => None,
-            Some(proto) => {
-                let graph = proto.graph.as_ref().expect("the compiler sets the graph");
-                match tail::FloatTail::new(graph, model.opset()) {
-                    Ok(t) if !tract_tail => Some(Tail::Interpreter(t)),
-                    other => {
-                        if let Err(e) = other {
-                            log::info!("{}: float tail in tract ({e})", model.path.display());
-                        }
-                        use prost::Message;
-                        let tail_model = OnnxModel::from_bytes(model.path.join("float-tail"), &proto.encode_to_vec())?;
-                        Some(Tail::Tract(TractBackend::new(&tail_model, &plan.handover_shape())?))
-                    }
-                }
-            }
-        };
         let memory = MemoryPlan::new(&plan);
-        Ok(Engine { plan, isa: Isa::detect(), tail, memory, scratch: Mutex::new(None) })
+        let mut last = vec![None; plan.float_shapes.len()];
+        for (i, step) in plan.steps.iter().enumerate() {
+            for v in step.float_sources() {
+                last[v] = Some(i);
+            }
+        }
+        let mut free_after = vec![Vec::new(); plan.steps.len()];
+        for (v, l) in last.iter().enumerate() {
+            if let (Some(i), false) = (l, plan.outputs.contains(&v)) {
+                free_after[*i].push(v);
+            }
+        }
+        Ok(Engine { plan, isa: Isa::detect(), memory, free_after, scratch: Mutex::new(None) })
     }
 
     pub fn memory(&self) -> &MemoryPlan {
         &self.memory
     }
 
-    /// Runs one [1, C, H, W] input; returns the model's outputs.
+    /// Runs one input (the model's input shape with batch 1, flattened); returns the model's outputs.
     pub fn run_one(&self, x: &[f32]) -> Result<Vec<ArrayD<f32>>> {
         self.with_scratch(|s| self.execute(s, x, &mut None))
     }
 
-    /// Runs `x` `iterations` times and returns the total time of each step: input
-    /// quantisation, every integer op, the hand-over to the float tail, the tail.
+    /// Runs `x` `iterations` times and returns the total time of each step.
     pub fn profile(&self, x: &[f32], iterations: usize) -> Result<Vec<StepTime>> {
         let mut times: Option<Vec<f64>> = Some(Vec::new());
         self.with_scratch(|s| {
@@ -195,17 +177,8 @@ impl Engine {
             Ok(())
         })?;
         let times = times.expect("kept");
-        let mut steps = vec![StepTime { label: format!("quantize input {}", shape_label(&self.plan.input)), macs: 0, seconds: 0.0 }];
-        steps.extend(self.plan.ops.iter().map(|op| StepTime { label: self.plan.label(op), macs: op.macs(), seconds: 0.0 }));
-        steps.push(match &self.plan.head {
-            None => StepTime { label: "dequantize boundary to NCHW".into(), macs: 0, seconds: 0.0 },
-            Some(h) => {
-                StepTime { label: format!("head conv {} -> {} to float (NCHW)", h.geometry.cin, h.mult.len()), macs: h.macs, seconds: 0.0 }
-            }
-        });
-        if let Some(t) = &self.tail {
-            steps.push(StepTime { label: t.name().into(), macs: 0, seconds: 0.0 });
-        }
+        let mut steps: Vec<StepTime> =
+            self.plan.steps.iter().map(|st| StepTime { label: self.plan.label(st), macs: st.macs(), seconds: 0.0 }).collect();
         let n = steps.len();
         for (i, t) in times.iter().enumerate() {
             steps[i % n].seconds += t;
@@ -235,86 +208,154 @@ impl Engine {
                 clock = now;
             }
         };
-        let t0 = p.input;
-        if x.len() != t0.len() {
-            return Err(Error::WrongShape { got: vec![x.len()], expected: vec![t0.len()] });
+        let n_in: usize = p.input_shape().iter().product();
+        if x.len() != n_in {
+            return Err(Error::WrongShape { got: vec![x.len()], expected: vec![n_in] });
         }
-        // Quantisation would silently map NaN to the zero point's neighbourhood.
-        if !tail::all_finite(x) {
-            return Err(Error::NonFinite { what: "model input".into() });
-        }
-        kernels::quantize_nchw_to_nhwc(self.isa, x, &t0, &mut s.slots[slot(0)][..t0.len()]);
-        lap(times);
-        for op in &p.ops {
-            let dst_t = p.tensors[op.destination()];
-            // The destination slot is taken out so that sources can be borrowed beside it.
-            let mut dst = std::mem::take(&mut s.slots[slot(op.destination())]);
-            let out = &mut dst[..dst_t.len()];
-            match op {
-                Op::Conv(c) => {
-                    // The whole slot: the kernels may read up to 64 bytes past the tensor.
-                    let src = &s.slots[slot(c.src)];
-                    kernels::conv(self.isa, src, &c.geometry, p.tensors[c.src].zp, &c.kind, &c.requant, &mut s.rows, &mut s.acc, out);
+        let mut vals: Vec<Option<ArrayD<f32>>> = vec![None; p.float_shapes.len()];
+        vals[0] = Some(ArrayD::from_shape_vec(IxDyn(p.input_shape()), x.to_vec()).expect("sized"));
+        for (i, step) in p.steps.iter().enumerate() {
+            match step {
+                Step::Int(op) => self.int_op(s, op),
+                Step::Quantize { src, dst } => {
+                    let v = vals[*src].as_ref().expect("computed before use").as_standard_layout();
+                    let data = v.as_slice().expect("standard layout");
+                    // Quantisation would silently map NaN to the zero point's neighbourhood.
+                    if !float::all_finite(data) {
+                        let what = if *src == 0 { "model input".to_string() } else { format!("value before {}", p.label(step)) };
+                        return Err(Error::NonFinite { what });
+                    }
+                    let t = p.tensors[*dst];
+                    kernels::quantize_nchw_to_nhwc(self.isa, data, &t, &mut s.slots[slot(*dst)][..t.len()]);
                 }
-                Op::Lut { src, table, .. } => {
-                    let c = p.tensors[*src].c;
-                    let src = &s.slots[slot(*src)][..p.tensors[*src].len()];
-                    for (dp, sp) in out.chunks_exact_mut(c).zip(src.chunks_exact(c)) {
-                        for (ch, (o, &v)) in dp.iter_mut().zip(sp).enumerate() {
-                            *o = table[ch * 256 + v as usize];
+                Step::Dequantize { src, dst } => {
+                    let t = p.tensors[*src];
+                    let q = &s.slots[slot(*src)][..t.len()];
+                    let pixels = t.h * t.w;
+                    let mut f = vec![0f32; t.len()];
+                    for (px, row) in q.chunks_exact(t.c).enumerate() {
+                        for (c, &v) in row.iter().enumerate() {
+                            f[c * pixels + px] = (v as i32 - t.zp as i32) as f32 * t.scale;
                         }
                     }
+                    vals[*dst] = Some(ArrayD::from_shape_vec(IxDyn(&p.shapes[*src]), f).expect("sized"));
                 }
-                Op::Add { a, b, .. } => {
-                    let (ta, tb) = (p.tensors[*a], p.tensors[*b]);
-                    let (xa, xb) = (&s.slots[slot(*a)][..ta.len()], &s.slots[slot(*b)][..tb.len()]);
-                    kernels::add_quantized(self.isa, xa, &ta, xb, &tb, &dst_t, out);
+                Step::ConvToFloat { conv: h, dst } => {
+                    let (pixels, cout) = (h.layout.pixels(), h.mult.len());
+                    let acc = self.conv_sums(s, h.src, &h.layout, &h.kind);
+                    let mut f = vec![0f32; pixels * cout];
+                    for (px, a) in acc[..pixels * cout].chunks_exact(cout).enumerate() {
+                        for c in 0..cout {
+                            let v = (a[c] - h.offset[c]) as f32 * h.mult[c] + h.bias[c];
+                            f[c * pixels + px] = v.max(h.lo[c]).min(h.hi[c]);
+                        }
+                    }
+                    vals[*dst] = Some(ArrayD::from_shape_vec(IxDyn(&h.shape), f).expect("sized"));
+                }
+                Step::Float { op, inputs, dst, name } => {
+                    let args: Vec<&ArrayD<f32>> = inputs
+                        .iter()
+                        .map(|i| match i {
+                            float::Operand::Value(v) => vals[*v].as_ref().expect("computed before use"),
+                            float::Operand::Const(c) => c,
+                        })
+                        .collect();
+                    let y = float::eval(op, &args).map_err(|e| Error::Invalid(format!("{name}: {e}")))?;
+                    vals[*dst] = Some(y);
                 }
             }
-            s.slots[slot(op.destination())] = dst;
+            for &v in &self.free_after[i] {
+                vals[v] = None;
+            }
             lap(times);
         }
-        let f = match &p.head {
-            None => {
-                let b = p.tensors[p.boundary];
-                let hw = b.h * b.w;
-                let src = &s.slots[slot(p.boundary)][..b.len()];
-                let mut f = vec![0f32; b.len()];
-                for c in 0..b.c {
-                    for i in 0..hw {
-                        f[c * hw + i] = (src[i * b.c + c] as i32 - b.zp as i32) as f32 * b.scale;
-                    }
-                }
-                f
-            }
-            Some(h) => {
-                let g = &h.geometry;
-                let (pixels, cout) = (g.oh * g.ow, h.mult.len());
-                let zp = p.tensors[h.src].zp;
-                kernels::accumulate(self.isa, &s.slots[slot(h.src)], g, zp, &h.kind, &mut s.rows, &mut s.acc);
-                let mut f = vec![0f32; pixels * cout];
-                for (px, a) in s.acc[..pixels * cout].chunks_exact(cout).enumerate() {
-                    for c in 0..cout {
-                        let v = (a[c] - h.offset[c]) as f32 * h.mult[c] + h.bias[c];
-                        f[c * pixels + px] = v.max(h.lo[c]).min(h.hi[c]);
-                    }
-                }
-                f
-            }
-        };
-        let f = ArrayD::from_shape_vec(IxDyn(&p.handover_shape()), f).expect("sized");
-        lap(times);
-        let out = match &self.tail {
-            None => vec![f],
-            Some(t) => t.run(f)?,
-        };
-        if self.tail.is_some() {
-            lap(times);
+        let outputs: Vec<ArrayD<f32>> = p.outputs.iter().map(|&o| vals[o].clone().expect("outputs are kept")).collect();
+        // Integer ops give finite values; only float arithmetic (overflow, 0/0, exp)
+        // could make a non-finite output.
+        if !outputs.iter().all(|y| float::all_finite(y.iter())) {
+            return Err(Error::NonFinite { what: "model output".into() });
         }
-        Ok(out)
+        Ok(outputs)
+    }
+
+    fn int_op(&self, s: &mut Scratch, op: &Op) {
+        let p = &self.plan;
+        let slot = |t: usize| self.memory.slot_of[t];
+        let dst_t = p.tensors[op.destination()];
+        // The destination slot is taken out so that sources can be borrowed beside it.
+        let mut dst = std::mem::take(&mut s.slots[slot(op.destination())]);
+        let out = &mut dst[..dst_t.len()];
+        match op {
+            Op::Conv(c) => {
+                // Whole slots: the kernels may read up to 64 bytes past the tensor.
+                let src = &s.slots[slot(c.src)];
+                let zp = p.tensors[c.src].zp;
+                let cout = c.requant.mult.len();
+                match &c.layout {
+                    ConvLayout::Direct(g) => kernels::conv(self.isa, src, g, zp, &c.kind, &c.requant, &mut s.rows, &mut s.acc, out),
+                    ConvLayout::Planes { g, plane } => {
+                        let per = plane.ow * cout;
+                        for (oz, o) in out.chunks_exact_mut(per).enumerate() {
+                            volume::gather_plane(src, g, zp, oz, &mut s.gather);
+                            kernels::conv(self.isa, &s.gather, plane, zp, &c.kind, &c.requant, &mut s.rows, &mut s.acc, o);
+                        }
+                    }
+                    ConvLayout::Transposed { g, cols, col_offset } => {
+                        kernels::accumulate(self.isa, src, cols, zp, &c.kind, &mut s.rows, &mut s.acc);
+                        volume::scatter_columns(&s.acc, g, cout, col_offset, &mut s.acc2);
+                        kernels::requantize(self.isa, &s.acc2[..out.len()], cout, &c.requant, out);
+                    }
+                }
+            }
+            Op::Lut { src, table, .. } => {
+                let c = p.tensors[*src].c;
+                let src = &s.slots[slot(*src)][..p.tensors[*src].len()];
+                for (dp, sp) in out.chunks_exact_mut(c).zip(src.chunks_exact(c)) {
+                    for (ch, (o, &v)) in dp.iter_mut().zip(sp).enumerate() {
+                        *o = table[ch * 256 + v as usize];
+                    }
+                }
+            }
+            Op::Add { a, b, .. } => {
+                let (ta, tb) = (p.tensors[*a], p.tensors[*b]);
+                let (xa, xb) = (&s.slots[slot(*a)][..ta.len()], &s.slots[slot(*b)][..tb.len()]);
+                kernels::add_quantized(self.isa, xa, &ta, xb, &tb, &dst_t, out);
+            }
+        }
+        s.slots[slot(op.destination())] = dst;
+    }
+
+    /// The int32 sums [pixels][cout] of a conv (dense sums still carry zp * Σw).
+    fn conv_sums<'s>(&self, s: &'s mut Scratch, src: usize, layout: &ConvLayout, kind: &ConvKind) -> &'s [i32] {
+        let x = &s.slots[self.memory.slot_of[src]];
+        let zp = self.plan.tensors[src].zp;
+        match layout {
+            ConvLayout::Direct(g) => {
+                kernels::accumulate(self.isa, x, g, zp, kind, &mut s.rows, &mut s.acc);
+                &s.acc
+            }
+            ConvLayout::Planes { g, plane } => {
+                let per = plane.ow * plane_cout(kind);
+                for oz in 0..g.output[0] {
+                    volume::gather_plane(x, g, zp, oz, &mut s.gather);
+                    kernels::accumulate(self.isa, &s.gather, plane, zp, kind, &mut s.rows, &mut s.acc[oz * per..]);
+                }
+                &s.acc
+            }
+            ConvLayout::Transposed { g, cols, col_offset } => {
+                kernels::accumulate(self.isa, x, cols, zp, kind, &mut s.rows, &mut s.acc);
+                let cout = plane_cout(kind) / g.taps();
+                volume::scatter_columns(&s.acc, g, cout, col_offset, &mut s.acc2);
+                &s.acc2
+            }
+        }
     }
 }
 
-fn shape_label(t: &compile::QTensor) -> String {
-    format!("{}x{}x{}", t.h, t.w, t.c)
+/// Output channels of a dense product (a transposed conv's: taps x cout).
+fn plane_cout(kind: &ConvKind) -> usize {
+    match kind {
+        ConvKind::Dense(w) => w.cout,
+        ConvKind::Depthwise(w) => w.c,
+    }
 }
