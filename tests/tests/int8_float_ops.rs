@@ -11,6 +11,7 @@ use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::ndarray::{ArrayD, IxDyn};
 use prost::Message;
 
+#[allow(dead_code)] // each test file uses a part of the shared helpers
 mod common;
 use common::noise;
 
