@@ -233,3 +233,287 @@ pub unsafe fn quantize_nchw_to_nhwc(x: &[f32], hw: usize, c: usize, scale: f32, 
     }
     true
 }
+
+/// [`DepthwiseWeights::cols`] of a 3x3 kernel, `w` being [c][3][3].
+pub fn depthwise_columns3x3(w: &[i8], c: usize) -> Vec<i8> {
+    let mut cols = vec![0i8; c.div_ceil(CBLOCK) * 3 * CBLOCK * 4];
+    for ch in 0..c {
+        let (b, lane) = (ch / CBLOCK, ch % CBLOCK);
+        for i in 0..3 {
+            for j in 0..3 {
+                cols[((b * 3 + j) * CBLOCK + lane) * 4 + i] = w[ch * 9 + i * 3 + j];
+            }
+        }
+    }
+    cols
+}
+
+/// Whether [`conv_depthwise3x3`] applies: a 3x3 kernel with horizontal stride 1 or 2,
+/// and an integral output zero point (its integer requantisation tail relies on it).
+pub fn depthwise3x3_applies(g: &ConvGeometry, w: &DepthwiseWeights, r: &Requant) -> bool {
+    g.kh == 3
+        && g.kw == 3
+        && (g.stride[1] == 1 || g.stride[1] == 2)
+        && w.taps == 9
+        && w.c == g.cin
+        && !w.cols.is_empty()
+        && r.out_zp.fract() == 0.0
+        && (0.0..=255.0).contains(&r.out_zp)
+}
+
+/// Constants of one block of 16 channels.
+struct DwBlock {
+    w: [__m512i; 3],
+    /// -(zp_in Σw + offset): the sums start from the whole correction.
+    init: __m512i,
+    mult: __m512,
+    bias: __m512,
+    /// lo and hi as bytes in the order of four packed pixels (lane L: channels 4L..4L+3
+    /// of each pixel).
+    lo: __m512i,
+    hi: __m512i,
+    mask: __mmask16,
+}
+
+/// What every group of pixels of the kernel reads besides its block's constants.
+struct DwRow {
+    c: usize,
+    w: usize,
+    /// The register standing for a column of padding: every byte the input zero point.
+    zpv: __m512i,
+    interleave: __m512i,
+    transpose: __m512i,
+    zp16: __m512i,
+    lim: __m512,
+}
+
+/// 3x3 depthwise convolution fused with requantisation, on the unpadded input.
+///
+/// One column of three input rows is interleaved into one register ("V": channel c's
+/// int32 holds the bytes of rows 0, 1, 2), so one `vpdpbusd` applies a whole kernel
+/// column to 16 channels and an output pixel is three `vpdpbusd` on the V of its
+/// columns. Walking along a row, neighbouring outputs share columns: with stride 1
+/// each V is built once and used three times (stride 2: twice).
+///
+/// Padding is never materialised: a row above or below the input reads a row of zero
+/// points (`scratch`), a column left or right of it is a register of zero points. Every
+/// tap is thus read, and the zero-point correction is zp Σw for every pixel, exactly
+/// the reference's sum where a tap of padding contributes (zp - zp) w = 0.
+///
+/// Requantisation is [`super::kernels::requantize`]'s float arithmetic (no FMA, same
+/// order) up to the rounding, where `vcvtps2dq` rounds half to even as the
+/// reference's magic-number addition does; the integral zero point and the clamp are
+/// then applied to four pixels at once, in saturating integer steps that give the
+/// same bytes (for finite requantisation parameters, as compiled models have).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+pub unsafe fn conv_depthwise3x3(
+    x: &[u8],
+    g: &ConvGeometry,
+    zp_in: u8,
+    w: &DepthwiseWeights,
+    r: &Requant,
+    scratch: &mut [u8],
+    out: &mut [u8],
+) {
+    let c = g.cin;
+    assert!(depthwise3x3_applies(g, w, r));
+    assert!(w.cols.len() >= c.div_ceil(CBLOCK) * 3 * 64 && w.sums.len() >= c);
+    assert!([r.offset.len(), r.mult.len(), r.bias.len(), r.lo.len(), r.hi.len()].iter().all(|&n| n >= c));
+    assert!(x.len() >= g.h * g.w * c + 16 && out.len() >= g.oh * g.ow * c, "input needs slack past its end");
+    // Lane L of a block's lo/hi bytes, repeated for the four pixels.
+    let rep_idx: [i32; 16] = std::array::from_fn(|i| (i / 4) as i32);
+    let rep = _mm512_loadu_si512(rep_idx.as_ptr() as *const _);
+    // Past 2^22 the reference saturates to hi. vcvtps2dq turns values from 2^31 up
+    // into the integer indefinite (-2^31, which would saturate to lo), so they are
+    // clamped first, unless the layer's sums cannot come near: |v| <= (255 Σ|w| +
+    // |correction|) |m| + |b| < 2^30, evaluated in f32 (a relative error of 1e-6 at
+    // most, far inside the factor 2 of margin).
+    let mut bounded = true;
+    let blocks: Vec<DwBlock> = (0..c.div_ceil(CBLOCK))
+        .map(|b| {
+            let c0 = b * CBLOCK;
+            let mask: __mmask16 = if c - c0 >= 16 { 0xffff } else { (1u16 << (c - c0)) - 1 };
+            let sums = _mm512_maskz_loadu_epi32(mask, w.sums.as_ptr().add(c0));
+            let offset = _mm512_maskz_loadu_epi32(mask, r.offset.as_ptr().add(c0));
+            let corr = _mm512_add_epi32(_mm512_mullo_epi32(sums, _mm512_set1_epi32(zp_in as i32)), offset);
+            let bytes = |v: &[u8]| {
+                _mm512_permutexvar_epi32(rep, _mm512_broadcast_i32x4(_mm_maskz_loadu_epi8(mask, v.as_ptr().add(c0) as *const i8)))
+            };
+            let wb = w.cols.as_ptr().add(b * 3 * 64);
+            let wv: [__m512i; 3] = std::array::from_fn(|j| _mm512_loadu_si512(wb.add(j * 64) as *const _));
+            let mult = _mm512_maskz_loadu_ps(mask, r.mult.as_ptr().add(c0));
+            let bias = _mm512_maskz_loadu_ps(mask, r.bias.as_ptr().add(c0));
+            // Σ|w| per channel: |w| as u8 (|-128| = 128) times ones.
+            let ones = _mm512_set1_epi8(1);
+            let abs_sum = wv.iter().fold(_mm512_setzero_si512(), |acc, &v| _mm512_dpbusd_epi32(acc, _mm512_abs_epi8(v), ones));
+            let max_acc =
+                _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(abs_sum), _mm512_set1_ps(255.0)), _mm512_abs_ps(_mm512_cvtepi32_ps(corr)));
+            let max_v = _mm512_add_ps(_mm512_mul_ps(max_acc, _mm512_abs_ps(mult)), _mm512_abs_ps(bias));
+            bounded &= _mm512_cmp_ps_mask::<_CMP_LT_OQ>(max_v, _mm512_set1_ps((1u32 << 30) as f32)) == 0xffff;
+            DwBlock { w: wv, init: _mm512_sub_epi32(_mm512_setzero_si512(), corr), mult, bias, lo: bytes(&r.lo), hi: bytes(&r.hi), mask }
+        })
+        .collect();
+    match (g.stride[1], bounded) {
+        (1, true) => dw3x3::<1, false>(x, g, zp_in, &blocks, r, scratch, out),
+        (1, false) => dw3x3::<1, true>(x, g, zp_in, &blocks, r, scratch, out),
+        (_, true) => dw3x3::<2, false>(x, g, zp_in, &blocks, r, scratch, out),
+        (_, false) => dw3x3::<2, true>(x, g, zp_in, &blocks, r, scratch, out),
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+unsafe fn dw3x3<const SX: usize, const CLAMP: bool>(
+    x: &[u8],
+    g: &ConvGeometry,
+    zp_in: u8,
+    blocks: &[DwBlock],
+    r: &Requant,
+    scratch: &mut [u8],
+    out: &mut [u8],
+) {
+    let c = g.cin;
+    let (h, wd) = (g.h, g.w);
+    let zrow = if g.pads[0] > 0 || g.pads[2] > 0 {
+        assert!(scratch.len() >= wd * c + 16, "scratch holds a row of zero points");
+        scratch[..wd * c + 16].fill(zp_in);
+        scratch.as_ptr()
+    } else {
+        std::ptr::null()
+    };
+    // Byte 4c + t of V is byte c of row t: rows 0 and 1 in lanes 0 and 1 of the first
+    // operand, row 2 in lane 0 of the second; byte 3 meets a zero weight.
+    let il: [u8; 64] = std::array::from_fn(|i| [i / 4, 16 + i / 4, 64 + i / 4, i / 4][i % 4] as u8);
+    // Dword 4L + p of the packed bytes is channels 4L.. of pixel p; one pixel per lane.
+    let tr: [i32; 16] = std::array::from_fn(|i| (4 * (i % 4) + i / 4) as i32);
+    let row = DwRow {
+        c,
+        w: wd,
+        zpv: _mm512_set1_epi8(zp_in as i8),
+        interleave: _mm512_loadu_si512(il.as_ptr() as *const _),
+        transpose: _mm512_loadu_si512(tr.as_ptr() as *const _),
+        zp16: _mm512_set1_epi16(r.out_zp as i16),
+        lim: _mm512_set1_ps(4_194_304.0),
+    };
+    let (pt, pl) = (g.pads[0], g.pads[1]);
+    for oy in 0..g.oh {
+        let rows: [*const u8; 3] = std::array::from_fn(|i| {
+            let iy = (oy * g.stride[0] + i).wrapping_sub(pt);
+            if iy < h {
+                x.as_ptr().add(iy * wd * c)
+            } else {
+                zrow
+            }
+        });
+        let orow = out.as_mut_ptr().add(oy * g.ow * c);
+        for (b, q) in blocks.iter().enumerate() {
+            let c0 = b * CBLOCK;
+            // Output pixel ox reads columns ox SX - pl + 0, 1, 2 (wrapping: left of the
+            // input is past its end); the first 3 - SX of a group of four pixels come
+            // from the group before. `p`: where the group's first column starts in
+            // each row.
+            let mut p = rows.map(|r| r.wrapping_add(c0).wrapping_sub(pl * c));
+            let carry_p = |k: usize| p.map(|r| r.wrapping_add(k * c));
+            let mut carry = [
+                dw_column::<true>(&row, carry_p(0), 0usize.wrapping_sub(pl)),
+                dw_column::<true>(&row, carry_p(1), 1usize.wrapping_sub(pl)),
+            ];
+            let mut ox = 0;
+            while ox < g.ow {
+                let a = (ox * SX).wrapping_sub(pl);
+                let first_new = a.wrapping_add(3 - SX);
+                let interior = first_new < wd && a.wrapping_add(3 * SX + 2) < wd;
+                let n = (g.ow - ox).min(4);
+                let o = orow.add(ox * c + c0);
+                carry = if interior && n == 4 {
+                    dw_group::<SX, false, CLAMP>(&row, q, a, p, carry, o, 4)
+                } else {
+                    dw_group::<SX, true, CLAMP>(&row, q, a, p, carry, o, n)
+                };
+                p = p.map(|r| r.wrapping_add(4 * SX * c));
+                ox += 4;
+            }
+        }
+    }
+}
+
+/// The V of the input column whose bytes (of the block) start at `p` in each row (see
+/// [`conv_depthwise3x3`]); with `CHECKED`, a column `ix` outside the input is padding.
+#[inline(always)]
+unsafe fn dw_column<const CHECKED: bool>(row: &DwRow, p: [*const u8; 3], ix: usize) -> __m512i {
+    if CHECKED && ix >= row.w {
+        return row.zpv;
+    }
+    let r01 =
+        _mm512_inserti32x4::<1>(_mm512_castsi128_si512(_mm_loadu_si128(p[0] as *const __m128i)), _mm_loadu_si128(p[1] as *const __m128i));
+    let r2 = _mm512_castsi128_si512(_mm_loadu_si128(p[2] as *const __m128i));
+    _mm512_permutex2var_epi8(r01, row.interleave, r2)
+}
+
+/// One output pixel from the V of its three columns, as the rounded integer of its
+/// requantisation before the output zero point and the clamp.
+#[inline(always)]
+unsafe fn dw_pixel<const CLAMP: bool>(row: &DwRow, q: &DwBlock, v0: __m512i, v1: __m512i, v2: __m512i) -> __m512i {
+    let acc = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(q.init, v0, q.w[0]), v1, q.w[1]), v2, q.w[2]);
+    let v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), q.mult), q.bias);
+    let v = if CLAMP { _mm512_min_ps(v, row.lim) } else { v };
+    _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v)
+}
+
+/// Four output pixels of one block whose first column is `a` (its bytes at `p` in each
+/// row), `carry` holding the V of columns a and a + 1; stores the first `n` pixels at
+/// `o`, `c` bytes apart, and returns the V of the next group's first columns.
+#[inline(always)]
+unsafe fn dw_group<const SX: usize, const CHECKED: bool, const CLAMP: bool>(
+    row: &DwRow,
+    q: &DwBlock,
+    a: usize,
+    p: [*const u8; 3],
+    carry: [__m512i; 2],
+    o: *mut u8,
+    n: usize,
+) -> [__m512i; 2] {
+    let col = |k: usize| dw_column::<CHECKED>(row, p.map(|r| r.wrapping_add(k * row.c)), a.wrapping_add(k));
+    let (iq, next) = if SX == 1 {
+        let [v0, v1] = carry;
+        let (v2, v3, v4, v5) = (col(2), col(3), col(4), col(5));
+        let iq = [
+            dw_pixel::<CLAMP>(row, q, v0, v1, v2),
+            dw_pixel::<CLAMP>(row, q, v1, v2, v3),
+            dw_pixel::<CLAMP>(row, q, v2, v3, v4),
+            dw_pixel::<CLAMP>(row, q, v3, v4, v5),
+        ];
+        (iq, [v4, v5])
+    } else {
+        let v0 = carry[0];
+        let (v1, v2, v3, v4) = (col(1), col(2), col(3), col(4));
+        let (v5, v6, v7, v8) = (col(5), col(6), col(7), col(8));
+        let iq = [
+            dw_pixel::<CLAMP>(row, q, v0, v1, v2),
+            dw_pixel::<CLAMP>(row, q, v2, v3, v4),
+            dw_pixel::<CLAMP>(row, q, v4, v5, v6),
+            dw_pixel::<CLAMP>(row, q, v6, v7, v8),
+        ];
+        (iq, [v8, v8])
+    };
+    // Saturating steps (to i16, + zp, to u8) are monotone and exact on [0, 255], so
+    // clamping their result to [lo, hi] gives clamp(round + zp, lo, hi).
+    let p01 = _mm512_adds_epi16(_mm512_packs_epi32(iq[0], iq[1]), row.zp16);
+    let p23 = _mm512_adds_epi16(_mm512_packs_epi32(iq[2], iq[3]), row.zp16);
+    let bytes = _mm512_min_epu8(_mm512_max_epu8(_mm512_packus_epi16(p01, p23), q.lo), q.hi);
+    let px = _mm512_permutexvar_epi32(row.transpose, bytes);
+    let lanes = [
+        _mm512_castsi512_si128(px),
+        _mm512_extracti32x4_epi32::<1>(px),
+        _mm512_extracti32x4_epi32::<2>(px),
+        _mm512_extracti32x4_epi32::<3>(px),
+    ];
+    for (p, lane) in lanes.iter().enumerate().take(n) {
+        let dst = o.add(p * row.c);
+        if q.mask == 0xffff {
+            _mm_storeu_si128(dst as *mut __m128i, *lane);
+        } else {
+            _mm_mask_storeu_epi8(dst as *mut i8, q.mask, *lane);
+        }
+    }
+    next
+}

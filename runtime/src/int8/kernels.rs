@@ -82,7 +82,9 @@ pub fn conv_scratch_len(g: &ConvGeometry, kind: &ConvKind) -> usize {
         _ => 0,
     };
     let padded = if g.pads == [0; 4] { 0 } else { (g.h + g.pads[0] + g.pads[2]) * (g.w + g.pads[1] + g.pads[3]) * g.cin };
-    im2row.max(padded)
+    // The VNNI 3x3 depthwise kernel reads a row of zero points for rows of padding.
+    let zp_row = if g.pads[0] + g.pads[2] > 0 { g.w * g.cin + 16 } else { 0 };
+    im2row.max(padded).max(zp_row)
 }
 
 /// One convolution of the plan: dense or depthwise, then requantisation into `out`.
@@ -104,6 +106,12 @@ pub fn conv(
     let cout = r.mult.len();
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512Vnni {
+        if let ConvKind::Depthwise(w) = kind {
+            if super::avx512::depthwise3x3_applies(g, w, r) {
+                unsafe { super::avx512::conv_depthwise3x3(x, g, zp, w, r, scratch, out) };
+                return;
+            }
+        }
         let (input, padded) = padded_input(x, g, zp, scratch);
         unsafe {
             match kind {
@@ -251,6 +259,11 @@ pub struct DepthwiseWeights {
     pub quads: Vec<i8>,
     /// Σ_taps w[c], for the zero-point correction when every tap is read.
     pub sums: Vec<i32>,
+    /// VNNI, 3x3 kernels (taps = 9): blocks of 16 channels, one register per kernel
+    /// column holding its three rows as the bytes of each channel's int32 (zero
+    /// padded): [c/16][3][16][4]. Empty for other kernels.
+    #[cfg(target_arch = "x86_64")]
+    pub cols: Vec<i8>,
     /// NEON: blocks of 8 channels, [c/8][taps][8] as i16 (zero padded).
     #[cfg(target_arch = "aarch64")]
     pub(super) neon: Vec<i16>,
@@ -277,6 +290,8 @@ impl DepthwiseWeights {
             w: t_c,
             quads,
             sums,
+            #[cfg(target_arch = "x86_64")]
+            cols: if taps == 9 { super::avx512::depthwise_columns3x3(w, c) } else { Vec::new() },
             #[cfg(target_arch = "aarch64")]
             neon: super::neon::depthwise_layout(c, taps, |ch, t| w[ch * taps + t] as i16),
         }
@@ -754,6 +769,85 @@ mod tests {
         assert!(checked > 100);
         // Most outputs unsaturated: the comparisons say something.
         assert!(inside * 2 > total, "{inside} of {total} outputs inside the clamp");
+    }
+
+    /// 3x3 depthwise convolutions (the fused VNNI kernel's case) on every implementation,
+    /// against the scalar reference: strides 1 and 2 in either direction, any padding,
+    /// odd sizes, channel counts around multiples of 16, extreme zero points and weights,
+    /// and requantisations from ordinary to ones whose values overflow an int32.
+    #[test]
+    fn simd_depthwise3x3_equals_scalar_on_random_geometries() {
+        let mut s = 23u64;
+        let (mut checked, mut inside, mut total) = (0, 0, 0);
+        for case in 0..400 {
+            let (h, w) = (1 + lcg(&mut s) as usize % 21, 1 + lcg(&mut s) as usize % 21);
+            let c = [1, 3, 15, 16, 17, 31, 32, 33, 48, 63, 64, 70][lcg(&mut s) as usize % 12];
+            let stride = [1 + lcg(&mut s) as usize % 2, 1 + lcg(&mut s) as usize % 2];
+            let pads: [usize; 4] = std::array::from_fn(|_| [0, 1, 1, 2][lcg(&mut s) as usize % 4]);
+            let Some(g) = ConvGeometry::new(h, w, c, 3, 3, stride, pads) else { continue };
+            let zp = [0u8, 128, 255, lcg(&mut s) as u8][case % 4];
+            let x: Vec<u8> = (0..h * w * c + 64)
+                .map(|i| match (case / 4) % 4 {
+                    0 => 255,
+                    1 => 0,
+                    _ if i % 11 == 0 => 255,
+                    _ => lcg(&mut s) as u8,
+                })
+                .collect();
+            let wt: Vec<i8> = (0..c * 9)
+                .map(|i| match (case / 16) % 3 {
+                    0 => [-128, 127][i % 2],
+                    1 => -128,
+                    _ => lcg(&mut s) as i8,
+                })
+                .collect();
+            let kind = ConvKind::Depthwise(DepthwiseWeights::new(&wt, c, 9));
+            let n = g.oh * g.ow * c;
+            let mut r = random_requant(&mut s, c);
+            r.out_zp = [0.0, 128.0, 255.0, (lcg(&mut s) % 256) as f32][(case / 2) % 4];
+            match case % 5 {
+                // Centred on the sums, most outputs inside the clamp.
+                0 | 1 => {
+                    let mut acc = vec![0i32; n];
+                    depthwise_scalar(&x, &g, zp, &dw_w(&kind), &mut acc);
+                    let mean = acc.iter().map(|&a| a as f64).sum::<f64>() / n as f64;
+                    let sd = (acc.iter().map(|&a| (a as f64 - mean).powi(2)).sum::<f64>() / n as f64).sqrt().max(1.0);
+                    r.offset.fill(0);
+                    for ch in 0..c {
+                        r.mult[ch] = (40.0 / sd) as f32 * (1.0 + ch as f32 * 0.01);
+                        r.bias[ch] = (-mean * r.mult[ch] as f64) as f32 + ch as f32 * 0.37;
+                    }
+                }
+                // Past 2^22 and past 2^31 either way: saturation to lo and hi.
+                2 => r.mult.iter_mut().enumerate().for_each(|(i, m)| *m = if i % 2 == 0 { 3e4 } else { -3e4 }),
+                3 => r.bias.iter_mut().enumerate().for_each(|(i, b)| *b = [5e6, -5e6, 3e9, -3e9][i % 4]),
+                _ => {}
+            }
+            let scratch_len = conv_scratch_len(&g, &kind) + 64;
+            let mut reference = vec![0u8; n];
+            conv(Isa::Scalar, &x, &g, zp, &kind, &r, &mut vec![0; scratch_len], &mut vec![0; n], &mut reference);
+            for isa in Isa::available() {
+                // Output and scratch start dirty: every byte must be written, none read.
+                let mut out = vec![0xa5u8; n];
+                conv(isa, &x, &g, zp, &kind, &r, &mut vec![0x5a; scratch_len], &mut vec![0; n], &mut out);
+                assert_eq!(reference, out, "{isa:?} case {case} {g:?} zp {zp} out_zp {}", r.out_zp);
+            }
+            if case % 5 < 2 {
+                inside += reference.iter().enumerate().filter(|&(i, &v)| v > r.lo[i % c] && v < r.hi[i % c]).count();
+                total += n;
+            }
+            checked += 1;
+        }
+        assert!(checked > 300);
+        // The centred cases mostly unsaturated: their comparisons say something.
+        assert!(inside * 2 > total, "{inside} of {total} outputs inside the clamp");
+    }
+
+    fn dw_w(kind: &ConvKind) -> Vec<i32> {
+        match kind {
+            ConvKind::Depthwise(dw) => dw.w.clone(),
+            ConvKind::Dense(_) => unreachable!(),
+        }
     }
 
     #[test]
