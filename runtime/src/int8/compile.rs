@@ -897,6 +897,12 @@ impl<'m> Compiler<'m> {
         let out_pixels: usize = output.iter().product();
         let in_pixels: usize = input.iter().product();
         let pointwise_on = |pixels: usize, cin: usize| ConvGeometry::new(1, pixels, cin, 1, 1, [1, 1], [0; 4]).expect("1x1 fits");
+        // A 2-D conv's geometry on the channels-last input (depth 1).
+        let geometry_2d = || {
+            let (st, pd) = ([strides[0], strides[1]], [pads[0], pads[1], pads[2], pads[3]]);
+            ConvGeometry::new(input[1], input[2], x.c, kernel[0], kernel[1], st, pd)
+                .ok_or_else(|| unsupported(format!("{}: kernel larger than the padded input", n.name)))
+        };
         let (layout, kind, offset, macs) = if transposed {
             // Columns [tap][cout] of [cin] weights: w is [cin][cout][taps].
             let mut rows = vec![0i8; taps * cout * x.c];
@@ -914,16 +920,7 @@ impl<'m> Compiler<'m> {
             let layout = ConvLayout::Transposed { g, cols: pointwise_on(in_pixels, x.c), col_offset };
             (layout, ConvKind::Dense(PackedWeights::new(rows, taps * cout, 1, x.c)), vec![0; cout], (in_pixels * x.c * cout * taps) as u64)
         } else if depthwise {
-            let g = ConvGeometry::new(
-                input[1],
-                input[2],
-                x.c,
-                kernel[0],
-                kernel[1],
-                [strides[0], strides[1]],
-                [pads[0], pads[1], pads[2], pads[3]],
-            )
-            .ok_or_else(|| unsupported(format!("{}: kernel larger than the padded input", n.name)))?;
+            let g = geometry_2d()?;
             let kind = ConvKind::Depthwise(DepthwiseWeights::new(&wq, cout, taps));
             (ConvLayout::Direct(g), kind, vec![0; cout], (out_pixels * cout * taps) as u64)
         } else {
@@ -938,16 +935,7 @@ impl<'m> Compiler<'m> {
                 }
             }
             let (layout, pw) = if sp == 2 {
-                let g = ConvGeometry::new(
-                    input[1],
-                    input[2],
-                    x.c,
-                    kernel[0],
-                    kernel[1],
-                    [strides[0], strides[1]],
-                    [pads[0], pads[1], pads[2], pads[3]],
-                )
-                .ok_or_else(|| unsupported(format!("{}: kernel larger than the padded input", n.name)))?;
+                let g = geometry_2d()?;
                 (ConvLayout::Direct(g), PackedWeights::new(rows, cout, kernel[0], kernel[1] * x.c))
             } else if taps == 1 && s3 == [1; 3] && pads.iter().all(|&p| p == 0) {
                 (ConvLayout::Direct(pointwise_on(in_pixels, x.c)), PackedWeights::new(rows, cout, 1, k))
