@@ -80,11 +80,10 @@ impl MemoryPlan {
                 acc_len = acc_len.max(g.oh * g.ow * cout);
                 rows_len = rows_len.max(kernels::conv_scratch_len(g, kind));
             }
-            ConvLayout::Planes { g, plane } => {
+            ConvLayout::Planes { plane, .. } => {
                 acc_len = acc_len.max(layout.pixels() * cout);
                 gather_len = gather_len.max(plane.w * plane.cin);
                 rows_len = rows_len.max(kernels::conv_scratch_len(plane, kind));
-                let _ = g;
             }
             ConvLayout::Transposed { g, cols, .. } => {
                 acc_len = acc_len.max(cols.ow * g.taps() * cout);
@@ -212,14 +211,19 @@ impl Engine {
         if x.len() != n_in {
             return Err(Error::WrongShape { got: vec![x.len()], expected: vec![n_in] });
         }
+        // Value 0 (the model input) becomes an array only if a float op reads it: a QDQ
+        // model's first step quantises it straight from `x`.
         let mut vals: Vec<Option<ArrayD<f32>>> = vec![None; p.float_shapes.len()];
-        vals[0] = Some(ArrayD::from_shape_vec(IxDyn(p.input_shape()), x.to_vec()).expect("sized"));
+        let input_array = || ArrayD::from_shape_vec(IxDyn(p.input_shape()), x.to_vec()).expect("sized");
         for (i, step) in p.steps.iter().enumerate() {
             match step {
                 Step::Int(op) => self.int_op(s, op),
                 Step::Quantize { src, dst } => {
-                    let v = vals[*src].as_ref().expect("computed before use").as_standard_layout();
-                    let data = v.as_slice().expect("standard layout");
+                    let v = match *src {
+                        0 => None,
+                        v => Some(vals[v].as_ref().expect("computed before use").as_standard_layout()),
+                    };
+                    let data = v.as_ref().map_or(x, |v| v.as_slice().expect("standard layout"));
                     // Quantisation would silently map NaN to the zero point's neighbourhood.
                     if !float::all_finite(data) {
                         let what = if *src == 0 { "model input".to_string() } else { format!("value before {}", p.label(step)) };
@@ -253,6 +257,9 @@ impl Engine {
                     vals[*dst] = Some(ArrayD::from_shape_vec(IxDyn(&h.shape), f).expect("sized"));
                 }
                 Step::Float { op, inputs, dst, name } => {
+                    if vals[0].is_none() && inputs.iter().any(|i| matches!(i, float::Operand::Value(0))) {
+                        vals[0] = Some(input_array());
+                    }
                     let args: Vec<&ArrayD<f32>> = inputs
                         .iter()
                         .map(|i| match i {
@@ -269,7 +276,11 @@ impl Engine {
             }
             lap(times);
         }
-        let outputs: Vec<ArrayD<f32>> = p.outputs.iter().map(|&o| vals[o].clone().expect("outputs are kept")).collect();
+        let outputs: Vec<ArrayD<f32>> = p
+            .outputs
+            .iter()
+            .map(|&o| vals[o].clone().unwrap_or_else(|| if o == 0 { input_array() } else { unreachable!("outputs are kept") }))
+            .collect();
         // Integer ops give finite values; only float arithmetic (overflow, 0/0, exp)
         // could make a non-finite output.
         if !outputs.iter().all(|y| float::all_finite(y.iter())) {
