@@ -150,8 +150,14 @@ class Reader(CalibrationDataReader):
         self.i = 0
 
 
-def quantize(src, dst, calib):
-    """quant_pre_process (if it works) then quantize_static QDQ, u8 activations, s8 per-channel weights."""
+SETTINGS = dict(quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                per_channel=True, reduce_range=False, calibrate_method=CalibrationMethod.MinMax)
+
+
+def quantize(src, dst, calib, exclude=()):
+    """quant_pre_process (if it works) then quantize_static with SETTINGS (QDQ, u8 activations, s8
+    per-channel weights, MinMax), `exclude` nodes left in float. Returns None, or the quant_pre_process
+    error that made it quantize the raw model."""
     name = onnx.load(str(src)).graph.input[0].name
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
@@ -159,19 +165,21 @@ def quantize(src, dst, calib):
             from onnxruntime.quantization.shape_inference import quant_pre_process
             with contextlib.redirect_stdout(io.StringIO()):
                 quant_pre_process(str(src), str(pre))
-            qsrc, note = pre, "quant_pre_process ok"
+            qsrc, error = pre, None
         except Exception as e:  # noqa: BLE001 - fall back to the raw model
-            qsrc, note = src, f"quant_pre_process failed ({type(e).__name__}: {e}); quantizing raw model"
+            qsrc, error = src, f"{type(e).__name__}: {e}"
         cwd = os.getcwd()
         os.chdir(tmp)  # calibration writes its augmented model to the working directory
         try:
             with contextlib.redirect_stdout(io.StringIO()):
-                quantize_static(str(qsrc), str(dst), Reader(name, calib), quant_format=QuantFormat.QDQ,
-                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                                reduce_range=False, calibrate_method=CalibrationMethod.MinMax)
+                quantize_static(str(qsrc), str(dst), Reader(name, calib), nodes_to_exclude=list(exclude), **SETTINGS)
         finally:
             os.chdir(cwd)
-    return note
+    return error
+
+
+def pre_process_note(error):
+    return "quant_pre_process ok" if error is None else f"quant_pre_process failed ({error}); quantizing raw model"
 
 
 # --- sanity check ---------------------------------------------------------------------
@@ -237,12 +245,12 @@ def main():
 
     mnv2, mnv2_q = out / "mnv2_224.onnx", out / "mnv2_224_qdq.onnx"
     make_mnv2(mnv2)
-    print(f"mnv2: {quantize(mnv2, mnv2_q, plausible_images(N_CALIB, seed=1))}")
+    print(f"mnv2: {pre_process_note(quantize(mnv2, mnv2_q, plausible_images(N_CALIB, seed=1)))}")
 
     unet, unet_q = out / "unet3d.onnx", out / "unet3d_qdq.onnx"
     fix_batch(UNET_SRC, unet)
     window = np.load(UNET_INPUT).astype(np.float32)
-    print(f"unet3d: {quantize(unet, unet_q, perturbed_volumes(window, N_CALIB, seed=2))}")
+    print(f"unet3d: {pre_process_note(quantize(unet, unet_q, perturbed_volumes(window, N_CALIB, seed=2)))}")
 
     check(mnv2, mnv2_q, plausible_images(8, seed=99), center=True)
     check(unet, unet_q, perturbed_volumes(window, 2, seed=99)[1:], center=False)

@@ -91,12 +91,9 @@ Run: /work/venv/bin/python scripts/make_int8_fixtures.py [--edgemed PATH] [--out
 binary, default target/release/edgemed; it only exports the aging twin's decoder.)
 """
 import argparse
-import contextlib
 import hashlib
-import io
 import json
 import logging
-import os
 import subprocess
 import sys
 import tempfile
@@ -107,22 +104,18 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
-from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.dont_write_bytecode = True  # no scripts/__pycache__ from the import below
-from make_bench_models import Reader, fix_batch, perturbed_volumes  # noqa: E402
+from make_bench_models import SETTINGS, fix_batch, perturbed_volumes  # noqa: E402
+from make_bench_models import quantize as quantize_qdq  # noqa: E402
 
 FIX = ROOT / "tests/fixtures"
 TEST_SEED = 99  # the perturbed copy every test input is (make_bench_models' held-out seed)
 TEST_DESC = f"the copy x + N(0, 0.1 std(x)) of seed {TEST_SEED} (not in the calibration set)"
 N_CALIB = 16
 ESPCN_PATCH, ESPCN_HALO = 8, 2  # espcn3d_p8.onnx: metadata edgemed.receptive_halo, input 12 = 8 + 2 * 2
-
-SETTINGS = dict(quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                per_channel=True, reduce_range=False, calibrate_method=CalibrationMethod.MinMax)
-
 
 # --- inputs ---------------------------------------------------------------------------
 
@@ -187,24 +180,10 @@ def export_glow_decoder(edgemed, tmp):
     return out / "decoder.onnx"
 
 
-def quantize(src, dst, calib, exclude, tmp):
-    """quant_pre_process (if it works) then quantize_static with SETTINGS; returns the pre-processing note."""
-    name = onnx.load(str(src)).graph.input[0].name
-    pre = Path(tmp) / (Path(src).stem + ".pre.onnx")
-    try:
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-        with contextlib.redirect_stdout(io.StringIO()):
-            quant_pre_process(str(src), str(pre))
-        qsrc, note = pre, "ok"
-    except Exception as e:  # noqa: BLE001 - fall back to the raw model
-        qsrc, note = src, f"failed ({type(e).__name__}: {e}); the raw model was quantized"
-    cwd = os.getcwd()
-    os.chdir(tmp)  # calibration writes its augmented model to the working directory
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            quantize_static(str(qsrc), str(dst), Reader(name, calib), nodes_to_exclude=list(exclude), **SETTINGS)
-    finally:
-        os.chdir(cwd)
+def quantize(src, dst, calib, exclude):
+    """make_bench_models.quantize (SETTINGS), then static shapes checked; returns the pre-processing note."""
+    error = quantize_qdq(src, dst, calib, exclude)
+    note = "ok" if error is None else f"failed ({error}); the raw model was quantized"
     # Shapes of every tensor, batch 1 (the quantizer keeps only some value_info).
     m = onnx.load(str(dst))
     del m.graph.value_info[:]
@@ -326,7 +305,7 @@ def make(name, src, inputs, source, exclude, out, edgemed, tmp):
     fix_batch(src, fp32)
     calib, x, calib_desc, test_desc = inputs()
     dst = out / f"{name}.onnx"
-    pre = quantize(fp32, dst, calib, exclude, tmp)
+    pre = quantize(fp32, dst, calib, exclude)
     m = onnx.load(str(dst))
     y = run(fp32, x)
     yq = run(dst, x, save_optimised=Path(tmp) / f"{name}.ort_optimised.onnx")
