@@ -116,3 +116,15 @@ fn scalar_and_simd_kernels_give_the_same_bits_on_fixture_models() {
         }
     }
 }
+
+/// A NaN in the GLOW decoder's latent passes through float ops (slices, reshapes) before
+/// its first QuantizeLinear: the engine refuses it there rather than quantising it.
+#[test]
+fn non_finite_values_reaching_a_quantize_are_refused() {
+    let c = cases().into_iter().find(|c| c.name == "glow_decoder_qdq").unwrap();
+    let e = Engine::new(&c.model).unwrap();
+    let mut x = c.input.into_raw_vec_and_offset().0;
+    x[5] = f32::NAN;
+    let err = e.run_one(&x).unwrap_err().to_string();
+    assert!(err.contains("NaN or infinite") && err.contains("quantize"), "{err}");
+}

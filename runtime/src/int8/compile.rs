@@ -875,6 +875,9 @@ impl<'m> Compiler<'m> {
             o
         };
         let input = lift(&xs[2..], 1);
+        if input.contains(&0) {
+            return Err(unsupported(format!("{}: empty input {xs:?}", n.name)));
+        }
         let (k3, s3) = (lift(&kernel, 1), lift(&strides, 1));
         let (pb, pe) = (lift(&pads[..sp], 0), lift(&pads[sp..], 0));
         let mut output = [1usize; 3];
