@@ -644,8 +644,14 @@ fn bench_compares_fp32_and_int8_and_profiles_the_engine() {
         assert!(out.contains(row), "{row} missing from\n{out}");
     }
     assert!(!out.contains("FP32 / edgemed-int8"), "{out}");
-    // The profile: one line per step of the plan: the input's quantisation, the convs, the float head.
-    assert!(out.matches("conv 3x3/").count() >= 10 && out.contains("quantize 3 at 95x95") && out.contains("float Gemm"), "{out}");
+    // The profile: one line per step of the plan: the input's quantisation, the convs,
+    // the head (mask, group pooling, average pooling, the classifier) in integers too.
+    for step in
+        ["quantize 3 at 95x95", "multiply (2 factors) 320 at 5x5", "max of 4 80 at 5x5", "global average pool 80", "pointwise 80 -> 2"]
+    {
+        assert!(out.contains(step), "{step} missing from\n{out}");
+    }
+    assert!(out.matches("conv 3x3/").count() >= 10 && out.contains(", 0 float ops,"), "{out}");
 
     // --profile needs the engine; a missing --quantized model is named.
     assert_clean_failure(&run(&["bench", fp32.to_str().unwrap(), "--iters", "1", "--profile"]), "add int8 to --backend");

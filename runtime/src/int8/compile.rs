@@ -13,6 +13,14 @@
 //! - `DQ(q) -> Relu / Min / Clip ... -> QuantizeLinear`: a per-channel lookup table
 //!   (256 entries), computed with the same float operations, so it is exact.
 //! - `Add(DQ(a), DQ(b)) -> QuantizeLinear`: an element-wise quantised add.
+//! - `Gemm` / `MatMul` of a [1, K] tensor by int8 weights: a pointwise conv on one pixel.
+//! - Data movement (`Concat`, `Reshape`, `Transpose`, `Slice`, `Flatten`, `Squeeze`,
+//!   `Unsqueeze`) of DQ views: byte copies, found by running the ops on index arrays
+//!   at load time; a chain re-quantised with its own parameters between ops (a pixel
+//!   shuffle's Reshape, Transpose, Reshape through rank-8 values) is one copy.
+//! - `GlobalAveragePool` (exact integer sums), `ReduceMax` (group pooling: the max of
+//!   bytes, since dequantisation is monotone), `Mul` by a constant (a circular mask: one
+//!   table per distinct factor).
 //!
 //! Every other node is a float op ([`super::float`]) on NCHW arrays: the u8 tensors
 //! it reads are dequantised where it needs them, a conv whose output it reads is
@@ -163,6 +171,62 @@ pub enum Op {
         b: usize,
         dst: usize,
     },
+    /// Data movement (Concat, Reshape, Transpose, Slice, Flatten...): byte copies.
+    Gather(Box<GatherOp>),
+    /// GlobalAveragePool: an exact integer sum per channel, requantised.
+    MeanPool {
+        src: usize,
+        dst: usize,
+    },
+    /// ReduceMax (a group pooling over each field's rotations): dst byte j is the
+    /// largest of src bytes `index[j * group..(j + 1) * group]`, through `table`
+    /// where dst's parameters differ (dequantisation is monotone, so the max commutes).
+    GatherMax {
+        src: usize,
+        dst: usize,
+        group: usize,
+        index: Vec<u32>,
+        table: Option<Vec<u8>>,
+    },
+    /// Multiplication by a constant (a circular mask): dst byte j is
+    /// `tables[select[j] * 256 + src[j]]`, one table per distinct factor, each
+    /// computed with the float ops' dequantise, multiply, quantise (so exact).
+    Multiply {
+        src: usize,
+        dst: usize,
+        tables: Vec<u8>,
+        select: Vec<u8>,
+    },
+}
+
+/// dst = bytes of `srcs` copied as `copies` says, each source through its
+/// requantisation table where its scale or zero point differs from dst's (the same
+/// dequantise-then-quantise a float op would do, so exact).
+#[derive(Debug, Clone)]
+pub struct GatherOp {
+    pub srcs: Vec<usize>,
+    pub dst: usize,
+    pub copies: Copies,
+    pub tables: Vec<Option<Vec<u8>>>,
+    /// The ONNX ops it replaces, e.g. `Reshape+Transpose+Reshape`.
+    pub what: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum Copies {
+    /// Runs of consecutive bytes (a channel concat, a slice of channels), covering dst in order.
+    Runs(Vec<GatherRun>),
+    /// Byte by byte, per source (dst byte, source byte): channels-last transposes
+    /// (a pixel shuffle, fields regrouped) move single bytes.
+    Bytes(Vec<Vec<(u32, u32)>>),
+}
+
+/// `len` bytes of source `src` (an index into [`GatherOp::srcs`]) from byte `from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatherRun {
+    pub src: u32,
+    pub from: u32,
+    pub len: u32,
 }
 
 impl Op {
@@ -172,6 +236,8 @@ impl Op {
             Op::Conv(c) => vec![c.src],
             Op::Lut { src, .. } => vec![*src],
             Op::Add { a, b, .. } => vec![*a, *b],
+            Op::Gather(g) => g.srcs.clone(),
+            Op::MeanPool { src, .. } | Op::GatherMax { src, .. } | Op::Multiply { src, .. } => vec![*src],
         }
     }
 
@@ -179,7 +245,10 @@ impl Op {
     pub fn destination(&self) -> usize {
         match self {
             Op::Conv(c) => c.dst,
-            Op::Lut { dst, .. } | Op::Add { dst, .. } => *dst,
+            Op::Lut { dst, .. } | Op::Add { dst, .. } | Op::MeanPool { dst, .. } | Op::GatherMax { dst, .. } | Op::Multiply { dst, .. } => {
+                *dst
+            }
+            Op::Gather(g) => g.dst,
         }
     }
 
@@ -327,6 +396,12 @@ impl Plan {
             Step::Int(Op::Conv(c)) => format!("{} at {}", conv_label(&c.layout, &c.kind, t(c.src).c, t(c.dst).c), at(c.dst)),
             Step::Int(Op::Lut { dst, .. }) => format!("table (activation) {} at {}", t(*dst).c, at(*dst)),
             Step::Int(Op::Add { dst, .. }) => format!("add {} at {}", t(*dst).c, at(*dst)),
+            Step::Int(Op::Gather(g)) => format!("move ({}) {} at {}", g.what, t(g.dst).c, at(g.dst)),
+            Step::Int(Op::MeanPool { src, dst }) => format!("global average pool {} at {}", t(*dst).c, at(*src)),
+            Step::Int(Op::GatherMax { dst, group, .. }) => format!("max of {group} {} at {}", t(*dst).c, at(*dst)),
+            Step::Int(Op::Multiply { dst, tables, .. }) => {
+                format!("multiply ({} factors) {} at {}", tables.len() / 256, t(*dst).c, at(*dst))
+            }
             Step::Quantize { dst, .. } => format!("quantize {} at {}", t(*dst).c, at(*dst)),
             Step::Dequantize { src, .. } => format!("dequantize {} at {}", t(*src).c, at(*src)),
             Step::ConvToFloat { conv, .. } => {
@@ -357,6 +432,72 @@ enum Val {
         a: usize,
         b: usize,
     },
+    /// Data movement on u8 tensors' views, awaiting QuantizeLinear.
+    PendingMove(Box<Move>),
+    /// A QuantizeLinear of pending data movement with its sources' scale and zero point
+    /// (so the same bytes): kept pending, so that a chain of moves (a pixel shuffle's
+    /// Reshape, Transpose, Reshape, with rank-8 values between) is one gather.
+    QuantizedMove(Box<Move>),
+    /// GlobalAveragePool of a u8 tensor's view, awaiting QuantizeLinear.
+    PendingMeanPool {
+        src: usize,
+    },
+    /// ReduceMax (`op`) of data movement on u8 tensors, awaiting QuantizeLinear.
+    PendingMax {
+        m: Box<Move>,
+        op: FloatOp,
+        axes: Vec<usize>,
+    },
+    /// A u8 tensor's view times a constant, awaiting QuantizeLinear.
+    PendingMul {
+        src: usize,
+        factor: ArrayD<f32>,
+    },
+}
+
+/// Ops that only move values: on u8 tensors they are byte copies (a U-Net's Concat, a
+/// pixel shuffle's Reshape/Transpose, a flow's Slice, a classifier's Flatten).
+const DATA_MOVEMENT: &[&str] = &["Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Concat"];
+
+/// A tree of data-movement ops whose leaves are u8 tensors.
+#[derive(Debug, Clone)]
+enum Move {
+    Tensor(usize),
+    Op { op: FloatOp, args: Vec<MoveArg>, name: String },
+}
+
+#[derive(Debug, Clone)]
+enum MoveArg {
+    Move(Move),
+    /// A shape, starts and ends, axes.
+    Const(ArrayD<f32>),
+}
+
+impl Move {
+    /// The tensors it reads, each once, in first-read order.
+    fn tensors(&self, out: &mut Vec<usize>) {
+        match self {
+            Move::Tensor(t) if !out.contains(t) => out.push(*t),
+            Move::Tensor(_) => {}
+            Move::Op { args, .. } => args.iter().for_each(|a| {
+                if let MoveArg::Move(m) = a {
+                    m.tensors(out)
+                }
+            }),
+        }
+    }
+
+    fn names(&self) -> Vec<&'static str> {
+        match self {
+            Move::Tensor(_) => vec![],
+            Move::Op { op, args, .. } => {
+                let mut v: Vec<&'static str> =
+                    args.iter().filter_map(|a| if let MoveArg::Move(m) = a { Some(m.names()) } else { None }).flatten().collect();
+                v.push(op.name());
+                v
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -494,11 +635,31 @@ impl<'m> Compiler<'m> {
         Some((s.data[0], zp))
     }
 
-    fn int_of(&self, name: &str) -> Option<usize> {
-        match self.vals.get(name) {
-            Some(Val::Int(t)) => Some(*t),
+    /// The u8 tensor `name` is (or is a view of). Data movement still pending is done
+    /// here, when its sources share one scale and zero point.
+    fn int_of(&mut self, name: &str) -> Option<usize> {
+        match self.vals.get(name).cloned() {
+            Some(Val::Int(t)) => Some(t),
+            Some(Val::PendingMove(m) | Val::QuantizedMove(m)) => {
+                let (s, z) = self.move_params(&m)?;
+                let dst = self.gather(&m, s, z).ok()??;
+                if matches!(self.vals.get(name), Some(Val::PendingMove(_))) {
+                    self.float_views.insert(name.to_string());
+                }
+                self.vals.insert(name.to_string(), Val::Int(dst));
+                Some(dst)
+            }
             _ => None,
         }
+    }
+
+    /// The scale and zero point of every tensor `m` reads, if they share them.
+    fn move_params(&self, m: &Move) -> Option<(f32, u8)> {
+        let mut srcs = Vec::new();
+        m.tensors(&mut srcs);
+        let p = |t: usize| (self.tensors[t].scale, self.tensors[t].zp);
+        let first = p(*srcs.first()?);
+        srcs.iter().all(|&t| p(t) == first).then_some(first)
     }
 
     fn new_tensor(&mut self, t: QTensor, shape: Vec<usize>) -> usize {
@@ -534,10 +695,13 @@ impl<'m> Compiler<'m> {
             .collect();
         let args: Vec<&ArrayD<f32>> = zeros.iter().collect();
         let shape = float::eval(&op, &args).map_err(|e| unsupported(format!("{name}: {e}")))?.shape().to_vec();
-        if let FloatOp::Conv { .. } = op {
-            let w = args.get(1).map_or(0, |w| w.len() / w.shape().first().copied().unwrap_or(1).max(1));
-            self.float_macs += (shape.iter().product::<usize>() * w) as u64;
-        }
+        // Each output element takes one weight per input channel and tap, or per k.
+        let per_output = match op {
+            FloatOp::Conv { .. } => args.get(1).map_or(0, |w| w.len() / w.shape().first().copied().unwrap_or(1).max(1)),
+            FloatOp::Gemm { .. } | FloatOp::MatMul => args.get(1).map_or(0, |b| b.len() / shape.last().copied().unwrap_or(1).max(1)),
+            _ => 0,
+        };
+        self.float_macs += (shape.iter().product::<usize>() * per_output) as u64;
         let dst = self.new_float(shape);
         self.steps.push(Step::Float { op, inputs, dst, name: name.to_string() });
         Ok(dst)
@@ -549,7 +713,9 @@ impl<'m> Compiler<'m> {
         let f = match self.vals.get(name).cloned() {
             Some(Val::Float(f)) => return Ok(f),
             Some(Val::Int(t)) if self.float_views.contains(name) => return Ok(self.dequantised(t)),
-            Some(Val::Int(_)) => return Err(unsupported(format!("{name}: a u8 tensor read by a float op without DequantizeLinear"))),
+            Some(Val::Int(_) | Val::QuantizedMove(_)) => {
+                return Err(unsupported(format!("{name}: a u8 tensor read by a float op without DequantizeLinear")))
+            }
             Some(Val::PendingConv { conv }) => {
                 let f = self.new_float(conv.shape.clone());
                 self.steps.push(Step::ConvToFloat { conv, dst: f });
@@ -582,10 +748,290 @@ impl<'m> Compiler<'m> {
                 let (fa, fb) = (self.dequantised(a), self.dequantised(b));
                 self.push_float(FloatOp::Binary(float::Binary::Add), vec![Operand::Value(fa), Operand::Value(fb)], name)?
             }
+            // Bytes move faster than floats: gathered, then dequantised (exact, where
+            // the sources share their parameters), else moved in float.
+            Some(Val::PendingMove(m)) => match self.int_of(name) {
+                Some(t) => return Ok(self.dequantised(t)),
+                None => self.move_to_float(&m)?,
+            },
+            Some(Val::PendingMeanPool { src }) => {
+                let f = self.dequantised(src);
+                self.push_float(FloatOp::GlobalPool(float::Reduce::Mean), vec![Operand::Value(f)], name)?
+            }
+            Some(Val::PendingMax { m, op, .. }) => {
+                let f = self.move_to_float(&m)?;
+                self.push_float(op, vec![Operand::Value(f)], name)?
+            }
+            Some(Val::PendingMul { src, factor }) => {
+                let f = self.dequantised(src);
+                self.push_float(FloatOp::Binary(float::Binary::Mul), vec![Operand::Value(f), Operand::Const(factor)], name)?
+            }
             Some(Val::Const(_)) | None => return Err(unsupported(format!("{name}: not a value the engine computes"))),
         };
         self.vals.insert(name.to_string(), Val::Float(f));
         Ok(f)
+    }
+
+    /// Data movement `m` run as float ops on dequantised tensors (for a float op that reads it).
+    fn move_to_float(&mut self, m: &Move) -> Result<usize> {
+        match m {
+            Move::Tensor(t) => Ok(self.dequantised(*t)),
+            Move::Op { op, args, name } => {
+                let mut inputs = Vec::with_capacity(args.len());
+                for a in args {
+                    inputs.push(match a {
+                        MoveArg::Const(c) => Operand::Const(c.clone()),
+                        MoveArg::Move(m) => Operand::Value(self.move_to_float(m)?),
+                    });
+                }
+                self.push_float(op.clone(), inputs, name)
+            }
+        }
+    }
+
+    /// A data-movement node whose data inputs are u8 tensors' views (or pending moves
+    /// of them) and whose other inputs are constants: a pending move. Ok(false): a float op.
+    fn data_movement(&mut self, n: &pb::NodeProto) -> Result<bool> {
+        let Ok(op) = float::float_op(n, self.opset, self.graph) else { return Ok(false) };
+        let data_inputs = if n.op_type == "Concat" { n.input.len() } else { 1 };
+        let mut args = Vec::with_capacity(n.input.len());
+        for (i, name) in n.input.iter().enumerate() {
+            args.push(if i < data_inputs {
+                match self.vals.get(name) {
+                    Some(Val::Int(t)) if self.float_views.contains(name) => MoveArg::Move(Move::Tensor(*t)),
+                    Some(Val::PendingMove(m)) => MoveArg::Move((**m).clone()),
+                    _ => return Ok(false),
+                }
+            } else if name.is_empty() {
+                MoveArg::Const(ArrayD::zeros(IxDyn(&[0])))
+            } else {
+                match self.konst(name) {
+                    Some(c) => {
+                        MoveArg::Const(ArrayD::from_shape_vec(IxDyn(&c.shape), c.data).map_err(|e| unsupported(format!("{name}: {e}")))?)
+                    }
+                    None => return Ok(false),
+                }
+            });
+        }
+        let out = n.output.first().cloned().unwrap_or_default();
+        self.vals.insert(out, Val::PendingMove(Box::new(Move::Op { op, args, name: n.name.clone() })));
+        Ok(true)
+    }
+
+    /// Runs `m` on index arrays: each element of the result says which byte of which
+    /// source tensor it is (channels-last offsets after each tensor's base).
+    fn move_indices(&self, m: &Move, srcs: &[usize], bases: &[usize]) -> Result<ArrayD<f32>> {
+        match m {
+            Move::Tensor(t) => {
+                let k = srcs.iter().position(|s| s == t).expect("listed by Move::tensors");
+                let (c, pixels) = (self.tensors[*t].c, self.tensors[*t].h * self.tensors[*t].w);
+                // NC... order: element (ch, p) is byte p * c + ch of the channels-last tensor.
+                let v: Vec<f32> = (0..c).flat_map(|ch| (0..pixels).map(move |p| (bases[k] + p * c + ch) as f32)).collect();
+                Ok(ArrayD::from_shape_vec(IxDyn(&self.shapes[*t]), v).expect("sized"))
+            }
+            Move::Op { op, args, name } => {
+                let mut vals = Vec::with_capacity(args.len());
+                for a in args {
+                    vals.push(match a {
+                        MoveArg::Const(c) => c.clone(),
+                        MoveArg::Move(m) => self.move_indices(m, srcs, bases)?,
+                    });
+                }
+                float::eval(op, &vals.iter().collect::<Vec<_>>()).map_err(|e| unsupported(format!("{name}: {e}")))
+            }
+        }
+    }
+
+    /// Data movement `m` quantised with (s, z): byte copies into a new tensor. None
+    /// where the result is no tensor of the plan, or too large for exact f32 indices.
+    fn gather(&mut self, m: &Move, s: f32, z: u8) -> Result<Option<usize>> {
+        let mut srcs = Vec::new();
+        m.tensors(&mut srcs);
+        let mut bases = Vec::with_capacity(srcs.len());
+        let mut total = 0usize;
+        for &t in &srcs {
+            bases.push(total);
+            total += self.tensors[t].len();
+        }
+        // Every index below 2^24 is an exact f32.
+        if total >= 1 << 24 {
+            return Ok(None);
+        }
+        let idx = self.move_indices(m, &srcs, &bases)?;
+        let shape = idx.shape().to_vec();
+        let Some(t) = QTensor::of_shape(&shape, s, z) else { return Ok(None) };
+        let idx = idx.as_standard_layout();
+        let idx = idx.as_slice().expect("standard layout");
+        let (c, pixels) = (t.c, t.h * t.w);
+        let mut runs: Vec<GatherRun> = Vec::new();
+        for p in 0..pixels {
+            for ch in 0..c {
+                let g = idx[ch * pixels + p] as usize;
+                let k = bases.partition_point(|&b| b <= g) - 1;
+                let from = (g - bases[k]) as u32;
+                match runs.last_mut() {
+                    Some(r) if r.src == k as u32 && r.from + r.len == from => r.len += 1,
+                    _ => runs.push(GatherRun { src: k as u32, from, len: 1 }),
+                }
+            }
+        }
+        let tables = srcs
+            .iter()
+            .map(|&src| {
+                let st = self.tensors[src];
+                (st.scale != s || st.zp != z).then(|| (0..=255u8).map(|q| kernels::quantize_u8(st.deq(q), s, z)).collect())
+            })
+            .collect();
+        // A run costs a call to memcpy: short runs go byte by byte.
+        let copies = if runs.len() * 16 > t.len() {
+            let mut bytes = vec![Vec::new(); srcs.len()];
+            let mut o = 0u32;
+            for r in &runs {
+                bytes[r.src as usize].extend((0..r.len).map(|i| (o + i, r.from + i)));
+                o += r.len;
+            }
+            Copies::Bytes(bytes)
+        } else {
+            Copies::Runs(runs)
+        };
+        let dst = self.new_tensor(t, shape);
+        let what = m.names().join("+");
+        self.steps.push(Step::Int(Op::Gather(Box::new(GatherOp { srcs, dst, copies, tables, what }))));
+        Ok(Some(dst))
+    }
+
+    /// The input of a one-input node as data movement: a u8 tensor's view or a pending move.
+    fn move_of(&self, name: &str) -> Option<Move> {
+        match self.vals.get(name) {
+            Some(Val::Int(t)) if self.float_views.contains(name) => Some(Move::Tensor(*t)),
+            Some(Val::PendingMove(m)) => Some((**m).clone()),
+            _ => None,
+        }
+    }
+
+    /// ReduceMax of `m` over `axes` quantised with (s, z), or None (several sources,
+    /// indices too large for f32, a result that is no tensor of the plan).
+    fn gather_max(&mut self, m: &Move, axes: &[usize], keepdims: bool, s: f32, z: u8) -> Result<Option<usize>> {
+        let mut srcs = Vec::new();
+        m.tensors(&mut srcs);
+        let [src] = srcs[..] else { return Ok(None) };
+        let st = self.tensors[src];
+        if st.len() >= 1 << 24 {
+            return Ok(None);
+        }
+        let idx = self.move_indices(m, &srcs, &[0])?;
+        // Reduced axes last: each output element's group is then contiguous, in the
+        // output's order (with or without keepdims).
+        let rank = idx.ndim();
+        let kept: Vec<usize> = (0..rank).filter(|a| !axes.contains(a)).collect();
+        let order: Vec<usize> = kept.iter().chain(axes).copied().collect();
+        let group: usize = axes.iter().map(|&a| idx.shape()[a]).product();
+        let shape: Vec<usize> = match keepdims {
+            true => (0..rank).map(|a| if axes.contains(&a) { 1 } else { idx.shape()[a] }).collect(),
+            false => kept.iter().map(|&a| idx.shape()[a]).collect(),
+        };
+        let grouped = idx.permuted_axes(IxDyn(&order)).as_standard_layout().into_owned();
+        let grouped = grouped.as_slice().expect("standard layout");
+        let Some(t) = QTensor::of_shape(&shape, s, z) else { return Ok(None) };
+        let (c, pixels) = (t.c, t.h * t.w);
+        let mut index = Vec::with_capacity(t.len() * group);
+        for p in 0..pixels {
+            for ch in 0..c {
+                let nc = ch * pixels + p;
+                index.extend(grouped[nc * group..(nc + 1) * group].iter().map(|&v| v as u32));
+            }
+        }
+        let table = (st.scale != s || st.zp != z).then(|| (0..=255u8).map(|q| kernels::quantize_u8(st.deq(q), s, z)).collect());
+        let dst = self.new_tensor(t, shape);
+        self.steps.push(Step::Int(Op::GatherMax { src, dst, group, index, table }));
+        Ok(Some(dst))
+    }
+
+    /// `src` times `factor` quantised with (s, z): one table per distinct factor, or None
+    /// where there are more than 256 of them.
+    fn multiply(&mut self, src: usize, factor: &ArrayD<f32>, s: f32, z: u8) -> Result<Option<usize>> {
+        let st = self.tensors[src];
+        let shape = self.shapes[src].clone();
+        let Some(f) = factor.broadcast(IxDyn(&shape)) else { return Ok(None) };
+        let f = f.as_standard_layout();
+        let f = f.as_slice().expect("standard layout");
+        let (c, pixels) = (st.c, st.h * st.w);
+        let mut ids: HashMap<u32, u8> = HashMap::new();
+        let mut tables = Vec::new();
+        let mut select = Vec::with_capacity(st.len());
+        for p in 0..pixels {
+            for ch in 0..c {
+                let v = f[ch * pixels + p];
+                let id = match ids.get(&v.to_bits()) {
+                    Some(&id) => id,
+                    None if ids.len() < 256 => {
+                        let id = ids.len() as u8;
+                        ids.insert(v.to_bits(), id);
+                        tables.extend((0..=255u8).map(|q| kernels::quantize_u8(st.deq(q) * v, s, z)));
+                        id
+                    }
+                    None => return Ok(None),
+                };
+                select.push(id);
+            }
+        }
+        let dst = self.new_tensor(QTensor { scale: s, zp: z, ..st }, shape);
+        self.steps.push(Step::Int(Op::Multiply { src, dst, tables, select }));
+        Ok(Some(dst))
+    }
+
+    /// `Gemm(DQ(x), DQ(w int8), c)` or `MatMul(DQ(x), DQ(w int8))` on a [1, K] tensor: a
+    /// pending pointwise conv on one pixel. Ok(false): a float op.
+    fn gemm(&mut self, n: &pb::NodeProto) -> Result<bool> {
+        let inp = |i: usize| n.input.get(i).map(|s| s.as_str()).unwrap_or("");
+        let Some(src) = self.int_of(inp(0)) else { return Ok(false) };
+        let Some(w) = self.konst(inp(1)) else { return Ok(false) };
+        let Some((wq, wscale, waxis)) = w.int8.clone() else { return Ok(false) };
+        let x = self.tensors[src];
+        let is_gemm = n.op_type == "Gemm";
+        let trans_b = is_gemm && attr_int(n, "transB").unwrap_or(0) != 0;
+        let plain = !is_gemm
+            || attr_int(n, "transA").unwrap_or(0) == 0
+                && n.attribute.iter().find(|a| a.name == "alpha").is_none_or(|a| a.f == 1.0)
+                && n.attribute.iter().find(|a| a.name == "beta").is_none_or(|a| a.f == 1.0);
+        if !plain || self.shapes[src].len() != 2 || w.shape.len() != 2 {
+            return Ok(false);
+        }
+        let k = x.c;
+        let (cout, wk) = if trans_b { (w.shape[0], w.shape[1]) } else { (w.shape[1], w.shape[0]) };
+        // Per-channel scales must run along the output features.
+        if wk != k || (wscale.len() > 1 && waxis != if trans_b { 0 } else { 1 }) {
+            return Ok(false);
+        }
+        let bias = match n.input.get(2).filter(|b| is_gemm && !b.is_empty()) {
+            None => vec![0.0; cout],
+            Some(b) => match self.konst(b) {
+                Some(c) if c.data.len() == cout && c.shape.iter().rev().skip(1).all(|&d| d == 1) => c.data,
+                Some(c) if c.data.len() == 1 => vec![c.data[0]; cout],
+                _ => return Ok(false),
+            },
+        };
+        let rows: Vec<i8> = (0..cout * k).map(|i| if trans_b { wq[i] } else { wq[(i % k) * cout + i / k] }).collect();
+        let pw = PackedWeights::new(rows, cout, 1, k);
+        let zp = x.zp as i32;
+        let offset = pw.sums().iter().map(|s| s * zp).collect();
+        let sw = |c: usize| if wscale.len() == 1 { wscale[0] } else { wscale[c] };
+        let conv = FloatConv {
+            src,
+            layout: ConvLayout::Direct(ConvGeometry::new(1, 1, k, 1, 1, [1, 1], [0; 4]).expect("1x1 fits")),
+            kind: ConvKind::Dense(pw),
+            offset,
+            mult: (0..cout).map(|c| x.scale * sw(c)).collect(),
+            bias,
+            lo: vec![f32::NEG_INFINITY; cout],
+            hi: vec![f32::INFINITY; cout],
+            shape: vec![1, cout],
+            name: n.name.clone(),
+            macs: (k * cout) as u64,
+        };
+        let out = n.output.first().cloned().unwrap_or_default();
+        self.vals.insert(out, Val::PendingConv { conv: Box::new(conv) });
+        Ok(true)
     }
 
     /// Node `n` as a float op (constants folded).
@@ -654,6 +1100,12 @@ impl<'m> Compiler<'m> {
                     self.vals.insert(out, Val::Const(Const { shape, data, int8 }));
                     return Ok(true);
                 }
+                if let Some(Val::QuantizedMove(m)) = self.vals.get(inp(0)) {
+                    if self.qparams(n).is_some() && self.qparams(n) == self.move_params(m) {
+                        self.vals.insert(out, Val::PendingMove(m.clone()));
+                        return Ok(true);
+                    }
+                }
                 let Some(t) = self.int_of(inp(0)) else { return Ok(false) };
                 if self.qparams(n) != Some((self.tensors[t].scale, self.tensors[t].zp)) {
                     return Ok(false);
@@ -712,6 +1164,37 @@ impl<'m> Compiler<'m> {
                         self.vals.insert(out, Val::Int(dst));
                         return Ok(true);
                     }
+                    Some(Val::PendingMove(m)) => {
+                        if self.move_params(&m) == Some((s, z)) {
+                            self.vals.insert(out, Val::QuantizedMove(m));
+                            return Ok(true);
+                        }
+                        if let Some(dst) = self.gather(&m, s, z)? {
+                            self.vals.insert(out, Val::Int(dst));
+                            return Ok(true);
+                        }
+                    }
+                    Some(Val::PendingMax { m, axes, op }) => {
+                        let FloatOp::Reduce(_, _, keepdims) = op else { unreachable!("a ReduceMax") };
+                        if let Some(dst) = self.gather_max(&m, &axes, keepdims, s, z)? {
+                            self.vals.insert(out, Val::Int(dst));
+                            return Ok(true);
+                        }
+                    }
+                    Some(Val::PendingMul { src, factor }) => {
+                        if let Some(dst) = self.multiply(src, &factor, s, z)? {
+                            self.vals.insert(out, Val::Int(dst));
+                            return Ok(true);
+                        }
+                    }
+                    Some(Val::PendingMeanPool { src }) => {
+                        let mut shape = self.shapes[src].clone();
+                        shape[2..].iter_mut().for_each(|d| *d = 1);
+                        let dst = self.new_tensor(QTensor { h: 1, w: 1, scale: s, zp: z, ..self.tensors[src] }, shape);
+                        self.steps.push(Step::Int(Op::MeanPool { src, dst }));
+                        self.vals.insert(out, Val::Int(dst));
+                        return Ok(true);
+                    }
                     Some(Val::Int(t)) if self.tensors[t].scale == s && self.tensors[t].zp == z => {
                         self.vals.insert(out, Val::Int(t));
                         return Ok(true);
@@ -728,6 +1211,48 @@ impl<'m> Compiler<'m> {
                 self.vals.insert(out, Val::Int(dst));
                 Ok(true)
             }
+            op if DATA_MOVEMENT.contains(&op) => self.data_movement(n),
+            "Gemm" | "MatMul" => self.gemm(n),
+            "ReduceMax" => {
+                let Ok(op) = float::float_op(n, self.opset, self.graph) else { return Ok(false) };
+                let FloatOp::Reduce(float::Reduce::Max, axes, _) = &op else { return Ok(false) };
+                let Some(m) = self.move_of(inp(0)) else { return Ok(false) };
+                let mut srcs = Vec::new();
+                m.tensors(&mut srcs);
+                let Ok(rank) = self.move_indices(&m, &srcs, &vec![0; srcs.len()]).map(|i| i.ndim()) else { return Ok(false) };
+                let axes: Vec<usize> = match axes {
+                    None => (0..rank).collect(),
+                    Some(a) => a.iter().map(|&v| if v < 0 { v + rank as i64 } else { v } as usize).collect(),
+                };
+                if axes.iter().any(|&a| a >= rank) {
+                    return Ok(false);
+                }
+                self.vals.insert(out, Val::PendingMax { m: Box::new(m), op, axes });
+                Ok(true)
+            }
+            "Mul" => {
+                let mut view = |i: usize| self.int_of(inp(i)).filter(|_| self.float_views.contains(inp(i)));
+                let (src, factor) = match (view(0), view(1)) {
+                    (Some(t), None) => (t, self.konst(inp(1))),
+                    (None, Some(t)) => (t, self.konst(inp(0))),
+                    _ => return Ok(false),
+                };
+                let Some(factor) = factor else { return Ok(false) };
+                let Ok(factor) = ArrayD::from_shape_vec(IxDyn(&factor.shape), factor.data) else { return Ok(false) };
+                // Only a factor that broadcasts to the tensor's own shape keeps it a tensor.
+                if factor.ndim() > self.shapes[src].len() || factor.broadcast(IxDyn(&self.shapes[src])).is_none() {
+                    return Ok(false);
+                }
+                self.vals.insert(out, Val::PendingMul { src, factor });
+                Ok(true)
+            }
+            "GlobalAveragePool" => match self.int_of(inp(0)) {
+                Some(src) if self.float_views.contains(inp(0)) && self.shapes[src].len() >= 3 => {
+                    self.vals.insert(out, Val::PendingMeanPool { src });
+                    Ok(true)
+                }
+                _ => Ok(false),
+            },
             "Conv" => self.conv(n, false),
             "ConvTranspose" => self.conv(n, true),
             "Relu" | "Min" | "Clip" => {
@@ -1022,12 +1547,10 @@ pub fn compile(model: &OnnxModel) -> Result<Plan> {
     }
     let outputs = graph.output.iter().map(|o| comp.float_of(&o.name)).collect::<Result<Vec<_>>>()?;
     let macs: u64 = comp.steps.iter().map(|s| s.macs()).sum();
-    if macs == 0 {
-        return Err(unsupported(
-            "no convolution runs in integers (not a QDQ model, or its quantised convs are in forms the engine does not read)",
-        ));
+    if !comp.steps.iter().any(|s| matches!(s, Step::Int(_) | Step::ConvToFloat { .. })) {
+        return Err(unsupported("nothing runs in integers (not a QDQ model, or its quantised ops are in forms the engine does not read)"));
     }
-    // Naive float convs would cost more than tract's, which runs the whole model better.
+    // Naive float convs and products would cost more than tract's, which runs the whole model better.
     if comp.float_macs > macs {
         return Err(unsupported(format!(
             "{:.1} MMAC of convolutions would run in float, more than in integers",

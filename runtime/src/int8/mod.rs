@@ -20,7 +20,7 @@ use crate::model::OnnxModel;
 use crate::ndarray::{ArrayD, IxDyn};
 use std::sync::Mutex;
 
-use compile::{ConvKind, ConvLayout, Op, Plan, Step};
+use compile::{ConvKind, ConvLayout, Copies, Op, Plan, Step};
 use kernels::Isa;
 
 /// A compiled plan with its memory plan, ready to run one item at a time.
@@ -96,6 +96,12 @@ impl MemoryPlan {
                 Step::Int(Op::Conv(c)) => conv(&c.layout, &c.kind, c.requant.mult.len()),
                 Step::ConvToFloat { conv: c, .. } => conv(&c.layout, &c.kind, c.mult.len()),
                 _ => {}
+            }
+        }
+        // A global average pool sums each channel in the accumulator.
+        for step in &plan.steps {
+            if let Step::Int(Op::MeanPool { src, .. }) = step {
+                acc_len = acc_len.max(plan.tensors[*src].c);
             }
         }
         MemoryPlan { slot_of, slot_len, rows_len, gather_len, acc_len, acc2_len }
@@ -331,6 +337,58 @@ impl Engine {
                 let (ta, tb) = (p.tensors[*a], p.tensors[*b]);
                 let (xa, xb) = (&s.slots[slot(*a)][..ta.len()], &s.slots[slot(*b)][..tb.len()]);
                 kernels::add_quantized(self.isa, xa, &ta, xb, &tb, &dst_t, out);
+            }
+            Op::Gather(g) => match &g.copies {
+                Copies::Runs(runs) => {
+                    let mut o = 0;
+                    for r in runs {
+                        let (k, from, len) = (r.src as usize, r.from as usize, r.len as usize);
+                        let src = &s.slots[slot(g.srcs[k])][from..from + len];
+                        let d = &mut out[o..o + len];
+                        match &g.tables[k] {
+                            None => d.copy_from_slice(src),
+                            Some(table) => d.iter_mut().zip(src).for_each(|(d, &v)| *d = table[v as usize]),
+                        }
+                        o += len;
+                    }
+                }
+                Copies::Bytes(per_source) => {
+                    for (k, pairs) in per_source.iter().enumerate() {
+                        let src = &s.slots[slot(g.srcs[k])][..p.tensors[g.srcs[k]].len()];
+                        match &g.tables[k] {
+                            None => pairs.iter().for_each(|&(o, f)| out[o as usize] = src[f as usize]),
+                            Some(table) => pairs.iter().for_each(|&(o, f)| out[o as usize] = table[src[f as usize] as usize]),
+                        }
+                    }
+                }
+            },
+            Op::GatherMax { src, group, index, table, .. } => {
+                let x = &s.slots[slot(*src)][..p.tensors[*src].len()];
+                for (o, g) in out.iter_mut().zip(index.chunks_exact(*group)) {
+                    let m = g.iter().fold(0u8, |m, &i| m.max(x[i as usize]));
+                    *o = table.as_ref().map_or(m, |t| t[m as usize]);
+                }
+            }
+            Op::Multiply { src, tables, select, .. } => {
+                let x = &s.slots[slot(*src)][..p.tensors[*src].len()];
+                for ((o, &v), &k) in out.iter_mut().zip(x).zip(select) {
+                    *o = tables[k as usize * 256 + v as usize];
+                }
+            }
+            Op::MeanPool { src, .. } => {
+                let t = p.tensors[*src];
+                let x = &s.slots[slot(*src)][..t.len()];
+                let sums = &mut s.acc[..t.c];
+                sums.fill(0);
+                for px in x.chunks_exact(t.c) {
+                    sums.iter_mut().zip(px).for_each(|(a, &v)| *a += v as i32);
+                }
+                // The exact integer sum, rounded once by the scale and once by the mean.
+                let pixels = t.h * t.w;
+                let zp_sum = pixels as i32 * t.zp as i32;
+                for (o, &a) in out.iter_mut().zip(sums.iter()) {
+                    *o = kernels::quantize_u8((a - zp_sum) as f32 * t.scale / pixels as f32, dst_t.scale, dst_t.zp);
+                }
             }
         }
         s.slots[slot(op.destination())] = dst;
