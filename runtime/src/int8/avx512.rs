@@ -192,38 +192,69 @@ pub unsafe fn conv_depthwise(x: &[u8], g: &ConvGeometry, zp_in: u8, w: &Depthwis
     }
 }
 
-/// The model input: float NCHW quantised (ONNX QuantizeLinear) into u8 NHWC, 16
-/// pixels at a time, for up to 4 channels (the images these models read); the same
-/// IEEE operations as [`super::kernels::quantize_u8`]. Returns false when it does
-/// not apply (more channels), leaving the work to the portable loop.
+/// Float NCHW quantised (ONNX QuantizeLinear) into u8 NHWC (the model input, and
+/// what float ops hand back to integer ops), 16 pixels at a time in blocks of up to 8
+/// channels: each channel's 16 bytes, then one two-source byte permute interleaves
+/// them into pixels. The same IEEE operations as [`super::kernels::quantize_u8`].
+/// Returns false when the slices are short, leaving the work to the portable loop.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi")]
 pub unsafe fn quantize_nchw_to_nhwc(x: &[f32], hw: usize, c: usize, scale: f32, zp: u8, out: &mut [u8]) -> bool {
-    if c == 0 || c > 4 || x.len() < c * hw || out.len() < c * hw {
+    if c == 0 || x.len() < c * hw || out.len() < c * hw {
         return false;
     }
     let (s, z) = (_mm512_set1_ps(scale), _mm512_set1_ps(zp as f32));
     let magic = _mm512_set1_ps(12_582_912.0);
     let (lim_lo, lim_hi) = (_mm512_set1_ps(-4_194_304.0), _mm512_set1_ps(4_194_304.0));
     let (zero, top) = (_mm512_setzero_ps(), _mm512_set1_ps(255.0));
-    // Byte p*c + ch of the result is byte 16*ch + p of [ch0 | ch1 | ch2 | ch3].
-    let idx: [u8; 64] = std::array::from_fn(|i| if i < 16 * c { ((i % c) * 16 + i / c) as u8 } else { 0 });
-    let perm = _mm512_loadu_si512(idx.as_ptr() as *const _);
+    let quantize16 = |ch: usize, i: usize| {
+        let v = _mm512_div_ps(_mm512_loadu_ps(x.as_ptr().add(ch * hw + i)), s);
+        let v = _mm512_min_ps(_mm512_max_ps(v, lim_lo), lim_hi);
+        let q = _mm512_add_ps(_mm512_sub_ps(_mm512_add_ps(v, magic), magic), z);
+        _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(q, zero), top)))
+    };
+    // Byte j of a block of n channels (pixel j / n, channel j % n) is byte
+    // 16 (j % n) + j / n of [ch0 | ch1 | ... | ch7].
+    let perms: Vec<[__m512i; 2]> = (1..=8usize)
+        .map(|n| {
+            let idx: [u8; 128] = std::array::from_fn(|j| if j < 16 * n { (16 * (j % n) + j / n) as u8 } else { 0 });
+            [_mm512_loadu_si512(idx.as_ptr() as *const _), _mm512_loadu_si512(idx.as_ptr().add(64) as *const _)]
+        })
+        .collect();
     let full = hw / 16 * 16;
+    let mut block = [0u8; 128];
     let mut i = 0;
     while i < full {
-        let mut planes = [_mm_setzero_si128(); 4];
-        for (ch, plane) in planes.iter_mut().enumerate().take(c) {
-            let v = _mm512_div_ps(_mm512_loadu_ps(x.as_ptr().add(ch * hw + i)), s);
-            let v = _mm512_min_ps(_mm512_max_ps(v, lim_lo), lim_hi);
-            let q = _mm512_add_ps(_mm512_sub_ps(_mm512_add_ps(v, magic), magic), z);
-            let q = _mm512_min_ps(_mm512_max_ps(q, zero), top);
-            *plane = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q));
+        for ch0 in (0..c).step_by(8) {
+            let n = (c - ch0).min(8);
+            let mut planes = [_mm_setzero_si128(); 8];
+            for (k, plane) in planes.iter_mut().enumerate().take(n) {
+                *plane = quantize16(ch0 + k, i);
+            }
+            let join = |p: &[__m128i]| {
+                let lo = _mm256_inserti128_si256(_mm256_castsi128_si256(p[0]), p[1], 1);
+                let hi = _mm256_inserti128_si256(_mm256_castsi128_si256(p[2]), p[3], 1);
+                _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)
+            };
+            let (a, b) = (join(&planes[..4]), join(&planes[4..]));
+            let [p0, p1] = perms[n - 1];
+            let (v0, v1) = (_mm512_permutex2var_epi8(a, p0, b), _mm512_permutex2var_epi8(a, p1, b));
+            if n == c {
+                // The whole pixel: 16 c contiguous bytes.
+                let bytes = 16 * c;
+                let dst = out.as_mut_ptr().add(i * c);
+                _mm512_mask_storeu_epi8(dst as *mut i8, if bytes >= 64 { u64::MAX } else { (1u64 << bytes) - 1 }, v0);
+                if bytes > 64 {
+                    let rest = bytes - 64;
+                    _mm512_mask_storeu_epi8(dst.add(64) as *mut i8, if rest >= 64 { u64::MAX } else { (1u64 << rest) - 1 }, v1);
+                }
+            } else {
+                _mm512_storeu_si512(block.as_mut_ptr() as *mut _, v0);
+                _mm512_storeu_si512(block.as_mut_ptr().add(64) as *mut _, v1);
+                for p in 0..16 {
+                    out[(i + p) * c + ch0..(i + p) * c + ch0 + n].copy_from_slice(&block[p * n..(p + 1) * n]);
+                }
+            }
         }
-        let lo = _mm256_inserti128_si256(_mm256_castsi128_si256(planes[0]), planes[1], 1);
-        let hi = _mm256_inserti128_si256(_mm256_castsi128_si256(planes[2]), planes[3], 1);
-        let v = _mm512_permutexvar_epi8(perm, _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1));
-        let mask: __mmask64 = if c == 4 { u64::MAX } else { (1u64 << (16 * c)) - 1 };
-        _mm512_mask_storeu_epi8(out.as_mut_ptr().add(i * c) as *mut i8, mask, v);
         i += 16;
     }
     for p in full..hw {

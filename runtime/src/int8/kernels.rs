@@ -851,6 +851,30 @@ mod tests {
     }
 
     #[test]
+    fn simd_quantisation_of_float_planes_equals_scalar() {
+        let mut s = 11u64;
+        for isa in Isa::available() {
+            for _ in 0..200 {
+                let (hw, c) = (1 + lcg(&mut s) as usize % 70, 1 + lcg(&mut s) as usize % 40);
+                let scale = (1 + lcg(&mut s) % 1000) as f32 * 1e-4;
+                let t = QTensor { c, h: 1, w: hw, scale, zp: lcg(&mut s) as u8 };
+                // Ties (k + 0.5 steps), saturating and huge values among ordinary ones.
+                let x: Vec<f32> = (0..c * hw)
+                    .map(|_| match lcg(&mut s) % 8 {
+                        0 => ((lcg(&mut s) % 600) as f32 - 300.0 + 0.5) * scale,
+                        1 => (lcg(&mut s) as f32 - 2e9) * 1e3,
+                        _ => (lcg(&mut s) as f32 / u32::MAX as f32 - 0.5) * 300.0 * scale,
+                    })
+                    .collect();
+                let (mut a, mut b) = (vec![0u8; c * hw], vec![0u8; c * hw]);
+                quantize_nchw_body(&x, &t, &mut a);
+                quantize_nchw_to_nhwc(isa, &x, &t, &mut b);
+                assert_eq!(a, b, "{} c {c} hw {hw}", isa.name());
+            }
+        }
+    }
+
+    #[test]
     fn simd_depthwise_and_requant_equal_scalar() {
         let mut s = 7u64;
         for isa in Isa::available() {

@@ -243,9 +243,15 @@ impl Engine {
                     let q = &s.slots[slot(*src)][..t.len()];
                     let pixels = t.h * t.w;
                     let mut f = vec![0f32; t.len()];
-                    for (px, row) in q.chunks_exact(t.c).enumerate() {
-                        for (c, &v) in row.iter().enumerate() {
-                            f[c * pixels + px] = (v as i32 - t.zp as i32) as f32 * t.scale;
+                    // Blocks of 16 pixels: each channel's row of the block is one cache line.
+                    for p0 in (0..pixels).step_by(16) {
+                        let n = (pixels - p0).min(16);
+                        let block = &q[p0 * t.c..(p0 + n) * t.c];
+                        for c in 0..t.c {
+                            let row = &mut f[c * pixels + p0..c * pixels + p0 + n];
+                            for (d, &v) in row.iter_mut().zip(block[c..].iter().step_by(t.c)) {
+                                *d = (v as i32 - t.zp as i32) as f32 * t.scale;
+                            }
                         }
                     }
                     vals[*dst] = Some(ArrayD::from_shape_vec(IxDyn(&p.shapes[*src]), f).expect("sized"));
