@@ -94,7 +94,7 @@ for triple in $targets; do
         same_classes "$ref/x86-int8.csv" "$out-int8.csv" "$int8_tol"
         $runner "$bin" classify examples/data/pcam --format csv -o "$out.csv" 2>/dev/null
         same_classes "$ref/x86.csv" "$out.csv" 1e-5
-        # The INT8 engine: NEON on aarch64 (scalar on armv7), AVX-512 VNNI on x86,
+        # The INT8 engine: NEON on aarch64 and armv7, AVX-512 VNNI on x86,
         # identical integers, so identical bits: the QDQ fixture's quantised logits, and
         # every probability of the demo INT8 model (measured: 0 of 100 differ on both
         # targets, where tract's float simulation moved 19 on armv7). Its float tail

@@ -1,7 +1,8 @@
 //! Integer kernels: u8 activations (NHWC) times s8 weights into i32 accumulators,
 //! and the requantisation back to u8. Each kernel has a portable scalar reference;
-//! the x86-64 AVX2 / AVX-512 VNNI versions and the aarch64 NEON / `sdot` versions
-//! (`neon.rs`) are chosen at run time and must give the same bits (the
+//! the x86-64 AVX2 / AVX-512 VNNI versions, the aarch64 NEON / `sdot` versions
+//! (`neon.rs`) and the armv7 NEON versions (`armv7.rs`) are chosen at run time and
+//! must give the same bits (the
 //! arithmetic is integer until requantisation, which is the same sequence of
 //! IEEE float operations in both). `tests` and `runtime/tests/int8_kernels.rs`
 //! check this on random shapes.
@@ -20,11 +21,15 @@ pub enum Isa {
     Neon,
     /// aarch64 NEON with the dot-product extension (`sdot`) for dense convolutions.
     NeonDot,
+    /// 32-bit ARM (armv7) with NEON, where the kernel reports it (AT_HWCAP):
+    /// `vmlal.s16` on i16-widened operands for dense and depthwise convolutions,
+    /// NEON requantisation.
+    Armv7Neon,
 }
 
 impl Isa {
     /// The best this CPU has, unless `EDGEMED_INT8_ISA` (scalar, avx2, avx512vnni,
-    /// neon, neondot) asks for another it also has.
+    /// neon, neondot, armv7neon) asks for another it also has.
     pub fn detect() -> Isa {
         let available = Isa::available();
         if let Some(want) = std::env::var("EDGEMED_INT8_ISA").ok().and_then(|v| available.iter().copied().find(|i| i.name() == v)) {
@@ -54,6 +59,10 @@ impl Isa {
                 v.push(Isa::NeonDot);
             }
         }
+        #[cfg(target_arch = "arm")]
+        if super::armv7::has_neon() {
+            v.push(Isa::Armv7Neon);
+        }
         v
     }
 
@@ -64,6 +73,7 @@ impl Isa {
             Isa::Avx512Vnni => "avx512vnni",
             Isa::Neon => "neon",
             Isa::NeonDot => "neondot",
+            Isa::Armv7Neon => "armv7neon",
         }
     }
 
@@ -75,7 +85,7 @@ impl Isa {
 }
 
 /// Bytes of scratch [`conv`] needs for `g`: im2row rows (scalar, AVX2) or a padded
-/// copy of the input (VNNI, NEON).
+/// copy of the input (VNNI, NEON, armv7 NEON).
 pub fn conv_scratch_len(g: &ConvGeometry, kind: &ConvKind) -> usize {
     let im2row = match kind {
         ConvKind::Dense(_) if !g.is_pointwise() => g.oh * g.ow * g.kh * g.kw * g.cin,
@@ -89,7 +99,8 @@ pub fn conv_scratch_len(g: &ConvGeometry, kind: &ConvKind) -> usize {
 
 /// One convolution of the plan: dense or depthwise, then requantisation into `out`.
 /// `x` and `scratch` carry 64 bytes of slack past their data (the VNNI and NEON kernels
-/// read whole groups of bytes; what they read past the data meets zero weights).
+/// read whole groups of bytes; what they read past the data meets zero weights). The
+/// armv7 kernels use `acc` as the buffer of their int32 sums before requantisation.
 #[allow(clippy::too_many_arguments)]
 pub fn conv(
     isa: Isa,
@@ -130,6 +141,16 @@ pub fn conv(
         }
         return;
     }
+    #[cfg(target_arch = "arm")]
+    if isa == Isa::Armv7Neon {
+        use super::armv7::{conv_dense, conv_depthwise, Out};
+        let (input, padded) = padded_input(x, g, zp, scratch);
+        match kind {
+            ConvKind::Dense(w) => conv_dense(input, &padded, w, Out::U8(r, out), acc),
+            ConvKind::Depthwise(w) => conv_depthwise(input, &padded, zp, w, Out::U8(r, out), acc),
+        }
+        return;
+    }
     accumulate(isa, x, g, zp, kind, scratch, acc);
     requantize(isa, &acc[..pixels * cout], cout, r, out);
 }
@@ -151,6 +172,11 @@ pub fn accumulate(isa: Isa, x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind,
                 let (input, padded) = padded_input(x, g, zp, scratch);
                 return super::neon::conv_dense(isa == Isa::NeonDot, input, &padded, w, super::neon::Out::I32(acc));
             }
+            #[cfg(target_arch = "arm")]
+            if isa == Isa::Armv7Neon {
+                let (input, padded) = padded_input(x, g, zp, scratch);
+                return super::armv7::conv_dense(input, &padded, w, super::armv7::Out::I32(acc), &mut []);
+            }
             let input: &[u8] = if g.is_pointwise() {
                 x
             } else {
@@ -164,6 +190,11 @@ pub fn accumulate(isa: Isa, x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind,
             if let Isa::Neon | Isa::NeonDot = isa {
                 let (input, padded) = padded_input(x, g, zp, scratch);
                 return super::neon::conv_depthwise(input, &padded, zp, w, super::neon::Out::I32(acc));
+            }
+            #[cfg(target_arch = "arm")]
+            if isa == Isa::Armv7Neon {
+                let (input, padded) = padded_input(x, g, zp, scratch);
+                return super::armv7::conv_depthwise(input, &padded, zp, w, super::armv7::Out::I32(acc), &mut []);
             }
             depthwise(isa, x, g, zp, &w.w, acc)
         }
@@ -199,6 +230,9 @@ pub struct PackedWeights {
     /// NEON: i16 weights for `smlal` by lane, and Σw for `sdot`'s correction.
     #[cfg(target_arch = "aarch64")]
     pub(super) neon: super::neon::DenseWeights,
+    /// armv7 NEON: i16 weights for `vmlal.s16` by lane.
+    #[cfg(target_arch = "arm")]
+    pub(super) armv7: super::armv7::DenseWeights,
 }
 
 pub const CBLOCK: usize = 16;
@@ -232,6 +266,8 @@ impl PackedWeights {
         PackedWeights {
             #[cfg(target_arch = "aarch64")]
             neon: super::neon::DenseWeights::new(&rows, cout, kernel_rows, row_len),
+            #[cfg(target_arch = "arm")]
+            armv7: super::armv7::DenseWeights::new(&rows, cout, kernel_rows, row_len),
             k,
             cout,
             kernel_rows,
@@ -267,6 +303,9 @@ pub struct DepthwiseWeights {
     /// NEON: blocks of 8 channels, [c/8][taps][8] as i16 (zero padded).
     #[cfg(target_arch = "aarch64")]
     pub(super) neon: Vec<i16>,
+    /// armv7 NEON: the same layout, [c/8][taps][8] as i16.
+    #[cfg(target_arch = "arm")]
+    pub(super) armv7: Vec<i16>,
 }
 
 impl DepthwiseWeights {
@@ -294,6 +333,8 @@ impl DepthwiseWeights {
             cols: if taps == 9 { super::avx512::depthwise_columns3x3(w, c) } else { Vec::new() },
             #[cfg(target_arch = "aarch64")]
             neon: super::neon::depthwise_layout(c, taps, |ch, t| w[ch * taps + t] as i16),
+            #[cfg(target_arch = "arm")]
+            armv7: super::armv7::depthwise_layout(c, taps, |ch, t| w[ch * taps + t] as i16),
         }
     }
 }
@@ -322,6 +363,8 @@ pub fn gemm(isa: Isa, x: &[u8], pixels: usize, w: &PackedWeights, acc: &mut [i32
         i if i.has_avx2() => unsafe { gemm_avx2(x, pixels, w, acc) },
         #[cfg(target_arch = "aarch64")]
         Isa::Neon | Isa::NeonDot => super::neon::gemm(isa == Isa::NeonDot, x, pixels, w, acc),
+        #[cfg(target_arch = "arm")]
+        Isa::Armv7Neon => super::armv7::gemm(x, pixels, w, acc),
         _ => gemm_scalar(x, pixels, w, acc),
     }
 }
@@ -452,6 +495,8 @@ pub fn depthwise(isa: Isa, x: &[u8], g: &ConvGeometry, zp: u8, w: &[i32], acc: &
         i if i.has_avx2() => unsafe { depthwise_avx2(x, g, zp, w, acc) },
         #[cfg(target_arch = "aarch64")]
         Isa::Neon | Isa::NeonDot => super::neon::depthwise(x, g, zp, w, acc),
+        #[cfg(target_arch = "arm")]
+        Isa::Armv7Neon => super::armv7::depthwise(x, g, zp, w, acc),
         _ => depthwise_scalar(x, g, zp, w, acc),
     }
 }
@@ -522,6 +567,8 @@ pub fn requantize(isa: Isa, acc: &[i32], cout: usize, r: &Requant, out: &mut [u8
         i if i.has_avx2() => unsafe { requantize_avx2(acc, cout, r, out) },
         #[cfg(target_arch = "aarch64")]
         Isa::Neon | Isa::NeonDot => super::neon::requantize(acc, cout, r, out),
+        #[cfg(target_arch = "arm")]
+        Isa::Armv7Neon => super::armv7::requantize(acc, cout, r, out),
         _ => requantize_body(acc, cout, r, out),
     }
 }

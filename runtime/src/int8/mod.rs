@@ -2,10 +2,12 @@
 //! ops (u8 activations channels last, s8 weights, i32 accumulation, requantisation
 //! with the activation folded in as a clamp or a lookup table) run by [`kernels`] (a
 //! scalar reference; AVX2 and AVX-512 VNNI on x86-64, NEON and `sdot` on aarch64,
-//! chosen at run time), 3-D and transposed convs on top of them ([`volume`]), and the
+//! NEON on armv7, chosen at run time), 3-D and transposed convs on top of them ([`volume`]), and the
 //! float ops between them (normalisations, a flow's coupling arithmetic, a classifier
 //! head) in edgemed's interpreter ([`float`]).
 
+#[cfg(target_arch = "arm")]
+mod armv7;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 pub mod compile;
