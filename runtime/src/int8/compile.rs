@@ -75,6 +75,12 @@ impl QTensor {
         (q as i32 - self.zp as i32) as f32 * self.scale
     }
 
+    /// The table taking this tensor's bytes to bytes quantised with (s, z): the
+    /// dequantise-then-quantise of a QDQ pair; None where the parameters are the same.
+    fn requant_table(&self, s: f32, z: u8) -> Option<Vec<u8>> {
+        (self.scale != s || self.zp != z).then(|| (0..=255u8).map(|q| kernels::quantize_u8(self.deq(q), s, z)).collect())
+    }
+
     /// The tensor holding a float value of `shape` ([1, C, spatial...], rank 2 to 5).
     fn of_shape(shape: &[usize], scale: f32, zp: u8) -> Option<QTensor> {
         if !(2..=5).contains(&shape.len()) || shape[0] != 1 {
@@ -446,7 +452,6 @@ enum Val {
     PendingMax {
         m: Box<Move>,
         op: FloatOp,
-        axes: Vec<usize>,
     },
     /// A u8 tensor's view times a constant, awaiting QuantizeLinear.
     PendingMul {
@@ -797,10 +802,9 @@ impl<'m> Compiler<'m> {
         let mut args = Vec::with_capacity(n.input.len());
         for (i, name) in n.input.iter().enumerate() {
             args.push(if i < data_inputs {
-                match self.vals.get(name) {
-                    Some(Val::Int(t)) if self.float_views.contains(name) => MoveArg::Move(Move::Tensor(*t)),
-                    Some(Val::PendingMove(m)) => MoveArg::Move((**m).clone()),
-                    _ => return Ok(false),
+                match self.move_of(name) {
+                    Some(m) => MoveArg::Move(m),
+                    None => return Ok(false),
                 }
             } else if name.is_empty() {
                 MoveArg::Const(ArrayD::zeros(IxDyn(&[0])))
@@ -875,13 +879,7 @@ impl<'m> Compiler<'m> {
                 }
             }
         }
-        let tables = srcs
-            .iter()
-            .map(|&src| {
-                let st = self.tensors[src];
-                (st.scale != s || st.zp != z).then(|| (0..=255u8).map(|q| kernels::quantize_u8(st.deq(q), s, z)).collect())
-            })
-            .collect();
+        let tables = srcs.iter().map(|&src| self.tensors[src].requant_table(s, z)).collect();
         // A run costs a call to memcpy: short runs go byte by byte.
         let copies = if runs.len() * 16 > t.len() {
             let mut bytes = vec![Vec::new(); srcs.len()];
@@ -900,7 +898,7 @@ impl<'m> Compiler<'m> {
         Ok(Some(dst))
     }
 
-    /// The input of a one-input node as data movement: a u8 tensor's view or a pending move.
+    /// A data input of a node as data movement: a u8 tensor's view or a pending move.
     fn move_of(&self, name: &str) -> Option<Move> {
         match self.vals.get(name) {
             Some(Val::Int(t)) if self.float_views.contains(name) => Some(Move::Tensor(*t)),
@@ -909,9 +907,10 @@ impl<'m> Compiler<'m> {
         }
     }
 
-    /// ReduceMax of `m` over `axes` quantised with (s, z), or None (several sources,
-    /// indices too large for f32, a result that is no tensor of the plan).
-    fn gather_max(&mut self, m: &Move, axes: &[usize], keepdims: bool, s: f32, z: u8) -> Result<Option<usize>> {
+    /// ReduceMax `op` of `m` quantised with (s, z), or None (several sources, indices
+    /// too large for f32, axes out of range, a result that is no tensor of the plan).
+    fn gather_max(&mut self, m: &Move, op: &FloatOp, s: f32, z: u8) -> Result<Option<usize>> {
+        let FloatOp::Reduce(float::Reduce::Max, axes, keepdims) = op else { unreachable!("a ReduceMax") };
         let mut srcs = Vec::new();
         m.tensors(&mut srcs);
         let [src] = srcs[..] else { return Ok(None) };
@@ -923,10 +922,18 @@ impl<'m> Compiler<'m> {
         // Reduced axes last: each output element's group is then contiguous, in the
         // output's order (with or without keepdims).
         let rank = idx.ndim();
+        let axes: Vec<usize> = match axes {
+            None => (0..rank).collect(),
+            Some(a) => a.iter().map(|&v| if v < 0 { v + rank as i64 } else { v } as usize).collect(),
+        };
+        if axes.iter().any(|&a| a >= rank) {
+            return Ok(None);
+        }
+        let axes = &axes[..];
         let kept: Vec<usize> = (0..rank).filter(|a| !axes.contains(a)).collect();
         let order: Vec<usize> = kept.iter().chain(axes).copied().collect();
         let group: usize = axes.iter().map(|&a| idx.shape()[a]).product();
-        let shape: Vec<usize> = match keepdims {
+        let shape: Vec<usize> = match *keepdims {
             true => (0..rank).map(|a| if axes.contains(&a) { 1 } else { idx.shape()[a] }).collect(),
             false => kept.iter().map(|&a| idx.shape()[a]).collect(),
         };
@@ -941,7 +948,7 @@ impl<'m> Compiler<'m> {
                 index.extend(grouped[nc * group..(nc + 1) * group].iter().map(|&v| v as u32));
             }
         }
-        let table = (st.scale != s || st.zp != z).then(|| (0..=255u8).map(|q| kernels::quantize_u8(st.deq(q), s, z)).collect());
+        let table = st.requant_table(s, z);
         let dst = self.new_tensor(t, shape);
         self.steps.push(Step::Int(Op::GatherMax { src, dst, group, index, table }));
         Ok(Some(dst))
@@ -1174,9 +1181,8 @@ impl<'m> Compiler<'m> {
                             return Ok(true);
                         }
                     }
-                    Some(Val::PendingMax { m, axes, op }) => {
-                        let FloatOp::Reduce(_, _, keepdims) = op else { unreachable!("a ReduceMax") };
-                        if let Some(dst) = self.gather_max(&m, &axes, keepdims, s, z)? {
+                    Some(Val::PendingMax { m, op }) => {
+                        if let Some(dst) = self.gather_max(&m, &op, s, z)? {
                             self.vals.insert(out, Val::Int(dst));
                             return Ok(true);
                         }
@@ -1215,19 +1221,12 @@ impl<'m> Compiler<'m> {
             "Gemm" | "MatMul" => self.gemm(n),
             "ReduceMax" => {
                 let Ok(op) = float::float_op(n, self.opset, self.graph) else { return Ok(false) };
-                let FloatOp::Reduce(float::Reduce::Max, axes, _) = &op else { return Ok(false) };
-                let Some(m) = self.move_of(inp(0)) else { return Ok(false) };
-                let mut srcs = Vec::new();
-                m.tensors(&mut srcs);
-                let Ok(rank) = self.move_indices(&m, &srcs, &vec![0; srcs.len()]).map(|i| i.ndim()) else { return Ok(false) };
-                let axes: Vec<usize> = match axes {
-                    None => (0..rank).collect(),
-                    Some(a) => a.iter().map(|&v| if v < 0 { v + rank as i64 } else { v } as usize).collect(),
-                };
-                if axes.iter().any(|&a| a >= rank) {
+                if !matches!(op, FloatOp::Reduce(float::Reduce::Max, ..)) {
                     return Ok(false);
                 }
-                self.vals.insert(out, Val::PendingMax { m: Box::new(m), op, axes });
+                let Some(m) = self.move_of(inp(0)) else { return Ok(false) };
+                // Axes are resolved against the input's rank when the indices are built.
+                self.vals.insert(out, Val::PendingMax { m: Box::new(m), op });
                 Ok(true)
             }
             "Mul" => {
