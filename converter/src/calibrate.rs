@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use anyhow::{Context, Result};
 use edgemed_runtime::ndarray::ArrayD;
-use edgemed_runtime::tract_onnx::{self, prelude::*};
+use edgemed_runtime::tract_onnx::prelude::*;
 
 use crate::graph::Graph;
 use crate::quantize::Range;
@@ -16,7 +16,7 @@ const SAMPLE_CAP: usize = 1 << 20;
 /// Ranges of `values` over `inputs`; `percentile` (e.g. 99.99) clips outliers, `None` is min/max.
 pub fn calibrate(g: &Graph, values: &[String], inputs: &[ArrayD<f32>], percentile: Option<f32>) -> Result<HashMap<String, Range>> {
     let first = inputs.first().context("no calibration inputs")?;
-    let mut model = tract_onnx::onnx().with_ignore_value_info(true).with_ignore_output_shapes(true).model_for_proto_model(&g.model)?;
+    let mut model = edgemed_runtime::backend::tract::tract_model(&g.model)?;
     model.select_outputs_by_name(values)?;
     let plan = model.with_input_fact(0, f32::fact(first.shape()).into())?.into_optimized()?.into_runnable()?;
     let mut samples: Vec<Vec<f32>> = vec![Vec::new(); values.len()];

@@ -125,6 +125,6 @@ pub fn run(g: &mut Graph, opts: &Options) -> Result<Report> {
     g.model.metadata_props.retain(|e| e.key != "edgemed.precision");
     g.model
         .metadata_props
-        .push(edgemed_runtime::tract_onnx::pb::StringStringEntryProto { key: "edgemed.precision".into(), value: "int8-qdq".into() });
+        .push(edgemed_onnx::pb::StringStringEntryProto { key: "edgemed.precision".into(), value: "int8-qdq".into() });
     Ok(report)
 }

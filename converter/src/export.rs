@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use edgemed_runtime::backend::TractBackend;
 use edgemed_runtime::model::{Dim, OnnxModel};
-use edgemed_runtime::tract_onnx::pb;
+use edgemed_onnx::pb;
 use prost::Message;
 
 pub fn save_verified(model: &pb::ModelProto, path: &Path) -> Result<()> {
@@ -31,7 +31,7 @@ pub fn save_verified(model: &pb::ModelProto, path: &Path) -> Result<()> {
         .collect();
     TractBackend::new(&loaded, &shape).context("the written model does not compile in the runtime")?;
     edgemed_runtime::fsutil::write_atomic(path, &bytes)?;
-    let manifest = edgemed_runtime::manifest::Manifest::record(path, &bytes, &loaded)?;
+    let manifest = edgemed_runtime::formats::manifest::Manifest::record(path, &bytes, &loaded)?;
     log::info!("recorded {} in {}", path.display(), manifest.display());
     Ok(())
 }

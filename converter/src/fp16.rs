@@ -4,7 +4,7 @@
 //! float16 inputs and outputs are asked for (half the transfer to a GPU).
 
 use anyhow::{bail, Result};
-use edgemed_runtime::tract_onnx::pb;
+use edgemed_onnx::pb;
 use half::f16;
 use pb::tensor_proto::DataType;
 

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use edgemed_runtime::tract_onnx::pb;
+use edgemed_onnx::pb;
 use pb::tensor_proto::DataType;
 use prost::Message;
 
@@ -338,55 +338,17 @@ impl Graph {
     }
 }
 
-pub fn attr<'a>(n: &'a pb::NodeProto, name: &str) -> Option<&'a pb::AttributeProto> {
-    n.attribute.iter().find(|a| a.name == name)
-}
+pub use edgemed_onnx::attr::{attr, float as attr_f, int as attr_i, ints as attr_ints};
 
-pub fn attr_i(n: &pb::NodeProto, name: &str, default: i64) -> i64 {
-    attr(n, name).map_or(default, |a| a.i)
-}
-
-pub fn attr_f(n: &pb::NodeProto, name: &str, default: f32) -> f32 {
-    attr(n, name).map_or(default, |a| a.f)
-}
-
-pub fn attr_ints(n: &pb::NodeProto, name: &str) -> Option<Vec<i64>> {
-    attr(n, name).map(|a| a.ints.clone())
-}
-
+/// A float-valued initializer (float32, float64 or int64 values) as an array.
 pub fn tensor_to_array(t: &pb::TensorProto) -> Result<Array> {
-    let shape: Vec<usize> = t.dims.iter().map(|d| *d as usize).collect();
-    let n: usize = shape.iter().product();
-    let data: Vec<f32> = match DataType::try_from(t.data_type) {
-        Ok(DataType::Float) if !t.raw_data.is_empty() => {
-            t.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
-        }
-        Ok(DataType::Float) => t.float_data.clone(),
-        Ok(DataType::Double) if !t.raw_data.is_empty() => {
-            t.raw_data.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect()
-        }
-        Ok(DataType::Double) => t.double_data.iter().map(|x| *x as f32).collect(),
-        Ok(DataType::Int64) if !t.raw_data.is_empty() => {
-            t.raw_data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32).collect()
-        }
-        Ok(DataType::Int64) => t.int64_data.iter().map(|x| *x as f32).collect(),
-        other => bail!("tensor {:?} has type {other:?}, not a float", t.name),
-    };
-    if t.data_location == Some(pb::tensor_proto::DataLocation::External as i32) {
-        bail!("tensor {:?} is stored outside the model file (external data is not supported)", t.name);
+    let d = edgemed_onnx::tensor::decode(t).map_err(|e| anyhow::anyhow!(e))?;
+    if !matches!(d.data_type, DataType::Float | DataType::Double | DataType::Int64) {
+        bail!("tensor {:?} has type {:?}, not a float", t.name, d.data_type);
     }
-    if data.len() != n {
-        bail!("tensor {:?}: {} values for shape {shape:?}", t.name, data.len());
-    }
-    Ok(Array::new(shape, data))
+    Ok(Array::new(d.shape, d.values.to_f32()))
 }
 
 pub fn array_to_tensor(name: &str, a: &Array) -> pb::TensorProto {
-    pb::TensorProto {
-        name: name.to_string(),
-        dims: a.shape.iter().map(|d| *d as i64).collect(),
-        data_type: DataType::Float as i32,
-        raw_data: a.data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ..Default::default()
-    }
+    edgemed_onnx::builder::tensor_f32(name, &a.shape, &a.data)
 }

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use edgemed_runtime::bench::UniformNoise;
 use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::ndarray::{ArrayD, IxDyn};
-use edgemed_runtime::patch::{circular_mask, expand_inputs, Preprocess};
+use edgemed_runtime::formats::patch::{circular_mask, expand_inputs, Preprocess};
 
 /// Calibration inputs from `path`: a `.npy` tensor (its first axis is the batch),
 /// a directory of `.npy` tensors, or a directory of patch images. Tensors must have
@@ -33,7 +33,7 @@ pub fn calibration(model: &OnnxModel, path: &Path, limit: usize) -> Result<Vec<A
     let dims = model.inputs[0].dims.as_ref().context("the model declares no input shape")?;
     let mut out = Vec::new();
     for p in npys {
-        let t = edgemed_runtime::tensors::read_npy(&p)?;
+        let t = edgemed_runtime::formats::tensors::read_npy(&p)?;
         let fits = t.ndim() == dims.len()
             && dims.iter().zip(t.shape()).skip(1).all(|(d, &n)| match d {
                 edgemed_runtime::model::Dim::Fixed(f) => *f == n,

@@ -10,7 +10,7 @@
 //! INT8 logits by that pair's rounding, at most half a step times the weights' row sums).
 
 use anyhow::{bail, ensure, Context, Result};
-use edgemed_runtime::tract_onnx::pb;
+use edgemed_onnx::pb;
 use pb::tensor_proto::DataType;
 
 use crate::graph::{attr_f, attr_i, attr_ints, Array, Graph};

@@ -212,7 +212,7 @@ enum Export {
 
 /// Writes an exported model (loaded and checked before the rename) and, when asked, the weights it came from.
 fn write_export(
-    model: &edgemed_runtime::tract_onnx::pb::ModelProto,
+    model: &edgemed_onnx::pb::ModelProto,
     output: &Path,
     weights: &Weights,
     save_weights: Option<&Path>,
@@ -241,7 +241,7 @@ fn run(cli: Cli) -> Result<()> {
             for path in models {
                 let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
                 let model = edgemed_runtime::model::OnnxModel::from_bytes(&path, &bytes)?;
-                let manifest = edgemed_runtime::manifest::Manifest::record(&path, &bytes, &model)?;
+                let manifest = edgemed_runtime::formats::manifest::Manifest::record(&path, &bytes, &model)?;
                 eprintln!("recorded {} in {}", path.display(), manifest.display());
             }
             Ok(())

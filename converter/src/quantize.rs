@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use anyhow::{bail, Result};
-use edgemed_runtime::tract_onnx::pb;
+use edgemed_onnx::pb;
 use pb::tensor_proto::DataType;
 
 use crate::graph::{Array, Graph};

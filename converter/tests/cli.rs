@@ -56,7 +56,7 @@ fn quantize_inspect_verify_round_trip() {
     assert!(!o.status.success(), "--fp16-io without --fp16 must be refused");
 
     // Every model written is recorded, with the hash of the bytes on disk and its inputs.
-    use edgemed_runtime::manifest::{sha256_hex, Manifest, MANIFEST_FILE};
+    use edgemed_runtime::formats::manifest::{sha256_hex, Manifest, MANIFEST_FILE};
     let manifest = Manifest::load(&d.join(MANIFEST_FILE)).unwrap();
     let files: Vec<&str> = manifest.models.iter().map(|m| m.file.as_str()).collect();
     assert_eq!(files, ["c4_fp16.onnx", "c4_fp16_io.onnx", "c4_int8.onnx"]);
@@ -121,7 +121,7 @@ fn quantize_a_twin_decoder_calibrated_on_latents() {
     let d = scratch_dir("conv-twin");
     let latents = d.join("latents.npy");
     let z = edgemed_runtime::ndarray::ArrayD::from_shape_fn(vec![3, 512], |i| ((i[0] * 31 + i[1] * 7) % 19) as f32 / 19.0 - 0.5);
-    edgemed_runtime::tensors::write_npy(&latents, &z).unwrap();
+    edgemed_runtime::formats::tensors::write_npy(&latents, &z).unwrap();
     let out = d.join("decoder_int8.onnx");
     let decoder = fixture("twin_tiny/decoder.onnx");
     let o = run(&["quantize", decoder.to_str().unwrap(), "--calibrate", latents.to_str().unwrap(), "-o", out.to_str().unwrap()]);

@@ -13,12 +13,12 @@ fuzz_target!(|data: &[u8]| {
         if std::fs::write(&path, data).is_err() {
             return;
         }
-        if let Ok(mut v) = edgemed_runtime::volume::Volume::read(&path, 64 << 20) {
+        if let Ok(mut v) = edgemed_runtime::formats::volume::Volume::read(&path, 64 << 20) {
             let _ = v.affine();
-            edgemed_runtime::volume::ct_window(&mut v.data);
-            let c = edgemed_runtime::volume::centre_of_gravity(v.data.view());
-            let _ = edgemed_runtime::volume::crop_around(v.data.view(), c, [4, 4, 4], 0.0);
-            let _ = edgemed_runtime::volume::resample_trilinear(v.data.view(), [3, 5, 2]);
+            edgemed_runtime::formats::volume::ct_window(&mut v.data);
+            let c = edgemed_runtime::formats::volume::centre_of_gravity(v.data.view());
+            let _ = edgemed_runtime::formats::volume::crop_around(v.data.view(), c, [4, 4, 4], 0.0);
+            let _ = edgemed_runtime::formats::volume::resample_trilinear(v.data.view(), [3, 5, 2]);
         }
     }
 });

@@ -3,7 +3,7 @@
 #![no_main]
 mod common;
 
-use edgemed_runtime::patch::{decode_rgb, Preprocess};
+use edgemed_runtime::formats::patch::{decode_rgb, Preprocess};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -11,9 +11,9 @@ fuzz_target!(|data: &[u8]| {
     if std::fs::write(&path, data).is_err() {
         return;
     }
-    if let Ok(n) = edgemed_runtime::pcam_h5::patch_count(&path) {
+    if let Ok(n) = edgemed_runtime::formats::pcam_h5::patch_count(&path) {
         for i in 0..n.min(2) {
-            let _ = edgemed_runtime::pcam_h5::read_patch(&path, i);
+            let _ = edgemed_runtime::formats::pcam_h5::read_patch(&path, i);
         }
     }
 });

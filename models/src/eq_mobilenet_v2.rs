@@ -5,12 +5,12 @@
 
 use std::collections::BTreeMap;
 
-use edgemed_runtime::metadata::ModelMetadata;
-use edgemed_runtime::tract_onnx::pb;
+use edgemed_onnx::metadata::ModelMetadata;
+use edgemed_onnx::pb;
 use rand::{RngExt, SeedableRng};
 
 use crate::error::{Error, Result};
-use crate::onnx::{Attr, GraphBuilder, D};
+use edgemed_onnx::builder::{Attr, GraphBuilder, D};
 use crate::rotation::{FilterParam, Rotator};
 use crate::weights::{Tensor, Weights};
 
@@ -419,7 +419,7 @@ pub fn build_onnx(cfg: &Config, weights: &Weights) -> Result<pb::ModelProto> {
     x = conv(&mut g, &plan.head, &x);
 
     let fs = plan.final_size;
-    let mask: Vec<f32> = edgemed_runtime::patch::circular_mask(fs).into_iter().map(|b| b as u8 as f32).collect();
+    let mask: Vec<f32> = edgemed_onnx::metadata::circular_mask(fs).into_iter().map(|b| b as u8 as f32).collect();
     let m = g.init_f32("pool.mask", &[1, 1, fs, fs], &mask);
     x = g.node("Mul", "pool.masked", &[&x, &m], vec![]);
     let f_head = plan.head.fields_out;

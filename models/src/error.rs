@@ -18,5 +18,5 @@ pub enum Error {
     #[error("{file}: {reason}")]
     Safetensors { file: String, reason: String },
     #[error(transparent)]
-    Runtime(#[from] edgemed_runtime::Error),
+    Onnx(#[from] edgemed_onnx::Error),
 }

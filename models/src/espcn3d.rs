@@ -16,11 +16,11 @@
 
 use std::collections::BTreeMap;
 
-use edgemed_runtime::tract_onnx::pb;
+use edgemed_onnx::pb;
 use rand::{RngExt, SeedableRng};
 
 use crate::error::{Error, Result};
-use crate::onnx::{Attr, GraphBuilder, D};
+use edgemed_onnx::builder::{Attr, GraphBuilder, D};
 use crate::weights::{metadata_usize, metadata_usizes, Tensor, Weights};
 
 pub const ARCH: &str = "espcn3d";

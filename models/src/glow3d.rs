@@ -50,10 +50,10 @@
 
 use std::collections::BTreeMap;
 
-use edgemed_runtime::tract_onnx::pb;
+use edgemed_onnx::pb;
 
 use crate::error::{Error, Result};
-use crate::onnx::{Attr, GraphBuilder, D};
+use edgemed_onnx::builder::{Attr, GraphBuilder, D};
 use crate::weights::{metadata_usize, metadata_usizes, Init, ParamSource, Tensor, Weights};
 
 pub const ARCH: &str = "glow3d";

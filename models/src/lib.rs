@@ -1,20 +1,19 @@
 //! edgemed-models: the reference architectures of edgemed's seed papers, built
 //! from base weights (safetensors, documented names) or a seeded initialisation
-//! and emitted as ONNX with prost. Host-side only; the device runtime does not link it.
+//! and emitted as ONNX through the base layer (edgemed-onnx) alone: no inference engine. Host-side only; the device runtime does not link it.
 //!
 //! - [`eq_mobilenet_v2`]: rotation-equivariant MobileNetV2 for C_N (PCam).
 //! - [`espcn3d`]: 3-D ESPCN super-resolution (valid convolutions, 3-D pixel shuffle).
 //! - [`unet`]: MONAI-shaped 2-D / 3-D U-Nets from MONAI state_dicts.
 //! - [`glow3d`]: the aging twin: 3-D GLOW encoder and analytic decoder, temporal latent model.
 //! - [`rotation`]: rotated filter banks (grid rotations, steerable basis).
-//! - [`onnx`]: the graph builder all exporters share.
+//! The graph builder all exporters share is `edgemed_onnx::builder` (the base layer).
 //! - [`weights`]: named tensors and their safetensors form.
 
 pub mod eq_mobilenet_v2;
 pub mod error;
 pub mod espcn3d;
 pub mod glow3d;
-pub mod onnx;
 pub mod rotation;
 pub mod unet;
 pub mod weights;

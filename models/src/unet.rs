@@ -21,10 +21,10 @@
 
 use std::collections::BTreeMap;
 
-use edgemed_runtime::tract_onnx::pb;
+use edgemed_onnx::pb;
 
 use crate::error::{Error, Result};
-use crate::onnx::{Attr, GraphBuilder, D};
+use edgemed_onnx::builder::{Attr, GraphBuilder, D};
 use crate::weights::{Init, ParamSource, Weights};
 
 pub const ARCH: &str = "unet";

@@ -40,7 +40,7 @@ pub struct Weights {
 impl Weights {
     pub fn load(path: &Path) -> Result<Self> {
         let file = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|e| edgemed_runtime::Error::io(path, e))?;
+        let bytes = std::fs::read(path).map_err(|e| edgemed_onnx::Error::io(path, e))?;
         let bad = |reason: String| Error::Safetensors { file: file.clone(), reason };
         let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
@@ -77,7 +77,7 @@ impl Weights {
         let md: std::collections::HashMap<String, String> = self.metadata.clone().into_iter().collect();
         let out = safetensors::serialize(views, &Some(md))
             .map_err(|e| Error::Safetensors { file: path.display().to_string(), reason: e.to_string() })?;
-        edgemed_runtime::fsutil::write_atomic(path, &out)?;
+        edgemed_onnx::fsutil::write_atomic(path, &out)?;
         Ok(())
     }
 }

@@ -28,7 +28,7 @@ pub struct BenchStats {
 pub fn item_shape(model: &crate::model::OnnxModel) -> Result<Vec<usize>> {
     let input = model.inputs.first().ok_or_else(|| Error::Invalid("the model has no input".into()))?;
     let dims = input.dims.as_ref().ok_or_else(|| Error::Invalid(format!("input {:?} has no declared shape", input.name)))?;
-    crate::ensure!(dims.len() >= 2, Error::Invalid(format!("input {:?} has shape {dims:?}: expected [batch, ...]", input.name)));
+    edgemed_onnx::ensure!(dims.len() >= 2, Error::Invalid(format!("input {:?} has shape {dims:?}: expected [batch, ...]", input.name)));
     dims[1..]
         .iter()
         .map(|d| match d {
@@ -41,7 +41,7 @@ pub fn item_shape(model: &crate::model::OnnxModel) -> Result<Vec<usize>> {
 /// Runs `warmup` untimed then `iterations` timed inferences on a fixed pseudo-random input.
 pub fn bench(backend: &dyn Backend, warmup: usize, iterations: usize) -> Result<BenchStats> {
     let shape = backend.input_shape().to_vec();
-    crate::ensure!(shape.first().is_some_and(|b| *b >= 1), Error::Invalid("batch size must be at least 1".into()));
+    edgemed_onnx::ensure!(shape.first().is_some_and(|b| *b >= 1), Error::Invalid("batch size must be at least 1".into()));
     let data = bench_input(shape.iter().product());
     let input = ArrayD::from_shape_vec(IxDyn(&shape), data).expect("shape matches length");
     for _ in 0..warmup {

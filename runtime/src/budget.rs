@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use tract_onnx::pb;
+use edgemed_onnx::pb;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::konst::Const;
 

@@ -13,31 +13,17 @@
 //! so nothing done is lost ([`results`]).
 //! It never links the converter: the device binary `edgemed-run` stays small.
 
-pub mod aging;
 pub mod backend;
 pub mod bench;
 pub mod budget;
-pub mod classify;
-pub mod error;
-pub mod fsutil;
-pub mod heatmap;
-pub mod int8;
-pub mod manifest;
-pub mod metadata;
-pub mod model;
+pub mod formats;
 pub mod parallel;
-pub mod patch;
-pub mod pcam_h5;
-pub mod results;
-pub mod segment;
-pub mod sliding_window;
-pub mod tensors;
-pub mod upsample;
-pub mod volume;
+pub mod tasks;
 
-pub use error::{Error, Result};
+// The base layer (edgemed-onnx) under the names the runtime has always used.
+pub use edgemed_onnx::{error, fsutil, metadata, model, Error, Result};
+pub use ndarray;
 pub use tract_onnx;
-pub use tract_onnx::prelude::tract_ndarray as ndarray;
 
 /// The demonstration model shipped with edgemed (C4 equivariant MobileNetV2 trained
 /// on synthetic PCam-like patches; see README). Embedded so `classify` needs no flags.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use edgemed_runtime::model::Dim;
-use edgemed_runtime::tract_onnx::pb;
+use edgemed_onnx::pb;
 use edgemed_tests::{assert_clean_failure, repo_root, scratch_dir};
 use prost::Message;
 
@@ -337,7 +337,7 @@ fn cli_writes_overlay_and_map_and_refuses_bad_requests() {
     let img_path = d.join("region.png");
     let mut region = image::RgbImage::new(288, 288);
     for k in 0..9u32 {
-        let p = edgemed_runtime::patch::read_rgb(&samples().join(format!("patch_{:03}.png", k * 11))).unwrap();
+        let p = edgemed_runtime::formats::patch::read_rgb(&samples().join(format!("patch_{:03}.png", k * 11))).unwrap();
         image::imageops::replace(&mut region, &p, (k % 3 * 96) as i64, (k / 3 * 96) as i64);
     }
     region.save(&img_path).unwrap();
@@ -350,7 +350,7 @@ fn cli_writes_overlay_and_map_and_refuses_bad_requests() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("area >= 0.5") && text.contains("patch classifier"), "{text}");
-    let overlay = edgemed_runtime::patch::read_rgb(&out).unwrap();
+    let overlay = edgemed_runtime::formats::patch::read_rgb(&out).unwrap();
     assert_eq!(overlay.dimensions(), (288, 288));
     let map: edgemed_runtime::ndarray::Array2<f32> = ndarray_npy::read_npy(d.join("map.npy")).unwrap();
     assert_eq!(map.shape(), &[5, 5]); // (288 - 95) / 48 + 1
@@ -374,7 +374,7 @@ fn cli_writes_overlay_and_map_and_refuses_bad_requests() {
 
 #[test]
 fn run_writes_outputs_and_checks_them_against_another_machines() {
-    use edgemed_runtime::tensors;
+    use edgemed_runtime::formats::tensors;
     let dir = scratch_dir("cli-run");
     let model = edgemed_tests::fixture("eqmnv2_c4.onnx");
     let input = edgemed_tests::fixture("eqmnv2_c4.input.f32");
@@ -446,7 +446,7 @@ fn manifests_refuse_tampered_and_unlisted_models() {
     // The converter's manifest command records it; then it runs even when required.
     let bytes = std::fs::read(&m).unwrap();
     let model = edgemed_runtime::model::OnnxModel::from_bytes(&m, &bytes).unwrap();
-    edgemed_runtime::manifest::Manifest::record(&m, &bytes, &model).unwrap();
+    edgemed_runtime::formats::manifest::Manifest::record(&m, &bytes, &model).unwrap();
     let o = run(&["--require-manifest", "classify", patch, "-m", ms]);
     assert!(o.status.success(), "{}", stderr(&o));
     // One flipped byte in a weight: refused, naming the hash, whatever the flags.

@@ -5,9 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use edgemed_runtime::classify::{Classifier, ClassifierOptions};
+use edgemed_runtime::tasks::classify::{Classifier, ClassifierOptions};
 use edgemed_runtime::model::OnnxModel;
-use edgemed_runtime::patch::{expand_inputs, PatchSource};
+use edgemed_runtime::formats::patch::{expand_inputs, PatchSource};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -42,9 +42,9 @@ fn a_file_that_is_not_hdf5_is_refused() {
 #[test]
 fn a_corrupted_chunk_is_an_error_not_a_crash() {
     let p = root().join("fuzz/regressions/pcam_h5/crash-173af81ce9c4f14286e0584c0c8d1d566ba59ed0");
-    assert_eq!(edgemed_runtime::pcam_h5::patch_count(&p).unwrap(), 4);
-    let err = edgemed_runtime::pcam_h5::read_patch(&p, 0).unwrap_err().to_string();
+    assert_eq!(edgemed_runtime::formats::pcam_h5::patch_count(&p).unwrap(), 4);
+    let err = edgemed_runtime::formats::pcam_h5::read_patch(&p, 0).unwrap_err().to_string();
     assert!(err.contains("not a PCam HDF5 file") && err.contains("patch 0") && err.contains("decompression"), "{err}");
-    let err = edgemed_runtime::pcam_h5::read_patch(&root().join("tests/fixtures/pcam_tiny_x.h5"), 4).unwrap_err().to_string();
+    let err = edgemed_runtime::formats::pcam_h5::read_patch(&root().join("tests/fixtures/pcam_tiny_x.h5"), 4).unwrap_err().to_string();
     assert!(err.contains("out of range"), "{err}");
 }

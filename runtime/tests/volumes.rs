@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use edgemed_runtime::ndarray::{Array, Array3, IxDyn};
-use edgemed_runtime::volume::Volume;
+use edgemed_runtime::formats::volume::Volume;
 use edgemed_tests::{assert_clean_failure, fixture, repo_root, scratch_dir};
 
 fn run(args: &[&str]) -> Output {
@@ -51,7 +51,7 @@ fn segments_like_monai_and_keeps_the_affine() {
     let input = Volume::read(&fixture("unet/volume.nii.gz"), 0).unwrap();
     assert_eq!(seg.affine(), input.affine());
     assert_eq!(seg.header.datatype, 2, "uint8 label map");
-    let expected = edgemed_runtime::tensors::read_npy_u8(&fixture("unet/seg_gaussian_o50_lcc.npy")).unwrap();
+    let expected = edgemed_runtime::formats::tensors::read_npy_u8(&fixture("unet/seg_gaussian_o50_lcc.npy")).unwrap();
     let ours: Vec<u8> = seg.data.iter().map(|&v| v as u8).collect();
     let differ = ours.iter().zip(expected.iter()).filter(|(a, b)| a != b).count();
     assert_eq!(differ, 0, "{differ} voxels differ from MONAI's argmax + KeepLargestConnectedComponent");

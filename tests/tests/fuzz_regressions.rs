@@ -11,7 +11,7 @@ use edgemed_converter::graph::Graph;
 use edgemed_runtime::backend::{Backend, TractBackend};
 use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::ndarray::{ArrayD, IxDyn};
-use edgemed_runtime::patch::{decode_rgb, Preprocess};
+use edgemed_runtime::formats::patch::{decode_rgb, Preprocess};
 use edgemed_tests::repo_root;
 
 fn inputs(dirs: &[&str]) -> Vec<PathBuf> {
@@ -85,11 +85,11 @@ fn kept_fuzz_inputs_and_seeds_give_results_or_errors() {
     assert!(seeds.len() >= 3, "the NIfTI seeds are missing");
     for f in seeds.iter().chain(&inputs(&["fuzz/regressions/nifti_volume"])) {
         std::fs::copy(f, &nii).unwrap();
-        let read = edgemed_runtime::volume::Volume::read(&nii, 64 << 20);
+        let read = edgemed_runtime::formats::volume::Volume::read(&nii, 64 << 20);
         if let Ok(v) = &read {
-            let c = edgemed_runtime::volume::centre_of_gravity(v.data.view());
-            let _ = edgemed_runtime::volume::crop_around(v.data.view(), c, [4, 4, 4], 0.0);
-            let _ = edgemed_runtime::volume::resample_trilinear(v.data.view(), [3, 5, 2]);
+            let c = edgemed_runtime::formats::volume::centre_of_gravity(v.data.view());
+            let _ = edgemed_runtime::formats::volume::crop_around(v.data.view(), c, [4, 4, 4], 0.0);
+            let _ = edgemed_runtime::formats::volume::resample_trilinear(v.data.view(), [3, 5, 2]);
         }
         if f.starts_with(repo_root().join("fuzz/seeds")) {
             assert!(read.is_ok(), "{}: a seed volume must read: {read:?}", f.display());
@@ -99,9 +99,9 @@ fn kept_fuzz_inputs_and_seeds_give_results_or_errors() {
     let tmp = edgemed_tests::scratch_dir("fuzz-h5").join("x.h5");
     for f in inputs(&["fuzz/regressions/pcam_h5"]) {
         std::fs::copy(&f, &tmp).unwrap();
-        if let Ok(n) = edgemed_runtime::pcam_h5::patch_count(&tmp) {
+        if let Ok(n) = edgemed_runtime::formats::pcam_h5::patch_count(&tmp) {
             for i in 0..n.min(2) {
-                let _ = edgemed_runtime::pcam_h5::read_patch(&tmp, i);
+                let _ = edgemed_runtime::formats::pcam_h5::read_patch(&tmp, i);
             }
         }
     }

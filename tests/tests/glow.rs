@@ -9,7 +9,7 @@ use edgemed_models::weights::Weights;
 use edgemed_runtime::backend::{Backend, TractBackend};
 use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::ndarray::ArrayD;
-use edgemed_runtime::tensors::read_npy;
+use edgemed_runtime::formats::tensors::read_npy;
 use edgemed_tests::fixture;
 use prost::Message;
 
@@ -21,7 +21,7 @@ fn twin() -> (Config, glow3d::Twin) {
     (cfg, t)
 }
 
-fn backend(m: &edgemed_runtime::tract_onnx::pb::ModelProto, name: &str, shape: &[usize]) -> TractBackend {
+fn backend(m: &edgemed_onnx::pb::ModelProto, name: &str, shape: &[usize]) -> TractBackend {
     TractBackend::new(&OnnxModel::from_bytes(name, &m.encode_to_vec()).unwrap(), shape).unwrap()
 }
 
@@ -103,7 +103,7 @@ fn seeded_twin_round_trips_and_reloads_from_its_weights() {
 /// for one year, against numpy: normalised latent, P, and G^-1 of the result.
 #[test]
 fn runtime_aging_pipeline_matches_numpy_for_one_year() {
-    use edgemed_runtime::aging::{Twin, TwinModels};
+    use edgemed_runtime::tasks::aging::{Twin, TwinModels};
     let (cfg, t) = twin();
     let dir = edgemed_tests::scratch_dir("glow-twin");
     for (name, m) in [("encoder", &t.encoder), ("decoder", &t.decoder), ("temporal", &t.temporal)] {

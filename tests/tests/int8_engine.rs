@@ -8,7 +8,7 @@
 
 use edgemed_converter::graph::Graph;
 use edgemed_runtime::backend::{self, BackendKind, BackendOptions, Device};
-use edgemed_runtime::int8::{kernels::Isa, Engine};
+use edgemed_engine::{kernels::Isa, Engine};
 use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::ndarray::ArrayD;
 use edgemed_tests::{fixture, ort_library};

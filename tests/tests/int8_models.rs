@@ -5,7 +5,7 @@
 //! the same model and input, measured in output quantisation steps.
 
 use edgemed_runtime::backend::{self, BackendKind, BackendOptions, Device};
-use edgemed_runtime::int8::{kernels::Isa, Engine};
+use edgemed_engine::{kernels::Isa, Engine};
 use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::ndarray::{ArrayD, IxDyn};
 use edgemed_tests::{fixture, ort_library, read_f32};

@@ -6,9 +6,9 @@
 use edgemed_runtime::backend::{Backend, TractBackend};
 use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::ndarray::{ArrayD, Axis, IxDyn};
-use edgemed_runtime::sliding_window::{Blend, SlidingWindow};
-use edgemed_runtime::tensors::read_npy;
-use edgemed_runtime::volume::Volume;
+use edgemed_runtime::tasks::sliding_window::{Blend, SlidingWindow};
+use edgemed_runtime::formats::tensors::read_npy;
+use edgemed_runtime::formats::volume::Volume;
 use edgemed_tests::fixture;
 use serde_json::Value;
 

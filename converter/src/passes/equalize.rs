@@ -122,7 +122,7 @@ fn follow(g: &mut Graph, value: &str, relu6: Relu6Policy, rewritten: &mut usize)
                     node.input.truncate(1);
                     node.attribute.clear();
                     node.output[0] = relu_out.clone();
-                    let min = edgemed_runtime::tract_onnx::pb::NodeProto {
+                    let min = edgemed_onnx::pb::NodeProto {
                         input: vec![relu_out.clone(), bound.clone()],
                         output: vec![n.output[0].clone()],
                         name: g.fresh_name(&format!("{}.min", n.name)),

@@ -4,7 +4,7 @@
 
 use super::{Backend, TractBackend};
 use crate::error::{Error, Result};
-use crate::int8::Engine;
+use edgemed_engine::Engine;
 use crate::model::OnnxModel;
 use crate::ndarray::{ArrayD, Axis, IxDyn};
 

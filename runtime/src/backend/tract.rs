@@ -38,13 +38,7 @@ impl TractBackend {
         // tract reports most problems as errors, but a malformed graph can trip an
         // internal assertion; a device must not die on a bad file, so turn that into an error.
         let built = catch_unwind(AssertUnwindSafe(|| -> TractResult<Result<std::sync::Arc<TypedSimplePlan>>> {
-            // Exporters annotate intermediate and output shapes with their own symbolic batch
-            // names; once the input shape is pinned those would fail to unify, and tract
-            // infers every shape from the input anyway.
-            let typed = tract_onnx::onnx()
-                .with_ignore_value_info(true)
-                .with_ignore_output_shapes(true)
-                .model_for_proto_model(&model.proto)?
+            let typed = tract_model(&model.proto)?
                 .with_input_fact(0, fact)?
                 .into_typed()?;
             // Every shape is known now and nothing large is allocated yet.
@@ -99,4 +93,14 @@ impl Backend for TractBackend {
             })
             .collect()
     }
+}
+
+/// The model as tract's inference model. edgemed's protobuf types are its own (the base
+/// layer links no tract), so the model crosses over as bytes. Exporters annotate
+/// intermediate and output shapes with their own symbolic batch names; once the input
+/// shape is pinned those would fail to unify, and tract infers every shape from the
+/// input anyway, so value infos and output shapes are ignored.
+pub fn tract_model(proto: &edgemed_onnx::pb::ModelProto) -> TractResult<InferenceModel> {
+    use prost::Message;
+    tract_onnx::onnx().with_ignore_value_info(true).with_ignore_output_shapes(true).model_for_read(&mut proto.encode_to_vec().as_slice())
 }

@@ -8,18 +8,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use edgemed_runtime::aging;
+use edgemed_runtime::tasks::aging;
 use edgemed_runtime::backend::{BackendKind, BackendOptions, Device, OptLevel};
-use edgemed_runtime::classify::{Classifier, ClassifierOptions, PatchResult};
-use edgemed_runtime::heatmap::{self, HeatmapOptions, Tta};
-use edgemed_runtime::manifest::{self, IntegrityPolicy};
+use edgemed_runtime::tasks::classify::{Classifier, ClassifierOptions, PatchResult};
+use edgemed_runtime::tasks::heatmap::{self, HeatmapOptions, Tta};
+use edgemed_runtime::formats::manifest::{self, IntegrityPolicy};
 use edgemed_runtime::model::{Dim, OnnxModel};
-use edgemed_runtime::results::{self, ResultStream, RowFormat};
-use edgemed_runtime::segment::{self, SegmentOptions};
-use edgemed_runtime::sliding_window::{Blend, SlidingWindow};
-use edgemed_runtime::upsample;
-use edgemed_runtime::volume::{self, Volume};
-use edgemed_runtime::{bench, budget, fsutil, patch, tensors};
+use edgemed_runtime::formats::results::{self, ResultStream, RowFormat};
+use edgemed_runtime::tasks::segment::{self, SegmentOptions};
+use edgemed_runtime::tasks::sliding_window::{Blend, SlidingWindow};
+use edgemed_runtime::tasks::upsample;
+use edgemed_runtime::formats::volume::{self, Volume};
+use edgemed_runtime::formats::{patch, tensors};
+use edgemed_runtime::{bench, budget, fsutil};
 
 #[derive(Parser)]
 #[command(name = "edgemed-run", version, about = "Run edgemed models on device: PCam patch classification, model info, benchmarks")]
@@ -556,7 +557,7 @@ fn run(cmd: Command, backends: Vec<BackendOptions>, checks: &Checks) -> Result<E
                 );
             }
             // MACs of the convolutions, as the INT8 engine counts them (None: it does not cover the model).
-            let macs = qmodel.as_ref().or(Some(&model)).and_then(|m| edgemed_runtime::int8::Engine::new(m).ok()).map(|e| e.plan.macs);
+            let macs = qmodel.as_ref().or(Some(&model)).and_then(|m| edgemed_engine::Engine::new(m).ok()).map(|e| e.plan.macs);
             println!(
                 "{:<46} {:>6} {:>9} {:>9} {:>9} {:>12} {:>10} {:>8} {:>8} {:>13}",
                 "model / backend @ device", "batch", "p50 ms", "p90 ms", "p99 ms", "items/s", "speed-up", "MMAC", "GMAC/s", "peak RSS MiB"
@@ -619,7 +620,7 @@ fn run(cmd: Command, backends: Vec<BackendOptions>, checks: &Checks) -> Result<E
 
 /// Per-step times of the INT8 engine on the benchmark's input (`item` values).
 fn print_engine_profile(model: &OnnxModel, item: usize, iters: usize) -> Result<()> {
-    let engine = edgemed_runtime::int8::Engine::new(model).context("the INT8 engine does not cover this model")?;
+    let engine = edgemed_engine::Engine::new(model).context("the INT8 engine does not cover this model")?;
     let x = bench::bench_input(item);
     engine.profile(&x, 5)?;
     let steps = engine.profile(&x, iters)?;
@@ -820,7 +821,7 @@ fn backend_line(opts: &BackendOptions) -> String {
         BackendKind::Tract => "tract (CPU)".into(),
         BackendKind::Int8 => format!(
             "edgemed INT8 engine (CPU, {} kernels; tract for models it does not cover)",
-            edgemed_runtime::int8::kernels::Isa::detect().name()
+            edgemed_engine::kernels::Isa::detect().name()
         ),
         #[cfg(feature = "ort")]
         BackendKind::Ort => match edgemed_runtime::backend::ort::load(opts.ort_library.as_deref()) {

@@ -7,7 +7,7 @@
 //! ops give the same bits on x86-64, aarch64 and armv7. A graph with a float op the
 //! interpreter does not know is left to tract whole.
 
-use tract_onnx::pb;
+use edgemed_onnx::{attr, pb};
 
 use crate::error::{Error, Result};
 use crate::ndarray::{ArrayD, Axis, IxDyn, Slice};
@@ -143,18 +143,14 @@ impl FloatOp {
 }
 
 fn unsupported(reason: impl Into<String>) -> Error {
-    Error::Invalid(reason.into())
-}
-
-fn attr<'a>(n: &'a pb::NodeProto, name: &str) -> Option<&'a pb::AttributeProto> {
-    n.attribute.iter().find(|a| a.name == name)
+    Error::Unsupported(reason.into())
 }
 
 /// The float op of node `n`; Err names an op (or a form of it) the interpreter does not know.
 pub fn float_op(n: &pb::NodeProto, opset: i64, graph: &pb::GraphProto) -> Result<FloatOp> {
-    let int = |name: &str, default: i64| attr(n, name).map_or(default, |a| a.i);
-    let float = |name: &str, default: f32| attr(n, name).map_or(default, |a| a.f);
-    let ints = |name: &str| attr(n, name).map(|a| a.ints.clone());
+    let int = |name: &str, default: i64| attr::int(n, name, default);
+    let float = |name: &str, default: f32| attr::float(n, name, default);
+    let ints = |name: &str| attr::ints(n, name);
     if n.output.iter().filter(|o| !o.is_empty()).count() > 1 && !matches!(n.op_type.as_str(), "Dropout") {
         return Err(unsupported(format!("{}: {} with several outputs", n.name, n.op_type)));
     }
@@ -190,7 +186,7 @@ pub fn float_op(n: &pb::NodeProto, opset: i64, graph: &pb::GraphProto) -> Result
         "Squeeze" | "Unsqueeze" => FloatOp::Squeeze(if opset >= 13 { None } else { ints("axes") }, n.op_type == "Squeeze"),
         "InstanceNormalization" => FloatOp::InstanceNorm(float("epsilon", 1e-5)),
         "Conv" => {
-            if attr(n, "auto_pad").is_some_and(|a| !a.s.is_empty() && a.s != b"NOTSET") {
+            if attr::attr(n, "auto_pad").is_some_and(|a| !a.s.is_empty() && a.s != b"NOTSET") {
                 return Err(unsupported(format!("{}: Conv with auto_pad", n.name)));
             }
             let u = |v: Vec<i64>| v.iter().map(|&x| x.max(0) as usize).collect::<Vec<_>>();

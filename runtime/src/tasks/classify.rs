@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::metadata::ModelMetadata;
 use crate::model::OnnxModel;
 use crate::ndarray::{ArrayD, IxDyn};
-use crate::patch::{PatchSource, Preprocess};
+use crate::formats::patch::{PatchSource, Preprocess};
 
 /// One patch's answer.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -53,8 +53,8 @@ impl Default for ClassifierOptions {
 
 impl Classifier {
     pub fn new(model: &OnnxModel, opts: &ClassifierOptions) -> Result<Self> {
-        crate::ensure!(opts.batch >= 1, Error::Invalid("batch size must be at least 1".into()));
-        crate::ensure!(opts.threads >= 1, Error::Invalid("thread count must be at least 1".into()));
+        edgemed_onnx::ensure!(opts.batch >= 1, Error::Invalid("batch size must be at least 1".into()));
+        edgemed_onnx::ensure!(opts.threads >= 1, Error::Invalid("thread count must be at least 1".into()));
         let (_, side, _) = model.image_input()?;
         // A model exported with a fixed batch dimension runs at that batch size.
         let batch = match &model.inputs[0].dims.as_ref().expect("checked by image_input")[0] {
@@ -67,9 +67,9 @@ impl Classifier {
         let mut preprocess = Preprocess::for_model(&model.metadata, side as u32);
         preprocess.resize = opts.resize;
         if let Some(c) = opts.crop {
-            crate::ensure!(c as usize == side, Error::Invalid(format!("--crop {c} does not match the model input size {side}")));
+            edgemed_onnx::ensure!(c as usize == side, Error::Invalid(format!("--crop {c} does not match the model input size {side}")));
         }
-        crate::ensure!(
+        edgemed_onnx::ensure!(
             preprocess.crop_size as usize == side && preprocess.crop_size <= preprocess.patch_size,
             Error::BadMetadata {
                 path: model.path.clone(),
@@ -83,7 +83,7 @@ impl Classifier {
         let out_classes = model.outputs[0].dims.as_ref().and_then(|d| d.last().cloned());
         if let Some(crate::model::Dim::Fixed(n)) = out_classes {
             let expected = if n == 1 { 2 } else { n };
-            crate::ensure!(
+            edgemed_onnx::ensure!(
                 expected == model.metadata.class_names.len(),
                 Error::BadMetadata {
                     path: model.path.clone(),

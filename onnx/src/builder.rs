@@ -1,13 +1,13 @@
-//! A small ONNX graph builder over the protobuf types tract exposes
-//! (`tract_onnx::pb`), and saving a model so that it is never half-written.
+//! A small ONNX graph builder (what the exporters, the converter's rewrites and the
+//! tests build graphs with), and saving a model so that it is never half-written.
 
 use std::path::Path;
 
-use edgemed_runtime::model::{float_value_info, Dim};
-use edgemed_runtime::tract_onnx::pb;
 use prost::Message;
 
 use crate::error::Result;
+use crate::model::{float_value_info, Dim};
+use crate::pb;
 
 pub const OPSET: i64 = 13;
 /// IR version 8 goes with opset 13-17 and loads in every ONNX Runtime since 1.10.
@@ -42,6 +42,7 @@ fn value_info(name: &str, dims: &[D]) -> pb::ValueInfoProto {
     float_value_info(name, &dims)
 }
 
+/// A float32 tensor stored as little-endian `raw_data`.
 pub fn tensor_f32(name: &str, shape: &[usize], data: &[f32]) -> pb::TensorProto {
     assert_eq!(shape.iter().product::<usize>(), data.len(), "initializer {name}: shape and data disagree");
     pb::TensorProto {
@@ -53,6 +54,7 @@ pub fn tensor_f32(name: &str, shape: &[usize], data: &[f32]) -> pb::TensorProto 
     }
 }
 
+/// An int64 tensor stored as little-endian `raw_data`.
 pub fn tensor_i64(name: &str, shape: &[usize], data: &[i64]) -> pb::TensorProto {
     assert_eq!(shape.iter().product::<usize>(), data.len(), "initializer {name}: shape and data disagree");
     pb::TensorProto {
@@ -127,6 +129,5 @@ impl GraphBuilder {
 
 /// Encodes and writes a model through a temporary file and a rename.
 pub fn save(model: &pb::ModelProto, path: &Path) -> Result<()> {
-    edgemed_runtime::fsutil::write_atomic(path, &model.encode_to_vec())?;
-    Ok(())
+    crate::fsutil::write_atomic(path, &model.encode_to_vec())
 }

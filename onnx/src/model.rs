@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use prost::Message;
-use tract_onnx::pb;
 
 use crate::error::{Error, Result};
 use crate::metadata::ModelMetadata;
+use crate::pb;
 
 /// A dimension of a model input or output as declared in the graph.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -50,7 +50,7 @@ pub fn float_value_info(name: &str, dims: &[Dim]) -> pb::ValueInfoProto {
                 shape: Some(pb::TensorShapeProto { dim }),
             })),
         }),
-        doc_string: String::new(),
+        ..Default::default()
     }
 }
 

@@ -1,5 +1,10 @@
-//! One error type for the runtime, grouped by what went wrong, each variant
-//! carrying the file or value it is about so the CLI can print one clear line.
+//! One error type for every edgemed crate, grouped by what went wrong, each variant
+//! carrying the file or value it is about so a CLI can print one clear line.
+//!
+//! [`Error::Unsupported`] is its own category: a construct edgemed does not handle
+//! (an operator, a data type, a form of an op). It is neither bad input nor a bug, so
+//! a caller may try another way (the INT8 backend falls back to tract on it, and only
+//! on it).
 
 use std::path::PathBuf;
 
@@ -48,9 +53,21 @@ pub enum Error {
     OverBudget { what: String, needed: String, budget: String },
     #[error("{0}")]
     Invalid(String),
+
+    // --- what edgemed does not handle ----------------------------------------
+    #[error("unsupported: {0}")]
+    Unsupported(String),
 }
 
 impl Error {
+    pub fn unsupported(what: impl Into<String>) -> Self {
+        Error::Unsupported(what.into())
+    }
+
+    pub fn is_unsupported(&self) -> bool {
+        matches!(self, Error::Unsupported(_))
+    }
+
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         let path = path.into();
         if source.kind() == std::io::ErrorKind::NotFound {

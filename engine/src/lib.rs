@@ -17,6 +17,10 @@ pub mod kernels;
 mod neon;
 pub mod volume;
 
+// The base layer's modules under the names the engine's files use.
+use edgemed_onnx::{error, model};
+pub use ndarray;
+
 use crate::error::{Error, Result};
 use crate::model::OnnxModel;
 use crate::ndarray::{ArrayD, IxDyn};

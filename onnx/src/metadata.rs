@@ -148,9 +148,37 @@ impl ModelMetadata {
     }
 }
 
+/// Whether pixel (i, j) of an S x S map lies in its inscribed circle:
+/// (i - c)^2 + (j - c)^2 <= (S/2)^2, c = (S - 1)/2. Symmetric under 90-degree
+/// rotations, which keeps C4 invariance exact.
+pub fn in_circle(s: usize, i: usize, j: usize) -> bool {
+    let c = (s as f64 - 1.0) / 2.0;
+    (i as f64 - c).powi(2) + (j as f64 - c).powi(2) <= (s as f64 / 2.0).powi(2)
+}
+
+/// The inscribed-circle mask of an S x S map, row-major (see [`in_circle`]).
+pub fn circular_mask(s: usize) -> Vec<bool> {
+    (0..s * s).map(|k| in_circle(s, k / s, k % s)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mask_is_rot90_symmetric_and_round() {
+        for s in [5, 95] {
+            let m = circular_mask(s);
+            for i in 0..s {
+                for j in 0..s {
+                    assert_eq!(m[i * s + j], m[j * s + (s - 1 - i)]);
+                }
+            }
+            assert!(!m[0] && m[(s / 2) * s + s / 2]);
+        }
+        // 5x5: corners out, everything else in (the 6.25 radius squared cuts exactly the corners).
+        assert_eq!(circular_mask(5).iter().filter(|b| !**b).count(), 4);
+    }
 
     #[test]
     fn round_trips_through_props() {

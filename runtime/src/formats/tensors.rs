@@ -17,7 +17,7 @@ pub fn read_input(path: &Path, model: &OnnxModel) -> Result<ArrayD<f32>> {
     let array = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy")) {
         parse_npy(path, &bytes)?
     } else {
-        crate::ensure!(
+        edgemed_onnx::ensure!(
             bytes.len() % 4 == 0,
             Error::Invalid(format!("{}: {} bytes is not a whole number of float32 values", path.display(), bytes.len()))
         );
@@ -25,7 +25,7 @@ pub fn read_input(path: &Path, model: &OnnxModel) -> Result<ArrayD<f32>> {
         let values = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         ArrayD::from_shape_vec(IxDyn(&shape), values).expect("length checked above")
     };
-    crate::ensure!(array.iter().all(|v| v.is_finite()), Error::NonFinite { what: path.display().to_string() });
+    edgemed_onnx::ensure!(array.iter().all(|v| v.is_finite()), Error::NonFinite { what: path.display().to_string() });
     Ok(array)
 }
 
@@ -101,7 +101,7 @@ impl Comparison {
 }
 
 pub fn compare(expected: &ArrayD<f32>, actual: &ArrayD<f32>) -> Result<Comparison> {
-    crate::ensure!(
+    edgemed_onnx::ensure!(
         expected.shape() == actual.shape(),
         Error::WrongShape { got: actual.shape().to_vec(), expected: expected.shape().to_vec() }
     );

@@ -32,7 +32,7 @@ mod imp {
         }
         // Reading one patch allocates H x W x 3 bytes: the declared size is checked first,
         // as image headers are (found by fuzzing: a forged shape exhausted memory).
-        let side = crate::patch::MAX_IMAGE_SIDE as u64;
+        let side = crate::formats::patch::MAX_IMAGE_SIDE as u64;
         if shape[1] > side || shape[2] > side {
             return Err(err(path, format!("patches of {}x{} declared, more than {side} pixels a side", shape[1], shape[2])));
         }
@@ -49,7 +49,7 @@ mod imp {
 
     pub fn read_patch(path: &Path, index: usize) -> Result<RgbImage> {
         let (ds, n) = dataset(path)?;
-        crate::ensure!(index < n, err(path, format!("patch {index} out of range ({n} patches)")));
+        edgemed_onnx::ensure!(index < n, err(path, format!("patch {index} out of range ({n} patches)")));
         let all = SliceInfoElem::Slice { start: 0, end: u64::MAX, step: 1 };
         let selection = SliceInfo { selections: vec![SliceInfoElem::Index(index as u64), all.clone(), all.clone(), all] };
         let patch = ds.read_slice::<u8>(&selection).map_err(|e| err(path, format!("patch {index}: {e}")))?;

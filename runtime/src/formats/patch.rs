@@ -7,6 +7,7 @@ use image::RgbImage;
 
 use crate::error::{Error, Result};
 use crate::metadata::ModelMetadata;
+pub use crate::metadata::{circular_mask, in_circle};
 
 /// File extensions picked up when a directory is given.
 pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "tif", "tiff"];
@@ -49,7 +50,7 @@ pub fn expand_inputs(args: &[PathBuf]) -> Result<Vec<PatchSource>> {
     let mut out = Vec::with_capacity(files.len());
     for f in files {
         if is_h5(&f) && f.is_file() {
-            let n = crate::pcam_h5::patch_count(&f)?;
+            let n = crate::formats::pcam_h5::patch_count(&f)?;
             out.extend((0..n).map(|index| PatchSource::H5 { path: f.clone(), index }));
         } else {
             out.push(PatchSource::File(f));
@@ -157,7 +158,7 @@ impl Preprocess {
     pub fn load_into(&self, source: &PatchSource, out: &mut [f32]) -> Result<()> {
         let (path, img) = match source {
             PatchSource::File(p) => (p, read_rgb(p)?),
-            PatchSource::H5 { path, index } => (path, crate::pcam_h5::read_patch(path, *index)?),
+            PatchSource::H5 { path, index } => (path, crate::formats::pcam_h5::read_patch(path, *index)?),
         };
         let img = self.check_size(path, img)?;
         self.tensorize(&img, out);
@@ -193,37 +194,9 @@ impl Preprocess {
     }
 }
 
-/// Whether pixel (i, j) of an S x S map lies in its inscribed circle:
-/// (i - c)^2 + (j - c)^2 <= (S/2)^2, c = (S - 1)/2. Symmetric under 90-degree
-/// rotations, which keeps C4 invariance exact.
-pub fn in_circle(s: usize, i: usize, j: usize) -> bool {
-    let c = (s as f64 - 1.0) / 2.0;
-    (i as f64 - c).powi(2) + (j as f64 - c).powi(2) <= (s as f64 / 2.0).powi(2)
-}
-
-/// The inscribed-circle mask of an S x S map, row-major (see [`in_circle`]).
-pub fn circular_mask(s: usize) -> Vec<bool> {
-    (0..s * s).map(|k| in_circle(s, k / s, k % s)).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mask_is_rot90_symmetric_and_round() {
-        for s in [5, 95] {
-            let m = circular_mask(s);
-            for i in 0..s {
-                for j in 0..s {
-                    assert_eq!(m[i * s + j], m[j * s + (s - 1 - i)]);
-                }
-            }
-            assert!(!m[0] && m[(s / 2) * s + s / 2]);
-        }
-        // 5x5: corners out, everything else in (the 6.25 radius squared cuts exactly the corners).
-        assert_eq!(circular_mask(5).iter().filter(|b| !**b).count(), 4);
-    }
 
     #[test]
     fn tensorize_crops_normalises_and_masks() {

@@ -20,11 +20,11 @@
 use image::RgbImage;
 
 use crate::backend::{self, Backend, BackendOptions};
-use crate::classify::probabilities;
+use crate::tasks::classify::probabilities;
 use crate::error::{Error, Result};
 use crate::model::OnnxModel;
 use crate::ndarray::{ArrayD, IxDyn};
-use crate::patch::{in_circle, Preprocess};
+use crate::formats::patch::{in_circle, Preprocess};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tta {
@@ -135,10 +135,10 @@ struct Plan {
 }
 
 pub fn heatmap(model: &OnnxModel, img: &RgbImage, opts: &HeatmapOptions) -> Result<Heatmap> {
-    crate::ensure!(opts.batch >= 1 && opts.tile >= 1, Error::Invalid("batch and tile must be at least 1".into()));
+    edgemed_onnx::ensure!(opts.batch >= 1 && opts.tile >= 1, Error::Invalid("batch and tile must be at least 1".into()));
     let (_, side, _) = model.image_input()?;
     let (w, h) = (img.width() as usize, img.height() as usize);
-    crate::ensure!(w >= side && h >= side, Error::Invalid(format!("the image is {w}x{h}, smaller than the model's {side}x{side} input")));
+    edgemed_onnx::ensure!(w >= side && h >= side, Error::Invalid(format!("the image is {w}x{h}, smaller than the model's {side}x{side} input")));
     let backend = backend::create(model, &[opts.batch, 3, side, side], &opts.backend.clone().with_threads(opts.threads))?;
     // One probe batch tells the kind of model: [N, K] or [N, K, h, w].
     let probe = backend.run(ArrayD::zeros(IxDyn(&[opts.batch, 3, side, side])))?.into_iter().next();
@@ -167,7 +167,7 @@ pub fn heatmap(model: &OnnxModel, img: &RgbImage, opts: &HeatmapOptions) -> Resu
     } else {
         opts.stride.unwrap_or((side / 3).max(1))
     };
-    crate::ensure!(stride >= 1, Error::Invalid("stride must be at least 1".into()));
+    edgemed_onnx::ensure!(stride >= 1, Error::Invalid("stride must be at least 1".into()));
     let (cols, rows) = ((w - side) / stride + 1, (h - side) / stride + 1);
     // Centre the grid: equal margins left/right and top/bottom (to a pixel).
     let (x0, y0) = ((w - side - (cols - 1) * stride) / 2, (h - side - (rows - 1) * stride) / 2);

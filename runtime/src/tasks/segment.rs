@@ -10,8 +10,8 @@ use crate::backend::{self, BackendOptions};
 use crate::error::{Error, Result};
 use crate::model::{Dim, OnnxModel};
 use crate::ndarray::{Array3, ArrayView3, ArrayViewD, Axis};
-use crate::sliding_window::SlidingWindow;
-use crate::volume::Volume;
+use crate::tasks::sliding_window::SlidingWindow;
+use crate::formats::volume::Volume;
 
 pub struct SegmentOptions {
     pub window: SlidingWindow,

@@ -13,7 +13,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::classify::PatchResult;
+use crate::tasks::classify::PatchResult;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,7 +124,7 @@ impl ResultStream {
             if let Some(src) = earlier {
                 let text = std::fs::read_to_string(src).map_err(|e| Error::io(src, e))?;
                 let rows = parse_rows(format, &text);
-                crate::ensure!(
+                edgemed_onnx::ensure!(
                     !rows.is_empty() || text.trim().is_empty() || text.trim() == CSV_HEADER,
                     Error::Invalid(format!("{}: not an edgemed-run {:?} result file; cannot resume from it", src.display(), format))
                 );
@@ -167,8 +167,8 @@ impl ResultStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::classify::Prediction;
-    use crate::patch::PatchSource;
+    use crate::tasks::classify::Prediction;
+    use crate::formats::patch::PatchSource;
 
     fn result(file: &str, ok: bool) -> PatchResult {
         PatchResult {

@@ -125,7 +125,7 @@ pub fn upsample(
 pub fn upsampled_header(h: &NiftiHeader, r: usize) -> NiftiHeader {
     let step = 1.0 / r as f64;
     let dims = [h.dim[1], h.dim[2], h.dim[3]].map(|d| d.max(1) as usize * r);
-    crate::volume::regridded_header(h, [0.5 * step - 0.5; 3], [step; 3], dims)
+    crate::formats::volume::regridded_header(h, [0.5 * step - 0.5; 3], [step; 3], dims)
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use tract_onnx::pb;
+use edgemed_onnx::{attr, pb, tensor};
 
 use super::float::{self, FloatOp, Operand};
 use super::kernels::{self, ConvGeometry, DepthwiseWeights, PackedWeights, Requant};
@@ -514,78 +514,7 @@ enum MapStep {
 }
 
 fn unsupported(reason: impl Into<String>) -> Error {
-    Error::Invalid(reason.into())
-}
-
-/// Decodes the initializer types the engine reads.
-pub(crate) fn decode(t: &pb::TensorProto) -> Result<(Vec<usize>, Decoded)> {
-    use pb::tensor_proto::DataType as T;
-    let shape: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
-    let n: usize = shape.iter().product();
-    let raw = &t.raw_data;
-    let bad = || unsupported(format!("initializer {}: cannot read type {}", t.name, t.data_type));
-    let dt = T::try_from(t.data_type).map_err(|_| bad())?;
-    let d = match dt {
-        T::Float => Decoded::F32(if raw.is_empty() {
-            t.float_data.clone()
-        } else {
-            raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
-        }),
-        T::Int8 => Decoded::I64(if raw.is_empty() {
-            t.int32_data.iter().map(|&v| v as i64).collect()
-        } else {
-            raw.iter().map(|&b| b as i8 as i64).collect()
-        }),
-        T::Uint8 => Decoded::I64(if raw.is_empty() {
-            t.int32_data.iter().map(|&v| v as i64).collect()
-        } else {
-            raw.iter().map(|&b| b as i64).collect()
-        }),
-        T::Int32 => Decoded::I64(if raw.is_empty() {
-            t.int32_data.iter().map(|&v| v as i64).collect()
-        } else {
-            raw.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64).collect()
-        }),
-        T::Int64 => Decoded::I64(if raw.is_empty() {
-            t.int64_data.clone()
-        } else {
-            raw.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect()
-        }),
-        _ => return Err(bad()),
-    };
-    if d.len() != n {
-        return Err(unsupported(format!("initializer {}: {} values for shape {shape:?}", t.name, d.len())));
-    }
-    Ok((shape, d))
-}
-
-#[derive(Debug, Clone)]
-pub(crate) enum Decoded {
-    F32(Vec<f32>),
-    I64(Vec<i64>),
-}
-
-impl Decoded {
-    fn len(&self) -> usize {
-        match self {
-            Decoded::F32(v) => v.len(),
-            Decoded::I64(v) => v.len(),
-        }
-    }
-    pub(crate) fn as_f32(&self) -> Vec<f32> {
-        match self {
-            Decoded::F32(v) => v.clone(),
-            Decoded::I64(v) => v.iter().map(|&x| x as f32).collect(),
-        }
-    }
-}
-
-fn attr_ints(n: &pb::NodeProto, name: &str) -> Option<Vec<i64>> {
-    n.attribute.iter().find(|a| a.name == name).map(|a| a.ints.clone())
-}
-
-fn attr_int(n: &pb::NodeProto, name: &str) -> Option<i64> {
-    n.attribute.iter().find(|a| a.name == name).map(|a| a.i)
+    Error::Unsupported(reason.into())
 }
 
 struct Compiler<'m> {
@@ -613,8 +542,8 @@ impl<'m> Compiler<'m> {
             Some(_) => None,
             None => {
                 let t = self.inits.get(name)?;
-                let (shape, d) = decode(t).ok()?;
-                Some(Const { shape, data: d.as_f32(), int8: None })
+                let d = tensor::decode(t).ok()?;
+                Some(Const { shape: d.shape, data: d.values.to_f32(), int8: None })
             }
         }
     }
@@ -633,8 +562,7 @@ impl<'m> Compiler<'m> {
                 if t.data_type != pb::tensor_proto::DataType::Uint8 as i32 {
                     return None;
                 }
-                let (_, d) = decode(t).ok()?;
-                d.as_f32().first().copied().unwrap_or(0.0) as u8
+                tensor::decode(t).ok()?.values.to_f32().first().copied().unwrap_or(0.0) as u8
             }
         };
         Some((s.data[0], zp))
@@ -996,9 +924,9 @@ impl<'m> Compiler<'m> {
         let Some((wq, wscale, waxis)) = w.int8.clone() else { return Ok(false) };
         let x = self.tensors[src];
         let is_gemm = n.op_type == "Gemm";
-        let trans_b = is_gemm && attr_int(n, "transB").unwrap_or(0) != 0;
+        let trans_b = is_gemm && attr::int_opt(n, "transB").unwrap_or(0) != 0;
         let plain = !is_gemm
-            || attr_int(n, "transA").unwrap_or(0) == 0
+            || attr::int_opt(n, "transA").unwrap_or(0) == 0
                 && n.attribute.iter().find(|a| a.name == "alpha").is_none_or(|a| a.f == 1.0)
                 && n.attribute.iter().find(|a| a.name == "beta").is_none_or(|a| a.f == 1.0);
         if !plain || self.shapes[src].len() != 2 || w.shape.len() != 2 {
@@ -1076,14 +1004,14 @@ impl<'m> Compiler<'m> {
             "DequantizeLinear" => {
                 if let Some(t) = self.inits.get(inp(0)) {
                     // A constant: fold (int8 weights keep their integers and scales).
-                    let (shape, d) = decode(t)?;
+                    let tensor::Tensor { shape, values: d, .. } = tensor::decode(t)?;
                     let s = self.konst(inp(1)).ok_or_else(|| unsupported(format!("{}: scale is not a constant", n.name)))?;
                     let zp = match n.input.get(2).filter(|z| !z.is_empty()) {
                         Some(z) => self.konst(z).map(|c| c.data).unwrap_or_default(),
                         None => vec![],
                     };
-                    let axis = attr_int(n, "axis").unwrap_or(1);
-                    let vals = d.as_f32();
+                    let axis = attr::int_opt(n, "axis").unwrap_or(1);
+                    let vals = d.to_f32();
                     let per = s.data.len();
                     let ax = if axis < 0 { axis + shape.len() as i64 } else { axis }.max(0) as usize;
                     let inner =
@@ -1327,8 +1255,8 @@ impl<'m> Compiler<'m> {
             // Exporters write clip bounds and shapes as Constant nodes (torch.onnx does).
             "Constant" => {
                 let Some(t) = n.attribute.iter().find(|a| a.name == "value").and_then(|a| a.t.as_ref()) else { return Ok(false) };
-                let Ok((shape, d)) = decode(t) else { return Ok(false) };
-                self.vals.insert(out, Val::Const(Const { shape, data: d.as_f32(), int8: None }));
+                let Ok(d) = tensor::decode(t) else { return Ok(false) };
+                self.vals.insert(out, Val::Const(Const { shape: d.shape, data: d.values.to_f32(), int8: None }));
                 Ok(true)
             }
             "Identity" => match self.vals.get(inp(0)).cloned() {
@@ -1360,7 +1288,7 @@ impl<'m> Compiler<'m> {
         if !(4..=5).contains(&rank) || w.shape.len() != rank || (wscale.len() > 1 && waxis != out_axis) {
             return Ok(false);
         }
-        if attr_ints(n, "dilations").is_some_and(|d| d.iter().any(|&v| v != 1))
+        if attr::ints(n, "dilations").is_some_and(|d| d.iter().any(|&v| v != 1))
             || n.attribute.iter().any(|a| a.name == "auto_pad" && !a.s.is_empty() && a.s != b"NOTSET")
             || n.attribute.iter().any(|a| a.name == "output_shape")
         {
@@ -1368,10 +1296,10 @@ impl<'m> Compiler<'m> {
         }
         let sp = rank - 2;
         let kernel: Vec<usize> = w.shape[2..].to_vec();
-        let group = attr_int(n, "group").unwrap_or(1) as usize;
-        let strides: Vec<usize> = attr_ints(n, "strides").unwrap_or(vec![1; sp]).iter().map(|&v| v.max(0) as usize).collect();
-        let pads = attr_ints(n, "pads").unwrap_or(vec![0; 2 * sp]);
-        let out_pad = attr_ints(n, "output_padding").unwrap_or(vec![0; sp]);
+        let group = attr::int_opt(n, "group").unwrap_or(1) as usize;
+        let strides: Vec<usize> = attr::ints(n, "strides").unwrap_or(vec![1; sp]).iter().map(|&v| v.max(0) as usize).collect();
+        let pads = attr::ints(n, "pads").unwrap_or(vec![0; 2 * sp]);
+        let out_pad = attr::ints(n, "output_padding").unwrap_or(vec![0; sp]);
         if strides.len() != sp || strides.contains(&0) || pads.len() != 2 * sp || pads.iter().any(|&p| p < 0) || out_pad.len() != sp {
             return Ok(false);
         }

@@ -1,0 +1,17 @@
+//! The files the runtime reads and writes, one file per format, each with its own
+//! checks and clear errors for corrupt or hostile input; a new format (DICOM, a slide
+//! pyramid) is a new file here.
+//!
+//! - [`patch`]: image patches (PNG, JPEG, TIFF) and their preprocessing to tensors;
+//! - [`pcam_h5`]: the PCam HDF5 files (pure Rust reader);
+//! - [`volume`]: NIfTI volumes, CT windowing, resampling;
+//! - [`tensors`]: raw float32 and `.npy` tensors, for checking one machine against another;
+//! - [`results`]: classification results streamed to csv/json/jsonl, resumable;
+//! - [`manifest`]: model manifests (SHA-256 and metadata) checked before a model is used.
+
+pub mod manifest;
+pub mod patch;
+pub mod pcam_h5;
+pub mod results;
+pub mod tensors;
+pub mod volume;
