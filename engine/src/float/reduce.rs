@@ -1,0 +1,99 @@
+//! Reductions: ReduceMax/Min/Sum/Mean, global pooling, Softmax and instance
+//! normalisation, each summing in a fixed order so every machine gets the same bits.
+
+use crate::error::Result;
+use crate::ndarray::{ArrayD, Axis, IxDyn};
+
+use super::{norm_axis, unsupported, Reduce};
+
+/// `kind` over `axes` (None: all), keeping the reduced axes as 1 when `keepdims`.
+pub(super) fn reduce_axes(x: &ArrayD<f32>, kind: Reduce, axes: Option<&[i64]>, keepdims: bool) -> Result<ArrayD<f32>> {
+    let axes: Vec<usize> = match axes {
+        None => (0..x.ndim()).collect(),
+        Some(a) => a.iter().map(|&v| norm_axis(v, x.ndim())).collect::<Result<_>>()?,
+    };
+    Ok(reduce(x, kind, &axes, keepdims))
+}
+
+/// `kind` over every spatial axis, kept as 1 (GlobalAveragePool, GlobalMaxPool).
+pub(super) fn global_pool(x: &ArrayD<f32>, kind: Reduce) -> ArrayD<f32> {
+    let axes: Vec<usize> = (2..x.ndim()).collect();
+    reduce(x, kind, &axes, true)
+}
+
+pub(super) fn softmax(x: &ArrayD<f32>, axis: i64) -> Result<ArrayD<f32>> {
+    let a = norm_axis(axis, x.ndim())?;
+    let mut y = x.clone();
+    for mut lane in y.lanes_mut(Axis(a)) {
+        let m = lane.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        lane.mapv_inplace(|v| (v - m).exp());
+        let s = lane.sum();
+        lane.mapv_inplace(|v| v / s);
+    }
+    Ok(y)
+}
+
+/// Reduces `axes` one at a time as [outer, axis, inner] on contiguous data, k in order.
+fn reduce(x: &ArrayD<f32>, kind: Reduce, axes: &[usize], keepdims: bool) -> ArrayD<f32> {
+    let mut shape = x.shape().to_vec();
+    let mut data = x.as_standard_layout().into_owned().into_raw_vec_and_offset().0;
+    let mut sorted = axes.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut count = 1usize;
+    let init = match kind {
+        Reduce::Max => f32::NEG_INFINITY,
+        Reduce::Min => f32::INFINITY,
+        Reduce::Sum | Reduce::Mean => 0.0,
+    };
+    for &a in sorted.iter().rev() {
+        let (outer, len, inner): (usize, usize, usize) = (shape[..a].iter().product(), shape[a], shape[a + 1..].iter().product());
+        count *= len;
+        let mut out = vec![init; outer * inner];
+        for o in 0..outer {
+            let dst = &mut out[o * inner..(o + 1) * inner];
+            for k in 0..len {
+                let src = &data[(o * len + k) * inner..(o * len + k + 1) * inner];
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    *d = match kind {
+                        Reduce::Max => d.max(v),
+                        Reduce::Min => d.min(v),
+                        Reduce::Sum | Reduce::Mean => *d + v,
+                    };
+                }
+            }
+        }
+        data = out;
+        shape[a] = 1;
+    }
+    if kind == Reduce::Mean {
+        data.iter_mut().for_each(|s| *s /= count as f32);
+    }
+    if !keepdims {
+        shape = shape.iter().enumerate().filter(|(i, _)| !sorted.contains(i)).map(|(_, &d)| d).collect();
+    }
+    ArrayD::from_shape_vec(IxDyn(&shape), data).expect("sized")
+}
+
+/// y = scale (x - mean) / sqrt(var + eps) + bias over each [n, c] plane; sums in f64
+/// (a 32^3 plane has 32k terms), the normalisation in f32.
+pub(super) fn instance_norm(x: &ArrayD<f32>, scale: &ArrayD<f32>, bias: &ArrayD<f32>, eps: f32) -> Result<ArrayD<f32>> {
+    if x.ndim() < 3 || scale.len() != x.shape()[1] || bias.len() != x.shape()[1] {
+        return Err(unsupported(format!("InstanceNormalization of {:?} with {} scales and {} biases", x.shape(), scale.len(), bias.len())));
+    }
+    let c = x.shape()[1];
+    let plane: usize = x.shape()[2..].iter().product();
+    let mut y = x.as_standard_layout().into_owned();
+    let (scale, bias): (Vec<f32>, Vec<f32>) = (scale.iter().copied().collect(), bias.iter().copied().collect());
+    let data = y.as_slice_mut().expect("standard layout");
+    for (i, p) in data.chunks_exact_mut(plane.max(1)).enumerate() {
+        let ch = i % c;
+        let mean = p.iter().map(|&v| v as f64).sum::<f64>() / plane as f64;
+        let var = p.iter().map(|&v| (v as f64 - mean) * (v as f64 - mean)).sum::<f64>() / plane as f64;
+        let (mean, inv) = (mean as f32, 1.0 / (var as f32 + eps).sqrt());
+        for v in p.iter_mut() {
+            *v = (*v - mean) * inv * scale[ch] + bias[ch];
+        }
+    }
+    Ok(y)
+}
