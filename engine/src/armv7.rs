@@ -1068,7 +1068,7 @@ pub fn depthwise(x: &[u8], g: &ConvGeometry, zp: u8, w: &[i32], acc: &mut [i32])
 /// subnormals or its NaN handling could differ from the scalar VFP code.
 #[cfg(test)]
 mod tests {
-    use super::super::compile::ConvKind;
+    use super::super::plan::ConvKind;
     use super::super::kernels::{self, Isa};
     use super::*;
 

@@ -7,7 +7,7 @@
 //! IEEE float operations in both). `tests` and `runtime/tests/int8_kernels.rs`
 //! check this on random shapes.
 
-use super::compile::{ConvKind, QTensor};
+use super::plan::{ConvKind, QTensor};
 
 /// Which implementation the dispatcher picked (for logs and benchmarks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

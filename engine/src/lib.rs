@@ -11,6 +11,7 @@ mod armv7;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 pub mod compile;
+pub mod plan;
 pub mod float;
 pub mod kernels;
 #[cfg(target_arch = "aarch64")]
@@ -26,7 +27,7 @@ use crate::model::OnnxModel;
 use crate::ndarray::{ArrayD, IxDyn};
 use std::sync::Mutex;
 
-use compile::{ConvKind, ConvLayout, Copies, Op, Plan, Step};
+use plan::{ConvKind, ConvLayout, Copies, Op, Plan, Step};
 use kernels::Isa;
 
 /// A compiled plan with its memory plan, ready to run one item at a time.

@@ -18,7 +18,7 @@
 use std::arch::aarch64::*;
 use std::arch::asm;
 
-use super::compile::QTensor;
+use super::plan::QTensor;
 use super::kernels::{pad_nhwc, quantize_u8, ConvGeometry, PackedWeights, Requant, CBLOCK};
 
 /// Whether this CPU has `sdot` (`neondot`); plain NEON is part of every aarch64 CPU.
@@ -740,7 +740,7 @@ pub fn add_quantized(a: &[u8], ta: &QTensor, b: &[u8], tb: &QTensor, to: &QTenso
 /// and awkward values, against the scalar reference.
 #[cfg(test)]
 mod tests {
-    use super::super::compile::ConvKind;
+    use super::super::plan::ConvKind;
     use super::super::kernels::{self, DepthwiseWeights, Isa};
     use super::*;
 

@@ -6,7 +6,7 @@
 //! adds each tap's column into the output pixel it lands on. Both are integer-exact:
 //! the scatter only adds int32s, so every ISA gives the same bits.
 
-use super::compile::Geometry3;
+use super::plan::Geometry3;
 
 /// Rows [oh * ow][kd * kh * kw * cin] of output plane `oz`: taps outside the input
 /// read the zero point, so the correction zp * Σw is the same for every row.

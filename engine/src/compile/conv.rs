@@ -1,0 +1,179 @@
+//! Rule: `Conv(DQ(x), DQ(w int8), bias)` and `ConvTranspose` on a u8 tensor: a pending
+//! conv (2-D dense or depthwise, 3-D, transposed) with its weights packed for the
+//! kernels; activations after it narrow its bounds ([`super::activation`]); the
+//! `QuantizeLinear` after them makes it one fused op: int32 accumulation,
+//! requantisation, the activation as a clamp in the quantised domain (exact:
+//! quantisation is monotone). A float op reading it gets it dequantised instead.
+
+use edgemed_onnx::{attr, pb};
+
+use super::{input, invalid, Compiler, Val};
+use crate::error::Result;
+use crate::kernels::{self, ConvGeometry, DepthwiseWeights, PackedWeights, Requant};
+use crate::plan::{ConvKind, ConvLayout, ConvOp, FloatConv, Geometry3, Op, QTensor, Step};
+
+impl Compiler<'_> {
+    /// A Conv or ConvTranspose on a u8 tensor with int8 weights: a pending conv.
+    pub(super) fn conv(&mut self, n: &pb::NodeProto) -> Result<bool> {
+        let transposed = n.op_type == "ConvTranspose";
+        let inp = |i: usize| input(n, i);
+        let Some(src) = self.int_of(inp(0)) else { return Ok(false) };
+        let Some(w) = self.konst(inp(1)) else { return Ok(false) };
+        let Some((wq, wscale, waxis)) = w.int8.clone() else { return Ok(false) };
+        let xs = self.shapes[src].clone();
+        let x = self.tensors[src];
+        let rank = xs.len();
+        // Per-channel weight scales run along the output channels: axis 0 of a Conv's
+        // weights, axis 1 of a ConvTranspose's.
+        let out_axis = if transposed { 1 } else { 0 };
+        if !(4..=5).contains(&rank) || w.shape.len() != rank || (wscale.len() > 1 && waxis != out_axis) {
+            return Ok(false);
+        }
+        if attr::ints(n, "dilations").is_some_and(|d| d.iter().any(|&v| v != 1))
+            || n.attribute.iter().any(|a| a.name == "auto_pad" && !a.s.is_empty() && a.s != b"NOTSET")
+            || n.attribute.iter().any(|a| a.name == "output_shape")
+        {
+            return Ok(false);
+        }
+        let sp = rank - 2;
+        let kernel: Vec<usize> = w.shape[2..].to_vec();
+        let group = attr::int_opt(n, "group").unwrap_or(1) as usize;
+        let strides: Vec<usize> = attr::ints(n, "strides").unwrap_or(vec![1; sp]).iter().map(|&v| v.max(0) as usize).collect();
+        let pads = attr::ints(n, "pads").unwrap_or(vec![0; 2 * sp]);
+        let out_pad = attr::ints(n, "output_padding").unwrap_or(vec![0; sp]);
+        if strides.len() != sp || strides.contains(&0) || pads.len() != 2 * sp || pads.iter().any(|&p| p < 0) || out_pad.len() != sp {
+            return Ok(false);
+        }
+        let pads: Vec<usize> = pads.iter().map(|&p| p as usize).collect();
+        let (cout, cin_g) = if transposed { (w.shape[1], w.shape[0]) } else { (w.shape[0], w.shape[1]) };
+        let bias = match n.input.get(2).filter(|b| !b.is_empty()) {
+            None => vec![0.0; cout],
+            Some(b) => match self.konst(b) {
+                Some(c) if c.data.len() == cout => c.data,
+                _ => return Ok(false),
+            },
+        };
+        let depthwise = !transposed && sp == 2 && group == x.c && group == cout && cin_g == 1 && group > 1;
+        if !(depthwise || group == 1 && cin_g == x.c) {
+            return Ok(false);
+        }
+        let sw = |c: usize| if wscale.len() == 1 { wscale[0] } else { wscale[c] };
+        let mult: Vec<f32> = (0..cout).map(|c| x.scale * sw(c)).collect();
+        let taps: usize = kernel.iter().product();
+        let zp = x.zp as i32;
+        // Spatial sizes lifted to 3 axes (a 2-D conv has depth 1).
+        let lift = |v: &[usize], fill: usize| -> [usize; 3] {
+            let mut o = [fill; 3];
+            o[3 - v.len()..].copy_from_slice(v);
+            o
+        };
+        let input = lift(&xs[2..], 1);
+        if input.contains(&0) {
+            return Err(invalid(format!("{}: empty input {xs:?}", n.name)));
+        }
+        let (k3, s3) = (lift(&kernel, 1), lift(&strides, 1));
+        let (pb, pe) = (lift(&pads[..sp], 0), lift(&pads[sp..], 0));
+        let mut output = [1usize; 3];
+        for a in 0..3 {
+            output[a] = if transposed {
+                let full = (input[a] - 1) * s3[a] + k3[a] + lift(&out_pad.iter().map(|&v| v.max(0) as usize).collect::<Vec<_>>(), 0)[a];
+                match full.checked_sub(pb[a] + pe[a]) {
+                    Some(o) if o > 0 => o,
+                    _ => return Err(invalid(format!("{}: padding larger than the output", n.name))),
+                }
+            } else {
+                match (input[a] + pb[a] + pe[a]).checked_sub(k3[a]) {
+                    Some(d) => d / s3[a] + 1,
+                    None => return Err(invalid(format!("{}: kernel larger than the padded input", n.name))),
+                }
+            };
+        }
+        let mut shape = vec![1, cout];
+        shape.extend_from_slice(&output[3 - sp..]);
+        let out_pixels: usize = output.iter().product();
+        let in_pixels: usize = input.iter().product();
+        let pointwise_on = |pixels: usize, cin: usize| ConvGeometry::new(1, pixels, cin, 1, 1, [1, 1], [0; 4]).expect("1x1 fits");
+        // A 2-D conv's geometry on the channels-last input (depth 1).
+        let geometry_2d = || {
+            let (st, pd) = ([strides[0], strides[1]], [pads[0], pads[1], pads[2], pads[3]]);
+            ConvGeometry::new(input[1], input[2], x.c, kernel[0], kernel[1], st, pd)
+                .ok_or_else(|| invalid(format!("{}: kernel larger than the padded input", n.name)))
+        };
+        let (layout, kind, offset, macs) = if transposed {
+            // Columns [tap][cout] of [cin] weights: w is [cin][cout][taps].
+            let mut rows = vec![0i8; taps * cout * x.c];
+            let mut col_offset = vec![0i32; taps * cout];
+            for t in 0..taps {
+                for co in 0..cout {
+                    for ci in 0..x.c {
+                        let v = wq[(ci * cout + co) * taps + t];
+                        rows[(t * cout + co) * x.c + ci] = v;
+                        col_offset[t * cout + co] += zp * v as i32;
+                    }
+                }
+            }
+            let g = Geometry3 { input, cin: x.c, kernel: k3, stride: s3, pads: pb, output };
+            let layout = ConvLayout::Transposed { g, cols: pointwise_on(in_pixels, x.c), col_offset };
+            (layout, ConvKind::Dense(PackedWeights::new(rows, taps * cout, 1, x.c)), vec![0; cout], (in_pixels * x.c * cout * taps) as u64)
+        } else if depthwise {
+            let g = geometry_2d()?;
+            let kind = ConvKind::Depthwise(DepthwiseWeights::new(&wq, cout, taps));
+            (ConvLayout::Direct(g), kind, vec![0; cout], (out_pixels * cout * taps) as u64)
+        } else {
+            // [cout][cin][taps...] -> rows [cout][taps...][cin], the im2row (and channels-last) order.
+            let k = taps * x.c;
+            let mut rows = vec![0i8; cout * k];
+            for c in 0..cout {
+                for ci in 0..x.c {
+                    for t in 0..taps {
+                        rows[c * k + t * x.c + ci] = wq[(c * x.c + ci) * taps + t];
+                    }
+                }
+            }
+            let (layout, pw) = if sp == 2 {
+                let g = geometry_2d()?;
+                (ConvLayout::Direct(g), PackedWeights::new(rows, cout, kernel[0], kernel[1] * x.c))
+            } else if taps == 1 && s3 == [1; 3] && pads.iter().all(|&p| p == 0) {
+                (ConvLayout::Direct(pointwise_on(in_pixels, x.c)), PackedWeights::new(rows, cout, 1, k))
+            } else {
+                let g = Geometry3 { input, cin: x.c, kernel: k3, stride: s3, pads: pb, output };
+                (ConvLayout::Planes { g, plane: pointwise_on(output[1] * output[2], k) }, PackedWeights::new(rows, cout, 1, k))
+            };
+            let offset = pw.sums().iter().map(|s| s * zp).collect();
+            (layout, ConvKind::Dense(pw), offset, (out_pixels * cout * k) as u64)
+        };
+        let conv = FloatConv {
+            src,
+            layout,
+            kind,
+            offset,
+            mult,
+            bias,
+            lo: vec![f32::NEG_INFINITY; cout],
+            hi: vec![f32::INFINITY; cout],
+            shape,
+            name: n.name.clone(),
+            macs,
+        };
+        self.vals.insert(super::output(n), Val::PendingConv { conv: Box::new(conv) });
+        Ok(true)
+    }
+
+    /// The pending conv `p` quantised with (s, z): one fused integer op.
+    pub(super) fn quantized_conv(&mut self, p: FloatConv, s: f32, z: u8) -> usize {
+        let t = QTensor::of_shape(&p.shape, s, z).expect("conv outputs are [1, C, ...]");
+        let dst = self.new_tensor(t, p.shape.clone());
+        let q = |v: f32| kernels::quantize_u8(v, s, z);
+        let requant = Requant {
+            offset: p.offset,
+            mult: p.mult.iter().map(|m| m / s).collect(),
+            bias: p.bias.iter().map(|b| b / s).collect(),
+            out_zp: z as f32,
+            lo: p.lo.iter().map(|&v| if v == f32::NEG_INFINITY { 0 } else { q(v) }).collect(),
+            hi: p.hi.iter().map(|&v| if v == f32::INFINITY { 255 } else { q(v) }).collect(),
+        };
+        let op = ConvOp { src: p.src, dst, layout: p.layout, kind: p.kind, requant, name: p.name, macs: p.macs };
+        self.steps.push(Step::Int(Op::Conv(Box::new(op))));
+        dst
+    }
+}

@@ -1,0 +1,397 @@
+//! Each fusion rule on a small QDQ graph: which steps the compiler makes of it (the
+//! rule fired, or declined and left a float op), and for the arithmetic rules the
+//! engine's output against a float reference worked out here (dequantise, compute in
+//! f64, quantise with ties to even). tests/tests/int8_integer_ops.rs and
+//! int8_models.rs check whole graphs against tract and ONNX Runtime.
+
+use edgemed_onnx::builder::{Attr, GraphBuilder, D};
+use edgemed_onnx::model::OnnxModel;
+use edgemed_onnx::pb;
+use prost::Message;
+
+use super::compile;
+use crate::error::Error;
+use crate::plan::{ConvKind, Copies, Op, Plan, Step};
+use crate::Engine;
+
+/// A QDQ graph under construction; every value is a fresh name.
+struct Qdq {
+    g: GraphBuilder,
+    n: usize,
+    input: Vec<usize>,
+}
+
+impl Qdq {
+    fn new(input: &[usize]) -> Self {
+        let mut g = GraphBuilder::new("rule");
+        g.input_f32("x", &input.iter().map(|&d| D::N(d as i64)).collect::<Vec<_>>());
+        Qdq { g, n: 0, input: input.to_vec() }
+    }
+
+    fn fresh(&mut self, what: &str) -> String {
+        self.n += 1;
+        format!("{what}{}", self.n)
+    }
+
+    fn u8_zero_point(&mut self, zp: u8) -> String {
+        let z = self.fresh("zp");
+        self.g.graph.initializer.push(pb::TensorProto {
+            name: z.clone(),
+            data_type: pb::tensor_proto::DataType::Uint8 as i32,
+            raw_data: vec![zp],
+            ..Default::default()
+        });
+        z
+    }
+
+    fn q(&mut self, x: &str, scale: f32, zp: u8) -> String {
+        let s = self.fresh("s");
+        self.g.init_f32(&s, &[], &[scale]);
+        let z = self.u8_zero_point(zp);
+        let q = self.fresh("q");
+        self.g.node("QuantizeLinear", &q, &[x, &s, &z], vec![])
+    }
+
+    fn dq(&mut self, q: &str, scale: f32, zp: u8) -> String {
+        let s = self.fresh("s");
+        self.g.init_f32(&s, &[], &[scale]);
+        let z = self.u8_zero_point(zp);
+        let dq = self.fresh("dq");
+        self.g.node("DequantizeLinear", &dq, &[q, &s, &z], vec![])
+    }
+
+    fn qdq(&mut self, x: &str, scale: f32, zp: u8) -> String {
+        let q = self.q(x, scale, zp);
+        self.dq(&q, scale, zp)
+    }
+
+    /// DequantizeLinear of int8 weights `w` with one scale.
+    fn weight(&mut self, shape: &[usize], w: &[i8], scale: f32) -> String {
+        let q = self.fresh("w");
+        self.g.graph.initializer.push(pb::TensorProto {
+            name: q.clone(),
+            dims: shape.iter().map(|&d| d as i64).collect(),
+            data_type: pb::tensor_proto::DataType::Int8 as i32,
+            raw_data: w.iter().map(|&v| v as u8).collect(),
+            ..Default::default()
+        });
+        let s = self.fresh("ws");
+        self.g.init_f32(&s, &[], &[scale]);
+        let dq = self.fresh("wdq");
+        self.g.node("DequantizeLinear", &dq, &[&q, &s], vec![])
+    }
+
+    fn f32s(&mut self, shape: &[usize], v: &[f32]) -> String {
+        let name = self.fresh("c");
+        self.g.init_f32(&name, shape, v)
+    }
+
+    fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<Attr>) -> String {
+        let y = self.fresh(&op.to_lowercase());
+        self.g.node(op, &y, inputs, attrs)
+    }
+
+    fn model(mut self, output: &str) -> OnnxModel {
+        self.g.output_f32(output, &[]);
+        let model = self.g.into_model("rule-test", &[]);
+        OnnxModel::from_bytes("rule.onnx", &model.encode_to_vec()).expect("a valid model")
+    }
+
+    fn input_len(&self) -> usize {
+        self.input.iter().product()
+    }
+}
+
+/// The kinds of the plan's steps, e.g. ["quantize", "conv", "dequantize"].
+fn kinds(plan: &Plan) -> Vec<&'static str> {
+    plan.steps
+        .iter()
+        .map(|s| match s {
+            Step::Quantize { .. } => "quantize",
+            Step::Dequantize { .. } => "dequantize",
+            Step::ConvToFloat { .. } => "conv to float",
+            Step::Float { op, .. } => op.name(),
+            Step::Int(op) => match op {
+                Op::Conv(_) => "conv",
+                Op::Lut { .. } => "table",
+                Op::Add { .. } => "add",
+                Op::Gather(_) => "gather",
+                Op::MeanPool { .. } => "mean pool",
+                Op::GatherMax { .. } => "max",
+                Op::Multiply { .. } => "multiply",
+            },
+        })
+        .collect()
+}
+
+fn ramp(n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..n).map(|i| lo + (hi - lo) * i as f32 / (n - 1).max(1) as f32).collect()
+}
+
+/// q(x) with ties to even, saturated to u8, then dequantised: the reference's rounding.
+fn fake_quant(x: f64, scale: f32, zp: u8) -> f32 {
+    let q = ((x / scale as f64).round_ties_even() + zp as f64).clamp(0.0, 255.0);
+    ((q - zp as f64) * scale as f64) as f32
+}
+
+fn run(model: &OnnxModel, x: &[f32]) -> Vec<f32> {
+    Engine::new(model).unwrap().run_one(x).unwrap()[0].iter().copied().collect()
+}
+
+fn assert_within_one_step(got: &[f32], want: &[f32], step: f32) {
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= step * 1.001, "element {i}: {g} vs {w} (step {step})");
+    }
+}
+
+#[test]
+fn quantize_and_dequantize_round_trip() {
+    // Only conversions: nothing would run in integers, so the engine declines.
+    let mut b = Qdq::new(&[1, 2, 3, 3]);
+    let y = b.qdq("x", 0.05, 128);
+    let err = compile(&b.model(&y)).unwrap_err();
+    assert!(matches!(&err, Error::Unsupported(m) if m.contains("nothing runs in integers")), "{err}");
+    // With an integer op between, the conversions are exact.
+    let mut b = Qdq::new(&[1, 2, 3, 3]);
+    let x = b.qdq("x", 0.05, 128);
+    let r = b.op("Relu", &[&x], vec![]);
+    let y = b.qdq(&r, 0.05, 128);
+    let n = b.input_len();
+    let m = b.model(&y);
+    assert_eq!(kinds(&compile(&m).unwrap()), ["quantize", "table", "dequantize"]);
+    let x = ramp(n, -7.0, 7.0);
+    let want: Vec<f32> = x.iter().map(|&v| fake_quant(v.max(0.0) as f64, 0.05, 128)).collect();
+    assert_eq!(run(&m, &x), want);
+}
+
+/// A 3x3 conv, bias, Relu: one fused op whose output equals the float reference.
+#[test]
+fn conv_with_bias_and_relu_is_one_fused_op() {
+    let (cin, cout, h) = (2, 3, 5);
+    let mut b = Qdq::new(&[1, cin, h, h]);
+    let x = b.qdq("x", 0.02, 100);
+    let wv: Vec<i8> = (0..cout * cin * 9).map(|i| ((i * 37 % 255) as i32 - 127) as i8).collect();
+    let w = b.weight(&[cout, cin, 3, 3], &wv, 0.01);
+    let bias = b.f32s(&[cout], &[0.1, -0.2, 0.05]);
+    let c = b.op("Conv", &[&x, &w, &bias], vec![Attr::Ints("pads", vec![1, 1, 1, 1])]);
+    let r = b.op("Relu", &[&c], vec![]);
+    let y = b.qdq(&r, 0.03, 0);
+    let m = b.model(&y);
+    let plan = compile(&m).unwrap();
+    assert_eq!(kinds(&plan), ["quantize", "conv", "dequantize"]);
+    assert!(plan.label(&plan.steps[1]).starts_with("conv 3x3/1 dense 2 -> 3"), "{}", plan.label(&plan.steps[1]));
+    let input = ramp(cin * h * h, -2.0, 2.5);
+    let xq: Vec<f64> = input.iter().map(|&v| fake_quant(v as f64, 0.02, 100) as f64).collect();
+    let mut want = vec![0f32; cout * h * h];
+    for co in 0..cout {
+        for oy in 0..h {
+            for ox in 0..h {
+                let mut s = [0.1, -0.2, 0.05][co] as f64;
+                for ci in 0..cin {
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            let (iy, ix) = (oy as isize + ky as isize - 1, ox as isize + kx as isize - 1);
+                            if (0..h as isize).contains(&iy) && (0..h as isize).contains(&ix) {
+                                let wq = wv[((co * cin + ci) * 3 + ky) * 3 + kx] as f64 * 0.01f32 as f64;
+                                s += wq * xq[(ci * h + iy as usize) * h + ix as usize];
+                            }
+                        }
+                    }
+                }
+                want[(co * h + oy) * h + ox] = fake_quant(s.max(0.0), 0.03, 0);
+            }
+        }
+    }
+    // The engine requantises in f32: a value on a rounding boundary may land one step off.
+    assert_within_one_step(&run(&m, &input), &want, 0.03);
+}
+
+#[test]
+fn grouped_conv_with_one_channel_per_group_is_depthwise() {
+    let mut b = Qdq::new(&[1, 4, 6, 6]);
+    let x = b.qdq("x", 0.02, 128);
+    let w = b.weight(&[4, 1, 3, 3], &[3; 36], 0.01);
+    let c = b.op("Conv", &[&x, &w], vec![Attr::Int("group", 4), Attr::Ints("strides", vec![2, 2])]);
+    let y = b.qdq(&c, 0.02, 128);
+    let plan = compile(&b.model(&y)).unwrap();
+    let Step::Int(Op::Conv(conv)) = &plan.steps[1] else { panic!("{:?}", kinds(&plan)) };
+    assert!(matches!(conv.kind, ConvKind::Depthwise(_)));
+    assert_eq!(plan.shapes[conv.dst], [1, 4, 2, 2]);
+}
+
+#[test]
+fn activations_on_a_tensor_become_one_table() {
+    let mut b = Qdq::new(&[1, 3, 4, 4]);
+    let x = b.qdq("x", 0.1, 128);
+    let lo = b.f32s(&[], &[-1.0]);
+    let hi = b.f32s(&[], &[2.0]);
+    let c = b.op("Clip", &[&x, &lo, &hi], vec![]);
+    let r = b.op("Relu", &[&c], vec![]);
+    let y = b.qdq(&r, 0.01, 0);
+    let n = b.input_len();
+    let m = b.model(&y);
+    assert_eq!(kinds(&compile(&m).unwrap()), ["quantize", "table", "dequantize"]);
+    let input = ramp(n, -5.0, 5.0);
+    let want: Vec<f32> = input.iter().map(|&v| fake_quant(fake_quant(v as f64, 0.1, 128).clamp(-1.0, 2.0).max(0.0) as f64, 0.01, 0)).collect();
+    assert_eq!(run(&m, &input), want);
+}
+
+#[test]
+fn add_of_two_tensors_is_an_integer_add() {
+    let mut b = Qdq::new(&[1, 2, 3, 3]);
+    let x = b.qdq("x", 0.05, 128);
+    let r = b.op("Relu", &["x"], vec![]);
+    let rq = b.qdq(&r, 0.02, 0);
+    let a = b.op("Add", &[&x, &rq], vec![]);
+    let y = b.qdq(&a, 0.07, 64);
+    let n = b.input_len();
+    let m = b.model(&y);
+    assert_eq!(kinds(&compile(&m).unwrap()), ["quantize", "Relu", "quantize", "add", "dequantize"]);
+    let input = ramp(n, -3.0, 3.0);
+    let want: Vec<f32> = input
+        .iter()
+        .map(|&v| fake_quant(fake_quant(v as f64, 0.05, 128) as f64 + fake_quant(v.max(0.0) as f64, 0.02, 0) as f64, 0.07, 64))
+        .collect();
+    assert_within_one_step(&run(&m, &input), &want, 0.07);
+}
+
+#[test]
+fn data_movement_is_byte_copies() {
+    let mut b = Qdq::new(&[1, 2, 2, 2]);
+    let x = b.qdq("x", 0.05, 128);
+    let c = b.op("Concat", &[&x, &x], vec![Attr::Int("axis", 1)]);
+    let y = b.qdq(&c, 0.05, 128);
+    let m = b.model(&y);
+    let plan = compile(&m).unwrap();
+    assert_eq!(kinds(&plan), ["quantize", "gather", "dequantize"]);
+    let Step::Int(Op::Gather(g)) = &plan.steps[1] else { unreachable!() };
+    assert!(g.tables.iter().all(|t| t.is_none()), "same parameters: no tables");
+    assert!(matches!(g.copies, Copies::Runs(_) | Copies::Bytes(_)));
+    let input = ramp(8, -1.0, 1.0);
+    let q: Vec<f32> = input.iter().map(|&v| fake_quant(v as f64, 0.05, 128)).collect();
+    assert_eq!(run(&m, &input), [q.clone(), q].concat());
+}
+
+#[test]
+fn pooling_in_integers() {
+    let mut b = Qdq::new(&[1, 4, 2, 2]);
+    let x = b.qdq("x", 0.1, 128);
+    let p = b.op("GlobalAveragePool", &[&x], vec![]);
+    let y = b.qdq(&p, 0.1, 128);
+    let m = b.model(&y);
+    assert_eq!(kinds(&compile(&m).unwrap()), ["quantize", "mean pool", "dequantize"]);
+    let input = ramp(16, -2.0, 2.0);
+    let want: Vec<f32> = input
+        .chunks(4)
+        .map(|c| fake_quant(c.iter().map(|&v| fake_quant(v as f64, 0.1, 128) as f64).sum::<f64>() / 4.0, 0.1, 128))
+        .collect();
+    assert_within_one_step(&run(&m, &input), &want, 0.1);
+
+    // Group pooling: [1, 4, 2, 2] viewed as 2 fields of 2 rotations, the max over each field.
+    let mut b = Qdq::new(&[1, 4, 2, 2]);
+    let x = b.qdq("x", 0.1, 128);
+    let shape = b.g.init_i64("shape", &[5], &[1, 2, 2, 2, 2]);
+    let v = b.op("Reshape", &[&x, &shape], vec![]);
+    let mx = b.op("ReduceMax", &[&v], vec![Attr::Ints("axes", vec![2]), Attr::Int("keepdims", 0)]);
+    let y = b.qdq(&mx, 0.1, 128);
+    let m = b.model(&y);
+    assert_eq!(kinds(&compile(&m).unwrap()), ["quantize", "max", "dequantize"]);
+    let q: Vec<f32> = input.iter().map(|&v| fake_quant(v as f64, 0.1, 128)).collect();
+    let want: Vec<f32> = (0..2).flat_map(|f| (0..4).map(move |p| (f, p))).map(|(f, p)| q[f * 8 + p].max(q[f * 8 + 4 + p])).collect();
+    assert_eq!(run(&m, &input), want);
+}
+
+#[test]
+fn mul_by_a_constant_mask_is_tables() {
+    let mut b = Qdq::new(&[1, 2, 2, 2]);
+    let x = b.qdq("x", 0.1, 128);
+    let mask = b.f32s(&[1, 1, 2, 2], &[1.0, 0.0, 0.0, 1.0]);
+    let p = b.op("Mul", &[&x, &mask], vec![]);
+    let y = b.qdq(&p, 0.1, 128);
+    let m = b.model(&y);
+    assert_eq!(kinds(&compile(&m).unwrap()), ["quantize", "multiply", "dequantize"]);
+    let input = ramp(8, -2.0, 2.0);
+    let want: Vec<f32> = input.iter().enumerate().map(|(i, &v)| if [0, 3].contains(&(i % 4)) { fake_quant(v as f64, 0.1, 128) } else { 0.0 }).collect();
+    assert_eq!(run(&m, &input), want);
+}
+
+#[test]
+fn gemm_head_is_a_pointwise_conv() {
+    let mut b = Qdq::new(&[1, 4]);
+    let x = b.qdq("x", 0.05, 128);
+    let w = b.weight(&[3, 4], &[1, 2, 3, 4, -1, -2, -3, -4, 10, 0, -10, 5], 0.1);
+    let bias = b.f32s(&[3], &[0.5, 0.0, -0.5]);
+    let g = b.op("Gemm", &[&x, &w, &bias], vec![Attr::Int("transB", 1)]);
+    let y = b.qdq(&g, 0.05, 128);
+    let m = b.model(&y);
+    assert_eq!(kinds(&compile(&m).unwrap()), ["quantize", "conv", "dequantize"]);
+    let input = [0.5f32, -1.0, 2.0, 0.25];
+    let xq: Vec<f64> = input.iter().map(|&v| fake_quant(v as f64, 0.05, 128) as f64).collect();
+    let wv = [[1., 2., 3., 4.], [-1., -2., -3., -4.], [10., 0., -10., 5.]];
+    let want: Vec<f32> =
+        (0..3).map(|o| fake_quant([0.5, 0.0, -0.5][o] + (0..4).map(|k| wv[o][k] * 0.1f32 as f64 * xq[k]).sum::<f64>(), 0.05, 128)).collect();
+    assert_within_one_step(&run(&m, &input), &want, 0.05);
+}
+
+#[test]
+fn constant_nodes_are_read_as_bounds_and_float_ops_run_between() {
+    let mut b = Qdq::new(&[1, 2, 2, 2]);
+    let x = b.qdq("x", 0.1, 128);
+    let six = pb::AttributeProto { name: "value".into(), t: Some(edgemed_onnx::builder::tensor_f32("", &[], &[0.5])), ..Default::default() };
+    b.g.graph.node.push(pb::NodeProto { op_type: "Constant".into(), output: vec!["bound".into()], attribute: vec![six], ..Default::default() });
+    let mn = b.op("Min", &[&x, "bound"], vec![]);
+    let mq = b.qdq(&mn, 0.1, 128);
+    let sg = b.op("Sigmoid", &[&mq], vec![]);
+    let y = b.qdq(&sg, 1.0 / 256.0, 0);
+    let m = b.model(&y);
+    // Min by the Constant's bound is a table; the float Sigmoid reads its dequantised output.
+    assert_eq!(kinds(&compile(&m).unwrap()), ["quantize", "table", "dequantize", "Sigmoid", "quantize", "dequantize"]);
+    let input = ramp(8, -2.0, 2.0);
+    let want: Vec<f32> = input
+        .iter()
+        .map(|&v| {
+            let t = fake_quant(fake_quant(v as f64, 0.1, 128).min(0.5) as f64, 0.1, 128);
+            fake_quant(1.0 / (1.0 + (-(t as f64)).exp()), 1.0 / 256.0, 0)
+        })
+        .collect();
+    assert_within_one_step(&run(&m, &input), &want, 1.0 / 256.0);
+}
+
+#[test]
+fn refusals_say_unsupported_or_invalid() {
+    // No QuantizeLinear at all: not a QDQ model.
+    let mut b = Qdq::new(&[1, 2, 2, 2]);
+    let r = b.op("Relu", &["x"], vec![]);
+    let err = compile(&b.model(&r)).unwrap_err();
+    assert!(matches!(&err, Error::Unsupported(m) if m.contains("not a QDQ model")), "{err}");
+    // An op the interpreter does not know.
+    let mut b = Qdq::new(&[1, 2, 2, 2]);
+    let x = b.qdq("x", 0.1, 128);
+    let e = b.op("Erf", &[&x], vec![]);
+    let err = compile(&b.model(&e)).unwrap_err();
+    assert!(matches!(&err, Error::Unsupported(m) if m.contains("Erf")), "{err}");
+    // A kernel larger than the padded input: no runtime can run this model.
+    let mut b = Qdq::new(&[1, 1, 2, 2]);
+    let x = b.qdq("x", 0.1, 128);
+    let w = b.weight(&[1, 1, 3, 3], &[1; 9], 0.1);
+    let c = b.op("Conv", &[&x, &w], vec![]);
+    let y = b.qdq(&c, 0.1, 128);
+    let err = compile(&b.model(&y)).unwrap_err();
+    assert!(matches!(&err, Error::Invalid(m) if m.contains("kernel larger than the padded input")), "{err}");
+    // Per-channel scales that do not match the weights' axis.
+    let mut b = Qdq::new(&[1, 2, 3, 3]);
+    let x = b.qdq("x", 0.1, 128);
+    b.g.graph.initializer.push(pb::TensorProto {
+        name: "w".into(),
+        dims: vec![2, 2, 1, 1],
+        data_type: pb::tensor_proto::DataType::Int8 as i32,
+        raw_data: vec![1; 4],
+        ..Default::default()
+    });
+    let s = b.f32s(&[3], &[0.1, 0.2, 0.3]);
+    let w = b.op("DequantizeLinear", &["w", &s], vec![Attr::Int("axis", 0)]);
+    let c = b.op("Conv", &[&x, &w], vec![]);
+    let err = compile(&b.model(&c)).unwrap_err();
+    assert!(matches!(&err, Error::Invalid(m) if m.contains("3 scales for axis 0")), "{err}");
+}

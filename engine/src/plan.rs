@@ -1,0 +1,376 @@
+//! A compiled INT8 plan: u8 tensors (channels last) and float values, and the steps
+//! between them: fused integer ops ([`Op`]), conversions, convs with a float output,
+//! and float ops for the interpreter ([`crate::float`]). The compiler
+//! ([`crate::compile`]) makes a plan; the engine ([`crate::Engine`]) runs it with the
+//! kernels ([`crate::kernels`]).
+
+use crate::float::{FloatOp, Operand};
+use crate::kernels::{self, ConvGeometry, DepthwiseWeights, PackedWeights, Requant};
+
+/// A u8 tensor of the plan, channels last. 3-D volumes keep depth x height in `h`
+/// (the plan's `shapes` has the NC... shape); the integer ops that care (3-D convs)
+/// carry their own geometry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QTensor {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub scale: f32,
+    pub zp: u8,
+}
+
+impl QTensor {
+    pub fn len(&self) -> usize {
+        self.c * self.h * self.w
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(crate) fn deq(&self, q: u8) -> f32 {
+        (q as i32 - self.zp as i32) as f32 * self.scale
+    }
+
+    /// The table taking this tensor's bytes to bytes quantised with (s, z): the
+    /// dequantise-then-quantise of a QDQ pair; None where the parameters are the same.
+    pub(crate) fn requant_table(&self, s: f32, z: u8) -> Option<Vec<u8>> {
+        (self.scale != s || self.zp != z).then(|| (0..=255u8).map(|q| kernels::quantize_u8(self.deq(q), s, z)).collect())
+    }
+
+    /// The tensor holding a float value of `shape` ([1, C, spatial...], rank 2 to 5).
+    pub(crate) fn of_shape(shape: &[usize], scale: f32, zp: u8) -> Option<QTensor> {
+        if !(2..=5).contains(&shape.len()) || shape[0] != 1 {
+            return None;
+        }
+        let (h, w) = match shape.len() {
+            2 => (1, 1),
+            3 => (1, shape[2]),
+            _ => (shape[2..shape.len() - 1].iter().product(), shape[shape.len() - 1]),
+        };
+        Some(QTensor { c: shape[1], h, w, scale, zp })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum ConvKind {
+    Dense(PackedWeights),
+    Depthwise(DepthwiseWeights),
+}
+
+/// Sizes of a 3-D convolution (a transposed one: input and output swap roles in the
+/// index arithmetic, o = i * stride - pad + tap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry3 {
+    pub input: [usize; 3],
+    pub cin: usize,
+    pub kernel: [usize; 3],
+    pub stride: [usize; 3],
+    /// Padding before each axis (the output sizes fix the rest).
+    pub pads: [usize; 3],
+    pub output: [usize; 3],
+}
+
+impl Geometry3 {
+    pub fn taps(&self) -> usize {
+        self.kernel.iter().product()
+    }
+}
+
+/// How a convolution's int32 sums are formed from the 2-D kernels.
+#[derive(Debug, Clone)]
+pub enum ConvLayout {
+    /// A 2-D convolution (or a 1x1x1 one) on the channels-last input, read in place.
+    Direct(ConvGeometry),
+    /// A 3-D convolution: each output plane's patches gathered into rows (padding as
+    /// the zero point), then multiplied as a pointwise conv on the rows (`plane`).
+    Planes { g: Geometry3, plane: ConvGeometry },
+    /// A transposed convolution: every input pixel times every tap's weights (a
+    /// pointwise product with taps x cout columns, `cols`), each tap's columns then
+    /// added into the output pixel it lands on, less zp * Σw for that tap.
+    Transposed { g: Geometry3, cols: ConvGeometry, col_offset: Vec<i32> },
+}
+
+impl ConvLayout {
+    /// Output pixels (voxels).
+    pub fn pixels(&self) -> usize {
+        match self {
+            ConvLayout::Direct(g) => g.oh * g.ow,
+            ConvLayout::Planes { g, .. } | ConvLayout::Transposed { g, .. } => g.output.iter().product(),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            ConvLayout::Direct(g) => format!("{}x{}/{}", g.kh, g.kw, g.stride[0]),
+            ConvLayout::Planes { g, .. } => format!("{}x{}x{}/{} 3-D", g.kernel[0], g.kernel[1], g.kernel[2], g.stride[0]),
+            ConvLayout::Transposed { g, .. } => format!("{}x{}x{}/{} transposed", g.kernel[0], g.kernel[1], g.kernel[2], g.stride[0]),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ConvOp {
+    pub src: usize,
+    pub dst: usize,
+    pub layout: ConvLayout,
+    pub kind: ConvKind,
+    pub requant: Requant,
+    pub name: String,
+    pub macs: u64,
+}
+
+#[derive(Debug, Clone)]
+pub enum Op {
+    Conv(Box<ConvOp>),
+    /// dst[.., c] = table[c * 256 + src[.., c]]
+    Lut {
+        src: usize,
+        dst: usize,
+        table: Vec<u8>,
+    },
+    Add {
+        a: usize,
+        b: usize,
+        dst: usize,
+    },
+    /// Data movement (Concat, Reshape, Transpose, Slice, Flatten...): byte copies.
+    Gather(Box<GatherOp>),
+    /// GlobalAveragePool: an exact integer sum per channel, requantised.
+    MeanPool {
+        src: usize,
+        dst: usize,
+    },
+    /// ReduceMax (a group pooling over each field's rotations): dst byte j is the
+    /// largest of src bytes `index[j * group..(j + 1) * group]`, through `table`
+    /// where dst's parameters differ (dequantisation is monotone, so the max commutes).
+    GatherMax {
+        src: usize,
+        dst: usize,
+        group: usize,
+        index: Vec<u32>,
+        table: Option<Vec<u8>>,
+    },
+    /// Multiplication by a constant (a circular mask): dst byte j is
+    /// `tables[select[j] * 256 + src[j]]`, one table per distinct factor, each
+    /// computed with the float ops' dequantise, multiply, quantise (so exact).
+    Multiply {
+        src: usize,
+        dst: usize,
+        tables: Vec<u8>,
+        select: Vec<u8>,
+    },
+}
+
+/// dst = bytes of `srcs` copied as `copies` says, each source through its
+/// requantisation table where its scale or zero point differs from dst's (the same
+/// dequantise-then-quantise a float op would do, so exact).
+#[derive(Debug, Clone)]
+pub struct GatherOp {
+    pub srcs: Vec<usize>,
+    pub dst: usize,
+    pub copies: Copies,
+    pub tables: Vec<Option<Vec<u8>>>,
+    /// The ONNX ops it replaces, e.g. `Reshape+Transpose+Reshape`.
+    pub what: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum Copies {
+    /// Runs of consecutive bytes (a channel concat, a slice of channels), covering dst in order.
+    Runs(Vec<GatherRun>),
+    /// Byte by byte, per source (dst byte, source byte): channels-last transposes
+    /// (a pixel shuffle, fields regrouped) move single bytes.
+    Bytes(Vec<Vec<(u32, u32)>>),
+}
+
+/// `len` bytes of source `src` (an index into [`GatherOp::srcs`]) from byte `from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatherRun {
+    pub src: u32,
+    pub from: u32,
+    pub len: u32,
+}
+
+impl Op {
+    /// Tensors the op reads.
+    pub fn sources(&self) -> Vec<usize> {
+        match self {
+            Op::Conv(c) => vec![c.src],
+            Op::Lut { src, .. } => vec![*src],
+            Op::Add { a, b, .. } => vec![*a, *b],
+            Op::Gather(g) => g.srcs.clone(),
+            Op::MeanPool { src, .. } | Op::GatherMax { src, .. } | Op::Multiply { src, .. } => vec![*src],
+        }
+    }
+
+    /// The tensor the op writes.
+    pub fn destination(&self) -> usize {
+        match self {
+            Op::Conv(c) => c.dst,
+            Op::Lut { dst, .. } | Op::Add { dst, .. } | Op::MeanPool { dst, .. } | Op::GatherMax { dst, .. } | Op::Multiply { dst, .. } => {
+                *dst
+            }
+            Op::Gather(g) => g.dst,
+        }
+    }
+
+    pub fn macs(&self) -> u64 {
+        match self {
+            Op::Conv(c) => c.macs,
+            _ => 0,
+        }
+    }
+}
+
+/// A convolution with a float output: f = clamp((acc - offset) * mult + bias, lo, hi),
+/// mult = s_x s_w, exactly the DequantizeLinear -> Conv -> activation of the graph
+/// (with an exact integer sum where a float conv would round as it adds). While
+/// compiling, a conv awaiting its QuantizeLinear (which turns it into a [`ConvOp`]);
+/// in a plan, a conv whose output a float op reads.
+#[derive(Debug, Clone)]
+pub struct FloatConv {
+    pub src: usize,
+    pub layout: ConvLayout,
+    pub kind: ConvKind,
+    pub offset: Vec<i32>,
+    pub mult: Vec<f32>,
+    pub bias: Vec<f32>,
+    /// Activation bounds so far (Relu, Min, Clip).
+    pub lo: Vec<f32>,
+    pub hi: Vec<f32>,
+    /// The output's NC... shape.
+    pub shape: Vec<usize>,
+    pub name: String,
+    pub macs: u64,
+}
+
+/// One step of a plan. Integer tensors live in reused buffers (the engine's memory
+/// plan), float values in arrays dropped after their last reader.
+#[derive(Debug, Clone)]
+pub enum Step {
+    Int(Op),
+    /// Float value `src` (NC...) quantised into tensor `dst`.
+    Quantize {
+        src: usize,
+        dst: usize,
+    },
+    /// Tensor `src` dequantised into float value `dst` (NC...).
+    Dequantize {
+        src: usize,
+        dst: usize,
+    },
+    /// A convolution run in integers whose output a float op reads.
+    ConvToFloat {
+        conv: Box<FloatConv>,
+        dst: usize,
+    },
+    Float {
+        op: FloatOp,
+        inputs: Vec<Operand>,
+        dst: usize,
+        name: String,
+    },
+}
+
+impl Step {
+    pub fn macs(&self) -> u64 {
+        match self {
+            Step::Int(op) => op.macs(),
+            Step::ConvToFloat { conv, .. } => conv.macs,
+            _ => 0,
+        }
+    }
+
+    /// Tensors the step reads.
+    pub fn tensor_sources(&self) -> Vec<usize> {
+        match self {
+            Step::Int(op) => op.sources(),
+            Step::Dequantize { src, .. } => vec![*src],
+            Step::ConvToFloat { conv, .. } => vec![conv.src],
+            _ => vec![],
+        }
+    }
+
+    /// The tensor the step writes.
+    pub fn tensor_destination(&self) -> Option<usize> {
+        match self {
+            Step::Int(op) => Some(op.destination()),
+            Step::Quantize { dst, .. } => Some(*dst),
+            _ => None,
+        }
+    }
+
+    /// Float values the step reads.
+    pub fn float_sources(&self) -> Vec<usize> {
+        match self {
+            Step::Quantize { src, .. } => vec![*src],
+            Step::Float { inputs, .. } => inputs
+                .iter()
+                .filter_map(|i| match i {
+                    Operand::Value(v) => Some(*v),
+                    Operand::Const(_) => None,
+                })
+                .collect(),
+            _ => vec![],
+        }
+    }
+}
+
+/// A compiled model.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub tensors: Vec<QTensor>,
+    /// The NC... shape of each tensor (batch 1).
+    pub shapes: Vec<Vec<usize>>,
+    /// The shape of each float value; value 0 is the model input.
+    pub float_shapes: Vec<Vec<usize>>,
+    pub steps: Vec<Step>,
+    /// Float values returned, in the graph's output order.
+    pub outputs: Vec<usize>,
+    pub macs: u64,
+}
+
+impl Plan {
+    pub fn input_shape(&self) -> &[usize] {
+        &self.float_shapes[0]
+    }
+
+    /// Integer steps (ops on u8 tensors, conversions excluded) and float ops.
+    pub fn counts(&self) -> (usize, usize) {
+        let int = self.steps.iter().filter(|s| matches!(s, Step::Int(_) | Step::ConvToFloat { .. })).count();
+        let float = self.steps.iter().filter(|s| matches!(s, Step::Float { .. })).count();
+        (int, float)
+    }
+
+    /// A one-line description of `step` for profiles, e.g. `conv 3x3/2 depthwise 48 -> 48 at 11x11`.
+    pub fn label(&self, step: &Step) -> String {
+        let t = |i: usize| self.tensors[i];
+        let at = |i: usize| self.shapes[i][2..].iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
+        let conv_label = |layout: &ConvLayout, kind: &ConvKind, cin: usize, cout: usize| {
+            let k = match (layout, kind) {
+                (ConvLayout::Direct(g), ConvKind::Dense(_)) if g.is_pointwise() => "pointwise",
+                (_, ConvKind::Dense(_)) => "dense",
+                (_, ConvKind::Depthwise(_)) => "depthwise",
+            };
+            format!("conv {} {k} {cin} -> {cout}", layout.describe())
+        };
+        match step {
+            Step::Int(Op::Conv(c)) => format!("{} at {}", conv_label(&c.layout, &c.kind, t(c.src).c, t(c.dst).c), at(c.dst)),
+            Step::Int(Op::Lut { dst, .. }) => format!("table (activation) {} at {}", t(*dst).c, at(*dst)),
+            Step::Int(Op::Add { dst, .. }) => format!("add {} at {}", t(*dst).c, at(*dst)),
+            Step::Int(Op::Gather(g)) => format!("move ({}) {} at {}", g.what, t(g.dst).c, at(g.dst)),
+            Step::Int(Op::MeanPool { src, dst }) => format!("global average pool {} at {}", t(*dst).c, at(*src)),
+            Step::Int(Op::GatherMax { dst, group, .. }) => format!("max of {group} {} at {}", t(*dst).c, at(*dst)),
+            Step::Int(Op::Multiply { dst, tables, .. }) => {
+                format!("multiply ({} factors) {} at {}", tables.len() / 256, t(*dst).c, at(*dst))
+            }
+            Step::Quantize { dst, .. } => format!("quantize {} at {}", t(*dst).c, at(*dst)),
+            Step::Dequantize { src, .. } => format!("dequantize {} at {}", t(*src).c, at(*src)),
+            Step::ConvToFloat { conv, .. } => {
+                format!("{} to float at {:?}", conv_label(&conv.layout, &conv.kind, t(conv.src).c, conv.mult.len()), &conv.shape[2..])
+            }
+            Step::Float { op, dst, .. } => format!("float {} -> {:?}", op.name(), self.float_shapes[*dst]),
+        }
+    }
+}
