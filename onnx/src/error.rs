@@ -25,6 +25,8 @@ pub enum Error {
     CorruptModel { path: PathBuf, reason: String },
     #[error("{path}: unsupported model: {reason}")]
     UnsupportedModel { path: PathBuf, reason: String },
+    #[error("{path}: invalid model: {reason}")]
+    InvalidModel { path: PathBuf, reason: String },
     #[error("{path}: model input is not an image tensor: {reason}")]
     NotAnImageModel { path: PathBuf, reason: String },
     #[error("{path}: bad metadata {key}={value:?}: {reason}")]

@@ -138,6 +138,38 @@ fn uncovered_models_run_in_tract() {
     assert_eq!(b.name(), "tract");
 }
 
+/// A QDQ model the engine reads but whose sizes contradict each other (a 3x3 kernel on a
+/// 2x2 input, no padding) is an error of the model, named as the engine's: it must
+/// not fall back to tract, which would hide a compiler bug the same way.
+#[test]
+fn only_unsupported_models_fall_back_to_tract() {
+    use edgemed_onnx::builder::{GraphBuilder, D};
+    use edgemed_onnx::pb;
+    use prost::Message;
+    let mut g = GraphBuilder::new("bad-conv");
+    g.input_f32("x", &[D::Sym("batch"), D::N(1), D::N(2), D::N(2)]);
+    g.init_f32("s", &[], &[0.1]);
+    g.graph.initializer.push(pb::TensorProto { name: "z".into(), data_type: pb::tensor_proto::DataType::Uint8 as i32, raw_data: vec![128], ..Default::default() });
+    g.graph.initializer.push(pb::TensorProto {
+        name: "w".into(),
+        dims: vec![1, 1, 3, 3],
+        data_type: pb::tensor_proto::DataType::Int8 as i32,
+        raw_data: vec![1; 9],
+        ..Default::default()
+    });
+    g.node("QuantizeLinear", "q", &["x", "s", "z"], vec![]);
+    g.node("DequantizeLinear", "dq", &["q", "s", "z"], vec![]);
+    g.node("DequantizeLinear", "wdq", &["w", "s"], vec![]);
+    g.node("Conv", "c", &["dq", "wdq"], vec![]);
+    g.node("QuantizeLinear", "cq", &["c", "s", "z"], vec![]);
+    g.node("DequantizeLinear", "y", &["cq", "s", "z"], vec![]);
+    g.output_f32("y", &[D::Sym("batch"), D::N(1), D::N(1), D::N(1)]);
+    let bytes = g.into_model("test", &[]).encode_to_vec();
+    let m = OnnxModel::from_bytes("bad-conv.onnx", &bytes).unwrap();
+    let err = backend::create(&m, &[1, 1, 2, 2], &options(BackendKind::Int8)).err().expect("refused").to_string();
+    assert!(err.contains("invalid model: INT8 engine: c: kernel larger than the padded input"), "{err}");
+}
+
 #[test]
 fn non_finite_or_wrongly_sized_inputs_are_refused() {
     let m = OnnxModel::load(fixture("eqmnv2_c4_qdq.onnx")).unwrap();

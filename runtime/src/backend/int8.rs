@@ -1,6 +1,11 @@
-//! The edgemed INT8 backend: QDQ models run by the crate's own integer engine
-//! ([`crate::int8`]), batches item by item. Models the engine does not cover are
-//! compiled by tract instead, with a log line saying why.
+//! The edgemed INT8 backend: QDQ models run by edgemed's own integer engine
+//! ([`edgemed_engine`]), batches item by item.
+//!
+//! Fallback policy: a model the engine does not cover ([`Error::Unsupported`]: an
+//! operator or a form of quantisation it does not read, a float model) runs in tract
+//! instead, with one log line naming the construct. Any other compile error (sizes that
+//! contradict each other, a corrupt tensor) is the model's error and is returned: a bug
+//! or a bad file never silently becomes a slow float run.
 
 use super::{Backend, TractBackend};
 use crate::error::{Error, Result};
@@ -27,10 +32,11 @@ pub fn create(model: &OnnxModel, input_shape: &[usize], budget: u64) -> Result<B
             );
             Ok(Box::new(Int8Backend { engine, input_shape: input_shape.to_vec() }))
         }
-        Err(e) => {
-            log::warn!("{}: the INT8 engine does not cover this model ({e}); running it with tract", model.path.display());
+        Err(Error::Unsupported(what)) => {
+            log::warn!("{}: the INT8 engine does not cover this model ({what}); running it with tract", model.path.display());
             Ok(Box::new(TractBackend::with_budget(model, input_shape, budget)?))
         }
+        Err(e) => Err(Error::InvalidModel { path: model.path.clone(), reason: format!("INT8 engine: {e}") }),
     }
 }
 
