@@ -2,16 +2,12 @@
 //! sizes before anything that large is allocated, so a board refuses a model or input
 //! it cannot hold with a clear message instead of being killed by the kernel.
 //!
-//! Counted: the model file; its weights (initializers, from their declared dims); the
-//! input tensor; and, once tract has inferred every shape for the input, the peak of
-//! the activations alive at once along the evaluation order (each tensor from the node
-//! that makes it to its last consumer), which is what tract's plan holds.
-
-use std::collections::HashMap;
+//! Counted here: the model file; its weights (initializers, from their declared dims);
+//! the input tensor. The tract backend adds, once tract has inferred every shape for
+//! the input, the peak of the activations alive at once along the evaluation order
+//! (`backend::tract::peak_activation_bytes`).
 
 use edgemed_onnx::pb;
-use tract_onnx::prelude::*;
-use tract_onnx::tract_core::ops::konst::Const;
 
 use crate::error::{Error, Result};
 
@@ -69,42 +65,6 @@ pub fn declared_weight_bytes(graph: &pb::GraphProto) -> u64 {
         .iter()
         .map(|t| t.dims.iter().fold(elem_size(t.data_type), |acc, &d| acc.saturating_mul(d.max(0) as u64)))
         .fold(0u64, u64::saturating_add)
-}
-
-/// Peak bytes of activations alive at once when `model` runs, constants excluded.
-/// `None` when a shape is not concrete (then only the other checks apply).
-pub fn peak_activation_bytes(model: &TypedModel) -> TractResult<Option<u64>> {
-    let order = model.eval_order()?;
-    let position: HashMap<usize, usize> = order.iter().enumerate().map(|(pos, &n)| (n, pos)).collect();
-    let mut last_use: HashMap<OutletId, usize> = HashMap::new();
-    for &n in &order {
-        for input in &model.node(n).inputs {
-            last_use.insert(*input, position[&n]);
-        }
-    }
-    for o in model.output_outlets()? {
-        last_use.insert(*o, usize::MAX);
-    }
-    let mut frees: Vec<u64> = vec![0; order.len()];
-    let (mut live, mut peak) = (0u64, 0u64);
-    for (pos, &n) in order.iter().enumerate() {
-        let node = model.node(n);
-        if node.op_as::<Const>().is_none() {
-            for (slot, out) in node.outputs.iter().enumerate() {
-                let Some(shape) = out.fact.shape.as_concrete() else { return Ok(None) };
-                let bytes = shape.iter().fold(out.fact.datum_type.size_of() as u64, |acc, &d| acc.saturating_mul(d as u64));
-                live = live.saturating_add(bytes);
-                match last_use.get(&OutletId::new(n, slot)) {
-                    Some(&p) if p != usize::MAX && p >= pos => frees[p] += bytes,
-                    Some(_) => {}
-                    None => frees[pos] += bytes, // unused output: freed at once
-                }
-            }
-        }
-        peak = peak.max(live);
-        live -= frees[pos].min(live);
-    }
-    Ok(Some(peak))
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ pub mod tasks;
 // The base layer (edgemed-onnx) under the names the runtime has always used.
 pub use edgemed_onnx::{error, fsutil, metadata, model, Error, Result};
 pub use ndarray;
+#[cfg(feature = "tract")]
 pub use tract_onnx;
 
 /// The demonstration model shipped with edgemed (C4 equivariant MobileNetV2 trained

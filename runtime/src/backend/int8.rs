@@ -7,7 +7,7 @@
 //! contradict each other, a corrupt tensor) is the model's error and is returned: a bug
 //! or a bad file never silently becomes a slow float run.
 
-use super::{Backend, TractBackend};
+use super::Backend;
 use crate::error::{Error, Result};
 use edgemed_engine::Engine;
 use crate::model::OnnxModel;
@@ -34,7 +34,7 @@ pub fn create(model: &OnnxModel, input_shape: &[usize], budget: u64) -> Result<B
         }
         Err(Error::Unsupported(what)) => {
             log::warn!("{}: the INT8 engine does not cover this model ({what}); running it with tract", model.path.display());
-            Ok(Box::new(TractBackend::with_budget(model, input_shape, budget)?))
+            super::tract_backend(model, input_shape, budget)
         }
         Err(e) => Err(Error::InvalidModel { path: model.path.clone(), reason: format!("INT8 engine: {e}") }),
     }

@@ -6,6 +6,7 @@
 pub mod int8;
 #[cfg(feature = "ort")]
 pub mod ort;
+#[cfg(feature = "tract")]
 pub mod tract;
 
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::model::OnnxModel;
 use crate::ndarray::ArrayD;
 
+#[cfg(feature = "tract")]
 pub use self::tract::TractBackend;
 
 /// A compiled model that maps one batch of inputs to its outputs.
@@ -184,7 +186,7 @@ pub fn create(model: &OnnxModel, input_shape: &[usize], opts: &BackendOptions) -
                 }
                 Device::Cuda(_) => log::warn!("tract runs on the CPU only; --device {} ignored (use --backend ort for CUDA)", opts.device),
             }
-            Ok(Box::new(TractBackend::with_budget(model, input_shape, opts.memory_budget)?))
+            tract_backend(model, input_shape, opts.memory_budget)
         }
         BackendKind::Int8 => int8::create(model, input_shape, opts.memory_budget),
         #[cfg(feature = "ort")]
@@ -196,6 +198,20 @@ pub fn create(model: &OnnxModel, input_shape: &[usize], opts: &BackendOptions) -
 
 /// Weights and input from their declared sizes, before any backend allocates them.
 /// Returns the weights' bytes, which the tract backend adds to the activations.
+/// tract on `model`, or, in a build without tract (engine only), an error saying so.
+pub(crate) fn tract_backend(model: &OnnxModel, input_shape: &[usize], budget: u64) -> Result<Box<dyn Backend>> {
+    #[cfg(feature = "tract")]
+    return Ok(Box::new(TractBackend::with_budget(model, input_shape, budget)?));
+    #[cfg(not(feature = "tract"))]
+    {
+        let _ = (input_shape, budget);
+        Err(Error::UnsupportedModel {
+            path: model.path.clone(),
+            reason: "this edgemed-run was built without tract (engine only): it runs QDQ models the INT8 engine covers (--backend int8)".into(),
+        })
+    }
+}
+
 pub fn check_declared_sizes(model: &OnnxModel, input_shape: &[usize], budget: u64) -> Result<u64> {
     let weights = crate::budget::declared_weight_bytes(model.graph());
     crate::budget::check(|| format!("{}: the weights", model.path.display()), weights, budget)?;

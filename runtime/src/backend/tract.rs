@@ -3,7 +3,10 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use std::collections::HashMap;
+
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::konst::Const;
 
 use super::Backend;
 use crate::error::{Error, Result};
@@ -42,7 +45,7 @@ impl TractBackend {
                 .with_input_fact(0, fact)?
                 .into_typed()?;
             // Every shape is known now and nothing large is allocated yet.
-            if let Some(peak) = crate::budget::peak_activation_bytes(&typed)? {
+            if let Some(peak) = peak_activation_bytes(&typed)? {
                 log::info!(
                     "{}: weights {} + peak activations {} at input {input_shape:?}",
                     model.path.display(),
@@ -103,4 +106,41 @@ impl Backend for TractBackend {
 pub fn tract_model(proto: &edgemed_onnx::pb::ModelProto) -> TractResult<InferenceModel> {
     use prost::Message;
     tract_onnx::onnx().with_ignore_value_info(true).with_ignore_output_shapes(true).model_for_read(&mut proto.encode_to_vec().as_slice())
+}
+
+/// Peak bytes of activations alive at once when `model` runs, constants excluded: each
+/// tensor from the node that makes it to its last consumer, which is what tract's plan holds.
+/// `None` when a shape is not concrete (then only the other checks apply).
+pub fn peak_activation_bytes(model: &TypedModel) -> TractResult<Option<u64>> {
+    let order = model.eval_order()?;
+    let position: HashMap<usize, usize> = order.iter().enumerate().map(|(pos, &n)| (n, pos)).collect();
+    let mut last_use: HashMap<OutletId, usize> = HashMap::new();
+    for &n in &order {
+        for input in &model.node(n).inputs {
+            last_use.insert(*input, position[&n]);
+        }
+    }
+    for o in model.output_outlets()? {
+        last_use.insert(*o, usize::MAX);
+    }
+    let mut frees: Vec<u64> = vec![0; order.len()];
+    let (mut live, mut peak) = (0u64, 0u64);
+    for (pos, &n) in order.iter().enumerate() {
+        let node = model.node(n);
+        if node.op_as::<Const>().is_none() {
+            for (slot, out) in node.outputs.iter().enumerate() {
+                let Some(shape) = out.fact.shape.as_concrete() else { return Ok(None) };
+                let bytes = shape.iter().fold(out.fact.datum_type.size_of() as u64, |acc, &d| acc.saturating_mul(d as u64));
+                live = live.saturating_add(bytes);
+                match last_use.get(&OutletId::new(n, slot)) {
+                    Some(&p) if p != usize::MAX && p >= pos => frees[p] += bytes,
+                    Some(_) => {}
+                    None => frees[pos] += bytes, // unused output: freed at once
+                }
+            }
+        }
+        peak = peak.max(live);
+        live -= frees[pos].min(live);
+    }
+    Ok(Some(peak))
 }
