@@ -1,13 +1,14 @@
 //! edgemed-models: the reference architectures of edgemed's seed papers, built
 //! from base weights (safetensors, documented names) or a seeded initialisation
-//! and emitted as ONNX through the base layer (edgemed-onnx) alone: no inference engine. Host-side only; the device runtime does not link it.
+//! and emitted as ONNX with the base layer's graph builder (`edgemed_onnx::builder`):
+//! it depends on edgemed-onnx alone, no inference engine. Host-side only; the device
+//! runtime does not link it.
 //!
 //! - [`eq_mobilenet_v2`]: rotation-equivariant MobileNetV2 for C_N (PCam).
 //! - [`espcn3d`]: 3-D ESPCN super-resolution (valid convolutions, 3-D pixel shuffle).
 //! - [`unet`]: MONAI-shaped 2-D / 3-D U-Nets from MONAI state_dicts.
 //! - [`glow3d`]: the aging twin: 3-D GLOW encoder and analytic decoder, temporal latent model.
 //! - [`rotation`]: rotated filter banks (grid rotations, steerable basis).
-//! The graph builder all exporters share is `edgemed_onnx::builder` (the base layer).
 //! - [`weights`]: named tensors and their safetensors form.
 
 pub mod eq_mobilenet_v2;

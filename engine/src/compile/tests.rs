@@ -187,7 +187,7 @@ fn conv_with_bias_and_relu_is_one_fused_op() {
     for co in 0..cout {
         for oy in 0..h {
             for ox in 0..h {
-                let mut s = [0.1, -0.2, 0.05][co] as f64;
+                let mut s: f64 = [0.1, -0.2, 0.05][co];
                 for ci in 0..cin {
                     for ky in 0..3 {
                         for kx in 0..3 {
