@@ -19,7 +19,7 @@ triple=$(key target)
 rustflags=$(key rustflags)
 features=$(key features)
 [[ -n "$triple" ]] || { echo "$profile names no target" >&2; exit 1; }
-feature_args=(--no-default-features --features "${features:-cli,bundled-model,ort,pcam-h5}")
+feature_args=(--no-default-features --features "${features:-cli,bundled-model,ort,pcam-h5,tract}")
 export CARGO_TARGET_DIR=target/device
 upper=$(echo "$triple" | tr 'a-z-' 'A-Z_')
 export "CARGO_TARGET_${upper}_RUSTFLAGS=$rustflags"

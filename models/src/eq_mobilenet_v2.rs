@@ -10,9 +10,9 @@ use edgemed_onnx::pb;
 use rand::{RngExt, SeedableRng};
 
 use crate::error::{Error, Result};
-use edgemed_onnx::builder::{Attr, GraphBuilder, D};
 use crate::rotation::{FilterParam, Rotator};
 use crate::weights::{Tensor, Weights};
+use edgemed_onnx::builder::{Attr, GraphBuilder, D};
 
 pub const ARCH: &str = "eq_mobilenet_v2";
 const BN_EPS: f32 = 1e-5;

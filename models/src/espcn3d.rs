@@ -20,8 +20,8 @@ use edgemed_onnx::pb;
 use rand::{RngExt, SeedableRng};
 
 use crate::error::{Error, Result};
-use edgemed_onnx::builder::{Attr, GraphBuilder, D};
 use crate::weights::{metadata_usize, metadata_usizes, Tensor, Weights};
+use edgemed_onnx::builder::{Attr, GraphBuilder, D};
 
 pub const ARCH: &str = "espcn3d";
 

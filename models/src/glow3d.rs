@@ -53,8 +53,8 @@ use std::collections::BTreeMap;
 use edgemed_onnx::pb;
 
 use crate::error::{Error, Result};
-use edgemed_onnx::builder::{Attr, GraphBuilder, D};
 use crate::weights::{metadata_usize, metadata_usizes, Init, ParamSource, Tensor, Weights};
+use edgemed_onnx::builder::{Attr, GraphBuilder, D};
 
 pub const ARCH: &str = "glow3d";
 /// The seed paper's latent normalisation z <- clip((z + a) / b, 0, 1).

@@ -24,8 +24,8 @@ use std::collections::BTreeMap;
 use edgemed_onnx::pb;
 
 use crate::error::{Error, Result};
-use edgemed_onnx::builder::{Attr, GraphBuilder, D};
 use crate::weights::{Init, ParamSource, Weights};
+use edgemed_onnx::builder::{Attr, GraphBuilder, D};
 
 pub const ARCH: &str = "unet";
 /// torch's default epsilon for batch and instance norm, which MONAI keeps.

@@ -42,28 +42,26 @@ fn value_info(name: &str, dims: &[D]) -> pb::ValueInfoProto {
     float_value_info(name, &dims)
 }
 
-/// A float32 tensor stored as little-endian `raw_data`.
-pub fn tensor_f32(name: &str, shape: &[usize], data: &[f32]) -> pb::TensorProto {
-    assert_eq!(shape.iter().product::<usize>(), data.len(), "initializer {name}: shape and data disagree");
+/// A tensor of `data_type` whose values are stored as little-endian `raw_data`.
+fn raw_tensor(name: &str, shape: &[usize], n: usize, data_type: pb::tensor_proto::DataType, raw_data: Vec<u8>) -> pb::TensorProto {
+    assert_eq!(shape.iter().product::<usize>(), n, "initializer {name}: shape and data disagree");
     pb::TensorProto {
         name: name.to_string(),
         dims: shape.iter().map(|d| *d as i64).collect(),
-        data_type: pb::tensor_proto::DataType::Float as i32,
-        raw_data: data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        data_type: data_type as i32,
+        raw_data,
         ..Default::default()
     }
 }
 
+/// A float32 tensor stored as little-endian `raw_data`.
+pub fn tensor_f32(name: &str, shape: &[usize], data: &[f32]) -> pb::TensorProto {
+    raw_tensor(name, shape, data.len(), pb::tensor_proto::DataType::Float, data.iter().flat_map(|x| x.to_le_bytes()).collect())
+}
+
 /// An int64 tensor stored as little-endian `raw_data`.
 pub fn tensor_i64(name: &str, shape: &[usize], data: &[i64]) -> pb::TensorProto {
-    assert_eq!(shape.iter().product::<usize>(), data.len(), "initializer {name}: shape and data disagree");
-    pb::TensorProto {
-        name: name.to_string(),
-        dims: shape.iter().map(|d| *d as i64).collect(),
-        data_type: pb::tensor_proto::DataType::Int64 as i32,
-        raw_data: data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ..Default::default()
-    }
+    raw_tensor(name, shape, data.len(), pb::tensor_proto::DataType::Int64, data.iter().flat_map(|x| x.to_le_bytes()).collect())
 }
 
 impl GraphBuilder {

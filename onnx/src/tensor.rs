@@ -60,10 +60,7 @@ pub fn decode(t: &pb::TensorProto) -> Result<Tensor> {
         .map(|&d| usize::try_from(d).map_err(|_| Error::Invalid(format!("tensor {:?}: negative dim {d}", t.name))))
         .collect::<Result<Vec<usize>>>()?;
     if t.data_location == Some(DataLocation::External as i32) {
-        return Err(Error::unsupported(format!(
-            "tensor {:?} is stored outside the model file (external data)",
-            t.name
-        )));
+        return Err(Error::unsupported(format!("tensor {:?} is stored outside the model file (external data)", t.name)));
     }
     let raw = t.raw_data.as_slice();
     let data_type = DataType::try_from(t.data_type)

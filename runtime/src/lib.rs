@@ -1,17 +1,20 @@
-//! edgemed-runtime: the device side of edgemed.
+//! edgemed-runtime: the device side of edgemed, above the base layer (edgemed-onnx,
+//! re-exported here as [`model`], [`metadata`], [`error`], [`fsutil`]) and the INT8
+//! engine (edgemed-engine).
 //!
-//! Owns loading ONNX models ([`model`]), their `edgemed.*` metadata ([`metadata`]),
-//! execution backends ([`backend`], tract by default), its own INT8 engine for QDQ
-//! models ([`int8`]), PCam patch input
-//! ([`patch`]), batched classification ([`classify`]), probability maps over
-//! larger images ([`heatmap`]), volumes ([`volume`]: NIfTI, CT windowing, resampling)
-//! and what runs on them: sliding-window inference ([`sliding_window`]), segmentation
-//! ([`segment`]), super-resolution ([`upsample`]) and aging prediction with the
-//! GLOW digital twin ([`aging`]), tensors as files for checking one machine against
-//! another ([`tensors`]) and benchmarking ([`bench`]); and what keeps a device safe:
-//! model manifests ([`manifest`]), the memory budget ([`budget`]) and results streamed
-//! so nothing done is lost ([`results`]).
-//! It never links the converter: the device binary `edgemed-run` stays small.
+//! It owns:
+//! - [`backend`]: the [`backend::Backend`] trait and one file per backend: edgemed's
+//!   INT8 engine, tract (feature `tract`, on by default) and ONNX Runtime (feature
+//!   `ort`); the fallback policy between them;
+//! - [`budget`]: the memory budget, checked from declared sizes before anything large
+//!   is allocated; [`parallel`]: batches over threads; [`bench`]: benchmarking;
+//! - [`tasks`]: what runs on a model, one file per task (classify, heatmap, sliding
+//!   window, segment, upsample, aging);
+//! - [`formats`]: the files read and written, one file per format (patches, PCam HDF5,
+//!   NIfTI volumes, tensors, results, manifests).
+//!
+//! It never links the converter, so the device binary `edgemed-run` stays small;
+//! without the `tract` feature it is engine only (QDQ models).
 
 pub mod backend;
 pub mod bench;
@@ -20,7 +23,7 @@ pub mod formats;
 pub mod parallel;
 pub mod tasks;
 
-// The base layer (edgemed-onnx) under the names the runtime has always used.
+// The base layer (edgemed-onnx), under the names the runtime's users know.
 pub use edgemed_onnx::{error, fsutil, metadata, model, Error, Result};
 pub use ndarray;
 #[cfg(feature = "tract")]
