@@ -1,0 +1,117 @@
+//! `edgemed quantize`: turns an FP32 ONNX model into INT8 QDQ ONNX with data-free
+//! quantization (batch-norm folding, cross-layer equalization, high-bias absorption,
+//! bias correction; activation ranges from batch-norm statistics or calibration
+//! inputs), or into a float16 model with `--fp16`. What it writes is checked to load first.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use edgemed_converter::graph::Graph;
+use edgemed_converter::passes::equalize::Relu6Policy;
+use edgemed_converter::quantize::Granularity;
+use edgemed_converter::{dfq, inputs, passes};
+use edgemed_runtime::model::OnnxModel;
+
+// The subcommand's help text is the doc comment of its variant in main.rs.
+#[derive(clap::Args)]
+pub struct Args {
+    input: PathBuf,
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Per-channel weight scales (default: per tensor, the DFQ paper's setting).
+    #[arg(long)]
+    per_channel: bool,
+    /// Share scales within blocks of N channels (C_N regular fields); default from the model's metadata.
+    #[arg(long)]
+    field_size: Option<usize>,
+    /// Activation ranges from these inputs instead of batch-norm statistics: a directory of
+    /// patch images, or a .npy tensor (or directory of them) in the model's input shape.
+    #[arg(long)]
+    calibrate: Option<PathBuf>,
+    /// With --calibrate: clip ranges at this percentile instead of min/max.
+    #[arg(long)]
+    percentile: Option<f32>,
+    /// Data-free activation ranges: beta +- this many |gamma| per channel.
+    #[arg(long, default_value_t = edgemed_converter::dfq::DEFAULT_RANGE_SIGMAS)]
+    range_sigmas: f32,
+    #[arg(long)]
+    no_cle: bool,
+    #[arg(long)]
+    no_bias_absorption: bool,
+    #[arg(long)]
+    no_bias_correction: bool,
+    /// Replace ReLU6 by ReLU before equalizing (AIMET's way; changes outputs above 6).
+    #[arg(long)]
+    relu6_to_relu: bool,
+    /// Write the transformed FP32 model (BN folded, equalized, biases absorbed) without quantizing.
+    #[arg(long)]
+    fp32_only: bool,
+    /// Write a float16 model instead (batch norm folded; inputs and outputs stay float32).
+    #[arg(long, conflicts_with_all = ["per_channel", "calibrate", "fp32_only"])]
+    fp16: bool,
+    /// With --fp16: float16 inputs and outputs too (the runtime converts from and to float32).
+    #[arg(long, requires = "fp16")]
+    fp16_io: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let mut g = Graph::load(&args.input)?;
+    if args.fp16 {
+        return to_fp16(g, &args);
+    }
+    let field_size = args.field_size.unwrap_or_else(|| dfq::field_size_of(&g));
+    let calibration = match &args.calibrate {
+        Some(path) => inputs::calibration(&OnnxModel::load(&args.input)?, path, 256)?,
+        None => Vec::new(),
+    };
+    let opts = dfq::Options {
+        granularity: if args.per_channel { Granularity::PerChannel } else { Granularity::PerTensor },
+        field_size,
+        cle: !args.no_cle,
+        relu6: if args.relu6_to_relu { Relu6Policy::ReplaceWithRelu } else { Relu6Policy::PerChannelBound },
+        bias_absorption: !args.no_bias_absorption,
+        bias_correction: !args.no_bias_correction,
+        calibration,
+        percentile: args.percentile,
+        range_sigmas: args.range_sigmas,
+        fp32_only: args.fp32_only,
+    };
+    let report = dfq::run(&mut g, &opts)?;
+    for m in &report.messages {
+        eprintln!("edgemed: note: {m}");
+    }
+    if !report.quant.left_fp32.is_empty() {
+        eprintln!("edgemed: warning: {} tensors left in FP32:", report.quant.left_fp32.len());
+        for n in &report.quant.left_fp32 {
+            eprintln!("  {n}");
+        }
+    }
+    let output = &args.output;
+    edgemed_converter::export::save_verified(&g.model, output).with_context(|| format!("writing {}", output.display()))?;
+    eprintln!(
+        "wrote {}: folded {} batch norms; CLE {}; high-bias absorption {}; {} weights ({}), {} activations quantized, {} biases corrected; field size {field_size}",
+        output.display(),
+        report.folded,
+        report.cle.map_or("off".into(), |c| format!("{} triplets + {} pairs in {} iterations", c.triplets, c.pairs, c.iterations)),
+        report.absorbed.map_or("off".into(), |a| format!("{} layers", a.absorbed_layers)),
+        report.quant.weights_quantized,
+        if args.per_channel { "per channel" } else { "per tensor" },
+        report.quant.activations_quantized,
+        report.quant.bias_corrected,
+    );
+    Ok(())
+}
+
+/// `--fp16`: batch norm folded, float16 weights (and inputs and outputs with `--fp16-io`).
+fn to_fp16(mut g: Graph, args: &Args) -> Result<()> {
+    let folded = passes::fold_bn::fold_batch_norm(&mut g)?.len();
+    edgemed_converter::fp16::convert_to_fp16(&mut g, args.fp16_io)?;
+    let output = &args.output;
+    edgemed_converter::export::save_verified(&g.model, output).with_context(|| format!("writing {}", output.display()))?;
+    eprintln!(
+        "wrote {}: float16 weights, {folded} batch norms folded, float{} inputs and outputs",
+        output.display(),
+        if args.fp16_io { 16 } else { 32 }
+    );
+    Ok(())
+}

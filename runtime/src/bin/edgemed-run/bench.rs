@@ -1,0 +1,152 @@
+//! `edgemed-run bench`: latency (p50/p90/p99), throughput and peak memory of a model
+//! on each backend named by --backend (tract, ONNX Runtime, the INT8 engine), per
+//! batch size; with --quantized, the FP32 model and its INT8 version side by side
+//! (speed-up against ONNX Runtime INT8), and with --profile the INT8 engine's time
+//! per step of its plan.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use edgemed_runtime::backend::{BackendKind, BackendOptions};
+use edgemed_runtime::bench::{self, BenchStats};
+use edgemed_runtime::model::OnnxModel;
+
+use crate::common::Common;
+
+// The subcommand's help text is the doc comment of its variant in main.rs.
+#[derive(clap::Args)]
+pub struct Args {
+    /// ONNX model; default: the bundled demonstration model.
+    model: Option<PathBuf>,
+    /// The INT8 (QDQ) version of MODEL, run on every backend after MODEL (int8
+    /// only runs this one), e.g. `bench fp32.onnx --quantized int8.onnx --backend tract,ort,int8`.
+    #[arg(long)]
+    quantized: Option<PathBuf>,
+    /// Batch sizes, e.g. 1,32,256.
+    #[arg(short, long, default_value = "1", value_delimiter = ',')]
+    batch: Vec<usize>,
+    /// Threads inside one ONNX Runtime run (tract runs on one).
+    #[arg(short, long, default_value_t = 1)]
+    threads: usize,
+    #[arg(long, default_value_t = 50)]
+    iters: usize,
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    /// With the int8 backend: time each step of the engine's plan (per op: MACs,
+    /// microseconds, GMAC/s, share), the tool for finding where the time goes.
+    #[arg(long)]
+    profile: bool,
+}
+
+/// One measured run: its name (model and precision), backend, precision label and statistics.
+type Row = (String, BackendKind, &'static str, BenchStats);
+
+pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
+    let model = common.load_model(args.model.as_deref())?;
+    // Any model with a fixed shape after the batch: patches, or volume windows.
+    let item = bench::item_shape(&model)?;
+    anyhow::ensure!(args.threads >= 1, "--threads must be at least 1");
+    let qmodel = args.quantized.as_deref().map(|q| common.load_model(Some(q))).transpose()?;
+    if let Some(q) = &qmodel {
+        anyhow::ensure!(bench::item_shape(q)? == item, "--quantized takes the same input shape as the model ({item:?} after the batch)");
+    }
+    // MACs of the convolutions, as the INT8 engine counts them (None: it does not cover the model).
+    let macs = qmodel.as_ref().or(Some(&model)).and_then(|m| edgemed_engine::Engine::new(m).ok()).map(|e| e.plan.macs);
+    println!(
+        "{:<46} {:>6} {:>9} {:>9} {:>9} {:>12} {:>10} {:>8} {:>8} {:>13}",
+        "model / backend @ device", "batch", "p50 ms", "p90 ms", "p99 ms", "items/s", "speed-up", "MMAC", "GMAC/s", "peak RSS MiB"
+    );
+    for b in &args.batch {
+        let shape: Vec<usize> = std::iter::once(*b).chain(item.iter().copied()).collect();
+        let rows = measure(&args, &model, qmodel.as_ref(), &common.backends, &shape)?;
+        print_rows(&rows, macs);
+    }
+    if args.profile {
+        anyhow::ensure!(
+            common.backends.iter().any(|b| b.kind == BackendKind::Int8),
+            "--profile times the steps of the INT8 engine: add int8 to --backend"
+        );
+        print_engine_profile(qmodel.as_ref().unwrap_or(&model), item.iter().product(), args.iters)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One batch size (`shape`): the FP32 model on the float backends, then the INT8 one on all.
+fn measure(args: &Args, model: &OnnxModel, qmodel: Option<&OnnxModel>, backends: &[BackendOptions], shape: &[usize]) -> Result<Vec<Row>> {
+    // (model, precision label, backend)
+    let mut runs: Vec<(&OnnxModel, &'static str, &BackendOptions)> = Vec::new();
+    let fp32_label = if qmodel.is_some() { "FP32" } else { "" };
+    for opts in backends {
+        if qmodel.is_none() || opts.kind != BackendKind::Int8 {
+            runs.push((model, fp32_label, opts));
+        }
+    }
+    if let Some(q) = qmodel {
+        runs.extend(backends.iter().map(|o| (q, "INT8", o)));
+    }
+    let mut rows = Vec::new();
+    for (m, label, opts) in runs {
+        let opts = BackendOptions { intra_threads: args.threads, ..opts.clone() };
+        let backend = edgemed_runtime::backend::create(m, shape, &opts)?;
+        let s = bench::bench(backend.as_ref(), args.warmup, args.iters)?;
+        rows.push((format!("{} {label}", short_name(&m.path)).trim_end().to_string(), opts.kind, label, s));
+    }
+    Ok(rows)
+}
+
+fn print_rows(rows: &[Row], macs: Option<u64>) {
+    // Speed-up against ONNX Runtime on the INT8 model when it ran, else the first row; same run.
+    let reference = rows
+        .iter()
+        .find(|r| r.1 == BackendKind::Ort && r.2 == "INT8")
+        .or(rows.first())
+        .map(|r| r.3.throughput)
+        .expect("at least one backend");
+    for (name, _, _, s) in rows {
+        let gmacs = macs.map_or("".into(), |m| format!("{:.1}", m as f64 * s.batch as f64 / (s.p50_ms * 1e6)));
+        println!(
+            "{:<46} {:>6} {:>9.3} {:>9.3} {:>9.3} {:>12.1} {:>9.2}x {:>8} {:>8} {:>13}",
+            format!("{name} / {} @ {}", s.backend, s.device),
+            s.batch,
+            s.p50_ms,
+            s.p90_ms,
+            s.p99_ms,
+            s.throughput,
+            s.throughput / reference,
+            macs.map_or("".into(), |m| format!("{:.2}", m as f64 / 1e6)),
+            gmacs,
+            s.peak_rss_mib.map_or("n/a".into(), |m| format!("{m:.1}"))
+        );
+    }
+}
+
+/// Per-step times of the INT8 engine on the benchmark's input (`item` values).
+fn print_engine_profile(model: &OnnxModel, item: usize, iters: usize) -> Result<()> {
+    let engine = edgemed_engine::Engine::new(model).context("the INT8 engine does not cover this model")?;
+    let x = bench::bench_input(item);
+    engine.profile(&x, 5)?;
+    let steps = engine.profile(&x, iters)?;
+    let total: f64 = steps.iter().map(|s| s.seconds).sum();
+    println!(
+        "\nINT8 engine, {} kernels, {} integer ops, {} float ops, {:.2} MMAC, {:.1} KiB of buffers; per run, mean of {iters}:",
+        engine.isa.name(),
+        engine.plan.counts().0,
+        engine.plan.counts().1,
+        engine.plan.macs as f64 / 1e6,
+        engine.memory().bytes() as f64 / 1024.0
+    );
+    println!("{:<56} {:>10} {:>9} {:>8} {:>7}", "step", "MMAC", "us", "GMAC/s", "share");
+    for s in &steps {
+        let us = s.seconds / iters as f64 * 1e6;
+        let gmacs = if s.macs > 0 { format!("{:.1}", s.macs as f64 / (us * 1e3)) } else { String::new() };
+        let mmac = if s.macs > 0 { format!("{:.3}", s.macs as f64 / 1e6) } else { String::new() };
+        println!("{:<56} {:>10} {:>9.1} {:>8} {:>6.1}%", s.label, mmac, us, gmacs, 100.0 * s.seconds / total);
+    }
+    println!("{:<56} {:>10} {:>9.1}", "total", format!("{:.3}", engine.plan.macs as f64 / 1e6), total / iters as f64 * 1e6);
+    Ok(())
+}
+
+fn short_name(p: &Path) -> String {
+    p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
+}

@@ -1,0 +1,146 @@
+//! edgemed-run: the device binary. Classifies PCam patches, describes models,
+//! and benchmarks them. Every failure is one line on stderr and a non-zero exit.
+//! This file holds the global options, the logging set-up, the error-to-exit-code
+//! handling and the dispatch; each subcommand (its options and its work) lives in
+//! a module of its own, and what several of them share in `common`.
+
+mod age;
+mod bench;
+mod classify;
+mod common;
+mod heatmap;
+mod info;
+mod run;
+mod segment;
+mod upsample;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use common::Common;
+use edgemed_runtime::backend::{BackendKind, BackendOptions, Device, OptLevel};
+use edgemed_runtime::budget;
+use edgemed_runtime::formats::manifest::IntegrityPolicy;
+
+#[derive(Parser)]
+#[command(name = "edgemed-run", version, about = "Run edgemed models on device: PCam patch classification, model info, benchmarks")]
+struct Cli {
+    /// More logging (-v info, -vv debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Backend: tract (pure Rust, default), ort (ONNX Runtime) or int8 (edgemed's integer engine for
+    /// QDQ models; tract for the rest); bench takes a list (tract,ort,int8).
+    #[arg(long, global = true, default_value = "tract", value_delimiter = ',')]
+    backend: Vec<String>,
+    /// cpu, cuda, cuda:ID, or auto (CUDA when ONNX Runtime has the provider, else CPU).
+    #[arg(long, global = true, default_value = "auto")]
+    device: String,
+    /// Fail when the requested device is unavailable instead of falling back to the CPU.
+    #[arg(long, global = true)]
+    strict_device: bool,
+    /// ONNX Runtime library (file or folder); default: ORT_DYLIB_PATH, then next to this binary.
+    #[arg(long, global = true, value_name = "PATH")]
+    ort_lib: Option<PathBuf>,
+    /// ONNX Runtime graph optimisation: disable, basic, extended or all.
+    #[arg(long, global = true, default_value = "all")]
+    ort_opt_level: String,
+    /// Refuse models and inputs whose declared sizes (weights, input, peak activations)
+    /// exceed this, e.g. 512M, 2G; 0 or none: no limit.
+    #[arg(long, global = true, default_value = "1G", value_name = "SIZE")]
+    memory_budget: String,
+    /// Model manifest to check models against (default: edgemed-manifest.json beside the model, if any).
+    #[arg(long, global = true, value_name = "FILE")]
+    manifest: Option<PathBuf>,
+    /// Refuse models that no manifest lists.
+    #[arg(long, global = true)]
+    require_manifest: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+// The doc comments here are the subcommands' help texts; each one's options are in its module.
+#[derive(Subcommand)]
+enum Command {
+    /// Classify PCam patches (files, directories, glob patterns): probability of metastatic tissue.
+    Classify(classify::Args),
+    /// Probability map over a large image (a slide region): overlay PNG, raw map (.npy), summary.
+    Heatmap(heatmap::Args),
+    /// Segment a volume (NIfTI) with a segmentation network run by sliding window
+    /// (MONAI's sliding_window_inference semantics); writes a uint8 label map with the
+    /// input's affine.
+    Segment(segment::Args),
+    /// Super-resolve a volume (NIfTI) with an upsampling patch model (3-D ESPCN from
+    /// `edgemed export espcn3d`), patch by patch; writes the volume at r times the
+    /// resolution with the matching affine.
+    Upsample(upsample::Args),
+    /// Predict aging with the GLOW digital twin: x+ = G^-1(P^n(G(x))) on the model grid;
+    /// prints the volume of each tracked intensity band per year.
+    Age(age::Args),
+    /// Describe a model: inputs, outputs, operators, parameters, precision, metadata.
+    Info(info::Args),
+    /// Run a model on one input tensor and write its outputs, or check them against
+    /// outputs written elsewhere (e.g. on the host): `--expect DIR`.
+    Run(run::Args),
+    /// Measure latency (p50/p90/p99), throughput and peak memory; with --quantized, the
+    /// FP32 model and its INT8 version side by side (speed-up against ONNX Runtime INT8).
+    Bench(bench::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).format_timestamp(None).init();
+    match common_options(&cli).and_then(|common| dispatch(cli.command, &common)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("edgemed-run: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn dispatch(command: Command, common: &Common) -> Result<ExitCode> {
+    match command {
+        Command::Classify(args) => classify::run(args, common),
+        Command::Heatmap(args) => heatmap::run(args, common),
+        Command::Segment(args) => segment::run(args, common),
+        Command::Upsample(args) => upsample::run(args, common),
+        Command::Age(args) => age::run(args, common),
+        Command::Info(args) => info::run(args, common),
+        Command::Run(args) => run::run(args, common),
+        Command::Bench(args) => bench::run(args, common),
+    }
+}
+
+/// The global options every subcommand sees: the memory budget first, then the backends.
+fn common_options(cli: &Cli) -> Result<Common> {
+    let memory_budget = budget::parse_bytes(&cli.memory_budget)?;
+    let integrity = IntegrityPolicy { manifest: cli.manifest.clone(), require: cli.require_manifest };
+    Ok(Common { backends: backend_options(cli, memory_budget)?, integrity, memory_budget })
+}
+
+/// The backends named on the command line (bench may take several), with the shared options.
+fn backend_options(cli: &Cli, memory_budget: u64) -> Result<Vec<BackendOptions>> {
+    let device: Device = cli.device.parse()?;
+    let opt_level: OptLevel = cli.ort_opt_level.parse()?;
+    cli.backend
+        .iter()
+        .map(|b| {
+            Ok(BackendOptions {
+                kind: b.parse::<BackendKind>()?,
+                device,
+                strict_device: cli.strict_device,
+                ort_library: cli.ort_lib.clone(),
+                intra_threads: 0,
+                opt_level,
+                memory_budget,
+            })
+        })
+        .collect()
+}
