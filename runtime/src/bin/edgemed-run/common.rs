@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use edgemed_runtime::backend::BackendOptions;
 use edgemed_runtime::formats::manifest::{self, IntegrityPolicy};
 use edgemed_runtime::model::OnnxModel;
@@ -50,7 +50,7 @@ fn bundled_model() -> Result<OnnxModel> {
     let (name, bytes) = (edgemed_runtime::BUNDLED_MODEL_NAME, edgemed_runtime::BUNDLED_MODEL);
     let model = OnnxModel::from_bytes(name, bytes)?;
     let listed = manifest::Manifest::parse(Path::new("models/bundled/edgemed-manifest.json"), edgemed_runtime::BUNDLED_MANIFEST)?;
-    let entry = listed.entry("pcam-c4-demo.onnx").context("the bundled manifest lists no pcam-c4-demo.onnx")?;
+    let entry = anyhow::Context::context(listed.entry("pcam-c4-demo.onnx"), "the bundled manifest lists no pcam-c4-demo.onnx")?;
     manifest::check_entry(Path::new(name), bytes, &model, entry)?;
     Ok(model)
 }

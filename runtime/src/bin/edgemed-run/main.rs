@@ -24,6 +24,12 @@ use edgemed_runtime::backend::{BackendKind, BackendOptions, Device, OptLevel};
 use edgemed_runtime::budget;
 use edgemed_runtime::formats::manifest::IntegrityPolicy;
 
+/// The backend without --backend: tract where this build has it, else the INT8 engine.
+#[cfg(feature = "tract")]
+const DEFAULT_BACKEND: &str = "tract";
+#[cfg(not(feature = "tract"))]
+const DEFAULT_BACKEND: &str = "int8";
+
 #[derive(Parser)]
 #[command(name = "edgemed-run", version, about = "Run edgemed models on device: PCam patch classification, model info, benchmarks")]
 struct Cli {
@@ -31,8 +37,9 @@ struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
     /// Backend: tract (pure Rust, default), ort (ONNX Runtime) or int8 (edgemed's integer engine for
-    /// QDQ models; tract for the rest); bench takes a list (tract,ort,int8).
-    #[arg(long, global = true, default_value = "tract", value_delimiter = ',')]
+    /// QDQ models; tract for the rest); bench takes a list (tract,ort,int8). A build without
+    /// tract (engine only) defaults to int8.
+    #[arg(long, global = true, default_value = DEFAULT_BACKEND, value_delimiter = ',')]
     backend: Vec<String>,
     /// cpu, cuda, cuda:ID, or auto (CUDA when ONNX Runtime has the provider, else CPU).
     #[arg(long, global = true, default_value = "auto")]
