@@ -47,10 +47,11 @@ impl Common {
 /// embedded another file than the one released fails here).
 #[cfg(feature = "bundled-model")]
 fn bundled_model() -> Result<OnnxModel> {
+    use anyhow::Context;
     let (name, bytes) = (edgemed_runtime::BUNDLED_MODEL_NAME, edgemed_runtime::BUNDLED_MODEL);
     let model = OnnxModel::from_bytes(name, bytes)?;
     let listed = manifest::Manifest::parse(Path::new("models/bundled/edgemed-manifest.json"), edgemed_runtime::BUNDLED_MANIFEST)?;
-    let entry = anyhow::Context::context(listed.entry("pcam-c4-demo.onnx"), "the bundled manifest lists no pcam-c4-demo.onnx")?;
+    let entry = listed.entry("pcam-c4-demo.onnx").context("the bundled manifest lists no pcam-c4-demo.onnx")?;
     manifest::check_entry(Path::new(name), bytes, &model, entry)?;
     Ok(model)
 }
