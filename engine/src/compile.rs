@@ -36,7 +36,7 @@ use std::collections::{HashMap, HashSet};
 use edgemed_onnx::{attr, pb, tensor};
 
 use super::float::{self, FloatOp, Operand};
-use super::kernels::{self, ConvGeometry, DepthwiseWeights, PackedWeights, Requant};
+use super::kernels::{self, ConvGeometry, DepthwiseWeights, Isa, PackedWeights, Requant};
 use crate::error::{Error, Result};
 use crate::model::OnnxModel;
 use crate::ndarray::{ArrayD, IxDyn};
@@ -533,6 +533,8 @@ struct Compiler<'m> {
     dequantised: HashMap<usize, usize>,
     /// MACs of convolutions left in float (weights not int8, grouped 3-D...).
     float_macs: u64,
+    /// The kernels the weights are packed for.
+    isa: Isa,
 }
 
 impl<'m> Compiler<'m> {
@@ -947,7 +949,7 @@ impl<'m> Compiler<'m> {
             },
         };
         let rows: Vec<i8> = (0..cout * k).map(|i| if trans_b { wq[i] } else { wq[(i % k) * cout + i / k] }).collect();
-        let pw = PackedWeights::new(rows, cout, 1, k);
+        let pw = PackedWeights::new(self.isa, rows, cout, 1, k);
         let zp = x.zp as i32;
         let offset = pw.sums().iter().map(|s| s * zp).collect();
         let sw = |c: usize| if wscale.len() == 1 { wscale[0] } else { wscale[c] };
@@ -1373,10 +1375,15 @@ impl<'m> Compiler<'m> {
             }
             let g = Geometry3 { input, cin: x.c, kernel: k3, stride: s3, pads: pb, output };
             let layout = ConvLayout::Transposed { g, cols: pointwise_on(in_pixels, x.c), col_offset };
-            (layout, ConvKind::Dense(PackedWeights::new(rows, taps * cout, 1, x.c)), vec![0; cout], (in_pixels * x.c * cout * taps) as u64)
+            (
+                layout,
+                ConvKind::Dense(PackedWeights::new(self.isa, rows, taps * cout, 1, x.c)),
+                vec![0; cout],
+                (in_pixels * x.c * cout * taps) as u64,
+            )
         } else if depthwise {
             let g = geometry_2d()?;
-            let kind = ConvKind::Depthwise(DepthwiseWeights::new(&wq, cout, taps));
+            let kind = ConvKind::Depthwise(DepthwiseWeights::new(self.isa, &wq, cout, taps));
             (ConvLayout::Direct(g), kind, vec![0; cout], (out_pixels * cout * taps) as u64)
         } else {
             // [cout][cin][taps...] -> rows [cout][taps...][cin], the im2row (and channels-last) order.
@@ -1391,12 +1398,12 @@ impl<'m> Compiler<'m> {
             }
             let (layout, pw) = if sp == 2 {
                 let g = geometry_2d()?;
-                (ConvLayout::Direct(g), PackedWeights::new(rows, cout, kernel[0], kernel[1] * x.c))
+                (ConvLayout::Direct(g), PackedWeights::new(self.isa, rows, cout, kernel[0], kernel[1] * x.c))
             } else if taps == 1 && s3 == [1; 3] && pads.iter().all(|&p| p == 0) {
-                (ConvLayout::Direct(pointwise_on(in_pixels, x.c)), PackedWeights::new(rows, cout, 1, k))
+                (ConvLayout::Direct(pointwise_on(in_pixels, x.c)), PackedWeights::new(self.isa, rows, cout, 1, k))
             } else {
                 let g = Geometry3 { input, cin: x.c, kernel: k3, stride: s3, pads: pb, output };
-                (ConvLayout::Planes { g, plane: pointwise_on(output[1] * output[2], k) }, PackedWeights::new(rows, cout, 1, k))
+                (ConvLayout::Planes { g, plane: pointwise_on(output[1] * output[2], k) }, PackedWeights::new(self.isa, rows, cout, 1, k))
             };
             let offset = pw.sums().iter().map(|s| s * zp).collect();
             (layout, ConvKind::Dense(pw), offset, (out_pixels * cout * k) as u64)
@@ -1420,8 +1427,9 @@ impl<'m> Compiler<'m> {
     }
 }
 
-/// Compiles `model` for batch 1; Err names what the engine does not cover.
-pub fn compile(model: &OnnxModel) -> Result<Plan> {
+/// Compiles `model` for batch 1, its weights packed for `isa`; Err names what the
+/// engine does not cover.
+pub fn compile(model: &OnnxModel, isa: Isa) -> Result<Plan> {
     let graph = model.graph();
     let inits: HashMap<&str, &pb::TensorProto> = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
     let inputs: Vec<&pb::ValueInfoProto> = graph.input.iter().filter(|i| !inits.contains_key(i.name.as_str())).collect();
@@ -1465,6 +1473,7 @@ pub fn compile(model: &OnnxModel) -> Result<Plan> {
         float_views: HashSet::new(),
         dequantised: HashMap::new(),
         float_macs: 0,
+        isa,
     };
     comp.vals.insert(input.name.clone(), Val::Float(0));
     for n in &graph.node {
