@@ -147,9 +147,12 @@ fn quad_params(n: usize, pad: usize, r: Option<&Requant>, add: impl Fn(usize) ->
 /// body's clamp to ±2^22 before rounding only touches values that saturate anyway).
 #[inline(always)]
 fn requant4(acc: int32x4_t, q: &Quad4, zp: float32x4_t) -> uint16x4_t {
-    let v = vaddq_f32(vmulq_f32(vcvtq_f32_s32(vaddq_s32(acc, q.add)), q.mult), q.bias);
-    let r = vaddq_f32(vrndnq_f32(v), zp);
-    vmovn_u32(vcvtq_u32_f32(vminq_f32(vmaxq_f32(r, q.lo), q.hi)))
+    // SAFETY: NEON register operations only; NEON is part of the aarch64 baseline.
+    unsafe {
+        let v = vaddq_f32(vmulq_f32(vcvtq_f32_s32(vaddq_s32(acc, q.add)), q.mult), q.bias);
+        let r = vaddq_f32(vrndnq_f32(v), zp);
+        vmovn_u32(vcvtq_u32_f32(vminq_f32(vmaxq_f32(r, q.lo), q.hi)))
+    }
 }
 
 /// Stores one pixel's sums of up to 16 channels (`NG` groups of 4, `nc` valid)
@@ -782,14 +785,20 @@ pub fn requantize(acc: &[i32], cout: usize, r: &Requant, out: &mut [u8]) {
 /// clamp does; both then convert it to 0).
 #[inline(always)]
 fn quant4(v: float32x4_t, scale: float32x4_t, zp: float32x4_t) -> uint32x4_t {
-    let q = vaddq_f32(vrndnq_f32(vdivq_f32(v, scale)), zp);
-    vcvtq_u32_f32(vminq_f32(vmaxq_f32(q, vdupq_n_f32(0.0)), vdupq_n_f32(255.0)))
+    // SAFETY: NEON register operations only; NEON is part of the aarch64 baseline.
+    unsafe {
+        let q = vaddq_f32(vrndnq_f32(vdivq_f32(v, scale)), zp);
+        vcvtq_u32_f32(vminq_f32(vmaxq_f32(q, vdupq_n_f32(0.0)), vdupq_n_f32(255.0)))
+    }
 }
 
 #[inline(always)]
 fn narrow16(q: [uint32x4_t; 4]) -> uint8x16_t {
-    let lo = vmovn_u16(vcombine_u16(vmovn_u32(q[0]), vmovn_u32(q[1])));
-    vcombine_u8(lo, vmovn_u16(vcombine_u16(vmovn_u32(q[2]), vmovn_u32(q[3]))))
+    // SAFETY: NEON register operations only; NEON is part of the aarch64 baseline.
+    unsafe {
+        let lo = vmovn_u16(vcombine_u16(vmovn_u32(q[0]), vmovn_u32(q[1])));
+        vcombine_u8(lo, vmovn_u16(vcombine_u16(vmovn_u32(q[2]), vmovn_u32(q[3]))))
+    }
 }
 
 /// The model input: float NCHW quantised into u8 NHWC, 16 pixels at a time, for up
@@ -830,16 +839,19 @@ pub fn quantize_nchw_to_nhwc(x: &[f32], t: &QTensor, out: &mut [u8]) {
 /// and one `fadd` (no `fmla`), then QuantizeLinear.
 #[inline(always)]
 fn add16(a: uint8x16_t, b: uint8x16_t, ta: &QTensor, tb: &QTensor, to: &QTensor) -> uint8x16_t {
-    let f = |v: uint8x16_t, t: &QTensor| -> [float32x4_t; 4] {
-        let (lo, hi) = (vmovl_u8(vget_low_u8(v)), vmovl_high_u8(v));
-        let z = vdupq_n_s32(t.zp as i32);
-        let s = vdupq_n_f32(t.scale);
-        [vmovl_u16(vget_low_u16(lo)), vmovl_high_u16(lo), vmovl_u16(vget_low_u16(hi)), vmovl_high_u16(hi)]
-            .map(|u| vmulq_f32(vcvtq_f32_s32(vsubq_s32(vreinterpretq_s32_u32(u), z)), s))
-    };
-    let (fa, fb) = (f(a, ta), f(b, tb));
-    let (s, z) = (vdupq_n_f32(to.scale), vdupq_n_f32(to.zp as f32));
-    narrow16(std::array::from_fn(|j| quant4(vaddq_f32(fa[j], fb[j]), s, z)))
+    // SAFETY: NEON register operations only; NEON is part of the aarch64 baseline.
+    unsafe {
+        let f = |v: uint8x16_t, t: &QTensor| -> [float32x4_t; 4] {
+            let (lo, hi) = (vmovl_u8(vget_low_u8(v)), vmovl_high_u8(v));
+            let z = vdupq_n_s32(t.zp as i32);
+            let s = vdupq_n_f32(t.scale);
+            [vmovl_u16(vget_low_u16(lo)), vmovl_high_u16(lo), vmovl_u16(vget_low_u16(hi)), vmovl_high_u16(hi)]
+                .map(|u| vmulq_f32(vcvtq_f32_s32(vsubq_s32(vreinterpretq_s32_u32(u), z)), s))
+        };
+        let (fa, fb) = (f(a, ta), f(b, tb));
+        let (s, z) = (vdupq_n_f32(to.scale), vdupq_n_f32(to.zp as f32));
+        narrow16(std::array::from_fn(|j| quant4(vaddq_f32(fa[j], fb[j]), s, z)))
+    }
 }
 
 /// QuantizeLinear(DequantizeLinear(a) + DequantizeLinear(b)), 16 elements per step;

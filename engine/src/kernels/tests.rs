@@ -22,6 +22,7 @@ fn spread(acc: &[i32]) -> (f64, f64) {
 #[test]
 fn the_architectures_simd_kernels_are_available() {
     let available = Isa::available();
+    eprintln!("available: {available:?}, detected: {:?}", Isa::detect());
     assert_eq!(available[0], Isa::Scalar);
     #[cfg(target_arch = "aarch64")]
     assert!(available.contains(&Isa::Neon), "NEON is part of the aarch64 baseline");
