@@ -133,9 +133,9 @@ impl RequantParams {
         assert!(self.groups.len() >= cout.div_ceil(8) * 40 && out.len() >= acc.len());
         let full = cout / 8;
         for (a, o) in acc.chunks_exact(cout).zip(out.chunks_exact_mut(cout)) {
-            // SAFETY: `full` groups of 8 sums, bytes and parameter groups, inside
-            // this row and `groups` (checked).
             if full > 0 {
+                // SAFETY: `full` groups of 8 sums, bytes and parameter groups, inside
+                // this row and `groups` (checked); NEON was detected with the ISA.
                 unsafe { requant_groups(a.as_ptr(), self.groups.as_ptr(), &self.consts, o.as_mut_ptr(), full) };
             }
             if full * 8 < cout {

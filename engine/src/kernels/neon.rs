@@ -126,9 +126,9 @@ fn quad_params(n: usize, pad: usize, r: Option<&Requant>, add: impl Fn(usize) ->
     let per = |f: &dyn Fn(&Requant, usize) -> f32| -> Vec<f32> { (0..len).map(|c| r.filter(|_| c < n).map_or(0.0, |r| f(r, c))).collect() };
     let (m, b) = (per(&|r, c| r.mult[c]), per(&|r, c| r.bias[c]));
     let (lo, hi) = (per(&|r, c| r.lo[c] as f32), per(&|r, c| r.hi[c] as f32));
-    // SAFETY: each load reads 4 lanes inside `len`, a multiple of 4.
     (0..len)
         .step_by(4)
+        // SAFETY: each load reads 4 lanes inside `len`, a multiple of 4.
         .map(|c| unsafe {
             Quad4 {
                 add: vld1q_s32(a.as_ptr().add(c)),
