@@ -1,21 +1,25 @@
-//! edgemed's own INT8 engine: QDQ graphs compiled ([`compile`]) into fused integer
-//! ops (u8 activations channels last, s8 weights, i32 accumulation, requantisation
-//! with the activation folded in as a clamp or a lookup table) run by [`kernels`] (a
-//! scalar reference; AVX2 and AVX-512 VNNI on x86-64, NEON and `sdot` on aarch64,
-//! NEON on armv7, chosen at run time), 3-D and transposed convs on top of them ([`volume`]), and the
-//! float ops between them (normalisations, a flow's coupling arithmetic, a classifier
-//! head) in edgemed's interpreter ([`float`]).
+//! edgemed-engine: edgemed's own INT8 engine, on the base layer (edgemed-onnx) alone.
+//!
+//! A QDQ ONNX graph is compiled ([`compile`]: a driver and one file per fusion rule)
+//! into a [`plan::Plan`] of fused integer ops (u8 activations channels last, s8
+//! weights, i32 accumulation, requantisation with the activation folded in as a clamp
+//! or a lookup table), with the float ops a QDQ graph leaves between them
+//! (normalisations, a flow's coupling arithmetic, a classifier head) run by edgemed's
+//! interpreter ([`float`]). [`kernels`] holds the scalar reference and one file per
+//! ISA (AVX2 and AVX-512 VNNI on x86-64, NEON and `sdot` on aarch64, NEON on armv7),
+//! each with the weight packing it reads; the ISA is chosen once per engine
+//! ([`kernels::Isa::detect`]) and the weights are packed for it alone at compile time.
+//! [`volume`] runs 3-D and transposed convs on the 2-D kernels. [`Engine`] (this
+//! file) holds a plan with its memory plan and runs it one item at a time.
+//!
+//! Constructs the engine does not cover are [`Error::Unsupported`]; the runtime then
+//! runs the whole model elsewhere.
+#![deny(unsafe_op_in_unsafe_fn)]
 
-#[cfg(target_arch = "arm")]
-mod armv7;
-#[cfg(target_arch = "x86_64")]
-mod avx512;
 pub mod compile;
-pub mod plan;
 pub mod float;
 pub mod kernels;
-#[cfg(target_arch = "aarch64")]
-mod neon;
+pub mod plan;
 pub mod volume;
 
 // The base layer's modules under the names the engine's files use.
@@ -33,7 +37,8 @@ use kernels::Isa;
 /// A compiled plan with its memory plan, ready to run one item at a time.
 pub struct Engine {
     pub plan: Plan,
-    pub isa: Isa,
+    /// The kernels that run the plan (its weights are packed for them).
+    isa: Isa,
     memory: MemoryPlan,
     /// Float values each step reads for the last time (dropped after it).
     free_after: Vec<Vec<usize>>,
@@ -152,8 +157,18 @@ pub struct StepTime {
 }
 
 impl Engine {
+    /// The engine for `model` with the best kernels this CPU has ([`Isa::detect`]).
     pub fn new(model: &OnnxModel) -> Result<Self> {
-        let plan = compile::compile(model)?;
+        Engine::with_isa(model, Isa::detect())
+    }
+
+    /// The engine for `model` with the kernels of `isa` (tests, benchmarks); Err if
+    /// this CPU cannot run them.
+    pub fn with_isa(model: &OnnxModel, isa: Isa) -> Result<Self> {
+        if !isa.is_available() {
+            return Err(Error::Unsupported(format!("the {} kernels need CPU features this CPU lacks", isa.name())));
+        }
+        let plan = compile::compile(model, isa)?;
         let memory = MemoryPlan::new(&plan);
         let mut last = vec![None; plan.float_shapes.len()];
         for (i, step) in plan.steps.iter().enumerate() {
@@ -167,7 +182,12 @@ impl Engine {
                 free_after[*i].push(v);
             }
         }
-        Ok(Engine { plan, isa: Isa::detect(), memory, free_after, scratch: Mutex::new(None) })
+        Ok(Engine { plan, isa, memory, free_after, scratch: Mutex::new(None) })
+    }
+
+    /// The kernels this engine runs.
+    pub fn isa(&self) -> Isa {
+        self.isa
     }
 
     pub fn memory(&self) -> &MemoryPlan {

@@ -114,12 +114,10 @@ fn scalar_and_simd_kernels_give_the_same_bits_on_whole_models() {
     let mut g = Graph::load(&edgemed_tests::repo_root().join("models/bundled/pcam-c4-demo.onnx")).unwrap();
     edgemed_converter::dfq::run(&mut g, &edgemed_converter::dfq::Options { field_size: 4, ..Default::default() }).unwrap();
     for m in [OnnxModel::load(fixture("eqmnv2_c4_qdq.onnx")).unwrap(), OnnxModel::from_bytes("int8.onnx", &g.to_bytes()).unwrap()] {
-        let mut slow = Engine::new(&m).unwrap();
-        slow.isa = Isa::Scalar;
+        let slow = Engine::with_isa(&m, Isa::Scalar).unwrap();
         let (_, side, _) = m.image_input().unwrap();
         for isa in Isa::available() {
-            let mut fast = Engine::new(&m).unwrap();
-            fast.isa = isa;
+            let fast = Engine::with_isa(&m, isa).unwrap();
             for seed in [1, 2] {
                 let x = noise(&[1, 3, side, side], seed);
                 assert_eq!(fast.run_one(x.as_slice().unwrap()).unwrap(), slow.run_one(x.as_slice().unwrap()).unwrap(), "{isa:?}");

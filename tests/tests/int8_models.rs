@@ -106,12 +106,10 @@ fn fixture_models_agree_with_onnx_runtime() {
 #[test]
 fn scalar_and_simd_kernels_give_the_same_bits_on_fixture_models() {
     for c in cases() {
-        let mut slow = Engine::new(&c.model).unwrap();
-        slow.isa = Isa::Scalar;
+        let slow = Engine::with_isa(&c.model, Isa::Scalar).unwrap();
         let want = slow.run_one(c.input.as_slice().unwrap()).unwrap();
         for isa in Isa::available() {
-            let mut fast = Engine::new(&c.model).unwrap();
-            fast.isa = isa;
+            let fast = Engine::with_isa(&c.model, isa).unwrap();
             assert_eq!(fast.run_one(c.input.as_slice().unwrap()).unwrap(), want, "{} {isa:?}", c.name);
         }
     }

@@ -114,10 +114,10 @@ impl Compiler<'_> {
             }
             let g = Geometry3 { input, cin: x.c, kernel: k3, stride: s3, pads: pb, output };
             let layout = ConvLayout::Transposed { g, cols: pointwise_on(in_pixels, x.c), col_offset };
-            (layout, ConvKind::Dense(PackedWeights::new(rows, taps * cout, 1, x.c)), vec![0; cout], (in_pixels * x.c * cout * taps) as u64)
+            (layout, ConvKind::Dense(PackedWeights::new(self.isa, rows, taps * cout, 1, x.c)), vec![0; cout], (in_pixels * x.c * cout * taps) as u64)
         } else if depthwise {
             let g = geometry_2d()?;
-            let kind = ConvKind::Depthwise(DepthwiseWeights::new(&wq, cout, taps));
+            let kind = ConvKind::Depthwise(DepthwiseWeights::new(self.isa, &wq, cout, taps));
             (ConvLayout::Direct(g), kind, vec![0; cout], (out_pixels * cout * taps) as u64)
         } else {
             // [cout][cin][taps...] -> rows [cout][taps...][cin], the im2row (and channels-last) order.
@@ -132,12 +132,12 @@ impl Compiler<'_> {
             }
             let (layout, pw) = if sp == 2 {
                 let g = geometry_2d()?;
-                (ConvLayout::Direct(g), PackedWeights::new(rows, cout, kernel[0], kernel[1] * x.c))
+                (ConvLayout::Direct(g), PackedWeights::new(self.isa, rows, cout, kernel[0], kernel[1] * x.c))
             } else if taps == 1 && s3 == [1; 3] && pads.iter().all(|&p| p == 0) {
-                (ConvLayout::Direct(pointwise_on(in_pixels, x.c)), PackedWeights::new(rows, cout, 1, k))
+                (ConvLayout::Direct(pointwise_on(in_pixels, x.c)), PackedWeights::new(self.isa, rows, cout, 1, k))
             } else {
                 let g = Geometry3 { input, cin: x.c, kernel: k3, stride: s3, pads: pb, output };
-                (ConvLayout::Planes { g, plane: pointwise_on(output[1] * output[2], k) }, PackedWeights::new(rows, cout, 1, k))
+                (ConvLayout::Planes { g, plane: pointwise_on(output[1] * output[2], k) }, PackedWeights::new(self.isa, rows, cout, 1, k))
             };
             let offset = pw.sums().iter().map(|s| s * zp).collect();
             (layout, ConvKind::Dense(pw), offset, (out_pixels * cout * k) as u64)

@@ -43,7 +43,7 @@ impl Compiler<'_> {
             },
         };
         let rows: Vec<i8> = (0..cout * k).map(|i| if trans_b { wq[i] } else { wq[(i % k) * cout + i / k] }).collect();
-        let pw = PackedWeights::new(rows, cout, 1, k);
+        let pw = PackedWeights::new(self.isa, rows, cout, 1, k);
         let zp = x.zp as i32;
         let offset = pw.sums().iter().map(|s| s * zp).collect();
         let sw = |c: usize| if wscale.len() == 1 { wscale[0] } else { wscale[c] };

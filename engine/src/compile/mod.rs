@@ -49,6 +49,7 @@ use self::activation::MapStep;
 use self::data_movement::{Move, DATA_MOVEMENT};
 use crate::error::{Error, Result};
 use crate::float::{self, FloatOp, Operand};
+use crate::kernels::Isa;
 use crate::model::OnnxModel;
 use crate::ndarray::{ArrayD, IxDyn};
 use crate::plan::{FloatConv, Plan, QTensor, Step};
@@ -163,6 +164,8 @@ struct Compiler<'m> {
     dequantised: HashMap<usize, usize>,
     /// MACs of convolutions left in float (weights not int8, grouped 3-D...).
     float_macs: u64,
+    /// The kernels the weights are packed for.
+    isa: Isa,
 }
 
 impl<'m> Compiler<'m> {
@@ -352,8 +355,9 @@ impl<'m> Compiler<'m> {
 
 }
 
-/// Compiles `model` for batch 1; Err names what the engine does not cover.
-pub fn compile(model: &OnnxModel) -> Result<Plan> {
+/// Compiles `model` for batch 1, its weights packed for `isa`; Err names what the
+/// engine does not cover.
+pub fn compile(model: &OnnxModel, isa: Isa) -> Result<Plan> {
     let graph = model.graph();
     let inits: HashMap<&str, &pb::TensorProto> = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
     let inputs: Vec<&pb::ValueInfoProto> = graph.input.iter().filter(|i| !inits.contains_key(i.name.as_str())).collect();
@@ -397,6 +401,7 @@ pub fn compile(model: &OnnxModel) -> Result<Plan> {
         float_views: HashSet::new(),
         dequantised: HashMap::new(),
         float_macs: 0,
+        isa,
     };
     comp.vals.insert(input.name.clone(), Val::Float(0));
     for n in &graph.node {

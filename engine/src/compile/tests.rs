@@ -10,6 +10,7 @@ use edgemed_onnx::pb;
 use prost::Message;
 
 use super::compile;
+use crate::kernels::Isa;
 use crate::error::Error;
 use crate::plan::{ConvKind, Copies, Op, Plan, Step};
 use crate::Engine;
@@ -102,6 +103,11 @@ impl Qdq {
     }
 }
 
+/// The plan of `model` for this CPU's kernels.
+fn compile_best(model: &OnnxModel) -> crate::error::Result<Plan> {
+    compile(model, Isa::detect())
+}
+
 /// The kinds of the plan's steps, e.g. ["quantize", "conv", "dequantize"].
 fn kinds(plan: &Plan) -> Vec<&'static str> {
     plan.steps
@@ -150,7 +156,7 @@ fn quantize_and_dequantize_round_trip() {
     // Only conversions: nothing would run in integers, so the engine declines.
     let mut b = Qdq::new(&[1, 2, 3, 3]);
     let y = b.qdq("x", 0.05, 128);
-    let err = compile(&b.model(&y)).unwrap_err();
+    let err = compile_best(&b.model(&y)).unwrap_err();
     assert!(matches!(&err, Error::Unsupported(m) if m.contains("nothing runs in integers")), "{err}");
     // With an integer op between, the conversions are exact.
     let mut b = Qdq::new(&[1, 2, 3, 3]);
@@ -159,7 +165,7 @@ fn quantize_and_dequantize_round_trip() {
     let y = b.qdq(&r, 0.05, 128);
     let n = b.input_len();
     let m = b.model(&y);
-    assert_eq!(kinds(&compile(&m).unwrap()), ["quantize", "table", "dequantize"]);
+    assert_eq!(kinds(&compile_best(&m).unwrap()), ["quantize", "table", "dequantize"]);
     let x = ramp(n, -7.0, 7.0);
     let want: Vec<f32> = x.iter().map(|&v| fake_quant(v.max(0.0) as f64, 0.05, 128)).collect();
     assert_eq!(run(&m, &x), want);
@@ -178,7 +184,7 @@ fn conv_with_bias_and_relu_is_one_fused_op() {
     let r = b.op("Relu", &[&c], vec![]);
     let y = b.qdq(&r, 0.03, 0);
     let m = b.model(&y);
-    let plan = compile(&m).unwrap();
+    let plan = compile_best(&m).unwrap();
     assert_eq!(kinds(&plan), ["quantize", "conv", "dequantize"]);
     assert!(plan.label(&plan.steps[1]).starts_with("conv 3x3/1 dense 2 -> 3"), "{}", plan.label(&plan.steps[1]));
     let input = ramp(cin * h * h, -2.0, 2.5);
@@ -214,7 +220,7 @@ fn grouped_conv_with_one_channel_per_group_is_depthwise() {
     let w = b.weight(&[4, 1, 3, 3], &[3; 36], 0.01);
     let c = b.op("Conv", &[&x, &w], vec![Attr::Int("group", 4), Attr::Ints("strides", vec![2, 2])]);
     let y = b.qdq(&c, 0.02, 128);
-    let plan = compile(&b.model(&y)).unwrap();
+    let plan = compile_best(&b.model(&y)).unwrap();
     let Step::Int(Op::Conv(conv)) = &plan.steps[1] else { panic!("{:?}", kinds(&plan)) };
     assert!(matches!(conv.kind, ConvKind::Depthwise(_)));
     assert_eq!(plan.shapes[conv.dst], [1, 4, 2, 2]);
@@ -231,7 +237,7 @@ fn activations_on_a_tensor_become_one_table() {
     let y = b.qdq(&r, 0.01, 0);
     let n = b.input_len();
     let m = b.model(&y);
-    assert_eq!(kinds(&compile(&m).unwrap()), ["quantize", "table", "dequantize"]);
+    assert_eq!(kinds(&compile_best(&m).unwrap()), ["quantize", "table", "dequantize"]);
     let input = ramp(n, -5.0, 5.0);
     let want: Vec<f32> = input.iter().map(|&v| fake_quant(fake_quant(v as f64, 0.1, 128).clamp(-1.0, 2.0).max(0.0) as f64, 0.01, 0)).collect();
     assert_eq!(run(&m, &input), want);
@@ -247,7 +253,7 @@ fn add_of_two_tensors_is_an_integer_add() {
     let y = b.qdq(&a, 0.07, 64);
     let n = b.input_len();
     let m = b.model(&y);
-    assert_eq!(kinds(&compile(&m).unwrap()), ["quantize", "Relu", "quantize", "add", "dequantize"]);
+    assert_eq!(kinds(&compile_best(&m).unwrap()), ["quantize", "Relu", "quantize", "add", "dequantize"]);
     let input = ramp(n, -3.0, 3.0);
     let want: Vec<f32> = input
         .iter()
@@ -263,7 +269,7 @@ fn data_movement_is_byte_copies() {
     let c = b.op("Concat", &[&x, &x], vec![Attr::Int("axis", 1)]);
     let y = b.qdq(&c, 0.05, 128);
     let m = b.model(&y);
-    let plan = compile(&m).unwrap();
+    let plan = compile_best(&m).unwrap();
     assert_eq!(kinds(&plan), ["quantize", "gather", "dequantize"]);
     let Step::Int(Op::Gather(g)) = &plan.steps[1] else { unreachable!() };
     assert!(g.tables.iter().all(|t| t.is_none()), "same parameters: no tables");
@@ -280,7 +286,7 @@ fn pooling_in_integers() {
     let p = b.op("GlobalAveragePool", &[&x], vec![]);
     let y = b.qdq(&p, 0.1, 128);
     let m = b.model(&y);
-    assert_eq!(kinds(&compile(&m).unwrap()), ["quantize", "mean pool", "dequantize"]);
+    assert_eq!(kinds(&compile_best(&m).unwrap()), ["quantize", "mean pool", "dequantize"]);
     let input = ramp(16, -2.0, 2.0);
     let want: Vec<f32> = input
         .chunks(4)
@@ -296,7 +302,7 @@ fn pooling_in_integers() {
     let mx = b.op("ReduceMax", &[&v], vec![Attr::Ints("axes", vec![2]), Attr::Int("keepdims", 0)]);
     let y = b.qdq(&mx, 0.1, 128);
     let m = b.model(&y);
-    assert_eq!(kinds(&compile(&m).unwrap()), ["quantize", "max", "dequantize"]);
+    assert_eq!(kinds(&compile_best(&m).unwrap()), ["quantize", "max", "dequantize"]);
     let q: Vec<f32> = input.iter().map(|&v| fake_quant(v as f64, 0.1, 128)).collect();
     let want: Vec<f32> = (0..2).flat_map(|f| (0..4).map(move |p| (f, p))).map(|(f, p)| q[f * 8 + p].max(q[f * 8 + 4 + p])).collect();
     assert_eq!(run(&m, &input), want);
@@ -310,7 +316,7 @@ fn mul_by_a_constant_mask_is_tables() {
     let p = b.op("Mul", &[&x, &mask], vec![]);
     let y = b.qdq(&p, 0.1, 128);
     let m = b.model(&y);
-    assert_eq!(kinds(&compile(&m).unwrap()), ["quantize", "multiply", "dequantize"]);
+    assert_eq!(kinds(&compile_best(&m).unwrap()), ["quantize", "multiply", "dequantize"]);
     let input = ramp(8, -2.0, 2.0);
     let want: Vec<f32> = input.iter().enumerate().map(|(i, &v)| if [0, 3].contains(&(i % 4)) { fake_quant(v as f64, 0.1, 128) } else { 0.0 }).collect();
     assert_eq!(run(&m, &input), want);
@@ -325,7 +331,7 @@ fn gemm_head_is_a_pointwise_conv() {
     let g = b.op("Gemm", &[&x, &w, &bias], vec![Attr::Int("transB", 1)]);
     let y = b.qdq(&g, 0.05, 128);
     let m = b.model(&y);
-    assert_eq!(kinds(&compile(&m).unwrap()), ["quantize", "conv", "dequantize"]);
+    assert_eq!(kinds(&compile_best(&m).unwrap()), ["quantize", "conv", "dequantize"]);
     let input = [0.5f32, -1.0, 2.0, 0.25];
     let xq: Vec<f64> = input.iter().map(|&v| fake_quant(v as f64, 0.05, 128) as f64).collect();
     let wv = [[1., 2., 3., 4.], [-1., -2., -3., -4.], [10., 0., -10., 5.]];
@@ -346,7 +352,7 @@ fn constant_nodes_are_read_as_bounds_and_float_ops_run_between() {
     let y = b.qdq(&sg, 1.0 / 256.0, 0);
     let m = b.model(&y);
     // Min by the Constant's bound is a table; the float Sigmoid reads its dequantised output.
-    assert_eq!(kinds(&compile(&m).unwrap()), ["quantize", "table", "dequantize", "Sigmoid", "quantize", "dequantize"]);
+    assert_eq!(kinds(&compile_best(&m).unwrap()), ["quantize", "table", "dequantize", "Sigmoid", "quantize", "dequantize"]);
     let input = ramp(8, -2.0, 2.0);
     let want: Vec<f32> = input
         .iter()
@@ -363,13 +369,13 @@ fn refusals_say_unsupported_or_invalid() {
     // No QuantizeLinear at all: not a QDQ model.
     let mut b = Qdq::new(&[1, 2, 2, 2]);
     let r = b.op("Relu", &["x"], vec![]);
-    let err = compile(&b.model(&r)).unwrap_err();
+    let err = compile_best(&b.model(&r)).unwrap_err();
     assert!(matches!(&err, Error::Unsupported(m) if m.contains("not a QDQ model")), "{err}");
     // An op the interpreter does not know.
     let mut b = Qdq::new(&[1, 2, 2, 2]);
     let x = b.qdq("x", 0.1, 128);
     let e = b.op("Erf", &[&x], vec![]);
-    let err = compile(&b.model(&e)).unwrap_err();
+    let err = compile_best(&b.model(&e)).unwrap_err();
     assert!(matches!(&err, Error::Unsupported(m) if m.contains("Erf")), "{err}");
     // A kernel larger than the padded input: no runtime can run this model.
     let mut b = Qdq::new(&[1, 1, 2, 2]);
@@ -377,7 +383,7 @@ fn refusals_say_unsupported_or_invalid() {
     let w = b.weight(&[1, 1, 3, 3], &[1; 9], 0.1);
     let c = b.op("Conv", &[&x, &w], vec![]);
     let y = b.qdq(&c, 0.1, 128);
-    let err = compile(&b.model(&y)).unwrap_err();
+    let err = compile_best(&b.model(&y)).unwrap_err();
     assert!(matches!(&err, Error::Invalid(m) if m.contains("kernel larger than the padded input")), "{err}");
     // Per-channel scales that do not match the weights' axis.
     let mut b = Qdq::new(&[1, 2, 3, 3]);
@@ -392,6 +398,6 @@ fn refusals_say_unsupported_or_invalid() {
     let s = b.f32s(&[3], &[0.1, 0.2, 0.3]);
     let w = b.op("DequantizeLinear", &["w", &s], vec![Attr::Int("axis", 0)]);
     let c = b.op("Conv", &[&x, &w], vec![]);
-    let err = compile(&b.model(&c)).unwrap_err();
+    let err = compile_best(&b.model(&c)).unwrap_err();
     assert!(matches!(&err, Error::Invalid(m) if m.contains("3 scales for axis 0")), "{err}");
 }

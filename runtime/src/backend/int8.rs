@@ -28,7 +28,7 @@ pub fn create(model: &OnnxModel, input_shape: &[usize], budget: u64) -> Result<B
                 "{}: edgemed INT8 engine, {int_ops} integer ops ({:.1} MMAC), {float_ops} float ops, {} kernels",
                 model.path.display(),
                 engine.plan.macs as f64 / 1e6,
-                engine.isa.name(),
+                engine.isa().name(),
             );
             Ok(Box::new(Int8Backend { engine, input_shape: input_shape.to_vec() }))
         }

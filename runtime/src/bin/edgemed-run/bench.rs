@@ -130,7 +130,7 @@ fn print_engine_profile(model: &OnnxModel, item: usize, iters: usize) -> Result<
     let total: f64 = steps.iter().map(|s| s.seconds).sum();
     println!(
         "\nINT8 engine, {} kernels, {} integer ops, {} float ops, {:.2} MMAC, {:.1} KiB of buffers; per run, mean of {iters}:",
-        engine.isa.name(),
+        engine.isa().name(),
         engine.plan.counts().0,
         engine.plan.counts().1,
         engine.plan.macs as f64 / 1e6,

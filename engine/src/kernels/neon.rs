@@ -7,19 +7,27 @@
 //!
 //! Bits: the sums are exact integers, and requantisation is the scalar reference's
 //! sequence of IEEE operations (multiply, then add: no fused multiply-add; round half
-//! to even with `frintn`), so every kernel gives [`super::kernels`]' scalar bits.
+//! to even with `frintn`), so every kernel gives [`super::scalar`]'s bits.
 //!
 //! u8 x s8 products: plain NEON widens both to i16 and multiplies-accumulates into
 //! i32 (`smlal`, exact). `sdot` multiplies s8 x s8 four at a time, so activations are
 //! shifted by 128 (`x ^ 0x80` is x - 128 as s8) and 128 Σw is added back to the sum.
 //! Stable Rust has no dot-product intrinsics (`stdarch_neon_dotprod` is unstable), so
 //! `sdot` is one instruction of inline assembly.
+//!
+//! Layouts (packed once, for the chosen ISA): `neon` reads [`DenseWeights`]' i16
+//! weights, `neondot` the quadruples of [`super::weights::pack_quads`] (shared with
+//! VNNI) and [`DenseWeights`]' 128 Σw; depthwise kernels read [`depthwise_layout`].
+//! NEON is part of the aarch64 baseline; the `unsafe fn`s here need only what their
+//! `# Safety` sections say about memory (and `sdot` the dot-product extension, checked
+//! by [`dense_checked`]).
 
 use std::arch::aarch64::*;
 use std::arch::asm;
 
-use super::plan::QTensor;
-use super::kernels::{pad_nhwc, quantize_u8, ConvGeometry, PackedWeights, Requant, CBLOCK};
+use super::scalar::{self, quantize_u8};
+use super::{pad_nhwc, padded_input, ConvGeometry, DepthwiseWeights, PackedWeights, Requant, CBLOCK};
+use crate::plan::{ConvKind, QTensor};
 
 /// Whether this CPU has `sdot` (`neondot`); plain NEON is part of every aarch64 CPU.
 pub fn has_dotprod() -> bool {
@@ -27,9 +35,10 @@ pub fn has_dotprod() -> bool {
 }
 
 /// The NEON layouts of a dense convolution's weights, built once with
-/// [`PackedWeights::new`]. (`neondot` reads [`PackedWeights::quads`], whose blocks of
-/// 16 channels x 4 consecutive k are the operands `sdot` by element wants.)
-#[derive(Debug, Clone)]
+/// [`PackedWeights::new`]: `mla` for `neon`, `sum128` for `neondot` (which reads
+/// [`PackedWeights::quads`], whose blocks of 16 channels x 4 consecutive k are the
+/// operands `sdot` by element wants); the other one empty.
+#[derive(Debug, Clone, Default)]
 pub struct DenseWeights {
     /// i16 weights for `smlal` by lane: blocks of 16 output channels, each kernel row
     /// in quadruples of k (zero padded), then k within the quadruple, then channel:
@@ -40,7 +49,13 @@ pub struct DenseWeights {
 }
 
 impl DenseWeights {
-    /// `rows`: [cout][kernel_rows * row_len], as [`PackedWeights::new`] takes them.
+    /// `sdot`'s correction from Σ_k w[c][k].
+    pub fn for_dot(sums: &[i32]) -> Self {
+        DenseWeights { mla: Vec::new(), sum128: sums.iter().map(|&s| 128 * s).collect() }
+    }
+
+    /// The `smlal` layout of `rows`: [cout][kernel_rows * row_len], as
+    /// [`PackedWeights::new`] takes them.
     pub fn new(rows: &[i8], cout: usize, kernel_rows: usize, row_len: usize) -> Self {
         let k = kernel_rows * row_len;
         let q4 = row_len.div_ceil(4);
@@ -53,8 +68,7 @@ impl DenseWeights {
                 }
             }
         }
-        let sum128 = (0..cout).map(|c| 128 * rows[c * k..(c + 1) * k].iter().map(|&w| w as i32).sum::<i32>()).collect();
-        DenseWeights { mla, sum128 }
+        DenseWeights { mla, sum128: Vec::new() }
     }
 }
 
@@ -112,9 +126,9 @@ fn quad_params(n: usize, pad: usize, r: Option<&Requant>, add: impl Fn(usize) ->
     let per = |f: &dyn Fn(&Requant, usize) -> f32| -> Vec<f32> { (0..len).map(|c| r.filter(|_| c < n).map_or(0.0, |r| f(r, c))).collect() };
     let (m, b) = (per(&|r, c| r.mult[c]), per(&|r, c| r.bias[c]));
     let (lo, hi) = (per(&|r, c| r.lo[c] as f32), per(&|r, c| r.hi[c] as f32));
-    // SAFETY: each load reads 4 lanes inside `len`, a multiple of 4.
     (0..len)
         .step_by(4)
+        // SAFETY: each load reads 4 lanes inside `len`, a multiple of 4.
         .map(|c| unsafe {
             Quad4 {
                 add: vld1q_s32(a.as_ptr().add(c)),
@@ -128,54 +142,89 @@ fn quad_params(n: usize, pad: usize, r: Option<&Requant>, add: impl Fn(usize) ->
 }
 
 /// clamp(round_half_even((acc + add) m + b) + z_y, lo, hi) for 4 channels, as
-/// [`super::kernels::requantize`]'s scalar body computes it: `scvtf` rounds like `as
+/// [`super::scalar::requantize`] computes it: `scvtf` rounds like `as
 /// f32`, `fmul` then `fadd` (not `fmla`), `frintn` rounds half to even (the scalar
 /// body's clamp to ±2^22 before rounding only touches values that saturate anyway).
 #[inline(always)]
-unsafe fn requant4(acc: int32x4_t, q: &Quad4, zp: float32x4_t) -> uint16x4_t {
-    let v = vaddq_f32(vmulq_f32(vcvtq_f32_s32(vaddq_s32(acc, q.add)), q.mult), q.bias);
-    let r = vaddq_f32(vrndnq_f32(v), zp);
-    vmovn_u32(vcvtq_u32_f32(vminq_f32(vmaxq_f32(r, q.lo), q.hi)))
+fn requant4(acc: int32x4_t, q: &Quad4, zp: float32x4_t) -> uint16x4_t {
+    // SAFETY: NEON register operations only; NEON is part of the aarch64 baseline.
+    unsafe {
+        let v = vaddq_f32(vmulq_f32(vcvtq_f32_s32(vaddq_s32(acc, q.add)), q.mult), q.bias);
+        let r = vaddq_f32(vrndnq_f32(v), zp);
+        vmovn_u32(vcvtq_u32_f32(vminq_f32(vmaxq_f32(r, q.lo), q.hi)))
+    }
 }
 
 /// Stores one pixel's sums of up to 16 channels (`NG` groups of 4, `nc` valid)
 /// at element `at` of the destination, requantised or as int32.
+///
+/// # Safety
+/// `dst` must be writable for `nc` (<= 4 NG) elements from element `at`, and `q` hold
+/// NG entries (U8) or at least ceil(nc / 4) (I32).
 #[inline(always)]
 unsafe fn store<const NG: usize>(acc: &[int32x4_t; NG], q: &[Quad4], nc: usize, zp: float32x4_t, dst: Dst, at: usize) {
-    match dst {
-        Dst::U8(o) => {
-            let mut h = [vdup_n_u16(0); 4];
-            for ((h, &a), q) in h.iter_mut().zip(acc).zip(q) {
-                *h = requant4(a, q, zp);
-            }
-            let lo = vmovn_u16(vcombine_u16(h[0], h[1]));
-            let o = o.add(at);
-            if nc == 8 {
-                vst1_u8(o, lo);
-            } else {
-                let bytes = vcombine_u8(lo, vmovn_u16(vcombine_u16(h[2], h[3])));
-                if nc == 16 {
-                    vst1q_u8(o, bytes);
+    // SAFETY: the caller vouches for the `nc` elements from `at`; an 8- or 16-byte store
+    // is used only when `nc` is 8 or 16, fewer through local arrays. Unaligned stores.
+    unsafe {
+        match dst {
+            Dst::U8(o) => {
+                let mut h = [vdup_n_u16(0); 4];
+                for ((h, &a), q) in h.iter_mut().zip(acc).zip(q) {
+                    *h = requant4(a, q, zp);
+                }
+                let lo = vmovn_u16(vcombine_u16(h[0], h[1]));
+                let o = o.add(at);
+                if nc == 8 {
+                    vst1_u8(o, lo);
                 } else {
-                    let mut t = [0u8; 16];
-                    vst1q_u8(t.as_mut_ptr(), bytes);
-                    std::ptr::copy_nonoverlapping(t.as_ptr(), o, nc);
+                    let bytes = vcombine_u8(lo, vmovn_u16(vcombine_u16(h[2], h[3])));
+                    if nc == 16 {
+                        vst1q_u8(o, bytes);
+                    } else {
+                        let mut t = [0u8; 16];
+                        vst1q_u8(t.as_mut_ptr(), bytes);
+                        std::ptr::copy_nonoverlapping(t.as_ptr(), o, nc);
+                    }
+                }
+            }
+            Dst::I32(o) => {
+                for (g, (&a, q)) in acc.iter().zip(q).enumerate() {
+                    let v = vaddq_s32(a, q.add);
+                    let n = nc.saturating_sub(4 * g).min(4);
+                    if n == 4 {
+                        vst1q_s32(o.add(at + 4 * g), v);
+                    } else if n > 0 {
+                        let mut t = [0i32; 4];
+                        vst1q_s32(t.as_mut_ptr(), v);
+                        std::ptr::copy_nonoverlapping(t.as_ptr(), o.add(at + 4 * g), n);
+                    }
                 }
             }
         }
-        Dst::I32(o) => {
-            for (g, (&a, q)) in acc.iter().zip(q).enumerate() {
-                let v = vaddq_s32(a, q.add);
-                let n = nc.saturating_sub(4 * g).min(4);
-                if n == 4 {
-                    vst1q_s32(o.add(at + 4 * g), v);
-                } else if n > 0 {
-                    let mut t = [0i32; 4];
-                    vst1q_s32(t.as_mut_ptr(), v);
-                    std::ptr::copy_nonoverlapping(t.as_ptr(), o.add(at + 4 * g), n);
-                }
-            }
-        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The dispatchers' entry points
+
+/// One convolution of the plan (see [`super::conv`]), on the zero-point padded input,
+/// fused with requantisation; `dot`: `neondot`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv(dot: bool, x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind, r: &Requant, scratch: &mut [u8], out: &mut [u8]) {
+    let (input, padded) = padded_input(x, g, zp, scratch);
+    match kind {
+        ConvKind::Dense(w) => conv_dense(dot, input, &padded, w, Out::U8(r, out)),
+        ConvKind::Depthwise(w) => conv_depthwise(input, &padded, zp, w, Out::U8(r, out)),
+    }
+}
+
+/// The int32 sums of a convolution (see [`super::accumulate`]), on the zero-point
+/// padded input; `dot`: `neondot`.
+pub fn accumulate(dot: bool, x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind, scratch: &mut [u8], acc: &mut [i32]) {
+    let (input, padded) = padded_input(x, g, zp, scratch);
+    match kind {
+        ConvKind::Dense(w) => conv_dense(dot, input, &padded, w, Out::I32(acc)),
+        ConvKind::Depthwise(w) => conv_depthwise(input, &padded, zp, w, Out::I32(acc)),
     }
 }
 
@@ -213,23 +262,34 @@ fn read_len(dot: bool, row_len: usize) -> usize {
 
 /// `sdot` by element: each int32 lane of `acc` += the dot product of its 4 bytes of
 /// `w` (one channel, 4 consecutive k) with bytes 4L..4L+3 of `x` (one pixel's 4 k).
+///
+/// # Safety
+/// The CPU must have the dot-product extension (`has_dotprod`).
 #[inline(always)]
 unsafe fn sdot<const L: u32>(acc: int32x4_t, w: int8x16_t, x: int8x16_t) -> int32x4_t {
-    let mut a = acc;
-    asm!(
-        ".arch_extension dotprod",
-        "sdot {a:v}.4s, {w:v}.16b, {x:v}.4b[{l}]",
-        a = inout(vreg) a,
-        w = in(vreg) w,
-        x = in(vreg) x,
-        l = const L,
-        options(pure, nomem, nostack, preserves_flags)
-    );
-    a
+    // SAFETY: one `sdot` on registers (no memory, stack or flags), on a CPU with the
+    // dot-product extension (the caller's obligation).
+    unsafe {
+        let mut a = acc;
+        asm!(
+            ".arch_extension dotprod",
+            "sdot {a:v}.4s, {w:v}.16b, {x:v}.4b[{l}]",
+            a = inout(vreg) a,
+            w = in(vreg) w,
+            x = in(vreg) x,
+            l = const L,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+        a
+    }
 }
 
 /// Sums of PT pixels x NG groups of 4 channels with `sdot`: per 16 bytes of a kernel
 /// row, one load per pixel and one per 4 channels x 4 k; 4 NG PT `sdot`s.
+///
+/// # Safety
+/// The CPU must have the dot-product extension; each `px[t]` must be readable for
+/// (kh - 1) row_stride + 16 ceil(q4 / 4) bytes ([`read_len`]), and `wb` for kh q4 64 bytes.
 #[inline(always)]
 unsafe fn tile_dot<const NG: usize, const PT: usize>(
     px: &[*const u8; PT],
@@ -238,43 +298,52 @@ unsafe fn tile_dot<const NG: usize, const PT: usize>(
     q4: usize,
     row_stride: usize,
 ) -> [[int32x4_t; NG]; PT] {
-    let mut acc = [[vdupq_n_s32(0); NG]; PT];
-    let flip = vdupq_n_u8(0x80);
-    for i in 0..kh {
-        let wr = wb.add(i * q4 * 64);
-        let off = i * row_stride;
-        let mut kk = 0;
-        while kk < q4 {
-            let xs: [int8x16_t; PT] = std::array::from_fn(|t| vreinterpretq_s8_u8(veorq_u8(vld1q_u8(px[t].add(off + kk * 4)), flip)));
-            let wq = wr.add(kk * 64);
-            macro_rules! quad {
-                ($l:literal) => {
-                    for g in 0..NG {
-                        let w = vld1q_s8(wq.add($l * 64 + g * 16));
-                        for (a, &x) in acc.iter_mut().zip(&xs) {
-                            a[g] = sdot::<$l>(a[g], w, x);
+    // SAFETY: the 16-byte loads of the pixels start at px[t] + i row_stride + 4 kk with
+    // kk < q4 in steps of 4, those of the weights at wb + (i q4 + kk + l) 64 + 16 g with
+    // kk + l < q4: inside what the caller vouches for; `sdot` likewise.
+    unsafe {
+        let mut acc = [[vdupq_n_s32(0); NG]; PT];
+        let flip = vdupq_n_u8(0x80);
+        for i in 0..kh {
+            let wr = wb.add(i * q4 * 64);
+            let off = i * row_stride;
+            let mut kk = 0;
+            while kk < q4 {
+                let xs: [int8x16_t; PT] = std::array::from_fn(|t| vreinterpretq_s8_u8(veorq_u8(vld1q_u8(px[t].add(off + kk * 4)), flip)));
+                let wq = wr.add(kk * 64);
+                macro_rules! quad {
+                    ($l:literal) => {
+                        for g in 0..NG {
+                            let w = vld1q_s8(wq.add($l * 64 + g * 16));
+                            for (a, &x) in acc.iter_mut().zip(&xs) {
+                                a[g] = sdot::<$l>(a[g], w, x);
+                            }
                         }
-                    }
-                };
+                    };
+                }
+                quad!(0);
+                if kk + 1 < q4 {
+                    quad!(1);
+                }
+                if kk + 2 < q4 {
+                    quad!(2);
+                }
+                if kk + 3 < q4 {
+                    quad!(3);
+                }
+                kk += 4;
             }
-            quad!(0);
-            if kk + 1 < q4 {
-                quad!(1);
-            }
-            if kk + 2 < q4 {
-                quad!(2);
-            }
-            if kk + 3 < q4 {
-                quad!(3);
-            }
-            kk += 4;
         }
+        acc
     }
-    acc
 }
 
 /// The same with `smlal` by lane: per two quadruples of k, one 8-byte load per
 /// pixel widened to i16, and per k one i16x4 of weights times that k of each pixel.
+///
+/// # Safety
+/// Each `px[t]` must be readable for (kh - 1) row_stride + 8 ceil(q4 / 2) bytes
+/// ([`read_len`]), and `wb` for kh q4 64 i16.
 #[inline(always)]
 unsafe fn tile_mla<const NG: usize, const PT: usize>(
     px: &[*const u8; PT],
@@ -283,40 +352,45 @@ unsafe fn tile_mla<const NG: usize, const PT: usize>(
     q4: usize,
     row_stride: usize,
 ) -> [[int32x4_t; NG]; PT] {
-    let mut acc = [[vdupq_n_s32(0); NG]; PT];
-    for i in 0..kh {
-        let wr = wb.add(i * q4 * 64);
-        let off = i * row_stride;
-        let mut kk = 0;
-        while kk < q4 {
-            let xs: [int16x8_t; PT] = std::array::from_fn(|t| vreinterpretq_s16_u16(vmovl_u8(vld1_u8(px[t].add(off + kk * 4)))));
-            // k = kk*4 + l: its 16 channels' weights start at wq + 16 l (the next
-            // quadruple's right after this one's).
-            let wq = wr.add(kk * 64);
-            macro_rules! k {
-                ($l:literal) => {
-                    for g in 0..NG {
-                        let w = vld1_s16(wq.add($l * 16 + g * 4));
-                        for (a, &x) in acc.iter_mut().zip(&xs) {
-                            a[g] = vmlal_laneq_s16::<$l>(a[g], w, x);
+    // SAFETY: the 8-byte loads of the pixels start at px[t] + i row_stride + 4 kk with
+    // kk < q4 in steps of 2, those of the weights (4 i16) at wb + (i q4 + kk) 64 + 16 l + 4 g
+    // with l < 4, or l < 8 when kk + 1 < q4: inside what the caller vouches for.
+    unsafe {
+        let mut acc = [[vdupq_n_s32(0); NG]; PT];
+        for i in 0..kh {
+            let wr = wb.add(i * q4 * 64);
+            let off = i * row_stride;
+            let mut kk = 0;
+            while kk < q4 {
+                let xs: [int16x8_t; PT] = std::array::from_fn(|t| vreinterpretq_s16_u16(vmovl_u8(vld1_u8(px[t].add(off + kk * 4)))));
+                // k = kk*4 + l: its 16 channels' weights start at wq + 16 l (the next
+                // quadruple's right after this one's).
+                let wq = wr.add(kk * 64);
+                macro_rules! k {
+                    ($l:literal) => {
+                        for g in 0..NG {
+                            let w = vld1_s16(wq.add($l * 16 + g * 4));
+                            for (a, &x) in acc.iter_mut().zip(&xs) {
+                                a[g] = vmlal_laneq_s16::<$l>(a[g], w, x);
+                            }
                         }
-                    }
-                };
+                    };
+                }
+                k!(0);
+                k!(1);
+                k!(2);
+                k!(3);
+                if kk + 1 < q4 {
+                    k!(4);
+                    k!(5);
+                    k!(6);
+                    k!(7);
+                }
+                kk += 2;
             }
-            k!(0);
-            k!(1);
-            k!(2);
-            k!(3);
-            if kk + 1 < q4 {
-                k!(4);
-                k!(5);
-                k!(6);
-                k!(7);
-            }
-            kk += 2;
         }
+        acc
     }
-    acc
 }
 
 /// Everything a dense kernel call needs besides the tile shape.
@@ -332,40 +406,60 @@ struct DenseJob<'a> {
 
 /// One block of up to 16 output channels (`NG` groups of 4) for the pixel tile `px`
 /// starting at pixel `p`.
+///
+/// # Safety
+/// `j` and `px` as [`dense`] builds them (its obligations hold), `p` < pixels, `b` a
+/// block of `j.w`, and the weights of the job's kind (quads for DOT, `mla` otherwise) laid out.
 #[inline(always)]
 unsafe fn dense_block<const DOT: bool, const NG: usize, const PT: usize>(j: &DenseJob, px: &[*const u8; PT], p: usize, b: usize) {
-    let (w, kh) = (j.w, j.w.kernel_rows);
-    let at = b * kh * j.q4 * 64;
-    let acc = if DOT {
-        tile_dot::<NG, PT>(px, w.quads.as_ptr().add(at), kh, j.q4, j.rows.row_stride)
-    } else {
-        tile_mla::<NG, PT>(px, w.neon.mla.as_ptr().add(at), kh, j.q4, j.rows.row_stride)
-    };
-    let nc = (w.cout - b * CBLOCK).min(CBLOCK);
-    for (t, a) in acc.iter().enumerate().take(j.rows.pixels - p) {
-        store::<NG>(a, &j.q[b * 4..], nc, j.zp, j.dst, (p + t) * w.cout + b * CBLOCK);
+    // SAFETY: block b's weights start at b kh q4 64 elements of the layout, whose blocks
+    // are checked by `dense_checked`; the tile reads and the stores stay inside what `dense`
+    // vouches for.
+    unsafe {
+        let (w, kh) = (j.w, j.w.kernel_rows);
+        let at = b * kh * j.q4 * 64;
+        let acc = if DOT {
+            tile_dot::<NG, PT>(px, w.quads.as_ptr().add(at), kh, j.q4, j.rows.row_stride)
+        } else {
+            tile_mla::<NG, PT>(px, w.neon.mla.as_ptr().add(at), kh, j.q4, j.rows.row_stride)
+        };
+        let nc = (w.cout - b * CBLOCK).min(CBLOCK);
+        for (t, a) in acc.iter().enumerate().take(j.rows.pixels - p) {
+            store::<NG>(a, &j.q[b * 4..], nc, j.zp, j.dst, (p + t) * w.cout + b * CBLOCK);
+        }
     }
 }
 
 /// Tiles of PT pixels (past the end: the last pixel again, computed and not stored),
 /// each through every block of output channels; the last block may be 1 to 4 groups
 /// of 4 channels wide (cout 4, 8, 24, ... waste no lanes).
+///
+/// # Safety
+/// `j.x` must be readable up to rows.base(pixels - 1) + (kernel_rows - 1) row_stride +
+/// `read_len(DOT, row_len)`; `j.dst` writable for pixels x cout elements; `j.q` cover cout
+/// rounded up to 16 channels; the weights hold the layout DOT reads (`dense_checked` checks
+/// all of it); DOT only on a CPU with the dot-product extension.
 unsafe fn dense<const DOT: bool, const PT: usize>(j: &DenseJob) {
-    let (pixels, cout) = (j.rows.pixels, j.w.cout);
-    let mut p = 0;
-    while p < pixels {
-        let px: [*const u8; PT] = std::array::from_fn(|t| j.x.add(j.rows.base((p + t).min(pixels - 1))));
-        for b in 0..cout.div_ceil(CBLOCK) {
-            match (cout - b * CBLOCK).min(CBLOCK).div_ceil(4) {
-                1 => dense_block::<DOT, 1, PT>(j, &px, p, b),
-                2 => dense_block::<DOT, 2, PT>(j, &px, p, b),
-                // Up to 16 accumulators: wide blocks only in tiles of 4 pixels.
-                3 if PT <= 4 => dense_block::<DOT, 3, PT>(j, &px, p, b),
-                _ if PT <= 4 => dense_block::<DOT, 4, PT>(j, &px, p, b),
-                _ => unreachable!("blocks wider than 8 channels use 4-pixel tiles"),
+    // SAFETY: every tile's pixels are below `pixels` (past the end: the last one again),
+    // so their reads stay inside what the caller vouches for; stores only for pixels below
+    // `pixels`.
+    unsafe {
+        let (pixels, cout) = (j.rows.pixels, j.w.cout);
+        let mut p = 0;
+        while p < pixels {
+            let px: [*const u8; PT] = std::array::from_fn(|t| j.x.add(j.rows.base((p + t).min(pixels - 1))));
+            for b in 0..cout.div_ceil(CBLOCK) {
+                match (cout - b * CBLOCK).min(CBLOCK).div_ceil(4) {
+                    1 => dense_block::<DOT, 1, PT>(j, &px, p, b),
+                    2 => dense_block::<DOT, 2, PT>(j, &px, p, b),
+                    // Up to 16 accumulators: wide blocks only in tiles of 4 pixels.
+                    3 if PT <= 4 => dense_block::<DOT, 3, PT>(j, &px, p, b),
+                    _ if PT <= 4 => dense_block::<DOT, 4, PT>(j, &px, p, b),
+                    _ => unreachable!("blocks wider than 8 channels use 4-pixel tiles"),
+                }
             }
+            p += PT;
         }
-        p += PT;
     }
 }
 
@@ -377,7 +471,10 @@ fn dense_checked(dot: bool, x: &[u8], rows: Rows, w: &PackedWeights, out: Out) {
     }
     assert!(!dot || has_dotprod(), "sdot needs the dot-product extension");
     let q4 = w.row_len.div_ceil(4);
-    assert!(w.kernel_rows >= 1 && w.quads.len() >= cout.div_ceil(CBLOCK) * w.kernel_rows * q4 * 64 && w.neon.mla.len() == w.quads.len());
+    // `sdot` reads the quadruples, `smlal` the i16 layout: as many elements.
+    let packed = if dot { w.quads.len() } else { w.neon.mla.len() };
+    assert!(w.kernel_rows >= 1 && packed >= cout.div_ceil(CBLOCK) * w.kernel_rows * q4 * 64, "weights packed for another ISA");
+    assert!(!dot || w.neon.sum128.len() >= cout, "weights packed for another ISA");
     let reach = rows.base(rows.pixels - 1) + (w.kernel_rows - 1) * rows.row_stride + read_len(dot, w.row_len);
     assert!(x.len() >= reach, "input needs slack past its end");
     let correction = |c: usize| if dot { w.neon.sum128[c] } else { 0 };
@@ -440,9 +537,13 @@ pub fn gemm(dot: bool, x: &[u8], pixels: usize, w: &PackedWeights, acc: &mut [i3
 // Depthwise convolution
 
 /// 8 channels of one input pixel, widened to i16.
+///
+/// # Safety
+/// `p` must be readable for 8 bytes.
 #[inline(always)]
 unsafe fn widen8(p: *const u8) -> int16x8_t {
-    vreinterpretq_s16_u16(vmovl_u8(vld1_u8(p)))
+    // SAFETY: an unaligned 8-byte load the caller vouches for.
+    unsafe { vreinterpretq_s16_u16(vmovl_u8(vld1_u8(p))) }
 }
 
 /// acc += x w for 8 channels (i16 x i16 into i32: exact) as `smlal` + `smlal2`. In
@@ -450,16 +551,19 @@ unsafe fn widen8(p: *const u8) -> int16x8_t {
 /// zero-extended bytes into 32-bit `mla`s on operands widened twice, and with the
 /// weights' high halves hoisted out of the loop into `ext` + `smlal`, spilling.
 #[inline(always)]
-unsafe fn mla8(acc: &mut [int32x4_t; 2], x: int16x8_t, w: int16x8_t) {
-    asm!(
-        "smlal {lo:v}.4s, {x:v}.4h, {w:v}.4h",
-        "smlal2 {hi:v}.4s, {x:v}.8h, {w:v}.8h",
-        lo = inout(vreg) acc[0],
-        hi = inout(vreg) acc[1],
-        x = in(vreg) x,
-        w = in(vreg) w,
-        options(pure, nomem, nostack, preserves_flags)
-    );
+fn mla8(acc: &mut [int32x4_t; 2], x: int16x8_t, w: int16x8_t) {
+    // SAFETY: two baseline NEON instructions on registers (no memory, stack or flags).
+    unsafe {
+        asm!(
+            "smlal {lo:v}.4s, {x:v}.4h, {w:v}.4h",
+            "smlal2 {hi:v}.4s, {x:v}.8h, {w:v}.8h",
+            lo = inout(vreg) acc[0],
+            hi = inout(vreg) acc[1],
+            x = in(vreg) x,
+            w = in(vreg) w,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
 }
 
 /// What every row of a depthwise call shares.
@@ -483,58 +587,81 @@ struct DwRow<'a> {
 /// PT adjacent output pixels of a 3x3 depthwise conv with horizontal stride S, for 8
 /// channels: each input pixel of a kernel row is loaded and widened once and used by
 /// every output pixel that covers it ((PT-1) S + 3 loads per row instead of 3 PT).
+///
+/// # Safety
+/// For each kernel row i < 3, `p` + i row_stride must be readable for ((PT - 1) S + 2) c + 8
+/// bytes.
 #[inline(always)]
 unsafe fn dw3x3_tile<const S: usize, const PT: usize>(j: &DwJob, p: *const u8, w: &[int16x8_t; 9]) -> [[int32x4_t; 2]; PT] {
-    let c = j.g.cin;
-    let mut acc = [[vdupq_n_s32(0); 2]; PT];
-    for i in 0..3 {
-        let r = p.add(i * j.row_stride);
-        let mut cols = [vdupq_n_s16(0); 9];
-        for (k, col) in cols.iter_mut().enumerate().take((PT - 1) * S + 3) {
-            *col = widen8(r.add(k * c));
-        }
-        for (t, a) in acc.iter_mut().enumerate() {
-            for k in 0..3 {
-                mla8(a, cols[t * S + k], w[i * 3 + k]);
+    // SAFETY: the loads are those the caller vouches for.
+    unsafe {
+        let c = j.g.cin;
+        let mut acc = [[vdupq_n_s32(0); 2]; PT];
+        for i in 0..3 {
+            let r = p.add(i * j.row_stride);
+            let mut cols = [vdupq_n_s16(0); 9];
+            for (k, col) in cols.iter_mut().enumerate().take((PT - 1) * S + 3) {
+                *col = widen8(r.add(k * c));
+            }
+            for (t, a) in acc.iter_mut().enumerate() {
+                for k in 0..3 {
+                    mla8(a, cols[t * S + k], w[i * 3 + k]);
+                }
             }
         }
+        acc
     }
-    acc
 }
 
 /// One output row of a 3x3 depthwise conv for one block of 8 channels, with the nine
 /// taps' weights in registers; 4 output pixels at a time, then one by one.
+///
+/// # Safety
+/// As [`dw_row_generic`], for a 3x3 kernel with horizontal stride S.
 #[inline(always)]
 unsafe fn dw3x3_row<const S: usize>(j: &DwJob, r: &DwRow) {
-    let c = j.g.cin;
-    let wv: [int16x8_t; 9] = std::array::from_fn(|t| vld1q_s16(r.w.add(t * DW)));
-    let mut ox = 0;
-    while ox + 4 <= j.g.ow {
-        let acc = dw3x3_tile::<S, 4>(j, r.x.add(ox * S * c), &wv);
-        for (t, a) in acc.iter().enumerate() {
-            store::<2>(a, r.q, r.nc, j.zp_out, j.dst, r.at + (ox + t) * c);
+    // SAFETY: tiles of 4 pixels while 4 fit in the row, then single pixels: each reads the
+    // receptive fields of output pixels below ow (plus 8 bytes), which the caller vouches for;
+    // `store` writes the block's channels of those pixels.
+    unsafe {
+        let c = j.g.cin;
+        let wv: [int16x8_t; 9] = std::array::from_fn(|t| vld1q_s16(r.w.add(t * DW)));
+        let mut ox = 0;
+        while ox + 4 <= j.g.ow {
+            let acc = dw3x3_tile::<S, 4>(j, r.x.add(ox * S * c), &wv);
+            for (t, a) in acc.iter().enumerate() {
+                store::<2>(a, r.q, r.nc, j.zp_out, j.dst, r.at + (ox + t) * c);
+            }
+            ox += 4;
         }
-        ox += 4;
-    }
-    while ox < j.g.ow {
-        let [a] = dw3x3_tile::<S, 1>(j, r.x.add(ox * S * c), &wv);
-        store::<2>(&a, r.q, r.nc, j.zp_out, j.dst, r.at + ox * c);
-        ox += 1;
+        while ox < j.g.ow {
+            let [a] = dw3x3_tile::<S, 1>(j, r.x.add(ox * S * c), &wv);
+            store::<2>(&a, r.q, r.nc, j.zp_out, j.dst, r.at + ox * c);
+            ox += 1;
+        }
     }
 }
 
 /// Any other kernel size or stride: one output pixel at a time, taps from memory.
+///
+/// # Safety
+/// `r.x` must be readable through the receptive fields of the output row's ow pixels
+/// (for this block of channels) plus 8 bytes, `r.w` hold the block's taps x 8 weights, and
+/// `j.dst` be writable for the block's `r.nc` channels of each of the row's pixels from `r.at`.
 unsafe fn dw_row_generic(j: &DwJob, r: &DwRow) {
-    let (g, c) = (j.g, j.g.cin);
-    for ox in 0..g.ow {
-        let p = r.x.add(ox * g.stride[1] * c);
-        let mut acc = [vdupq_n_s32(0); 2];
-        for i in 0..g.kh {
-            for k in 0..g.kw {
-                mla8(&mut acc, widen8(p.add(i * j.row_stride + k * c)), vld1q_s16(r.w.add((i * g.kw + k) * DW)));
+    // SAFETY: the loads and stores are those the caller vouches for.
+    unsafe {
+        let (g, c) = (j.g, j.g.cin);
+        for ox in 0..g.ow {
+            let p = r.x.add(ox * g.stride[1] * c);
+            let mut acc = [vdupq_n_s32(0); 2];
+            for i in 0..g.kh {
+                for k in 0..g.kw {
+                    mla8(&mut acc, widen8(p.add(i * j.row_stride + k * c)), vld1q_s16(r.w.add((i * g.kw + k) * DW)));
+                }
             }
+            store::<2>(&acc, r.q, r.nc, j.zp_out, j.dst, r.at + ox * c);
         }
-        store::<2>(&acc, r.q, r.nc, j.zp_out, j.dst, r.at + ox * c);
     }
 }
 
@@ -591,7 +718,7 @@ fn depthwise_checked(x: &[u8], g: &ConvGeometry, zp: u8, w16: &[i16], sums: &[i3
 }
 
 /// The fused depthwise convolution of the engine (`conv` dispatcher).
-pub fn conv_depthwise(x: &[u8], g: &ConvGeometry, zp: u8, w: &super::kernels::DepthwiseWeights, out: Out) {
+pub fn conv_depthwise(x: &[u8], g: &ConvGeometry, zp: u8, w: &DepthwiseWeights, out: Out) {
     assert!(w.taps == g.kh * g.kw && w.c == g.cin);
     depthwise_checked(x, g, zp, &w.neon, &w.sums, out)
 }
@@ -602,7 +729,7 @@ pub fn conv_depthwise(x: &[u8], g: &ConvGeometry, zp: u8, w: &super::kernels::De
 pub fn depthwise(x: &[u8], g: &ConvGeometry, zp: u8, w: &[i32], acc: &mut [i32]) {
     let (c, taps) = (g.cin, g.kh * g.kw);
     if w.iter().any(|&v| i16::try_from(v).is_err()) {
-        return super::kernels::depthwise_scalar(x, g, zp, w, acc);
+        return scalar::depthwise(x, g, zp, w, acc);
     }
     let w16 = depthwise_layout(c, taps, |ch, t| w[t * c + ch] as i16);
     let sums: Vec<i32> = (0..c).map(|ch| (0..taps).map(|t| w[t * c + ch]).fold(0, i32::wrapping_add)).collect();
@@ -617,9 +744,13 @@ pub fn depthwise(x: &[u8], g: &ConvGeometry, zp: u8, w: &[i32], acc: &mut [i32])
 // Requantisation, input quantisation, quantised Add
 
 /// 8 channels of [`requant4`] narrowed to bytes.
+///
+/// # Safety
+/// `a` must be readable for 8 i32.
 #[inline(always)]
 unsafe fn requant8(a: *const i32, q: &[Quad4], zp: float32x4_t) -> uint8x8_t {
-    vmovn_u16(vcombine_u16(requant4(vld1q_s32(a), &q[0], zp), requant4(vld1q_s32(a.add(4)), &q[1], zp)))
+    // SAFETY: an unaligned read of 8 i32 the caller vouches for; `q` is a checked slice.
+    unsafe { vmovn_u16(vcombine_u16(requant4(vld1q_s32(a), &q[0], zp), requant4(vld1q_s32(a.add(4)), &q[1], zp))) }
 }
 
 /// The standalone requantisation (the fused kernels do not need it): 8 channels per
@@ -653,24 +784,30 @@ pub fn requantize(acc: &[i32], cout: usize, r: &Requant, out: &mut [u8]) {
 /// half to even, + zero point, clamp to 0..255 (`fmax`/`fmin` keep NaN as the scalar
 /// clamp does; both then convert it to 0).
 #[inline(always)]
-unsafe fn quant4(v: float32x4_t, scale: float32x4_t, zp: float32x4_t) -> uint32x4_t {
-    let q = vaddq_f32(vrndnq_f32(vdivq_f32(v, scale)), zp);
-    vcvtq_u32_f32(vminq_f32(vmaxq_f32(q, vdupq_n_f32(0.0)), vdupq_n_f32(255.0)))
+fn quant4(v: float32x4_t, scale: float32x4_t, zp: float32x4_t) -> uint32x4_t {
+    // SAFETY: NEON register operations only; NEON is part of the aarch64 baseline.
+    unsafe {
+        let q = vaddq_f32(vrndnq_f32(vdivq_f32(v, scale)), zp);
+        vcvtq_u32_f32(vminq_f32(vmaxq_f32(q, vdupq_n_f32(0.0)), vdupq_n_f32(255.0)))
+    }
 }
 
 #[inline(always)]
-unsafe fn narrow16(q: [uint32x4_t; 4]) -> uint8x16_t {
-    let lo = vmovn_u16(vcombine_u16(vmovn_u32(q[0]), vmovn_u32(q[1])));
-    vcombine_u8(lo, vmovn_u16(vcombine_u16(vmovn_u32(q[2]), vmovn_u32(q[3]))))
+fn narrow16(q: [uint32x4_t; 4]) -> uint8x16_t {
+    // SAFETY: NEON register operations only; NEON is part of the aarch64 baseline.
+    unsafe {
+        let lo = vmovn_u16(vcombine_u16(vmovn_u32(q[0]), vmovn_u32(q[1])));
+        vcombine_u8(lo, vmovn_u16(vcombine_u16(vmovn_u32(q[2]), vmovn_u32(q[3]))))
+    }
 }
 
 /// The model input: float NCHW quantised into u8 NHWC, 16 pixels at a time, for up
-/// to 4 channels (interleaved by `st2`/`st3`/`st4`). Returns false when it does not
-/// apply (more channels), leaving the work to the portable loop.
-pub fn quantize_nchw_to_nhwc(x: &[f32], t: &QTensor, out: &mut [u8]) -> bool {
+/// to 4 channels (interleaved by `st2`/`st3`/`st4`); more channels (or short slices)
+/// through the portable loop.
+pub fn quantize_nchw_to_nhwc(x: &[f32], t: &QTensor, out: &mut [u8]) {
     let (hw, c) = (t.h * t.w, t.c);
     if !(1..=4).contains(&c) || x.len() < c * hw || out.len() < c * hw {
-        return false;
+        return scalar::quantize_nchw_to_nhwc(x, t, out);
     }
     let full = hw / 16 * 16;
     // SAFETY: 16 floats from each plane and 16 c bytes of output per step, inside
@@ -696,23 +833,25 @@ pub fn quantize_nchw_to_nhwc(x: &[f32], t: &QTensor, out: &mut [u8]) -> bool {
             out[p * c + ch] = quantize_u8(x[ch * hw + p], t.scale, t.zp);
         }
     }
-    true
 }
 
 /// 16 elements of the quantised Add: (x - z_a) s_a + (y - z_b) s_b as two `fmul`s
 /// and one `fadd` (no `fmla`), then QuantizeLinear.
 #[inline(always)]
-unsafe fn add16(a: uint8x16_t, b: uint8x16_t, ta: &QTensor, tb: &QTensor, to: &QTensor) -> uint8x16_t {
-    let f = |v: uint8x16_t, t: &QTensor| -> [float32x4_t; 4] {
-        let (lo, hi) = (vmovl_u8(vget_low_u8(v)), vmovl_high_u8(v));
-        let z = vdupq_n_s32(t.zp as i32);
-        let s = vdupq_n_f32(t.scale);
-        [vmovl_u16(vget_low_u16(lo)), vmovl_high_u16(lo), vmovl_u16(vget_low_u16(hi)), vmovl_high_u16(hi)]
-            .map(|u| vmulq_f32(vcvtq_f32_s32(vsubq_s32(vreinterpretq_s32_u32(u), z)), s))
-    };
-    let (fa, fb) = (f(a, ta), f(b, tb));
-    let (s, z) = (vdupq_n_f32(to.scale), vdupq_n_f32(to.zp as f32));
-    narrow16(std::array::from_fn(|j| quant4(vaddq_f32(fa[j], fb[j]), s, z)))
+fn add16(a: uint8x16_t, b: uint8x16_t, ta: &QTensor, tb: &QTensor, to: &QTensor) -> uint8x16_t {
+    // SAFETY: NEON register operations only; NEON is part of the aarch64 baseline.
+    unsafe {
+        let f = |v: uint8x16_t, t: &QTensor| -> [float32x4_t; 4] {
+            let (lo, hi) = (vmovl_u8(vget_low_u8(v)), vmovl_high_u8(v));
+            let z = vdupq_n_s32(t.zp as i32);
+            let s = vdupq_n_f32(t.scale);
+            [vmovl_u16(vget_low_u16(lo)), vmovl_high_u16(lo), vmovl_u16(vget_low_u16(hi)), vmovl_high_u16(hi)]
+                .map(|u| vmulq_f32(vcvtq_f32_s32(vsubq_s32(vreinterpretq_s32_u32(u), z)), s))
+        };
+        let (fa, fb) = (f(a, ta), f(b, tb));
+        let (s, z) = (vdupq_n_f32(to.scale), vdupq_n_f32(to.zp as f32));
+        narrow16(std::array::from_fn(|j| quant4(vaddq_f32(fa[j], fb[j]), s, z)))
+    }
 }
 
 /// QuantizeLinear(DequantizeLinear(a) + DequantizeLinear(b)), 16 elements per step;
@@ -731,94 +870,6 @@ pub fn add_quantized(a: &[u8], ta: &QTensor, b: &[u8], tb: &QTensor, to: &QTenso
             y[..n - full].copy_from_slice(&b[full..n]);
             vst1q_u8(o.as_mut_ptr(), add16(vld1q_u8(x.as_ptr()), vld1q_u8(y.as_ptr()), ta, tb, to));
             out[full..n].copy_from_slice(&o[..n - full]);
-        }
-    }
-}
-
-/// What the property tests of `kernels.rs` do not reach: the int32 outputs (a head
-/// conv's `accumulate`), input quantisation and the quantised Add, on random shapes
-/// and awkward values, against the scalar reference.
-#[cfg(test)]
-mod tests {
-    use super::super::plan::ConvKind;
-    use super::super::kernels::{self, DepthwiseWeights, Isa};
-    use super::*;
-
-    fn lcg(s: &mut u64) -> u32 {
-        *s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (*s >> 33) as u32
-    }
-
-    fn neon_isas() -> Vec<Isa> {
-        let v: Vec<Isa> = Isa::available().into_iter().filter(|i| matches!(i, Isa::Neon | Isa::NeonDot)).collect();
-        assert!(!v.is_empty());
-        v
-    }
-
-    #[test]
-    fn int32_sums_equal_scalar() {
-        let mut s = 5u64;
-        for _ in 0..200 {
-            let depthwise = lcg(&mut s).is_multiple_of(2);
-            let (h, w, cin) = (1 + lcg(&mut s) as usize % 12, 1 + lcg(&mut s) as usize % 12, 1 + lcg(&mut s) as usize % 37);
-            let cout = if depthwise { cin } else { 1 + lcg(&mut s) as usize % 37 };
-            let (kh, kw) = ([1, 3, 5][lcg(&mut s) as usize % 3], [1, 3][lcg(&mut s) as usize % 2]);
-            let stride = [1 + lcg(&mut s) as usize % 3, 1 + lcg(&mut s) as usize % 3];
-            let pads: [usize; 4] = std::array::from_fn(|i| lcg(&mut s) as usize % ([kh, kw][i % 2] / 2 + 1));
-            let Some(g) = ConvGeometry::new(h, w, cin, kh, kw, stride, pads) else { continue };
-            let x: Vec<u8> = (0..h * w * cin + 64).map(|_| lcg(&mut s) as u8).collect();
-            let zp = lcg(&mut s) as u8;
-            let taps = kh * kw;
-            let kind = if depthwise {
-                let wt: Vec<i8> = (0..cin * taps).map(|i| if i % 3 == 0 { -128 } else { lcg(&mut s) as i8 }).collect();
-                ConvKind::Depthwise(DepthwiseWeights::new(&wt, cin, taps))
-            } else {
-                let wt: Vec<i8> = (0..cout * taps * cin).map(|i| if i % 3 == 0 { -128 } else { lcg(&mut s) as i8 }).collect();
-                ConvKind::Dense(PackedWeights::new(wt, cout, kh, kw * cin))
-            };
-            let n = g.oh * g.ow * cout;
-            let scratch = kernels::conv_scratch_len(&g, &kind) + 64;
-            let mut reference = vec![0i32; n];
-            kernels::accumulate(Isa::Scalar, &x, &g, zp, &kind, &mut vec![0; scratch], &mut reference);
-            for isa in neon_isas() {
-                let mut acc = vec![0i32; n];
-                kernels::accumulate(isa, &x, &g, zp, &kind, &mut vec![0; scratch], &mut acc);
-                assert_eq!(reference, acc, "{isa:?} depthwise {depthwise} {g:?} cout {cout}");
-            }
-        }
-    }
-
-    fn tensor(s: &mut u64, c: usize, h: usize, w: usize) -> QTensor {
-        QTensor { c, h, w, scale: (1 + lcg(s) % 1000) as f32 * 1e-3, zp: lcg(s) as u8 }
-    }
-
-    #[test]
-    fn input_quantisation_and_add_equal_scalar() {
-        let mut s = 9u64;
-        for round in 0..200 {
-            let (c, h, w) = (1 + lcg(&mut s) as usize % 6, 1 + lcg(&mut s) as usize % 9, 1 + lcg(&mut s) as usize % 11);
-            let t = tensor(&mut s, c, h, w);
-            // Ties (half steps), huge values and non-finite ones among ordinary inputs.
-            let x: Vec<f32> = (0..t.len())
-                .map(|i| match (i + round) % 11 {
-                    0 => (lcg(&mut s) % 600) as f32 * 0.5 * t.scale - 100.0 * t.scale,
-                    1 => [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e30, -1e30, -0.0][lcg(&mut s) as usize % 6],
-                    _ => (lcg(&mut s) as f32 / u32::MAX as f32 - 0.5) * 600.0 * t.scale,
-                })
-                .collect();
-            let (mut a, mut b) = (vec![0u8; t.len()], vec![0u8; t.len()]);
-            kernels::quantize_nchw_to_nhwc(Isa::Scalar, &x, &t, &mut a);
-            for isa in neon_isas() {
-                kernels::quantize_nchw_to_nhwc(isa, &x, &t, &mut b);
-                assert_eq!(a, b, "{isa:?} {t:?}");
-            }
-            let (ta, tb, to) = (tensor(&mut s, c, h, w), tensor(&mut s, c, h, w), tensor(&mut s, c, h, w));
-            let (xa, xb): (Vec<u8>, Vec<u8>) = (0..t.len()).map(|_| (lcg(&mut s) as u8, lcg(&mut s) as u8)).unzip();
-            kernels::add_quantized(Isa::Scalar, &xa, &ta, &xb, &tb, &to, &mut a);
-            for isa in neon_isas() {
-                kernels::add_quantized(isa, &xa, &ta, &xb, &tb, &to, &mut b);
-                assert_eq!(a, b, "{isa:?}");
-            }
         }
     }
 }

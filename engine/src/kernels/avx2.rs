@@ -1,0 +1,205 @@
+//! x86-64 AVX2 kernels: the dense product on weights packed in pairs ([`pack_pairs`],
+//! read by `vpmaddwd`), requantisation 8 channels per instruction, and the scalar
+//! reference's loops (depthwise, input quantisation, quantised Add) compiled with
+//! AVX2 enabled, where LLVM vectorises them. Dense convolutions larger than 1x1 run
+//! on the scalar im2row rows. The AVX-512 VNNI path uses the depthwise, requantisation
+//! and Add kernels of this file for what it has no kernel of its own for.
+//!
+//! Every function here is `unsafe` for one reason beyond the slices' bounds: it needs
+//! AVX2, which the dispatcher checked ([`super::Isa::checked`]).
+
+use std::arch::x86_64::*;
+
+use super::{scalar, ConvGeometry, PackedWeights, Requant, CBLOCK};
+use crate::plan::{ConvKind, QTensor};
+
+/// Dense weights `rows` ([cout][k]) in the layout of [`gemm`]: blocks of 16 output
+/// channels, k in pairs (zero padded): [cout/16][k/2][16][2] as i16.
+pub fn pack_pairs(rows: &[i8], cout: usize, k: usize) -> Vec<i16> {
+    let k2 = k.div_ceil(2);
+    let blocks = cout.div_ceil(CBLOCK);
+    let mut pairs = vec![0i16; blocks * k2 * CBLOCK * 2];
+    for c in 0..cout {
+        let (b, lane) = (c / CBLOCK, c % CBLOCK);
+        for kk in 0..k {
+            pairs[((b * k2 + kk / 2) * CBLOCK + lane) * 2 + kk % 2] = rows[c * k + kk] as i16;
+        }
+    }
+    pairs
+}
+
+/// A convolution's sums ([`accumulate`]), then their requantisation into `out`.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2")]
+pub unsafe fn conv(x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind, r: &Requant, scratch: &mut [u8], acc: &mut [i32], out: &mut [u8]) {
+    let pixels = g.oh * g.ow;
+    let cout = r.mult.len();
+    // SAFETY: AVX2 is the caller's obligation, passed on.
+    unsafe {
+        accumulate(x, g, zp, kind, scratch, acc);
+        requantize(&acc[..pixels * cout], cout, r, out);
+    }
+}
+
+/// The int32 sums of a convolution (see [`super::accumulate`]): the scalar im2row
+/// rows (or the input itself for pointwise) times the pairs; depthwise on [taps][c].
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[target_feature(enable = "avx2")]
+pub unsafe fn accumulate(x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind, scratch: &mut [u8], acc: &mut [i32]) {
+    match kind {
+        ConvKind::Dense(w) => {
+            let input: &[u8] = if g.is_pointwise() {
+                x
+            } else {
+                scalar::im2row(x, g, zp, scratch);
+                scratch
+            };
+            // SAFETY: AVX2 is the caller's obligation, passed on.
+            unsafe { gemm(input, g.oh * g.ow, w, acc) }
+        }
+        // SAFETY: as above.
+        ConvKind::Depthwise(w) => unsafe { depthwise(x, g, zp, &w.w, acc) },
+    }
+}
+
+/// acc[p][c] = Σ_k x[p][k] w[c][k], 4 pixels x 16 channels per step: each pair of
+/// inputs is broadcast as one i32 and multiplied with 16 channels' weight pairs by
+/// `vpmaddwd` (u8 and s8 widened to i16, so nothing saturates, unlike `vpmaddubsw`).
+///
+/// # Safety
+/// The CPU must have AVX2. (The slices are checked here.)
+#[target_feature(enable = "avx2")]
+pub unsafe fn gemm(x: &[u8], pixels: usize, w: &PackedWeights, acc: &mut [i32]) {
+    let (k, cout) = (w.k, w.cout);
+    let k2 = k.div_ceil(2);
+    let blocks = cout.div_ceil(CBLOCK);
+    assert!(w.pairs.len() >= blocks * k2 * CBLOCK * 2, "weights packed without the AVX2 pairs");
+    assert!(x.len() >= pixels * k && acc.len() >= pixels * cout);
+    // Input pairs as i32 (lo | hi << 16), 4 pixels at a time.
+    let mut xp = vec![0i32; 4 * k2];
+    let mut out = [0i32; 4 * CBLOCK];
+    let mut p = 0;
+    while p < pixels {
+        let np = (pixels - p).min(4);
+        for q in 0..4 {
+            for kk in 0..k2 {
+                xp[q * k2 + kk] = if q < np {
+                    let r = &x[(p + q) * k..(p + q + 1) * k];
+                    let lo = r[2 * kk] as i32;
+                    let hi = if 2 * kk + 1 < k { r[2 * kk + 1] as i32 } else { 0 };
+                    lo | (hi << 16)
+                } else {
+                    0
+                };
+            }
+        }
+        for b in 0..blocks {
+            // SAFETY: block b's pairs are k2 x 32 i16 inside `pairs` (checked above); the
+            // two 16-i16 loads per kk stay in them, and loadu needs no alignment. xp
+            // holds 4 x k2 values (q < 4, kk < k2). The stores write 64 i32s of `out`.
+            unsafe {
+                let wb = w.pairs.as_ptr().add(b * k2 * CBLOCK * 2);
+                let mut a = [_mm256_setzero_si256(); 8];
+                for kk in 0..k2 {
+                    let w0 = _mm256_loadu_si256(wb.add(kk * CBLOCK * 2) as *const __m256i);
+                    let w1 = _mm256_loadu_si256(wb.add(kk * CBLOCK * 2 + 16) as *const __m256i);
+                    for q in 0..4 {
+                        let xb = _mm256_set1_epi32(*xp.get_unchecked(q * k2 + kk));
+                        a[2 * q] = _mm256_add_epi32(a[2 * q], _mm256_madd_epi16(xb, w0));
+                        a[2 * q + 1] = _mm256_add_epi32(a[2 * q + 1], _mm256_madd_epi16(xb, w1));
+                    }
+                }
+                for q in 0..4 {
+                    _mm256_storeu_si256(out.as_mut_ptr().add(q * CBLOCK) as *mut __m256i, a[2 * q]);
+                    _mm256_storeu_si256(out.as_mut_ptr().add(q * CBLOCK + 8) as *mut __m256i, a[2 * q + 1]);
+                }
+            }
+            let c0 = b * CBLOCK;
+            let nc = (cout - c0).min(CBLOCK);
+            for q in 0..np {
+                acc[(p + q) * cout + c0..(p + q) * cout + c0 + nc].copy_from_slice(&out[q * CBLOCK..q * CBLOCK + nc]);
+            }
+        }
+        p += 4;
+    }
+}
+
+/// [`scalar::depthwise`] compiled for AVX2: the channel loop vectorises 8 channels
+/// per instruction.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[target_feature(enable = "avx2")]
+pub unsafe fn depthwise(x: &[u8], g: &ConvGeometry, zp: u8, w: &[i32], acc: &mut [i32]) {
+    scalar::depthwise(x, g, zp, w, acc)
+}
+
+/// [`scalar::requantize`], 8 channels per step with the same IEEE operations, in the
+/// same order.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[target_feature(enable = "avx2")]
+pub unsafe fn requantize(acc: &[i32], cout: usize, r: &Requant, out: &mut [u8]) {
+    let full = cout / 8 * 8;
+    assert!([r.offset.len(), r.mult.len(), r.bias.len(), r.lo.len(), r.hi.len()].iter().all(|&n| n >= cout));
+    let magic = _mm256_set1_ps(12_582_912.0);
+    let (lim_lo, lim_hi) = (_mm256_set1_ps(-4_194_304.0), _mm256_set1_ps(4_194_304.0));
+    let zp = _mm256_set1_ps(r.out_zp);
+    let mut tmp = [0i32; 8];
+    for (a, o) in acc.chunks_exact(cout).zip(out.chunks_exact_mut(cout)) {
+        let mut c = 0;
+        while c < full {
+            // SAFETY: c + 8 <= full <= cout: the 8-lane loads stay inside this pixel's
+            // `cout` sums and the parameters' `cout` entries (checked above), the 8
+            // bytes written inside `o` (cout long); loadu/storeu need no alignment.
+            unsafe {
+                let x = _mm256_sub_epi32(
+                    _mm256_loadu_si256(a.as_ptr().add(c) as *const __m256i),
+                    _mm256_loadu_si256(r.offset.as_ptr().add(c) as *const __m256i),
+                );
+                let v = _mm256_add_ps(
+                    _mm256_mul_ps(_mm256_cvtepi32_ps(x), _mm256_loadu_ps(r.mult.as_ptr().add(c))),
+                    _mm256_loadu_ps(r.bias.as_ptr().add(c)),
+                );
+                let v = _mm256_min_ps(_mm256_max_ps(v, lim_lo), lim_hi);
+                let q = _mm256_add_ps(_mm256_sub_ps(_mm256_add_ps(v, magic), magic), zp);
+                let lo = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(r.lo.as_ptr().add(c) as *const __m128i)));
+                let hi = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(r.hi.as_ptr().add(c) as *const __m128i)));
+                let q = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(q, lo), hi));
+                _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, q);
+                for (k, &t) in tmp.iter().enumerate() {
+                    *o.get_unchecked_mut(c + k) = t as u8;
+                }
+            }
+            c += 8;
+        }
+        for c in full..cout {
+            let v = (a[c] - r.offset[c]) as f32 * r.mult[c] + r.bias[c];
+            o[c] = (scalar::round_half_even(v) + r.out_zp).clamp(r.lo[c] as f32, r.hi[c] as f32) as u8;
+        }
+    }
+}
+
+/// [`scalar::quantize_nchw_to_nhwc`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[target_feature(enable = "avx2")]
+pub unsafe fn quantize_nchw_to_nhwc(x: &[f32], t: &QTensor, out: &mut [u8]) {
+    scalar::quantize_nchw_to_nhwc(x, t, out)
+}
+
+/// [`scalar::add_quantized`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[target_feature(enable = "avx2")]
+pub unsafe fn add_quantized(a: &[u8], ta: &QTensor, b: &[u8], tb: &QTensor, to: &QTensor, out: &mut [u8]) {
+    scalar::add_quantized(a, ta, b, tb, to, out)
+}

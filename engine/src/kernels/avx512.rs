@@ -1,0 +1,774 @@
+//! AVX-512 VNNI kernels (x86-64 with avx512f/bw/vl/vnni/vbmi): convolutions fused with
+//! their requantisation, so each layer's int32 sums stay in registers and the layer's
+//! output is written once, as u8. `vpdpbusd` multiplies u8 activations by s8 weights
+//! four at a time into int32 without intermediate saturation, so the sums are the
+//! exact integers of the scalar reference; requantisation is the same sequence of IEEE
+//! operations as [`super::scalar::requantize`], hence the same bits. This file owns
+//! the layouts these kernels read: dense weights in quadruples
+//! ([`super::weights::pack_quads`], shared with `sdot`), depthwise weights in
+//! quadruples of taps ([`pack_depthwise_quads`]) and 3x3 columns
+//! ([`depthwise_columns3x3`]). What has no kernel here (int32 sums of depthwise convs,
+//! standalone requantisation, the quantised Add) runs on the AVX2 kernels.
+//!
+//! Every `unsafe fn` here needs the CPU features of [`available`] (which include AVX2),
+//! checked once by the dispatcher ([`super::Isa::checked`]); the slices' bounds are
+//! checked by assertions before any pointer arithmetic.
+
+use std::arch::x86_64::*;
+
+use super::{avx2, padded_input, scalar, ConvGeometry, DepthwiseWeights, PackedWeights, Requant, CBLOCK};
+use crate::plan::{ConvKind, QTensor};
+
+/// Pixels per register tile of the dense kernel.
+const PT: usize = 4;
+
+/// Whether this CPU has everything these kernels use (AVX2 included: the VNNI path
+/// runs the AVX2 kernels where it has none of its own).
+pub fn available() -> bool {
+    std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512vl")
+        && std::is_x86_feature_detected!("avx512vnni")
+        && std::is_x86_feature_detected!("avx512vbmi")
+}
+
+/// Depthwise weights `w` ([c][taps]) in the layout of [`conv_depthwise`]: blocks of
+/// 16 channels, taps in quadruples (zero padded): [c/16][taps/4][16][4].
+pub fn pack_depthwise_quads(w: &[i8], c: usize, taps: usize) -> Vec<i8> {
+    let g4 = taps.div_ceil(4);
+    let mut quads = vec![0i8; c.div_ceil(CBLOCK) * g4 * CBLOCK * 4];
+    for ch in 0..c {
+        let (b, lane) = (ch / CBLOCK, ch % CBLOCK);
+        for t in 0..taps {
+            quads[((b * g4 + t / 4) * CBLOCK + lane) * 4 + t % 4] = w[ch * taps + t];
+        }
+    }
+    quads
+}
+
+/// One convolution of the plan (see [`super::conv`]): the fused 3x3 depthwise kernel
+/// where it applies, else the dense or depthwise kernel on the zero-point padded input.
+///
+/// # Safety
+/// The CPU must have everything [`available`] checks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+pub unsafe fn conv(x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind, r: &Requant, scratch: &mut [u8], out: &mut [u8]) {
+    if let ConvKind::Depthwise(w) = kind {
+        if depthwise3x3_applies(g, w, r) {
+            // SAFETY: the CPU features are the caller's obligation; the slices are
+            // checked by the kernel.
+            unsafe { conv_depthwise3x3(x, g, zp, w, r, scratch, out) };
+            return;
+        }
+    }
+    let (input, padded) = padded_input(x, g, zp, scratch);
+    // SAFETY: as above.
+    unsafe {
+        match kind {
+            ConvKind::Dense(w) => conv_dense(input, &padded, w, DenseOut::U8(r, out)),
+            ConvKind::Depthwise(w) => conv_depthwise(input, &padded, zp, w, r, out),
+        }
+    }
+}
+
+/// The int32 sums of a convolution (see [`super::accumulate`]): dense on the
+/// zero-point padded input, depthwise with the AVX2 loop.
+///
+/// # Safety
+/// The CPU must have everything [`available`] checks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+pub unsafe fn accumulate(x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind, scratch: &mut [u8], acc: &mut [i32]) {
+    match kind {
+        ConvKind::Dense(w) => {
+            let (input, padded) = padded_input(x, g, zp, scratch);
+            // SAFETY: the CPU features are the caller's obligation; the slices are
+            // checked by the kernel.
+            unsafe { conv_dense(input, &padded, w, DenseOut::I32(acc)) }
+        }
+        // SAFETY: AVX2 is among the caller's obligations.
+        ConvKind::Depthwise(w) => unsafe { avx2::depthwise(x, g, zp, &w.w, acc) },
+    }
+}
+
+/// acc[p][c] = Σ_k x[p][k] w[c][k] for contiguous rows of `x` (no slack needed), by
+/// [`conv_dense`]: each row is `kernel_rows` kernel rows of one output pixel. The
+/// pixels whose reads stay inside `x` run in place, the last few from a padded copy.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL/VNNI. (The slices are checked here.)
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn gemm(x: &[u8], pixels: usize, w: &PackedWeights, acc: &mut [i32]) {
+    let (k, cout, kh, row_len) = (w.k, w.cout, w.kernel_rows, w.row_len);
+    if pixels == 0 || cout == 0 || k == 0 {
+        acc[..pixels * cout].fill(0);
+        return;
+    }
+    // n pixels as a column of n kh kernel rows, one pixel per kh of them.
+    let rows = |n: usize| ConvGeometry::new(n * kh, 1, row_len, kh, 1, [kh, 1], [0; 4]).expect("kh rows per pixel");
+    let reach = (kh - 1) * row_len + 4 * row_len.div_ceil(4);
+    let direct = if x.len() >= reach { ((x.len() - reach) / k + 1).min(pixels) } else { 0 };
+    if direct > 0 {
+        // SAFETY: the CPU features are the caller's obligation; the slices are checked
+        // by the kernel.
+        unsafe { conv_dense(x, &rows(direct), w, DenseOut::I32(&mut acc[..direct * cout])) };
+    }
+    if direct < pixels {
+        let mut tail = x[direct * k..pixels * k].to_vec();
+        tail.resize(tail.len() + reach, 0);
+        // SAFETY: as above.
+        unsafe { conv_dense(&tail, &rows(pixels - direct), w, DenseOut::I32(&mut acc[direct * cout..pixels * cout])) };
+    }
+}
+
+/// Requantisation constants of one block of 16 output channels.
+struct BlockRequant {
+    offset: __m512i,
+    mult: __m512,
+    bias: __m512,
+    lo: __m512,
+    hi: __m512,
+    mask: __mmask16,
+}
+
+/// The requantisation constants of channels c0..c0 + min(nc, 16).
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL, and every parameter vector of `r` must hold
+/// at least c0 + min(nc, 16) channels.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn block_requant(r: &Requant, c0: usize, nc: usize) -> BlockRequant {
+    let mask: __mmask16 = if nc >= 16 { 0xffff } else { (1u16 << nc) - 1 };
+    // SAFETY: masked loads touch only the lanes of `mask`, channels c0..c0 + min(nc,
+    // 16), inside each vector (the caller's obligation); no alignment is required.
+    unsafe {
+        let lo8 = _mm_maskz_loadu_epi8(mask, r.lo.as_ptr().add(c0) as *const i8);
+        let hi8 = _mm_maskz_loadu_epi8(mask, r.hi.as_ptr().add(c0) as *const i8);
+        BlockRequant {
+            offset: _mm512_maskz_loadu_epi32(mask, r.offset.as_ptr().add(c0)),
+            mult: _mm512_maskz_loadu_ps(mask, r.mult.as_ptr().add(c0)),
+            bias: _mm512_maskz_loadu_ps(mask, r.bias.as_ptr().add(c0)),
+            lo: _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo8)),
+            hi: _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi8)),
+            mask,
+        }
+    }
+}
+
+/// Whether every parameter vector of `r` holds at least `n` channels.
+fn requant_covers(r: &Requant, n: usize) -> bool {
+    [r.offset.len(), r.mult.len(), r.bias.len(), r.lo.len(), r.hi.len()].iter().all(|&len| len >= n)
+}
+
+/// Where the dense kernel writes: requantised u8, or the raw int32 sums (a conv
+/// whose output the float tail takes).
+pub enum DenseOut<'a> {
+    U8(&'a Requant, &'a mut [u8]),
+    I32(&'a mut [i32]),
+}
+
+/// Only the lane mask (int32 output).
+#[target_feature(enable = "avx512f")]
+fn block_mask(nc: usize) -> BlockRequant {
+    let z = _mm512_setzero_ps();
+    BlockRequant { offset: _mm512_setzero_si512(), mult: z, bias: z, lo: z, hi: z, mask: if nc >= 16 { 0xffff } else { (1u16 << nc) - 1 } }
+}
+
+/// y = clamp(round_half_even((acc - offset) m + b) + z_y, lo, hi), stored as the
+/// block's `nc` bytes at `out`.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL, and `out` must be writable for the lanes of
+/// `q.mask` (one byte each).
+#[inline(always)]
+unsafe fn requantize_store(acc: __m512i, q: &BlockRequant, zp: __m512, out: *mut u8) {
+    // SAFETY: the CPU features and the masked store's bytes are the caller's
+    // obligations; the store needs no alignment.
+    unsafe {
+        let magic = _mm512_set1_ps(12_582_912.0);
+        let v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, q.offset)), q.mult), q.bias);
+        let v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-4_194_304.0)), _mm512_set1_ps(4_194_304.0));
+        let r = _mm512_add_ps(_mm512_sub_ps(_mm512_add_ps(v, magic), magic), zp);
+        let r = _mm512_min_ps(_mm512_max_ps(r, q.lo), q.hi);
+        _mm512_mask_cvtepi32_storeu_epi8(out as *mut i8, q.mask, _mm512_cvtps_epi32(r));
+    }
+}
+
+/// Dense convolution fused with requantisation, as an implicit GEMM: each kernel row
+/// (kw x cin bytes, contiguous in NHWC) is read straight from the unpadded input `x`
+/// in quadruples, so there is no im2row. Pointwise is the case kh = kw = 1. Reads
+/// run up to 3 bytes past a kernel row (the next pixel's bytes, or the buffer's
+/// slack), where the packed weights are zero.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL/VNNI. (The slices are checked here.)
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn conv_dense(x: &[u8], g: &ConvGeometry, w: &PackedWeights, out: DenseOut) {
+    debug_assert_eq!(g.pads, [0; 4]);
+    let cout = w.cout;
+    let (kh, row_len) = (w.kernel_rows, w.row_len);
+    let q4 = row_len.div_ceil(4);
+    let pixels = g.oh * g.ow;
+    let row_stride = g.w * g.cin;
+    let base = |p: usize| ((p / g.ow) * g.stride[0] * g.w + (p % g.ow) * g.stride[1]) * g.cin;
+    assert!(kh == g.kh && row_len == g.kw * g.cin);
+    assert!(pixels == 0 || x.len() >= base(pixels - 1) + (kh - 1) * row_stride + 4 * q4, "input needs slack past its end");
+    assert!(w.quads.len() >= cout.div_ceil(CBLOCK) * kh * q4 * 64, "weights packed without the VNNI quadruples");
+    let blocks = cout.div_ceil(CBLOCK);
+    let (zp, params, u8_out, i32_out) = match out {
+        DenseOut::U8(r, o) => {
+            assert!(o.len() >= pixels * cout && requant_covers(r, cout));
+            // SAFETY: AVX-512 is the caller's obligation; `r` covers the `cout`
+            // channels of the blocks (checked).
+            let params: Vec<BlockRequant> =
+                (0..blocks).map(|b| unsafe { block_requant(r, b * CBLOCK, (cout - b * CBLOCK).min(CBLOCK)) }).collect();
+            (_mm512_set1_ps(r.out_zp), params, o.as_mut_ptr(), std::ptr::null_mut())
+        }
+        DenseOut::I32(o) => {
+            assert!(o.len() >= pixels * cout);
+            let params = (0..blocks).map(|b| block_mask((cout - b * CBLOCK).min(CBLOCK))).collect();
+            (_mm512_setzero_ps(), params, std::ptr::null_mut(), o.as_mut_ptr())
+        }
+    };
+    let xp = x.as_ptr();
+    let mut p = 0;
+    while p < pixels {
+        // SAFETY: every pixel's kernel rows are read in 4-byte groups up to
+        // base(p) + (kh - 1) row_stride + 4 q4 <= x.len() (checked above, for the last
+        // pixel, the farthest); the tile's pixels past the end repeat the last one.
+        // Block b's weights are kh q4 64-byte groups inside `quads` (checked). Stores
+        // go to pixels below `pixels`, channels below `cout` (the block's mask), inside
+        // the output (checked). loadu/storeu and read_unaligned need no alignment.
+        unsafe {
+            // Pixels of the tile; past the end, the last pixel again (computed, not stored).
+            let px: [*const u8; PT] = std::array::from_fn(|t| xp.add(base((p + t).min(pixels - 1))));
+            for (b, q) in params.iter().enumerate() {
+                let wb = w.quads.as_ptr().add(b * kh * q4 * 64);
+                let mut acc = [_mm512_setzero_si512(); PT];
+                for i in 0..kh {
+                    for kk in 0..q4 {
+                        let wv = _mm512_loadu_si512(wb.add((i * q4 + kk) * 64) as *const _);
+                        let off = i * row_stride + kk * 4;
+                        for t in 0..PT {
+                            let xv = _mm512_set1_epi32((px[t].add(off) as *const i32).read_unaligned());
+                            acc[t] = _mm512_dpbusd_epi32(acc[t], xv, wv);
+                        }
+                    }
+                }
+                for (t, a) in acc.iter().enumerate() {
+                    if p + t < pixels {
+                        let at = (p + t) * cout + b * CBLOCK;
+                        if i32_out.is_null() {
+                            requantize_store(*a, q, zp, u8_out.add(at));
+                        } else {
+                            _mm512_mask_storeu_epi32(i32_out.add(at), q.mask, *a);
+                        }
+                    }
+                }
+            }
+        }
+        p += PT;
+    }
+}
+
+/// Depthwise convolution fused with requantisation, on an unpadded (or zero-point
+/// padded) input: four taps of 16 channels are gathered into one register, their
+/// bytes interleaved per channel by one `vpermb`, and multiplied with the taps'
+/// weights by one `vpdpbusd`; zp x Σw is subtracted once at the end.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL/VNNI/VBMI. (The slices are checked here.)
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+pub unsafe fn conv_depthwise(x: &[u8], g: &ConvGeometry, zp_in: u8, w: &DepthwiseWeights, r: &Requant, out: &mut [u8]) {
+    debug_assert_eq!(g.pads, [0; 4]);
+    let c = g.cin;
+    let taps = g.kh * g.kw;
+    assert!(w.taps == taps && w.c == c);
+    assert!(x.len() >= g.h * g.w * c + 16 && out.len() >= g.oh * g.ow * c, "input needs slack past its end");
+    let zp_out = _mm512_set1_ps(r.out_zp);
+    let blocks = c.div_ceil(CBLOCK);
+    let groups = taps.div_ceil(4);
+    assert!(w.quads.len() >= blocks * groups * 64 && w.sums.len() >= c && requant_covers(r, c), "weights packed for VNNI");
+    // SAFETY: every block's masked loads (parameters, Σw) touch channels below c,
+    // inside each vector (checked above). Each pixel's taps are read as 16 bytes at
+    // its top-left byte + the block's first channel + a tap's offset: at most the
+    // last input pixel's channels + 16 bytes, inside x (h w c + 16, checked). Block
+    // b's weights are `groups` 64-byte groups inside `quads` (checked). The stores
+    // write the block's masked channels of an output pixel inside `out` (checked).
+    // loadu needs no alignment. AVX-512 is the caller's obligation.
+    unsafe {
+        let params: Vec<BlockRequant> = (0..blocks).map(|b| block_requant(r, b * CBLOCK, (c - b * CBLOCK).min(CBLOCK))).collect();
+        let zsum: Vec<__m512i> = (0..blocks)
+            .map(|b| {
+                _mm512_mullo_epi32(
+                    _mm512_maskz_loadu_epi32(params[b].mask, w.sums.as_ptr().add(b * CBLOCK)),
+                    _mm512_set1_epi32(zp_in as i32),
+                )
+            })
+            .collect();
+        // Byte 4c + t of the result is byte 16t + c of [tap0 | tap1 | tap2 | tap3].
+        let idx: [u8; 64] = std::array::from_fn(|i| ((i % 4) * 16 + i / 4) as u8);
+        let perm = _mm512_loadu_si512(idx.as_ptr() as *const _);
+        // Offsets of the taps from a pixel's top-left input byte; the missing taps of the
+        // last group repeat tap 0 (their weights are zero).
+        let tap_off: Vec<usize> = (0..groups * 4).map(|t| if t < taps { ((t / g.kw) * g.w + t % g.kw) * c } else { 0 }).collect();
+        let (sy, sx) = (g.stride[0], g.stride[1]);
+        for oy in 0..g.oh {
+            for ox in 0..g.ow {
+                let px = x.as_ptr().add(((oy * sy) * g.w + ox * sx) * c);
+                let o = out.as_mut_ptr().add((oy * g.ow + ox) * c);
+                for (b, q) in params.iter().enumerate() {
+                    let pb = px.add(b * CBLOCK);
+                    let wb = w.quads.as_ptr().add(b * groups * 64);
+                    let mut acc = _mm512_setzero_si512();
+                    for gi in 0..groups {
+                        let t = &tap_off[gi * 4..gi * 4 + 4];
+                        let lo = _mm256_inserti128_si256(
+                            _mm256_castsi128_si256(_mm_loadu_si128(pb.add(t[0]) as *const __m128i)),
+                            _mm_loadu_si128(pb.add(t[1]) as *const __m128i),
+                            1,
+                        );
+                        let hi = _mm256_inserti128_si256(
+                            _mm256_castsi128_si256(_mm_loadu_si128(pb.add(t[2]) as *const __m128i)),
+                            _mm_loadu_si128(pb.add(t[3]) as *const __m128i),
+                            1,
+                        );
+                        let v = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+                        let v = _mm512_permutexvar_epi8(perm, v);
+                        acc = _mm512_dpbusd_epi32(acc, v, _mm512_loadu_si512(wb.add(gi * 64) as *const _));
+                    }
+                    requantize_store(_mm512_sub_epi32(acc, zsum[b]), q, zp_out, o.add(b * CBLOCK));
+                }
+            }
+        }
+    }
+}
+
+/// Float NCHW quantised (ONNX QuantizeLinear) into u8 NHWC (the model input, and
+/// what float ops hand back to integer ops), 16 pixels at a time in blocks of up to 8
+/// channels: each channel's 16 bytes, then one two-source byte permute interleaves
+/// them into pixels. The same IEEE operations as [`super::scalar::quantize_u8`].
+/// Short slices (and no channels) go to the AVX2 loop.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL/VBMI and AVX2. (The slices are checked here.)
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi")]
+pub unsafe fn quantize_nchw_to_nhwc(x: &[f32], t: &QTensor, out: &mut [u8]) {
+    let (hw, c, scale, zp) = (t.h * t.w, t.c, t.scale, t.zp);
+    if c == 0 || x.len() < c * hw || out.len() < c * hw {
+        // SAFETY: AVX2 is the caller's obligation.
+        return unsafe { avx2::quantize_nchw_to_nhwc(x, t, out) };
+    }
+    let (s, z) = (_mm512_set1_ps(scale), _mm512_set1_ps(zp as f32));
+    let magic = _mm512_set1_ps(12_582_912.0);
+    let (lim_lo, lim_hi) = (_mm512_set1_ps(-4_194_304.0), _mm512_set1_ps(4_194_304.0));
+    let (zero, top) = (_mm512_setzero_ps(), _mm512_set1_ps(255.0));
+    let full = hw / 16 * 16;
+    // SAFETY: each step reads 16 floats of a plane from pixel i, i + 16 <= full <= hw,
+    // inside x (c hw floats, checked); the permute tables are local 128-byte arrays;
+    // a whole pixel's store writes 16 c bytes from pixel i, inside out (c hw, checked),
+    // the others a local 128-byte block. loadu/storeu need no alignment.
+    unsafe {
+        let quantize16 = |ch: usize, i: usize| {
+            let v = _mm512_div_ps(_mm512_loadu_ps(x.as_ptr().add(ch * hw + i)), s);
+            let v = _mm512_min_ps(_mm512_max_ps(v, lim_lo), lim_hi);
+            let q = _mm512_add_ps(_mm512_sub_ps(_mm512_add_ps(v, magic), magic), z);
+            _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(q, zero), top)))
+        };
+        // Byte j of a block of n channels (pixel j / n, channel j % n) is byte
+        // 16 (j % n) + j / n of [ch0 | ch1 | ... | ch7].
+        let perms: Vec<[__m512i; 2]> = (1..=8usize)
+            .map(|n| {
+                let idx: [u8; 128] = std::array::from_fn(|j| if j < 16 * n { (16 * (j % n) + j / n) as u8 } else { 0 });
+                [_mm512_loadu_si512(idx.as_ptr() as *const _), _mm512_loadu_si512(idx.as_ptr().add(64) as *const _)]
+            })
+            .collect();
+        let mut block = [0u8; 128];
+        let mut i = 0;
+        while i < full {
+            for ch0 in (0..c).step_by(8) {
+                let n = (c - ch0).min(8);
+                let mut planes = [_mm_setzero_si128(); 8];
+                for (k, plane) in planes.iter_mut().enumerate().take(n) {
+                    *plane = quantize16(ch0 + k, i);
+                }
+                let join = |p: &[__m128i]| {
+                    let lo = _mm256_inserti128_si256(_mm256_castsi128_si256(p[0]), p[1], 1);
+                    let hi = _mm256_inserti128_si256(_mm256_castsi128_si256(p[2]), p[3], 1);
+                    _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)
+                };
+                let (a, b) = (join(&planes[..4]), join(&planes[4..]));
+                let [p0, p1] = perms[n - 1];
+                let (v0, v1) = (_mm512_permutex2var_epi8(a, p0, b), _mm512_permutex2var_epi8(a, p1, b));
+                if n == c {
+                    // The whole pixel: 16 c contiguous bytes.
+                    let bytes = 16 * c;
+                    let dst = out.as_mut_ptr().add(i * c);
+                    _mm512_mask_storeu_epi8(dst as *mut i8, if bytes >= 64 { u64::MAX } else { (1u64 << bytes) - 1 }, v0);
+                    if bytes > 64 {
+                        let rest = bytes - 64;
+                        _mm512_mask_storeu_epi8(dst.add(64) as *mut i8, if rest >= 64 { u64::MAX } else { (1u64 << rest) - 1 }, v1);
+                    }
+                } else {
+                    _mm512_storeu_si512(block.as_mut_ptr() as *mut _, v0);
+                    _mm512_storeu_si512(block.as_mut_ptr().add(64) as *mut _, v1);
+                    for p in 0..16 {
+                        out[(i + p) * c + ch0..(i + p) * c + ch0 + n].copy_from_slice(&block[p * n..(p + 1) * n]);
+                    }
+                }
+            }
+            i += 16;
+        }
+    }
+    for p in full..hw {
+        for ch in 0..c {
+            out[p * c + ch] = scalar::quantize_u8(x[ch * hw + p], scale, zp);
+        }
+    }
+}
+
+/// [`DepthwiseWeights::cols`] of a 3x3 kernel, `w` being [c][3][3].
+pub fn depthwise_columns3x3(w: &[i8], c: usize) -> Vec<i8> {
+    let mut cols = vec![0i8; c.div_ceil(CBLOCK) * 3 * CBLOCK * 4];
+    for ch in 0..c {
+        let (b, lane) = (ch / CBLOCK, ch % CBLOCK);
+        for i in 0..3 {
+            for j in 0..3 {
+                cols[((b * 3 + j) * CBLOCK + lane) * 4 + i] = w[ch * 9 + i * 3 + j];
+            }
+        }
+    }
+    cols
+}
+
+/// Whether [`conv_depthwise3x3`] applies: a 3x3 kernel with horizontal stride 1 or 2,
+/// and an integral output zero point (its integer requantisation tail relies on it).
+pub fn depthwise3x3_applies(g: &ConvGeometry, w: &DepthwiseWeights, r: &Requant) -> bool {
+    g.kh == 3
+        && g.kw == 3
+        && (g.stride[1] == 1 || g.stride[1] == 2)
+        && w.taps == 9
+        && w.c == g.cin
+        && !w.cols.is_empty()
+        && r.out_zp.fract() == 0.0
+        && (0.0..=255.0).contains(&r.out_zp)
+}
+
+/// Constants of one block of 16 channels.
+struct DwBlock {
+    w: [__m512i; 3],
+    /// -(zp_in Σw + offset): the sums start from the whole correction.
+    init: __m512i,
+    mult: __m512,
+    bias: __m512,
+    /// lo and hi as bytes in the order of four packed pixels (lane L: channels 4L..4L+3
+    /// of each pixel).
+    lo: __m512i,
+    hi: __m512i,
+    mask: __mmask16,
+}
+
+/// What every group of pixels of the kernel reads besides its block's constants.
+struct DwRow {
+    c: usize,
+    w: usize,
+    /// The register standing for a column of padding: every byte the input zero point.
+    zpv: __m512i,
+    interleave: __m512i,
+    transpose: __m512i,
+    zp16: __m512i,
+    lim: __m512,
+}
+
+/// 3x3 depthwise convolution fused with requantisation, on the unpadded input.
+///
+/// One column of three input rows is interleaved into one register ("V": channel c's
+/// int32 holds the bytes of rows 0, 1, 2), so one `vpdpbusd` applies a whole kernel
+/// column to 16 channels and an output pixel is three `vpdpbusd` on the V of its
+/// columns. Walking along a row, neighbouring outputs share columns: with stride 1
+/// each V is built once and used three times (stride 2: twice).
+///
+/// Padding is never materialised: a row above or below the input reads a row of zero
+/// points (`scratch`), a column left or right of it is a register of zero points. Every
+/// tap is thus read, and the zero-point correction is zp Σw for every pixel, exactly
+/// the reference's sum where a tap of padding contributes (zp - zp) w = 0.
+///
+/// Requantisation is [`super::scalar::requantize`]'s float arithmetic (no FMA, same
+/// order) up to the rounding, where `vcvtps2dq` rounds half to even as the
+/// reference's magic-number addition does; the integral zero point and the clamp are
+/// then applied to four pixels at once, in saturating integer steps that give the
+/// same bytes (for finite requantisation parameters, as compiled models have).
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL/VNNI/VBMI. (The slices are checked here.)
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+pub unsafe fn conv_depthwise3x3(
+    x: &[u8],
+    g: &ConvGeometry,
+    zp_in: u8,
+    w: &DepthwiseWeights,
+    r: &Requant,
+    scratch: &mut [u8],
+    out: &mut [u8],
+) {
+    let c = g.cin;
+    assert!(depthwise3x3_applies(g, w, r));
+    assert!(w.cols.len() >= c.div_ceil(CBLOCK) * 3 * 64 && w.sums.len() >= c);
+    assert!(requant_covers(r, c));
+    assert!(x.len() >= g.h * g.w * c + 16 && out.len() >= g.oh * g.ow * c, "input needs slack past its end");
+    // SAFETY: the masked loads of each block (Σw, parameters) touch channels below c,
+    // inside each vector (checked above); block b's three column registers are 192
+    // bytes inside `cols` (checked); `rep_idx` is a local 64-byte array. `dw3x3` gets
+    // what its contract asks: x and out checked above, blocks built for g.cin
+    // channels; it checks the scratch row itself. AVX-512 is the caller's obligation.
+    unsafe {
+        // Lane L of a block's lo/hi bytes, repeated for the four pixels.
+        let rep_idx: [i32; 16] = std::array::from_fn(|i| (i / 4) as i32);
+        let rep = _mm512_loadu_si512(rep_idx.as_ptr() as *const _);
+        // Past 2^22 the reference saturates to hi. vcvtps2dq turns values from 2^31 up
+        // into the integer indefinite (-2^31, which would saturate to lo), so they are
+        // clamped first, unless the layer's sums cannot come near: |v| <= (255 Σ|w| +
+        // |correction|) |m| + |b| < 2^30, evaluated in f32 (a relative error of 1e-6 at
+        // most, far inside the factor 2 of margin).
+        let mut bounded = true;
+        let blocks: Vec<DwBlock> = (0..c.div_ceil(CBLOCK))
+            .map(|b| {
+                let c0 = b * CBLOCK;
+                let mask: __mmask16 = if c - c0 >= 16 { 0xffff } else { (1u16 << (c - c0)) - 1 };
+                let sums = _mm512_maskz_loadu_epi32(mask, w.sums.as_ptr().add(c0));
+                let offset = _mm512_maskz_loadu_epi32(mask, r.offset.as_ptr().add(c0));
+                let corr = _mm512_add_epi32(_mm512_mullo_epi32(sums, _mm512_set1_epi32(zp_in as i32)), offset);
+                let bytes = |v: &[u8]| {
+                    _mm512_permutexvar_epi32(rep, _mm512_broadcast_i32x4(_mm_maskz_loadu_epi8(mask, v.as_ptr().add(c0) as *const i8)))
+                };
+                let wb = w.cols.as_ptr().add(b * 3 * 64);
+                let wv: [__m512i; 3] = std::array::from_fn(|j| _mm512_loadu_si512(wb.add(j * 64) as *const _));
+                let mult = _mm512_maskz_loadu_ps(mask, r.mult.as_ptr().add(c0));
+                let bias = _mm512_maskz_loadu_ps(mask, r.bias.as_ptr().add(c0));
+                // Σ|w| per channel: |w| as u8 (|-128| = 128) times ones.
+                let ones = _mm512_set1_epi8(1);
+                let abs_sum = wv.iter().fold(_mm512_setzero_si512(), |acc, &v| _mm512_dpbusd_epi32(acc, _mm512_abs_epi8(v), ones));
+                let max_acc = _mm512_add_ps(
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(abs_sum), _mm512_set1_ps(255.0)),
+                    _mm512_abs_ps(_mm512_cvtepi32_ps(corr)),
+                );
+                let max_v = _mm512_add_ps(_mm512_mul_ps(max_acc, _mm512_abs_ps(mult)), _mm512_abs_ps(bias));
+                bounded &= _mm512_cmp_ps_mask::<_CMP_LT_OQ>(max_v, _mm512_set1_ps((1u32 << 30) as f32)) == 0xffff;
+                DwBlock {
+                    w: wv,
+                    init: _mm512_sub_epi32(_mm512_setzero_si512(), corr),
+                    mult,
+                    bias,
+                    lo: bytes(&r.lo),
+                    hi: bytes(&r.hi),
+                    mask,
+                }
+            })
+            .collect();
+        match (g.stride[1], bounded) {
+            (1, true) => dw3x3::<1, false>(x, g, zp_in, &blocks, r, scratch, out),
+            (1, false) => dw3x3::<1, true>(x, g, zp_in, &blocks, r, scratch, out),
+            (_, true) => dw3x3::<2, false>(x, g, zp_in, &blocks, r, scratch, out),
+            (_, false) => dw3x3::<2, true>(x, g, zp_in, &blocks, r, scratch, out),
+        }
+    }
+}
+
+/// The rows of [`conv_depthwise3x3`], horizontal stride `SX`; `CLAMP`: clamp the
+/// requantised values to 2^22 before rounding.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL/VNNI/VBMI; `x` must hold g.h g.w g.cin + 16
+/// bytes, `out` g.oh g.ow g.cin, and `blocks` the g.cin.div_ceil(16) blocks of g.cin
+/// channels (the scratch row is checked here).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+unsafe fn dw3x3<const SX: usize, const CLAMP: bool>(
+    x: &[u8],
+    g: &ConvGeometry,
+    zp_in: u8,
+    blocks: &[DwBlock],
+    r: &Requant,
+    scratch: &mut [u8],
+    out: &mut [u8],
+) {
+    let c = g.cin;
+    let (h, wd) = (g.h, g.w);
+    let zrow = if g.pads[0] > 0 || g.pads[2] > 0 {
+        assert!(scratch.len() >= wd * c + 16, "scratch holds a row of zero points");
+        scratch[..wd * c + 16].fill(zp_in);
+        scratch.as_ptr()
+    } else {
+        std::ptr::null()
+    };
+    // Byte 4c + t of V is byte c of row t: rows 0 and 1 in lanes 0 and 1 of the first
+    // operand, row 2 in lane 0 of the second; byte 3 meets a zero weight.
+    let il: [u8; 64] = std::array::from_fn(|i| [i / 4, 16 + i / 4, 64 + i / 4, i / 4][i % 4] as u8);
+    // Dword 4L + p of the packed bytes is channels 4L.. of pixel p; one pixel per lane.
+    let tr: [i32; 16] = std::array::from_fn(|i| (4 * (i % 4) + i / 4) as i32);
+    // SAFETY: the index tables are local 64-byte arrays. Each output row reads three
+    // input rows (inside x, as oh and the strides fit the padded input) or the row of
+    // zero points (w c + 16 bytes, filled above) where padding is; `dw_group` reads a
+    // column only if it lies inside the row (all of them checked by `interior` for an
+    // unchecked group, each one by `dw_column` otherwise), 16 bytes from the block's
+    // first channel: at most 15 bytes past the row's last pixel, inside the 16 bytes of
+    // slack of x or of the zero-point row. Stores: `n` pixels of the output row from
+    // ox, masked to the block's channels, inside `out`.
+    unsafe {
+        let row = DwRow {
+            c,
+            w: wd,
+            zpv: _mm512_set1_epi8(zp_in as i8),
+            interleave: _mm512_loadu_si512(il.as_ptr() as *const _),
+            transpose: _mm512_loadu_si512(tr.as_ptr() as *const _),
+            zp16: _mm512_set1_epi16(r.out_zp as i16),
+            lim: _mm512_set1_ps(4_194_304.0),
+        };
+        let (pt, pl) = (g.pads[0], g.pads[1]);
+        for oy in 0..g.oh {
+            let rows: [*const u8; 3] = std::array::from_fn(|i| {
+                let iy = (oy * g.stride[0] + i).wrapping_sub(pt);
+                if iy < h {
+                    x.as_ptr().add(iy * wd * c)
+                } else {
+                    zrow
+                }
+            });
+            let orow = out.as_mut_ptr().add(oy * g.ow * c);
+            for (b, q) in blocks.iter().enumerate() {
+                let c0 = b * CBLOCK;
+                // Output pixel ox reads columns ox SX - pl + 0, 1, 2 (wrapping: left of the
+                // input is past its end); the first 3 - SX of a group of four pixels come
+                // from the group before. `p`: where the group's first column starts in
+                // each row.
+                let mut p = rows.map(|r| r.wrapping_add(c0).wrapping_sub(pl * c));
+                let carry_p = |k: usize| p.map(|r| r.wrapping_add(k * c));
+                let mut carry = [
+                    dw_column::<true>(&row, carry_p(0), 0usize.wrapping_sub(pl)),
+                    dw_column::<true>(&row, carry_p(1), 1usize.wrapping_sub(pl)),
+                ];
+                let mut ox = 0;
+                while ox < g.ow {
+                    let a = (ox * SX).wrapping_sub(pl);
+                    let first_new = a.wrapping_add(3 - SX);
+                    let interior = first_new < wd && a.wrapping_add(3 * SX + 2) < wd;
+                    let n = (g.ow - ox).min(4);
+                    let o = orow.add(ox * c + c0);
+                    carry = if interior && n == 4 {
+                        dw_group::<SX, false, CLAMP>(&row, q, a, p, carry, o, 4)
+                    } else {
+                        dw_group::<SX, true, CLAMP>(&row, q, a, p, carry, o, n)
+                    };
+                    p = p.map(|r| r.wrapping_add(4 * SX * c));
+                    ox += 4;
+                }
+            }
+        }
+    }
+}
+
+/// The V of the input column whose bytes (of the block) start at `p` in each row (see
+/// [`conv_depthwise3x3`]); with `CHECKED`, a column `ix` outside the input is padding.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL/VBMI; unless `CHECKED` and `ix >= row.w`, each
+/// `p[i]` must be readable for 16 bytes.
+#[inline(always)]
+unsafe fn dw_column<const CHECKED: bool>(row: &DwRow, p: [*const u8; 3], ix: usize) -> __m512i {
+    if CHECKED && ix >= row.w {
+        return row.zpv;
+    }
+    // SAFETY: 16-byte unaligned loads the caller vouches for; CPU features likewise.
+    unsafe {
+        let r01 = _mm512_inserti32x4::<1>(
+            _mm512_castsi128_si512(_mm_loadu_si128(p[0] as *const __m128i)),
+            _mm_loadu_si128(p[1] as *const __m128i),
+        );
+        let r2 = _mm512_castsi128_si512(_mm_loadu_si128(p[2] as *const __m128i));
+        _mm512_permutex2var_epi8(r01, row.interleave, r2)
+    }
+}
+
+/// One output pixel from the V of its three columns, as the rounded integer of its
+/// requantisation before the output zero point and the clamp.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/VNNI.
+#[inline(always)]
+unsafe fn dw_pixel<const CLAMP: bool>(row: &DwRow, q: &DwBlock, v0: __m512i, v1: __m512i, v2: __m512i) -> __m512i {
+    // SAFETY: register operations only; the CPU features are the caller's obligation.
+    unsafe {
+        let acc = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(q.init, v0, q.w[0]), v1, q.w[1]), v2, q.w[2]);
+        let v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), q.mult), q.bias);
+        let v = if CLAMP { _mm512_min_ps(v, row.lim) } else { v };
+        _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v)
+    }
+}
+
+/// Four output pixels of one block whose first column is `a` (its bytes at `p` in each
+/// row), `carry` holding the V of columns a and a + 1; stores the first `n` pixels at
+/// `o`, `c` bytes apart, and returns the V of the next group's first columns.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL/VNNI/VBMI; the columns a + 3 - SX .. a + 3 SX + 2
+/// must be readable as [`dw_column`] asks (unless `CHECKED`, all of them inside the
+/// input rows), and `o` writable for the block's masked channels of `n` <= 4 pixels,
+/// `row.c` bytes apart.
+#[inline(always)]
+unsafe fn dw_group<const SX: usize, const CHECKED: bool, const CLAMP: bool>(
+    row: &DwRow,
+    q: &DwBlock,
+    a: usize,
+    p: [*const u8; 3],
+    carry: [__m512i; 2],
+    o: *mut u8,
+    n: usize,
+) -> [__m512i; 2] {
+    // SAFETY: the columns read and the pixels stored are those the caller vouches
+    // for; unaligned loads and stores; CPU features likewise.
+    unsafe {
+        let col = |k: usize| dw_column::<CHECKED>(row, p.map(|r| r.wrapping_add(k * row.c)), a.wrapping_add(k));
+        let (iq, next) = if SX == 1 {
+            let [v0, v1] = carry;
+            let (v2, v3, v4, v5) = (col(2), col(3), col(4), col(5));
+            let iq = [
+                dw_pixel::<CLAMP>(row, q, v0, v1, v2),
+                dw_pixel::<CLAMP>(row, q, v1, v2, v3),
+                dw_pixel::<CLAMP>(row, q, v2, v3, v4),
+                dw_pixel::<CLAMP>(row, q, v3, v4, v5),
+            ];
+            (iq, [v4, v5])
+        } else {
+            let v0 = carry[0];
+            let (v1, v2, v3, v4) = (col(1), col(2), col(3), col(4));
+            let (v5, v6, v7, v8) = (col(5), col(6), col(7), col(8));
+            let iq = [
+                dw_pixel::<CLAMP>(row, q, v0, v1, v2),
+                dw_pixel::<CLAMP>(row, q, v2, v3, v4),
+                dw_pixel::<CLAMP>(row, q, v4, v5, v6),
+                dw_pixel::<CLAMP>(row, q, v6, v7, v8),
+            ];
+            (iq, [v8, v8])
+        };
+        // Saturating steps (to i16, + zp, to u8) are monotone and exact on [0, 255], so
+        // clamping their result to [lo, hi] gives clamp(round + zp, lo, hi).
+        let p01 = _mm512_adds_epi16(_mm512_packs_epi32(iq[0], iq[1]), row.zp16);
+        let p23 = _mm512_adds_epi16(_mm512_packs_epi32(iq[2], iq[3]), row.zp16);
+        let bytes = _mm512_min_epu8(_mm512_max_epu8(_mm512_packus_epi16(p01, p23), q.lo), q.hi);
+        let px = _mm512_permutexvar_epi32(row.transpose, bytes);
+        let lanes = [
+            _mm512_castsi512_si128(px),
+            _mm512_extracti32x4_epi32::<1>(px),
+            _mm512_extracti32x4_epi32::<2>(px),
+            _mm512_extracti32x4_epi32::<3>(px),
+        ];
+        for (p, lane) in lanes.iter().enumerate().take(n) {
+            let dst = o.add(p * row.c);
+            if q.mask == 0xffff {
+                _mm_storeu_si128(dst as *mut __m128i, *lane);
+            } else {
+                _mm_mask_storeu_epi8(dst as *mut i8, q.mask, *lane);
+            }
+        }
+        next
+    }
+}

@@ -1,0 +1,380 @@
+//! Integer kernels: u8 activations (NHWC) times s8 weights into i32 accumulators,
+//! and the requantisation back to u8, one file per architecture:
+//!
+//! - [`scalar`]: the portable reference, what every machine can run;
+//! - `avx2` and `avx512` (x86-64: AVX2, AVX-512 VNNI);
+//! - `neon` (aarch64: NEON, and `sdot` where the CPU has the dot-product extension);
+//! - `armv7` (32-bit ARM NEON, in inline assembly).
+//!
+//! This module owns the choice between them: [`Isa`] is detected once (the engine's
+//! constructor calls [`Isa::detect`]), the weights are packed for it ([`weights`]:
+//! only the layout its kernels read), and every dispatch function below is one
+//! `match` on it. It also owns what the kernels share: [`ConvGeometry`], [`Requant`],
+//! the zero-point padding of inputs.
+//!
+//! Every implementation must give the scalar reference's bits: the arithmetic is
+//! integer until requantisation, which is the same sequence of IEEE float operations
+//! in all of them. `tests` (with the generators of `testgen`) checks this on random
+//! shapes for every implementation the CPU has; `tests/tests/int8_engine.rs` and
+//! `tests/tests/int8_models.rs` on whole models.
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod scalar;
+mod weights;
+
+#[cfg(target_arch = "arm")]
+mod armv7;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(target_arch = "aarch64")]
+mod neon;
+
+#[cfg(test)]
+mod testgen;
+#[cfg(test)]
+mod tests;
+
+use std::sync::OnceLock;
+
+use crate::plan::{ConvKind, QTensor};
+
+pub use scalar::{im2row, quantize_u8, round_half_even};
+pub use weights::{DepthwiseWeights, PackedWeights, CBLOCK};
+
+/// Which implementation runs the kernels (chosen once, at engine construction).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    Scalar,
+    Avx2,
+    /// AVX-512 with VNNI (`vpdpbusd`): convolutions fused with requantisation.
+    Avx512Vnni,
+    /// aarch64 NEON (every aarch64 CPU): `smlal` on i16-widened operands,
+    /// convolutions fused with requantisation.
+    Neon,
+    /// aarch64 NEON with the dot-product extension (`sdot`) for dense convolutions.
+    NeonDot,
+    /// 32-bit ARM (armv7) with NEON, where the kernel reports it (AT_HWCAP):
+    /// `vmlal.s16` on i16-widened operands for dense and depthwise convolutions,
+    /// NEON requantisation.
+    Armv7Neon,
+}
+
+impl Isa {
+    /// The best this CPU has, unless `EDGEMED_INT8_ISA` (scalar, avx2, avx512vnni,
+    /// neon, neondot, armv7neon) asks for another it also has.
+    pub fn detect() -> Isa {
+        let available = Isa::supported();
+        if let Some(want) = std::env::var("EDGEMED_INT8_ISA").ok().and_then(|v| available.iter().copied().find(|i| i.name() == v)) {
+            return want;
+        }
+        *available.last().expect("scalar is always available")
+    }
+
+    /// Every implementation this CPU can run, slowest first.
+    pub fn available() -> Vec<Isa> {
+        Isa::supported().to_vec()
+    }
+
+    /// Whether this CPU can run `self`.
+    pub fn is_available(self) -> bool {
+        Isa::supported().contains(&self)
+    }
+
+    /// [`Isa::available`], probed once.
+    fn supported() -> &'static [Isa] {
+        static SUPPORTED: OnceLock<Vec<Isa>> = OnceLock::new();
+        SUPPORTED.get_or_init(|| {
+            #[allow(unused_mut)]
+            let mut v = vec![Isa::Scalar];
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::is_x86_feature_detected!("avx2") {
+                    v.push(Isa::Avx2);
+                }
+                if avx512::available() {
+                    v.push(Isa::Avx512Vnni);
+                }
+            }
+            #[cfg(target_arch = "aarch64")]
+            {
+                // NEON is part of the aarch64 baseline.
+                v.push(Isa::Neon);
+                if neon::has_dotprod() {
+                    v.push(Isa::NeonDot);
+                }
+            }
+            #[cfg(target_arch = "arm")]
+            if armv7::has_neon() {
+                v.push(Isa::Armv7Neon);
+            }
+            v
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512Vnni => "avx512vnni",
+            Isa::Neon => "neon",
+            Isa::NeonDot => "neondot",
+            Isa::Armv7Neon => "armv7neon",
+        }
+    }
+
+    /// `self`, after checking that this CPU runs it: what makes the dispatchers'
+    /// calls of the `unsafe` x86 kernels sound (their target features were detected)
+    /// for any `Isa` a caller passes. One cached lookup per kernel call.
+    #[inline]
+    fn checked(self) -> Isa {
+        assert!(self.is_available(), "the {} kernels need CPU features this CPU lacks", self.name());
+        self
+    }
+}
+
+/// Panics for an `Isa` of another architecture (never reached: [`Isa::checked`]
+/// only passes this CPU's).
+#[cold]
+#[allow(dead_code)]
+fn foreign(isa: Isa) -> ! {
+    unreachable!("{} kernels on {}", isa.name(), std::env::consts::ARCH)
+}
+
+/// Geometry of a 2-D convolution on NHWC tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeometry {
+    pub h: usize,
+    pub w: usize,
+    pub cin: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: [usize; 2],
+    /// top, left, bottom, right
+    pub pads: [usize; 4],
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl ConvGeometry {
+    pub fn new(h: usize, w: usize, cin: usize, kh: usize, kw: usize, stride: [usize; 2], pads: [usize; 4]) -> Option<Self> {
+        let (hp, wp) = (h + pads[0] + pads[2], w + pads[1] + pads[3]);
+        if hp < kh || wp < kw || stride.contains(&0) {
+            return None;
+        }
+        Some(ConvGeometry { h, w, cin, kh, kw, stride, pads, oh: (hp - kh) / stride[0] + 1, ow: (wp - kw) / stride[1] + 1 })
+    }
+
+    pub fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == [1, 1] && self.pads == [0; 4]
+    }
+}
+
+/// Per-channel requantisation parameters of one convolution.
+#[derive(Debug, Clone)]
+pub struct Requant {
+    /// Subtracted from the accumulator (input zero point x Σw; 0 for depthwise, which corrects in the loop).
+    pub offset: Vec<i32>,
+    /// s_x s_w[c] / s_y: one multiplier per channel, as ONNX Runtime's requantisation uses.
+    pub mult: Vec<f32>,
+    /// bias[c] / s_y
+    pub bias: Vec<f32>,
+    pub out_zp: f32,
+    /// Clamp per channel (activation bounds in the quantised domain).
+    pub lo: Vec<u8>,
+    pub hi: Vec<u8>,
+}
+
+/// Bytes of scratch [`conv`] needs for `g`: im2row rows (scalar, AVX2) or a padded
+/// copy of the input (VNNI, NEON, armv7 NEON).
+pub fn conv_scratch_len(g: &ConvGeometry, kind: &ConvKind) -> usize {
+    let im2row = match kind {
+        ConvKind::Dense(_) if !g.is_pointwise() => g.oh * g.ow * g.kh * g.kw * g.cin,
+        _ => 0,
+    };
+    let padded = if g.pads == [0; 4] { 0 } else { (g.h + g.pads[0] + g.pads[2]) * (g.w + g.pads[1] + g.pads[3]) * g.cin };
+    // The VNNI 3x3 depthwise kernel reads a row of zero points for rows of padding.
+    let zp_row = if g.pads[0] + g.pads[2] > 0 { g.w * g.cin + 16 } else { 0 };
+    im2row.max(padded).max(zp_row)
+}
+
+/// Checks that `kind`'s weights were packed for `isa` (each ISA's packing builds only
+/// the layout its kernels read).
+fn check_packed(isa: Isa, kind: &ConvKind) {
+    let packed = match kind {
+        ConvKind::Dense(w) => w.isa,
+        ConvKind::Depthwise(w) => w.isa,
+    };
+    assert_eq!(packed, isa, "weights packed for {} run on {}", packed.name(), isa.name());
+}
+
+/// One convolution of the plan: dense or depthwise, then requantisation into `out`.
+/// `x` and `scratch` carry 64 bytes of slack past their data (the VNNI and NEON kernels
+/// read whole groups of bytes; what they read past the data meets zero weights). The
+/// armv7 kernels use `acc` as the buffer of their int32 sums before requantisation.
+#[allow(clippy::too_many_arguments)]
+pub fn conv(
+    isa: Isa,
+    x: &[u8],
+    g: &ConvGeometry,
+    zp: u8,
+    kind: &ConvKind,
+    r: &Requant,
+    scratch: &mut [u8],
+    acc: &mut [i32],
+    out: &mut [u8],
+) {
+    check_packed(isa, kind);
+    match isa.checked() {
+        Isa::Scalar => scalar::conv(x, g, zp, kind, r, scratch, acc, out),
+        // SAFETY: `checked` confirmed AVX2 on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::conv(x, g, zp, kind, r, scratch, acc, out) },
+        // SAFETY: `checked` confirmed AVX-512 VNNI (with AVX2) on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => unsafe { avx512::conv(x, g, zp, kind, r, scratch, out) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::NeonDot => neon::conv(isa == Isa::NeonDot, x, g, zp, kind, r, scratch, out),
+        #[cfg(target_arch = "arm")]
+        Isa::Armv7Neon => armv7::conv(x, g, zp, kind, r, scratch, acc, out),
+        #[allow(unreachable_patterns)]
+        other => foreign(other),
+    }
+}
+
+/// The int32 sums of a convolution, acc[p][c] = Σ (x - zp) w, zero-point corrected
+/// for depthwise but not for dense (whose correction is `zp * Σw`, done by the caller).
+pub fn accumulate(isa: Isa, x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind, scratch: &mut [u8], acc: &mut [i32]) {
+    check_packed(isa, kind);
+    match isa.checked() {
+        Isa::Scalar => scalar::accumulate(x, g, zp, kind, scratch, acc),
+        // SAFETY: `checked` confirmed AVX2 on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::accumulate(x, g, zp, kind, scratch, acc) },
+        // SAFETY: `checked` confirmed AVX-512 VNNI (with AVX2) on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => unsafe { avx512::accumulate(x, g, zp, kind, scratch, acc) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::NeonDot => neon::accumulate(isa == Isa::NeonDot, x, g, zp, kind, scratch, acc),
+        #[cfg(target_arch = "arm")]
+        Isa::Armv7Neon => armv7::accumulate(x, g, zp, kind, scratch, acc),
+        #[allow(unreachable_patterns)]
+        other => foreign(other),
+    }
+}
+
+/// acc[p][c] = Σ_k x[p][k] w[c][k] for `p` rows of `x` (row stride `k`, no slack needed).
+pub fn gemm(isa: Isa, x: &[u8], pixels: usize, w: &PackedWeights, acc: &mut [i32]) {
+    assert!(x.len() >= pixels * w.k && acc.len() >= pixels * w.cout);
+    assert_eq!(w.isa, isa, "weights packed for {} run on {}", w.isa.name(), isa.name());
+    match isa.checked() {
+        Isa::Scalar => scalar::gemm(x, pixels, w, acc),
+        // SAFETY: `checked` confirmed AVX2 on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::gemm(x, pixels, w, acc) },
+        // SAFETY: `checked` confirmed AVX-512 VNNI on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => unsafe { avx512::gemm(x, pixels, w, acc) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::NeonDot => neon::gemm(isa == Isa::NeonDot, x, pixels, w, acc),
+        #[cfg(target_arch = "arm")]
+        Isa::Armv7Neon => armv7::gemm(x, pixels, w, acc),
+        #[allow(unreachable_patterns)]
+        other => foreign(other),
+    }
+}
+
+/// Depthwise convolution: acc[p][c] = Σ_taps (x - zp) w[tap][c], padding contributing 0.
+/// `w` is [kh * kw][c] as i32 (the scalar layout, whatever the ISA).
+pub fn depthwise(isa: Isa, x: &[u8], g: &ConvGeometry, zp: u8, w: &[i32], acc: &mut [i32]) {
+    match isa.checked() {
+        Isa::Scalar => scalar::depthwise(x, g, zp, w, acc),
+        // SAFETY: `checked` confirmed AVX2 on this CPU (AVX-512 VNNI CPUs have it).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { avx2::depthwise(x, g, zp, w, acc) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::NeonDot => neon::depthwise(x, g, zp, w, acc),
+        #[cfg(target_arch = "arm")]
+        Isa::Armv7Neon => armv7::depthwise(x, g, zp, w, acc),
+        #[allow(unreachable_patterns)]
+        other => foreign(other),
+    }
+}
+
+/// y = clamp(round_half_even((acc - offset) m + b) + z_y) with m = s_x s_w / s_y and
+/// b = bias / s_y: DequantizeLinear -> Conv -> QuantizeLinear on the exact integer sum,
+/// with the scales combined beforehand as ONNX Runtime's fused kernels do (a product
+/// instead of a division, which may round differently by one step in rare cases).
+pub fn requantize(isa: Isa, acc: &[i32], cout: usize, r: &Requant, out: &mut [u8]) {
+    match isa.checked() {
+        Isa::Scalar => scalar::requantize(acc, cout, r, out),
+        // SAFETY: `checked` confirmed AVX2 on this CPU (AVX-512 VNNI CPUs have it).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { avx2::requantize(acc, cout, r, out) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::NeonDot => neon::requantize(acc, cout, r, out),
+        #[cfg(target_arch = "arm")]
+        Isa::Armv7Neon => armv7::requantize(acc, cout, r, out),
+        #[allow(unreachable_patterns)]
+        other => foreign(other),
+    }
+}
+
+/// The model input: float NCHW quantised (ONNX QuantizeLinear) into u8 NHWC.
+pub fn quantize_nchw_to_nhwc(isa: Isa, x: &[f32], t: &QTensor, out: &mut [u8]) {
+    match isa.checked() {
+        // SAFETY: `checked` confirmed AVX2 on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::quantize_nchw_to_nhwc(x, t, out) },
+        // SAFETY: `checked` confirmed AVX-512 VNNI (with AVX2) on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => unsafe { avx512::quantize_nchw_to_nhwc(x, t, out) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::NeonDot => neon::quantize_nchw_to_nhwc(x, t, out),
+        // armv7: the portable loop.
+        _ => scalar::quantize_nchw_to_nhwc(x, t, out),
+    }
+}
+
+/// QuantizeLinear(DequantizeLinear(a) + DequantizeLinear(b)), element-wise, with
+/// the float operations of the QDQ graph.
+pub fn add_quantized(isa: Isa, a: &[u8], ta: &QTensor, b: &[u8], tb: &QTensor, to: &QTensor, out: &mut [u8]) {
+    match isa.checked() {
+        // SAFETY: `checked` confirmed AVX2 on this CPU (AVX-512 VNNI CPUs have it).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { avx2::add_quantized(a, ta, b, tb, to, out) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::NeonDot => neon::add_quantized(a, ta, b, tb, to, out),
+        // armv7: the portable loop.
+        _ => scalar::add_quantized(a, ta, b, tb, to, out),
+    }
+}
+
+/// The input with its padding materialised as the zero point (every tap is then
+/// read, and the correction zp * Σw is exact for border pixels too), and the
+/// geometry on it.
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "arm")), allow(dead_code))]
+fn padded_input<'a>(x: &'a [u8], g: &ConvGeometry, zp: u8, scratch: &'a mut [u8]) -> (&'a [u8], ConvGeometry) {
+    if g.pads == [0; 4] {
+        return (x, *g);
+    }
+    let (hp, wp) = pad_nhwc(x, g.h, g.w, g.cin, g.pads, zp, scratch);
+    (&*scratch, ConvGeometry { h: hp, w: wp, pads: [0; 4], ..*g })
+}
+
+/// Copies an NHWC tensor into `out` with `pads` (top, left, bottom, right) of `zp`
+/// around it; returns the padded height and width.
+pub fn pad_nhwc(x: &[u8], h: usize, w: usize, c: usize, pads: [usize; 4], zp: u8, out: &mut [u8]) -> (usize, usize) {
+    let (hp, wp) = (h + pads[0] + pads[2], w + pads[1] + pads[3]);
+    let row = wp * c;
+    out[..pads[0] * row].fill(zp);
+    for y in 0..h {
+        let o = &mut out[(pads[0] + y) * row..(pads[0] + y + 1) * row];
+        o[..pads[1] * c].fill(zp);
+        o[pads[1] * c..(pads[1] + w) * c].copy_from_slice(&x[y * w * c..(y + 1) * w * c]);
+        o[(pads[1] + w) * c..].fill(zp);
+    }
+    out[(pads[0] + h) * row..hp * row].fill(zp);
+    (hp, wp)
+}

@@ -1,0 +1,184 @@
+//! The portable reference kernels: what every machine can run, and what every other
+//! implementation must match bit for bit. Plain loops on the scalar layouts: dense
+//! weights as rows [cout][k] (im2row for kernels larger than 1x1), depthwise weights
+//! as [taps][c] int32 ([`pack_depthwise`]), requantisation and input quantisation in
+//! the IEEE float operations ONNX Runtime's QDQ arithmetic amounts to. The AVX2 file
+//! compiles the `#[inline(always)]` loops of this one for AVX2.
+
+use super::{ConvGeometry, PackedWeights, Requant};
+use crate::plan::{ConvKind, QTensor};
+
+/// Depthwise weights `w` ([c][taps], as ONNX stores them) as [taps][c] int32, the
+/// layout of [`depthwise`].
+pub fn pack_depthwise(w: &[i8], c: usize, taps: usize) -> Vec<i32> {
+    let mut t_c = vec![0i32; taps * c];
+    for ch in 0..c {
+        for t in 0..taps {
+            t_c[t * c + ch] = w[ch * taps + t] as i32;
+        }
+    }
+    t_c
+}
+
+/// A convolution's sums, then their requantisation into `out`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv(x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind, r: &Requant, scratch: &mut [u8], acc: &mut [i32], out: &mut [u8]) {
+    let pixels = g.oh * g.ow;
+    let cout = r.mult.len();
+    accumulate(x, g, zp, kind, scratch, acc);
+    requantize(&acc[..pixels * cout], cout, r, out);
+}
+
+/// The int32 sums of a convolution (see [`super::accumulate`]): im2row rows (or the
+/// input itself for pointwise) times the weight rows; depthwise directly.
+pub fn accumulate(x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind, scratch: &mut [u8], acc: &mut [i32]) {
+    match kind {
+        ConvKind::Dense(w) => {
+            let input: &[u8] = if g.is_pointwise() {
+                x
+            } else {
+                im2row(x, g, zp, scratch);
+                scratch
+            };
+            gemm(input, g.oh * g.ow, w, acc);
+        }
+        ConvKind::Depthwise(w) => depthwise(x, g, zp, &w.w, acc),
+    }
+}
+
+/// acc[p][c] = Σ_k x[p][k] w[c][k] for `p` rows of `x` (row stride `k`).
+pub fn gemm(x: &[u8], pixels: usize, w: &PackedWeights, acc: &mut [i32]) {
+    let k = w.k;
+    assert!(w.rows.len() >= w.cout * k, "weights packed without the scalar rows");
+    for p in 0..pixels {
+        let row = &x[p * k..(p + 1) * k];
+        for c in 0..w.cout {
+            let wr = &w.rows[c * k..(c + 1) * k];
+            acc[p * w.cout + c] = row.iter().zip(wr).map(|(&a, &b)| a as i32 * b as i32).sum();
+        }
+    }
+}
+
+/// Gathers each output pixel's receptive field into a row ([kh][kw][cin]), padding
+/// with the input zero point (a real 0).
+pub fn im2row(x: &[u8], g: &ConvGeometry, zp: u8, rows: &mut [u8]) {
+    let k = g.kh * g.kw * g.cin;
+    for oy in 0..g.oh {
+        for ox in 0..g.ow {
+            let row = &mut rows[(oy * g.ow + ox) * k..(oy * g.ow + ox + 1) * k];
+            for i in 0..g.kh {
+                let iy = (oy * g.stride[0] + i) as isize - g.pads[0] as isize;
+                for j in 0..g.kw {
+                    let ix = (ox * g.stride[1] + j) as isize - g.pads[1] as isize;
+                    let dst = &mut row[(i * g.kw + j) * g.cin..(i * g.kw + j + 1) * g.cin];
+                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                        dst.fill(zp);
+                    } else {
+                        let s = (iy as usize * g.w + ix as usize) * g.cin;
+                        dst.copy_from_slice(&x[s..s + g.cin]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Depthwise convolution: acc[p][c] = Σ_taps (x - zp) w[tap][c], padding contributing 0.
+/// `w` is [kh * kw][c] as i32.
+#[inline(always)]
+pub fn depthwise(x: &[u8], g: &ConvGeometry, zp: u8, w: &[i32], acc: &mut [i32]) {
+    let c = g.cin;
+    let zp = zp as i32;
+    for oy in 0..g.oh {
+        for ox in 0..g.ow {
+            let a = &mut acc[(oy * g.ow + ox) * c..(oy * g.ow + ox + 1) * c];
+            a.fill(0);
+            for i in 0..g.kh {
+                let iy = (oy * g.stride[0] + i) as isize - g.pads[0] as isize;
+                if iy < 0 || iy >= g.h as isize {
+                    continue;
+                }
+                for j in 0..g.kw {
+                    let ix = (ox * g.stride[1] + j) as isize - g.pads[1] as isize;
+                    if ix < 0 || ix >= g.w as isize {
+                        continue;
+                    }
+                    let s = (iy as usize * g.w + ix as usize) * c;
+                    let xs = &x[s..s + c];
+                    let ws = &w[(i * g.kw + j) * c..(i * g.kw + j + 1) * c];
+                    for ((a, &xv), &wv) in a.iter_mut().zip(xs).zip(ws) {
+                        *a += (xv as i32 - zp) * wv;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// y = clamp(round_half_even((acc - offset) m + b) + z_y, lo, hi) (see
+/// [`super::requantize`]).
+#[inline(always)]
+pub fn requantize(acc: &[i32], cout: usize, r: &Requant, out: &mut [u8]) {
+    for (a, o) in acc.chunks_exact(cout).zip(out.chunks_exact_mut(cout)) {
+        for c in 0..cout {
+            let v = (a[c] - r.offset[c]) as f32 * r.mult[c] + r.bias[c];
+            let q = round_half_even(v) + r.out_zp;
+            o[c] = q.clamp(r.lo[c] as f32, r.hi[c] as f32) as u8;
+        }
+    }
+}
+
+/// The model input: float NCHW quantised (ONNX QuantizeLinear) into u8 NHWC.
+#[inline(always)]
+pub fn quantize_nchw_to_nhwc(x: &[f32], t: &QTensor, out: &mut [u8]) {
+    let hw = t.h * t.w;
+    for c in 0..t.c {
+        let plane = &x[c * hw..(c + 1) * hw];
+        for (i, &v) in plane.iter().enumerate() {
+            out[i * t.c + c] = quantize_u8(v, t.scale, t.zp);
+        }
+    }
+}
+
+/// QuantizeLinear(DequantizeLinear(a) + DequantizeLinear(b)), element-wise.
+#[inline(always)]
+pub fn add_quantized(a: &[u8], ta: &QTensor, b: &[u8], tb: &QTensor, to: &QTensor, out: &mut [u8]) {
+    let (za, zb) = (ta.zp as i32, tb.zp as i32);
+    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+        let v = (x as i32 - za) as f32 * ta.scale + (y as i32 - zb) as f32 * tb.scale;
+        *o = quantize_u8(v, to.scale, to.zp);
+    }
+}
+
+/// Round half to even, as ONNX QuantizeLinear does, in plain IEEE arithmetic so that
+/// it vectorises (`f32::round_ties_even` is a library call on x86-64 without SSE4.1):
+/// adding and subtracting 1.5 x 2^23 leaves the nearest integer, ties to even, for
+/// |v| <= 2^22; larger values are clamped first (they saturate to 0 or 255 anyway).
+#[inline(always)]
+pub fn round_half_even(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v.clamp(-4_194_304.0, 4_194_304.0) + MAGIC) - MAGIC
+}
+
+/// ONNX QuantizeLinear to u8: saturate(round_half_even(x / s) + z).
+pub fn quantize_u8(x: f32, scale: f32, zp: u8) -> u8 {
+    (round_half_even(x / scale) + zp as f32).clamp(0.0, 255.0) as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testgen::Lcg;
+    use super::*;
+
+    #[test]
+    fn rounding_is_half_to_even() {
+        for (v, r) in [(0.5, 0.0), (1.5, 2.0), (2.5, 2.0), (-0.5, -0.0), (-1.5, -2.0), (2.4999, 2.0), (254.5, 254.0), (1e9, 4_194_304.0)] {
+            assert_eq!(round_half_even(v), r, "{v}");
+        }
+        let mut s = Lcg::new(3);
+        for _ in 0..100_000 {
+            let v = (s.u32() as f32 / u32::MAX as f32 - 0.5) * 1000.0;
+            assert_eq!(round_half_even(v), v.round_ties_even(), "{v}");
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! The property tests of every kernel family against the scalar reference, for every
+//! implementation this CPU has ([`Isa::available`]; the scalar one checks itself):
+//! dense products, fused convolutions (dense and depthwise, any kernel, strides and
+//! padding), the VNNI-shaped 3x3 depthwise case with extreme values, int32 sums,
+//! standalone depthwise and requantisation, input quantisation and the quantised
+//! Add. Random cases come from [`super::testgen`]; weights are packed once per ISA,
+//! as the compiler packs them. What only one architecture can differ in (armv7's
+//! subnormal flushing) is tested in that architecture's file.
+
+use super::testgen::{conv_case, random_requant, ConvSpec, Lcg};
+use super::*;
+use crate::plan::{ConvKind, QTensor};
+
+/// Mean and standard deviation (at least 1) of int32 sums.
+fn spread(acc: &[i32]) -> (f64, f64) {
+    let n = acc.len() as f64;
+    let mean = acc.iter().map(|&a| a as f64).sum::<f64>() / n;
+    let sd = (acc.iter().map(|&a| (a as f64 - mean).powi(2)).sum::<f64>() / n).sqrt().max(1.0);
+    (mean, sd)
+}
+
+#[test]
+fn the_architectures_simd_kernels_are_available() {
+    let available = Isa::available();
+    eprintln!("available: {available:?}, detected: {:?}", Isa::detect());
+    assert_eq!(available[0], Isa::Scalar);
+    #[cfg(target_arch = "aarch64")]
+    assert!(available.contains(&Isa::Neon), "NEON is part of the aarch64 baseline");
+    // Detection picks the best one, or the one asked for.
+    let detected = Isa::detect();
+    assert!(available.contains(&detected));
+    if std::env::var_os("EDGEMED_INT8_ISA").is_none() {
+        assert_eq!(detected, *available.last().unwrap());
+    }
+}
+
+#[test]
+#[should_panic(expected = "weights packed for")]
+fn weights_packed_for_another_isa_are_refused() {
+    let w = PackedWeights::new(Isa::Scalar, vec![1; 8], 2, 1, 4);
+    let other = *Isa::available().last().unwrap();
+    let other = if other == Isa::Scalar { Isa::Avx2 } else { other };
+    let mut acc = vec![0; 2];
+    gemm(other, &[1; 4], 1, &w, &mut acc);
+}
+
+#[test]
+fn gemm_equals_scalar_on_random_shapes() {
+    let mut s = Lcg::new(1);
+    for isa in Isa::available() {
+        for _ in 0..60 {
+            let (p, k, c) = (1 + s.below(23), 1 + s.below(77), 1 + s.below(41));
+            let x: Vec<u8> = (0..p * k).map(|_| s.u8()).collect();
+            // Extremes included: 255 x -128 everywhere would overflow 16-bit pair sums.
+            let w: Vec<i8> = (0..c * k).map(|i| if i % 7 == 0 { -128 } else { s.i8() }).collect();
+            let reference = PackedWeights::new(Isa::Scalar, w.clone(), c, 1, k);
+            let packed = PackedWeights::new(isa, w, c, 1, k);
+            let (mut a, mut b) = (vec![0; p * c], vec![0x5a5a_5a5a; p * c]);
+            scalar::gemm(&x, p, &reference, &mut a);
+            gemm(isa, &x, p, &packed, &mut b);
+            assert_eq!(a, b, "p {p} k {k} c {c} on {isa:?}");
+        }
+    }
+}
+
+/// Whole fused convolutions (dense with any kernel, depthwise; strides, padding)
+/// on every implementation this CPU has, against the scalar reference.
+#[test]
+fn convolutions_equal_scalar_on_random_geometries() {
+    let mut s = Lcg::new(11);
+    let spec = ConvSpec { max_hw: 14, max_c: 40, kh: &[1, 3, 5], kw: None, max_stride: 2, extreme_every: 5 };
+    let (mut checked, mut inside, mut total) = (0, 0, 0);
+    for _ in 0..160 {
+        let Some(case) = conv_case(&mut s, &spec) else { continue };
+        let (g, n, cout) = (case.g, case.outputs(), case.cout);
+        let scalar_kind = case.kind(Isa::Scalar);
+        let scratch_len = conv_scratch_len(&g, &scalar_kind) + 64;
+        // Scale and centre the requantisation on these sums, so that most
+        // outputs fall inside the clamp and the comparison says something.
+        let mut r = random_requant(&mut s, cout);
+        let mut acc = vec![0i32; n];
+        scalar::accumulate(&case.x, &g, case.zp, &scalar_kind, &mut vec![0; scratch_len], &mut acc);
+        let (mean, sd) = spread(&acc);
+        r.offset.fill(0);
+        for c in 0..cout {
+            r.mult[c] *= (40.0 / sd / 0.01) as f32;
+            r.bias[c] = (-mean * r.mult[c] as f64) as f32 + r.bias[c] * 0.1;
+        }
+        r.out_zp = 128.0;
+        let mut reference = vec![0u8; n];
+        conv(Isa::Scalar, &case.x, &g, case.zp, &scalar_kind, &r, &mut vec![0; scratch_len], &mut vec![0; n], &mut reference);
+        for isa in Isa::available() {
+            let kind = case.kind(isa);
+            let mut out = vec![0u8; n];
+            conv(isa, &case.x, &g, case.zp, &kind, &r, &mut vec![0; scratch_len], &mut vec![0; n], &mut out);
+            assert_eq!(reference, out, "{isa:?} depthwise {} {g:?} cout {cout}", case.depthwise);
+        }
+        inside += reference.iter().filter(|&&v| v > r.lo[0] && v < 235).count();
+        total += n;
+        checked += 1;
+    }
+    assert!(checked > 100);
+    // Most outputs unsaturated: the comparisons say something.
+    assert!(inside * 2 > total, "{inside} of {total} outputs inside the clamp");
+}
+
+/// 3x3 depthwise convolutions (the fused VNNI kernel's case) on every implementation,
+/// against the scalar reference: strides 1 and 2 in either direction, any padding,
+/// odd sizes, channel counts around multiples of 16, extreme zero points and weights,
+/// and requantisations from ordinary to ones whose values overflow an int32.
+#[test]
+fn depthwise3x3_equals_scalar_on_random_geometries() {
+    let mut s = Lcg::new(23);
+    let (mut checked, mut inside, mut total) = (0, 0, 0);
+    for case in 0..400 {
+        let (h, w) = (1 + s.below(21), 1 + s.below(21));
+        let c = s.pick(&[1, 3, 15, 16, 17, 31, 32, 33, 48, 63, 64, 70]);
+        let stride = [1 + s.below(2), 1 + s.below(2)];
+        let pads: [usize; 4] = std::array::from_fn(|_| s.pick(&[0, 1, 1, 2]));
+        let Some(g) = ConvGeometry::new(h, w, c, 3, 3, stride, pads) else { continue };
+        let zp = [0u8, 128, 255, s.u8()][case % 4];
+        let x: Vec<u8> = (0..h * w * c + 64)
+            .map(|i| match (case / 4) % 4 {
+                0 => 255,
+                1 => 0,
+                _ if i % 11 == 0 => 255,
+                _ => s.u8(),
+            })
+            .collect();
+        let wt: Vec<i8> = (0..c * 9)
+            .map(|i| match (case / 16) % 3 {
+                0 => [-128, 127][i % 2],
+                1 => -128,
+                _ => s.i8(),
+            })
+            .collect();
+        let scalar_kind = ConvKind::Depthwise(DepthwiseWeights::new(Isa::Scalar, &wt, c, 9));
+        let n = g.oh * g.ow * c;
+        let mut r = random_requant(&mut s, c);
+        r.out_zp = [0.0, 128.0, 255.0, (s.u32() % 256) as f32][(case / 2) % 4];
+        match case % 5 {
+            // Centred on the sums, most outputs inside the clamp.
+            0 | 1 => {
+                let ConvKind::Depthwise(dw) = &scalar_kind else { unreachable!() };
+                let mut acc = vec![0i32; n];
+                scalar::depthwise(&x, &g, zp, &dw.w, &mut acc);
+                let (mean, sd) = spread(&acc);
+                r.offset.fill(0);
+                for ch in 0..c {
+                    r.mult[ch] = (40.0 / sd) as f32 * (1.0 + ch as f32 * 0.01);
+                    r.bias[ch] = (-mean * r.mult[ch] as f64) as f32 + ch as f32 * 0.37;
+                }
+            }
+            // Past 2^22 and past 2^31 either way: saturation to lo and hi.
+            2 => r.mult.iter_mut().enumerate().for_each(|(i, m)| *m = if i % 2 == 0 { 3e4 } else { -3e4 }),
+            3 => r.bias.iter_mut().enumerate().for_each(|(i, b)| *b = [5e6, -5e6, 3e9, -3e9][i % 4]),
+            _ => {}
+        }
+        let scratch_len = conv_scratch_len(&g, &scalar_kind) + 64;
+        let mut reference = vec![0u8; n];
+        conv(Isa::Scalar, &x, &g, zp, &scalar_kind, &r, &mut vec![0; scratch_len], &mut vec![0; n], &mut reference);
+        for isa in Isa::available() {
+            let kind = ConvKind::Depthwise(DepthwiseWeights::new(isa, &wt, c, 9));
+            // Output and scratch start dirty: every byte must be written, none read.
+            let mut out = vec![0xa5u8; n];
+            conv(isa, &x, &g, zp, &kind, &r, &mut vec![0x5a; scratch_len], &mut vec![0; n], &mut out);
+            assert_eq!(reference, out, "{isa:?} case {case} {g:?} zp {zp} out_zp {}", r.out_zp);
+        }
+        if case % 5 < 2 {
+            inside += reference.iter().enumerate().filter(|&(i, &v)| v > r.lo[i % c] && v < r.hi[i % c]).count();
+            total += n;
+        }
+        checked += 1;
+    }
+    assert!(checked > 300);
+    // The centred cases mostly unsaturated: their comparisons say something.
+    assert!(inside * 2 > total, "{inside} of {total} outputs inside the clamp");
+}
+
+/// The int32 sums (a head conv's `accumulate`: dense with padding, depthwise with any
+/// kernel shape, even widths included, and strides up to 3) on every implementation,
+/// with dirty scratch and output buffers.
+#[test]
+fn int32_sums_equal_scalar_on_random_geometries() {
+    let mut s = Lcg::new(5);
+    let spec = ConvSpec { max_hw: 12, max_c: 37, kh: &[1, 3, 5], kw: Some(&[1, 2, 3]), max_stride: 3, extreme_every: 3 };
+    let mut checked = 0;
+    for _ in 0..300 {
+        let Some(case) = conv_case(&mut s, &spec) else { continue };
+        let (g, n) = (case.g, case.outputs());
+        let scalar_kind = case.kind(Isa::Scalar);
+        let scratch = conv_scratch_len(&g, &scalar_kind) + 64;
+        let mut reference = vec![0i32; n];
+        accumulate(Isa::Scalar, &case.x, &g, case.zp, &scalar_kind, &mut vec![0; scratch], &mut reference);
+        for isa in Isa::available() {
+            let kind = case.kind(isa);
+            let mut acc = vec![0x5a5a_5a5a; n];
+            accumulate(isa, &case.x, &g, case.zp, &kind, &mut vec![0xa5; scratch], &mut acc);
+            assert_eq!(reference, acc, "{isa:?} depthwise {} {g:?} cout {}", case.depthwise, case.cout);
+        }
+        checked += 1;
+    }
+    assert!(checked > 200);
+}
+
+/// The standalone depthwise kernel (raw [taps][c] weights, unpadded input without
+/// slack) and requantisation.
+#[test]
+fn depthwise_and_requant_equal_scalar() {
+    let mut s = Lcg::new(7);
+    for isa in Isa::available() {
+        for _ in 0..30 {
+            let (h, w, c) = (1 + s.below(13), 1 + s.below(13), 1 + s.below(37));
+            let stride = [1 + s.below(2); 2];
+            let pad = s.below(2);
+            let Some(g) = ConvGeometry::new(h, w, c, 3, 3, stride, [pad; 4]) else { continue };
+            let x: Vec<u8> = (0..h * w * c).map(|_| s.u8()).collect();
+            let wt: Vec<i32> = (0..9 * c).map(|_| s.i8() as i32).collect();
+            let zp = s.u8();
+            let n = g.oh * g.ow * c;
+            let (mut a, mut b) = (vec![0; n], vec![0; n]);
+            scalar::depthwise(&x, &g, zp, &wt, &mut a);
+            depthwise(isa, &x, &g, zp, &wt, &mut b);
+            assert_eq!(a, b, "{isa:?} {g:?}");
+            let r = random_requant(&mut s, c);
+            let (mut qa, mut qb) = (vec![0u8; n], vec![0u8; n]);
+            scalar::requantize(&a, c, &r, &mut qa);
+            requantize(isa, &a, c, &r, &mut qb);
+            assert_eq!(qa, qb, "{isa:?}");
+        }
+    }
+}
+
+#[test]
+fn quantisation_of_float_planes_equals_scalar() {
+    let mut s = Lcg::new(11);
+    for isa in Isa::available() {
+        for _ in 0..200 {
+            let (hw, c) = (1 + s.below(70), 1 + s.below(40));
+            let scale = (1 + s.u32() % 1000) as f32 * 1e-4;
+            let t = QTensor { c, h: 1, w: hw, scale, zp: s.u8() };
+            // Ties (k + 0.5 steps), saturating and huge values among ordinary ones.
+            let x: Vec<f32> = (0..c * hw)
+                .map(|_| match s.u32() % 8 {
+                    0 => ((s.u32() % 600) as f32 - 300.0 + 0.5) * scale,
+                    1 => (s.u32() as f32 - 2e9) * 1e3,
+                    _ => (s.u32() as f32 / u32::MAX as f32 - 0.5) * 300.0 * scale,
+                })
+                .collect();
+            let (mut a, mut b) = (vec![0u8; c * hw], vec![0u8; c * hw]);
+            scalar::quantize_nchw_to_nhwc(&x, &t, &mut a);
+            quantize_nchw_to_nhwc(isa, &x, &t, &mut b);
+            assert_eq!(a, b, "{} c {c} hw {hw}", isa.name());
+        }
+    }
+}
+
+fn tensor(s: &mut Lcg, c: usize, h: usize, w: usize) -> QTensor {
+    QTensor { c, h, w, scale: (1 + s.u32() % 1000) as f32 * 1e-3, zp: s.u8() }
+}
+
+/// Input quantisation of small images (the channel counts NEON interleaves) with
+/// ties, huge and non-finite values, and the quantised Add.
+#[test]
+fn input_quantisation_and_add_equal_scalar() {
+    let mut s = Lcg::new(9);
+    for round in 0..200 {
+        let (c, h, w) = (1 + s.below(6), 1 + s.below(9), 1 + s.below(11));
+        let t = tensor(&mut s, c, h, w);
+        // Ties (half steps), huge values and non-finite ones among ordinary inputs.
+        let x: Vec<f32> = (0..t.len())
+            .map(|i| match (i + round) % 11 {
+                0 => (s.u32() % 600) as f32 * 0.5 * t.scale - 100.0 * t.scale,
+                1 => s.pick(&[f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e30, -1e30, -0.0]),
+                _ => (s.u32() as f32 / u32::MAX as f32 - 0.5) * 600.0 * t.scale,
+            })
+            .collect();
+        let (mut a, mut b) = (vec![0u8; t.len()], vec![0u8; t.len()]);
+        scalar::quantize_nchw_to_nhwc(&x, &t, &mut a);
+        for isa in Isa::available() {
+            quantize_nchw_to_nhwc(isa, &x, &t, &mut b);
+            assert_eq!(a, b, "{isa:?} {t:?}");
+        }
+        let (ta, tb, to) = (tensor(&mut s, c, h, w), tensor(&mut s, c, h, w), tensor(&mut s, c, h, w));
+        let (xa, xb): (Vec<u8>, Vec<u8>) = (0..t.len()).map(|_| (s.u8(), s.u8())).unzip();
+        scalar::add_quantized(&xa, &ta, &xb, &tb, &to, &mut a);
+        for isa in Isa::available() {
+            add_quantized(isa, &xa, &ta, &xb, &tb, &to, &mut b);
+            assert_eq!(a, b, "{isa:?}");
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Weights packed once, at compile time, for one [`Isa`]: only the layouts that
+//! ISA's kernels read (the packing code of each layout lives beside the kernel that
+//! reads it), plus the per-channel sums of the zero-point corrections. Running a
+//! kernel on weights packed for another ISA panics.
+//!
+//! | ISA          | dense                                 | depthwise                           |
+//! |--------------|---------------------------------------|-------------------------------------|
+//! | scalar       | rows [cout][k]                        | [taps][c] i32                       |
+//! | avx2         | pairs (`avx2::pack_pairs`)            | [taps][c] i32                       |
+//! | avx512vnni   | quads ([`pack_quads`])                | quads, 3x3 columns; [taps][c] i32 for int32 sums |
+//! | neon         | i16 by lane (`neon::DenseWeights`)    | i16 blocks of 8 (`neon::depthwise_layout`) |
+//! | neondot      | quads, 128 Σw (`neon::DenseWeights`)  | the same as neon                    |
+//! | armv7neon    | i16 blocks (`armv7::DenseWeights`)    | i16 blocks of 8 (`armv7::depthwise_layout`) |
+
+#[cfg(target_arch = "x86_64")]
+use super::{avx2, avx512};
+use super::{scalar, Isa};
+
+/// Output channels per block of the SIMD layouts.
+pub const CBLOCK: usize = 16;
+
+/// Weights of a dense (im2row x weights) product, in the layout the chosen ISA's
+/// kernels read.
+#[derive(Debug, Clone)]
+pub struct PackedWeights {
+    pub k: usize,
+    pub cout: usize,
+    pub kernel_rows: usize,
+    pub row_len: usize,
+    /// The implementation these weights are packed for.
+    pub isa: Isa,
+    /// Σ_k w[c][k], for the zero-point correction.
+    sums: Vec<i32>,
+    /// Scalar: [cout][k], the reference's layout (empty for the other ISAs).
+    pub(crate) rows: Vec<i8>,
+    /// AVX2: blocks of 16 output channels, k in pairs: [cout/16][k/2][16][2] as i16.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) pairs: Vec<i16>,
+    /// VNNI and `sdot`: blocks of 16 output channels, each kernel row in quadruples (zero
+    /// padded): [cout/16][kernel_rows][row_len/4][16][4].
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    pub(crate) quads: Vec<i8>,
+    /// NEON: i16 weights for `smlal` by lane; `sdot`: 128 Σw for its correction.
+    #[cfg(target_arch = "aarch64")]
+    pub(crate) neon: super::neon::DenseWeights,
+    /// armv7 NEON: i16 weights for `vmlal.s16` by lane.
+    #[cfg(target_arch = "arm")]
+    pub(crate) armv7: super::armv7::DenseWeights,
+}
+
+impl PackedWeights {
+    /// `rows`: [cout][k] with k = kernel rows x `row_len` (kh x kw*cin for a conv on
+    /// NHWC, one row of cin for pointwise), so that the VNNI and NEON kernels can read
+    /// each kernel row straight from the input without im2row. Packed for `isa`.
+    pub fn new(isa: Isa, rows: Vec<i8>, cout: usize, kernel_rows: usize, row_len: usize) -> Self {
+        let k = kernel_rows * row_len;
+        assert_eq!(rows.len(), cout * k);
+        let sums = (0..cout).map(|c| rows[c * k..(c + 1) * k].iter().map(|&w| w as i32).sum()).collect();
+        #[allow(unused_mut)]
+        let mut w = PackedWeights {
+            k,
+            cout,
+            kernel_rows,
+            row_len,
+            isa,
+            sums,
+            rows: Vec::new(),
+            #[cfg(target_arch = "x86_64")]
+            pairs: Vec::new(),
+            #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+            quads: Vec::new(),
+            #[cfg(target_arch = "aarch64")]
+            neon: super::neon::DenseWeights::default(),
+            #[cfg(target_arch = "arm")]
+            armv7: super::armv7::DenseWeights::default(),
+        };
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => w.pairs = avx2::pack_pairs(&rows, cout, k),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => w.quads = pack_quads(&rows, cout, kernel_rows, row_len),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => w.neon = super::neon::DenseWeights::new(&rows, cout, kernel_rows, row_len),
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDot => {
+                w.quads = pack_quads(&rows, cout, kernel_rows, row_len);
+                w.neon = super::neon::DenseWeights::for_dot(&w.sums);
+            }
+            #[cfg(target_arch = "arm")]
+            Isa::Armv7Neon => w.armv7 = super::armv7::DenseWeights::new(&rows, cout, kernel_rows, row_len),
+            // The scalar reference (and an ISA of another architecture, which no
+            // dispatcher runs: `Isa::checked`).
+            _ => w.rows = rows,
+        }
+        w
+    }
+
+    /// Σ_k w[c][k], for the zero-point correction.
+    pub fn sums(&self) -> Vec<i32> {
+        self.sums.clone()
+    }
+}
+
+/// Dense weights `rows` ([cout][kernel_rows * row_len]) as quadruples for `vpdpbusd`
+/// and `sdot` by element: blocks of 16 output channels, each kernel row's k in
+/// quadruples (zero padded): [cout/16][kernel_rows][row_len/4][16][4].
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub fn pack_quads(rows: &[i8], cout: usize, kernel_rows: usize, row_len: usize) -> Vec<i8> {
+    let k = kernel_rows * row_len;
+    let q4 = row_len.div_ceil(4);
+    let mut quads = vec![0i8; cout.div_ceil(CBLOCK) * kernel_rows * q4 * CBLOCK * 4];
+    for c in 0..cout {
+        let (b, lane) = (c / CBLOCK, c % CBLOCK);
+        for i in 0..kernel_rows {
+            for j in 0..row_len {
+                quads[(((b * kernel_rows + i) * q4 + j / 4) * CBLOCK + lane) * 4 + j % 4] = rows[c * k + i * row_len + j];
+            }
+        }
+    }
+    quads
+}
+
+/// Weights of a depthwise convolution, in the layout the chosen ISA's kernels read.
+#[derive(Debug, Clone)]
+pub struct DepthwiseWeights {
+    pub taps: usize,
+    pub c: usize,
+    /// The implementation these weights are packed for.
+    pub isa: Isa,
+    /// [taps][c] as i32: the scalar and AVX2 layout, and VNNI's for int32 sums
+    /// (empty for the ARM ISAs).
+    pub(crate) w: Vec<i32>,
+    /// Σ_taps w[c], for the zero-point correction when every tap is read.
+    pub sums: Vec<i32>,
+    /// VNNI: blocks of 16 channels, taps in quadruples (zero padded): [c/16][taps/4][16][4].
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) quads: Vec<i8>,
+    /// VNNI, 3x3 kernels (taps = 9): blocks of 16 channels, one register per kernel
+    /// column holding its three rows as the bytes of each channel's int32 (zero
+    /// padded): [c/16][3][16][4]. Empty for other kernels.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) cols: Vec<i8>,
+    /// NEON: blocks of 8 channels, [c/8][taps][8] as i16 (zero padded).
+    #[cfg(target_arch = "aarch64")]
+    pub(crate) neon: Vec<i16>,
+    /// armv7 NEON: the same layout, [c/8][taps][8] as i16.
+    #[cfg(target_arch = "arm")]
+    pub(crate) armv7: Vec<i16>,
+}
+
+impl DepthwiseWeights {
+    /// `w`: [c][taps] as ONNX stores them. Packed for `isa`.
+    pub fn new(isa: Isa, w: &[i8], c: usize, taps: usize) -> Self {
+        assert_eq!(w.len(), c * taps);
+        let sums = (0..c).map(|ch| w[ch * taps..(ch + 1) * taps].iter().map(|&v| v as i32).sum()).collect();
+        #[allow(unused_mut)]
+        let mut d = DepthwiseWeights {
+            taps,
+            c,
+            isa,
+            w: Vec::new(),
+            sums,
+            #[cfg(target_arch = "x86_64")]
+            quads: Vec::new(),
+            #[cfg(target_arch = "x86_64")]
+            cols: Vec::new(),
+            #[cfg(target_arch = "aarch64")]
+            neon: Vec::new(),
+            #[cfg(target_arch = "arm")]
+            armv7: Vec::new(),
+        };
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => {
+                d.w = scalar::pack_depthwise(w, c, taps);
+                d.quads = avx512::pack_depthwise_quads(w, c, taps);
+                if taps == 9 {
+                    d.cols = avx512::depthwise_columns3x3(w, c);
+                }
+            }
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon | Isa::NeonDot => d.neon = super::neon::depthwise_layout(c, taps, |ch, t| w[ch * taps + t] as i16),
+            #[cfg(target_arch = "arm")]
+            Isa::Armv7Neon => d.armv7 = super::armv7::depthwise_layout(c, taps, |ch, t| w[ch * taps + t] as i16),
+            // Scalar and AVX2 (and an ISA of another architecture, which no
+            // dispatcher runs: `Isa::checked`).
+            _ => d.w = scalar::pack_depthwise(w, c, taps),
+        }
+        d
+    }
+}
