@@ -2,7 +2,7 @@
 //! ops (u8 activations channels last, s8 weights, i32 accumulation, requantisation
 //! with the activation folded in as a clamp or a lookup table) run by [`kernels`] (a
 //! scalar reference; AVX2 and AVX-512 VNNI on x86-64, NEON and `sdot` on aarch64,
-//! NEON on armv7, chosen at run time), 3-D and transposed convs on top of them ([`volume`]), and the
+//! NEON on armv7, chosen once per engine at run time), 3-D and transposed convs on top of them ([`volume`]), and the
 //! float ops between them (normalisations, a flow's coupling arithmetic, a classifier
 //! head) in edgemed's interpreter ([`float`]).
 #![deny(unsafe_op_in_unsafe_fn)]
