@@ -74,8 +74,10 @@ for triple in $targets; do
         # crashes at load in its CPU probe (cpuinfo reads the x86 host's /proc/cpuinfo and
         # /sys topology), and there is no armv7 wheel. The ort tests run on x86.
         export EDGEMED_SKIP_ORT=1
-        # Only the runtime crate (the device side).
+        # Only the runtime crate (the device side), and the INT8 engine's property tests
+        # (every kernel this CPU has against the scalar reference).
         cargo test --release --target "$triple" -p edgemed-runtime --lib --bins --tests "${build_std[@]}"
+        cargo test --release --target "$triple" -p edgemed-engine --lib "${build_std[@]}"
 
         bin="$CARGO_TARGET_DIR/$triple/release/edgemed-run"
         out="$ref/$triple"
@@ -115,6 +117,8 @@ for triple in $targets; do
             max="qemu-aarch64-static -cpu max"
             CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="$max" \
                 cargo test --release --target "$triple" -p edgemed-runtime --lib int8 "${build_std[@]}"
+            CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="$max" \
+                cargo test --release --target "$triple" -p edgemed-engine --lib "${build_std[@]}"
             $max "$bin" --backend int8 run "${qdq[@]}" --expect "$ref/x86-qdq-engine"
             $max "$bin" --backend int8 classify examples/data/pcam -m "$ref/pcam-int8.onnx" --format csv -o "$out-engine-dot.csv" 2>/dev/null
             same_classes "$ref/x86-engine.csv" "$out-engine-dot.csv" 0

@@ -137,7 +137,6 @@ impl Isa {
 /// Panics for an `Isa` of another architecture (never reached: [`Isa::checked`]
 /// only passes this CPU's).
 #[cold]
-#[allow(dead_code)]
 fn foreign(isa: Isa) -> ! {
     unreachable!("{} kernels on {}", isa.name(), std::env::consts::ARCH)
 }
