@@ -2,9 +2,9 @@
 //!
 //!     cargo run --release -p edgemed-runtime --example classify_patch -- examples/data/pcam/patch_000.png [MODEL.onnx]
 
-use edgemed_runtime::tasks::classify::{Classifier, ClassifierOptions};
-use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::formats::patch::PatchSource;
+use edgemed_runtime::model::OnnxModel;
+use edgemed_runtime::tasks::classify::{Classifier, ClassifierOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -10,9 +10,9 @@
 
 use std::path::PathBuf;
 
-use edgemed_runtime::tasks::heatmap::{self, HeatmapOptions};
-use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::formats::patch::read_rgb;
+use edgemed_runtime::model::OnnxModel;
+use edgemed_runtime::tasks::heatmap::{self, HeatmapOptions};
 
 const GRID: u32 = 8;
 const P: u32 = 96;

@@ -123,8 +123,6 @@ pub fn run(g: &mut Graph, opts: &Options) -> Result<Report> {
     };
     report.quant = quantize::quantize(g, &stats, &qopts)?;
     g.model.metadata_props.retain(|e| e.key != "edgemed.precision");
-    g.model
-        .metadata_props
-        .push(edgemed_onnx::pb::StringStringEntryProto { key: "edgemed.precision".into(), value: "int8-qdq".into() });
+    g.model.metadata_props.push(edgemed_onnx::pb::StringStringEntryProto { key: "edgemed.precision".into(), value: "int8-qdq".into() });
     Ok(report)
 }

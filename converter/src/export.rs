@@ -5,9 +5,9 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use edgemed_onnx::pb;
 use edgemed_runtime::backend::TractBackend;
 use edgemed_runtime::model::{Dim, OnnxModel};
-use edgemed_onnx::pb;
 use prost::Message;
 
 pub fn save_verified(model: &pb::ModelProto, path: &Path) -> Result<()> {

@@ -6,9 +6,9 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use edgemed_runtime::bench::UniformNoise;
+use edgemed_runtime::formats::patch::{circular_mask, expand_inputs, Preprocess};
 use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::ndarray::{ArrayD, IxDyn};
-use edgemed_runtime::formats::patch::{circular_mask, expand_inputs, Preprocess};
 
 /// Calibration inputs from `path`: a `.npy` tensor (its first axis is the batch),
 /// a directory of `.npy` tensors, or a directory of patch images. Tensors must have

@@ -31,8 +31,8 @@ use crate::model::OnnxModel;
 use crate::ndarray::{ArrayD, IxDyn};
 use std::sync::Mutex;
 
-use plan::{ConvKind, ConvLayout, Copies, Op, Plan, Step};
 use kernels::Isa;
+use plan::{ConvKind, ConvLayout, Copies, Op, Plan, Step};
 
 /// A compiled plan with its memory plan, ready to run one item at a time.
 pub struct Engine {

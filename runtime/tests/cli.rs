@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use edgemed_runtime::model::Dim;
 use edgemed_onnx::pb;
+use edgemed_runtime::model::Dim;
 use edgemed_tests::{assert_clean_failure, repo_root, scratch_dir};
 use prost::Message;
 

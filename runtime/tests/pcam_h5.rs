@@ -5,9 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use edgemed_runtime::tasks::classify::{Classifier, ClassifierOptions};
-use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::formats::patch::{expand_inputs, PatchSource};
+use edgemed_runtime::model::OnnxModel;
+use edgemed_runtime::tasks::classify::{Classifier, ClassifierOptions};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()

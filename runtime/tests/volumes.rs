@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use edgemed_runtime::ndarray::{Array, Array3, IxDyn};
 use edgemed_runtime::formats::volume::Volume;
+use edgemed_runtime::ndarray::{Array, Array3, IxDyn};
 use edgemed_tests::{assert_clean_failure, fixture, repo_root, scratch_dir};
 
 fn run(args: &[&str]) -> Output {

@@ -1,10 +1,10 @@
 //! Batch handling: a model exported with a fixed batch dimension runs at that
 //! size whatever the user asks, and results do not depend on batch size or threads.
 
-use edgemed_runtime::tasks::classify::{Classifier, ClassifierOptions};
-use edgemed_runtime::model::OnnxModel;
-use edgemed_runtime::formats::patch::expand_inputs;
 use edgemed_onnx::pb;
+use edgemed_runtime::formats::patch::expand_inputs;
+use edgemed_runtime::model::OnnxModel;
+use edgemed_runtime::tasks::classify::{Classifier, ClassifierOptions};
 use edgemed_tests::{fixture, repo_root};
 use prost::Message;
 

@@ -5,9 +5,9 @@
 //! the torch logits recorded by scripts/make_fixtures.py within 1e-4 (relative to the
 //! largest logit). It must also be invariant to quarter turns of the patch.
 
-use edgemed_runtime::tasks::classify::{Classifier, ClassifierOptions};
-use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::formats::patch::PatchSource;
+use edgemed_runtime::model::OnnxModel;
+use edgemed_runtime::tasks::classify::{Classifier, ClassifierOptions};
 use edgemed_tests::{fixture, read_f32, repo_root, scratch_dir};
 
 fn bundled() -> Classifier {

@@ -6,10 +6,10 @@
 
 use edgemed_converter::graph::Graph;
 use edgemed_runtime::backend::{Backend, BackendKind, BackendOptions, TractBackend};
-use edgemed_runtime::tasks::classify::{Classifier, ClassifierOptions};
+use edgemed_runtime::formats::patch::expand_inputs;
 use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::ndarray::{ArrayD, IxDyn};
-use edgemed_runtime::formats::patch::expand_inputs;
+use edgemed_runtime::tasks::classify::{Classifier, ClassifierOptions};
 use edgemed_tests::{fixture, read_f32, repo_root};
 
 fn bits(v: &[f32]) -> Vec<u32> {

@@ -5,9 +5,9 @@
 
 use edgemed_models::eq_mobilenet_v2::{build_onnx, init_weights, Config};
 use edgemed_runtime::backend::{Backend, TractBackend};
+use edgemed_runtime::formats::patch::circular_mask;
 use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::ndarray::{ArrayD, Axis, IxDyn};
-use edgemed_runtime::formats::patch::circular_mask;
 use prost::Message;
 
 const S: usize = 95;

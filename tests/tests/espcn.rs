@@ -4,12 +4,12 @@
 //! scripts/make_espcn_fixtures.py.
 
 use edgemed_models::espcn3d::{self, Config};
-use edgemed_onnx::builder::{GraphBuilder, D};
 use edgemed_models::weights::Weights;
+use edgemed_onnx::builder::{GraphBuilder, D};
 use edgemed_runtime::backend::{Backend, BackendOptions, TractBackend};
+use edgemed_runtime::formats::tensors::read_npy;
 use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::ndarray::{Array3, ArrayD};
-use edgemed_runtime::formats::tensors::read_npy;
 use edgemed_runtime::tasks::upsample;
 use edgemed_tests::fixture;
 use prost::Message;

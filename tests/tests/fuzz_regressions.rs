@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 
 use edgemed_converter::graph::Graph;
 use edgemed_runtime::backend::{Backend, TractBackend};
+use edgemed_runtime::formats::patch::{decode_rgb, Preprocess};
 use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::ndarray::{ArrayD, IxDyn};
-use edgemed_runtime::formats::patch::{decode_rgb, Preprocess};
 use edgemed_tests::repo_root;
 
 fn inputs(dirs: &[&str]) -> Vec<PathBuf> {

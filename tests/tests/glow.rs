@@ -7,9 +7,9 @@
 use edgemed_models::glow3d::{self, Config};
 use edgemed_models::weights::Weights;
 use edgemed_runtime::backend::{Backend, TractBackend};
+use edgemed_runtime::formats::tensors::read_npy;
 use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::ndarray::ArrayD;
-use edgemed_runtime::formats::tensors::read_npy;
 use edgemed_tests::fixture;
 use prost::Message;
 

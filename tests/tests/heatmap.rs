@@ -8,10 +8,10 @@
 //! The CLI's heatmap subcommand is tested in runtime/tests/cli.rs.
 
 use edgemed_converter::graph::Graph;
+use edgemed_runtime::formats::patch::{read_rgb, PatchSource};
+use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::tasks::classify::{Classifier, ClassifierOptions};
 use edgemed_runtime::tasks::heatmap::{heatmap, Heatmap, HeatmapOptions, Tta};
-use edgemed_runtime::model::OnnxModel;
-use edgemed_runtime::formats::patch::{read_rgb, PatchSource};
 use edgemed_tests::{fixture, repo_root, scratch_dir};
 use image::RgbImage;
 

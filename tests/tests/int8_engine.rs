@@ -7,8 +7,8 @@
 //! cover run in tract instead.
 
 use edgemed_converter::graph::Graph;
-use edgemed_runtime::backend::{self, BackendKind, BackendOptions, Device};
 use edgemed_engine::{kernels::Isa, Engine};
+use edgemed_runtime::backend::{self, BackendKind, BackendOptions, Device};
 use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::ndarray::ArrayD;
 use edgemed_tests::{fixture, ort_library};
@@ -147,7 +147,12 @@ fn only_unsupported_models_fall_back_to_tract() {
     let mut g = GraphBuilder::new("bad-conv");
     g.input_f32("x", &[D::Sym("batch"), D::N(1), D::N(2), D::N(2)]);
     g.init_f32("s", &[], &[0.1]);
-    g.graph.initializer.push(pb::TensorProto { name: "z".into(), data_type: pb::tensor_proto::DataType::Uint8 as i32, raw_data: vec![128], ..Default::default() });
+    g.graph.initializer.push(pb::TensorProto {
+        name: "z".into(),
+        data_type: pb::tensor_proto::DataType::Uint8 as i32,
+        raw_data: vec![128],
+        ..Default::default()
+    });
     g.graph.initializer.push(pb::TensorProto {
         name: "w".into(),
         dims: vec![1, 1, 3, 3],

@@ -4,9 +4,9 @@
 //! random inputs: same shapes, values within 1e-5 of the output's largest magnitude.
 //! The whole-model tests (int8_models.rs) check them against ONNX Runtime as well.
 
+use edgemed_engine::float;
 use edgemed_onnx::builder::{Attr, GraphBuilder, D};
 use edgemed_runtime::backend::{self, BackendKind, BackendOptions};
-use edgemed_engine::float;
 use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::ndarray::{ArrayD, IxDyn};
 use prost::Message;

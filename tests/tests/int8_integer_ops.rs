@@ -8,12 +8,12 @@
 //! simulation of the same graph: bit for bit where the integers only move, within one
 //! output step where a sum or a requantisation rounds.
 
-use edgemed_onnx::builder::{Attr, GraphBuilder, D};
-use edgemed_runtime::backend::{self, BackendKind, BackendOptions};
 use edgemed_engine::Engine;
+use edgemed_onnx::builder::{Attr, GraphBuilder, D};
+use edgemed_onnx::pb;
+use edgemed_runtime::backend::{self, BackendKind, BackendOptions};
 use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::ndarray::ArrayD;
-use edgemed_onnx::pb;
 use prost::Message;
 
 #[allow(dead_code)] // each test file uses a part of the shared helpers

@@ -4,8 +4,8 @@
 //! each model (integer convs, float ops between them) and agree with ONNX Runtime on
 //! the same model and input, measured in output quantisation steps.
 
-use edgemed_runtime::backend::{self, BackendKind, BackendOptions, Device};
 use edgemed_engine::{kernels::Isa, Engine};
+use edgemed_runtime::backend::{self, BackendKind, BackendOptions, Device};
 use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::ndarray::{ArrayD, IxDyn};
 use edgemed_tests::{fixture, ort_library, read_f32};

@@ -4,11 +4,11 @@
 //! driving ONNX Runtime) within 1e-4.
 
 use edgemed_runtime::backend::{Backend, TractBackend};
+use edgemed_runtime::formats::tensors::read_npy;
+use edgemed_runtime::formats::volume::Volume;
 use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::ndarray::{ArrayD, Axis, IxDyn};
 use edgemed_runtime::tasks::sliding_window::{Blend, SlidingWindow};
-use edgemed_runtime::formats::tensors::read_npy;
-use edgemed_runtime::formats::volume::Volume;
 use edgemed_tests::fixture;
 use serde_json::Value;
 

@@ -114,7 +114,12 @@ impl Compiler<'_> {
             }
             let g = Geometry3 { input, cin: x.c, kernel: k3, stride: s3, pads: pb, output };
             let layout = ConvLayout::Transposed { g, cols: pointwise_on(in_pixels, x.c), col_offset };
-            (layout, ConvKind::Dense(PackedWeights::new(self.isa, rows, taps * cout, 1, x.c)), vec![0; cout], (in_pixels * x.c * cout * taps) as u64)
+            (
+                layout,
+                ConvKind::Dense(PackedWeights::new(self.isa, rows, taps * cout, 1, x.c)),
+                vec![0; cout],
+                (in_pixels * x.c * cout * taps) as u64,
+            )
         } else if depthwise {
             let g = geometry_2d()?;
             let kind = ConvKind::Depthwise(DepthwiseWeights::new(self.isa, &wq, cout, taps));

@@ -351,8 +351,6 @@ impl<'m> Compiler<'m> {
         }
         Ok(())
     }
-
-
 }
 
 /// Compiles `model` for batch 1, its weights packed for `isa`; Err names what the

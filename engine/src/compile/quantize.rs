@@ -26,8 +26,7 @@ impl Compiler<'_> {
             let vals = d.to_f32();
             let per = s.data.len();
             let ax = if axis < 0 { axis + shape.len() as i64 } else { axis }.max(0) as usize;
-            let inner =
-                if per == 1 || shape.is_empty() { vals.len() } else { shape[ax.min(shape.len() - 1) + 1..].iter().product() };
+            let inner = if per == 1 || shape.is_empty() { vals.len() } else { shape[ax.min(shape.len() - 1) + 1..].iter().product() };
             if per > 1 && (ax >= shape.len() || shape[ax] != per) {
                 return Err(invalid(format!("{}: {per} scales for axis {axis} of {shape:?}", n.name)));
             }

@@ -10,8 +10,8 @@ use edgemed_onnx::pb;
 use prost::Message;
 
 use super::compile;
-use crate::kernels::Isa;
 use crate::error::Error;
+use crate::kernels::Isa;
 use crate::plan::{ConvKind, Copies, Op, Plan, Step};
 use crate::Engine;
 
@@ -239,7 +239,8 @@ fn activations_on_a_tensor_become_one_table() {
     let m = b.model(&y);
     assert_eq!(kinds(&compile_best(&m).unwrap()), ["quantize", "table", "dequantize"]);
     let input = ramp(n, -5.0, 5.0);
-    let want: Vec<f32> = input.iter().map(|&v| fake_quant(fake_quant(v as f64, 0.1, 128).clamp(-1.0, 2.0).max(0.0) as f64, 0.01, 0)).collect();
+    let want: Vec<f32> =
+        input.iter().map(|&v| fake_quant(fake_quant(v as f64, 0.1, 128).clamp(-1.0, 2.0).max(0.0) as f64, 0.01, 0)).collect();
     assert_eq!(run(&m, &input), want);
 }
 
@@ -318,7 +319,8 @@ fn mul_by_a_constant_mask_is_tables() {
     let m = b.model(&y);
     assert_eq!(kinds(&compile_best(&m).unwrap()), ["quantize", "multiply", "dequantize"]);
     let input = ramp(8, -2.0, 2.0);
-    let want: Vec<f32> = input.iter().enumerate().map(|(i, &v)| if [0, 3].contains(&(i % 4)) { fake_quant(v as f64, 0.1, 128) } else { 0.0 }).collect();
+    let want: Vec<f32> =
+        input.iter().enumerate().map(|(i, &v)| if [0, 3].contains(&(i % 4)) { fake_quant(v as f64, 0.1, 128) } else { 0.0 }).collect();
     assert_eq!(run(&m, &input), want);
 }
 
@@ -335,8 +337,9 @@ fn gemm_head_is_a_pointwise_conv() {
     let input = [0.5f32, -1.0, 2.0, 0.25];
     let xq: Vec<f64> = input.iter().map(|&v| fake_quant(v as f64, 0.05, 128) as f64).collect();
     let wv = [[1., 2., 3., 4.], [-1., -2., -3., -4.], [10., 0., -10., 5.]];
-    let want: Vec<f32> =
-        (0..3).map(|o| fake_quant([0.5, 0.0, -0.5][o] + (0..4).map(|k| wv[o][k] * 0.1f32 as f64 * xq[k]).sum::<f64>(), 0.05, 128)).collect();
+    let want: Vec<f32> = (0..3)
+        .map(|o| fake_quant([0.5, 0.0, -0.5][o] + (0..4).map(|k| wv[o][k] * 0.1f32 as f64 * xq[k]).sum::<f64>(), 0.05, 128))
+        .collect();
     assert_within_one_step(&run(&m, &input), &want, 0.05);
 }
 
@@ -344,8 +347,14 @@ fn gemm_head_is_a_pointwise_conv() {
 fn constant_nodes_are_read_as_bounds_and_float_ops_run_between() {
     let mut b = Qdq::new(&[1, 2, 2, 2]);
     let x = b.qdq("x", 0.1, 128);
-    let six = pb::AttributeProto { name: "value".into(), t: Some(edgemed_onnx::builder::tensor_f32("", &[], &[0.5])), ..Default::default() };
-    b.g.graph.node.push(pb::NodeProto { op_type: "Constant".into(), output: vec!["bound".into()], attribute: vec![six], ..Default::default() });
+    let six =
+        pb::AttributeProto { name: "value".into(), t: Some(edgemed_onnx::builder::tensor_f32("", &[], &[0.5])), ..Default::default() };
+    b.g.graph.node.push(pb::NodeProto {
+        op_type: "Constant".into(),
+        output: vec!["bound".into()],
+        attribute: vec![six],
+        ..Default::default()
+    });
     let mn = b.op("Min", &[&x, "bound"], vec![]);
     let mq = b.qdq(&mn, 0.1, 128);
     let sg = b.op("Sigmoid", &[&mq], vec![]);

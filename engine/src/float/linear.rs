@@ -9,7 +9,15 @@ use super::elementwise::zip_broadcast;
 use super::unsupported;
 
 /// y = alpha op(a) op(b) + beta c (c broadcast, absent or empty: no term).
-pub(super) fn gemm(x: &ArrayD<f32>, b: &ArrayD<f32>, c: Option<&ArrayD<f32>>, alpha: f32, beta: f32, trans_a: bool, trans_b: bool) -> Result<ArrayD<f32>> {
+pub(super) fn gemm(
+    x: &ArrayD<f32>,
+    b: &ArrayD<f32>,
+    c: Option<&ArrayD<f32>>,
+    alpha: f32,
+    beta: f32,
+    trans_a: bool,
+    trans_b: bool,
+) -> Result<ArrayD<f32>> {
     let a = if trans_a { x.t().to_owned() } else { x.clone() };
     let b = if trans_b { b.t().to_owned() } else { b.clone() };
     let mut y = matmul2(&a, &b)?;

@@ -134,7 +134,8 @@ fn products() {
 
 #[test]
 fn convolutions() {
-    let conv = |strides: Vec<usize>, pads: Vec<usize>, dilations: Vec<usize>, group: usize| FloatOp::Conv { strides, pads, dilations, group };
+    let conv =
+        |strides: Vec<usize>, pads: Vec<usize>, dilations: Vec<usize>, group: usize| FloatOp::Conv { strides, pads, dilations, group };
     // 1-D: [1, 2, 3] * [1, -1] with one zero of padding each side: 0-1, 1-2, 2-3, 3-0.
     let x = a(&[1, 1, 3], &[1., 2., 3.]);
     let w = a(&[1, 1, 2], &[1., -1.]);

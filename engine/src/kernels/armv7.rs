@@ -34,13 +34,14 @@
 
 //!
 //! Layouts (packed once, for the chosen ISA): [`DenseWeights`] for dense convolutions,
-//! [`depthwise_layout`] for depthwise ones. The `unsafe fn`s here need NEON (detected
+//! [`super::arm::depthwise_layout`] for depthwise ones. The `unsafe fn`s here need NEON (detected
 //! with the ISA, [`has_neon`]) and what their `# Safety` sections say about memory; the
 //! argument structs the assembly reads at fixed offsets have those offsets asserted at
 //! compile time beside them.
 
 use std::arch::asm;
 
+use super::arm::{depthwise_bounds, depthwise_i32, gemm_in_place, Rows, DW};
 use super::{pad_nhwc, padded_input, scalar, ConvGeometry, DepthwiseWeights, PackedWeights, Requant, CBLOCK};
 use crate::plan::ConvKind;
 
@@ -270,23 +271,6 @@ impl DenseWeights {
             }
         }
         DenseWeights { w, n8 }
-    }
-}
-
-/// Where the receptive fields lie: kernel row i of pixel p starts at byte
-/// (p / ow) step_y + (p % ow) step_x + i row_stride of the input.
-#[derive(Clone, Copy)]
-struct Rows {
-    pixels: usize,
-    ow: usize,
-    step_y: usize,
-    step_x: usize,
-    row_stride: usize,
-}
-
-impl Rows {
-    fn base(&self, p: usize) -> usize {
-        (p / self.ow) * self.step_y + (p % self.ow) * self.step_x
     }
 }
 
@@ -685,47 +669,17 @@ fn dense_checked(x: &[u8], rows: Rows, w: &PackedWeights, out: Out, tmp: &mut [i
 /// bytes of slack past its data; `tmp`: see [`dense_checked`].
 pub fn conv_dense(x: &[u8], g: &ConvGeometry, w: &PackedWeights, out: Out, tmp: &mut [i32]) {
     assert!(g.pads == [0; 4] && w.kernel_rows == g.kh && w.row_len == g.kw * g.cin);
-    let rows =
-        Rows { pixels: g.oh * g.ow, ow: g.ow, step_y: g.stride[0] * g.w * g.cin, step_x: g.stride[1] * g.cin, row_stride: g.w * g.cin };
-    dense_checked(x, rows, w, out, tmp)
+    dense_checked(x, Rows::of_conv(g), w, out, tmp)
 }
 
-/// acc[p][c] = Σ_k x[p][k] w[c][k] for contiguous rows of `x` (no slack needed): the
-/// pixels whose reads stay inside `x` run in place, the last few from a padded copy.
+/// acc[p][c] = Σ_k x[p][k] w[c][k] for contiguous rows of `x` (no slack needed).
 pub fn gemm(x: &[u8], pixels: usize, w: &PackedWeights, acc: &mut [i32]) {
-    let (k, cout) = (w.k, w.cout);
-    if pixels == 0 || cout == 0 || k == 0 {
-        acc[..pixels * cout].fill(0);
-        return;
-    }
-    let rows = |n: usize| Rows { pixels: n, ow: 1, step_y: k, step_x: 0, row_stride: w.row_len };
     let reach = (w.kernel_rows - 1) * w.row_len + 8 * w.armv7.n8;
-    let direct = if x.len() >= reach { ((x.len() - reach) / k + 1).min(pixels) } else { 0 };
-    dense_checked(x, rows(direct), w, Out::I32(&mut acc[..direct * cout]), &mut []);
-    if direct < pixels {
-        let mut tail = x[direct * k..pixels * k].to_vec();
-        tail.resize(tail.len() + reach, 0);
-        dense_checked(&tail, rows(pixels - direct), w, Out::I32(&mut acc[direct * cout..pixels * cout]), &mut []);
-    }
+    gemm_in_place(x, pixels, w, acc, reach, |x, rows, acc| dense_checked(x, rows, w, Out::I32(acc), &mut []))
 }
 
 // ---------------------------------------------------------------------------------
 // Depthwise convolution
-
-/// Channels per block of the depthwise kernels: one i16x8 (q register) of weights per tap.
-const DW: usize = 8;
-
-/// Depthwise weights for these kernels: blocks of 8 channels, [c/8][taps][8] as i16
-/// (zero padded); `get(ch, tap)` reads the source layout.
-pub fn depthwise_layout(c: usize, taps: usize, get: impl Fn(usize, usize) -> i16) -> Vec<i16> {
-    let mut w = vec![0i16; c.div_ceil(DW) * taps * DW];
-    for ch in 0..c {
-        for t in 0..taps {
-            w[((ch / DW) * taps + t) * DW + ch % DW] = get(ch, t);
-        }
-    }
-    w
-}
 
 /// What a depthwise tile kernel reads from memory besides its pointers (offsets 0 to
 /// 24 in the assembly).
@@ -1119,14 +1073,8 @@ unsafe fn dw_row(row: *const u8, g: &ConvGeometry, w16: &[i16], corr: &[i32], ds
 /// (through `tmp`, the caller's accumulator buffer, or one of its own if short).
 /// Reads up to 7 bytes past the last pixel.
 fn depthwise_checked(x: &[u8], g: &ConvGeometry, zp: u8, w16: &[i16], sums: &[i32], out: Out, tmp: &mut [i32]) {
-    assert_eq!(g.pads, [0; 4]);
     let c = g.cin;
-    let (taps, blocks) = (g.kh * g.kw, c.div_ceil(DW));
-    if g.oh * g.ow == 0 || c == 0 {
-        return;
-    }
-    assert!(w16.len() >= blocks * taps * DW && sums.len() >= c);
-    assert!(x.len() >= (g.h * g.w - 1) * c + blocks * DW, "input needs slack past its end");
+    let Some((taps, blocks)) = depthwise_bounds(x, g, w16, sums) else { return };
     assert!((g.oh - 1) * g.stride[0] + g.kh <= g.h && (g.ow - 1) * g.stride[1] + g.kw <= g.w);
     let corr: Vec<i32> = (0..blocks * DW).map(|ch| if ch < c { (zp as i32).wrapping_mul(sums[ch]).wrapping_neg() } else { 0 }).collect();
     let row_len = g.ow * c;
@@ -1169,17 +1117,7 @@ pub fn conv_depthwise(x: &[u8], g: &ConvGeometry, zp: u8, w: &DepthwiseWeights, 
 /// and no slack. Pads a copy (with slack) and lays the weights out as i16; weights
 /// beyond i16 (never from s8 models) go to the scalar reference.
 pub fn depthwise(x: &[u8], g: &ConvGeometry, zp: u8, w: &[i32], acc: &mut [i32]) {
-    let (c, taps) = (g.cin, g.kh * g.kw);
-    if w.iter().any(|&v| i16::try_from(v).is_err()) {
-        return scalar::depthwise(x, g, zp, w, acc);
-    }
-    let w16 = depthwise_layout(c, taps, |ch, t| w[t * c + ch] as i16);
-    let sums: Vec<i32> = (0..c).map(|ch| (0..taps).map(|t| w[t * c + ch]).fold(0, i32::wrapping_add)).collect();
-    let (hp, wp) = (g.h + g.pads[0] + g.pads[2], g.w + g.pads[1] + g.pads[3]);
-    let mut padded = vec![0u8; hp * wp * c + DW];
-    pad_nhwc(x, g.h, g.w, c, g.pads, zp, &mut padded);
-    let gp = ConvGeometry { h: hp, w: wp, pads: [0; 4], ..*g };
-    depthwise_checked(&padded, &gp, zp, &w16, &sums, Out::I32(acc), &mut [])
+    depthwise_i32(x, g, zp, w, acc, |x, g, w, sums, acc| depthwise_checked(x, g, zp, w, sums, Out::I32(acc), &mut []))
 }
 
 /// What the property tests of `kernels/tests.rs` do not reach on armv7: the

@@ -19,6 +19,8 @@
 //! `tests/tests/int8_models.rs` on whole models.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+#[cfg(any(target_arch = "aarch64", target_arch = "arm"))]
+mod arm;
 pub mod scalar;
 mod weights;
 

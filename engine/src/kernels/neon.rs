@@ -17,7 +17,7 @@
 //!
 //! Layouts (packed once, for the chosen ISA): `neon` reads [`DenseWeights`]' i16
 //! weights, `neondot` the quadruples of [`super::weights::pack_quads`] (shared with
-//! VNNI) and [`DenseWeights`]' 128 Σw; depthwise kernels read [`depthwise_layout`].
+//! VNNI) and [`DenseWeights`]' 128 Σw; depthwise kernels read [`super::arm::depthwise_layout`].
 //! NEON is part of the aarch64 baseline; the `unsafe fn`s here need only what their
 //! `# Safety` sections say about memory (and `sdot` the dot-product extension, checked
 //! by [`dense_checked`]).
@@ -25,6 +25,7 @@
 use std::arch::aarch64::*;
 use std::arch::asm;
 
+use super::arm::{depthwise_bounds, depthwise_i32, gemm_in_place, Rows, DW};
 use super::scalar::{self, quantize_u8};
 use super::{pad_nhwc, padded_input, ConvGeometry, DepthwiseWeights, PackedWeights, Requant, CBLOCK};
 use crate::plan::{ConvKind, QTensor};
@@ -70,21 +71,6 @@ impl DenseWeights {
         }
         DenseWeights { mla, sum128: Vec::new() }
     }
-}
-
-/// Channels per block of the depthwise kernel: one i16x8 vector of weights per tap.
-const DW: usize = 8;
-
-/// Depthwise weights for NEON: blocks of 8 channels, [c/8][taps][8] as i16 (zero
-/// padded); `get(ch, tap)` reads the source layout.
-pub fn depthwise_layout(c: usize, taps: usize, get: impl Fn(usize, usize) -> i16) -> Vec<i16> {
-    let mut w = vec![0i16; c.div_ceil(DW) * taps * DW];
-    for ch in 0..c {
-        for t in 0..taps {
-            w[((ch / DW) * taps + t) * DW + ch % DW] = get(ch, t);
-        }
-    }
-    w
 }
 
 /// Where a kernel writes: requantised u8, or the int32 sums (a conv whose output the
@@ -230,23 +216,6 @@ pub fn accumulate(dot: bool, x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind
 
 // ---------------------------------------------------------------------------------
 // Dense convolution / GEMM
-
-/// Where the receptive fields lie: kernel row i of pixel p starts at byte
-/// (p / ow) step_y + (p % ow) step_x + i row_stride of the input.
-#[derive(Clone, Copy)]
-struct Rows {
-    pixels: usize,
-    ow: usize,
-    step_y: usize,
-    step_x: usize,
-    row_stride: usize,
-}
-
-impl Rows {
-    fn base(&self, p: usize) -> usize {
-        (p / self.ow) * self.step_y + (p % self.ow) * self.step_x
-    }
-}
 
 /// Bytes read from the start of a kernel row: whole 8-byte loads of two quadruples
 /// (`smlal`), or whole 16-byte loads of four (`sdot`). Past the row they meet zero
@@ -509,28 +478,13 @@ fn dense_checked(dot: bool, x: &[u8], rows: Rows, w: &PackedWeights, out: Out) {
 /// with requantisation. `x` needs up to 15 bytes of slack past its data.
 pub fn conv_dense(dot: bool, x: &[u8], g: &ConvGeometry, w: &PackedWeights, out: Out) {
     assert!(g.pads == [0; 4] && w.kernel_rows == g.kh && w.row_len == g.kw * g.cin);
-    let rows =
-        Rows { pixels: g.oh * g.ow, ow: g.ow, step_y: g.stride[0] * g.w * g.cin, step_x: g.stride[1] * g.cin, row_stride: g.w * g.cin };
-    dense_checked(dot, x, rows, w, out)
+    dense_checked(dot, x, Rows::of_conv(g), w, out)
 }
 
-/// acc[p][c] = Σ_k x[p][k] w[c][k] for contiguous rows of `x` (no slack needed): the
-/// pixels whose reads stay inside `x` run in place, the last few from a padded copy.
+/// acc[p][c] = Σ_k x[p][k] w[c][k] for contiguous rows of `x` (no slack needed).
 pub fn gemm(dot: bool, x: &[u8], pixels: usize, w: &PackedWeights, acc: &mut [i32]) {
-    let (k, cout) = (w.k, w.cout);
-    if pixels == 0 || cout == 0 || k == 0 {
-        acc[..pixels * cout].fill(0);
-        return;
-    }
-    let rows = |n: usize| Rows { pixels: n, ow: 1, step_y: k, step_x: 0, row_stride: w.row_len };
     let reach = (w.kernel_rows - 1) * w.row_len + read_len(dot, w.row_len);
-    let direct = if x.len() >= reach { ((x.len() - reach) / k + 1).min(pixels) } else { 0 };
-    dense_checked(dot, x, rows(direct), w, Out::I32(&mut acc[..direct * cout]));
-    if direct < pixels {
-        let mut tail = x[direct * k..pixels * k].to_vec();
-        tail.resize(tail.len() + reach, 0);
-        dense_checked(dot, &tail, rows(pixels - direct), w, Out::I32(&mut acc[direct * cout..pixels * cout]));
-    }
+    gemm_in_place(x, pixels, w, acc, reach, |x, rows, acc| dense_checked(dot, x, rows, w, Out::I32(acc)))
 }
 
 // ---------------------------------------------------------------------------------
@@ -671,14 +625,8 @@ unsafe fn dw_row_generic(j: &DwJob, r: &DwRow) {
 /// channel blocks inner: the input rows of an output row are reused from cache by
 /// every block. Reads up to 7 bytes past the last pixel.
 fn depthwise_checked(x: &[u8], g: &ConvGeometry, zp: u8, w16: &[i16], sums: &[i32], out: Out) {
-    assert_eq!(g.pads, [0; 4]);
     let c = g.cin;
-    let (taps, blocks) = (g.kh * g.kw, c.div_ceil(DW));
-    if g.oh * g.ow == 0 || c == 0 {
-        return;
-    }
-    assert!(w16.len() >= blocks * taps * DW && sums.len() >= c);
-    assert!(x.len() >= (g.h * g.w - 1) * c + blocks * DW, "input needs slack past its end");
+    let Some((taps, blocks)) = depthwise_bounds(x, g, w16, sums) else { return };
     let correction = |ch: usize| (zp as i32).wrapping_mul(sums[ch]).wrapping_neg();
     let n = g.oh * g.ow * c;
     let (dst, q, zp_out) = match out {
@@ -727,17 +675,7 @@ pub fn conv_depthwise(x: &[u8], g: &ConvGeometry, zp: u8, w: &DepthwiseWeights, 
 /// and no slack. Pads a copy (with slack) and lays the weights out for NEON; weights
 /// beyond i16 (never from s8 models) go to the scalar reference.
 pub fn depthwise(x: &[u8], g: &ConvGeometry, zp: u8, w: &[i32], acc: &mut [i32]) {
-    let (c, taps) = (g.cin, g.kh * g.kw);
-    if w.iter().any(|&v| i16::try_from(v).is_err()) {
-        return scalar::depthwise(x, g, zp, w, acc);
-    }
-    let w16 = depthwise_layout(c, taps, |ch, t| w[t * c + ch] as i16);
-    let sums: Vec<i32> = (0..c).map(|ch| (0..taps).map(|t| w[t * c + ch]).fold(0, i32::wrapping_add)).collect();
-    let (hp, wp) = (g.h + g.pads[0] + g.pads[2], g.w + g.pads[1] + g.pads[3]);
-    let mut padded = vec![0u8; hp * wp * c + DW];
-    pad_nhwc(x, g.h, g.w, c, g.pads, zp, &mut padded);
-    let gp = ConvGeometry { h: hp, w: wp, pads: [0; 4], ..*g };
-    depthwise_checked(&padded, &gp, zp, &w16, &sums, Out::I32(acc))
+    depthwise_i32(x, g, zp, w, acc, |x, g, w, sums, acc| depthwise_checked(x, g, zp, w, sums, Out::I32(acc)))
 }
 
 // ---------------------------------------------------------------------------------

@@ -179,9 +179,9 @@ impl DepthwiseWeights {
                 }
             }
             #[cfg(target_arch = "aarch64")]
-            Isa::Neon | Isa::NeonDot => d.neon = super::neon::depthwise_layout(c, taps, |ch, t| w[ch * taps + t] as i16),
+            Isa::Neon | Isa::NeonDot => d.neon = super::arm::depthwise_layout(c, taps, |ch, t| w[ch * taps + t] as i16),
             #[cfg(target_arch = "arm")]
-            Isa::Armv7Neon => d.armv7 = super::armv7::depthwise_layout(c, taps, |ch, t| w[ch * taps + t] as i16),
+            Isa::Armv7Neon => d.armv7 = super::arm::depthwise_layout(c, taps, |ch, t| w[ch * taps + t] as i16),
             // Scalar and AVX2 (and an ISA of another architecture, which no
             // dispatcher runs: `Isa::checked`).
             _ => d.w = scalar::pack_depthwise(w, c, taps),

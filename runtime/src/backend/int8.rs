@@ -9,9 +9,9 @@
 
 use super::Backend;
 use crate::error::{Error, Result};
-use edgemed_engine::Engine;
 use crate::model::OnnxModel;
 use crate::ndarray::{ArrayD, Axis, IxDyn};
+use edgemed_engine::Engine;
 
 pub struct Int8Backend {
     engine: Engine,

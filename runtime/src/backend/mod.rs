@@ -207,7 +207,8 @@ pub(crate) fn tract_backend(model: &OnnxModel, input_shape: &[usize], budget: u6
         let _ = (input_shape, budget);
         Err(Error::UnsupportedModel {
             path: model.path.clone(),
-            reason: "this edgemed-run was built without tract (engine only): it runs QDQ models the INT8 engine covers (--backend int8)".into(),
+            reason: "this edgemed-run was built without tract (engine only): it runs QDQ models the INT8 engine covers (--backend int8)"
+                .into(),
         })
     }
 }

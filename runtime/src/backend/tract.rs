@@ -41,9 +41,7 @@ impl TractBackend {
         // tract reports most problems as errors, but a malformed graph can trip an
         // internal assertion; a device must not die on a bad file, so turn that into an error.
         let built = catch_unwind(AssertUnwindSafe(|| -> TractResult<Result<std::sync::Arc<TypedSimplePlan>>> {
-            let typed = tract_model(&model.proto)?
-                .with_input_fact(0, fact)?
-                .into_typed()?;
+            let typed = tract_model(&model.proto)?.with_input_fact(0, fact)?.into_typed()?;
             // Every shape is known now and nothing large is allocated yet.
             if let Some(peak) = peak_activation_bytes(&typed)? {
                 log::info!(

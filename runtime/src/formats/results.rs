@@ -13,8 +13,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::tasks::classify::PatchResult;
 use crate::error::{Error, Result};
+use crate::tasks::classify::PatchResult;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RowFormat {
@@ -167,8 +167,8 @@ impl ResultStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tasks::classify::Prediction;
     use crate::formats::patch::PatchSource;
+    use crate::tasks::classify::Prediction;
 
     fn result(file: &str, ok: bool) -> PatchResult {
         PatchResult {

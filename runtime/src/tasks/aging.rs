@@ -16,9 +16,9 @@ use nifti::NiftiHeader;
 
 use crate::backend::{self, Backend, BackendOptions};
 use crate::error::{Error, Result};
+use crate::formats::volume::{self, Volume};
 use crate::model::OnnxModel;
 use crate::ndarray::{Array3, ArrayD, IxDyn};
-use crate::formats::volume::{self, Volume};
 
 /// What the three models say about themselves (and must agree on).
 #[derive(Debug, Clone, PartialEq)]

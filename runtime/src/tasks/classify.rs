@@ -4,10 +4,10 @@
 
 use crate::backend::{Backend, BackendOptions};
 use crate::error::{Error, Result};
+use crate::formats::patch::{PatchSource, Preprocess};
 use crate::metadata::ModelMetadata;
 use crate::model::OnnxModel;
 use crate::ndarray::{ArrayD, IxDyn};
-use crate::formats::patch::{PatchSource, Preprocess};
 
 /// One patch's answer.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -20,11 +20,11 @@
 use image::RgbImage;
 
 use crate::backend::{self, Backend, BackendOptions};
-use crate::tasks::classify::probabilities;
 use crate::error::{Error, Result};
+use crate::formats::patch::{in_circle, Preprocess};
 use crate::model::OnnxModel;
 use crate::ndarray::{ArrayD, IxDyn};
-use crate::formats::patch::{in_circle, Preprocess};
+use crate::tasks::classify::probabilities;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tta {
@@ -138,7 +138,10 @@ pub fn heatmap(model: &OnnxModel, img: &RgbImage, opts: &HeatmapOptions) -> Resu
     edgemed_onnx::ensure!(opts.batch >= 1 && opts.tile >= 1, Error::Invalid("batch and tile must be at least 1".into()));
     let (_, side, _) = model.image_input()?;
     let (w, h) = (img.width() as usize, img.height() as usize);
-    edgemed_onnx::ensure!(w >= side && h >= side, Error::Invalid(format!("the image is {w}x{h}, smaller than the model's {side}x{side} input")));
+    edgemed_onnx::ensure!(
+        w >= side && h >= side,
+        Error::Invalid(format!("the image is {w}x{h}, smaller than the model's {side}x{side} input"))
+    );
     let backend = backend::create(model, &[opts.batch, 3, side, side], &opts.backend.clone().with_threads(opts.threads))?;
     // One probe batch tells the kind of model: [N, K] or [N, K, h, w].
     let probe = backend.run(ArrayD::zeros(IxDyn(&[opts.batch, 3, side, side])))?.into_iter().next();

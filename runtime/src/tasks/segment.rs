@@ -8,10 +8,10 @@ use std::collections::VecDeque;
 
 use crate::backend::{self, BackendOptions};
 use crate::error::{Error, Result};
+use crate::formats::volume::Volume;
 use crate::model::{Dim, OnnxModel};
 use crate::ndarray::{Array3, ArrayView3, ArrayViewD, Axis};
 use crate::tasks::sliding_window::SlidingWindow;
-use crate::formats::volume::Volume;
 
 pub struct SegmentOptions {
     pub window: SlidingWindow,
