@@ -116,8 +116,6 @@ for triple in $targets; do
             # reference on random convolutions; whole models must keep x86's bits.
             max="qemu-aarch64-static -cpu max"
             CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="$max" \
-                cargo test --release --target "$triple" -p edgemed-runtime --lib int8 "${build_std[@]}"
-            CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="$max" \
                 cargo test --release --target "$triple" -p edgemed-engine --lib "${build_std[@]}"
             $max "$bin" --backend int8 run "${qdq[@]}" --expect "$ref/x86-qdq-engine"
             $max "$bin" --backend int8 classify examples/data/pcam -m "$ref/pcam-int8.onnx" --format csv -o "$out-engine-dot.csv" 2>/dev/null
