@@ -5,58 +5,9 @@
 //! kernels ([`crate::kernels`]).
 
 use crate::float::{FloatOp, Operand};
-use crate::kernels::{self, ConvGeometry, DepthwiseWeights, PackedWeights, Requant};
-
-/// A u8 tensor of the plan, channels last. 3-D volumes keep depth x height in `h`
-/// (the plan's `shapes` has the NC... shape); the integer ops that care (3-D convs)
-/// carry their own geometry.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct QTensor {
-    pub c: usize,
-    pub h: usize,
-    pub w: usize,
-    pub scale: f32,
-    pub zp: u8,
-}
-
-impl QTensor {
-    pub fn len(&self) -> usize {
-        self.c * self.h * self.w
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub(crate) fn deq(&self, q: u8) -> f32 {
-        (q as i32 - self.zp as i32) as f32 * self.scale
-    }
-
-    /// The table taking this tensor's bytes to bytes quantised with (s, z): the
-    /// dequantise-then-quantise of a QDQ pair; None where the parameters are the same.
-    pub(crate) fn requant_table(&self, s: f32, z: u8) -> Option<Vec<u8>> {
-        (self.scale != s || self.zp != z).then(|| (0..=255u8).map(|q| kernels::quantize_u8(self.deq(q), s, z)).collect())
-    }
-
-    /// The tensor holding a float value of `shape` ([1, C, spatial...], rank 2 to 5).
-    pub(crate) fn of_shape(shape: &[usize], scale: f32, zp: u8) -> Option<QTensor> {
-        if !(2..=5).contains(&shape.len()) || shape[0] != 1 {
-            return None;
-        }
-        let (h, w) = match shape.len() {
-            2 => (1, 1),
-            3 => (1, shape[2]),
-            _ => (shape[2..shape.len() - 1].iter().product(), shape[shape.len() - 1]),
-        };
-        Some(QTensor { c: shape[1], h, w, scale, zp })
-    }
-}
-
-#[derive(Debug, Clone)]
-pub enum ConvKind {
-    Dense(PackedWeights),
-    Depthwise(DepthwiseWeights),
-}
+use crate::kernels::{ConvGeometry, Requant};
+// A plan's tensors and conv weights are the kernels' own types: the kernels know no plan.
+pub use crate::kernels::{ConvKind, QTensor};
 
 /// Sizes of a 3-D convolution (a transposed one: input and output swap roles in the
 /// index arithmetic, o = i * stride - pad + tap).

@@ -42,8 +42,8 @@
 use std::arch::asm;
 
 use super::arm::{depthwise_bounds, depthwise_i32, gemm_in_place, Rows, DW};
+use super::ConvKind;
 use super::{pad_nhwc, padded_input, scalar, ConvGeometry, DepthwiseWeights, PackedWeights, Requant, CBLOCK};
-use crate::plan::ConvKind;
 
 /// asm/hwcap.h of 32-bit ARM Linux.
 const HWCAP_NEON: libc::c_ulong = 1 << 12;

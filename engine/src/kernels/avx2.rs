@@ -11,7 +11,7 @@
 use std::arch::x86_64::*;
 
 use super::{scalar, ConvGeometry, PackedWeights, Requant, CBLOCK};
-use crate::plan::{ConvKind, QTensor};
+use super::{ConvKind, QTensor};
 
 /// Dense weights `rows` ([cout][k]) in the layout of [`gemm`]: blocks of 16 output
 /// channels, k in pairs (zero padded): [cout/16][k/2][16][2] as i16.

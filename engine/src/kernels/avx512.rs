@@ -17,7 +17,7 @@
 use std::arch::x86_64::*;
 
 use super::{avx2, padded_input, scalar, ConvGeometry, DepthwiseWeights, PackedWeights, Requant, CBLOCK};
-use crate::plan::{ConvKind, QTensor};
+use super::{ConvKind, QTensor};
 
 /// Pixels per register tile of the dense kernel.
 const PT: usize = 4;

@@ -40,10 +40,53 @@ mod tests;
 
 use std::sync::OnceLock;
 
-use crate::plan::{ConvKind, QTensor};
-
 pub use scalar::{im2row, quantize_u8, round_half_even};
-pub use weights::{DepthwiseWeights, PackedWeights, CBLOCK};
+pub use weights::{ConvKind, DepthwiseWeights, PackedWeights, CBLOCK};
+
+/// A u8 tensor as the kernels see it: channels last, one scale and zero point. 3-D volumes keep depth x height in `h`
+/// (the plan's `shapes` has the NC... shape); the integer ops that care (3-D convs)
+/// carry their own geometry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QTensor {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub scale: f32,
+    pub zp: u8,
+}
+
+impl QTensor {
+    pub fn len(&self) -> usize {
+        self.c * self.h * self.w
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(crate) fn deq(&self, q: u8) -> f32 {
+        (q as i32 - self.zp as i32) as f32 * self.scale
+    }
+
+    /// The table taking this tensor's bytes to bytes quantised with (s, z): the
+    /// dequantise-then-quantise of a QDQ pair; None where the parameters are the same.
+    pub(crate) fn requant_table(&self, s: f32, z: u8) -> Option<Vec<u8>> {
+        (self.scale != s || self.zp != z).then(|| (0..=255u8).map(|q| quantize_u8(self.deq(q), s, z)).collect())
+    }
+
+    /// The tensor holding a float value of `shape` ([1, C, spatial...], rank 2 to 5).
+    pub(crate) fn of_shape(shape: &[usize], scale: f32, zp: u8) -> Option<QTensor> {
+        if !(2..=5).contains(&shape.len()) || shape[0] != 1 {
+            return None;
+        }
+        let (h, w) = match shape.len() {
+            2 => (1, 1),
+            3 => (1, shape[2]),
+            _ => (shape[2..shape.len() - 1].iter().product(), shape[shape.len() - 1]),
+        };
+        Some(QTensor { c: shape[1], h, w, scale, zp })
+    }
+}
 
 /// Which implementation runs the kernels (chosen once, at engine construction).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -28,7 +28,7 @@ use std::arch::asm;
 use super::arm::{depthwise_bounds, depthwise_i32, gemm_in_place, Rows, DW};
 use super::scalar::{self, quantize_u8};
 use super::{pad_nhwc, padded_input, ConvGeometry, DepthwiseWeights, PackedWeights, Requant, CBLOCK};
-use crate::plan::{ConvKind, QTensor};
+use super::{ConvKind, QTensor};
 
 /// Whether this CPU has `sdot` (`neondot`); plain NEON is part of every aarch64 CPU.
 pub fn has_dotprod() -> bool {

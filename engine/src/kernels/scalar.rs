@@ -6,7 +6,7 @@
 //! compiles the `#[inline(always)]` loops of this one for AVX2.
 
 use super::{ConvGeometry, PackedWeights, Requant};
-use crate::plan::{ConvKind, QTensor};
+use super::{ConvKind, QTensor};
 
 /// Depthwise weights `w` ([c][taps], as ONNX stores them) as [taps][c] int32, the
 /// layout of [`depthwise`].

@@ -4,8 +4,8 @@
 //! requantisation parameters. The weights come raw, as the compiler hands them to the
 //! packing, so that each case is packed once per ISA under test.
 
+use super::ConvKind;
 use super::{ConvGeometry, DepthwiseWeights, Isa, PackedWeights, Requant};
-use crate::plan::ConvKind;
 
 /// A seeded linear congruential generator (Knuth's MMIX constants), upper 31 bits.
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@
 
 use super::testgen::{conv_case, random_requant, ConvSpec, Lcg};
 use super::*;
-use crate::plan::{ConvKind, QTensor};
+use super::{ConvKind, QTensor};
 
 /// Mean and standard deviation (at least 1) of int32 sums.
 fn spread(acc: &[i32]) -> (f64, f64) {

@@ -189,3 +189,10 @@ impl DepthwiseWeights {
         d
     }
 }
+
+/// A convolution's weights, in the layout of the kernels it was packed for.
+#[derive(Debug, Clone)]
+pub enum ConvKind {
+    Dense(PackedWeights),
+    Depthwise(DepthwiseWeights),
+}

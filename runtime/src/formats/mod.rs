@@ -15,3 +15,8 @@ pub mod pcam_h5;
 pub mod results;
 pub mod tensors;
 pub mod volume;
+
+/// The largest image side any reader accepts (patches, slide regions, PCam HDF5
+/// datasets): a header claiming more (a decompression bomb) is refused before anything
+/// is allocated; a PCam patch is 96.
+pub const MAX_IMAGE_SIDE: u32 = 8192;

@@ -5,16 +5,13 @@ use std::path::{Path, PathBuf};
 
 use image::RgbImage;
 
+use super::MAX_IMAGE_SIDE;
 use crate::error::{Error, Result};
 use crate::metadata::ModelMetadata;
 pub use crate::metadata::{circular_mask, in_circle};
 
 /// File extensions picked up when a directory is given.
 pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "tif", "tiff"];
-
-/// Refuse images whose header claims more than this many pixels per side
-/// (decompression bombs); a PCam patch is 96.
-pub const MAX_IMAGE_SIDE: u32 = 8192;
 
 /// What a decoder may allocate for one image: an 8192 x 8192 RGBA image at 16 bits.
 pub const MAX_IMAGE_BYTES: u64 = 8192 * 8192 * 8;

@@ -32,7 +32,7 @@ mod imp {
         }
         // Reading one patch allocates H x W x 3 bytes: the declared size is checked first,
         // as image headers are (found by fuzzing: a forged shape exhausted memory).
-        let side = crate::formats::patch::MAX_IMAGE_SIDE as u64;
+        let side = crate::formats::MAX_IMAGE_SIDE as u64;
         if shape[1] > side || shape[2] > side {
             return Err(err(path, format!("patches of {}x{} declared, more than {side} pixels a side", shape[1], shape[2])));
         }
