@@ -34,13 +34,14 @@ fn weight_value(g: &Graph, name: &str) -> Result<Array> {
     let n = g.producer(name).map(|i| &g.nodes()[i]).with_context(|| format!("{name} is not a constant"))?;
     ensure!(n.op_type == "DequantizeLinear", "{name} is computed by {}, not a constant or a dequantized constant", n.op_type);
     let q = g.initializer(&n.input[0]).with_context(|| format!("{}: quantized weights are not an initializer", n.name))?;
-    let values: Vec<f32> = match DataType::try_from(q.data_type) {
-        Ok(DataType::Int8) if !q.raw_data.is_empty() => q.raw_data.iter().map(|b| *b as i8 as f32).collect(),
-        Ok(DataType::Uint8) if !q.raw_data.is_empty() => q.raw_data.iter().map(|b| *b as f32).collect(),
-        Ok(DataType::Int8 | DataType::Uint8) => q.int32_data.iter().map(|v| *v as f32).collect(),
-        other => bail!("{}: quantized weights of type {other:?} are not supported", n.name),
-    };
-    let shape: Vec<usize> = q.dims.iter().map(|d| *d as usize).collect();
+    let q = edgemed_onnx::tensor::decode(q).map_err(|e| anyhow::anyhow!("{}: {e}", n.name))?;
+    ensure!(
+        matches!(q.data_type, DataType::Int8 | DataType::Uint8),
+        "{}: quantized weights of type {:?} are not supported",
+        n.name,
+        q.data_type
+    );
+    let (shape, values) = (q.shape, q.values.to_f32());
     let scale = g.constant(&n.input[1]).with_context(|| format!("{}: scale is not a constant", n.name))?;
     let zero = match n.input.get(2).filter(|z| !z.is_empty()) {
         Some(z) => weight_value(g, z).or_else(|_| zero_point(g, z))?.data,
@@ -61,11 +62,7 @@ fn weight_value(g: &Graph, name: &str) -> Result<Array> {
 
 fn zero_point(g: &Graph, name: &str) -> Result<Array> {
     let t = g.initializer(name).with_context(|| format!("zero point {name} is not an initializer"))?;
-    let v: Vec<f32> = match DataType::try_from(t.data_type) {
-        Ok(DataType::Int8) if !t.raw_data.is_empty() => t.raw_data.iter().map(|b| *b as i8 as f32).collect(),
-        Ok(DataType::Uint8) if !t.raw_data.is_empty() => t.raw_data.iter().map(|b| *b as f32).collect(),
-        _ => t.int32_data.iter().map(|v| *v as f32).collect(),
-    };
+    let v = edgemed_onnx::tensor::decode(t).map_err(|e| anyhow::anyhow!("zero point {name}: {e}"))?.values.to_f32();
     Ok(Array::new(vec![v.len()], v))
 }
 
