@@ -8,9 +8,9 @@
 //! | scalar       | rows [cout][k]                        | [taps][c] i32                       |
 //! | avx2         | pairs (`avx2::pack_pairs`)            | [taps][c] i32                       |
 //! | avx512vnni   | quads ([`pack_quads`])                | quads, 3x3 columns; [taps][c] i32 for int32 sums |
-//! | neon         | i16 by lane (`neon::DenseWeights`)    | i16 blocks of 8 (`neon::depthwise_layout`) |
+//! | neon         | i16 by lane (`neon::DenseWeights`)    | i16 blocks of 8 (`arm::depthwise_layout`) |
 //! | neondot      | quads, 128 Σw (`neon::DenseWeights`)  | the same as neon                    |
-//! | armv7neon    | i16 blocks (`armv7::DenseWeights`)    | i16 blocks of 8 (`armv7::depthwise_layout`) |
+//! | armv7neon    | i16 blocks (`armv7::DenseWeights`)    | i16 blocks of 8 (`arm::depthwise_layout`) |
 
 #[cfg(target_arch = "x86_64")]
 use super::{avx2, avx512};
@@ -96,8 +96,8 @@ impl PackedWeights {
     }
 
     /// Σ_k w[c][k], for the zero-point correction.
-    pub fn sums(&self) -> Vec<i32> {
-        self.sums.clone()
+    pub fn sums(&self) -> &[i32] {
+        &self.sums
     }
 }
 
