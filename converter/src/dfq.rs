@@ -9,9 +9,6 @@ use crate::graph::Graph;
 use crate::passes::{absorb, equalize, fold_bn};
 use crate::quantize::{self, Granularity, Range};
 
-/// Default width of data-free activation ranges in standard deviations (see `quantize --range-sigmas`).
-pub const DEFAULT_RANGE_SIGMAS: f32 = 6.0;
-
 #[derive(Debug, Clone)]
 pub struct Options {
     pub granularity: Granularity,
@@ -25,8 +22,8 @@ pub struct Options {
     /// Calibration inputs; empty: data-free ranges.
     pub calibration: Vec<ArrayD<f32>>,
     pub percentile: Option<f32>,
-    /// Data-free activation ranges: beta +- this many |gamma| per channel.
-    pub range_sigmas: f32,
+    /// How data-free activation ranges are chosen.
+    pub range_rule: quantize::RangeRule,
 }
 
 /// The CLI's defaults: the DFQ paper's recipe, per-tensor weights, data-free ranges.
@@ -42,7 +39,7 @@ impl Default for Options {
             fp32_only: false,
             calibration: Vec::new(),
             percentile: None,
-            range_sigmas: DEFAULT_RANGE_SIGMAS,
+            range_rule: quantize::RangeRule::MinError(crate::clipped_normal::Family::Laplace),
         }
     }
 }
@@ -75,8 +72,29 @@ pub fn input_range(md: &ModelMetadata) -> Range {
     })
 }
 
+/// Grouped convs must split their channels into whole groups, and with a field size
+/// N > 1 (a C_N model) each group must hold whole fields: scales are shared within
+/// fields, and a group cutting a field could not keep them equal.
+fn check_groups(g: &Graph, field: usize) -> Result<()> {
+    for i in 0..g.nodes().len() {
+        crate::passes::check_layer(g, i)?;
+    }
+    for l in crate::passes::layers(g) {
+        let (cin, cout) = l.group_sizes();
+        if field > 1 && l.is_grouped() && (!cin.is_multiple_of(field) || !cout.is_multiple_of(field)) {
+            anyhow::bail!(
+                "{:?}: a grouped conv with groups of {cin} input and {cout} output channels cuts across fields of {field} channels \
+                 (--field-size {field}); give the model's field size, or --field-size 1 for a model without fields",
+                if l.name.is_empty() { &l.output } else { &l.name }
+            );
+        }
+    }
+    Ok(())
+}
+
 pub fn run(g: &mut Graph, opts: &Options) -> Result<Report> {
     let mut report = Report::default();
+    check_groups(g, opts.field_size)?;
     // Unoptimised exports compute biases and batch-norm parameters through shape plumbing.
     g.materialize_constant_inputs(&["Conv", "Gemm", "BatchNormalization", "Clip"]);
     let bn_nodes = g.nodes().iter().filter(|n| n.op_type == "BatchNormalization").count();
@@ -119,7 +137,7 @@ pub fn run(g: &mut Graph, opts: &Options) -> Result<Report> {
         bias_correction: opts.bias_correction,
         calibrated,
         input_range: input_range(&metadata(g)),
-        range_sigmas: opts.range_sigmas,
+        range_rule: opts.range_rule,
     };
     report.quant = quantize::quantize(g, &stats, &qopts)?;
     g.model.metadata_props.retain(|e| e.key != "edgemed.precision");

@@ -10,6 +10,7 @@
 //! plus one module per subcommand under `cli/`.
 
 pub mod calibrate;
+pub mod clipped_normal;
 pub mod dfq;
 pub mod export;
 pub mod fp16;

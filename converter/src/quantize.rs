@@ -10,6 +10,7 @@ use anyhow::{bail, Result};
 use edgemed_onnx::pb;
 use pb::tensor_proto::DataType;
 
+use crate::clipped_normal::{ClippedNormal, Family};
 use crate::graph::{Array, Graph};
 use crate::passes::{layer_at, layers, set_weight_and_bias, share_within_fields, weight_and_bias, ChannelStats, Layer, Stats};
 
@@ -49,8 +50,18 @@ pub struct Options {
     pub calibrated: Option<HashMap<String, Range>>,
     /// Range of the model input when data-free (from the model's normalisation metadata).
     pub input_range: Range,
-    /// Data-free pre-activation range per channel: beta +- this many |gamma|.
-    pub range_sigmas: f32,
+    /// How data-free ranges are chosen.
+    pub range_rule: RangeRule,
+}
+
+/// The rule choosing a data-free activation range from per-channel statistics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RangeRule {
+    /// Least expected quantization error of the channels' clipped distributions, of
+    /// this family, with the batch norms' means and deviations ([`crate::clipped_normal`]).
+    MinError(Family),
+    /// beta +- this many |gamma| per channel, the widest over the channels.
+    Sigmas(f32),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -144,8 +155,26 @@ fn source_of(g: &Graph, stats: &Stats, value: &str) -> Option<Source> {
     None
 }
 
+/// The minimum-error range of a value whose channels are `src`'s normals clipped by its activation.
+fn min_error_range(src: &Source, family: Family) -> Option<Range> {
+    let n = src.stats.beta.len();
+    if src.stats.gamma.len() != n || src.hi.as_ref().is_some_and(|h| h.len() != 1 && h.len() != n) {
+        return None;
+    }
+    let channels: Vec<ClippedNormal> = (0..n)
+        .map(|c| ClippedNormal {
+            mu: src.stats.beta[c] as f64,
+            sigma: src.stats.gamma[c] as f64,
+            lo: src.lo.map_or(f64::NEG_INFINITY, |v| v as f64),
+            hi: src.hi.as_ref().map_or(f64::INFINITY, |h| if h.len() == 1 { h[0] } else { h[c] } as f64),
+            family,
+        })
+        .collect();
+    crate::clipped_normal::optimal_range(&channels)
+}
+
 /// Data-free range of every tensor we can bound, propagated in topological order.
-pub fn data_free_ranges(g: &Graph, stats: &Stats, input_range: Range, sigmas: f32) -> Result<HashMap<String, Range>> {
+pub fn data_free_ranges(g: &Graph, stats: &Stats, input_range: Range, rule: RangeRule) -> Result<HashMap<String, Range>> {
     let mut r: HashMap<String, Range> = HashMap::new();
     for i in &g.g().input {
         if g.initializer(&i.name).is_none() {
@@ -156,7 +185,19 @@ pub fn data_free_ranges(g: &Graph, stats: &Stats, input_range: Range, sigmas: f3
         let n = &g.nodes()[i];
         let out = n.output[0].clone();
         let ins: Vec<Option<Range>> = n.input.iter().map(|x| r.get(x).copied()).collect();
-        let range = if let Some(st) = stats.get(&out) {
+        // Under the minimum-error rule, a value whose channels are a batch norm's
+        // normals (through Relu / Clip / Min) gets its range from them directly.
+        let min_error = match rule {
+            RangeRule::MinError(family) => source_of(g, stats, &out).and_then(|src| min_error_range(&src, family)),
+            RangeRule::Sigmas(_) => None,
+        };
+        let sigmas = match rule {
+            RangeRule::Sigmas(k) => k,
+            RangeRule::MinError(_) => 6.0,
+        };
+        let range = if min_error.is_some() {
+            min_error
+        } else if let Some(st) = stats.get(&out) {
             let lo = st.beta.iter().zip(&st.gamma).map(|(b, s)| b - sigmas * s).fold(f32::MAX, f32::min);
             let hi = st.beta.iter().zip(&st.gamma).map(|(b, s)| b + sigmas * s).fold(f32::MIN, f32::max);
             Some(Range { lo, hi })
@@ -246,12 +287,14 @@ pub fn quantize(g: &mut Graph, stats: &Stats, opts: &Options) -> Result<Report> 
     let mut report = Report::default();
     let ranges = match &opts.calibrated {
         Some(r) => r.clone(),
-        None => data_free_ranges(g, stats, opts.input_range, opts.range_sigmas)?,
+        None => data_free_ranges(g, stats, opts.input_range, opts.range_rule)?,
     };
 
     // Weights first, bias correction from the exact rounding error.
     let all: Vec<Layer> = layers(g);
     let mut dequantize_nodes = Vec::new();
+    // Outputs of the layers whose weights are quantized.
+    let mut quantized_layers: std::collections::HashSet<String> = Default::default();
     for l in all {
         // Indices shift as weights are rewritten, so each layer is found again by its output;
         // in a malformed graph (an output name written twice) it may be gone: left in float.
@@ -281,18 +324,14 @@ pub fn quantize(g: &mut Graph, stats: &Stats, opts: &Options) -> Result<Report> 
                         )
                     })
                     .collect();
-                let in_axis = if l.is_depthwise() {
-                    0
-                } else if w.shape.len() == 2 {
-                    1 - l.out_axis
-                } else {
-                    1
-                };
-                if ex.len() == w.shape[in_axis] {
+                if ex.len() == l.in_channels {
+                    // E[(W_q - W) x] per output channel, each weight's error times the
+                    // expected value of the input channel it reads.
                     let mut shift = vec![0f32; b.len()];
+                    let mut k = 0;
                     crate::passes::for_each_index(&w, |idx, v| {
-                        let k: usize = idx.iter().zip(&w.shape).fold(0, |acc, (i, d)| acc * d + i);
-                        shift[idx[l.out_axis]] += (deq.data[k] - v) * ex[idx[in_axis]];
+                        shift[l.out_of(idx)] += (deq.data[k] - v) * ex[l.in_of(idx)];
+                        k += 1;
                     });
                     crate::passes::uniform_within_fields(&mut shift, opts.field_size);
                     b.iter_mut().zip(&shift).for_each(|(b, s)| *b -= s);
@@ -347,22 +386,52 @@ pub fn quantize(g: &mut Graph, stats: &Stats, opts: &Options) -> Result<Report> 
         }
         dequantize_nodes.push(node);
         g.g_mut().node[l.node].input[1] = dqn;
+        quantized_layers.insert(l.output.clone());
         report.weights_quantized += 1;
     }
     g.g_mut().node.extend(dequantize_nodes);
 
-    // Activations: every float tensor entering a Conv, Gemm, Add or pooling op.
+    // Convolutions and products whose weights could not be quantized stay float: say why.
+    for n in g.nodes() {
+        if matches!(n.op_type.as_str(), "Conv" | "ConvTranspose" | "Gemm" | "MatMul") && !quantized_layers.contains(&n.output[0]) {
+            let why = match n.op_type.as_str() {
+                "ConvTranspose" if crate::graph::attr_i(n, "group", 1) != 1 => "a grouped ConvTranspose",
+                "MatMul" => "MatMul weights are not read as a layer (export the layer as Gemm)",
+                "Gemm" if crate::graph::attr_i(n, "transA", 0) != 0 => "Gemm with transA",
+                _ => "its weights are not constants",
+            };
+            report.left_fp32.push(format!("{} {:?} ({why})", n.op_type, n.name));
+        }
+    }
+
+    // Activations: every float tensor entering a Conv, ConvTranspose, Gemm, Add or pooling op.
     let mut targets: Vec<String> = Vec::new();
     for n in g.nodes() {
+        // A 0/1 mask (the circular mask of an equivariant head): its input and output,
+        // so that the activations before it fuse into their conv and the mask is a table.
+        if n.op_type == "Mul" && n.input.len() == 2 {
+            let is_mask = |v: &String| g.constant(v).is_some_and(|m| m.data.iter().all(|x| *x == 0.0 || *x == 1.0));
+            if let Some(data) = n.input.iter().find(|v| !is_mask(v)).filter(|_| n.input.iter().any(is_mask)) {
+                for v in [data, &n.output[0]] {
+                    if g.initializer(v).is_none() && !targets.contains(v) {
+                        targets.push(v.clone());
+                    }
+                }
+            }
+            continue;
+        }
         let data_inputs: &[String] = match n.op_type.as_str() {
-            "Conv" | "Gemm" | "GlobalAveragePool" | "AveragePool" | "MaxPool" => &n.input[..1],
+            "Conv" | "ConvTranspose" | "Gemm" | "GlobalAveragePool" | "AveragePool" | "MaxPool" => &n.input[..1],
             "Add" | "Concat" => &n.input[..],
             _ => continue,
         };
+        // A pooling op's output too: the engine pools u8 tensors into u8 tensors.
+        let pooled = matches!(n.op_type.as_str(), "GlobalAveragePool" | "AveragePool" | "MaxPool").then(|| &n.output[0]);
+        let data_inputs: Vec<&String> = data_inputs.iter().chain(pooled).collect();
         for v in data_inputs {
             // Constants (shape pieces, computed or stored) are not activations.
             if g.initializer(v).is_none() && g.eval_constant(v, 8).is_none() && !targets.contains(v) && !v.ends_with(".weight_dq") {
-                targets.push(v.clone());
+                targets.push((*v).clone());
             }
         }
     }
@@ -380,6 +449,23 @@ pub fn quantize(g: &mut Graph, stats: &Stats, opts: &Options) -> Result<Report> 
                 report.activations_quantized += 1;
             }
             _ => report.left_fp32.push(format!("{v} (no activation range: no batch-norm statistics reach it; use --calibrate)")),
+        }
+    }
+    // Layer outputs read by something other than a QuantizeLinear (an instance norm, a
+    // PReLU, ...) are quantized on their own range too, so that each layer is one
+    // integer op with u8 input and output; graph outputs (logits, labels' scores) keep
+    // the precision of the int32 sums.
+    let mut outputs: Vec<String> = quantized_layers.into_iter().collect();
+    outputs.sort();
+    for v in outputs {
+        let quantized = g.consumers(&v).iter().any(|&c| g.nodes()[c].op_type == "QuantizeLinear");
+        if quantized || g.is_graph_output(&v) {
+            continue;
+        }
+        if let Some(r) = ranges.get(&v).filter(|r| r.lo.is_finite() && r.hi.is_finite() && r.hi > r.lo) {
+            let (scale, zp) = r.to_u8();
+            qdq_pair(g, &v, scale, zp);
+            report.activations_quantized += 1;
         }
     }
     g.sort()?;

@@ -49,7 +49,7 @@ fn dfq_per_tensor_matches_calibrated_per_channel_and_beats_naive() {
 
 #[test]
 fn data_free_int8_of_the_trained_demo_model_stays_close_to_fp32() {
-    // Ranges from batch-norm statistics alone (beta +- 6 |gamma|): no calibration data.
+    // Ranges from batch-norm statistics alone (least expected error of Laplace channels): no calibration data.
     let path = edgemed_tests::repo_root().join("models/bundled/pcam-c4-demo.onnx");
     let fp32 = OnnxModel::load(&path).unwrap();
     let inputs = edgemed_converter::inputs::from_images(&fp32, &edgemed_tests::repo_root().join("examples/data/pcam"), 100).unwrap();

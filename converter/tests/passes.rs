@@ -88,7 +88,7 @@ fn equalization_shares_scales_within_fields() {
     }
     // And the next layers' input ranges likewise (pointwise weights are field-circulant).
     let l = layers(&g).into_iter().find(|l| l.name == "blocks.1.expand.conv").unwrap();
-    let r = in_ranges(&weight_and_bias(&g, &l).unwrap().0, 0);
+    let r = in_ranges(&l, &weight_and_bias(&g, &l).unwrap().0);
     assert!(r.chunks(4).all(|f| f.iter().all(|v| (v / f[0] - 1.0).abs() < 1e-5)));
 }
 

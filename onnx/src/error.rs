@@ -43,8 +43,8 @@ pub enum Error {
     // --- inputs ------------------------------------------------------------
     #[error("{path}: not a readable image: {reason}")]
     BadImage { path: PathBuf, reason: String },
-    #[error("{path}: patch is {width}x{height}, expected {expected}x{expected} (pass --resize to accept other sizes)")]
-    WrongPatchSize { path: PathBuf, width: u32, height: u32, expected: u32 },
+    #[error("{path}: patch is {width}x{height}, expected {expected}x{expected} or the model's input size {input}x{input} (pass --resize to accept other sizes)")]
+    WrongPatchSize { path: PathBuf, width: u32, height: u32, expected: u32, input: u32 },
     #[error("{path}: not a usable volume: {reason}")]
     BadVolume { path: PathBuf, reason: String },
     #[error("input tensor has shape {got:?}, model expects {expected:?}")]

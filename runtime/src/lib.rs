@@ -30,10 +30,15 @@ pub use ndarray;
 pub use tract_onnx;
 
 /// The demonstration model shipped with edgemed (C4 equivariant MobileNetV2 trained
-/// on synthetic PCam-like patches; see README). Embedded so `classify` needs no flags.
+/// on synthetic PCam-like patches; see README), in its INT8 version: what `edgemed
+/// quantize` makes of models/bundled/pcam-c4-demo.onnx with the default data-free
+/// recipe (scripts/make-bundled-int8.sh). Embedded so `classify` needs no flags; the
+/// FP32 file stays beside it in models/bundled/ (`--model` runs it).
 #[cfg(feature = "bundled-model")]
-pub const BUNDLED_MODEL: &[u8] = include_bytes!("../../models/bundled/pcam-c4-demo.onnx");
-pub const BUNDLED_MODEL_NAME: &str = "<bundled pcam-c4-demo>";
+pub const BUNDLED_MODEL: &[u8] = include_bytes!("../../models/bundled/pcam-c4-demo-int8.onnx");
+/// The bundled model's file name in models/bundled/ and in its manifest.
+pub const BUNDLED_MODEL_FILE: &str = "pcam-c4-demo-int8.onnx";
+pub const BUNDLED_MODEL_NAME: &str = "<bundled pcam-c4-demo-int8>";
 /// The bundled model's manifest (models/bundled/edgemed-manifest.json), checked against the
 /// embedded bytes before use.
 #[cfg(feature = "bundled-model")]

@@ -107,7 +107,7 @@ fn wrong_patch_size_is_refused_unless_resize() {
     let big = dir.join("big.png");
     image::RgbImage::from_pixel(120, 80, image::Rgb([200, 120, 180])).save(&big).unwrap();
     let o = run(&["classify", big.to_str().unwrap()]);
-    assert_clean_failure(&o, "big.png: patch is 120x80, expected 96x96 (pass --resize");
+    assert_clean_failure(&o, "big.png: patch is 120x80, expected 96x96 or the model's input size 95x95 (pass --resize");
     let o = run(&["classify", big.to_str().unwrap(), "--resize"]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
@@ -191,12 +191,23 @@ fn info_and_bench_describe_the_bundled_model() {
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["metadata"]["group_order"], 4);
-    assert_eq!(v["precision"], "FP32");
+    // The bundled model is the INT8 one, run by the engine by default.
+    assert_eq!(v["precision"], "INT8 (QDQ)");
+    let backend = v["backend"].as_str().unwrap();
+    assert!(backend.starts_with("auto -> int8 (a QDQ model): edgemed INT8 engine") && backend.contains("integer ops"), "{backend}");
     assert!(v["parameters"].as_u64().unwrap() > 10_000);
+    // The FP32 file beside it runs in tract.
+    let o = run(&["info", "--json", "models/bundled/pcam-c4-demo.onnx"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["precision"], "FP32");
+    assert_eq!(v["backend"], "auto -> tract (a float model): tract (CPU)");
     let o = run(&["bench", "--iters", "3", "--warmup", "1"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("p50 ms") && out.contains("tract"), "{out}");
+    assert!(out.contains("p50 ms") && out.contains("edgemed-int8"), "{out}");
+    // The main command says what ran.
+    let o = run(&["classify", "examples/data/pcam"]);
+    assert!(stderr(&o).contains("with <bundled pcam-c4-demo-int8> (INT8 (QDQ)) on edgemed-int8 (cpu)"), "{}", stderr(&o));
 }
 
 #[test]
@@ -283,9 +294,23 @@ fn probabilities(o: &Output) -> Vec<f64> {
 fn ort_backend_classifies_like_tract() {
     let Some(lib) = edgemed_tests::ort_library() else { return };
     let lib = lib.to_string_lossy().into_owned();
-    let tract = probabilities(&run(&["classify", "examples/data/pcam", "-f", "json"]));
-    let ort =
-        probabilities(&run(&["--backend", "ort", "--ort-lib", &lib, "--device", "cpu", "classify", "examples/data/pcam", "-f", "json"]));
+    // The FP32 model: the same float arithmetic in both (INT8 runs differ by rounding flips).
+    let fp32 = "models/bundled/pcam-c4-demo.onnx";
+    let tract = probabilities(&run(&["--backend", "tract", "classify", "-m", fp32, "examples/data/pcam", "-f", "json"]));
+    let ort = probabilities(&run(&[
+        "--backend",
+        "ort",
+        "--ort-lib",
+        &lib,
+        "--device",
+        "cpu",
+        "classify",
+        "-m",
+        fp32,
+        "examples/data/pcam",
+        "-f",
+        "json",
+    ]));
     assert_eq!(tract.len(), 100);
     let worst = tract.iter().zip(&ort).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max);
     assert!(worst < 1e-4, "max probability difference {worst}");
@@ -304,9 +329,11 @@ fn ort_backend_classifies_like_tract() {
 fn cuda_on_a_host_without_it_falls_back_loudly_or_fails_when_strict() {
     // tract never has CUDA; ONNX Runtime's CPU wheel neither (a GPU host's CUDA build is
     // exercised by tests/tests/ort_backend.rs).
-    let o = run(&["--device", "cuda", "classify", &first_sample().to_string_lossy()]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("CPU only"), "{}", stderr(&o));
+    for backend in ["tract", "int8", "auto"] {
+        let o = run(&["--backend", backend, "--device", "cuda", "classify", &first_sample().to_string_lossy()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stderr(&o).contains("CPU only"), "{backend}: {}", stderr(&o));
+    }
     assert_clean_failure(
         &run(&["--device", "cuda:0", "--strict-device", "classify", "examples/data/pcam"]),
         "device cuda:0 is not available",
@@ -479,7 +506,8 @@ fn memory_budget_refuses_before_allocating() {
     assert!(run(&["--memory-budget", "64M", "classify", patch]).status.success());
     // A batch whose activations would not fit: refused before running, naming the input.
     assert_clean_failure(
-        &run(&["--memory-budget", "256M", "bench", "--batch", "1024", "--iters", "1"]),
+        // (tract's: the INT8 engine runs a batch item by item in buffers of one item.)
+        &run(&["--memory-budget", "256M", "--backend", "tract", "bench", "--batch", "1024", "--iters", "1"]),
         "activations at input [1024, 3, 95, 95]",
     );
     assert_clean_failure(&run(&["--memory-budget", "lots", "classify", patch]), "memory size");
@@ -654,7 +682,11 @@ fn bench_compares_fp32_and_int8_and_profiles_the_engine() {
     assert!(out.matches("conv 3x3/").count() >= 10 && out.contains(", 0 float ops,"), "{out}");
 
     // --profile needs the engine; a missing --quantized model is named.
-    assert_clean_failure(&run(&["bench", fp32.to_str().unwrap(), "--iters", "1", "--profile"]), "add int8 to --backend");
+    assert_clean_failure(&run(&["bench", fp32.to_str().unwrap(), "--iters", "1", "--profile"]), "give a QDQ model");
+    assert_clean_failure(
+        &run(&["--backend", "tract", "bench", qdq.to_str().unwrap(), "--iters", "1", "--profile"]),
+        "int8 or auto backend",
+    );
     let missing = fx.join("no-such-int8.onnx");
     let o = run(&["bench", fp32.to_str().unwrap(), "--quantized", missing.to_str().unwrap(), "--iters", "1"]);
     assert_clean_failure(&o, "no-such-int8.onnx");

@@ -30,7 +30,13 @@ pub fn run(args: Args) -> Result<()> {
     let after: std::collections::HashMap<String, passes::Layer> = passes::layers(&eq).into_iter().map(|l| (l.name.clone(), l)).collect();
     for l in passes::layers(&g) {
         let w = passes::weight_and_bias(&g, &l)?.0;
-        let kind = if l.is_depthwise() { "dw" } else { g.nodes()[l.node].op_type.as_str() };
+        let kind = if l.is_depthwise() {
+            "dw"
+        } else if l.is_grouped() {
+            "grouped"
+        } else {
+            g.nodes()[l.node].op_type.as_str()
+        };
         let post = after.get(&l.name).map(|a| summary(&eq, a)).transpose()?.unwrap_or_default();
         println!("{:<32} {:<5} {:<18} | {} | {}", l.name, kind, format!("{:?}", w.shape), summary(&g, &l)?, post);
     }

@@ -6,9 +6,10 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use edgemed_converter::clipped_normal::Family;
 use edgemed_converter::graph::Graph;
 use edgemed_converter::passes::equalize::Relu6Policy;
-use edgemed_converter::quantize::Granularity;
+use edgemed_converter::quantize::{Granularity, RangeRule};
 use edgemed_converter::{dfq, inputs, passes};
 use edgemed_runtime::model::OnnxModel;
 
@@ -31,9 +32,15 @@ pub struct Args {
     /// With --calibrate: clip ranges at this percentile instead of min/max.
     #[arg(long)]
     percentile: Option<f32>,
-    /// Data-free activation ranges: beta +- this many |gamma| per channel.
-    #[arg(long, default_value_t = edgemed_converter::dfq::DEFAULT_RANGE_SIGMAS)]
-    range_sigmas: f32,
+    /// Data-free activation ranges: beta +- this many |gamma| per channel, instead of
+    /// the range of least expected quantization error (see --range-model).
+    #[arg(long)]
+    range_sigmas: Option<f32>,
+    /// The distribution each channel is assumed to follow around its batch norm's mean
+    /// and deviation when choosing data-free ranges of least expected error: laplace
+    /// (the heavy tails of trained networks) or normal (the DFQ paper's assumption).
+    #[arg(long, value_enum, default_value = "laplace", conflicts_with = "range_sigmas")]
+    range_model: RangeModel,
     #[arg(long)]
     no_cle: bool,
     #[arg(long)]
@@ -54,12 +61,24 @@ pub struct Args {
     fp16_io: bool,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RangeModel {
+    Laplace,
+    Normal,
+}
+
 pub fn run(args: Args) -> Result<()> {
     let mut g = Graph::load(&args.input)?;
     if args.fp16 {
         return to_fp16(g, &args);
     }
     let field_size = args.field_size.unwrap_or_else(|| dfq::field_size_of(&g));
+    if let Some(k) = args.range_sigmas.filter(|k| !(k.is_finite() && *k > 0.0)) {
+        anyhow::bail!("--range-sigmas {k}: give a positive number of standard deviations");
+    }
+    if field_size == 0 {
+        anyhow::bail!("--field-size 0: give the number of channels of a field (1 for a model without fields)");
+    }
     let calibration = match &args.calibrate {
         Some(path) => inputs::calibration(&OnnxModel::load(&args.input)?, path, 256)?,
         None => Vec::new(),
@@ -73,7 +92,13 @@ pub fn run(args: Args) -> Result<()> {
         bias_correction: !args.no_bias_correction,
         calibration,
         percentile: args.percentile,
-        range_sigmas: args.range_sigmas,
+        range_rule: args.range_sigmas.map_or(
+            RangeRule::MinError(match args.range_model {
+                RangeModel::Laplace => Family::Laplace,
+                RangeModel::Normal => Family::Normal,
+            }),
+            RangeRule::Sigmas,
+        ),
         fp32_only: args.fp32_only,
     };
     let report = dfq::run(&mut g, &opts)?;

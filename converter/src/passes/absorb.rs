@@ -50,15 +50,10 @@ pub fn absorb_high_biases(g: &mut Graph, stats: &mut Stats, field_size: usize) -
             g.set_initializer(bound, &bnd);
         }
         let (w2, mut b2) = weight_and_bias(g, &second)?;
-        let in_axis = if second.is_depthwise() {
-            0
-        } else if w2.shape.len() == 2 {
-            1 - second.out_axis
-        } else {
-            1
-        };
+        // Every weight carries c of the input channel it reads (for a grouped conv, a
+        // channel of its output's group) into its output channel's bias.
         let mut shift = vec![0f32; b2.len()];
-        super::for_each_index(&w2, |idx, v| shift[idx[second.out_axis]] += v * c[idx[in_axis]]);
+        super::for_each_index(&w2, |idx, v| shift[second.out_of(idx)] += v * c[second.in_of(idx)]);
         super::uniform_within_fields(&mut shift, field_size);
         b2.iter_mut().zip(&shift).for_each(|(b, s)| *b += s);
         set_weight_and_bias(g, &mut second, &w2, &b2);

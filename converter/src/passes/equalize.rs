@@ -1,7 +1,12 @@
 //! Cross-layer equalization: for conv -> activation -> conv, scale output channel i
 //! of the first layer by 1/s_i and input channel i of the second by s_i, with
 //! s = sqrt(r1 / r2) so both weight ranges become sqrt(r1 r2); for
-//! conv -> depthwise -> conv, cube-root scales equalize all three. Positive scaling
+//! conv -> depthwise -> conv, cube-root scales equalize all three. Grouped convs
+//! take part as well (escnn's equivariant depthwise layer has one group of N in
+//! and N out channels per regular field): a weight is scaled by the input channel
+//! it reads, which for a grouped conv is a channel of its output's group; a grouped
+//! middle layer of a triplet gets scales shared within each group, so that its
+//! block of weights scales as a whole, like a depthwise channel. Positive scaling
 //! commutes with ReLU; ReLU6's fixed bound does not, so Clip(0, 6) becomes
 //! Relu + Min with a per-channel bound that is scaled too (function kept), or, on
 //! request, plain Relu as AIMET does (function changed above 6).
@@ -12,6 +17,7 @@ use anyhow::Result;
 
 use super::{in_ranges, layer_at, out_ranges, scale_axis, set_weight_and_bias, share_within_fields, weight_and_bias, Layer, Stats};
 use crate::graph::{Array, Graph};
+use crate::passes::scale_inputs as scale_weight_inputs;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Relu6Policy {
@@ -82,7 +88,7 @@ fn follow(g: &mut Graph, value: &str, relu6: Relu6Policy, rewritten: &mut usize)
     let c = g.consumers(value)[0];
     let op = g.nodes()[c].op_type.clone();
     let (act, out) = match op.as_str() {
-        "Conv" | "Gemm" => return layer_at(g, c).filter(|_| g.nodes()[c].input[0] == value).map(|l| (Act::Identity, l)),
+        "Conv" | "ConvTranspose" | "Gemm" => return layer_at(g, c).filter(|_| g.nodes()[c].input[0] == value).map(|l| (Act::Identity, l)),
         "Relu" => {
             let r_out = g.nodes()[c].output[0].clone();
             match g.single_use(&r_out).then(|| g.consumers(&r_out)[0]) {
@@ -153,10 +159,10 @@ pub fn find_chains(g: &mut Graph, relu6: Relu6Policy) -> Result<(Chains, usize)>
             // A malformed graph (an output name written twice) can lose the layer to the
             // ReLU6 rewrite above; it is then simply not equalized.
             let Some(first) = layer_by_output(g, &out) else { continue };
-            let grouped_not_dw = (first.group > 1 && !first.is_depthwise()) || (next.group > 1 && !next.is_depthwise());
-            // Only the outputs of a dense or depthwise layer can be scaled channel by channel
-            // into a dense or depthwise successor; channel counts must line up.
-            if !grouped_not_dw && first.out_channels == next.in_channels {
+            // Any layer's outputs can be scaled channel by channel into any successor
+            // (dense, depthwise or grouped: each weight follows its input channel);
+            // channel counts must line up.
+            if first.out_channels == next.in_channels {
                 links.push(Link { first: first.output.clone(), act, second: next.output.clone() });
             }
         }
@@ -166,7 +172,10 @@ pub fn find_chains(g: &mut Graph, relu6: Relu6Policy) -> Result<(Chains, usize)>
     let mut used = vec![false; links.len()];
     for i in 0..links.len() {
         let Some(mid) = layer_by_output(g, &links[i].second) else { continue };
-        if !mid.is_depthwise() || used[i] {
+        // A middle layer whose input channel i feeds output channel i (depthwise),
+        // or whose groups map N channels to N (equalized per group).
+        let square_groups = mid.is_grouped() && mid.group_sizes().0 == mid.group_sizes().1;
+        if !(mid.is_depthwise() || square_groups) || used[i] {
             continue;
         }
         if let Some(j) = links.iter().position(|l| l.first == links[i].second) {
@@ -187,8 +196,8 @@ fn scale_outputs(g: &mut Graph, stats: &mut Stats, value: &str, act: &Act, s: &[
     let (mut w, mut b) = weight_and_bias(g, &l)?;
     let inv: Vec<f32> = s.iter().map(|x| 1.0 / x).collect();
     if let Some(in_scale) = extra {
-        // A depthwise layer in the middle of a triplet also takes its input scale.
-        scale_axis(&mut w, 0, in_scale);
+        // The middle layer of a triplet also takes its input scale.
+        scale_weight_inputs(&l, &mut w, in_scale);
     }
     scale_axis(&mut w, l.out_axis, &inv);
     b.iter_mut().zip(&inv).for_each(|(v, k)| *v *= k);
@@ -205,16 +214,11 @@ fn scale_outputs(g: &mut Graph, stats: &mut Stats, value: &str, act: &Act, s: &[
     Ok(())
 }
 
-/// Multiplies input channel i of the dense layer writing `value` by `s_i`.
+/// Multiplies the weights reading input channel i of the layer writing `value` by `s_i`.
 fn scale_inputs(g: &mut Graph, value: &str, s: &[f32]) -> Result<()> {
     let mut l = layer_by_output(g, value).expect("chain layer");
     let (mut w, b) = weight_and_bias(g, &l)?;
-    if l.is_depthwise() {
-        scale_axis(&mut w, 0, s);
-    } else {
-        let in_axis = if w.shape.len() == 2 { 1 - l.out_axis } else { 1 };
-        scale_axis(&mut w, in_axis, s);
-    }
+    scale_weight_inputs(&l, &mut w, s);
     set_weight_and_bias(g, &mut l, &w, &b);
     Ok(())
 }
@@ -227,7 +231,21 @@ fn ranges_out(g: &Graph, value: &str, field: usize) -> Result<Vec<f32>> {
 fn ranges_in(g: &Graph, value: &str, field: usize) -> Result<Vec<f32>> {
     let l = layer_by_output(g, value).expect("chain layer");
     let w = weight_and_bias(g, &l)?.0;
-    Ok(share_within_fields(&if l.is_depthwise() { out_ranges(&w, 0) } else { in_ranges(&w, l.out_axis) }, field))
+    Ok(share_within_fields(&in_ranges(&l, &w), field))
+}
+
+/// Channels per shared scale in a triplet whose middle layer writes `mid`: the
+/// field size, or the least common multiple of it and a grouped layer's group size.
+fn triplet_block(g: &Graph, mid: &str, field: usize) -> usize {
+    let group = layer_by_output(g, mid).filter(|l| l.is_grouped()).map_or(1, |l| l.group_sizes().0);
+    let gcd = |mut a: usize, mut b: usize| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    let field = field.max(1);
+    field / gcd(field, group) * group
 }
 
 fn safe_ratio(a: f32, b: f32) -> f32 {
@@ -247,6 +265,8 @@ pub fn cross_layer_equalize(g: &mut Graph, stats: &mut Stats, opts: &Options) ->
         iterations += 1;
         let mut change = 0f32;
         for (a, b) in &chains.triplets {
+            // Scales shared within fields and, for a grouped middle layer, within its groups.
+            let f = triplet_block(g, &a.second, f);
             let (r1, r2, r3) = (ranges_out(g, &a.first, f)?, ranges_in(g, &a.second, f)?, ranges_in(g, &b.second, f)?);
             let cube: Vec<f32> = (0..r1.len()).map(|i| (r1[i] * r2[i] * r3[i]).cbrt()).collect();
             let s1: Vec<f32> = (0..r1.len()).map(|i| safe_ratio(r1[i], cube[i])).collect();

@@ -25,7 +25,19 @@ pub struct ChannelStats {
 /// Statistics keyed by the name of the layer's output value.
 pub type Stats = HashMap<String, ChannelStats>;
 
-/// A Conv or Gemm with constant weights, seen per output channel.
+/// What kind of layer a [`Layer`] is: it decides which weight element connects
+/// which input channel to which output channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerKind {
+    /// Weights [out, in / group, k...]: output channel o reads the input channels of its group.
+    Conv,
+    /// Weights [in, out, k...] (group 1 only: a grouped transposed conv stays float).
+    ConvTranspose,
+    /// Weights [in, out] (or [out, in] with transB).
+    Gemm,
+}
+
+/// A Conv, ConvTranspose or Gemm with constant weights, seen per output channel.
 #[derive(Debug, Clone)]
 pub struct Layer {
     pub node: usize,
@@ -33,7 +45,8 @@ pub struct Layer {
     pub output: String,
     pub weight: String,
     pub bias: Option<String>,
-    /// Axis of the weight that indexes output channels (0 for Conv, 0 or 1 for Gemm).
+    pub kind: LayerKind,
+    /// Axis of the weight that indexes output channels (0 for Conv, 1 for ConvTranspose, 0 or 1 for Gemm).
     pub out_axis: usize,
     pub group: usize,
     pub out_channels: usize,
@@ -43,12 +56,65 @@ pub struct Layer {
 }
 
 impl Layer {
+    /// One input and one output channel per group.
     pub fn is_depthwise(&self) -> bool {
         self.group > 1 && self.group == self.out_channels && self.group == self.in_channels
     }
+
+    /// Grouped with more than one channel per group (escnn's equivariant depthwise
+    /// layer: one group per regular field).
+    pub fn is_grouped(&self) -> bool {
+        self.group > 1 && !self.is_depthwise()
+    }
+
+    /// Input and output channels of each group.
+    pub fn group_sizes(&self) -> (usize, usize) {
+        (self.in_channels / self.group.max(1), self.out_channels / self.group.max(1))
+    }
+
+    /// The output channel the weight element at multi-index `idx` writes.
+    pub fn out_of(&self, idx: &[usize]) -> usize {
+        idx[self.out_axis]
+    }
+
+    /// The input channel the weight element at multi-index `idx` reads: for a grouped
+    /// conv, channel j of the group of its output channel.
+    pub fn in_of(&self, idx: &[usize]) -> usize {
+        match self.kind {
+            LayerKind::Conv => {
+                let (cin_g, cout_g) = self.group_sizes();
+                (idx[0] / cout_g.max(1)) * cin_g + idx[1]
+            }
+            LayerKind::ConvTranspose => idx[0],
+            LayerKind::Gemm => idx[1 - self.out_axis],
+        }
+    }
 }
 
-/// The layer at node `i`, if it is a Conv or Gemm whose weights are constants.
+/// Why the layer at node `i` cannot be read per channel, if it is a Conv,
+/// ConvTranspose or Gemm with constant weights whose shapes contradict its attributes.
+pub fn check_layer(g: &Graph, i: usize) -> Result<()> {
+    let n = &g.nodes()[i];
+    let Some(w) = n.input.get(1).and_then(|w| g.constant(w)) else { return Ok(()) };
+    let group = attr_i(n, "group", 1);
+    match n.op_type.as_str() {
+        "Conv" if w.shape.len() >= 3 => {
+            if group < 1 || !w.shape[0].is_multiple_of(group as usize) {
+                bail!("Conv {:?}: {} output channels do not split into {group} groups: not a valid model", n.name, w.shape[0]);
+            }
+        }
+        "ConvTranspose" if w.shape.len() >= 3 => {
+            if group < 1 || !w.shape[0].is_multiple_of(group as usize) {
+                bail!("ConvTranspose {:?}: {} input channels do not split into {group} groups: not a valid model", n.name, w.shape[0]);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The layer at node `i`, if it is a Conv, ConvTranspose (group 1) or Gemm whose
+/// weights are constants and whose shapes agree with its attributes.
 pub fn layer_at(g: &Graph, i: usize) -> Option<Layer> {
     let n = &g.nodes()[i];
     let w = g.constant(n.input.get(1)?)?;
@@ -56,17 +122,23 @@ pub fn layer_at(g: &Graph, i: usize) -> Option<Layer> {
     if let Some(b) = &bias {
         g.constant(b)?;
     }
-    // (output-channel axis, group, input channels, padded) per op kind.
-    let (out_axis, group, in_channels, padded) = match n.op_type.as_str() {
+    let padded_conv = || {
+        attr_ints(n, "pads").is_some_and(|p| p.iter().any(|x| *x != 0))
+            || crate::graph::attr(n, "auto_pad").is_some_and(|a| !a.s.is_empty() && a.s != b"NOTSET" && a.s != b"VALID")
+    };
+    // (kind, output-channel axis, group, input channels, padded) per op kind.
+    let (kind, out_axis, group, in_channels, padded) = match n.op_type.as_str() {
         "Conv" if w.shape.len() >= 3 => {
-            let group = attr_i(n, "group", 1) as usize;
-            let padded = attr_ints(n, "pads").is_some_and(|p| p.iter().any(|x| *x != 0))
-                || crate::graph::attr(n, "auto_pad").is_some_and(|a| !a.s.is_empty() && a.s != b"NOTSET" && a.s != b"VALID");
-            (0, group, w.shape[1] * group, padded)
+            let group = attr_i(n, "group", 1);
+            if group < 1 || !w.shape[0].is_multiple_of(group as usize) {
+                return None;
+            }
+            (LayerKind::Conv, 0, group as usize, w.shape[1] * group as usize, padded_conv())
         }
+        "ConvTranspose" if w.shape.len() >= 3 && attr_i(n, "group", 1) == 1 => (LayerKind::ConvTranspose, 1, 1, w.shape[0], padded_conv()),
         "Gemm" if w.shape.len() == 2 && attr_i(n, "transA", 0) == 0 => {
             let out_axis = if attr_i(n, "transB", 0) == 1 { 0 } else { 1 };
-            (out_axis, 1, w.shape[1 - out_axis], false)
+            (LayerKind::Gemm, out_axis, 1, w.shape[1 - out_axis], false)
         }
         _ => return None,
     };
@@ -76,6 +148,7 @@ pub fn layer_at(g: &Graph, i: usize) -> Option<Layer> {
         output: n.output[0].clone(),
         weight: n.input[1].clone(),
         bias,
+        kind,
         out_axis,
         group,
         out_channels: w.shape[out_axis],
@@ -137,15 +210,33 @@ pub fn out_ranges(w: &Array, out_axis: usize) -> Vec<f32> {
     r
 }
 
-/// Per-input-channel max |w| of a dense (group 1) layer.
-pub fn in_ranges(w: &Array, out_axis: usize) -> Vec<f32> {
-    let in_axis = if w.shape.len() == 2 { 1 - out_axis } else { 1 };
-    let mut r = vec![0f32; w.shape[in_axis]];
+/// Per-input-channel max |w| over every weight reading that channel (for a
+/// grouped conv, the output channels of its group).
+pub fn in_ranges(l: &Layer, w: &Array) -> Vec<f32> {
+    let mut r = vec![0f32; l.in_channels];
     for_each_index(w, |idx, v| {
-        let i = idx[in_axis];
+        let i = l.in_of(idx);
         r[i] = r[i].max(v.abs());
     });
     r
+}
+
+/// Multiplies every weight by `s` of the input channel it reads.
+pub fn scale_inputs(l: &Layer, w: &mut Array, s: &[f32]) {
+    let mut k = 0;
+    let shape = w.shape.clone();
+    let mut idx = vec![0usize; shape.len()];
+    while k < w.data.len() {
+        w.data[k] *= s[l.in_of(&idx)];
+        k += 1;
+        for d in (0..idx.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < shape[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
 }
 
 /// Calls `f` with the multi-index of every element (row-major).
@@ -203,9 +294,47 @@ mod tests {
         // [O=2, I=3, 1, 1]
         let mut w = Array::new(vec![2, 3, 1, 1], vec![1., -4., 2., 0.5, 3., -1.]);
         assert_eq!(out_ranges(&w, 0), vec![4., 3.]);
-        assert_eq!(in_ranges(&w, 0), vec![1., 4., 2.]);
+        let dense = Layer {
+            node: 0,
+            name: String::new(),
+            output: String::new(),
+            weight: String::new(),
+            bias: None,
+            kind: LayerKind::Conv,
+            out_axis: 0,
+            group: 1,
+            out_channels: 2,
+            in_channels: 3,
+            padded: false,
+        };
+        assert_eq!(in_ranges(&dense, &w), vec![1., 4., 2.]);
         scale_axis(&mut w, 1, &[1., 0.5, 2.]);
         assert_eq!(w.data, vec![1., -2., 4., 0.5, 1.5, -2.]);
         assert_eq!(share_within_fields(&[1., 3., 2., 0.5], 2), vec![3., 3., 2., 2.]);
+    }
+
+    #[test]
+    fn grouped_layers_map_each_weight_to_its_groups_input_channel() {
+        // Conv with 2 groups of 2 in / 2 out channels: w [4, 2, 1, 1].
+        let l = Layer {
+            node: 0,
+            name: String::new(),
+            output: String::new(),
+            weight: String::new(),
+            bias: None,
+            kind: LayerKind::Conv,
+            out_axis: 0,
+            group: 2,
+            out_channels: 4,
+            in_channels: 4,
+            padded: false,
+        };
+        assert!(l.is_grouped() && !l.is_depthwise());
+        assert_eq!([l.in_of(&[0, 1, 0, 0]), l.in_of(&[1, 0, 0, 0]), l.in_of(&[2, 0, 0, 0]), l.in_of(&[3, 1, 0, 0])], [1, 0, 2, 3]);
+        let mut w = Array::new(vec![4, 2, 1, 1], vec![1., -5., 2., 3., 0.5, 0.25, -4., 1.]);
+        // Input channel 1 is read by w[0][1] = -5 and w[1][1] = 3; channel 2 by w[2][0], w[3][0].
+        assert_eq!(in_ranges(&l, &w), vec![2., 5., 4., 1.]);
+        scale_inputs(&l, &mut w, &[1., 2., 10., 100.]);
+        assert_eq!(w.data, vec![1., -10., 2., 6., 5., 25., -40., 100.]);
     }
 }

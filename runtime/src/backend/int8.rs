@@ -22,7 +22,10 @@ pub struct Int8Backend {
 pub fn create(model: &OnnxModel, input_shape: &[usize], budget: u64) -> Result<Box<dyn Backend>> {
     match Engine::new(model) {
         Ok(engine) => {
-            super::check_declared_sizes(model, input_shape, budget)?;
+            let weights = super::check_declared_sizes(model, input_shape, budget)?;
+            // The engine runs a batch item by item in buffers planned at compile time.
+            let buffers = engine.memory().bytes() as u64;
+            crate::budget::check(|| format!("{}: the INT8 engine's weights and buffers", model.path.display()), weights + buffers, budget)?;
             let (int_ops, float_ops) = engine.plan.counts();
             log::info!(
                 "{}: edgemed INT8 engine, {int_ops} integer ops ({:.1} MMAC), {float_ops} float ops, {} kernels",

@@ -1,7 +1,9 @@
-//! Execution backends. The runtime speaks to them through [`Backend`]; tract is
-//! the default (pure Rust, cross-compiles), ONNX Runtime ([`ort`], feature `ort`)
-//! serves GPU hosts through its CUDA provider. [`create`] picks one from
-//! [`BackendOptions`], the same options every CLI subcommand takes.
+//! Execution backends. The runtime speaks to them through [`Backend`]: edgemed's
+//! integer engine ([`int8`]) for QDQ models, tract (pure Rust, cross-compiles) for
+//! float models, ONNX Runtime ([`ort`], feature `ort`) for GPU hosts through its CUDA
+//! provider. [`create`] picks one from [`BackendOptions`], the same options every CLI
+//! subcommand takes; the default, [`BackendKind::Auto`], picks by the model
+//! ([`BackendKind::resolve`]).
 
 pub mod int8;
 #[cfg(feature = "ort")]
@@ -40,6 +42,8 @@ pub trait Backend: Send + Sync {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum BackendKind {
+    /// The engine for QDQ models, tract for float ones ([`BackendKind::resolve`]).
+    Auto,
     Tract,
     Ort,
     /// edgemed's own integer engine for QDQ models (tract for what it does not cover).
@@ -50,10 +54,25 @@ impl FromStr for BackendKind {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         match s {
+            "auto" => Ok(BackendKind::Auto),
             "tract" => Ok(BackendKind::Tract),
             "ort" | "onnxruntime" => Ok(BackendKind::Ort),
             "int8" | "edgemed-int8" => Ok(BackendKind::Int8),
-            _ => Err(Error::Invalid(format!("unknown backend {s:?}: expected tract, ort or int8"))),
+            _ => Err(Error::Invalid(format!("unknown backend {s:?}: expected auto, int8, tract or ort"))),
+        }
+    }
+}
+
+impl BackendKind {
+    /// The backend that runs `model`: for [`BackendKind::Auto`], the INT8 engine when
+    /// the model is quantized (QDQ: it has QuantizeLinear nodes), tract otherwise (the
+    /// engine in a build without tract, which then says it needs a QDQ model).
+    pub fn resolve(self, model: &OnnxModel) -> BackendKind {
+        match self {
+            BackendKind::Auto if model.graph().node.iter().any(|n| n.op_type == "QuantizeLinear") => BackendKind::Int8,
+            BackendKind::Auto if cfg!(feature = "tract") => BackendKind::Tract,
+            BackendKind::Auto => BackendKind::Int8,
+            other => other,
         }
     }
 }
@@ -61,6 +80,7 @@ impl FromStr for BackendKind {
 impl std::fmt::Display for BackendKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            BackendKind::Auto => "auto",
             BackendKind::Tract => "tract",
             BackendKind::Ort => "ort",
             BackendKind::Int8 => "int8",
@@ -141,7 +161,7 @@ pub struct BackendOptions {
 impl Default for BackendOptions {
     fn default() -> Self {
         BackendOptions {
-            kind: BackendKind::Tract,
+            kind: BackendKind::Auto,
             device: Device::Cpu,
             strict_device: false,
             ort_library: None,
@@ -166,7 +186,7 @@ impl BackendOptions {
     /// batch 1 (3.0 ms per patch, 10.5 ms at any larger batch), ONNX Runtime gains from batches.
     pub fn default_batch(&self) -> usize {
         match self.kind {
-            BackendKind::Tract | BackendKind::Int8 => 1,
+            BackendKind::Auto | BackendKind::Tract | BackendKind::Int8 => 1,
             BackendKind::Ort => 32,
         }
     }
@@ -174,25 +194,43 @@ impl BackendOptions {
 
 /// Compiles `model` for `input_shape` on the backend and device the options name.
 pub fn create(model: &OnnxModel, input_shape: &[usize], opts: &BackendOptions) -> Result<Box<dyn Backend>> {
-    match opts.kind {
+    let kind = opts.kind.resolve(model);
+    if opts.kind == BackendKind::Auto {
+        log::info!(
+            "{}: backend auto: {kind} ({})",
+            model.path.display(),
+            if kind == BackendKind::Int8 { "a QDQ model" } else { "a float model" }
+        );
+    }
+    match kind {
+        BackendKind::Auto => unreachable!("resolved above"),
         BackendKind::Tract => {
-            match opts.device {
-                Device::Cpu | Device::Auto => {}
-                Device::Cuda(_) if opts.strict_device => {
-                    return Err(Error::DeviceUnavailable {
-                        device: opts.device.to_string(),
-                        reason: "tract runs on the CPU only; use --backend ort".into(),
-                    })
-                }
-                Device::Cuda(_) => log::warn!("tract runs on the CPU only; --device {} ignored (use --backend ort for CUDA)", opts.device),
-            }
+            cpu_only("tract", opts)?;
             tract_backend(model, input_shape, opts.memory_budget)
         }
-        BackendKind::Int8 => int8::create(model, input_shape, opts.memory_budget),
+        BackendKind::Int8 => {
+            cpu_only("the INT8 engine", opts)?;
+            int8::create(model, input_shape, opts.memory_budget)
+        }
         #[cfg(feature = "ort")]
         BackendKind::Ort => Ok(Box::new(ort::OrtBackend::new(model, input_shape, opts)?)),
         #[cfg(not(feature = "ort"))]
         BackendKind::Ort => Err(Error::Invalid("this build has no ONNX Runtime backend (feature ort is off)".into())),
+    }
+}
+
+/// A CPU backend asked for CUDA: an error when the device is strict, else a warning.
+fn cpu_only(what: &str, opts: &BackendOptions) -> Result<()> {
+    match opts.device {
+        Device::Cpu | Device::Auto => Ok(()),
+        Device::Cuda(_) if opts.strict_device => Err(Error::DeviceUnavailable {
+            device: opts.device.to_string(),
+            reason: format!("{what} runs on the CPU only; use --backend ort"),
+        }),
+        Device::Cuda(_) => {
+            log::warn!("{what} runs on the CPU only; --device {} ignored (use --backend ort for CUDA)", opts.device);
+            Ok(())
+        }
     }
 }
 
@@ -234,6 +272,7 @@ mod tests {
         assert!("cuda:x".parse::<Device>().is_err());
         assert!("tpu".parse::<Device>().is_err());
         assert_eq!("ort".parse::<BackendKind>().unwrap(), BackendKind::Ort);
+        assert_eq!("auto".parse::<BackendKind>().unwrap(), BackendKind::Auto);
         assert!("tvm".parse::<BackendKind>().is_err());
         assert_eq!("extended".parse::<OptLevel>().unwrap(), OptLevel::Extended);
     }

@@ -164,13 +164,15 @@ impl Preprocess {
 
     pub fn check_size(&self, path: &Path, img: RgbImage) -> Result<RgbImage> {
         let (w, h) = img.dimensions();
-        if w == self.patch_size && h == self.patch_size {
+        // A raw patch (PCam's 96, centre-cropped) or one already the size of the
+        // network's input (taken as it is: nothing to crop, nothing resampled).
+        if (w == self.patch_size && h == self.patch_size) || (w == self.crop_size && h == self.crop_size) {
             return Ok(img);
         }
         if self.resize {
             return Ok(image::imageops::resize(&img, self.patch_size, self.patch_size, image::imageops::FilterType::Triangle));
         }
-        Err(Error::WrongPatchSize { path: path.to_path_buf(), width: w, height: h, expected: self.patch_size })
+        Err(Error::WrongPatchSize { path: path.to_path_buf(), width: w, height: h, expected: self.patch_size, input: self.crop_size })
     }
 
     /// Centre crop, scale to [0, 1], normalise, zero outside the inscribed circle.
@@ -194,6 +196,21 @@ impl Preprocess {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patches_of_the_input_size_are_taken_as_they_are() {
+        let p = Preprocess { patch_size: 96, crop_size: 95, mean: [0.0; 3], std: [1.0; 3], circular_mask: false, resize: false };
+        let img = RgbImage::from_fn(95, 95, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        let taken = p.check_size(Path::new("p.png"), img.clone()).unwrap();
+        let mut out = vec![0f32; 3 * 95 * 95];
+        p.tensorize(&taken, &mut out);
+        // No shift: pixel (x, y) lands at (x, y).
+        assert_eq!(out[10 * 95 + 20], 20.0 / 255.0);
+        assert_eq!(out[95 * 95 + 10 * 95 + 20], 10.0 / 255.0);
+        // Other sizes are still refused without --resize.
+        let err = p.check_size(Path::new("p.png"), RgbImage::new(94, 94)).unwrap_err().to_string();
+        assert!(err.contains("94x94"), "{err}");
+    }
 
     #[test]
     fn tensorize_crops_normalises_and_masks() {

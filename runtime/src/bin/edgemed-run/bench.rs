@@ -63,11 +63,12 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
         print_rows(&rows, macs);
     }
     if args.profile {
+        let profiled = qmodel.as_ref().unwrap_or(&model);
         anyhow::ensure!(
-            common.backends.iter().any(|b| b.kind == BackendKind::Int8),
-            "--profile times the steps of the INT8 engine: add int8 to --backend"
+            common.backends.iter().any(|b| b.kind.resolve(profiled) == BackendKind::Int8),
+            "--profile times the steps of the INT8 engine: give a QDQ model (or --quantized QDQ_MODEL) and the int8 or auto backend"
         );
-        print_engine_profile(qmodel.as_ref().unwrap_or(&model), item.iter().product(), args.iters)?;
+        print_engine_profile(profiled, item.iter().product(), args.iters)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -68,9 +68,12 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
     let backend = common.backend()?;
     let batch = args.batch.unwrap_or(backend.default_batch());
     let classifier = Classifier::new(&model, &ClassifierOptions { batch, threads, resize: args.resize, crop: args.crop, backend })?;
-    log::info!("running on {} ({})", classifier.backend().name(), classifier.backend().device());
+    // What ran, for the summary line: the model, its precision, the backend.
+    let ran =
+        format!("{} ({}) on {} ({})", model.path.display(), model.precision(), classifier.backend().name(), classifier.backend().device());
+    log::info!("running {ran}");
     let files = patch::expand_inputs(&args.paths)?;
-    classify(&classifier, &files, args.format, args.output.as_deref(), args.resume)
+    classify(&classifier, &files, args.format, args.output.as_deref(), args.resume, &ran)
 }
 
 fn classify(
@@ -79,6 +82,7 @@ fn classify(
     format: Format,
     output: Option<&Path>,
     resume: bool,
+    ran: &str,
 ) -> Result<ExitCode> {
     let names = &classifier.metadata.class_names;
     let positive = &names[classifier.metadata.positive_class];
@@ -121,7 +125,7 @@ fn classify(
     }
     write_kept(&mut sink, output, positive)?;
     sink.out.flush()?;
-    Ok(summary(&sink.failed, sink.done, bar.start))
+    Ok(summary(&sink.failed, sink.done, bar.start, ran))
 }
 
 /// csv and jsonl go out row by row: to OUTPUT.partial (what a resumed run already
@@ -250,12 +254,12 @@ fn write_kept(sink: &mut Sink, output: Option<&Path>, positive: &str) -> Result<
 }
 
 /// The failures, one line each, and the count on stderr; exit status 1 when a patch failed.
-fn summary(failed: &[String], done: usize, start: Instant) -> ExitCode {
+fn summary(failed: &[String], done: usize, start: Instant, ran: &str) -> ExitCode {
     for e in failed {
         eprintln!("edgemed-run: error: {e}");
     }
     eprintln!(
-        "classified {} of {} patches in {:.2} s{}",
+        "classified {} of {} patches in {:.2} s with {ran}{}",
         done - failed.len(),
         done,
         start.elapsed().as_secs_f64(),

@@ -51,7 +51,8 @@ fn bundled_model() -> Result<OnnxModel> {
     let (name, bytes) = (edgemed_runtime::BUNDLED_MODEL_NAME, edgemed_runtime::BUNDLED_MODEL);
     let model = OnnxModel::from_bytes(name, bytes)?;
     let listed = manifest::Manifest::parse(Path::new("models/bundled/edgemed-manifest.json"), edgemed_runtime::BUNDLED_MANIFEST)?;
-    let entry = listed.entry("pcam-c4-demo.onnx").context("the bundled manifest lists no pcam-c4-demo.onnx")?;
+    let file = edgemed_runtime::BUNDLED_MODEL_FILE;
+    let entry = listed.entry(file).with_context(|| format!("the bundled manifest lists no {file}"))?;
     manifest::check_entry(Path::new(name), bytes, &model, entry)?;
     Ok(model)
 }

@@ -42,7 +42,7 @@ fn print_json(model: &OnnxModel, backend: &BackendOptions) -> Result<()> {
         "parameters": model.parameter_count(),
         "precision": model.precision(),
         "metadata": model.metadata,
-        "backend": backend_line(backend),
+        "backend": backend_line(backend, model),
     });
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())
@@ -75,7 +75,7 @@ fn print_text(model: &OnnxModel, backend: &BackendOptions) {
         if md.circular_mask { " -> circular mask" } else { "" }
     );
     println!("classes    {} (reported: {})", md.class_names.join(", "), md.class_names[md.positive_class]);
-    println!("backend    {}", backend_line(backend));
+    println!("backend    {}", backend_line(backend, model));
     println!("group      C{}{}", md.group_order, md.arch.as_ref().map_or(String::new(), |a| format!(" ({a})")));
     for (k, v) in &md.raw {
         println!("meta       {k} = {v}");
@@ -83,13 +83,32 @@ fn print_text(model: &OnnxModel, backend: &BackendOptions) {
 }
 
 /// What the chosen backend would run on: for ONNX Runtime, the library and its CUDA provider.
-fn backend_line(opts: &BackendOptions) -> String {
-    match opts.kind {
+/// The backend that would run `model`, as the user should read it: for the INT8
+/// engine, whether it covers the model (compiled here) or tract runs it, and why.
+fn backend_line(opts: &BackendOptions, model: &OnnxModel) -> String {
+    let kind = opts.kind.resolve(model);
+    let chosen = if opts.kind == BackendKind::Auto {
+        format!("auto -> {kind} ({}): ", if kind == BackendKind::Int8 { "a QDQ model" } else { "a float model" })
+    } else {
+        String::new()
+    };
+    let line = match kind {
+        BackendKind::Auto => unreachable!("resolved"),
         BackendKind::Tract => "tract (CPU)".into(),
-        BackendKind::Int8 => format!(
-            "edgemed INT8 engine (CPU, {} kernels; tract for models it does not cover)",
-            edgemed_engine::kernels::Isa::detect().name()
-        ),
+        BackendKind::Int8 => {
+            let isa = edgemed_engine::kernels::Isa::detect().name();
+            match edgemed_engine::Engine::new(model) {
+                Ok(e) => {
+                    let (int_ops, float_ops) = e.plan.counts();
+                    format!(
+                        "edgemed INT8 engine (CPU, {isa} kernels): {int_ops} integer ops ({:.1} MMAC), {float_ops} float ops",
+                        e.plan.macs as f64 / 1e6
+                    )
+                }
+                Err(edgemed_runtime::Error::Unsupported(why)) => format!("tract (CPU): the INT8 engine does not cover this model ({why})"),
+                Err(e) => format!("none: the INT8 engine refuses this model ({e})"),
+            }
+        }
         #[cfg(feature = "ort")]
         BackendKind::Ort => match edgemed_runtime::backend::ort::load(opts.ort_library.as_deref()) {
             Ok(path) => format!(
@@ -105,5 +124,6 @@ fn backend_line(opts: &BackendOptions) -> String {
         },
         #[cfg(not(feature = "ort"))]
         BackendKind::Ort => "ort, not in this build".into(),
-    }
+    };
+    format!("{chosen}{line}")
 }

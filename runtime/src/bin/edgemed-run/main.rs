@@ -24,11 +24,8 @@ use edgemed_runtime::backend::{BackendKind, BackendOptions, Device, OptLevel};
 use edgemed_runtime::budget;
 use edgemed_runtime::formats::manifest::IntegrityPolicy;
 
-/// The backend without --backend: tract where this build has it, else the INT8 engine.
-#[cfg(feature = "tract")]
-const DEFAULT_BACKEND: &str = "tract";
-#[cfg(not(feature = "tract"))]
-const DEFAULT_BACKEND: &str = "int8";
+/// The backend without --backend: the INT8 engine for QDQ models, tract for float ones.
+const DEFAULT_BACKEND: &str = "auto";
 
 #[derive(Parser)]
 #[command(name = "edgemed-run", version, about = "Run edgemed models on device: PCam patch classification, model info, benchmarks")]
@@ -36,9 +33,9 @@ struct Cli {
     /// More logging (-v info, -vv debug).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
-    /// Backend: tract (pure Rust, default), ort (ONNX Runtime) or int8 (edgemed's integer engine for
-    /// QDQ models; tract for the rest); bench takes a list (tract,ort,int8). A build without
-    /// tract (engine only) defaults to int8.
+    /// Backend: auto (default: edgemed's integer engine for QDQ models, tract for float ones),
+    /// int8 (the engine; tract for what it does not cover, logged), tract (pure Rust) or ort
+    /// (ONNX Runtime); bench takes a list (auto,tract,ort,int8).
     #[arg(long, global = true, default_value = DEFAULT_BACKEND, value_delimiter = ',')]
     backend: Vec<String>,
     /// cpu, cuda, cuda:ID, or auto (CUDA when ONNX Runtime has the provider, else CPU).
