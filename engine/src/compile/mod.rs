@@ -19,7 +19,7 @@
 //! - [`gemm`]: `Gemm` / `MatMul` heads as pointwise convs;
 //! - [`constant`]: `Constant` and `Identity`;
 //! - [`shape`]: `Shape` and `Size` as constants, so a dynamic batch's shape
-//!   arithmetic folds.
+//!   arithmetic folds; `CastLike`.
 //!
 //! Every other node is a float op ([`crate::float`]) on NCHW arrays: the u8 tensors
 //! it reads are dequantised where it needs them, a conv whose output it reads is
@@ -81,6 +81,7 @@ const RULES: &[Rule] = &[
     Rule { ops: &["Constant"], select: |c, n| c.constant(n) },
     Rule { ops: &["Identity"], select: |c, n| c.identity(n) },
     Rule { ops: &["Shape", "Size"], select: |c, n| c.shape(n) },
+    Rule { ops: &["CastLike"], select: |c, n| c.cast_like(n) },
 ];
 
 /// Input `i` of a node ("" where absent or omitted).
@@ -395,9 +396,8 @@ pub fn compile(model: &OnnxModel, isa: Isa) -> Result<Plan> {
         return Err(unsupported("no QuantizeLinear: not a QDQ model"));
     }
     let mut uses: HashMap<&str, usize> = HashMap::new();
-    // Shape and Size read no data: a conv whose shape is taken still fuses its activation.
-    for n in graph.node.iter().filter(|n| !matches!(n.op_type.as_str(), "Shape" | "Size")) {
-        for i in &n.input {
+    for n in &graph.node {
+        for (_, i) in n.input.iter().enumerate().filter(|(k, _)| shape::reads_data(n, *k)) {
             *uses.entry(i.as_str()).or_default() += 1;
         }
     }

@@ -12,6 +12,9 @@
 //! is then a constant is data movement again, so a u8 tensor's group pooling still
 //! reaches the integer ReduceMax.
 //!
+//! `CastLike`, which reads only its second input's type, is here too: its constants
+//! stay constants.
+//!
 //! What does not fold depends on the input data: [`Compiler::static_shape_inputs`]
 //! refuses a node whose shape-giving input is such a value, naming both, rather than
 //! planning a size the data may change.
@@ -21,7 +24,7 @@ use edgemed_onnx::{attr, pb, tensor};
 use super::data_movement::{Move, MoveArg};
 use super::{input, output, unsupported, Compiler, Const, Val};
 use crate::error::Result;
-use crate::float::{self, Binary, FloatOp};
+use crate::float::{self, Binary, FloatOp, Operand};
 use crate::ndarray::{ArrayD, IxDyn};
 
 /// The inputs of an op that give a shape, sizes, indices of axes or counts: they must
@@ -36,6 +39,13 @@ fn shape_inputs(op_type: &str) -> &'static [usize] {
         "Pad" | "Resize" => &[1, 2, 3],
         _ => &[],
     }
+}
+
+/// Whether input `i` of `n` is read for its values: Shape and Size read only their
+/// input's shape, CastLike only its second input's type. (A conv whose shape is taken
+/// still has one reader and fuses its activation.)
+pub(super) fn reads_data(n: &pb::NodeProto, i: usize) -> bool {
+    !(matches!(n.op_type.as_str(), "Shape" | "Size") || n.op_type == "CastLike" && i == 1)
 }
 
 /// Whether ONNX type `t` holds integers (bools included: their 0 and 1 are exact).
@@ -66,6 +76,37 @@ impl Compiler<'_> {
         };
         self.vals.insert(output(n), Val::Const(c));
         Ok(true)
+    }
+
+    /// `CastLike(x, like)`: x in like's type, which is all that is read of like (the
+    /// dynamo exporter casts every Clip bound and fill value like the tensor it meets).
+    /// A constant stays a constant (truncated where like is an integer tensor), so a
+    /// Clip's bounds still fuse into its conv; a value is passed on as `Identity` does.
+    pub(super) fn cast_like(&mut self, n: &pb::NodeProto) -> Result<bool> {
+        let (x, out) = (input(n, 0), output(n));
+        let integer = self.is_integer(input(n, 1));
+        if let Some(mut c) = self.konst(x) {
+            if integer && !c.integer {
+                c.data = float::eval(
+                    &FloatOp::Cast(float::CastTo::Int),
+                    &[&ArrayD::from_shape_vec(IxDyn(&c.shape), c.data).map_err(|e| unsupported(format!("{}: {e}", n.name)))?],
+                )?
+                .iter()
+                .copied()
+                .collect();
+                c.int8 = None;
+            }
+            c.integer = integer;
+            self.vals.insert(out, Val::Const(c));
+            return Ok(true);
+        }
+        if integer {
+            let f = self.float_of(x)?;
+            let d = self.push_float(FloatOp::Cast(float::CastTo::Int), vec![Operand::Value(f)], &n.name)?;
+            self.vals.insert(out, Val::Float(d));
+            return Ok(true);
+        }
+        self.identity(n)
     }
 
     /// The NC... shape of value `name` at batch 1, without computing it: pending convs,

@@ -279,3 +279,34 @@ fn shapes_computed_from_the_data_are_refused_by_name() {
     let err = compile_best(&b.model(&view, 13)).unwrap_err();
     assert!(matches!(&err, Error::Unsupported(m) if m.contains(&s) && m.contains("\"nowhere\"")), "{err}");
 }
+
+#[test]
+fn cast_like_keeps_constants_constant() {
+    // The dynamo exporter's ReLU6: Clip(x, CastLike(0, x), CastLike(6, x)) still fuses
+    // into the conv, though x is read three times.
+    let mut b = Graph::new(&[2, 3, 3]);
+    let c = conv_front(&mut b, false);
+    let (lo, hi) = (b.g.init_f32("lo", &[], &[0.0]), b.g.init_f32("hi", &[], &[0.1]));
+    let lo = b.op("CastLike", &[&lo, &c], vec![]);
+    let hi = b.op("CastLike", &[&hi, &c], vec![]);
+    let clipped = b.op("Clip", &[&c, &lo, &hi], vec![]);
+    // A float shape cast like an int64 tensor truncates: [1, 8, 9.9] is [1, 8, 9].
+    let (shape, like) = (b.g.init_f32("shape", &[3], &[1.0, 8.0, 9.9]), b.i64s(&[], &[0]));
+    let shape = b.op("CastLike", &[&shape, &like], vec![]);
+    let y = b.qdq(&clipped, 0.04, 128);
+    let flat = b.op("Reshape", &[&y, &shape], vec![]);
+    let out = b.qdq(&flat, 0.04, 128);
+    let m = b.model(&out, 18);
+    let plan = compile_best(&m).unwrap();
+    assert_eq!(kinds(&plan), ["quantize", "conv", "other integer op", "dequantize"]);
+    let got: Vec<f32> = Engine::new(&m).unwrap().run_one(&input()).unwrap()[0].iter().copied().collect();
+    let xq: Vec<f64> = input().iter().map(|&v| fake_quant(v as f64, 0.05, 128) as f64).collect();
+    let want: Vec<f32> = (0..72)
+        .map(|i| {
+            let (o, p) = (i / 9, i % 9);
+            let v: f64 = (0..2).map(|k| WEIGHTS[o * 2 + k] as f64 * 0.02 * xq[k * 9 + p]).sum();
+            fake_quant(v.clamp(0.0, 0.1), 0.04, 128)
+        })
+        .collect();
+    assert_within_one_step(&got, &want, 0.04);
+}
