@@ -310,3 +310,77 @@ fn cast_like_keeps_constants_constant() {
         .collect();
     assert_within_one_step(&got, &want, 0.04);
 }
+
+#[test]
+fn nearest_upsampling_of_a_tensor_is_byte_copies() {
+    // torch's nn.Upsample(scale_factor=2) at opset 13: Resize(x, roi, scales), asymmetric, floor.
+    let mut b = Graph::new(&[2, 3, 3]);
+    let x = b.qdq("x", 0.05, 128);
+    let (roi, scales) = (b.g.init_f32("roi", &[0], &[]), b.g.init_f32("scales", &[4], &[1.0, 1.0, 2.0, 2.0]));
+    let string = |name: &str, v: &str| pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::String as i32,
+        s: v.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    let up = b.fresh("up");
+    let node = pb::NodeProto {
+        name: up.clone(),
+        op_type: "Resize".into(),
+        input: vec![x, roi, scales],
+        output: vec![up.clone()],
+        attribute: vec![string("mode", "nearest"), string("coordinate_transformation_mode", "asymmetric"), string("nearest_mode", "floor")],
+        ..Default::default()
+    };
+    b.g.graph.node.push(node);
+    let out = b.qdq(&up, 0.05, 128);
+    let m = b.model(&out, 13);
+    assert_eq!(kinds(&compile_best(&m).unwrap()), ["quantize", "other integer op", "dequantize"]);
+    let got: Vec<f32> = Engine::new(&m).unwrap().run_one(&input()).unwrap()[0].iter().copied().collect();
+    let q: Vec<f32> = input().iter().map(|&v| fake_quant(v as f64, 0.05, 128)).collect();
+    let want: Vec<f32> = (0..2 * 36).map(|i| q[(i / 36) * 9 + (i % 36 / 6 / 2) * 3 + (i % 6) / 2]).collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn float_conv_transpose_runs_between_integer_ops() {
+    // A U-Net's up-convolution left in float (weights not int8) after an integer conv:
+    // 1x1 taps at stride 2 with output padding, 72 MACs against the conv's 144 (a
+    // float ConvTranspose costing more than the integer part is refused).
+    let mut b = Graph::new(&[2, 3, 3]);
+    let c = conv_front(&mut b, false);
+    let y = b.qdq(&c, 0.04, 128);
+    let wt = [0.3, -0.2, 0.1, 0.5, -0.4, 0.25, 0.0, -0.1];
+    let w = b.g.init_f32("wt", &[8, 1, 1, 1], &wt);
+    let bias = b.g.init_f32("bias", &[1], &[0.5]);
+    let up = b.op("ConvTranspose", &[&y, &w, &bias], vec![Attr::Ints("strides", vec![2, 2]), Attr::Ints("output_padding", vec![1, 1])]);
+    let m = b.model(&up, 13);
+    let plan = compile_best(&m).unwrap();
+    assert_eq!(kinds(&plan), ["quantize", "conv", "dequantize", "ConvTranspose"]);
+    let got: Vec<f32> = Engine::new(&m).unwrap().run_one(&input()).unwrap()[0].iter().copied().collect();
+    // Output (2i, 2j) is pixel (i, j) weighted over the channels; the rest only the bias.
+    let xq: Vec<f64> = input().iter().map(|&v| fake_quant(v as f64, 0.05, 128) as f64).collect();
+    let yq: Vec<f64> = (0..72)
+        .map(|i| {
+            let (o, p) = (i / 9, i % 9);
+            fake_quant((0..2).map(|k| WEIGHTS[o * 2 + k] as f64 * 0.02 * xq[k * 9 + p]).sum(), 0.04, 128) as f64
+        })
+        .collect();
+    let want: Vec<f32> = (0..36)
+        .map(|o| {
+            let (r, c) = (o / 6, o % 6);
+            let v: f64 =
+                if r % 2 == 0 && c % 2 == 0 { (0..8).map(|ic| yq[ic * 9 + (r / 2) * 3 + c / 2] * wt[ic] as f64).sum() } else { 0.0 };
+            (v + 0.5) as f32
+        })
+        .collect();
+    assert_within_one_step(&got, &want, 1e-5);
+    // With 2x2 taps it would cost 288 MACs in float: refused, the runtime runs it elsewhere.
+    let mut b = Graph::new(&[2, 3, 3]);
+    let c = conv_front(&mut b, false);
+    let y = b.qdq(&c, 0.04, 128);
+    let w = b.g.init_f32("wt", &[8, 1, 2, 2], &[0.1; 32]);
+    let up = b.op("ConvTranspose", &[&y, &w], vec![Attr::Ints("strides", vec![2, 2])]);
+    let err = compile_best(&b.model(&up, 13)).unwrap_err();
+    assert!(matches!(&err, Error::Unsupported(m) if m.contains("would run in float")), "{err}");
+}
