@@ -397,8 +397,10 @@ pub fn compile(model: &OnnxModel, isa: Isa) -> Result<Plan> {
     }
     let mut uses: HashMap<&str, usize> = HashMap::new();
     for n in &graph.node {
-        for (_, i) in n.input.iter().enumerate().filter(|(k, _)| shape::reads_data(n, *k)) {
-            *uses.entry(i.as_str()).or_default() += 1;
+        for (k, i) in n.input.iter().enumerate() {
+            if shape::reads_data(n, k) {
+                *uses.entry(i.as_str()).or_default() += 1;
+            }
         }
     }
     for o in &graph.output {

@@ -4,6 +4,8 @@
 //! Range, ConstantOfShape, Expand, Where; each must compile into integer ops only
 //! (the group pooling still the integer ReduceMax) and match a float reference within
 //! a quantisation step. A shape computed from the data must be refused by name.
+//! Also what such U-Nets and exports meet next to them: CastLike'd Clip bounds, nearest
+//! upsampling of a u8 tensor, a float ConvTranspose between integer ops.
 
 use edgemed_onnx::builder::{tensor_i64, Attr, GraphBuilder, D};
 use edgemed_onnx::model::OnnxModel;
