@@ -1,6 +1,7 @@
 //! Rule: `Constant` nodes (torch.onnx writes clip bounds and shapes as Constant
-//! nodes) become constants of the compiler; `Identity` passes its input on, keeping
-//! whatever pattern was pending on it.
+//! nodes: a `value` tensor, or opset 12's `value_int(s)` / `value_float(s)`) become
+//! constants of the compiler, int64 ones remembered as integer; `Identity` passes its
+//! input on, keeping whatever pattern was pending on it.
 
 use edgemed_onnx::{pb, tensor};
 
@@ -10,9 +11,27 @@ use crate::error::Result;
 impl Compiler<'_> {
     pub(super) fn constant(&mut self, n: &pb::NodeProto) -> Result<bool> {
         let out = output(n);
-        let Some(t) = n.attribute.iter().find(|a| a.name == "value").and_then(|a| a.t.as_ref()) else { return Ok(false) };
-        let Ok(d) = tensor::decode(t) else { return Ok(false) };
-        self.vals.insert(out, Val::Const(Const { shape: d.shape, data: d.values.to_f32(), int8: None }));
+        // Opset 12's scalar and list forms (the dynamo exporter writes shapes as value_ints).
+        let list = |data: Vec<f32>, scalar: bool, integer: bool| Const {
+            shape: if scalar { vec![] } else { vec![data.len()] },
+            data,
+            int8: None,
+            integer,
+        };
+        let Some(a) = n.attribute.first() else { return Ok(false) };
+        let c = match a.name.as_str() {
+            "value" => {
+                let Some(Ok(d)) = a.t.as_ref().map(tensor::decode) else { return Ok(false) };
+                let integer = matches!(d.values, tensor::Values::I64(_));
+                Const { shape: d.shape, data: d.values.to_f32(), int8: None, integer }
+            }
+            "value_int" => list(vec![a.i as f32], true, true),
+            "value_ints" => list(a.ints.iter().map(|&v| v as f32).collect(), false, true),
+            "value_float" => list(vec![a.f], true, false),
+            "value_floats" => list(a.floats.clone(), false, false),
+            _ => return Ok(false),
+        };
+        self.vals.insert(out, Val::Const(c));
         Ok(true)
     }
 

@@ -1,10 +1,10 @@
 //! Rule: data movement (`Concat`, `Reshape`, `Transpose`, `Slice`, `Flatten`,
-//! `Squeeze`, `Unsqueeze`) of u8 tensors' views becomes byte copies, found by running
-//! the ops on index arrays at load time with the float interpreter (so no op needs
-//! index arithmetic of its own). A chain re-quantised with its own parameters between
-//! ops (a pixel shuffle's Reshape, Transpose, Reshape through rank-8 values) is one
-//! copy. Sources with other parameters go through a 256-entry table (the same
-//! dequantise-then-quantise a float op would do, so exact).
+//! `Squeeze`, `Unsqueeze`, nearest `Resize` / `Upsample`) of u8 tensors' views
+//! becomes byte copies, found by running the ops on index arrays at load time with the
+//! float interpreter (so no op needs index arithmetic of its own). A chain re-quantised
+//! with its own parameters between ops (a pixel shuffle's Reshape, Transpose, Reshape
+//! through rank-8 values) is one copy. Sources with other parameters go through a
+//! 256-entry table (the same dequantise-then-quantise a float op would do, so exact).
 
 use edgemed_onnx::pb;
 
@@ -16,7 +16,10 @@ use crate::plan::{Copies, GatherOp, GatherRun, Op, QTensor, Step};
 
 /// Ops that only move values: on u8 tensors they are byte copies (a U-Net's Concat, a
 /// pixel shuffle's Reshape/Transpose, a flow's Slice, a classifier's Flatten).
-pub(super) const DATA_MOVEMENT: &[&str] = &["Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Concat"];
+/// Nearest-neighbour Resize and Upsample only repeat values too (another mode is
+/// not read by the interpreter, and the rule declines).
+pub(super) const DATA_MOVEMENT: &[&str] =
+    &["Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Concat", "Resize", "Upsample"];
 
 /// A tree of data-movement ops whose leaves are u8 tensors.
 #[derive(Debug, Clone)]

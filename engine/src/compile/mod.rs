@@ -17,7 +17,9 @@
 //! - [`pooling`]: `GlobalAveragePool` and `ReduceMax` (group pooling) in integers;
 //! - [`mul`]: `Mul` by a constant (a circular mask) as tables;
 //! - [`gemm`]: `Gemm` / `MatMul` heads as pointwise convs;
-//! - [`constant`]: `Constant` and `Identity`.
+//! - [`constant`]: `Constant` and `Identity`;
+//! - [`shape`]: `Shape` and `Size` as constants, so a dynamic batch's shape
+//!   arithmetic folds; `CastLike`.
 //!
 //! Every other node is a float op ([`crate::float`]) on NCHW arrays: the u8 tensors
 //! it reads are dequantised where it needs them, a conv whose output it reads is
@@ -38,6 +40,9 @@ mod gemm;
 mod mul;
 mod pooling;
 mod quantize;
+mod shape;
+#[cfg(test)]
+mod shape_tests;
 #[cfg(test)]
 mod tests;
 
@@ -75,6 +80,8 @@ const RULES: &[Rule] = &[
     Rule { ops: &["Gemm", "MatMul"], select: |c, n| c.gemm(n) },
     Rule { ops: &["Constant"], select: |c, n| c.constant(n) },
     Rule { ops: &["Identity"], select: |c, n| c.identity(n) },
+    Rule { ops: &["Shape", "Size"], select: |c, n| c.shape(n) },
+    Rule { ops: &["CastLike"], select: |c, n| c.cast_like(n) },
 ];
 
 /// Input `i` of a node ("" where absent or omitted).
@@ -94,6 +101,9 @@ struct Const {
     data: Vec<f32>,
     /// The int8 values, scales and scale axis when it is DQ(int8 initializer) (a quantised weight).
     int8: Option<(Vec<i8>, Vec<f32>, usize)>,
+    /// An integer tensor (int64 shapes, bools): folding it follows ONNX's integer
+    /// semantics ([`shape`]). The values are integers, exact in f32 below 2^24.
+    integer: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -176,7 +186,8 @@ impl<'m> Compiler<'m> {
             None => {
                 let t = self.inits.get(name)?;
                 let d = tensor::decode(t).ok()?;
-                Some(Const { shape: d.shape, data: d.values.to_f32(), int8: None })
+                let integer = matches!(d.values, tensor::Values::I64(_));
+                Some(Const { shape: d.shape, data: d.values.to_f32(), int8: None, integer })
             }
         }
     }
@@ -261,13 +272,20 @@ impl<'m> Compiler<'m> {
             .collect();
         let args: Vec<&ArrayD<f32>> = zeros.iter().collect();
         let shape = float::eval(&op, &args).map_err(|e| unsupported(format!("{name}: {e}")))?.shape().to_vec();
-        // Each output element takes one weight per input channel and tap, or per k.
+        // Each output element takes one weight per input channel and tap, or per k;
+        // a transposed conv's input element, one per output channel and tap.
         let per_output = match op {
             FloatOp::Conv { .. } => args.get(1).map_or(0, |w| w.len() / w.shape().first().copied().unwrap_or(1).max(1)),
             FloatOp::Gemm { .. } | FloatOp::MatMul => args.get(1).map_or(0, |b| b.len() / shape.last().copied().unwrap_or(1).max(1)),
             _ => 0,
         };
-        self.float_macs += (shape.iter().product::<usize>() * per_output) as u64;
+        let transposed = match op {
+            FloatOp::ConvTranspose { .. } => {
+                args[0].len() / args[0].shape().get(1).copied().unwrap_or(1).max(1) * args.get(1).map_or(0, |w| w.len())
+            }
+            _ => 0,
+        };
+        self.float_macs += (shape.iter().product::<usize>() * per_output + transposed) as u64;
         let dst = self.new_float(shape);
         self.steps.push(Step::Float { op, inputs, dst, name: name.to_string() });
         Ok(dst)
@@ -328,6 +346,7 @@ impl<'m> Compiler<'m> {
     /// Node `n` as a float op (constants folded).
     fn float_node(&mut self, n: &pb::NodeProto) -> Result<()> {
         let op = float::float_op(n, self.opset, self.graph)?;
+        self.static_shape_inputs(n)?;
         let mut inputs = Vec::with_capacity(n.input.len());
         for name in &n.input {
             inputs.push(if name.is_empty() {
@@ -342,9 +361,8 @@ impl<'m> Compiler<'m> {
         if inputs.iter().all(|i| matches!(i, Operand::Const(_))) {
             // Constant folding (shapes, weights' arithmetic) with the same code.
             let args: Vec<&ArrayD<f32>> = inputs.iter().filter_map(|i| if let Operand::Const(c) = i { Some(c) } else { None }).collect();
-            let v = float::eval(&op, &args).map_err(|e| unsupported(format!("{}: {e}", n.name)))?;
-            let shape = v.shape().to_vec();
-            self.vals.insert(out, Val::Const(Const { shape, data: v.iter().copied().collect(), int8: None }));
+            let c = self.fold(n, op, &args)?;
+            self.vals.insert(out, Val::Const(c));
         } else {
             let f = self.push_float(op, inputs, &n.name)?;
             self.vals.insert(out, Val::Float(f));
@@ -379,8 +397,10 @@ pub fn compile(model: &OnnxModel, isa: Isa) -> Result<Plan> {
     }
     let mut uses: HashMap<&str, usize> = HashMap::new();
     for n in &graph.node {
-        for i in &n.input {
-            *uses.entry(i.as_str()).or_default() += 1;
+        for (k, i) in n.input.iter().enumerate() {
+            if shape::reads_data(n, k) {
+                *uses.entry(i.as_str()).or_default() += 1;
+            }
         }
     }
     for o in &graph.output {

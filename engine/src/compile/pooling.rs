@@ -39,6 +39,14 @@ impl Compiler<'_> {
         if !matches!(op, FloatOp::Reduce(float::Reduce::Max, ..)) {
             return Ok(false);
         }
+        // Opset 18's axes input, read as the attribute (it must be a constant).
+        let op = match op {
+            FloatOp::Reduce(kind, None, keepdims) if !inp(1).is_empty() => match self.konst(inp(1)) {
+                Some(c) => FloatOp::Reduce(kind, Some(c.data.iter().map(|&v| v as i64).collect()), keepdims),
+                None => return Ok(false),
+            },
+            op => op,
+        };
         let Some(m) = self.move_of(inp(0)) else { return Ok(false) };
         // Axes are resolved against the input's rank when the indices are built.
         self.vals.insert(out, Val::PendingMax { m: Box::new(m), op });

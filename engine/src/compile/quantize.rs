@@ -43,7 +43,7 @@ impl Compiler<'_> {
             } else {
                 None
             };
-            self.vals.insert(out, Val::Const(Const { shape, data, int8 }));
+            self.vals.insert(out, Val::Const(Const { shape, data, int8, integer: false }));
             return Ok(true);
         }
         if let Some(Val::QuantizedMove(m)) = self.vals.get(inp(0)) {

@@ -14,8 +14,15 @@ pub(super) fn binary(k: Binary, a: &ArrayD<f32>, b: &ArrayD<f32>) -> Result<Arra
         Binary::Sub => |a: f32, b: f32| a - b,
         Binary::Mul => |a: f32, b: f32| a * b,
         Binary::Div => |a: f32, b: f32| a / b,
+        // Integer operands are exact in f32; their quotient in f64 is never rounded
+        // across an integer, so truncating it gives the integer quotient (ONNX leaves
+        // division by zero undefined: this gives NaN or ±inf).
+        Binary::IntDiv => |a: f32, b: f32| (f64::from(a) / f64::from(b)).trunc() as f32,
         Binary::Min => |a: f32, b: f32| a.min(b),
         Binary::Max => |a: f32, b: f32| a.max(b),
+        Binary::Equal => |a: f32, b: f32| f32::from(u8::from(a == b)),
+        Binary::Less => |a: f32, b: f32| f32::from(u8::from(a < b)),
+        Binary::Greater => |a: f32, b: f32| f32::from(u8::from(a > b)),
     };
     zip_broadcast(a, b, f)
 }
@@ -28,6 +35,8 @@ pub(super) fn unary(k: Unary, x: &ArrayD<f32>) -> ArrayD<f32> {
         Unary::Sqrt => x.mapv(f32::sqrt),
         Unary::Tanh => x.mapv(f32::tanh),
         Unary::Abs => x.mapv(f32::abs),
+        Unary::Floor => x.mapv(f32::floor),
+        Unary::Ceil => x.mapv(f32::ceil),
     }
 }
 
@@ -79,7 +88,7 @@ pub(super) fn dequantize(x: &ArrayD<f32>, args: &[&ArrayD<f32>], axis: i64) -> R
 }
 
 /// numpy broadcasting of two shapes.
-fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
+pub(super) fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
     let r = a.len().max(b.len());
     (0..r)
         .map(|i| {

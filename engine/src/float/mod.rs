@@ -11,12 +11,19 @@
 //! the arithmetic lives by family: [`elementwise`] (broadcast arithmetic, activations,
 //! float quantisation), [`movement`] (reshape, transpose, concat, slice, squeeze),
 //! [`reduce`] (reductions, pooling, softmax, instance norm), [`linear`] (Gemm, MatMul,
-//! Conv).
+//! Conv, ConvTranspose), [`shape_ops`] (what exporters emit to compute shapes: Gather,
+//! Range, ConstantOfShape, Expand, Where, Cast, and Pad and nearest Resize).
+//!
+//! Values are f32 whatever their ONNX type. Integer tensors (int64 shapes, bools) are
+//! exact up to 2^24, far above any size the engine plans; ops whose integer semantics
+//! differ from float ones have their own variant ([`Binary::IntDiv`], [`FloatOp::Cast`]),
+//! which the compiler picks when it folds integer-typed constants.
 
 mod elementwise;
 mod linear;
 mod movement;
 mod reduce;
+mod shape_ops;
 #[cfg(test)]
 mod tests;
 
@@ -38,8 +45,14 @@ pub enum Binary {
     Sub,
     Mul,
     Div,
+    /// Div of integer tensors: truncates toward zero (ONNX Div on int64).
+    IntDiv,
     Min,
     Max,
+    /// Comparisons give bools as 1.0 / 0.0.
+    Equal,
+    Less,
+    Greater,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -50,6 +63,8 @@ pub enum Unary {
     Sqrt,
     Tanh,
     Abs,
+    Floor,
+    Ceil,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -106,6 +121,70 @@ pub enum FloatOp {
     Dequantize {
         axis: i64,
     },
+    /// Transposed convolution, 1-D to 3-D: strides, pads (begin..., end...),
+    /// dilations, output padding, group. Weights are [Cin, Cout / group, k...].
+    ConvTranspose {
+        strides: Vec<usize>,
+        pads: Vec<usize>,
+        dilations: Vec<usize>,
+        output_padding: Vec<usize>,
+        group: usize,
+    },
+    Cast(CastTo),
+    /// Gather along the axis with indices from input 1 (negative ones count from the end).
+    Gather(i64),
+    /// Where(condition, x, y), the three broadcast together.
+    Where,
+    Range,
+    /// The fill value (ConstantOfShape's `value`, 0 by default).
+    ConstantOfShape(f32),
+    Expand,
+    /// Constant-mode Pad: pads and value from attributes (opset < 11) or inputs 1-3.
+    Pad {
+        pads: Option<Vec<i64>>,
+        value: f32,
+    },
+    /// Nearest-neighbour Resize / Upsample; scales from the attribute (Upsample-7) or inputs.
+    Resize(Resize),
+}
+
+/// What a Cast converts to: floats keep their value (float16 is not rounded), integers
+/// truncate toward zero, bools are 1.0 where the value is not 0.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CastTo {
+    Float,
+    Int,
+    Bool,
+}
+
+/// How Resize maps an output coordinate to the input (`coordinate_transformation_mode`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Coordinates {
+    HalfPixel,
+    PytorchHalfPixel,
+    AlignCorners,
+    Asymmetric,
+    TfHalfPixelForNn,
+}
+
+/// How a fractional input coordinate picks its neighbour (`nearest_mode`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Nearest {
+    RoundPreferFloor,
+    RoundPreferCeil,
+    Floor,
+    Ceil,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resize {
+    pub coordinates: Coordinates,
+    pub nearest: Nearest,
+    /// Upsample-7's `scales` attribute; otherwise scales or sizes come from the inputs.
+    pub scales: Option<Vec<f32>>,
+    /// Where the scales input is (Resize-10 and Upsample-9: 1; Resize-11 and later: 2,
+    /// with sizes at 3).
+    pub scales_input: usize,
 }
 
 impl FloatOp {
@@ -116,9 +195,12 @@ impl FloatOp {
                 Binary::Add => "Add",
                 Binary::Sub => "Sub",
                 Binary::Mul => "Mul",
-                Binary::Div => "Div",
+                Binary::Div | Binary::IntDiv => "Div",
                 Binary::Min => "Min",
                 Binary::Max => "Max",
+                Binary::Equal => "Equal",
+                Binary::Less => "Less",
+                Binary::Greater => "Greater",
             },
             FloatOp::Unary(u) => match u {
                 Unary::Exp => "Exp",
@@ -127,6 +209,8 @@ impl FloatOp {
                 Unary::Sqrt => "Sqrt",
                 Unary::Tanh => "Tanh",
                 Unary::Abs => "Abs",
+                Unary::Floor => "Floor",
+                Unary::Ceil => "Ceil",
             },
             FloatOp::Relu => "Relu",
             FloatOp::LeakyRelu(_) => "LeakyRelu",
@@ -151,6 +235,15 @@ impl FloatOp {
             FloatOp::Softmax(_) => "Softmax",
             FloatOp::Quantize { .. } => "QuantizeLinear",
             FloatOp::Dequantize { .. } => "DequantizeLinear",
+            FloatOp::ConvTranspose { .. } => "ConvTranspose",
+            FloatOp::Cast(_) => "Cast",
+            FloatOp::Gather(_) => "Gather",
+            FloatOp::Where => "Where",
+            FloatOp::Range => "Range",
+            FloatOp::ConstantOfShape(_) => "ConstantOfShape",
+            FloatOp::Expand => "Expand",
+            FloatOp::Pad { .. } => "Pad",
+            FloatOp::Resize(_) => "Resize",
         }
     }
 }
@@ -180,6 +273,11 @@ pub fn float_op(n: &pb::NodeProto, opset: i64, graph: &pb::GraphProto) -> Result
         "Sqrt" => FloatOp::Unary(Unary::Sqrt),
         "Tanh" => FloatOp::Unary(Unary::Tanh),
         "Abs" => FloatOp::Unary(Unary::Abs),
+        "Floor" => FloatOp::Unary(Unary::Floor),
+        "Ceil" => FloatOp::Unary(Unary::Ceil),
+        "Equal" => FloatOp::Binary(Binary::Equal),
+        "Less" => FloatOp::Binary(Binary::Less),
+        "Greater" => FloatOp::Binary(Binary::Greater),
         "Relu" => FloatOp::Relu,
         "LeakyRelu" => FloatOp::LeakyRelu(float("alpha", 0.01)),
         "PRelu" => FloatOp::PRelu,
@@ -217,9 +315,10 @@ pub fn float_op(n: &pb::NodeProto, opset: i64, graph: &pb::GraphProto) -> Result
                 "ReduceSum" => Reduce::Sum,
                 _ => Reduce::Mean,
             };
-            // Axes as an input (ReduceSum from opset 13, the rest from 18) are not read here.
-            if n.input.len() > 1 || int("noop_with_empty_axes", 0) != 0 {
-                return Err(unsupported(format!("{}: axes as an input", n.name)));
+            // Axes as an input (ReduceSum from opset 13, the rest from 18) are input 1 of
+            // `eval` (None here); without them, noop_with_empty_axes would make it an identity.
+            if int("noop_with_empty_axes", 0) != 0 {
+                return Err(unsupported(format!("{}: noop_with_empty_axes", n.name)));
             }
             FloatOp::Reduce(kind, ints("axes"), int("keepdims", 1) != 0)
         }
@@ -247,6 +346,54 @@ pub fn float_op(n: &pb::NodeProto, opset: i64, graph: &pb::GraphProto) -> Result
             FloatOp::Quantize { lo, hi, axis: int("axis", 1) }
         }
         "DequantizeLinear" => FloatOp::Dequantize { axis: int("axis", 1) },
+        "ConvTranspose" => {
+            if attr::attr(n, "auto_pad").is_some_and(|a| !a.s.is_empty() && a.s != b"NOTSET") || attr::attr(n, "output_shape").is_some() {
+                return Err(unsupported(format!("{}: ConvTranspose with auto_pad or output_shape", n.name)));
+            }
+            let u = |v: Vec<i64>| v.iter().map(|&x| x.max(0) as usize).collect::<Vec<_>>();
+            FloatOp::ConvTranspose {
+                strides: u(ints("strides").unwrap_or_default()),
+                pads: u(ints("pads").unwrap_or_default()),
+                dilations: u(ints("dilations").unwrap_or_default()),
+                output_padding: u(ints("output_padding").unwrap_or_default()),
+                group: int("group", 1).max(1) as usize,
+            }
+        }
+        "Cast" => {
+            use pb::tensor_proto::DataType as T;
+            match T::try_from(int("to", 0) as i32) {
+                Ok(T::Float | T::Double | T::Float16 | T::Bfloat16) => FloatOp::Cast(CastTo::Float),
+                Ok(T::Bool) => FloatOp::Cast(CastTo::Bool),
+                Ok(T::Int8 | T::Uint8 | T::Int16 | T::Uint16 | T::Int32 | T::Uint32 | T::Int64 | T::Uint64) => FloatOp::Cast(CastTo::Int),
+                _ => return Err(unsupported(format!("{}: Cast to type {}", n.name, int("to", 0)))),
+            }
+        }
+        "Gather" => FloatOp::Gather(int("axis", 0)),
+        "Where" => FloatOp::Where,
+        "Range" => FloatOp::Range,
+        "ConstantOfShape" => {
+            let value = match attr::attr(n, "value").and_then(|a| a.t.as_ref()) {
+                None => 0.0,
+                Some(t) => match edgemed_onnx::tensor::decode(t) {
+                    Ok(d) if d.values.len() == 1 => d.values.to_f32()[0],
+                    _ => return Err(unsupported(format!("{}: ConstantOfShape value of an unread type", n.name))),
+                },
+            };
+            FloatOp::ConstantOfShape(value)
+        }
+        "Expand" => FloatOp::Expand,
+        "Pad" => {
+            let mode = attr::attr(n, "mode").map(|a| a.s.clone()).unwrap_or_default();
+            if !mode.is_empty() && mode != b"constant" {
+                return Err(unsupported(format!("{}: Pad mode {}", n.name, String::from_utf8_lossy(&mode))));
+            }
+            if opset < 11 {
+                FloatOp::Pad { pads: Some(ints("pads").unwrap_or_default()), value: float("value", 0.0) }
+            } else {
+                FloatOp::Pad { pads: None, value: 0.0 }
+            }
+        }
+        "Resize" | "Upsample" => FloatOp::Resize(shape_ops::resize_op(n, opset)?),
         other => return Err(unsupported(format!("{}: {other} is not a float op edgemed's interpreter knows", n.name))),
     })
 }
@@ -290,7 +437,11 @@ pub fn eval(op: &FloatOp, args: &[&ArrayD<f32>]) -> Result<ArrayD<f32>> {
         FloatOp::Concat(axis) => movement::concat(args, *axis),
         FloatOp::Slice(attrs) => movement::slice(x, args, attrs.as_ref()),
         FloatOp::Squeeze(axes, squeeze) => movement::squeeze(x, args, axes.as_deref(), *squeeze),
-        FloatOp::Reduce(kind, axes, keepdims) => reduce::reduce_axes(x, *kind, axes.as_deref(), *keepdims),
+        FloatOp::Reduce(kind, axes, keepdims) => {
+            // Axes from input 1 where the node has them as an input (absent or empty: all).
+            let from_input: Option<Vec<i64>> = opt(1).filter(|a| !a.is_empty()).map(|a| a.iter().map(|&v| v as i64).collect());
+            reduce::reduce_axes(x, *kind, axes.as_deref().or(from_input.as_deref()), *keepdims)
+        }
         FloatOp::GlobalPool(kind) => Ok(reduce::global_pool(x, *kind)),
         FloatOp::Softmax(axis) => reduce::softmax(x, *axis),
         FloatOp::InstanceNorm(eps) => reduce::instance_norm(x, arg(args, 1)?, arg(args, 2)?, *eps),
@@ -299,5 +450,17 @@ pub fn eval(op: &FloatOp, args: &[&ArrayD<f32>]) -> Result<ArrayD<f32>> {
         FloatOp::Conv { strides, pads, dilations, group } => {
             linear::conv(x, arg(args, 1)?, opt(2).filter(|b| !b.is_empty()), strides, pads, dilations, *group)
         }
+        FloatOp::ConvTranspose { strides, pads, dilations, output_padding, group } => {
+            let geometry = linear::TransposedGeometry { strides, pads, dilations, output_padding, group: *group };
+            linear::conv_transpose(x, arg(args, 1)?, opt(2).filter(|b| !b.is_empty()), &geometry)
+        }
+        FloatOp::Cast(to) => Ok(shape_ops::cast(x, *to)),
+        FloatOp::Gather(axis) => shape_ops::gather(x, arg(args, 1)?, *axis),
+        FloatOp::Where => shape_ops::where_(x, arg(args, 1)?, arg(args, 2)?),
+        FloatOp::Range => shape_ops::range(x, arg(args, 1)?, arg(args, 2)?),
+        FloatOp::ConstantOfShape(value) => shape_ops::constant_of_shape(x, *value),
+        FloatOp::Expand => shape_ops::expand(x, arg(args, 1)?),
+        FloatOp::Pad { pads, value } => shape_ops::pad(x, args, pads.as_deref(), *value),
+        FloatOp::Resize(r) => shape_ops::resize(x, args, r),
     }
 }

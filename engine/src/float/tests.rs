@@ -182,3 +182,191 @@ fn nodes_are_read_or_refused_by_name() {
     assert!(float_op(&two_out, 13, &g).unwrap_err().to_string().contains("several outputs"));
     assert!(all_finite(&[1.0, -2.0]) && !all_finite(&[1.0, f32::NAN]) && !all_finite(&[f32::INFINITY]));
 }
+
+#[test]
+fn transposed_convolutions() {
+    let convt = |strides: Vec<usize>, pads: Vec<usize>, dilations: Vec<usize>, output_padding: Vec<usize>, group: usize| {
+        FloatOp::ConvTranspose { strides, pads, dilations, output_padding, group }
+    };
+    // 1-D, stride 2: y[2i + t] += x[i] w[t], 2 (3 - 1) + 2 = 6 outputs.
+    let x = a(&[1, 1, 3], &[1., 2., 3.]);
+    let w = a(&[1, 1, 2], &[1., 10.]);
+    let y = run(convt(vec![2], vec![0, 0], vec![1], vec![0], 1), &[&x, &w]);
+    assert_eq!((y.shape(), flat(&y)), (&[1, 1, 6][..], vec![1., 10., 2., 20., 3., 30.]));
+    // A begin pad drops the first output; output padding adds one (the bias only).
+    let y = run(convt(vec![2], vec![1, 0], vec![1], vec![0], 1), &[&x, &w]);
+    assert_eq!(flat(&y), vec![10., 2., 20., 3., 30.]);
+    let y = run(convt(vec![2], vec![0, 0], vec![1], vec![1], 1), &[&x, &w, &a(&[1], &[0.5])]);
+    assert_eq!(flat(&y), vec![1.5, 10.5, 2.5, 20.5, 3.5, 30.5, 0.5]);
+    // Dilation 2: taps at i and i + 2.
+    let y = run(convt(vec![1], vec![0, 0], vec![2], vec![0], 1), &[&a(&[1, 1, 2], &[1., 2.]), &a(&[1, 1, 2], &[1., 1.])]);
+    assert_eq!(flat(&y), vec![1., 2., 1., 2.]);
+    // 2-D, a 2x2 kernel of ones on [[1, 2], [3, 4]]: each output sums the inputs it covers.
+    let y =
+        run(convt(vec![1, 1], vec![0; 4], vec![1, 1], vec![0, 0], 1), &[&a(&[1, 1, 2, 2], &[1., 2., 3., 4.]), &a(&[1, 1, 2, 2], &[1.; 4])]);
+    assert_eq!((y.shape(), flat(&y)), (&[1, 1, 3, 3][..], vec![1., 3., 2., 4., 10., 6., 3., 7., 4.]));
+    // Weights are [Cin, Cout, ...]: out0 = 1 ch0 + 10 ch1, out1 = 2 ch0.
+    let x = a(&[1, 2, 1, 2], &[1., 2., 3., 4.]);
+    let w = a(&[2, 2, 1, 1], &[1., 2., 10., 0.]);
+    let y = run(convt(vec![1, 1], vec![0; 4], vec![1, 1], vec![0, 0], 1), &[&x, &w]);
+    assert_eq!(flat(&y), vec![31., 42., 2., 4.]);
+    // 3-D, stride 2 in depth: depth 1 becomes 2, one slice per tap.
+    let y = run(
+        convt(vec![2, 1, 1], vec![0; 6], vec![1; 3], vec![0; 3], 1),
+        &[&a(&[1, 1, 1, 1, 2], &[1., 2.]), &a(&[1, 1, 2, 1, 1], &[1., 3.])],
+    );
+    assert_eq!((y.shape(), flat(&y)), (&[1, 1, 2, 1, 2][..], vec![1., 2., 3., 6.]));
+    // Two groups of one channel.
+    let y = run(convt(vec![1], vec![0, 0], vec![1], vec![0], 2), &[&a(&[1, 2, 2], &[1., 2., 3., 4.]), &a(&[2, 1, 1], &[2., 3.])]);
+    assert_eq!(flat(&y), vec![2., 4., 9., 12.]);
+    assert!(eval(&convt(vec![1], vec![0, 0], vec![1], vec![0], 1), &[&a(&[1, 2, 2], &[0.; 4]), &a(&[1, 1, 1], &[1.])]).is_err());
+    assert!(eval(&convt(vec![1], vec![2, 2], vec![1], vec![0], 1), &[&a(&[1, 1, 2], &[0.; 2]), &a(&[1, 1, 1], &[1.])]).is_err());
+}
+
+#[test]
+fn integer_division_comparisons_and_rounding() {
+    let (p, q) = (a(&[3], &[7., -7., 6.]), a(&[3], &[2., 2., -4.]));
+    assert_eq!(flat(&run(FloatOp::Binary(Binary::IntDiv), &[&p, &q])), vec![3., -3., -1.]);
+    assert_eq!(flat(&run(FloatOp::Binary(Binary::Div), &[&p, &q])), vec![3.5, -3.5, -1.5]);
+    let (x, two) = (a(&[3], &[1., 2., 3.]), a(&[], &[2.]));
+    assert_eq!(flat(&run(FloatOp::Binary(Binary::Equal), &[&x, &two])), vec![0., 1., 0.]);
+    assert_eq!(flat(&run(FloatOp::Binary(Binary::Less), &[&x, &two])), vec![1., 0., 0.]);
+    assert_eq!(flat(&run(FloatOp::Binary(Binary::Greater), &[&x, &two])), vec![0., 0., 1.]);
+    let x = a(&[4], &[-1.5, 1.5, 2., -0.2]);
+    assert_eq!(flat(&run(FloatOp::Unary(Unary::Floor), &[&x])), vec![-2., 1., 2., -1.]);
+    assert_eq!(flat(&run(FloatOp::Unary(Unary::Ceil), &[&x])), vec![-1., 2., 2., -0.]);
+    // Cast to an integer truncates toward zero; to bool, anything but 0 is 1.
+    let x = a(&[5], &[-1.7, 2.5, 0., f32::NAN, 3.]);
+    assert_eq!(flat(&run(FloatOp::Cast(CastTo::Int), &[&x])), vec![-1., 2., 0., 0., 3.]);
+    assert_eq!(flat(&run(FloatOp::Cast(CastTo::Bool), &[&x])), vec![1., 1., 0., 1., 1.]);
+    assert_eq!(flat(&run(FloatOp::Cast(CastTo::Float), &[&x]))[..3], [-1.7, 2.5, 0.]);
+}
+
+#[test]
+fn gather_where_range_and_shapes() {
+    let x = a(&[3, 2], &[1., 2., 3., 4., 5., 6.]);
+    let g = run(FloatOp::Gather(0), &[&x, &a(&[2], &[-1., 0.])]);
+    assert_eq!((g.shape(), flat(&g)), (&[2, 2][..], vec![5., 6., 1., 2.]));
+    // A scalar index drops the axis; an index array's shape replaces it.
+    let g = run(FloatOp::Gather(1), &[&x, &a(&[], &[1.])]);
+    assert_eq!((g.shape(), flat(&g)), (&[3][..], vec![2., 4., 6.]));
+    let g = run(FloatOp::Gather(-1), &[&x, &a(&[2, 1], &[1., 0.])]);
+    assert_eq!((g.shape(), flat(&g)), (&[3, 2, 1][..], vec![2., 1., 4., 3., 6., 5.]));
+    let shape = a(&[4], &[1., 8., 3., 3.]);
+    assert_eq!(flat(&run(FloatOp::Gather(0), &[&shape, &a(&[], &[0.])])), vec![1.]);
+    assert!(eval(&FloatOp::Gather(0), &[&x, &a(&[1], &[3.])]).unwrap_err().to_string().contains("out of range"));
+
+    // Where broadcasts condition [3], x scalar and y [2, 1] to [2, 3].
+    let w = run(FloatOp::Where, &[&a(&[3], &[1., 0., 1.]), &a(&[], &[7.]), &a(&[2, 1], &[10., 20.])]);
+    assert_eq!((w.shape(), flat(&w)), (&[2, 3][..], vec![7., 10., 7., 7., 20., 7.]));
+
+    let range = |s: f32, l: f32, d: f32| eval(&FloatOp::Range, &[&a(&[], &[s]), &a(&[], &[l]), &a(&[], &[d])]);
+    assert_eq!(flat(&range(0., 5., 2.).unwrap()), vec![0., 2., 4.]);
+    assert_eq!(flat(&range(5., 0., -2.).unwrap()), vec![5., 3., 1.]);
+    assert_eq!(range(3., 3., 1.).unwrap().shape(), &[0]);
+    assert_eq!(range(10., 4., 3.).unwrap().shape(), &[0]);
+    assert_eq!(flat(&range(0., 1., 0.25).unwrap()), vec![0., 0.25, 0.5, 0.75]);
+    assert!(range(0., 1., 0.).is_err());
+
+    let c = run(FloatOp::ConstantOfShape(1.5), &[&a(&[2], &[2., 3.])]);
+    assert_eq!((c.shape(), flat(&c)), (&[2, 3][..], vec![1.5; 6]));
+    assert_eq!(run(FloatOp::ConstantOfShape(0.), &[&a(&[1], &[0.])]).shape(), &[0]);
+    assert!(eval(&FloatOp::ConstantOfShape(0.), &[&a(&[1], &[-1.])]).is_err());
+
+    // Expand broadcasts both ways: [3, 1] to [2, 1, 4] is [2, 3, 4]; to [1, 1] stays [3, 1].
+    let x = a(&[3, 1], &[1., 2., 3.]);
+    let e = run(FloatOp::Expand, &[&x, &a(&[3], &[2., 1., 4.])]);
+    assert_eq!(e.shape(), &[2, 3, 4]);
+    assert_eq!(flat(&e)[..12], [1., 1., 1., 1., 2., 2., 2., 2., 3., 3., 3., 3.]);
+    assert_eq!(flat(&e)[12..], flat(&e)[..12]);
+    assert_eq!(run(FloatOp::Expand, &[&x, &a(&[2], &[1., 1.])]).shape(), &[3, 1]);
+    assert_eq!(run(FloatOp::Expand, &[&x, &a(&[1], &[2.])]).shape(), &[3, 2]);
+    assert!(eval(&FloatOp::Expand, &[&x, &a(&[2], &[2., 1.])]).is_err());
+}
+
+#[test]
+fn constant_padding() {
+    let x = a(&[1, 2, 2], &[1., 2., 3., 4.]);
+    // Inputs: pads [begin of axes 0, 1, 2, end of axes 0, 1, 2], then the value.
+    let p = run(FloatOp::Pad { pads: None, value: 0. }, &[&x, &a(&[6], &[0., 1., 0., 0., 0., 1.]), &a(&[], &[9.])]);
+    assert_eq!((p.shape(), flat(&p)), (&[1, 3, 3][..], vec![9., 9., 9., 1., 2., 9., 3., 4., 9.]));
+    // Opset < 11: pads and value as attributes; an empty value input keeps the attribute's.
+    let p = run(FloatOp::Pad { pads: Some(vec![0, 0, 1, 0, 0, 0]), value: -1. }, &[&x]);
+    assert_eq!(flat(&p), vec![-1., 1., 2., -1., 3., 4.]);
+    // Opset 18's axes input: pads only the last axis.
+    let p = run(FloatOp::Pad { pads: None, value: 0. }, &[&x, &a(&[2], &[1., 1.]), &a(&[0], &[]), &a(&[1], &[-1.])]);
+    assert_eq!((p.shape(), flat(&p)), (&[1, 2, 4][..], vec![0., 1., 2., 0., 0., 3., 4., 0.]));
+    assert!(eval(&FloatOp::Pad { pads: None, value: 0. }, &[&x, &a(&[6], &[0., -1., 0., 0., 0., 0.])]).is_err());
+}
+
+#[test]
+fn nearest_resize() {
+    let x = a(&[1, 1, 2, 2], &[1., 2., 3., 4.]);
+    let resize = |coordinates, nearest| FloatOp::Resize(Resize { coordinates, nearest, scales: None, scales_input: 2 });
+    let empty = a(&[0], &[]);
+    // Scale 2 doubles every pixel, whichever mapping (torch's asymmetric + floor, the default half pixel).
+    let scales = a(&[4], &[1., 1., 2., 2.]);
+    let doubled = vec![1., 1., 2., 2., 1., 1., 2., 2., 3., 3., 4., 4., 3., 3., 4., 4.];
+    let y = run(resize(Coordinates::Asymmetric, Nearest::Floor), &[&x, &empty, &scales]);
+    assert_eq!((y.shape(), flat(&y)), (&[1, 1, 4, 4][..], doubled.clone()));
+    assert_eq!(flat(&run(resize(Coordinates::HalfPixel, Nearest::RoundPreferFloor), &[&x, &empty, &scales])), doubled);
+    // Sizes 3x3 (scale 1.5), half pixel: output 0, 1, 2 map to -1/6, 0.5, 7/6; the tie
+    // at 0.5 goes down with round_prefer_floor, up with round_prefer_ceil.
+    let sizes = a(&[4], &[1., 1., 3., 3.]);
+    let y = run(resize(Coordinates::HalfPixel, Nearest::RoundPreferFloor), &[&x, &empty, &empty, &sizes]);
+    assert_eq!(flat(&y), vec![1., 1., 2., 1., 1., 2., 3., 3., 4.]);
+    let y = run(resize(Coordinates::HalfPixel, Nearest::RoundPreferCeil), &[&x, &empty, &empty, &sizes]);
+    assert_eq!(flat(&y), vec![1., 2., 2., 3., 4., 4., 3., 4., 4.]);
+    // Align corners: 0, 0.5, 1.
+    let y = run(resize(Coordinates::AlignCorners, Nearest::RoundPreferFloor), &[&x, &empty, &empty, &sizes]);
+    assert_eq!(flat(&y), vec![1., 1., 2., 1., 1., 2., 3., 3., 4.]);
+    // Upsample-7: scales as an attribute.
+    let up = FloatOp::Resize(Resize {
+        coordinates: Coordinates::Asymmetric,
+        nearest: Nearest::Floor,
+        scales: Some(vec![1., 1., 1., 2.]),
+        scales_input: 1,
+    });
+    assert_eq!(flat(&run(up, &[&x])), vec![1., 1., 2., 2., 3., 3., 4., 4.]);
+    assert!(eval(&resize(Coordinates::HalfPixel, Nearest::Floor), &[&x, &empty, &a(&[2], &[2., 2.])]).is_err());
+}
+
+#[test]
+fn shape_and_resampling_nodes_are_read() {
+    let node = |op: &str, attrs: Vec<pb::AttributeProto>| pb::NodeProto {
+        name: "n".into(),
+        op_type: op.into(),
+        input: vec!["i".into()],
+        output: vec!["o".into()],
+        attribute: attrs,
+        ..Default::default()
+    };
+    let int = |name: &str, i: i64| pb::AttributeProto { name: name.into(), i, ..Default::default() };
+    let string = |name: &str, s: &str| pb::AttributeProto { name: name.into(), s: s.as_bytes().to_vec(), ..Default::default() };
+    let g = pb::GraphProto::default();
+    assert!(matches!(float_op(&node("Cast", vec![int("to", 7)]), 13, &g), Ok(FloatOp::Cast(CastTo::Int))));
+    assert!(matches!(float_op(&node("Cast", vec![int("to", 1)]), 13, &g), Ok(FloatOp::Cast(CastTo::Float))));
+    assert!(matches!(float_op(&node("Cast", vec![int("to", 9)]), 13, &g), Ok(FloatOp::Cast(CastTo::Bool))));
+    assert!(float_op(&node("Cast", vec![int("to", 8)]), 13, &g).unwrap_err().to_string().contains("Cast to type 8"));
+    assert!(matches!(float_op(&node("Gather", vec![int("axis", 1)]), 13, &g), Ok(FloatOp::Gather(1))));
+    assert!(matches!(float_op(&node("ConstantOfShape", vec![]), 13, &g), Ok(FloatOp::ConstantOfShape(v)) if v == 0.));
+    assert!(float_op(&node("Pad", vec![string("mode", "reflect")]), 13, &g).unwrap_err().to_string().contains("reflect"));
+    assert!(float_op(&node("Resize", vec![string("mode", "linear")]), 13, &g).unwrap_err().to_string().contains("linear"));
+    let r =
+        float_op(&node("Resize", vec![string("coordinate_transformation_mode", "asymmetric"), string("nearest_mode", "floor")]), 13, &g);
+    assert!(matches!(
+        r,
+        Ok(FloatOp::Resize(Resize { coordinates: Coordinates::Asymmetric, nearest: Nearest::Floor, scales_input: 2, .. }))
+    ));
+    assert!(matches!(float_op(&node("Upsample", vec![]), 9, &g), Ok(FloatOp::Resize(Resize { scales_input: 1, .. }))));
+    assert!(
+        float_op(&node("ConvTranspose", vec![pb::AttributeProto { name: "output_shape".into(), ..Default::default() }]), 13, &g).is_err()
+    );
+    // Opset 18's reductions take their axes as input 1.
+    let mut r = node("ReduceMax", vec![int("keepdims", 0)]);
+    r.input.push("axes".into());
+    let op = float_op(&r, 18, &g).unwrap();
+    let y = eval(&op, &[&a(&[1, 2, 2], &[1., 5., 3., 2.]), &a(&[1], &[1.])]).unwrap();
+    assert_eq!((y.shape(), flat(&y)), (&[1, 2][..], vec![3., 5.]));
+    assert!(float_op(&node("ReduceMax", vec![int("noop_with_empty_axes", 1)]), 18, &g).is_err());
+}
