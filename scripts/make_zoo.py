@@ -428,8 +428,8 @@ def main():
     k, e = export(out, "unet3d", u3, x3, "segmenter", LEGACY_FOLD,
                   notes=f"monai UNet(spatial_dims=3, in_channels=1, out_channels=2, channels={ch}, "
                         f"strides={(2,) * (len(ch) - 1)}, num_res_units=2), instance norm (no affine), PReLU slopes "
-                        "U(0.05, 0.4); calibration windows unet3d_calib/*.npy, eval volume unet3d_eval.nii.gz, "
-                        "FP32 sliding-window labels unet3d_eval_ref.nii.gz")
+                        "U(0.05, 0.4)" + ("" if args.fixtures else "; calibration windows unet3d_calib/*.npy, eval volume "
+                        "unet3d_eval.nii.gz, FP32 sliding-window labels unet3d_eval_ref.nii.gz"))
     cases[k] = e
     if not args.fixtures:
         unet3d_volumes(out, u3)
