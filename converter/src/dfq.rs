@@ -59,6 +59,21 @@ pub fn field_size_of(g: &Graph) -> usize {
     md.raw.get("edgemed.field_size").and_then(|v| v.parse().ok()).unwrap_or(md.group_order as usize).max(1)
 }
 
+/// Ops whose computed constant inputs (biases, batch-norm parameters, clip bounds
+/// that unoptimised exports build through shape plumbing) are made initializers first.
+pub const CONSTANT_INPUT_OPS: &[&str] = &["Conv", "ConvTranspose", "Gemm", "BatchNormalization", "Clip"];
+
+/// The field size a model's grouped convs imply when its metadata says none: escnn's
+/// equivariant depthwise layer has one group of N input and N output channels per
+/// regular field, so when every such layer has the same N > 1, the fields are N wide.
+pub fn field_size_from_groups(g: &Graph) -> Option<usize> {
+    let mut g = Graph::from_bytes(&g.to_bytes()).ok()?;
+    g.materialize_constant_inputs(CONSTANT_INPUT_OPS);
+    let sizes: Vec<(usize, usize)> = crate::passes::layers(&g).iter().filter(|l| l.is_grouped()).map(|l| l.group_sizes()).collect();
+    let (n, m) = *sizes.first()?;
+    (n > 1 && n == m && sizes.iter().all(|&s| s == (n, n))).then_some(n)
+}
+
 pub fn metadata(g: &Graph) -> ModelMetadata {
     let props: Vec<(String, String)> = g.model.metadata_props.iter().map(|e| (e.key.clone(), e.value.clone())).collect();
     ModelMetadata::from_props(std::path::Path::new("model"), &props).unwrap_or_default()
@@ -96,7 +111,7 @@ pub fn run(g: &mut Graph, opts: &Options) -> Result<Report> {
     let mut report = Report::default();
     check_groups(g, opts.field_size)?;
     // Unoptimised exports compute biases and batch-norm parameters through shape plumbing.
-    g.materialize_constant_inputs(&["Conv", "Gemm", "BatchNormalization", "Clip"]);
+    g.materialize_constant_inputs(CONSTANT_INPUT_OPS);
     let bn_nodes = g.nodes().iter().filter(|n| n.op_type == "BatchNormalization").count();
     let mut stats = fold_bn::fold_batch_norm(g)?;
     report.folded = bn_nodes - g.nodes().iter().filter(|n| n.op_type == "BatchNormalization").count();

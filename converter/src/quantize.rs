@@ -279,6 +279,27 @@ fn activation_root(g: &Graph, value: &str) -> Option<String> {
     }
 }
 
+/// Values computed from tensor shapes and constants alone (Shape or Size, then
+/// Gather, Cast, Div, Unsqueeze, Concat, ... on them): the dynamic-batch plumbing of
+/// torch's exporters, which the runtime folds; never activations.
+fn shape_values(g: &Graph) -> Result<std::collections::HashSet<String>> {
+    let mut set = std::collections::HashSet::new();
+    for &i in &g.topological_order()? {
+        let n = &g.nodes()[i];
+        // Constant nodes count too: an Unsqueeze of two Constants is shape plumbing
+        // even where the graph's evaluator does not fold it.
+        let from_shapes = matches!(n.op_type.as_str(), "Shape" | "Size" | "Constant")
+            || (!n.input.is_empty()
+                && n.input
+                    .iter()
+                    .all(|v| v.is_empty() || set.contains(v) || g.initializer(v).is_some() || g.eval_constant(v, 8).is_some()));
+        if from_shapes {
+            set.extend(n.output.iter().cloned());
+        }
+    }
+    Ok(set)
+}
+
 /// Quantizes weights (with bias correction) and activations in place.
 pub fn quantize(g: &mut Graph, stats: &Stats, opts: &Options) -> Result<Report> {
     if g.opset() < 13 && opts.granularity == Granularity::PerChannel {
@@ -405,6 +426,7 @@ pub fn quantize(g: &mut Graph, stats: &Stats, opts: &Options) -> Result<Report> 
     }
 
     // Activations: every float tensor entering a Conv, ConvTranspose, Gemm, Add or pooling op.
+    let shapes = shape_values(g)?;
     let mut targets: Vec<String> = Vec::new();
     for n in g.nodes() {
         // A 0/1 mask (the circular mask of an equivariant head): its input and output,
@@ -430,7 +452,12 @@ pub fn quantize(g: &mut Graph, stats: &Stats, opts: &Options) -> Result<Report> 
         let data_inputs: Vec<&String> = data_inputs.iter().chain(pooled).collect();
         for v in data_inputs {
             // Constants (shape pieces, computed or stored) are not activations.
-            if g.initializer(v).is_none() && g.eval_constant(v, 8).is_none() && !targets.contains(v) && !v.ends_with(".weight_dq") {
+            if g.initializer(v).is_none()
+                && g.eval_constant(v, 8).is_none()
+                && !shapes.contains(v.as_str())
+                && !targets.contains(v)
+                && !v.ends_with(".weight_dq")
+            {
                 targets.push((*v).clone());
             }
         }
@@ -459,7 +486,14 @@ pub fn quantize(g: &mut Graph, stats: &Stats, opts: &Options) -> Result<Report> 
     outputs.sort();
     for v in outputs {
         let quantized = g.consumers(&v).iter().any(|&c| g.nodes()[c].op_type == "QuantizeLinear");
-        if quantized || g.is_graph_output(&v) {
+        // A normalization divides each channel by its own deviation: per-tensor rounding
+        // of its input grows by (tensor range / channel deviation), which in a MONAI U-Net
+        // costs 4 dB of output SQNR; such outputs keep the int32 sums' precision.
+        let normalized = g
+            .consumers(&v)
+            .iter()
+            .all(|&c| matches!(g.nodes()[c].op_type.as_str(), "InstanceNormalization" | "LayerNormalization" | "GroupNormalization"));
+        if quantized || normalized || g.is_graph_output(&v) {
             continue;
         }
         if let Some(r) = ranges.get(&v).filter(|r| r.lo.is_finite() && r.hi.is_finite() && r.hi > r.lo) {

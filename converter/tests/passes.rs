@@ -118,3 +118,88 @@ fn high_bias_absorption_is_exact_where_its_assumption_holds() {
     assert!(report.absorbed_layers > 0, "the seeded model has biases above 3 sigma");
     assert!(e < 1e-2, "absorption moved outputs by {e}");
 }
+
+/// escnn's own export (tests/fixtures/zoo, legacy exporter, batch norm kept): its
+/// equivariant depthwise layers are grouped convs of 4 in and 4 out channels per field.
+fn escnn_c4() -> (Graph, ArrayD<f32>, Vec<f32>) {
+    let root = edgemed_tests::repo_root().join("tests/fixtures/zoo");
+    let x = ArrayD::from_shape_vec(IxDyn(&[2, 3, 95, 95]), read_f32(&root.join("input95.f32"))).unwrap();
+    let mut g = Graph::load(&root.join("c4_legacy_bn.onnx")).unwrap();
+    g.materialize_constant_inputs(edgemed_converter::dfq::CONSTANT_INPUT_OPS);
+    let reference = run(&g, &x);
+    (g, x, reference)
+}
+
+/// Largest over grouped layers of (largest / smallest) per-output-channel weight range.
+fn grouped_range_ratio(g: &Graph) -> f32 {
+    layers(g)
+        .iter()
+        .filter(|l| l.is_grouped())
+        .map(|l| {
+            let r = out_ranges(&weight_and_bias(g, l).unwrap().0, l.out_axis);
+            r.iter().copied().fold(0f32, f32::max) / r.iter().copied().fold(f32::MAX, f32::min).max(1e-12)
+        })
+        .fold(0f32, f32::max)
+}
+
+#[test]
+fn grouped_equivariant_layers_are_folded_and_equalized_keeping_the_function() {
+    let (mut g, x, reference) = escnn_c4();
+    assert!(layers(&g).iter().any(|l| l.is_grouped() && l.group_sizes() == (4, 4)), "escnn's grouped layers are read as layers");
+    let mut stats = fold_bn::fold_batch_norm(&mut g).unwrap();
+    assert!(!g.nodes().iter().any(|n| n.op_type == "BatchNormalization"), "every batch norm folded, grouped layers' too");
+    let folded = rel_err(&run(&g, &x), &reference);
+    let before = grouped_range_ratio(&g);
+    // Which fields of which grouped layers have equal per-channel ranges (rotated copies).
+    let uniform = |g: &Graph| -> Vec<bool> {
+        layers(g)
+            .iter()
+            .filter(|l| l.is_grouped())
+            .flat_map(|l| {
+                let r = out_ranges(&weight_and_bias(g, l).unwrap().0, l.out_axis);
+                r.chunks(4).map(|f| f.iter().all(|v| (v / f[0] - 1.0).abs() < 1e-5)).collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let uniform_before = uniform(&g);
+    assert!(uniform_before.iter().any(|u| *u), "escnn's fields hold rotated copies of one filter");
+    let report = cross_layer_equalize(&mut g, &mut stats, &Options { field_size: 4, ..Options::default() }).unwrap();
+    let after = grouped_range_ratio(&g);
+    let err = rel_err(&run(&g, &x), &reference);
+    println!(
+        "escnn C4: folded rel err {folded:.1e}; CLE {} triplets + {} pairs, grouped layers' range ratio {before:.1} -> {after:.1}, rel err {err:.1e}",
+        report.triplets, report.pairs
+    );
+    assert!(folded < 1e-5 && err < 1e-5, "{folded} {err}");
+    assert!(report.triplets >= 3 && report.pairs >= 1, "{report:?}");
+    assert!(after < before, "equalization narrows the grouped layers' ranges: {before} -> {after}");
+    // Scales shared within fields: each grouped layer's per-channel ranges stay equal
+    // within a field wherever they were.
+    for (i, (was, is)) in uniform_before.iter().zip(uniform(&g)).enumerate() {
+        assert!(!was || is, "field {i} of the grouped layers lost its equal ranges");
+    }
+}
+
+#[test]
+fn batch_norm_folds_into_a_conv_transpose() {
+    use edgemed_onnx::builder::{Attr, GraphBuilder, D};
+    let mut b = GraphBuilder::new("up");
+    b.input_f32("x", &[D::N(1), D::N(3), D::N(4), D::N(5)]);
+    let w: Vec<f32> = (0..3 * 2 * 2 * 2).map(|i| ((i * 7 % 11) as f32 - 5.0) / 4.0).collect();
+    b.init_f32("w", &[3, 2, 2, 2], &w);
+    b.init_f32("b", &[2], &[0.1, -0.2]);
+    for (name, v) in [("g", [1.5f32, 0.25]), ("beta", [0.3, -1.0]), ("mean", [0.2, 0.7]), ("var", [2.0, 0.5])] {
+        b.init_f32(name, &[2], &v);
+    }
+    b.node("ConvTranspose", "up", &["x", "w", "b"], vec![Attr::Ints("strides", vec![2, 2])]);
+    b.node("BatchNormalization", "bn", &["up", "g", "beta", "mean", "var"], vec![]);
+    b.output_f32("bn", &[D::N(1), D::N(2), D::N(8), D::N(10)]);
+    let mut g = Graph::from_bytes(&prost::Message::encode_to_vec(&b.into_model("test", &[]))).unwrap();
+    let x = ArrayD::from_shape_fn(IxDyn(&[1, 3, 4, 5]), |i| ((i[1] * 20 + i[2] * 5 + i[3]) % 9) as f32 / 3.0 - 1.0);
+    let reference = run(&g, &x);
+    let stats = fold_bn::fold_batch_norm(&mut g).unwrap();
+    assert_eq!(stats.len(), 1);
+    assert_eq!(g.nodes().len(), 1, "the batch norm is gone");
+    let err = rel_err(&run(&g, &x), &reference);
+    assert!(err < 1e-6, "{err}");
+}

@@ -294,6 +294,22 @@ impl Plan {
         (int, float)
     }
 
+    /// The convolutions and products that run in float (the interpreter's Conv,
+    /// ConvTranspose, Gemm, MatMul), by node name: what "every layer in integers" rules out.
+    pub fn float_layers(&self) -> Vec<String> {
+        self.steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Float {
+                    op: FloatOp::Conv { .. } | FloatOp::ConvTranspose { .. } | FloatOp::Gemm { .. } | FloatOp::MatMul,
+                    name,
+                    ..
+                } => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// A one-line description of `step` for profiles, e.g. `conv 3x3/2 depthwise 48 -> 48 at 11x11`.
     pub fn label(&self, step: &Step) -> String {
         let t = |i: usize| self.tensors[i];

@@ -103,7 +103,10 @@ fn converter_int8_model_agrees_with_onnx_runtime() {
         let d = max_diff(&e[1], &o[1]) / step;
         let mean = e[1].iter().zip(o[1].iter()).map(|(a, b)| (a - b).abs()).sum::<f32>() / e[1].len() as f32 / step;
         println!("pcam-c4-demo INT8 seed {seed}: last activation max {d:.2} steps, mean {mean:.4} steps apart");
-        assert!(d <= 4.001 && mean <= 0.5, "max {d} steps, mean {mean}");
+        // The least-error activation ranges are about 40% narrower than the 6-sigma
+        // ones these bounds were first set on (4 steps, 0.5 on average): the same
+        // rounding flips span more of their finer steps.
+        assert!(d <= 6.001 && mean <= 0.75, "max {d} steps, mean {mean}");
         let argmax = |a: &ArrayD<f32>| a.rows().into_iter().map(|r| if r[1] > r[0] { 1 } else { 0 }).collect::<Vec<_>>();
         assert_eq!(argmax(&e[0]), argmax(&o[0]));
     }

@@ -72,7 +72,15 @@ pub fn run(args: Args) -> Result<()> {
     if args.fp16 {
         return to_fp16(g, &args);
     }
-    let field_size = args.field_size.unwrap_or_else(|| dfq::field_size_of(&g));
+    let declared = dfq::field_size_of(&g);
+    let field_size = match (args.field_size, declared, dfq::field_size_from_groups(&g)) {
+        (Some(n), _, _) => n,
+        (None, 1, Some(n)) => {
+            eprintln!("edgemed: note: field size {n} from the grouped convs (one group of {n} channels per field); --field-size overrides");
+            n
+        }
+        (None, n, _) => n,
+    };
     if let Some(k) = args.range_sigmas.filter(|k| !(k.is_finite() && *k > 0.0)) {
         anyhow::bail!("--range-sigmas {k}: give a positive number of standard deviations");
     }

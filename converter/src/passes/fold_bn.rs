@@ -10,7 +10,9 @@ use crate::graph::{attr_f, Graph};
 fn next_foldable(g: &Graph) -> Option<(usize, Layer)> {
     (0..g.nodes().len()).find_map(|i| {
         let n = &g.nodes()[i];
-        if n.op_type != "BatchNormalization" || n.output.len() != 1 {
+        // Five inputs (x, scale, bias, mean, var): a node missing one is not folded
+        // (the model's check names it), never indexed past its end.
+        if n.op_type != "BatchNormalization" || n.output.len() != 1 || n.input.len() < 5 {
             return None;
         }
         let layer = layer_at(g, g.producer(&n.input[0])?)?;

@@ -7,9 +7,13 @@ use crate::ndarray::{ArrayD, Axis, IxDyn, Slice};
 
 use super::{norm_axis, unsupported};
 
-/// Reshape to `spec` (0 keeps the input's dim, -1 takes what is left).
-pub(super) fn reshape(x: &ArrayD<f32>, spec: &ArrayD<f32>) -> Result<ArrayD<f32>> {
+/// Reshape to `spec` (0 keeps the input's dim, -1 takes what is left). With
+/// `allowzero` a 0 would be an empty dim, which the engine's tensors never have.
+pub(super) fn reshape(x: &ArrayD<f32>, spec: &ArrayD<f32>, allowzero: bool) -> Result<ArrayD<f32>> {
     let spec: Vec<i64> = spec.iter().map(|&v| v as i64).collect();
+    if allowzero && spec.contains(&0) {
+        return Err(unsupported(format!("Reshape (allowzero) of {:?} to an empty shape {spec:?}", x.shape())));
+    }
     let mut shape: Vec<usize> = spec.iter().enumerate().map(|(i, &d)| if d == 0 { x.shape()[i] } else { d.max(1) as usize }).collect();
     if let Some(p) = spec.iter().position(|&d| d == -1) {
         let known: usize = shape.iter().enumerate().filter(|(i, _)| *i != p).map(|(_, d)| d).product();

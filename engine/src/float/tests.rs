@@ -69,9 +69,12 @@ fn quantisation_rounds_half_to_even_and_saturates() {
 #[test]
 fn data_movement() {
     let x = a(&[1, 2, 3], &[0., 1., 2., 3., 4., 5.]);
-    let y = run(FloatOp::Reshape, &[&x, &a(&[2], &[0., -1.])]);
+    let y = run(FloatOp::Reshape(false), &[&x, &a(&[2], &[0., -1.])]);
     assert_eq!(y.shape(), &[1, 6]);
-    assert!(eval(&FloatOp::Reshape, &[&x, &a(&[1], &[4.])]).unwrap_err().is_unsupported());
+    assert!(eval(&FloatOp::Reshape(false), &[&x, &a(&[1], &[4.])]).unwrap_err().is_unsupported());
+    // allowzero: the same where the shape has no 0; an empty dim is refused.
+    assert_eq!(run(FloatOp::Reshape(true), &[&x, &a(&[2], &[1., -1.])]).shape(), y.shape());
+    assert!(eval(&FloatOp::Reshape(true), &[&x, &a(&[2], &[0., -1.])]).unwrap_err().is_unsupported());
     assert_eq!(run(FloatOp::Flatten(2), &[&x]).shape(), &[2, 3]);
     let t = run(FloatOp::Transpose(Some(vec![0, 2, 1])), &[&x]);
     assert_eq!((t.shape(), flat(&t)), (&[1, 3, 2][..], vec![0., 3., 1., 4., 2., 5.]));
