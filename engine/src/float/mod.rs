@@ -140,10 +140,18 @@ pub enum FloatOp {
     /// The fill value (ConstantOfShape's `value`, 0 by default).
     ConstantOfShape(f32),
     Expand,
-    /// Constant-mode Pad: pads and value from attributes (opset < 11) or inputs 1-3.
+    /// Constant-mode Pad (or `edge`: the border value repeated): pads and value from
+    /// attributes (opset < 11) or inputs 1-3.
     Pad {
         pads: Option<Vec<i64>>,
         value: f32,
+        edge: bool,
+    },
+    /// MaxPool over the spatial axes (1-D to 3-D): kernel, strides, pads (begins then ends).
+    MaxPool {
+        kernel: Vec<usize>,
+        strides: Vec<usize>,
+        pads: Vec<usize>,
     },
     /// Nearest-neighbour Resize / Upsample; scales from the attribute (Upsample-7) or inputs.
     Resize(Resize),
@@ -244,6 +252,7 @@ impl FloatOp {
             FloatOp::ConstantOfShape(_) => "ConstantOfShape",
             FloatOp::Expand => "Expand",
             FloatOp::Pad { .. } => "Pad",
+            FloatOp::MaxPool { .. } => "MaxPool",
             FloatOp::Resize(_) => "Resize",
         }
     }
@@ -385,14 +394,30 @@ pub fn float_op(n: &pb::NodeProto, opset: i64, graph: &pb::GraphProto) -> Result
         "Expand" => FloatOp::Expand,
         "Pad" => {
             let mode = attr::attr(n, "mode").map(|a| a.s.clone()).unwrap_or_default();
-            if !mode.is_empty() && mode != b"constant" {
+            let edge = mode == b"edge";
+            if !mode.is_empty() && mode != b"constant" && !edge {
                 return Err(unsupported(format!("{}: Pad mode {}", n.name, String::from_utf8_lossy(&mode))));
             }
             if opset < 11 {
-                FloatOp::Pad { pads: Some(ints("pads").unwrap_or_default()), value: float("value", 0.0) }
+                FloatOp::Pad { pads: Some(ints("pads").unwrap_or_default()), value: float("value", 0.0), edge }
             } else {
-                FloatOp::Pad { pads: None, value: 0.0 }
+                FloatOp::Pad { pads: None, value: 0.0, edge }
             }
+        }
+        "MaxPool" => {
+            let kernel: Vec<usize> = ints("kernel_shape").unwrap_or_default().iter().map(|&k| k.max(0) as usize).collect();
+            let sp = kernel.len();
+            let strides = ints("strides").unwrap_or(vec![1; sp]).iter().map(|&v| v.max(0) as usize).collect::<Vec<_>>();
+            let pads = ints("pads").unwrap_or(vec![0; 2 * sp]).iter().map(|&v| v.max(0) as usize).collect::<Vec<_>>();
+            let auto_pad = attr::attr(n, "auto_pad").is_some_and(|a| !a.s.is_empty() && a.s != b"NOTSET");
+            let dilated = ints("dilations").is_some_and(|d| d.iter().any(|&v| v != 1));
+            if sp == 0 || kernel.contains(&0) || strides.len() != sp || strides.contains(&0) || pads.len() != 2 * sp {
+                return Err(Error::Invalid(format!("{}: MaxPool kernel {kernel:?}, strides {strides:?}, pads {pads:?}", n.name)));
+            }
+            if auto_pad || dilated || int("ceil_mode", 0) != 0 || n.output.iter().filter(|o| !o.is_empty()).count() > 1 {
+                return Err(unsupported(format!("{}: MaxPool with auto_pad, dilations, ceil_mode or indices", n.name)));
+            }
+            FloatOp::MaxPool { kernel, strides, pads }
         }
         "Resize" | "Upsample" => FloatOp::Resize(shape_ops::resize_op(n, opset)?),
         other => return Err(unsupported(format!("{}: {other} is not a float op edgemed's interpreter knows", n.name))),
@@ -461,7 +486,8 @@ pub fn eval(op: &FloatOp, args: &[&ArrayD<f32>]) -> Result<ArrayD<f32>> {
         FloatOp::Range => shape_ops::range(x, arg(args, 1)?, arg(args, 2)?),
         FloatOp::ConstantOfShape(value) => shape_ops::constant_of_shape(x, *value),
         FloatOp::Expand => shape_ops::expand(x, arg(args, 1)?),
-        FloatOp::Pad { pads, value } => shape_ops::pad(x, args, pads.as_deref(), *value),
+        FloatOp::Pad { pads, value, edge } => shape_ops::pad(x, args, pads.as_deref(), *value, *edge),
+        FloatOp::MaxPool { kernel, strides, pads } => reduce::max_pool(x, kernel, strides, pads),
         FloatOp::Resize(r) => shape_ops::resize(x, args, r),
     }
 }

@@ -97,3 +97,41 @@ pub(super) fn instance_norm(x: &ArrayD<f32>, scale: &ArrayD<f32>, bias: &ArrayD<
     }
     Ok(y)
 }
+
+/// MaxPool of an NC... tensor over its spatial axes; padding never wins (it is -inf).
+pub(super) fn max_pool(x: &ArrayD<f32>, kernel: &[usize], strides: &[usize], pads: &[usize]) -> Result<ArrayD<f32>> {
+    let sp = kernel.len();
+    if x.ndim() != sp + 2 {
+        return Err(unsupported(format!("MaxPool: kernel {kernel:?} on a rank-{} input", x.ndim())));
+    }
+    let mut out_shape = x.shape()[..2].to_vec();
+    for a in 0..sp {
+        let padded = x.shape()[a + 2] + pads[a] + pads[a + sp];
+        match padded.checked_sub(kernel[a]) {
+            Some(d) => out_shape.push(d / strides[a] + 1),
+            None => return Err(unsupported(format!("MaxPool: kernel {kernel:?} larger than the padded input {:?}", x.shape()))),
+        }
+    }
+    let x = x.as_standard_layout();
+    let taps: usize = kernel.iter().product();
+    Ok(ArrayD::from_shape_fn(IxDyn(&out_shape), |o| {
+        let mut best = f32::NEG_INFINITY;
+        let mut idx = vec![0usize; sp + 2];
+        idx[0] = o[0];
+        idx[1] = o[1];
+        'taps: for t in 0..taps {
+            let mut rest = t;
+            for a in (0..sp).rev() {
+                let k = rest % kernel[a];
+                rest /= kernel[a];
+                let pos = (o[a + 2] * strides[a] + k) as isize - pads[a] as isize;
+                if pos < 0 || pos as usize >= x.shape()[a + 2] {
+                    continue 'taps;
+                }
+                idx[a + 2] = pos as usize;
+            }
+            best = best.max(x[IxDyn(&idx)]);
+        }
+        best
+    }))
+}

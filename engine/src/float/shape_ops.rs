@@ -107,7 +107,7 @@ pub(super) fn expand(x: &ArrayD<f32>, shape: &ArrayD<f32>) -> Result<ArrayD<f32>
 
 /// Constant-mode Pad: `pads` is [begin..., end...] over `axes` (input 3, else all);
 /// negative pads (crops) are not read.
-pub(super) fn pad(x: &ArrayD<f32>, args: &[&ArrayD<f32>], pads: Option<&[i64]>, value: f32) -> Result<ArrayD<f32>> {
+pub(super) fn pad(x: &ArrayD<f32>, args: &[&ArrayD<f32>], pads: Option<&[i64]>, value: f32, edge: bool) -> Result<ArrayD<f32>> {
     let input = |i: usize| args.get(i).copied().filter(|a| !a.is_empty());
     let pads: Vec<i64> = match pads {
         Some(p) => p.to_vec(),
@@ -125,6 +125,16 @@ pub(super) fn pad(x: &ArrayD<f32>, args: &[&ArrayD<f32>], pads: Option<&[i64]>, 
     for (i, &a) in axes.iter().enumerate() {
         begin[a] = pads[i] as usize;
         shape[a] += pads[i] as usize + pads[i + axes.len()] as usize;
+    }
+    if edge {
+        if x.is_empty() && shape.iter().product::<usize>() > 0 {
+            return Err(unsupported("Pad (edge) of an empty tensor"));
+        }
+        // Each output index reads the input at its index minus the begin pad, clamped.
+        return Ok(ArrayD::from_shape_fn(IxDyn(&shape), |i| {
+            let src: Vec<usize> = (0..x.ndim()).map(|a| i[a].saturating_sub(begin[a]).min(x.shape()[a] - 1)).collect();
+            x[IxDyn(&src)]
+        }));
     }
     let mut out = ArrayD::from_elem(IxDyn(&shape), value);
     out.slice_each_axis_mut(|ax| Slice::from(begin[ax.axis.0]..begin[ax.axis.0] + x.shape()[ax.axis.0])).assign(x);

@@ -291,15 +291,15 @@ fn gather_where_range_and_shapes() {
 fn constant_padding() {
     let x = a(&[1, 2, 2], &[1., 2., 3., 4.]);
     // Inputs: pads [begin of axes 0, 1, 2, end of axes 0, 1, 2], then the value.
-    let p = run(FloatOp::Pad { pads: None, value: 0. }, &[&x, &a(&[6], &[0., 1., 0., 0., 0., 1.]), &a(&[], &[9.])]);
+    let p = run(FloatOp::Pad { pads: None, value: 0., edge: false }, &[&x, &a(&[6], &[0., 1., 0., 0., 0., 1.]), &a(&[], &[9.])]);
     assert_eq!((p.shape(), flat(&p)), (&[1, 3, 3][..], vec![9., 9., 9., 1., 2., 9., 3., 4., 9.]));
     // Opset < 11: pads and value as attributes; an empty value input keeps the attribute's.
-    let p = run(FloatOp::Pad { pads: Some(vec![0, 0, 1, 0, 0, 0]), value: -1. }, &[&x]);
+    let p = run(FloatOp::Pad { pads: Some(vec![0, 0, 1, 0, 0, 0]), value: -1., edge: false }, &[&x]);
     assert_eq!(flat(&p), vec![-1., 1., 2., -1., 3., 4.]);
     // Opset 18's axes input: pads only the last axis.
-    let p = run(FloatOp::Pad { pads: None, value: 0. }, &[&x, &a(&[2], &[1., 1.]), &a(&[0], &[]), &a(&[1], &[-1.])]);
+    let p = run(FloatOp::Pad { pads: None, value: 0., edge: false }, &[&x, &a(&[2], &[1., 1.]), &a(&[0], &[]), &a(&[1], &[-1.])]);
     assert_eq!((p.shape(), flat(&p)), (&[1, 2, 4][..], vec![0., 1., 2., 0., 0., 3., 4., 0.]));
-    assert!(eval(&FloatOp::Pad { pads: None, value: 0. }, &[&x, &a(&[6], &[0., -1., 0., 0., 0., 0.])]).is_err());
+    assert!(eval(&FloatOp::Pad { pads: None, value: 0., edge: false }, &[&x, &a(&[6], &[0., -1., 0., 0., 0., 0.])]).is_err());
 }
 
 #[test]
@@ -372,4 +372,31 @@ fn shape_and_resampling_nodes_are_read() {
     let y = eval(&op, &[&a(&[1, 2, 2], &[1., 5., 3., 2.]), &a(&[1], &[1.])]).unwrap();
     assert_eq!((y.shape(), flat(&y)), (&[1, 2][..], vec![3., 5.]));
     assert!(float_op(&node("ReduceMax", vec![int("noop_with_empty_axes", 1)]), 18, &g).is_err());
+}
+
+#[test]
+fn edge_padding_repeats_the_border() {
+    let x = a(&[1, 2, 2], &[1., 2., 3., 4.]);
+    // One column before and two after on the last axis: [1 1 2 2 2], [3 3 4 4 4].
+    let p = run(FloatOp::Pad { pads: None, value: 0., edge: true }, &[&x, &a(&[2], &[1., 2.]), &a(&[0], &[]), &a(&[1], &[-1.])]);
+    assert_eq!((p.shape(), flat(&p)), (&[1, 2, 5][..], vec![1., 1., 2., 2., 2., 3., 3., 4., 4., 4.]));
+    // All-zero pads (MONAI BasicUNet's up-blocks): the input unchanged.
+    let p = run(FloatOp::Pad { pads: None, value: 0., edge: true }, &[&x, &a(&[6], &[0.; 6])]);
+    assert_eq!(flat(&p), flat(&x));
+}
+
+#[test]
+fn max_pool_takes_the_window_maximum_and_never_the_padding() {
+    // 1x1x3x4, kernel 2x2 stride 2, one row of padding at the bottom: windows
+    // rows {0,1} and {2, pad}.
+    let x = a(&[1, 1, 3, 4], &[1., -5., 2., 0., 7., 3., -1., -2., -4., -6., -3., -8.]);
+    let op = FloatOp::MaxPool { kernel: vec![2, 2], strides: vec![2, 2], pads: vec![0, 0, 1, 0] };
+    let y = run(op, &[&x]);
+    assert_eq!((y.shape(), flat(&y)), (&[1, 1, 2, 2][..], vec![7., 2., -4., -3.]));
+    // 3-D, kernel 2 stride 2 on a 2x2x2 volume: one output, the maximum.
+    let v = a(&[1, 1, 2, 2, 2], &[0., 1., 2., 3., 4., 5., 9., 6.]);
+    let op = FloatOp::MaxPool { kernel: vec![2, 2, 2], strides: vec![2, 2, 2], pads: vec![0; 6] };
+    assert_eq!(flat(&run(op, &[&v])), vec![9.]);
+    let too_big = FloatOp::MaxPool { kernel: vec![3, 3], strides: vec![1, 1], pads: vec![0; 4] };
+    assert!(eval(&too_big, &[&a(&[1, 1, 2, 2], &[0.; 4])]).unwrap_err().is_unsupported());
 }
