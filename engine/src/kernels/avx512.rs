@@ -68,6 +68,7 @@ pub unsafe fn conv(x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind, r: &Requ
         match kind {
             ConvKind::Dense(w) => conv_dense(input, &padded, w, DenseOut::U8(r, out)),
             ConvKind::Depthwise(w) => conv_depthwise(input, &padded, zp, w, r, out),
+            ConvKind::Grouped(_) => unreachable!("grouped convs run as depthwise on their widened input (kernels::conv)"),
         }
     }
 }
@@ -88,6 +89,7 @@ pub unsafe fn accumulate(x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind, sc
         }
         // SAFETY: AVX2 is among the caller's obligations.
         ConvKind::Depthwise(w) => unsafe { avx2::depthwise(x, g, zp, &w.w, acc) },
+        ConvKind::Grouped(_) => unreachable!("grouped convs run as depthwise on their widened input (kernels::conv)"),
     }
 }
 

@@ -201,6 +201,7 @@ pub fn conv(dot: bool, x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind, r: &
     match kind {
         ConvKind::Dense(w) => conv_dense(dot, input, &padded, w, Out::U8(r, out)),
         ConvKind::Depthwise(w) => conv_depthwise(input, &padded, zp, w, Out::U8(r, out)),
+        ConvKind::Grouped(_) => unreachable!("grouped convs run as depthwise on their widened input (kernels::conv)"),
     }
 }
 
@@ -211,6 +212,7 @@ pub fn accumulate(dot: bool, x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind
     match kind {
         ConvKind::Dense(w) => conv_dense(dot, input, &padded, w, Out::I32(acc)),
         ConvKind::Depthwise(w) => conv_depthwise(input, &padded, zp, w, Out::I32(acc)),
+        ConvKind::Grouped(_) => unreachable!("grouped convs run as depthwise on their widened input (kernels::conv)"),
     }
 }
 

@@ -3,14 +3,19 @@
 //! reads it), plus the per-channel sums of the zero-point corrections. Running a
 //! kernel on weights packed for another ISA panics.
 //!
-//! | ISA          | dense                                 | depthwise                           |
-//! |--------------|---------------------------------------|-------------------------------------|
-//! | scalar       | rows [cout][k]                        | [taps][c] i32                       |
-//! | avx2         | pairs (`avx2::pack_pairs`)            | [taps][c] i32                       |
-//! | avx512vnni   | quads ([`pack_quads`])                | quads, 3x3 columns; [taps][c] i32 for int32 sums |
-//! | neon         | i16 by lane (`neon::DenseWeights`)    | i16 blocks of 8 (`arm::depthwise_layout`) |
-//! | neondot      | quads, 128 Σw (`neon::DenseWeights`)  | the same as neon                    |
-//! | armv7neon    | i16 blocks (`armv7::DenseWeights`)    | i16 blocks of 8 (`arm::depthwise_layout`) |
+//! | ISA          | dense                                 | depthwise                           | grouped                     |
+//! |--------------|---------------------------------------|-------------------------------------|-----------------------------|
+//! | scalar       | rows [cout][k]                        | [taps][c] i32                       | [cout][cin_g][taps] i8      |
+//! | avx2         | pairs (`avx2::pack_pairs`)            | [taps][c] i32                       | widened depthwise (below)   |
+//! | avx512vnni   | quads ([`pack_quads`])                | quads, 3x3 columns; [taps][c] i32 for int32 sums | widened depthwise |
+//! | neon         | i16 by lane (`neon::DenseWeights`)    | i16 blocks of 8 (`arm::depthwise_layout`) | widened depthwise     |
+//! | neondot      | quads, 128 Σw (`neon::DenseWeights`)  | the same as neon                    | widened depthwise           |
+//! | armv7neon    | i16 blocks (`armv7::DenseWeights`)    | i16 blocks of 8 (`arm::depthwise_layout`) | widened depthwise     |
+//!
+//! "Widened depthwise": a grouped conv is run by the SIMD ISAs as a depthwise conv on
+//! a widened copy of its input ([`GroupedWeights::widened`]), so its weights are that
+//! depthwise conv's, [`DepthwiseWeights`] of cout channels and kh x (kw cin_g) taps,
+//! in the ISA's depthwise layout.
 
 #[cfg(target_arch = "x86_64")]
 use super::{avx2, avx512};
@@ -190,9 +195,73 @@ impl DepthwiseWeights {
     }
 }
 
+/// Weights of a grouped 2-D convolution: `cout / cout_g` groups, each reading
+/// `cin_g` input channels into `cout_g` output channels (neither dense, group 1, nor
+/// depthwise, one channel in and out per group).
+///
+/// The SIMD ISAs run it as a depthwise conv on a widened input: with xw[y][x cin_g + j][c]
+/// = x[y][x][(c / cout_g) cin_g + j] (the zero-point padded input, each pixel repeated
+/// as cin_g columns, column j holding, for every output channel, input j of its group),
+/// out[p][c] = Σ_{i,k,j} (xw[oy sy + i][(ox sx + k) cin_g + j][c] - zp) w[c][j][i][k]
+/// is a depthwise conv with kernel kh x (kw cin_g), stride (sy, sx cin_g), no padding
+/// and weights w'[c][i][k cin_g + j] = w[c][j][i][k]: the same integer sums, so the
+/// same requantised bits, as the scalar reference's direct loops.
+#[derive(Debug, Clone)]
+pub struct GroupedWeights {
+    /// Input channels per group.
+    pub cin_g: usize,
+    /// Output channels per group.
+    pub cout_g: usize,
+    /// Output channels (all groups).
+    pub cout: usize,
+    pub kh: usize,
+    pub kw: usize,
+    /// The implementation these weights are packed for.
+    pub isa: Isa,
+    /// Scalar: [cout][cin_g][kh][kw] as ONNX stores them (empty for the other ISAs).
+    pub(crate) raw: Vec<i8>,
+    /// SIMD ISAs: the widened depthwise conv's weights, as `ConvKind::Depthwise`
+    /// packed for `isa` (None for scalar).
+    pub(crate) widened: Option<Box<ConvKind>>,
+}
+
+impl GroupedWeights {
+    /// `w`: [cout][cin_g][kh][kw] as ONNX stores them. Packed for `isa`.
+    pub fn new(isa: Isa, w: &[i8], cout: usize, cin_g: usize, cout_g: usize, kh: usize, kw: usize) -> Self {
+        assert!(cin_g > 0 && cout_g > 0 && cout.is_multiple_of(cout_g), "cout {cout} in groups of {cout_g}");
+        assert_eq!(w.len(), cout * cin_g * kh * kw);
+        let mut g = GroupedWeights { cin_g, cout_g, cout, kh, kw, isa, raw: Vec::new(), widened: None };
+        if isa == Isa::Scalar {
+            g.raw = w.to_vec();
+            return g;
+        }
+        // w'[c][i][k cin_g + j] = w[c][j][i][k]: taps of the widened kernel, row-major.
+        let taps = kh * kw * cin_g;
+        let mut wide = vec![0i8; cout * taps];
+        for c in 0..cout {
+            for j in 0..cin_g {
+                for i in 0..kh {
+                    for k in 0..kw {
+                        wide[c * taps + (i * kw + k) * cin_g + j] = w[((c * cin_g + j) * kh + i) * kw + k];
+                    }
+                }
+            }
+        }
+        g.widened = Some(Box::new(ConvKind::Depthwise(DepthwiseWeights::new(isa, &wide, cout, taps))));
+        g
+    }
+
+    /// Groups.
+    pub fn groups(&self) -> usize {
+        self.cout / self.cout_g
+    }
+}
+
 /// A convolution's weights, in the layout of the kernels it was packed for.
 #[derive(Debug, Clone)]
 pub enum ConvKind {
     Dense(PackedWeights),
     Depthwise(DepthwiseWeights),
+    /// 2-D only (the compiler leaves 3-D grouped convs to the float path).
+    Grouped(GroupedWeights),
 }
