@@ -241,7 +241,9 @@ pub fn conv_scratch_len(g: &ConvGeometry, kind: &ConvKind) -> usize {
         return match &w.widened {
             Some(inner) => {
                 let gw = widened_geometry(g, w);
-                gw.h * gw.w * gw.cin + WIDE_SLACK + conv_scratch_len(&gw, inner)
+                // VNNI's direct kernel pads the input into scratch.
+                let padded = (g.h + g.pads[0] + g.pads[2]) * (g.w + g.pads[1] + g.pads[3]) * g.cin;
+                (gw.h * gw.w * gw.cin + WIDE_SLACK + conv_scratch_len(&gw, inner)).max(padded)
             }
             None => 0,
         };
@@ -284,11 +286,19 @@ pub fn conv(
     out: &mut [u8],
 ) {
     check_packed(isa, kind);
-    // Grouped on a SIMD ISA: its depthwise kernel on the widened input.
-    if let ConvKind::Grouped(GroupedWeights { widened: Some(inner), .. }) = kind {
-        let ConvKind::Grouped(w) = kind else { unreachable!() };
-        let (wide, gw, rest) = widen(x, g, zp, w, scratch);
-        return conv(isa, wide, &gw, zp, inner, r, rest, acc, out);
+    if let ConvKind::Grouped(w) = kind {
+        // VNNI with groups of 4k inputs: the direct kernel.
+        #[cfg(target_arch = "x86_64")]
+        if let (Isa::Avx512Vnni, Some(q)) = (isa.checked(), &w.vnni) {
+            // SAFETY: `checked` confirmed AVX-512 VNNI on this CPU.
+            unsafe { avx512::conv_grouped(x, g, zp, q, r, scratch, out) };
+            return;
+        }
+        // Any other on a SIMD ISA: its depthwise kernel on the widened input.
+        if let Some(inner) = &w.widened {
+            let (wide, gw, rest) = widen(x, g, zp, w, scratch);
+            return conv(isa, wide, &gw, zp, inner, r, rest, acc, out);
+        }
     }
     match isa.checked() {
         Isa::Scalar => scalar::conv(x, g, zp, kind, r, scratch, acc, out),
@@ -311,6 +321,7 @@ pub fn conv(
 /// for depthwise and grouped but not for dense (whose correction is `zp * Σw`, done by the caller).
 pub fn accumulate(isa: Isa, x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind, scratch: &mut [u8], acc: &mut [i32]) {
     check_packed(isa, kind);
+    // Grouped on a SIMD ISA: its depthwise kernel on the widened input.
     if let ConvKind::Grouped(GroupedWeights { widened: Some(inner), .. }) = kind {
         let ConvKind::Grouped(w) = kind else { unreachable!() };
         let (wide, gw, rest) = widen(x, g, zp, w, scratch);
@@ -476,8 +487,9 @@ fn widen<'a>(x: &[u8], g: &ConvGeometry, zp: u8, w: &GroupedWeights, scratch: &'
     assert!(scratch.len() >= len + WIDE_SLACK, "scratch too short for the widened input");
     assert!(x.len() >= g.h * g.w * g.cin);
     let (wide, rest) = scratch.split_at_mut(len + WIDE_SLACK);
-    // One padded input pixel: cin_g columns of cout bytes.
+    // One padded input pixel: cin_g columns of cout bytes, dst[t] = src[from[t]].
     let per_pixel = cin_g * cout;
+    let from: Vec<u32> = (0..per_pixel).map(|t| (((t % cout) / cout_g) * cin_g + t / cout) as u32).collect();
     let wp = g.w + g.pads[1] + g.pads[3];
     for (y, row) in wide[..len].chunks_exact_mut(wp * per_pixel).enumerate() {
         let iy = y.wrapping_sub(g.pads[0]);
@@ -488,21 +500,11 @@ fn widen<'a>(x: &[u8], g: &ConvGeometry, zp: u8, w: &GroupedWeights, scratch: &'
                 continue;
             }
             let src = &x[(iy * g.w + ix) * g.cin..(iy * g.w + ix + 1) * g.cin];
-            widen_pixel(src, cin_g, cout_g, dst);
+            for (d, &f) in dst.iter_mut().zip(&from) {
+                *d = src[f as usize];
+            }
         }
     }
     wide[len..].fill(zp);
     (&*wide, gw, rest)
-}
-
-/// One pixel of [`widen`]: dst[j][c] = src[(c / cout_g) cin_g + j] for j < cin_g,
-/// c < cout (dst is cin_g x cout bytes, src one input pixel).
-#[inline(always)]
-fn widen_pixel(src: &[u8], cin_g: usize, cout_g: usize, dst: &mut [u8]) {
-    let cout = dst.len() / cin_g;
-    for (j, col) in dst.chunks_exact_mut(cout).enumerate() {
-        for (gi, o) in col.chunks_exact_mut(cout_g).enumerate() {
-            o.fill(src[gi * cin_g + j]);
-        }
-    }
 }

@@ -126,6 +126,9 @@ fn centred_requant(s: &mut Lcg, acc: &[i32], cout: usize) -> Requant {
 fn grouped_convolutions_equal_scalar_on_random_geometries() {
     let mut s = Lcg::new(31);
     let (mut checked, mut inside, mut total) = (0, 0, 0);
+    // Cases VNNI's direct kernel ran (groups of 4k inputs).
+    #[allow(unused_mut)]
+    let mut direct = 0;
     for _ in 0..250 {
         let Some(case) = grouped_case(&mut s, 11, 5) else { continue };
         let (g, n, cout) = (case.g, case.outputs(), case.cout());
@@ -137,6 +140,10 @@ fn grouped_convolutions_equal_scalar_on_random_geometries() {
         conv(Isa::Scalar, &case.x, &g, case.zp, &scalar_kind, &r, &mut [], &mut vec![0; n], &mut reference);
         for isa in Isa::available() {
             let kind = case.kind(isa);
+            #[cfg(target_arch = "x86_64")]
+            if matches!(&kind, ConvKind::Grouped(w) if w.vnni.is_some()) {
+                direct += 1;
+            }
             let scratch = conv_scratch_len(&g, &kind) + 64;
             let mut out = vec![0xa5u8; n];
             conv(isa, &case.x, &g, case.zp, &kind, &r, &mut vec![0x5a; scratch], &mut vec![0x5a5a_5a5a; n], &mut out);
@@ -152,6 +159,7 @@ fn grouped_convolutions_equal_scalar_on_random_geometries() {
     }
     assert!(checked > 200);
     assert!(inside * 2 > total, "{inside} of {total} outputs inside the clamp");
+    assert!(direct > 60 || !Isa::Avx512Vnni.is_available(), "{direct} cases on VNNI's direct kernel");
 }
 
 /// The scalar grouped reference against the definition in f64, on NCHW-style loops
@@ -395,6 +403,37 @@ fn input_quantisation_and_add_equal_scalar() {
         for isa in Isa::available() {
             add_quantized(isa, &xa, &ta, &xb, &tb, &to, &mut b);
             assert_eq!(a, b, "{isa:?}");
+        }
+    }
+}
+
+/// Times a C4-style grouped 3x3 layer (96 channels in 24 fields of 4, 47x47, pad 1)
+/// on every implementation: `cargo test --release -p edgemed-engine --lib
+/// grouped_speed -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn grouped_speed() {
+    let mut s = Lcg::new(41);
+    let (groups, cin_g, cout_g, h) = (24, 4, 4, 47);
+    let (cin, cout) = (groups * cin_g, groups * cout_g);
+    for stride in [1, 2] {
+        let g = ConvGeometry::new(h, h, cin, 3, 3, [stride; 2], [1; 4]).unwrap();
+        let x: Vec<u8> = (0..h * h * cin + 64).map(|_| s.u8()).collect();
+        let w: Vec<i8> = (0..cout * cin_g * 9).map(|_| s.i8()).collect();
+        let case = GroupedCase { g, cin_g, cout_g, groups, x, zp: 113, w };
+        let r = random_requant(&mut s, cout);
+        let n = case.outputs();
+        for isa in Isa::available() {
+            let kind = case.kind(isa);
+            let (mut scratch, mut acc, mut out) = (vec![0u8; conv_scratch_len(&g, &kind) + 64], vec![0; n], vec![0u8; n]);
+            let reps = if isa == Isa::Scalar { 10 } else { 100 };
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                conv(isa, &case.x, &g, case.zp, &kind, &r, &mut scratch, &mut acc, &mut out);
+            }
+            let dt = t.elapsed().as_secs_f64() / reps as f64;
+            let macs = (n * cin_g * 9) as f64;
+            eprintln!("stride {stride} {:>10}: {:8.3} ms, {:5.2} GMAC/s", isa.name(), dt * 1e3, macs / dt / 1e9);
         }
     }
 }

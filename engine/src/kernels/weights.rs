@@ -7,7 +7,7 @@
 //! |--------------|---------------------------------------|-------------------------------------|-----------------------------|
 //! | scalar       | rows [cout][k]                        | [taps][c] i32                       | [cout][cin_g][taps] i8      |
 //! | avx2         | pairs (`avx2::pack_pairs`)            | [taps][c] i32                       | widened depthwise (below)   |
-//! | avx512vnni   | quads ([`pack_quads`])                | quads, 3x3 columns; [taps][c] i32 for int32 sums | widened depthwise |
+//! | avx512vnni   | quads ([`pack_quads`])                | quads, 3x3 columns; [taps][c] i32 for int32 sums | group quads (`avx512::GroupedQuads`, cin_g % 4 = 0); widened depthwise |
 //! | neon         | i16 by lane (`neon::DenseWeights`)    | i16 blocks of 8 (`arm::depthwise_layout`) | widened depthwise     |
 //! | neondot      | quads, 128 Σw (`neon::DenseWeights`)  | the same as neon                    | widened depthwise           |
 //! | armv7neon    | i16 blocks (`armv7::DenseWeights`)    | i16 blocks of 8 (`arm::depthwise_layout`) | widened depthwise     |
@@ -223,6 +223,10 @@ pub struct GroupedWeights {
     /// SIMD ISAs: the widened depthwise conv's weights, as `ConvKind::Depthwise`
     /// packed for `isa` (None for scalar).
     pub(crate) widened: Option<Box<ConvKind>>,
+    /// VNNI, cin_g a multiple of 4: the direct kernel's quadruples
+    /// ([`avx512::GroupedQuads`]), used for fused convs (int32 sums take the widened path).
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) vnni: Option<avx512::GroupedQuads>,
 }
 
 impl GroupedWeights {
@@ -230,7 +234,18 @@ impl GroupedWeights {
     pub fn new(isa: Isa, w: &[i8], cout: usize, cin_g: usize, cout_g: usize, kh: usize, kw: usize) -> Self {
         assert!(cin_g > 0 && cout_g > 0 && cout.is_multiple_of(cout_g), "cout {cout} in groups of {cout_g}");
         assert_eq!(w.len(), cout * cin_g * kh * kw);
-        let mut g = GroupedWeights { cin_g, cout_g, cout, kh, kw, isa, raw: Vec::new(), widened: None };
+        let mut g = GroupedWeights {
+            cin_g,
+            cout_g,
+            cout,
+            kh,
+            kw,
+            isa,
+            raw: Vec::new(),
+            widened: None,
+            #[cfg(target_arch = "x86_64")]
+            vnni: None,
+        };
         if isa == Isa::Scalar {
             g.raw = w.to_vec();
             return g;
@@ -248,6 +263,10 @@ impl GroupedWeights {
             }
         }
         g.widened = Some(Box::new(ConvKind::Depthwise(DepthwiseWeights::new(isa, &wide, cout, taps))));
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512Vnni {
+            g.vnni = avx512::GroupedQuads::new(w, cout, cin_g, cout_g, kh * kw);
+        }
         g
     }
 
