@@ -7,8 +7,8 @@
 //! the layouts these kernels read: dense weights in quadruples
 //! ([`super::weights::pack_quads`], shared with `sdot`), depthwise weights in
 //! quadruples of taps ([`pack_depthwise_quads`]) and 3x3 columns
-//! ([`depthwise_columns3x3`]), grouped weights in quadruples of each group's inputs
-//! ([`GroupedQuads`]). What has no kernel here (int32 sums of depthwise convs,
+//! ([`depthwise_columns3x3`]); grouped weights in quadruples of each group's inputs
+//! ([`super::weights::GroupQuads`], shared with `sdot`). What has no kernel here (int32 sums of depthwise convs,
 //! standalone requantisation, the quantised Add) runs on the AVX2 kernels.
 //!
 //! Every `unsafe fn` here needs the CPU features of [`available`] (which include AVX2),
@@ -17,7 +17,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{avx2, padded_input, scalar, ConvGeometry, DepthwiseWeights, PackedWeights, Requant, CBLOCK};
+use super::{avx2, padded_input, scalar, ConvGeometry, DepthwiseWeights, GroupQuads, PackedWeights, Requant, CBLOCK};
 use super::{ConvKind, QTensor};
 
 /// Pixels per register tile of the dense kernel.
@@ -779,58 +779,6 @@ unsafe fn dw_group<const SX: usize, const CHECKED: bool, const CLAMP: bool>(
 // ---------------------------------------------------------------------------------
 // Grouped convolutions with cin_g a multiple of 4
 
-/// Grouped weights for [`conv_grouped`] (cin_g a multiple of 4): for each block of 16
-/// output channels, the first input dword its groups read (`d0`), and per quadruple q
-/// of a group's inputs the dword permutation taking a 64-byte load at that dword to
-/// each channel's quadruple (`idx`: lane l reads dword (c / cout_g) cin_g / 4 + q - d0,
-/// c = 16 b + l; lanes past cout read 0); weights [c/16][taps][cin_g/4][16][4]
-/// (zero padded), and Σw per channel for the zero-point correction.
-#[derive(Debug, Clone)]
-pub struct GroupedQuads {
-    pub(crate) cin_g: usize,
-    pub(crate) taps: usize,
-    pub(crate) d0: Vec<usize>,
-    pub(crate) idx: Vec<[u32; 16]>,
-    pub(crate) quads: Vec<i8>,
-    pub(crate) sums: Vec<i32>,
-}
-
-impl GroupedQuads {
-    /// `w` [cout][cin_g][taps] as ONNX stores it; None where cin_g is no multiple of 4
-    /// or a block's groups span more than 16 dwords (one 64-byte load).
-    pub fn new(w: &[i8], cout: usize, cin_g: usize, cout_g: usize, taps: usize) -> Option<Self> {
-        if !cin_g.is_multiple_of(4) || cout == 0 {
-            return None;
-        }
-        let (blocks, q4) = (cout.div_ceil(CBLOCK), cin_g / 4);
-        let first = |c: usize| (c / cout_g) * cin_g / 4;
-        let mut d0 = Vec::with_capacity(blocks);
-        let mut idx = Vec::with_capacity(blocks * q4);
-        for b in 0..blocks {
-            let (c0, c1) = (b * CBLOCK, ((b + 1) * CBLOCK).min(cout));
-            let base = first(c0);
-            if first(c1 - 1) + q4 - base > 16 {
-                return None;
-            }
-            d0.push(base);
-            for q in 0..q4 {
-                idx.push(std::array::from_fn(|l| if c0 + l < c1 { (first(c0 + l) + q - base) as u32 } else { 0 }));
-            }
-        }
-        let mut quads = vec![0i8; blocks * taps * q4 * CBLOCK * 4];
-        for c in 0..cout {
-            let (b, lane) = (c / CBLOCK, c % CBLOCK);
-            for t in 0..taps {
-                for j in 0..cin_g {
-                    quads[(((b * taps + t) * q4 + j / 4) * CBLOCK + lane) * 4 + j % 4] = w[(c * cin_g + j) * taps + t];
-                }
-            }
-        }
-        let sums = (0..cout).map(|c| w[c * cin_g * taps..(c + 1) * cin_g * taps].iter().map(|&v| v as i32).sum()).collect();
-        Some(GroupedQuads { cin_g, taps, d0, idx, quads, sums })
-    }
-}
-
 /// Grouped convolution fused with requantisation, cin_g a multiple of 4: per tap and
 /// block of 16 output channels, one 64-byte load of the input pixel from the block's
 /// first dword, one `vpermd` per quadruple of a group's inputs giving every channel
@@ -840,7 +788,7 @@ impl GroupedQuads {
 /// # Safety
 /// The CPU must have AVX-512 F/BW/VL/VNNI. (The slices are checked here.)
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn conv_grouped(x: &[u8], g: &ConvGeometry, zp_in: u8, w: &GroupedQuads, r: &Requant, scratch: &mut [u8], out: &mut [u8]) {
+pub unsafe fn conv_grouped(x: &[u8], g: &ConvGeometry, zp_in: u8, w: &GroupQuads, r: &Requant, scratch: &mut [u8], out: &mut [u8]) {
     let (x, g) = padded_input(x, g, zp_in, scratch);
     let (cin, cout, taps, q4) = (g.cin, w.sums.len(), w.taps, w.cin_g / 4);
     let blocks = cout.div_ceil(CBLOCK);

@@ -43,6 +43,8 @@ mod tests;
 use std::sync::OnceLock;
 
 pub use scalar::{im2row, quantize_u8, round_half_even};
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub use weights::GroupQuads;
 pub use weights::{ConvKind, DepthwiseWeights, GroupedWeights, PackedWeights, CBLOCK};
 
 /// A u8 tensor as the kernels see it: channels last, one scale and zero point. 3-D volumes keep depth x height in `h`
@@ -287,12 +289,16 @@ pub fn conv(
 ) {
     check_packed(isa, kind);
     if let ConvKind::Grouped(w) = kind {
-        // VNNI with groups of 4k inputs: the direct kernel.
+        // VNNI and `sdot` with groups of 4k inputs: the direct kernels.
         #[cfg(target_arch = "x86_64")]
-        if let (Isa::Avx512Vnni, Some(q)) = (isa.checked(), &w.vnni) {
+        if let (Isa::Avx512Vnni, Some(q)) = (isa.checked(), &w.quads) {
             // SAFETY: `checked` confirmed AVX-512 VNNI on this CPU.
             unsafe { avx512::conv_grouped(x, g, zp, q, r, scratch, out) };
             return;
+        }
+        #[cfg(target_arch = "aarch64")]
+        if let (Isa::NeonDot, Some(q)) = (isa.checked(), &w.quads) {
+            return neon::conv_grouped(x, g, zp, q, r, scratch, out);
         }
         // Any other on a SIMD ISA: its depthwise kernel on the widened input.
         if let Some(inner) = &w.widened {

@@ -126,7 +126,7 @@ fn centred_requant(s: &mut Lcg, acc: &[i32], cout: usize) -> Requant {
 fn grouped_convolutions_equal_scalar_on_random_geometries() {
     let mut s = Lcg::new(31);
     let (mut checked, mut inside, mut total) = (0, 0, 0);
-    // Cases VNNI's direct kernel ran (groups of 4k inputs).
+    // Cases VNNI's or `sdot`'s direct kernel ran (groups of 4k inputs).
     #[allow(unused_mut)]
     let mut direct = 0;
     for _ in 0..250 {
@@ -140,8 +140,8 @@ fn grouped_convolutions_equal_scalar_on_random_geometries() {
         conv(Isa::Scalar, &case.x, &g, case.zp, &scalar_kind, &r, &mut [], &mut vec![0; n], &mut reference);
         for isa in Isa::available() {
             let kind = case.kind(isa);
-            #[cfg(target_arch = "x86_64")]
-            if matches!(&kind, ConvKind::Grouped(w) if w.vnni.is_some()) {
+            #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+            if matches!(&kind, ConvKind::Grouped(w) if w.quads.is_some()) {
                 direct += 1;
             }
             let scratch = conv_scratch_len(&g, &kind) + 64;
@@ -159,7 +159,8 @@ fn grouped_convolutions_equal_scalar_on_random_geometries() {
     }
     assert!(checked > 200);
     assert!(inside * 2 > total, "{inside} of {total} outputs inside the clamp");
-    assert!(direct > 60 || !Isa::Avx512Vnni.is_available(), "{direct} cases on VNNI's direct kernel");
+    let has_direct = Isa::Avx512Vnni.is_available() || Isa::NeonDot.is_available();
+    assert!(direct > 60 || !has_direct, "{direct} cases on a direct kernel");
 }
 
 /// The scalar grouped reference against the definition in f64, on NCHW-style loops

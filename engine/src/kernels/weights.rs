@@ -7,9 +7,9 @@
 //! |--------------|---------------------------------------|-------------------------------------|-----------------------------|
 //! | scalar       | rows [cout][k]                        | [taps][c] i32                       | [cout][cin_g][taps] i8      |
 //! | avx2         | pairs (`avx2::pack_pairs`)            | [taps][c] i32                       | widened depthwise (below)   |
-//! | avx512vnni   | quads ([`pack_quads`])                | quads, 3x3 columns; [taps][c] i32 for int32 sums | group quads (`avx512::GroupedQuads`, cin_g % 4 = 0); widened depthwise |
+//! | avx512vnni   | quads ([`pack_quads`])                | quads, 3x3 columns; [taps][c] i32 for int32 sums | group quads ([`GroupQuads`], cin_g % 4 = 0); widened depthwise |
 //! | neon         | i16 by lane (`neon::DenseWeights`)    | i16 blocks of 8 (`arm::depthwise_layout`) | widened depthwise     |
-//! | neondot      | quads, 128 Σw (`neon::DenseWeights`)  | the same as neon                    | widened depthwise           |
+//! | neondot      | quads, 128 Σw (`neon::DenseWeights`)  | the same as neon                    | group quads, as VNNI; widened depthwise |
 //! | armv7neon    | i16 blocks (`armv7::DenseWeights`)    | i16 blocks of 8 (`arm::depthwise_layout`) | widened depthwise     |
 //!
 //! "Widened depthwise": a grouped conv is run by the SIMD ISAs as a depthwise conv on
@@ -223,10 +223,11 @@ pub struct GroupedWeights {
     /// SIMD ISAs: the widened depthwise conv's weights, as `ConvKind::Depthwise`
     /// packed for `isa` (None for scalar).
     pub(crate) widened: Option<Box<ConvKind>>,
-    /// VNNI, cin_g a multiple of 4: the direct kernel's quadruples
-    /// ([`avx512::GroupedQuads`]), used for fused convs (int32 sums take the widened path).
-    #[cfg(target_arch = "x86_64")]
-    pub(crate) vnni: Option<avx512::GroupedQuads>,
+    /// VNNI and `sdot`, cin_g a multiple of 4 (and each block's groups within 64
+    /// bytes): the direct kernels' quadruples ([`GroupQuads`]), for fused convs (int32
+    /// sums take the widened path).
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    pub(crate) quads: Option<GroupQuads>,
 }
 
 impl GroupedWeights {
@@ -243,8 +244,8 @@ impl GroupedWeights {
             isa,
             raw: Vec::new(),
             widened: None,
-            #[cfg(target_arch = "x86_64")]
-            vnni: None,
+            #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+            quads: None,
         };
         if isa == Isa::Scalar {
             g.raw = w.to_vec();
@@ -265,7 +266,11 @@ impl GroupedWeights {
         g.widened = Some(Box::new(ConvKind::Depthwise(DepthwiseWeights::new(isa, &wide, cout, taps))));
         #[cfg(target_arch = "x86_64")]
         if isa == Isa::Avx512Vnni {
-            g.vnni = avx512::GroupedQuads::new(w, cout, cin_g, cout_g, kh * kw);
+            g.quads = GroupQuads::new(w, cout, cin_g, cout_g, kh * kw);
+        }
+        #[cfg(target_arch = "aarch64")]
+        if isa == Isa::NeonDot {
+            g.quads = GroupQuads::new(w, cout, cin_g, cout_g, kh * kw);
         }
         g
     }
@@ -273,6 +278,60 @@ impl GroupedWeights {
     /// Groups.
     pub fn groups(&self) -> usize {
         self.cout / self.cout_g
+    }
+}
+
+/// Grouped weights for the direct kernels of VNNI (`avx512::conv_grouped`) and `sdot`
+/// (`neon::conv_grouped`), cin_g a multiple of 4: for each block of 16 output channels, the first input dword its groups read (`d0`), and per quadruple q
+/// of a group's inputs the dword permutation taking a 64-byte load at that dword to
+/// each channel's quadruple (`idx`: lane l reads dword (c / cout_g) cin_g / 4 + q - d0,
+/// c = 16 b + l; lanes past cout read 0); weights [c/16][taps][cin_g/4][16][4]
+/// (zero padded), and Σw per channel for the zero-point correction.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[derive(Debug, Clone)]
+pub struct GroupQuads {
+    pub(crate) cin_g: usize,
+    pub(crate) taps: usize,
+    pub(crate) d0: Vec<usize>,
+    pub(crate) idx: Vec<[u32; 16]>,
+    pub(crate) quads: Vec<i8>,
+    pub(crate) sums: Vec<i32>,
+}
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+impl GroupQuads {
+    /// `w` [cout][cin_g][taps] as ONNX stores it; None where cin_g is no multiple of 4
+    /// or a block's groups span more than 16 dwords (one 64-byte load).
+    pub fn new(w: &[i8], cout: usize, cin_g: usize, cout_g: usize, taps: usize) -> Option<Self> {
+        if !cin_g.is_multiple_of(4) || cout == 0 {
+            return None;
+        }
+        let (blocks, q4) = (cout.div_ceil(CBLOCK), cin_g / 4);
+        let first = |c: usize| (c / cout_g) * cin_g / 4;
+        let mut d0 = Vec::with_capacity(blocks);
+        let mut idx = Vec::with_capacity(blocks * q4);
+        for b in 0..blocks {
+            let (c0, c1) = (b * CBLOCK, ((b + 1) * CBLOCK).min(cout));
+            let base = first(c0);
+            if first(c1 - 1) + q4 - base > 16 {
+                return None;
+            }
+            d0.push(base);
+            for q in 0..q4 {
+                idx.push(std::array::from_fn(|l| if c0 + l < c1 { (first(c0 + l) + q - base) as u32 } else { 0 }));
+            }
+        }
+        let mut quads = vec![0i8; blocks * taps * q4 * CBLOCK * 4];
+        for c in 0..cout {
+            let (b, lane) = (c / CBLOCK, c % CBLOCK);
+            for t in 0..taps {
+                for j in 0..cin_g {
+                    quads[(((b * taps + t) * q4 + j / 4) * CBLOCK + lane) * 4 + j % 4] = w[(c * cin_g + j) * taps + t];
+                }
+            }
+        }
+        let sums = (0..cout).map(|c| w[c * cin_g * taps..(c + 1) * cin_g * taps].iter().map(|&v| v as i32).sum()).collect();
+        Some(GroupQuads { cin_g, taps, d0, idx, quads, sums })
     }
 }
 
