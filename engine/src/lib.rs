@@ -459,5 +459,6 @@ fn plane_cout(kind: &ConvKind) -> usize {
     match kind {
         ConvKind::Dense(w) => w.cout,
         ConvKind::Depthwise(w) => w.c,
+        ConvKind::Grouped(w) => w.cout,
     }
 }

@@ -310,15 +310,17 @@ impl Plan {
             .collect()
     }
 
-    /// A one-line description of `step` for profiles, e.g. `conv 3x3/2 depthwise 48 -> 48 at 11x11`.
+    /// A one-line description of `step` for profiles, e.g. `conv 3x3/2 depthwise 48 -> 48 at 11x11`
+    /// or `conv 3x3/1 grouped 4x4 96 -> 96 at 47x47` (inputs x outputs per group).
     pub fn label(&self, step: &Step) -> String {
         let t = |i: usize| self.tensors[i];
         let at = |i: usize| self.shapes[i][2..].iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
         let conv_label = |layout: &ConvLayout, kind: &ConvKind, cin: usize, cout: usize| {
             let k = match (layout, kind) {
-                (ConvLayout::Direct(g), ConvKind::Dense(_)) if g.is_pointwise() => "pointwise",
-                (_, ConvKind::Dense(_)) => "dense",
-                (_, ConvKind::Depthwise(_)) => "depthwise",
+                (ConvLayout::Direct(g), ConvKind::Dense(_)) if g.is_pointwise() => "pointwise".to_string(),
+                (_, ConvKind::Dense(_)) => "dense".to_string(),
+                (_, ConvKind::Depthwise(_)) => "depthwise".to_string(),
+                (_, ConvKind::Grouped(w)) => format!("grouped {}x{}", w.cin_g, w.cout_g),
             };
             format!("conv {} {k} {cin} -> {cout}", layout.describe())
         };

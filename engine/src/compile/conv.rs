@@ -1,5 +1,5 @@
 //! Rule: `Conv(DQ(x), DQ(w int8), bias)` and `ConvTranspose` on a u8 tensor: a pending
-//! conv (2-D dense or depthwise, 3-D, transposed) with its weights packed for the
+//! conv (2-D dense, depthwise or grouped, 3-D, transposed) with its weights packed for the
 //! kernels; activations after it narrow its bounds ([`super::activation`]); the
 //! `QuantizeLinear` after them makes it one fused op: int32 accumulation,
 //! requantisation, the activation as a clamp in the quantised domain (exact:
@@ -9,7 +9,7 @@ use edgemed_onnx::{attr, pb};
 
 use super::{input, invalid, Compiler, Val};
 use crate::error::Result;
-use crate::kernels::{self, ConvGeometry, DepthwiseWeights, PackedWeights, Requant};
+use crate::kernels::{self, ConvGeometry, DepthwiseWeights, GroupedWeights, PackedWeights, Requant};
 use crate::plan::{ConvKind, ConvLayout, ConvOp, FloatConv, Geometry3, Op, QTensor, Step};
 
 impl Compiler<'_> {
@@ -53,8 +53,19 @@ impl Compiler<'_> {
                 _ => return Ok(false),
             },
         };
+        // A conv's channels must split into its groups (ConvTranspose keeps its
+        // own checks: only group 1 is integer).
+        if !transposed && (group == 0 || group.checked_mul(cin_g) != Some(x.c) || !cout.is_multiple_of(group)) {
+            return Err(invalid(format!(
+                "{}: {} input and {cout} output channels do not split into {group} groups with weights {:?}",
+                n.name, x.c, w.shape
+            )));
+        }
         let depthwise = !transposed && sp == 2 && group == x.c && group == cout && cin_g == 1 && group > 1;
-        if !(depthwise || group == 1 && cin_g == x.c) {
+        // Any other 2-D grouping (cin_g inputs, cout / group outputs per group); 3-D
+        // grouped convs stay on the float path.
+        let grouped = !transposed && sp == 2 && group > 1 && !depthwise;
+        if !(depthwise || grouped || group == 1 && cin_g == x.c) {
             return Ok(false);
         }
         let sw = |c: usize| if wscale.len() == 1 { wscale[0] } else { wscale[c] };
@@ -124,6 +135,11 @@ impl Compiler<'_> {
             let g = geometry_2d()?;
             let kind = ConvKind::Depthwise(DepthwiseWeights::new(self.isa, &wq, cout, taps));
             (ConvLayout::Direct(g), kind, vec![0; cout], (out_pixels * cout * taps) as u64)
+        } else if grouped {
+            let g = geometry_2d()?;
+            let kind = ConvKind::Grouped(GroupedWeights::new(self.isa, &wq, cout, cin_g, cout / group, kernel[0], kernel[1]));
+            // Zero-point corrected in the kernels, as depthwise.
+            (ConvLayout::Direct(g), kind, vec![0; cout], (out_pixels * cout * taps * cin_g) as u64)
         } else {
             // [cout][cin][taps...] -> rows [cout][taps...][cin], the im2row (and channels-last) order.
             let k = taps * x.c;

@@ -226,6 +226,86 @@ fn grouped_conv_with_one_channel_per_group_is_depthwise() {
     assert_eq!(plan.shapes[conv.dst], [1, 4, 2, 2]);
 }
 
+/// A grouped conv (escnn's regular-field depthwise layer: `group` fields of cin_g
+/// channels, cout_g outputs each) with bias: one fused integer op labelled with its
+/// grouping, whose output equals the float reference within one step.
+fn grouped_conv_matches_float(group: usize, cin_g: usize, cout_g: usize, h: usize, stride: usize, pads: [usize; 4]) {
+    let (cin, cout) = (group * cin_g, group * cout_g);
+    let mut b = Qdq::new(&[1, cin, h, h]);
+    let x = b.qdq("x", 0.02, 100);
+    let wv: Vec<i8> = (0..cout * cin_g * 9).map(|i| ((i * 37 % 255) as i32 - 127) as i8).collect();
+    let w = b.weight(&[cout, cin_g, 3, 3], &wv, 0.01);
+    let bias_v: Vec<f32> = (0..cout).map(|c| c as f32 * 0.03 - 0.2).collect();
+    let bias = b.f32s(&[cout], &bias_v);
+    let attrs = vec![
+        Attr::Int("group", group as i64),
+        Attr::Ints("strides", vec![stride as i64; 2]),
+        Attr::Ints("pads", pads.iter().map(|&p| p as i64).collect()),
+    ];
+    let c = b.op("Conv", &[&x, &w, &bias], attrs);
+    let y = b.qdq(&c, 0.05, 128);
+    let m = b.model(&y);
+    let plan = compile_best(&m).unwrap();
+    assert_eq!(kinds(&plan), ["quantize", "conv", "dequantize"]);
+    let label = plan.label(&plan.steps[1]);
+    assert!(label.contains(&format!("grouped {cin_g}x{cout_g} {cin} -> {cout}")), "{label}");
+    let (oh, ow) = ((h + pads[0] + pads[2] - 3) / stride + 1, (h + pads[1] + pads[3] - 3) / stride + 1);
+    assert_eq!(plan.steps[1].macs(), (oh * ow * cout * cin_g * 9) as u64);
+    let input = ramp(cin * h * h, -2.0, 2.5);
+    let xq: Vec<f64> = input.iter().map(|&v| fake_quant(v as f64, 0.02, 100) as f64).collect();
+    let mut want = vec![0f32; cout * oh * ow];
+    for co in 0..cout {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut s = bias_v[co] as f64;
+                for j in 0..cin_g {
+                    let ci = (co / cout_g) * cin_g + j;
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            let iy = (oy * stride + ky) as isize - pads[0] as isize;
+                            let ix = (ox * stride + kx) as isize - pads[1] as isize;
+                            if (0..h as isize).contains(&iy) && (0..h as isize).contains(&ix) {
+                                let wq = wv[((co * cin_g + j) * 3 + ky) * 3 + kx] as f64 * 0.01f32 as f64;
+                                s += wq * xq[(ci * h + iy as usize) * h + ix as usize];
+                            }
+                        }
+                    }
+                }
+                want[(co * oh + oy) * ow + ox] = fake_quant(s, 0.05, 128);
+            }
+        }
+    }
+    assert_within_one_step(&run(&m, &input), &want, 0.05);
+}
+
+#[test]
+fn grouped_convs_are_one_fused_integer_op() {
+    // C4 regular fields: 4 in, 4 out per group; stride 1 and 2, symmetric and not.
+    grouped_conv_matches_float(6, 4, 4, 9, 1, [1; 4]);
+    grouped_conv_matches_float(6, 4, 4, 9, 2, [1, 0, 1, 1]);
+    // C8 and C12 fields, and twice as many outputs as inputs per group.
+    grouped_conv_matches_float(2, 8, 8, 7, 1, [1; 4]);
+    grouped_conv_matches_float(2, 12, 12, 6, 2, [0; 4]);
+    grouped_conv_matches_float(3, 4, 8, 8, 1, [1; 4]);
+    // One input per group but several outputs (a channel multiplier).
+    grouped_conv_matches_float(4, 1, 2, 6, 1, [1; 4]);
+}
+
+/// Groups the channels do not split into: Invalid, naming the node.
+#[test]
+fn grouped_convs_of_bad_geometry_are_invalid() {
+    // (input channels, output channels, group, weights' input channels per group)
+    for (cin, cout, group, cin_g) in [(6, 8, 4, 1), (8, 8, 2, 3), (8, 6, 4, 2), (8, 8, 0, 8)] {
+        let mut b = Qdq::new(&[1, cin, 5, 5]);
+        let x = b.qdq("x", 0.1, 128);
+        let w = b.weight(&[cout, cin_g, 3, 3], &vec![1; cout * cin_g * 9], 0.1);
+        let c = b.op("Conv", &[&x, &w], vec![Attr::Int("group", group)]);
+        let y = b.qdq(&c, 0.1, 128);
+        let err = compile_best(&b.model(&y)).unwrap_err();
+        assert!(matches!(&err, Error::Invalid(m) if m.contains(&c) && m.contains("groups")), "{cin} {cout} {group} {cin_g}: {err}");
+    }
+}
+
 #[test]
 fn activations_on_a_tensor_become_one_table() {
     let mut b = Qdq::new(&[1, 3, 4, 4]);

@@ -90,6 +90,7 @@ pub fn conv(x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind, r: &Requant, sc
     match kind {
         ConvKind::Dense(w) => conv_dense(input, &padded, w, Out::U8(r, out), acc),
         ConvKind::Depthwise(w) => conv_depthwise(input, &padded, zp, w, Out::U8(r, out), acc),
+        ConvKind::Grouped(_) => unreachable!("grouped convs run as depthwise on their widened input (kernels::conv)"),
     }
 }
 
@@ -100,6 +101,7 @@ pub fn accumulate(x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind, scratch: 
     match kind {
         ConvKind::Dense(w) => conv_dense(input, &padded, w, Out::I32(acc), &mut []),
         ConvKind::Depthwise(w) => conv_depthwise(input, &padded, zp, w, Out::I32(acc), &mut []),
+        ConvKind::Grouped(_) => unreachable!("grouped convs run as depthwise on their widened input (kernels::conv)"),
     }
 }
 

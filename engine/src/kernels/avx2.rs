@@ -64,6 +64,7 @@ pub unsafe fn accumulate(x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind, sc
         }
         // SAFETY: as above.
         ConvKind::Depthwise(w) => unsafe { depthwise(x, g, zp, &w.w, acc) },
+        ConvKind::Grouped(_) => unreachable!("grouped convs run as depthwise on their widened input (kernels::conv)"),
     }
 }
 

@@ -7,7 +7,8 @@
 //! the layouts these kernels read: dense weights in quadruples
 //! ([`super::weights::pack_quads`], shared with `sdot`), depthwise weights in
 //! quadruples of taps ([`pack_depthwise_quads`]) and 3x3 columns
-//! ([`depthwise_columns3x3`]). What has no kernel here (int32 sums of depthwise convs,
+//! ([`depthwise_columns3x3`]); grouped weights in quadruples of each group's inputs
+//! ([`super::weights::GroupQuads`], shared with `sdot`). What has no kernel here (int32 sums of depthwise convs,
 //! standalone requantisation, the quantised Add) runs on the AVX2 kernels.
 //!
 //! Every `unsafe fn` here needs the CPU features of [`available`] (which include AVX2),
@@ -16,7 +17,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{avx2, padded_input, scalar, ConvGeometry, DepthwiseWeights, PackedWeights, Requant, CBLOCK};
+use super::{avx2, padded_input, scalar, ConvGeometry, DepthwiseWeights, GroupQuads, PackedWeights, Requant, CBLOCK};
 use super::{ConvKind, QTensor};
 
 /// Pixels per register tile of the dense kernel.
@@ -68,6 +69,7 @@ pub unsafe fn conv(x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind, r: &Requ
         match kind {
             ConvKind::Dense(w) => conv_dense(input, &padded, w, DenseOut::U8(r, out)),
             ConvKind::Depthwise(w) => conv_depthwise(input, &padded, zp, w, r, out),
+            ConvKind::Grouped(_) => unreachable!("grouped convs run as depthwise on their widened input (kernels::conv)"),
         }
     }
 }
@@ -88,6 +90,7 @@ pub unsafe fn accumulate(x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind, sc
         }
         // SAFETY: AVX2 is among the caller's obligations.
         ConvKind::Depthwise(w) => unsafe { avx2::depthwise(x, g, zp, &w.w, acc) },
+        ConvKind::Grouped(_) => unreachable!("grouped convs run as depthwise on their widened input (kernels::conv)"),
     }
 }
 
@@ -770,5 +773,73 @@ unsafe fn dw_group<const SX: usize, const CHECKED: bool, const CLAMP: bool>(
             }
         }
         next
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Grouped convolutions with cin_g a multiple of 4
+
+/// Grouped convolution fused with requantisation, cin_g a multiple of 4: per tap and
+/// block of 16 output channels, one 64-byte load of the input pixel from the block's
+/// first dword, one `vpermd` per quadruple of a group's inputs giving every channel
+/// its group's four bytes, one `vpdpbusd`; zp x Σw subtracted once at the end (the
+/// input zero-point padded into `scratch` first, so every tap is read).
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL/VNNI. (The slices are checked here.)
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn conv_grouped(x: &[u8], g: &ConvGeometry, zp_in: u8, w: &GroupQuads, r: &Requant, scratch: &mut [u8], out: &mut [u8]) {
+    let (x, g) = padded_input(x, g, zp_in, scratch);
+    let (cin, cout, taps, q4) = (g.cin, w.sums.len(), w.taps, w.cin_g / 4);
+    let blocks = cout.div_ceil(CBLOCK);
+    assert!(taps == g.kh * g.kw && w.d0.len() == blocks && w.idx.len() == blocks * q4);
+    assert!(w.quads.len() >= blocks * taps * q4 * 64 && requant_covers(r, cout) && out.len() >= g.oh * g.ow * cout);
+    // Every block's dwords lie inside one pixel's cin bytes; the 64-byte load from the
+    // last pixel's block needs 64 bytes past that pixel's first read dword.
+    assert!(
+        w.d0.iter().all(|&d| 4 * d < cin) && x.len() >= (g.h * g.w - 1) * cin + 4 * w.d0[blocks - 1] + 64,
+        "input needs slack past its end"
+    );
+    // SAFETY: the loads read 64 bytes from a tap's pixel (inside the h x w input: the
+    // output geometry keeps receptive fields inside it) plus 4 d0 < cin bytes: at most
+    // the last pixel's + 4 d0[last] + 64, inside x (checked; d0 grows with the block).
+    // Weights: block b's taps x q4 64-byte groups inside `quads` (checked); `idx` and
+    // `d0` are indexed below their checked lengths. Stores: the block's masked
+    // channels of one output pixel inside `out` (checked). The masked parameter loads
+    // stay below cout, which `r` covers (checked). No alignment needed.
+    unsafe {
+        let params: Vec<BlockRequant> = (0..blocks).map(|b| block_requant(r, b * CBLOCK, (cout - b * CBLOCK).min(CBLOCK))).collect();
+        let zsum: Vec<__m512i> = (0..blocks)
+            .map(|b| {
+                _mm512_mullo_epi32(
+                    _mm512_maskz_loadu_epi32(params[b].mask, w.sums.as_ptr().add(b * CBLOCK)),
+                    _mm512_set1_epi32(zp_in as i32),
+                )
+            })
+            .collect();
+        let idx: Vec<__m512i> = w.idx.iter().map(|i| _mm512_loadu_si512(i.as_ptr() as *const _)).collect();
+        let tap_off: Vec<usize> = (0..taps).map(|t| ((t / g.kw) * g.w + t % g.kw) * cin).collect();
+        let zp_out = _mm512_set1_ps(r.out_zp);
+        let (sy, sx) = (g.stride[0], g.stride[1]);
+        for oy in 0..g.oh {
+            for ox in 0..g.ow {
+                let px = x.as_ptr().add(((oy * sy) * g.w + ox * sx) * cin);
+                let o = out.as_mut_ptr().add((oy * g.ow + ox) * cout);
+                for (b, q) in params.iter().enumerate() {
+                    let pb = px.add(4 * w.d0[b]);
+                    let wb = w.quads.as_ptr().add(b * taps * q4 * 64);
+                    let ib = &idx[b * q4..(b + 1) * q4];
+                    let mut acc = _mm512_setzero_si512();
+                    for (t, &off) in tap_off.iter().enumerate() {
+                        let v = _mm512_loadu_si512(pb.add(off) as *const _);
+                        for (qi, &perm) in ib.iter().enumerate() {
+                            let wq = _mm512_loadu_si512(wb.add((t * q4 + qi) * 64) as *const _);
+                            acc = _mm512_dpbusd_epi32(acc, _mm512_permutexvar_epi32(perm, v), wq);
+                        }
+                    }
+                    requantize_store(_mm512_sub_epi32(acc, zsum[b]), q, zp_out, o.add(b * CBLOCK));
+                }
+            }
+        }
     }
 }

@@ -10,7 +10,9 @@
 //! constructor calls [`Isa::detect`]), the weights are packed for it ([`weights`]:
 //! only the layout its kernels read), and every dispatch function below is one
 //! `match` on it. It also owns what the kernels share: [`ConvGeometry`], [`Requant`],
-//! the zero-point padding of inputs.
+//! the zero-point padding of inputs, and the widened input on which every SIMD ISA
+//! runs a grouped conv as its depthwise kernel ([`GroupedWeights`]; the scalar
+//! reference loops over the groups directly).
 //!
 //! Every implementation must give the scalar reference's bits: the arithmetic is
 //! integer until requantisation, which is the same sequence of IEEE float operations
@@ -41,7 +43,9 @@ mod tests;
 use std::sync::OnceLock;
 
 pub use scalar::{im2row, quantize_u8, round_half_even};
-pub use weights::{ConvKind, DepthwiseWeights, PackedWeights, CBLOCK};
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub use weights::GroupQuads;
+pub use weights::{ConvKind, DepthwiseWeights, GroupedWeights, PackedWeights, CBLOCK};
 
 /// A u8 tensor as the kernels see it: channels last, one scale and zero point. 3-D volumes keep depth x height in `h`
 /// (the plan's `shapes` has the NC... shape); the integer ops that care (3-D convs)
@@ -218,7 +222,7 @@ impl ConvGeometry {
 /// Per-channel requantisation parameters of one convolution.
 #[derive(Debug, Clone)]
 pub struct Requant {
-    /// Subtracted from the accumulator (input zero point x Σw; 0 for depthwise, which corrects in the loop).
+    /// Subtracted from the accumulator (input zero point x Σw; 0 for depthwise and grouped, which correct in the loop).
     pub offset: Vec<i32>,
     /// s_x s_w[c] / s_y: one multiplier per channel, as ONNX Runtime's requantisation uses.
     pub mult: Vec<f32>,
@@ -233,6 +237,19 @@ pub struct Requant {
 /// Bytes of scratch [`conv`] needs for `g`: im2row rows (scalar, AVX2) or a padded
 /// copy of the input (VNNI, NEON, armv7 NEON).
 pub fn conv_scratch_len(g: &ConvGeometry, kind: &ConvKind) -> usize {
+    if let ConvKind::Grouped(w) = kind {
+        // The widened input with its slack, then the depthwise kernel's own scratch;
+        // the scalar reference reads the input in place.
+        return match &w.widened {
+            Some(inner) => {
+                let gw = widened_geometry(g, w);
+                // VNNI's direct kernel pads the input into scratch.
+                let padded = (g.h + g.pads[0] + g.pads[2]) * (g.w + g.pads[1] + g.pads[3]) * g.cin;
+                (gw.h * gw.w * gw.cin + WIDE_SLACK + conv_scratch_len(&gw, inner)).max(padded)
+            }
+            None => 0,
+        };
+    }
     let im2row = match kind {
         ConvKind::Dense(_) if !g.is_pointwise() => g.oh * g.ow * g.kh * g.kw * g.cin,
         _ => 0,
@@ -249,6 +266,7 @@ fn check_packed(isa: Isa, kind: &ConvKind) {
     let packed = match kind {
         ConvKind::Dense(w) => w.isa,
         ConvKind::Depthwise(w) => w.isa,
+        ConvKind::Grouped(w) => w.isa,
     };
     assert_eq!(packed, isa, "weights packed for {} run on {}", packed.name(), isa.name());
 }
@@ -270,6 +288,24 @@ pub fn conv(
     out: &mut [u8],
 ) {
     check_packed(isa, kind);
+    if let ConvKind::Grouped(w) = kind {
+        // VNNI and `sdot` with groups of 4k inputs: the direct kernels.
+        #[cfg(target_arch = "x86_64")]
+        if let (Isa::Avx512Vnni, Some(q)) = (isa.checked(), &w.quads) {
+            // SAFETY: `checked` confirmed AVX-512 VNNI on this CPU.
+            unsafe { avx512::conv_grouped(x, g, zp, q, r, scratch, out) };
+            return;
+        }
+        #[cfg(target_arch = "aarch64")]
+        if let (Isa::NeonDot, Some(q)) = (isa.checked(), &w.quads) {
+            return neon::conv_grouped(x, g, zp, q, r, scratch, out);
+        }
+        // Any other on a SIMD ISA: its depthwise kernel on the widened input.
+        if let Some(inner) = &w.widened {
+            let (wide, gw, rest) = widen(x, g, zp, w, scratch);
+            return conv(isa, wide, &gw, zp, inner, r, rest, acc, out);
+        }
+    }
     match isa.checked() {
         Isa::Scalar => scalar::conv(x, g, zp, kind, r, scratch, acc, out),
         // SAFETY: `checked` confirmed AVX2 on this CPU.
@@ -288,9 +324,15 @@ pub fn conv(
 }
 
 /// The int32 sums of a convolution, acc[p][c] = Σ (x - zp) w, zero-point corrected
-/// for depthwise but not for dense (whose correction is `zp * Σw`, done by the caller).
+/// for depthwise and grouped but not for dense (whose correction is `zp * Σw`, done by the caller).
 pub fn accumulate(isa: Isa, x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind, scratch: &mut [u8], acc: &mut [i32]) {
     check_packed(isa, kind);
+    // Grouped on a SIMD ISA: its depthwise kernel on the widened input.
+    if let ConvKind::Grouped(GroupedWeights { widened: Some(inner), .. }) = kind {
+        let ConvKind::Grouped(w) = kind else { unreachable!() };
+        let (wide, gw, rest) = widen(x, g, zp, w, scratch);
+        return accumulate(isa, wide, &gw, zp, inner, rest, acc);
+    }
     match isa.checked() {
         Isa::Scalar => scalar::accumulate(x, g, zp, kind, scratch, acc),
         // SAFETY: `checked` confirmed AVX2 on this CPU.
@@ -421,4 +463,54 @@ pub fn pad_nhwc(x: &[u8], h: usize, w: usize, c: usize, pads: [usize; 4], zp: u8
     }
     out[(pads[0] + h) * row..hp * row].fill(zp);
     (hp, wp)
+}
+
+/// Bytes past the widened input of a grouped conv (the slack the `conv` contract
+/// promises its input), filled with the zero point.
+const WIDE_SLACK: usize = 64;
+
+/// The depthwise conv a grouped conv `g` is on its widened input (see
+/// [`GroupedWeights`]): the zero-point padded input's height, its width times cin_g
+/// columns of cout channels; kernel kh x (kw cin_g), stride (sy, sx cin_g), no padding.
+/// Its output has `g`'s pixels: (wp cin_g - kw cin_g) / (sx cin_g) = (wp - kw) / sx.
+fn widened_geometry(g: &ConvGeometry, w: &GroupedWeights) -> ConvGeometry {
+    let (hp, wp) = (g.h + g.pads[0] + g.pads[2], g.w + g.pads[1] + g.pads[3]);
+    let gw = ConvGeometry::new(hp, wp * w.cin_g, w.cout, g.kh, g.kw * w.cin_g, [g.stride[0], g.stride[1] * w.cin_g], [0; 4])
+        .expect("a valid conv's widened geometry is valid");
+    debug_assert_eq!((gw.oh, gw.ow), (g.oh, g.ow));
+    gw
+}
+
+/// Writes the widened input of grouped conv `g` at the start of `scratch`:
+/// xw[y][x cin_g + j][c] = x[y][x][(c / cout_g) cin_g + j] on the zero-point padded
+/// input, then WIDE_SLACK bytes of zero point. Returns it, its geometry and the rest
+/// of `scratch` (the depthwise kernel's).
+fn widen<'a>(x: &[u8], g: &ConvGeometry, zp: u8, w: &GroupedWeights, scratch: &'a mut [u8]) -> (&'a [u8], ConvGeometry, &'a mut [u8]) {
+    let gw = widened_geometry(g, w);
+    let (cin_g, cout_g, cout) = (w.cin_g, w.cout_g, w.cout);
+    assert!(w.kh == g.kh && w.kw == g.kw && w.groups() * cin_g == g.cin, "grouped weights for another geometry");
+    let len = gw.h * gw.w * gw.cin;
+    assert!(scratch.len() >= len + WIDE_SLACK, "scratch too short for the widened input");
+    assert!(x.len() >= g.h * g.w * g.cin);
+    let (wide, rest) = scratch.split_at_mut(len + WIDE_SLACK);
+    // One padded input pixel: cin_g columns of cout bytes, dst[t] = src[from[t]].
+    let per_pixel = cin_g * cout;
+    let from: Vec<u32> = (0..per_pixel).map(|t| (((t % cout) / cout_g) * cin_g + t / cout) as u32).collect();
+    let wp = g.w + g.pads[1] + g.pads[3];
+    for (y, row) in wide[..len].chunks_exact_mut(wp * per_pixel).enumerate() {
+        let iy = y.wrapping_sub(g.pads[0]);
+        for (xx, dst) in row.chunks_exact_mut(per_pixel).enumerate() {
+            let ix = xx.wrapping_sub(g.pads[1]);
+            if iy >= g.h || ix >= g.w {
+                dst.fill(zp);
+                continue;
+            }
+            let src = &x[(iy * g.w + ix) * g.cin..(iy * g.w + ix + 1) * g.cin];
+            for (d, &f) in dst.iter_mut().zip(&from) {
+                *d = src[f as usize];
+            }
+        }
+    }
+    wide[len..].fill(zp);
+    (&*wide, gw, rest)
 }

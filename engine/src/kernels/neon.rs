@@ -17,7 +17,8 @@
 //!
 //! Layouts (packed once, for the chosen ISA): `neon` reads [`DenseWeights`]' i16
 //! weights, `neondot` the quadruples of [`super::weights::pack_quads`] (shared with
-//! VNNI) and [`DenseWeights`]' 128 Σw; depthwise kernels read [`super::arm::depthwise_layout`].
+//! VNNI) and [`DenseWeights`]' 128 Σw; depthwise kernels read [`super::arm::depthwise_layout`];
+//! `neondot`'s grouped kernel ([`conv_grouped`]) [`GroupQuads`] (shared with VNNI).
 //! NEON is part of the aarch64 baseline; the `unsafe fn`s here need only what their
 //! `# Safety` sections say about memory (and `sdot` the dot-product extension, checked
 //! by [`dense_checked`]).
@@ -27,7 +28,7 @@ use std::arch::asm;
 
 use super::arm::{depthwise_bounds, depthwise_i32, gemm_in_place, Rows, DW};
 use super::scalar::{self, quantize_u8};
-use super::{pad_nhwc, padded_input, ConvGeometry, DepthwiseWeights, PackedWeights, Requant, CBLOCK};
+use super::{padded_input, ConvGeometry, DepthwiseWeights, GroupQuads, PackedWeights, Requant, CBLOCK};
 use super::{ConvKind, QTensor};
 
 /// Whether this CPU has `sdot` (`neondot`); plain NEON is part of every aarch64 CPU.
@@ -201,6 +202,7 @@ pub fn conv(dot: bool, x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind, r: &
     match kind {
         ConvKind::Dense(w) => conv_dense(dot, input, &padded, w, Out::U8(r, out)),
         ConvKind::Depthwise(w) => conv_depthwise(input, &padded, zp, w, Out::U8(r, out)),
+        ConvKind::Grouped(_) => unreachable!("grouped convs run as depthwise on their widened input (kernels::conv)"),
     }
 }
 
@@ -211,6 +213,7 @@ pub fn accumulate(dot: bool, x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind
     match kind {
         ConvKind::Dense(w) => conv_dense(dot, input, &padded, w, Out::I32(acc)),
         ConvKind::Depthwise(w) => conv_depthwise(input, &padded, zp, w, Out::I32(acc)),
+        ConvKind::Grouped(_) => unreachable!("grouped convs run as depthwise on their widened input (kernels::conv)"),
     }
 }
 
@@ -676,6 +679,96 @@ pub fn conv_depthwise(x: &[u8], g: &ConvGeometry, zp: u8, w: &DepthwiseWeights, 
 /// beyond i16 (never from s8 models) go to the scalar reference.
 pub fn depthwise(x: &[u8], g: &ConvGeometry, zp: u8, w: &[i32], acc: &mut [i32]) {
     depthwise_i32(x, g, zp, w, acc, |x, g, w, sums, acc| depthwise_checked(x, g, zp, w, sums, Out::I32(acc)))
+}
+
+// ---------------------------------------------------------------------------------
+// Grouped convolution (`sdot`)
+
+/// `sdot` by vector: each int32 lane of `acc` += the dot product of its 4 bytes of `w`
+/// with its 4 bytes of `x`.
+///
+/// # Safety
+/// The CPU must have the dot-product extension (`has_dotprod`).
+#[inline(always)]
+unsafe fn sdot_vec(acc: int32x4_t, w: int8x16_t, x: int8x16_t) -> int32x4_t {
+    // SAFETY: one `sdot` on registers (no memory, stack or flags), on a CPU with the
+    // dot-product extension (the caller's obligation).
+    unsafe {
+        let mut a = acc;
+        asm!(
+            ".arch_extension dotprod",
+            "sdot {a:v}.4s, {w:v}.16b, {x:v}.16b",
+            a = inout(vreg) a,
+            w = in(vreg) w,
+            x = in(vreg) x,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+        a
+    }
+}
+
+/// Grouped convolution fused with requantisation with `sdot`, cin_g a multiple of 4
+/// (the VNNI kernel's scheme): per tap and block of 16 output channels, one 64-byte
+/// load of the input pixel from the block's first dword (bytes flipped to x - 128 as
+/// s8), per 4 channels and quadruple of a group's inputs one `tbl` of those 4
+/// registers giving each channel its group's 4 bytes, one `sdot`; (128 - zp) Σw
+/// added once at the end (the input zero-point padded into `scratch` first, so every
+/// tap is read).
+pub fn conv_grouped(x: &[u8], g: &ConvGeometry, zp: u8, w: &GroupQuads, r: &Requant, scratch: &mut [u8], out: &mut [u8]) {
+    assert!(has_dotprod(), "sdot kernels on a CPU without the dot-product extension");
+    let (x, g) = padded_input(x, g, zp, scratch);
+    let (cin, cout, taps, q4) = (g.cin, w.sums.len(), w.taps, w.cin_g / 4);
+    let blocks = cout.div_ceil(CBLOCK);
+    assert!(taps == g.kh * g.kw && w.d0.len() == blocks && w.idx.len() == blocks * q4);
+    assert!(w.quads.len() >= blocks * taps * q4 * 64 && r.mult.len() == cout && out.len() >= g.oh * g.ow * cout);
+    assert!(
+        w.d0.iter().all(|&d| 4 * d < cin) && x.len() >= (g.h * g.w - 1) * cin + 4 * w.d0[blocks - 1] + 64,
+        "input needs slack past its end"
+    );
+    let q = quad_params(cout, CBLOCK, Some(r), |c| (128 - zp as i32).wrapping_mul(w.sums[c]));
+    // Byte 4l + k of table (b q4 + qi) 4 + gi: byte k of the dword channel 16 b + 4 gi + l reads.
+    let tables: Vec<[u8; 16]> =
+        w.idx.iter().flat_map(|i| (0..4).map(move |gi| std::array::from_fn(|n| (4 * i[4 * gi + n / 4] + n as u32 % 4) as u8))).collect();
+    let tap_off: Vec<usize> = (0..taps).map(|t| ((t / g.kw) * g.w + t % g.kw) * cin).collect();
+    let (sy, sx) = (g.stride[0], g.stride[1]);
+    // SAFETY: the 64-byte loads start at a tap's pixel (inside the h x w input: the
+    // output geometry keeps receptive fields inside it) plus 4 d0 < cin bytes: at most
+    // the last pixel's + 4 d0[last], 64 bytes inside x (checked; d0 grows with the
+    // block). Weights: block b's taps x q4 64-byte groups inside `quads` (checked);
+    // `tables` holds blocks q4 4 entries. Stores: the block's channels below cout of
+    // one output pixel inside `out` (checked); `q` holds 4 entries per block. `sdot`
+    // needs the dot-product extension (checked above).
+    unsafe {
+        let tbl: Vec<uint8x16_t> = tables.iter().map(|t| vld1q_u8(t.as_ptr())).collect();
+        let flip = vdupq_n_u8(0x80);
+        let zp_out = vdupq_n_f32(r.out_zp);
+        let dst = Dst::U8(out.as_mut_ptr());
+        for oy in 0..g.oh {
+            for ox in 0..g.ow {
+                let px = x.as_ptr().add(((oy * sy) * g.w + ox * sx) * cin);
+                let at = (oy * g.ow + ox) * cout;
+                for b in 0..blocks {
+                    let pb = px.add(4 * w.d0[b]);
+                    let wb = w.quads.as_ptr().add(b * taps * q4 * 64);
+                    let tb = &tbl[b * q4 * 4..(b + 1) * q4 * 4];
+                    let mut acc = [vdupq_n_s32(0); 4];
+                    for (t, &off) in tap_off.iter().enumerate() {
+                        let v = vld1q_u8_x4(pb.add(off));
+                        let v = uint8x16x4_t(veorq_u8(v.0, flip), veorq_u8(v.1, flip), veorq_u8(v.2, flip), veorq_u8(v.3, flip));
+                        for qi in 0..q4 {
+                            let wq = wb.add((t * q4 + qi) * 64);
+                            for (gi, a) in acc.iter_mut().enumerate() {
+                                let xq = vreinterpretq_s8_u8(vqtbl4q_u8(v, tb[qi * 4 + gi]));
+                                *a = sdot_vec(*a, vld1q_s8(wq.add(gi * 16)), xq);
+                            }
+                        }
+                    }
+                    let nc = (cout - b * CBLOCK).min(CBLOCK);
+                    store::<4>(&acc, &q[b * 4..b * 4 + 4], nc, zp_out, dst, at + b * CBLOCK);
+                }
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------

@@ -1,11 +1,12 @@
 //! The portable reference kernels: what every machine can run, and what every other
 //! implementation must match bit for bit. Plain loops on the scalar layouts: dense
 //! weights as rows [cout][k] (im2row for kernels larger than 1x1), depthwise weights
-//! as [taps][c] int32 ([`pack_depthwise`]), requantisation and input quantisation in
+//! as [taps][c] int32 ([`pack_depthwise`]), grouped weights as ONNX stores them
+//! ([`grouped`]: the direct loops the SIMD ISAs' widened depthwise must match), requantisation and input quantisation in
 //! the IEEE float operations ONNX Runtime's QDQ arithmetic amounts to. The AVX2 file
 //! compiles the `#[inline(always)]` loops of this one for AVX2.
 
-use super::{ConvGeometry, PackedWeights, Requant};
+use super::{ConvGeometry, GroupedWeights, PackedWeights, Requant};
 use super::{ConvKind, QTensor};
 
 /// Depthwise weights `w` ([c][taps], as ONNX stores them) as [taps][c] int32, the
@@ -43,6 +44,42 @@ pub fn accumulate(x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind, scratch: 
             gemm(input, g.oh * g.ow, w, acc);
         }
         ConvKind::Depthwise(w) => depthwise(x, g, zp, &w.w, acc),
+        ConvKind::Grouped(w) => grouped(x, g, zp, w, acc),
+    }
+}
+
+/// Grouped convolution, the reference: acc[p][c] = Σ_taps Σ_{j < cin_g}
+/// (x[p, tap][(c / cout_g) cin_g + j] - zp) w[c][j][tap], padding contributing 0;
+/// `w.raw` is [cout][cin_g][kh][kw] as ONNX stores it.
+pub fn grouped(x: &[u8], g: &ConvGeometry, zp: u8, w: &GroupedWeights, acc: &mut [i32]) {
+    let (cin_g, cout_g, cout) = (w.cin_g, w.cout_g, w.cout);
+    assert!(w.raw.len() >= cout * cin_g * g.kh * g.kw, "weights packed without the scalar layout");
+    assert!(w.kh == g.kh && w.kw == g.kw && w.groups() * cin_g == g.cin, "grouped weights for another geometry");
+    let zp = zp as i32;
+    for oy in 0..g.oh {
+        for ox in 0..g.ow {
+            for c in 0..cout {
+                let first = (c / cout_g) * cin_g;
+                let mut sum = 0i32;
+                for i in 0..g.kh {
+                    let iy = (oy * g.stride[0] + i) as isize - g.pads[0] as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        continue;
+                    }
+                    for k in 0..g.kw {
+                        let ix = (ox * g.stride[1] + k) as isize - g.pads[1] as isize;
+                        if ix < 0 || ix >= g.w as isize {
+                            continue;
+                        }
+                        let px = (iy as usize * g.w + ix as usize) * g.cin + first;
+                        for j in 0..cin_g {
+                            sum += (x[px + j] as i32 - zp) * w.raw[((c * cin_g + j) * g.kh + i) * g.kw + k] as i32;
+                        }
+                    }
+                }
+                acc[(oy * g.ow + ox) * cout + c] = sum;
+            }
+        }
     }
 }
 

@@ -1,11 +1,12 @@
 //! Test-only generators shared by every kernel family's property tests (`tests.rs`,
 //! and the architecture files' own tests): one seeded LCG, random convolution cases
-//! (geometry, input, zero point, raw weights with extreme values) and random
+//! (geometry, input, zero point, raw weights with extreme values; dense and
+//! depthwise, or grouped) and random
 //! requantisation parameters. The weights come raw, as the compiler hands them to the
 //! packing, so that each case is packed once per ISA under test.
 
 use super::ConvKind;
-use super::{ConvGeometry, DepthwiseWeights, Isa, PackedWeights, Requant};
+use super::{ConvGeometry, DepthwiseWeights, GroupedWeights, Isa, PackedWeights, Requant};
 
 /// A seeded linear congruential generator (Knuth's MMIX constants), upper 31 bits.
 #[derive(Debug, Clone)]
@@ -106,6 +107,67 @@ pub fn conv_case(s: &mut Lcg, spec: &ConvSpec) -> Option<ConvCase> {
     let n = if depthwise { cin * kh * kw } else { cout * kh * kw * cin };
     let w: Vec<i8> = (0..n).map(|i| if i % spec.extreme_every == 0 { -128 } else { s.i8() }).collect();
     Some(ConvCase { depthwise, g, cout, x, zp, w })
+}
+
+/// A random grouped 2-D convolution.
+#[derive(Debug, Clone)]
+pub struct GroupedCase {
+    pub g: ConvGeometry,
+    pub cin_g: usize,
+    pub cout_g: usize,
+    pub groups: usize,
+    /// NHWC input (groups x cin_g channels) with 64 bytes of slack past its data.
+    pub x: Vec<u8>,
+    pub zp: u8,
+    /// [cout][cin_g][kh][kw], as ONNX stores them.
+    pub w: Vec<i8>,
+}
+
+impl GroupedCase {
+    pub fn cout(&self) -> usize {
+        self.groups * self.cout_g
+    }
+
+    /// The weights packed for `isa`.
+    pub fn kind(&self, isa: Isa) -> ConvKind {
+        ConvKind::Grouped(GroupedWeights::new(isa, &self.w, self.cout(), self.cin_g, self.cout_g, self.g.kh, self.g.kw))
+    }
+
+    /// Output values: pixels x cout.
+    pub fn outputs(&self) -> usize {
+        self.g.oh * self.g.ow * self.cout()
+    }
+}
+
+/// Channels per group: the escnn regular fields' 4, 8, 12, the extremes 1, 2, 16, or
+/// anything in 1..=16; outputs per group the same as inputs (half the cases), twice
+/// (a quarter) or anything in 1..=16. Kernels 1, 3 or 5 (square but one case in four),
+/// strides 1 or 2 each way, pads 0..=k/2 per side, 1..=max_groups groups.
+pub fn grouped_case(s: &mut Lcg, max_hw: usize, max_groups: usize) -> Option<GroupedCase> {
+    let cin_g = if s.coin() { s.pick(&[1, 2, 4, 8, 12, 16]) } else { 1 + s.below(16) };
+    let cout_g = match s.below(4) {
+        0 | 1 => cin_g,
+        2 => 2 * cin_g,
+        _ => 1 + s.below(16),
+    };
+    let groups = 1 + s.below(max_groups);
+    let (h, w) = (1 + s.below(max_hw), 1 + s.below(max_hw));
+    let kh = s.pick(&[1, 3, 3, 5]);
+    let kw = if s.below(4) == 0 { s.pick(&[1, 3, 5]) } else { kh };
+    let stride = [1 + s.below(2), 1 + s.below(2)];
+    let pads: [usize; 4] = std::array::from_fn(|i| s.below([kh, kw][i % 2] / 2 + 1));
+    let cin = groups * cin_g;
+    let g = ConvGeometry::new(h, w, cin, kh, kw, stride, pads)?;
+    let extreme = s.below(4);
+    let x: Vec<u8> = (0..h * w * cin + 64).map(|i| if extreme == 0 && i % 3 == 0 { 255 } else { s.u8() }).collect();
+    let zp = match s.below(4) {
+        0 => 0,
+        1 => 255,
+        _ => s.u8(),
+    };
+    let n = groups * cout_g * cin_g * kh * kw;
+    let w: Vec<i8> = (0..n).map(|i| if extreme < 2 && i % 5 == 0 { -128 } else { s.i8() }).collect();
+    Some(GroupedCase { g, cin_g, cout_g, groups, x, zp, w })
 }
 
 /// Requantisation parameters of `c` channels: offsets anywhere in i16, multipliers

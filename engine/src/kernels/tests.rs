@@ -1,13 +1,13 @@
 //! The property tests of every kernel family against the scalar reference, for every
 //! implementation this CPU has ([`Isa::available`]; the scalar one checks itself):
 //! dense products, fused convolutions (dense and depthwise, any kernel, strides and
-//! padding), the VNNI-shaped 3x3 depthwise case with extreme values, int32 sums,
+//! padding; grouped, with the scalar reference itself checked against f64 loops), the VNNI-shaped 3x3 depthwise case with extreme values, int32 sums,
 //! standalone depthwise and requantisation, input quantisation and the quantised
 //! Add. Random cases come from [`super::testgen`]; weights are packed once per ISA,
 //! as the compiler packs them. What only one architecture can differ in (armv7's
 //! subnormal flushing) is tested in that architecture's file.
 
-use super::testgen::{conv_case, random_requant, ConvSpec, Lcg};
+use super::testgen::{conv_case, grouped_case, random_requant, ConvSpec, GroupedCase, Lcg};
 use super::*;
 use super::{ConvKind, QTensor};
 
@@ -102,6 +102,123 @@ fn convolutions_equal_scalar_on_random_geometries() {
     assert!(checked > 100);
     // Most outputs unsaturated: the comparisons say something.
     assert!(inside * 2 > total, "{inside} of {total} outputs inside the clamp");
+}
+
+/// Requantisation of `case`'s sums `acc` scaled and centred on them (most outputs
+/// inside the clamp, so that comparisons say something).
+fn centred_requant(s: &mut Lcg, acc: &[i32], cout: usize) -> Requant {
+    let mut r = random_requant(s, cout);
+    let (mean, sd) = spread(acc);
+    r.offset.fill(0);
+    for c in 0..cout {
+        r.mult[c] *= (40.0 / sd / 0.01) as f32;
+        r.bias[c] = (-mean * r.mult[c] as f64) as f32 + r.bias[c] * 0.1;
+    }
+    r.out_zp = 128.0;
+    r
+}
+
+/// Grouped convolutions (cin_g and cout_g in 1..=16, equal or not; kernels 1, 3, 5;
+/// strides 1, 2; any padding; extreme inputs, weights and zero points) on every
+/// implementation this CPU has, against the scalar reference: fused with
+/// requantisation, and the int32 sums; scratch, accumulators and outputs start dirty.
+#[test]
+fn grouped_convolutions_equal_scalar_on_random_geometries() {
+    let mut s = Lcg::new(31);
+    let (mut checked, mut inside, mut total) = (0, 0, 0);
+    // Cases VNNI's or `sdot`'s direct kernel ran (groups of 4k inputs).
+    #[allow(unused_mut)]
+    let mut direct = 0;
+    for _ in 0..250 {
+        let Some(case) = grouped_case(&mut s, 11, 5) else { continue };
+        let (g, n, cout) = (case.g, case.outputs(), case.cout());
+        let scalar_kind = case.kind(Isa::Scalar);
+        let mut acc = vec![0x5a5a_5a5a; n];
+        accumulate(Isa::Scalar, &case.x, &g, case.zp, &scalar_kind, &mut [], &mut acc);
+        let r = centred_requant(&mut s, &acc, cout);
+        let mut reference = vec![0u8; n];
+        conv(Isa::Scalar, &case.x, &g, case.zp, &scalar_kind, &r, &mut [], &mut vec![0; n], &mut reference);
+        for isa in Isa::available() {
+            let kind = case.kind(isa);
+            #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+            if matches!(&kind, ConvKind::Grouped(w) if w.quads.is_some()) {
+                direct += 1;
+            }
+            let scratch = conv_scratch_len(&g, &kind) + 64;
+            let mut out = vec![0xa5u8; n];
+            conv(isa, &case.x, &g, case.zp, &kind, &r, &mut vec![0x5a; scratch], &mut vec![0x5a5a_5a5a; n], &mut out);
+            let what = format!("{isa:?} {}x{} in {} groups {g:?} zp {}", case.cin_g, case.cout_g, case.groups, case.zp);
+            assert_eq!(reference, out, "{what}");
+            let mut sums = vec![0x5a5a_5a5a; n];
+            accumulate(isa, &case.x, &g, case.zp, &kind, &mut vec![0xa5; scratch], &mut sums);
+            assert_eq!(acc, sums, "int32 sums, {what}");
+        }
+        inside += reference.iter().filter(|&&v| v > r.lo[0] && v < 235).count();
+        total += n;
+        checked += 1;
+    }
+    assert!(checked > 200);
+    assert!(inside * 2 > total, "{inside} of {total} outputs inside the clamp");
+    let has_direct = Isa::Avx512Vnni.is_available() || Isa::NeonDot.is_available();
+    assert!(direct > 60 || !has_direct, "{direct} cases on a direct kernel");
+}
+
+/// The scalar grouped reference against the definition in f64, on NCHW-style loops
+/// over groups (a different order from the kernel's): the int32 sums exactly, and the
+/// requantised outputs within one step of (Σ (x - zp) s_x w s_w + bias) / s_y
+/// rounded half to even.
+#[test]
+fn scalar_grouped_conv_equals_float_definition() {
+    let mut s = Lcg::new(37);
+    for _ in 0..120 {
+        let Some(case) = grouped_case(&mut s, 9, 4) else { continue };
+        let GroupedCase { g, cin_g, cout_g, groups, .. } = case;
+        let (n, cout) = (case.outputs(), case.cout());
+        let mut acc = vec![0; n];
+        scalar::accumulate(&case.x, &g, case.zp, &case.kind(Isa::Scalar), &mut [], &mut acc);
+        let (sx, sw, sy) = (0.02f64, 0.003f64, 0.05f64);
+        let bias: Vec<f64> = (0..cout).map(|c| c as f64 * 0.01 - 0.1).collect();
+        let r = Requant {
+            offset: vec![0; cout],
+            mult: vec![(sx * sw / sy) as f32; cout],
+            bias: bias.iter().map(|b| (b / sy) as f32).collect(),
+            out_zp: 100.0,
+            lo: vec![0; cout],
+            hi: vec![255; cout],
+        };
+        let mut out = vec![0u8; n];
+        scalar::requantize(&acc, cout, &r, &mut out);
+        for gi in 0..groups {
+            for o in 0..cout_g {
+                let c = gi * cout_g + o;
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let mut sum = 0f64;
+                        for j in 0..cin_g {
+                            for i in 0..g.kh {
+                                for k in 0..g.kw {
+                                    let (iy, ix) = (
+                                        (oy * g.stride[0] + i) as f64 - g.pads[0] as f64,
+                                        (ox * g.stride[1] + k) as f64 - g.pads[1] as f64,
+                                    );
+                                    if iy < 0.0 || ix < 0.0 || iy >= g.h as f64 || ix >= g.w as f64 {
+                                        continue;
+                                    }
+                                    let xv = case.x[(iy as usize * g.w + ix as usize) * g.cin + gi * cin_g + j] as f64 - case.zp as f64;
+                                    sum += xv * sx * case.w[((c * cin_g + j) * g.kh + i) * g.kw + k] as f64 * sw;
+                                }
+                            }
+                        }
+                        let p = oy * g.ow + ox;
+                        assert_eq!(acc[p * cout + c] as f64, (sum / (sx * sw)).round(), "sum at {p} {c}, {g:?}");
+                        let want = ((sum + bias[c]) / sy).round_ties_even() + 100.0;
+                        let got = out[p * cout + c] as f64;
+                        assert!((got - want.clamp(0.0, 255.0)).abs() <= 1.0, "{got} for {want} at {p} {c}, {g:?}");
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// 3x3 depthwise convolutions (the fused VNNI kernel's case) on every implementation,
@@ -287,6 +404,37 @@ fn input_quantisation_and_add_equal_scalar() {
         for isa in Isa::available() {
             add_quantized(isa, &xa, &ta, &xb, &tb, &to, &mut b);
             assert_eq!(a, b, "{isa:?}");
+        }
+    }
+}
+
+/// Times a C4-style grouped 3x3 layer (96 channels in 24 fields of 4, 47x47, pad 1)
+/// on every implementation: `cargo test --release -p edgemed-engine --lib
+/// grouped_speed -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn grouped_speed() {
+    let mut s = Lcg::new(41);
+    let (groups, cin_g, cout_g, h) = (24, 4, 4, 47);
+    let (cin, cout) = (groups * cin_g, groups * cout_g);
+    for stride in [1, 2] {
+        let g = ConvGeometry::new(h, h, cin, 3, 3, [stride; 2], [1; 4]).unwrap();
+        let x: Vec<u8> = (0..h * h * cin + 64).map(|_| s.u8()).collect();
+        let w: Vec<i8> = (0..cout * cin_g * 9).map(|_| s.i8()).collect();
+        let case = GroupedCase { g, cin_g, cout_g, groups, x, zp: 113, w };
+        let r = random_requant(&mut s, cout);
+        let n = case.outputs();
+        for isa in Isa::available() {
+            let kind = case.kind(isa);
+            let (mut scratch, mut acc, mut out) = (vec![0u8; conv_scratch_len(&g, &kind) + 64], vec![0; n], vec![0u8; n]);
+            let reps = if isa == Isa::Scalar { 10 } else { 100 };
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                conv(isa, &case.x, &g, case.zp, &kind, &r, &mut scratch, &mut acc, &mut out);
+            }
+            let dt = t.elapsed().as_secs_f64() / reps as f64;
+            let macs = (n * cin_g * 9) as f64;
+            eprintln!("stride {stride} {:>10}: {:8.3} ms, {:5.2} GMAC/s", isa.name(), dt * 1e3, macs / dt / 1e9);
         }
     }
 }

@@ -3,14 +3,19 @@
 //! reads it), plus the per-channel sums of the zero-point corrections. Running a
 //! kernel on weights packed for another ISA panics.
 //!
-//! | ISA          | dense                                 | depthwise                           |
-//! |--------------|---------------------------------------|-------------------------------------|
-//! | scalar       | rows [cout][k]                        | [taps][c] i32                       |
-//! | avx2         | pairs (`avx2::pack_pairs`)            | [taps][c] i32                       |
-//! | avx512vnni   | quads ([`pack_quads`])                | quads, 3x3 columns; [taps][c] i32 for int32 sums |
-//! | neon         | i16 by lane (`neon::DenseWeights`)    | i16 blocks of 8 (`arm::depthwise_layout`) |
-//! | neondot      | quads, 128 Σw (`neon::DenseWeights`)  | the same as neon                    |
-//! | armv7neon    | i16 blocks (`armv7::DenseWeights`)    | i16 blocks of 8 (`arm::depthwise_layout`) |
+//! | ISA          | dense                                 | depthwise                           | grouped                     |
+//! |--------------|---------------------------------------|-------------------------------------|-----------------------------|
+//! | scalar       | rows [cout][k]                        | [taps][c] i32                       | [cout][cin_g][taps] i8      |
+//! | avx2         | pairs (`avx2::pack_pairs`)            | [taps][c] i32                       | widened depthwise (below)   |
+//! | avx512vnni   | quads ([`pack_quads`])                | quads, 3x3 columns; [taps][c] i32 for int32 sums | group quads ([`GroupQuads`], cin_g % 4 = 0); widened depthwise |
+//! | neon         | i16 by lane (`neon::DenseWeights`)    | i16 blocks of 8 (`arm::depthwise_layout`) | widened depthwise     |
+//! | neondot      | quads, 128 Σw (`neon::DenseWeights`)  | the same as neon                    | group quads, as VNNI; widened depthwise |
+//! | armv7neon    | i16 blocks (`armv7::DenseWeights`)    | i16 blocks of 8 (`arm::depthwise_layout`) | widened depthwise     |
+//!
+//! "Widened depthwise": a grouped conv is run by the SIMD ISAs as a depthwise conv on
+//! a widened copy of its input ([`GroupedWeights::widened`]), so its weights are that
+//! depthwise conv's, [`DepthwiseWeights`] of cout channels and kh x (kw cin_g) taps,
+//! in the ISA's depthwise layout.
 
 #[cfg(target_arch = "x86_64")]
 use super::{avx2, avx512};
@@ -190,9 +195,151 @@ impl DepthwiseWeights {
     }
 }
 
+/// Weights of a grouped 2-D convolution: `cout / cout_g` groups, each reading
+/// `cin_g` input channels into `cout_g` output channels (neither dense, group 1, nor
+/// depthwise, one channel in and out per group).
+///
+/// The SIMD ISAs run it as a depthwise conv on a widened input: with xw[y][x cin_g + j][c]
+/// = x[y][x][(c / cout_g) cin_g + j] (the zero-point padded input, each pixel repeated
+/// as cin_g columns, column j holding, for every output channel, input j of its group),
+/// out[p][c] = Σ_{i,k,j} (xw[oy sy + i][(ox sx + k) cin_g + j][c] - zp) w[c][j][i][k]
+/// is a depthwise conv with kernel kh x (kw cin_g), stride (sy, sx cin_g), no padding
+/// and weights w'[c][i][k cin_g + j] = w[c][j][i][k]: the same integer sums, so the
+/// same requantised bits, as the scalar reference's direct loops.
+#[derive(Debug, Clone)]
+pub struct GroupedWeights {
+    /// Input channels per group.
+    pub cin_g: usize,
+    /// Output channels per group.
+    pub cout_g: usize,
+    /// Output channels (all groups).
+    pub cout: usize,
+    pub kh: usize,
+    pub kw: usize,
+    /// The implementation these weights are packed for.
+    pub isa: Isa,
+    /// Scalar: [cout][cin_g][kh][kw] as ONNX stores them (empty for the other ISAs).
+    pub(crate) raw: Vec<i8>,
+    /// SIMD ISAs: the widened depthwise conv's weights, as `ConvKind::Depthwise`
+    /// packed for `isa` (None for scalar).
+    pub(crate) widened: Option<Box<ConvKind>>,
+    /// VNNI and `sdot`, cin_g a multiple of 4 (and each block's groups within 64
+    /// bytes): the direct kernels' quadruples ([`GroupQuads`]), for fused convs (int32
+    /// sums take the widened path).
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    pub(crate) quads: Option<GroupQuads>,
+}
+
+impl GroupedWeights {
+    /// `w`: [cout][cin_g][kh][kw] as ONNX stores them. Packed for `isa`.
+    pub fn new(isa: Isa, w: &[i8], cout: usize, cin_g: usize, cout_g: usize, kh: usize, kw: usize) -> Self {
+        assert!(cin_g > 0 && cout_g > 0 && cout.is_multiple_of(cout_g), "cout {cout} in groups of {cout_g}");
+        assert_eq!(w.len(), cout * cin_g * kh * kw);
+        let mut g = GroupedWeights {
+            cin_g,
+            cout_g,
+            cout,
+            kh,
+            kw,
+            isa,
+            raw: Vec::new(),
+            widened: None,
+            #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+            quads: None,
+        };
+        if isa == Isa::Scalar {
+            g.raw = w.to_vec();
+            return g;
+        }
+        // w'[c][i][k cin_g + j] = w[c][j][i][k]: taps of the widened kernel, row-major.
+        let taps = kh * kw * cin_g;
+        let mut wide = vec![0i8; cout * taps];
+        for c in 0..cout {
+            for j in 0..cin_g {
+                for i in 0..kh {
+                    for k in 0..kw {
+                        wide[c * taps + (i * kw + k) * cin_g + j] = w[((c * cin_g + j) * kh + i) * kw + k];
+                    }
+                }
+            }
+        }
+        g.widened = Some(Box::new(ConvKind::Depthwise(DepthwiseWeights::new(isa, &wide, cout, taps))));
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512Vnni {
+            g.quads = GroupQuads::new(w, cout, cin_g, cout_g, kh * kw);
+        }
+        #[cfg(target_arch = "aarch64")]
+        if isa == Isa::NeonDot {
+            g.quads = GroupQuads::new(w, cout, cin_g, cout_g, kh * kw);
+        }
+        g
+    }
+
+    /// Groups.
+    pub fn groups(&self) -> usize {
+        self.cout / self.cout_g
+    }
+}
+
+/// Grouped weights for the direct kernels of VNNI (`avx512::conv_grouped`) and `sdot`
+/// (`neon::conv_grouped`), cin_g a multiple of 4: for each block of 16 output channels, the first input dword its groups read (`d0`), and per quadruple q
+/// of a group's inputs the dword permutation taking a 64-byte load at that dword to
+/// each channel's quadruple (`idx`: lane l reads dword (c / cout_g) cin_g / 4 + q - d0,
+/// c = 16 b + l; lanes past cout read 0); weights [c/16][taps][cin_g/4][16][4]
+/// (zero padded), and Σw per channel for the zero-point correction.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[derive(Debug, Clone)]
+pub struct GroupQuads {
+    pub(crate) cin_g: usize,
+    pub(crate) taps: usize,
+    pub(crate) d0: Vec<usize>,
+    pub(crate) idx: Vec<[u32; 16]>,
+    pub(crate) quads: Vec<i8>,
+    pub(crate) sums: Vec<i32>,
+}
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+impl GroupQuads {
+    /// `w` [cout][cin_g][taps] as ONNX stores it; None where cin_g is no multiple of 4
+    /// or a block's groups span more than 16 dwords (one 64-byte load).
+    pub fn new(w: &[i8], cout: usize, cin_g: usize, cout_g: usize, taps: usize) -> Option<Self> {
+        if !cin_g.is_multiple_of(4) || cout == 0 {
+            return None;
+        }
+        let (blocks, q4) = (cout.div_ceil(CBLOCK), cin_g / 4);
+        let first = |c: usize| (c / cout_g) * cin_g / 4;
+        let mut d0 = Vec::with_capacity(blocks);
+        let mut idx = Vec::with_capacity(blocks * q4);
+        for b in 0..blocks {
+            let (c0, c1) = (b * CBLOCK, ((b + 1) * CBLOCK).min(cout));
+            let base = first(c0);
+            if first(c1 - 1) + q4 - base > 16 {
+                return None;
+            }
+            d0.push(base);
+            for q in 0..q4 {
+                idx.push(std::array::from_fn(|l| if c0 + l < c1 { (first(c0 + l) + q - base) as u32 } else { 0 }));
+            }
+        }
+        let mut quads = vec![0i8; blocks * taps * q4 * CBLOCK * 4];
+        for c in 0..cout {
+            let (b, lane) = (c / CBLOCK, c % CBLOCK);
+            for t in 0..taps {
+                for j in 0..cin_g {
+                    quads[(((b * taps + t) * q4 + j / 4) * CBLOCK + lane) * 4 + j % 4] = w[(c * cin_g + j) * taps + t];
+                }
+            }
+        }
+        let sums = (0..cout).map(|c| w[c * cin_g * taps..(c + 1) * cin_g * taps].iter().map(|&v| v as i32).sum()).collect();
+        Some(GroupQuads { cin_g, taps, d0, idx, quads, sums })
+    }
+}
+
 /// A convolution's weights, in the layout of the kernels it was packed for.
 #[derive(Debug, Clone)]
 pub enum ConvKind {
     Dense(PackedWeights),
     Depthwise(DepthwiseWeights),
+    /// 2-D only (the compiler leaves 3-D grouped convs to the float path).
+    Grouped(GroupedWeights),
 }
