@@ -47,6 +47,15 @@ basicunet3d      monai BasicUNet(spatial_dims=3, features=(8, 8, 16, 32, 64, 8))
                  ConvTranspose upsampling), input [1, 1, 32, 32, 32]; legacy,
                  opset 17, folding on.
 
+The U-Nets (unet3d and its fixture copy, unet2d_bn, basicunet3d, dynunet3d) are not left at random weights
+(their two logits would be nearly equal almost everywhere, so argmax labels flip under any perturbation): each
+is trained briefly, seeded and deterministic (torch deterministic algorithms, 2 threads; Adam lr 3e-3 with
+cosine decay, cross-entropy + soft Dice, a few hundred steps of random 32^3 windows, 64x64 slices for 2-D, cut
+from 48 noisy blobs volumes) on the synthetic task of the zoo's volumes: label 1 inside a blob, i.e.
+blob_truth of the volume before noise (clean > 1.0 for bright blobs, clean < -0.75 for dark ones). The
+manifest's "training" entry of each records steps, final loss, and on the eval volume the FP32 Dice vs the
+truth and the quantiles (1%, 5%, 50%) of the logit margin |l1 - l0|.
+
 Beside every model: <name>.input.f32 (raw little-endian float32 in the model's
 input shape; batch 2 for 2-D classifiers, batch 1 otherwise) and
 <name>.fp32_ref.f32 (torch's own outputs on it, the reference). For unet3d also
@@ -268,8 +277,9 @@ def tv_mnv2_small_head(seed, last=320):
 
 
 # ---------------------------------------------------------------- volumes
-def blobs(shape, rng, n_blobs=6):
-    """Smooth random structures: a smooth background plus bright / dark ellipsoids, blurred, with mild noise."""
+def blobs(shape, rng, n_blobs=6, truth=False):
+    """Smooth random structures: a smooth background plus bright / dark ellipsoids, blurred, with mild noise.
+    truth=True also returns blob_truth of the volume before noise (the same random draws either way)."""
     from scipy.ndimage import gaussian_filter
     v = gaussian_filter(rng.standard_normal(shape), sigma=6) * 8
     grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1).astype(np.float64)
@@ -278,8 +288,17 @@ def blobs(shape, rng, n_blobs=6):
         r = rng.uniform(3, 8, 3)
         inside = (((grid - c) / r) ** 2).sum(-1) < 1
         v[inside] += rng.choice([-1.5, 2.0])
-    v = gaussian_filter(v, sigma=1.0) + 0.1 * rng.standard_normal(shape)
+    clean = gaussian_filter(v, sigma=1.0)
+    v = clean + 0.1 * rng.standard_normal(shape)
+    if truth:
+        return v.astype(np.float32), blob_truth(clean)
     return v.astype(np.float32)
+
+
+def blob_truth(clean):
+    """The synthetic ground truth, a function of the blurred volume before noise: inside a blob's half-height
+    contour (bright blobs +2: clean > 1.0; dark blobs -1.5: clean < -0.75). The background field stays near 0."""
+    return ((clean > 1.0) | (clean < -0.75)).astype(np.uint8)
 
 
 def write_nifti(path, data):
@@ -287,6 +306,135 @@ def write_nifti(path, data):
     img = nib.Nifti1Image(data, np.eye(4))
     img.header.set_xyzt_units("mm", "sec")
     nib.save(img, str(path))
+
+
+# ---------------------------------------------------------------- brief training of the U-Nets
+# Random weights leave the two logits of a segmenter nearly equal almost everywhere, so any perturbation flips
+# argmax labels; trained networks have margins. The U-Nets are trained briefly on the synthetic task the zoo's
+# volumes show: label = blob_truth (inside a blob), from noisy blobs volumes.
+TRAIN_THREADS = 2
+TRAINED_NOTE = ("trained briefly (see training) on random windows of noisy blobs volumes, label = blob_truth "
+                "(inside a blob's half-height contour of the volume before noise)")
+
+
+def training_pool(n=48, seed=7):
+    """n volumes 64x64x48 (8 blobs each, the eval volume's generator) with their truth; windows are cut from them."""
+    rng = np.random.default_rng(seed)
+    vols, labs = zip(*(blobs((64, 64, 48), rng, 8, truth=True) for _ in range(n)))
+    return np.stack(vols), np.stack(labs)
+
+
+_POOL = None
+
+
+def pool():
+    global _POOL
+    if _POOL is None:
+        _POOL = training_pool()
+    return _POOL
+
+
+def train_batch(rng, dims, batch):
+    """Random windows (32^3 for 3-D, 64x64 slices for 2-D) from the pool, randomly flipped."""
+    vols, labs = pool()
+    xs, ys = [], []
+    for _ in range(batch):
+        i = rng.integers(len(vols))
+        if dims == 3:
+            o = [rng.integers(s - 32 + 1) for s in vols.shape[1:]]
+            sl = (i,) + tuple(slice(a, a + 32) for a in o)
+        else:
+            sl = (i, slice(None), slice(None), rng.integers(vols.shape[3]))
+        x, y = vols[sl], labs[sl]
+        for ax in range(dims):
+            if rng.random() < 0.5:
+                x, y = np.flip(x, ax), np.flip(y, ax)
+        xs.append(np.ascontiguousarray(x)[None])
+        ys.append(np.ascontiguousarray(y))
+    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)).long()
+
+
+def train_segmenter(model, seed, dims=3, steps=300, batch=4, lr=3e-3):
+    """Seeded, deterministic (deterministic algorithms, TRAIN_THREADS threads) Adam with cosine decay on
+    cross-entropy + soft Dice of the foreground. Returns the model in eval mode and a summary for the manifest."""
+    import time
+    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(TRAIN_THREADS)
+    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr / 10)
+    model.train()
+    t0, losses = time.process_time(), []
+    try:
+        for _ in range(steps):
+            x, y = train_batch(rng, dims, batch)
+            out = model(x)
+            if isinstance(out, (list, tuple)):
+                out = out[0]
+            p = torch.softmax(out, 1)[:, 1]
+            f = (y == 1).float()
+            dice = 1 - (2 * (p * f).sum() + 1) / (p.sum() + f.sum() + 1)
+            loss = torch.nn.functional.cross_entropy(out, y) + dice
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss))
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(det)
+    final = float(np.mean(losses[-20:]))
+    print(f"  trained {steps} steps (batch {batch}): loss {losses[0]:.3f} -> {final:.4f} "
+          f"(mean of last 20), {time.process_time() - t0:.0f} s CPU")
+    return model.eval(), dict(steps=steps, batch=batch, optimizer=f"Adam lr {lr:g} cosine to {lr / 10:g}",
+                              loss="cross-entropy + soft Dice (foreground)", first_loss=losses[0],
+                              final_loss=final, seed=seed)
+
+
+def eval_volume():
+    """The eval volume (64x64x48) and its truth: the same draws as unet3d_volumes writes."""
+    rng = np.random.default_rng(31)
+    for _ in range(4):
+        blobs((32, 32, 32), rng, 3)
+    return blobs((64, 64, 48), rng, 8, truth=True)
+
+
+def segment_logits(model, vol, dims=3):
+    from monai.inferers import sliding_window_inference
+    with torch.no_grad():
+        if dims == 3:
+            return sliding_window_inference(torch.from_numpy(vol)[None, None], (32, 32, 32), 1, model,
+                                            overlap=0.25, mode="constant")[0].numpy()
+        return model(torch.from_numpy(np.ascontiguousarray(np.moveaxis(vol, 2, 0)))[:, None]).numpy()
+
+
+def seg_quality(model, dims=3):
+    """FP32 Dice of argmax vs the truth on the eval volume and quantiles of the logit margin |l1 - l0|
+    (3-D: sliding window roi 32^3, overlap 0.25; 2-D: the volume's 48 axial 64x64 slices)."""
+    vol, truth = eval_volume()
+    logits = segment_logits(model, vol, dims)
+    if dims == 2:
+        truth = np.moveaxis(truth, 2, 0)
+        margin = np.abs(logits[:, 1] - logits[:, 0])
+        pred = logits.argmax(1)
+    else:
+        margin = np.abs(logits[1] - logits[0])
+        pred = logits.argmax(0)
+    dice = 2 * float(((pred == 1) & (truth == 1)).sum()) / float((pred == 1).sum() + (truth == 1).sum())
+    q = {f"q{int(p * 100):02d}": float(np.quantile(margin, p)) for p in (0.01, 0.05, 0.5)}
+    r = dict(eval_dice_vs_truth=dice, eval_margin_quantiles=q, eval_truth_fraction=float(truth.mean()),
+             eval_voxel_accuracy=float((pred == truth).mean()))
+    print(f"  eval volume: Dice vs truth {dice:.4f}, |l1 - l0| quantiles 1% {q['q01']:.2f} 5% {q['q05']:.2f} "
+          f"50% {q['q50']:.2f}")
+    return r
+
+
+def trained(model, seed, dims=3, **kw):
+    model, info = train_segmenter(model, seed, dims, **kw)
+    info.update(seg_quality(model, dims))
+    return model, info
 
 
 def unet3d_volumes(out, model):
@@ -424,32 +572,42 @@ def main():
 
     x3 = torch.from_numpy(blobs((32, 32, 32), np.random.default_rng(13), 3)[None, None])
     ch = (4, 8, 16, 32) if args.fixtures else (8, 16, 32, 64)
-    u3 = monai_unet3d(300, ch)
+    u3, tr = trained(monai_unet3d(300, ch), 301)
     k, e = export(out, "unet3d", u3, x3, "segmenter", LEGACY_FOLD,
                   notes=f"monai UNet(spatial_dims=3, in_channels=1, out_channels=2, channels={ch}, "
                         f"strides={(2,) * (len(ch) - 1)}, num_res_units=2), instance norm (no affine), PReLU slopes "
-                        "U(0.05, 0.4)" + ("" if args.fixtures else "; calibration windows unet3d_calib/*.npy, eval volume "
+                        "U(0.05, 0.4) at init; " + TRAINED_NOTE + ("" if args.fixtures else "; calibration windows unet3d_calib/*.npy, eval volume "
                         "unet3d_eval.nii.gz, FP32 sliding-window labels unet3d_eval_ref.nii.gz"))
-    cases[k] = e
+    cases[k] = dict(e, training=tr)
     if not args.fixtures:
         unet3d_volumes(out, u3)
 
     if not args.fixtures:
         x4 = torch.from_numpy((np.random.default_rng(14).standard_normal((1, 1, 64, 64)) * 0.8 + 0.3).astype(np.float32))
-        k, e = export(out, "unet2d_bn", monai_unet2d_bn(400), x4, "segmenter", LEGACY_BN,
+        u2, tr = trained(monai_unet2d_bn(400), 401, dims=2, batch=8)
+        rng2 = np.random.default_rng(403)
+        estimate_bn(u2, lambda: train_batch(rng2, 2, 16)[0], bns(u2))  # statistics of the trained weights
+        tr.update(seg_quality(u2, 2))
+        k, e = export(out, "unet2d_bn", u2, x4, "segmenter", LEGACY_BN,
                       notes="monai UNet(spatial_dims=2, 1->2, channels=(8, 16, 32, 64), strides=(2, 2, 2), "
-                            "num_res_units=2, norm='batch'), PReLU, BN statistics re-estimated; BN kept")
-        cases[k] = e
+                            "num_res_units=2, norm='batch'), PReLU, BN statistics re-estimated; BN kept; "
+                            + TRAINED_NOTE + " (2-D: 64x64 slices of the blobs volumes; BN statistics re-estimated "
+                            "after training)")
+        cases[k] = dict(e, training=tr)
         x5 = torch.from_numpy(blobs((32, 32, 32), np.random.default_rng(15), 3)[None, None])
-        k, e = export(out, "basicunet3d", monai_basicunet3d(500), x5, "segmenter", LEGACY_FOLD,
+        ub, tr = trained(monai_basicunet3d(500), 501, steps=200, batch=2)
+        k, e = export(out, "basicunet3d", ub, x5, "segmenter", LEGACY_FOLD,
                       notes="monai BasicUNet(spatial_dims=3, in_channels=1, out_channels=2, "
-                            "features=(8, 8, 16, 32, 64, 8)), defaults: instance norm (affine), LeakyReLU 0.1, deconv")
-        cases[k] = e
-        k, e = export(out, "dynunet3d", monai_dynunet3d(600), x5, "segmenter", LEGACY_FOLD,
+                            "features=(8, 8, 16, 32, 64, 8)), defaults: instance norm (affine), LeakyReLU 0.1, deconv; "
+                            + TRAINED_NOTE)
+        cases[k] = dict(e, training=tr)
+        ud, tr = trained(monai_dynunet3d(600), 601, steps=200, batch=2)
+        k, e = export(out, "dynunet3d", ud, x5, "segmenter", LEGACY_FOLD,
                       notes="monai DynUNet(spatial_dims=3, 1->2, kernel_size=[3]*4, strides=[1, 2, 2, 2], "
                             "upsample_kernel_size=[2]*3, filters=[8, 16, 32, 64], res_block=True), defaults: "
-                            "instance norm (affine), LeakyReLU 0.01, ConvTranspose upsampling, residual adds")
-        cases[k] = e
+                            "instance norm (affine), LeakyReLU 0.01, ConvTranspose upsampling, residual adds; "
+                            + TRAINED_NOTE)
+        cases[k] = dict(e, training=tr)
 
     from importlib.metadata import version
     manifest = dict(generator="scripts/make_zoo.py" + (" --fixtures" if args.fixtures else ""),
