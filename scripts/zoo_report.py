@@ -6,8 +6,10 @@ For every model in ZOO/manifest.json (written by scripts/make_zoo.py):
 1. Quantize: `edgemed quantize MODEL -o OUT/<name>.onnx` with the defaults (data-free DFQ, per tensor, field
    size inferred by the converter from the grouped convs; its "field size N" note and summary are checked
    against the manifest). Models without batch norm (MONAI U-Nets, BN-folded exports: manifest
-   batch_norm_nodes == 0) cannot use data-free ranges: they get `--calibrate DIR`, and also a second
-   variant with `--per-channel` (both reported). Calibration data: ZOO/unet3d_calib/ for unet3d; for the
+   batch_norm_nodes == 0) cannot use data-free ranges: they get `--calibrate DIR` ("(calib)" rows) and
+   `--calibrate DIR --per-channel` ("(calib, per-channel)" rows) instead; so do, in addition to their
+   data-free row, models whose data-free run left tensors in FP32 for want of ranges (the converter says
+   "use --calibrate", e.g. BN followed by PReLU). Calibration data: ZOO/unet3d_calib/ for unet3d; for the
    others 4 windows written to OUT/calib/<name>/: classifiers get seeded noise U(-2, 2) in the manifest's
    input shape (batch 1; the zoo's classifier inputs are that same noise, other seeds), segmenters get the
    manifest's input window and three flips/quarter turns of it (i.e. calibrated on the evaluation input:
@@ -31,9 +33,11 @@ For every model in ZOO/manifest.json (written by scripts/make_zoo.py):
    model (int8 backend) and with the FP32 model (auto: tract), voxel agreement of the two label maps, and
    of each with ZOO/unet3d_eval_ref.nii.gz (MONAI's FP32 sliding window).
 
-A step that fails puts "error: ..." in its cells and the report goes on. The binaries are copied to a
-private temporary folder first, so a rebuild during the run does not change them mid-way (their mtimes are
-in the report). Rerunnable: OUT is overwritten in place.
+A step that fails puts "error: ..." in its cells and the report goes on. The binaries and the zoo are copied
+to private temporary folders first, so a rebuild or a make_zoo.py run during the report does not change them
+mid-way (their mtimes are in the report, with a warning when zoo files are newer than its manifest).
+Classifier SQNR is over the manifest's 2 inputs x 2 logits: a coarse figure. Rerunnable: OUT is overwritten
+in place.
 
 Usage (from the repository root, with the project's venv: onnx, onnxruntime, numpy, nibabel):
   .venv/bin/python scripts/zoo_report.py [--zoo target/zoo] [--bin target/release] [--out target/zoo-int8]
