@@ -279,6 +279,20 @@ fn activation_root(g: &Graph, value: &str) -> Option<String> {
     }
 }
 
+/// The value `v` is moved from: back through Reshape, Transpose, Squeeze, Unsqueeze,
+/// Flatten and Identity nodes whose output only they read.
+fn movement_source(g: &Graph, v: &str) -> String {
+    let mut v = v.to_string();
+    while let Some(n) = g.producer(&v).map(|i| &g.nodes()[i]) {
+        let moves = matches!(n.op_type.as_str(), "Reshape" | "Transpose" | "Squeeze" | "Unsqueeze" | "Flatten" | "Identity");
+        if !moves || !g.single_use(&v) || n.input.is_empty() {
+            break;
+        }
+        v = n.input[0].clone();
+    }
+    v
+}
+
 /// Values computed from tensor shapes and constants alone (Shape or Size, then
 /// Gather, Cast, Div, Unsqueeze, Concat, ... on them): the dynamic-batch plumbing of
 /// torch's exporters, which the runtime folds; never activations.
@@ -442,13 +456,22 @@ pub fn quantize(g: &mut Graph, stats: &Stats, opts: &Options) -> Result<Report> 
             }
             continue;
         }
+        // A reduction (escnn's group pooling `view(b, F, N, h, w).amax(2)`, the dynamo
+        // exporter's mean pooling) reads a u8 tensor through byte moves: the value
+        // before the moves is quantized, and the reduction's output.
+        let moved_from;
         let data_inputs: &[String] = match n.op_type.as_str() {
             "Conv" | "ConvTranspose" | "Gemm" | "GlobalAveragePool" | "AveragePool" | "MaxPool" => &n.input[..1],
             "Add" | "Concat" => &n.input[..],
+            "ReduceMax" | "ReduceMean" if !n.input.is_empty() => {
+                moved_from = [movement_source(g, &n.input[0])];
+                &moved_from
+            }
             _ => continue,
         };
         // A pooling op's output too: the engine pools u8 tensors into u8 tensors.
-        let pooled = matches!(n.op_type.as_str(), "GlobalAveragePool" | "AveragePool" | "MaxPool").then(|| &n.output[0]);
+        let pooled = matches!(n.op_type.as_str(), "GlobalAveragePool" | "AveragePool" | "MaxPool" | "ReduceMax" | "ReduceMean")
+            .then(|| &n.output[0]);
         let data_inputs: Vec<&String> = data_inputs.iter().chain(pooled).collect();
         for v in data_inputs {
             // Constants (shape pieces, computed or stored) are not activations.
