@@ -66,3 +66,16 @@ fn bundled_model_is_invariant_to_quarter_turns_of_a_patch() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The embedded INT8 model is what the converter makes of the FP32 one today with its
+/// default recipe (scripts/make-bundled-int8.sh): a change to the converter that
+/// changes it fails here until the script is rerun.
+#[test]
+fn bundled_int8_model_is_the_converters_output_of_the_fp32_one() {
+    use edgemed_converter::{dfq, graph::Graph};
+    let mut g = Graph::load(&repo_root().join("models/bundled/pcam-c4-demo.onnx")).unwrap();
+    let opts = dfq::Options { field_size: dfq::field_size_of(&g), ..Default::default() };
+    dfq::run(&mut g, &opts).unwrap();
+    let committed = std::fs::read(repo_root().join("models/bundled/pcam-c4-demo-int8.onnx")).unwrap();
+    assert!(g.to_bytes() == committed, "models/bundled/pcam-c4-demo-int8.onnx is stale: run scripts/make-bundled-int8.sh");
+}
