@@ -6,7 +6,7 @@
 //! | ISA          | dense                                 | depthwise                           | grouped                     |
 //! |--------------|---------------------------------------|-------------------------------------|-----------------------------|
 //! | scalar       | rows [cout][k]                        | [taps][c] i32                       | [cout][cin_g][taps] i8      |
-//! | avx2         | pairs (`avx2::pack_pairs`)            | [taps][c] i32                       | widened depthwise (below)   |
+//! | avx2         | pairs (`avx2::pack_pairs`)            | [taps][c] i32                       | group pairs (`avx2::GroupPairs`, cin_g even); widened depthwise (below) |
 //! | avx512vnni   | quads ([`pack_quads`])                | quads, 3x3 columns; [taps][c] i32 for int32 sums | group quads ([`GroupQuads`], cin_g % 4 = 0); widened depthwise |
 //! | neon         | i16 by lane (`neon::DenseWeights`)    | i16 blocks of 8 (`arm::depthwise_layout`) | widened depthwise     |
 //! | neondot      | quads, 128 Σw (`neon::DenseWeights`)  | the same as neon                    | group quads, as VNNI; widened depthwise |
@@ -228,6 +228,10 @@ pub struct GroupedWeights {
     /// sums take the widened path).
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     pub(crate) quads: Option<GroupQuads>,
+    /// AVX2, cin_g even (and each block's groups within 16 bytes): the direct
+    /// kernel's pairs ([`avx2::GroupPairs`]), for fused convs and int32 sums.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) pairs: Option<avx2::GroupPairs>,
 }
 
 impl GroupedWeights {
@@ -246,6 +250,8 @@ impl GroupedWeights {
             widened: None,
             #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
             quads: None,
+            #[cfg(target_arch = "x86_64")]
+            pairs: None,
         };
         if isa == Isa::Scalar {
             g.raw = w.to_vec();
@@ -265,8 +271,10 @@ impl GroupedWeights {
         }
         g.widened = Some(Box::new(ConvKind::Depthwise(DepthwiseWeights::new(isa, &wide, cout, taps))));
         #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx512Vnni {
-            g.quads = GroupQuads::new(w, cout, cin_g, cout_g, kh * kw);
+        match isa {
+            Isa::Avx512Vnni => g.quads = GroupQuads::new(w, cout, cin_g, cout_g, kh * kw),
+            Isa::Avx2 => g.pairs = avx2::GroupPairs::new(w, cout, cin_g, cout_g, kh * kw),
+            _ => {}
         }
         #[cfg(target_arch = "aarch64")]
         if isa == Isa::NeonDot {
