@@ -10,9 +10,10 @@
 //! constructor calls [`Isa::detect`]), the weights are packed for it ([`weights`]:
 //! only the layout its kernels read), and every dispatch function below is one
 //! `match` on it. It also owns what the kernels share: [`ConvGeometry`], [`Requant`],
-//! the zero-point padding of inputs, and the widened input on which every SIMD ISA
-//! runs a grouped conv as its depthwise kernel ([`GroupedWeights`]; the scalar
-//! reference loops over the groups directly).
+//! the zero-point padding of inputs, and the routing of grouped convs
+//! ([`GroupedWeights`]): the direct kernels of VNNI, `sdot` and AVX2 where the grouping
+//! suits them, else each SIMD ISA's depthwise kernel on a widened input built here
+//! (the scalar reference loops over the groups directly).
 //!
 //! Every implementation must give the scalar reference's bits: the arithmetic is
 //! integer until requantisation, which is the same sequence of IEEE float operations

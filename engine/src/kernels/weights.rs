@@ -199,7 +199,10 @@ impl DepthwiseWeights {
 /// `cin_g` input channels into `cout_g` output channels (neither dense, group 1, nor
 /// depthwise, one channel in and out per group).
 ///
-/// The SIMD ISAs run it as a depthwise conv on a widened input: with xw[y][x cin_g + j][c]
+/// VNNI and `sdot` (cin_g a multiple of 4) and AVX2 (cin_g even) have direct kernels
+/// where each block of output channels reads its groups' inputs in one load
+/// ([`GroupQuads`], `avx2::GroupPairs`). Otherwise the SIMD ISAs run it as a
+/// depthwise conv on a widened input: with xw[y][x cin_g + j][c]
 /// = x[y][x][(c / cout_g) cin_g + j] (the zero-point padded input, each pixel repeated
 /// as cin_g columns, column j holding, for every output channel, input j of its group),
 /// out[p][c] = Σ_{i,k,j} (xw[oy sy + i][(ox sx + k) cin_g + j][c] - zp) w[c][j][i][k]
@@ -290,7 +293,8 @@ impl GroupedWeights {
 }
 
 /// Grouped weights for the direct kernels of VNNI (`avx512::conv_grouped`) and `sdot`
-/// (`neon::conv_grouped`), cin_g a multiple of 4: for each block of 16 output channels, the first input dword its groups read (`d0`), and per quadruple q
+/// (`neon::conv_grouped`), cin_g a multiple of 4: for each block of 16 output
+/// channels, the first input dword its groups read (`d0`), and per quadruple q
 /// of a group's inputs the dword permutation taking a 64-byte load at that dword to
 /// each channel's quadruple (`idx`: lane l reads dword (c / cout_g) cin_g / 4 + q - d0,
 /// c = 16 b + l; lanes past cout read 0); weights [c/16][taps][cin_g/4][16][4]
