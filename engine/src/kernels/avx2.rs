@@ -1,7 +1,8 @@
 //! x86-64 AVX2 kernels: the dense product on weights packed in pairs ([`pack_pairs`],
 //! read by `vpmaddwd`), requantisation 8 channels per instruction, and the scalar
 //! reference's loops (depthwise, input quantisation, quantised Add) compiled with
-//! AVX2 enabled, where LLVM vectorises them. Dense convolutions larger than 1x1 run
+//! AVX2 enabled, where LLVM vectorises them; grouped convs with small even groups on
+//! their own kernel ([`grouped_sums`], weights [`GroupPairs`]). Dense convolutions larger than 1x1 run
 //! on the scalar im2row rows. The AVX-512 VNNI path uses the depthwise, requantisation
 //! and Add kernels of this file for what it has no kernel of its own for.
 //!
@@ -10,7 +11,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{scalar, ConvGeometry, PackedWeights, Requant, CBLOCK};
+use super::{padded_input, scalar, ConvGeometry, PackedWeights, Requant, CBLOCK};
 use super::{ConvKind, QTensor};
 
 /// Dense weights `rows` ([cout][k]) in the layout of [`gemm`]: blocks of 16 output
@@ -203,4 +204,116 @@ pub unsafe fn quantize_nchw_to_nhwc(x: &[f32], t: &QTensor, out: &mut [u8]) {
 #[target_feature(enable = "avx2")]
 pub unsafe fn add_quantized(a: &[u8], ta: &QTensor, b: &[u8], tb: &QTensor, to: &QTensor, out: &mut [u8]) {
     scalar::add_quantized(a, ta, b, tb, to, out)
+}
+
+/// Grouped weights for [`grouped_sums`] (cin_g even): for each block of 8 output
+/// channels, the first input pair its groups read (`p0`), and per pair p of a
+/// group's inputs the dword permutation taking 8 pairs widened to i16 from there to
+/// each channel's pair (`idx`: lane l reads pair (c / cout_g) cin_g / 2 + p - p0,
+/// c = 8 b + l; lanes past cout read 0); weights [c/8][taps][cin_g/2][8][2] as i16
+/// (zero padded), and Σw per channel for the zero-point correction.
+#[derive(Debug, Clone)]
+pub struct GroupPairs {
+    cin_g: usize,
+    taps: usize,
+    p0: Vec<usize>,
+    idx: Vec<[u32; 8]>,
+    pairs: Vec<i16>,
+    sums: Vec<i32>,
+}
+
+impl GroupPairs {
+    /// `w` [cout][cin_g][taps] as ONNX stores it; None where cin_g is odd or a block's
+    /// groups span more than 8 pairs (one 16-byte load).
+    pub fn new(w: &[i8], cout: usize, cin_g: usize, cout_g: usize, taps: usize) -> Option<Self> {
+        if !cin_g.is_multiple_of(2) || cout == 0 {
+            return None;
+        }
+        let (blocks, np) = (cout.div_ceil(8), cin_g / 2);
+        let first = |c: usize| (c / cout_g) * cin_g / 2;
+        let mut p0 = Vec::with_capacity(blocks);
+        let mut idx = Vec::with_capacity(blocks * np);
+        for b in 0..blocks {
+            let (c0, c1) = (b * 8, ((b + 1) * 8).min(cout));
+            let base = first(c0);
+            if first(c1 - 1) + np - base > 8 {
+                return None;
+            }
+            p0.push(base);
+            for p in 0..np {
+                idx.push(std::array::from_fn(|l| if c0 + l < c1 { (first(c0 + l) + p - base) as u32 } else { 0 }));
+            }
+        }
+        let mut pairs = vec![0i16; blocks * taps * np * 16];
+        for c in 0..cout {
+            let (b, lane) = (c / 8, c % 8);
+            for t in 0..taps {
+                for j in 0..cin_g {
+                    pairs[(((b * taps + t) * np + j / 2) * 8 + lane) * 2 + j % 2] = w[(c * cin_g + j) * taps + t] as i16;
+                }
+            }
+        }
+        let sums = (0..cout).map(|c| w[c * cin_g * taps..(c + 1) * cin_g * taps].iter().map(|&v| v as i32).sum()).collect();
+        Some(GroupPairs { cin_g, taps, p0, idx, pairs, sums })
+    }
+}
+
+/// The int32 sums of a grouped conv with cin_g even (zero-point corrected, as the
+/// scalar reference's): per tap and block of 8 output channels, one 16-byte load of
+/// the input pixel from the block's first pair widened to i16, one `vpermd` per pair
+/// of a group's inputs giving every channel its group's pair, one `vpmaddwd` (u8 x s8
+/// products and their pair sums are exact in i32); zp x Σw subtracted once at the
+/// end (the input zero-point padded into `scratch` first, so every tap is read).
+///
+/// # Safety
+/// The CPU must have AVX2. (The slices are checked here.)
+#[target_feature(enable = "avx2")]
+pub unsafe fn grouped_sums(x: &[u8], g: &ConvGeometry, zp: u8, w: &GroupPairs, scratch: &mut [u8], acc: &mut [i32]) {
+    let (x, g) = padded_input(x, g, zp, scratch);
+    let (cin, cout, taps, np) = (g.cin, w.sums.len(), w.taps, w.cin_g / 2);
+    let blocks = cout.div_ceil(8);
+    assert!(taps == g.kh * g.kw && w.p0.len() == blocks && w.idx.len() == blocks * np);
+    assert!(w.pairs.len() >= blocks * taps * np * 16 && acc.len() >= g.oh * g.ow * cout);
+    // Every block's pairs lie inside one pixel's cin bytes; the 16-byte load from the
+    // last pixel's last block needs 16 bytes past that pixel's first read pair.
+    assert!(
+        w.p0.iter().all(|&p| 2 * p < cin) && x.len() >= (g.h * g.w - 1) * cin + 2 * w.p0[blocks - 1] + 16,
+        "input needs slack past its end"
+    );
+    let zp = zp as i32;
+    let corr: Vec<i32> = (0..blocks * 8).map(|c| if c < cout { zp.wrapping_mul(w.sums[c]) } else { 0 }).collect();
+    let tap_off: Vec<usize> = (0..taps).map(|t| ((t / g.kw) * g.w + t % g.kw) * cin).collect();
+    let (sy, sx) = (g.stride[0], g.stride[1]);
+    let mut sums = [0i32; 8];
+    for oy in 0..g.oh {
+        for ox in 0..g.ow {
+            let p = oy * g.ow + ox;
+            for b in 0..blocks {
+                // SAFETY: the 16-byte loads start at a tap's pixel (inside the h x w
+                // input: the output geometry keeps receptive fields inside it) plus
+                // 2 p0 < cin bytes: at most the last pixel's + 2 p0[last], 16 bytes
+                // inside x (checked; p0 grows with the block). Weights: block b's
+                // taps x np groups of 16 i16 inside `pairs` (checked); `idx` and
+                // `corr` are read below their lengths (blocks np, blocks 8). The
+                // store writes the local `sums`. loadu/storeu need no alignment.
+                unsafe {
+                    let px = x.as_ptr().add(((oy * sy) * g.w + ox * sx) * cin + 2 * w.p0[b]);
+                    let wb = w.pairs.as_ptr().add(b * taps * np * 16);
+                    let mut a = _mm256_setzero_si256();
+                    for (t, &off) in tap_off.iter().enumerate() {
+                        let v = _mm256_cvtepu8_epi16(_mm_loadu_si128(px.add(off) as *const __m128i));
+                        for pi in 0..np {
+                            let perm = _mm256_loadu_si256(w.idx.as_ptr().add(b * np + pi) as *const __m256i);
+                            let wv = _mm256_loadu_si256(wb.add((t * np + pi) * 16) as *const __m256i);
+                            a = _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_permutevar8x32_epi32(v, perm), wv));
+                        }
+                    }
+                    let a = _mm256_sub_epi32(a, _mm256_loadu_si256(corr.as_ptr().add(b * 8) as *const __m256i));
+                    _mm256_storeu_si256(sums.as_mut_ptr() as *mut __m256i, a);
+                }
+                let (c0, nc) = (b * 8, (cout - b * 8).min(8));
+                acc[p * cout + c0..p * cout + c0 + nc].copy_from_slice(&sums[..nc]);
+            }
+        }
+    }
 }

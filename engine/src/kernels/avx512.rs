@@ -8,8 +8,9 @@
 //! ([`super::weights::pack_quads`], shared with `sdot`), depthwise weights in
 //! quadruples of taps ([`pack_depthwise_quads`]) and 3x3 columns
 //! ([`depthwise_columns3x3`]); grouped weights in quadruples of each group's inputs
-//! ([`super::weights::GroupQuads`], shared with `sdot`). What has no kernel here (int32 sums of depthwise convs,
-//! standalone requantisation, the quantised Add) runs on the AVX2 kernels.
+//! ([`super::weights::GroupQuads`], shared with `sdot`). What has no kernel here
+//! (int32 sums of depthwise and grouped convs, standalone requantisation, the
+//! quantised Add) runs on the AVX2 kernels.
 //!
 //! Every `unsafe fn` here needs the CPU features of [`available`] (which include AVX2),
 //! checked once by the dispatcher ([`super::Isa::checked`]); the slices' bounds are

@@ -10,9 +10,10 @@
 //! constructor calls [`Isa::detect`]), the weights are packed for it ([`weights`]:
 //! only the layout its kernels read), and every dispatch function below is one
 //! `match` on it. It also owns what the kernels share: [`ConvGeometry`], [`Requant`],
-//! the zero-point padding of inputs, and the widened input on which every SIMD ISA
-//! runs a grouped conv as its depthwise kernel ([`GroupedWeights`]; the scalar
-//! reference loops over the groups directly).
+//! the zero-point padding of inputs, and the routing of grouped convs
+//! ([`GroupedWeights`]): the direct kernels of VNNI, `sdot` and AVX2 where the grouping
+//! suits them, else each SIMD ISA's depthwise kernel on a widened input built here
+//! (the scalar reference loops over the groups directly).
 //!
 //! Every implementation must give the scalar reference's bits: the arithmetic is
 //! integer until requantisation, which is the same sequence of IEEE float operations
@@ -300,6 +301,16 @@ pub fn conv(
         if let (Isa::NeonDot, Some(q)) = (isa.checked(), &w.quads) {
             return neon::conv_grouped(x, g, zp, q, r, scratch, out);
         }
+        #[cfg(target_arch = "x86_64")]
+        if let (Isa::Avx2, Some(p)) = (isa.checked(), &w.pairs) {
+            let n = g.oh * g.ow * w.cout;
+            // SAFETY: `checked` confirmed AVX2 on this CPU.
+            unsafe {
+                avx2::grouped_sums(x, g, zp, p, scratch, acc);
+                avx2::requantize(&acc[..n], w.cout, r, out);
+            }
+            return;
+        }
         // Any other on a SIMD ISA: its depthwise kernel on the widened input.
         if let Some(inner) = &w.widened {
             let (wide, gw, rest) = widen(x, g, zp, w, scratch);
@@ -327,6 +338,12 @@ pub fn conv(
 /// for depthwise and grouped but not for dense (whose correction is `zp * Σw`, done by the caller).
 pub fn accumulate(isa: Isa, x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind, scratch: &mut [u8], acc: &mut [i32]) {
     check_packed(isa, kind);
+    // Grouped on AVX2 with small even groups: its direct kernel.
+    #[cfg(target_arch = "x86_64")]
+    if let (ConvKind::Grouped(GroupedWeights { pairs: Some(p), .. }), Isa::Avx2) = (kind, isa.checked()) {
+        // SAFETY: `checked` confirmed AVX2 on this CPU.
+        return unsafe { avx2::grouped_sums(x, g, zp, p, scratch, acc) };
+    }
     // Grouped on a SIMD ISA: its depthwise kernel on the widened input.
     if let ConvKind::Grouped(GroupedWeights { widened: Some(inner), .. }) = kind {
         let ConvKind::Grouped(w) = kind else { unreachable!() };

@@ -129,6 +129,9 @@ fn grouped_convolutions_equal_scalar_on_random_geometries() {
     // Cases VNNI's or `sdot`'s direct kernel ran (groups of 4k inputs).
     #[allow(unused_mut)]
     let mut direct = 0;
+    // Cases AVX2's direct kernel ran (small even groups).
+    #[allow(unused_mut)]
+    let mut pairs = 0;
     for _ in 0..250 {
         let Some(case) = grouped_case(&mut s, 11, 5) else { continue };
         let (g, n, cout) = (case.g, case.outputs(), case.cout());
@@ -143,6 +146,10 @@ fn grouped_convolutions_equal_scalar_on_random_geometries() {
             #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
             if matches!(&kind, ConvKind::Grouped(w) if w.quads.is_some()) {
                 direct += 1;
+            }
+            #[cfg(target_arch = "x86_64")]
+            if matches!(&kind, ConvKind::Grouped(w) if w.pairs.is_some()) {
+                pairs += 1;
             }
             let scratch = conv_scratch_len(&g, &kind) + 64;
             let mut out = vec![0xa5u8; n];
@@ -161,6 +168,7 @@ fn grouped_convolutions_equal_scalar_on_random_geometries() {
     assert!(inside * 2 > total, "{inside} of {total} outputs inside the clamp");
     let has_direct = Isa::Avx512Vnni.is_available() || Isa::NeonDot.is_available();
     assert!(direct > 60 || !has_direct, "{direct} cases on a direct kernel");
+    assert!(pairs > 30 || !Isa::Avx2.is_available(), "{pairs} cases on AVX2's direct kernel");
 }
 
 /// The scalar grouped reference against the definition in f64, on NCHW-style loops

@@ -6,7 +6,7 @@
 //! | ISA          | dense                                 | depthwise                           | grouped                     |
 //! |--------------|---------------------------------------|-------------------------------------|-----------------------------|
 //! | scalar       | rows [cout][k]                        | [taps][c] i32                       | [cout][cin_g][taps] i8      |
-//! | avx2         | pairs (`avx2::pack_pairs`)            | [taps][c] i32                       | widened depthwise (below)   |
+//! | avx2         | pairs (`avx2::pack_pairs`)            | [taps][c] i32                       | group pairs (`avx2::GroupPairs`, cin_g even); widened depthwise (below) |
 //! | avx512vnni   | quads ([`pack_quads`])                | quads, 3x3 columns; [taps][c] i32 for int32 sums | group quads ([`GroupQuads`], cin_g % 4 = 0); widened depthwise |
 //! | neon         | i16 by lane (`neon::DenseWeights`)    | i16 blocks of 8 (`arm::depthwise_layout`) | widened depthwise     |
 //! | neondot      | quads, 128 Σw (`neon::DenseWeights`)  | the same as neon                    | group quads, as VNNI; widened depthwise |
@@ -199,7 +199,10 @@ impl DepthwiseWeights {
 /// `cin_g` input channels into `cout_g` output channels (neither dense, group 1, nor
 /// depthwise, one channel in and out per group).
 ///
-/// The SIMD ISAs run it as a depthwise conv on a widened input: with xw[y][x cin_g + j][c]
+/// VNNI and `sdot` (cin_g a multiple of 4) and AVX2 (cin_g even) have direct kernels
+/// where each block of output channels reads its groups' inputs in one load
+/// ([`GroupQuads`], `avx2::GroupPairs`). Otherwise the SIMD ISAs run it as a
+/// depthwise conv on a widened input: with xw[y][x cin_g + j][c]
 /// = x[y][x][(c / cout_g) cin_g + j] (the zero-point padded input, each pixel repeated
 /// as cin_g columns, column j holding, for every output channel, input j of its group),
 /// out[p][c] = Σ_{i,k,j} (xw[oy sy + i][(ox sx + k) cin_g + j][c] - zp) w[c][j][i][k]
@@ -228,6 +231,10 @@ pub struct GroupedWeights {
     /// sums take the widened path).
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     pub(crate) quads: Option<GroupQuads>,
+    /// AVX2, cin_g even (and each block's groups within 16 bytes): the direct
+    /// kernel's pairs ([`avx2::GroupPairs`]), for fused convs and int32 sums.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) pairs: Option<avx2::GroupPairs>,
 }
 
 impl GroupedWeights {
@@ -246,6 +253,8 @@ impl GroupedWeights {
             widened: None,
             #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
             quads: None,
+            #[cfg(target_arch = "x86_64")]
+            pairs: None,
         };
         if isa == Isa::Scalar {
             g.raw = w.to_vec();
@@ -265,8 +274,10 @@ impl GroupedWeights {
         }
         g.widened = Some(Box::new(ConvKind::Depthwise(DepthwiseWeights::new(isa, &wide, cout, taps))));
         #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx512Vnni {
-            g.quads = GroupQuads::new(w, cout, cin_g, cout_g, kh * kw);
+        match isa {
+            Isa::Avx512Vnni => g.quads = GroupQuads::new(w, cout, cin_g, cout_g, kh * kw),
+            Isa::Avx2 => g.pairs = avx2::GroupPairs::new(w, cout, cin_g, cout_g, kh * kw),
+            _ => {}
         }
         #[cfg(target_arch = "aarch64")]
         if isa == Isa::NeonDot {
@@ -282,7 +293,8 @@ impl GroupedWeights {
 }
 
 /// Grouped weights for the direct kernels of VNNI (`avx512::conv_grouped`) and `sdot`
-/// (`neon::conv_grouped`), cin_g a multiple of 4: for each block of 16 output channels, the first input dword its groups read (`d0`), and per quadruple q
+/// (`neon::conv_grouped`), cin_g a multiple of 4: for each block of 16 output
+/// channels, the first input dword its groups read (`d0`), and per quadruple q
 /// of a group's inputs the dword permutation taking a 64-byte load at that dword to
 /// each channel's quadruple (`idx`: lane l reads dword (c / cout_g) cin_g / 4 + q - d0,
 /// c = 16 b + l; lanes past cout read 0); weights [c/16][taps][cin_g/4][16][4]
