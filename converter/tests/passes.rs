@@ -203,3 +203,17 @@ fn batch_norm_folds_into_a_conv_transpose() {
     let err = rel_err(&run(&g, &x), &reference);
     assert!(err < 1e-6, "{err}");
 }
+
+#[test]
+fn a_conv_whose_channels_do_not_split_into_its_groups_is_refused_in_one_line() {
+    use edgemed_onnx::builder::{Attr, GraphBuilder, D};
+    let mut b = GraphBuilder::new("bad");
+    b.input_f32("x", &[D::N(1), D::N(6), D::N(5), D::N(5)]);
+    // 4 output channels in 3 groups: not a valid model.
+    b.init_f32("w", &[4, 2, 3, 3], &[0.1; 72]);
+    b.node("Conv", "grouped", &["x", "w"], vec![Attr::Int("group", 3)]);
+    b.output_f32("grouped", &[D::N(1), D::N(4), D::N(3), D::N(3)]);
+    let mut g = Graph::from_bytes(&prost::Message::encode_to_vec(&b.into_model("test", &[]))).unwrap();
+    let err = edgemed_converter::dfq::run(&mut g, &Default::default()).unwrap_err().to_string();
+    assert!(err.contains("\"grouped\": 4 output channels do not split into 3 groups") && !err.contains('\n'), "{err}");
+}

@@ -97,18 +97,16 @@ pub fn check_layer(g: &Graph, i: usize) -> Result<()> {
     let n = &g.nodes()[i];
     let Some(w) = n.input.get(1).and_then(|w| g.constant(w)) else { return Ok(()) };
     let group = attr_i(n, "group", 1);
-    match n.op_type.as_str() {
-        "Conv" if w.shape.len() >= 3 => {
-            if group < 1 || !w.shape[0].is_multiple_of(group as usize) {
-                bail!("Conv {:?}: {} output channels do not split into {group} groups: not a valid model", n.name, w.shape[0]);
-            }
-        }
-        "ConvTranspose" if w.shape.len() >= 3 => {
-            if group < 1 || !w.shape[0].is_multiple_of(group as usize) {
-                bail!("ConvTranspose {:?}: {} input channels do not split into {group} groups: not a valid model", n.name, w.shape[0]);
-            }
-        }
-        _ => {}
+    // Conv weights are [out, in/group, ...], ConvTranspose ones [in, out/group, ...]:
+    // either way axis 0 must split into the groups.
+    let splits = group >= 1 && w.shape.first().is_some_and(|c| c.is_multiple_of(group as usize));
+    let what = match n.op_type.as_str() {
+        "Conv" => "output",
+        "ConvTranspose" => "input",
+        _ => return Ok(()),
+    };
+    if w.shape.len() >= 3 && !splits {
+        bail!("{} {:?}: {} {what} channels do not split into {group} groups: not a valid model", n.op_type, n.name, w.shape[0]);
     }
     Ok(())
 }
