@@ -4,13 +4,14 @@
 # computes what x86 computes on the same inputs:
 #   - the INT8 QDQ fixture (quantized output): identical bits;
 #   - the bundled model quantized by the converter (DFQ, INT8 QDQ, float logits from the
-#     last Gemm): logits of the fixture input within 1e-6; `classify` of the samples
-#     identical on aarch64, same classes and probability within 0.05 on armv7 (below);
+#     last Gemm) in tract: logits of the fixture input within 1e-6; `classify` of the
+#     samples identical on aarch64, same classes and probability within 0.05 on armv7;
 #   - an FP32 equivariant MobileNetV2 fixture: logits within 1e-5;
-#   - edgemed's INT8 engine (--backend int8): identical bits on the QDQ fixture and in
-#     `classify` of the samples with the converter's INT8 model, on both targets;
-#   - `classify` of the sample patches with the bundled (FP32) model: same class for every
-#     patch, probability within 1e-5.
+#   - edgemed's INT8 engine (--backend int8): identical bits on the QDQ fixture, in
+#     `classify` of the samples with the converter's INT8 model (the embedded one, which
+#     the default backend runs), and on escnn's own C4 export (grouped convs), on both targets;
+#   - `classify` of the sample patches with the FP32 demo model (tract): same class for
+#     every patch, probability within 1e-5.
 # Float sums are ordered differently by the AVX and NEON kernels, hence a tolerance there.
 #
 #   scripts/test-arm.sh                       # both targets
@@ -30,13 +31,18 @@ fp32=(tests/fixtures/eqmnv2_c8.onnx --input tests/fixtures/eqmnv2_c8.input.f32)
 cargo run --release -q -p edgemed-converter -- quantize models/bundled/pcam-c4-demo.onnx -o "$ref/pcam-int8.onnx" >/dev/null
 int8=("$ref/pcam-int8.onnx" --input tests/fixtures/eqmnv2_c4.input.f32)
 "$host" run "${qdq[@]}" --output-dir "$ref/x86-qdq" >/dev/null
-"$host" run "${int8[@]}" --output-dir "$ref/x86-int8" >/dev/null
-"$host" classify examples/data/pcam -m "$ref/pcam-int8.onnx" --format csv -o "$ref/x86-int8.csv" 2>/dev/null
+"$host" --backend tract run "${int8[@]}" --output-dir "$ref/x86-int8" >/dev/null
+"$host" --backend tract classify examples/data/pcam -m "$ref/pcam-int8.onnx" --format csv -o "$ref/x86-int8.csv" 2>/dev/null
 "$host" run "${fp32[@]}" --output-dir "$ref/x86-fp32" >/dev/null
-"$host" classify examples/data/pcam --format csv -o "$ref/x86.csv" 2>/dev/null
+"$host" classify examples/data/pcam -m models/bundled/pcam-c4-demo.onnx --format csv -o "$ref/x86.csv" 2>/dev/null
 # edgemed's INT8 engine: integer arithmetic, the same on every architecture.
 "$host" --backend int8 run "${qdq[@]}" --output-dir "$ref/x86-qdq-engine" >/dev/null
 "$host" --backend int8 classify examples/data/pcam -m "$ref/pcam-int8.onnx" --format csv -o "$ref/x86-engine.csv" 2>/dev/null
+# escnn's own export (grouped equivariant convs) after the converter's defaults.
+cargo run --release -q -p edgemed-converter -- quantize tests/fixtures/zoo/c4_legacy_bn.onnx -o "$ref/escnn-c4-int8.onnx" 2>/dev/null
+head -c $((3 * 95 * 95 * 4)) tests/fixtures/zoo/input95.f32 > "$ref/escnn.input.f32"    # its first image
+escnn=("$ref/escnn-c4-int8.onnx" --input "$ref/escnn.input.f32")
+"$host" --backend int8 run "${escnn[@]}" --output-dir "$ref/x86-escnn-engine" >/dev/null
 # Volume models in the engine: 3-D and transposed convs, float ops between them.
 unet3d=(tests/fixtures/int8/unet3d_qdq.onnx --input tests/fixtures/int8/unet3d_qdq.input.f32)
 glow=(tests/fixtures/int8/glow_decoder_qdq.onnx --input tests/fixtures/int8/glow_decoder_qdq.input.f32)
@@ -84,9 +90,9 @@ for triple in $targets; do
         $runner "$bin" run "${qdq[@]}" --expect "$ref/x86-qdq"
         # Its logits come from a float Gemm after the last DequantizeLinear: the integer
         # grid is the same, the float sum may round the last bit otherwise (armv7: 2.4e-7).
-        $runner "$bin" run "${int8[@]}" --expect "$ref/x86-int8" --tolerance 1e-6
+        $runner "$bin" --backend tract run "${int8[@]}" --expect "$ref/x86-int8" --tolerance 1e-6
         $runner "$bin" run "${fp32[@]}" --expect "$ref/x86-fp32" --tolerance 1e-5
-        $runner "$bin" classify examples/data/pcam -m "$ref/pcam-int8.onnx" --format csv -o "$out-int8.csv" 2>/dev/null
+        $runner "$bin" --backend tract classify examples/data/pcam -m "$ref/pcam-int8.onnx" --format csv -o "$out-int8.csv" 2>/dev/null
         # tract runs QDQ models as float convolutions between quantize/dequantize ops.
         # aarch64 NEON fuses multiply-adds as x86 FMA does, so the integer grid and every
         # probability come out identical; armv7 NEON does not fuse, single rounding flips
@@ -94,7 +100,7 @@ for triple in $targets; do
         # 0.02, no class changed). Bit-identical INT8 on armv7 needs integer kernels.
         if [[ "$triple" == armv7-* ]]; then int8_tol=0.05; else int8_tol=0; fi
         same_classes "$ref/x86-int8.csv" "$out-int8.csv" "$int8_tol"
-        $runner "$bin" classify examples/data/pcam --format csv -o "$out.csv" 2>/dev/null
+        $runner "$bin" classify examples/data/pcam -m models/bundled/pcam-c4-demo.onnx --format csv -o "$out.csv" 2>/dev/null
         same_classes "$ref/x86.csv" "$out.csv" 1e-5
         # The INT8 engine: NEON on aarch64 and armv7, AVX-512 VNNI on x86,
         # identical integers, so identical bits: the QDQ fixture's quantised logits, and
@@ -104,6 +110,7 @@ for triple in $targets; do
         $runner "$bin" --backend int8 run "${qdq[@]}" --expect "$ref/x86-qdq-engine"
         $runner "$bin" --backend int8 classify examples/data/pcam -m "$ref/pcam-int8.onnx" --format csv -o "$out-engine.csv" 2>/dev/null
         same_classes "$ref/x86-engine.csv" "$out-engine.csv" 0
+        $runner "$bin" --backend int8 run "${escnn[@]}" --expect "$ref/x86-escnn-engine"
         # The U-Net's float ops (instance normalisation, PReLU, concat) are IEEE-exact
         # steps in a fixed order: identical bits. The GLOW decoder's exp and sigmoid come
         # from each platform's libm (correctly rounded in nearly all cases): allowed to
@@ -120,6 +127,7 @@ for triple in $targets; do
             $max "$bin" --backend int8 run "${qdq[@]}" --expect "$ref/x86-qdq-engine"
             $max "$bin" --backend int8 classify examples/data/pcam -m "$ref/pcam-int8.onnx" --format csv -o "$out-engine-dot.csv" 2>/dev/null
             same_classes "$ref/x86-engine.csv" "$out-engine-dot.csv" 0
+            $max "$bin" --backend int8 run "${escnn[@]}" --expect "$ref/x86-escnn-engine"
         fi
     )
 done

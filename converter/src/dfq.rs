@@ -61,7 +61,7 @@ pub fn field_size_of(g: &Graph) -> usize {
 
 /// Ops whose computed constant inputs (biases, batch-norm parameters, clip bounds
 /// that unoptimised exports build through shape plumbing) are made initializers first.
-pub const CONSTANT_INPUT_OPS: &[&str] = &["Conv", "ConvTranspose", "Gemm", "BatchNormalization", "Clip"];
+pub const CONSTANT_INPUT_OPS: &[&str] = &["Conv", "ConvTranspose", "Gemm", "BatchNormalization", "Clip", "PRelu"];
 
 /// The field size a model's grouped convs imply when its metadata says none: escnn's
 /// equivariant depthwise layer has one group of N input and N output channels per

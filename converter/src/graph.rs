@@ -123,8 +123,44 @@ impl Graph {
                     "value_int" => Some(Array::new(vec![], vec![a.i as f32])),
                     "value_float" => Some(Array::new(vec![], vec![a.f])),
                     "value_floats" => Some(Array::new(vec![a.floats.len()], a.floats.clone())),
+                    "value" => a.t.as_ref().and_then(|t| tensor_to_array(t).ok()),
                     _ => None,
                 }
+            }
+            // Only the shape changes (PReLU slopes [C] made [C, 1, 1] by exporters).
+            "Unsqueeze" | "Squeeze" => {
+                let x = arg(0)?;
+                let axes: Vec<i64> = match attr_ints(n, "axes") {
+                    Some(a) => a,
+                    None if n.input.len() > 1 => arg(1)?.data.iter().map(|v| *v as i64).collect(),
+                    None => vec![],
+                };
+                let mut shape = x.shape.clone();
+                if n.op_type == "Unsqueeze" {
+                    let rank = (shape.len() + axes.len()) as i64;
+                    let mut axes: Vec<usize> = axes
+                        .iter()
+                        .map(|&a| if a < 0 { a + rank } else { a })
+                        .filter(|a| (0..rank).contains(a))
+                        .map(|a| a as usize)
+                        .collect();
+                    axes.sort_unstable();
+                    for a in axes {
+                        shape.insert(a.min(shape.len()), 1);
+                    }
+                } else {
+                    let rank = shape.len() as i64;
+                    let drop: Vec<usize> = if axes.is_empty() {
+                        (0..shape.len()).filter(|&i| shape[i] == 1).collect()
+                    } else {
+                        axes.iter().map(|&a| (if a < 0 { a + rank } else { a }) as usize).collect()
+                    };
+                    if drop.iter().any(|&a| shape.get(a) != Some(&1)) {
+                        return None;
+                    }
+                    shape = shape.iter().enumerate().filter(|(i, _)| !drop.contains(i)).map(|(_, d)| *d).collect();
+                }
+                Some(Array::new(shape, x.data))
             }
             "Shape" => {
                 let src = n.input.first()?;

@@ -213,6 +213,15 @@ pub fn data_free_ranges(g: &Graph, stats: &Stats, input_range: Range, rule: Rang
                     hi: x.hi.min(b.data.iter().copied().fold(f32::MIN, f32::max)),
                 }),
                 ("Add", Some(a)) => ins.get(1).copied().flatten().map(|b| Range { lo: a.lo + b.lo, hi: a.hi + b.hi }),
+                // PReLU keeps x >= 0 and scales x < 0 by each channel's slope.
+                ("PRelu", Some(x)) => n.input.get(1).and_then(|a| g.constant(a).or_else(|| g.eval_constant(a, 8))).map(|slopes| {
+                    let (neg_lo, neg_hi) = (x.lo.min(0.0), x.hi.min(0.0));
+                    slopes
+                        .data
+                        .iter()
+                        .flat_map(|a| [a * neg_lo, a * neg_hi])
+                        .fold(Range { lo: x.lo.max(0.0).min(0.0), hi: x.hi.max(0.0) }, |r, v| Range { lo: r.lo.min(v), hi: r.hi.max(v) })
+                }),
                 // A 0/1 mask keeps values and adds zeros.
                 ("Mul", Some(x))
                     if n.input.get(1).and_then(|m| g.constant(m)).is_some_and(|m| m.data.iter().all(|v| *v == 0.0 || *v == 1.0)) =>
@@ -516,7 +525,10 @@ pub fn quantize(g: &mut Graph, stats: &Stats, opts: &Options) -> Result<Report> 
             .consumers(&v)
             .iter()
             .all(|&c| matches!(g.nodes()[c].op_type.as_str(), "InstanceNormalization" | "LayerNormalization" | "GroupNormalization"));
-        if quantized || normalized || g.is_graph_output(&v) {
+        // tract (which checks every written model) infers no rank through a
+        // DequantizeLinear before an edge-mode Pad (MONAI BasicUNet's up-blocks).
+        let padded = g.consumers(&v).iter().any(|&c| g.nodes()[c].op_type == "Pad");
+        if quantized || normalized || padded || g.is_graph_output(&v) {
             continue;
         }
         if let Some(r) = ranges.get(&v).filter(|r| r.lo.is_finite() && r.hi.is_finite() && r.hi > r.lo) {

@@ -68,10 +68,19 @@ pub(super) fn slice(x: &ArrayD<f32>, args: &[&ArrayD<f32>], attrs: Option<&(Vec<
     let mut v = x.view();
     for i in 0..starts.len() {
         let ax = norm_axis(axes[i], x.ndim())?;
-        if steps[i] <= 0 {
-            return Err(unsupported("Slice: only positive steps"));
+        if steps[i] == 0 {
+            return Err(unsupported("Slice: a step of 0"));
         }
         let dim = x.shape()[ax] as i64;
+        if steps[i] < 0 {
+            // Backwards from start (clamped to [0, dim - 1]) while above end (clamped to
+            // [-1, dim - 1]): ndarray walks [end + 1, start + 1) from its far end.
+            let s = (if starts[i] < 0 { starts[i] + dim } else { starts[i] }).clamp(0, dim - 1);
+            let e = (if ends[i] < 0 { ends[i].saturating_add(dim) } else { ends[i] }).clamp(-1, dim - 1);
+            let (lo, hi) = if e >= s { (0, 0) } else { (e + 1, s + 1) };
+            v.slice_axis_inplace(Axis(ax), Slice::new(lo as isize, Some(hi as isize), steps[i] as isize));
+            continue;
+        }
         let clampi = |p: i64| (if p < 0 { p + dim } else { p }).clamp(0, dim);
         let (b, e) = (clampi(starts[i]), clampi(ends[i]).max(clampi(starts[i])));
         v.slice_axis_inplace(Axis(ax), Slice::new(b as isize, Some(e as isize), steps[i] as isize));

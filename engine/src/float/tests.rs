@@ -400,3 +400,17 @@ fn max_pool_takes_the_window_maximum_and_never_the_padding() {
     let too_big = FloatOp::MaxPool { kernel: vec![3, 3], strides: vec![1, 1], pads: vec![0; 4] };
     assert!(eval(&too_big, &[&a(&[1, 1, 2, 2], &[0.; 4])]).unwrap_err().is_unsupported());
 }
+
+#[test]
+fn slices_with_negative_steps_walk_backwards() {
+    let x = a(&[6], &[0., 1., 2., 3., 4., 5.]);
+    let slice = |starts: f32, ends: f32, step: f32| {
+        flat(&run(FloatOp::Slice(None), &[&x, &a(&[1], &[starts]), &a(&[1], &[ends]), &a(&[1], &[0.]), &a(&[1], &[step])]))
+    };
+    // numpy: x[::-1], x[4:1:-2], x[-1:-7:-1] (the whole reversed), x[1:4:-1] (empty).
+    assert_eq!(slice(-1., i64::MIN as f32, -1.), vec![5., 4., 3., 2., 1., 0.]);
+    assert_eq!(slice(4., 1., -2.), vec![4., 2.]);
+    assert_eq!(slice(-1., -7., -1.), vec![5., 4., 3., 2., 1., 0.]);
+    assert_eq!(slice(1., 4., -1.), Vec::<f32>::new());
+    assert!(eval(&FloatOp::Slice(None), &[&x, &a(&[1], &[0.]), &a(&[1], &[6.]), &a(&[1], &[0.]), &a(&[1], &[0.])]).is_err());
+}
