@@ -1,7 +1,11 @@
 //! Rule: `Relu`, `Min` (a bound, per channel or not), `Clip` after a pending conv
 //! narrow its output bounds (fused as a clamp); after a u8 tensor's view they build a
 //! per-channel lookup table of 256 entries at the `QuantizeLinear`, computed with the
-//! same float operations, so it is exact.
+//! same float operations, so it is exact. A table that only clamps (the activation
+//! of a conv whose output was quantised on the activation's own grid first, as the
+//! converter and ONNX Runtime write ReLU6 chains) on a conv's output that nothing else
+//! reads narrows that conv's clamp instead: clamp(clamp(x, a, b), c, d) is
+//! clamp(x, max(a, c), min(b, d)), the same bytes without a pass over the tensor.
 
 use edgemed_onnx::pb;
 
@@ -69,27 +73,77 @@ impl Compiler<'_> {
                         return Ok(false);
                     }
                 }
-                self.vals.insert(out, Val::PendingMap { src: t, steps: vec![step] });
+                let alone = single_use && self.only_reader_of(t, inp(0));
+                self.vals.insert(out, Val::PendingMap { src: t, steps: vec![step], alone });
                 Ok(true)
             }
-            Some(Val::PendingMap { src, mut steps }) if single_use => {
+            Some(Val::PendingMap { src, mut steps, alone }) if single_use => {
                 if let MapStep::Min(b) = &step {
                     if b.len() != 1 && b.len() != self.tensors[src].c {
                         return Ok(false);
                     }
                 }
                 steps.push(step);
-                self.vals.insert(out, Val::PendingMap { src, steps });
+                self.vals.insert(out, Val::PendingMap { src, steps, alone });
                 Ok(true)
             }
             _ => Ok(false),
         }
     }
 
-    /// `steps` on the view of tensor `src`, quantised with (s, z): a table per channel.
-    pub(super) fn lookup_table(&mut self, src: usize, steps: &[MapStep], s: f32, z: u8) -> usize {
+    /// Whether `view` (a DequantizeLinear of tensor `t`, read once) is the only way to
+    /// `t`: every other name of `t` is read only by DequantizeLinears, and there is one.
+    fn only_reader_of(&self, t: usize, view: &str) -> bool {
+        let names: Vec<&String> = self.vals.iter().filter(|(_, v)| matches!(v, Val::Int(x) if *x == t)).map(|(k, _)| k).collect();
+        let others: usize = names.iter().filter(|n| n.as_str() != view).map(|n| self.uses.get(n.as_str()).copied().unwrap_or(0)).sum();
+        // The QuantizeLinear's output feeds this view's DequantizeLinear and nothing else.
+        names.len() == 2 && others == 1
+    }
+
+    /// `steps` on the view of tensor `src`, quantised with (s, z): a table per channel,
+    /// or, where the table only clamps a conv's output that nothing else reads, that
+    /// conv's clamp narrowed.
+    pub(super) fn lookup_table(&mut self, src: usize, steps: &[MapStep], s: f32, z: u8, alone: bool) -> usize {
         let st = self.tensors[src];
+        let table = self.table(src, steps, s, z);
+        if alone && st.scale == s && st.zp == z && self.narrow_conv_clamp(src, &table) {
+            return src;
+        }
         let dst = self.new_tensor(QTensor { scale: s, zp: z, ..st }, self.shapes[src].clone());
+        self.steps.push(Step::Int(Op::Lut { src, dst, table }));
+        dst
+    }
+
+    /// Narrows the clamp of the conv step writing `t` to `table`'s, when each channel's
+    /// table is q -> clamp(q, lo, hi) and the intervals overlap; false otherwise.
+    fn narrow_conv_clamp(&mut self, t: usize, table: &[u8]) -> bool {
+        let Some(Step::Int(Op::Conv(conv))) = self.steps.iter_mut().rev().find(|s| s.tensor_destination() == Some(t)) else { return false };
+        let c = conv.requant.lo.len();
+        if table.len() != c * 256 {
+            return false;
+        }
+        let mut bounds = Vec::with_capacity(c);
+        for (ch, t) in table.chunks(256).enumerate() {
+            let (lo, hi) = (t[0], t[255]);
+            if !(0..256).all(|q| t[q] == (q as u8).clamp(lo, hi)) {
+                return false;
+            }
+            let (nlo, nhi) = (conv.requant.lo[ch].max(lo), conv.requant.hi[ch].min(hi));
+            if nlo > nhi {
+                return false;
+            }
+            bounds.push((nlo, nhi));
+        }
+        for (ch, (lo, hi)) in bounds.into_iter().enumerate() {
+            conv.requant.lo[ch] = lo;
+            conv.requant.hi[ch] = hi;
+        }
+        true
+    }
+
+    /// The per-channel table of `steps` on tensor `src`'s values, quantised with (s, z).
+    fn table(&self, src: usize, steps: &[MapStep], s: f32, z: u8) -> Vec<u8> {
+        let st = self.tensors[src];
         let mut table = vec![0u8; st.c * 256];
         for c in 0..st.c {
             for qv in 0..256usize {
@@ -104,8 +158,7 @@ impl Compiler<'_> {
                 table[c * 256 + qv] = kernels::quantize_u8(v, s, z);
             }
         }
-        self.steps.push(Step::Int(Op::Lut { src, dst, table }));
-        dst
+        table
     }
 
     /// `steps` on the view of tensor `src` as float ops, for a float op that reads them.

@@ -121,6 +121,8 @@ enum Val {
     PendingMap {
         src: usize,
         steps: Vec<MapStep>,
+        /// Nothing else reads `src`: a table that only clamps can narrow its conv's clamp.
+        alone: bool,
     },
     PendingAdd {
         a: usize,
@@ -305,7 +307,7 @@ impl<'m> Compiler<'m> {
                 self.steps.push(Step::ConvToFloat { conv, dst: f });
                 f
             }
-            Some(Val::PendingMap { src, steps }) => self.map_to_float(src, steps, name)?,
+            Some(Val::PendingMap { src, steps, .. }) => self.map_to_float(src, steps, name)?,
             Some(Val::PendingAdd { a, b }) => {
                 let (fa, fb) = (self.dequantised(a), self.dequantised(b));
                 self.push_float(FloatOp::Binary(float::Binary::Add), vec![Operand::Value(fa), Operand::Value(fb)], name)?

@@ -66,7 +66,7 @@ impl Compiler<'_> {
         let (src, out) = (input(n, 0), output(n));
         let done = match self.vals.get(src).cloned() {
             Some(Val::PendingConv { conv }) => Some(self.quantized_conv(*conv, s, z)),
-            Some(Val::PendingMap { src, steps }) => Some(self.lookup_table(src, &steps, s, z)),
+            Some(Val::PendingMap { src, steps, alone }) => Some(self.lookup_table(src, &steps, s, z, alone)),
             Some(Val::PendingAdd { a, b }) => Some(self.quantized_add(a, b, s, z)),
             Some(Val::PendingMove(m)) if self.move_params(&m) == Some((s, z)) => {
                 // The same bytes: kept pending, so a chain of moves is one gather.

@@ -490,3 +490,61 @@ fn refusals_say_unsupported_or_invalid() {
     let err = compile_best(&b.model(&c)).unwrap_err();
     assert!(matches!(&err, Error::Invalid(m) if m.contains("3 scales for axis 0")), "{err}");
 }
+
+/// Conv -> Q -> DQ -> Relu -> Min (per channel) -> Q on the same grid, the way the
+/// converter and ONNX Runtime write a ReLU6 chain: the table only clamps the conv's
+/// output, which nothing else reads, so the conv's own clamp narrows instead (no
+/// table step) and the bytes are those of the table. A second reader keeps the table.
+#[test]
+fn a_clamping_table_on_a_conv_output_narrows_the_convs_clamp() {
+    let build = |second_reader: bool| {
+        let (cin, cout, h) = (2, 3, 5);
+        let mut b = Qdq::new(&[1, cin, h, h]);
+        let x = b.qdq("x", 0.02, 100);
+        let wv: Vec<i8> = (0..cout * cin * 9).map(|i| ((i * 53 % 255) as i32 - 127) as i8).collect();
+        let w = b.weight(&[cout, cin, 3, 3], &wv, 0.01);
+        let c = b.op("Conv", &[&x, &w], vec![Attr::Ints("pads", vec![1, 1, 1, 1])]);
+        let q = b.q(&c, 0.03, 90);
+        let dq = b.dq(&q, 0.03, 90);
+        let r = b.op("Relu", &[&dq], vec![]);
+        let bound = b.f32s(&[1, cout, 1, 1], &[0.5, 2.0, 1.0]);
+        let m = b.op("Min", &[&r, &bound], vec![]);
+        let y = b.qdq(&m, 0.03, 90);
+        let out = if second_reader {
+            let dq2 = b.dq(&q, 0.03, 90);
+            b.op("Add", &[&y, &dq2], vec![])
+        } else {
+            y
+        };
+        (b.model(&out), cin * h * h)
+    };
+    let (fused, n) = build(false);
+    let plan = compile_best(&fused).unwrap();
+    assert_eq!(kinds(&plan), ["quantize", "conv", "dequantize"]);
+    let input = ramp(n, -2.0, 2.5);
+    let unfused = {
+        let (with_reader, _) = build(true);
+        kinds(&compile_best(&with_reader).unwrap())
+    };
+    assert!(unfused.contains(&"table"), "a second reader of the conv's output keeps the table: {unfused:?}");
+    let got = run(&fused, &input);
+    // Every output is on the grid and inside each channel's [0, bound].
+    for (i, v) in got.iter().enumerate() {
+        let bound = [0.5f32, 2.0, 1.0][i / 25];
+        assert!(*v >= 0.0 && *v <= bound + 0.015, "element {i}: {v}");
+    }
+    // Against the conv alone on the same grid, then ReLU and the bounds applied here.
+    let conv_only = {
+        let (cin, cout, h) = (2, 3, 5);
+        let mut b = Qdq::new(&[1, cin, h, h]);
+        let x = b.qdq("x", 0.02, 100);
+        let wv: Vec<i8> = (0..cout * cin * 9).map(|i| ((i * 53 % 255) as i32 - 127) as i8).collect();
+        let w = b.weight(&[cout, cin, 3, 3], &wv, 0.01);
+        let c = b.op("Conv", &[&x, &w], vec![Attr::Ints("pads", vec![1, 1, 1, 1])]);
+        let y = b.qdq(&c, 0.03, 90);
+        run(&b.model(&y), &input)
+    };
+    let want: Vec<f32> =
+        conv_only.iter().enumerate().map(|(i, &v)| fake_quant(v.max(0.0).min([0.5f32, 2.0, 1.0][i / 25]) as f64, 0.03, 90)).collect();
+    assert_eq!(got, want);
+}
