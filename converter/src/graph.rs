@@ -377,6 +377,23 @@ impl Graph {
 pub use edgemed_onnx::attr::{attr, float as attr_f, int as attr_i, ints as attr_ints};
 
 /// A float-valued initializer (float32, float64 or int64 values) as an array.
+/// The fixed dims of a graph value (None where its type is not a tensor with a shape);
+/// symbolic dims read as 0.
+pub fn value_dims(v: &pb::ValueInfoProto) -> Option<Vec<usize>> {
+    let Some(pb::type_proto::Value::TensorType(t)) = v.r#type.as_ref()?.value.as_ref() else { return None };
+    Some(
+        t.shape
+            .as_ref()?
+            .dim
+            .iter()
+            .map(|d| match d.value {
+                Some(pb::tensor_shape_proto::dimension::Value::DimValue(n)) if n > 0 => n as usize,
+                _ => 0,
+            })
+            .collect(),
+    )
+}
+
 pub fn tensor_to_array(t: &pb::TensorProto) -> Result<Array> {
     let d = edgemed_onnx::tensor::decode(t).map_err(|e| anyhow::anyhow!(e))?;
     if !matches!(d.data_type, DataType::Float | DataType::Double | DataType::Int64) {

@@ -181,7 +181,9 @@ pub fn data_free_ranges(g: &Graph, stats: &Stats, input_range: Range, rule: Rang
             r.insert(i.name.clone(), input_range);
         }
     }
-    for &i in &g.topological_order()? {
+    let order = g.topological_order()?;
+    let derived = propagated_stats(g, stats, &order, input_range);
+    for &i in &order {
         let n = &g.nodes()[i];
         let out = n.output[0].clone();
         let ins: Vec<Option<Range>> = n.input.iter().map(|x| r.get(x).copied()).collect();
@@ -236,11 +238,125 @@ pub fn data_free_ranges(g: &Graph, stats: &Stats, input_range: Range, rule: Rang
                 _ => None,
             }
         };
+        // A value no batch norm describes and no rule above bounds (a conv without batch
+        // norm, an Add of one): the statistics propagated to it, when they reach it.
+        let range = range.or_else(|| {
+            let st = derived.get(&out)?;
+            let src = Source { stats: st.clone(), lo: None, hi: None };
+            match rule {
+                RangeRule::MinError(family) => min_error_range(&src, family),
+                RangeRule::Sigmas(k) => Some(Range {
+                    lo: st.beta.iter().zip(&st.gamma).map(|(b, s)| b - k * s).fold(f32::MAX, f32::min),
+                    hi: st.beta.iter().zip(&st.gamma).map(|(b, s)| b + k * s).fold(f32::MIN, f32::max),
+                }),
+            }
+        });
         if let Some(range) = range {
             r.insert(out, range);
         }
     }
     Ok(r)
+}
+
+/// Per-channel mean and deviation of values the batch norms do not describe,
+/// propagated from those they do, in topological order: through activations (the
+/// moments of the activated normal, by quadrature), layers without a batch norm (mean
+/// W mu + b, variance sum of w^2 sigma^2: inputs taken as independent), Add (sums) and
+/// channel Concat; the model input as uniform over its range. Only a fallback where
+/// nothing else bounds a value.
+fn propagated_stats(g: &Graph, stats: &Stats, order: &[usize], input_range: Range) -> Stats {
+    let mut derived = Stats::new();
+    // The model input, channel by channel: uniform over its range.
+    for i in &g.g().input {
+        let channels = crate::graph::value_dims(i).and_then(|d| d.get(1).copied()).filter(|c| *c > 0);
+        if let (true, Some(c)) = (g.initializer(&i.name).is_none(), channels) {
+            let (mean, sd) = ((input_range.lo + input_range.hi) / 2.0, (input_range.hi - input_range.lo) / 12f32.sqrt());
+            derived.insert(i.name.clone(), ChannelStats { beta: vec![mean; c], gamma: vec![sd; c] });
+        }
+    }
+    for &i in order {
+        let n = &g.nodes()[i];
+        let Some(out) = n.output.first() else { continue };
+        if stats.contains_key(out) {
+            continue;
+        }
+        let get = |v: &str| stats.get(v).or_else(|| derived.get(v)).cloned();
+        let st = match n.op_type.as_str() {
+            "Relu" | "LeakyRelu" | "PRelu" | "Clip" => {
+                let Some(x) = n.input.first().and_then(|v| get(v)) else { continue };
+                let slopes: Vec<f32> = match n.op_type.as_str() {
+                    "Relu" | "Clip" => vec![0.0],
+                    "LeakyRelu" => vec![crate::graph::attr_f(n, "alpha", 0.01)],
+                    _ => match n.input.get(1).and_then(|a| g.constant(a).or_else(|| g.eval_constant(a, 8))) {
+                        Some(a) => a.data,
+                        None => continue,
+                    },
+                };
+                let (lo, hi) = if n.op_type == "Clip" { g.clip_bounds(n) } else { (f32::NEG_INFINITY, f32::INFINITY) };
+                let c = x.beta.len();
+                if slopes.len() != 1 && slopes.len() != c {
+                    continue;
+                }
+                let f = |ch: usize, v: f64| {
+                    let a = slopes[if slopes.len() == 1 { 0 } else { ch }] as f64;
+                    let y = if v >= 0.0 || n.op_type == "Clip" { v } else { a * v };
+                    y.clamp(lo as f64, hi as f64).max(if n.op_type == "Relu" { 0.0 } else { f64::NEG_INFINITY })
+                };
+                let (beta, gamma) = (0..c).map(|ch| activated_moments(x.beta[ch], x.gamma[ch], |v| f(ch, v))).unzip();
+                ChannelStats { beta, gamma }
+            }
+            "Conv" | "ConvTranspose" | "Gemm" => {
+                let Some(l) = layer_at(g, i) else { continue };
+                let Some(x) = get(&n.input[0]).filter(|x| x.beta.len() == l.in_channels) else { continue };
+                let Ok((w, b)) = weight_and_bias(g, &l) else { continue };
+                let mut mean: Vec<f64> = b.iter().map(|v| *v as f64).collect();
+                let mut var = vec![0f64; l.out_channels];
+                crate::passes::for_each_index(&w, |idx, v| {
+                    let (o, k) = (l.out_of(idx), l.in_of(idx));
+                    mean[o] += v as f64 * x.beta[k] as f64;
+                    var[o] += (v as f64).powi(2) * (x.gamma[k] as f64).powi(2);
+                });
+                ChannelStats { beta: mean.iter().map(|v| *v as f32).collect(), gamma: var.iter().map(|v| v.sqrt() as f32).collect() }
+            }
+            "Add" if n.input.len() == 2 => {
+                let (Some(a), Some(b)) = (get(&n.input[0]), get(&n.input[1])) else { continue };
+                if a.beta.len() != b.beta.len() {
+                    continue;
+                }
+                ChannelStats {
+                    beta: a.beta.iter().zip(&b.beta).map(|(x, y)| x + y).collect(),
+                    gamma: a.gamma.iter().zip(&b.gamma).map(|(x, y)| (x * x + y * y).sqrt()).collect(),
+                }
+            }
+            "Concat" if matches!(crate::graph::attr_i(n, "axis", 1), 1 | -3 | -4 | -5) => {
+                let parts: Option<Vec<ChannelStats>> = n.input.iter().map(|v| get(v)).collect();
+                let Some(parts) = parts else { continue };
+                ChannelStats {
+                    beta: parts.iter().flat_map(|p| p.beta.iter().copied()).collect(),
+                    gamma: parts.iter().flat_map(|p| p.gamma.iter().copied()).collect(),
+                }
+            }
+            _ => continue,
+        };
+        derived.insert(out.clone(), st);
+    }
+    derived
+}
+
+/// Mean and deviation of f(X), X ~ N(mu, sigma^2), by a 257-point quadrature over mu +- 8 sigma.
+fn activated_moments(mu: f32, sigma: f32, f: impl Fn(f64) -> f64) -> (f32, f32) {
+    let (mu, sigma) = (mu as f64, (sigma as f64).abs().max(1e-12));
+    let (mut m0, mut m1, mut m2) = (0f64, 0f64, 0f64);
+    for k in 0..257 {
+        let z = -8.0 + 16.0 * k as f64 / 256.0;
+        let p = (-0.5 * z * z).exp();
+        let y = f(mu + sigma * z);
+        m0 += p;
+        m1 += p * y;
+        m2 += p * y * y;
+    }
+    let mean = m1 / m0;
+    (mean as f32, ((m2 / m0 - mean * mean).max(0.0)).sqrt() as f32)
 }
 
 fn qdq_pair(g: &mut Graph, value: &str, scale: f32, zp: u8) {
