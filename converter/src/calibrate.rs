@@ -16,6 +16,9 @@ const SAMPLE_CAP: usize = 1 << 20;
 /// Ranges of `values` over `inputs`; `percentile` (e.g. 99.99) clips outliers, `None` is min/max.
 pub fn calibrate(g: &Graph, values: &[String], inputs: &[ArrayD<f32>], percentile: Option<f32>) -> Result<HashMap<String, Range>> {
     let first = inputs.first().context("no calibration inputs")?;
+    if let Some(p) = percentile.filter(|p| !(p.is_finite() && *p > 0.0 && *p <= 100.0)) {
+        anyhow::bail!("percentile {p}: give a percentile in (0, 100]");
+    }
     let mut model = edgemed_runtime::backend::tract::tract_model(&g.model)?;
     model.select_outputs_by_name(values)?;
     let plan = model.with_input_fact(0, f32::fact(first.shape()).into())?.into_optimized()?.into_runnable()?;
@@ -39,7 +42,11 @@ pub fn calibrate(g: &Graph, values: &[String], inputs: &[ArrayD<f32>], percentil
     if let Some(p) = percentile {
         for (k, s) in samples.iter_mut().enumerate() {
             s.sort_by(f32::total_cmp);
-            let at = |q: f32| s[((s.len() - 1) as f32 * q).round() as usize];
+            // q in [0, 1]: an index in the sample (an empty one keeps min/max).
+            if s.is_empty() {
+                continue;
+            }
+            let at = |q: f32| s[((s.len() - 1) as f32 * q.clamp(0.0, 1.0)).round() as usize];
             ranges[k] = Range { lo: at(1.0 - p / 100.0), hi: at(p / 100.0) };
         }
     }

@@ -40,6 +40,14 @@ pub fn calibration(model: &OnnxModel, path: &Path, limit: usize) -> Result<Vec<A
                 edgemed_runtime::model::Dim::Symbolic(_) => true,
             });
         anyhow::ensure!(fits, "{}: shape {:?} does not fit the model input {dims:?} (first axis: batch)", p.display(), t.shape());
+        // NaN or infinite inputs would give NaN ranges, and a model quantized on nothing.
+        if let Some(bad) = t.iter().position(|v| !v.is_finite()) {
+            anyhow::bail!(
+                "{}: value {bad} is {} (calibration inputs must be finite numbers)",
+                p.display(),
+                t.iter().nth(bad).copied().unwrap_or(f32::NAN)
+            );
+        }
         for item in t.outer_iter() {
             out.push(item.insert_axis(edgemed_runtime::ndarray::Axis(0)).to_owned());
             if out.len() == limit {

@@ -222,7 +222,7 @@ pub fn data_free_ranges(g: &Graph, stats: &Stats, input_range: Range, rule: Rang
                         .data
                         .iter()
                         .flat_map(|a| [a * neg_lo, a * neg_hi])
-                        .fold(Range { lo: x.lo.max(0.0).min(0.0), hi: x.hi.max(0.0) }, |r, v| Range { lo: r.lo.min(v), hi: r.hi.max(v) })
+                        .fold(Range { lo: x.lo.max(0.0), hi: x.hi.max(0.0) }, |r, v| Range { lo: r.lo.min(v), hi: r.hi.max(v) })
                 }),
                 // A 0/1 mask keeps values and adds zeros.
                 ("Mul", Some(x))

@@ -144,3 +144,53 @@ fn quantize_a_twin_decoder_calibrated_on_latents() {
     assert!(!o.status.success() && err.contains("does not fit the model input"), "{err}");
     assert!(!bad.exists());
 }
+
+#[test]
+fn quantize_never_overwrites_its_input_and_checks_its_calibration() {
+    let d = scratch_dir("conv-safety");
+    let model = d.join("m.onnx");
+    std::fs::copy(fixture("eqmnv2_c4.onnx"), &model).unwrap();
+    let before = std::fs::read(&model).unwrap();
+    let clean = |o: &Output, needle: &str| {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(needle) && !err.contains("panicked"), "{needle}: {err}");
+    };
+    // -o naming the input (also through another spelling of the path), for INT8 and FP16.
+    let same = d.join(".").join("m.onnx");
+    for extra in [&[][..], &["--fp16"][..]] {
+        let mut args = vec!["quantize", model.to_str().unwrap(), "-o", same.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        clean(&run(&args), "the output is the input model");
+    }
+    assert_eq!(std::fs::read(&model).unwrap(), before, "the input is untouched");
+    // A calibration tensor with a NaN, a percentile out of range, a percentile without data.
+    let npy = d.join("nan.npy");
+    let mut x = vec![0.5f32; 3 * 95 * 95];
+    x[7] = f32::NAN;
+    edgemed_runtime::formats::tensors::write_npy(&npy, &edgemed_runtime::ndarray::ArrayD::from_shape_vec(vec![1, 3, 95, 95], x).unwrap())
+        .unwrap();
+    let out = d.join("q.onnx");
+    let (m, o, n) = (model.to_str().unwrap(), out.to_str().unwrap(), npy.to_str().unwrap());
+    clean(&run(&["quantize", m, "-o", o, "--calibrate", n]), "calibration inputs must be finite numbers");
+    clean(&run(&["quantize", m, "-o", o, "--calibrate", n, "--percentile", "150"]), "--percentile 150");
+    clean(&run(&["quantize", m, "-o", o, "--percentile", "99.9"]), "--calibrate");
+    assert!(!out.exists());
+}
+
+#[cfg(unix)]
+#[test]
+fn inspect_into_a_closed_pipe_ends_quietly() {
+    use std::process::Stdio;
+    // `edgemed inspect m.onnx | head -1`: the reader goes away after one line.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgemed"))
+        .args(["inspect", fixture("eqmnv2_c4.onnx").to_str().unwrap()])
+        .current_dir(repo_root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+}

@@ -29,8 +29,8 @@ pub struct Args {
     /// patch images, or a .npy tensor (or directory of them) in the model's input shape.
     #[arg(long)]
     calibrate: Option<PathBuf>,
-    /// With --calibrate: clip ranges at this percentile instead of min/max.
-    #[arg(long)]
+    /// With --calibrate: clip ranges at this percentile (0 < P <= 100) instead of min/max.
+    #[arg(long, requires = "calibrate")]
     percentile: Option<f32>,
     /// Data-free activation ranges: beta +- this many |gamma| per channel, instead of
     /// the range of least expected quantization error (see --range-model).
@@ -61,6 +61,14 @@ pub struct Args {
     fp16_io: bool,
 }
 
+/// Whether two paths name one file (the second need not exist yet).
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum RangeModel {
     Laplace,
@@ -68,6 +76,10 @@ enum RangeModel {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    // The converter never writes over its input (the FP32 model a user may need again).
+    if same_file(&args.input, &args.output) {
+        anyhow::bail!("{}: the output is the input model; write the quantized model to another file", args.output.display());
+    }
     let mut g = Graph::load(&args.input)?;
     if args.fp16 {
         return to_fp16(g, &args);
@@ -83,6 +95,9 @@ pub fn run(args: Args) -> Result<()> {
     };
     if let Some(k) = args.range_sigmas.filter(|k| !(k.is_finite() && *k > 0.0)) {
         anyhow::bail!("--range-sigmas {k}: give a positive number of standard deviations");
+    }
+    if let Some(p) = args.percentile.filter(|p| !(p.is_finite() && *p > 0.0 && *p <= 100.0)) {
+        anyhow::bail!("--percentile {p}: give a percentile in (0, 100], e.g. 99.99");
     }
     if field_size == 0 {
         anyhow::bail!("--field-size 0: give the number of channels of a field (1 for a model without fields)");
