@@ -706,3 +706,38 @@ fn bench_compares_fp32_and_int8_and_profiles_the_engine() {
     std::fs::write(&path, tiny_model(vec![relu], vec![], &[-1, 3, -1, -1], &[-1, 3, -1, -1]).encode_to_vec()).unwrap();
     assert_clean_failure(&run(&["bench", path.to_str().unwrap(), "--iters", "1"]), "bench needs every size after the batch fixed");
 }
+
+// --- outputs: checked before any work, never over an input -----------------------
+
+#[test]
+fn an_output_naming_an_input_or_an_unwritable_place_is_refused_before_any_work() {
+    let dir = scratch_dir("cli-outputs");
+    let patch = dir.join("patch.png");
+    std::fs::copy(first_sample(), &patch).unwrap();
+    let before = std::fs::read(&patch).unwrap();
+    let p = patch.to_str().unwrap();
+    // classify -o one of the patches (spelled another way), heatmap -o its own image.
+    let again = dir.join(".").join("patch.png");
+    assert_clean_failure(
+        &run(&["classify", dir.to_str().unwrap(), "--format", "csv", "-o", again.to_str().unwrap()]),
+        "the output is one of the inputs",
+    );
+    assert_clean_failure(&run(&["heatmap", p, "-o", p]), "the output is one of the inputs");
+    assert_eq!(std::fs::read(&patch).unwrap(), before, "the input is untouched");
+    // The overlay is PNG: another extension is refused rather than holding PNG bytes.
+    assert_clean_failure(&run(&["heatmap", p, "-o", dir.join("r.jpg").to_str().unwrap()]), "name it .png");
+    // A folder that does not exist, and a folder given as the output: refused at once.
+    let missing = dir.join("no-such-folder").join("out.json");
+    let o = run(&["classify", "examples/data/pcam", "--format", "json", "-o", missing.to_str().unwrap()]);
+    assert_clean_failure(&o, "does not exist");
+    assert!(!stderr(&o).contains("classified"), "no patch was classified: {}", stderr(&o));
+    assert_clean_failure(&run(&["classify", p, "-o", dir.to_str().unwrap()]), "is a folder");
+    // segment and upsample: the output is the input volume.
+    let vol = dir.join("v.nii.gz");
+    std::fs::copy(repo_root().join("tests/fixtures/unet/volume.nii.gz"), &vol).unwrap();
+    let v = vol.to_str().unwrap();
+    let unet = repo_root().join("tests/fixtures/unet/unet3d.onnx");
+    assert_clean_failure(&run(&["segment", v, "-o", v, "-m", unet.to_str().unwrap()]), "the output is one of the inputs");
+    assert_eq!(std::fs::read(&vol).unwrap(), std::fs::read(repo_root().join("tests/fixtures/unet/volume.nii.gz")).unwrap());
+    let _ = std::fs::remove_dir_all(&dir);
+}

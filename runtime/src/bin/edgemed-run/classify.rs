@@ -73,6 +73,20 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
         format!("{} ({}) on {} ({})", model.path.display(), model.precision(), classifier.backend().name(), classifier.backend().device());
     log::info!("running {ran}");
     let files = patch::expand_inputs(&args.paths)?;
+    if let Some(out) = &args.output {
+        // Before any patch is read: the output destroys no patch, the model or a folder.
+        let patches: Vec<&std::path::Path> = files
+            .iter()
+            .filter_map(|f| match f {
+                patch::PatchSource::File(p) => Some(p.as_path()),
+                patch::PatchSource::H5 { path, .. } => Some(path.as_path()),
+            })
+            .chain(args.model.as_deref())
+            .collect();
+        if !args.resume {
+            crate::common::check_outputs(&[out], &patches)?;
+        }
+    }
     classify(&classifier, &files, args.format, args.output.as_deref(), args.resume, &ran)
 }
 

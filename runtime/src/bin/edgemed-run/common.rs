@@ -62,6 +62,47 @@ fn bundled_model() -> Result<OnnxModel> {
     anyhow::bail!("this build has no bundled model (feature bundled-model is off); pass --model MODEL.onnx")
 }
 
+/// Checks, before any work, that every output can be written and would destroy no
+/// input: its folder exists and takes a new file, it is not a folder, not one of the
+/// `inputs` (however the path is spelled), and no two outputs are the same file.
+pub fn check_outputs(outputs: &[&Path], inputs: &[&Path]) -> Result<()> {
+    use anyhow::{bail, Context};
+    // The path a file has or would have: its folder's canonical path and its name.
+    let resolved = |p: &Path| -> Result<std::path::PathBuf> {
+        let name = p.file_name().with_context(|| format!("{}: not a file name", p.display()))?;
+        let dir = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        let dir = std::fs::canonicalize(&dir).with_context(|| format!("{}: its folder {} does not exist", p.display(), dir.display()))?;
+        Ok(dir.join(name))
+    };
+    let inputs: Vec<std::path::PathBuf> = inputs.iter().filter_map(|p| std::fs::canonicalize(p).ok()).collect();
+    let mut seen: Vec<std::path::PathBuf> = Vec::new();
+    for out in outputs {
+        if out.is_dir() {
+            bail!("{}: is a folder; give a file name to write", out.display());
+        }
+        let r = resolved(out)?;
+        if inputs.contains(&r) {
+            bail!("{}: the output is one of the inputs; write it to another file (edgemed never overwrites an input)", out.display());
+        }
+        if seen.contains(&r) {
+            bail!("{}: two outputs of this command would be the same file", out.display());
+        }
+        // The folder takes a new file (a probe, removed at once).
+        let probe = r.with_file_name(format!(".{}.edgemed-probe", r.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+            .with_context(|| format!("{}: cannot write in its folder", out.display()))?;
+        let _ = std::fs::remove_file(&probe);
+        seen.push(r);
+    }
+    Ok(())
+}
+
 pub fn all_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }

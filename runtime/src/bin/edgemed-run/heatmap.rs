@@ -53,6 +53,14 @@ enum TtaArg {
 }
 
 pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
+    // The overlay is a PNG and the map goes beside it as .npy: two files, checked first.
+    anyhow::ensure!(
+        args.output.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")),
+        "{}: the overlay is written as PNG; name it .png (the map goes beside it as .npy)",
+        args.output.display()
+    );
+    let inputs: Vec<&std::path::Path> = std::iter::once(args.image.as_path()).chain(args.model.as_deref()).collect();
+    crate::common::check_outputs(&[&args.output, &args.output.with_extension("npy")], &inputs)?;
     let model = common.load_model(args.model.as_deref())?;
     let img = patch::read_rgb(&args.image)?;
     let backend = common.backend()?;

@@ -49,6 +49,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
+    let inputs: Vec<&std::path::Path> = [args.input.as_path(), args.model.as_path()].into_iter().chain(args.label.as_deref()).collect();
+    crate::common::check_outputs(&[&args.output], &inputs)?;
     let model = common.load_model(Some(&args.model))?;
     let blend = match args.blend.parse::<Blend>()? {
         Blend::Gaussian { .. } => Blend::Gaussian { sigma_scale: args.sigma_scale },

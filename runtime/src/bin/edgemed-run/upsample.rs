@@ -29,6 +29,7 @@ pub struct Args {
 pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
     let model = common.load_model(Some(&args.model))?;
     let geo = upsample::geometry(&model)?;
+    crate::common::check_outputs(&[&args.output], &[&args.input, &args.model])?;
     let vol = Volume::read(&args.input, common.memory_budget)?;
     let [x, y, z] = vol.shape();
     let r = geo.scale;
