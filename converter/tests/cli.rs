@@ -34,6 +34,23 @@ fn quantize_inspect_verify_round_trip() {
     // at the level of a few flipped rounding steps (exactly 0 with integer kernels, see tests/dfq.rs).
     assert!(v["sqnr_db"][0].as_f64().unwrap() > 15.0, "{v}");
     assert!(v["rotation_error"][0].as_f64().unwrap() <= 1e-4 && v["rotation_error"][1].as_f64().unwrap() <= 1e-2, "{v}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("random inputs, not data"), "noise inputs are said to be noise");
+    // Thresholds: verify as a gate.
+    let gate = |extra: &[&str]| {
+        let mut args =
+            vec!["verify".to_string(), fixture("eqmnv2_c4.onnx").to_str().unwrap().to_string(), out.to_str().unwrap().to_string()];
+        args.extend(["--random", "4"].iter().chain(extra).map(|s| s.to_string()));
+        Command::new(env!("CARGO_BIN_EXE_edgemed")).args(&args).current_dir(repo_root()).output().unwrap()
+    };
+    assert!(gate(&["--min-sqnr", "10", "--min-top1", "0.5"]).status.success());
+    let o = gate(&["--min-sqnr", "200"]);
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("is below --min-sqnr 200"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = gate(&["--min-top1", "1.5"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("is below --min-top1 1.5"));
     let o = run(&["inspect", fixture("eqmnv2_c4.onnx").to_str().unwrap()]);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success() && text.contains("blocks.3.dw.conv") && text.contains("after CLE"), "{text}");
