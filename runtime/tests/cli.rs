@@ -76,6 +76,14 @@ fn csv_and_table_agree_and_output_file_is_written() {
         assert!((p_csv - p_tab).abs() < 1e-4, "{c} vs {t}");
     }
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left behind");
+    // Without --format, the output's extension names it: .csv writes the same csv, .json json.
+    let inferred = dir.join("again.csv");
+    assert!(run(&["classify", "examples/data/pcam", "-o", inferred.to_str().unwrap()]).status.success());
+    assert_eq!(std::fs::read_to_string(&inferred).unwrap(), csv);
+    let json = dir.join("r.json");
+    assert!(run(&["classify", "examples/data/pcam", "-o", json.to_str().unwrap()]).status.success());
+    let rows: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(rows.as_array().map(|r| r.len()), Some(100));
 }
 
 #[test]

@@ -34,8 +34,10 @@ pub struct Args {
     /// Worker threads, each running whole batches (default: all cores).
     #[arg(short, long)]
     threads: Option<usize>,
-    #[arg(short, long, value_enum, default_value_t = Format::Table)]
-    format: Format,
+    /// table, json, csv or jsonl; default: from the output's extension (.json, .csv,
+    /// .jsonl), else table.
+    #[arg(short, long, value_enum)]
+    format: Option<Format>,
     /// Write the results here instead of standard output. csv and jsonl rows are
     /// streamed to OUTPUT.partial as patches are done, renamed to OUTPUT at the end;
     /// table and json are written at the end (atomically).
@@ -51,6 +53,16 @@ pub struct Args {
     /// Centre-crop size (must match the model input; default from the model).
     #[arg(long)]
     crop: Option<u32>,
+}
+
+/// The format an output's extension names (`-o results.csv` writes csv), else the table.
+fn format_of(output: Option<&Path>) -> Format {
+    match output.and_then(|p| p.extension()).and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("csv") => Format::Csv,
+        Some("json") => Format::Json,
+        Some("jsonl") | Some("ndjson") => Format::Jsonl,
+        _ => Format::Table,
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -87,7 +99,8 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
             crate::common::check_outputs(&[out], &patches)?;
         }
     }
-    classify(&classifier, &files, args.format, args.output.as_deref(), args.resume, &ran)
+    let format = args.format.unwrap_or_else(|| format_of(args.output.as_deref()));
+    classify(&classifier, &files, format, args.output.as_deref(), args.resume, &ran)
 }
 
 fn classify(
