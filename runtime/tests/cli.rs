@@ -749,3 +749,12 @@ fn an_output_naming_an_input_or_an_unwritable_place_is_refused_before_any_work()
     assert_eq!(std::fs::read(&vol).unwrap(), std::fs::read(repo_root().join("tests/fixtures/unet/volume.nii.gz")).unwrap());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_batch_larger_than_the_patches_is_cut_to_them() {
+    // 100,000 would be 10 GiB of padded input; one patch needs a batch of one.
+    let o = run(&["classify", first_sample().to_str().unwrap(), "--batch", "100000", "--format", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(rows.as_array().map(|r| r.len()), Some(1));
+}

@@ -76,15 +76,16 @@ enum Format {
 
 pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
     let model = common.load_model(args.model.as_deref())?;
+    let files = patch::expand_inputs(&args.paths)?;
     let threads = args.threads.unwrap_or_else(all_cores);
     let backend = common.backend()?;
-    let batch = args.batch.unwrap_or(backend.default_batch());
+    // No batch larger than the patches there are (a batch is padded to its full size).
+    let batch = args.batch.unwrap_or(backend.default_batch()).min(files.len().max(1));
     let classifier = Classifier::new(&model, &ClassifierOptions { batch, threads, resize: args.resize, crop: args.crop, backend })?;
     // What ran, for the summary line: the model, its precision, the backend.
     let ran =
         format!("{} ({}) on {} ({})", model.path.display(), model.precision(), classifier.backend().name(), classifier.backend().device());
     log::info!("running {ran}");
-    let files = patch::expand_inputs(&args.paths)?;
     if let Some(out) = &args.output {
         // Before any patch is read: the output destroys no patch, the model or a folder.
         let patches: Vec<&std::path::Path> = files
