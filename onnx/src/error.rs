@@ -51,7 +51,7 @@ pub enum Error {
     WrongShape { got: Vec<usize>, expected: Vec<usize> },
     #[error("{what}: contains NaN or infinite values")]
     NonFinite { what: String },
-    #[error("{what} needs {needed}, over the memory budget of {budget} (--memory-budget)")]
+    #[error("{what}: {needed} needed, over the memory budget of {budget} (--memory-budget)")]
     OverBudget { what: String, needed: String, budget: String },
     #[error("{0}")]
     Invalid(String),

@@ -532,7 +532,7 @@ fn memory_budget_refuses_before_allocating() {
     let forged = tiny_model(vec![node("Add", &["x", "w"], "y")], vec![huge], &[1, 3, 96, 96], &[1, 3, 96, 96]);
     let path = dir.join("forged.onnx");
     std::fs::write(&path, forged.encode_to_vec()).unwrap();
-    assert_clean_failure(&run(&["classify", patch, "-m", path.to_str().unwrap()]), "the weights needs");
+    assert_clean_failure(&run(&["classify", patch, "-m", path.to_str().unwrap()]), "the weights: 4194304.0 MiB needed");
     let reps = pb::TensorProto { name: "r".into(), dims: vec![4], data_type: 7, int64_data: vec![1, 1, 300, 300], ..Default::default() };
     let tile = tiny_model(vec![node("Tile", &["x", "r"], "y")], vec![reps], &[1, 3, 96, 96], &[1, 3, 28800, 28800]);
     let path = dir.join("tile.onnx");

@@ -305,6 +305,6 @@ fn write_eq_mobilenet_v2(a: EqMobilenetV2Args) -> Result<()> {
     let model = eq_mobilenet_v2::build_onnx(&cfg, &w)?;
     write_export(&model, &a.output, &w, a.save_weights.as_deref())?;
     let params: usize = w.tensors.values().map(|t| t.data.len()).sum();
-    eprintln!("wrote {} (C{} width {} , {} base parameters)", a.output.display(), cfg.group_order, cfg.width, params);
+    eprintln!("wrote {} (C{}, width {}, {} base parameters)", a.output.display(), cfg.group_order, cfg.width, params);
     Ok(())
 }
