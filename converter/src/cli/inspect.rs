@@ -11,7 +11,9 @@ use edgemed_converter::{dfq, passes};
 // The subcommand's help text is the doc comment of its variant in main.rs.
 #[derive(clap::Args)]
 pub struct Args {
+    /// The FP32 ONNX model whose layers to list.
     model: PathBuf,
+    /// Share equalization scales within blocks of N channels; default from the model's metadata.
     #[arg(long)]
     field_size: Option<usize>,
 }

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 // The subcommand's help text is the doc comment of its variant in main.rs.
 #[derive(clap::Args)]
 pub struct Args {
+    /// ONNX models to record in the edgemed-manifest.json beside each.
     #[arg(required = true)]
     models: Vec<PathBuf>,
 }

@@ -16,13 +16,16 @@ use edgemed_runtime::model::OnnxModel;
 // The subcommand's help text is the doc comment of its variant in main.rs.
 #[derive(clap::Args)]
 pub struct Args {
+    /// The FP32 ONNX model to quantize.
     input: PathBuf,
+    /// The model to write (never the input; written atomically and checked to load).
     #[arg(short, long)]
     output: PathBuf,
     /// Per-channel weight scales (default: per tensor, the DFQ paper's setting).
     #[arg(long)]
     per_channel: bool,
-    /// Share scales within blocks of N channels (C_N regular fields); default from the model's metadata.
+    /// Share scales within blocks of N channels (C_N regular fields); default from the model's
+    /// metadata, else from its grouped convs (escnn: one group of N channels per field).
     #[arg(long)]
     field_size: Option<usize>,
     /// Activation ranges from these inputs instead of batch-norm statistics: a directory of
@@ -41,10 +44,13 @@ pub struct Args {
     /// (the heavy tails of trained networks) or normal (the DFQ paper's assumption).
     #[arg(long, value_enum, default_value = "laplace", conflicts_with = "range_sigmas")]
     range_model: RangeModel,
+    /// Skip cross-layer equalization.
     #[arg(long)]
     no_cle: bool,
+    /// Skip high-bias absorption.
     #[arg(long)]
     no_bias_absorption: bool,
+    /// Skip the analytic correction of the bias that weight rounding adds on average.
     #[arg(long)]
     no_bias_correction: bool,
     /// Replace ReLU6 by ReLU before equalizing (AIMET's way; changes outputs above 6).

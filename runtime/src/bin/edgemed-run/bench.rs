@@ -29,8 +29,10 @@ pub struct Args {
     /// Threads inside one ONNX Runtime run (tract runs on one).
     #[arg(short, long, default_value_t = 1)]
     threads: usize,
+    /// Timed runs per backend and batch size.
     #[arg(long, default_value_t = 50)]
     iters: usize,
+    /// Untimed runs before them.
     #[arg(long, default_value_t = 5)]
     warmup: usize,
     /// With the int8 backend: time each step of the engine's plan (per op: MACs,

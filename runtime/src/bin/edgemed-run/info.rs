@@ -16,6 +16,7 @@ use crate::common::Common;
 pub struct Args {
     /// ONNX model; default: the bundled demonstration model.
     model: Option<PathBuf>,
+    /// Print the description as JSON.
     #[arg(long)]
     json: bool,
 }
