@@ -758,3 +758,25 @@ fn a_batch_larger_than_the_patches_is_cut_to_them() {
     let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(rows.as_array().map(|r| r.len()), Some(1));
 }
+
+#[test]
+fn run_checks_the_input_shape_once_before_any_backend() {
+    // A 96x96 tensor for a [batch, 3, 95, 95] model: tract used to run it, exit 0.
+    let dir = scratch_dir("cli-run-shape");
+    let x = dir.join("x96.npy");
+    edgemed_runtime::formats::tensors::write_npy(&x, &edgemed_runtime::ndarray::ArrayD::zeros(vec![1, 3, 96, 96])).unwrap();
+    for backend in ["tract", "int8", "auto"] {
+        let o = run(&[
+            "--backend",
+            backend,
+            "run",
+            "models/bundled/pcam-c4-demo.onnx",
+            "--input",
+            x.to_str().unwrap(),
+            "-o",
+            dir.join("out").to_str().unwrap(),
+        ]);
+        assert_clean_failure(&o, "shape [1, 3, 96, 96] does not fit the model's input [batch, 3, 95, 95]");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

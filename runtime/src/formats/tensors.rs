@@ -26,6 +26,19 @@ pub fn read_input(path: &Path, model: &OnnxModel) -> Result<ArrayD<f32>> {
         ArrayD::from_shape_vec(IxDyn(&shape), values).expect("length checked above")
     };
     edgemed_onnx::ensure!(array.iter().all(|v| v.is_finite()), Error::NonFinite { what: path.display().to_string() });
+    // One check before any backend: each declared size must match (a .npy names its own).
+    if let Some(dims) = model.inputs.first().and_then(|i| i.dims.as_ref()) {
+        let fits = dims.len() == array.ndim() && dims.iter().zip(array.shape()).all(|(d, &n)| !matches!(d, Dim::Fixed(f) if *f != n));
+        if !fits {
+            let shown: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+            return Err(Error::Invalid(format!(
+                "{}: shape {:?} does not fit the model's input [{}]",
+                path.display(),
+                array.shape(),
+                shown.join(", ")
+            )));
+        }
+    }
     Ok(array)
 }
 
