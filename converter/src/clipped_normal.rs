@@ -14,8 +14,6 @@
 //! too wide for tensors of many similar channels and too narrow for the one
 //! channel whose mean sits far out, which this rule weighs by what it costs.
 
-use crate::quantize::Range;
-
 /// The shape of a channel's distribution around its mean and standard deviation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
@@ -197,9 +195,9 @@ fn minimise(a: f64, b: f64, f: impl Fn(f64) -> f64) -> f64 {
     (l + h) / 2.0
 }
 
-/// The per-tensor range of least expected quantization error for these channels
-/// (containing zero, as u8 ONNX quantization needs); None without channels.
-pub fn optimal_range(channels: &[ClippedNormal]) -> Option<Range> {
+/// The per-tensor range (lo, hi) of least expected quantization error for these
+/// channels (containing zero, as u8 ONNX quantization needs); None without channels.
+pub fn optimal_range(channels: &[ClippedNormal]) -> Option<(f32, f32)> {
     let channels: Vec<ClippedNormal> = channels
         .iter()
         .filter(|c| c.mu.is_finite() && c.sigma.is_finite())
@@ -221,7 +219,7 @@ pub fn optimal_range(channels: &[ClippedNormal]) -> Option<Range> {
             lo = -minimise(-bottom * 1e-3, -bottom, |l| total_error(&channels, -l, hi));
         }
     }
-    Some(Range { lo: lo as f32, hi: hi as f32 })
+    Some((lo as f32, hi as f32))
 }
 
 #[cfg(test)]
@@ -281,21 +279,21 @@ mod tests {
             .map(|k| ClippedNormal { mu: 0.1 * (k % 5) as f64, sigma: 0.5, lo: 0.0, hi: f64::INFINITY, family: Family::Normal })
             .collect();
         ch.push(ClippedNormal { mu: 6.0, sigma: 1.0, lo: 0.0, hi: f64::INFINITY, family: Family::Normal });
-        let r = optimal_range(&ch).unwrap();
-        assert_eq!(r.lo, 0.0);
-        let best = total_error(&ch, 0.0, r.hi as f64);
+        let (lo, hi) = optimal_range(&ch).unwrap();
+        assert_eq!(lo, 0.0);
+        let best = total_error(&ch, 0.0, hi as f64);
         for k in [3.0, 6.0] {
             let sig_hi = ch.iter().map(|c| c.mu + k * c.sigma).fold(0f64, f64::max);
             assert!(best < total_error(&ch, 0.0, sig_hi), "k = {k}");
         }
         for f in [0.9, 1.1] {
-            assert!(best <= total_error(&ch, 0.0, r.hi as f64 * f));
+            assert!(best <= total_error(&ch, 0.0, hi as f64 * f));
         }
         // A two-sided tensor gets both bounds; a ReLU6 one never goes past 6.
         let two = optimal_range(&[ClippedNormal { mu: 0.0, sigma: 1.0, lo: f64::NEG_INFINITY, hi: f64::INFINITY, family: Family::Normal }])
             .unwrap();
-        assert!(two.lo < -2.0 && two.hi > 2.0 && (two.lo + two.hi).abs() < 0.05, "{two:?}");
+        assert!(two.0 < -2.0 && two.1 > 2.0 && (two.0 + two.1).abs() < 0.05, "{two:?}");
         let six = optimal_range(&[ClippedNormal { mu: 5.0, sigma: 4.0, lo: 0.0, hi: 6.0, family: Family::Normal }]).unwrap();
-        assert!(six.hi <= 6.0 && six.hi > 5.5, "{six:?}");
+        assert!(six.1 <= 6.0 && six.1 > 5.5, "{six:?}");
     }
 }

@@ -170,7 +170,7 @@ fn min_error_range(src: &Source, family: Family) -> Option<Range> {
             family,
         })
         .collect();
-    crate::clipped_normal::optimal_range(&channels)
+    crate::clipped_normal::optimal_range(&channels).map(|(lo, hi)| Range { lo, hi })
 }
 
 /// Data-free range of every tensor we can bound, propagated in topological order.

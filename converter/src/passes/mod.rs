@@ -221,20 +221,9 @@ pub fn in_ranges(l: &Layer, w: &Array) -> Vec<f32> {
 
 /// Multiplies every weight by `s` of the input channel it reads.
 pub fn scale_inputs(l: &Layer, w: &mut Array, s: &[f32]) {
-    let mut k = 0;
-    let shape = w.shape.clone();
-    let mut idx = vec![0usize; shape.len()];
-    while k < w.data.len() {
-        w.data[k] *= s[l.in_of(&idx)];
-        k += 1;
-        for d in (0..idx.len()).rev() {
-            idx[d] += 1;
-            if idx[d] < shape[d] {
-                break;
-            }
-            idx[d] = 0;
-        }
-    }
+    let mut factors = Vec::with_capacity(w.len());
+    for_each_index(w, |idx, _| factors.push(s[l.in_of(idx)]));
+    w.data.iter_mut().zip(factors).for_each(|(v, f)| *v *= f);
 }
 
 /// Calls `f` with the multi-index of every element (row-major).
