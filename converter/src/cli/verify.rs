@@ -56,12 +56,12 @@ pub fn run(args: Args) -> Result<()> {
     }
     // Thresholds make verify a gate: below them, one line and a non-zero exit.
     if let Some(min) = args.min_sqnr {
-        if let Some((name, db)) = v.outputs.iter().zip(&v.sqnr_db).find(|(_, db)| !(**db >= min)) {
+        if let Some((name, db)) = v.outputs.iter().zip(&v.sqnr_db).find(|(_, db)| db.is_nan() || **db < min) {
             anyhow::bail!("output {name}: SQNR {db:.2} dB is below --min-sqnr {min}");
         }
     }
     if let Some(min) = args.min_top1 {
-        if !(v.top1_agreement >= min) {
+        if v.top1_agreement.is_nan() || v.top1_agreement < min {
             anyhow::bail!("top-1 agreement {:.4} is below --min-top1 {min}", v.top1_agreement);
         }
     }

@@ -90,9 +90,9 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
         // Before any patch is read: the output destroys no patch, the model or a folder.
         let patches: Vec<&std::path::Path> = files
             .iter()
-            .filter_map(|f| match f {
-                patch::PatchSource::File(p) => Some(p.as_path()),
-                patch::PatchSource::H5 { path, .. } => Some(path.as_path()),
+            .map(|f| match f {
+                patch::PatchSource::File(p) => p.as_path(),
+                patch::PatchSource::H5 { path, .. } => path.as_path(),
             })
             .chain(args.model.as_deref())
             .collect();
