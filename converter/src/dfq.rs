@@ -66,10 +66,10 @@ pub const CONSTANT_INPUT_OPS: &[&str] = &["Conv", "ConvTranspose", "Gemm", "Batc
 /// The field size a model's grouped convs imply when its metadata says none: escnn's
 /// equivariant depthwise layer has one group of N input and N output channels per
 /// regular field, so when every such layer has the same N > 1, the fields are N wide.
-pub fn field_size_from_groups(g: &Graph) -> Option<usize> {
-    let mut g = Graph::from_bytes(&g.to_bytes()).ok()?;
+/// Computed constant weights are made initializers first, as [`run`] does anyway.
+pub fn field_size_from_groups(g: &mut Graph) -> Option<usize> {
     g.materialize_constant_inputs(CONSTANT_INPUT_OPS);
-    let sizes: Vec<(usize, usize)> = crate::passes::layers(&g).iter().filter(|l| l.is_grouped()).map(|l| l.group_sizes()).collect();
+    let sizes: Vec<(usize, usize)> = crate::passes::layers(g).iter().filter(|l| l.is_grouped()).map(|l| l.group_sizes()).collect();
     let (n, m) = *sizes.first()?;
     (n > 1 && n == m && sizes.iter().all(|&s| s == (n, n))).then_some(n)
 }

@@ -155,6 +155,14 @@ fn source_of(g: &Graph, stats: &Stats, value: &str) -> Option<Source> {
     None
 }
 
+/// beta +- k |gamma|, the widest over the channels.
+fn sigma_range(st: &ChannelStats, k: f32) -> Range {
+    Range {
+        lo: st.beta.iter().zip(&st.gamma).map(|(b, s)| b - k * s).fold(f32::MAX, f32::min),
+        hi: st.beta.iter().zip(&st.gamma).map(|(b, s)| b + k * s).fold(f32::MIN, f32::max),
+    }
+}
+
 /// The minimum-error range of a value whose channels are `src`'s normals clipped by its activation.
 fn min_error_range(src: &Source, family: Family) -> Option<Range> {
     let n = src.stats.beta.len();
@@ -200,9 +208,7 @@ pub fn data_free_ranges(g: &Graph, stats: &Stats, input_range: Range, rule: Rang
         let range = if min_error.is_some() {
             min_error
         } else if let Some(st) = stats.get(&out) {
-            let lo = st.beta.iter().zip(&st.gamma).map(|(b, s)| b - sigmas * s).fold(f32::MAX, f32::min);
-            let hi = st.beta.iter().zip(&st.gamma).map(|(b, s)| b + sigmas * s).fold(f32::MIN, f32::max);
-            Some(Range { lo, hi })
+            Some(sigma_range(st, sigmas))
         } else {
             match (n.op_type.as_str(), ins.first().copied().flatten()) {
                 ("Relu", Some(x)) => Some(Range { lo: x.lo.max(0.0), hi: x.hi.max(0.0) }),
@@ -245,10 +251,7 @@ pub fn data_free_ranges(g: &Graph, stats: &Stats, input_range: Range, rule: Rang
             let src = Source { stats: st.clone(), lo: None, hi: None };
             match rule {
                 RangeRule::MinError(family) => min_error_range(&src, family),
-                RangeRule::Sigmas(k) => Some(Range {
-                    lo: st.beta.iter().zip(&st.gamma).map(|(b, s)| b - k * s).fold(f32::MAX, f32::min),
-                    hi: st.beta.iter().zip(&st.gamma).map(|(b, s)| b + k * s).fold(f32::MIN, f32::max),
-                }),
+                RangeRule::Sigmas(k) => Some(sigma_range(st, k)),
             }
         });
         if let Some(range) = range {

@@ -49,8 +49,8 @@ fn run_engine(engine: &Engine, x: &ArrayD<f32>) -> Vec<f32> {
     out
 }
 
-fn run_backend(model: &OnnxModel, kind: BackendKind, x: &ArrayD<f32>) -> Vec<f32> {
-    let b = backend::create(model, x.shape(), &options(kind)).unwrap();
+fn run_backend(model: &OnnxModel, opts: &BackendOptions, x: &ArrayD<f32>) -> Vec<f32> {
+    let b = backend::create(model, x.shape(), opts).unwrap();
     b.run(x.clone()).unwrap().remove(0).iter().copied().collect()
 }
 
@@ -71,7 +71,7 @@ fn top1(logits: &[f32], classes: usize) -> Vec<usize> {
 fn quantized(name: &str, granularity: Granularity) -> (OnnxModel, Engine, dfq::Report) {
     let (_, _, field) = reference(name);
     let mut g = Graph::load(&zoo(&format!("{name}.onnx"))).unwrap();
-    let inferred = dfq::field_size_from_groups(&g).unwrap_or(1);
+    let inferred = dfq::field_size_from_groups(&mut g).unwrap_or(1);
     assert_eq!(inferred, field, "{name}: field size from the grouped convs");
     let report = dfq::run(&mut g, &Options { granularity, field_size: field, ..Options::default() }).unwrap();
     assert!(report.quant.left_fp32.is_empty(), "{name}: left in FP32: {:?}", report.quant.left_fp32);
@@ -104,20 +104,19 @@ fn classifier(name: &str, min_sqnr_db: f64) {
         // The same QDQ file in ONNX Runtime with its graph optimisations off (every QDQ
         // node as the spec defines it; its fused kernels round otherwise, 2-3 dB of
         // logit SQNR apart on these small nets): the engine computes that function.
-        let opts = BackendOptions { opt_level: OptLevel::Disable, ..options(BackendKind::Ort) };
-        let ort: Vec<f32> = backend::create(&model, x.shape(), &opts).unwrap().run(x.clone()).unwrap().remove(0).iter().copied().collect();
+        let ort = run_backend(&model, &BackendOptions { opt_level: OptLevel::Disable, ..options(BackendKind::Ort) }, &x);
         let agreement = sqnr_db(&ort, &int8);
         println!("{name}: engine against ONNX Runtime on the same file: SQNR {agreement:.1} dB");
         assert!(agreement >= 30.0, "{name}: engine and ONNX Runtime {agreement:.1} dB apart");
     }
     if field > 1 {
         let fp32 = OnnxModel::load(zoo(&format!("{name}.onnx"))).unwrap();
-        let e_fp32 = rotation_error(|x| run_backend(&fp32, BackendKind::Tract, x), &x);
+        let e_fp32 = rotation_error(|x| run_backend(&fp32, &options(BackendKind::Tract), x), &x);
         let e_int8 = rotation_error(|x| run_engine(&engine, x), &x);
         println!("{name}: rotation error FP32 (tract) {e_fp32:.2e}, INT8 engine {e_int8:.2e}");
         assert!(e_int8 <= e_fp32, "{name}: INT8 rotation error {e_int8:.2e} above FP32's {e_fp32:.2e}");
         if ort_library().is_some() {
-            let e_ort = rotation_error(|x| run_backend(&model, BackendKind::Ort, x), &x);
+            let e_ort = rotation_error(|x| run_backend(&model, &options(BackendKind::Ort), x), &x);
             println!("{name}: rotation error INT8 ONNX Runtime {e_ort:.2e}");
             assert!(e_ort <= e_fp32.max(1e-6), "{name}: ONNX Runtime INT8 rotation error {e_ort:.2e} above FP32's {e_fp32:.2e}");
         }

@@ -91,7 +91,7 @@ pub fn run(args: Args) -> Result<()> {
         return to_fp16(g, &args);
     }
     let declared = dfq::field_size_of(&g);
-    let field_size = match (args.field_size, declared, dfq::field_size_from_groups(&g)) {
+    let field_size = match (args.field_size, declared, dfq::field_size_from_groups(&mut g)) {
         (Some(n), _, _) => n,
         (None, 1, Some(n)) => {
             eprintln!("edgemed: note: field size {n} from the grouped convs (one group of {n} channels per field); --field-size overrides");

@@ -91,6 +91,11 @@ impl Layer {
     }
 }
 
+/// Whether a Conv's or ConvTranspose's weight axis 0 splits into `group` groups.
+fn splits_into_groups(w: &Array, group: i64) -> bool {
+    group >= 1 && w.shape.first().is_some_and(|c| c.is_multiple_of(group as usize))
+}
+
 /// Why the layer at node `i` cannot be read per channel, if it is a Conv,
 /// ConvTranspose or Gemm with constant weights whose shapes contradict its attributes.
 pub fn check_layer(g: &Graph, i: usize) -> Result<()> {
@@ -99,7 +104,7 @@ pub fn check_layer(g: &Graph, i: usize) -> Result<()> {
     let group = attr_i(n, "group", 1);
     // Conv weights are [out, in/group, ...], ConvTranspose ones [in, out/group, ...]:
     // either way axis 0 must split into the groups.
-    let splits = group >= 1 && w.shape.first().is_some_and(|c| c.is_multiple_of(group as usize));
+    let splits = splits_into_groups(&w, group);
     let what = match n.op_type.as_str() {
         "Conv" => "output",
         "ConvTranspose" => "input",
@@ -128,7 +133,7 @@ pub fn layer_at(g: &Graph, i: usize) -> Option<Layer> {
     let (kind, out_axis, group, in_channels, padded) = match n.op_type.as_str() {
         "Conv" if w.shape.len() >= 3 => {
             let group = attr_i(n, "group", 1);
-            if group < 1 || !w.shape[0].is_multiple_of(group as usize) {
+            if !splits_into_groups(&w, group) {
                 return None;
             }
             (LayerKind::Conv, 0, group as usize, w.shape[1] * group as usize, padded_conv())
@@ -276,12 +281,9 @@ pub fn uniform_within_fields(v: &mut [f32], field: usize) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn ranges_and_scaling_follow_axes() {
-        // [O=2, I=3, 1, 1]
-        let mut w = Array::new(vec![2, 3, 1, 1], vec![1., -4., 2., 0.5, 3., -1.]);
-        assert_eq!(out_ranges(&w, 0), vec![4., 3.]);
-        let dense = Layer {
+    /// A conv layer of `group` groups, for the index arithmetic alone.
+    fn conv_layer(group: usize, out_channels: usize, in_channels: usize) -> Layer {
+        Layer {
             node: 0,
             name: String::new(),
             output: String::new(),
@@ -289,12 +291,19 @@ mod tests {
             bias: None,
             kind: LayerKind::Conv,
             out_axis: 0,
-            group: 1,
-            out_channels: 2,
-            in_channels: 3,
+            group,
+            out_channels,
+            in_channels,
             padded: false,
-        };
-        assert_eq!(in_ranges(&dense, &w), vec![1., 4., 2.]);
+        }
+    }
+
+    #[test]
+    fn ranges_and_scaling_follow_axes() {
+        // [O=2, I=3, 1, 1]
+        let mut w = Array::new(vec![2, 3, 1, 1], vec![1., -4., 2., 0.5, 3., -1.]);
+        assert_eq!(out_ranges(&w, 0), vec![4., 3.]);
+        assert_eq!(in_ranges(&conv_layer(1, 2, 3), &w), vec![1., 4., 2.]);
         scale_axis(&mut w, 1, &[1., 0.5, 2.]);
         assert_eq!(w.data, vec![1., -2., 4., 0.5, 1.5, -2.]);
         assert_eq!(share_within_fields(&[1., 3., 2., 0.5], 2), vec![3., 3., 2., 2.]);
@@ -303,19 +312,7 @@ mod tests {
     #[test]
     fn grouped_layers_map_each_weight_to_its_groups_input_channel() {
         // Conv with 2 groups of 2 in / 2 out channels: w [4, 2, 1, 1].
-        let l = Layer {
-            node: 0,
-            name: String::new(),
-            output: String::new(),
-            weight: String::new(),
-            bias: None,
-            kind: LayerKind::Conv,
-            out_axis: 0,
-            group: 2,
-            out_channels: 4,
-            in_channels: 4,
-            padded: false,
-        };
+        let l = conv_layer(2, 4, 4);
         assert!(l.is_grouped() && !l.is_depthwise());
         assert_eq!([l.in_of(&[0, 1, 0, 0]), l.in_of(&[1, 0, 0, 0]), l.in_of(&[2, 0, 0, 0]), l.in_of(&[3, 1, 0, 0])], [1, 0, 2, 3]);
         let mut w = Array::new(vec![4, 2, 1, 1], vec![1., -5., 2., 3., 0.5, 0.25, -4., 1.]);
