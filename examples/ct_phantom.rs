@@ -47,7 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     header.srow_z = [0.0, 0.0, spacing, origin];
     (header.quatern_x, header.quatern_y, header.quatern_z) = (origin, origin, origin);
     header.xyzt_units = 2; // mm
-    edgemed_runtime::formats::volume::write_nifti(std::path::Path::new(out), &header, hu.view())?;
+    edgemed_runtime::formats::volume::write_nifti(std::path::Path::new(out), &header, hu.view(), None)?;
     println!("wrote {out}: {size}^3 head phantom, {spacing:.3} mm voxels, ventricles at +{years} years");
     Ok(())
 }

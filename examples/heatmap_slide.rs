@@ -6,7 +6,8 @@
 //!
 //! writes OUT_DIR/slide_region.png (the input), OUT_DIR/slide_heatmap.png (the
 //! overlay) and OUT_DIR/slide_heatmap.npy (the map); OUT_DIR defaults to target/heatmap_slide.
-//! The same from the command line: `edgemed-run heatmap OUT_DIR/slide_region.png -o map.png`.
+//! The same map from the command line (same defaults, stride 31 here):
+//! `edgemed-run heatmap OUT_DIR/slide_region.png -o map.png`.
 
 use std::path::PathBuf;
 
@@ -44,7 +45,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     region.save(out.join("slide_region.png"))?;
     let model = OnnxModel::from_bytes(edgemed_runtime::BUNDLED_MODEL_NAME, edgemed_runtime::BUNDLED_MODEL)?;
-    let map = heatmap::heatmap(&model, &region, &HeatmapOptions { stride: Some(32), ..Default::default() })?;
+    // The CLI's defaults (stride: a third of the patch side, 31 px for this model), so the
+    // command below gives the same map.
+    let map = heatmap::heatmap(&model, &region, &HeatmapOptions::default())?;
     heatmap::overlay(&region, &map, 0.5).save(out.join("slide_heatmap.png"))?;
     let grid = edgemed_runtime::ndarray::Array2::from_shape_vec((map.rows, map.cols), map.probs.clone())?;
     ndarray_npy::write_npy(out.join("slide_heatmap.npy"), &grid)?;

@@ -36,10 +36,10 @@ row() { # NAME INPUT_VOXELS CMD...
     printf '%-44s %10.2f %14s %10.1f\n' "$name" "$(echo "$t1 - $t0" | bc)" "${rss:-?}" "$(echo "$voxels * 4 / 1048576" | bc -l)"
 }
 row "segment 256^3 (U-Net, 32^3 windows, gaussian)" $((256 ** 3)) \
-    "$run" segment "$work/head256.nii.gz" -o "$work/seg256.nii.gz" -m "$unet" --blend gaussian --ct-window
+    "$run" segment "$work/head256.nii.gz" -o "$work/seg256.nii.gz" --force -m "$unet" --blend gaussian --ct-window
 row "age 128^3, 1 year (GLOW 3x4 + P)" $((128 ** 3)) \
-    "$run" age "$work/head128.nii.gz" -o "$work/aged128.nii.gz" -m "$work/twin128" --years 1 --ct-window
+    "$run" age "$work/head128.nii.gz" -o "$work/aged128.nii.gz" --force -m "$work/twin128" --years 1 --ct-window
 row "age 128^3, 5 years" $((128 ** 3)) \
-    "$run" age "$work/head128.nii.gz" -o "$work/aged128_5.nii.gz" -m "$work/twin128" --years 5 --ct-window
+    "$run" age "$work/head128.nii.gz" -o "$work/aged128_5.nii.gz" --force -m "$work/twin128" --years 5 --ct-window
 row "upsample 128^3 -> 256^3 (ESPCN x2, 8^3 patches)" $((128 ** 3)) \
-    "$run" upsample "$work/head128.nii.gz" -o "$work/up256.nii.gz" -m "$espcn"
+    "$run" upsample "$work/head128.nii.gz" -o "$work/up256.nii.gz" --force -m "$espcn"

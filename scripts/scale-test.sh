@@ -58,12 +58,12 @@ echo "making $n patches in $work/patches (1% corrupt or truncated)" >&2
 make_set "$work/patches" "$n"
 make_set "$work/small" $((n / 10))
 
-measure small_rss classify "$work/small" --format csv -o "$work/small.csv"
+measure small_rss classify "$work/small" --format csv -o "$work/small.csv" --force
 [[ $status == 1 ]] || { echo "exit status $status with bad patches in the input, expected 1" >&2; exit 1; }
 check "$work/small.csv" $((n / 10))
 
 start=$(date +%s.%N)
-measure full_rss classify "$work/patches" --format csv -o "$work/full.csv"
+measure full_rss classify "$work/patches" --format csv -o "$work/full.csv" --force
 secs=$(echo "$(date +%s.%N) - $start" | bc -l)
 [[ $status == 1 ]] || { echo "exit status $status with bad patches in the input, expected 1" >&2; exit 1; }
 check "$work/full.csv" "$n"
@@ -71,7 +71,7 @@ grep -q "patch_000037.png: not a readable image" "$work/stderr.log" || { echo "t
 
 # Killed halfway (SIGKILL: no chance to clean up), then resumed.
 rm -f "$work/resumed.csv" "$work/resumed.csv.partial"
-"$bin" classify "$work/patches" --format csv -o "$work/resumed.csv" 2>/dev/null >/dev/null &
+"$bin" classify "$work/patches" --format csv -o "$work/resumed.csv" --force 2>/dev/null >/dev/null &
 pid=$!
 rows_in() { if [[ -f $1 ]]; then wc -l < "$1"; else echo 0; fi; }
 while [[ $(rows_in "$work/resumed.csv.partial") -lt $((n / 2)) ]] && kill -0 $pid 2>/dev/null; do sleep 0.05; done

@@ -21,7 +21,7 @@ For every model in ZOO/manifest.json (written by scripts/make_zoo.py):
    Gemm / MatMul MAC of the QDQ graph (shapes from ONNX Runtime at batch 1, counted as the engine counts
    them) give the integer MAC share; "float Conv/ConvTranspose/Gemm/MatMul" steps are float layers left.
 3. Fidelity on the manifest's input: FP32 in ONNX Runtime vs the INT8 QDQ model in ONNX Runtime and in
-   edgemed's engine (`edgemed-run --backend int8 run OUT.onnx --input x.npy -o DIR`): logit SQNR and top-1
+   edgemed's engine (`edgemed-run --backend int8 run OUT.onnx --input x.npy --output-dir DIR`): logit SQNR and top-1
    agreement (classifiers) or argmax voxel agreement (segmenters); for C_N models (field_size > 1) the
    rotation error max|f(rot90 x) - f(x)| / max|f(x)| (rot90 over the last two axes, k=1; outputs with
    spatial axes are turned back first) for FP32 ORT, INT8 ORT and INT8 engine. When the engine does not cover
@@ -287,7 +287,7 @@ def engine_fn(b, qpath, work):
         xi, od = work / f"x{state['n']}.npy", work / f"y{state['n']}"
         np.save(xi, x.astype(np.float32))
         shutil.rmtree(od, ignore_errors=True)
-        out, err = must([b["run"], "--backend", "int8", "run", qpath, "--input", xi, "-o", od])
+        out, err = must([b["run"], "--backend", "int8", "run", qpath, "--input", xi, "--output-dir", od, "--force"])
         if "does not cover" in err or "running it with tract" in err:
             state["fallback"] = True
         written = re.findall(r"^wrote\s+\S+ \[[^\]]*\] -> (.+)$", out, re.M)
@@ -325,7 +325,7 @@ def segment_volume(b, zoo, fp32, qpath, work):
     paths = {}
     for tag, model, backend in (("int8", qpath, "int8"), ("fp32", fp32, "auto")):
         o = work / f"seg_{tag}.nii.gz"
-        must([b["run"], "--backend", backend, "segment", vol, "-m", model, "--roi", "32,32,32", "--all-components", "-o", o])
+        must([b["run"], "--backend", backend, "segment", vol, "-m", model, "--roi", "32,32,32", "--all-components", "-o", o, "--force"])
         paths[tag] = o
     lab = {k: np.asarray(nib.load(str(p)).dataobj).astype(np.uint8) for k, p in paths.items()}
     r = {"agreement_int8_fp32": float((lab["int8"] == lab["fp32"]).mean()),

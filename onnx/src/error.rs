@@ -13,8 +13,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     // --- files -------------------------------------------------------------
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    // `error`, not `source`: the message already holds the reason, and error chains
+    // printed with `{:#}` would repeat it ("Is a directory: Is a directory").
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: no such file or directory")]
     NotFound { path: PathBuf },
     #[error("{pattern}: no files match")]
@@ -75,7 +77,7 @@ impl Error {
         if source.kind() == std::io::ErrorKind::NotFound {
             Error::NotFound { path }
         } else {
-            Error::Io { path, source }
+            Error::Io { path, error: source }
         }
     }
 }

@@ -66,7 +66,8 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
 fn resolved(p: &Path) -> Result<PathBuf> {
     let name = p.file_name().ok_or_else(|| Error::Invalid(format!("{}: not a file name", p.display())))?;
     let dir = folder_of(p);
-    let dir = std::fs::canonicalize(dir).map_err(|_| Error::Invalid(format!("{}: its folder {} does not exist", p.display(), dir.display())))?;
+    let dir =
+        std::fs::canonicalize(dir).map_err(|_| Error::Invalid(format!("{}: its folder {} does not exist", p.display(), dir.display())))?;
     Ok(dir.join(name))
 }
 

@@ -19,7 +19,8 @@ pub struct BenchStats {
     pub mean_ms: f64,
     /// Items (batch elements) per second at the median latency.
     pub throughput: f64,
-    /// Peak resident set size of the whole process, in MiB (Linux only).
+    /// Peak resident set size of the process since the last [`reset_peak_rss`] (this
+    /// row's, when the caller resets it before loading the backend), in MiB (Linux only).
     pub peak_rss_mib: Option<f64>,
 }
 
@@ -40,19 +41,27 @@ pub fn item_shape(model: &crate::model::OnnxModel) -> Result<Vec<usize>> {
 
 /// Runs `warmup` untimed then `iterations` timed inferences on a fixed pseudo-random input.
 pub fn bench(backend: &dyn Backend, warmup: usize, iterations: usize) -> Result<BenchStats> {
+    bench_with_progress(backend, warmup, iterations, || {})
+}
+
+/// [`bench`], calling `tick` after every run (warm-up ones too), outside the timed part.
+pub fn bench_with_progress(backend: &dyn Backend, warmup: usize, iterations: usize, mut tick: impl FnMut()) -> Result<BenchStats> {
+    edgemed_onnx::ensure!(iterations >= 1, Error::Invalid("at least one timed run is needed".into()));
     let shape = backend.input_shape().to_vec();
     edgemed_onnx::ensure!(shape.first().is_some_and(|b| *b >= 1), Error::Invalid("batch size must be at least 1".into()));
     let data = bench_input(shape.iter().product());
     let input = ArrayD::from_shape_vec(IxDyn(&shape), data).expect("shape matches length");
     for _ in 0..warmup {
         backend.run(input.clone())?;
+        tick();
     }
     let mut times: Vec<Duration> = Vec::with_capacity(iterations);
-    for _ in 0..iterations.max(1) {
+    for _ in 0..iterations {
         let x = input.clone();
         let t = Instant::now();
         backend.run(x)?;
         times.push(t.elapsed());
+        tick();
     }
     times.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -97,6 +106,12 @@ impl UniformNoise {
         self.state ^= self.state << 17;
         (self.state >> 40) as f32 / (1u64 << 24) as f32
     }
+}
+
+/// Restarts the peak-memory count (VmHWM) from the current resident size, so the next
+/// [`peak_rss_mib`] is the peak since now (Linux: writing 5 to /proc/self/clear_refs).
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// VmHWM from /proc/self/status.

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::process::Output;
 
-use edgemed_runtime::formats::volume::Volume;
+use edgemed_runtime::formats::volume::{self, Volume};
 use edgemed_runtime::ndarray::{Array, IxDyn};
 use edgemed_tests::{assert_clean_failure, fixture, repo_root, scratch_dir};
 
@@ -45,10 +45,24 @@ fn age_writes_every_year_on_the_grid_in_scanner_space() {
         }
     }
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 3, "three years, no temporary file left");
-    // Same input, same twin: the same bytes.
-    let first = std::fs::read(&out).unwrap();
-    assert!(run(&args).status.success());
-    assert_eq!(std::fs::read(&out).unwrap(), first);
+    // The volumes say what made them.
+    let made_by = volume::read_provenance(&out).unwrap().expect("a provenance record");
+    assert!(made_by.settings.contains("years=3") && made_by.model_sha256.len() == 64, "{made_by:?}");
+    // An existing output is kept unless --force.
+    let first = Volume::read(&out, 0).unwrap();
+    let before = std::fs::read(&out).unwrap();
+    let o = run(&args);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--force"));
+    assert_eq!(std::fs::read(&out).unwrap(), before);
+    // Same input, same twin: the same voxels, header and record (but for the time it ran).
+    let forced: Vec<&str> = args.iter().copied().chain(["--force"]).collect();
+    assert!(run(&forced).status.success());
+    let again = Volume::read(&out, 0).unwrap();
+    assert_eq!(again.data, first.data);
+    assert_eq!(again.affine(), first.affine());
+    let mut rerun = volume::read_provenance(&out).unwrap().unwrap();
+    rerun.time = made_by.time.clone();
+    assert_eq!(rerun, made_by);
 }
 
 #[test]

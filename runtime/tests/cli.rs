@@ -79,7 +79,9 @@ fn csv_and_table_agree_and_output_file_is_written() {
     // Without --format, the output's extension names it: .csv writes the same csv, .json json.
     let inferred = dir.join("again.csv");
     assert!(run(&["classify", "examples/data/pcam", "-o", inferred.to_str().unwrap()]).status.success());
-    assert_eq!(std::fs::read_to_string(&inferred).unwrap(), csv);
+    // The same rows but for the time each run started (the last column).
+    let untimed = |text: &str| text.lines().map(|l| l.rsplit_once(',').unwrap().0.to_string()).collect::<Vec<_>>();
+    assert_eq!(untimed(&std::fs::read_to_string(&inferred).unwrap()), untimed(&csv));
     let json = dir.join("r.json");
     assert!(run(&["classify", "examples/data/pcam", "-o", json.to_str().unwrap()]).status.success());
     let rows: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -384,7 +386,7 @@ fn cli_writes_overlay_and_map_and_refuses_bad_requests() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.contains("area >= 0.5") && text.contains("patch classifier"), "{text}");
+    assert!(text.contains("at p >= 0.5") && text.contains("patch classifier"), "{text}");
     let overlay = edgemed_runtime::formats::patch::read_rgb(&out).unwrap();
     assert_eq!(overlay.dimensions(), (288, 288));
     let map: edgemed_runtime::ndarray::Array2<f32> = ndarray_npy::read_npy(d.join("map.npy")).unwrap();
@@ -448,14 +450,17 @@ fn run_writes_outputs_and_checks_them_against_another_machines() {
     let short = dir.join("short.f32");
     std::fs::write(&short, [0u8; 12]).unwrap();
     assert_clean_failure(
-        &run(&["run", model_s, "--input", short.to_str().unwrap(), "-o", host.to_str().unwrap()]),
+        &run(&["run", model_s, "--input", short.to_str().unwrap(), "--output-dir", dir.join("bad").to_str().unwrap()]),
         "3 float32 values do not fill",
     );
     let mut x = edgemed_tests::read_f32(&input);
     x[7] = f32::NAN;
     let nan = dir.join("nan.f32");
     std::fs::write(&nan, x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
-    assert_clean_failure(&run(&["run", model_s, "--input", nan.to_str().unwrap(), "-o", host.to_str().unwrap()]), "NaN");
+    assert_clean_failure(
+        &run(&["run", model_s, "--input", nan.to_str().unwrap(), "--output-dir", dir.join("bad").to_str().unwrap()]),
+        "NaN",
+    );
     assert_clean_failure(&run(&["run", model_s, "--input", input_s, "--expect", dir.join("none").to_str().unwrap()]), "no such file");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -490,7 +495,7 @@ fn manifests_refuse_tampered_and_unlisted_models() {
     tampered[at] ^= 1;
     std::fs::write(&m, &tampered).unwrap();
     assert_clean_failure(&run(&["classify", patch, "-m", ms]), "does not match the manifest");
-    assert_clean_failure(&run(&["run", ms, "--input", "x.f32", "-o", "y"]), "SHA-256");
+    assert_clean_failure(&run(&["run", ms, "--input", "x.f32", "--output-dir", "y"]), "SHA-256");
     // A model the manifest does not list: warned about, or refused when required.
     let other = dir.join("other.onnx");
     std::fs::write(&other, &bytes).unwrap();
@@ -608,6 +613,11 @@ fn results_stream_as_they_come_and_resume_skips_what_is_done() {
     resumed.sort_by_key(key);
     let mut expected = full.clone();
     expected.sort_by_key(key);
+    // The same rows but for the time each run started.
+    let untimed =
+        |rows: &mut Vec<serde_json::Value>| rows.iter_mut().for_each(|r| assert!(r.as_object_mut().unwrap().remove("time").is_some()));
+    untimed(&mut resumed);
+    untimed(&mut expected);
     assert_eq!(resumed, expected, "each patch once, with the same result");
 
     // Killed mid-run: what was done is in the partial file, and --resume completes it.
@@ -773,7 +783,7 @@ fn run_checks_the_input_shape_once_before_any_backend() {
             "models/bundled/pcam-c4-demo.onnx",
             "--input",
             x.to_str().unwrap(),
-            "-o",
+            "--output-dir",
             dir.join("out").to_str().unwrap(),
         ]);
         assert_clean_failure(&o, "shape [1, 3, 96, 96] does not fit the model's input [batch, 3, 95, 95]");

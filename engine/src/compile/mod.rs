@@ -376,6 +376,38 @@ impl<'m> Compiler<'m> {
 /// Compiles `model` for batch 1, its weights packed for `isa`; Err names what the
 /// engine does not cover.
 pub fn compile(model: &OnnxModel, isa: Isa) -> Result<Plan> {
+    if !model.graph().node.iter().any(|n| n.op_type == "QuantizeLinear") {
+        return Err(unsupported("no QuantizeLinear: not a QDQ model"));
+    }
+    let (comp, outputs) = lower(model, isa)?;
+    let macs: u64 = comp.steps.iter().map(|s| s.macs()).sum();
+    if !comp.steps.iter().any(|s| matches!(s, Step::Int(_) | Step::ConvToFloat { .. })) {
+        return Err(unsupported("nothing runs in integers (not a QDQ model, or its quantised ops are in forms the engine does not read)"));
+    }
+    // The interpreter's convs and products are plain loops, tens of times slower than
+    // the integer kernels: past a third of the model's MACs in float (a U-Net whose
+    // activations lack ranges: 4.3 float against 5.6 integer MMAC ran 12x slower than
+    // ONNX Runtime), tract runs the whole model faster.
+    if comp.float_macs * 2 > macs {
+        return Err(unsupported(format!(
+            "{:.1} MMAC of convolutions would run in float against {:.1} MMAC in integers (quantize them, e.g. with --calibrate)",
+            comp.float_macs as f64 / 1e6,
+            macs as f64 / 1e6
+        )));
+    }
+    Ok(Plan { tensors: comp.tensors, shapes: comp.shapes, float_shapes: comp.float_shapes, steps: comp.steps, outputs, macs })
+}
+
+/// The multiply-adds of a model's convolutions and matrix products at batch 1, float
+/// or quantised, as the engine counts them: bench's MMAC column for float models too.
+pub fn count_macs(model: &OnnxModel) -> Result<u64> {
+    let (comp, _) = lower(model, Isa::Scalar)?;
+    Ok(comp.steps.iter().map(|s| s.macs()).sum::<u64>() + comp.float_macs)
+}
+
+/// Lowers every node, at batch 1: integer steps where the graph is quantised, the
+/// interpreter's float steps elsewhere; returns the compiler and the outputs' values.
+fn lower(model: &OnnxModel, isa: Isa) -> Result<(Compiler<'_>, Vec<usize>)> {
     let graph = model.graph();
     let inits: HashMap<&str, &pb::TensorProto> = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
     let inputs: Vec<&pb::ValueInfoProto> = graph.input.iter().filter(|i| !inits.contains_key(i.name.as_str())).collect();
@@ -393,9 +425,6 @@ pub fn compile(model: &OnnxModel, isa: Isa) -> Result<Plan> {
         .collect::<Result<_>>()?;
     if fixed.is_empty() {
         return Err(unsupported(format!("input {dims:?}: expected [batch, ...]")));
-    }
-    if !graph.node.iter().any(|n| n.op_type == "QuantizeLinear") {
-        return Err(unsupported("no QuantizeLinear: not a QDQ model"));
     }
     let mut uses: HashMap<&str, usize> = HashMap::new();
     for n in &graph.node {
@@ -430,20 +459,5 @@ pub fn compile(model: &OnnxModel, isa: Isa) -> Result<Plan> {
         }
     }
     let outputs = graph.output.iter().map(|o| comp.float_of(&o.name)).collect::<Result<Vec<_>>>()?;
-    let macs: u64 = comp.steps.iter().map(|s| s.macs()).sum();
-    if !comp.steps.iter().any(|s| matches!(s, Step::Int(_) | Step::ConvToFloat { .. })) {
-        return Err(unsupported("nothing runs in integers (not a QDQ model, or its quantised ops are in forms the engine does not read)"));
-    }
-    // The interpreter's convs and products are plain loops, tens of times slower than
-    // the integer kernels: past a third of the model's MACs in float (a U-Net whose
-    // activations lack ranges: 4.3 float against 5.6 integer MMAC ran 12x slower than
-    // ONNX Runtime), tract runs the whole model faster.
-    if comp.float_macs * 2 > macs {
-        return Err(unsupported(format!(
-            "{:.1} MMAC of convolutions would run in float against {:.1} MMAC in integers (quantize them, e.g. with --calibrate)",
-            comp.float_macs as f64 / 1e6,
-            macs as f64 / 1e6
-        )));
-    }
-    Ok(Plan { tensors: comp.tensors, shapes: comp.shapes, float_shapes: comp.float_shapes, steps: comp.steps, outputs, macs })
+    Ok((comp, outputs))
 }

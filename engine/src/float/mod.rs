@@ -95,6 +95,8 @@ pub enum FloatOp {
     /// Axes (from an input when None); true: squeeze.
     Squeeze(Option<Vec<i64>>, bool),
     InstanceNorm(f32),
+    /// Inference-mode batch norm (epsilon): per channel, from the running statistics.
+    BatchNorm(f32),
     /// Strides, pads (begin..., end...), dilations, group; 1-D to 3-D.
     Conv {
         strides: Vec<usize>,
@@ -235,6 +237,7 @@ impl FloatOp {
             FloatOp::Squeeze(_, true) => "Squeeze",
             FloatOp::Squeeze(_, false) => "Unsqueeze",
             FloatOp::InstanceNorm(_) => "InstanceNormalization",
+            FloatOp::BatchNorm(_) => "BatchNormalization",
             FloatOp::Conv { .. } => "Conv",
             FloatOp::Reduce(..) => "Reduce",
             FloatOp::GlobalPool(Reduce::Max) => "GlobalMaxPool",
@@ -306,6 +309,8 @@ pub fn float_op(n: &pb::NodeProto, opset: i64, graph: &pb::GraphProto) -> Result
         }
         "Squeeze" | "Unsqueeze" => FloatOp::Squeeze(if opset >= 13 { None } else { ints("axes") }, n.op_type == "Squeeze"),
         "InstanceNormalization" => FloatOp::InstanceNorm(float("epsilon", 1e-5)),
+        // Inference mode (one output: nodes with several are refused above).
+        "BatchNormalization" => FloatOp::BatchNorm(float("epsilon", 1e-5)),
         "Conv" => {
             if attr::attr(n, "auto_pad").is_some_and(|a| !a.s.is_empty() && a.s != b"NOTSET") {
                 return Err(unsupported(format!("{}: Conv with auto_pad", n.name)));
@@ -471,6 +476,7 @@ pub fn eval(op: &FloatOp, args: &[&ArrayD<f32>]) -> Result<ArrayD<f32>> {
         FloatOp::GlobalPool(kind) => Ok(reduce::global_pool(x, *kind)),
         FloatOp::Softmax(axis) => reduce::softmax(x, *axis),
         FloatOp::InstanceNorm(eps) => reduce::instance_norm(x, arg(args, 1)?, arg(args, 2)?, *eps),
+        FloatOp::BatchNorm(eps) => reduce::batch_norm(x, [arg(args, 1)?, arg(args, 2)?, arg(args, 3)?, arg(args, 4)?], *eps),
         FloatOp::Gemm { alpha, beta, trans_a, trans_b } => linear::gemm(x, arg(args, 1)?, opt(2), *alpha, *beta, *trans_a, *trans_b),
         FloatOp::MatMul => linear::matmul2(x, arg(args, 1)?),
         FloatOp::Conv { strides, pads, dilations, group } => {

@@ -98,6 +98,28 @@ pub(super) fn instance_norm(x: &ArrayD<f32>, scale: &ArrayD<f32>, bias: &ArrayD<
     Ok(y)
 }
 
+/// Inference-mode batch norm: y = scale (x - mean) / sqrt(var + eps) + bias per channel
+/// (axis 1), from the node's running statistics `[scale, bias, mean, var]`.
+pub(super) fn batch_norm(x: &ArrayD<f32>, params: [&ArrayD<f32>; 4], eps: f32) -> Result<ArrayD<f32>> {
+    let c = if x.ndim() >= 2 { x.shape()[1] } else { 0 };
+    if c == 0 || params.iter().any(|p| p.len() != c) {
+        let lens: Vec<usize> = params.iter().map(|p| p.len()).collect();
+        return Err(unsupported(format!("BatchNormalization of {:?} with parameters of lengths {lens:?}", x.shape())));
+    }
+    let [scale, bias, mean, var] = params.map(|p| p.iter().copied().collect::<Vec<f32>>());
+    let plane: usize = x.shape()[2..].iter().product();
+    let mut y = x.as_standard_layout().into_owned();
+    let data = y.as_slice_mut().expect("standard layout");
+    for (i, p) in data.chunks_exact_mut(plane.max(1)).enumerate() {
+        let ch = i % c;
+        let k = scale[ch] / (var[ch] + eps).sqrt();
+        for v in p.iter_mut() {
+            *v = (*v - mean[ch]) * k + bias[ch];
+        }
+    }
+    Ok(y)
+}
+
 /// MaxPool of an NC... tensor over its spatial axes; padding never wins (it is -inf).
 pub(super) fn max_pool(x: &ArrayD<f32>, kernel: &[usize], strides: &[usize], pads: &[usize]) -> Result<ArrayD<f32>> {
     let sp = kernel.len();

@@ -111,6 +111,17 @@ fn reductions() {
 }
 
 #[test]
+fn batch_norm_uses_the_running_statistics_per_channel() {
+    let x = a(&[1, 2, 1, 2], &[1., 3., 10., 20.]);
+    let p = |v: &[f32]| a(&[2], v);
+    // Channel 0: (x - 1) * 2 / sqrt(4) + 0.5; channel 1: (x - 10) * 1 / sqrt(1) - 1.
+    let (scale, bias, mean, var) = (p(&[2., 1.]), p(&[0.5, -1.]), p(&[1., 10.]), p(&[4., 1.]));
+    let y = run(FloatOp::BatchNorm(0.0), &[&x, &scale, &bias, &mean, &var]);
+    assert_eq!(flat(&y), vec![0.5, 2.5, -1., 9.]);
+    assert!(eval(&FloatOp::BatchNorm(0.0), &[&x, &a(&[1], &[1.]), &bias, &mean, &var]).is_err());
+}
+
+#[test]
 fn instance_norm_normalises_each_plane() {
     let x = a(&[1, 2, 1, 4], &[1., 2., 3., 4., 10., 10., 10., 10.]);
     let y = run(FloatOp::InstanceNorm(0.0), &[&x, &a(&[2], &[2., 1.]), &a(&[2], &[0., 5.])]);

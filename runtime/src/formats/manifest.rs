@@ -7,8 +7,6 @@
 
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
 use crate::error::{Error, Result};
 use crate::model::{OnnxModel, TensorSpec};
 
@@ -41,9 +39,7 @@ pub struct IntegrityPolicy {
     pub require: bool,
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use super::provenance::sha256_hex;
 
 impl ManifestEntry {
     /// The entry describing `model`, parsed from `bytes`, stored as `file`.

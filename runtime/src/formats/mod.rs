@@ -5,13 +5,18 @@
 //! - [`patch`]: image patches (PNG, JPEG, TIFF) and their preprocessing to tensors;
 //! - [`pcam_h5`]: the PCam HDF5 files (pure Rust reader);
 //! - [`volume`]: NIfTI volumes, CT windowing, resampling;
+//! - [`image_out`]: images written (overlays), PNG with the provenance in text chunks;
 //! - [`tensors`]: raw float32 and `.npy` tensors, for checking one machine against another;
 //! - [`results`]: classification results streamed to csv/json/jsonl, resumable;
-//! - [`manifest`]: model manifests (SHA-256 and metadata) checked before a model is used.
+//! - [`manifest`]: model manifests (SHA-256 and metadata) checked before a model is used;
+//! - [`provenance`]: what made a result (model, SHA-256, backend, settings, version, time),
+//!   recorded in every file a command writes.
 
+pub mod image_out;
 pub mod manifest;
 pub mod patch;
 pub mod pcam_h5;
+pub mod provenance;
 pub mod results;
 pub mod tensors;
 pub mod volume;

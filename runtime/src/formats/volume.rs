@@ -8,8 +8,9 @@
 
 use std::path::{Path, PathBuf};
 
-use nifti::{IntoNdArray, NiftiHeader, NiftiObject, ReaderOptions};
+use nifti::{InMemNiftiObject, IntoNdArray, NiftiHeader, NiftiObject};
 
+use super::provenance::Provenance;
 use crate::budget;
 use crate::error::{Error, Result};
 use crate::fsutil;
@@ -58,6 +59,32 @@ pub fn spatial_dims(header: &NiftiHeader, path: &Path) -> Result<[usize; 3]> {
     Ok([dims[0], dims[1], dims[2]])
 }
 
+/// The file as a byte stream, gunzipped when its content is gzip (whatever its name says:
+/// `.nii` files that are really compressed are common).
+fn open_maybe_gz(path: &Path) -> Result<Box<dyn std::io::Read>> {
+    use std::io::{Read, Seek};
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut magic = [0u8; 2];
+    let n = f.read(&mut magic).map_err(|e| Error::io(path, e))?;
+    f.rewind().map_err(|e| Error::io(path, e))?;
+    let f = std::io::BufReader::new(f);
+    Ok(if n == 2 && magic == [0x1f, 0x8b] { Box::new(std::io::BufReader::new(flate2::read::MultiGzDecoder::new(f))) } else { Box::new(f) })
+}
+
+/// The NIfTI extension code edgemed's provenance record is written under:
+/// NIFTI_ECODE_COMMENT (nifti1.h), plain text, here JSON.
+const PROVENANCE_ECODE: i32 = 6;
+
+/// The record of what made a volume edgemed wrote (None: not written by edgemed).
+pub fn read_provenance(path: &Path) -> Result<Option<Provenance>> {
+    let obj = InMemNiftiObject::from_reader(open_maybe_gz(path)?).map_err(|e| bad(path, format!("cannot read it: {e}")))?;
+    Ok(obj
+        .extensions()
+        .iter()
+        .filter(|e| e.code() == PROVENANCE_ECODE)
+        .find_map(|e| serde_json::from_slice::<Provenance>(e.data().split(|&b| b == 0).next().unwrap_or_default()).ok()))
+}
+
 impl Volume {
     /// Reads a `.nii` or `.nii.gz` file. The header is checked first and the voxel
     /// count against `memory_budget` (bytes, 0 = unlimited) before anything the size of
@@ -67,7 +94,8 @@ impl Volume {
         if !path.exists() {
             return Err(Error::NotFound { path: path.to_path_buf() });
         }
-        let header = NiftiHeader::from_file(path).map_err(|e| bad(path, format!("not a NIfTI-1 file: {e}")))?;
+        // By content, not by name: a gzipped file named .nii is read as well.
+        let header = NiftiHeader::from_reader(open_maybe_gz(path)?).map_err(|e| bad(path, format!("not a NIfTI-1 file: {e}")))?;
         let [x, y, z] = spatial_dims(&header, path)?;
         let per_voxel = voxel_bytes(header.datatype)
             .ok_or_else(|| bad(path, format!("voxel type {} is not a scalar integer or float type", header.datatype)))?;
@@ -82,7 +110,7 @@ impl Volume {
         let voxels = (x as u64) * (y as u64) * (z as u64);
         // The file's voxels, their float32 copy, and the working copy a pipeline makes.
         budget::check(|| format!("{}: volume {x}x{y}x{z}", path.display()), voxels * (per_voxel + 8), memory_budget)?;
-        let obj = ReaderOptions::new().read_file(path).map_err(|e| bad(path, format!("cannot read the voxels: {e}")))?;
+        let obj = InMemNiftiObject::from_reader(open_maybe_gz(path)?).map_err(|e| bad(path, format!("cannot read the voxels: {e}")))?;
         let arr = obj.into_volume().into_ndarray::<f32>().map_err(|e| bad(path, format!("cannot read the voxels: {e}")))?;
         // into_ndarray gives the file's Fortran order; make it C order once, then drop
         // trailing dimensions of size 1.
@@ -112,9 +140,9 @@ impl Volume {
         affine(&self.header)
     }
 
-    /// Writes a label map (uint8) with this volume's header.
-    pub fn write_labels_like(&self, path: &Path, labels: ArrayView3<u8>) -> Result<()> {
-        write_nifti(path, &self.header, labels)
+    /// Writes a label map (uint8) with this volume's header and the record of what made it.
+    pub fn write_labels_like(&self, path: &Path, labels: ArrayView3<u8>, made_by: Option<&Provenance>) -> Result<()> {
+        write_nifti(path, &self.header, labels, made_by)
     }
 }
 
@@ -155,10 +183,11 @@ pub fn is_nifti_name(path: &Path) -> bool {
     name.ends_with(".nii") || name.ends_with(".nii.gz")
 }
 
-/// Writes `data` as NIfTI with `reference`'s header fields (affine, units, description)
-/// through a temporary file beside `path` and a rename, so a crash never leaves half
-/// a volume under the final name.
-pub fn write_nifti<A>(path: &Path, reference: &NiftiHeader, data: ArrayView3<A>) -> Result<()>
+/// Writes `data` as NIfTI with `reference`'s header fields (affine, units) through a
+/// temporary file beside `path` and a rename, so a crash never leaves half a volume
+/// under the final name. `made_by` goes into the description (short) and, whole, into
+/// a comment extension as JSON ([`read_provenance`]).
+pub fn write_nifti<A>(path: &Path, reference: &NiftiHeader, data: ArrayView3<A>, made_by: Option<&Provenance>) -> Result<()>
 where
     A: nifti::DataElement + bytemuck::Pod,
 {
@@ -175,9 +204,24 @@ where
     let mut header = reference.clone();
     header.cal_min = 0.0;
     header.cal_max = 0.0;
+    let mut extensions = Vec::new();
+    if let Some(m) = made_by {
+        // The input's description would be wrong here; the record's short form (80 bytes at most).
+        let mut descrip = m.short().into_bytes();
+        descrip.truncate(79);
+        descrip.resize(80, 0);
+        header.descrip = descrip;
+        let json = serde_json::to_string(m).map_err(|e| Error::Invalid(e.to_string()))?;
+        extensions.push(nifti::extension::Extension::from_str(PROVENANCE_ECODE, &json));
+    }
+    let extensions = nifti::extension::ExtensionSequence::new(
+        nifti::extension::Extender::from(if extensions.is_empty() { [0u8; 4] } else { [1, 0, 0, 0] }),
+        extensions,
+    );
     fsutil::replace_via(path, &tmp, |tmp| {
         nifti::writer::WriterOptions::new(tmp)
             .reference_header(&header)
+            .with_extensions(extensions)
             .write_nifti(&data)
             .map_err(|e| std::io::Error::other(e.to_string()))
     })

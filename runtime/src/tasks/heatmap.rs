@@ -135,6 +135,16 @@ struct Plan {
 }
 
 pub fn heatmap(model: &OnnxModel, img: &RgbImage, opts: &HeatmapOptions) -> Result<Heatmap> {
+    heatmap_with_progress(model, img, opts, |_, _| {})
+}
+
+/// [`heatmap`], telling `progress(done, total)` (patch positions) after each group of batches.
+pub fn heatmap_with_progress(
+    model: &OnnxModel,
+    img: &RgbImage,
+    opts: &HeatmapOptions,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Heatmap> {
     edgemed_onnx::ensure!(opts.batch >= 1 && opts.tile >= 1, Error::Invalid("batch and tile must be at least 1".into()));
     let (_, side, _) = model.image_input()?;
     let (w, h) = (img.width() as usize, img.height() as usize);
@@ -197,6 +207,7 @@ pub fn heatmap(model: &OnnxModel, img: &RgbImage, opts: &HeatmapOptions) -> Resu
         }
         Ok(sum)
     };
+    let mut done = 0;
     for band in positions.chunks(band_rows * cols) {
         let chunks: Vec<&[(usize, usize)]> = band.chunks(opts.batch).collect();
         for group in chunks.chunks(threads) {
@@ -211,7 +222,9 @@ pub fn heatmap(model: &OnnxModel, img: &RgbImage, opts: &HeatmapOptions) -> Resu
                         }
                     }
                 }
+                done += chunk.len();
             }
+            progress(done, positions.len());
         }
     }
     let (cell, origin) = if local_map {

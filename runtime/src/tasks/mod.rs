@@ -3,6 +3,7 @@
 //! task (a slide, a DICOM series, a server endpoint) is a new file here.
 //!
 //! - [`classify`]: batched classification of patches (PCam), probabilities per class;
+//! - [`scoring`]: accuracy, sensitivity, specificity and ROC area against known labels;
 //! - [`heatmap`]: probability maps over images larger than the model's patch;
 //! - [`sliding_window`]: window tiling and blending over volumes (MONAI's scheme);
 //! - [`segment`]: label volumes from a segmentation model, by sliding window;
@@ -12,6 +13,7 @@
 pub mod aging;
 pub mod classify;
 pub mod heatmap;
+pub mod scoring;
 pub mod segment;
 pub mod sliding_window;
 pub mod upsample;

@@ -8,10 +8,13 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Result;
+use edgemed_runtime::formats::provenance::{sha256_hex, Provenance};
 use edgemed_runtime::formats::volume::{self, Volume};
+use edgemed_runtime::fsutil::{self, Existing};
 use edgemed_runtime::tasks::aging;
+use serde_json::json;
 
-use crate::common::{print_peak_rss, progress_bar, Common};
+use crate::common::{all_cores, progress_bar, Common, Summary, SummaryFormat};
 
 // The subcommand's help text is the doc comment of its variant in main.rs.
 #[derive(clap::Args)]
@@ -30,8 +33,9 @@ pub struct Args {
     /// CT windowing before the model: clip(HU + 80, 0, 255).
     #[arg(long)]
     ct_window: bool,
-    /// Crop this many voxels (X,Y,Z or one size) around the centre of gravity before resampling to the grid.
-    #[arg(long, value_delimiter = ',')]
+    /// Side of the box (voxels; X,Y,Z or one size for all) cut around the centre of gravity
+    /// before resampling to the model grid.
+    #[arg(long, value_delimiter = ',', value_name = "VOXELS")]
     crop: Option<Vec<usize>>,
     /// Also write every intermediate year as OUT_yearK.nii(.gz).
     #[arg(long)]
@@ -40,6 +44,15 @@ pub struct Args {
     /// volume's units (repeatable); the default is CSF-dense voxels (0-15 HU) after --ct-window.
     #[arg(long, default_value = "csf:80:95")]
     track: Vec<String>,
+    /// Threads inside one model run (ONNX Runtime's intra-op pool; tract and the INT8 engine use one).
+    #[arg(short, long)]
+    threads: Option<usize>,
+    /// Replace OUTPUT (and the --every-year files) if they exist (they are kept otherwise).
+    #[arg(long)]
+    force: bool,
+    /// The per-year table as text, or one JSON object (years, band volumes, what made them).
+    #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
+    format: SummaryFormat,
 }
 
 pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
@@ -52,48 +65,108 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
     for p in &paths {
         anyhow::ensure!(volume::is_nifti_name(p), "{}: output volumes are written as .nii or .nii.gz", p.display());
     }
+    let written: Vec<&Path> =
+        paths.iter().enumerate().filter(|(k, _)| args.every_year || k + 1 == years).map(|(_, p)| p.as_path()).collect();
+    let model_files: Vec<PathBuf> = ["encoder", "decoder", "temporal"].iter().map(|n| args.model.join(format!("{n}.onnx"))).collect();
+    let inputs: Vec<&Path> = std::iter::once(args.input.as_path()).chain(model_files.iter().map(PathBuf::as_path)).collect();
+    fsutil::check_outputs(&written, &inputs, Existing::from_flags(args.force, false))?;
     let models = aging::TwinModels::load(&args.model, |p| common.load_model(Some(p)))?;
+    let backend = common.backend()?.with_threads(args.threads.unwrap_or_else(all_cores));
+    let made_by = twin_provenance(common, &models, &args, &backend, crop)?;
     let vol = Volume::read(&args.input, common.memory_budget)?;
     let start = Instant::now();
-    let twin = aging::Twin::new(&models, &common.backend()?)?;
+    let twin = aging::Twin::new(&models, &backend)?;
     let prepared = aging::prepare(&vol, args.ct_window, crop, twin.spec.grid)?;
     let [x, y, z] = vol.shape();
     let [gx, gy, gz] = twin.spec.grid;
     let sp = prepared.header.pixdim;
-    println!("volume       {} ({x}x{y}x{z}) -> grid {gx}x{gy}x{gz}, voxel {:.3}x{:.3}x{:.3}", args.input.display(), sp[1], sp[2], sp[3]);
+    let text = args.format == SummaryFormat::Text;
+    let mut summary = Summary::new();
+    summary.add(
+        "volume",
+        format!("{} ({x}x{y}x{z}) -> grid {gx}x{gy}x{gz}, voxel {:.3}x{:.3}x{:.3}", args.input.display(), sp[1], sp[2], sp[3]),
+        json!({ "path": args.input, "shape": [x, y, z], "grid": [gx, gy, gz], "voxel": [sp[1], sp[2], sp[3]] }),
+    );
     let (mut zn, logdet) = twin.encode(&prepared.data)?;
     twin.normalise(&mut zn);
-    println!("encoded      {} latent values, log-determinant {logdet:.1}, in {:.2} s", zn.len(), start.elapsed().as_secs_f64());
-    let header: String = bands.iter().map(|b| format!("  {:>12} {:>10}", format!("{} mL", b.name), "change")).collect();
-    println!("year{header}");
+    let seconds = start.elapsed().as_secs_f64();
+    summary.add(
+        "encoded",
+        format!("{} latent values, log-determinant {logdet:.1}, in {seconds:.2} s", zn.len()),
+        json!({ "latent_values": zn.len(), "log_determinant": logdet, "seconds": seconds }),
+    );
+    if text {
+        summary.print(args.format, &made_by)?;
+        summary = Summary::new();
+        let header: String = bands.iter().map(|b| format!("  {:>12} {:>10}", format!("{} mL", b.name), "change")).collect();
+        println!("year{header}");
+    }
     let base: Vec<usize> = bands.iter().map(|b| b.voxels(&prepared.data)).collect();
-    let row = |year: usize, counts: &[usize]| {
-        let cells: String = counts
-            .iter()
-            .zip(&base)
-            .map(|(n, b0)| format!("  {:>12.2} {:>+10.2}", *n as f64 * prepared.voxel_ml, (*n as f64 - *b0 as f64) * prepared.voxel_ml))
-            .collect();
-        println!("{year:<4}{cells}");
+    let mut table = Vec::new();
+    let mut row = |year: usize, counts: &[usize]| {
+        let ml: Vec<(f64, f64)> =
+            counts.iter().zip(&base).map(|(n, b0)| (*n as f64 * prepared.voxel_ml, (*n as f64 - *b0 as f64) * prepared.voxel_ml)).collect();
+        let cells: String = ml.iter().map(|(v, d)| format!("  {v:>12.2} {d:>+10.2}")).collect();
+        let bands_json: serde_json::Map<String, serde_json::Value> =
+            bands.iter().zip(&ml).map(|(b, (v, d))| (b.name.clone(), json!({ "ml": v, "change_ml": d }))).collect();
+        table.push(json!({ "year": year, "bands": bands_json }));
+        format!("{year:<4}{cells}")
     };
-    row(0, &base);
+    let first = row(0, &base);
+    if text {
+        println!("{first}");
+    }
     let bar = progress_bar("years");
     bar.set_length(years as u64);
     for (k, path) in (1..=years).zip(&paths) {
         zn = twin.step(&zn)?;
         if k == years || args.every_year {
             let aged = twin.decode(&zn)?;
-            bar.suspend(|| row(k, &bands.iter().map(|b| b.voxels(&aged)).collect::<Vec<_>>()));
-            volume::write_nifti(path, &prepared.header, aged.view())?;
+            let line = row(k, &bands.iter().map(|b| b.voxels(&aged)).collect::<Vec<_>>());
+            if text {
+                bar.suspend(|| println!("{line}"));
+            }
+            volume::write_nifti(path, &prepared.header, aged.view(), Some(&made_by))?;
         }
         bar.inc(1);
     }
     bar.finish_and_clear();
-    println!("aged         {years} years in {:.2} s", start.elapsed().as_secs_f64());
-    for p in if args.every_year { &paths[..] } else { &paths[years - 1..] } {
-        println!("wrote        {}", p.display());
+    let seconds = start.elapsed().as_secs_f64();
+    summary.add("years", String::new(), json!(table));
+    summary.add(
+        "aged",
+        format!("{years} year{} in {seconds:.2} s", if years == 1 { "" } else { "s" }),
+        json!({ "years": years, "seconds": seconds }),
+    );
+    summary.add("wrote", written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "), json!(written));
+    summary.add_peak_rss();
+    if text {
+        // The per-year rows are printed already.
+        summary.remove("years");
     }
-    print_peak_rss();
+    summary.print(args.format, &made_by)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// What made the aged volumes: the twin's folder, and a SHA-256 over its three files' hashes
+/// (encoder, decoder, temporal, in that order).
+fn twin_provenance(
+    common: &Common,
+    models: &aging::TwinModels,
+    args: &Args,
+    backend: &edgemed_runtime::backend::BackendOptions,
+    crop: Option<[usize; 3]>,
+) -> Result<Provenance> {
+    let settings = format!("years={} ct_window={} crop={crop:?}", args.years, args.ct_window);
+    let mut made_by = common.volume_provenance(&models.encoder, backend, settings)?;
+    let mut hashes = String::new();
+    for m in [&models.encoder, &models.decoder, &models.temporal] {
+        let bytes = std::fs::read(&m.path).map_err(|e| edgemed_runtime::Error::io(&m.path, e))?;
+        hashes.push_str(&sha256_hex(&bytes));
+    }
+    made_by.model = args.model.display().to_string();
+    made_by.model_sha256 = sha256_hex(hashes.as_bytes());
+    Ok(made_by)
 }
 
 /// --crop: one size for all axes, or three (X,Y,Z).

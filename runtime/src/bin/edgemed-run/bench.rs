@@ -2,7 +2,8 @@
 //! on each backend named by --backend (tract, ONNX Runtime, the INT8 engine), per
 //! batch size; with --quantized, the FP32 model and its INT8 version side by side
 //! (speed-up against ONNX Runtime INT8), and with --profile the INT8 engine's time
-//! per step of its plan.
+//! per step of its plan. Rows print as they are measured, as a table, CSV or JSON lines
+//! (`--format`); each row's peak memory is its own (the high-water mark is reset first).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,13 +13,20 @@ use edgemed_runtime::backend::{BackendKind, BackendOptions};
 use edgemed_runtime::bench::{self, BenchStats};
 use edgemed_runtime::model::OnnxModel;
 
-use crate::common::Common;
+use crate::common::{progress_bar, Common};
 
 // The subcommand's help text is the doc comment of its variant in main.rs.
 #[derive(clap::Args)]
 pub struct Args {
-    /// ONNX model; default: the bundled demonstration model.
+    /// ONNX model (or -m MODEL); default: the bundled demonstration model.
+    #[arg(value_name = "MODEL")]
+    model_path: Option<PathBuf>,
+    /// ONNX model, as every subcommand takes it.
+    #[arg(short, long, conflicts_with = "model_path")]
     model: Option<PathBuf>,
+    /// The input's sizes after the batch, for models whose input is dynamic, e.g. 3,224,224.
+    #[arg(long, value_delimiter = ',', value_name = "SIZES")]
+    shape: Option<Vec<usize>>,
     /// The INT8 (QDQ) version of MODEL, run on every backend after MODEL (int8
     /// only runs this one), e.g. `bench fp32.onnx --quantized int8.onnx --backend tract,ort,int8`.
     #[arg(long)]
@@ -29,40 +37,77 @@ pub struct Args {
     /// Threads inside one ONNX Runtime run (tract runs on one).
     #[arg(short, long, default_value_t = 1)]
     threads: usize,
-    /// Timed runs per backend and batch size.
-    #[arg(long, default_value_t = 50)]
-    iters: usize,
-    /// Untimed runs before them.
+    /// Timed runs per backend and batch size (at least 1).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    iters: u64,
+    /// Untimed runs before them (loading caches, first-run allocations).
     #[arg(long, default_value_t = 5)]
     warmup: usize,
+    /// table (default), csv, or json (one JSON object per row, as measured).
+    #[arg(long, value_enum, default_value_t = BenchFormat::Table)]
+    format: BenchFormat,
     /// With the int8 backend: time each step of the engine's plan (per op: MACs,
     /// microseconds, GMAC/s, share), the tool for finding where the time goes.
     #[arg(long)]
     profile: bool,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BenchFormat {
+    Table,
+    Csv,
+    Json,
+}
+
 /// One measured run: its name (model and precision), backend, precision label and statistics.
 type Row = (String, BackendKind, &'static str, BenchStats);
 
 pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
-    let model = common.load_model(args.model.as_deref())?;
-    // Any model with a fixed shape after the batch: patches, or volume windows.
-    let item = bench::item_shape(&model)?;
+    let model = common.load_model(args.model.as_deref().or(args.model_path.as_deref()))?;
+    // Any model with a fixed shape after the batch (patches, or volume windows), or --shape.
+    let item = match &args.shape {
+        Some(s) => {
+            anyhow::ensure!(
+                !s.is_empty() && s.iter().all(|&d| d > 0),
+                "--shape takes the sizes after the batch, all above 0, e.g. 3,224,224"
+            );
+            let declared = model.inputs.first().and_then(|i| i.dims.as_ref()).map_or(0, |d| d.len());
+            anyhow::ensure!(
+                declared == 0 || declared == s.len() + 1,
+                "--shape {s:?}: the model's input has {declared} dimensions, so give {} sizes after the batch",
+                declared.saturating_sub(1)
+            );
+            s.clone()
+        }
+        None => bench::item_shape(&model).map_err(|e| anyhow::anyhow!("{e} (give the sizes with --shape)"))?,
+    };
     anyhow::ensure!(args.threads >= 1, "--threads must be at least 1");
     let qmodel = args.quantized.as_deref().map(|q| common.load_model(Some(q))).transpose()?;
-    if let Some(q) = &qmodel {
+    if let (Some(q), None) = (&qmodel, &args.shape) {
         anyhow::ensure!(bench::item_shape(q)? == item, "--quantized takes the same input shape as the model ({item:?} after the batch)");
     }
-    // MACs of the convolutions, as the INT8 engine counts them (None: it does not cover the model).
-    let macs = qmodel.as_ref().or(Some(&model)).and_then(|m| edgemed_engine::Engine::new(m).ok()).map(|e| e.plan.macs);
-    println!(
-        "{:<46} {:>6} {:>9} {:>9} {:>9} {:>12} {:>10} {:>8} {:>8} {:>13}",
-        "model / backend @ device", "batch", "p50 ms", "p90 ms", "p99 ms", "items/s", "speed-up", "MMAC", "GMAC/s", "peak RSS MiB"
-    );
+    // MACs of the convolutions and products at batch 1, as the INT8 engine counts them
+    // (float models too; None: a model the engine cannot lower).
+    let macs = match qmodel.as_ref().or(Some(&model)).map(edgemed_engine::compile::count_macs) {
+        Some(Ok(m)) => Some(m),
+        Some(Err(e)) => {
+            log::info!("no MAC count: {e}");
+            None
+        }
+        None => None,
+    };
+    match args.format {
+        BenchFormat::Table => println!(
+            "{:<46} {:>6} {:>9} {:>9} {:>9} {:>12} {:>10} {:>8} {:>8} {:>13}",
+            "model / backend @ device", "batch", "p50 ms", "p90 ms", "p99 ms", "items/s", "speed-up", "MMAC", "GMAC/s", "peak RSS MiB"
+        ),
+        BenchFormat::Csv => println!("{}", CSV_COLUMNS.join(",")),
+        BenchFormat::Json => {}
+    }
     for b in &args.batch {
         let shape: Vec<usize> = std::iter::once(*b).chain(item.iter().copied()).collect();
         let rows = measure(&args, &model, qmodel.as_ref(), &common.backends, &shape)?;
-        print_rows(&rows, macs);
+        print_rows(&rows, macs, args.format)?;
     }
     if args.profile {
         let profiled = qmodel.as_ref().unwrap_or(&model);
@@ -70,7 +115,7 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
             common.backends.iter().any(|b| b.kind.resolve(profiled) == BackendKind::Int8),
             "--profile times the steps of the INT8 engine: give a QDQ model (or --quantized QDQ_MODEL) and the int8 or auto backend"
         );
-        print_engine_profile(profiled, item.iter().product(), args.iters)?;
+        print_engine_profile(profiled, item.iter().product(), args.iters as usize)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -91,14 +136,38 @@ fn measure(args: &Args, model: &OnnxModel, qmodel: Option<&OnnxModel>, backends:
     let mut rows = Vec::new();
     for (m, label, opts) in runs {
         let opts = BackendOptions { intra_threads: args.threads, ..opts.clone() };
+        let name = format!("{} {label}", short_name(&m.path)).trim_end().to_string();
+        // Each row's peak memory is its own: the high-water mark restarts here.
+        bench::reset_peak_rss();
         let backend = edgemed_runtime::backend::create(m, shape, &opts)?;
-        let s = bench::bench(backend.as_ref(), args.warmup, args.iters)?;
-        rows.push((format!("{} {label}", short_name(&m.path)).trim_end().to_string(), opts.kind, label, s));
+        let bar = progress_bar("runs");
+        bar.set_message(format!("{name} on {}, batch {}", backend.name(), shape[0]));
+        bar.set_length(args.warmup as u64 + args.iters);
+        let s = bench::bench_with_progress(backend.as_ref(), args.warmup, args.iters as usize, || bar.inc(1))?;
+        bar.finish_and_clear();
+        rows.push((name, opts.kind, label, s));
     }
     Ok(rows)
 }
 
-fn print_rows(rows: &[Row], macs: Option<u64>) {
+/// The columns of `--format csv` (JSON rows carry the same keys).
+const CSV_COLUMNS: [&str; 13] = [
+    "model",
+    "backend",
+    "device",
+    "batch",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "mean_ms",
+    "items_per_s",
+    "speed_up",
+    "mmac",
+    "gmac_per_s",
+    "peak_rss_mib",
+];
+
+fn print_rows(rows: &[Row], macs: Option<u64>, format: BenchFormat) -> Result<()> {
     // Speed-up against ONNX Runtime on the INT8 model when it ran, else the first row; same run.
     let reference = rows
         .iter()
@@ -107,21 +176,58 @@ fn print_rows(rows: &[Row], macs: Option<u64>) {
         .map(|r| r.3.throughput)
         .expect("at least one backend");
     for (name, _, _, s) in rows {
-        let gmacs = macs.map_or("".into(), |m| format!("{:.1}", m as f64 * s.batch as f64 / (s.p50_ms * 1e6)));
-        println!(
-            "{:<46} {:>6} {:>9.3} {:>9.3} {:>9.3} {:>12.1} {:>9.2}x {:>8} {:>8} {:>13}",
-            format!("{name} / {} @ {}", s.backend, s.device),
-            s.batch,
-            s.p50_ms,
-            s.p90_ms,
-            s.p99_ms,
-            s.throughput,
-            s.throughput / reference,
-            macs.map_or("".into(), |m| format!("{:.2}", m as f64 / 1e6)),
-            gmacs,
-            s.peak_rss_mib.map_or("n/a".into(), |m| format!("{m:.1}"))
-        );
+        // MACs are counted at batch 1.
+        let mmac = macs.map(|m| m as f64 / 1e6);
+        let gmacs = macs.map(|m| m as f64 * s.batch as f64 / (s.p50_ms * 1e6));
+        let speed_up = s.throughput / reference;
+        match format {
+            BenchFormat::Table => println!(
+                "{:<46} {:>6} {:>9.3} {:>9.3} {:>9.3} {:>12.1} {:>9.2}x {:>8} {:>8} {:>13}",
+                format!("{name} / {} @ {}", s.backend, s.device),
+                s.batch,
+                s.p50_ms,
+                s.p90_ms,
+                s.p99_ms,
+                s.throughput,
+                speed_up,
+                mmac.map_or("n/a".into(), |m| format!("{m:.2}")),
+                gmacs.map_or("n/a".into(), |g| format!("{g:.1}")),
+                s.peak_rss_mib.map_or("n/a".into(), |m| format!("{m:.1}"))
+            ),
+            BenchFormat::Csv | BenchFormat::Json => {
+                let values = serde_json::json!([
+                    name,
+                    s.backend,
+                    s.device,
+                    s.batch,
+                    s.p50_ms,
+                    s.p90_ms,
+                    s.p99_ms,
+                    s.mean_ms,
+                    s.throughput,
+                    speed_up,
+                    mmac,
+                    gmacs,
+                    s.peak_rss_mib
+                ]);
+                let values = values.as_array().expect("an array");
+                if format == BenchFormat::Json {
+                    let row: serde_json::Map<String, serde_json::Value> =
+                        CSV_COLUMNS.iter().map(|c| c.to_string()).zip(values.iter().cloned()).collect();
+                    println!("{}", serde_json::to_string(&row)?);
+                } else {
+                    let mut w = csv::Writer::from_writer(std::io::stdout().lock());
+                    w.write_record(values.iter().map(|v| match v {
+                        serde_json::Value::String(t) => t.clone(),
+                        serde_json::Value::Null => String::new(),
+                        v => v.to_string(),
+                    }))?;
+                    w.flush()?;
+                }
+            }
+        }
     }
+    Ok(())
 }
 
 /// Per-step times of the INT8 engine on the benchmark's input (`item` values).

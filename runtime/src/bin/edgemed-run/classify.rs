@@ -3,6 +3,7 @@
 //! lines; csv and jsonl rows are streamed (to OUTPUT.partial when writing a file, so
 //! that an interrupted run can be resumed), the others written at the end.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,9 +12,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::ValueEnum;
 use edgemed_runtime::formats::patch;
+use edgemed_runtime::formats::provenance::Provenance;
 use edgemed_runtime::formats::results::{self, ResultStream, RowFormat};
-use edgemed_runtime::fsutil;
+use edgemed_runtime::fsutil::{self, Existing};
 use edgemed_runtime::tasks::classify::{Classifier, ClassifierOptions, PatchResult};
+use edgemed_runtime::tasks::scoring;
 
 use crate::common::{all_cores, Common};
 
@@ -44,14 +47,24 @@ pub struct Args {
     #[arg(short, long)]
     output: Option<PathBuf>,
     /// Continue an interrupted run: keep the patches already classified in OUTPUT(.partial),
-    /// classify the rest (failed ones again). Needs --output with --format csv or jsonl.
-    #[arg(long)]
+    /// classify the rest (failed ones again). Needs --output with --format csv or jsonl, and
+    /// the same model, backend and settings as the run that began the file.
+    #[arg(long, conflicts_with = "force")]
     resume: bool,
+    /// Replace OUTPUT (and an interrupted run's OUTPUT.partial) if it exists; without it an
+    /// existing output is kept and the command refuses to start.
+    #[arg(long)]
+    force: bool,
+    /// Known labels (CSV `file,label`, the label a class index or name, as the samples'
+    /// labels.csv): adds accuracy, sensitivity, specificity and ROC AUC of the positive class.
+    #[arg(long, value_name = "FILE")]
+    labels: Option<PathBuf>,
     /// Resample patches whose size differs from the model's patch size instead of refusing them.
     #[arg(long)]
     resize: bool,
-    /// Centre-crop size (must match the model input; default from the model).
-    #[arg(long)]
+    /// Side of the centre crop taken from each patch (pixels); it must equal the model's
+    /// input side, so this only checks it (default: the model's).
+    #[arg(long, value_name = "PIXELS")]
     crop: Option<u32>,
 }
 
@@ -86,6 +99,15 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
     let ran =
         format!("{} ({}) on {} ({})", model.path.display(), model.precision(), classifier.backend().name(), classifier.backend().device());
     log::info!("running {ran}");
+    // What every result row records; settings are what changes the numbers besides the model.
+    let pre = &classifier.preprocess;
+    let settings = format!("patch={} crop={} resize={}", pre.patch_size, pre.crop_size, args.resize);
+    let made_by = common.provenance(&model, format!("{} ({})", classifier.backend().name(), classifier.backend().device()), settings)?;
+    let labels = args
+        .labels
+        .as_deref()
+        .map(|p| Ok::<_, anyhow::Error>((p, scoring::read_labels(p, &classifier.metadata.class_names)?)))
+        .transpose()?;
     if let Some(out) = &args.output {
         // Before any patch is read: the output destroys no patch, the model or a folder.
         let patches: Vec<&std::path::Path> = files
@@ -95,23 +117,38 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
                 patch::PatchSource::H5 { path, .. } => path.as_path(),
             })
             .chain(args.model.as_deref())
+            .chain(args.labels.as_deref())
             .collect();
-        if !args.resume {
-            crate::common::check_outputs(&[out], &patches)?;
-        }
+        fsutil::check_outputs(&[out], &patches, Existing::from_flags(args.force, args.resume))?;
+        let partial = results::partial_path(out);
+        anyhow::ensure!(
+            args.resume || args.force || !partial.exists(),
+            "{}: an interrupted run's results are there; pass --resume to continue it, or --force to start afresh",
+            partial.display()
+        );
     }
     let format = args.format.unwrap_or_else(|| format_of(args.output.as_deref()));
-    classify(&classifier, &files, format, args.output.as_deref(), args.resume, &ran)
+    let run = Run { format, output: args.output.as_deref(), resume: args.resume, ran: &ran, made_by: &made_by };
+    let code = classify(&classifier, &files, &run, labels.as_ref().map(|(p, l)| (*p, l)))?;
+    Ok(code)
+}
+
+/// What one classify run writes, where, and what it records.
+struct Run<'a> {
+    format: Format,
+    output: Option<&'a Path>,
+    resume: bool,
+    ran: &'a str,
+    made_by: &'a Provenance,
 }
 
 fn classify(
     classifier: &Classifier,
     files: &[patch::PatchSource],
-    format: Format,
-    output: Option<&Path>,
-    resume: bool,
-    ran: &str,
+    run: &Run,
+    labels: Option<(&Path, &HashMap<String, usize>)>,
 ) -> Result<ExitCode> {
+    let Run { format, output, resume, ran, made_by } = *run;
     let names = &classifier.metadata.class_names;
     let positive = &names[classifier.metadata.positive_class];
     let rows = match format {
@@ -121,12 +158,12 @@ fn classify(
     };
     anyhow::ensure!(!resume || (output.is_some() && rows.is_some()), "--resume needs --output FILE with --format csv or jsonl");
 
-    let (stream, todo) = open_stream(files, output, rows, resume)?;
+    let (stream, todo) = open_stream(files, output, rows, resume, made_by)?;
     let width = todo.iter().map(|f| f.to_string().len()).max().unwrap_or(4).max(4);
-    let mut sink = Sink::new(format, rows, output.is_some(), stream, width);
+    let mut sink = Sink::new(format, rows, output.is_some(), stream, width, made_by.clone());
     if sink.stream.is_none() {
         match format {
-            Format::Csv => writeln!(sink.out, "{}", results::CSV_HEADER)?,
+            Format::Csv => writeln!(sink.out, "{}", results::csv_header())?,
             Format::Table if output.is_none() => sink.out.write_all(table_header(width, positive).as_bytes())?,
             _ => {}
         }
@@ -153,7 +190,58 @@ fn classify(
     }
     write_kept(&mut sink, output, positive)?;
     sink.out.flush()?;
-    Ok(summary(&sink.failed, sink.done, bar.start, ran))
+    let code = summary(&sink.failed, sink.done, bar.start, ran);
+    if let Some((path, labels)) = labels {
+        print_scores(&sink.scored, path, labels, classifier)?;
+    }
+    Ok(code)
+}
+
+/// The scores against known labels, on stderr after the summary (the results stay on
+/// standard output or in OUTPUT).
+fn print_scores(
+    scored: &[(patch::PatchSource, f32, usize)],
+    path: &Path,
+    labels: &HashMap<String, usize>,
+    classifier: &Classifier,
+) -> Result<()> {
+    let md = &classifier.metadata;
+    // A label's file is named relative to the labels file's folder (or as classify prints it).
+    let folder = fsutil::folder_of(path);
+    let by_path: HashMap<PathBuf, usize> =
+        labels.iter().filter_map(|(k, &v)| std::fs::canonicalize(folder.join(k)).ok().map(|p| (p, v))).collect();
+    let mut items = Vec::new();
+    let mut unlabelled = 0;
+    for (source, probability, class_index) in scored {
+        let label = match source {
+            patch::PatchSource::File(p) => std::fs::canonicalize(p).ok().and_then(|c| by_path.get(&c).copied()),
+            _ => None,
+        }
+        .or_else(|| labels.get(&source.to_string()).copied());
+        match label {
+            Some(l) => items.push(scoring::Scored {
+                probability: *probability,
+                predicted_positive: *class_index == md.positive_class,
+                positive: l == md.positive_class,
+            }),
+            None => unlabelled += 1,
+        }
+    }
+    anyhow::ensure!(!items.is_empty(), "{}: labels none of the {} patches classified", path.display(), scored.len());
+    let s = scoring::score(&items);
+    let positive = &md.class_names[md.positive_class];
+    eprintln!(
+        "scored {} patches against {} ({} {positive}): accuracy {:.4}  sensitivity {:.4}  specificity {:.4}  AUC {:.4}{}",
+        s.n,
+        path.display(),
+        s.positives,
+        s.accuracy,
+        s.sensitivity,
+        s.specificity,
+        s.auc,
+        if unlabelled > 0 { format!("; {unlabelled} patches without a label") } else { String::new() }
+    );
+    Ok(())
 }
 
 /// csv and jsonl go out row by row: to OUTPUT.partial (what a resumed run already
@@ -163,11 +251,12 @@ fn open_stream(
     output: Option<&Path>,
     rows: Option<RowFormat>,
     resume: bool,
+    made_by: &Provenance,
 ) -> Result<(Option<ResultStream>, Vec<patch::PatchSource>)> {
     let mut stream = None;
     let mut todo: Vec<patch::PatchSource> = files.to_vec();
     if let (Some(path), Some(rows)) = (output, rows) {
-        let (s, done) = ResultStream::open(path, rows, resume)?;
+        let (s, done) = ResultStream::open(path, rows, resume, made_by)?;
         if resume {
             todo.retain(|f| !done.contains(&f.to_string()));
             eprintln!("resuming {}: {} of {} patches already classified", path.display(), files.len() - todo.len(), files.len());
@@ -202,23 +291,35 @@ struct Sink {
     /// The first failure to write; later results are no longer written.
     write_error: Option<anyhow::Error>,
     done: usize,
+    made_by: Provenance,
+    /// Each classified patch: its positive-class probability and predicted class (for --labels).
+    scored: Vec<(patch::PatchSource, f32, usize)>,
 }
 
 impl Sink {
-    fn new(format: Format, rows: Option<RowFormat>, to_file: bool, stream: Option<ResultStream>, width: usize) -> Self {
+    fn new(
+        format: Format,
+        rows: Option<RowFormat>,
+        to_file: bool,
+        stream: Option<ResultStream>,
+        width: usize,
+        made_by: Provenance,
+    ) -> Self {
         let out = std::io::stdout().lock();
-        Sink { format, rows, to_file, stream, out, width, kept: Vec::new(), failed: Vec::new(), write_error: None, done: 0 }
+        let (kept, failed, scored) = (Vec::new(), Vec::new(), Vec::new());
+        Sink { format, rows, to_file, stream, out, width, kept, failed, write_error: None, done: 0, made_by, scored }
     }
 
     fn take(&mut self, r: PatchResult) {
         self.done += 1;
-        if let Err(e) = &r.outcome {
-            self.failed.push(e.clone());
+        match &r.outcome {
+            Err(e) => self.failed.push(e.clone()),
+            Ok(p) => self.scored.push((r.source.clone(), p.probability, p.class_index)),
         }
         if self.write_error.is_none() {
             let written: Result<()> = match (&mut self.stream, self.rows, self.format) {
                 (Some(s), _, _) => s.write(&r).map_err(Into::into),
-                (None, Some(rows), _) => self.out.write_all(results::format_row(rows, &r).as_bytes()).map_err(Into::into),
+                (None, Some(rows), _) => self.out.write_all(results::format_row(rows, &r, &self.made_by).as_bytes()).map_err(Into::into),
                 (None, None, Format::Table) if !self.to_file => {
                     self.out.write_all(table_row(&r, self.width).as_bytes()).map_err(Into::into)
                 }
@@ -243,7 +344,9 @@ impl DelayedBar {
     fn new(len: usize) -> Self {
         let bar = indicatif::ProgressBar::with_draw_target(Some(len as u64), indicatif::ProgressDrawTarget::hidden());
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} patches, {per_sec}, eta {eta}").expect("valid template"),
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} patches, {rate}, eta {eta}")
+                .expect("valid template")
+                .with_key("rate", crate::common::rate),
         );
         DelayedBar { bar, start: Instant::now(), shown: false }
     }
@@ -262,11 +365,20 @@ fn write_kept(sink: &mut Sink, output: Option<&Path>, positive: &str) -> Result<
     let mut text = Vec::new();
     match sink.format {
         Format::Table if output.is_some() => {
+            // A table in a file says what made it in its first line.
+            let m = &sink.made_by;
+            text.extend(
+                format!(
+                    "# {} (version {}, sha256 {}) on {}, {}; edgemed {}, {}\n",
+                    m.model, m.model_version, m.model_sha256, m.backend, m.settings, m.edgemed, m.time
+                )
+                .into_bytes(),
+            );
             text.extend(table_header(sink.width, positive).into_bytes());
             sink.kept.iter().for_each(|r| text.extend(table_row(r, sink.width).into_bytes()));
         }
         Format::Json => {
-            let rows: Vec<serde_json::Value> = sink.kept.iter().map(results::row_json).collect();
+            let rows: Vec<serde_json::Value> = sink.kept.iter().map(|r| results::row_json(r, &sink.made_by)).collect();
             serde_json::to_writer_pretty(&mut text, &rows)?;
             text.push(b'\n');
         }

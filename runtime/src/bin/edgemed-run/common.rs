@@ -1,13 +1,15 @@
 //! What several subcommands of edgemed-run share: the global options once parsed
 //! (backends, model integrity policy, memory budget), loading a model with its
-//! manifest and budget checks (or the bundled one), the default thread count, and
-//! the progress bar and peak-memory line of the volume subcommands.
+//! manifest and budget checks (or the bundled one), the record of what made a result,
+//! the default thread count, and the progress bar and peak-memory line of the volume
+//! subcommands.
 
 use std::path::Path;
 
 use anyhow::Result;
 use edgemed_runtime::backend::BackendOptions;
 use edgemed_runtime::formats::manifest::{self, IntegrityPolicy};
+use edgemed_runtime::formats::provenance::Provenance;
 use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::{bench, budget};
 
@@ -26,6 +28,22 @@ impl Common {
     pub fn backend(&self) -> Result<BackendOptions> {
         anyhow::ensure!(self.backends.len() == 1, "this subcommand takes one --backend (only bench compares several)");
         Ok(self.backends[0].clone())
+    }
+
+    /// The record of what makes this command's results: `model` (as `load_model` gave
+    /// it, its file hashed), the backend that runs it and the settings that change the numbers.
+    pub fn provenance(&self, model: &OnnxModel, backend: String, settings: String) -> Result<Provenance> {
+        #[cfg(feature = "bundled-model")]
+        if model.path == Path::new(edgemed_runtime::BUNDLED_MODEL_NAME) {
+            return Ok(Provenance::new(model, edgemed_runtime::BUNDLED_MODEL, backend, settings));
+        }
+        let bytes = std::fs::read(&model.path).map_err(|e| edgemed_runtime::Error::io(&model.path, e))?;
+        Ok(Provenance::new(model, &bytes, backend, settings))
+    }
+
+    /// The record of a volume command's results: the backend named by how it resolves for `model`.
+    pub fn volume_provenance(&self, model: &OnnxModel, backend: &BackendOptions, settings: String) -> Result<Provenance> {
+        self.provenance(model, format!("{} ({})", backend.kind.resolve(model), backend.device), settings)
     }
 
     /// The model at `path` (checked against its manifest and the memory budget), or the bundled one.
@@ -62,66 +80,85 @@ fn bundled_model() -> Result<OnnxModel> {
     anyhow::bail!("this build has no bundled model (feature bundled-model is off); pass --model MODEL.onnx")
 }
 
-/// Checks, before any work, that every output can be written and would destroy no
-/// input: its folder exists and takes a new file, it is not a folder, not one of the
-/// `inputs` (however the path is spelled), and no two outputs are the same file.
-pub fn check_outputs(outputs: &[&Path], inputs: &[&Path]) -> Result<()> {
-    use anyhow::{bail, Context};
-    // The path a file has or would have: its folder's canonical path and its name.
-    let resolved = |p: &Path| -> Result<std::path::PathBuf> {
-        let name = p.file_name().with_context(|| format!("{}: not a file name", p.display()))?;
-        let dir = match p.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => std::path::PathBuf::from("."),
-        };
-        let dir = std::fs::canonicalize(&dir).with_context(|| format!("{}: its folder {} does not exist", p.display(), dir.display()))?;
-        Ok(dir.join(name))
-    };
-    let inputs: Vec<std::path::PathBuf> = inputs.iter().filter_map(|p| std::fs::canonicalize(p).ok()).collect();
-    let mut seen: Vec<std::path::PathBuf> = Vec::new();
-    for out in outputs {
-        if out.is_dir() {
-            bail!("{}: is a folder; give a file name to write", out.display());
-        }
-        let r = resolved(out)?;
-        if inputs.contains(&r) {
-            bail!("{}: the output is one of the inputs; write it to another file (edgemed never overwrites an input)", out.display());
-        }
-        if seen.contains(&r) {
-            bail!("{}: two outputs of this command would be the same file", out.display());
-        }
-        // The folder takes a new file (a probe, removed at once).
-        let probe = r.with_file_name(format!(".{}.edgemed-probe", r.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&probe)
-            .with_context(|| format!("{}: cannot write in its folder", out.display()))?;
-        let _ = std::fs::remove_file(&probe);
-        seen.push(r);
-    }
-    Ok(())
-}
-
 pub fn all_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// Volumes are where memory matters: say how much the process took at its peak.
-pub fn print_peak_rss() {
-    if let Some(mib) = bench::peak_rss_mib() {
-        println!("peak RSS     {mib:.0} MiB");
-    }
 }
 
 /// A progress bar on stderr (hidden when stderr is not a terminal).
 pub fn progress_bar(what: &'static str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {msg} (eta {eta})")
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {msg}, {rate} (eta {eta})")
             .expect("valid template")
+            .with_key("rate", rate)
             .progress_chars("=> "),
     );
     bar.set_message(what);
     bar
+}
+
+/// How a command prints what it found: aligned text for people, or one JSON object.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SummaryFormat {
+    Text,
+    Json,
+}
+
+/// The summary a command prints at the end, built once and printed as text (one
+/// `key  value` line per field) or as one JSON object (the fields' values, plus what
+/// made the results), so every command's results can be read by a program.
+pub struct Summary {
+    fields: Vec<(&'static str, String, serde_json::Value)>,
+}
+
+impl Summary {
+    pub fn new() -> Self {
+        Summary { fields: Vec::new() }
+    }
+
+    /// A field: its text for people and its value for programs.
+    pub fn add(&mut self, key: &'static str, text: String, value: serde_json::Value) {
+        self.fields.push((key, text, value));
+    }
+
+    pub fn remove(&mut self, key: &str) {
+        self.fields.retain(|(k, _, _)| *k != key);
+    }
+
+    pub fn print(&self, format: SummaryFormat, made_by: &Provenance) -> Result<()> {
+        match format {
+            SummaryFormat::Text => self.fields.iter().filter(|(_, t, _)| !t.is_empty()).for_each(|(k, text, _)| println!("{k:<12} {text}")),
+            SummaryFormat::Json => self.write_json(&mut std::io::stdout().lock(), made_by)?,
+        }
+        Ok(())
+    }
+
+    /// The JSON form: one object, the fields' values (spaces in keys become `_`) and `made_by`.
+    pub fn write_json(&self, w: &mut impl std::io::Write, made_by: &Provenance) -> Result<()> {
+        let mut o = serde_json::Map::new();
+        for (k, _, v) in &self.fields {
+            o.insert(k.replace(' ', "_"), v.clone());
+        }
+        o.insert("made_by".into(), serde_json::to_value(made_by)?);
+        serde_json::to_writer_pretty(&mut *w, &o)?;
+        writeln!(w)?;
+        Ok(())
+    }
+
+    /// Volumes are where memory matters: how much the process took at its peak.
+    pub fn add_peak_rss(&mut self) {
+        if let Some(mib) = bench::peak_rss_mib() {
+            self.add("peak RSS", format!("{mib:.0} MiB"), serde_json::json!({ "mib": mib }));
+        }
+    }
+}
+
+/// A progress bar's rate as people write it: `208/s`, `3.1/s`, `0.25/s`.
+pub fn rate(state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write) {
+    let r = state.per_sec();
+    let _ = match r {
+        r if r >= 100.0 => write!(w, "{r:.0}/s"),
+        r if r >= 1.0 => write!(w, "{r:.1}/s"),
+        r => write!(w, "{r:.2}/s"),
+    };
 }

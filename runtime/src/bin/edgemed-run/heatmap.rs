@@ -1,6 +1,7 @@
 //! `edgemed-run heatmap`: a probability map over a large image (a slide region),
 //! from a patch classifier run at a stride or from a local-map model. Writes an
-//! overlay PNG and the raw map beside it as .npy, and prints a summary.
+//! overlay PNG, the raw map beside it as .npy and the summary beside them as .json
+//! (what made the map, the grid's geometry, the statistics), and prints the summary.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,11 +9,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
-use edgemed_runtime::formats::patch;
-use edgemed_runtime::fsutil;
+use edgemed_runtime::formats::{image_out, patch};
+use edgemed_runtime::fsutil::{self, Existing};
 use edgemed_runtime::tasks::heatmap::{self, HeatmapOptions, Tta};
 
-use crate::common::{all_cores, Common};
+use crate::common::{all_cores, progress_bar, Common, Summary, SummaryFormat};
+use serde_json::json;
 
 // The subcommand's help text is the doc comment of its variant in main.rs.
 #[derive(clap::Args)]
@@ -23,7 +25,8 @@ pub struct Args {
     /// default: the bundled demonstration model.
     #[arg(short, long)]
     model: Option<PathBuf>,
-    /// Overlay PNG to write; the raw probability map goes beside it as .npy (float32, NaN = no prediction).
+    /// Overlay PNG to write; the raw probability map goes beside it as .npy (float32, NaN =
+    /// no prediction) and the summary as .json (with what made them).
     #[arg(short, long)]
     output: PathBuf,
     /// Classifiers: pixels between patch positions (default: a third of the patch side).
@@ -44,6 +47,12 @@ pub struct Args {
     /// Probability from which a cell counts as positive in the summary.
     #[arg(long, default_value_t = 0.5)]
     threshold: f32,
+    /// Replace the outputs (.png, .npy, .json) if they exist (they are kept otherwise).
+    #[arg(long)]
+    force: bool,
+    /// The summary on standard output as text or as one JSON object (as in the .json file).
+    #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
+    format: SummaryFormat,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -60,7 +69,9 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
         args.output.display()
     );
     let inputs: Vec<&std::path::Path> = std::iter::once(args.image.as_path()).chain(args.model.as_deref()).collect();
-    crate::common::check_outputs(&[&args.output, &args.output.with_extension("npy")], &inputs)?;
+    let (npy, json_path) = (args.output.with_extension("npy"), args.output.with_extension("json"));
+    fsutil::check_outputs(&[&args.output, &npy, &json_path], &inputs, Existing::from_flags(args.force, false))?;
+    anyhow::ensure!(args.threshold.is_finite() && (0.0..=1.0).contains(&args.threshold), "--threshold must be a probability in [0, 1]");
     let model = common.load_model(args.model.as_deref())?;
     let img = patch::read_rgb(&args.image)?;
     let backend = common.backend()?;
@@ -72,30 +83,51 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
         tta: if args.tta == TtaArg::D4 { Tta::D4 } else { Tta::None },
         backend,
     };
+    let settings = format!("stride={:?} tta={:?} threshold={}", args.stride, opts.tta, args.threshold);
+    let made_by = common.volume_provenance(&model, &opts.backend, settings)?;
     let start = Instant::now();
-    let map = heatmap::heatmap(&model, &img, &opts)?;
+    let bar = progress_bar("patch positions");
+    let map = heatmap::heatmap_with_progress(&model, &img, &opts, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
     let output = &args.output;
-    let npy = output.with_extension("npy");
     let mut raw = Vec::new();
     let grid = edgemed_runtime::ndarray::Array2::from_shape_vec((map.rows, map.cols), map.probs.clone())?;
     ndarray_npy::WriteNpyExt::write_npy(&grid, &mut raw)?;
-    let mut png = Vec::new();
-    heatmap::overlay(&img, &map, 0.5).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
-    fsutil::write_atomic(&npy, &raw).with_context(|| format!("writing {}", npy.display()))?;
-    fsutil::write_atomic(output, &png).with_context(|| format!("writing {}", output.display()))?;
+    let png = image_out::png_with_record(&heatmap::overlay(&img, &map, 0.5), &made_by)?;
     let (lo, mean, hi) = map.summary();
-    println!("image        {} ({}x{})", args.image.display(), img.width(), img.height());
-    println!(
-        "map          {}x{} cells of {:.1} px ({}), {} patch runs in {:.2} s",
-        map.rows,
-        map.cols,
-        map.cell,
-        if map.local_map { "local map" } else { "patch classifier" },
-        map.patches,
-        start.elapsed().as_secs_f64()
+    let seconds = start.elapsed().as_secs_f64();
+    let kind = if map.local_map { "local map" } else { "patch classifier" };
+    let area = map.area_above(args.threshold);
+    let mut summary = Summary::new();
+    summary.add(
+        "image",
+        format!("{} ({}x{})", args.image.display(), img.width(), img.height()),
+        json!({ "path": args.image, "width": img.width(), "height": img.height() }),
     );
-    println!("probability  min {lo:.4}  mean {mean:.4}  max {hi:.4}");
-    println!("area >= {}  {:.1}% of the mapped cells", args.threshold, 100.0 * map.area_above(args.threshold));
-    println!("wrote        {} (overlay), {} (map)", output.display(), npy.display());
+    summary.add(
+        "map",
+        format!("{}x{} cells of {:.1} px ({kind}), {} patch runs in {seconds:.2} s", map.rows, map.cols, map.cell, map.patches),
+        json!({ "rows": map.rows, "cols": map.cols, "cell_px": map.cell, "origin_px": [map.origin.0, map.origin.1], "kind": kind, "patch_runs": map.patches, "seconds": seconds }),
+    );
+    summary.add("probability", format!("min {lo:.4}  mean {mean:.4}  max {hi:.4}"), json!({ "min": lo, "mean": mean, "max": hi }));
+    summary.add(
+        "area",
+        format!("{:.1}% of the mapped cells at p >= {}", 100.0 * area, args.threshold),
+        json!({ "fraction": area, "threshold": args.threshold }),
+    );
+    summary.add(
+        "wrote",
+        format!("{} (overlay), {} (map), {} (summary)", output.display(), npy.display(), json_path.display()),
+        json!({ "overlay": output, "map": npy, "summary": json_path }),
+    );
+    let mut record = Vec::new();
+    summary.write_json(&mut record, &made_by)?;
+    fsutil::write_atomic(&npy, &raw).with_context(|| format!("writing {}", npy.display()))?;
+    fsutil::write_atomic(&json_path, &record).with_context(|| format!("writing {}", json_path.display()))?;
+    fsutil::write_atomic(output, &png).with_context(|| format!("writing {}", output.display()))?;
+    summary.print(args.format, &made_by)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -9,22 +9,29 @@ use anyhow::Result;
 use edgemed_runtime::backend::{BackendKind, BackendOptions};
 use edgemed_runtime::model::{Dim, OnnxModel};
 
-use crate::common::Common;
+use crate::common::{Common, SummaryFormat};
 
 // The subcommand's help text is the doc comment of its variant in main.rs.
 #[derive(clap::Args)]
 pub struct Args {
-    /// ONNX model; default: the bundled demonstration model.
+    /// ONNX model (or -m MODEL); default: the bundled demonstration model.
+    #[arg(value_name = "MODEL")]
+    model_path: Option<PathBuf>,
+    /// ONNX model, as every subcommand takes it.
+    #[arg(short, long, conflicts_with = "model_path")]
     model: Option<PathBuf>,
-    /// Print the description as JSON.
-    #[arg(long)]
+    /// The description as text or as JSON.
+    #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
+    format: SummaryFormat,
+    /// Same as --format json (kept for scripts written before --format).
+    #[arg(long, hide = true)]
     json: bool,
 }
 
 pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
-    let model = common.load_model(args.model.as_deref())?;
+    let model = common.load_model(args.model.as_deref().or(args.model_path.as_deref()))?;
     let backend = common.backend()?;
-    if args.json {
+    if args.json || args.format == SummaryFormat::Json {
         print_json(&model, &backend)?;
     } else {
         print_text(&model, &backend);
@@ -43,6 +50,8 @@ fn print_json(model: &OnnxModel, backend: &BackendOptions) -> Result<()> {
         "parameters": model.parameter_count(),
         "precision": model.precision(),
         "metadata": model.metadata,
+        "kind": kind_of(model).name(),
+        "pipeline": pipeline(model),
         "backend": backend_line(backend, model),
     });
     println!("{}", serde_json::to_string_pretty(&v)?);
@@ -66,20 +75,97 @@ fn print_text(model: &OnnxModel, backend: &BackendOptions) {
     let ops: Vec<String> = model.op_histogram().into_iter().map(|(k, v)| format!("{k} x{v}")).collect();
     println!("operators  {}", ops.join(", "));
     let md = &model.metadata;
-    println!(
-        "pipeline   patch {}x{} -> crop {} -> (x/255 - {:?}) / {:?}{}",
-        md.patch_size,
-        md.patch_size,
-        md.crop_size.map_or("model input".into(), |c| c.to_string()),
-        md.mean,
-        md.std,
-        if md.circular_mask { " -> circular mask" } else { "" }
-    );
-    println!("classes    {} (reported: {})", md.class_names.join(", "), md.class_names[md.positive_class]);
+    let kind = kind_of(model);
+    println!("kind       {}", kind.name());
+    println!("pipeline   {}", pipeline(model));
+    if matches!(kind, Kind::Classifier | Kind::LocalMap) {
+        println!("classes    {} (reported: {})", md.class_names.join(", "), md.class_names[md.positive_class]);
+    }
     println!("backend    {}", backend_line(backend, model));
-    println!("group      C{}{}", md.group_order, md.arch.as_ref().map_or(String::new(), |a| format!(" ({a})")));
+    if md.group_order > 1 || md.arch.is_some() {
+        println!("group      C{}{}", md.group_order, md.arch.as_ref().map_or(String::new(), |a| format!(" ({a})")));
+    }
     for (k, v) in &md.raw {
         println!("meta       {k} = {v}");
+    }
+}
+
+/// What a model is for, read from its input and output shapes and metadata: it decides
+/// which pipeline `info` describes and which command runs it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// [batch, 3, H, W] -> [batch, classes]: classify, heatmap.
+    Classifier,
+    /// [batch, 3, H, W] -> [batch, classes, h, w]: heatmap.
+    LocalMap,
+    /// A 3-D upsampling patch model (edgemed.upsample_scale): upsample.
+    Upsampler,
+    /// Part of the aging twin (edgemed.glow.*): age.
+    AgingTwin,
+    /// [batch, C, X, Y, Z] -> [batch, classes, X, Y, Z]: segment.
+    Segmenter,
+    /// Anything else: run.
+    Other,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Classifier => "2-D patch classifier (classify, heatmap)",
+            Kind::LocalMap => "2-D local prediction map (heatmap)",
+            Kind::Upsampler => "3-D upsampling patch model (upsample)",
+            Kind::AgingTwin => "part of the GLOW aging twin (age)",
+            Kind::Segmenter => "3-D segmentation network (segment)",
+            Kind::Other => "tensor model (run)",
+        }
+    }
+}
+
+fn kind_of(model: &OnnxModel) -> Kind {
+    let raw = &model.metadata.raw;
+    if raw.contains_key("edgemed.upsample_scale") {
+        return Kind::Upsampler;
+    }
+    if raw.keys().any(|k| k.starts_with("edgemed.glow")) {
+        return Kind::AgingTwin;
+    }
+    let rank = |d: Option<&Vec<Dim>>| d.map_or(0, |d| d.len());
+    let (inp, out) = (rank(model.inputs.first().and_then(|i| i.dims.as_ref())), rank(model.outputs.first().and_then(|o| o.dims.as_ref())));
+    match (inp, out) {
+        (4, 2) if model.image_input().is_ok() => Kind::Classifier,
+        (4, 4) if model.image_input().is_ok() => Kind::LocalMap,
+        (5, 5) => Kind::Segmenter,
+        _ => Kind::Other,
+    }
+}
+
+/// The preprocessing the commands apply before this model, as its kind has it.
+fn pipeline(model: &OnnxModel) -> String {
+    let md = &model.metadata;
+    let raw = |k: &str| md.raw.get(k).cloned().unwrap_or_else(|| "?".into());
+    let input = model
+        .inputs
+        .first()
+        .and_then(|i| i.dims.as_ref())
+        .map_or("?".into(), |d| d.iter().skip(2).map(|x| x.to_string()).collect::<Vec<_>>().join("x"));
+    match kind_of(model) {
+        Kind::Classifier | Kind::LocalMap => format!(
+            "patch {}x{} -> crop {} -> (x/255 - {:?}) / {:?}{}",
+            md.patch_size,
+            md.patch_size,
+            md.crop_size.map_or("model input".into(), |c| c.to_string()),
+            md.mean,
+            md.std,
+            if md.circular_mask { " -> circular mask" } else { "" }
+        ),
+        Kind::Upsampler => format!(
+            "volume patches of {input} voxels with a halo of {} -> x{} per axis",
+            raw("edgemed.receptive_halo"),
+            raw("edgemed.upsample_scale")
+        ),
+        Kind::AgingTwin => format!("volume resampled to the model grid ({input}) -> encoder / temporal model / decoder"),
+        Kind::Segmenter => format!("volume windows of {input} voxels, sliding window with overlap, blended -> label per voxel"),
+        Kind::Other => format!("input tensor {input} after the batch, as given (run)"),
     }
 }
 

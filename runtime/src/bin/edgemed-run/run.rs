@@ -1,13 +1,16 @@
 //! `edgemed-run run`: runs a model on one input tensor (float32 .npy or raw) and
-//! writes its outputs as .npy, or checks them against outputs written elsewhere
-//! (e.g. on the host) with `--expect DIR`; exit status 1 when one differs.
+//! writes its outputs as .npy (with `made_by.json`, the record of what made them,
+//! beside them), or checks them against outputs written elsewhere (e.g. on the host)
+//! with `--expect DIR`; exit status 1 when one differs.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use edgemed_runtime::backend::BackendOptions;
+use edgemed_runtime::formats::provenance::Provenance;
 use edgemed_runtime::formats::tensors;
+use edgemed_runtime::fsutil::{self, Existing};
 use edgemed_runtime::model::OnnxModel;
 
 use crate::common::Common;
@@ -15,14 +18,21 @@ use crate::common::Common;
 // The subcommand's help text is the doc comment of its variant in main.rs.
 #[derive(clap::Args)]
 pub struct Args {
-    /// ONNX model.
-    model: PathBuf,
+    /// ONNX model (or -m MODEL).
+    #[arg(value_name = "MODEL", required_unless_present = "model")]
+    model_path: Option<PathBuf>,
+    /// ONNX model, as every subcommand takes it.
+    #[arg(short, long, conflicts_with = "model_path")]
+    model: Option<PathBuf>,
     /// Input tensor: float32 .npy, or raw little-endian float32 in the model's declared input shape.
     #[arg(short, long)]
     input: PathBuf,
-    /// Write each output as OUTPUT_DIR/<output name>.npy (atomically).
-    #[arg(short, long)]
+    /// Write each output as OUTPUT_DIR/<output name>.npy (atomically), and made_by.json.
+    #[arg(long, value_name = "OUTPUT_DIR")]
     output_dir: Option<PathBuf>,
+    /// Replace output files already in OUTPUT_DIR (they are kept otherwise).
+    #[arg(long)]
+    force: bool,
     /// Compare each output with DIR/<output name>.npy; exit status 1 when one differs.
     #[arg(long)]
     expect: Option<PathBuf>,
@@ -32,32 +42,39 @@ pub struct Args {
 }
 
 pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
-    let model = common.load_model(Some(&args.model))?;
-    run_tensor(&model, &args.input, args.output_dir.as_deref(), args.expect.as_deref(), args.tolerance, &common.backend()?)
+    let model_path = args.model.as_deref().or(args.model_path.as_deref()).expect("clap requires one");
+    let model = common.load_model(Some(model_path))?;
+    let opts = common.backend()?;
+    anyhow::ensure!(args.tolerance >= 0.0, "--tolerance must not be negative");
+    anyhow::ensure!(args.output_dir.is_some() || args.expect.is_some(), "nothing to do: give --output-dir, --expect, or both");
+    // Before the run: every file it writes is checked (never the input or the model, never an earlier result without --force).
+    let names: Vec<String> = model.outputs.iter().map(|o| o.name.clone()).collect();
+    if let Some(dir) = &args.output_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut files: Vec<PathBuf> = names.iter().map(|n| tensors::output_file(dir, n)).collect();
+        files.push(dir.join("made_by.json"));
+        let files: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+        fsutil::check_outputs(&files, &[&args.input, model_path], Existing::from_flags(args.force, false))?;
+    }
+    let made_by = common.volume_provenance(&model, &opts, String::new())?;
+    run_tensor(&model, &args, &names, &opts, &made_by)
 }
 
-fn run_tensor(
-    model: &OnnxModel,
-    input: &Path,
-    output_dir: Option<&Path>,
-    expect: Option<&Path>,
-    tolerance: f64,
-    opts: &BackendOptions,
-) -> Result<ExitCode> {
-    anyhow::ensure!(tolerance >= 0.0, "--tolerance must not be negative");
-    anyhow::ensure!(output_dir.is_some() || expect.is_some(), "nothing to do: give --output-dir, --expect, or both");
-    let x = tensors::read_input(input, model)?;
+fn run_tensor(model: &OnnxModel, args: &Args, names: &[String], opts: &BackendOptions, made_by: &Provenance) -> Result<ExitCode> {
+    let (expect, tolerance) = (args.expect.as_deref(), args.tolerance);
+    let x = tensors::read_input(&args.input, model)?;
     let backend = edgemed_runtime::backend::create(model, x.shape(), opts)?;
     let outputs = backend.run(x)?;
-    let names: Vec<String> =
-        (0..outputs.len()).map(|i| model.outputs.get(i).map_or_else(|| format!("output{i}"), |o| o.name.clone())).collect();
-    if let Some(dir) = output_dir {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    anyhow::ensure!(outputs.len() == names.len(), "the model declares {} outputs and produced {}", names.len(), outputs.len());
+    if let Some(dir) = &args.output_dir {
         for (name, y) in names.iter().zip(&outputs) {
             let path = tensors::output_file(dir, name);
             tensors::write_npy(&path, y)?;
             println!("wrote    {} {:?} -> {}", name, y.shape(), path.display());
         }
+        let record = dir.join("made_by.json");
+        fsutil::write_atomic(&record, format!("{}\n", serde_json::to_string_pretty(made_by)?).as_bytes())?;
+        println!("wrote    what made them -> {}", record.display());
     }
     let mut all_within = true;
     if let Some(dir) = expect {

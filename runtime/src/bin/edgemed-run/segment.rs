@@ -9,10 +9,12 @@ use std::time::Instant;
 
 use anyhow::Result;
 use edgemed_runtime::formats::volume::{self, Volume};
+use edgemed_runtime::fsutil::{self, Existing};
 use edgemed_runtime::tasks::segment::{self, SegmentOptions};
 use edgemed_runtime::tasks::sliding_window::{Blend, SlidingWindow};
+use serde_json::json;
 
-use crate::common::{print_peak_rss, progress_bar, Common};
+use crate::common::{all_cores, progress_bar, Common, Summary, SummaryFormat};
 
 // The subcommand's help text is the doc comment of its variant in main.rs.
 #[derive(clap::Args)]
@@ -46,11 +48,20 @@ pub struct Args {
     /// Reference label map: report Dice per class.
     #[arg(long)]
     label: Option<PathBuf>,
+    /// Threads inside one model run (ONNX Runtime's intra-op pool; tract and the INT8 engine use one).
+    #[arg(short, long)]
+    threads: Option<usize>,
+    /// Replace OUTPUT if it exists (it is kept otherwise).
+    #[arg(long)]
+    force: bool,
+    /// The summary as text or as one JSON object (with what made the label map).
+    #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
+    format: SummaryFormat,
 }
 
 pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
     let inputs: Vec<&std::path::Path> = [args.input.as_path(), args.model.as_path()].into_iter().chain(args.label.as_deref()).collect();
-    crate::common::check_outputs(&[&args.output], &inputs)?;
+    fsutil::check_outputs(&[&args.output], &inputs, Existing::from_flags(args.force, false))?;
     let model = common.load_model(Some(&args.model))?;
     let blend = match args.blend.parse::<Blend>()? {
         Blend::Gaussian { .. } => Blend::Gaussian { sigma_scale: args.sigma_scale },
@@ -67,7 +78,13 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
     }
     // Label maps are read as float like every volume; class indices once.
     let reference = reference.map(|r| r.data.mapv(|x| x.round().clamp(0.0, 255.0) as u8));
-    let opts = SegmentOptions { window, largest_component: !args.all_components, backend: common.backend()? };
+    let backend = common.backend()?.with_threads(args.threads.unwrap_or_else(all_cores));
+    let settings = format!(
+        "roi={:?} overlap={} blend={:?} largest_component={} ct_window={}",
+        window.roi, args.overlap, window.blend, !args.all_components, args.ct_window
+    );
+    let made_by = common.volume_provenance(&model, &backend, settings)?;
+    let opts = SegmentOptions { window, largest_component: !args.all_components, backend };
     let start = Instant::now();
     let bar = progress_bar("windows");
     let seg = segment::segment(&model, &vol, &opts, |done, total| {
@@ -75,24 +92,36 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
         bar.set_position(done as u64);
     })?;
     bar.finish_and_clear();
-    vol.write_labels_like(&args.output, seg.labels.view())?;
+    vol.write_labels_like(&args.output, seg.labels.view(), Some(&made_by))?;
     let [x, y, z] = vol.shape();
     let sp = vol.spacing();
     let voxel_ml = (sp[0] * sp[1] * sp[2]).abs() as f64 / 1000.0;
-    println!("volume       {} ({x}x{y}x{z}, spacing {:.3}x{:.3}x{:.3})", args.input.display(), sp[0], sp[1], sp[2]);
-    println!(
-        "windows      {} of {:?} in {:.2} s; {} voxels removed outside the largest components",
-        seg.windows,
-        opts.window.roi,
-        start.elapsed().as_secs_f64(),
-        seg.removed
+    let seconds = start.elapsed().as_secs_f64();
+    let mut summary = Summary::new();
+    summary.add(
+        "volume",
+        format!("{} ({x}x{y}x{z}, spacing {:.3}x{:.3}x{:.3})", args.input.display(), sp[0], sp[1], sp[2]),
+        json!({ "path": args.input, "shape": [x, y, z], "spacing": sp }),
     );
+    summary.add(
+        "windows",
+        format!(
+            "{} of {:?} in {seconds:.2} s; {} voxels removed outside the largest components",
+            seg.windows, opts.window.roi, seg.removed
+        ),
+        json!({ "count": seg.windows, "roi": opts.window.roi, "seconds": seconds, "voxels_removed": seg.removed }),
+    );
+    let mut classes = Vec::new();
+    let mut lines = Vec::new();
     for (c, n) in seg.voxels.iter().enumerate().skip(1) {
         let d = reference.as_ref().and_then(|r| segment::dice(seg.labels.view(), r.view(), c as u8));
         let dice = d.map_or(String::new(), |d| format!("  Dice {d:.4}"));
-        println!("class {c:<6} {n} voxels, {:.2} mL{dice}", *n as f64 * voxel_ml);
+        lines.push(format!("class {c}: {n} voxels, {:.2} mL{dice}", *n as f64 * voxel_ml));
+        classes.push(json!({ "class": c, "voxels": n, "ml": *n as f64 * voxel_ml, "dice": d }));
     }
-    println!("wrote        {}", args.output.display());
-    print_peak_rss();
+    summary.add("classes", lines.join("\n             "), json!(classes));
+    summary.add("wrote", args.output.display().to_string(), json!(args.output));
+    summary.add_peak_rss();
+    summary.print(args.format, &made_by)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -9,9 +9,11 @@ use std::time::Instant;
 use anyhow::Result;
 use edgemed_runtime::budget;
 use edgemed_runtime::formats::volume::{self, Volume};
+use edgemed_runtime::fsutil::{self, Existing};
 use edgemed_runtime::tasks::upsample;
+use serde_json::json;
 
-use crate::common::{print_peak_rss, progress_bar, Common};
+use crate::common::{all_cores, progress_bar, Common, Summary, SummaryFormat};
 
 // The subcommand's help text is the doc comment of its variant in main.rs.
 #[derive(clap::Args)]
@@ -24,35 +26,45 @@ pub struct Args {
     /// ONNX upsampling model (metadata edgemed.upsample_scale and edgemed.receptive_halo).
     #[arg(short, long)]
     model: PathBuf,
+    /// Threads inside one model run (ONNX Runtime's intra-op pool; tract and the INT8 engine use one).
+    #[arg(short, long)]
+    threads: Option<usize>,
+    /// Replace OUTPUT if it exists (it is kept otherwise).
+    #[arg(long)]
+    force: bool,
+    /// The summary as text or as one JSON object (with what made the volume).
+    #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
+    format: SummaryFormat,
 }
 
 pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
     let model = common.load_model(Some(&args.model))?;
     let geo = upsample::geometry(&model)?;
-    crate::common::check_outputs(&[&args.output], &[&args.input, &args.model])?;
+    fsutil::check_outputs(&[&args.output], &[&args.input, &args.model], Existing::from_flags(args.force, false))?;
+    let backend = common.backend()?.with_threads(args.threads.unwrap_or_else(all_cores));
+    let made_by = common.volume_provenance(&model, &backend, format!("scale={} patch={:?} halo={}", geo.scale, geo.patch, geo.halo))?;
     let vol = Volume::read(&args.input, common.memory_budget)?;
     let [x, y, z] = vol.shape();
     let r = geo.scale;
     budget::check(|| format!("the {}x upsampled volume", r), (x * y * z * r * r * r * 4) as u64, common.memory_budget)?;
     let start = Instant::now();
     let bar = progress_bar("patches");
-    let out = upsample::upsample(&model, vol.data.view(), &common.backend()?, |done, total| {
+    let out = upsample::upsample(&model, vol.data.view(), &backend, |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })?;
     bar.finish_and_clear();
-    volume::write_nifti(&args.output, &upsample::upsampled_header(&vol.header, r), out.view())?;
-    println!("volume       {} ({x}x{y}x{z})", args.input.display());
-    println!(
-        "upsampled    x{r} to {}x{}x{} in {:.2} s (patches of {:?}, halo {})",
-        x * r,
-        y * r,
-        z * r,
-        start.elapsed().as_secs_f64(),
-        geo.patch,
-        geo.halo
+    volume::write_nifti(&args.output, &upsample::upsampled_header(&vol.header, r), out.view(), Some(&made_by))?;
+    let seconds = start.elapsed().as_secs_f64();
+    let mut summary = Summary::new();
+    summary.add("volume", format!("{} ({x}x{y}x{z})", args.input.display()), json!({ "path": args.input, "shape": [x, y, z] }));
+    summary.add(
+        "upsampled",
+        format!("x{r} to {}x{}x{} in {seconds:.2} s (patches of {:?}, halo {})", x * r, y * r, z * r, geo.patch, geo.halo),
+        json!({ "scale": r, "shape": [x * r, y * r, z * r], "seconds": seconds, "patch": geo.patch, "halo": geo.halo }),
     );
-    println!("wrote        {}", args.output.display());
-    print_peak_rss();
+    summary.add("wrote", args.output.display().to_string(), json!(args.output));
+    summary.add_peak_rss();
+    summary.print(args.format, &made_by)?;
     Ok(ExitCode::SUCCESS)
 }
