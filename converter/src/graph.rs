@@ -230,8 +230,14 @@ impl Graph {
     /// Bounds of a Clip node: inputs 1 and 2 (opset 11+) or the `min`/`max` attributes
     /// (older opsets); an absent bound is `f32::MIN` / `f32::MAX`.
     pub fn clip_bounds(&self, n: &pb::NodeProto) -> (f32, f32) {
+        // A NaN bound bounds nothing: read as absent, so no caller compares or clamps with NaN.
         let bound = |k: usize, attr: &str, default: f32| {
-            n.input.get(k).and_then(|x| self.constant(x)).and_then(|a| a.data.first().copied()).unwrap_or(attr_f(n, attr, default))
+            let b = n.input.get(k).and_then(|x| self.constant(x)).and_then(|a| a.data.first().copied()).unwrap_or(attr_f(n, attr, default));
+            if b.is_nan() {
+                default
+            } else {
+                b
+            }
         };
         (bound(1, "min", f32::MIN), bound(2, "max", f32::MAX))
     }
