@@ -272,8 +272,14 @@ fn small_things_a_user_trips_over() {
     let o = run(&["info", "examples"]);
     assert_clean_failure(&o, "examples: Is a directory");
     assert_eq!(stderr(&o).matches("Is a directory").count(), 1, "{}", stderr(&o));
-    // A gzipped volume named .nii is read by its content.
+    // A file that is not a volume: a reason a person reads, not a debug dump.
     let dir = scratch_dir("coherence-gz");
+    let junk = dir.join("junk.nii");
+    std::fs::write(&junk, b"not a volume").unwrap();
+    let o = run(&["segment", s(&junk), "-o", s(&dir.join("seg.nii")), "-m", s(&fixture("unet/unet3d.onnx"))]);
+    assert_clean_failure(&o, "junk.nii: not a usable volume: not a NIfTI-1 file: the file ends too early");
+    assert!(!stderr(&o).contains("Io(") && !stderr(&o).contains("kind:"), "{}", stderr(&o));
+    // A gzipped volume named .nii is read by its content.
     let misnamed = dir.join("volume.nii");
     std::fs::copy(fixture("unet/volume.nii.gz"), &misnamed).unwrap();
     let v = volume::Volume::read(&misnamed, 0).unwrap();

@@ -71,13 +71,23 @@ fn open_maybe_gz(path: &Path) -> Result<Box<dyn std::io::Read>> {
     Ok(if n == 2 && magic == [0x1f, 0x8b] { Box::new(std::io::BufReader::new(flate2::read::MultiGzDecoder::new(f))) } else { Box::new(f) })
 }
 
+/// A NIfTI error as a reason a person reads: the crate prints I/O errors in their debug
+/// form (`Io(Error { kind: UnexpectedEof, .. })`).
+fn reason(e: &nifti::NiftiError) -> String {
+    match e {
+        nifti::NiftiError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => "the file ends too early (truncated)".into(),
+        nifti::NiftiError::Io(io) => io.to_string(),
+        e => e.to_string(),
+    }
+}
+
 /// The NIfTI extension code edgemed's provenance record is written under:
 /// NIFTI_ECODE_COMMENT (nifti1.h), plain text, here JSON.
 const PROVENANCE_ECODE: i32 = 6;
 
 /// The record of what made a volume edgemed wrote (None: not written by edgemed).
 pub fn read_provenance(path: &Path) -> Result<Option<Provenance>> {
-    let obj = InMemNiftiObject::from_reader(open_maybe_gz(path)?).map_err(|e| bad(path, format!("cannot read it: {e}")))?;
+    let obj = InMemNiftiObject::from_reader(open_maybe_gz(path)?).map_err(|e| bad(path, format!("cannot read it: {}", reason(&e))))?;
     Ok(obj
         .extensions()
         .iter()
@@ -95,7 +105,7 @@ impl Volume {
             return Err(Error::NotFound { path: path.to_path_buf() });
         }
         // By content, not by name: a gzipped file named .nii is read as well.
-        let header = NiftiHeader::from_reader(open_maybe_gz(path)?).map_err(|e| bad(path, format!("not a NIfTI-1 file: {e}")))?;
+        let header = NiftiHeader::from_reader(open_maybe_gz(path)?).map_err(|e| bad(path, format!("not a NIfTI-1 file: {}", reason(&e))))?;
         let [x, y, z] = spatial_dims(&header, path)?;
         let per_voxel = voxel_bytes(header.datatype)
             .ok_or_else(|| bad(path, format!("voxel type {} is not a scalar integer or float type", header.datatype)))?;
@@ -110,8 +120,8 @@ impl Volume {
         let voxels = (x as u64) * (y as u64) * (z as u64);
         // The file's voxels, their float32 copy, and the working copy a pipeline makes.
         budget::check(|| format!("{}: volume {x}x{y}x{z}", path.display()), voxels * (per_voxel + 8), memory_budget)?;
-        let obj = InMemNiftiObject::from_reader(open_maybe_gz(path)?).map_err(|e| bad(path, format!("cannot read the voxels: {e}")))?;
-        let arr = obj.into_volume().into_ndarray::<f32>().map_err(|e| bad(path, format!("cannot read the voxels: {e}")))?;
+        let obj = InMemNiftiObject::from_reader(open_maybe_gz(path)?).map_err(|e| bad(path, format!("cannot read the voxels: {}", reason(&e))))?;
+        let arr = obj.into_volume().into_ndarray::<f32>().map_err(|e| bad(path, format!("cannot read the voxels: {}", reason(&e))))?;
         // into_ndarray gives the file's Fortran order; make it C order once, then drop
         // trailing dimensions of size 1.
         let arr = arr.as_standard_layout().into_owned();
