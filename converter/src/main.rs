@@ -14,8 +14,15 @@ use clap::{Parser, Subcommand};
 use cli::{export, inspect, manifest, quantize, verify};
 
 #[derive(Parser)]
-#[command(name = "edgemed", version, about = "edgemed host converter: export reference architectures to ONNX")]
+#[command(
+    name = "edgemed",
+    version,
+    about = "edgemed host converter: quantize ONNX models, inspect and verify them, export reference architectures"
+)]
 struct Cli {
+    /// More logging (-v info, -vv debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,8 +51,15 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    match dispatch(Cli::parse().command) {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    // As edgemed-run: no timestamps (a CLI's lines are read as they come); RUST_LOG still wins.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).format_timestamp(None).init();
+    match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("edgemed: error: {e:#}");

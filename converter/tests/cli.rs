@@ -211,3 +211,32 @@ fn inspect_into_a_closed_pipe_ends_quietly() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
 }
+
+#[test]
+fn verbose_flags_log_without_timestamps() {
+    let d = scratch_dir("conv-verbose");
+    let m = fixture("eqmnv2_c4.onnx");
+    let quantize = |flag: Option<&str>, out: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_edgemed"));
+        c.env_remove("RUST_LOG").current_dir(repo_root());
+        if let Some(f) = flag {
+            c.arg(f);
+        }
+        c.args(["quantize", m.to_str().unwrap(), "-o", d.join(out).to_str().unwrap()]).output().unwrap()
+    };
+    let quiet = String::from_utf8_lossy(&quantize(None, "a.onnx").stderr).into_owned();
+    assert!(!quiet.contains("INFO"), "warnings only by default: {quiet}");
+    let o = quantize(Some("-v"), "b.onnx");
+    let info = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{info}");
+    let line = info.lines().find(|l| l.contains("recorded")).unwrap_or_else(|| panic!("-v logs at info: {info}"));
+    assert!(line.starts_with("[INFO ") && !line.contains("Z "), "no timestamp: {line}");
+    // -vv after the subcommand too (the flag is global).
+    let o = Command::new(env!("CARGO_BIN_EXE_edgemed"))
+        .env_remove("RUST_LOG")
+        .args(["quantize", m.to_str().unwrap(), "-o", d.join("c.onnx").to_str().unwrap(), "-vv"])
+        .output()
+        .unwrap();
+    let debug = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && debug.contains("[INFO "), "{debug}");
+}
