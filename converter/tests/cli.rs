@@ -212,6 +212,39 @@ fn inspect_into_a_closed_pipe_ends_quietly() {
     assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
 }
 
+/// Stderr of a run that must fail cleanly, naming `needle` in one line.
+fn refused(o: &Output, needle: &str) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success() && err.contains(needle) && !err.contains("panicked"), "{needle}: {err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    err
+}
+
+#[test]
+fn quantize_checks_its_output_first_and_replaces_only_with_force() {
+    let d = scratch_dir("conv-force");
+    let (model, out) = (fixture("eqmnv2_c4.onnx"), d.join("q.onnx"));
+    let (m, o) = (model.to_str().unwrap(), out.to_str().unwrap());
+    // An earlier result is kept unless --force says otherwise.
+    std::fs::write(&out, b"earlier").unwrap();
+    refused(&run(&["quantize", m, "-o", o]), "q.onnx: already exists; pass --force");
+    assert_eq!(std::fs::read(&out).unwrap(), b"earlier");
+    let r = run(&["quantize", m, "-o", o, "--force"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(edgemed_runtime::model::OnnxModel::load(&out).unwrap().precision(), "INT8 (QDQ)");
+    // The output is checked before the model is read: a missing folder is named, not the junk input.
+    let junk = d.join("junk.onnx");
+    std::fs::write(&junk, "not a model").unwrap();
+    let err = refused(&run(&["quantize", junk.to_str().unwrap(), "-o", d.join("missing/q.onnx").to_str().unwrap()]), "does not exist");
+    assert!(!err.contains("not a valid ONNX model"), "{err}");
+    // The calibration inputs are inputs too; and the manifest's name is not the converter's to take.
+    let npy = d.join("x.npy");
+    std::fs::write(&npy, b"calibration").unwrap();
+    refused(&run(&["quantize", m, "-o", npy.to_str().unwrap(), "--calibrate", npy.to_str().unwrap()]), "one of the inputs");
+    refused(&run(&["quantize", m, "-o", d.join("edgemed-manifest.json").to_str().unwrap()]), "is the model manifest");
+    assert_eq!(std::fs::read(&npy).unwrap(), b"calibration");
+}
+
 #[test]
 fn verbose_flags_log_without_timestamps() {
     let d = scratch_dir("conv-verbose");
