@@ -246,6 +246,129 @@ fn quantize_checks_its_output_first_and_replaces_only_with_force() {
 }
 
 #[test]
+fn exports_check_their_outputs_first_and_replace_only_with_force() {
+    let d = scratch_dir("conv-export-force");
+    let out = d.join("c4.onnx");
+    let o = out.to_str().unwrap();
+    let seeded = |extra: &[&str]| {
+        let mut args = vec!["export", "eq-mobilenet-v2", "--seed", "2", "--width", "0.25", "-o", o];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    assert!(seeded(&[]).status.success());
+    let first = std::fs::read(&out).unwrap();
+    refused(&seeded(&[]), "c4.onnx: already exists; pass --force");
+    let r = seeded(&["--force"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(std::fs::read(&out).unwrap(), first, "the same seed writes the same model");
+    // Checked before the weights are read: the existing output is named, not the missing weights.
+    let err = refused(&run(&["export", "eq-mobilenet-v2", "--weights", "missing.safetensors", "-o", o]), "already exists");
+    assert!(!err.contains("missing.safetensors"), "{err}");
+    refused(&seeded(&["--force", "--save-weights", o]), "same file");
+    let weights = fixture("espcn/espcn.safetensors");
+    let w = weights.to_str().unwrap();
+    refused(
+        &run(&["export", "espcn3d", "--weights", w, "--save-weights", w, "-o", d.join("e.onnx").to_str().unwrap()]),
+        "one of the inputs",
+    );
+    refused(&run(&["export", "unet", "--seed", "1", "-o", o]), "already exists");
+    // The local-map rewrite: never over its input, nor an earlier result without --force.
+    refused(&run(&["export", "--local-map", o, "-o", o, "--force"]), "one of the inputs");
+    let map = d.join("map.onnx");
+    std::fs::write(&map, b"earlier").unwrap();
+    refused(&run(&["export", "--local-map", o, "-o", map.to_str().unwrap()]), "already exists");
+    assert_eq!(std::fs::read(&map).unwrap(), b"earlier");
+    let r = run(&["export", "--local-map", o, "-o", map.to_str().unwrap(), "--force"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+}
+
+#[test]
+fn aging_twin_export_writes_into_its_folder_once_unless_forced() {
+    let d = scratch_dir("conv-twin-export");
+    let dir = d.join("twin");
+    let dir_arg = format!("{}/", dir.display());
+    let twin = |extra: &[&str]| {
+        let mut args = vec!["export", "aging-twin", "--seed", "3", "--grid", "8", "--levels", "2", "--steps", "1", "--width", "4"];
+        args.extend_from_slice(&["--temporal-widths", "4,4", "--temporal-depths", "1,1", "-o", &dir_arg]);
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let o = twin(&[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.contains("twin/{encoder,decoder,temporal}.onnx") && !err.contains("//"), "{err}");
+    refused(&twin(&[]), "encoder.onnx: already exists; pass --force");
+    assert!(twin(&["--force"]).status.success());
+    // A file is not a folder; a folder whose parent is missing is named before any work.
+    std::fs::write(d.join("file"), b"x").unwrap();
+    refused(&run(&["export", "aging-twin", "--seed", "1", "--output-dir", d.join("file").to_str().unwrap()]), "is a file");
+    refused(&run(&["export", "aging-twin", "--seed", "1", "--output-dir", d.join("a/b").to_str().unwrap()]), "does not exist");
+    // Weights saved into a folder the export makes.
+    let new = d.join("new");
+    let w = new.join("w.safetensors");
+    let o = run(&[
+        "export",
+        "aging-twin",
+        "--seed",
+        "3",
+        "--grid",
+        "8",
+        "--levels",
+        "2",
+        "--steps",
+        "1",
+        "--width",
+        "4",
+        "--temporal-widths",
+        "4,4",
+        "--temporal-depths",
+        "1,1",
+        "--save-weights",
+        w.to_str().unwrap(),
+        "--output-dir",
+        new.to_str().unwrap(),
+    ]);
+    assert!(o.status.success() && w.exists() && new.join("temporal.onnx").exists(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn exports_need_weights_or_a_seed_and_refuse_contradicting_flags() {
+    let d = scratch_dir("conv-export-source");
+    let out = d.join("m.onnx");
+    let o = out.to_str().unwrap();
+    for arch in ["eq-mobilenet-v2", "unet", "espcn3d"] {
+        refused(&run(&["export", arch, "-o", o]), &format!("export {arch} needs --weights FILE (trained weights) or --seed N"));
+    }
+    refused(&run(&["export", "aging-twin", "-o", o]), "export aging-twin needs --weights FILE");
+    assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0, "nothing written");
+    // The weights file's metadata says C4, width 0.5: a flag saying otherwise is refused, naming both.
+    let bundled = repo_root().join("models/bundled/pcam-c4-demo.safetensors");
+    let b = bundled.to_str().unwrap();
+    let err = refused(&run(&["export", "eq-mobilenet-v2", "--weights", b, "--group-order", "8", "-o", o]), "--group-order 8");
+    assert!(err.contains("group_order = 4"), "{err}");
+    let err = refused(&run(&["export", "eq-mobilenet-v2", "--weights", b, "--width", "1", "-o", o]), "--width 1.0");
+    assert!(err.contains("width = 0.5"), "{err}");
+    let glow = fixture("glow/glow.safetensors");
+    let err = refused(&run(&["export", "aging-twin", "--weights", glow.to_str().unwrap(), "--steps", "4", "-o", o]), "--steps 4");
+    assert!(err.contains("steps = 2"), "{err}");
+    assert!(!out.exists());
+    // Flags that agree with the file are fine.
+    let r = run(&["export", "eq-mobilenet-v2", "--weights", b, "--group-order", "4", "--width", "0.5", "-o", o]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+}
+
+#[test]
+fn export_alone_lists_every_architecture() {
+    let o = run(&["export"]);
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(!o.status.success(), "{text}");
+    for arch in ["eq-mobilenet-v2", "unet", "aging-twin", "espcn3d", "--local-map"] {
+        assert!(text.contains(arch), "{arch} not listed: {text}");
+    }
+    let o = run(&["export", "-o", "x.onnx"]);
+    refused(&o, "export needs an architecture (eq-mobilenet-v2, unet, aging-twin, espcn3d) or --local-map");
+}
+
+#[test]
 fn verbose_flags_log_without_timestamps() {
     let d = scratch_dir("conv-verbose");
     let m = fixture("eqmnv2_c4.onnx");
