@@ -396,3 +396,38 @@ fn verbose_flags_log_without_timestamps() {
     let debug = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success() && debug.contains("[INFO "), "{debug}");
 }
+
+#[test]
+fn inspect_and_verify_print_a_table_or_json() {
+    let m = fixture("eqmnv2_c4.onnx");
+    let m = m.to_str().unwrap();
+    let json = |o: Output| -> serde_json::Value {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
+    };
+    // inspect: one object per table row, with the table's fields, and the model's totals.
+    let table = run(&["inspect", m, "--format", "table"]);
+    let rows = String::from_utf8_lossy(&table.stdout).lines().count() - 1;
+    let v = json(run(&["inspect", m, "--format", "json"]));
+    let layers = v["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), rows);
+    let dw = layers.iter().find(|l| l["layer"] == "blocks.3.dw.conv").unwrap();
+    assert_eq!(dw["op"], "dw");
+    assert!(dw["weight_shape"].is_array() && dw["bn_folded"]["max_over_min"].as_f64().unwrap() >= 1.0, "{dw}");
+    assert!(dw["after_cle"]["median"].as_f64().unwrap() > 0.0, "{dw}");
+    assert_eq!((v["field_size"].as_u64(), v["batch_norms_folded"].as_u64()), (Some(4), Some(52)));
+    assert!(v["cle"]["triplets"].as_u64().unwrap() > 0 && v["model"].as_str().unwrap().ends_with("eqmnv2_c4.onnx"));
+    assert_eq!(json(run(&["inspect", m, "--json"])), v, "--json is --format json");
+    // verify: images through -i (repeatable; --inputs the old spelling), table or JSON.
+    let q = fixture("eqmnv2_c4_qdq.onnx");
+    let q = q.to_str().unwrap();
+    let (a, b) = ("examples/data/pcam/patch_000.png", "examples/data/pcam/patch_001.png");
+    let v = json(run(&["verify", m, q, "-i", a, "--input", b, "--format", "json"]));
+    assert_eq!((v["inputs"].as_u64(), v["top1_compared"].as_u64()), (Some(2), Some(2)), "{v}");
+    assert_eq!(json(run(&["verify", m, q, "--inputs", "examples/data/pcam", "--json"]))["inputs"], 100);
+    let o = run(&["verify", m, q, "-i", a, "-i", b]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && text.contains("top-1 agreement  ") && text.contains("% (") && text.contains(" of 2)"), "{text}");
+    assert!(!err.contains("random inputs") && !err.contains("model runs"), "no progress when stderr is not a terminal: {err}");
+}

@@ -28,3 +28,22 @@ pub fn check_outputs(outputs: &[&Path], inputs: &[&Path], force: bool) -> Result
     fsutil::check_outputs(outputs, inputs, Existing::from_flags(force, false))?;
     Ok(())
 }
+/// `--format` of the commands that print a report.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns for people.
+    Table,
+    /// One JSON document for programs.
+    Json,
+}
+
+impl Format {
+    /// `--format`, or JSON with the old `--json` flag; a table by default.
+    pub fn chosen(format: Option<Format>, json: bool) -> Format {
+        match (format, json) {
+            (Some(f), _) => f,
+            (None, true) => Format::Json,
+            (None, false) => Format::Table,
+        }
+    }
+}
