@@ -77,3 +77,40 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Export(args) => export::run(args),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Arguments and subcommands under `c` that a user sees without a help text (clap's own
+    /// help and version aside), as "edgemed export unet --window".
+    fn without_help(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        let empty = |s: Option<&clap::builder::StyledStr>| s.is_none_or(|s| s.to_string().trim().is_empty());
+        for a in c.get_arguments() {
+            let id = a.get_id().as_str();
+            if a.is_hide_set() || id == "help" || id == "version" {
+                continue;
+            }
+            if empty(a.get_help()) && empty(a.get_long_help()) {
+                let name = a.get_long().map(|l| format!("--{l}")).unwrap_or_else(|| id.to_uppercase());
+                missing.push(format!("{path} {name}"));
+            }
+        }
+        for s in c.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help") {
+            let sub = format!("{path} {}", s.get_name());
+            if empty(s.get_about()) && empty(s.get_long_about()) {
+                missing.push(sub.clone());
+            }
+            without_help(s, &sub, missing);
+        }
+    }
+
+    #[test]
+    fn every_argument_and_subcommand_has_help() {
+        let mut cli = super::Cli::command();
+        cli.build();
+        let mut missing = Vec::new();
+        without_help(&cli, "edgemed", &mut missing);
+        assert!(missing.is_empty(), "without help text: {missing:#?}");
+    }
+}

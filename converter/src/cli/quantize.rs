@@ -32,23 +32,23 @@ pub struct Args {
     per_channel: bool,
     /// Share scales within blocks of N channels (C_N regular fields); default from the model's
     /// metadata, else from its grouped convs (escnn: one group of N channels per field).
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     field_size: Option<usize>,
     /// Activation ranges from these inputs instead of batch-norm statistics: a directory of
     /// patch images, or a .npy tensor (or directory of them) in the model's input shape.
-    #[arg(long)]
+    #[arg(long, value_name = "PATH")]
     calibrate: Option<PathBuf>,
     /// With --calibrate: clip ranges at this percentile (0 < P <= 100) instead of min/max.
-    #[arg(long, requires = "calibrate")]
+    #[arg(long, value_name = "P", requires = "calibrate")]
     percentile: Option<f32>,
     /// Data-free activation ranges: beta +- this many |gamma| per channel, instead of
     /// the range of least expected quantization error (see --range-model).
-    #[arg(long)]
+    #[arg(long, value_name = "K")]
     range_sigmas: Option<f32>,
     /// The distribution each channel is assumed to follow around its batch norm's mean
     /// and deviation when choosing data-free ranges of least expected error: laplace
     /// (the heavy tails of trained networks) or normal (the DFQ paper's assumption).
-    #[arg(long, value_enum, default_value = "laplace", conflicts_with = "range_sigmas")]
+    #[arg(long, value_enum, value_name = "FAMILY", default_value = "laplace", conflicts_with = "range_sigmas")]
     range_model: RangeModel,
     /// Skip cross-layer equalization.
     #[arg(long)]
