@@ -431,3 +431,27 @@ fn inspect_and_verify_print_a_table_or_json() {
     assert!(o.status.success() && text.contains("top-1 agreement  ") && text.contains("% (") && text.contains(" of 2)"), "{text}");
     assert!(!err.contains("random inputs") && !err.contains("model runs"), "no progress when stderr is not a terminal: {err}");
 }
+
+#[test]
+fn an_edited_model_is_refused_until_edgemed_manifest_records_it_again() {
+    use edgemed_onnx::pb;
+    use edgemed_runtime::formats::manifest::{load_checked, IntegrityPolicy};
+    use prost::Message;
+    let d = scratch_dir("conv-reedit");
+    let model = d.join("m.onnx");
+    let o = run(&["quantize", fixture("eqmnv2_c4.onnx").to_str().unwrap(), "-o", model.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The README's recipe: merge a property into those the model has.
+    let mut m = pb::ModelProto::decode(std::fs::read(&model).unwrap().as_slice()).unwrap();
+    let kept = m.metadata_props.len();
+    m.metadata_props.retain(|p| p.key != "edgemed.class_names");
+    m.metadata_props.push(pb::StringStringEntryProto { key: "edgemed.class_names".into(), value: "benign,tumour".into() });
+    std::fs::write(&model, m.encode_to_vec()).unwrap();
+    let err = load_checked(&model, &IntegrityPolicy::default()).err().expect("the edited model is refused").to_string();
+    assert!(err.contains("refused by the model manifest") && err.contains(&format!("`edgemed manifest {}`", model.display())), "{err}");
+    let o = run(&["manifest", model.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = load_checked(&model, &IntegrityPolicy::default()).unwrap();
+    assert_eq!(m.metadata.class_names, ["benign", "tumour"]);
+    assert_eq!(m.proto.metadata_props.len(), kept, "the other properties kept");
+}
