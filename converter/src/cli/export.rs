@@ -75,7 +75,7 @@ enum Params<'a> {
     Seed(u64),
 }
 
-/// The weights file, or the seed; neither is refused (an untrained model written by
+/// The weights file, or the seed; giving neither is refused (an untrained model written by
 /// accident would look like a trained one).
 fn params<'a>(weights: Option<&'a Path>, seed: Option<u64>, arch: &str) -> Result<Params<'a>> {
     match (weights, seed) {
