@@ -19,7 +19,7 @@ phantom=$PWD/target/release/examples/ct_phantom
 [[ -f $work/head128.nii.gz ]] || "$phantom" 128 "$work/head128.nii.gz" > /dev/null
 # The aging twin at the paper's scale: 128^3 grid, 3 levels x 4 steps (seeded weights:
 # the timing and memory do not depend on the values).
-[[ -f $work/twin128/decoder.onnx ]] || "$conv" export aging-twin --seed 1 --grid 128 -o "$work/twin128" 2> /dev/null
+[[ -f $work/twin128/decoder.onnx ]] || "$conv" export aging-twin --seed 1 --grid 128 --output-dir "$work/twin128" 2> /dev/null
 # 3-D U-Net from MONAI (tests/fixtures/unet, 32^3 windows) and 3-D ESPCN (8^3 patches).
 unet=tests/fixtures/unet/unet3d.onnx
 espcn=tests/fixtures/espcn/espcn3d_p8.onnx

@@ -7,4 +7,4 @@
 # this command gives today.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo run --release -q -p edgemed-converter -- quantize models/bundled/pcam-c4-demo.onnx -o models/bundled/pcam-c4-demo-int8.onnx
+cargo run --release -q -p edgemed-converter -- quantize models/bundled/pcam-c4-demo.onnx --force -o models/bundled/pcam-c4-demo-int8.onnx

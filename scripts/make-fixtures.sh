@@ -10,9 +10,9 @@ mkdir -p "$out"
 cargo build --release -q -p edgemed-converter
 edgemed=target/release/edgemed
 # Small widths keep each fixture well under a megabyte.
-$edgemed export eq-mobilenet-v2 --seed 1 --group-order 1 --width 0.25 -o $out/eqmnv2_c1.onnx
-$edgemed export eq-mobilenet-v2 --seed 2 --group-order 4 --width 0.25 -o $out/eqmnv2_c4.onnx
-$edgemed export eq-mobilenet-v2 --seed 3 --group-order 8 --width 0.25 -o $out/eqmnv2_c8.onnx
-$edgemed export eq-mobilenet-v2 --seed 4 --group-order 12 --width 0.25 -o $out/eqmnv2_c12.onnx
-$edgemed export eq-mobilenet-v2 --seed 2 --group-order 4 --width 0.25 --fold-bn -o $out/eqmnv2_c4_folded.onnx
+$edgemed export eq-mobilenet-v2 --seed 1 --group-order 1 --width 0.25 --force -o $out/eqmnv2_c1.onnx
+$edgemed export eq-mobilenet-v2 --seed 2 --group-order 4 --width 0.25 --force -o $out/eqmnv2_c4.onnx
+$edgemed export eq-mobilenet-v2 --seed 3 --group-order 8 --width 0.25 --force -o $out/eqmnv2_c8.onnx
+$edgemed export eq-mobilenet-v2 --seed 4 --group-order 12 --width 0.25 --force -o $out/eqmnv2_c12.onnx
+$edgemed export eq-mobilenet-v2 --seed 2 --group-order 4 --width 0.25 --fold-bn --force -o $out/eqmnv2_c4_folded.onnx
 "$PY" scripts/make_fixtures.py "$out"

@@ -175,7 +175,7 @@ def unet2d_inputs():
 def export_glow_decoder(edgemed, tmp):
     out = Path(tmp) / "aging-twin"
     cmd = [str(edgemed), "export", "aging-twin", "--weights", str(FIX / "glow/glow.safetensors"), "--grid", "16",
-           "-o", str(out)]
+           "--output-dir", str(out)]
     subprocess.run(cmd, check=True, capture_output=True)
     return out / "decoder.onnx"
 

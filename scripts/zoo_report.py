@@ -186,7 +186,7 @@ SUMMARY = re.compile(r"^wrote (\S+): (.*)$")
 
 
 def quantize(b, model, out, extra):
-    rc, so, se = sh([b["edgemed"], "quantize", model, "-o", out, *extra])
+    rc, so, se = sh([b["edgemed"], "quantize", model, "-o", out, "--force", *extra])  # a rerun replaces the last
     text = se + "\n" + so
     r = {"rc": rc}
     lines = text.splitlines()

@@ -2,7 +2,7 @@
 //! runtime's own preprocessing (so ranges match deployment), or seeded random
 //! tensors over the model's normalised input range.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use edgemed_runtime::bench::UniformNoise;
@@ -60,9 +60,16 @@ pub fn calibration(model: &OnnxModel, path: &Path, limit: usize) -> Result<Vec<A
 
 /// Every image under `dir`, one [1, 3, S, S] tensor each (unreadable files are skipped with a warning).
 pub fn from_images(model: &OnnxModel, dir: &Path, limit: usize) -> Result<Vec<ArrayD<f32>>> {
+    from_image_paths(model, &[dir.to_path_buf()], limit)
+}
+
+/// Every image the paths name (files, folders, glob patterns), one [1, 3, S, S] tensor
+/// each (unreadable files are skipped with a warning).
+pub fn from_image_paths(model: &OnnxModel, paths: &[PathBuf], limit: usize) -> Result<Vec<ArrayD<f32>>> {
     let (_, side, _) = model.image_input()?;
     let pre = Preprocess { resize: true, ..Preprocess::for_model(&model.metadata, side as u32) };
-    let sources = expand_inputs(&[dir.to_path_buf()]).with_context(|| format!("reading inputs from {}", dir.display()))?;
+    let named = paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+    let sources = expand_inputs(paths).with_context(|| format!("reading inputs from {named}"))?;
     let mut out = Vec::new();
     for s in sources.iter().take(limit) {
         let mut buf = vec![0f32; 3 * side * side];
@@ -71,7 +78,7 @@ pub fn from_images(model: &OnnxModel, dir: &Path, limit: usize) -> Result<Vec<Ar
             Err(e) => log::warn!("skipping {s}: {e}"),
         }
     }
-    anyhow::ensure!(!out.is_empty(), "{}: no usable images", dir.display());
+    anyhow::ensure!(!out.is_empty(), "{named}: no usable images");
     Ok(out)
 }
 

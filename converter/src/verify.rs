@@ -13,8 +13,10 @@ pub struct Verification {
     /// One per model output, in the graph's output order.
     pub outputs: Vec<String>,
     pub sqnr_db: Vec<f64>,
-    /// Over the first output (the classifier's scores).
+    /// Over the first output (the classifier's scores): `top1_agreeing` of `top1_compared` rows.
     pub top1_agreement: f64,
+    pub top1_agreeing: usize,
+    pub top1_compared: usize,
     /// max |f(rot90 x) - f(x)| / max |f(x)| over inputs and quarter turns, FP32 then INT8.
     pub rotation_error: Option<(f64, f64)>,
 }
@@ -44,10 +46,17 @@ pub fn rot90(x: &ArrayD<f32>) -> ArrayD<f32> {
     })
 }
 
-/// Every output of the model for every input batch: `[batch][output]`.
-fn run_all(m: &OnnxModel, inputs: &[ArrayD<f32>]) -> Result<Vec<Vec<ArrayD<f32>>>> {
+/// Every output of the model for every input batch: `[batch][output]`; `done` after each batch.
+fn run_all(m: &OnnxModel, inputs: &[ArrayD<f32>], done: &mut dyn FnMut()) -> Result<Vec<Vec<ArrayD<f32>>>> {
     let backend = TractBackend::new(m, inputs[0].shape())?;
-    inputs.iter().map(|x| Ok(backend.run(x.clone())?)).collect()
+    inputs
+        .iter()
+        .map(|x| {
+            let y = backend.run(x.clone())?;
+            done();
+            Ok(y)
+        })
+        .collect()
 }
 
 fn first(all: Vec<Vec<ArrayD<f32>>>) -> Vec<ArrayD<f32>> {
@@ -55,9 +64,25 @@ fn first(all: Vec<Vec<ArrayD<f32>>>) -> Vec<ArrayD<f32>> {
 }
 
 pub fn verify(fp32: &OnnxModel, int8: &OnnxModel, inputs: &[ArrayD<f32>], check_rotation: bool) -> Result<Verification> {
+    verify_with_progress(fp32, int8, inputs, check_rotation, &mut || {})
+}
+
+/// How many model runs [`verify_with_progress`] makes (one per batch and model, twice with rotation).
+pub fn model_runs(inputs: &[ArrayD<f32>], check_rotation: bool) -> usize {
+    inputs.len() * if check_rotation { 4 } else { 2 }
+}
+
+/// [`verify`], calling `done` after each of its [`model_runs`] model runs.
+pub fn verify_with_progress(
+    fp32: &OnnxModel,
+    int8: &OnnxModel,
+    inputs: &[ArrayD<f32>],
+    check_rotation: bool,
+    done: &mut dyn FnMut(),
+) -> Result<Verification> {
     ensure!(!inputs.is_empty(), "no inputs to verify with");
-    let all_a = run_all(fp32, inputs).context("running the FP32 model")?;
-    let all_b = run_all(int8, inputs).context("running the INT8 model")?;
+    let all_a = run_all(fp32, inputs, done).context("running the FP32 model")?;
+    let all_b = run_all(int8, inputs, done).context("running the INT8 model")?;
     let n_out = all_a[0].len();
     ensure!(all_b[0].len() == n_out, "the models have different numbers of outputs ({} vs {})", n_out, all_b[0].len());
     let mut sqnr = Vec::with_capacity(n_out);
@@ -77,8 +102,8 @@ pub fn verify(fp32: &OnnxModel, int8: &OnnxModel, inputs: &[ArrayD<f32>], check_
     }
     let rotation_error = if check_rotation {
         let rotated: Vec<ArrayD<f32>> = inputs.iter().map(rot90).collect();
-        let err = |m: &OnnxModel, base: &[ArrayD<f32>]| -> Result<f64> {
-            let r = first(run_all(m, &rotated)?);
+        let mut err = |m: &OnnxModel, base: &[ArrayD<f32>]| -> Result<f64> {
+            let r = first(run_all(m, &rotated, done)?);
             let scale = base.iter().flat_map(|t| t.iter()).fold(0f32, |s, v| s.max(v.abs())) as f64;
             let worst =
                 r.iter().zip(base).flat_map(|(p, q)| p.iter().zip(q.iter()).map(|(u, v)| (u - v).abs())).fold(0f32, f32::max) as f64;
@@ -93,6 +118,8 @@ pub fn verify(fp32: &OnnxModel, int8: &OnnxModel, inputs: &[ArrayD<f32>], check_
         outputs: fp32.outputs.iter().map(|o| o.name.clone()).collect(),
         sqnr_db: sqnr,
         top1_agreement: agree as f64 / total.max(1) as f64,
+        top1_agreeing: agree,
+        top1_compared: total,
         rotation_error,
     })
 }

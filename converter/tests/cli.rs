@@ -211,3 +211,247 @@ fn inspect_into_a_closed_pipe_ends_quietly() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
 }
+
+/// Stderr of a run that must fail cleanly, naming `needle` in one line.
+fn refused(o: &Output, needle: &str) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success() && err.contains(needle) && !err.contains("panicked"), "{needle}: {err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    err
+}
+
+#[test]
+fn quantize_checks_its_output_first_and_replaces_only_with_force() {
+    let d = scratch_dir("conv-force");
+    let (model, out) = (fixture("eqmnv2_c4.onnx"), d.join("q.onnx"));
+    let (m, o) = (model.to_str().unwrap(), out.to_str().unwrap());
+    // An earlier result is kept unless --force says otherwise.
+    std::fs::write(&out, b"earlier").unwrap();
+    refused(&run(&["quantize", m, "-o", o]), "q.onnx: already exists; pass --force");
+    assert_eq!(std::fs::read(&out).unwrap(), b"earlier");
+    let r = run(&["quantize", m, "-o", o, "--force"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(edgemed_runtime::model::OnnxModel::load(&out).unwrap().precision(), "INT8 (QDQ)");
+    // The output is checked before the model is read: a missing folder is named, not the junk input.
+    let junk = d.join("junk.onnx");
+    std::fs::write(&junk, "not a model").unwrap();
+    let err = refused(&run(&["quantize", junk.to_str().unwrap(), "-o", d.join("missing/q.onnx").to_str().unwrap()]), "does not exist");
+    assert!(!err.contains("not a valid ONNX model"), "{err}");
+    // The calibration inputs are inputs too; and the manifest's name is not the converter's to take.
+    let npy = d.join("x.npy");
+    std::fs::write(&npy, b"calibration").unwrap();
+    refused(&run(&["quantize", m, "-o", npy.to_str().unwrap(), "--calibrate", npy.to_str().unwrap()]), "one of the inputs");
+    refused(&run(&["quantize", m, "-o", d.join("edgemed-manifest.json").to_str().unwrap()]), "is the model manifest");
+    assert_eq!(std::fs::read(&npy).unwrap(), b"calibration");
+}
+
+#[test]
+fn exports_check_their_outputs_first_and_replace_only_with_force() {
+    let d = scratch_dir("conv-export-force");
+    let out = d.join("c4.onnx");
+    let o = out.to_str().unwrap();
+    let seeded = |extra: &[&str]| {
+        let mut args = vec!["export", "eq-mobilenet-v2", "--seed", "2", "--width", "0.25", "-o", o];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    assert!(seeded(&[]).status.success());
+    let first = std::fs::read(&out).unwrap();
+    refused(&seeded(&[]), "c4.onnx: already exists; pass --force");
+    let r = seeded(&["--force"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(std::fs::read(&out).unwrap(), first, "the same seed writes the same model");
+    // Checked before the weights are read: the existing output is named, not the missing weights.
+    let err = refused(&run(&["export", "eq-mobilenet-v2", "--weights", "missing.safetensors", "-o", o]), "already exists");
+    assert!(!err.contains("missing.safetensors"), "{err}");
+    refused(&seeded(&["--force", "--save-weights", o]), "same file");
+    let weights = fixture("espcn/espcn.safetensors");
+    let w = weights.to_str().unwrap();
+    refused(
+        &run(&["export", "espcn3d", "--weights", w, "--save-weights", w, "-o", d.join("e.onnx").to_str().unwrap()]),
+        "one of the inputs",
+    );
+    refused(&run(&["export", "unet", "--seed", "1", "-o", o]), "already exists");
+    // The local-map rewrite: never over its input, nor an earlier result without --force.
+    refused(&run(&["export", "--local-map", o, "-o", o, "--force"]), "one of the inputs");
+    let map = d.join("map.onnx");
+    std::fs::write(&map, b"earlier").unwrap();
+    refused(&run(&["export", "--local-map", o, "-o", map.to_str().unwrap()]), "already exists");
+    assert_eq!(std::fs::read(&map).unwrap(), b"earlier");
+    let r = run(&["export", "--local-map", o, "-o", map.to_str().unwrap(), "--force"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+}
+
+#[test]
+fn aging_twin_export_writes_into_its_folder_once_unless_forced() {
+    let d = scratch_dir("conv-twin-export");
+    let dir = d.join("twin");
+    let dir_arg = format!("{}/", dir.display());
+    let twin = |extra: &[&str]| {
+        let mut args = vec!["export", "aging-twin", "--seed", "3", "--grid", "8", "--levels", "2", "--steps", "1", "--width", "4"];
+        args.extend_from_slice(&["--temporal-widths", "4,4", "--temporal-depths", "1,1", "-o", &dir_arg]);
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let o = twin(&[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.contains("twin/{encoder,decoder,temporal}.onnx") && !err.contains("//"), "{err}");
+    refused(&twin(&[]), "encoder.onnx: already exists; pass --force");
+    assert!(twin(&["--force"]).status.success());
+    // A file is not a folder; a folder whose parent is missing is named before any work.
+    std::fs::write(d.join("file"), b"x").unwrap();
+    refused(&run(&["export", "aging-twin", "--seed", "1", "--output-dir", d.join("file").to_str().unwrap()]), "is a file");
+    refused(&run(&["export", "aging-twin", "--seed", "1", "--output-dir", d.join("a/b").to_str().unwrap()]), "does not exist");
+    // Weights saved into a folder the export makes.
+    let new = d.join("new");
+    let w = new.join("w.safetensors");
+    let o = run(&[
+        "export",
+        "aging-twin",
+        "--seed",
+        "3",
+        "--grid",
+        "8",
+        "--levels",
+        "2",
+        "--steps",
+        "1",
+        "--width",
+        "4",
+        "--temporal-widths",
+        "4,4",
+        "--temporal-depths",
+        "1,1",
+        "--save-weights",
+        w.to_str().unwrap(),
+        "--output-dir",
+        new.to_str().unwrap(),
+    ]);
+    assert!(o.status.success() && w.exists() && new.join("temporal.onnx").exists(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn exports_need_weights_or_a_seed_and_refuse_contradicting_flags() {
+    let d = scratch_dir("conv-export-source");
+    let out = d.join("m.onnx");
+    let o = out.to_str().unwrap();
+    for arch in ["eq-mobilenet-v2", "unet", "espcn3d"] {
+        refused(&run(&["export", arch, "-o", o]), &format!("export {arch} needs --weights FILE (trained weights) or --seed N"));
+    }
+    refused(&run(&["export", "aging-twin", "-o", o]), "export aging-twin needs --weights FILE");
+    assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0, "nothing written");
+    // The weights file's metadata says C4, width 0.5: a flag saying otherwise is refused, naming both.
+    let bundled = repo_root().join("models/bundled/pcam-c4-demo.safetensors");
+    let b = bundled.to_str().unwrap();
+    let err = refused(&run(&["export", "eq-mobilenet-v2", "--weights", b, "--group-order", "8", "-o", o]), "--group-order 8");
+    assert!(err.contains("group_order = 4"), "{err}");
+    let err = refused(&run(&["export", "eq-mobilenet-v2", "--weights", b, "--width", "1", "-o", o]), "--width 1.0");
+    assert!(err.contains("width = 0.5"), "{err}");
+    let glow = fixture("glow/glow.safetensors");
+    let err = refused(&run(&["export", "aging-twin", "--weights", glow.to_str().unwrap(), "--steps", "4", "-o", o]), "--steps 4");
+    assert!(err.contains("steps = 2"), "{err}");
+    assert!(!out.exists());
+    // Flags that agree with the file are fine.
+    let r = run(&["export", "eq-mobilenet-v2", "--weights", b, "--group-order", "4", "--width", "0.5", "-o", o]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+}
+
+#[test]
+fn export_alone_lists_every_architecture() {
+    let o = run(&["export"]);
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(!o.status.success(), "{text}");
+    for arch in ["eq-mobilenet-v2", "unet", "aging-twin", "espcn3d", "--local-map"] {
+        assert!(text.contains(arch), "{arch} not listed: {text}");
+    }
+    let o = run(&["export", "-o", "x.onnx"]);
+    refused(&o, "export needs an architecture (eq-mobilenet-v2, unet, aging-twin, espcn3d) or --local-map");
+}
+
+#[test]
+fn verbose_flags_log_without_timestamps() {
+    let d = scratch_dir("conv-verbose");
+    let m = fixture("eqmnv2_c4.onnx");
+    let quantize = |flag: Option<&str>, out: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_edgemed"));
+        c.env_remove("RUST_LOG").current_dir(repo_root());
+        if let Some(f) = flag {
+            c.arg(f);
+        }
+        c.args(["quantize", m.to_str().unwrap(), "-o", d.join(out).to_str().unwrap()]).output().unwrap()
+    };
+    let quiet = String::from_utf8_lossy(&quantize(None, "a.onnx").stderr).into_owned();
+    assert!(!quiet.contains("INFO"), "warnings only by default: {quiet}");
+    let o = quantize(Some("-v"), "b.onnx");
+    let info = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{info}");
+    let line = info.lines().find(|l| l.contains("recorded")).unwrap_or_else(|| panic!("-v logs at info: {info}"));
+    assert!(line.starts_with("[INFO ") && !line.contains("Z "), "no timestamp: {line}");
+    // -vv after the subcommand too (the flag is global).
+    let o = Command::new(env!("CARGO_BIN_EXE_edgemed"))
+        .env_remove("RUST_LOG")
+        .args(["quantize", m.to_str().unwrap(), "-o", d.join("c.onnx").to_str().unwrap(), "-vv"])
+        .output()
+        .unwrap();
+    let debug = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && debug.contains("[INFO "), "{debug}");
+}
+
+#[test]
+fn inspect_and_verify_print_a_table_or_json() {
+    let m = fixture("eqmnv2_c4.onnx");
+    let m = m.to_str().unwrap();
+    let json = |o: Output| -> serde_json::Value {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
+    };
+    // inspect: one object per table row, with the table's fields, and the model's totals.
+    let table = run(&["inspect", m, "--format", "table"]);
+    let rows = String::from_utf8_lossy(&table.stdout).lines().count() - 1;
+    let v = json(run(&["inspect", m, "--format", "json"]));
+    let layers = v["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), rows);
+    let dw = layers.iter().find(|l| l["layer"] == "blocks.3.dw.conv").unwrap();
+    assert_eq!(dw["op"], "dw");
+    assert!(dw["weight_shape"].is_array() && dw["bn_folded"]["max_over_min"].as_f64().unwrap() >= 1.0, "{dw}");
+    assert!(dw["after_cle"]["median"].as_f64().unwrap() > 0.0, "{dw}");
+    assert_eq!((v["field_size"].as_u64(), v["batch_norms_folded"].as_u64()), (Some(4), Some(52)));
+    assert!(v["cle"]["triplets"].as_u64().unwrap() > 0 && v["model"].as_str().unwrap().ends_with("eqmnv2_c4.onnx"));
+    assert_eq!(json(run(&["inspect", m, "--json"])), v, "--json is --format json");
+    // verify: images through -i (repeatable; --inputs the old spelling), table or JSON.
+    let q = fixture("eqmnv2_c4_qdq.onnx");
+    let q = q.to_str().unwrap();
+    let (a, b) = ("examples/data/pcam/patch_000.png", "examples/data/pcam/patch_001.png");
+    let v = json(run(&["verify", m, q, "-i", a, "--input", b, "--format", "json"]));
+    assert_eq!((v["inputs"].as_u64(), v["top1_compared"].as_u64()), (Some(2), Some(2)), "{v}");
+    assert_eq!(json(run(&["verify", m, q, "--inputs", "examples/data/pcam", "--json"]))["inputs"], 100);
+    let o = run(&["verify", m, q, "-i", a, "-i", b]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && text.contains("top-1 agreement  ") && text.contains("% (") && text.contains(" of 2)"), "{text}");
+    assert!(!err.contains("random inputs") && !err.contains("model runs"), "no progress when stderr is not a terminal: {err}");
+}
+
+#[test]
+fn an_edited_model_is_refused_until_edgemed_manifest_records_it_again() {
+    use edgemed_onnx::pb;
+    use edgemed_runtime::formats::manifest::{load_checked, IntegrityPolicy};
+    use prost::Message;
+    let d = scratch_dir("conv-reedit");
+    let model = d.join("m.onnx");
+    let o = run(&["quantize", fixture("eqmnv2_c4.onnx").to_str().unwrap(), "-o", model.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The README's recipe: merge a property into those the model has.
+    let mut m = pb::ModelProto::decode(std::fs::read(&model).unwrap().as_slice()).unwrap();
+    let kept = m.metadata_props.len();
+    m.metadata_props.retain(|p| p.key != "edgemed.class_names");
+    m.metadata_props.push(pb::StringStringEntryProto { key: "edgemed.class_names".into(), value: "benign,tumour".into() });
+    std::fs::write(&model, m.encode_to_vec()).unwrap();
+    let err = load_checked(&model, &IntegrityPolicy::default()).err().expect("the edited model is refused").to_string();
+    assert!(err.contains("refused by the model manifest") && err.contains(&format!("`edgemed manifest {}`", model.display())), "{err}");
+    let o = run(&["manifest", model.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = load_checked(&model, &IntegrityPolicy::default()).unwrap();
+    assert_eq!(m.metadata.class_names, ["benign", "tumour"]);
+    assert_eq!(m.proto.metadata_props.len(), kept, "the other properties kept");
+}

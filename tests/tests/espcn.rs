@@ -71,7 +71,8 @@ fn patchwise_upsampling_equals_the_whole_volume() {
 #[test]
 fn committed_patch_model_is_the_current_export() {
     // tests/fixtures/espcn/espcn3d_p8.onnx (used by the runtime's CLI tests) is
-    // `edgemed export espcn3d --weights tests/fixtures/espcn/espcn.safetensors --patch 8`.
+    // `edgemed export espcn3d --weights tests/fixtures/espcn/espcn.safetensors --patch 8
+    // -o tests/fixtures/espcn/espcn3d_p8.onnx --force`.
     let w = Weights::load(&fixture("espcn/espcn.safetensors")).unwrap();
     let cfg = Config::from_weights_metadata(&w.metadata, [8, 8, 8], "espcn.safetensors").unwrap();
     let fresh = espcn3d::build_onnx(&cfg, &w).unwrap();

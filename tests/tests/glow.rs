@@ -138,7 +138,7 @@ fn runtime_aging_pipeline_matches_numpy_for_one_year() {
 
 /// tests/fixtures/twin_tiny, used by the runtime's CLI tests, is this export:
 /// `edgemed export aging-twin --seed 3 --grid 8 --levels 2 --steps 1 --width 4
-/// --temporal-widths 4,4 --temporal-depths 1,1 -o tests/fixtures/twin_tiny`.
+/// --temporal-widths 4,4 --temporal-depths 1,1 --output-dir tests/fixtures/twin_tiny --force`.
 #[test]
 fn committed_tiny_twin_is_a_fresh_export() {
     let cfg = Config {

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 #[derive(clap::Args)]
 pub struct Args {
     /// ONNX models to record in the edgemed-manifest.json beside each.
-    #[arg(required = true)]
+    #[arg(required = true, value_name = "MODEL")]
     models: Vec<PathBuf>,
 }
 

@@ -3,7 +3,7 @@
 //! bias correction; activation ranges from batch-norm statistics or calibration
 //! inputs), or into a float16 model with `--fp16`. What it writes is checked to load first.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use edgemed_converter::clipped_normal::Family;
@@ -11,38 +11,44 @@ use edgemed_converter::graph::Graph;
 use edgemed_converter::passes::equalize::Relu6Policy;
 use edgemed_converter::quantize::{Granularity, RangeRule};
 use edgemed_converter::{dfq, inputs, passes};
+use edgemed_onnx::fsutil;
 use edgemed_runtime::model::OnnxModel;
 
 // The subcommand's help text is the doc comment of its variant in main.rs.
 #[derive(clap::Args)]
 pub struct Args {
     /// The FP32 ONNX model to quantize.
+    #[arg(value_name = "MODEL")]
     input: PathBuf,
-    /// The model to write (never the input; written atomically and checked to load).
-    #[arg(short, long)]
+    /// The model to write (never the input; written atomically and checked to load, and
+    /// recorded in the edgemed-manifest.json beside it).
+    #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
+    /// Replace the output file if it exists (by default an earlier result is kept).
+    #[arg(long)]
+    force: bool,
     /// Per-channel weight scales (default: per tensor, the DFQ paper's setting).
     #[arg(long)]
     per_channel: bool,
     /// Share scales within blocks of N channels (C_N regular fields); default from the model's
     /// metadata, else from its grouped convs (escnn: one group of N channels per field).
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     field_size: Option<usize>,
     /// Activation ranges from these inputs instead of batch-norm statistics: a directory of
     /// patch images, or a .npy tensor (or directory of them) in the model's input shape.
-    #[arg(long)]
+    #[arg(long, value_name = "PATH")]
     calibrate: Option<PathBuf>,
     /// With --calibrate: clip ranges at this percentile (0 < P <= 100) instead of min/max.
-    #[arg(long, requires = "calibrate")]
+    #[arg(long, value_name = "P", requires = "calibrate")]
     percentile: Option<f32>,
     /// Data-free activation ranges: beta +- this many |gamma| per channel, instead of
     /// the range of least expected quantization error (see --range-model).
-    #[arg(long)]
+    #[arg(long, value_name = "K")]
     range_sigmas: Option<f32>,
     /// The distribution each channel is assumed to follow around its batch norm's mean
     /// and deviation when choosing data-free ranges of least expected error: laplace
     /// (the heavy tails of trained networks) or normal (the DFQ paper's assumption).
-    #[arg(long, value_enum, default_value = "laplace", conflicts_with = "range_sigmas")]
+    #[arg(long, value_enum, value_name = "FAMILY", default_value = "laplace", conflicts_with = "range_sigmas")]
     range_model: RangeModel,
     /// Skip cross-layer equalization.
     #[arg(long)]
@@ -67,14 +73,6 @@ pub struct Args {
     fp16_io: bool,
 }
 
-/// Whether two paths name one file (the second need not exist yet).
-fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
-    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
-    }
-}
-
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum RangeModel {
     Laplace,
@@ -82,9 +80,18 @@ enum RangeModel {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    // The converter never writes over its input (the FP32 model a user may need again).
-    if same_file(&args.input, &args.output) {
+    // The converter never writes over its input (the FP32 model a user may need again),
+    // and checks where it writes before any work.
+    if fsutil::same_file(&args.input, &args.output) {
         anyhow::bail!("{}: the output is the input model; write the quantized model to another file", args.output.display());
+    }
+    let inputs: Vec<&Path> = std::iter::once(args.input.as_path()).chain(args.calibrate.as_deref()).collect();
+    super::check_outputs(&[&args.output], &inputs, args.force)?;
+    if let Some(k) = args.range_sigmas.filter(|k| !(k.is_finite() && *k > 0.0)) {
+        anyhow::bail!("--range-sigmas {k}: give a positive number of standard deviations");
+    }
+    if let Some(p) = args.percentile.filter(|p| !(p.is_finite() && *p > 0.0 && *p <= 100.0)) {
+        anyhow::bail!("--percentile {p}: give a percentile in (0, 100], e.g. 99.99");
     }
     let mut g = Graph::load(&args.input)?;
     if args.fp16 {
@@ -99,12 +106,6 @@ pub fn run(args: Args) -> Result<()> {
         }
         (None, n, _) => n,
     };
-    if let Some(k) = args.range_sigmas.filter(|k| !(k.is_finite() && *k > 0.0)) {
-        anyhow::bail!("--range-sigmas {k}: give a positive number of standard deviations");
-    }
-    if let Some(p) = args.percentile.filter(|p| !(p.is_finite() && *p > 0.0 && *p <= 100.0)) {
-        anyhow::bail!("--percentile {p}: give a percentile in (0, 100], e.g. 99.99");
-    }
     if field_size == 0 {
         anyhow::bail!("--field-size 0: give the number of channels of a field (1 for a model without fields)");
     }

@@ -97,15 +97,17 @@ impl Manifest {
 /// Checks `bytes` (read from `path`, parsed as `model`) against `entry`: hash, then input spec.
 pub fn check_entry(path: &Path, bytes: &[u8], model: &OnnxModel, entry: &ManifestEntry) -> Result<()> {
     let bad = |reason: String| Error::Integrity { path: path.to_path_buf(), reason };
+    // A model edited on purpose (its metadata, say) is recorded again by the converter.
+    let again = format!("if the change is intended, record the model again with `edgemed manifest {}`", path.display());
     let got = sha256_hex(bytes);
     if !got.eq_ignore_ascii_case(&entry.sha256) {
         return Err(bad(format!(
-            "SHA-256 {got} does not match the manifest's {} for {} {}: the file was changed or corrupted",
+            "SHA-256 {got} does not match the manifest's {} for {} {}: the file was changed or corrupted; {again}",
             entry.sha256, entry.name, entry.version
         )));
     }
     if model.inputs != entry.inputs {
-        return Err(bad(format!("inputs {:?} differ from the manifest's {:?}", model.inputs, entry.inputs)));
+        return Err(bad(format!("inputs {:?} differ from the manifest's {:?}; {again}", model.inputs, entry.inputs)));
     }
     Ok(())
 }
