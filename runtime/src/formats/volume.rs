@@ -105,7 +105,8 @@ impl Volume {
             return Err(Error::NotFound { path: path.to_path_buf() });
         }
         // By content, not by name: a gzipped file named .nii is read as well.
-        let header = NiftiHeader::from_reader(open_maybe_gz(path)?).map_err(|e| bad(path, format!("not a NIfTI-1 file: {}", reason(&e))))?;
+        let header =
+            NiftiHeader::from_reader(open_maybe_gz(path)?).map_err(|e| bad(path, format!("not a NIfTI-1 file: {}", reason(&e))))?;
         let [x, y, z] = spatial_dims(&header, path)?;
         let per_voxel = voxel_bytes(header.datatype)
             .ok_or_else(|| bad(path, format!("voxel type {} is not a scalar integer or float type", header.datatype)))?;
@@ -120,7 +121,8 @@ impl Volume {
         let voxels = (x as u64) * (y as u64) * (z as u64);
         // The file's voxels, their float32 copy, and the working copy a pipeline makes.
         budget::check(|| format!("{}: volume {x}x{y}x{z}", path.display()), voxels * (per_voxel + 8), memory_budget)?;
-        let obj = InMemNiftiObject::from_reader(open_maybe_gz(path)?).map_err(|e| bad(path, format!("cannot read the voxels: {}", reason(&e))))?;
+        let obj = InMemNiftiObject::from_reader(open_maybe_gz(path)?)
+            .map_err(|e| bad(path, format!("cannot read the voxels: {}", reason(&e))))?;
         let arr = obj.into_volume().into_ndarray::<f32>().map_err(|e| bad(path, format!("cannot read the voxels: {}", reason(&e))))?;
         // into_ndarray gives the file's Fortran order; make it C order once, then drop
         // trailing dimensions of size 1.
