@@ -298,7 +298,7 @@ fn propagated_stats(g: &Graph, stats: &Stats, order: &[usize], input_range: Rang
                 let (lo, hi) = if n.op_type == "Clip" { g.clip_bounds(n) } else { (f32::NEG_INFINITY, f32::INFINITY) };
                 // A Clip with NaN or crossed bounds describes nothing (found by fuzzing:
                 // clamp panicked on a NaN bound; kept in fuzz/regressions/converter_passes).
-                if !(lo <= hi) {
+                if lo.partial_cmp(&hi).is_none_or(|o| o.is_gt()) {
                     continue;
                 }
                 let c = x.beta.len();
