@@ -28,6 +28,16 @@ pub struct BenchStats {
 /// patches or volume windows alike).
 pub fn item_shape(model: &crate::model::OnnxModel) -> Result<Vec<usize>> {
     let input = model.inputs.first().ok_or_else(|| Error::Invalid("the model has no input".into()))?;
+    input_item_shape(input)
+}
+
+/// [`item_shape`] for every input of the model, in the graph's order.
+pub fn item_shapes(model: &crate::model::OnnxModel) -> Result<Vec<Vec<usize>>> {
+    edgemed_onnx::ensure!(!model.inputs.is_empty(), Error::Invalid("the model has no input".into()));
+    model.inputs.iter().map(input_item_shape).collect()
+}
+
+fn input_item_shape(input: &crate::model::TensorSpec) -> Result<Vec<usize>> {
     let dims = input.dims.as_ref().ok_or_else(|| Error::Invalid(format!("input {:?} has no declared shape", input.name)))?;
     edgemed_onnx::ensure!(dims.len() >= 2, Error::Invalid(format!("input {:?} has shape {dims:?}: expected [batch, ...]", input.name)));
     dims[1..]
@@ -47,19 +57,20 @@ pub fn bench(backend: &dyn Backend, warmup: usize, iterations: usize) -> Result<
 /// [`bench`], calling `tick` after every run (warm-up ones too), outside the timed part.
 pub fn bench_with_progress(backend: &dyn Backend, warmup: usize, iterations: usize, mut tick: impl FnMut()) -> Result<BenchStats> {
     edgemed_onnx::ensure!(iterations >= 1, Error::Invalid("at least one timed run is needed".into()));
-    let shape = backend.input_shape().to_vec();
+    let shapes = backend.input_shapes();
+    let shape = shapes[0].clone();
     edgemed_onnx::ensure!(shape.first().is_some_and(|b| *b >= 1), Error::Invalid("batch size must be at least 1".into()));
-    let data = bench_input(shape.iter().product());
-    let input = ArrayD::from_shape_vec(IxDyn(&shape), data).expect("shape matches length");
+    let inputs: Vec<ArrayD<f32>> =
+        shapes.iter().map(|s| ArrayD::from_shape_vec(IxDyn(s), bench_input(s.iter().product())).expect("shape matches length")).collect();
     for _ in 0..warmup {
-        backend.run(input.clone())?;
+        backend.run_inputs(inputs.clone())?;
         tick();
     }
     let mut times: Vec<Duration> = Vec::with_capacity(iterations);
     for _ in 0..iterations {
-        let x = input.clone();
+        let x = inputs.clone();
         let t = Instant::now();
-        backend.run(x)?;
+        backend.run_inputs(x)?;
         times.push(t.elapsed());
         tick();
     }

@@ -286,3 +286,49 @@ fn small_things_a_user_trips_over() {
     assert_eq!(v.shape(), volume::Volume::read(&fixture("unet/volume.nii.gz"), 0).unwrap().shape());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn models_with_two_inputs_run_and_bench() {
+    use edgemed_onnx::builder::{save, GraphBuilder, D};
+    use edgemed_runtime::formats::tensors;
+    use edgemed_runtime::ndarray::ArrayD;
+    // y = relu(a) + 2 b, with a and b of [batch, 3, 4, 4].
+    let dir = scratch_dir("coherence-two-inputs");
+    let mut g = GraphBuilder::new("two_inputs");
+    let dims = [D::Sym("batch"), D::N(3), D::N(4), D::N(4)];
+    g.input_f32("a", &dims);
+    g.input_f32("b", &dims);
+    let two = g.init_f32("two", &[1], &[2.0]);
+    g.node("Relu", "r", &["a"], vec![]);
+    g.node("Mul", "t", &["b", &two], vec![]);
+    g.node("Add", "y", &["r", "t"], vec![]);
+    g.output_f32("y", &dims);
+    let model = dir.join("two.onnx");
+    save(&g.into_model("test", &[]), &model).unwrap();
+    let a: Vec<f32> = (0..96).map(|i| (i as f32 - 40.0) / 7.0).collect();
+    let b: Vec<f32> = (0..96).map(|i| (i % 11) as f32 * 0.25).collect();
+    let (pa, pb) = (dir.join("a.npy"), dir.join("b.npy"));
+    tensors::write_npy(&pa, &ArrayD::from_shape_vec(vec![2, 3, 4, 4], a.clone()).unwrap()).unwrap();
+    tensors::write_npy(&pb, &ArrayD::from_shape_vec(vec![2, 3, 4, 4], b.clone()).unwrap()).unwrap();
+    let expected: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x.max(0.0) + 2.0 * y).collect();
+    let mut backends = vec!["tract"];
+    if edgemed_tests::ort_library().is_some() {
+        backends.push("ort");
+    }
+    for backend in backends {
+        let out = dir.join(format!("out-{backend}"));
+        let o = run(&["--backend", backend, "run", s(&model), "-i", s(&pa), "-i", s(&pb), "--output-dir", s(&out)]);
+        assert!(o.status.success(), "{backend}: {}", stderr(&o));
+        let y = tensors::read_npy(&out.join("y.npy")).unwrap();
+        assert_eq!(y.shape(), &[2, 3, 4, 4]);
+        assert_eq!(y.iter().copied().collect::<Vec<f32>>(), expected, "{backend}");
+        let o = run(&["--backend", backend, "bench", s(&model), "--iters", "2", "--warmup", "0", "--batch", "1,2", "--format", "json"]);
+        assert!(o.status.success(), "{backend}: {}", stderr(&o));
+        assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 2);
+    }
+    // One input for two, and the INT8 engine (one input only): one clear line each.
+    assert_clean_failure(&run(&["run", s(&model), "-i", s(&pa), "--output-dir", s(&dir.join("x"))]), "the model takes 2 inputs (a, b)");
+    let o = run(&["--backend", "int8", "run", s(&model), "-i", s(&pa), "-i", s(&pb), "--output-dir", s(&dir.join("y"))]);
+    assert_clean_failure(&o, "runs models with one");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -33,6 +33,20 @@ pub trait Backend: Send + Sync {
     /// Runs one input tensor of exactly [`Backend::input_shape`]; returns every output.
     /// Float16 model inputs and outputs are converted from and to float32 here.
     fn run(&self, input: ArrayD<f32>) -> Result<Vec<ArrayD<f32>>>;
+    /// The shapes of every input the model was compiled for, in the graph's order
+    /// (most models have one: [`Backend::input_shape`]).
+    fn input_shapes(&self) -> Vec<Vec<usize>> {
+        vec![self.input_shape().to_vec()]
+    }
+    /// Runs a model with several inputs, in the graph's order, each of its
+    /// [`Backend::input_shapes`] shape; returns every output. Backends that run models
+    /// with one input only take one.
+    fn run_inputs(&self, inputs: Vec<ArrayD<f32>>) -> Result<Vec<ArrayD<f32>>> {
+        match <[ArrayD<f32>; 1]>::try_from(inputs) {
+            Ok([x]) => self.run(x),
+            Err(v) => Err(Error::unsupported(format!("{} runs models with one input; {} were given", self.name(), v.len()))),
+        }
+    }
     /// Whether one instance runs batches from several threads at once without
     /// serialising them (tract: yes; ONNX Runtime parallelises inside each run instead).
     fn parallel_runs(&self) -> bool {
@@ -219,6 +233,41 @@ pub fn create(model: &OnnxModel, input_shape: &[usize], opts: &BackendOptions) -
     }
 }
 
+/// Like [`create`], for a model with several inputs (`shapes` in the graph's order):
+/// tract and ONNX Runtime run them; the INT8 engine compiles models with one input.
+pub fn create_with_inputs(model: &OnnxModel, shapes: &[Vec<usize>], opts: &BackendOptions) -> Result<Box<dyn Backend>> {
+    if let [one] = shapes {
+        return create(model, one, opts);
+    }
+    match opts.kind.resolve(model) {
+        #[cfg(feature = "tract")]
+        BackendKind::Tract => {
+            cpu_only("tract", opts)?;
+            Ok(Box::new(TractBackend::with_inputs(model, shapes, opts.memory_budget)?))
+        }
+        #[cfg(feature = "ort")]
+        BackendKind::Ort => Ok(Box::new(ort::OrtBackend::with_inputs(model, shapes, opts)?)),
+        kind => Err(Error::unsupported(format!(
+            "{}: {} inputs; the {kind} backend runs models with one (--backend tract or ort run several)",
+            model.path.display(),
+            shapes.len()
+        ))),
+    }
+}
+
+/// Every input of the shape the backend was compiled for, and as many as it has.
+pub(crate) fn check_input_shapes(inputs: &[ArrayD<f32>], shapes: &[Vec<usize>]) -> Result<()> {
+    if inputs.len() != shapes.len() {
+        return Err(Error::Invalid(format!("{} inputs given, the model takes {}", inputs.len(), shapes.len())));
+    }
+    for (x, s) in inputs.iter().zip(shapes) {
+        if x.shape() != s.as_slice() {
+            return Err(Error::WrongShape { got: x.shape().to_vec(), expected: s.clone() });
+        }
+    }
+    Ok(())
+}
+
 /// A CPU backend asked for CUDA: an error when the device is strict, else a warning.
 fn cpu_only(what: &str, opts: &BackendOptions) -> Result<()> {
     match opts.device {
@@ -252,10 +301,16 @@ pub(crate) fn tract_backend(model: &OnnxModel, input_shape: &[usize], budget: u6
 }
 
 pub fn check_declared_sizes(model: &OnnxModel, input_shape: &[usize], budget: u64) -> Result<u64> {
+    check_declared_input_sizes(model, &[input_shape.to_vec()], budget)
+}
+
+/// [`check_declared_sizes`] for every input of a model (their sizes add up).
+pub fn check_declared_input_sizes(model: &OnnxModel, shapes: &[Vec<usize>], budget: u64) -> Result<u64> {
     let weights = crate::budget::declared_weight_bytes(model.graph());
     crate::budget::check(|| format!("{}: the weights", model.path.display()), weights, budget)?;
-    let input = input_shape.iter().fold(4u64, |acc, &d| acc.saturating_mul(d as u64));
-    crate::budget::check(|| format!("{}: the input {input_shape:?}", model.path.display()), input, budget)?;
+    let input = shapes.iter().map(|s| s.iter().fold(4u64, |acc, &d| acc.saturating_mul(d as u64))).fold(0u64, u64::saturating_add);
+    let shown = if let [one] = shapes { format!("{one:?}") } else { format!("{shapes:?}") };
+    crate::budget::check(|| format!("{}: the input {shown}", model.path.display()), input, budget)?;
     crate::budget::check(|| format!("{}: weights and input together", model.path.display()), weights.saturating_add(input), budget)?;
     Ok(weights)
 }

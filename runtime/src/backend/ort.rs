@@ -112,9 +112,10 @@ pub fn cuda_available(explicit: Option<&Path>) -> Result<bool> {
 pub struct OrtBackend {
     // `Session::run` takes `&mut self`; one run at a time, each parallel inside.
     session: Mutex<Session>,
-    input_name: String,
+    /// The graph's inputs, in order, and the shape each was set up for.
+    input_names: Vec<String>,
     input_f16: bool,
-    input_shape: Vec<usize>,
+    input_shapes: Vec<Vec<usize>>,
     device: String,
 }
 
@@ -136,8 +137,13 @@ fn builder(opts: &BackendOptions) -> Result<SessionBuilder> {
 
 impl OrtBackend {
     pub fn new(model: &OnnxModel, input_shape: &[usize], opts: &BackendOptions) -> Result<Self> {
+        Self::with_inputs(model, &[input_shape.to_vec()], opts)
+    }
+
+    /// A model with one or several inputs (`shapes` in the graph's order).
+    pub fn with_inputs(model: &OnnxModel, shapes: &[Vec<usize>], opts: &BackendOptions) -> Result<Self> {
         // ONNX Runtime plans its own memory; what is declared is checked before it sees the model.
-        super::check_declared_sizes(model, input_shape, opts.memory_budget)?;
+        super::check_declared_input_sizes(model, shapes, opts.memory_budget)?;
         let lib = load(opts.ort_library.as_deref())?;
         let unavailable = |device: Device, reason: String| Error::DeviceUnavailable { device: device.to_string(), reason };
         let cuda = match opts.device {
@@ -171,16 +177,15 @@ impl OrtBackend {
             }
             None => (builder(opts)?.commit_from_memory(&bytes).map_err(unsupported)?, "cpu".into()),
         };
-        let input =
-            session.inputs().first().ok_or_else(|| Error::UnsupportedModel { path: model.path.clone(), reason: "no inputs".into() })?;
+        let input_names: Vec<String> = session.inputs().iter().map(|i| i.name().to_string()).collect();
+        if input_names.len() != shapes.len() {
+            return Err(Error::UnsupportedModel {
+                path: model.path.clone(),
+                reason: format!("{} inputs, {} shapes given", input_names.len(), shapes.len()),
+            });
+        }
         let input_f16 = model.takes_float16();
-        Ok(OrtBackend {
-            input_name: input.name().to_string(),
-            session: Mutex::new(session),
-            input_f16,
-            input_shape: input_shape.to_vec(),
-            device,
-        })
+        Ok(OrtBackend { input_names, session: Mutex::new(session), input_f16, input_shapes: shapes.to_vec(), device })
     }
 }
 
@@ -194,7 +199,11 @@ impl Backend for OrtBackend {
     }
 
     fn input_shape(&self) -> &[usize] {
-        &self.input_shape
+        &self.input_shapes[0]
+    }
+
+    fn input_shapes(&self) -> Vec<Vec<usize>> {
+        self.input_shapes.clone()
     }
 
     fn parallel_runs(&self) -> bool {
@@ -202,16 +211,22 @@ impl Backend for OrtBackend {
     }
 
     fn run(&self, input: ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
-        if input.shape() != self.input_shape.as_slice() {
-            return Err(Error::WrongShape { got: input.shape().to_vec(), expected: self.input_shape.clone() });
+        self.run_inputs(vec![input])
+    }
+
+    fn run_inputs(&self, inputs: Vec<ArrayD<f32>>) -> Result<Vec<ArrayD<f32>>> {
+        super::check_input_shapes(&inputs, &self.input_shapes)?;
+        let mut values = Vec::with_capacity(inputs.len());
+        for (name, x) in self.input_names.iter().zip(inputs) {
+            let value = if self.input_f16 {
+                Tensor::from_array(x.mapv(f16::from_f32)).map_err(err)?.into_dyn()
+            } else {
+                Tensor::from_array(x).map_err(err)?.into_dyn()
+            };
+            values.push((name.as_str(), value));
         }
-        let value = if self.input_f16 {
-            Tensor::from_array(input.mapv(f16::from_f32)).map_err(err)?.into_dyn()
-        } else {
-            Tensor::from_array(input).map_err(err)?.into_dyn()
-        };
         let mut session = self.session.lock().map_err(|_| err("a thread panicked while running the model"))?;
-        let outputs = session.run(ort::inputs![self.input_name.as_str() => value]).map_err(err)?;
+        let outputs = session.run(values).map_err(err)?;
         outputs
             .iter()
             .map(|(name, v)| {

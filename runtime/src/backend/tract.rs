@@ -15,7 +15,8 @@ use crate::ndarray::ArrayD;
 
 pub struct TractBackend {
     plan: std::sync::Arc<TypedSimplePlan>,
-    input_shape: Vec<usize>,
+    /// One per graph input, in order.
+    input_shapes: Vec<Vec<usize>>,
     /// The model takes float16 (an FP16 export that kept half-precision inputs).
     input_f16: bool,
 }
@@ -34,14 +35,31 @@ impl TractBackend {
     /// As [`TractBackend::new`], refusing a model whose weights, input and peak live
     /// activations would take more than `budget` bytes (0: no limit).
     pub fn with_budget(model: &OnnxModel, input_shape: &[usize], budget: u64) -> Result<Self> {
-        let weights = super::check_declared_sizes(model, input_shape, budget)?;
+        Self::with_inputs(model, &[input_shape.to_vec()], budget)
+    }
+
+    /// As [`TractBackend::with_budget`], for a model with one or several inputs (`shapes`
+    /// in the graph's order).
+    pub fn with_inputs(model: &OnnxModel, shapes: &[Vec<usize>], budget: u64) -> Result<Self> {
+        let weights = super::check_declared_input_sizes(model, shapes, budget)?;
         let input_f16 = model.takes_float16();
-        let fact: InferenceFact = if input_f16 { f16::fact(input_shape).into() } else { f32::fact(input_shape).into() };
+        let fact = |s: &[usize]| -> InferenceFact {
+            if input_f16 {
+                f16::fact(s).into()
+            } else {
+                f32::fact(s).into()
+            }
+        };
+        let input_shape = shapes.first().cloned().unwrap_or_default();
         let unsupported = |e: TractError| Error::UnsupportedModel { path: model.path.clone(), reason: format!("{e:#}") };
         // tract reports most problems as errors, but a malformed graph can trip an
         // internal assertion; a device must not die on a bad file, so turn that into an error.
         let built = catch_unwind(AssertUnwindSafe(|| -> TractResult<Result<std::sync::Arc<TypedSimplePlan>>> {
-            let typed = tract_model(&model.proto)?.with_input_fact(0, fact)?.into_typed()?;
+            let mut m = tract_model(&model.proto)?;
+            for (i, s) in shapes.iter().enumerate() {
+                m = m.with_input_fact(i, fact(s))?;
+            }
+            let typed = m.into_typed()?;
             // Every shape is known now and nothing large is allocated yet.
             if let Some(peak) = peak_activation_bytes(&typed)? {
                 log::info!(
@@ -65,7 +83,7 @@ impl TractBackend {
                 return Err(Error::UnsupportedModel { path: model.path.clone(), reason: "tract failed while compiling the graph".into() })
             }
         };
-        Ok(TractBackend { plan, input_shape: input_shape.to_vec(), input_f16 })
+        Ok(TractBackend { plan, input_shapes: shapes.to_vec(), input_f16 })
     }
 }
 
@@ -75,15 +93,22 @@ impl Backend for TractBackend {
     }
 
     fn input_shape(&self) -> &[usize] {
-        &self.input_shape
+        &self.input_shapes[0]
+    }
+
+    fn input_shapes(&self) -> Vec<Vec<usize>> {
+        self.input_shapes.clone()
     }
 
     fn run(&self, input: ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
-        if input.shape() != self.input_shape.as_slice() {
-            return Err(Error::WrongShape { got: input.shape().to_vec(), expected: self.input_shape.clone() });
-        }
-        let input = if self.input_f16 { Tensor::from(input.mapv(f16::from_f32)) } else { Tensor::from(input) };
-        let outputs = catch_unwind(AssertUnwindSafe(|| self.plan.run(tvec!(input.into()))))
+        self.run_inputs(vec![input])
+    }
+
+    fn run_inputs(&self, inputs: Vec<ArrayD<f32>>) -> Result<Vec<ArrayD<f32>>> {
+        super::check_input_shapes(&inputs, &self.input_shapes)?;
+        let inputs: TVec<TValue> =
+            inputs.into_iter().map(|x| if self.input_f16 { Tensor::from(x.mapv(f16::from_f32)) } else { Tensor::from(x) }.into()).collect();
+        let outputs = catch_unwind(AssertUnwindSafe(|| self.plan.run(inputs)))
             .map_err(|_| backend_err("tract panicked while running the model"))?
             .map_err(|e| backend_err(format!("{e:#}")))?;
         outputs

@@ -13,6 +13,11 @@ use crate::ndarray::{ArrayD, IxDyn};
 /// Reads a model input: a float32 `.npy` (its shape is used), or any other file as raw
 /// little-endian float32 with the shape the model declares for its first input.
 pub fn read_input(path: &Path, model: &OnnxModel) -> Result<ArrayD<f32>> {
+    read_input_at(path, model, 0)
+}
+
+/// [`read_input`] for the model's input number `index` (graph order).
+pub fn read_input_at(path: &Path, model: &OnnxModel, index: usize) -> Result<ArrayD<f32>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let array = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy")) {
         parse_npy(path, &bytes)?
@@ -21,13 +26,14 @@ pub fn read_input(path: &Path, model: &OnnxModel) -> Result<ArrayD<f32>> {
             bytes.len() % 4 == 0,
             Error::Invalid(format!("{}: {} bytes is not a whole number of float32 values", path.display(), bytes.len()))
         );
-        let shape = raw_input_shape(model, bytes.len() / 4).map_err(|reason| Error::Invalid(format!("{}: {reason}", path.display())))?;
+        let shape =
+            raw_input_shape(model, index, bytes.len() / 4).map_err(|reason| Error::Invalid(format!("{}: {reason}", path.display())))?;
         let values = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         ArrayD::from_shape_vec(IxDyn(&shape), values).expect("length checked above")
     };
     edgemed_onnx::ensure!(array.iter().all(|v| v.is_finite()), Error::NonFinite { what: path.display().to_string() });
     // One check before any backend: each declared size must match (a .npy names its own).
-    if let Some(dims) = model.inputs.first().and_then(|i| i.dims.as_ref()) {
+    if let Some(dims) = model.inputs.get(index).and_then(|i| i.dims.as_ref()) {
         let fits = dims.len() == array.ndim() && dims.iter().zip(array.shape()).all(|(d, &n)| !matches!(d, Dim::Fixed(f) if *f != n));
         if !fits {
             let shown: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
@@ -44,8 +50,8 @@ pub fn read_input(path: &Path, model: &OnnxModel) -> Result<ArrayD<f32>> {
 
 /// The shape of a raw input of `values` floats: the model's declared input shape, with
 /// one symbolic dimension (the batch) taken from the number of values.
-fn raw_input_shape(model: &OnnxModel, values: usize) -> std::result::Result<Vec<usize>, String> {
-    let input = model.inputs.first().ok_or("the model has no inputs")?;
+fn raw_input_shape(model: &OnnxModel, index: usize, values: usize) -> std::result::Result<Vec<usize>, String> {
+    let input = model.inputs.get(index).ok_or("the model has no such input")?;
     let dims = input.dims.as_ref().ok_or_else(|| format!("input {} declares no shape; give the input as .npy", input.name))?;
     let fixed: usize = dims.iter().map(|d| if let Dim::Fixed(n) = d { *n } else { 1 }).product();
     let symbolic = dims.iter().filter(|d| matches!(d, Dim::Symbolic(_))).count();

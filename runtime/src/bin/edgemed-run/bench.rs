@@ -64,7 +64,13 @@ type Row = (String, BackendKind, &'static str, BenchStats);
 
 pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
     let model = common.load_model(args.model.as_deref().or(args.model_path.as_deref()))?;
-    // Any model with a fixed shape after the batch (patches, or volume windows), or --shape.
+    // Any model with a fixed shape after the batch (patches, or volume windows), or --shape;
+    // every input of a model with several.
+    let items = match &args.shape {
+        Some(_) if model.inputs.len() > 1 => anyhow::bail!("--shape sets a model's one input; this model has {}", model.inputs.len()),
+        Some(_) => Vec::new(),
+        None => bench::item_shapes(&model).map_err(|e| anyhow::anyhow!("{e} (give the sizes with --shape)"))?,
+    };
     let item = match &args.shape {
         Some(s) => {
             anyhow::ensure!(
@@ -79,12 +85,16 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
             );
             s.clone()
         }
-        None => bench::item_shape(&model).map_err(|e| anyhow::anyhow!("{e} (give the sizes with --shape)"))?,
+        None => items[0].clone(),
     };
+    let items = if items.is_empty() { vec![item.clone()] } else { items };
     anyhow::ensure!(args.threads >= 1, "--threads must be at least 1");
     let qmodel = args.quantized.as_deref().map(|q| common.load_model(Some(q))).transpose()?;
     if let (Some(q), None) = (&qmodel, &args.shape) {
-        anyhow::ensure!(bench::item_shape(q)? == item, "--quantized takes the same input shape as the model ({item:?} after the batch)");
+        anyhow::ensure!(
+            bench::item_shapes(q)? == items,
+            "--quantized takes the same input shapes as the model ({items:?} after the batch)"
+        );
     }
     // MACs of the convolutions and products at batch 1, as the INT8 engine counts them
     // (float models too; None: a model the engine cannot lower).
@@ -105,8 +115,8 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
         BenchFormat::Json => {}
     }
     for b in &args.batch {
-        let shape: Vec<usize> = std::iter::once(*b).chain(item.iter().copied()).collect();
-        let rows = measure(&args, &model, qmodel.as_ref(), &common.backends, &shape)?;
+        let shapes: Vec<Vec<usize>> = items.iter().map(|item| std::iter::once(*b).chain(item.iter().copied()).collect()).collect();
+        let rows = measure(&args, &model, qmodel.as_ref(), &common.backends, &shapes)?;
         print_rows(&rows, macs, args.format)?;
     }
     if args.profile {
@@ -120,8 +130,14 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One batch size (`shape`): the FP32 model on the float backends, then the INT8 one on all.
-fn measure(args: &Args, model: &OnnxModel, qmodel: Option<&OnnxModel>, backends: &[BackendOptions], shape: &[usize]) -> Result<Vec<Row>> {
+/// One batch size (`shapes`, one per input): the FP32 model on the float backends, then the INT8 one on all.
+fn measure(
+    args: &Args,
+    model: &OnnxModel,
+    qmodel: Option<&OnnxModel>,
+    backends: &[BackendOptions],
+    shapes: &[Vec<usize>],
+) -> Result<Vec<Row>> {
     // (model, precision label, backend)
     let mut runs: Vec<(&OnnxModel, &'static str, &BackendOptions)> = Vec::new();
     let fp32_label = if qmodel.is_some() { "FP32" } else { "" };
@@ -139,9 +155,9 @@ fn measure(args: &Args, model: &OnnxModel, qmodel: Option<&OnnxModel>, backends:
         let name = format!("{} {label}", short_name(&m.path)).trim_end().to_string();
         // Each row's peak memory is its own: the high-water mark restarts here.
         bench::reset_peak_rss();
-        let backend = edgemed_runtime::backend::create(m, shape, &opts)?;
+        let backend = edgemed_runtime::backend::create_with_inputs(m, shapes, &opts)?;
         let bar = progress_bar("runs");
-        bar.set_message(format!("{name} on {}, batch {}", backend.name(), shape[0]));
+        bar.set_message(format!("{name} on {}, batch {}", backend.name(), shapes[0][0]));
         bar.set_length(args.warmup as u64 + args.iters);
         let s = bench::bench_with_progress(backend.as_ref(), args.warmup, args.iters as usize, || bar.inc(1))?;
         bar.finish_and_clear();

@@ -24,9 +24,10 @@ pub struct Args {
     /// ONNX model, as every subcommand takes it.
     #[arg(short, long, conflicts_with = "model_path")]
     model: Option<PathBuf>,
-    /// Input tensor: float32 .npy, or raw little-endian float32 in the model's declared input shape.
-    #[arg(short, long)]
-    input: PathBuf,
+    /// Input tensor: float32 .npy, or raw little-endian float32 in the model's declared input
+    /// shape; a model with several inputs takes one --input each, in the graph's order.
+    #[arg(short, long, required = true)]
+    input: Vec<PathBuf>,
     /// Write each output as OUTPUT_DIR/<output name>.npy (atomically), and made_by.json.
     #[arg(long, value_name = "OUTPUT_DIR")]
     output_dir: Option<PathBuf>,
@@ -54,7 +55,8 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
         let mut files: Vec<PathBuf> = names.iter().map(|n| tensors::output_file(dir, n)).collect();
         files.push(dir.join("made_by.json"));
         let files: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
-        fsutil::check_outputs(&files, &[&args.input, model_path], Existing::from_flags(args.force, false))?;
+        let inputs: Vec<&Path> = args.input.iter().map(PathBuf::as_path).chain([model_path]).collect();
+        fsutil::check_outputs(&files, &inputs, Existing::from_flags(args.force, false))?;
     }
     let made_by = common.volume_provenance(&model, &opts, String::new())?;
     run_tensor(&model, &args, &names, &opts, &made_by)
@@ -62,9 +64,19 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
 
 fn run_tensor(model: &OnnxModel, args: &Args, names: &[String], opts: &BackendOptions, made_by: &Provenance) -> Result<ExitCode> {
     let (expect, tolerance) = (args.expect.as_deref(), args.tolerance);
-    let x = tensors::read_input(&args.input, model)?;
-    let backend = edgemed_runtime::backend::create(model, x.shape(), opts)?;
-    let outputs = backend.run(x)?;
+    let declared: Vec<&str> = model.inputs.iter().map(|i| i.name.as_str()).collect();
+    anyhow::ensure!(
+        args.input.len() == declared.len(),
+        "the model takes {} input{} ({}); give --input once for each, in that order",
+        declared.len(),
+        if declared.len() == 1 { "" } else { "s" },
+        declared.join(", ")
+    );
+    let xs =
+        args.input.iter().enumerate().map(|(i, p)| tensors::read_input_at(p, model, i)).collect::<edgemed_runtime::Result<Vec<_>>>()?;
+    let shapes: Vec<Vec<usize>> = xs.iter().map(|x| x.shape().to_vec()).collect();
+    let backend = edgemed_runtime::backend::create_with_inputs(model, &shapes, opts)?;
+    let outputs = backend.run_inputs(xs)?;
     anyhow::ensure!(outputs.len() == names.len(), "the model declares {} outputs and produced {}", names.len(), outputs.len());
     if let Some(dir) = &args.output_dir {
         for (name, y) in names.iter().zip(&outputs) {
