@@ -247,7 +247,10 @@ impl Emitter<'_, '_> {
                 self.param(&format!("{p}.bias"), &[c], Init::Normal(0.0, 0.1))?,
             )
         } else {
-            (self.g.init_f32(&format!("{p}.unit_scale"), &[c], &vec![1.0; c]), self.g.init_f32(&format!("{p}.zero_shift"), &[c], &vec![0.0; c]))
+            (
+                self.g.init_f32(&format!("{p}.unit_scale"), &[c], &vec![1.0; c]),
+                self.g.init_f32(&format!("{p}.zero_shift"), &[c], &vec![0.0; c]),
+            )
         };
         Ok(match self.cfg.norm {
             Norm::Instance => self.g.node("InstanceNormalization", p, &[x, &s, &b], vec![Attr::Float("epsilon", NORM_EPS)]),
@@ -334,7 +337,9 @@ impl Emitter<'_, '_> {
         let k = bias.len();
         let wn = self.g.init_f32("fc.weight", &[k, c], &wrows);
         let bn = self.g.init_f32("fc.bias", &[k], &bias);
-        Ok(self.g.node("Gemm", "fc", &[&flat, &wn, &bn], vec![Attr::Int("transB", 1)]))
+        // The Gemm computes the graph output itself (no Identity after it), the head
+        // `edgemed export --local-map` rewrites.
+        Ok(self.g.node("Gemm", "prediction", &[&flat, &wn, &bn], vec![Attr::Int("transB", 1)]))
     }
 }
 
@@ -354,8 +359,7 @@ pub fn build_onnx(cfg: &Config, weights: Option<(&Weights, &str)>, seed: u64) ->
     };
     e.g.input_f32("input", &[vec![D::Sym("batch"), D::N(cfg.in_channels as i64)], spatial].concat());
     let features = e.network("input")?;
-    let y = e.heads(&features)?;
-    e.g.node("Identity", "prediction", &[&y], vec![]);
+    e.heads(&features)?;
     e.g.output_f32("prediction", &[D::Sym("batch"), D::N(cfg.outputs().len() as i64)]);
     let md = vec![
         ("edgemed.arch".to_string(), ARCH.to_string()),
@@ -400,7 +404,9 @@ mod tests {
         for norm in [Norm::Instance, Norm::Running] {
             let cfg = Config { width: 4, norm, receptive_field: 9, ..Config::default() };
             let (_, w) = build_onnx(&cfg, None, 3).unwrap();
-            for name in ["conv1.weight", "conv2.weight", "bn1.weight", "layer1.0.downsample.0.weight", "layer4.2.conv3.weight", "fc_sex.bias"] {
+            for name in
+                ["conv1.weight", "conv2.weight", "bn1.weight", "layer1.0.downsample.0.weight", "layer4.2.conv3.weight", "fc_sex.bias"]
+            {
                 assert!(w.tensors.contains_key(name), "{name}");
             }
             assert_eq!(w.tensors["layer2.0.conv2.weight"].shape, vec![8, 8, 3, 3, 3]);
