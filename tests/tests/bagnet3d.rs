@@ -103,3 +103,62 @@ fn int8_local_map_mean_is_the_int8_prediction() {
         assert!(mean_err < 1e-3, "{norm:?}: {mean_err}");
     }
 }
+
+/// Map voxels (x, y, z) whose value differs between two maps [1, K, x, y, z] (any head).
+fn changed(a: &ArrayD<f32>, b: &ArrayD<f32>) -> Vec<[usize; 3]> {
+    let s = a.shape();
+    let mut out = vec![];
+    for i in 0..s[2] {
+        for j in 0..s[3] {
+            for k in 0..s[4] {
+                if (0..s[1]).any(|c| a[[0, c, i, j, k]].to_bits() != b[[0, c, i, j, k]].to_bits()) {
+                    out.push([i, j, k]);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_voxel_changes_exactly_the_map_values_whose_receptive_field_holds_it() {
+    for rf in [9, 17, 33] {
+        let cfg = Config { receptive_field: rf, width: 4, norm: Norm::Running, ..Config::default() };
+        let model = onnx(&local_map(&bagnet3d::build_onnx(&cfg, None, 11).unwrap().0), "map.onnx");
+        let shape = [1, 1, rf + 16, rf + 9, rf + 17];
+        let base = volume(&shape, 3);
+        let m0 = run(&model, &base, BackendKind::Tract);
+        assert_eq!(m0.shape()[2..], [3, 2, 3]);
+        // Voxels at the first and last place of some receptive field, inside and between.
+        for v in [[0, 0, 0], [8, rf - 1, 16 + rf - 1], [rf - 1, 8, 9], [16, rf + 8, 7], [rf + 15, 3, rf + 16]] {
+            // A few perturbations: a ReLU that stays off for one of them can hide a path.
+            let mut got: Vec<[usize; 3]> = vec![];
+            for delta in [4.0, -4.0, 40.0] {
+                let mut x = base.clone();
+                x[[0, 0, v[0], v[1], v[2]]] += delta;
+                got.extend(changed(&m0, &run(&model, &x, BackendKind::Tract)));
+            }
+            got.sort();
+            got.dedup();
+            let holds = |i: usize, a: usize| 8 * i <= v[a] && v[a] < 8 * i + rf;
+            let mut want = vec![];
+            for i in 0..3 {
+                for j in 0..2 {
+                    for k in 0..3 {
+                        if holds(i, 0) && holds(j, 1) && holds(k, 2) {
+                            want.push([i, j, k]);
+                        }
+                    }
+                }
+            }
+            assert_eq!(got, want, "BagNet-{rf}: voxel {v:?}");
+        }
+    }
+    // Instance norm takes its statistics from the whole volume: one voxel moves every value.
+    let cfg = Config { receptive_field: 9, width: 4, norm: Norm::Instance, ..Config::default() };
+    let model = onnx(&local_map(&bagnet3d::build_onnx(&cfg, None, 11).unwrap().0), "map.onnx");
+    let base = volume(&[1, 1, 25, 25, 25], 3);
+    let mut x = base.clone();
+    x[[0, 0, 0, 0, 0]] += 4.0;
+    assert_eq!(changed(&run(&model, &base, BackendKind::Tract), &run(&model, &x, BackendKind::Tract)).len(), 27);
+}
