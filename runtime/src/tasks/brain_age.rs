@@ -195,7 +195,7 @@ fn starts(m: usize, t: usize) -> Vec<usize> {
 }
 
 /// The local maps `[K, mx, my, mz]` of `x`, computed in tiles of `tile` map voxels per
-/// side (0: the whole volume at once) on `threads` threads (each with one tile in
+/// side (0: the whole volume at once; at least 2 otherwise) on `threads` threads (each with one tile in
 /// flight); `progress(done, total)` after every tile.
 pub fn local_maps(
     model: &OnnxModel,
@@ -210,6 +210,11 @@ pub fn local_maps(
     let m = n.map(|v| geo.map_len(v));
     if m.contains(&0) {
         return Err(Error::Invalid(format!("the volume {n:?} is smaller than the receptive field {}", geo.receptive_field)));
+    }
+    if tile == 1 {
+        // A tile of one map voxel ends in 1x1x1 activations, which tract multiplies on a
+        // matrix-vector path that rounds differently from the whole volume's.
+        return Err(Error::Invalid("tiles of 1 map voxel: give at least 2 (or 0 for the whole volume)".into()));
     }
     let whole = tile == 0 || m.iter().all(|&v| v <= tile);
     if !whole && !geo.local {
