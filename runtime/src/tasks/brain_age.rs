@@ -77,7 +77,8 @@ pub fn geometry(model: &OnnxModel) -> Result<MapGeometry> {
     let stride = number("map_stride")?;
     let outputs: Vec<String> =
         get("outputs").ok_or_else(|| bad("outputs", "missing".into()))?.split(',').map(|s| s.trim().to_string()).collect();
-    if !outputs.iter().any(|o| o == "age") && !(outputs.iter().any(|o| o == "sex_0") && outputs.iter().any(|o| o == "sex_1")) {
+    let has = |name: &str| outputs.iter().any(|o| o == name);
+    if !(has("age") || has("sex_0") && has("sex_1")) {
         return Err(bad("outputs", "expected age and/or sex_0,sex_1".into()));
     }
     let dims = model.spatial_input()?;
