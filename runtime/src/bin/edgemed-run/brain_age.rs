@@ -35,8 +35,9 @@ pub struct Args {
     /// Refuse voxels other than 1 mm isotropic instead of resampling them.
     #[arg(long)]
     no_resample: bool,
-    /// Map voxels per tile side (0: the whole volume at once); default 8, or the whole
-    /// volume for instance-norm models, whose statistics span it.
+    /// Map voxels per tile side (0: the whole volume at once); default 8, what a model with
+    /// a fixed input takes (`edgemed export bagnet3d --window W,W,W`: (W - rf) / 8 + 1; the
+    /// INT8 engine needs fixed inputs), or the whole volume for instance-norm models.
     #[arg(long)]
     tile: Option<usize>,
     /// Threads (each with one tile in flight); default: every core.
@@ -58,7 +59,10 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
     let vol = Volume::read(&args.input, common.memory_budget)?;
     let mask = args.mask.as_ref().map(|p| Volume::read(p, common.memory_budget)).transpose()?;
     let prepared = brain_age::prepare(&vol, mask.as_ref(), !args.no_resample).with_context(|| args.input.display().to_string())?;
-    let tile = args.tile.unwrap_or(if geo.local { DEFAULT_TILE } else { 0 });
+    // A model with a fixed input (exported with --window, which the INT8 engine needs)
+    // fixes the tile: (window - rf) / stride + 1 map voxels.
+    let fixed_tile = geo.fixed_input.filter(|f| f[0] == f[1] && f[1] == f[2]).map(|f| geo.map_len(f[0]));
+    let tile = args.tile.or(fixed_tile).unwrap_or(if geo.local { DEFAULT_TILE } else { 0 });
     let threads = args.threads.unwrap_or_else(crate::common::all_cores).max(1);
     let opts = common.backend()?;
     let start = Instant::now();
