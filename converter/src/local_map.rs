@@ -1,8 +1,8 @@
-//! BagNet-style local prediction maps. A classifier that ends in global average
+//! BagNet-style local prediction maps, 2-D and 3-D. A classifier that ends in global average
 //! pooling followed by a linear layer computes W . mean(x) + b = mean(W . x + b):
 //! swapping the two gives a map of local logits whose mean is the original output.
 //! The rewrite turns pooling -> (Flatten | Reshape | Squeeze | Q/DQ)* -> Gemm | MatMul
-//! (+ Add) into one 1x1 convolution on the pooled tensor, so everything before the
+//! (+ Add) into one 1x1 (1x1x1) convolution on the pooled tensor, so everything before the
 //! pooling (the equivariant model's circular mask and group pooling included) is
 //! kept as it was. In INT8 models the linear layer already runs in float on
 //! dequantized weights; the quantize/dequantize pair of the pooled vector has no
@@ -70,17 +70,55 @@ fn single_consumer(g: &Graph, value: &str) -> bool {
     g.single_use(value) && !g.is_graph_output(value)
 }
 
-/// Whether a ReduceMean averages exactly the spatial axes 2 and 3 of a 4-D tensor.
-fn is_spatial_mean(g: &Graph, n: &pb::NodeProto) -> bool {
+/// The spatial rank (2 or 3) of the features a ReduceMean averages when it averages
+/// exactly axes 2, 3 (2-D) or 2, 3, 4 (3-D); `None` for any other reduction.
+/// Negative axes are read against the rank the axes imply (4 or 5).
+fn spatial_mean_rank(g: &Graph, n: &pb::NodeProto) -> Option<usize> {
+    [2usize, 3].into_iter().find(|&d| is_spatial_mean(g, n, d as i64 + 2))
+}
+
+/// Whether a ReduceMean averages exactly the spatial axes 2.. of a `rank`-D tensor.
+fn is_spatial_mean(g: &Graph, n: &pb::NodeProto, rank: i64) -> bool {
     let axes: Option<Vec<i64>> = attr_ints(n, "axes").or_else(|| {
         n.input.get(1).filter(|a| !a.is_empty()).and_then(|a| g.eval_constant(a, 4)).map(|a| a.data.iter().map(|v| *v as i64).collect())
     });
     let mut axes: Vec<i64> = match axes {
-        Some(a) => a.into_iter().map(|x| if x < 0 { x + 4 } else { x }).collect(),
+        Some(a) => a.into_iter().map(|x| if x < 0 { x + rank } else { x }).collect(),
         None => return false,
     };
     axes.sort();
-    axes == [2, 3]
+    axes == (2..rank).collect::<Vec<_>>()
+}
+
+/// The spatial rank of the tensor a GlobalAveragePool reads: from its declared
+/// shape when the graph has one, else from the kernel of the nearest convolution
+/// upstream (its weight is [out, in, k...]), else from the graph's first input.
+fn pooled_rank(g: &Graph, value: &str) -> Result<usize> {
+    let rank_of = |v: &pb::ValueInfoProto| match v.r#type.as_ref()?.value.as_ref()? {
+        pb::type_proto::Value::TensorType(t) => t.shape.as_ref().map(|s| s.dim.len()),
+        _ => None,
+    };
+    let declared = g.g().value_info.iter().chain(&g.g().output).find(|v| v.name == value).and_then(rank_of);
+    let mut rank = declared;
+    let mut v = value.to_string();
+    // Bounded walk along first inputs (graphs are acyclic; the bound only caps the work).
+    for _ in 0..10_000 {
+        if rank.is_some() {
+            break;
+        }
+        let Some(i) = g.producer(&v) else { break };
+        let n = &g.nodes()[i];
+        if n.op_type == "Conv" {
+            rank = weight_value(g, &n.input[1]).ok().map(|w| w.shape.len());
+        }
+        v = n.input[0].clone();
+    }
+    let rank = rank.or_else(|| g.g().input.first().and_then(rank_of));
+    match rank {
+        Some(r @ 4..=5) => Ok(r - 2),
+        Some(r) => bail!("global pooling of a {r}-D tensor: a local map needs 2-D or 3-D features"),
+        None => bail!("cannot tell the rank of {value}, the pooled features"),
+    }
 }
 
 /// Rewrites the graph's first output into a local logit map `[N, K, h, w]`.
@@ -137,13 +175,16 @@ pub fn to_local_map(g: &mut Graph) -> Result<Report> {
     let mut value = linear.input[0].clone();
     let mut chain: Vec<usize> = Vec::new();
     let mut dropped_qdq = 0;
-    let pool = loop {
+    let (pool, spatial) = loop {
         ensure!(single_consumer(g, &value), "{value} feeds more than the classifier; cannot rewrite it");
         let i = g.producer(&value).with_context(|| format!("{value} is a graph input: no pooling before the classifier"))?;
         let n = &g.nodes()[i];
         match n.op_type.as_str() {
-            "GlobalAveragePool" => break i,
-            "ReduceMean" if is_spatial_mean(g, n) => break i,
+            "GlobalAveragePool" => break (i, None),
+            "ReduceMean" => match spatial_mean_rank(g, n) {
+                Some(d) => break (i, Some(d)),
+                None => bail!("{}: ReduceMean over other axes than the spatial ones (2, 3 or 2, 3, 4)", n.name),
+            },
             "Flatten" | "Reshape" | "Squeeze" | "Identity" => {}
             "QuantizeLinear" | "DequantizeLinear" => dropped_qdq += 1,
             other => bail!(
@@ -155,12 +196,16 @@ pub fn to_local_map(g: &mut Graph) -> Result<Report> {
         value = n.input[0].clone();
     };
     let features = g.nodes()[pool].input[0].clone();
+    let spatial = match spatial {
+        Some(d) => d,
+        None => pooled_rank(g, &features)?,
+    };
     removed.push(g.nodes()[pool].name.clone());
     removed.extend(chain.iter().map(|i| g.nodes()[*i].name.clone()));
     // The 1x1 convolution replaces everything from the pooling to the output.
     let wname = g.fresh_name(&format!("{}.local_map.weight", linear.name));
     let bname = g.fresh_name(&format!("{}.local_map.bias", linear.name));
-    g.set_initializer(&wname, &Array::new(vec![k, c, 1, 1], weight_kc.data.clone()));
+    g.set_initializer(&wname, &Array::new([vec![k, c], vec![1; spatial]].concat(), weight_kc.data.clone()));
     g.set_initializer(&bname, &Array::new(vec![k], bias));
     let map_name = g.fresh_name(&format!("{out}_map"));
     let conv = pb::NodeProto {
@@ -171,7 +216,7 @@ pub fn to_local_map(g: &mut Graph) -> Result<Report> {
         attribute: vec![pb::AttributeProto {
             name: "kernel_shape".into(),
             r#type: pb::attribute_proto::AttributeType::Ints as i32,
-            ints: vec![1, 1],
+            ints: vec![1; spatial],
             ..Default::default()
         }],
         ..Default::default()

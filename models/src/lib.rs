@@ -4,6 +4,7 @@
 //! it depends on edgemed-onnx alone, no inference engine. Host-side only; the device
 //! runtime does not link it.
 //!
+//! - [`bagnet3d`]: 3-D BagNets (ResNet-50, receptive field 9/17/33) for brain age and sex.
 //! - [`eq_mobilenet_v2`]: rotation-equivariant MobileNetV2 for C_N (PCam).
 //! - [`espcn3d`]: 3-D ESPCN super-resolution (valid convolutions, 3-D pixel shuffle).
 //! - [`unet`]: MONAI-shaped 2-D / 3-D U-Nets from MONAI state_dicts.
@@ -11,6 +12,7 @@
 //! - [`rotation`]: rotated filter banks (grid rotations, steerable basis).
 //! - [`weights`]: named tensors and their safetensors form.
 
+pub mod bagnet3d;
 pub mod eq_mobilenet_v2;
 pub mod error;
 pub mod espcn3d;

@@ -48,6 +48,9 @@ enum Arch {
     /// 3-D ESPCN super-resolution (valid convolutions + 3-D pixel shuffle) for a fixed
     /// patch; tensor names in models/src/espcn3d.rs.
     Espcn3d(Espcn3dArgs),
+    /// 3-D BagNet (ResNet-50, receptive field 9, 17 or 33) for brain age and sex from T1 MRI;
+    /// tensor names in models/BAGNET3D.md.
+    Bagnet3d(super::bagnet3d::Args),
 }
 
 /// Where an architecture's parameters come from: trained weights or a seeded
@@ -212,6 +215,7 @@ pub fn run(args: Args) -> Result<()> {
         Args { arch: Some(Arch::Unet(a)), .. } => write_unet(a),
         Args { arch: Some(Arch::Espcn3d(a)), .. } => write_espcn3d(a),
         Args { arch: Some(Arch::EqMobilenetV2(a)), .. } => write_eq_mobilenet_v2(a),
+        Args { arch: Some(Arch::Bagnet3d(a)), .. } => super::bagnet3d::run(a),
     }
 }
 

@@ -2,6 +2,7 @@
 //! and `run`, which does the work and reports on stderr or stdout. `main.rs` parses
 //! the command line and calls them. What several of them share is here.
 
+pub mod bagnet3d;
 pub mod export;
 pub mod inspect;
 pub mod manifest;

@@ -9,8 +9,10 @@
 //! - [`segment`]: label volumes from a segmentation model, by sliding window;
 //! - [`upsample`]: super-resolution of volumes (3-D ESPCN), tile by tile;
 //! - [`aging`]: the GLOW digital twin's prediction x+ = G^-1 . P^n . G(x).
+//! - [`brain_age`]: brain age and sex maps from T1 MRI with 3-D BagNets, tile by tile.
 
 pub mod aging;
+pub mod brain_age;
 pub mod classify;
 pub mod heatmap;
 pub mod scoring;

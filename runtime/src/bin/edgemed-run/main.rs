@@ -6,6 +6,7 @@
 
 mod age;
 mod bench;
+mod brain_age;
 mod classify;
 mod common;
 mod heatmap;
@@ -88,6 +89,9 @@ enum Command {
     /// Predict aging with the GLOW digital twin: x+ = G^-1(P^n(G(x))) on the model grid;
     /// prints the volume of each tracked intensity band per year.
     Age(age::Args),
+    /// Brain age and sex from a T1 MRI with a 3-D BagNet local-map model: the subject's
+    /// prediction and its local maps (NIfTI in the input's space, PNG, JSON/CSV), tile by tile.
+    BrainAge(brain_age::Args),
     /// Describe a model: inputs, outputs, operators, parameters, precision, metadata.
     Info(info::Args),
     /// Run a model on one input tensor and write its outputs, or check them against
@@ -129,6 +133,7 @@ fn dispatch(command: Command, common: &Common) -> Result<ExitCode> {
         Command::Segment(args) => segment::run(args, common),
         Command::Upsample(args) => upsample::run(args, common),
         Command::Age(args) => age::run(args, common),
+        Command::BrainAge(args) => brain_age::run(args, common),
         Command::Info(args) => info::run(args, common),
         Command::Run(args) => run::run(args, common),
         Command::Bench(args) => bench::run(args, common),
