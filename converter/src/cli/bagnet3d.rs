@@ -31,16 +31,23 @@ pub struct Args {
     #[arg(long, default_value = "instance")]
     norm: String,
     /// Fix the spatial input size X,Y,Z; default: any size.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_name = "X,Y,Z")]
     window: Option<Vec<usize>>,
-    /// Also write the base weights used (useful with --seed).
-    #[arg(long)]
+    /// Also write the base weights used (safetensors; useful with --seed).
+    #[arg(long, value_name = "FILE")]
     save_weights: Option<PathBuf>,
-    #[arg(short, long)]
+    /// The model to write (checked to load, recorded in the edgemed-manifest.json beside it).
+    #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
+    /// Replace output files that exist (by default an earlier result is kept).
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
+    // Before any weights are read: the outputs destroy nothing.
+    let outputs: Vec<&std::path::Path> = std::iter::once(a.output.as_path()).chain(a.save_weights.as_deref()).collect();
+    super::check_outputs(&outputs, &a.weights.as_deref().into_iter().collect::<Vec<_>>(), a.force)?;
     let window = match a.window.as_deref() {
         None => None,
         Some([x, y, z]) => Some([*x, *y, *z]),

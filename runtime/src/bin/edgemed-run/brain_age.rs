@@ -9,10 +9,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use edgemed_runtime::formats::volume::{self, Volume};
+use edgemed_runtime::formats::{image_out, provenance};
+use edgemed_runtime::fsutil::{self, Existing};
 use edgemed_runtime::ndarray::Array4;
 use edgemed_runtime::tasks::brain_age::{self, MapGeometry};
 
-use crate::common::{print_peak_rss, progress_bar, Common};
+use crate::common::{progress_bar, Common, SummaryFormat};
 
 /// Map voxels per tile side when the model allows tiles: 8 map voxels are an input of
 /// 8*7 + rf voxels per side (65 to 89), a few hundred MiB of activations at half width.
@@ -26,9 +28,13 @@ pub struct Args {
     /// Local-map model (`edgemed export bagnet3d`, then `edgemed export --local-map`; INT8 after `edgemed quantize`).
     #[arg(short, long)]
     model: PathBuf,
-    /// Output folder: age_map.nii.gz, sex_map.nii.gz, overlay.png, summary.json, summary.csv.
-    #[arg(short, long)]
-    output: PathBuf,
+    /// Output folder: age_map.nii.gz, sex_map.nii.gz, overlay.png, summary.json, summary.csv
+    /// (each recording what made it).
+    #[arg(long, value_name = "DIR")]
+    output_dir: PathBuf,
+    /// Replace those files if the folder has them already (they are kept otherwise).
+    #[arg(long)]
+    force: bool,
     /// Brain mask (non-zero inside) on the input's grid; default: the input's non-zero voxels.
     #[arg(long)]
     mask: Option<PathBuf>,
@@ -41,21 +47,27 @@ pub struct Args {
     #[arg(long)]
     tile: Option<usize>,
     /// Threads (each with one tile in flight); default: every core.
-    #[arg(long)]
+    #[arg(short, long)]
     threads: Option<usize>,
     /// The FP32 local-map model to compare the maps with (for an INT8 model): agreement in the summary.
     #[arg(long, value_name = "FP32_MODEL")]
     compare: Option<PathBuf>,
+    /// The summary on standard output as text or as one JSON object (as summary.json).
+    #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
+    format: SummaryFormat,
 }
 
 pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
     let model = common.load_model(Some(&args.model))?;
     let geo = brain_age::geometry(&model)?;
-    std::fs::create_dir_all(&args.output).with_context(|| format!("creating {}", args.output.display()))?;
-    let out = |name: &str| args.output.join(name);
+    std::fs::create_dir_all(&args.output_dir).with_context(|| format!("creating {}", args.output_dir.display()))?;
+    let out = |name: &str| args.output_dir.join(name);
     let files = ["age_map.nii.gz", "sex_map.nii.gz", "overlay.png", "summary.json", "summary.csv"].map(out);
-    let inputs: Vec<&Path> = [Some(args.input.as_path()), Some(args.model.as_path()), args.mask.as_deref()].into_iter().flatten().collect();
-    crate::common::check_outputs(&files.iter().map(|p| p.as_path()).collect::<Vec<_>>(), &inputs)?;
+    let inputs: Vec<&Path> = [Some(args.input.as_path()), Some(args.model.as_path()), args.mask.as_deref(), args.compare.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    fsutil::check_outputs(&files.iter().map(|p| p.as_path()).collect::<Vec<_>>(), &inputs, Existing::from_flags(args.force, false))?;
     let vol = Volume::read(&args.input, common.memory_budget)?;
     let mask = args.mask.as_ref().map(|p| Volume::read(p, common.memory_budget)).transpose()?;
     let prepared = brain_age::prepare(&vol, mask.as_ref(), !args.no_resample).with_context(|| args.input.display().to_string())?;
@@ -65,6 +77,8 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
     let tile = args.tile.or(fixed_tile).unwrap_or(if geo.local { DEFAULT_TILE } else { 0 });
     let threads = args.threads.unwrap_or_else(crate::common::all_cores).max(1);
     let opts = common.backend()?;
+    let settings = format!("tile={tile} resample={} mask={}", !args.no_resample, args.mask.is_some());
+    let made_by = common.volume_provenance(&model, &opts, settings)?;
     let start = Instant::now();
     let compute = |m: &edgemed_runtime::model::OnnxModel, g: &MapGeometry| -> Result<Array4<f32>> {
         let bar = progress_bar("tiles");
@@ -82,12 +96,10 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
     let header = brain_age::map_header(&prepared.header, &geo, dims);
     let named = brain_age::named_maps(&geo, &maps, &prepared.mask);
     for (name, map) in &named {
-        volume::write_nifti(&out(&format!("{name}_map.nii.gz")), &header, map.view())?;
+        volume::write_nifti(&out(&format!("{name}_map.nii.gz")), &header, map.view(), Some(&made_by))?;
     }
     let (png, range) = brain_age::overlay(prepared.input.view(), &prepared.mask, &geo, &named[0].1);
-    let tmp = out(".overlay.partial.png");
-    png.save_with_format(&tmp, image::ImageFormat::Png).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &files[2]).with_context(|| format!("writing {}", files[2].display()))?;
+    fsutil::write_atomic(&files[2], &image_out::png_with_record(&png, &made_by)?)?;
     // Agreement of the maps with the FP32 model's (same tiles, same input).
     let agreement = match &args.compare {
         None => None,
@@ -126,23 +138,32 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
     if let Some(a) = &agreement {
         summary["int8_vs_fp32"] = serde_json::to_value(a).unwrap_or_default();
     }
+    summary["made_by"] = serde_json::to_value(&made_by)?;
     edgemed_runtime::fsutil::write_atomic(&files[3], format!("{}\n", serde_json::to_string_pretty(&summary)?).as_bytes())?;
     let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
-    let csv = format!(
-        "input,model,receptive_field,age,sex_prob_1,mask_ml,map_x,map_y,map_z,seconds,peak_rss_mib\n{},{},{},{},{},{:.1},{},{},{},{:.3},{}\n",
-        args.input.display(),
-        args.model.display(),
-        geo.receptive_field,
+    let mut csv = csv::Writer::from_writer(Vec::new());
+    let mut head = vec!["input", "receptive_field", "age", "sex_prob_1", "mask_ml", "map_x", "map_y", "map_z", "seconds", "peak_rss_mib"];
+    head.extend(provenance::COLUMNS);
+    csv.write_record(&head)?;
+    let mut row = vec![
+        args.input.display().to_string(),
+        geo.receptive_field.to_string(),
         opt(pred.age),
         opt(pred.sex_prob),
-        prepared.mask_voxels as f64 / 1000.0,
-        dims[0],
-        dims[1],
-        dims[2],
-        seconds,
-        opt(rss)
-    );
-    edgemed_runtime::fsutil::write_atomic(&files[4], csv.as_bytes())?;
+        format!("{:.1}", prepared.mask_voxels as f64 / 1000.0),
+        dims[0].to_string(),
+        dims[1].to_string(),
+        dims[2].to_string(),
+        format!("{seconds:.3}"),
+        opt(rss),
+    ];
+    row.extend(made_by.cells().iter().map(|c| c.to_string()));
+    csv.write_record(&row)?;
+    edgemed_runtime::fsutil::write_atomic(&files[4], &csv.into_inner()?)?;
+    if args.format == SummaryFormat::Json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let s = prepared.input.shape();
     println!(
         "volume       {} ({}x{}x{} at 1 mm{})",
@@ -174,7 +195,9 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
     if let Some(a) = &agreement {
         println!("vs FP32      {}", serde_json::to_string(a)?);
     }
-    println!("wrote        {}", args.output.display());
-    print_peak_rss();
+    println!("wrote        {}", args.output_dir.display());
+    if let Some(mib) = rss {
+        println!("peak RSS     {mib:.0} MiB");
+    }
     Ok(ExitCode::SUCCESS)
 }
