@@ -361,11 +361,11 @@ fn export_alone_lists_every_architecture() {
     let o = run(&["export"]);
     let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert!(!o.status.success(), "{text}");
-    for arch in ["eq-mobilenet-v2", "unet", "aging-twin", "espcn3d", "--local-map"] {
+    for arch in ["eq-mobilenet-v2", "unet", "aging-twin", "espcn3d", "bagnet3d", "--local-map"] {
         assert!(text.contains(arch), "{arch} not listed: {text}");
     }
     let o = run(&["export", "-o", "x.onnx"]);
-    refused(&o, "export needs an architecture (eq-mobilenet-v2, unet, aging-twin, espcn3d) or --local-map");
+    refused(&o, "export needs an architecture (eq-mobilenet-v2, unet, aging-twin, espcn3d, bagnet3d) or --local-map");
 }
 
 #[test]
