@@ -256,6 +256,7 @@ pub fn create_with_inputs(model: &OnnxModel, shapes: &[Vec<usize>], opts: &Backe
 }
 
 /// Every input of the shape the backend was compiled for, and as many as it has.
+#[cfg(any(feature = "tract", feature = "ort"))]
 pub(crate) fn check_input_shapes(inputs: &[ArrayD<f32>], shapes: &[Vec<usize>]) -> Result<()> {
     if inputs.len() != shapes.len() {
         return Err(Error::Invalid(format!("{} inputs given, the model takes {}", inputs.len(), shapes.len())));
