@@ -264,8 +264,8 @@ pub fn data_free_ranges(g: &Graph, stats: &Stats, input_range: Range, rule: Rang
 /// Per-channel mean and deviation of values the batch norms do not describe,
 /// propagated from those they do, in topological order: through activations (the
 /// moments of the activated normal, by quadrature), layers without a batch norm (mean
-/// W mu + b, variance sum of w^2 sigma^2: inputs taken as independent), Add (sums) and
-/// channel Concat; the model input as uniform over its range. Only a fallback where
+/// W mu + b, variance sum of w^2 sigma^2: inputs taken as independent), spatial crops,
+/// Add (sums) and channel Concat; the model input as uniform over its range. Only a fallback where
 /// nothing else bounds a value.
 fn propagated_stats(g: &Graph, stats: &Stats, order: &[usize], input_range: Range) -> Stats {
     let mut derived = Stats::new();
@@ -285,6 +285,18 @@ fn propagated_stats(g: &Graph, stats: &Stats, order: &[usize], input_range: Rang
         }
         let get = |v: &str| stats.get(v).or_else(|| derived.get(v)).cloned();
         let st = match n.op_type.as_str() {
+            // A spatial crop (BagNet's residuals cropped to the body) keeps every channel's
+            // statistics; a slice that may cut channels does not.
+            "Slice" | "Identity" => {
+                let Some(x) = n.input.first().and_then(|v| get(v)) else { continue };
+                if n.op_type == "Slice" {
+                    let axes = n.input.get(3).filter(|a| !a.is_empty()).and_then(|a| g.constant(a).or_else(|| g.eval_constant(a, 8)));
+                    if !axes.is_some_and(|a| !a.data.is_empty() && a.data.iter().all(|&v| v >= 2.0)) {
+                        continue;
+                    }
+                }
+                x
+            }
             "Relu" | "LeakyRelu" | "PRelu" | "Clip" => {
                 let Some(x) = n.input.first().and_then(|v| get(v)) else { continue };
                 let slopes: Vec<f32> = match n.op_type.as_str() {

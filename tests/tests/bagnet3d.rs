@@ -162,3 +162,17 @@ fn a_voxel_changes_exactly_the_map_values_whose_receptive_field_holds_it() {
     x[[0, 0, 0, 0, 0]] += 4.0;
     assert_eq!(changed(&run(&model, &base, BackendKind::Tract), &run(&model, &x, BackendKind::Tract)).len(), 27);
 }
+
+/// Without calibration data the running-statistics BagNet is quantized whole: the
+/// residuals' spatial crops keep their batch norm's statistics, so every residual Add
+/// gets a range (it used to stay float: 9 tensors, and the INT8 engine ran the residual
+/// path as float adds and (de)quantizations, 25x slower on a full brain).
+#[test]
+fn data_free_quantization_reaches_through_the_residual_crops() {
+    let cfg = Config { receptive_field: 9, width: 4, norm: Norm::Running, ..Config::default() };
+    let (model, _) = bagnet3d::build_onnx(&cfg, None, 7).unwrap();
+    let mut g = Graph::from_bytes(&model.encode_to_vec()).unwrap();
+    let report = edgemed_converter::dfq::run(&mut g, &edgemed_converter::dfq::Options::default()).unwrap();
+    let crops_or_adds: Vec<&String> = report.quant.left_fp32.iter().filter(|t| t.contains("crop") || t.contains("add")).collect();
+    assert!(crops_or_adds.is_empty(), "left in FP32: {crops_or_adds:?}");
+}
