@@ -26,8 +26,21 @@ fn age_writes_every_year_on_the_grid_in_scanner_space() {
     let out = dir.join("aged.nii.gz");
     let input = fixture("unet/volume.nii.gz");
     let twin = fixture("twin_tiny");
-    let args =
-        ["age", s(&input), "-o", s(&out), "-m", s(&twin), "--years", "3", "--every-year", "--crop", "40,32,24", "--track", "organ:0.5:1.5"];
+    let args = [
+        "age",
+        s(&input),
+        "-o",
+        s(&out),
+        "-m",
+        s(&twin),
+        "--years",
+        "3",
+        "--every-year",
+        "--crop-box",
+        "40,32,24",
+        "--track",
+        "organ:0.5:1.5",
+    ];
     let o = run(&args);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -80,7 +93,9 @@ fn bad_requests_are_one_clear_line_and_write_nothing() {
     assert_clean_failure(&age(&input, &out, &twin, &["--years", "0"]), "--years must be at least 1");
     assert_clean_failure(&age(&input, &out, &twin, &["--years", "1", "--track", "csf:95:80"]), "expected NAME:LO:HI");
     assert_clean_failure(&age(&input, &dir.join("aged.png"), &twin, &["--years", "1"]), ".nii or .nii.gz");
-    assert_clean_failure(&age(&input, &out, &twin, &["--years", "1", "--crop", "4,4"]), "--crop takes one size or three");
+    assert_clean_failure(&age(&input, &out, &twin, &["--years", "1", "--crop-box", "4,4"]), "--crop-box takes one size or three");
+    // The old spelling still works (a hidden alias).
+    assert_clean_failure(&age(&input, &out, &twin, &["--years", "1", "--crop", "4,4"]), "--crop-box takes one size or three");
 
     // A twin whose decoder is some other model.
     let mixed = dir.join("mixed");

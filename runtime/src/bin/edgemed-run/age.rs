@@ -34,8 +34,9 @@ pub struct Args {
     #[arg(long)]
     ct_window: bool,
     /// Side of the box (voxels; X,Y,Z or one size for all) cut around the centre of gravity
-    /// before resampling to the model grid.
-    #[arg(long, value_delimiter = ',', value_name = "VOXELS")]
+    /// before resampling to the model grid. (Named apart from classify's --crop, a patch's
+    /// centre crop in pixels; --crop is kept here as a hidden alias.)
+    #[arg(long = "crop-box", alias = "crop", value_delimiter = ',', value_name = "VOXELS")]
     crop: Option<Vec<usize>>,
     /// Also write every intermediate year as OUT_yearK.nii(.gz).
     #[arg(long)]
@@ -157,7 +158,7 @@ fn twin_provenance(
     backend: &edgemed_runtime::backend::BackendOptions,
     crop: Option<[usize; 3]>,
 ) -> Result<Provenance> {
-    let settings = format!("years={} ct_window={} crop={crop:?}", args.years, args.ct_window);
+    let settings = format!("years={} ct_window={} crop_box={crop:?}", args.years, args.ct_window);
     let mut made_by = common.volume_provenance(&models.encoder, backend, settings)?;
     let mut hashes = String::new();
     for m in [&models.encoder, &models.decoder, &models.temporal] {
@@ -169,13 +170,13 @@ fn twin_provenance(
     Ok(made_by)
 }
 
-/// --crop: one size for all axes, or three (X,Y,Z).
+/// --crop-box: one size for all axes, or three (X,Y,Z).
 fn crop_size(crop: Option<&[usize]>) -> Result<Option<[usize; 3]>> {
     Ok(match crop {
         None => None,
         Some([c]) => Some([*c; 3]),
         Some([a, b, c]) => Some([*a, *b, *c]),
-        Some(_) => anyhow::bail!("--crop takes one size or three (X,Y,Z)"),
+        Some(_) => anyhow::bail!("--crop-box takes one size or three (X,Y,Z)"),
     })
 }
 
