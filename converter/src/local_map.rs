@@ -26,6 +26,12 @@ pub struct Report {
     pub dropped_qdq: usize,
 }
 
+/// Input `k` of a node, or an error naming the node (fuzzed models have nodes with
+/// fewer inputs than their operator takes; indexing would panic).
+fn input(n: &pb::NodeProto, k: usize) -> Result<&str> {
+    n.input.get(k).map(String::as_str).with_context(|| format!("{}: {} without input {k}", n.name, n.op_type))
+}
+
 /// Float value of a constant, or of DequantizeLinear applied to constants.
 fn weight_value(g: &Graph, name: &str) -> Result<Array> {
     if let Some(a) = g.constant(name) {
@@ -33,7 +39,7 @@ fn weight_value(g: &Graph, name: &str) -> Result<Array> {
     }
     let n = g.producer(name).map(|i| &g.nodes()[i]).with_context(|| format!("{name} is not a constant"))?;
     ensure!(n.op_type == "DequantizeLinear", "{name} is computed by {}, not a constant or a dequantized constant", n.op_type);
-    let q = g.initializer(&n.input[0]).with_context(|| format!("{}: quantized weights are not an initializer", n.name))?;
+    let q = g.initializer(input(n, 0)?).with_context(|| format!("{}: quantized weights are not an initializer", n.name))?;
     let q = edgemed_onnx::tensor::decode(q).map_err(|e| anyhow::anyhow!("{}: {e}", n.name))?;
     ensure!(
         matches!(q.data_type, DataType::Int8 | DataType::Uint8),
@@ -42,7 +48,7 @@ fn weight_value(g: &Graph, name: &str) -> Result<Array> {
         q.data_type
     );
     let (shape, values) = (q.shape, q.values.to_f32());
-    let scale = g.constant(&n.input[1]).with_context(|| format!("{}: scale is not a constant", n.name))?;
+    let scale = g.constant(input(n, 1)?).with_context(|| format!("{}: scale is not a constant", n.name))?;
     let zero = match n.input.get(2).filter(|z| !z.is_empty()) {
         Some(z) => weight_value(g, z).or_else(|_| zero_point(g, z))?.data,
         None => vec![0.0; scale.len()],
@@ -108,10 +114,13 @@ fn pooled_rank(g: &Graph, value: &str) -> Result<usize> {
         }
         let Some(i) = g.producer(&v) else { break };
         let n = &g.nodes()[i];
+        // A malformed node (a Conv without its weight, a node without inputs) ends the
+        // walk (found by fuzzing: indexing panicked; kept in fuzz/regressions/converter_passes).
         if n.op_type == "Conv" {
-            rank = weight_value(g, &n.input[1]).ok().map(|w| w.shape.len());
+            rank = n.input.get(1).and_then(|w| weight_value(g, w).ok()).map(|w| w.shape.len());
         }
-        v = n.input[0].clone();
+        let Some(first) = n.input.first() else { break };
+        v = first.clone();
     }
     let rank = rank.or_else(|| g.g().input.first().and_then(rank_of));
     match rank {
@@ -130,7 +139,7 @@ pub fn to_local_map(g: &mut Graph) -> Result<Report> {
     let (linear, bias_node, weight_kc, bias) = match head.op_type.as_str() {
         "Gemm" => {
             ensure!(attr_i(&head, "transA", 0) == 0, "{}: Gemm with transA is not supported", head.name);
-            let w = weight_value(g, &head.input[1])?;
+            let w = weight_value(g, input(&head, 1)?)?;
             ensure!(w.shape.len() == 2, "{}: weight is not a matrix", head.name);
             let alpha = attr_f(&head, "alpha", 1.0);
             let beta = attr_f(&head, "beta", 1.0);
@@ -151,13 +160,14 @@ pub fn to_local_map(g: &mut Graph) -> Result<Report> {
             } else {
                 (head.clone(), None)
             };
-            let w = weight_value(g, &mm.input[1])?;
+            let w = weight_value(g, input(&mm, 1)?)?;
             ensure!(w.shape.len() == 2, "{}: weight is not a matrix", mm.name);
             let wkc = transpose(&w);
             let k = wkc.shape[0];
             let b = match &add {
                 Some(a) => {
-                    let bname = a.input.iter().find(|i| **i != mm.output[0]).expect("two inputs");
+                    let bname =
+                        a.input.iter().find(|i| **i != mm.output[0]).with_context(|| format!("{}: adds the product to itself", a.name))?;
                     broadcast_bias(&weight_value(g, bname)?, k, &a.name)?
                 }
                 None => vec![0.0; k],
@@ -172,7 +182,7 @@ pub fn to_local_map(g: &mut Graph) -> Result<Report> {
     if let Some(a) = &bias_node {
         removed.push(a.name.clone());
     }
-    let mut value = linear.input[0].clone();
+    let mut value = input(&linear, 0)?.to_string();
     let mut chain: Vec<usize> = Vec::new();
     let mut dropped_qdq = 0;
     let (pool, spatial) = loop {
@@ -193,9 +203,9 @@ pub fn to_local_map(g: &mut Graph) -> Result<Report> {
             ),
         }
         chain.push(i);
-        value = n.input[0].clone();
+        value = input(n, 0)?.to_string();
     };
-    let features = g.nodes()[pool].input[0].clone();
+    let features = input(&g.nodes()[pool], 0)?.to_string();
     let spatial = match spatial {
         Some(d) => d,
         None => pooled_rank(g, &features)?,
