@@ -260,9 +260,11 @@ fn info_describes_each_kind_of_model_and_prints_json() {
 fn small_things_a_user_trips_over() {
     // A broken pipe ends quietly.
     let bin = env!("CARGO_BIN_EXE_edgemed-run");
+    // Under an emulator (scripts/test-arm.sh) the binary runs through it, as edgemed_tests::command does.
+    let runner = std::env::var("EDGEMED_RUNNER").unwrap_or_default();
     let o = std::process::Command::new("sh")
         .arg("-c")
-        .arg(format!("'{bin}' classify examples/data/pcam | head -1"))
+        .arg(format!("{runner} '{bin}' classify examples/data/pcam | head -1"))
         .current_dir(repo_root())
         .output()
         .unwrap();
