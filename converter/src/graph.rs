@@ -18,6 +18,39 @@ pub struct Graph {
     pub model: pb::ModelProto,
 }
 
+/// Inputs an operator requires (ONNX operator specs), for the operators whose inputs
+/// the passes read by position.
+const MIN_INPUTS: &[(&str, usize)] = &[
+    ("Conv", 2),
+    ("ConvTranspose", 2),
+    ("Gemm", 2),
+    ("MatMul", 2),
+    ("BatchNormalization", 5),
+    ("InstanceNormalization", 3),
+    ("Add", 2),
+    ("Sub", 2),
+    ("Mul", 2),
+    ("Div", 2),
+    ("Min", 1),
+    ("Max", 1),
+    ("PRelu", 2),
+    ("QuantizeLinear", 2),
+    ("DequantizeLinear", 2),
+    ("Reshape", 1),
+    ("Relu", 1),
+    ("LeakyRelu", 1),
+    ("Clip", 1),
+    ("Slice", 1),
+    ("GlobalAveragePool", 1),
+    ("ReduceMean", 1),
+    ("ReduceMax", 1),
+    ("Flatten", 1),
+    ("Squeeze", 1),
+    ("Unsqueeze", 1),
+    ("Identity", 1),
+    ("Concat", 1),
+];
+
 impl Graph {
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -36,6 +69,22 @@ impl Graph {
         let mut written: std::collections::HashSet<&str> = g.input.iter().map(|v| v.name.as_str()).collect();
         written.extend(g.initializer.iter().map(|t| t.name.as_str()));
         for n in &g.node {
+            // The passes read a node's first output and the inputs its operator requires;
+            // a node without them (a corrupt or hostile file; fuzzing found several) is
+            // refused here once, rather than indexed out of range in some pass.
+            if n.output.first().is_none_or(|o| o.is_empty()) {
+                bail!("node {:?} ({}) writes no value: not a valid ONNX graph", n.name, n.op_type);
+            }
+            if let Some((_, need)) = MIN_INPUTS.iter().find(|(op, _)| *op == n.op_type) {
+                let given = n.input.iter().take(*need).filter(|i| !i.is_empty()).count();
+                if given < *need {
+                    bail!(
+                        "node {:?} ({}) has {given} of the {need} inputs its operator requires: not a valid ONNX graph",
+                        n.name,
+                        n.op_type
+                    );
+                }
+            }
             for o in n.output.iter().filter(|o| !o.is_empty()) {
                 if !written.insert(o.as_str()) {
                     bail!("value {o:?} is written twice (node {:?}, {}): not a valid ONNX graph", n.name, n.op_type);
@@ -410,4 +459,32 @@ pub fn tensor_to_array(t: &pb::TensorProto) -> Result<Array> {
 
 pub fn array_to_tensor(name: &str, a: &Array) -> pb::TensorProto {
     edgemed_onnx::builder::tensor_f32(name, &a.shape, &a.data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model_with(node: pb::NodeProto) -> Vec<u8> {
+        let graph = pb::GraphProto { node: vec![node], ..Default::default() };
+        pb::ModelProto { graph: Some(graph), ..Default::default() }.encode_to_vec()
+    }
+
+    #[test]
+    fn nodes_missing_outputs_or_required_inputs_are_refused_at_load() {
+        let node = |op: &str, inputs: &[&str], outputs: &[&str]| pb::NodeProto {
+            op_type: op.into(),
+            name: "n".into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: outputs.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let e = Graph::from_bytes(&model_with(node("Relu", &["x"], &[]))).err().unwrap().to_string();
+        assert!(e.contains("writes no value"), "{e}");
+        let e = Graph::from_bytes(&model_with(node("Conv", &["x"], &["y"]))).err().unwrap().to_string();
+        assert!(e.contains("1 of the 2 inputs"), "{e}");
+        let e = Graph::from_bytes(&model_with(node("BatchNormalization", &["x", "s", "", "m", "v"], &["y"]))).err().unwrap().to_string();
+        assert!(e.contains("4 of the 5 inputs"), "{e}");
+        assert!(Graph::from_bytes(&model_with(node("Conv", &["x", "w"], &["y"]))).is_ok());
+    }
 }
