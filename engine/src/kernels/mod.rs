@@ -37,7 +37,7 @@ mod avx512;
 mod neon;
 
 #[cfg(test)]
-mod testgen;
+pub(crate) mod testgen;
 #[cfg(test)]
 mod tests;
 
