@@ -1,5 +1,6 @@
 //! The edgemed INT8 backend: QDQ models run by edgemed's own integer engine
-//! ([`edgemed_engine`]), batches item by item.
+//! ([`edgemed_engine`]), batches item by item, each item's ops over the engine's
+//! threads (`BackendOptions::intra_threads`; the same bits at any count).
 //!
 //! Fallback policy: a model the engine does not cover ([`Error::Unsupported`]: an
 //! operator or a form of quantisation it does not read, a float model) runs in tract
@@ -18,20 +19,24 @@ pub struct Int8Backend {
     input_shape: Vec<usize>,
 }
 
-/// The engine when it covers `model`, else tract (logged), which checks the sizes itself.
-pub fn create(model: &OnnxModel, input_shape: &[usize], budget: u64) -> Result<Box<dyn Backend>> {
+/// The engine on `threads` threads when it covers `model`, else tract (logged), which
+/// checks the sizes itself.
+pub fn create(model: &OnnxModel, input_shape: &[usize], budget: u64, threads: usize) -> Result<Box<dyn Backend>> {
     match Engine::new(model) {
         Ok(engine) => {
+            let engine = engine.with_threads(threads);
             let weights = super::check_declared_sizes(model, input_shape, budget)?;
-            // The engine runs a batch item by item in buffers planned at compile time.
-            let buffers = engine.memory().bytes() as u64;
+            // The engine runs a batch item by item in buffers planned at compile time
+            // (and kernel scratch for each further thread).
+            let buffers = engine.buffer_bytes() as u64;
             crate::budget::check(|| format!("{}: the INT8 engine's weights and buffers", model.path.display()), weights + buffers, budget)?;
             let (int_ops, float_ops) = engine.plan.counts();
             log::info!(
-                "{}: edgemed INT8 engine, {int_ops} integer ops ({:.1} MMAC), {float_ops} float ops, {} kernels",
+                "{}: edgemed INT8 engine, {int_ops} integer ops ({:.1} MMAC), {float_ops} float ops, {} kernels, {} thread(s) per run",
                 model.path.display(),
                 engine.plan.macs as f64 / 1e6,
                 engine.isa().name(),
+                engine.threads(),
             );
             Ok(Box::new(Int8Backend { engine, input_shape: input_shape.to_vec() }))
         }

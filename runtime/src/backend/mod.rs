@@ -151,7 +151,8 @@ pub struct BackendOptions {
     pub strict_device: bool,
     /// ONNX Runtime library (file, or a directory holding it); see [`ort::find_library`].
     pub ort_library: Option<PathBuf>,
-    /// Threads inside one run (ONNX Runtime's intra-op pool); 0: the library's default.
+    /// Threads inside one run: ONNX Runtime's intra-op pool (0: the library's default)
+    /// and the INT8 engine's (0: one); tract runs on one.
     pub intra_threads: usize,
     pub opt_level: OptLevel,
     /// Bytes the model's weights, input and activations may take; 0: no limit. See [`crate::budget`].
@@ -173,10 +174,23 @@ impl Default for BackendOptions {
 }
 
 impl BackendOptions {
-    /// Gives a caller's `threads` to ONNX Runtime's intra-op pool unless set already;
-    /// tract instead runs whole batches on the caller's threads (see [`Backend::parallel_runs`]).
+    /// For callers that run whole batches on `threads` threads side by side where the
+    /// backend allows it (classify, heatmap; see [`Backend::parallel_runs`]): gives
+    /// `threads` to ONNX Runtime's intra-op pool unless set already, and leaves the
+    /// INT8 engine at one thread per run (unless `intra_threads` asks for more), so
+    /// that batches side by side do not each start `threads` more.
     pub fn with_threads(mut self, threads: usize) -> Self {
         if self.kind == BackendKind::Ort && self.intra_threads == 0 {
+            self.intra_threads = threads;
+        }
+        self
+    }
+
+    /// For callers that run one item at a time (the volume commands' windows): gives
+    /// `threads` to the threads inside each run, ONNX Runtime's intra-op pool and the
+    /// INT8 engine's, unless set already (tract runs on one).
+    pub fn with_intra_threads(mut self, threads: usize) -> Self {
+        if self.intra_threads == 0 {
             self.intra_threads = threads;
         }
         self
@@ -210,7 +224,7 @@ pub fn create(model: &OnnxModel, input_shape: &[usize], opts: &BackendOptions) -
         }
         BackendKind::Int8 => {
             cpu_only("the INT8 engine", opts)?;
-            int8::create(model, input_shape, opts.memory_budget)
+            int8::create(model, input_shape, opts.memory_budget, opts.intra_threads.max(1))
         }
         #[cfg(feature = "ort")]
         BackendKind::Ort => Ok(Box::new(ort::OrtBackend::new(model, input_shape, opts)?)),

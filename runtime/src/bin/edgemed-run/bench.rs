@@ -34,7 +34,8 @@ pub struct Args {
     /// Batch sizes, e.g. 1,32,256.
     #[arg(short, long, default_value = "1", value_delimiter = ',')]
     batch: Vec<usize>,
-    /// Threads inside one ONNX Runtime run (tract runs on one).
+    /// Threads inside one run: ONNX Runtime's intra-op pool and the INT8 engine's
+    /// (each op split over them, same results at any count); tract runs on one.
     #[arg(short, long, default_value_t = 1)]
     threads: usize,
     /// Timed runs per backend and batch size (at least 1).
