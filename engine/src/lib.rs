@@ -38,7 +38,7 @@ use crate::ndarray::{ArrayD, IxDyn};
 use std::ops::Range;
 use std::sync::Mutex;
 
-use kernels::{ConvGeometry, Isa, Requant};
+use kernels::{ConvGeometry, Isa, QTensor, Requant};
 use plan::{ConvKind, ConvLayout, Copies, Op, Plan, Step};
 use pool::Pool;
 use split::{conv_parts, cut, ranges, PIXEL_ALIGN};
@@ -345,7 +345,15 @@ impl Engine {
                         return Err(Error::NonFinite { what });
                     }
                     let t = p.tensors[*dst];
-                    kernels::quantize_nchw_to_nhwc(self.isa, data, &t, &mut s.slots[slot(*dst)][..t.len()]);
+                    let (isa, pixels) = (self.isa, t.h * t.w);
+                    // Runs of pixels: each part reads them in every channel plane and
+                    // writes them whole (channels last).
+                    let rs = ranges(pixels, self.parts(t.len() as u64, self.min_part.1), PIXEL_ALIGN);
+                    let outs = cut(&mut s.slots[slot(*dst)][..t.len()], rs.iter().map(|r| r.len() * t.c));
+                    self.split(&s.lanes, rs.iter().zip(outs).collect(), |(r, o), _| {
+                        let part = QTensor { h: 1, w: r.len(), ..t };
+                        kernels::quantize_nchw_to_nhwc(isa, &data[r.start..], pixels, &part, o)
+                    });
                 }
                 Step::Dequantize { src, dst } => {
                     let t = p.tensors[*src];
