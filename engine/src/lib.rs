@@ -401,7 +401,16 @@ impl Engine {
                             float::Operand::Const(c) => c,
                         })
                         .collect();
-                    let y = float::eval(op, &args).map_err(|e| Error::Invalid(format!("{name}: {e}")))?;
+                    let y = match (op, args.as_slice()) {
+                        (float::FloatOp::InstanceNorm(eps), [x, scale, bias]) if self.threads() > 1 => {
+                            self.instance_norm(&s.lanes, x, scale, bias, *eps)
+                        }
+                        _ => None,
+                    };
+                    let y = match y {
+                        Some(y) => y,
+                        None => float::eval(op, &args).map_err(|e| Error::Invalid(format!("{name}: {e}")))?,
+                    };
                     vals[*dst] = Some(y);
                 }
             }
@@ -461,17 +470,25 @@ impl Engine {
             }
             Op::Gather(g) => match &g.copies {
                 Copies::Runs(runs) => {
-                    let mut o = 0;
-                    for r in runs {
-                        let (k, from, len) = (r.src as usize, r.from as usize, r.len as usize);
-                        let src = &s.slots[slot(g.srcs[k])][from..from + len];
-                        let d = &mut out[o..o + len];
-                        match &g.tables[k] {
-                            None => d.copy_from_slice(src),
-                            Some(table) => d.iter_mut().zip(src).for_each(|(d, &v)| *d = table[v as usize]),
+                    // Consecutive groups of runs: the runs cover dst in order, so each
+                    // group's bytes start where the previous group's end.
+                    let groups = ranges(runs.len(), self.parts(out.len() as u64, self.min_part.1), 1);
+                    let lens: Vec<usize> = groups.iter().map(|k| runs[k.clone()].iter().map(|r| r.len as usize).sum()).collect();
+                    let work: Vec<_> = groups.into_iter().zip(cut(out, lens)).collect();
+                    let slots = &s.slots;
+                    self.split(&s.lanes, work, |(group, out), _| {
+                        let mut o = 0;
+                        for r in &runs[group] {
+                            let (k, from, len) = (r.src as usize, r.from as usize, r.len as usize);
+                            let src = &slots[slot(g.srcs[k])][from..from + len];
+                            let d = &mut out[o..o + len];
+                            match &g.tables[k] {
+                                None => d.copy_from_slice(src),
+                                Some(table) => d.iter_mut().zip(src).for_each(|(d, &v)| *d = table[v as usize]),
+                            }
+                            o += len;
                         }
-                        o += len;
-                    }
+                    });
                 }
                 Copies::Bytes(per_source) => {
                     for (k, pairs) in per_source.iter().enumerate() {
@@ -536,6 +553,53 @@ impl Engine {
             let part = cells[i].lock().unwrap_or_else(|e| e.into_inner()).take().expect("each part runs once");
             f(part, lane(l).fit(m));
         });
+    }
+
+    /// The interpreter's InstanceNormalization over the pool, the same bits: each
+    /// plane's statistics by one thread (in order, as the interpreter sums), then the
+    /// normalisation element-wise in runs of pixels. None where the interpreter should
+    /// run it (shapes it would refuse, or too little work to cut).
+    fn instance_norm(
+        &self,
+        lanes: &[Mutex<Lane>],
+        x: &ArrayD<f32>,
+        scale: &ArrayD<f32>,
+        bias: &ArrayD<f32>,
+        eps: f32,
+    ) -> Option<ArrayD<f32>> {
+        let (shape, c) = (x.shape(), *x.shape().get(1)?);
+        let plane: usize = shape.get(2..)?.iter().product();
+        if shape.len() < 3 || scale.len() != c || bias.len() != c || plane == 0 || self.parts(x.len() as u64, self.min_part.1) < 2 {
+            return None;
+        }
+        let (scale, bias): (Vec<f32>, Vec<f32>) = (scale.iter().copied().collect(), bias.iter().copied().collect());
+        let mut y = x.as_standard_layout().into_owned();
+        let data = y.as_slice_mut().expect("standard layout");
+        let planes = data.len() / plane;
+        // Statistics: whole planes per part (a plane's sum is one ordered sequence).
+        let stats: Vec<Mutex<(f32, f32)>> = (0..planes).map(|_| Mutex::new((0.0, 0.0))).collect();
+        let rs = ranges(planes, self.threads(), 1);
+        let reader: &[f32] = data;
+        self.split(lanes, rs, |r, _| {
+            for i in r {
+                *stats[i].lock().unwrap_or_else(|e| e.into_inner()) = float::instance_stats(&reader[i * plane..(i + 1) * plane], eps);
+            }
+        });
+        let stats: Vec<(f32, f32)> = stats.into_iter().map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner())).collect();
+        // Normalisation: runs of elements, split at plane boundaries where a run crosses one.
+        let rs = ranges(data.len(), self.parts(data.len() as u64, self.min_part.1), PIXEL_ALIGN);
+        let work: Vec<_> = rs.iter().zip(cut(data, rs.iter().map(|r| r.len()))).collect();
+        self.split(lanes, work, |(r, mut rest), _| {
+            let mut at = r.start;
+            while !rest.is_empty() {
+                let (i, n) = (at / plane, (plane - at % plane).min(rest.len()));
+                let (piece, tail) = std::mem::take(&mut rest).split_at_mut(n);
+                let (mean, inv) = stats[i];
+                float::instance_apply(piece, mean, inv, scale[i % c], bias[i % c]);
+                (rest, at) = (tail, at + n);
+            }
+        });
+        Some(y)
     }
 
     /// Fills `f` ([c][pixels], a float value's NC... layout) from pixel-major data over
