@@ -79,3 +79,26 @@ impl Backend for Int8Backend {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{BackendKind, BackendOptions};
+
+    /// `intra_threads` reaches the engine, whose outputs are the same bits at any count.
+    #[test]
+    fn intra_threads_give_the_same_bits() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/int8/unet3d_qdq.onnx");
+        let model = OnnxModel::load(&path).unwrap();
+        let shape = [2, 1, 32, 32, 32];
+        let x = ArrayD::from_shape_fn(IxDyn(&shape), |i| ((i[2] * 7 + i[3] * 3 + i[4] + i[0]) % 23) as f32 / 11.0 - 1.0);
+        let run = |threads: usize| {
+            let opts = BackendOptions { kind: BackendKind::Int8, intra_threads: threads, ..Default::default() };
+            let b = crate::backend::create(&model, &shape, &opts).unwrap();
+            assert_eq!(b.name(), "edgemed-int8");
+            b.run(x.clone()).unwrap().into_iter().map(|y| y.iter().map(|v| v.to_bits()).collect::<Vec<u32>>()).collect::<Vec<_>>()
+        };
+        let one = run(0);
+        assert!(run(1) == one && run(3) == one, "threads changed the output");
+    }
+}

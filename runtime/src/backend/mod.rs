@@ -290,4 +290,20 @@ mod tests {
         assert!("tvm".parse::<BackendKind>().is_err());
         assert_eq!("extended".parse::<OptLevel>().unwrap(), OptLevel::Extended);
     }
+
+    /// Callers running batches side by side (classify, heatmap) give their threads to
+    /// ONNX Runtime's pool only; callers running one item at a time (the volume
+    /// commands) to the INT8 engine too; a count already asked for stays.
+    #[test]
+    fn threads_reach_the_int8_engine_only_for_one_run_at_a_time() {
+        let int8 = BackendOptions { kind: BackendKind::Int8, ..Default::default() };
+        assert_eq!(int8.clone().with_threads(4).intra_threads, 0);
+        assert_eq!(int8.clone().with_intra_threads(4).intra_threads, 4);
+        let asked = BackendOptions { intra_threads: 2, ..int8 };
+        assert_eq!(asked.clone().with_threads(4).intra_threads, 2);
+        assert_eq!(asked.with_intra_threads(4).intra_threads, 2);
+        let ort = BackendOptions { kind: BackendKind::Ort, ..Default::default() };
+        assert_eq!(ort.clone().with_threads(4).intra_threads, 4);
+        assert_eq!(ort.with_intra_threads(4).intra_threads, 4);
+    }
 }
