@@ -14,9 +14,11 @@
 use crate::kernels::ConvGeometry;
 use std::ops::Range;
 
-/// Pixels per block of the pointwise kernels (4 or 16 rows per step): parts of
-/// pointwise work start at multiples of it.
-pub const PIXEL_ALIGN: usize = 16;
+/// Pixels per tile of the pointwise kernels (AVX2, VNNI and NEON take 4 pixels per
+/// step): parts of pointwise work start at multiples of it, so no tile is cut. Finer
+/// than that matters on small maps: 7x7 = 49 pixels cut at multiples of 16 would
+/// leave threads 32 and 17.
+pub const PIXEL_ALIGN: usize = 4;
 
 /// `0..n` cut into at most `parts` consecutive non-empty ranges of near-equal length,
 /// every boundary a multiple of `align` (the last range takes the remainder).
