@@ -56,42 +56,43 @@ pub fn gather_plane(x: &[u8], g: &Geometry3, zp: u8, oz: usize, pixels: Range<us
 /// col_offset[tap][c]: a transposed conv's sums from its columns (`cols`: [input
 /// pixels][taps][cout]), zero-point corrected per contributing tap (border outputs
 /// receive fewer taps, so one offset per output channel would be wrong there).
-/// Only output planes `planes` are formed, `acc` holding them from its start: each
-/// output plane is gathered from the input planes that land on it, so threads can
-/// form disjoint planes. Integer sums, so the order of the additions is immaterial.
+/// Only output planes `planes` are formed, `acc` holding them from its start, so that
+/// threads can form disjoint planes: each reads the columns of the input planes that
+/// land in its range, in input order (each column block read once, as on one thread).
+/// Integer sums, so the order of the additions is immaterial.
 pub fn scatter_columns(cols: &[i32], g: &Geometry3, cout: usize, col_offset: &[i32], planes: Range<usize>, acc: &mut [i32]) {
     let [id, ih, iw] = g.input;
     let [kd, kh, kw] = g.kernel;
     let [od, oh, ow] = g.output.map(|v| v as isize);
     assert!(planes.end <= od as usize);
     let taps = kd * kh * kw;
-    let plane = (oh * ow) as usize * cout;
-    acc[..planes.len() * plane].fill(0);
+    let (first, last) = (planes.start as isize, planes.end as isize);
+    acc[..planes.len() * (oh * ow) as usize * cout].fill(0);
     let land = |i: usize, axis: usize, t: usize| (i * g.stride[axis] + t) as isize - g.pads[axis] as isize;
-    for (n, oz) in planes.enumerate() {
-        let acc = &mut acc[n * plane..][..plane];
-        for a in 0..kd {
-            // The input plane iz with iz * stride + a - pad = oz, if any.
-            let t = (oz + g.pads[0]) as isize - a as isize;
-            if t < 0 || !(t as usize).is_multiple_of(g.stride[0]) || t as usize / g.stride[0] >= id {
-                continue;
-            }
-            let iz = t as usize / g.stride[0];
-            for iy in 0..ih {
-                for b in 0..kh {
-                    let oy = land(iy, 1, b);
-                    if oy < 0 || oy >= oh {
+    for iz in 0..id {
+        if (0..kd).all(|a| !(first..last).contains(&land(iz, 0, a))) {
+            continue;
+        }
+        for iy in 0..ih {
+            for ix in 0..iw {
+                let col = &cols[((iz * ih + iy) * iw + ix) * taps * cout..][..taps * cout];
+                for a in 0..kd {
+                    let oz = land(iz, 0, a);
+                    if oz < first || oz >= last {
                         continue;
                     }
-                    for ix in 0..iw {
-                        let col = &cols[((iz * ih + iy) * iw + ix) * taps * cout..][..taps * cout];
+                    for b in 0..kh {
+                        let oy = land(iy, 1, b);
+                        if oy < 0 || oy >= oh {
+                            continue;
+                        }
                         for j in 0..kw {
                             let ox = land(ix, 2, j);
                             if ox < 0 || ox >= ow {
                                 continue;
                             }
                             let t = (a * kh + b) * kw + j;
-                            let o = &mut acc[(oy * ow + ox) as usize * cout..][..cout];
+                            let o = &mut acc[(((oz - first) * oh + oy) * ow + ox) as usize * cout..][..cout];
                             for ((o, &v), &z) in o.iter_mut().zip(&col[t * cout..][..cout]).zip(&col_offset[t * cout..][..cout]) {
                                 *o += v - z;
                             }
