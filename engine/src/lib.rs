@@ -493,13 +493,23 @@ impl Engine {
                     });
                 }
                 Copies::Bytes(per_source) => {
-                    for (k, pairs) in per_source.iter().enumerate() {
-                        let src = &s.slots[slot(g.srcs[k])][..p.tensors[g.srcs[k]].len()];
-                        match &g.tables[k] {
-                            None => pairs.iter().for_each(|&(o, f)| out[o as usize] = src[f as usize]),
-                            Some(table) => pairs.iter().for_each(|&(o, f)| out[o as usize] = table[src[f as usize] as usize]),
+                    debug_assert!(per_source.iter().all(|v| v.windows(2).all(|w| w[0].0 < w[1].0)), "pairs in dst order");
+                    // Ranges of dst bytes; each part takes, from every source, the pairs
+                    // landing in its range (a bisection: they are in dst order).
+                    let rs = ranges(out.len(), self.parts(out.len() as u64, self.min_part.1), 64);
+                    let work: Vec<_> = rs.iter().zip(cut(out, rs.iter().map(|r| r.len()))).collect();
+                    let slots = &s.slots;
+                    self.split(&s.lanes, work, |(r, out), _| {
+                        let (lo, hi) = (r.start as u32, r.end as u32);
+                        for (k, pairs) in per_source.iter().enumerate() {
+                            let pairs = &pairs[pairs.partition_point(|q| q.0 < lo)..pairs.partition_point(|q| q.0 < hi)];
+                            let src = &slots[slot(g.srcs[k])][..p.tensors[g.srcs[k]].len()];
+                            match &g.tables[k] {
+                                None => pairs.iter().for_each(|&(o, f)| out[(o - lo) as usize] = src[f as usize]),
+                                Some(table) => pairs.iter().for_each(|&(o, f)| out[(o - lo) as usize] = table[src[f as usize] as usize]),
+                            }
                         }
-                    }
+                    });
                 }
             },
             Op::GatherMax { src, group, index, table, .. } => {
