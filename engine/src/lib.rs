@@ -10,7 +10,11 @@
 //! each with the weight packing it reads; the ISA is chosen once per engine
 //! ([`kernels::Isa::detect`]) and the weights are packed for it alone at compile time.
 //! [`volume`] runs 3-D and transposed convs on the 2-D kernels. [`Engine`] (this
-//! file) holds a plan with its memory plan and runs it one item at a time.
+//! file) holds a plan with its memory plan and runs it one item at a time, each
+//! integer op cut into parts ([`split`]) over a thread pool made once per engine
+//! ([`pool`]; one thread unless [`Engine::with_threads`] asks for more). The parts
+//! write disjoint output bytes with unchanged integer arithmetic, so the output is
+//! the same bits at any thread count. Float ops run on the calling thread.
 //!
 //! Constructs the engine does not cover are [`Error::Unsupported`]; the runtime then
 //! runs the whole model elsewhere.
@@ -20,6 +24,8 @@ pub mod compile;
 pub mod float;
 pub mod kernels;
 pub mod plan;
+pub mod pool;
+pub mod split;
 pub mod volume;
 
 // The base layer's modules under the names the engine's files use.
@@ -29,10 +35,21 @@ pub use ndarray;
 use crate::error::{Error, Result};
 use crate::model::OnnxModel;
 use crate::ndarray::{ArrayD, IxDyn};
+use std::ops::Range;
 use std::sync::Mutex;
 
-use kernels::Isa;
+use kernels::{ConvGeometry, Isa, QTensor, Requant};
 use plan::{ConvKind, ConvLayout, Copies, Op, Plan, Step};
+use pool::Pool;
+use split::{conv_parts, cut, ranges, PIXEL_ALIGN};
+
+/// MACs below which a part of a conv is not worth a thread. Handing a part to a polling
+/// worker and waiting for it costs about a microsecond; 256 K MACs are 2.5 us at the
+/// pointwise kernels' 100 GMAC/s, 6 us at the depthwise kernels' 40.
+const MIN_PART_MACS: u64 = 1 << 18;
+/// Bytes (or floats) per part of an element-wise op below which it is not cut: 4 KiB
+/// of quantised adds or (de)quantisation take 2-4 us.
+const MIN_PART_BYTES: usize = 1 << 12;
 
 /// A compiled plan with its memory plan, ready to run one item at a time.
 pub struct Engine {
@@ -44,6 +61,10 @@ pub struct Engine {
     free_after: Vec<Vec<usize>>,
     /// Buffers kept between runs (a second concurrent caller allocates its own).
     scratch: Mutex<Option<Scratch>>,
+    /// Threads for one run's ops (the caller is one of them).
+    pool: Pool,
+    /// Least work per part: MACs of a conv, bytes of an element-wise op.
+    min_part: (u64, u64),
 }
 
 /// Which buffer each tensor lives in: tensors whose lifetimes do not overlap share
@@ -130,20 +151,44 @@ const SLACK: usize = 64;
 
 struct Scratch {
     slots: Vec<Vec<u8>>,
-    rows: Vec<u8>,
-    gather: Vec<u8>,
     acc: Vec<i32>,
     acc2: Vec<i32>,
+    /// One per pool thread (indexed by the pool's lane): the kernels' scratch of the
+    /// part that thread runs. Parts of an op never need more than the whole op
+    /// (`split`'s tests check the kernels' scratch lengths), so each lane is sized
+    /// like the single-thread buffers. The locks are never contended: a lane runs one
+    /// part at a time.
+    lanes: Vec<Mutex<Lane>>,
+}
+
+#[derive(Default)]
+struct Lane {
+    /// im2row rows or a padded input.
+    rows: Vec<u8>,
+    /// A 3-D conv's gathered rows.
+    gather: Vec<u8>,
+}
+
+impl Lane {
+    /// Allocated on first use: a lane the pool never reaches costs nothing.
+    fn fit(&mut self, m: &MemoryPlan) -> &mut Lane {
+        if self.rows.len() < m.rows_len + SLACK {
+            self.rows = vec![0u8; m.rows_len + SLACK];
+        }
+        if self.gather.len() < m.gather_len + SLACK {
+            self.gather = vec![0u8; m.gather_len + SLACK];
+        }
+        self
+    }
 }
 
 impl Scratch {
-    fn new(m: &MemoryPlan) -> Self {
+    fn new(m: &MemoryPlan, lanes: usize) -> Self {
         Scratch {
             slots: m.slot_len.iter().map(|&n| vec![0u8; n + SLACK]).collect(),
-            rows: vec![0u8; m.rows_len + SLACK],
-            gather: vec![0u8; m.gather_len + SLACK],
             acc: vec![0i32; m.acc_len],
             acc2: vec![0i32; m.acc2_len],
+            lanes: (0..lanes.max(1)).map(|_| Mutex::new(Lane::default())).collect(),
         }
     }
 }
@@ -182,7 +227,46 @@ impl Engine {
                 free_after[*i].push(v);
             }
         }
-        Ok(Engine { plan, isa, memory, free_after, scratch: Mutex::new(None) })
+        Ok(Engine {
+            plan,
+            isa,
+            memory,
+            free_after,
+            scratch: Mutex::new(None),
+            pool: Pool::new(1),
+            min_part: (MIN_PART_MACS, MIN_PART_BYTES as u64),
+        })
+    }
+
+    /// The same engine running each integer op on `threads` threads (0 counts as 1): a
+    /// pool of `threads - 1` workers made here, once, beside the calling thread. The
+    /// outputs are the same bits at any count.
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.pool = Pool::new(threads);
+        // Buffers made for the old count go: the lanes follow the pool.
+        *self.scratch.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
+        self
+    }
+
+    /// Sets the least work per part (MACs of a conv, bytes of an element-wise op): ops
+    /// with less than twice as much run on one thread. For tests (1, 1 cuts every op
+    /// that has rows to cut) and for tuning; the defaults suit the measured CPUs.
+    #[doc(hidden)]
+    pub fn with_min_part(mut self, macs: u64, bytes: u64) -> Self {
+        self.min_part = (macs, bytes);
+        self
+    }
+
+    /// Threads that run one inference's integer ops.
+    pub fn threads(&self) -> usize {
+        self.pool.threads()
+    }
+
+    /// Bytes of buffers held between runs at this thread count: the memory plan's,
+    /// plus each further thread's kernel scratch.
+    pub fn buffer_bytes(&self) -> usize {
+        let m = &self.memory;
+        m.bytes() + (self.threads() - 1) * (m.rows_len + m.gather_len + 2 * SLACK)
     }
 
     /// The kernels this engine runs.
@@ -221,11 +305,11 @@ impl Engine {
     fn with_scratch<T>(&self, f: impl FnOnce(&mut Scratch) -> Result<T>) -> Result<T> {
         match self.scratch.try_lock() {
             Ok(mut guard) => {
-                let s = guard.get_or_insert_with(|| Scratch::new(&self.memory));
+                let s = guard.get_or_insert_with(|| Scratch::new(&self.memory, self.threads()));
                 f(s)
             }
             // Busy (another thread runs this engine) or poisoned: buffers of our own.
-            Err(_) => f(&mut Scratch::new(&self.memory)),
+            Err(_) => f(&mut Scratch::new(&self.memory, self.threads())),
         }
     }
 
@@ -263,36 +347,49 @@ impl Engine {
                         return Err(Error::NonFinite { what });
                     }
                     let t = p.tensors[*dst];
-                    kernels::quantize_nchw_to_nhwc(self.isa, data, &t, &mut s.slots[slot(*dst)][..t.len()]);
+                    let (isa, pixels) = (self.isa, t.h * t.w);
+                    // Runs of pixels: each part reads them in every channel plane and
+                    // writes them whole (channels last).
+                    let rs = ranges(pixels, self.parts(t.len() as u64, self.min_part.1), PIXEL_ALIGN);
+                    let outs = cut(&mut s.slots[slot(*dst)][..t.len()], rs.iter().map(|r| r.len() * t.c));
+                    self.split(&s.lanes, rs.iter().zip(outs).collect(), |(r, o), _| {
+                        let part = QTensor { h: 1, w: r.len(), ..t };
+                        kernels::quantize_nchw_to_nhwc(isa, &data[r.start..], pixels, &part, o)
+                    });
                 }
                 Step::Dequantize { src, dst } => {
                     let t = p.tensors[*src];
                     let q = &s.slots[slot(*src)][..t.len()];
-                    let pixels = t.h * t.w;
                     let mut f = vec![0f32; t.len()];
-                    // Blocks of 16 pixels: each channel's row of the block is one cache line.
-                    for p0 in (0..pixels).step_by(16) {
-                        let n = (pixels - p0).min(16);
-                        let block = &q[p0 * t.c..(p0 + n) * t.c];
-                        for c in 0..t.c {
-                            let row = &mut f[c * pixels + p0..c * pixels + p0 + n];
-                            for (d, &v) in row.iter_mut().zip(block[c..].iter().step_by(t.c)) {
-                                *d = (v as i32 - t.zp as i32) as f32 * t.scale;
+                    self.to_planes(&s.lanes, &mut f, t.c, t.h * t.w, |px, rows| {
+                        // Blocks of 16 pixels: each channel's row of the block is one cache line.
+                        for p0 in (px.start..px.end).step_by(16) {
+                            let n = (px.end - p0).min(16);
+                            let block = &q[p0 * t.c..(p0 + n) * t.c];
+                            for (c, row) in rows.iter_mut().enumerate() {
+                                let row = &mut row[p0 - px.start..][..n];
+                                for (d, &v) in row.iter_mut().zip(block[c..].iter().step_by(t.c)) {
+                                    *d = (v as i32 - t.zp as i32) as f32 * t.scale;
+                                }
                             }
                         }
-                    }
+                    });
                     vals[*dst] = Some(ArrayD::from_shape_vec(IxDyn(&p.shapes[*src]), f).expect("sized"));
                 }
                 Step::ConvToFloat { conv: h, dst } => {
                     let (pixels, cout) = (h.layout.pixels(), h.mult.len());
-                    let acc = self.conv_sums(s, h.src, &h.layout, &h.kind);
+                    self.conv(s, h.src, &h.layout, &h.kind, h.macs, None);
+                    // A transposed conv's sums are in `acc2` (its columns in `acc`).
+                    let acc = if matches!(h.layout, ConvLayout::Transposed { .. }) { &s.acc2 } else { &s.acc };
                     let mut f = vec![0f32; pixels * cout];
-                    for (px, a) in acc[..pixels * cout].chunks_exact(cout).enumerate() {
-                        for c in 0..cout {
-                            let v = (a[c] - h.offset[c]) as f32 * h.mult[c] + h.bias[c];
-                            f[c * pixels + px] = v.max(h.lo[c]).min(h.hi[c]);
+                    self.to_planes(&s.lanes, &mut f, cout, pixels, |px, rows| {
+                        for (i, a) in acc[px.start * cout..px.end * cout].chunks_exact(cout).enumerate() {
+                            for (c, row) in rows.iter_mut().enumerate() {
+                                let v = (a[c] - h.offset[c]) as f32 * h.mult[c] + h.bias[c];
+                                row[i] = v.max(h.lo[c]).min(h.hi[c]);
+                            }
                         }
-                    }
+                    });
                     vals[*dst] = Some(ArrayD::from_shape_vec(IxDyn(&h.shape), f).expect("sized"));
                 }
                 Step::Float { op, inputs, dst, name } => {
@@ -306,7 +403,16 @@ impl Engine {
                             float::Operand::Const(c) => c,
                         })
                         .collect();
-                    let y = float::eval(op, &args).map_err(|e| Error::Invalid(format!("{name}: {e}")))?;
+                    let y = match (op, args.as_slice()) {
+                        (float::FloatOp::InstanceNorm(eps), [x, scale, bias]) if self.threads() > 1 => {
+                            self.instance_norm(&s.lanes, x, scale, bias, *eps)
+                        }
+                        _ => None,
+                    };
+                    let y = match y {
+                        Some(y) => y,
+                        None => float::eval(op, &args).map_err(|e| Error::Invalid(format!("{name}: {e}")))?,
+                    };
                     vals[*dst] = Some(y);
                 }
             }
@@ -337,62 +443,73 @@ impl Engine {
         let out = &mut dst[..dst_t.len()];
         match op {
             Op::Conv(c) => {
-                // Whole slots: the kernels may read up to 64 bytes past the tensor.
-                let src = &s.slots[slot(c.src)];
-                let zp = p.tensors[c.src].zp;
-                let cout = c.requant.mult.len();
-                match &c.layout {
-                    ConvLayout::Direct(g) => kernels::conv(self.isa, src, g, zp, &c.kind, &c.requant, &mut s.rows, &mut s.acc, out),
-                    ConvLayout::Planes { g, plane } => {
-                        let per = plane.ow * cout;
-                        for (oz, o) in out.chunks_exact_mut(per).enumerate() {
-                            volume::gather_plane(src, g, zp, oz, &mut s.gather);
-                            kernels::conv(self.isa, &s.gather, plane, zp, &c.kind, &c.requant, &mut s.rows, &mut s.acc, o);
-                        }
-                    }
-                    ConvLayout::Transposed { g, cols, col_offset } => {
-                        kernels::accumulate(self.isa, src, cols, zp, &c.kind, &mut s.rows, &mut s.acc);
-                        volume::scatter_columns(&s.acc, g, cout, col_offset, &mut s.acc2);
-                        kernels::requantize(self.isa, &s.acc2[..out.len()], cout, &c.requant, out);
-                    }
-                }
+                self.conv(s, c.src, &c.layout, &c.kind, c.macs, Some((&c.requant, out)));
             }
             Op::Lut { src, table, .. } => {
                 let c = p.tensors[*src].c;
                 let src = &s.slots[slot(*src)][..p.tensors[*src].len()];
-                for (dp, sp) in out.chunks_exact_mut(c).zip(src.chunks_exact(c)) {
-                    for (ch, (o, &v)) in dp.iter_mut().zip(sp).enumerate() {
-                        *o = table[ch * 256 + v as usize];
+                // Whole pixels per part: the table depends on the channel.
+                let rs = ranges(dst_t.h * dst_t.w, self.parts(out.len() as u64, self.min_part.1), PIXEL_ALIGN);
+                let work: Vec<_> = rs.iter().zip(cut(out, rs.iter().map(|r| r.len() * c))).collect();
+                self.split(&s.lanes, work, |(r, out), _| {
+                    for (dp, sp) in out.chunks_exact_mut(c).zip(src[r.start * c..r.end * c].chunks_exact(c)) {
+                        for (ch, (o, &v)) in dp.iter_mut().zip(sp).enumerate() {
+                            *o = table[ch * 256 + v as usize];
+                        }
                     }
-                }
+                });
             }
             Op::Add { a, b, .. } => {
                 let (ta, tb) = (p.tensors[*a], p.tensors[*b]);
                 let (xa, xb) = (&s.slots[slot(*a)][..ta.len()], &s.slots[slot(*b)][..tb.len()]);
-                kernels::add_quantized(self.isa, xa, &ta, xb, &tb, &dst_t, out);
+                let (isa, n) = (self.isa, out.len());
+                // Element-wise: any cut gives the same bytes; whole cache lines per part.
+                let rs = ranges(n, self.parts(n as u64, self.min_part.1), 64);
+                let work: Vec<_> = rs.iter().zip(cut(out, rs.iter().map(|r| r.len()))).collect();
+                self.split(&s.lanes, work, |(r, out), _| {
+                    kernels::add_quantized(isa, &xa[r.clone()], &ta, &xb[r.clone()], &tb, &dst_t, out)
+                });
             }
             Op::Gather(g) => match &g.copies {
                 Copies::Runs(runs) => {
-                    let mut o = 0;
-                    for r in runs {
-                        let (k, from, len) = (r.src as usize, r.from as usize, r.len as usize);
-                        let src = &s.slots[slot(g.srcs[k])][from..from + len];
-                        let d = &mut out[o..o + len];
-                        match &g.tables[k] {
-                            None => d.copy_from_slice(src),
-                            Some(table) => d.iter_mut().zip(src).for_each(|(d, &v)| *d = table[v as usize]),
+                    // Consecutive groups of runs: the runs cover dst in order, so each
+                    // group's bytes start where the previous group's end.
+                    let groups = ranges(runs.len(), self.parts(out.len() as u64, self.min_part.1), 1);
+                    let lens: Vec<usize> = groups.iter().map(|k| runs[k.clone()].iter().map(|r| r.len as usize).sum()).collect();
+                    let work: Vec<_> = groups.into_iter().zip(cut(out, lens)).collect();
+                    let slots = &s.slots;
+                    self.split(&s.lanes, work, |(group, out), _| {
+                        let mut o = 0;
+                        for r in &runs[group] {
+                            let (k, from, len) = (r.src as usize, r.from as usize, r.len as usize);
+                            let src = &slots[slot(g.srcs[k])][from..from + len];
+                            let d = &mut out[o..o + len];
+                            match &g.tables[k] {
+                                None => d.copy_from_slice(src),
+                                Some(table) => d.iter_mut().zip(src).for_each(|(d, &v)| *d = table[v as usize]),
+                            }
+                            o += len;
                         }
-                        o += len;
-                    }
+                    });
                 }
                 Copies::Bytes(per_source) => {
-                    for (k, pairs) in per_source.iter().enumerate() {
-                        let src = &s.slots[slot(g.srcs[k])][..p.tensors[g.srcs[k]].len()];
-                        match &g.tables[k] {
-                            None => pairs.iter().for_each(|&(o, f)| out[o as usize] = src[f as usize]),
-                            Some(table) => pairs.iter().for_each(|&(o, f)| out[o as usize] = table[src[f as usize] as usize]),
+                    debug_assert!(per_source.iter().all(|v| v.windows(2).all(|w| w[0].0 < w[1].0)), "pairs in dst order");
+                    // Ranges of dst bytes; each part takes, from every source, the pairs
+                    // landing in its range (a bisection: they are in dst order).
+                    let rs = ranges(out.len(), self.parts(out.len() as u64, self.min_part.1), 64);
+                    let work: Vec<_> = rs.iter().zip(cut(out, rs.iter().map(|r| r.len()))).collect();
+                    let slots = &s.slots;
+                    self.split(&s.lanes, work, |(r, out), _| {
+                        let (lo, hi) = (r.start as u32, r.end as u32);
+                        for (k, pairs) in per_source.iter().enumerate() {
+                            let pairs = &pairs[pairs.partition_point(|q| q.0 < lo)..pairs.partition_point(|q| q.0 < hi)];
+                            let src = &slots[slot(g.srcs[k])][..p.tensors[g.srcs[k]].len()];
+                            match &g.tables[k] {
+                                None => pairs.iter().for_each(|&(o, f)| out[(o - lo) as usize] = src[f as usize]),
+                                Some(table) => pairs.iter().for_each(|&(o, f)| out[(o - lo) as usize] = table[src[f as usize] as usize]),
+                            }
                         }
-                    }
+                    });
                 }
             },
             Op::GatherMax { src, group, index, table, .. } => {
@@ -427,30 +544,177 @@ impl Engine {
         s.slots[slot(op.destination())] = dst;
     }
 
-    /// The int32 sums [pixels][cout] of a conv (dense sums still carry zp * Σw).
-    fn conv_sums<'s>(&self, s: &'s mut Scratch, src: usize, layout: &ConvLayout, kind: &ConvKind) -> &'s [i32] {
-        let x = &s.slots[self.memory.slot_of[src]];
-        let zp = self.plan.tensors[src].zp;
-        match layout {
-            ConvLayout::Direct(g) => {
-                kernels::accumulate(self.isa, x, g, zp, kind, &mut s.rows, &mut s.acc);
-                &s.acc
+    /// How many parts an op of `work` units is cut into: one per thread, fewer where a
+    /// part would get less than `per_part`.
+    fn parts(&self, work: u64, per_part: u64) -> usize {
+        (self.threads() as u64).min(work / per_part.max(1)).max(1) as usize
+    }
+
+    /// Runs `f` on every part, over the pool (on this thread alone for a single part),
+    /// each with the scratch lane of the thread that runs it.
+    fn split<T: Send>(&self, lanes: &[Mutex<Lane>], parts: Vec<T>, f: impl Fn(T, &mut Lane) + Sync) {
+        let m = &self.memory;
+        let lane = |i: usize| lanes[i].lock().unwrap_or_else(|e| e.into_inner());
+        if parts.len() <= 1 {
+            parts.into_iter().for_each(|p| f(p, lane(0).fit(m)));
+            return;
+        }
+        // Each part is taken out of its cell by the one thread the pool gives it to.
+        let cells: Vec<Mutex<Option<T>>> = parts.into_iter().map(|p| Mutex::new(Some(p))).collect();
+        self.pool.run(cells.len(), &|i, l| {
+            let part = cells[i].lock().unwrap_or_else(|e| e.into_inner()).take().expect("each part runs once");
+            f(part, lane(l).fit(m));
+        });
+    }
+
+    /// The interpreter's InstanceNormalization over the pool, the same bits: each
+    /// plane's statistics by one thread (in order, as the interpreter sums), then the
+    /// normalisation element-wise in runs of pixels. None where the interpreter should
+    /// run it (shapes it would refuse, or too little work to cut).
+    fn instance_norm(
+        &self,
+        lanes: &[Mutex<Lane>],
+        x: &ArrayD<f32>,
+        scale: &ArrayD<f32>,
+        bias: &ArrayD<f32>,
+        eps: f32,
+    ) -> Option<ArrayD<f32>> {
+        let (shape, c) = (x.shape(), *x.shape().get(1)?);
+        let plane: usize = shape.get(2..)?.iter().product();
+        if shape.len() < 3 || scale.len() != c || bias.len() != c || plane == 0 || self.parts(x.len() as u64, self.min_part.1) < 2 {
+            return None;
+        }
+        let (scale, bias): (Vec<f32>, Vec<f32>) = (scale.iter().copied().collect(), bias.iter().copied().collect());
+        let mut y = x.as_standard_layout().into_owned();
+        let data = y.as_slice_mut().expect("standard layout");
+        let planes = data.len() / plane;
+        // Statistics: whole planes per part (a plane's sum is one ordered sequence).
+        let stats: Vec<Mutex<(f32, f32)>> = (0..planes).map(|_| Mutex::new((0.0, 0.0))).collect();
+        let rs = ranges(planes, self.threads(), 1);
+        let reader: &[f32] = data;
+        self.split(lanes, rs, |r, _| {
+            for i in r {
+                *stats[i].lock().unwrap_or_else(|e| e.into_inner()) = float::instance_stats(&reader[i * plane..(i + 1) * plane], eps);
             }
-            ConvLayout::Planes { g, plane } => {
-                let per = plane.ow * plane_cout(kind);
-                for oz in 0..g.output[0] {
-                    volume::gather_plane(x, g, zp, oz, &mut s.gather);
-                    kernels::accumulate(self.isa, &s.gather, plane, zp, kind, &mut s.rows, &mut s.acc[oz * per..]);
-                }
-                &s.acc
+        });
+        let stats: Vec<(f32, f32)> = stats.into_iter().map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner())).collect();
+        // Normalisation: runs of elements, split at plane boundaries where a run crosses one.
+        let rs = ranges(data.len(), self.parts(data.len() as u64, self.min_part.1), PIXEL_ALIGN);
+        let work: Vec<_> = rs.iter().zip(cut(data, rs.iter().map(|r| r.len()))).collect();
+        self.split(lanes, work, |(r, mut rest), _| {
+            let mut at = r.start;
+            while !rest.is_empty() {
+                let (i, n) = (at / plane, (plane - at % plane).min(rest.len()));
+                let (piece, tail) = std::mem::take(&mut rest).split_at_mut(n);
+                let (mean, inv) = stats[i];
+                float::instance_apply(piece, mean, inv, scale[i % c], bias[i % c]);
+                (rest, at) = (tail, at + n);
             }
-            ConvLayout::Transposed { g, cols, col_offset } => {
-                kernels::accumulate(self.isa, x, cols, zp, kind, &mut s.rows, &mut s.acc);
-                let cout = plane_cout(kind) / g.taps();
-                volume::scatter_columns(&s.acc, g, cout, col_offset, &mut s.acc2);
-                &s.acc2
+        });
+        Some(y)
+    }
+
+    /// Fills `f` ([c][pixels], a float value's NC... layout) from pixel-major data over
+    /// the pool: each part gets a run of pixels and, for it, one slice per channel row.
+    fn to_planes(
+        &self,
+        lanes: &[Mutex<Lane>],
+        f: &mut [f32],
+        c: usize,
+        pixels: usize,
+        fill: impl Fn(Range<usize>, &mut [&mut [f32]]) + Sync,
+    ) {
+        if f.is_empty() {
+            return;
+        }
+        let rs = ranges(pixels, self.parts(f.len() as u64, self.min_part.1), PIXEL_ALIGN);
+        let mut rows: Vec<Vec<&mut [f32]>> = rs.iter().map(|_| Vec::with_capacity(c)).collect();
+        for plane in f.chunks_exact_mut(pixels) {
+            for (k, piece) in cut(plane, rs.iter().map(|r| r.len())).into_iter().enumerate() {
+                rows[k].push(piece);
             }
         }
+        self.split(lanes, rs.into_iter().zip(rows).collect(), |(r, mut rows), _| fill(r, &mut rows));
+    }
+
+    /// A conv of the plan over the pool: requantised into `out` when given, else its
+    /// int32 sums [pixels][cout] (dense sums still carry zp * Σw) left in `acc`
+    /// (`acc2` for a transposed conv).
+    fn conv(&self, s: &mut Scratch, src: usize, layout: &ConvLayout, kind: &ConvKind, macs: u64, out: Option<(&Requant, &mut [u8])>) {
+        let isa = self.isa;
+        // The whole slot: the kernels may read up to 64 bytes past the tensor.
+        let x: &[u8] = &s.slots[self.memory.slot_of[src]];
+        let zp = self.plan.tensors[src].zp;
+        let parts = self.parts(macs, self.min_part.0);
+        // A transposed conv's: taps x cout columns.
+        let cout = plane_cout(kind);
+        let (requant, out) = out.map_or((None, None), |(r, o)| (Some(r), Some(o)));
+        match layout {
+            ConvLayout::Direct(g) => {
+                let cuts = conv_parts(g, parts);
+                let lens = || cuts.iter().map(|p| p.pixels.len() * cout);
+                let outs = outs_for(out, lens());
+                let work: Vec<_> = cuts.iter().zip(cut(&mut s.acc, lens())).zip(outs).collect();
+                self.split(&s.lanes, work, |((p, a), o), l| match (requant, o) {
+                    (Some(r), Some(o)) => kernels::conv(isa, &x[p.from..], &p.g, zp, kind, r, &mut l.rows, a, o),
+                    _ => kernels::accumulate(isa, &x[p.from..], &p.g, zp, kind, &mut l.rows, a),
+                });
+            }
+            ConvLayout::Planes { g, plane } => {
+                // Output voxels in order (plane by plane), each plane `per` pixels (a
+                // plane's geometry has height 1); a part may span planes or share one.
+                let per = plane.w;
+                let rs = ranges(g.output[0] * per, parts, PIXEL_ALIGN);
+                let lens = || rs.iter().map(|r| r.len() * cout);
+                let outs = outs_for(out, lens());
+                let work: Vec<_> = rs.iter().zip(cut(&mut s.acc, lens())).zip(outs).collect();
+                self.split(&s.lanes, work, |((r, a), mut o), l| {
+                    let mut v = r.start;
+                    while v < r.end {
+                        let (oz, p0) = (v / per, v % per);
+                        let n = (per - p0).min(r.end - v);
+                        volume::gather_plane(x, g, zp, oz, p0..p0 + n, &mut l.gather);
+                        let pg = ConvGeometry::new(1, n, plane.cin, 1, 1, [1, 1], [0; 4]).expect("a 1x1 conv fits any input");
+                        let span = (v - r.start) * cout..(v - r.start + n) * cout;
+                        match (requant, o.as_deref_mut()) {
+                            (Some(rq), Some(o)) => {
+                                kernels::conv(isa, &l.gather, &pg, zp, kind, rq, &mut l.rows, &mut a[span.clone()], &mut o[span])
+                            }
+                            _ => kernels::accumulate(isa, &l.gather, &pg, zp, kind, &mut l.rows, &mut a[span]),
+                        }
+                        v += n;
+                    }
+                });
+            }
+            ConvLayout::Transposed { g, cols, col_offset } => {
+                // The columns: a pointwise product over the input pixels.
+                let cuts = conv_parts(cols, parts);
+                let work: Vec<_> = cuts.iter().zip(cut(&mut s.acc, cuts.iter().map(|p| p.pixels.len() * cout))).collect();
+                self.split(&s.lanes, work, |(p, a), l| kernels::accumulate(isa, &x[p.from..], &p.g, zp, kind, &mut l.rows, a));
+                // Their scatter into the output, by output planes.
+                let cout = cout / g.taps();
+                let plane = g.output[1] * g.output[2] * cout;
+                let rs = ranges(g.output[0], parts, 1);
+                let columns = &s.acc;
+                let work: Vec<_> = rs.iter().cloned().zip(cut(&mut s.acc2, rs.iter().map(|r| r.len() * plane))).collect();
+                self.split(&s.lanes, work, |(r, a), _| volume::scatter_columns(columns, g, cout, col_offset, r, a));
+                if let (Some(r), Some(out)) = (requant, out) {
+                    let n = layout.pixels();
+                    let rs = ranges(n, self.parts((n * cout) as u64, self.min_part.1), PIXEL_ALIGN);
+                    let sums = &s.acc2;
+                    let work: Vec<_> = rs.iter().zip(cut(out, rs.iter().map(|r| r.len() * cout))).collect();
+                    self.split(&s.lanes, work, |(px, o), _| kernels::requantize(isa, &sums[px.start * cout..px.end * cout], cout, r, o));
+                }
+            }
+        }
+    }
+}
+
+/// `out` cut like the sums when the conv is requantised, else no outputs.
+fn outs_for(out: Option<&mut [u8]>, lens: impl Iterator<Item = usize>) -> Vec<Option<&mut [u8]>> {
+    match out {
+        Some(o) => cut(o, lens).into_iter().map(Some).collect(),
+        None => lens.map(|_| None).collect(),
     }
 }
 

@@ -131,7 +131,8 @@ pub enum Copies {
     /// Runs of consecutive bytes (a channel concat, a slice of channels), covering dst in order.
     Runs(Vec<GatherRun>),
     /// Byte by byte, per source (dst byte, source byte): channels-last transposes
-    /// (a pixel shuffle, fields regrouped) move single bytes.
+    /// (a pixel shuffle, fields regrouped) move single bytes. Each source's pairs are
+    /// in increasing dst order (the engine finds a range of dst bytes by bisection).
     Bytes(Vec<Vec<(u32, u32)>>),
 }
 

@@ -23,6 +23,8 @@ mod elementwise;
 mod linear;
 mod movement;
 mod reduce;
+
+pub use reduce::{instance_apply, instance_stats};
 mod shape_ops;
 #[cfg(test)]
 mod tests;

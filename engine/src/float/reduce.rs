@@ -88,14 +88,26 @@ pub(super) fn instance_norm(x: &ArrayD<f32>, scale: &ArrayD<f32>, bias: &ArrayD<
     let data = y.as_slice_mut().expect("standard layout");
     for (i, p) in data.chunks_exact_mut(plane.max(1)).enumerate() {
         let ch = i % c;
-        let mean = p.iter().map(|&v| v as f64).sum::<f64>() / plane as f64;
-        let var = p.iter().map(|&v| (v as f64 - mean) * (v as f64 - mean)).sum::<f64>() / plane as f64;
-        let (mean, inv) = (mean as f32, 1.0 / (var as f32 + eps).sqrt());
-        for v in p.iter_mut() {
-            *v = (*v - mean) * inv * scale[ch] + bias[ch];
-        }
+        let (mean, inv) = instance_stats(p, eps);
+        instance_apply(p, mean, inv, scale[ch], bias[ch]);
     }
     Ok(y)
+}
+
+/// The mean and 1 / sqrt(var + eps) of one plane of [`instance_norm`], summed in f64 in
+/// order (the engine computes planes on several threads with this same function).
+pub fn instance_stats(p: &[f32], eps: f32) -> (f32, f32) {
+    let n = p.len() as f64;
+    let mean = p.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = p.iter().map(|&v| (v as f64 - mean) * (v as f64 - mean)).sum::<f64>() / n;
+    (mean as f32, 1.0 / (var as f32 + eps).sqrt())
+}
+
+/// y = (x - mean) inv scale + bias over (any run of) one plane of [`instance_norm`].
+pub fn instance_apply(p: &mut [f32], mean: f32, inv: f32, scale: f32, bias: f32) {
+    for v in p.iter_mut() {
+        *v = (*v - mean) * inv * scale + bias;
+    }
 }
 
 /// Inference-mode batch norm: y = scale (x - mean) / sqrt(var + eps) + bias per channel

@@ -193,8 +193,8 @@ pub unsafe fn requantize(acc: &[i32], cout: usize, r: &Requant, out: &mut [u8]) 
 /// # Safety
 /// The CPU must have AVX2.
 #[target_feature(enable = "avx2")]
-pub unsafe fn quantize_nchw_to_nhwc(x: &[f32], t: &QTensor, out: &mut [u8]) {
-    scalar::quantize_nchw_to_nhwc(x, t, out)
+pub unsafe fn quantize_nchw_to_nhwc(x: &[f32], stride: usize, t: &QTensor, out: &mut [u8]) {
+    scalar::quantize_nchw_to_nhwc(x, stride, t, out)
 }
 
 /// [`scalar::add_quantized`] compiled for AVX2.

@@ -357,11 +357,11 @@ pub unsafe fn conv_depthwise(x: &[u8], g: &ConvGeometry, zp_in: u8, w: &Depthwis
 /// # Safety
 /// The CPU must have AVX-512 F/BW/VL/VBMI and AVX2. (The slices are checked here.)
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi")]
-pub unsafe fn quantize_nchw_to_nhwc(x: &[f32], t: &QTensor, out: &mut [u8]) {
+pub unsafe fn quantize_nchw_to_nhwc(x: &[f32], stride: usize, t: &QTensor, out: &mut [u8]) {
     let (hw, c, scale, zp) = (t.h * t.w, t.c, t.scale, t.zp);
-    if c == 0 || x.len() < c * hw || out.len() < c * hw {
+    if c == 0 || stride < hw || x.len() < (c - 1) * stride + hw || out.len() < c * hw {
         // SAFETY: AVX2 is the caller's obligation.
-        return unsafe { avx2::quantize_nchw_to_nhwc(x, t, out) };
+        return unsafe { avx2::quantize_nchw_to_nhwc(x, stride, t, out) };
     }
     let (s, z) = (_mm512_set1_ps(scale), _mm512_set1_ps(zp as f32));
     let magic = _mm512_set1_ps(12_582_912.0);
@@ -369,12 +369,12 @@ pub unsafe fn quantize_nchw_to_nhwc(x: &[f32], t: &QTensor, out: &mut [u8]) {
     let (zero, top) = (_mm512_setzero_ps(), _mm512_set1_ps(255.0));
     let full = hw / 16 * 16;
     // SAFETY: each step reads 16 floats of a plane from pixel i, i + 16 <= full <= hw,
-    // inside x (c hw floats, checked); the permute tables are local 128-byte arrays;
+    // inside x (channel ch from ch stride, (c - 1) stride + hw floats, checked); the permute tables are local 128-byte arrays;
     // a whole pixel's store writes 16 c bytes from pixel i, inside out (c hw, checked),
     // the others a local 128-byte block. loadu/storeu need no alignment.
     unsafe {
         let quantize16 = |ch: usize, i: usize| {
-            let v = _mm512_div_ps(_mm512_loadu_ps(x.as_ptr().add(ch * hw + i)), s);
+            let v = _mm512_div_ps(_mm512_loadu_ps(x.as_ptr().add(ch * stride + i)), s);
             let v = _mm512_min_ps(_mm512_max_ps(v, lim_lo), lim_hi);
             let q = _mm512_add_ps(_mm512_sub_ps(_mm512_add_ps(v, magic), magic), z);
             _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(q, zero), top)))
@@ -426,7 +426,7 @@ pub unsafe fn quantize_nchw_to_nhwc(x: &[f32], t: &QTensor, out: &mut [u8]) {
     }
     for p in full..hw {
         for ch in 0..c {
-            out[p * c + ch] = scalar::quantize_u8(x[ch * hw + p], scale, zp);
+            out[p * c + ch] = scalar::quantize_u8(x[ch * stride + p], scale, zp);
         }
     }
 }

@@ -37,7 +37,7 @@ mod avx512;
 mod neon;
 
 #[cfg(test)]
-mod testgen;
+pub(crate) mod testgen;
 #[cfg(test)]
 mod tests;
 
@@ -424,19 +424,20 @@ pub fn requantize(isa: Isa, acc: &[i32], cout: usize, r: &Requant, out: &mut [u8
     }
 }
 
-/// The model input: float NCHW quantised (ONNX QuantizeLinear) into u8 NHWC.
-pub fn quantize_nchw_to_nhwc(isa: Isa, x: &[f32], t: &QTensor, out: &mut [u8]) {
+/// The model input: float NCHW quantised (ONNX QuantizeLinear) into u8 NHWC; channel c's
+/// floats start at `x[c * stride]` (see [`scalar::quantize_nchw_to_nhwc`]).
+pub fn quantize_nchw_to_nhwc(isa: Isa, x: &[f32], stride: usize, t: &QTensor, out: &mut [u8]) {
     match isa.checked() {
         // SAFETY: `checked` confirmed AVX2 on this CPU.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { avx2::quantize_nchw_to_nhwc(x, t, out) },
+        Isa::Avx2 => unsafe { avx2::quantize_nchw_to_nhwc(x, stride, t, out) },
         // SAFETY: `checked` confirmed AVX-512 VNNI (with AVX2) on this CPU.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => unsafe { avx512::quantize_nchw_to_nhwc(x, t, out) },
+        Isa::Avx512Vnni => unsafe { avx512::quantize_nchw_to_nhwc(x, stride, t, out) },
         #[cfg(target_arch = "aarch64")]
-        Isa::Neon | Isa::NeonDot => neon::quantize_nchw_to_nhwc(x, t, out),
+        Isa::Neon | Isa::NeonDot => neon::quantize_nchw_to_nhwc(x, stride, t, out),
         // armv7: the portable loop.
-        _ => scalar::quantize_nchw_to_nhwc(x, t, out),
+        _ => scalar::quantize_nchw_to_nhwc(x, stride, t, out),
     }
 }
 

@@ -835,19 +835,20 @@ fn narrow16(q: [uint32x4_t; 4]) -> uint8x16_t {
 /// The model input: float NCHW quantised into u8 NHWC, 16 pixels at a time, for up
 /// to 4 channels (interleaved by `st2`/`st3`/`st4`); more channels (or short slices)
 /// through the portable loop.
-pub fn quantize_nchw_to_nhwc(x: &[f32], t: &QTensor, out: &mut [u8]) {
+pub fn quantize_nchw_to_nhwc(x: &[f32], stride: usize, t: &QTensor, out: &mut [u8]) {
     let (hw, c) = (t.h * t.w, t.c);
-    if !(1..=4).contains(&c) || x.len() < c * hw || out.len() < c * hw {
-        return scalar::quantize_nchw_to_nhwc(x, t, out);
+    if !(1..=4).contains(&c) || stride < hw || x.len() < (c - 1) * stride + hw || out.len() < c * hw {
+        return scalar::quantize_nchw_to_nhwc(x, stride, t, out);
     }
     let full = hw / 16 * 16;
-    // SAFETY: 16 floats from each plane and 16 c bytes of output per step, inside
-    // c x hw (checked).
+    // SAFETY: 16 floats from each plane (channel ch from ch stride, inside
+    // (c - 1) stride + hw, checked) and 16 c bytes of output per step, inside c x hw
+    // (checked).
     unsafe {
         let (s, z) = (vdupq_n_f32(t.scale), vdupq_n_f32(t.zp as f32));
         for i in (0..full).step_by(16) {
             let plane = |ch: usize| {
-                let p = x.as_ptr().add(ch * hw + i);
+                let p = x.as_ptr().add(ch * stride + i);
                 narrow16(std::array::from_fn(|j| quant4(vld1q_f32(p.add(4 * j)), s, z)))
             };
             let o = out.as_mut_ptr().add(i * c);
@@ -861,7 +862,7 @@ pub fn quantize_nchw_to_nhwc(x: &[f32], t: &QTensor, out: &mut [u8]) {
     }
     for p in full..hw {
         for ch in 0..c {
-            out[p * c + ch] = quantize_u8(x[ch * hw + p], t.scale, t.zp);
+            out[p * c + ch] = quantize_u8(x[ch * stride + p], t.scale, t.zp);
         }
     }
 }

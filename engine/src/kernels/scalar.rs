@@ -165,12 +165,14 @@ pub fn requantize(acc: &[i32], cout: usize, r: &Requant, out: &mut [u8]) {
     }
 }
 
-/// The model input: float NCHW quantised (ONNX QuantizeLinear) into u8 NHWC.
+/// The model input: float NCHW quantised (ONNX QuantizeLinear) into u8 NHWC. Channel
+/// c's `t.h * t.w` floats start at `x[c * stride]` (`stride` >= t.h * t.w: a run of
+/// pixels of larger planes, for a part of the work).
 #[inline(always)]
-pub fn quantize_nchw_to_nhwc(x: &[f32], t: &QTensor, out: &mut [u8]) {
+pub fn quantize_nchw_to_nhwc(x: &[f32], stride: usize, t: &QTensor, out: &mut [u8]) {
     let hw = t.h * t.w;
     for c in 0..t.c {
-        let plane = &x[c * hw..(c + 1) * hw];
+        let plane = &x[c * stride..c * stride + hw];
         for (i, &v) in plane.iter().enumerate() {
             out[i * t.c + c] = quantize_u8(v, t.scale, t.zp);
         }

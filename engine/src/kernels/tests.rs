@@ -373,9 +373,17 @@ fn quantisation_of_float_planes_equals_scalar() {
                 })
                 .collect();
             let (mut a, mut b) = (vec![0u8; c * hw], vec![0u8; c * hw]);
-            scalar::quantize_nchw_to_nhwc(&x, &t, &mut a);
-            quantize_nchw_to_nhwc(isa, &x, &t, &mut b);
+            scalar::quantize_nchw_to_nhwc(&x, hw, &t, &mut a);
+            quantize_nchw_to_nhwc(isa, &x, hw, &t, &mut b);
             assert_eq!(a, b, "{} c {c} hw {hw}", isa.name());
+            // A run of pixels of the planes (a thread's part) gives those pixels' bytes.
+            let (p0, p1) = (s.below(hw), hw.min(hw / 2 + 1 + s.below(hw)));
+            if p0 < p1 {
+                let part = QTensor { w: p1 - p0, ..t };
+                let mut run = vec![0u8; c * (p1 - p0)];
+                quantize_nchw_to_nhwc(isa, &x[p0..], hw, &part, &mut run);
+                assert_eq!(run, a[p0 * c..p1 * c], "{} c {c} hw {hw}, pixels {p0}..{p1}", isa.name());
+            }
         }
     }
 }
@@ -401,9 +409,9 @@ fn input_quantisation_and_add_equal_scalar() {
             })
             .collect();
         let (mut a, mut b) = (vec![0u8; t.len()], vec![0u8; t.len()]);
-        scalar::quantize_nchw_to_nhwc(&x, &t, &mut a);
+        scalar::quantize_nchw_to_nhwc(&x, t.h * t.w, &t, &mut a);
         for isa in Isa::available() {
-            quantize_nchw_to_nhwc(isa, &x, &t, &mut b);
+            quantize_nchw_to_nhwc(isa, &x, t.h * t.w, &t, &mut b);
             assert_eq!(a, b, "{isa:?} {t:?}");
         }
         let (ta, tb, to) = (tensor(&mut s, c, h, w), tensor(&mut s, c, h, w), tensor(&mut s, c, h, w));

@@ -1,5 +1,6 @@
 //! The edgemed INT8 backend: QDQ models run by edgemed's own integer engine
-//! ([`edgemed_engine`]), batches item by item.
+//! ([`edgemed_engine`]), batches item by item, each item's ops over the engine's
+//! threads (`BackendOptions::intra_threads`; the same bits at any count).
 //!
 //! Fallback policy: a model the engine does not cover ([`Error::Unsupported`]: an
 //! operator or a form of quantisation it does not read, a float model) runs in tract
@@ -18,20 +19,24 @@ pub struct Int8Backend {
     input_shape: Vec<usize>,
 }
 
-/// The engine when it covers `model`, else tract (logged), which checks the sizes itself.
-pub fn create(model: &OnnxModel, input_shape: &[usize], budget: u64) -> Result<Box<dyn Backend>> {
+/// The engine on `threads` threads when it covers `model`, else tract (logged), which
+/// checks the sizes itself.
+pub fn create(model: &OnnxModel, input_shape: &[usize], budget: u64, threads: usize) -> Result<Box<dyn Backend>> {
     match Engine::new(model) {
         Ok(engine) => {
+            let engine = engine.with_threads(threads);
             let weights = super::check_declared_sizes(model, input_shape, budget)?;
-            // The engine runs a batch item by item in buffers planned at compile time.
-            let buffers = engine.memory().bytes() as u64;
+            // The engine runs a batch item by item in buffers planned at compile time
+            // (and kernel scratch for each further thread).
+            let buffers = engine.buffer_bytes() as u64;
             crate::budget::check(|| format!("{}: the INT8 engine's weights and buffers", model.path.display()), weights + buffers, budget)?;
             let (int_ops, float_ops) = engine.plan.counts();
             log::info!(
-                "{}: edgemed INT8 engine, {int_ops} integer ops ({:.1} MMAC), {float_ops} float ops, {} kernels",
+                "{}: edgemed INT8 engine, {int_ops} integer ops ({:.1} MMAC), {float_ops} float ops, {} kernels, {} thread(s) per run",
                 model.path.display(),
                 engine.plan.macs as f64 / 1e6,
                 engine.isa().name(),
+                engine.threads(),
             );
             Ok(Box::new(Int8Backend { engine, input_shape: input_shape.to_vec() }))
         }
@@ -72,5 +77,28 @@ impl Backend for Int8Backend {
                     .map_err(|e| Error::Invalid(e.to_string()))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{BackendKind, BackendOptions};
+
+    /// `intra_threads` reaches the engine, whose outputs are the same bits at any count.
+    #[test]
+    fn intra_threads_give_the_same_bits() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/int8/unet3d_qdq.onnx");
+        let model = OnnxModel::load(&path).unwrap();
+        let shape = [2, 1, 32, 32, 32];
+        let x = ArrayD::from_shape_fn(IxDyn(&shape), |i| ((i[2] * 7 + i[3] * 3 + i[4] + i[0]) % 23) as f32 / 11.0 - 1.0);
+        let run = |threads: usize| {
+            let opts = BackendOptions { kind: BackendKind::Int8, intra_threads: threads, ..Default::default() };
+            let b = crate::backend::create(&model, &shape, &opts).unwrap();
+            assert_eq!(b.name(), "edgemed-int8");
+            b.run(x.clone()).unwrap().into_iter().map(|y| y.iter().map(|v| v.to_bits()).collect::<Vec<u32>>()).collect::<Vec<_>>()
+        };
+        let one = run(0);
+        assert!(run(1) == one && run(3) == one, "threads changed the output");
     }
 }

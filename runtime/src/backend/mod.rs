@@ -165,7 +165,8 @@ pub struct BackendOptions {
     pub strict_device: bool,
     /// ONNX Runtime library (file, or a directory holding it); see [`ort::find_library`].
     pub ort_library: Option<PathBuf>,
-    /// Threads inside one run (ONNX Runtime's intra-op pool); 0: the library's default.
+    /// Threads inside one run: ONNX Runtime's intra-op pool (0: the library's default)
+    /// and the INT8 engine's (0: one); tract runs on one.
     pub intra_threads: usize,
     pub opt_level: OptLevel,
     /// Bytes the model's weights, input and activations may take; 0: no limit. See [`crate::budget`].
@@ -187,10 +188,23 @@ impl Default for BackendOptions {
 }
 
 impl BackendOptions {
-    /// Gives a caller's `threads` to ONNX Runtime's intra-op pool unless set already;
-    /// tract instead runs whole batches on the caller's threads (see [`Backend::parallel_runs`]).
+    /// For callers that run whole batches on `threads` threads side by side where the
+    /// backend allows it (classify, heatmap; see [`Backend::parallel_runs`]): gives
+    /// `threads` to ONNX Runtime's intra-op pool unless set already, and leaves the
+    /// INT8 engine at one thread per run (unless `intra_threads` asks for more), so
+    /// that batches side by side do not each start `threads` more.
     pub fn with_threads(mut self, threads: usize) -> Self {
         if self.kind == BackendKind::Ort && self.intra_threads == 0 {
+            self.intra_threads = threads;
+        }
+        self
+    }
+
+    /// For callers that run one item at a time (the volume commands' windows): gives
+    /// `threads` to the threads inside each run, ONNX Runtime's intra-op pool and the
+    /// INT8 engine's, unless set already (tract runs on one).
+    pub fn with_intra_threads(mut self, threads: usize) -> Self {
+        if self.intra_threads == 0 {
             self.intra_threads = threads;
         }
         self
@@ -224,7 +238,7 @@ pub fn create(model: &OnnxModel, input_shape: &[usize], opts: &BackendOptions) -
         }
         BackendKind::Int8 => {
             cpu_only("the INT8 engine", opts)?;
-            int8::create(model, input_shape, opts.memory_budget)
+            int8::create(model, input_shape, opts.memory_budget, opts.intra_threads.max(1))
         }
         #[cfg(feature = "ort")]
         BackendKind::Ort => Ok(Box::new(ort::OrtBackend::new(model, input_shape, opts)?)),
@@ -331,5 +345,21 @@ mod tests {
         assert_eq!("auto".parse::<BackendKind>().unwrap(), BackendKind::Auto);
         assert!("tvm".parse::<BackendKind>().is_err());
         assert_eq!("extended".parse::<OptLevel>().unwrap(), OptLevel::Extended);
+    }
+
+    /// Callers running batches side by side (classify, heatmap) give their threads to
+    /// ONNX Runtime's pool only; callers running one item at a time (the volume
+    /// commands) to the INT8 engine too; a count already asked for stays.
+    #[test]
+    fn threads_reach_the_int8_engine_only_for_one_run_at_a_time() {
+        let int8 = BackendOptions { kind: BackendKind::Int8, ..Default::default() };
+        assert_eq!(int8.clone().with_threads(4).intra_threads, 0);
+        assert_eq!(int8.clone().with_intra_threads(4).intra_threads, 4);
+        let asked = BackendOptions { intra_threads: 2, ..int8 };
+        assert_eq!(asked.clone().with_threads(4).intra_threads, 2);
+        assert_eq!(asked.with_intra_threads(4).intra_threads, 2);
+        let ort = BackendOptions { kind: BackendKind::Ort, ..Default::default() };
+        assert_eq!(ort.clone().with_threads(4).intra_threads, 4);
+        assert_eq!(ort.with_intra_threads(4).intra_threads, 4);
     }
 }

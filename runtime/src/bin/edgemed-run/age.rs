@@ -45,7 +45,8 @@ pub struct Args {
     /// volume's units (repeatable); the default is CSF-dense voxels (0-15 HU) after --ct-window.
     #[arg(long, default_value = "csf:80:95")]
     track: Vec<String>,
-    /// Threads inside one model run (ONNX Runtime's intra-op pool; tract and the INT8 engine use one).
+    /// Threads inside one model run: ONNX Runtime's intra-op pool and the INT8
+    /// engine's (each op split over them, same results at any count); tract uses one.
     #[arg(short, long)]
     threads: Option<usize>,
     /// Replace OUTPUT (and the --every-year files) if they exist (they are kept otherwise).
@@ -72,7 +73,7 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
     let inputs: Vec<&Path> = std::iter::once(args.input.as_path()).chain(model_files.iter().map(PathBuf::as_path)).collect();
     fsutil::check_outputs(&written, &inputs, Existing::from_flags(args.force, false))?;
     let models = aging::TwinModels::load(&args.model, |p| common.load_model(Some(p)))?;
-    let backend = common.backend()?.with_threads(args.threads.unwrap_or_else(all_cores));
+    let backend = common.backend()?.with_intra_threads(args.threads.unwrap_or_else(all_cores));
     let made_by = twin_provenance(common, &models, &args, &backend, crop)?;
     let vol = Volume::read(&args.input, common.memory_budget)?;
     let start = Instant::now();

@@ -34,7 +34,8 @@ pub struct Args {
     /// Batch sizes, e.g. 1,32,256.
     #[arg(short, long, default_value = "1", value_delimiter = ',')]
     batch: Vec<usize>,
-    /// Threads inside one ONNX Runtime run (tract runs on one).
+    /// Threads inside one run: ONNX Runtime's intra-op pool and the INT8 engine's
+    /// (each op split over them, same results at any count); tract runs on one.
     #[arg(short, long, default_value_t = 1)]
     threads: usize,
     /// Timed runs per backend and batch size (at least 1).
@@ -47,7 +48,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = BenchFormat::Table)]
     format: BenchFormat,
     /// With the int8 backend: time each step of the engine's plan (per op: MACs,
-    /// microseconds, GMAC/s, share), the tool for finding where the time goes.
+    /// microseconds, GMAC/s, share) at --threads, the tool for finding where the time goes.
     #[arg(long)]
     profile: bool,
 }
@@ -125,7 +126,7 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
             common.backends.iter().any(|b| b.kind.resolve(profiled) == BackendKind::Int8),
             "--profile times the steps of the INT8 engine: give a QDQ model (or --quantized QDQ_MODEL) and the int8 or auto backend"
         );
-        print_engine_profile(profiled, item.iter().product(), args.iters as usize)?;
+        print_engine_profile(profiled, item.iter().product(), args.iters as usize, args.threads)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -247,19 +248,20 @@ fn print_rows(rows: &[Row], macs: Option<u64>, format: BenchFormat) -> Result<()
 }
 
 /// Per-step times of the INT8 engine on the benchmark's input (`item` values).
-fn print_engine_profile(model: &OnnxModel, item: usize, iters: usize) -> Result<()> {
-    let engine = edgemed_engine::Engine::new(model).context("the INT8 engine does not cover this model")?;
+fn print_engine_profile(model: &OnnxModel, item: usize, iters: usize, threads: usize) -> Result<()> {
+    let engine = edgemed_engine::Engine::new(model).context("the INT8 engine does not cover this model")?.with_threads(threads);
     let x = bench::bench_input(item);
     engine.profile(&x, 5)?;
     let steps = engine.profile(&x, iters)?;
     let total: f64 = steps.iter().map(|s| s.seconds).sum();
     println!(
-        "\nINT8 engine, {} kernels, {} integer ops, {} float ops, {:.2} MMAC, {:.1} KiB of buffers; per run, mean of {iters}:",
+        "\nINT8 engine, {} kernels, {} thread(s), {} integer ops, {} float ops, {:.2} MMAC, {:.1} KiB of buffers; per run, mean of {iters}:",
         engine.isa().name(),
+        engine.threads(),
         engine.plan.counts().0,
         engine.plan.counts().1,
         engine.plan.macs as f64 / 1e6,
-        engine.memory().bytes() as f64 / 1024.0
+        engine.buffer_bytes() as f64 / 1024.0
     );
     println!("{:<56} {:>10} {:>9} {:>8} {:>7}", "step", "MMAC", "us", "GMAC/s", "share");
     for s in &steps {

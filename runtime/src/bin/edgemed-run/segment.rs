@@ -48,7 +48,8 @@ pub struct Args {
     /// Reference label map: report Dice per class.
     #[arg(long)]
     label: Option<PathBuf>,
-    /// Threads inside one model run (ONNX Runtime's intra-op pool; tract and the INT8 engine use one).
+    /// Threads inside one model run: ONNX Runtime's intra-op pool and the INT8
+    /// engine's (each op split over them, same results at any count); tract uses one.
     #[arg(short, long)]
     threads: Option<usize>,
     /// Replace OUTPUT if it exists (it is kept otherwise).
@@ -78,7 +79,7 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
     }
     // Label maps are read as float like every volume; class indices once.
     let reference = reference.map(|r| r.data.mapv(|x| x.round().clamp(0.0, 255.0) as u8));
-    let backend = common.backend()?.with_threads(args.threads.unwrap_or_else(all_cores));
+    let backend = common.backend()?.with_intra_threads(args.threads.unwrap_or_else(all_cores));
     let settings = format!(
         "roi={:?} overlap={} blend={:?} largest_component={} ct_window={}",
         window.roi, args.overlap, window.blend, !args.all_components, args.ct_window

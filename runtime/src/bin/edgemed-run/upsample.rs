@@ -26,7 +26,8 @@ pub struct Args {
     /// ONNX upsampling model (metadata edgemed.upsample_scale and edgemed.receptive_halo).
     #[arg(short, long)]
     model: PathBuf,
-    /// Threads inside one model run (ONNX Runtime's intra-op pool; tract and the INT8 engine use one).
+    /// Threads inside one model run: ONNX Runtime's intra-op pool and the INT8
+    /// engine's (each op split over them, same results at any count); tract uses one.
     #[arg(short, long)]
     threads: Option<usize>,
     /// Replace OUTPUT if it exists (it is kept otherwise).
@@ -41,7 +42,7 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
     let model = common.load_model(Some(&args.model))?;
     let geo = upsample::geometry(&model)?;
     fsutil::check_outputs(&[&args.output], &[&args.input, &args.model], Existing::from_flags(args.force, false))?;
-    let backend = common.backend()?.with_threads(args.threads.unwrap_or_else(all_cores));
+    let backend = common.backend()?.with_intra_threads(args.threads.unwrap_or_else(all_cores));
     let made_by = common.volume_provenance(&model, &backend, format!("scale={} patch={:?} halo={}", geo.scale, geo.patch, geo.halo))?;
     let vol = Volume::read(&args.input, common.memory_budget)?;
     let [x, y, z] = vol.shape();

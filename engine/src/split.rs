@@ -1,0 +1,164 @@
+//! How an op is cut into parts for the engine's threads ([`crate::pool`]). Every part
+//! writes its own contiguous run of output pixels (channels last, so a run of
+//! pixels is a run of bytes) and computes each of them exactly as the whole op would:
+//! the same taps, the same integer sums, the same requantisation. So the output's
+//! bytes do not depend on how many parts there are or which thread ran which.
+//!
+//! A 2-D conv is cut over output rows: the part for rows r0..r1 is a conv of its own
+//! on the input rows those rows read, with the padding the whole conv has there (top
+//! padding only if r0's taps reach above the input, likewise at the bottom). A
+//! pointwise conv (and a 3-D conv's planes, which are pointwise products on gathered
+//! rows) is cut over pixels, in multiples of [`PIXEL_ALIGN`] so that the kernels'
+//! blocks of pixels stay whole.
+
+use crate::kernels::ConvGeometry;
+use std::ops::Range;
+
+/// Pixels per tile of the pointwise kernels (AVX2, VNNI and NEON take 4 pixels per
+/// step): parts of pointwise work start at multiples of it, so no tile is cut. Finer
+/// than that matters on small maps: 7x7 = 49 pixels cut at multiples of 16 would
+/// leave threads 32 and 17.
+pub const PIXEL_ALIGN: usize = 4;
+
+/// `0..n` cut into at most `parts` consecutive non-empty ranges of near-equal length,
+/// every boundary a multiple of `align` (the last range takes the remainder).
+pub fn ranges(n: usize, parts: usize, align: usize) -> Vec<Range<usize>> {
+    let align = align.max(1);
+    let units = n.div_ceil(align);
+    let parts = parts.clamp(1, units.max(1));
+    let mut v = Vec::with_capacity(parts);
+    let mut start = 0;
+    for i in 1..=parts {
+        let end = (i * units / parts * align).min(n);
+        if end > start {
+            v.push(start..end);
+            start = end;
+        }
+    }
+    if v.is_empty() {
+        v.push(0..n);
+    }
+    v
+}
+
+/// One part of a 2-D conv: a conv of its own (`g`) on the input from byte `from` of
+/// the whole conv's input, giving the whole conv's output `pixels`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvPart {
+    pub g: ConvGeometry,
+    pub from: usize,
+    pub pixels: Range<usize>,
+}
+
+/// Conv `g` cut into at most `parts` parts (see the module's comment); one part,
+/// the whole conv, where cutting would leave a part that reads no input row.
+pub fn conv_parts(g: &ConvGeometry, parts: usize) -> Vec<ConvPart> {
+    let whole = vec![ConvPart { g: *g, from: 0, pixels: 0..g.oh * g.ow }];
+    if parts <= 1 {
+        return whole;
+    }
+    if g.is_pointwise() {
+        return ranges(g.h * g.w, parts, PIXEL_ALIGN)
+            .into_iter()
+            .map(|r| ConvPart {
+                g: ConvGeometry::new(1, r.len(), g.cin, 1, 1, [1, 1], [0; 4]).expect("a 1x1 conv fits any input"),
+                from: r.start * g.cin,
+                pixels: r,
+            })
+            .collect();
+    }
+    let mut v = Vec::new();
+    for rows in ranges(g.oh, parts, 1) {
+        // Input rows read by output rows r0..r1, padding included: top..bottom.
+        let top = (rows.start * g.stride[0]) as isize - g.pads[0] as isize;
+        let bottom = ((rows.end - 1) * g.stride[0] + g.kh) as isize - g.pads[0] as isize;
+        let (y0, y1) = (top.max(0), bottom.min(g.h as isize));
+        if y1 <= y0 {
+            return whole;
+        }
+        let pads = [(y0 - top) as usize, g.pads[1], (bottom - y1) as usize, g.pads[3]];
+        let pg = ConvGeometry::new((y1 - y0) as usize, g.w, g.cin, g.kh, g.kw, g.stride, pads).expect("a part of a valid conv is valid");
+        // (bottom - top - kh) / stride + 1 = r1 - r0 output rows, as wide as the whole.
+        debug_assert_eq!((pg.oh, pg.ow), (rows.len(), g.ow));
+        v.push(ConvPart { g: pg, from: y0 as usize * g.w * g.cin, pixels: rows.start * g.ow..rows.end * g.ow });
+    }
+    v
+}
+
+/// `buf` cut into consecutive slices of `lens` (from its start; the rest is left out).
+pub fn cut<T>(mut buf: &mut [T], lens: impl IntoIterator<Item = usize>) -> Vec<&mut [T]> {
+    let mut v = Vec::new();
+    for n in lens {
+        let (head, rest) = std::mem::take(&mut buf).split_at_mut(n);
+        v.push(head);
+        buf = rest;
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::testgen::{conv_case, grouped_case, random_requant, ConvSpec, Lcg};
+    use crate::kernels::{self, Isa};
+
+    #[test]
+    fn ranges_cover_everything_once_on_aligned_boundaries() {
+        for n in 0..100 {
+            for parts in 1..7 {
+                for align in [1, 4, 16] {
+                    let r = ranges(n, parts, align);
+                    assert!(r.len() <= parts && !r.is_empty());
+                    assert_eq!(r[0].start, 0);
+                    assert_eq!(r.last().unwrap().end, n);
+                    for w in r.windows(2) {
+                        assert_eq!(w[0].end, w[1].start);
+                        assert!(w[0].end % align == 0 && !w[0].is_empty());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The conv run part by part equals the conv run whole, byte for byte, on every
+    /// ISA this CPU has, for dense, depthwise and grouped convs of random geometry:
+    /// what makes the engine's output independent of its thread count.
+    #[test]
+    fn a_conv_cut_into_parts_equals_the_whole_on_random_geometries() {
+        let spec = ConvSpec { max_hw: 19, max_c: 24, kh: &[1, 3, 5, 7], kw: None, max_stride: 3, extreme_every: 7 };
+        let mut s = Lcg::new(0x7e57_5b11);
+        let mut checked = 0;
+        while checked < 300 {
+            // Grouped one case in four.
+            let (g, x, zp, kinds, cout): (ConvGeometry, Vec<u8>, u8, Vec<(Isa, kernels::ConvKind)>, usize) = if s.below(4) == 0 {
+                let Some(c) = grouped_case(&mut s, 14, 4) else { continue };
+                (c.g, c.x.clone(), c.zp, Isa::available().into_iter().map(|i| (i, c.kind(i))).collect(), c.cout())
+            } else {
+                let Some(c) = conv_case(&mut s, &spec) else { continue };
+                (c.g, c.x.clone(), c.zp, Isa::available().into_iter().map(|i| (i, c.kind(i))).collect(), c.cout)
+            };
+            let r = random_requant(&mut s, cout);
+            let n = g.oh * g.ow * cout;
+            let scratch_len = kinds.iter().map(|(_, k)| kernels::conv_scratch_len(&g, k)).max().unwrap() + 64;
+            for (isa, kind) in &kinds {
+                let (mut whole, mut whole_sums) = (vec![0u8; n], vec![0i32; n]);
+                kernels::conv(*isa, &x, &g, zp, kind, &r, &mut vec![0; scratch_len], &mut vec![0; n], &mut whole);
+                kernels::accumulate(*isa, &x, &g, zp, kind, &mut vec![0; scratch_len], &mut whole_sums);
+                for parts in 2..=4 {
+                    let cuts = conv_parts(&g, parts);
+                    assert_eq!(cuts.last().unwrap().pixels.end, g.oh * g.ow);
+                    let (mut out, mut sums) = (vec![0u8; n], vec![0i32; n]);
+                    let lens = || cuts.iter().map(|p| p.pixels.len() * cout);
+                    for ((p, o), a) in cuts.iter().zip(cut(&mut out, lens())).zip(cut(&mut sums, lens())) {
+                        assert!(kernels::conv_scratch_len(&p.g, kind) <= kernels::conv_scratch_len(&g, kind));
+                        kernels::conv(*isa, &x[p.from..], &p.g, zp, kind, &r, &mut vec![0; scratch_len], &mut vec![0; a.len()], o);
+                        kernels::accumulate(*isa, &x[p.from..], &p.g, zp, kind, &mut vec![0; scratch_len], a);
+                    }
+                    assert_eq!(out, whole, "{} {g:?} in {parts} parts", isa.name());
+                    assert_eq!(sums, whole_sums, "{} {g:?} in {parts} parts (sums)", isa.name());
+                }
+            }
+            checked += 1;
+        }
+    }
+}
