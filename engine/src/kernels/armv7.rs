@@ -43,7 +43,7 @@ use std::arch::asm;
 
 use super::arm::{depthwise_bounds, depthwise_i32, gemm_in_place, Rows, DW};
 use super::ConvKind;
-use super::{pad_nhwc, padded_input, scalar, ConvGeometry, DepthwiseWeights, PackedWeights, Requant, CBLOCK};
+use super::{padded_input, ConvGeometry, DepthwiseWeights, PackedWeights, Requant, CBLOCK};
 
 /// asm/hwcap.h of 32-bit ARM Linux.
 const HWCAP_NEON: libc::c_ulong = 1 << 12;
@@ -1076,7 +1076,7 @@ unsafe fn dw_row(row: *const u8, g: &ConvGeometry, w16: &[i16], corr: &[i32], ds
 /// Reads up to 7 bytes past the last pixel.
 fn depthwise_checked(x: &[u8], g: &ConvGeometry, zp: u8, w16: &[i16], sums: &[i32], out: Out, tmp: &mut [i32]) {
     let c = g.cin;
-    let Some((taps, blocks)) = depthwise_bounds(x, g, w16, sums) else { return };
+    let Some((_taps, blocks)) = depthwise_bounds(x, g, w16, sums) else { return };
     assert!((g.oh - 1) * g.stride[0] + g.kh <= g.h && (g.ow - 1) * g.stride[1] + g.kw <= g.w);
     let corr: Vec<i32> = (0..blocks * DW).map(|ch| if ch < c { (zp as i32).wrapping_mul(sums[ch]).wrapping_neg() } else { 0 }).collect();
     let row_len = g.ow * c;
