@@ -14,7 +14,7 @@ use edgemed_runtime::fsutil::{self, Existing};
 use edgemed_runtime::tasks::aging;
 use serde_json::json;
 
-use crate::common::{all_cores, progress_bar, Common, Summary, SummaryFormat};
+use crate::common::{all_cores, progress_bar, Common, Summary, SummaryFormat, VolumeRun};
 
 // The subcommand's help text is the doc comment of its variant in main.rs.
 #[derive(clap::Args)]
@@ -45,16 +45,8 @@ pub struct Args {
     /// volume's units (repeatable); the default is CSF-dense voxels (0-15 HU) after --ct-window.
     #[arg(long, default_value = "csf:80:95")]
     track: Vec<String>,
-    /// Threads inside one model run: ONNX Runtime's intra-op pool and the INT8
-    /// engine's (each op split over them, same results at any count); tract uses one.
-    #[arg(short, long)]
-    threads: Option<usize>,
-    /// Replace OUTPUT (and the --every-year files) if they exist (they are kept otherwise).
-    #[arg(long)]
-    force: bool,
-    /// The per-year table as text, or one JSON object (years, band volumes, what made them).
-    #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
-    format: SummaryFormat,
+    #[command(flatten)]
+    run: VolumeRun,
 }
 
 pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
@@ -71,9 +63,9 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
         paths.iter().enumerate().filter(|(k, _)| args.every_year || k + 1 == years).map(|(_, p)| p.as_path()).collect();
     let model_files: Vec<PathBuf> = ["encoder", "decoder", "temporal"].iter().map(|n| args.model.join(format!("{n}.onnx"))).collect();
     let inputs: Vec<&Path> = std::iter::once(args.input.as_path()).chain(model_files.iter().map(PathBuf::as_path)).collect();
-    fsutil::check_outputs(&written, &inputs, Existing::from_flags(args.force, false))?;
+    fsutil::check_outputs(&written, &inputs, Existing::from_flags(args.run.force, false))?;
     let models = aging::TwinModels::load(&args.model, |p| common.load_model(Some(p)))?;
-    let backend = common.backend()?.with_intra_threads(args.threads.unwrap_or_else(all_cores));
+    let backend = common.backend()?.with_intra_threads(args.run.threads.unwrap_or_else(all_cores));
     let made_by = twin_provenance(common, &models, &args, &backend, crop)?;
     let vol = Volume::read(&args.input, common.memory_budget)?;
     let start = Instant::now();
@@ -82,7 +74,7 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
     let [x, y, z] = vol.shape();
     let [gx, gy, gz] = twin.spec.grid;
     let sp = prepared.header.pixdim;
-    let text = args.format == SummaryFormat::Text;
+    let text = args.run.format == SummaryFormat::Text;
     let mut summary = Summary::new();
     summary.add(
         "volume",
@@ -98,7 +90,7 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
         json!({ "latent_values": zn.len(), "log_determinant": logdet, "seconds": seconds }),
     );
     if text {
-        summary.print(args.format, &made_by)?;
+        summary.print(args.run.format, &made_by)?;
         summary = Summary::new();
         let header: String = bands.iter().map(|b| format!("  {:>12} {:>10}", format!("{} mL", b.name), "change")).collect();
         println!("year{header}");
@@ -146,7 +138,7 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
         // The per-year rows are printed already.
         summary.remove("years");
     }
-    summary.print(args.format, &made_by)?;
+    summary.print(args.run.format, &made_by)?;
     Ok(ExitCode::SUCCESS)
 }
 

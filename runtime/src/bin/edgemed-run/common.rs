@@ -97,6 +97,21 @@ pub fn progress_bar(what: &'static str) -> indicatif::ProgressBar {
     bar
 }
 
+/// The options every volume command (segment, upsample, age) takes alike.
+#[derive(clap::Args)]
+pub struct VolumeRun {
+    /// Threads inside one model run: ONNX Runtime's intra-op pool and the INT8
+    /// engine's (each op split over them, same results at any count); tract uses one.
+    #[arg(short, long)]
+    pub threads: Option<usize>,
+    /// Replace the outputs if they exist (they are kept otherwise).
+    #[arg(long)]
+    pub force: bool,
+    /// The summary as text or as one JSON object (with what made the outputs).
+    #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
+    pub format: SummaryFormat,
+}
+
 /// How a command prints what it found: aligned text for people, or one JSON object.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SummaryFormat {

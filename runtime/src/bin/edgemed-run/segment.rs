@@ -14,7 +14,7 @@ use edgemed_runtime::tasks::segment::{self, SegmentOptions};
 use edgemed_runtime::tasks::sliding_window::{Blend, SlidingWindow};
 use serde_json::json;
 
-use crate::common::{all_cores, progress_bar, Common, Summary, SummaryFormat};
+use crate::common::{all_cores, progress_bar, Common, Summary, VolumeRun};
 
 // The subcommand's help text is the doc comment of its variant in main.rs.
 #[derive(clap::Args)]
@@ -48,21 +48,13 @@ pub struct Args {
     /// Reference label map: report Dice per class.
     #[arg(long)]
     label: Option<PathBuf>,
-    /// Threads inside one model run: ONNX Runtime's intra-op pool and the INT8
-    /// engine's (each op split over them, same results at any count); tract uses one.
-    #[arg(short, long)]
-    threads: Option<usize>,
-    /// Replace OUTPUT if it exists (it is kept otherwise).
-    #[arg(long)]
-    force: bool,
-    /// The summary as text or as one JSON object (with what made the label map).
-    #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
-    format: SummaryFormat,
+    #[command(flatten)]
+    run: VolumeRun,
 }
 
 pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
     let inputs: Vec<&std::path::Path> = [args.input.as_path(), args.model.as_path()].into_iter().chain(args.label.as_deref()).collect();
-    fsutil::check_outputs(&[&args.output], &inputs, Existing::from_flags(args.force, false))?;
+    fsutil::check_outputs(&[&args.output], &inputs, Existing::from_flags(args.run.force, false))?;
     let model = common.load_model(Some(&args.model))?;
     let blend = match args.blend.parse::<Blend>()? {
         Blend::Gaussian { .. } => Blend::Gaussian { sigma_scale: args.sigma_scale },
@@ -79,7 +71,7 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
     }
     // Label maps are read as float like every volume; class indices once.
     let reference = reference.map(|r| r.data.mapv(|x| x.round().clamp(0.0, 255.0) as u8));
-    let backend = common.backend()?.with_intra_threads(args.threads.unwrap_or_else(all_cores));
+    let backend = common.backend()?.with_intra_threads(args.run.threads.unwrap_or_else(all_cores));
     let settings = format!(
         "roi={:?} overlap={} blend={:?} largest_component={} ct_window={}",
         window.roi, args.overlap, window.blend, !args.all_components, args.ct_window
@@ -123,6 +115,6 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
     summary.add("classes", lines.join("\n             "), json!(classes));
     summary.add("wrote", args.output.display().to_string(), json!(args.output));
     summary.add_peak_rss();
-    summary.print(args.format, &made_by)?;
+    summary.print(args.run.format, &made_by)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -13,7 +13,7 @@ use edgemed_runtime::fsutil::{self, Existing};
 use edgemed_runtime::tasks::upsample;
 use serde_json::json;
 
-use crate::common::{all_cores, progress_bar, Common, Summary, SummaryFormat};
+use crate::common::{all_cores, progress_bar, Common, Summary, VolumeRun};
 
 // The subcommand's help text is the doc comment of its variant in main.rs.
 #[derive(clap::Args)]
@@ -26,23 +26,15 @@ pub struct Args {
     /// ONNX upsampling model (metadata edgemed.upsample_scale and edgemed.receptive_halo).
     #[arg(short, long)]
     model: PathBuf,
-    /// Threads inside one model run: ONNX Runtime's intra-op pool and the INT8
-    /// engine's (each op split over them, same results at any count); tract uses one.
-    #[arg(short, long)]
-    threads: Option<usize>,
-    /// Replace OUTPUT if it exists (it is kept otherwise).
-    #[arg(long)]
-    force: bool,
-    /// The summary as text or as one JSON object (with what made the volume).
-    #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
-    format: SummaryFormat,
+    #[command(flatten)]
+    run: VolumeRun,
 }
 
 pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
     let model = common.load_model(Some(&args.model))?;
     let geo = upsample::geometry(&model)?;
-    fsutil::check_outputs(&[&args.output], &[&args.input, &args.model], Existing::from_flags(args.force, false))?;
-    let backend = common.backend()?.with_intra_threads(args.threads.unwrap_or_else(all_cores));
+    fsutil::check_outputs(&[&args.output], &[&args.input, &args.model], Existing::from_flags(args.run.force, false))?;
+    let backend = common.backend()?.with_intra_threads(args.run.threads.unwrap_or_else(all_cores));
     let made_by = common.volume_provenance(&model, &backend, format!("scale={} patch={:?} halo={}", geo.scale, geo.patch, geo.halo))?;
     let vol = Volume::read(&args.input, common.memory_budget)?;
     let [x, y, z] = vol.shape();
@@ -66,6 +58,6 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
     );
     summary.add("wrote", args.output.display().to_string(), json!(args.output));
     summary.add_peak_rss();
-    summary.print(args.format, &made_by)?;
+    summary.print(args.run.format, &made_by)?;
     Ok(ExitCode::SUCCESS)
 }
