@@ -676,10 +676,7 @@ pub struct Twin {
 
 /// Builds encoder, decoder and temporal model from `weights` (or a seeded initialisation).
 pub fn build(cfg: &Config, weights: Option<(&Weights, &str)>, seed: u64) -> Result<Twin> {
-    let mut src = match weights {
-        Some((w, file)) => ParamSource::from_file(w, file),
-        None => ParamSource::seeded(seed, cfg.weights_metadata()),
-    };
+    let mut src = ParamSource::from_file_or_seed(weights, seed, || cfg.weights_metadata());
     let p = params(cfg, &mut src)?;
     let weights = src.finish()?;
     Ok(Twin { encoder: build_encoder(cfg, &p), decoder: build_decoder(cfg, &p)?, temporal: build_temporal(cfg, &p), weights })

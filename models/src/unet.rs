@@ -415,10 +415,7 @@ impl Emitter<'_, '_> {
 /// parameters used (the file's, or the seeded ones when `weights` is `None`).
 pub fn build_onnx(cfg: &Config, weights: Option<(&Weights, &str)>, seed: u64) -> Result<(pb::ModelProto, Weights)> {
     cfg.validate()?;
-    let params = match weights {
-        Some((w, file)) => ParamSource::from_file(w, file),
-        None => ParamSource::seeded(seed, cfg.weights_metadata()),
-    };
+    let params = ParamSource::from_file_or_seed(weights, seed, || cfg.weights_metadata());
     let mut e = Emitter { cfg, g: GraphBuilder::new(ARCH), params };
     let spatial: Vec<D> = match &cfg.window {
         Some(w) => w.iter().map(|&s| D::N(s as i64)).collect(),

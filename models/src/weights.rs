@@ -148,6 +148,15 @@ impl<'a> ParamSource<'a> {
         }
     }
 
+    /// The exporters' one rule: the weight file's tensors when given, else seeded ones
+    /// recording `metadata()` (the configuration, built only for a seeded source).
+    pub fn from_file_or_seed(weights: Option<(&'a Weights, &str)>, seed: u64, metadata: impl FnOnce() -> BTreeMap<String, String>) -> Self {
+        match weights {
+            Some((w, file)) => ParamSource::from_file(w, file),
+            None => ParamSource::seeded(seed, metadata()),
+        }
+    }
+
     pub fn is_file(&self) -> bool {
         self.file.is_some()
     }
