@@ -67,12 +67,8 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
     let model = common.load_model(args.model.as_deref().or(args.model_path.as_deref()))?;
     // Any model with a fixed shape after the batch (patches, or volume windows), or --shape;
     // every input of a model with several.
-    let items = match &args.shape {
+    let items: Vec<Vec<usize>> = match &args.shape {
         Some(_) if model.inputs.len() > 1 => anyhow::bail!("--shape sets a model's one input; this model has {}", model.inputs.len()),
-        Some(_) => Vec::new(),
-        None => bench::item_shapes(&model).map_err(|e| anyhow::anyhow!("{e} (give the sizes with --shape)"))?,
-    };
-    let item = match &args.shape {
         Some(s) => {
             anyhow::ensure!(
                 !s.is_empty() && s.iter().all(|&d| d > 0),
@@ -84,11 +80,10 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
                 "--shape {s:?}: the model's input has {declared} dimensions, so give {} sizes after the batch",
                 declared.saturating_sub(1)
             );
-            s.clone()
+            vec![s.clone()]
         }
-        None => items[0].clone(),
+        None => bench::item_shapes(&model).map_err(|e| anyhow::anyhow!("{e} (give the sizes with --shape)"))?,
     };
-    let items = if items.is_empty() { vec![item.clone()] } else { items };
     anyhow::ensure!(args.threads >= 1, "--threads must be at least 1");
     let qmodel = args.quantized.as_deref().map(|q| common.load_model(Some(q))).transpose()?;
     if let (Some(q), None) = (&qmodel, &args.shape) {
@@ -126,7 +121,7 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
             common.backends.iter().any(|b| b.kind.resolve(profiled) == BackendKind::Int8),
             "--profile times the steps of the INT8 engine: give a QDQ model (or --quantized QDQ_MODEL) and the int8 or auto backend"
         );
-        print_engine_profile(profiled, item.iter().product(), args.iters as usize, args.threads)?;
+        print_engine_profile(profiled, items[0].iter().product(), args.iters as usize, args.threads)?;
     }
     Ok(ExitCode::SUCCESS)
 }
