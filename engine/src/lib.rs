@@ -459,7 +459,7 @@ impl Engine {
                     }
                 });
             }
-            Op::Add { a, b, .. } => {
+            Op::Add { a, b, bounds, .. } => {
                 let (ta, tb) = (p.tensors[*a], p.tensors[*b]);
                 let (xa, xb) = (&s.slots[slot(*a)][..ta.len()], &s.slots[slot(*b)][..tb.len()]);
                 let (isa, n) = (self.isa, out.len());
@@ -467,7 +467,7 @@ impl Engine {
                 let rs = ranges(n, self.parts(n as u64, self.min_part.1), 64);
                 let work: Vec<_> = rs.iter().zip(cut(out, rs.iter().map(|r| r.len()))).collect();
                 self.split(&s.lanes, work, |(r, out), _| {
-                    kernels::add_quantized(isa, &xa[r.clone()], &ta, &xb[r.clone()], &tb, &dst_t, out)
+                    kernels::add_quantized(isa, &xa[r.clone()], &ta, &xb[r.clone()], &tb, &dst_t, *bounds, out)
                 });
             }
             Op::Gather(g) => match &g.copies {

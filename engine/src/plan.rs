@@ -80,10 +80,14 @@ pub enum Op {
         dst: usize,
         table: Vec<u8>,
     },
+    /// dst = clamp(QuantizeLinear(DequantizeLinear(a) + DequantizeLinear(b)), bounds):
+    /// the clamp is an activation after the add (a ResNet's ReLU), exact on the
+    /// output's grid because QuantizeLinear is monotone.
     Add {
         a: usize,
         b: usize,
         dst: usize,
+        bounds: [u8; 2],
     },
     /// Data movement (Concat, Reshape, Transpose, Slice, Flatten...): byte copies.
     Gather(Box<GatherOp>),
@@ -328,7 +332,9 @@ impl Plan {
         match step {
             Step::Int(Op::Conv(c)) => format!("{} at {}", conv_label(&c.layout, &c.kind, t(c.src).c, t(c.dst).c), at(c.dst)),
             Step::Int(Op::Lut { dst, .. }) => format!("table (activation) {} at {}", t(*dst).c, at(*dst)),
-            Step::Int(Op::Add { dst, .. }) => format!("add {} at {}", t(*dst).c, at(*dst)),
+            Step::Int(Op::Add { dst, bounds, .. }) => {
+                format!("add{} {} at {}", if *bounds == [0, 255] { "" } else { " (clamped)" }, t(*dst).c, at(*dst))
+            }
             Step::Int(Op::Gather(g)) => format!("move ({}) {} at {}", g.what, t(g.dst).c, at(g.dst)),
             Step::Int(Op::MeanPool { src, dst }) => format!("global average pool {} at {}", t(*dst).c, at(*src)),
             Step::Int(Op::GatherMax { dst, group, .. }) => format!("max of {group} {} at {}", t(*dst).c, at(*dst)),

@@ -239,6 +239,24 @@ fn cases() -> Vec<(&'static str, Case)> {
     let m = q.op("Mul", &[&f, &x], vec![]);
     let y = q.qdq(&m, 0.03, 128);
     v.push(("Mul by a per-channel factor", case(q.finish(&y, 4), &[1, 6, 5, 5], "multiply (6 factors) 6 at 5x5", 0.03, 1.0)));
+
+    // A ResNet's residual: Add of two tensors with their own parameters, then ReLU.
+    let mut q = Qdq::new("residual relu", &[1, 3, 4, 5, 6]);
+    let (a, b) = (q.qdq("x", S, Z), q.qdq("x", 0.035, 100));
+    let s = q.op("Add", &[&a, &b], vec![]);
+    let r = q.op("Relu", &[&s], vec![]);
+    let y = q.qdq(&r, 0.03, 7);
+    v.push(("Add then Relu (3-D)", case(q.finish(&y, 5), &[1, 3, 4, 5, 6], "add (clamped) 3 at 4x5x6", 0.03, 1.0)));
+
+    // Clip then Min after the add: one clamp of the output bytes.
+    let mut q = Qdq::new("residual clip min", &[1, 4, 5, 5]);
+    let (a, b) = (q.qdq("x", S, Z), q.qdq("x", 0.01, 140));
+    let s = q.op("Add", &[&a, &b], vec![]);
+    let (lo, hi, m) = (q.f32s(&[], &[-0.5]), q.f32s(&[], &[0.9]), q.f32s(&[], &[0.6]));
+    let c = q.op("Clip", &[&s, &lo, &hi], vec![]);
+    let c = q.op("Min", &[&c, &m], vec![]);
+    let y = q.qdq(&c, 0.02, 100);
+    v.push(("Add then Clip, Min", case(q.finish(&y, 4), &[1, 4, 5, 5], "add (clamped) 4 at 5x5", 0.02, 1.0)));
     v
 }
 

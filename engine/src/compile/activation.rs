@@ -16,13 +16,25 @@ use crate::kernels;
 use crate::ndarray::{ArrayD, IxDyn};
 use crate::plan::{Op, QTensor, Step};
 
-/// One element-wise step of a pending table.
+/// One element-wise step of a pending table (or of a pending add's clamp).
 #[derive(Debug, Clone)]
 pub(super) enum MapStep {
     Relu,
     /// Per channel (or one value for all).
     Min(Vec<f32>),
     Clip(f32, f32),
+}
+
+impl MapStep {
+    /// The step on value `v` of channel `c`, as the float ops compute it (Clip as
+    /// max then min, so crossed bounds give `hi`, as ONNX says). Monotone in `v`.
+    pub(super) fn apply(&self, v: f32, c: usize) -> f32 {
+        match self {
+            MapStep::Relu => v.max(0.0),
+            MapStep::Min(b) => v.min(if b.len() == 1 { b[0] } else { b[c] }),
+            MapStep::Clip(lo, hi) => v.max(*lo).min(*hi),
+        }
+    }
 }
 
 impl Compiler<'_> {
@@ -75,6 +87,15 @@ impl Compiler<'_> {
                 }
                 let alone = single_use && self.only_reader_of(t, inp(0));
                 self.vals.insert(out, Val::PendingMap { src: t, steps: vec![step], alone });
+                Ok(true)
+            }
+            // After an add: one clamp of its output bytes, so per-tensor bounds only.
+            Some(Val::PendingAdd { a, b, mut steps }) if single_use => {
+                if matches!(&step, MapStep::Min(b) if b.len() != 1) {
+                    return Ok(false);
+                }
+                steps.push(step);
+                self.vals.insert(out, Val::PendingAdd { a, b, steps });
                 Ok(true)
             }
             Some(Val::PendingMap { src, mut steps, alone }) if single_use => {
@@ -147,14 +168,7 @@ impl Compiler<'_> {
         let mut table = vec![0u8; st.c * 256];
         for c in 0..st.c {
             for qv in 0..256usize {
-                let mut v = st.deq(qv as u8);
-                for step in steps {
-                    v = match step {
-                        MapStep::Relu => v.max(0.0),
-                        MapStep::Min(b) => v.min(if b.len() == 1 { b[0] } else { b[c] }),
-                        MapStep::Clip(lo, hi) => v.clamp(*lo, *hi),
-                    };
-                }
+                let v = steps.iter().fold(st.deq(qv as u8), |v, step| step.apply(v, c));
                 table[c * 256 + qv] = kernels::quantize_u8(v, s, z);
             }
         }
@@ -163,8 +177,12 @@ impl Compiler<'_> {
 
     /// `steps` on the view of tensor `src` as float ops, for a float op that reads them.
     pub(super) fn map_to_float(&mut self, src: usize, steps: Vec<MapStep>, name: &str) -> Result<usize> {
-        let mut f = self.dequantised(src);
-        let rank = self.shapes[src].len();
+        let f = self.dequantised(src);
+        self.steps_in_float(f, self.shapes[src].len(), steps, name)
+    }
+
+    /// `steps` on float value `f` (of rank `rank`) as float ops.
+    pub(super) fn steps_in_float(&mut self, mut f: usize, rank: usize, steps: Vec<MapStep>, name: &str) -> Result<usize> {
         for s in steps {
             let scalar = |v: f32| Operand::Const(ArrayD::from_elem(IxDyn(&[]), v));
             let (op, extra) = match s {

@@ -124,9 +124,12 @@ enum Val {
         /// Nothing else reads `src`: a table that only clamps can narrow its conv's clamp.
         alone: bool,
     },
+    /// A quantised add of two u8 tensors' views, with the activations after it so far,
+    /// awaiting QuantizeLinear.
     PendingAdd {
         a: usize,
         b: usize,
+        steps: Vec<MapStep>,
     },
     /// Data movement on u8 tensors' views, awaiting QuantizeLinear.
     PendingMove(Box<Move>),
@@ -308,9 +311,10 @@ impl<'m> Compiler<'m> {
                 f
             }
             Some(Val::PendingMap { src, steps, .. }) => self.map_to_float(src, steps, name)?,
-            Some(Val::PendingAdd { a, b }) => {
+            Some(Val::PendingAdd { a, b, steps }) => {
                 let (fa, fb) = (self.dequantised(a), self.dequantised(b));
-                self.push_float(FloatOp::Binary(float::Binary::Add), vec![Operand::Value(fa), Operand::Value(fb)], name)?
+                let sum = self.push_float(FloatOp::Binary(float::Binary::Add), vec![Operand::Value(fa), Operand::Value(fb)], name)?;
+                self.steps_in_float(sum, self.shapes[a].len(), steps, name)?
             }
             // Bytes move faster than floats: gathered, then dequantised (exact, where
             // the sources share their parameters), else moved in float.

@@ -67,7 +67,7 @@ impl Compiler<'_> {
         let done = match self.vals.get(src).cloned() {
             Some(Val::PendingConv { conv }) => Some(self.quantized_conv(*conv, s, z)),
             Some(Val::PendingMap { src, steps, alone }) => Some(self.lookup_table(src, &steps, s, z, alone)),
-            Some(Val::PendingAdd { a, b }) => Some(self.quantized_add(a, b, s, z)),
+            Some(Val::PendingAdd { a, b, steps }) => Some(self.quantized_add(a, b, &steps, s, z)),
             Some(Val::PendingMove(m)) if self.move_params(&m) == Some((s, z)) => {
                 // The same bytes: kept pending, so a chain of moves is one gather.
                 self.vals.insert(out, Val::QuantizedMove(m));

@@ -343,6 +343,44 @@ fn add_of_two_tensors_is_an_integer_add() {
     assert_within_one_step(&run(&m, &input), &want, 0.07);
 }
 
+/// Activations after an add clamp its output bytes in the same step, bit for bit the
+/// float graph's: a residual's ReLU, and a Clip with crossed bounds (all values `hi`,
+/// as ONNX says).
+#[test]
+fn activations_after_an_add_clamp_it() {
+    for (lo, hi) in [(None, None), (Some(-0.4), Some(0.5)), (Some(0.3), Some(-0.2))] {
+        let mut b = Qdq::new(&[1, 2, 3, 5]);
+        let x = b.qdq("x", 0.05, 128);
+        let r = b.op("Neg", &["x"], vec![]);
+        let rq = b.qdq(&r, 0.02, 90);
+        let a = b.op("Add", &[&x, &rq], vec![]);
+        let mut act = b.op("Relu", &[&a], vec![]);
+        if let (Some(lo), Some(hi)) = (lo, hi) {
+            let (l, h) = (b.f32s(&[], &[lo]), b.f32s(&[], &[hi]));
+            act = b.op("Clip", &[&act, &l, &h], vec![]);
+        }
+        let y = b.qdq(&act, 0.01, 3);
+        let n = b.input_len();
+        let m = b.model(&y);
+        assert_eq!(kinds(&compile_best(&m).unwrap()), ["quantize", "Neg", "quantize", "add", "dequantize"]);
+        let input = ramp(n, -3.0, 3.0);
+        // The float graph in f32, as the QDQ model says.
+        let want: Vec<f32> = input
+            .iter()
+            .map(|&v| {
+                let s = fake_quant(v as f64, 0.05, 128) + fake_quant(-v as f64, 0.02, 90);
+                let s = s.max(0.0);
+                let s = match (lo, hi) {
+                    (Some(lo), Some(hi)) => s.max(lo).min(hi),
+                    _ => s,
+                };
+                fake_quant(s as f64, 0.01, 3)
+            })
+            .collect();
+        assert_eq!(run(&m, &input), want, "{lo:?} {hi:?}");
+    }
+}
+
 #[test]
 fn data_movement_is_byte_copies() {
     let mut b = Qdq::new(&[1, 2, 2, 2]);

@@ -202,8 +202,8 @@ pub unsafe fn quantize_nchw_to_nhwc(x: &[f32], stride: usize, t: &QTensor, out: 
 /// # Safety
 /// The CPU must have AVX2.
 #[target_feature(enable = "avx2")]
-pub unsafe fn add_quantized(a: &[u8], ta: &QTensor, b: &[u8], tb: &QTensor, to: &QTensor, out: &mut [u8]) {
-    scalar::add_quantized(a, ta, b, tb, to, out)
+pub unsafe fn add_quantized(a: &[u8], ta: &QTensor, b: &[u8], tb: &QTensor, to: &QTensor, bounds: [u8; 2], out: &mut [u8]) {
+    scalar::add_quantized(a, ta, b, tb, to, bounds, out)
 }
 
 /// Grouped weights for [`grouped_sums`] (cin_g even): for each block of 8 output

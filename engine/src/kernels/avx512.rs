@@ -9,8 +9,8 @@
 //! quadruples of taps ([`pack_depthwise_quads`]) and 3x3 columns
 //! ([`depthwise_columns3x3`]); grouped weights in quadruples of each group's inputs
 //! ([`super::weights::GroupQuads`], shared with `sdot`). What has no kernel here
-//! (int32 sums of depthwise and grouped convs, standalone requantisation, the
-//! quantised Add) runs on the AVX2 kernels.
+//! (int32 sums of depthwise and grouped convs, standalone requantisation) runs on
+//! the AVX2 kernels.
 //!
 //! Every `unsafe fn` here needs the CPU features of [`available`] (which include AVX2),
 //! checked once by the dispatcher ([`super::Isa::checked`]); the slices' bounds are
@@ -344,6 +344,43 @@ pub unsafe fn conv_depthwise(x: &[u8], g: &ConvGeometry, zp_in: u8, w: &Depthwis
                     requantize_store(_mm512_sub_epi32(acc, zsum[b]), q, zp_out, o.add(b * CBLOCK));
                 }
             }
+        }
+    }
+}
+
+/// The quantised Add ([`super::scalar::add_quantized`]), 16 elements a step; the
+/// last few through masked loads and stores (no slack read or written). The same IEEE
+/// operations in the same order as the scalar loop (two products, one sum: no FMA;
+/// a true division by the output scale), so the same bytes.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL. (The slices are checked here.)
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn add_quantized(a: &[u8], ta: &QTensor, b: &[u8], tb: &QTensor, to: &QTensor, [lo, hi]: [u8; 2], out: &mut [u8]) {
+    let n = out.len().min(a.len()).min(b.len());
+    let (za, sa) = (_mm512_set1_epi32(ta.zp as i32), _mm512_set1_ps(ta.scale));
+    let (zb, sb) = (_mm512_set1_epi32(tb.zp as i32), _mm512_set1_ps(tb.scale));
+    let (so, zo) = (_mm512_set1_ps(to.scale), _mm512_set1_ps(to.zp as f32));
+    let magic = _mm512_set1_ps(12_582_912.0);
+    let (lim_lo, lim_hi) = (_mm512_set1_ps(-4_194_304.0), _mm512_set1_ps(4_194_304.0));
+    let (zero, top) = (_mm512_setzero_ps(), _mm512_set1_ps(255.0));
+    let (lo, hi) = (_mm_set1_epi8(lo as i8), _mm_set1_epi8(hi as i8));
+    // SAFETY: every load and store is masked to elements i..min(i + 16, n), inside
+    // a, b and out (n is the shortest length); masked-off bytes are not touched.
+    unsafe {
+        let mut i = 0;
+        while i < n {
+            let m: __mmask16 = if n - i >= 16 { !0 } else { (1u16 << (n - i)) - 1 };
+            let deq = |p: *const u8, z: __m512i, s: __m512| {
+                let x = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, p.add(i) as *const i8));
+                _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(x, z)), s)
+            };
+            let v = _mm512_add_ps(deq(a.as_ptr(), za, sa), deq(b.as_ptr(), zb, sb));
+            let v = _mm512_min_ps(_mm512_max_ps(_mm512_div_ps(v, so), lim_lo), lim_hi);
+            let q = _mm512_add_ps(_mm512_sub_ps(_mm512_add_ps(v, magic), magic), zo);
+            let q = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(q, zero), top)));
+            _mm_mask_storeu_epi8(out.as_mut_ptr().add(i) as *mut i8, m, _mm_min_epu8(_mm_max_epu8(q, lo), hi));
+            i += 16;
         }
     }
 }

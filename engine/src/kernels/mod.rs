@@ -442,16 +442,21 @@ pub fn quantize_nchw_to_nhwc(isa: Isa, x: &[f32], stride: usize, t: &QTensor, ou
 }
 
 /// QuantizeLinear(DequantizeLinear(a) + DequantizeLinear(b)), element-wise, with
-/// the float operations of the QDQ graph.
-pub fn add_quantized(isa: Isa, a: &[u8], ta: &QTensor, b: &[u8], tb: &QTensor, to: &QTensor, out: &mut [u8]) {
+/// the float operations of the QDQ graph, clamped to `bounds` (the activation after
+/// the add on the output's grid; `[0, 255]` for none).
+#[allow(clippy::too_many_arguments)]
+pub fn add_quantized(isa: Isa, a: &[u8], ta: &QTensor, b: &[u8], tb: &QTensor, to: &QTensor, bounds: [u8; 2], out: &mut [u8]) {
     match isa.checked() {
-        // SAFETY: `checked` confirmed AVX2 on this CPU (AVX-512 VNNI CPUs have it).
+        // SAFETY: `checked` confirmed AVX2 on this CPU.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni => unsafe { avx2::add_quantized(a, ta, b, tb, to, out) },
+        Isa::Avx2 => unsafe { avx2::add_quantized(a, ta, b, tb, to, bounds, out) },
+        // SAFETY: `checked` confirmed AVX-512 F/BW/VL on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => unsafe { avx512::add_quantized(a, ta, b, tb, to, bounds, out) },
         #[cfg(target_arch = "aarch64")]
-        Isa::Neon | Isa::NeonDot => neon::add_quantized(a, ta, b, tb, to, out),
+        Isa::Neon | Isa::NeonDot => neon::add_quantized(a, ta, b, tb, to, bounds, out),
         // armv7: the portable loop.
-        _ => scalar::add_quantized(a, ta, b, tb, to, out),
+        _ => scalar::add_quantized(a, ta, b, tb, to, bounds, out),
     }
 }
 

@@ -888,19 +888,21 @@ fn add16(a: uint8x16_t, b: uint8x16_t, ta: &QTensor, tb: &QTensor, to: &QTensor)
 
 /// QuantizeLinear(DequantizeLinear(a) + DequantizeLinear(b)), 16 elements per step;
 /// the last few through zero-padded copies, with the same instructions.
-pub fn add_quantized(a: &[u8], ta: &QTensor, b: &[u8], tb: &QTensor, to: &QTensor, out: &mut [u8]) {
+pub fn add_quantized(a: &[u8], ta: &QTensor, b: &[u8], tb: &QTensor, to: &QTensor, [lo, hi]: [u8; 2], out: &mut [u8]) {
     let n = out.len().min(a.len()).min(b.len());
     let full = n / 16 * 16;
     // SAFETY: 16-byte loads and stores inside the first `n` elements, or local copies.
     unsafe {
+        let (lo, hi) = (vdupq_n_u8(lo), vdupq_n_u8(hi));
+        let add = |x: uint8x16_t, y: uint8x16_t| vminq_u8(vmaxq_u8(add16(x, y, ta, tb, to), lo), hi);
         for i in (0..full).step_by(16) {
-            vst1q_u8(out.as_mut_ptr().add(i), add16(vld1q_u8(a.as_ptr().add(i)), vld1q_u8(b.as_ptr().add(i)), ta, tb, to));
+            vst1q_u8(out.as_mut_ptr().add(i), add(vld1q_u8(a.as_ptr().add(i)), vld1q_u8(b.as_ptr().add(i))));
         }
         if full < n {
             let (mut x, mut y, mut o) = ([0u8; 16], [0u8; 16], [0u8; 16]);
             x[..n - full].copy_from_slice(&a[full..n]);
             y[..n - full].copy_from_slice(&b[full..n]);
-            vst1q_u8(o.as_mut_ptr(), add16(vld1q_u8(x.as_ptr()), vld1q_u8(y.as_ptr()), ta, tb, to));
+            vst1q_u8(o.as_mut_ptr(), add(vld1q_u8(x.as_ptr()), vld1q_u8(y.as_ptr())));
             out[full..n].copy_from_slice(&o[..n - full]);
         }
     }

@@ -179,13 +179,15 @@ pub fn quantize_nchw_to_nhwc(x: &[f32], stride: usize, t: &QTensor, out: &mut [u
     }
 }
 
-/// QuantizeLinear(DequantizeLinear(a) + DequantizeLinear(b)), element-wise.
+/// QuantizeLinear(DequantizeLinear(a) + DequantizeLinear(b)), element-wise, then
+/// clamped to `[lo, hi]` (an activation after the add, on the output's grid: exact,
+/// since QuantizeLinear is monotone; `[0, 255]` for none).
 #[inline(always)]
-pub fn add_quantized(a: &[u8], ta: &QTensor, b: &[u8], tb: &QTensor, to: &QTensor, out: &mut [u8]) {
+pub fn add_quantized(a: &[u8], ta: &QTensor, b: &[u8], tb: &QTensor, to: &QTensor, [lo, hi]: [u8; 2], out: &mut [u8]) {
     let (za, zb) = (ta.zp as i32, tb.zp as i32);
     for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
         let v = (x as i32 - za) as f32 * ta.scale + (y as i32 - zb) as f32 * tb.scale;
-        *o = quantize_u8(v, to.scale, to.zp);
+        *o = quantize_u8(v, to.scale, to.zp).max(lo).min(hi);
     }
 }
 

@@ -416,10 +416,24 @@ fn input_quantisation_and_add_equal_scalar() {
         }
         let (ta, tb, to) = (tensor(&mut s, c, h, w), tensor(&mut s, c, h, w), tensor(&mut s, c, h, w));
         let (xa, xb): (Vec<u8>, Vec<u8>) = (0..t.len()).map(|_| (s.u8(), s.u8())).unzip();
-        scalar::add_quantized(&xa, &ta, &xb, &tb, &to, &mut a);
+        // No clamp, a ReLU's (the zero point up) or a random interval.
+        let bounds = match round % 3 {
+            0 => [0, 255],
+            1 => [to.zp, 255],
+            _ => {
+                let (x, y) = (s.u8(), s.u8());
+                [x.min(y), x.max(y)]
+            }
+        };
+        scalar::add_quantized(&xa, &ta, &xb, &tb, &to, bounds, &mut a);
+        // The scalar loop itself against the float definition, clamped.
+        for (i, &q) in a.iter().enumerate() {
+            let v = ta.deq(xa[i]) + tb.deq(xb[i]);
+            assert_eq!(q, quantize_u8(v, to.scale, to.zp).clamp(bounds[0], bounds[1]), "{v}");
+        }
         for isa in Isa::available() {
-            add_quantized(isa, &xa, &ta, &xb, &tb, &to, &mut b);
-            assert_eq!(a, b, "{isa:?}");
+            add_quantized(isa, &xa, &ta, &xb, &tb, &to, bounds, &mut b);
+            assert_eq!(a, b, "{isa:?} {bounds:?}");
         }
     }
 }
