@@ -257,6 +257,14 @@ fn cases() -> Vec<(&'static str, Case)> {
     let c = q.op("Min", &[&c, &m], vec![]);
     let y = q.qdq(&c, 0.02, 100);
     v.push(("Add then Clip, Min", case(q.finish(&y, 4), &[1, 4, 5, 5], "add (clamped) 4 at 5x5", 0.02, 1.0)));
+
+    // A MONAI U-Net's activation: PReLU with a slope per channel, on a volume.
+    let mut q = Qdq::new("prelu", &[1, 3, 4, 5, 6]);
+    let x = q.qdq("x", S, Z);
+    let s = q.f32s(&[3, 1, 1, 1], &[0.25, -0.5, 1.5]);
+    let p = q.op("PRelu", &[&x, &s], vec![]);
+    let y = q.qdq(&p, 0.015, 90);
+    v.push(("PRelu per channel (3-D)", case(q.finish(&y, 5), &[1, 3, 4, 5, 6], "table (activation) 3 at 4x5x6", 0.015, 1.0)));
     v
 }
 

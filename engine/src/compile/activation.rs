@@ -1,5 +1,6 @@
 //! Rule: `Relu`, `Min` (a bound, per channel or not), `Clip` after a pending conv
-//! narrow its output bounds (fused as a clamp); after a u8 tensor's view they build a
+//! narrow its output bounds (fused as a clamp); after a u8 tensor's view they (and
+//! `PRelu` with one slope or one per channel, a U-Net's activation) build a
 //! per-channel lookup table of 256 entries at the `QuantizeLinear`, computed with the
 //! same float operations, so it is exact. A table that only clamps (the activation
 //! of a conv whose output was quantised on the activation's own grid first, as the
@@ -23,16 +24,35 @@ pub(super) enum MapStep {
     /// Per channel (or one value for all).
     Min(Vec<f32>),
     Clip(f32, f32),
+    /// Slopes per channel (or one for all).
+    PRelu(Vec<f32>),
 }
 
 impl MapStep {
     /// The step on value `v` of channel `c`, as the float ops compute it (Clip as
-    /// max then min, so crossed bounds give `hi`, as ONNX says). Monotone in `v`.
+    /// max then min, so crossed bounds give `hi`, as ONNX says). Monotone in `v`
+    /// except PRelu with a negative slope.
     pub(super) fn apply(&self, v: f32, c: usize) -> f32 {
+        let of = |b: &[f32]| if b.len() == 1 { b[0] } else { b[c] };
         match self {
             MapStep::Relu => v.max(0.0),
-            MapStep::Min(b) => v.min(if b.len() == 1 { b[0] } else { b[c] }),
+            MapStep::Min(b) => v.min(of(b)),
             MapStep::Clip(lo, hi) => v.max(*lo).min(*hi),
+            MapStep::PRelu(s) => {
+                if v < 0.0 {
+                    of(s) * v
+                } else {
+                    v
+                }
+            }
+        }
+    }
+
+    /// Values per channel (Min's bounds, PRelu's slopes), where the step has them.
+    fn per_channel(&self) -> Option<&[f32]> {
+        match self {
+            MapStep::Min(b) | MapStep::PRelu(b) => Some(b),
+            _ => None,
         }
     }
 }
@@ -45,6 +65,12 @@ impl Compiler<'_> {
             "Relu" => MapStep::Relu,
             "Min" => match (n.input.len(), self.konst(inp(1))) {
                 (2, Some(b)) => MapStep::Min(b.data),
+                _ => return Ok(false),
+            },
+            // One slope, or one per channel shaped to broadcast along axis 1 only.
+            "PRelu" => match (self.konst(inp(1)), self.int_of(inp(0))) {
+                (Some(s), _) if s.data.len() == 1 => MapStep::PRelu(s.data),
+                (Some(s), Some(t)) if per_channel_shape(&s.shape, &self.shapes[t]) => MapStep::PRelu(s.data),
                 _ => return Ok(false),
             },
             _ => {
@@ -80,10 +106,8 @@ impl Compiler<'_> {
                 Ok(true)
             }
             Some(Val::Int(t)) if self.float_views.contains(inp(0)) => {
-                if let MapStep::Min(b) = &step {
-                    if b.len() != 1 && b.len() != self.tensors[t].c {
-                        return Ok(false);
-                    }
+                if step.per_channel().is_some_and(|b| b.len() != 1 && b.len() != self.tensors[t].c) {
+                    return Ok(false);
                 }
                 let alone = single_use && self.only_reader_of(t, inp(0));
                 self.vals.insert(out, Val::PendingMap { src: t, steps: vec![step], alone });
@@ -91,7 +115,7 @@ impl Compiler<'_> {
             }
             // After an add: one clamp of its output bytes, so per-tensor bounds only.
             Some(Val::PendingAdd { a, b, mut steps }) if single_use => {
-                if matches!(&step, MapStep::Min(b) if b.len() != 1) {
+                if matches!(&step, MapStep::PRelu(_)) || step.per_channel().is_some_and(|b| b.len() != 1) {
                     return Ok(false);
                 }
                 steps.push(step);
@@ -99,10 +123,8 @@ impl Compiler<'_> {
                 Ok(true)
             }
             Some(Val::PendingMap { src, mut steps, alone }) if single_use => {
-                if let MapStep::Min(b) = &step {
-                    if b.len() != 1 && b.len() != self.tensors[src].c {
-                        return Ok(false);
-                    }
+                if step.per_channel().is_some_and(|b| b.len() != 1 && b.len() != self.tensors[src].c) {
+                    return Ok(false);
                 }
                 steps.push(step);
                 self.vals.insert(out, Val::PendingMap { src, steps, alone });
@@ -189,15 +211,32 @@ impl Compiler<'_> {
                 MapStep::Relu => (FloatOp::Relu, vec![]),
                 MapStep::Clip(lo, hi) => (FloatOp::Clip, vec![scalar(lo), scalar(hi)]),
                 MapStep::Min(b) if b.len() == 1 => (FloatOp::Binary(float::Binary::Min), vec![scalar(b[0])]),
-                MapStep::Min(b) => {
-                    let mut shape = vec![1; rank];
-                    shape[1] = b.len();
-                    (FloatOp::Binary(float::Binary::Min), vec![Operand::Const(ArrayD::from_shape_vec(IxDyn(&shape), b).expect("sized"))])
-                }
+                MapStep::Min(b) => (FloatOp::Binary(float::Binary::Min), vec![per_channel(b, rank)]),
+                MapStep::PRelu(s) if s.len() == 1 => (FloatOp::PRelu, vec![scalar(s[0])]),
+                MapStep::PRelu(s) => (FloatOp::PRelu, vec![per_channel(s, rank)]),
             };
             let inputs = std::iter::once(Operand::Value(f)).chain(extra).collect();
             f = self.push_float(op, inputs, name)?;
         }
         Ok(f)
     }
+}
+
+/// Whether a constant of `shape` broadcasts onto a value of `of` ([1, C, ...]) along
+/// the channel axis alone: [C, 1, ...] one rank lower, or [1, C, 1, ...].
+fn per_channel_shape(shape: &[usize], of: &[usize]) -> bool {
+    let (r, c) = (of.len(), of.get(1).copied().unwrap_or(0));
+    let ones = |s: &[usize]| s.iter().all(|&d| d == 1);
+    match shape.len() {
+        n if n + 1 == r => shape[0] == c && ones(&shape[1..]),
+        n if n == r => shape[0] == 1 && shape[1] == c && ones(&shape[2..]),
+        _ => false,
+    }
+}
+
+/// Per-channel values as a [1, C, 1, ...] constant of rank `rank`.
+fn per_channel(v: Vec<f32>, rank: usize) -> Operand {
+    let mut shape = vec![1; rank];
+    shape[1] = v.len();
+    Operand::Const(ArrayD::from_shape_vec(IxDyn(&shape), v).expect("sized"))
 }

@@ -71,7 +71,7 @@ const RULES: &[Rule] = &[
     Rule { ops: &["QuantizeLinear"], select: |c, n| c.quantize_linear(n) },
     Rule { ops: &["DequantizeLinear"], select: |c, n| c.dequantize_linear(n) },
     Rule { ops: &["Conv", "ConvTranspose"], select: |c, n| c.conv(n) },
-    Rule { ops: &["Relu", "Min", "Clip"], select: |c, n| c.activation(n) },
+    Rule { ops: &["Relu", "Min", "Clip", "PRelu"], select: |c, n| c.activation(n) },
     Rule { ops: &["Add"], select: |c, n| c.add(n) },
     Rule { ops: DATA_MOVEMENT, select: |c, n| c.data_movement(n) },
     Rule { ops: &["GlobalAveragePool"], select: |c, n| c.global_average_pool(n) },

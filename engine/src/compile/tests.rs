@@ -343,6 +343,42 @@ fn add_of_two_tensors_is_an_integer_add() {
     assert_within_one_step(&run(&m, &input), &want, 0.07);
 }
 
+/// PRelu on a tensor (one slope, or one per channel as [C, 1, 1] or [1, C, 1, 1]) is
+/// a table, exact; slopes along another axis stay a float op.
+#[test]
+fn prelu_on_a_tensor_is_a_table() {
+    let slopes = [0.25f32, -0.5, 2.0];
+    for (shape, table) in [(vec![1usize], true), (vec![3, 1, 1], true), (vec![1, 3, 1, 1], true), (vec![3], false)] {
+        let mut b = Qdq::new(&[1, 3, 4, 3]);
+        let x = b.qdq("x", 0.05, 128);
+        let n: usize = shape.iter().product();
+        let s = b.f32s(&shape, &slopes[..n]);
+        let p = b.op("PRelu", &[&x, &s], vec![]);
+        let y = b.qdq(&p, 0.03, 100);
+        let len = b.input_len();
+        let m = b.model(&y);
+        if !table {
+            // Nothing else here runs in integers: the engine declines the model.
+            let err = compile_best(&m).unwrap_err();
+            assert!(matches!(&err, Error::Unsupported(m) if m.contains("nothing runs in integers")), "{err}");
+            continue;
+        }
+        let k = kinds(&compile_best(&m).unwrap());
+        assert_eq!(k, ["quantize", "table", "dequantize"], "{shape:?}");
+        let input = ramp(len, -6.0, 6.0);
+        let want: Vec<f32> = input
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let slope = if n == 1 { slopes[0] } else { slopes[i / 12] };
+                let q = fake_quant(v as f64, 0.05, 128);
+                fake_quant((if q < 0.0 { slope * q } else { q }) as f64, 0.03, 100)
+            })
+            .collect();
+        assert_eq!(run(&m, &input), want, "{shape:?}");
+    }
+}
+
 /// Activations after an add clamp its output bytes in the same step, bit for bit the
 /// float graph's: a residual's ReLU, and a Clip with crossed bounds (all values `hi`,
 /// as ONNX says).
