@@ -446,18 +446,14 @@ impl Engine {
                 self.conv(s, c.src, &c.layout, &c.kind, c.macs, Some((&c.requant, out)));
             }
             Op::Lut { src, table, .. } => {
-                let c = p.tensors[*src].c;
-                let src = &s.slots[slot(*src)][..p.tensors[*src].len()];
-                // Whole pixels per part: the table depends on the channel.
-                let rs = ranges(dst_t.h * dst_t.w, self.parts(out.len() as u64, self.min_part.1), PIXEL_ALIGN);
-                let work: Vec<_> = rs.iter().zip(cut(out, rs.iter().map(|r| r.len() * c))).collect();
-                self.split(&s.lanes, work, |(r, out), _| {
-                    for (dp, sp) in out.chunks_exact_mut(c).zip(src[r.start * c..r.end * c].chunks_exact(c)) {
-                        for (ch, (o, &v)) in dp.iter_mut().zip(sp).enumerate() {
-                            *o = table[ch * 256 + v as usize];
-                        }
-                    }
-                });
+                let x = &s.slots[slot(*src)][..p.tensors[*src].len()];
+                self.apply_tables(&s.lanes, x, p.tensors[*src].c, table, out);
+            }
+            Op::InstanceNorm(n) => {
+                let t = p.tensors[n.src];
+                let x = &s.slots[slot(n.src)][..t.len()];
+                let table = self.instance_norm_tables(&s.lanes, x, &t, n, &dst_t);
+                self.apply_tables(&s.lanes, x, t.c, &table, out);
             }
             Op::Add { a, b, bounds, .. } => {
                 let (ta, tb) = (p.tensors[*a], p.tensors[*b]);
@@ -565,6 +561,55 @@ impl Engine {
             let part = cells[i].lock().unwrap_or_else(|e| e.into_inner()).take().expect("each part runs once");
             f(part, lane(l).fit(m));
         });
+    }
+
+    /// out[.., c] = table[c * 256 + x[.., c]] over the pool, in parts of whole pixels.
+    fn apply_tables(&self, lanes: &[Mutex<Lane>], x: &[u8], c: usize, table: &[u8], out: &mut [u8]) {
+        let rs = ranges(out.len() / c.max(1), self.parts(out.len() as u64, self.min_part.1), PIXEL_ALIGN);
+        let work: Vec<_> = rs.iter().zip(cut(out, rs.iter().map(|r| r.len() * c))).collect();
+        self.split(lanes, work, |(r, out), _| {
+            for (dp, sp) in out.chunks_exact_mut(c).zip(x[r.start * c..r.end * c].chunks_exact(c)) {
+                for (ch, (o, &v)) in dp.iter_mut().zip(sp).enumerate() {
+                    *o = table[ch * 256 + v as usize];
+                }
+            }
+        });
+    }
+
+    /// The tables of [`plan::InstanceNormOp`] for input `x` (tensor `t`): histograms
+    /// of each channel's bytes over parts of the pixels, summed (integers: the same at
+    /// any thread count), then the float op's statistics and normalisation per value.
+    fn instance_norm_tables(&self, lanes: &[Mutex<Lane>], x: &[u8], t: &QTensor, n: &plan::InstanceNormOp, dst: &QTensor) -> Vec<u8> {
+        let (c, pixels) = (t.c, t.h * t.w);
+        let rs = ranges(pixels, self.parts(x.len() as u64, self.min_part.1), PIXEL_ALIGN);
+        let mut counts = vec![0u32; rs.len() * c * 256];
+        let work: Vec<_> = rs.iter().zip(cut(&mut counts, rs.iter().map(|_| c * 256))).collect();
+        self.split(lanes, work, |(r, h), _| {
+            for px in x[r.start * c..r.end * c].chunks_exact(c) {
+                for (ch, &v) in px.iter().enumerate() {
+                    h[ch * 256 + v as usize] += 1;
+                }
+            }
+        });
+        let (first, rest) = counts.split_at_mut(c * 256);
+        for h in rest.chunks_exact(c * 256) {
+            first.iter_mut().zip(h).for_each(|(a, &b)| *a += b);
+        }
+        let v: Vec<f32> = (0..=255u8).map(|q| t.deq(q)).collect();
+        let np = pixels as f64;
+        // Entries of values absent from a channel are never read (the table is applied
+        // to these very bytes): left 0.
+        let mut table = vec![0u8; c * 256];
+        for (ch, k) in first.chunks_exact(256).enumerate() {
+            let present = || k.iter().enumerate().filter(|(_, &k)| k > 0);
+            let mean = present().map(|(q, &k)| k as f64 * v[q] as f64).sum::<f64>() / np;
+            let var = present().map(|(q, &k)| k as f64 * (v[q] as f64 - mean) * (v[q] as f64 - mean)).sum::<f64>() / np;
+            let (mean, inv) = (mean as f32, 1.0 / (var as f32 + n.eps).sqrt());
+            for (q, _) in present() {
+                table[ch * 256 + q] = kernels::quantize_u8((v[q] - mean) * inv * n.scale[ch] + n.bias[ch], dst.scale, dst.zp);
+            }
+        }
+        table
     }
 
     /// The interpreter's InstanceNormalization over the pool, the same bits: each

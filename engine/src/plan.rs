@@ -91,6 +91,8 @@ pub enum Op {
     },
     /// Data movement (Concat, Reshape, Transpose, Slice, Flatten...): byte copies.
     Gather(Box<GatherOp>),
+    /// InstanceNormalization of a u8 tensor, quantised: see [`InstanceNormOp`].
+    InstanceNorm(Box<InstanceNormOp>),
     /// GlobalAveragePool: an exact integer sum per channel, requantised.
     MeanPool {
         src: usize,
@@ -115,6 +117,22 @@ pub enum Op {
         tables: Vec<u8>,
         select: Vec<u8>,
     },
+}
+
+/// InstanceNormalization of a u8 tensor, quantised with dst's parameters. Each
+/// channel holds at most 256 distinct values, so its statistics come from a histogram
+/// of its bytes (integer counts: the same at any thread count), with the float op's
+/// arithmetic: the mean and variance of the dequantised values summed in f64 (the
+/// mean's sum is exact either way for planes below 2^20 voxels; the variance's
+/// terms are grouped by value), then a table of 256 entries per channel,
+/// y = (x - mean) inv scale + bias in f32 as the float op computes it, quantised.
+#[derive(Debug, Clone)]
+pub struct InstanceNormOp {
+    pub src: usize,
+    pub dst: usize,
+    pub scale: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub eps: f32,
 }
 
 /// dst = bytes of `srcs` copied as `copies` says, each source through its
@@ -156,6 +174,7 @@ impl Op {
             Op::Lut { src, .. } => vec![*src],
             Op::Add { a, b, .. } => vec![*a, *b],
             Op::Gather(g) => g.srcs.clone(),
+            Op::InstanceNorm(n) => vec![n.src],
             Op::MeanPool { src, .. } | Op::GatherMax { src, .. } | Op::Multiply { src, .. } => vec![*src],
         }
     }
@@ -168,6 +187,7 @@ impl Op {
                 *dst
             }
             Op::Gather(g) => g.dst,
+            Op::InstanceNorm(n) => n.dst,
         }
     }
 
@@ -336,6 +356,7 @@ impl Plan {
                 format!("add{} {} at {}", if *bounds == [0, 255] { "" } else { " (clamped)" }, t(*dst).c, at(*dst))
             }
             Step::Int(Op::Gather(g)) => format!("move ({}) {} at {}", g.what, t(g.dst).c, at(g.dst)),
+            Step::Int(Op::InstanceNorm(n)) => format!("instance norm {} at {}", t(n.dst).c, at(n.dst)),
             Step::Int(Op::MeanPool { src, dst }) => format!("global average pool {} at {}", t(*dst).c, at(*src)),
             Step::Int(Op::GatherMax { dst, group, .. }) => format!("max of {group} {} at {}", t(*dst).c, at(*dst)),
             Step::Int(Op::Multiply { dst, tables, .. }) => {

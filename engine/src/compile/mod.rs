@@ -38,6 +38,7 @@ mod conv;
 mod data_movement;
 mod gemm;
 mod mul;
+mod normalization;
 mod pooling;
 mod quantize;
 mod shape;
@@ -75,6 +76,7 @@ const RULES: &[Rule] = &[
     Rule { ops: &["Add"], select: |c, n| c.add(n) },
     Rule { ops: DATA_MOVEMENT, select: |c, n| c.data_movement(n) },
     Rule { ops: &["GlobalAveragePool"], select: |c, n| c.global_average_pool(n) },
+    Rule { ops: &["InstanceNormalization"], select: |c, n| c.instance_norm(n) },
     Rule { ops: &["ReduceMax"], select: |c, n| c.reduce_max(n) },
     Rule { ops: &["Mul"], select: |c, n| c.mul(n) },
     Rule { ops: &["Gemm", "MatMul"], select: |c, n| c.gemm(n) },
@@ -140,6 +142,13 @@ enum Val {
     /// GlobalAveragePool of a u8 tensor's view, awaiting QuantizeLinear.
     PendingMeanPool {
         src: usize,
+    },
+    /// InstanceNormalization of a u8 tensor's view, awaiting QuantizeLinear.
+    PendingNorm {
+        src: usize,
+        scale: Vec<f32>,
+        bias: Vec<f32>,
+        eps: f32,
     },
     /// ReduceMax (`op`) of data movement on u8 tensors, awaiting QuantizeLinear.
     PendingMax {
@@ -325,6 +334,11 @@ impl<'m> Compiler<'m> {
             Some(Val::PendingMeanPool { src }) => {
                 let f = self.dequantised(src);
                 self.push_float(FloatOp::GlobalPool(float::Reduce::Mean), vec![Operand::Value(f)], name)?
+            }
+            Some(Val::PendingNorm { src, scale, bias, eps }) => {
+                let f = self.dequantised(src);
+                let vector = |v: Vec<f32>| Operand::Const(ArrayD::from_shape_vec(IxDyn(&[v.len()]), v).expect("sized"));
+                self.push_float(FloatOp::InstanceNorm(eps), vec![Operand::Value(f), vector(scale), vector(bias)], name)?
             }
             Some(Val::PendingMax { m, op, .. }) => {
                 let f = self.move_to_float(&m)?;

@@ -77,6 +77,7 @@ impl Compiler<'_> {
             Some(Val::PendingMax { m, op }) => self.gather_max(&m, &op, s, z)?,
             Some(Val::PendingMul { src, factor }) => self.multiply(src, &factor, s, z)?,
             Some(Val::PendingMeanPool { src }) => Some(self.mean_pool(src, s, z)),
+            Some(Val::PendingNorm { src, scale, bias, eps }) => Some(self.quantized_instance_norm(src, scale, bias, eps, s, z)),
             Some(Val::Int(t)) if self.tensors[t].scale == s && self.tensors[t].zp == z => Some(t),
             _ => None,
         };

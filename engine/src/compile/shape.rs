@@ -121,9 +121,11 @@ impl Compiler<'_> {
             Some(Val::Int(t)) => self.shapes[*t].clone(),
             Some(Val::Float(f)) => self.float_shapes[*f].clone(),
             Some(Val::PendingConv { conv }) => conv.shape.clone(),
-            // Tables, adds of two equal shapes, and products by a factor that
-            // broadcasts to the tensor keep their source's shape.
-            Some(Val::PendingMap { src, .. } | Val::PendingAdd { a: src, .. } | Val::PendingMul { src, .. }) => self.shapes[*src].clone(),
+            // Tables, adds of two equal shapes, products by a factor that broadcasts
+            // to the tensor, and normalisations keep their source's shape.
+            Some(
+                Val::PendingMap { src, .. } | Val::PendingAdd { a: src, .. } | Val::PendingMul { src, .. } | Val::PendingNorm { src, .. },
+            ) => self.shapes[*src].clone(),
             Some(Val::PendingMeanPool { src }) => pooled(self.shapes[*src].clone()),
             Some(Val::PendingMove(m) | Val::QuantizedMove(m)) => self.move_zeros(m)?.shape().to_vec(),
             Some(Val::PendingMax { m, op }) => {
