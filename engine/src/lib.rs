@@ -79,6 +79,8 @@ pub struct MemoryPlan {
     pub gather_len: usize,
     pub acc_len: usize,
     pub acc2_len: usize,
+    /// The zero-point padded planes of a narrow 3-D conv's input.
+    pub planar_len: usize,
 }
 
 impl MemoryPlan {
@@ -107,7 +109,7 @@ impl MemoryPlan {
             slot_len[s] = slot_len[s].max(plan.tensors[t].len());
             slot_of[t] = s;
         }
-        let (mut rows_len, mut gather_len, mut acc_len, mut acc2_len) = (0, 0, 0, 0);
+        let (mut rows_len, mut gather_len, mut acc_len, mut acc2_len, mut planar_len) = (0, 0, 0, 0, 0);
         let mut conv = |layout: &ConvLayout, kind: &ConvKind, cout: usize| match layout {
             ConvLayout::Direct(g) => {
                 acc_len = acc_len.max(g.oh * g.ow * cout);
@@ -123,6 +125,10 @@ impl MemoryPlan {
                 acc2_len = acc2_len.max(layout.pixels() * cout);
                 rows_len = rows_len.max(kernels::conv_scratch_len(cols, kind));
             }
+            ConvLayout::Narrow(n) => {
+                acc_len = acc_len.max(layout.pixels() * cout);
+                planar_len = planar_len.max(n.planar_len());
+            }
         };
         for step in &plan.steps {
             match step {
@@ -137,12 +143,12 @@ impl MemoryPlan {
                 acc_len = acc_len.max(plan.tensors[*src].c);
             }
         }
-        MemoryPlan { slot_of, slot_len, rows_len, gather_len, acc_len, acc2_len }
+        MemoryPlan { slot_of, slot_len, rows_len, gather_len, acc_len, acc2_len, planar_len }
     }
 
     /// Bytes held between runs.
     pub fn bytes(&self) -> usize {
-        self.slot_len.iter().sum::<usize>() + self.rows_len + self.gather_len + 4 * (self.acc_len + self.acc2_len)
+        self.slot_len.iter().sum::<usize>() + self.rows_len + self.gather_len + self.planar_len + 4 * (self.acc_len + self.acc2_len)
     }
 }
 
@@ -153,6 +159,8 @@ struct Scratch {
     slots: Vec<Vec<u8>>,
     acc: Vec<i32>,
     acc2: Vec<i32>,
+    /// A narrow 3-D conv's padded input planes (made by the calling thread, read by all).
+    planar: Vec<u8>,
     /// One per pool thread (indexed by the pool's lane): the kernels' scratch of the
     /// part that thread runs. Parts of an op never need more than the whole op
     /// (`split`'s tests check the kernels' scratch lengths), so each lane is sized
@@ -188,6 +196,7 @@ impl Scratch {
             slots: m.slot_len.iter().map(|&n| vec![0u8; n + SLACK]).collect(),
             acc: vec![0i32; m.acc_len],
             acc2: vec![0i32; m.acc2_len],
+            planar: vec![0u8; if m.planar_len > 0 { m.planar_len + SLACK } else { 0 }],
             lanes: (0..lanes.max(1)).map(|_| Mutex::new(Lane::default())).collect(),
         }
     }
@@ -729,6 +738,18 @@ impl Engine {
                         }
                         v += n;
                     }
+                });
+            }
+            ConvLayout::Narrow(n) => {
+                n.pad(x, zp, &mut s.planar);
+                let planar = &s.planar;
+                let rs = ranges(layout.pixels(), parts, PIXEL_ALIGN);
+                let lens = || rs.iter().map(|r| r.len() * cout);
+                let outs = outs_for(out, lens());
+                let work: Vec<_> = rs.iter().zip(cut(&mut s.acc, lens())).zip(outs).collect();
+                self.split(&s.lanes, work, |((r, a), o), _| match (requant, o) {
+                    (Some(rq), Some(o)) => kernels::conv3d_narrow(isa, planar, n, r.clone(), Some((rq, o)), a),
+                    _ => kernels::conv3d_narrow(isa, planar, n, r.clone(), None, a),
                 });
             }
             ConvLayout::Transposed { g, cols, col_offset } => {

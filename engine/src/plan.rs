@@ -40,6 +40,11 @@ pub enum ConvLayout {
     /// pointwise product with taps x cout columns, `cols`), each tap's columns then
     /// added into the output pixel it lands on, less zp * Σw for that tap.
     Transposed { g: Geometry3, cols: ConvGeometry, col_offset: Vec<i32> },
+    /// A 3-D convolution with few output channels (AVX-512 VNNI), pixels in lanes:
+    /// the input copied once into planes padded with the zero point, then 16
+    /// neighbouring outputs of one channel per `vpdpbusd`, each lane's four bytes a
+    /// window of four taps along x ([`crate::kernels::Narrow3`]).
+    Narrow(Box<crate::kernels::Narrow3>),
 }
 
 impl ConvLayout {
@@ -48,6 +53,7 @@ impl ConvLayout {
         match self {
             ConvLayout::Direct(g) => g.oh * g.ow,
             ConvLayout::Planes { g, .. } | ConvLayout::Transposed { g, .. } => g.output.iter().product(),
+            ConvLayout::Narrow(n) => n.output.iter().product(),
         }
     }
 
@@ -56,6 +62,7 @@ impl ConvLayout {
             ConvLayout::Direct(g) => format!("{}x{}/{}", g.kh, g.kw, g.stride[0]),
             ConvLayout::Planes { g, .. } => format!("{}x{}x{}/{} 3-D", g.kernel[0], g.kernel[1], g.kernel[2], g.stride[0]),
             ConvLayout::Transposed { g, .. } => format!("{}x{}x{}/{} transposed", g.kernel[0], g.kernel[1], g.kernel[2], g.stride[0]),
+            ConvLayout::Narrow(n) => format!("{}x{}x{}/{} 3-D narrow", n.kernel[0], n.kernel[1], n.kernel[2], n.stride[0]),
         }
     }
 }

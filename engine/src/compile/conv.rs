@@ -9,7 +9,7 @@ use edgemed_onnx::{attr, pb};
 
 use super::{input, invalid, Compiler, Val};
 use crate::error::Result;
-use crate::kernels::{self, ConvGeometry, DepthwiseWeights, GroupedWeights, PackedWeights, Requant};
+use crate::kernels::{self, ConvGeometry, DepthwiseWeights, GroupedWeights, Isa, Narrow3, PackedWeights, Requant};
 use crate::plan::{ConvKind, ConvLayout, ConvOp, FloatConv, Geometry3, Op, QTensor, Step};
 
 impl Compiler<'_> {
@@ -156,6 +156,9 @@ impl Compiler<'_> {
                 (ConvLayout::Direct(g), PackedWeights::new(self.isa, rows, cout, kernel[0], kernel[1] * x.c))
             } else if taps == 1 && s3 == [1; 3] && pads.iter().all(|&p| p == 0) {
                 (ConvLayout::Direct(pointwise_on(in_pixels, x.c)), PackedWeights::new(self.isa, rows, cout, 1, k))
+            } else if self.isa == Isa::Avx512Vnni && Narrow3::applies(cout, k3, s3) {
+                let n = Narrow3::new(input, x.c, k3, s3, pb, output, cout, &wq);
+                (ConvLayout::Narrow(Box::new(n)), PackedWeights::new(self.isa, rows, cout, 1, k))
             } else {
                 let g = Geometry3 { input, cin: x.c, kernel: k3, stride: s3, pads: pb, output };
                 (ConvLayout::Planes { g, plane: pointwise_on(output[1] * output[2], k) }, PackedWeights::new(self.isa, rows, cout, 1, k))

@@ -17,7 +17,7 @@ impl Compiler<'_> {
         let c = self.tensors[src].c;
         let (Some(scale), Some(bias)) = (self.konst(inp(1)), self.konst(inp(2))) else { return Ok(false) };
         let eps = attr::float(n, "epsilon", 1e-5);
-        if self.shapes[src].len() < 3 || scale.data.len() != c || bias.data.len() != c || !(eps >= 0.0) {
+        if self.shapes[src].len() < 3 || scale.data.len() != c || bias.data.len() != c || eps.is_nan() || eps < 0.0 {
             return Ok(false);
         }
         self.vals.insert(out, Val::PendingNorm { src, scale: scale.data, bias: bias.data, eps });

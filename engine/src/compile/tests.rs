@@ -214,6 +214,54 @@ fn conv_with_bias_and_relu_is_one_fused_op() {
     assert_within_one_step(&run(&m, &input), &want, 0.03);
 }
 
+/// 3-D convs with few output channels (the narrow layout on AVX-512 VNNI: pixels in
+/// lanes on zero-point padded planes) give the bytes of every other ISA's gathered rows,
+/// requantised (with a ReLU's clamp) and as sums a float op reads: random channel
+/// counts 1-8, kernels 1-5 along x, strides 1-2, padding, odd sizes, threads.
+#[test]
+fn narrow_3d_convs_equal_every_isa() {
+    use crate::kernels::testgen::Lcg;
+    let mut s = Lcg::new(17);
+    let mut narrow_seen = 0;
+    for round in 0..40 {
+        let (cin, cout) = (1 + s.below(4), 1 + s.below(8));
+        let kernel = [1 + s.below(3), 1 + s.below(3), 1 + s.below(5)];
+        let strides = [1 + s.below(2), 1 + s.below(2), 1 + s.below(2)];
+        let pads: Vec<i64> = (0..6).map(|i| s.below(kernel[i % 3]) as i64).collect();
+        let input = [1, cin, kernel[0] + s.below(5), kernel[1] + s.below(6), kernel[2] + s.below(20)];
+        let mut b = Qdq::new(&input);
+        let x = b.qdq("x", 0.03, s.u8());
+        let wv: Vec<i8> = (0..cout * cin * kernel.iter().product::<usize>()).map(|_| s.u8() as i8).collect();
+        let w = b.weight(&[cout, cin, kernel[0], kernel[1], kernel[2]], &wv, 0.004);
+        let bias = b.f32s(&[cout], &(0..cout).map(|c| c as f32 * 0.1 - 0.3).collect::<Vec<_>>());
+        let attrs = vec![Attr::Ints("strides", strides.iter().map(|&v| v as i64).collect()), Attr::Ints("pads", pads)];
+        let c = b.op("Conv", &[&x, &w, &bias], attrs);
+        // Odd rounds: the sums go to a float op (Sigmoid), not to a QuantizeLinear.
+        let y = if round % 2 == 0 {
+            let r = b.op("Relu", &[&c], vec![]);
+            b.qdq(&r, 0.05, 3)
+        } else {
+            b.op("Sigmoid", &[&c], vec![])
+        };
+        let n = b.input_len();
+        let m = b.model(&y);
+        let x: Vec<f32> = (0..n).map(|i| ((i * 7919 % 211) as f32 / 40.0) - 2.5).collect();
+        let reference = Engine::with_isa(&m, Isa::Scalar).unwrap().run_one(&x).unwrap();
+        for isa in Isa::available() {
+            for threads in [1, 3] {
+                let e = Engine::with_isa(&m, isa).unwrap().with_threads(threads).with_min_part(1, 1);
+                if e.plan.steps.iter().any(|st| e.plan.label(st).contains("narrow")) {
+                    narrow_seen += 1;
+                }
+                assert_eq!(e.run_one(&x).unwrap(), reference, "{isa:?} {threads} threads, {input:?} {kernel:?} {strides:?} -> {cout}");
+            }
+        }
+    }
+    if Isa::available().contains(&Isa::Avx512Vnni) {
+        assert!(narrow_seen > 20, "the narrow layout ran {narrow_seen} times");
+    }
+}
+
 #[test]
 fn grouped_conv_with_one_channel_per_group_is_depthwise() {
     let mut b = Qdq::new(&[1, 4, 6, 6]);

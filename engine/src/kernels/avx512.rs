@@ -881,3 +881,142 @@ pub unsafe fn conv_grouped(x: &[u8], g: &ConvGeometry, zp_in: u8, w: &GroupQuads
         }
     }
 }
+
+/// [`super::Narrow3`]'s kernel: outputs `voxels` (in order, from the start of `out`
+/// or `acc`), 16 neighbouring outputs along x at a time, one accumulator per output
+/// channel. Lane p of the register fed to `vpdpbusd` for taps 4m.. of a kernel row
+/// holds bytes sx p + 4m + (0..4) of the row's 64-byte load (one `vpermb`); the
+/// requantisation is [`requantize_store`]'s float sequence with one channel's
+/// parameters in every lane, and the bytes are interleaved into channels-last order
+/// by two `vpermt2b`. Sums of lanes past the row's end are computed and dropped.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL/VNNI/VBMI; `planar` must hold the padded planes
+/// and 64 bytes past them. (The slices' lengths are checked here.)
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+pub unsafe fn conv3d_narrow(
+    planar: &[u8],
+    n: &super::Narrow3,
+    voxels: std::ops::Range<usize>,
+    requant: Option<(&Requant, &mut [u8])>,
+    acc: &mut [i32],
+) {
+    let cout = n.cout;
+    let [kd, kh, kw] = n.kernel;
+    let [pd, ph, pw] = n.padded;
+    let [_, oh, ow] = n.output;
+    let [sz, sy, sx] = n.stride;
+    let mq = kw.div_ceil(4);
+    let count = voxels.len();
+    assert!((1..=super::narrow3::NARROW_MAX_COUT).contains(&cout) && sx * 15 + mq * 4 <= 64);
+    assert!(planar.len() >= n.planar_len() + 64 && n.quads.len() >= n.cin * kd * kh * mq * cout);
+    assert!(voxels.end <= n.output.iter().product::<usize>() && acc.len() >= count * cout);
+    if let Some((r, out)) = &requant {
+        assert!(out.len() >= count * cout && requant_covers(r, cout));
+    }
+    // SAFETY: the index tables are local arrays. Each kernel row's load reads 64 bytes
+    // from row + ox0 sx, row + ox0 sx < planar_len (the row lies inside the padded
+    // planes and ox0 < ow), so inside planar with its 64 bytes of slack (checked).
+    // Weights: quads index < cin kd kh mq cout (checked). Stores: masked to the n cout
+    // bytes of the outputs in range, inside out / acc (checked).
+    unsafe {
+        let windows: Vec<__m512i> = (0..mq)
+            .map(|m| {
+                let idx: [u8; 64] = std::array::from_fn(|i| (sx * (i / 4) + 4 * m + i % 4) as u8);
+                _mm512_loadu_si512(idx.as_ptr() as *const _)
+            })
+            .collect();
+        // Output byte j (pixel j / cout, channel j % cout) of the two 64-byte halves:
+        // byte p of channel co is byte 16 co + p of [A | B] (A: channels 0-3, B: 4-7).
+        let interleave: [__m512i; 2] = std::array::from_fn(|half| {
+            let idx: [u8; 64] = std::array::from_fn(|i| {
+                let j = half * 64 + i;
+                let (p, co) = (j / cout, j % cout);
+                if p < 16 {
+                    (16 * co + p) as u8
+                } else {
+                    0
+                }
+            });
+            _mm512_loadu_si512(idx.as_ptr() as *const _)
+        });
+        let params: Vec<[__m512; 6]> = match &requant {
+            Some((r, _)) => (0..cout)
+                .map(|co| {
+                    [
+                        _mm512_set1_ps(r.mult[co]),
+                        _mm512_set1_ps(r.bias[co]),
+                        _mm512_set1_ps(r.lo[co] as f32),
+                        _mm512_set1_ps(r.hi[co] as f32),
+                        _mm512_castsi512_ps(_mm512_set1_epi32(r.offset[co])),
+                        _mm512_set1_ps(r.out_zp),
+                    ]
+                })
+                .collect(),
+            None => vec![],
+        };
+        let magic = _mm512_set1_ps(12_582_912.0);
+        let (lim_lo, lim_hi) = (_mm512_set1_ps(-4_194_304.0), _mm512_set1_ps(4_194_304.0));
+        let (out_ptr, acc_ptr) = (requant.map(|(_, o)| o.as_mut_ptr()), acc.as_mut_ptr());
+        let qp = n.quads.as_ptr();
+        let mut v = voxels.start;
+        while v < voxels.end {
+            let (oz, oy, ox0) = (v / (oh * ow), v / ow % oh, v % ow);
+            let np = (ow - ox0).min(16).min(voxels.end - v);
+            let mut accs = [_mm512_setzero_si512(); super::narrow3::NARROW_MAX_COUT];
+            for ci in 0..n.cin {
+                for a in 0..kd {
+                    for b in 0..kh {
+                        let row = ((ci * pd + oz * sz + a) * ph + oy * sy + b) * pw + ox0 * sx;
+                        let xv = _mm512_loadu_si512(planar.as_ptr().add(row) as *const _);
+                        let wq = qp.add(((ci * kd + a) * kh + b) * mq * cout);
+                        for (m, win) in windows.iter().enumerate() {
+                            let u = _mm512_permutexvar_epi8(*win, xv);
+                            for (co, acc) in accs.iter_mut().enumerate().take(cout) {
+                                *acc = _mm512_dpbusd_epi32(*acc, u, _mm512_set1_epi32(*wq.add(m * cout + co)));
+                            }
+                        }
+                    }
+                }
+            }
+            let at = (v - voxels.start) * cout;
+            match out_ptr {
+                Some(o) => {
+                    let mut bytes = [_mm_setzero_si128(); 8];
+                    for co in 0..cout {
+                        let [mult, bias, lo, hi, offset, zp] = params[co];
+                        let x = _mm512_sub_epi32(accs[co], _mm512_castps_si512(offset));
+                        let f = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(x), mult), bias);
+                        let f = _mm512_min_ps(_mm512_max_ps(f, lim_lo), lim_hi);
+                        let q = _mm512_add_ps(_mm512_sub_ps(_mm512_add_ps(f, magic), magic), zp);
+                        bytes[co] = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(q, lo), hi)));
+                    }
+                    let join = |p: &[__m128i]| {
+                        let lo = _mm256_inserti128_si256(_mm256_castsi128_si256(p[0]), p[1], 1);
+                        let hi = _mm256_inserti128_si256(_mm256_castsi128_si256(p[2]), p[3], 1);
+                        _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)
+                    };
+                    let (a4, b4) = (join(&bytes[..4]), join(&bytes[4..]));
+                    let total = np * cout;
+                    let first = total.min(64);
+                    let mask = |k: usize| if k >= 64 { !0u64 } else { (1u64 << k) - 1 };
+                    _mm512_mask_storeu_epi8(o.add(at) as *mut i8, mask(first), _mm512_permutex2var_epi8(a4, interleave[0], b4));
+                    if total > 64 {
+                        let second = _mm512_permutex2var_epi8(a4, interleave[1], b4);
+                        _mm512_mask_storeu_epi8(o.add(at + 64) as *mut i8, mask(total - 64), second);
+                    }
+                }
+                None => {
+                    let mut lanes = [0i32; 16];
+                    for (co, acc) in accs.iter().enumerate().take(cout) {
+                        _mm512_storeu_si512(lanes.as_mut_ptr() as *mut _, *acc);
+                        for (p, &s) in lanes.iter().enumerate().take(np) {
+                            *acc_ptr.add(at + p * cout + co) = s;
+                        }
+                    }
+                }
+            }
+            v += np;
+        }
+    }
+}

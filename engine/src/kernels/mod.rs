@@ -24,6 +24,7 @@
 
 #[cfg(any(target_arch = "aarch64", target_arch = "arm"))]
 mod arm;
+mod narrow3;
 pub mod scalar;
 mod weights;
 
@@ -43,8 +44,9 @@ mod tests;
 
 use std::sync::OnceLock;
 
-pub use scalar::{im2row, quantize_u8, round_half_even};
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub use narrow3::{Narrow3, NARROW_MAX_COUT};
+pub use scalar::{im2row, quantize_u8, round_half_even};
 pub use weights::GroupQuads;
 pub use weights::{ConvKind, DepthwiseWeights, GroupedWeights, PackedWeights, CBLOCK};
 
@@ -331,6 +333,26 @@ pub fn conv(
         Isa::Armv7Neon => armv7::conv(x, g, zp, kind, r, scratch, acc, out),
         #[allow(unreachable_patterns)]
         other => foreign(other),
+    }
+}
+
+/// A narrow 3-D conv ([`Narrow3`]) on its padded planes, outputs `voxels`: requantised
+/// into `out` with the requantisation given, else the raw sums into `acc`. AVX-512
+/// VNNI has the kernel; any other ISA runs the scalar form (the compiler only picks
+/// this layout for VNNI).
+pub fn conv3d_narrow(
+    isa: Isa,
+    planar: &[u8],
+    n: &Narrow3,
+    voxels: std::ops::Range<usize>,
+    requant: Option<(&Requant, &mut [u8])>,
+    acc: &mut [i32],
+) {
+    match isa.checked() {
+        // SAFETY: `checked` confirmed AVX-512 VNNI (with VBMI) on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => unsafe { avx512::conv3d_narrow(planar, n, voxels, requant, acc) },
+        _ => n.reference(planar, voxels, requant, acc),
     }
 }
 

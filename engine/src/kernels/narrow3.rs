@@ -1,0 +1,149 @@
+//! A 3-D convolution with few output channels (a U-Net's first and last layers: 1-8
+//! channels at full resolution), with pixels in lanes. Gathering each output voxel's
+//! patch into a row ([`crate::volume::gather_plane`]) costs more than its few
+//! products there, and a kernel with channels in lanes leaves most lanes idle. Here
+//! the input is copied once into planes ([cin][d][h][w]) padded with the zero point,
+//! so every kernel row of 16 neighbouring outputs is one contiguous load; the four
+//! bytes of lane p are taps j..j + 4 of output p's kernel row (kw rounded up to a
+//! multiple of 4, the extra taps' weights zero), and one `vpdpbusd` per output channel
+//! adds them. The sums are the exact integers of the dense conv on the same padded
+//! input (padding reads the zero point, as the gathered rows do), so the
+//! requantisation, the same float operations, gives the same bytes.
+
+use std::ops::Range;
+
+use super::{scalar, Requant};
+
+/// Output channels up to which the narrow kernel applies.
+pub const NARROW_MAX_COUT: usize = 8;
+
+/// A narrow 3-D convolution's geometry and weights.
+#[derive(Debug, Clone)]
+pub struct Narrow3 {
+    pub input: [usize; 3],
+    pub cin: usize,
+    pub kernel: [usize; 3],
+    pub stride: [usize; 3],
+    /// Padding before each axis.
+    pub pads: [usize; 3],
+    pub output: [usize; 3],
+    pub cout: usize,
+    /// The padded planes' sizes: every tap of every output inside.
+    pub padded: [usize; 3],
+    /// Weights as quadruples of taps along x, [cin][kd][kh][kw / 4][cout] (each i32
+    /// four s8 bytes, taps past kw zero).
+    pub quads: Vec<i32>,
+}
+
+impl Narrow3 {
+    /// Whether the narrow kernel takes this conv: few output channels, and each lane's
+    /// window (stride x 15 + kw rounded up to 4 bytes) inside one 64-byte load.
+    pub fn applies(cout: usize, kernel: [usize; 3], stride: [usize; 3]) -> bool {
+        (1..=NARROW_MAX_COUT).contains(&cout) && stride[2] <= 2 && stride[2] * 15 + kernel[2].div_ceil(4) * 4 <= 64
+    }
+
+    /// `w`: the conv's int8 weights as ONNX stores them, [cout][cin][kd][kh][kw].
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        input: [usize; 3],
+        cin: usize,
+        kernel: [usize; 3],
+        stride: [usize; 3],
+        pads: [usize; 3],
+        output: [usize; 3],
+        cout: usize,
+        w: &[i8],
+    ) -> Narrow3 {
+        let [kd, kh, kw] = kernel;
+        let mq = kw.div_ceil(4);
+        let mut quads = vec![0i32; cin * kd * kh * mq * cout];
+        for co in 0..cout {
+            for ci in 0..cin {
+                for a in 0..kd {
+                    for b in 0..kh {
+                        for m in 0..mq {
+                            let bytes: [u8; 4] = std::array::from_fn(|t| {
+                                let j = 4 * m + t;
+                                if j < kw {
+                                    w[(((co * cin + ci) * kd + a) * kh + b) * kw + j] as u8
+                                } else {
+                                    0
+                                }
+                            });
+                            quads[(((ci * kd + a) * kh + b) * mq + m) * cout + co] = i32::from_le_bytes(bytes);
+                        }
+                    }
+                }
+            }
+        }
+        let padded = std::array::from_fn(|i| (output[i] - 1) * stride[i] + kernel[i]);
+        Narrow3 { input, cin, kernel, stride, pads, output, cout, padded, quads }
+    }
+
+    /// Bytes of the padded planes.
+    pub fn planar_len(&self) -> usize {
+        self.cin * self.padded.iter().product::<usize>()
+    }
+
+    /// The channels-last input `x` as padded planes in `planar` (its first
+    /// [`Self::planar_len`] bytes; the rest is slack the kernel may read).
+    pub fn pad(&self, x: &[u8], zp: u8, planar: &mut [u8]) {
+        let [d, h, w] = self.input;
+        let [pd, ph, pw] = self.padded;
+        let c = self.cin;
+        planar[..self.planar_len()].fill(zp);
+        // Input voxels no output reads (past the padded extent) are left out.
+        let xs = w.min(pw.saturating_sub(self.pads[2]));
+        for iz in 0..d.min(pd.saturating_sub(self.pads[0])) {
+            for iy in 0..h.min(ph.saturating_sub(self.pads[1])) {
+                let src = &x[(iz * h + iy) * w * c..][..xs * c];
+                for ci in 0..c {
+                    let row = ((ci * pd + iz + self.pads[0]) * ph + iy + self.pads[1]) * pw + self.pads[2];
+                    for (o, &v) in planar[row..row + xs].iter_mut().zip(src[ci..].iter().step_by(c)) {
+                        *o = v;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Output voxel `v`'s sum over its taps on the padded planes (the scalar form of
+    /// the kernel, and the reference its SIMD forms are tested against).
+    pub fn sum(&self, planar: &[u8], v: usize, co: usize) -> i32 {
+        let [_, oh, ow] = self.output;
+        let [_, ph, pw] = self.padded;
+        let [kd, kh, kw] = self.kernel;
+        let (mq, pd) = (kw.div_ceil(4), self.padded[0]);
+        let (oz, oy, ox) = (v / (oh * ow), v / ow % oh, v % ow);
+        let mut acc = 0i32;
+        for ci in 0..self.cin {
+            for a in 0..kd {
+                for b in 0..kh {
+                    let row = ((ci * pd + oz * self.stride[0] + a) * ph + oy * self.stride[1] + b) * pw + ox * self.stride[2];
+                    for m in 0..mq {
+                        let w = self.quads[(((ci * kd + a) * kh + b) * mq + m) * self.cout + co].to_le_bytes();
+                        for (t, &wt) in w.iter().enumerate().take(kw - 4 * m) {
+                            acc += planar[row + 4 * m + t] as i32 * wt as i8 as i32;
+                        }
+                    }
+                }
+            }
+        }
+        acc
+    }
+
+    /// Outputs `voxels` (in order; `acc` and `out` hold them from their start):
+    /// requantised into `out` with `requant`, or, without one, the raw sums into `acc`.
+    pub fn reference(&self, planar: &[u8], voxels: Range<usize>, requant: Option<(&Requant, &mut [u8])>, acc: &mut [i32]) {
+        let cout = self.cout;
+        let n = voxels.len();
+        for (i, v) in voxels.enumerate() {
+            for co in 0..cout {
+                acc[i * cout + co] = self.sum(planar, v, co);
+            }
+        }
+        if let Some((r, out)) = requant {
+            scalar::requantize(&acc[..n * cout], cout, r, &mut out[..n * cout]);
+        }
+    }
+}
