@@ -44,9 +44,9 @@ mod tests;
 
 use std::sync::OnceLock;
 
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub use narrow3::{Narrow3, NARROW_MAX_COUT};
 pub use scalar::{im2row, quantize_u8, round_half_even};
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub use weights::GroupQuads;
 pub use weights::{ConvKind, DepthwiseWeights, GroupedWeights, PackedWeights, CBLOCK};
 
