@@ -264,7 +264,8 @@ pub fn data_free_ranges(g: &Graph, stats: &Stats, input_range: Range, rule: Rang
 /// Per-channel mean and deviation of values the batch norms do not describe,
 /// propagated from those they do, in topological order: through activations (the
 /// moments of the activated normal, by quadrature), layers without a batch norm (mean
-/// W mu + b, variance sum of w^2 sigma^2: inputs taken as independent), spatial crops,
+/// W mu + b, variance sum of w^2 sigma^2: inputs taken as independent), instance
+/// normalisations (mean: the bias, deviation: |scale|, exactly), spatial crops,
 /// Add (sums) and channel Concat; the model input as uniform over its range. Only a fallback where
 /// nothing else bounds a value.
 fn propagated_stats(g: &Graph, stats: &Stats, order: &[usize], input_range: Range) -> Stats {
@@ -337,6 +338,18 @@ fn propagated_stats(g: &Graph, stats: &Stats, order: &[usize], input_range: Rang
                     var[o] += (v as f64).powi(2) * (x.gamma[k] as f64).powi(2);
                 });
                 ChannelStats { beta: mean.iter().map(|v| *v as f32).collect(), gamma: var.iter().map(|v| v.sqrt() as f32).collect() }
+            }
+            // Instance normalisation makes each channel's values have mean 0 and deviation
+            // 1 over the volume (up to eps), whatever its input, then scales and shifts
+            // them: its output's mean is the bias and its deviation |scale|, exactly (a
+            // 3-D BagNet's and a MONAI U-Net's normalisation, where no batch norm says).
+            "InstanceNormalization" => {
+                let param = |i: usize| n.input.get(i).and_then(|a| g.constant(a).or_else(|| g.eval_constant(a, 8)));
+                let (Some(scale), Some(bias)) = (param(1), param(2)) else { continue };
+                if scale.data.len() != bias.data.len() || scale.data.iter().chain(&bias.data).any(|v| !v.is_finite()) {
+                    continue;
+                }
+                ChannelStats { beta: bias.data, gamma: scale.data.iter().map(|s| s.abs()).collect() }
             }
             "Add" if n.input.len() == 2 => {
                 let (Some(a), Some(b)) = (get(&n.input[0]), get(&n.input[1])) else { continue };

@@ -615,7 +615,8 @@ impl Engine {
             let var = present().map(|(q, &k)| k as f64 * (v[q] as f64 - mean) * (v[q] as f64 - mean)).sum::<f64>() / np;
             let (mean, inv) = (mean as f32, 1.0 / (var as f32 + n.eps).sqrt());
             for (q, _) in present() {
-                table[ch * 256 + q] = kernels::quantize_u8((v[q] - mean) * inv * n.scale[ch] + n.bias[ch], dst.scale, dst.zp);
+                let y = n.steps.iter().fold((v[q] - mean) * inv * n.scale[ch] + n.bias[ch], |y, step| step.apply(y, ch));
+                table[ch * 256 + q] = kernels::quantize_u8(y, dst.scale, dst.zp);
             }
         }
         table

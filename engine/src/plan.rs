@@ -126,13 +126,55 @@ pub enum Op {
     },
 }
 
+/// One element-wise activation step on dequantised values (of a table, an add's clamp,
+/// an instance normalisation's table), as the float ops compute it.
+#[derive(Debug, Clone)]
+pub enum MapStep {
+    Relu,
+    /// Per channel (or one value for all).
+    Min(Vec<f32>),
+    Clip(f32, f32),
+    /// Slopes per channel (or one for all).
+    PRelu(Vec<f32>),
+}
+
+impl MapStep {
+    /// The step on value `v` of channel `c`, as the float ops compute it (Clip as
+    /// max then min, so crossed bounds give `hi`, as ONNX says). Monotone in `v`
+    /// except PRelu with a negative slope.
+    pub fn apply(&self, v: f32, c: usize) -> f32 {
+        let of = |b: &[f32]| if b.len() == 1 { b[0] } else { b[c] };
+        match self {
+            MapStep::Relu => v.max(0.0),
+            MapStep::Min(b) => v.min(of(b)),
+            MapStep::Clip(lo, hi) => v.max(*lo).min(*hi),
+            MapStep::PRelu(s) => {
+                if v < 0.0 {
+                    of(s) * v
+                } else {
+                    v
+                }
+            }
+        }
+    }
+
+    /// Values per channel (Min's bounds, PRelu's slopes), where the step has them.
+    pub fn per_channel(&self) -> Option<&[f32]> {
+        match self {
+            MapStep::Min(b) | MapStep::PRelu(b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
 /// InstanceNormalization of a u8 tensor, quantised with dst's parameters. Each
 /// channel holds at most 256 distinct values, so its statistics come from a histogram
 /// of its bytes (integer counts: the same at any thread count), with the float op's
 /// arithmetic: the mean and variance of the dequantised values summed in f64 (the
 /// mean's sum is exact either way for planes below 2^20 voxels; the variance's
 /// terms are grouped by value), then a table of 256 entries per channel,
-/// y = (x - mean) inv scale + bias in f32 as the float op computes it, quantised.
+/// y = (x - mean) inv scale + bias in f32 as the float op computes it, then the
+/// activations after it (`steps`, a U-Net's PReLU, a BagNet's ReLU), quantised.
 #[derive(Debug, Clone)]
 pub struct InstanceNormOp {
     pub src: usize,
@@ -140,6 +182,7 @@ pub struct InstanceNormOp {
     pub scale: Vec<f32>,
     pub bias: Vec<f32>,
     pub eps: f32,
+    pub steps: Vec<MapStep>,
 }
 
 /// dst = bytes of `srcs` copied as `copies` says, each source through its

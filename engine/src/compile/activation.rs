@@ -15,47 +15,8 @@ use crate::error::Result;
 use crate::float::{self, FloatOp, Operand};
 use crate::kernels;
 use crate::ndarray::{ArrayD, IxDyn};
+pub(super) use crate::plan::MapStep;
 use crate::plan::{Op, QTensor, Step};
-
-/// One element-wise step of a pending table (or of a pending add's clamp).
-#[derive(Debug, Clone)]
-pub(super) enum MapStep {
-    Relu,
-    /// Per channel (or one value for all).
-    Min(Vec<f32>),
-    Clip(f32, f32),
-    /// Slopes per channel (or one for all).
-    PRelu(Vec<f32>),
-}
-
-impl MapStep {
-    /// The step on value `v` of channel `c`, as the float ops compute it (Clip as
-    /// max then min, so crossed bounds give `hi`, as ONNX says). Monotone in `v`
-    /// except PRelu with a negative slope.
-    pub(super) fn apply(&self, v: f32, c: usize) -> f32 {
-        let of = |b: &[f32]| if b.len() == 1 { b[0] } else { b[c] };
-        match self {
-            MapStep::Relu => v.max(0.0),
-            MapStep::Min(b) => v.min(of(b)),
-            MapStep::Clip(lo, hi) => v.max(*lo).min(*hi),
-            MapStep::PRelu(s) => {
-                if v < 0.0 {
-                    of(s) * v
-                } else {
-                    v
-                }
-            }
-        }
-    }
-
-    /// Values per channel (Min's bounds, PRelu's slopes), where the step has them.
-    fn per_channel(&self) -> Option<&[f32]> {
-        match self {
-            MapStep::Min(b) | MapStep::PRelu(b) => Some(b),
-            _ => None,
-        }
-    }
-}
 
 impl Compiler<'_> {
     pub(super) fn activation(&mut self, n: &pb::NodeProto) -> Result<bool> {
@@ -68,9 +29,9 @@ impl Compiler<'_> {
                 _ => return Ok(false),
             },
             // One slope, or one per channel shaped to broadcast along axis 1 only.
-            "PRelu" => match (self.konst(inp(1)), self.int_of(inp(0))) {
+            "PRelu" => match (self.konst(inp(1)), self.shape_of(inp(0))) {
                 (Some(s), _) if s.data.len() == 1 => MapStep::PRelu(s.data),
-                (Some(s), Some(t)) if per_channel_shape(&s.shape, &self.shapes[t]) => MapStep::PRelu(s.data),
+                (Some(s), Ok(shape)) if per_channel_shape(&s.shape, &shape) => MapStep::PRelu(s.data),
                 _ => return Ok(false),
             },
             _ => {
@@ -120,6 +81,15 @@ impl Compiler<'_> {
                 }
                 steps.push(step);
                 self.vals.insert(out, Val::PendingAdd { a, b, steps });
+                Ok(true)
+            }
+            // After an instance norm: one more step of its tables.
+            Some(Val::PendingNorm { src, scale, bias, eps, mut steps }) if single_use => {
+                if step.per_channel().is_some_and(|b| b.len() != 1 && b.len() != self.tensors[src].c) {
+                    return Ok(false);
+                }
+                steps.push(step);
+                self.vals.insert(out, Val::PendingNorm { src, scale, bias, eps, steps });
                 Ok(true)
             }
             Some(Val::PendingMap { src, mut steps, alone }) if single_use => {

@@ -149,6 +149,8 @@ enum Val {
         scale: Vec<f32>,
         bias: Vec<f32>,
         eps: f32,
+        /// Activations after it so far.
+        steps: Vec<MapStep>,
     },
     /// ReduceMax (`op`) of data movement on u8 tensors, awaiting QuantizeLinear.
     PendingMax {
@@ -335,10 +337,11 @@ impl<'m> Compiler<'m> {
                 let f = self.dequantised(src);
                 self.push_float(FloatOp::GlobalPool(float::Reduce::Mean), vec![Operand::Value(f)], name)?
             }
-            Some(Val::PendingNorm { src, scale, bias, eps }) => {
+            Some(Val::PendingNorm { src, scale, bias, eps, steps }) => {
                 let f = self.dequantised(src);
                 let vector = |v: Vec<f32>| Operand::Const(ArrayD::from_shape_vec(IxDyn(&[v.len()]), v).expect("sized"));
-                self.push_float(FloatOp::InstanceNorm(eps), vec![Operand::Value(f), vector(scale), vector(bias)], name)?
+                let y = self.push_float(FloatOp::InstanceNorm(eps), vec![Operand::Value(f), vector(scale), vector(bias)], name)?;
+                self.steps_in_float(y, self.shapes[src].len(), steps, name)?
             }
             Some(Val::PendingMax { m, op, .. }) => {
                 let f = self.move_to_float(&m)?;

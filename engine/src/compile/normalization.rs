@@ -2,7 +2,8 @@
 //! scale and bias (one per channel): the statistics of a u8 tensor from a histogram of
 //! its bytes and a table per channel ([`crate::plan::InstanceNormOp`]), instead of
 //! dequantising the tensor, normalising it in float and quantising it again (a MONAI
-//! U-Net's and a 3-D BagNet's normalisation between integer convs).
+//! U-Net's and a 3-D BagNet's normalisation between integer convs). Activations after it
+//! (`Relu`, `PRelu`, ...: [`super::activation`]) join its tables.
 
 use edgemed_onnx::{attr, pb};
 
@@ -20,14 +21,16 @@ impl Compiler<'_> {
         if self.shapes[src].len() < 3 || scale.data.len() != c || bias.data.len() != c || eps.is_nan() || eps < 0.0 {
             return Ok(false);
         }
-        self.vals.insert(out, Val::PendingNorm { src, scale: scale.data, bias: bias.data, eps });
+        self.vals.insert(out, Val::PendingNorm { src, scale: scale.data, bias: bias.data, eps, steps: vec![] });
         Ok(true)
     }
 
-    /// The instance normalisation of tensor `src`, quantised with (s, z).
-    pub(super) fn quantized_instance_norm(&mut self, src: usize, scale: Vec<f32>, bias: Vec<f32>, eps: f32, s: f32, z: u8) -> usize {
-        let dst = self.new_tensor(QTensor { scale: s, zp: z, ..self.tensors[src] }, self.shapes[src].clone());
-        self.steps.push(Step::Int(Op::InstanceNorm(Box::new(InstanceNormOp { src, dst, scale, bias, eps }))));
+    /// Instance normalisation `n` (its activations included), quantised with (s, z)
+    /// into a new tensor (`n.dst` is set here).
+    pub(super) fn quantized_instance_norm(&mut self, mut n: InstanceNormOp, s: f32, z: u8) -> usize {
+        n.dst = self.new_tensor(QTensor { scale: s, zp: z, ..self.tensors[n.src] }, self.shapes[n.src].clone());
+        let dst = n.dst;
+        self.steps.push(Step::Int(Op::InstanceNorm(Box::new(n))));
         dst
     }
 }

@@ -9,7 +9,7 @@ use edgemed_onnx::{attr, pb, tensor};
 
 use super::{input, invalid, output, unsupported, Compiler, Const, Val};
 use crate::error::Result;
-use crate::plan::{QTensor, Step};
+use crate::plan::{InstanceNormOp, QTensor, Step};
 
 impl Compiler<'_> {
     pub(super) fn dequantize_linear(&mut self, n: &pb::NodeProto) -> Result<bool> {
@@ -77,7 +77,9 @@ impl Compiler<'_> {
             Some(Val::PendingMax { m, op }) => self.gather_max(&m, &op, s, z)?,
             Some(Val::PendingMul { src, factor }) => self.multiply(src, &factor, s, z)?,
             Some(Val::PendingMeanPool { src }) => Some(self.mean_pool(src, s, z)),
-            Some(Val::PendingNorm { src, scale, bias, eps }) => Some(self.quantized_instance_norm(src, scale, bias, eps, s, z)),
+            Some(Val::PendingNorm { src, scale, bias, eps, steps }) => {
+                Some(self.quantized_instance_norm(InstanceNormOp { src, dst: 0, scale, bias, eps, steps }, s, z))
+            }
             Some(Val::Int(t)) if self.tensors[t].scale == s && self.tensors[t].zp == z => Some(t),
             _ => None,
         };

@@ -434,28 +434,39 @@ fn prelu_on_a_tensor_is_a_table() {
 #[test]
 fn instance_norm_of_a_tensor_is_one_integer_step() {
     let (c, plane) = (3, 4 * 5 * 6);
-    let mut b = Qdq::new(&[1, c, 4, 5, 6]);
-    let x = b.qdq("x", 0.04, 120);
-    let scale = b.f32s(&[c], &[1.5, -0.7, 0.2]);
-    let bias = b.f32s(&[c], &[0.1, 0.0, -2.0]);
-    let n = b.op("InstanceNormalization", &[&x, &scale, &bias], vec![Attr::Float("epsilon", 1e-3)]);
-    let y = b.qdq(&n, 0.02, 110);
-    let m = b.model(&y);
-    assert_eq!(kinds(&compile_best(&m).unwrap()), ["quantize", "instance norm", "dequantize"]);
-    // Skewed values, a different spread per channel; the reference quantises as
-    // ONNX does in f32 (these values meet ties, where an f64 division would differ).
-    let input: Vec<f32> = (0..c * plane).map(|i| ((i * 37 % 101) as f32 / 20.0 - 1.0) * (1 + i / plane) as f32).collect();
-    let fq = |v: f32, s: f32, z: u8| (crate::kernels::quantize_u8(v, s, z) as i32 - z as i32) as f32 * s;
-    let mut want = Vec::new();
-    for ch in 0..c {
-        let v: Vec<f32> = input[ch * plane..(ch + 1) * plane].iter().map(|&v| fq(v, 0.04, 120)).collect();
-        let mean = v.iter().map(|&v| v as f64).sum::<f64>() / plane as f64;
-        let var = v.iter().map(|&v| (v as f64 - mean) * (v as f64 - mean)).sum::<f64>() / plane as f64;
-        let (mean, inv) = (mean as f32, 1.0 / (var as f32 + 1e-3).sqrt());
-        let (s, o) = ([1.5f32, -0.7, 0.2][ch], [0.1f32, 0.0, -2.0][ch]);
-        want.extend(v.iter().map(|&v| fq((v - mean) * inv * s + o, 0.02, 110)));
+    let slopes = [0.25f32, -0.5, 0.0];
+    // Alone, and with a PRelu after it (one table: the activation joins the norm's).
+    for prelu in [false, true] {
+        let mut b = Qdq::new(&[1, c, 4, 5, 6]);
+        let x = b.qdq("x", 0.04, 120);
+        let scale = b.f32s(&[c], &[1.5, -0.7, 0.2]);
+        let bias = b.f32s(&[c], &[0.1, 0.0, -2.0]);
+        let mut y = b.op("InstanceNormalization", &[&x, &scale, &bias], vec![Attr::Float("epsilon", 1e-3)]);
+        if prelu {
+            let s = b.f32s(&[c, 1, 1, 1], &slopes);
+            y = b.op("PRelu", &[&y, &s], vec![]);
+        }
+        let y = b.qdq(&y, 0.02, 110);
+        let m = b.model(&y);
+        assert_eq!(kinds(&compile_best(&m).unwrap()), ["quantize", "instance norm", "dequantize"]);
+        // Skewed values, a different spread per channel; the reference quantises as
+        // ONNX does in f32 (these values meet ties, where an f64 division would differ).
+        let input: Vec<f32> = (0..c * plane).map(|i| ((i * 37 % 101) as f32 / 20.0 - 1.0) * (1 + i / plane) as f32).collect();
+        let fq = |v: f32, s: f32, z: u8| (crate::kernels::quantize_u8(v, s, z) as i32 - z as i32) as f32 * s;
+        let mut want = Vec::new();
+        for ch in 0..c {
+            let v: Vec<f32> = input[ch * plane..(ch + 1) * plane].iter().map(|&v| fq(v, 0.04, 120)).collect();
+            let mean = v.iter().map(|&v| v as f64).sum::<f64>() / plane as f64;
+            let var = v.iter().map(|&v| (v as f64 - mean) * (v as f64 - mean)).sum::<f64>() / plane as f64;
+            let (mean, inv) = (mean as f32, 1.0 / (var as f32 + 1e-3).sqrt());
+            let (s, o) = ([1.5f32, -0.7, 0.2][ch], [0.1f32, 0.0, -2.0][ch]);
+            want.extend(v.iter().map(|&v| {
+                let y = (v - mean) * inv * s + o;
+                fq(if prelu && y < 0.0 { slopes[ch] * y } else { y }, 0.02, 110)
+            }));
+        }
+        assert_eq!(run(&m, &input), want, "prelu {prelu}");
     }
-    assert_eq!(run(&m, &input), want);
 }
 
 /// Activations after an add clamp its output bytes in the same step, bit for bit the
