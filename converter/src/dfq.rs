@@ -116,10 +116,14 @@ pub fn run(g: &mut Graph, opts: &Options) -> Result<Report> {
     let mut stats = fold_bn::fold_batch_norm(g)?;
     report.folded = bn_nodes - g.nodes().iter().filter(|n| n.op_type == "BatchNormalization").count();
     if stats.is_empty() {
-        report.messages.push(
-            "no batch-norm statistics in the model: high-bias absorption, bias correction and data-free activation ranges are skipped"
-                .into(),
-        );
+        // Instance norms still give data-free ranges (their output's mean and deviation
+        // are their bias and |scale|), from which statistics propagate.
+        let instance = g.nodes().iter().any(|n| n.op_type == "InstanceNormalization");
+        report.messages.push(if instance {
+            "no batch-norm statistics in the model: high-bias absorption and bias correction are skipped; activation ranges come from the instance norms' parameters".into()
+        } else {
+            "no batch-norm statistics in the model: high-bias absorption, bias correction and data-free activation ranges are skipped".into()
+        });
     }
     if opts.cle {
         report.cle = Some(equalize::cross_layer_equalize(

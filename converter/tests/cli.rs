@@ -94,14 +94,35 @@ fn quantize_inspect_verify_round_trip() {
 
 #[test]
 fn unsupported_patterns_stay_fp32_and_are_listed() {
-    // MONAI's U-Net has no batch norm: without --calibrate its activations have no range.
+    use edgemed_onnx::builder::{Attr, GraphBuilder, D};
+    use prost::Message;
+    // No batch norm, and a Sigmoid between two convs: no statistics reach the second
+    // conv's input without --calibrate, so it stays FP32 and is listed.
     let d = scratch_dir("conv-partial");
-    let out = d.join("unet3d_int8.onnx");
-    let model = repo_root().join("tests/fixtures/zoo/unet3d.onnx");
+    let mut g = GraphBuilder::new("sigmoid-between-convs");
+    g.input_f32("x", &[D::N(1), D::N(3), D::N(8), D::N(8)]);
+    let w: Vec<f32> = (0..4 * 3 * 9).map(|i| ((i * 37 % 17) as f32 - 8.0) / 20.0).collect();
+    g.init_f32("w1", &[4, 3, 3, 3], &w[..4 * 3 * 9]);
+    g.init_f32("w2", &[2, 4, 1, 1], &w[..8]);
+    g.node("Conv", "c1", &["x", "w1"], vec![Attr::Ints("pads", vec![1; 4])]);
+    g.node("Sigmoid", "s", &["c1"], vec![]);
+    g.node("Conv", "c2", &["s", "w2"], vec![]);
+    g.output_f32("c2", &[D::N(1), D::N(2), D::N(8), D::N(8)]);
+    let model = d.join("sigmoid.onnx");
+    std::fs::write(&model, g.into_model("cli-test", &[]).encode_to_vec()).unwrap();
+    let out = d.join("sigmoid_int8.onnx");
     let o = run(&["quantize", model.to_str().unwrap(), "-o", out.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("left in FP32") && err.contains("use --calibrate"), "{err}");
+
+    // MONAI's U-Net has no batch norm, but its instance norms say each activation's
+    // mean and deviation: it quantizes whole without calibration data.
+    let out = d.join("unet3d_int8.onnx");
+    let unet = repo_root().join("tests/fixtures/zoo/unet3d.onnx");
+    let o = run(&["quantize", unet.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && !err.contains("left in FP32") && err.contains("instance norms' parameters"), "{err}");
 }
 
 #[test]
