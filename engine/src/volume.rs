@@ -101,31 +101,39 @@ pub fn scatter_columns(cols: &[i32], g: &Geometry3, cout: usize, col_offset: &[i
     let (first, last) = (planes.start as isize, planes.end as isize);
     acc[..planes.len() * (oh * ow) as usize * cout].fill(0);
     let land = |i: usize, axis: usize, t: usize| (i * g.stride[axis] + t) as isize - g.pads[axis] as isize;
+    // For each tap along x, the input columns whose output lies inside the row: ox =
+    // ix sx + j - px in [0, ow) for ix in [lo, hi). Found once, so that the inner loop
+    // over a row's input pixels has no bounds to test.
+    let (sx, px) = (g.stride[2] as isize, g.pads[2] as isize);
+    let x_range: Vec<Range<usize>> = (0..kw as isize)
+        .map(|j| {
+            let lo = (((px - j).max(0) + sx - 1) / sx).min(iw as isize);
+            let hi = ((ow - 1 + px - j).div_euclid(sx) + 1).clamp(lo, iw as isize);
+            lo as usize..hi as usize
+        })
+        .collect();
     for iz in 0..id {
-        if (0..kd).all(|a| !(first..last).contains(&land(iz, 0, a))) {
-            continue;
-        }
-        for iy in 0..ih {
-            for ix in 0..iw {
-                let col = &cols[((iz * ih + iy) * iw + ix) * taps * cout..][..taps * cout];
-                for a in 0..kd {
-                    let oz = land(iz, 0, a);
-                    if oz < first || oz >= last {
+        for a in 0..kd {
+            let oz = land(iz, 0, a);
+            if oz < first || oz >= last {
+                continue;
+            }
+            for iy in 0..ih {
+                let row = &cols[(iz * ih + iy) * iw * taps * cout..][..iw * taps * cout];
+                for b in 0..kh {
+                    let oy = land(iy, 1, b);
+                    if oy < 0 || oy >= oh {
                         continue;
                     }
-                    for b in 0..kh {
-                        let oy = land(iy, 1, b);
-                        if oy < 0 || oy >= oh {
-                            continue;
-                        }
-                        for j in 0..kw {
-                            let ox = land(ix, 2, j);
-                            if ox < 0 || ox >= ow {
-                                continue;
-                            }
-                            let t = (a * kh + b) * kw + j;
-                            let o = &mut acc[(((oz - first) * oh + oy) * ow + ox) as usize * cout..][..cout];
-                            for ((o, &v), &z) in o.iter_mut().zip(&col[t * cout..][..cout]).zip(&col_offset[t * cout..][..cout]) {
+                    let out_row = &mut acc[((oz - first) * oh + oy) as usize * ow as usize * cout..][..ow as usize * cout];
+                    for (j, xs) in x_range.iter().enumerate() {
+                        let t = (a * kh + b) * kw + j;
+                        let off = &col_offset[t * cout..][..cout];
+                        for ix in xs.clone() {
+                            let ox = (ix as isize * sx + j as isize - px) as usize;
+                            let o = &mut out_row[ox * cout..][..cout];
+                            let col = &row[(ix * taps + t) * cout..][..cout];
+                            for ((o, &v), &z) in o.iter_mut().zip(col).zip(off) {
                                 *o += v - z;
                             }
                         }
@@ -140,6 +148,50 @@ pub fn scatter_columns(cols: &[i32], g: &Geometry3, cout: usize, col_offset: &[i
 mod tests {
     use super::*;
     use crate::kernels::testgen::Lcg;
+
+    /// A transposed conv's scatter of random geometries (strides 1-3, padding, kernels
+    /// 1-4, 1-5 channels, any range of output planes) equals the definition: every
+    /// (input voxel, tap) pair adds its column, less its tap's offset, where it lands.
+    #[test]
+    fn scattered_columns_are_the_definition() {
+        let mut s = Lcg::new(11);
+        for _ in 0..300 {
+            let cout = 1 + s.below(5);
+            let kernel = [1 + s.below(4), 1 + s.below(4), 1 + s.below(4)];
+            let stride = [1 + s.below(3), 1 + s.below(3), 1 + s.below(3)];
+            let pads: [usize; 3] = std::array::from_fn(|i| s.below(kernel[i]));
+            let input = [1 + s.below(4), 1 + s.below(5), 1 + s.below(6)];
+            let output: [usize; 3] =
+                std::array::from_fn(|i| ((input[i] - 1) * stride[i] + kernel[i] + s.below(2)).saturating_sub(2 * pads[i]).max(1));
+            let g = Geometry3 { input, cin: 1, kernel, stride, pads, output };
+            let taps = g.taps();
+            let n_in: usize = input.iter().product();
+            let cols: Vec<i32> = (0..n_in * taps * cout).map(|_| s.u32() as i32 % 1000).collect();
+            let off: Vec<i32> = (0..taps * cout).map(|_| s.u32() as i32 % 100).collect();
+            let first = s.below(output[0]);
+            let planes = first..first + 1 + s.below(output[0] - first);
+            let per = output[1] * output[2] * cout;
+            let mut got = vec![7i32; planes.len() * per];
+            scatter_columns(&cols, &g, cout, &off, planes.clone(), &mut got);
+            let mut want = vec![0i32; planes.len() * per];
+            for i in 0..n_in {
+                let at = [i / (input[1] * input[2]), i / input[2] % input[1], i % input[2]];
+                for t in 0..taps {
+                    let k = [t / (kernel[1] * kernel[2]), t / kernel[2] % kernel[1], t % kernel[2]];
+                    let o: [isize; 3] = std::array::from_fn(|a| (at[a] * stride[a] + k[a]) as isize - pads[a] as isize);
+                    if o[0] < planes.start as isize || o[0] >= planes.end as isize || (1..3).any(|a| o[a] < 0 || o[a] >= output[a] as isize)
+                    {
+                        continue;
+                    }
+                    let base = (((o[0] as usize - planes.start) * output[1] + o[1] as usize) * output[2] + o[2] as usize) * cout;
+                    for c in 0..cout {
+                        want[base + c] += cols[(i * taps + t) * cout + c] - off[t * cout + c];
+                    }
+                }
+            }
+            assert_eq!(got, want, "{g:?} cout {cout} planes {planes:?}");
+        }
+    }
 
     /// Rows of random 3-D geometries (strides, padding, 1-40 channels: runs of every
     /// length the short copies distinguish) equal the definition byte by byte, in
