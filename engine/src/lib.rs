@@ -748,10 +748,7 @@ impl Engine {
                 let lens = || rs.iter().map(|r| r.len() * cout);
                 let outs = outs_for(out, lens());
                 let work: Vec<_> = rs.iter().zip(cut(&mut s.acc, lens())).zip(outs).collect();
-                self.split(&s.lanes, work, |((r, a), o), _| match (requant, o) {
-                    (Some(rq), Some(o)) => kernels::conv3d_narrow(isa, planar, n, r.clone(), Some((rq, o)), a),
-                    _ => kernels::conv3d_narrow(isa, planar, n, r.clone(), None, a),
-                });
+                self.split(&s.lanes, work, |((r, a), o), _| kernels::conv3d_narrow(isa, planar, n, r.clone(), requant.zip(o), a));
             }
             ConvLayout::Transposed { g, cols, col_offset } => {
                 // The columns: a pointwise product over the input pixels.

@@ -7,26 +7,7 @@
 use crate::float::{FloatOp, Operand};
 use crate::kernels::{ConvGeometry, Requant};
 // A plan's tensors and conv weights are the kernels' own types: the kernels know no plan.
-pub use crate::kernels::{ConvKind, QTensor};
-
-/// Sizes of a 3-D convolution (a transposed one: input and output swap roles in the
-/// index arithmetic, o = i * stride - pad + tap).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Geometry3 {
-    pub input: [usize; 3],
-    pub cin: usize,
-    pub kernel: [usize; 3],
-    pub stride: [usize; 3],
-    /// Padding before each axis (the output sizes fix the rest).
-    pub pads: [usize; 3],
-    pub output: [usize; 3],
-}
-
-impl Geometry3 {
-    pub fn taps(&self) -> usize {
-        self.kernel.iter().product()
-    }
-}
+pub use crate::kernels::{ConvKind, Geometry3, QTensor};
 
 /// How a convolution's int32 sums are formed from the 2-D kernels.
 #[derive(Debug, Clone)]
@@ -53,7 +34,7 @@ impl ConvLayout {
         match self {
             ConvLayout::Direct(g) => g.oh * g.ow,
             ConvLayout::Planes { g, .. } | ConvLayout::Transposed { g, .. } => g.output.iter().product(),
-            ConvLayout::Narrow(n) => n.output.iter().product(),
+            ConvLayout::Narrow(n) => n.g.output.iter().product(),
         }
     }
 
@@ -62,7 +43,7 @@ impl ConvLayout {
             ConvLayout::Direct(g) => format!("{}x{}/{}", g.kh, g.kw, g.stride[0]),
             ConvLayout::Planes { g, .. } => format!("{}x{}x{}/{} 3-D", g.kernel[0], g.kernel[1], g.kernel[2], g.stride[0]),
             ConvLayout::Transposed { g, .. } => format!("{}x{}x{}/{} transposed", g.kernel[0], g.kernel[1], g.kernel[2], g.stride[0]),
-            ConvLayout::Narrow(n) => format!("{}x{}x{}/{} 3-D narrow", n.kernel[0], n.kernel[1], n.kernel[2], n.stride[0]),
+            ConvLayout::Narrow(n) => format!("{}x{}x{}/{} 3-D narrow", n.g.kernel[0], n.g.kernel[1], n.g.kernel[2], n.g.stride[0]),
         }
     }
 }

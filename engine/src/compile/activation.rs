@@ -49,6 +49,8 @@ impl Compiler<'_> {
             }
         };
         let single_use = self.uses.get(inp(0)) == Some(&1);
+        // Per-channel values (Min's bounds, PRelu's slopes) must be one or one per channel.
+        let fits = |c: usize| step.per_channel().is_none_or(|b| b.len() == 1 || b.len() == c);
         match v {
             Some(Val::PendingConv { mut conv }) if single_use => {
                 let cout = conv.mult.len();
@@ -67,7 +69,7 @@ impl Compiler<'_> {
                 Ok(true)
             }
             Some(Val::Int(t)) if self.float_views.contains(inp(0)) => {
-                if step.per_channel().is_some_and(|b| b.len() != 1 && b.len() != self.tensors[t].c) {
+                if !fits(self.tensors[t].c) {
                     return Ok(false);
                 }
                 let alone = single_use && self.only_reader_of(t, inp(0));
@@ -76,7 +78,7 @@ impl Compiler<'_> {
             }
             // After an add: one clamp of its output bytes, so per-tensor bounds only.
             Some(Val::PendingAdd { a, b, mut steps }) if single_use => {
-                if matches!(&step, MapStep::PRelu(_)) || step.per_channel().is_some_and(|b| b.len() != 1) {
+                if matches!(&step, MapStep::PRelu(_)) || !fits(1) {
                     return Ok(false);
                 }
                 steps.push(step);
@@ -85,7 +87,7 @@ impl Compiler<'_> {
             }
             // After an instance norm: one more step of its tables.
             Some(Val::PendingNorm { src, scale, bias, eps, mut steps }) if single_use => {
-                if step.per_channel().is_some_and(|b| b.len() != 1 && b.len() != self.tensors[src].c) {
+                if !fits(self.tensors[src].c) {
                     return Ok(false);
                 }
                 steps.push(step);
@@ -93,7 +95,7 @@ impl Compiler<'_> {
                 Ok(true)
             }
             Some(Val::PendingMap { src, mut steps, alone }) if single_use => {
-                if step.per_channel().is_some_and(|b| b.len() != 1 && b.len() != self.tensors[src].c) {
+                if !fits(self.tensors[src].c) {
                     return Ok(false);
                 }
                 steps.push(step);

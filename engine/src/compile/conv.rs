@@ -156,12 +156,14 @@ impl Compiler<'_> {
                 (ConvLayout::Direct(g), PackedWeights::new(self.isa, rows, cout, kernel[0], kernel[1] * x.c))
             } else if taps == 1 && s3 == [1; 3] && pads.iter().all(|&p| p == 0) {
                 (ConvLayout::Direct(pointwise_on(in_pixels, x.c)), PackedWeights::new(self.isa, rows, cout, 1, k))
-            } else if self.isa == Isa::Avx512Vnni && Narrow3::applies(cout, k3, s3) {
-                let n = Narrow3::new(input, x.c, k3, s3, pb, output, cout, &wq);
-                (ConvLayout::Narrow(Box::new(n)), PackedWeights::new(self.isa, rows, cout, 1, k))
             } else {
                 let g = Geometry3 { input, cin: x.c, kernel: k3, stride: s3, pads: pb, output };
-                (ConvLayout::Planes { g, plane: pointwise_on(output[1] * output[2], k) }, PackedWeights::new(self.isa, rows, cout, 1, k))
+                let layout = if self.isa == Isa::Avx512Vnni && Narrow3::applies(cout, k3, s3) {
+                    ConvLayout::Narrow(Box::new(Narrow3::new(g, cout, &wq)))
+                } else {
+                    ConvLayout::Planes { g, plane: pointwise_on(output[1] * output[2], k) }
+                };
+                (layout, PackedWeights::new(self.isa, rows, cout, 1, k))
             };
             let offset = pw.sums().iter().map(|s| s * zp).collect();
             (layout, ConvKind::Dense(pw), offset, (out_pixels * cout * k) as u64)

@@ -901,16 +901,16 @@ pub unsafe fn conv3d_narrow(
     requant: Option<(&Requant, &mut [u8])>,
     acc: &mut [i32],
 ) {
-    let cout = n.cout;
-    let [kd, kh, kw] = n.kernel;
+    let (g, cout) = (&n.g, n.cout);
+    let [kd, kh, kw] = g.kernel;
     let [pd, ph, pw] = n.padded;
-    let [_, oh, ow] = n.output;
-    let [sz, sy, sx] = n.stride;
+    let [_, oh, ow] = g.output;
+    let [sz, sy, sx] = g.stride;
     let mq = kw.div_ceil(4);
     let count = voxels.len();
     assert!((1..=super::narrow3::NARROW_MAX_COUT).contains(&cout) && sx * 15 + mq * 4 <= 64);
-    assert!(planar.len() >= n.planar_len() + 64 && n.quads.len() >= n.cin * kd * kh * mq * cout);
-    assert!(voxels.end <= n.output.iter().product::<usize>() && acc.len() >= count * cout);
+    assert!(planar.len() >= n.planar_len() + 64 && n.quads.len() >= g.cin * kd * kh * mq * cout);
+    assert!(voxels.end <= g.output.iter().product::<usize>() && acc.len() >= count * cout);
     if let Some((r, out)) = &requant {
         assert!(out.len() >= count * cout && requant_covers(r, cout));
     }
@@ -964,7 +964,7 @@ pub unsafe fn conv3d_narrow(
             let (oz, oy, ox0) = (v / (oh * ow), v / ow % oh, v % ow);
             let np = (ow - ox0).min(16).min(voxels.end - v);
             let mut accs = [_mm512_setzero_si512(); super::narrow3::NARROW_MAX_COUT];
-            for ci in 0..n.cin {
+            for ci in 0..g.cin {
                 for a in 0..kd {
                     for b in 0..kh {
                         let row = ((ci * pd + oz * sz + a) * ph + oy * sy + b) * pw + ox0 * sx;

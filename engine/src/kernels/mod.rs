@@ -193,6 +193,25 @@ fn foreign(isa: Isa) -> ! {
     unreachable!("{} kernels on {}", isa.name(), std::env::consts::ARCH)
 }
 
+/// Sizes of a 3-D convolution (a transposed one: input and output swap roles in the
+/// index arithmetic, o = i * stride - pad + tap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry3 {
+    pub input: [usize; 3],
+    pub cin: usize,
+    pub kernel: [usize; 3],
+    pub stride: [usize; 3],
+    /// Padding before each axis (the output sizes fix the rest).
+    pub pads: [usize; 3],
+    pub output: [usize; 3],
+}
+
+impl Geometry3 {
+    pub fn taps(&self) -> usize {
+        self.kernel.iter().product()
+    }
+}
+
 /// Geometry of a 2-D convolution on NHWC tensors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvGeometry {
@@ -337,9 +356,9 @@ pub fn conv(
 }
 
 /// A narrow 3-D conv ([`Narrow3`]) on its padded planes, outputs `voxels`: requantised
-/// into `out` with the requantisation given, else the raw sums into `acc`. AVX-512
-/// VNNI has the kernel; any other ISA runs the scalar form (the compiler only picks
-/// this layout for VNNI).
+/// into `out` with the requantisation given, else the raw sums into `acc`. Only
+/// AVX-512 VNNI has the kernel, and the compiler picks this layout for it alone.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 pub fn conv3d_narrow(
     isa: Isa,
     planar: &[u8],
@@ -352,7 +371,7 @@ pub fn conv3d_narrow(
         // SAFETY: `checked` confirmed AVX-512 VNNI (with VBMI) on this CPU.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => unsafe { avx512::conv3d_narrow(planar, n, voxels, requant, acc) },
-        _ => n.reference(planar, voxels, requant, acc),
+        other => unreachable!("a narrow 3-D conv compiled for {}: the compiler picks it for AVX-512 VNNI only", other.name()),
     }
 }
 

@@ -8,11 +8,11 @@
 //! multiple of 4, the extra taps' weights zero), and one `vpdpbusd` per output channel
 //! adds them. The sums are the exact integers of the dense conv on the same padded
 //! input (padding reads the zero point, as the gathered rows do), so the
-//! requantisation, the same float operations, gives the same bytes.
+//! requantisation, the same float operations, gives the same bytes. The compiler picks
+//! this layout for AVX-512 VNNI alone; its reference is the gathered-rows form of the
+//! same conv on any other ISA (`narrow_3d_convs_equal_every_isa`).
 
-use std::ops::Range;
-
-use super::{scalar, Requant};
+use super::Geometry3;
 
 /// Output channels up to which the narrow kernel applies.
 pub const NARROW_MAX_COUT: usize = 8;
@@ -20,13 +20,7 @@ pub const NARROW_MAX_COUT: usize = 8;
 /// A narrow 3-D convolution's geometry and weights.
 #[derive(Debug, Clone)]
 pub struct Narrow3 {
-    pub input: [usize; 3],
-    pub cin: usize,
-    pub kernel: [usize; 3],
-    pub stride: [usize; 3],
-    /// Padding before each axis.
-    pub pads: [usize; 3],
-    pub output: [usize; 3],
+    pub g: Geometry3,
     pub cout: usize,
     /// The padded planes' sizes: every tap of every output inside.
     pub padded: [usize; 3],
@@ -43,19 +37,9 @@ impl Narrow3 {
     }
 
     /// `w`: the conv's int8 weights as ONNX stores them, [cout][cin][kd][kh][kw].
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        input: [usize; 3],
-        cin: usize,
-        kernel: [usize; 3],
-        stride: [usize; 3],
-        pads: [usize; 3],
-        output: [usize; 3],
-        cout: usize,
-        w: &[i8],
-    ) -> Narrow3 {
-        let [kd, kh, kw] = kernel;
-        let mq = kw.div_ceil(4);
+    pub fn new(g: Geometry3, cout: usize, w: &[i8]) -> Narrow3 {
+        let [kd, kh, kw] = g.kernel;
+        let (cin, mq) = (g.cin, kw.div_ceil(4));
         let mut quads = vec![0i32; cin * kd * kh * mq * cout];
         for co in 0..cout {
             for ci in 0..cin {
@@ -76,74 +60,34 @@ impl Narrow3 {
                 }
             }
         }
-        let padded = std::array::from_fn(|i| (output[i] - 1) * stride[i] + kernel[i]);
-        Narrow3 { input, cin, kernel, stride, pads, output, cout, padded, quads }
+        let padded = std::array::from_fn(|i| (g.output[i] - 1) * g.stride[i] + g.kernel[i]);
+        Narrow3 { g, cout, padded, quads }
     }
 
     /// Bytes of the padded planes.
     pub fn planar_len(&self) -> usize {
-        self.cin * self.padded.iter().product::<usize>()
+        self.g.cin * self.padded.iter().product::<usize>()
     }
 
     /// The channels-last input `x` as padded planes in `planar` (its first
     /// [`Self::planar_len`] bytes; the rest is slack the kernel may read).
     pub fn pad(&self, x: &[u8], zp: u8, planar: &mut [u8]) {
-        let [d, h, w] = self.input;
+        let ([d, h, w], pads) = (self.g.input, self.g.pads);
         let [pd, ph, pw] = self.padded;
-        let c = self.cin;
+        let c = self.g.cin;
         planar[..self.planar_len()].fill(zp);
         // Input voxels no output reads (past the padded extent) are left out.
-        let xs = w.min(pw.saturating_sub(self.pads[2]));
-        for iz in 0..d.min(pd.saturating_sub(self.pads[0])) {
-            for iy in 0..h.min(ph.saturating_sub(self.pads[1])) {
+        let xs = w.min(pw.saturating_sub(pads[2]));
+        for iz in 0..d.min(pd.saturating_sub(pads[0])) {
+            for iy in 0..h.min(ph.saturating_sub(pads[1])) {
                 let src = &x[(iz * h + iy) * w * c..][..xs * c];
                 for ci in 0..c {
-                    let row = ((ci * pd + iz + self.pads[0]) * ph + iy + self.pads[1]) * pw + self.pads[2];
+                    let row = ((ci * pd + iz + pads[0]) * ph + iy + pads[1]) * pw + pads[2];
                     for (o, &v) in planar[row..row + xs].iter_mut().zip(src[ci..].iter().step_by(c)) {
                         *o = v;
                     }
                 }
             }
-        }
-    }
-
-    /// Output voxel `v`'s sum over its taps on the padded planes (the scalar form of
-    /// the kernel, and the reference its SIMD forms are tested against).
-    pub fn sum(&self, planar: &[u8], v: usize, co: usize) -> i32 {
-        let [_, oh, ow] = self.output;
-        let [_, ph, pw] = self.padded;
-        let [kd, kh, kw] = self.kernel;
-        let (mq, pd) = (kw.div_ceil(4), self.padded[0]);
-        let (oz, oy, ox) = (v / (oh * ow), v / ow % oh, v % ow);
-        let mut acc = 0i32;
-        for ci in 0..self.cin {
-            for a in 0..kd {
-                for b in 0..kh {
-                    let row = ((ci * pd + oz * self.stride[0] + a) * ph + oy * self.stride[1] + b) * pw + ox * self.stride[2];
-                    for m in 0..mq {
-                        let w = self.quads[(((ci * kd + a) * kh + b) * mq + m) * self.cout + co].to_le_bytes();
-                        for (t, &wt) in w.iter().enumerate().take(kw - 4 * m) {
-                            acc += planar[row + 4 * m + t] as i32 * wt as i8 as i32;
-                        }
-                    }
-                }
-            }
-        }
-        acc
-    }
-
-    /// Outputs `voxels` (in order; `acc` and `out` hold them from their start):
-    /// requantised into `out` with `requant`, or, without one, the raw sums into `acc`.
-    pub fn reference(&self, planar: &[u8], voxels: Range<usize>, requant: Option<(&Requant, &mut [u8])>, acc: &mut [i32]) {
-        let cout = self.cout;
-        let n = voxels.len();
-        for (i, v) in voxels.enumerate() {
-            for co in 0..cout {
-                acc[i * cout + co] = self.sum(planar, v, co);
-            }
-        }
-        if let Some((r, out)) = requant {
-            scalar::requantize(&acc[..n * cout], cout, r, &mut out[..n * cout]);
         }
     }
 }
