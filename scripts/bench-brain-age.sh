@@ -4,23 +4,29 @@
 # at half width (running norms, so the maps can be tiled), FP32 (tract) and INT8 (the
 # engine, after data-free `edgemed quantize`), one and two threads: seconds and peak RSS
 # of `edgemed-run brain-age`, tile by tile (8 map voxels a side: a fixed window of
-# 8*7 + rf voxels, which the INT8 engine needs); then ONNX Runtime running the whole
+# 8*7 + rf voxels); then ONNX Runtime running the whole
 # volume at once (FP32, open input sizes: the whole activation memory).
-# Usage: MNI=... scripts/bench-brain-age.sh [RF...]   (default 9 17 33)
+# NORM=instance: the paper's instance norms instead, open input sizes: FP32 on tract runs the
+# whole (cropped) volume, INT8 streams the norms' statistics over the tiles (a pass per norm).
+# Usage: MNI=... [NORM=instance] scripts/bench-brain-age.sh [RF...]   (default 9 17 33)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MNI=${MNI:?set MNI to the 1 mm MNI152 T1 template}
 PY=${PY:-.venv/bin/python}
 E=target/release/edgemed R=target/release/edgemed-run
-D=${OUT:-target/bench-brain-age}
+NORM=${NORM:-running}
+D=${OUT:-target/bench-brain-age}/$NORM
 mkdir -p "$D"
 for rf in ${@:-9 17 33}; do
   w=$((8 * 7 + rf))
+  # Running norms: a fixed window of one tile; instance norms: open sizes (whole or tiles).
+  window=(--window "$w,$w,$w")
+  [ "$NORM" = instance ] && window=()
   [ -f "$D/b$rf.map.int8.onnx" ] || {
-    $E export bagnet3d --seed 0 --receptive-field "$rf" --norm running --window "$w,$w,$w" --force -o "$D/b$rf.onnx"
+    $E export bagnet3d --seed 0 --receptive-field "$rf" --norm "$NORM" "${window[@]}" --force -o "$D/b$rf.onnx"
     $E export --local-map "$D/b$rf.onnx" --force -o "$D/b$rf.map.onnx"
     $E quantize "$D/b$rf.map.onnx" --force -o "$D/b$rf.map.int8.onnx"
-    $E export bagnet3d --seed 0 --receptive-field "$rf" --norm running --force -o "$D/b$rf.open.onnx"
+    $E export bagnet3d --seed 0 --receptive-field "$rf" --norm "$NORM" --force -o "$D/b$rf.open.onnx"
     $E export --local-map "$D/b$rf.open.onnx" --force -o "$D/b$rf.open.map.onnx"
   } 2>/dev/null
   for model in b$rf.map b$rf.map.int8; do

@@ -15,6 +15,8 @@
 //! ([`pool`]; one thread unless [`Engine::with_threads`] asks for more). The parts
 //! write disjoint output bytes with unchanged integer arithmetic, so the output is
 //! the same bits at any thread count. Float ops run on the calling thread.
+//! [`norms`] streams a volume's instance-norm statistics over tiles
+//! ([`Engine::run_pass`]).
 //!
 //! Constructs the engine does not cover are [`Error::Unsupported`]; the runtime then
 //! runs the whole model elsewhere.
@@ -23,6 +25,7 @@
 pub mod compile;
 pub mod float;
 pub mod kernels;
+pub mod norms;
 pub mod plan;
 pub mod pool;
 pub mod split;
@@ -39,6 +42,7 @@ use std::ops::Range;
 use std::sync::Mutex;
 
 use kernels::{ConvGeometry, Isa, QTensor, Requant};
+use norms::{NormPass, NormSite, NormSums, PassResult};
 use plan::{ConvKind, ConvLayout, Copies, Op, Plan, Step};
 use pool::Pool;
 use split::{conv_parts, cut, ranges, PIXEL_ALIGN};
@@ -202,6 +206,16 @@ impl Scratch {
     }
 }
 
+/// Where an instance norm of one run takes its statistics from.
+enum NormUse<'a> {
+    /// Its own input's.
+    Own,
+    /// A streamed volume's (index into [`NormPass::given`]).
+    Given(usize),
+    /// None: the pass sums its input over this box and stops.
+    Collect(&'a [Range<usize>]),
+}
+
 /// Time spent in one step of the plan, from [`Engine::profile`].
 #[derive(Debug, Clone)]
 pub struct StepTime {
@@ -219,10 +233,22 @@ impl Engine {
     /// The engine for `model` with the kernels of `isa` (tests, benchmarks); Err if
     /// this CPU cannot run them.
     pub fn with_isa(model: &OnnxModel, isa: Isa) -> Result<Self> {
+        Engine::compiled(model, isa, None)
+    }
+
+    /// The engine for `model` run on inputs of `shape` (batch first; the batch runs
+    /// item by item): the sizes the model leaves symbolic are taken from `shape`, and
+    /// fixed ones must equal it. A model with symbolic spatial sizes (a 3-D segmenter
+    /// or BagNet exported without a window) compiles this way for each tile size.
+    pub fn for_input(model: &OnnxModel, shape: &[usize]) -> Result<Self> {
+        Engine::compiled(model, Isa::detect(), Some(shape))
+    }
+
+    fn compiled(model: &OnnxModel, isa: Isa, shape: Option<&[usize]>) -> Result<Self> {
         if !isa.is_available() {
             return Err(Error::Unsupported(format!("the {} kernels need CPU features this CPU lacks", isa.name())));
         }
-        let plan = compile::compile(model, isa)?;
+        let plan = compile::compile_for(model, isa, shape)?;
         let memory = MemoryPlan::new(&plan);
         let mut last = vec![None; plan.float_shapes.len()];
         for (i, step) in plan.steps.iter().enumerate() {
@@ -289,7 +315,36 @@ impl Engine {
 
     /// Runs one input (the model's input shape with batch 1, flattened); returns the model's outputs.
     pub fn run_one(&self, x: &[f32]) -> Result<Vec<ArrayD<f32>>> {
-        self.with_scratch(|s| self.execute(s, x, &mut None))
+        self.with_scratch(|s| self.execute(s, x, &mut None, None)).map(PassResult::outputs)
+    }
+
+    /// The instance norms of the plan, in the order it runs them.
+    pub fn norm_sites(&self) -> Vec<NormSite> {
+        let p = &self.plan;
+        p.steps
+            .iter()
+            .filter_map(|st| match st {
+                Step::Float { op: float::FloatOp::InstanceNorm(_), inputs, name, .. } => match inputs.first() {
+                    Some(float::Operand::Value(v)) if p.float_shapes[*v].len() >= 3 => {
+                        let shape = &p.float_shapes[*v];
+                        Some(NormSite { name: name.clone(), channels: shape[1], spatial: shape[2..].to_vec(), bytes: false })
+                    }
+                    _ => None,
+                },
+                Step::Int(Op::InstanceNorm(n)) => {
+                    let shape = &p.shapes[n.src];
+                    Some(NormSite { name: p.label(st), channels: shape[1], spatial: shape[2..].to_vec(), bytes: true })
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// One pass of a volume streamed in tiles ([`norms`]): runs `x` with the norms'
+    /// statistics `pass.given`, and either sums the next norm's input over
+    /// `pass.collect` (stopping there) or runs to the outputs.
+    pub fn run_pass(&self, x: &[f32], pass: NormPass) -> Result<PassResult> {
+        self.with_scratch(|s| self.execute(s, x, &mut None, Some(pass)))
     }
 
     /// Runs `x` `iterations` times and returns the total time of each step.
@@ -297,7 +352,7 @@ impl Engine {
         let mut times: Option<Vec<f64>> = Some(Vec::new());
         self.with_scratch(|s| {
             for _ in 0..iterations.max(1) {
-                self.execute(s, x, &mut times)?;
+                self.execute(s, x, &mut times, None)?;
             }
             Ok(())
         })?;
@@ -322,7 +377,7 @@ impl Engine {
         }
     }
 
-    fn execute(&self, s: &mut Scratch, x: &[f32], times: &mut Option<Vec<f64>>) -> Result<Vec<ArrayD<f32>>> {
+    fn execute(&self, s: &mut Scratch, x: &[f32], times: &mut Option<Vec<f64>>, pass: Option<NormPass>) -> Result<PassResult> {
         let p = &self.plan;
         let slot = |t: usize| self.memory.slot_of[t];
         let mut clock = std::time::Instant::now();
@@ -341,8 +396,40 @@ impl Engine {
         // model's first step quantises it straight from `x`.
         let mut vals: Vec<Option<ArrayD<f32>>> = vec![None; p.float_shapes.len()];
         let input_array = || ArrayD::from_shape_vec(IxDyn(p.input_shape()), x.to_vec()).expect("sized");
+        // Instance norms met so far, and what the pass says of the next one.
+        let mut norms = 0;
+        let mut next_norm = || -> Result<NormUse> {
+            let k = norms;
+            norms += 1;
+            Ok(match pass {
+                None => NormUse::Own,
+                Some(NormPass { given, .. }) if k < given.len() => NormUse::Given(k),
+                Some(NormPass { collect: Some(region), .. }) => NormUse::Collect(region),
+                Some(_) => return Err(Error::Invalid(format!("instance norm {k} has no statistics for this pass"))),
+            })
+        };
+        let given = |k: usize| &pass.expect("given by a pass").given[k];
         for (i, step) in p.steps.iter().enumerate() {
             match step {
+                Step::Int(Op::InstanceNorm(n)) => {
+                    let t = p.tensors[n.src];
+                    let x = &s.slots[slot(n.src)][..t.len()];
+                    let counts = match next_norm()? {
+                        NormUse::Own => self.byte_counts(&s.lanes, x, &t, None),
+                        NormUse::Given(k) => match given(k) {
+                            NormSums::Bytes(h) if h.len() == t.c * 256 => h.clone(),
+                            _ => return Err(Error::Invalid(format!("{}: the given statistics are of another norm", p.label(step)))),
+                        },
+                        NormUse::Collect(region) => {
+                            let runs = self.region_runs(&p.shapes[n.src][2..], region)?;
+                            return Ok(PassResult::Sums(NormSums::Bytes(self.byte_counts(&s.lanes, x, &t, Some(&runs)))));
+                        }
+                    };
+                    let table = self.instance_norm_tables(&counts, &t, n, &p.tensors[n.dst]);
+                    let mut dst = std::mem::take(&mut s.slots[slot(n.dst)]);
+                    self.apply_tables(&s.lanes, &s.slots[slot(n.src)][..t.len()], t.c, &table, &mut dst[..t.len()]);
+                    s.slots[slot(n.dst)] = dst;
+                }
                 Step::Int(op) => self.int_op(s, op),
                 Step::Quantize { src, dst } => {
                     let v = match *src {
@@ -413,8 +500,16 @@ impl Engine {
                         })
                         .collect();
                     let y = match (op, args.as_slice()) {
-                        (float::FloatOp::InstanceNorm(eps), [x, scale, bias]) if self.threads() > 1 => {
-                            self.instance_norm(&s.lanes, x, scale, bias, *eps)
+                        (float::FloatOp::InstanceNorm(eps), [x, scale, bias]) => {
+                            let use_ = next_norm()?;
+                            if let NormUse::Collect(region) = use_ {
+                                return self.float_sums(x, region).map(PassResult::Sums);
+                            }
+                            let stats = match use_ {
+                                NormUse::Given(k) => Some(given(k)),
+                                _ => None,
+                            };
+                            self.instance_norm(&s.lanes, x, scale, bias, *eps, stats).map_err(|e| Error::Invalid(format!("{name}: {e}")))?
                         }
                         _ => None,
                     };
@@ -440,7 +535,7 @@ impl Engine {
         if !outputs.iter().all(|y| float::all_finite(y.iter())) {
             return Err(Error::NonFinite { what: "model output".into() });
         }
-        Ok(outputs)
+        Ok(PassResult::Outputs(outputs))
     }
 
     fn int_op(&self, s: &mut Scratch, op: &Op) {
@@ -458,12 +553,7 @@ impl Engine {
                 let x = &s.slots[slot(*src)][..p.tensors[*src].len()];
                 self.apply_tables(&s.lanes, x, p.tensors[*src].c, table, out);
             }
-            Op::InstanceNorm(n) => {
-                let t = p.tensors[n.src];
-                let x = &s.slots[slot(n.src)][..t.len()];
-                let table = self.instance_norm_tables(&s.lanes, x, &t, n, &dst_t);
-                self.apply_tables(&s.lanes, x, t.c, &table, out);
-            }
+            Op::InstanceNorm(_) => unreachable!("run by execute"),
             Op::Add { a, b, bounds, .. } => {
                 let (ta, tb) = (p.tensors[*a], p.tensors[*b]);
                 let (xa, xb) = (&s.slots[slot(*a)][..ta.len()], &s.slots[slot(*b)][..tb.len()]);
@@ -585,31 +675,52 @@ impl Engine {
         });
     }
 
-    /// The tables of [`plan::InstanceNormOp`] for input `x` (tensor `t`): histograms
-    /// of each channel's bytes over parts of the pixels, summed (integers: the same at
-    /// any thread count), then the float op's statistics and normalisation per value.
-    fn instance_norm_tables(&self, lanes: &[Mutex<Lane>], x: &[u8], t: &QTensor, n: &plan::InstanceNormOp, dst: &QTensor) -> Vec<u8> {
-        let (c, pixels) = (t.c, t.h * t.w);
-        let rs = ranges(pixels, self.parts(x.len() as u64, self.min_part.1), PIXEL_ALIGN);
-        let mut counts = vec![0u32; rs.len() * c * 256];
-        let work: Vec<_> = rs.iter().zip(cut(&mut counts, rs.iter().map(|_| c * 256))).collect();
-        self.split(lanes, work, |(r, h), _| {
-            for px in x[r.start * c..r.end * c].chunks_exact(c) {
-                for (ch, &v) in px.iter().enumerate() {
-                    h[ch * 256 + v as usize] += 1;
+    /// Counts of each channel's bytes in `x` (tensor `t`), `[channel][256]`: over all
+    /// pixels, or over the pixel ranges `runs`. Parts of the pixels on the pool,
+    /// summed: integers, the same at any thread count and for any split of a volume.
+    fn byte_counts(&self, lanes: &[Mutex<Lane>], x: &[u8], t: &QTensor, runs: Option<&[Range<usize>]>) -> Vec<u64> {
+        let c = t.c;
+        let all: Vec<Range<usize>> = std::iter::once(0..t.h * t.w).collect();
+        let runs = runs.unwrap_or(&all);
+        let pixels: usize = runs.iter().map(|r| r.len()).sum();
+        // Parts: consecutive groups of runs (the whole tensor is one run cut in ranges).
+        let parts: Vec<Vec<Range<usize>>> = if runs.len() == 1 {
+            let r0 = runs[0].clone();
+            ranges(r0.len(), self.parts((r0.len() * c) as u64, self.min_part.1), PIXEL_ALIGN)
+                .into_iter()
+                .map(|r| std::iter::once(r0.start + r.start..r0.start + r.end).collect())
+                .collect()
+        } else {
+            ranges(runs.len(), self.parts((pixels * c) as u64, self.min_part.1), 1).into_iter().map(|g| runs[g].to_vec()).collect()
+        };
+        let mut counts = vec![0u32; parts.len() * c * 256];
+        let work: Vec<_> = parts.iter().zip(cut(&mut counts, parts.iter().map(|_| c * 256))).collect();
+        self.split(lanes, work, |(part, h), _| {
+            for r in part {
+                for px in x[r.start * c..r.end * c].chunks_exact(c) {
+                    for (ch, &v) in px.iter().enumerate() {
+                        h[ch * 256 + v as usize] += 1;
+                    }
                 }
             }
         });
-        let (first, rest) = counts.split_at_mut(c * 256);
-        for h in rest.chunks_exact(c * 256) {
-            first.iter_mut().zip(h).for_each(|(a, &b)| *a += b);
+        let mut total = vec![0u64; c * 256];
+        for h in counts.chunks_exact(c * 256) {
+            total.iter_mut().zip(h).for_each(|(a, &b)| *a += b as u64);
         }
+        total
+    }
+
+    /// The tables of [`plan::InstanceNormOp`] (tensor `t` into `dst`) from the counts of
+    /// each channel's bytes ([`Engine::byte_counts`], of this tensor or of a whole
+    /// streamed volume): the float op's statistics and normalisation per value.
+    fn instance_norm_tables(&self, counts: &[u64], t: &QTensor, n: &plan::InstanceNormOp, dst: &QTensor) -> Vec<u8> {
         let v: Vec<f32> = (0..=255u8).map(|q| t.deq(q)).collect();
-        let np = pixels as f64;
         // Entries of values absent from a channel are never read (the table is applied
-        // to these very bytes): left 0.
-        let mut table = vec![0u8; c * 256];
-        for (ch, k) in first.chunks_exact(256).enumerate() {
+        // to bytes that were counted): left 0.
+        let mut table = vec![0u8; t.c * 256];
+        for (ch, k) in counts.chunks_exact(256).enumerate() {
+            let np = k.iter().sum::<u64>().max(1) as f64;
             let present = || k.iter().enumerate().filter(|(_, &k)| k > 0);
             let mean = present().map(|(q, &k)| k as f64 * v[q] as f64).sum::<f64>() / np;
             let var = present().map(|(q, &k)| k as f64 * (v[q] as f64 - mean) * (v[q] as f64 - mean)).sum::<f64>() / np;
@@ -622,10 +733,38 @@ impl Engine {
         table
     }
 
+    /// Pixel ranges (row-major over `spatial`) of the box `region`, checked against it.
+    fn region_runs(&self, spatial: &[usize], region: &[Range<usize>]) -> Result<Vec<Range<usize>>> {
+        if region.len() != spatial.len() || region.iter().zip(spatial).any(|(r, &n)| r.start > r.end || r.end > n) {
+            return Err(Error::Invalid(format!("the box {region:?} is not inside the norm's input {spatial:?}")));
+        }
+        Ok(norms::box_runs(spatial, region))
+    }
+
+    /// The sums of each channel of the float value `x` ([1, C, spatial...]) over `region`.
+    fn float_sums(&self, x: &ArrayD<f32>, region: &[Range<usize>]) -> Result<NormSums> {
+        let shape = x.shape();
+        if shape.len() < 3 || shape[0] != 1 {
+            return Err(Error::Invalid(format!("an instance norm of shape {shape:?} cannot be streamed")));
+        }
+        let runs = self.region_runs(&shape[2..], region)?;
+        let x = x.as_standard_layout();
+        let data = x.as_slice().expect("standard layout");
+        let plane: usize = shape[2..].iter().product();
+        let sums = data
+            .chunks_exact(plane)
+            .map(|p| {
+                let mut s = norms::ChannelSums::default();
+                runs.iter().for_each(|r| s.add(&p[r.clone()]));
+                s
+            })
+            .collect();
+        Ok(NormSums::Float(sums))
+    }
+
     /// The interpreter's InstanceNormalization over the pool, the same bits: each
-    /// plane's statistics by one thread (in order, as the interpreter sums), then the
-    /// normalisation element-wise in runs of pixels. None where the interpreter should
-    /// run it (shapes it would refuse, or too little work to cut).
+    /// plane's statistics by one thread (or from `given`, a streamed volume's), then
+    /// the normalisation element-wise in runs of pixels.
     fn instance_norm(
         &self,
         lanes: &[Mutex<Lane>],
@@ -633,26 +772,42 @@ impl Engine {
         scale: &ArrayD<f32>,
         bias: &ArrayD<f32>,
         eps: f32,
-    ) -> Option<ArrayD<f32>> {
-        let (shape, c) = (x.shape(), *x.shape().get(1)?);
-        let plane: usize = shape.get(2..)?.iter().product();
-        if shape.len() < 3 || scale.len() != c || bias.len() != c || plane == 0 || self.parts(x.len() as u64, self.min_part.1) < 2 {
-            return None;
+        given: Option<&NormSums>,
+    ) -> std::result::Result<Option<ArrayD<f32>>, String> {
+        let shape = x.shape();
+        let c = shape.get(1).copied().unwrap_or(0);
+        let plane: usize = shape.get(2..).map_or(0, |s| s.iter().product());
+        if shape.len() < 3 || scale.len() != c || bias.len() != c || plane == 0 {
+            // The interpreter says what is wrong (or does the degenerate case).
+            return match given {
+                None => Ok(None),
+                Some(_) => Err(format!("InstanceNormalization of {shape:?} cannot take a streamed volume's statistics")),
+            };
         }
         let (scale, bias): (Vec<f32>, Vec<f32>) = (scale.iter().copied().collect(), bias.iter().copied().collect());
         let mut y = x.as_standard_layout().into_owned();
         let data = y.as_slice_mut().expect("standard layout");
         let planes = data.len() / plane;
-        // Statistics: whole planes per part (a plane's sum is one ordered sequence).
-        let stats: Vec<Mutex<(f32, f32)>> = (0..planes).map(|_| Mutex::new((0.0, 0.0))).collect();
-        let rs = ranges(planes, self.threads(), 1);
-        let reader: &[f32] = data;
-        self.split(lanes, rs, |r, _| {
-            for i in r {
-                *stats[i].lock().unwrap_or_else(|e| e.into_inner()) = float::instance_stats(&reader[i * plane..(i + 1) * plane], eps);
+        let stats: Vec<(f32, f32)> = match given {
+            Some(NormSums::Float(sums)) if sums.len() == planes => sums
+                .iter()
+                .map(|s| s.stats(eps).ok_or_else(|| "the streamed statistics are empty or not finite".to_string()))
+                .collect::<std::result::Result<_, _>>()?,
+            Some(_) => return Err("the given statistics are of another norm".into()),
+            None => {
+                // Statistics: whole planes per part.
+                let stats: Vec<Mutex<(f32, f32)>> = (0..planes).map(|_| Mutex::new((0.0, 0.0))).collect();
+                let rs = ranges(planes, self.threads(), 1);
+                let reader: &[f32] = data;
+                self.split(lanes, rs, |r, _| {
+                    for i in r {
+                        *stats[i].lock().unwrap_or_else(|e| e.into_inner()) =
+                            float::instance_stats(&reader[i * plane..(i + 1) * plane], eps);
+                    }
+                });
+                stats.into_iter().map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner())).collect()
             }
-        });
-        let stats: Vec<(f32, f32)> = stats.into_iter().map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner())).collect();
+        };
         // Normalisation: runs of elements, split at plane boundaries where a run crosses one.
         let rs = ranges(data.len(), self.parts(data.len() as u64, self.min_part.1), PIXEL_ALIGN);
         let work: Vec<_> = rs.iter().zip(cut(data, rs.iter().map(|r| r.len()))).collect();
@@ -666,7 +821,7 @@ impl Engine {
                 (rest, at) = (tail, at + n);
             }
         });
-        Some(y)
+        Ok(Some(y))
     }
 
     /// Fills `f` ([c][pixels], a float value's NC... layout) from pixel-major data over

@@ -74,18 +74,44 @@ fn tiled_maps_equal_the_whole_volume_bit_for_bit() {
     }
 }
 
+/// The paper's instance-norm BagNet after INT8 quantization: the INT8 engine streams
+/// its norms' statistics over the tiles (a pass per norm, then the maps), so the tiled
+/// maps are the whole volume's bit for bit, at 1 and 2 threads, on a volume cropped to
+/// whole strides (m = (n + 1 - rf) / 8 map voxels). The FP32 model runs whole on the
+/// same crop; tiles of it are refused in one line.
 #[test]
-fn instance_norm_models_are_not_tiled() {
+fn instance_norm_maps_are_streamed_over_tiles_bit_for_bit() {
     let cfg = Config { receptive_field: 9, width: 4, norm: Norm::Instance, ..Config::default() };
-    let model = map_model(&cfg, false);
-    let geo = brain_age::geometry(&model).unwrap();
+    let (fp32, int8) = (map_model(&cfg, false), map_model(&cfg, true));
+    let geo = brain_age::geometry(&int8).unwrap();
     assert!(!geo.local);
-    let x = blob(&[41, 41, 41], 0);
-    let e = brain_age::local_maps(&model, &geo, x.view(), 2, 1, &BackendOptions::default(), |_, _| {}).unwrap_err().to_string();
-    assert!(e.contains("instance statistics") && !e.contains('\n'), "{e}");
-    assert_eq!(maps(&model, &geo, &x, 0, 1, BackendKind::Tract).shape(), &[3, 5, 5, 5]);
-    let e = brain_age::local_maps(&model, &geo, x.view(), 1, 1, &BackendOptions::default(), |_, _| {}).unwrap_err().to_string();
+    // Remainders of 3, 7 and 0 voxels past whole strides.
+    let x = blob(&[9 + 8 * 5 + 3, 9 + 8 * 3 + 7, 9 + 8 * 4], 2);
+    let whole = maps(&int8, &geo, &x, 0, 1, BackendKind::Int8);
+    assert_eq!(whole.shape(), &[3, 5, 4, 4]);
+    for (tile, threads) in [(2, 1), (3, 2), (4, 1)] {
+        let tiled = maps(&int8, &geo, &x, tile, threads, BackendKind::Int8);
+        let n = whole.iter().zip(tiled.iter()).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        println!("instance-norm BagNet-9 INT8, tiles of {tile} on {threads} threads: {n} of {} differ", whole.len());
+        assert!(same_bits(&whole, &tiled), "tiles of {tile} on {threads} threads differ from the whole volume");
+    }
+    // The FP32 model on tract, whole: the same map grid; the INT8 maps follow it.
+    let geo32 = brain_age::geometry(&fp32).unwrap();
+    let reference = maps(&fp32, &geo32, &x, 0, 1, BackendKind::Tract);
+    assert_eq!(reference.shape(), whole.shape());
+    let mask = Array3::from_elem(x.dim(), true);
+    for a in brain_age::agreement(&geo, &whole, &reference, &mask) {
+        println!("{a:?}");
+        assert!(a.correlation > 0.5, "{a:?}");
+    }
+    let fp32_opts = BackendOptions { kind: BackendKind::Tract, ..Default::default() };
+    let e = brain_age::local_maps(&fp32, &geo32, x.view(), 2, 1, &fp32_opts, |_, _| {}).unwrap_err().to_string();
+    assert!(e.contains("INT8 engine") && e.contains("--tile 0") && !e.contains('\n'), "{e}");
+    let e = brain_age::local_maps(&int8, &geo, x.view(), 1, 1, &BackendOptions::default(), |_, _| {}).unwrap_err().to_string();
     assert!(e.contains("at least 2"), "{e}");
+    let small = blob(&[15, 40, 40], 0);
+    let e = brain_age::local_maps(&int8, &geo, small.view(), 2, 1, &BackendOptions::default(), |_, _| {}).unwrap_err().to_string();
+    assert!(e.contains("smaller than the receptive field"), "{e}");
 }
 
 fn mni() -> Volume {

@@ -397,10 +397,16 @@ impl<'m> Compiler<'m> {
 /// Compiles `model` for batch 1, its weights packed for `isa`; Err names what the
 /// engine does not cover.
 pub fn compile(model: &OnnxModel, isa: Isa) -> Result<Plan> {
+    compile_for(model, isa, None)
+}
+
+/// [`compile`] for inputs of `shape` (batch first): symbolic sizes after the batch are
+/// taken from it, fixed ones must equal it (None: the model's own, all fixed).
+pub fn compile_for(model: &OnnxModel, isa: Isa, shape: Option<&[usize]>) -> Result<Plan> {
     if !model.graph().node.iter().any(|n| n.op_type == "QuantizeLinear") {
         return Err(unsupported("no QuantizeLinear: not a QDQ model"));
     }
-    let (comp, outputs) = lower(model, isa)?;
+    let (comp, outputs) = lower(model, isa, shape)?;
     let macs: u64 = comp.steps.iter().map(|s| s.macs()).sum();
     if !comp.steps.iter().any(|s| matches!(s, Step::Int(_) | Step::ConvToFloat { .. })) {
         return Err(unsupported("nothing runs in integers (not a QDQ model, or its quantised ops are in forms the engine does not read)"));
@@ -422,13 +428,13 @@ pub fn compile(model: &OnnxModel, isa: Isa) -> Result<Plan> {
 /// The multiply-adds of a model's convolutions and matrix products at batch 1, float
 /// or quantised, as the engine counts them: bench's MMAC column for float models too.
 pub fn count_macs(model: &OnnxModel) -> Result<u64> {
-    let (comp, _) = lower(model, Isa::Scalar)?;
+    let (comp, _) = lower(model, Isa::Scalar, None)?;
     Ok(comp.steps.iter().map(|s| s.macs()).sum::<u64>() + comp.float_macs)
 }
 
 /// Lowers every node, at batch 1: integer steps where the graph is quantised, the
 /// interpreter's float steps elsewhere; returns the compiler and the outputs' values.
-fn lower(model: &OnnxModel, isa: Isa) -> Result<(Compiler<'_>, Vec<usize>)> {
+fn lower<'m>(model: &'m OnnxModel, isa: Isa, shape: Option<&[usize]>) -> Result<(Compiler<'m>, Vec<usize>)> {
     let graph = model.graph();
     let inits: HashMap<&str, &pb::TensorProto> = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
     let inputs: Vec<&pb::ValueInfoProto> = graph.input.iter().filter(|i| !inits.contains_key(i.name.as_str())).collect();
@@ -436,11 +442,22 @@ fn lower(model: &OnnxModel, isa: Isa) -> Result<(Compiler<'_>, Vec<usize>)> {
         return Err(unsupported(format!("{} graph inputs; the engine runs models with one", inputs.len())));
     };
     let dims = model.inputs.first().and_then(|i| i.dims.clone()).ok_or_else(|| unsupported("the input has no declared shape"))?;
+    // The declared sizes, 0 where symbolic (for errors).
+    let declared = || dims.iter().map(|d| if let crate::model::Dim::Fixed(n) = d { *n } else { 0 }).collect::<Vec<_>>();
+    if shape.is_some_and(|s| s.len() != dims.len()) {
+        return Err(Error::WrongShape { got: shape.unwrap_or_default().to_vec(), expected: declared() });
+    }
     let fixed: Vec<usize> = dims
         .iter()
+        .enumerate()
         .skip(1)
-        .map(|d| match d {
-            crate::model::Dim::Fixed(n) => Ok(*n),
+        .map(|(k, d)| match (d, shape.map(|s| s[k])) {
+            (crate::model::Dim::Fixed(n), None) => Ok(*n),
+            (crate::model::Dim::Fixed(n), Some(m)) if *n == m => Ok(m),
+            (crate::model::Dim::Fixed(_), Some(_)) => {
+                Err(Error::WrongShape { got: shape.unwrap_or_default().to_vec(), expected: declared() })
+            }
+            (_, Some(m)) if m > 0 => Ok(m),
             _ => Err(unsupported("the input's sizes after the batch must be fixed")),
         })
         .collect::<Result<_>>()?;

@@ -712,3 +712,111 @@ fn a_clamping_table_on_a_conv_output_narrows_the_convs_clamp() {
         conv_only.iter().enumerate().map(|(i, &v)| fake_quant(v.max(0.0).min([0.5f32, 2.0, 1.0][i / 25]) as f64, 0.03, 90)).collect();
     assert_eq!(got, want);
 }
+
+/// A 3-D net with two instance norms: one of u8 tensors (between Q/DQ pairs: a
+/// histogram) and one of a conv's float sums; valid convs 3x3x3 and 1x1x1 stride 2,
+/// so each output sees 3 input voxels per axis, 2 apart.
+fn two_norm_net(n: [usize; 3]) -> OnnxModel {
+    let mut b = Qdq::new(&[1, 1, n[0], n[1], n[2]]);
+    let x = b.qdq("x", 0.03, 100);
+    let w1: Vec<i8> = (0..3 * 27).map(|i| ((i * 37 % 23) as i8) - 11).collect();
+    let w1 = b.weight(&[3, 1, 3, 3, 3], &w1, 0.01);
+    let b1 = b.f32s(&[3], &[0.1, -0.2, 0.3]);
+    let c1 = b.op("Conv", &[&x, &w1, &b1], vec![]);
+    let c1 = b.qdq(&c1, 0.05, 128);
+    let (s1, o1) = (b.f32s(&[3], &[1.2, 0.8, -1.0]), b.f32s(&[3], &[0.0, 0.5, 0.1]));
+    let n1 = b.op("InstanceNormalization", &[&c1, &s1, &o1], vec![Attr::Float("epsilon", 1e-5)]);
+    let r1 = b.op("Relu", &[&n1], vec![]);
+    let r1 = b.qdq(&r1, 0.02, 0);
+    let w2: Vec<i8> = (0..4 * 3).map(|i| ((i * 29 % 31) as i8) - 15).collect();
+    let w2 = b.weight(&[4, 3, 1, 1, 1], &w2, 0.02);
+    let b2 = b.f32s(&[4], &[0.0, 0.1, -0.1, 0.2]);
+    let c2 = b.op("Conv", &[&r1, &w2, &b2], vec![Attr::Ints("strides", vec![2, 2, 2])]);
+    let (s2, o2) = (b.f32s(&[4], &[1.0, -0.5, 2.0, 0.7]), b.f32s(&[4], &[0.2, 0.0, -0.3, 0.1]));
+    let n2 = b.op("InstanceNormalization", &[&c2, &s2, &o2], vec![Attr::Float("epsilon", 1e-5)]);
+    let y = b.qdq(&n2, 0.03, 128);
+    b.model(&y)
+}
+
+/// A volume streamed in tiles ([`crate::norms`]), one pass per instance norm and a
+/// last one for the outputs, gives the whole volume's output bit for bit, for norms
+/// of u8 tensors and of float sums, at 1 and 3 threads; each tile's own statistics
+/// would not.
+#[test]
+fn streamed_instance_norms_equal_the_whole_volume() {
+    use crate::norms::{owned_box, site_strides, NormPass, NormSums, PassResult};
+    let (s, rf, m, t) = (2usize, 3usize, [5usize, 4, 6], 2usize);
+    let span = |v: usize| s * v + rf - 1;
+    let whole_n = m.map(span);
+    let x: Vec<f32> =
+        (0..whole_n.iter().product::<usize>()).map(|i| ((i * 7919 % 211) as f32 / 40.0) - 2.5 + (i % 13) as f32 * 0.1).collect();
+    let whole = Engine::new(&two_norm_net(whole_n)).unwrap().run_one(&x).unwrap().remove(0);
+    assert_eq!(whole.shape(), &[1, 4, m[0], m[1], m[2]]);
+    let tile_engine = Engine::new(&two_norm_net([span(t); 3])).unwrap();
+    let sites = tile_engine.norm_sites();
+    assert_eq!(sites.iter().map(|s| s.bytes).collect::<Vec<_>>(), [true, false]);
+    let strides = site_strides(&sites, &Engine::new(&two_norm_net([span(t) + s; 3])).unwrap().norm_sites(), s).unwrap();
+    assert_eq!(strides, [vec![1; 3], vec![2; 3]]);
+    // Map starts per axis, every t voxels, the last flush with the end.
+    let starts: Vec<Vec<usize>> = m.iter().map(|&v| (0..v - t).step_by(t).chain([v - t]).collect()).collect();
+    let voxel_starts: Vec<Vec<usize>> = starts.iter().map(|v| v.iter().map(|a| a * s).collect()).collect();
+    let mut tiles = vec![];
+    for i in 0..starts[0].len() {
+        for j in 0..starts[1].len() {
+            for k in 0..starts[2].len() {
+                tiles.push([i, j, k]);
+            }
+        }
+    }
+    let tile_input = |at: [usize; 3]| -> Vec<f32> {
+        let o = [0, 1, 2].map(|a| voxel_starts[a][at[a]]);
+        let w = span(t);
+        let mut v = Vec::with_capacity(w * w * w);
+        for a in 0..w {
+            for b in 0..w {
+                let row = ((o[0] + a) * whole_n[1] + o[1] + b) * whole_n[2] + o[2];
+                v.extend_from_slice(&x[row..row + w]);
+            }
+        }
+        v
+    };
+    for threads in [1, 3] {
+        let e = Engine::new(&two_norm_net([span(t); 3])).unwrap().with_threads(threads).with_min_part(1, 1);
+        let mut given: Vec<NormSums> = vec![];
+        for (k, site) in sites.iter().enumerate() {
+            let mut total: Option<NormSums> = None;
+            for &at in &tiles {
+                let region = owned_box(&voxel_starts, &at, &strides[k], &site.spatial).unwrap();
+                let PassResult::Sums(sums) = e.run_pass(&tile_input(at), NormPass { given: &given, collect: Some(&region) }).unwrap()
+                else {
+                    panic!("a collecting pass gives sums")
+                };
+                match &mut total {
+                    None => total = Some(sums),
+                    Some(t) => t.merge(&sums).unwrap(),
+                }
+            }
+            let total = total.unwrap();
+            // Every activation of the volume counted once.
+            let whole_len: usize = match k {
+                0 => whole_n.iter().map(|n| n - 2).product(),
+                _ => m.iter().product(),
+            };
+            assert_eq!(total.count(), whole_len as u64, "norm {k}");
+            given.push(total);
+        }
+        let mut streamed = whole.clone();
+        streamed.fill(f32::NAN);
+        let mut own_differs = false;
+        for &at in &tiles {
+            let xt = tile_input(at);
+            let y = e.run_pass(&xt, NormPass { given: &given, collect: None }).unwrap().outputs().remove(0);
+            own_differs |= e.run_one(&xt).unwrap()[0] != y;
+            let o = [0, 1, 2].map(|a| starts[a][at[a]]);
+            let mut dst = streamed.slice_mut(crate::ndarray::s![0, .., o[0]..o[0] + t, o[1]..o[1] + t, o[2]..o[2] + t]);
+            dst.assign(&y.slice(crate::ndarray::s![0, .., .., .., ..]));
+        }
+        assert!(own_differs, "each tile's own statistics gave the whole volume's output");
+        assert_eq!(streamed, whole, "{threads} threads");
+    }
+}

@@ -75,8 +75,8 @@ fn reduce(x: &ArrayD<f32>, kind: Reduce, axes: &[usize], keepdims: bool) -> Arra
     ArrayD::from_shape_vec(IxDyn(&shape), data).expect("sized")
 }
 
-/// y = scale (x - mean) / sqrt(var + eps) + bias over each [n, c] plane; sums in f64
-/// (a 32^3 plane has 32k terms), the normalisation in f32.
+/// y = scale (x - mean) / sqrt(var + eps) + bias over each [n, c] plane; statistics
+/// from exact sums ([`instance_stats`]), the normalisation in f32.
 pub(super) fn instance_norm(x: &ArrayD<f32>, scale: &ArrayD<f32>, bias: &ArrayD<f32>, eps: f32) -> Result<ArrayD<f32>> {
     if x.ndim() < 3 || scale.len() != x.shape()[1] || bias.len() != x.shape()[1] {
         return Err(unsupported(format!("InstanceNormalization of {:?} with {} scales and {} biases", x.shape(), scale.len(), bias.len())));
@@ -94,13 +94,11 @@ pub(super) fn instance_norm(x: &ArrayD<f32>, scale: &ArrayD<f32>, bias: &ArrayD<
     Ok(y)
 }
 
-/// The mean and 1 / sqrt(var + eps) of one plane of [`instance_norm`], summed in f64 in
-/// order (the engine computes planes on several threads with this same function).
+/// The mean and 1 / sqrt(var + eps) of one plane of [`instance_norm`]: exact sums
+/// ([`crate::norms::ChannelSums`]), so a plane summed in parts (threads, or the tiles
+/// of a streamed volume) gives the same bits; NaN for a non-finite or empty plane.
 pub fn instance_stats(p: &[f32], eps: f32) -> (f32, f32) {
-    let n = p.len() as f64;
-    let mean = p.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = p.iter().map(|&v| (v as f64 - mean) * (v as f64 - mean)).sum::<f64>() / n;
-    (mean as f32, 1.0 / (var as f32 + eps).sqrt())
+    crate::norms::ChannelSums::of(p).stats(eps).unwrap_or((f32::NAN, f32::NAN))
 }
 
 /// y = (x - mean) inv scale + bias over (any run of) one plane of [`instance_norm`].

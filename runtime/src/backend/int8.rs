@@ -22,7 +22,7 @@ pub struct Int8Backend {
 /// The engine on `threads` threads when it covers `model`, else tract (logged), which
 /// checks the sizes itself.
 pub fn create(model: &OnnxModel, input_shape: &[usize], budget: u64, threads: usize) -> Result<Box<dyn Backend>> {
-    match Engine::new(model) {
+    match Engine::for_input(model, input_shape) {
         Ok(engine) => {
             let engine = engine.with_threads(threads);
             let weights = super::check_declared_sizes(model, input_shape, budget)?;
@@ -51,6 +51,10 @@ pub fn create(model: &OnnxModel, input_shape: &[usize], budget: u64, threads: us
 impl Backend for Int8Backend {
     fn name(&self) -> &'static str {
         "edgemed-int8"
+    }
+
+    fn engine(&self) -> Option<&Engine> {
+        Some(&self.engine)
     }
 
     fn input_shape(&self) -> &[usize] {

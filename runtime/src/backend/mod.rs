@@ -52,6 +52,11 @@ pub trait Backend: Send + Sync {
     fn parallel_runs(&self) -> bool {
         true
     }
+    /// The INT8 engine behind this backend, for what only it does (a volume's instance
+    /// norms streamed over tiles: `edgemed_engine::norms`).
+    fn engine(&self) -> Option<&edgemed_engine::Engine> {
+        None
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -10,8 +10,9 @@
 //! With local normalisation (the model's `edgemed.norm` is not `instance`) a tile of
 //! T map voxels per side needs only the `s (T - 1) + rf` input voxels under it: tiles
 //! reproduce the whole-volume maps bit for bit and working memory follows the tile.
-//! Instance normalisation takes its statistics from the whole volume, so such models
-//! run on the whole volume at once.
+//! Instance normalisation takes its statistics from the whole volume: the INT8 engine
+//! streams them over the tiles, a pass per norm ([`local_maps`]), again bit for bit
+//! the whole volume's maps in memory that follows the tile.
 
 use nifti::NiftiHeader;
 
@@ -196,9 +197,128 @@ fn starts(m: usize, t: usize) -> Vec<usize> {
 }
 
 /// The local maps `[K, mx, my, mz]` of `x`, computed in tiles of `tile` map voxels per
-/// side (0: the whole volume at once; at least 2 otherwise) on `threads` threads (each with one tile in
-/// flight); `progress(done, total)` after every tile.
+/// side (0: the whole volume at once; at least 2 otherwise) on `threads` threads (each
+/// with one tile in flight); `progress(done, total)` after every tile's run.
+///
+/// A model with instance norms ([`MapGeometry::local`] false) sees the volume cropped
+/// to `s m + rf - 1` voxels per axis (`m` whole tiles of stride `s` with their
+/// receptive field: at most `s - 1` voxels off the far end), whole or in tiles: its
+/// tiles are streamed by the INT8 engine ([`streamed_maps`]), bit for bit the whole
+/// volume's maps.
 pub fn local_maps(
+    model: &OnnxModel,
+    geo: &MapGeometry,
+    x: ArrayView3<f32>,
+    tile: usize,
+    threads: usize,
+    opts: &BackendOptions,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Array4<f32>> {
+    if tile == 1 {
+        // A tile of one map voxel ends in 1x1x1 activations, which tract multiplies on a
+        // matrix-vector path that rounds differently from the whole volume's.
+        return Err(Error::Invalid("tiles of 1 map voxel: give at least 2 (or 0 for the whole volume)".into()));
+    }
+    let n = [x.shape()[0], x.shape()[1], x.shape()[2]];
+    if geo.local {
+        return tiled_maps(model, geo, x, tile, threads, opts, progress);
+    }
+    let (s, rf) = (geo.stride, geo.receptive_field);
+    let m = n.map(|v| (v + 1).saturating_sub(rf) / s);
+    if m.contains(&0) {
+        return Err(Error::Invalid(format!(
+            "the volume {n:?} is smaller than the receptive field {rf} and one stride {s} of an instance-norm model ({} voxels)",
+            rf + s - 1
+        )));
+    }
+    let crop = m.map(|v| s * v + rf - 1);
+    let x = x.slice_move(s![..crop[0], ..crop[1], ..crop[2]]);
+    if tile == 0 || m.iter().all(|&v| v <= tile) {
+        // The whole crop: the statistics take the voxels past the last map voxel's field too.
+        let net = backend::create(model, &[1, 1, crop[0], crop[1], crop[2]], opts)?;
+        let input = x.to_owned().into_shape_with_order(IxDyn(&[1, 1, crop[0], crop[1], crop[2]])).expect("same size");
+        let maps = tile_map(net.run(input)?, geo.outputs.len(), m, [0; 3])?;
+        progress(1, 1);
+        Ok(maps)
+    } else {
+        streamed_maps(model, geo, x, tile, threads, opts, progress)
+    }
+}
+
+/// The tiles' map starts `[a, b, c]` (per axis every `t`, the last flush with the end).
+fn tile_grid(m: [usize; 3], t: [usize; 3]) -> (Vec<Vec<usize>>, Vec<[usize; 3]>) {
+    let starts: Vec<Vec<usize>> = (0..3).map(|a| starts(m[a], t[a])).collect();
+    let mut tiles = vec![];
+    for &a in &starts[0] {
+        for &b in &starts[1] {
+            for &c in &starts[2] {
+                tiles.push([a, b, c]);
+            }
+        }
+    }
+    (starts, tiles)
+}
+
+/// Runs `work` on every tile on `threads` threads (each takes every n-th tile) and hands
+/// each result to `sink` on this thread, in the order they finish; the first error
+/// stops the threads after their current tile.
+fn for_each_tile<T: Send>(
+    tiles: &[[usize; 3]],
+    threads: usize,
+    work: impl Fn([usize; 3]) -> Result<T> + Sync,
+    mut sink: impl FnMut([usize; 3], T) -> Result<()>,
+) -> Result<()> {
+    let threads = threads.clamp(1, tiles.len().max(1));
+    let (tx, rx) = std::sync::mpsc::channel::<Result<([usize; 3], T)>>();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| -> Result<()> {
+        for tid in 0..threads {
+            let (tx, work, stop) = (tx.clone(), &work, &stop);
+            scope.spawn(move || {
+                for &start in tiles.iter().skip(tid).step_by(threads) {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                    let r = work(start).map(|y| (start, y));
+                    let failed = r.is_err();
+                    if tx.send(r).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        for r in rx.iter() {
+            let done = r.and_then(|(start, y)| sink(start, y));
+            done.inspect_err(|_| stop.store(true, std::sync::atomic::Ordering::Relaxed))?;
+        }
+        Ok(())
+    })
+}
+
+/// One tile's input `[1, 1, span...]` at map voxel `[a, b, c]`.
+fn tile_input(x: &ArrayView3<f32>, stride: usize, span: [usize; 3], [a, b, c]: [usize; 3]) -> ArrayD<f32> {
+    let s = stride;
+    let view = x.slice(s![s * a..s * a + span[0], s * b..s * b + span[1], s * c..s * c + span[2]]);
+    view.to_owned().into_shape_with_order(IxDyn(&[1, 1, span[0], span[1], span[2]])).expect("same size")
+}
+
+/// A tile's map `[K, t...]` from the model's output, checked.
+fn tile_map(y: Vec<ArrayD<f32>>, k: usize, t: [usize; 3], at: [usize; 3]) -> Result<Array4<f32>> {
+    let y = y.into_iter().next().ok_or_else(|| Error::Invalid("the model has no output".into()))?;
+    let want = [1, k, t[0], t[1], t[2]];
+    if y.shape() != want {
+        return Err(Error::WrongShape { got: y.shape().to_vec(), expected: want.to_vec() });
+    }
+    if y.iter().any(|v| !v.is_finite()) {
+        return Err(Error::NonFinite { what: format!("the map of the tile at map voxel {at:?}") });
+    }
+    Ok(y.index_axis_move(Axis(0), 0).into_dimensionality().expect("4-D"))
+}
+
+/// The maps of a model whose values depend on their receptive field alone, or of any
+/// model run whole (`tile` 0).
+fn tiled_maps(
     model: &OnnxModel,
     geo: &MapGeometry,
     x: ArrayView3<f32>,
@@ -212,17 +332,7 @@ pub fn local_maps(
     if m.contains(&0) {
         return Err(Error::Invalid(format!("the volume {n:?} is smaller than the receptive field {}", geo.receptive_field)));
     }
-    if tile == 1 {
-        // A tile of one map voxel ends in 1x1x1 activations, which tract multiplies on a
-        // matrix-vector path that rounds differently from the whole volume's.
-        return Err(Error::Invalid("tiles of 1 map voxel: give at least 2 (or 0 for the whole volume)".into()));
-    }
     let whole = tile == 0 || m.iter().all(|&v| v <= tile);
-    if !whole && !geo.local {
-        return Err(Error::Invalid(
-            "the model normalises with instance statistics of the whole volume: tiles would change them; run it whole (--tile 0) or export it with --norm running".into(),
-        ));
-    }
     let t = if whole { m } else { m.map(|v| v.min(tile)) };
     let (s, rf) = (geo.stride, geo.receptive_field);
     let span = t.map(|v| s * (v - 1) + rf);
@@ -235,58 +345,120 @@ pub fn local_maps(
     }
     let net = backend::create(model, &[1, 1, span[0], span[1], span[2]], opts)?;
     let k = geo.outputs.len();
-    let mut tiles = vec![];
-    for a in starts(m[0], t[0]) {
-        for b in starts(m[1], t[1]) {
-            for c in starts(m[2], t[2]) {
-                tiles.push([a, b, c]);
-            }
-        }
-    }
+    let (_, tiles) = tile_grid(m, t);
     let total = tiles.len();
-    // One tile's map [K, t...]; tiles are independent, so threads take every n-th one.
-    let run_tile = |[a, b, c]: [usize; 3]| -> Result<Array4<f32>> {
-        let view = x.slice(s![s * a..s * a + span[0], s * b..s * b + span[1], s * c..s * c + span[2]]);
-        let input = view.to_owned().into_shape_with_order(IxDyn(&[1, 1, span[0], span[1], span[2]])).expect("same size");
-        let y: ArrayD<f32> = net.run(input)?.into_iter().next().ok_or_else(|| Error::Invalid("the model has no output".into()))?;
-        let want = [1, k, t[0], t[1], t[2]];
-        if y.shape() != want {
-            return Err(Error::WrongShape { got: y.shape().to_vec(), expected: want.to_vec() });
-        }
-        if y.iter().any(|v| !v.is_finite()) {
-            return Err(Error::NonFinite { what: format!("the map of the tile at map voxel {:?}", [a, b, c]) });
-        }
-        Ok(y.index_axis_move(Axis(0), 0).into_dimensionality().expect("4-D"))
-    };
+    let threads = if net.parallel_runs() { threads } else { 1 };
     let mut maps = Array4::<f32>::zeros((k, m[0], m[1], m[2]));
-    let threads = if net.parallel_runs() { threads.clamp(1, total) } else { 1 };
-    let (tx, rx) = std::sync::mpsc::channel::<Result<([usize; 3], Array4<f32>)>>();
-    // Set on the first error so the other threads stop after their current tile.
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|scope| -> Result<()> {
-        for tid in 0..threads {
-            let (tx, tiles, run_tile, stop) = (tx.clone(), &tiles, &run_tile, &stop);
-            scope.spawn(move || {
-                for &start in tiles.iter().skip(tid).step_by(threads) {
-                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        return;
-                    }
-                    let r = run_tile(start).map(|y| (start, y));
-                    let failed = r.is_err();
-                    if tx.send(r).is_err() || failed {
-                        return;
-                    }
-                }
-            });
-        }
-        drop(tx);
-        for (done, r) in rx.iter().enumerate() {
-            let ([a, b, c], y) = r.inspect_err(|_| stop.store(true, std::sync::atomic::Ordering::Relaxed))?;
+    let mut done = 0;
+    for_each_tile(
+        &tiles,
+        threads,
+        |at| tile_map(net.run(tile_input(&x, s, span, at))?, k, t, at),
+        |[a, b, c], y| {
             maps.slice_mut(s![.., a..a + t[0], b..b + t[1], c..c + t[2]]).assign(&y);
-            progress(done + 1, total);
-        }
-        Ok(())
+            done += 1;
+            progress(done, total);
+            Ok(())
+        },
+    )?;
+    Ok(maps)
+}
+
+/// The maps of an instance-norm model over tiles of `tile` map voxels, bit for bit its
+/// whole-volume maps in bounded memory ([`edgemed_engine::norms`]): a pass over the
+/// tiles per norm, each run up to that norm with the statistics of the ones before it
+/// and summing the activations it owns, then a pass for the maps. Tiles are
+/// `s t + rf - 1` voxels wide (one stride more than their maps need) so that together
+/// they hold every activation of the volume, including those that reach no map value
+/// but count in a norm's statistics. The work is about (norms + 1) / 2 times one pass.
+fn streamed_maps(
+    model: &OnnxModel,
+    geo: &MapGeometry,
+    x: ArrayView3<f32>,
+    tile: usize,
+    threads: usize,
+    opts: &BackendOptions,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Array4<f32>> {
+    use edgemed_engine::norms::{owned_box, site_strides, NormPass, NormSums, PassResult};
+    let (s, rf, k) = (geo.stride, geo.receptive_field, geo.outputs.len());
+    let n = [x.shape()[0], x.shape()[1], x.shape()[2]];
+    let m = n.map(|v| (v + 1 - rf) / s);
+    let t = m.map(|v| v.min(tile));
+    let span = t.map(|v| s * v + rf - 1);
+    if geo.fixed_input.is_some() {
+        return Err(Error::Invalid(
+            "an instance-norm model in tiles needs a free input size (export it without --window), or run it whole (--tile 0)".into(),
+        ));
+    }
+    let net = backend::create(model, &[1, 1, span[0], span[1], span[2]], opts)?;
+    let engine = net.engine().ok_or_else(|| {
+        Error::Invalid(format!(
+            "tiles of an instance-norm model are streamed by the INT8 engine, not {}: quantize the model (edgemed quantize) or run it whole (--tile 0)",
+            net.name()
+        ))
     })?;
+    let sites = engine.norm_sites();
+    let wider = edgemed_engine::Engine::for_input(model, &[1, 1, span[0] + s, span[1] + s, span[2] + s])?.norm_sites();
+    let strides = site_strides(&sites, &wider, s).map_err(Error::Invalid)?;
+    // Each norm's input over the whole volume, to check that the tiles' boxes partition it.
+    let volume_sites = edgemed_engine::Engine::for_input(model, &[1, 1, n[0], n[1], n[2]])?.norm_sites();
+    let (starts, tiles) = tile_grid(m, t);
+    let voxel_starts: Vec<Vec<usize>> = starts.iter().map(|v| v.iter().map(|a| a * s).collect()).collect();
+    let index = |at: [usize; 3]| [0, 1, 2].map(|a| starts[a].binary_search(&at[a]).expect("a tile's start"));
+    let total = tiles.len() * (sites.len() + 1);
+    let mut done = 0;
+    let mut given: Vec<NormSums> = Vec::with_capacity(sites.len());
+    for (j, site) in sites.iter().enumerate() {
+        let mut sum: Option<NormSums> = None;
+        for_each_tile(
+            &tiles,
+            threads,
+            |at| {
+                let region = owned_box(&voxel_starts, &index(at), &strides[j], &site.spatial).map_err(Error::Invalid)?;
+                let xt = tile_input(&x, s, span, at);
+                match engine.run_pass(xt.as_slice().expect("standard layout"), NormPass { given: &given, collect: Some(&region) })? {
+                    PassResult::Sums(sums) => Ok(sums),
+                    PassResult::Outputs(_) => Err(Error::Invalid(format!("instance norm {} was not reached", site.name))),
+                }
+            },
+            |_, sums| {
+                match &mut sum {
+                    None => sum = Some(sums),
+                    Some(acc) => acc.merge(&sums).map_err(Error::Invalid)?,
+                }
+                done += 1;
+                progress(done, total);
+                Ok(())
+            },
+        )?;
+        let sum = sum.expect("at least one tile");
+        let want: usize = volume_sites.get(j).map_or(0, |v| v.spatial.iter().product());
+        if sum.count() != want as u64 {
+            return Err(Error::Invalid(format!(
+                "instance norm {}: the tiles hold {} of its {want} activations per channel over the volume {n:?}; this model cannot be streamed (run it whole: --tile 0)",
+                site.name,
+                sum.count()
+            )));
+        }
+        given.push(sum);
+    }
+    let mut maps = Array4::<f32>::zeros((k, m[0], m[1], m[2]));
+    for_each_tile(
+        &tiles,
+        threads,
+        |at| {
+            let xt = tile_input(&x, s, span, at);
+            let y = engine.run_pass(xt.as_slice().expect("standard layout"), NormPass { given: &given, collect: None })?;
+            tile_map(y.outputs(), k, t, at)
+        },
+        |[a, b, c], y| {
+            maps.slice_mut(s![.., a..a + t[0], b..b + t[1], c..c + t[2]]).assign(&y);
+            done += 1;
+            progress(done, total);
+            Ok(())
+        },
+    )?;
     Ok(maps)
 }
 

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use edgemed_runtime::backend::BackendKind;
 use edgemed_runtime::formats::volume::{self, Volume};
 use edgemed_runtime::formats::{image_out, provenance};
 use edgemed_runtime::fsutil::{self, Existing};
@@ -41,9 +42,9 @@ pub struct Args {
     /// Refuse voxels other than 1 mm isotropic instead of resampling them.
     #[arg(long)]
     no_resample: bool,
-    /// Map voxels per tile side (0: the whole volume at once); default 8, what a model with
-    /// a fixed input takes (`edgemed export bagnet3d --window W,W,W`: (W - rf) / 8 + 1; the
-    /// INT8 engine needs fixed inputs), or the whole volume for instance-norm models.
+    /// Map voxels per tile side (0: the whole volume at once); default 8, or what a model with
+    /// a fixed input takes (`edgemed export bagnet3d --window W,W,W`: (W - rf) / 8 + 1). An
+    /// FP32 instance-norm model runs whole; an INT8 one streams its norms' statistics over the tiles.
     #[arg(long)]
     tile: Option<usize>,
     /// Threads (each with one tile in flight); default: every core.
@@ -74,13 +75,15 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
     // A model with a fixed input (exported with --window, which the INT8 engine needs)
     // fixes the tile: (window - rf) / stride + 1 map voxels.
     let fixed_tile = geo.fixed_input.filter(|f| f[0] == f[1] && f[1] == f[2]).map(|f| geo.map_len(f[0]));
-    let tile = args.tile.or(fixed_tile).unwrap_or(if geo.local { DEFAULT_TILE } else { 0 });
-    let threads = args.threads.unwrap_or_else(crate::common::all_cores).max(1);
     let opts = common.backend()?;
+    // Instance norms are streamed over tiles by the INT8 engine alone.
+    let tiles_ok = |m: &edgemed_runtime::model::OnnxModel, g: &MapGeometry| g.local || opts.kind.resolve(m) == BackendKind::Int8;
+    let tile = args.tile.or(fixed_tile).unwrap_or(if tiles_ok(&model, &geo) { DEFAULT_TILE } else { 0 });
+    let threads = args.threads.unwrap_or_else(crate::common::all_cores).max(1);
     let settings = format!("tile={tile} resample={} mask={}", !args.no_resample, args.mask.is_some());
     let made_by = common.volume_provenance(&model, &opts, settings)?;
     let start = Instant::now();
-    let compute = |m: &edgemed_runtime::model::OnnxModel, g: &MapGeometry| -> Result<Array4<f32>> {
+    let compute = |m: &edgemed_runtime::model::OnnxModel, g: &MapGeometry, tile: usize| -> Result<Array4<f32>> {
         let bar = progress_bar("tiles");
         let maps = brain_age::local_maps(m, g, prepared.input.view(), tile, threads, &opts, |done, total| {
             bar.set_length(total as u64);
@@ -89,7 +92,7 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
         bar.finish_and_clear();
         Ok(maps)
     };
-    let maps = compute(&model, &geo)?;
+    let maps = compute(&model, &geo, tile)?;
     let seconds = start.elapsed().as_secs_f64();
     let pred = brain_age::predict(&geo, &maps);
     let dims = [maps.shape()[1], maps.shape()[2], maps.shape()[3]];
@@ -111,7 +114,8 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
                 "{}: another map layout",
                 p.display()
             );
-            let m32 = compute(&fp32, &g32)?;
+            // An FP32 instance-norm model runs whole (the same cropped volume).
+            let m32 = compute(&fp32, &g32, if tiles_ok(&fp32, &g32) { tile } else { 0 })?;
             Some(brain_age::agreement(&geo, &maps, &m32, &prepared.mask))
         }
     };
