@@ -138,6 +138,7 @@ impl MemoryPlan {
             match step {
                 Step::Int(Op::Conv(c)) => conv(&c.layout, &c.kind, c.requant.mult.len()),
                 Step::ConvToFloat { conv: c, .. } => conv(&c.layout, &c.kind, c.mult.len()),
+                Step::Int(Op::ConvNorm(n)) => conv(&n.conv.layout, &n.conv.kind, n.conv.mult.len()),
                 _ => {}
             }
         }
@@ -204,6 +205,32 @@ impl Scratch {
             lanes: (0..lanes.max(1)).map(|_| Mutex::new(Lane::default())).collect(),
         }
     }
+}
+
+/// The requantisation that is [`plan::ConvNormOp`]'s clamp form for these moments of
+/// the conv's accumulators (offsets included: `acc` are raw sums): per channel, f =
+/// (acc - offset) mult + bias has mean m_d mult + bias and variance v_d mult², and
+/// y = (f - mean) inv scale + beta, over s_y, rounded once in f64 into the f32
+/// multiplier and bias. None where a channel has no values or a non-finite result.
+fn conv_norm_requant(n: &plan::ConvNormOp, moments: &[norms::IntMoments], lo: &[f32], hi: &[f32], dst: &QTensor) -> Option<Requant> {
+    let h = &n.conv;
+    let cout = h.mult.len();
+    let (mut mult, mut bias) = (vec![0f32; cout], vec![0f32; cout]);
+    for c in 0..cout {
+        // The moments are of acc; those of acc - offset shift the mean only.
+        let (mean_a, var_d) = moments[c].mean_var()?;
+        let m = h.mult[c] as f64;
+        let mean_f = (mean_a - h.offset[c] as f64) * m + h.bias[c] as f64;
+        let inv = 1.0 / (var_d * m * m + n.eps as f64).sqrt();
+        let k = inv * n.scale[c] as f64 / dst.scale as f64;
+        mult[c] = (m * k) as f32;
+        bias[c] = ((h.bias[c] as f64 - mean_f) * k + n.bias[c] as f64 / dst.scale as f64) as f32;
+        if !(mult[c].is_finite() && bias[c].is_finite()) {
+            return None;
+        }
+    }
+    let q = |v: &[f32]| v.iter().map(|&y| kernels::quantize_u8(y, dst.scale, dst.zp)).collect::<Vec<u8>>();
+    Some(Requant { offset: h.offset.clone(), mult, bias, out_zp: dst.zp as f32, lo: q(lo), hi: q(hi) })
 }
 
 /// Where an instance norm of one run takes its statistics from.
@@ -335,6 +362,10 @@ impl Engine {
                     let shape = &p.shapes[n.src];
                     Some(NormSite { name: p.label(st), channels: shape[1], spatial: shape[2..].to_vec(), bytes: true })
                 }
+                Step::Int(Op::ConvNorm(n)) => {
+                    let shape = &n.conv.shape;
+                    Some(NormSite { name: n.conv.name.clone(), channels: shape[1], spatial: shape[2..].to_vec(), bytes: false })
+                }
                 _ => None,
             })
             .collect()
@@ -428,6 +459,75 @@ impl Engine {
                     let table = self.instance_norm_tables(&counts, &t, n, &p.tensors[n.dst]);
                     let mut dst = std::mem::take(&mut s.slots[slot(n.dst)]);
                     self.apply_tables(&s.lanes, &s.slots[slot(n.src)][..t.len()], t.c, &table, &mut dst[..t.len()]);
+                    s.slots[slot(n.dst)] = dst;
+                }
+                Step::Int(Op::ConvNorm(n)) => {
+                    let h = &n.conv;
+                    let (pixels, cout) = (h.layout.pixels(), h.mult.len());
+                    let use_ = next_norm()?;
+                    self.conv(s, h.src, &h.layout, &h.kind, h.macs, None);
+                    // A transposed conv's sums are in `acc2` (its columns in `acc`).
+                    let acc = if matches!(h.layout, ConvLayout::Transposed { .. }) { &s.acc2 } else { &s.acc };
+                    let acc = &acc[..pixels * cout];
+                    if let Some((lo, hi)) = &n.clamp {
+                        let moments = match use_ {
+                            NormUse::Own => self.conv_moments(&s.lanes, acc, cout, None),
+                            NormUse::Collect(region) => {
+                                let runs = self.region_runs(&h.shape[2..], region)?;
+                                return Ok(PassResult::Sums(NormSums::Ints(self.conv_moments(&s.lanes, acc, cout, Some(&runs)))));
+                            }
+                            NormUse::Given(k) => match given(k) {
+                                NormSums::Ints(v) if v.len() == cout => v.clone(),
+                                _ => return Err(Error::Invalid(format!("{}: the given statistics are of another norm", p.label(step)))),
+                            },
+                        };
+                        let dst_t = p.tensors[n.dst];
+                        let r = conv_norm_requant(n, &moments, lo, hi, &dst_t)
+                            .ok_or_else(|| Error::NonFinite { what: format!("the statistics of {}", p.label(step)) })?;
+                        let mut dst = std::mem::take(&mut s.slots[slot(n.dst)]);
+                        let out = &mut dst[..dst_t.len()];
+                        let rs = ranges(pixels, self.parts(out.len() as u64, self.min_part.1), PIXEL_ALIGN);
+                        let work: Vec<_> = rs.iter().zip(cut(out, rs.iter().map(|r| r.len() * cout))).collect();
+                        let isa = self.isa;
+                        self.split(&s.lanes, work, |(px, out), _| {
+                            kernels::requantize(isa, &acc[px.start * cout..px.end * cout], cout, &r, out)
+                        });
+                        s.slots[slot(n.dst)] = dst;
+                        lap(times);
+                        continue;
+                    }
+                    let sums = match use_ {
+                        NormUse::Own => self.conv_sums(&s.lanes, acc, h, None),
+                        NormUse::Collect(region) => {
+                            let runs = self.region_runs(&h.shape[2..], region)?;
+                            return Ok(PassResult::Sums(NormSums::Float(self.conv_sums(&s.lanes, acc, h, Some(&runs)))));
+                        }
+                        NormUse::Given(k) => match given(k) {
+                            NormSums::Float(v) if v.len() == cout => v.clone(),
+                            _ => return Err(Error::Invalid(format!("{}: the given statistics are of another norm", p.label(step)))),
+                        },
+                    };
+                    let stats: Vec<(f32, f32)> = sums
+                        .iter()
+                        .map(|c| c.stats(n.eps).ok_or_else(|| Error::NonFinite { what: format!("the statistics of {}", p.label(step)) }))
+                        .collect::<Result<_>>()?;
+                    let dst_t = p.tensors[n.dst];
+                    let mut dst = std::mem::take(&mut s.slots[slot(n.dst)]);
+                    let out = &mut dst[..dst_t.len()];
+                    let rs = ranges(pixels, self.parts(out.len() as u64, self.min_part.1), PIXEL_ALIGN);
+                    let work: Vec<_> = rs.iter().zip(cut(out, rs.iter().map(|r| r.len() * cout))).collect();
+                    self.split(&s.lanes, work, |(r, out), _| {
+                        for (o, a) in out.chunks_exact_mut(cout).zip(acc[r.start * cout..r.end * cout].chunks_exact(cout)) {
+                            for c in 0..cout {
+                                // The unfused steps' arithmetic: conv to float, norm, activations, quantize.
+                                let v = ((a[c] - h.offset[c]) as f32 * h.mult[c] + h.bias[c]).max(h.lo[c]).min(h.hi[c]);
+                                let (mean, inv) = stats[c];
+                                let y = (v - mean) * inv * n.scale[c] + n.bias[c];
+                                let y = n.steps.iter().fold(y, |y, step| step.apply(y, c));
+                                o[c] = kernels::quantize_u8(y, dst_t.scale, dst_t.zp);
+                            }
+                        }
+                    });
                     s.slots[slot(n.dst)] = dst;
                 }
                 Step::Int(op) => self.int_op(s, op),
@@ -553,7 +653,7 @@ impl Engine {
                 let x = &s.slots[slot(*src)][..p.tensors[*src].len()];
                 self.apply_tables(&s.lanes, x, p.tensors[*src].c, table, out);
             }
-            Op::InstanceNorm(_) => unreachable!("run by execute"),
+            Op::InstanceNorm(_) | Op::ConvNorm(_) => unreachable!("run by execute"),
             Op::Add { a, b, bounds, .. } => {
                 let (ta, tb) = (p.tensors[*a], p.tensors[*b]);
                 let (xa, xb) = (&s.slots[slot(*a)][..ta.len()], &s.slots[slot(*b)][..tb.len()]);
@@ -739,6 +839,97 @@ impl Engine {
             return Err(Error::Invalid(format!("the box {region:?} is not inside the norm's input {spatial:?}")));
         }
         Ok(norms::box_runs(spatial, region))
+    }
+
+    /// The sums of each channel of a conv's float values (its accumulators `acc`,
+    /// pixel-major, dequantised as [`plan::FloatConv`] says) over all pixels or the
+    /// pixel ranges `runs`: parts of the pixels on the pool, merged (exact sums: the
+    /// same at any thread count).
+    fn conv_sums(&self, lanes: &[Mutex<Lane>], acc: &[i32], h: &plan::FloatConv, runs: Option<&[Range<usize>]>) -> Vec<norms::ChannelSums> {
+        let cout = h.mult.len();
+        let pixels = acc.len() / cout.max(1);
+        let all: Vec<Range<usize>> = std::iter::once(0..pixels).collect();
+        let runs = runs.unwrap_or(&all);
+        let total: usize = runs.iter().map(|r| r.len()).sum();
+        // Parts of whole runs, or of the one run (at most one per thread: each part's
+        // sums take 6 KiB a channel).
+        let parts: Vec<Vec<Range<usize>>> = if runs.len() == 1 {
+            let r0 = runs[0].clone();
+            ranges(r0.len(), self.parts((r0.len() * cout) as u64, self.min_part.1), PIXEL_ALIGN)
+                .into_iter()
+                .map(|r| std::iter::once(r0.start + r.start..r0.start + r.end).collect())
+                .collect()
+        } else {
+            ranges(runs.len(), self.parts((total * cout) as u64, self.min_part.1), 1).into_iter().map(|g| runs[g].to_vec()).collect()
+        };
+        let cells: Vec<Mutex<Vec<norms::ChannelSums>>> = parts.iter().map(|_| Mutex::new(Vec::new())).collect();
+        let work: Vec<_> = parts.iter().zip(&cells).collect();
+        self.split(lanes, work, |(part, cell), _| {
+            let mut sums = vec![norms::ChannelSums::default(); cout];
+            for r in part {
+                for a in acc[r.start * cout..r.end * cout].chunks_exact(cout) {
+                    for (c, sum) in sums.iter_mut().enumerate() {
+                        sum.add_one(((a[c] - h.offset[c]) as f32 * h.mult[c] + h.bias[c]).max(h.lo[c]).min(h.hi[c]));
+                    }
+                }
+            }
+            *cell.lock().unwrap_or_else(|e| e.into_inner()) = sums;
+        });
+        let mut cells = cells.into_iter().map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()));
+        let mut total = cells.next().unwrap_or_default();
+        for part in cells {
+            total.iter_mut().zip(&part).for_each(|(a, b)| a.merge(b));
+        }
+        if total.len() != cout {
+            total = vec![norms::ChannelSums::default(); cout];
+        }
+        total
+    }
+
+    /// Exact integer moments of each channel of a conv's raw sums `acc` (pixel-major)
+    /// over all pixels or the pixel ranges `runs`, parts on the pool, merged.
+    fn conv_moments(&self, lanes: &[Mutex<Lane>], acc: &[i32], cout: usize, runs: Option<&[Range<usize>]>) -> Vec<norms::IntMoments> {
+        let pixels = acc.len() / cout.max(1);
+        let all: Vec<Range<usize>> = std::iter::once(0..pixels).collect();
+        let runs = runs.unwrap_or(&all);
+        let total: usize = runs.iter().map(|r| r.len()).sum();
+        let parts: Vec<Vec<Range<usize>>> = if runs.len() == 1 {
+            let r0 = runs[0].clone();
+            ranges(r0.len(), self.parts((r0.len() * cout) as u64, self.min_part.1), PIXEL_ALIGN)
+                .into_iter()
+                .map(|r| std::iter::once(r0.start + r.start..r0.start + r.end).collect())
+                .collect()
+        } else {
+            ranges(runs.len(), self.parts((total * cout) as u64, self.min_part.1), 1).into_iter().map(|g| runs[g].to_vec()).collect()
+        };
+        let cells: Vec<Mutex<Vec<norms::IntMoments>>> = parts.iter().map(|_| Mutex::new(Vec::new())).collect();
+        let work: Vec<_> = parts.iter().zip(&cells).collect();
+        self.split(lanes, work, |(part, cell), _| {
+            // Sums of up to 2^32 values of |acc| < 2^31 fit i64; each square fits i64,
+            // their sums need i128.
+            let mut sum = vec![0i64; cout];
+            let mut squares = vec![0i128; cout];
+            let mut count = 0u64;
+            for r in part {
+                for a in acc[r.start * cout..r.end * cout].chunks_exact(cout) {
+                    for c in 0..cout {
+                        let d = a[c] as i64;
+                        sum[c] += d;
+                        squares[c] += (d * d) as i128;
+                    }
+                }
+                count += r.len() as u64;
+            }
+            *cell.lock().unwrap_or_else(|e| e.into_inner()) =
+                sum.iter().zip(&squares).map(|(&s, &q)| norms::IntMoments { count, sum: s as i128, squares: q }).collect();
+        });
+        let mut total = vec![norms::IntMoments::default(); cout];
+        for cell in cells {
+            for (t, m) in total.iter_mut().zip(cell.into_inner().unwrap_or_else(|e| e.into_inner())) {
+                t.merge(&m);
+            }
+        }
+        total
     }
 
     /// The sums of each channel of the float value `x` ([1, C, spatial...]) over `region`.

@@ -48,19 +48,22 @@ impl ChannelSums {
     }
 
     pub fn add(&mut self, values: &[f32]) {
-        for &v in values {
-            let bits = v.to_bits();
-            let e = ((bits >> 23) & 0xff) as usize;
-            if e == 255 {
-                self.non_finite = true;
-                continue;
-            }
-            // Subnormals (e = 0) have no implicit bit and the exponent of e = 1.
-            let m = (bits & 0x7f_ffff) | (((e != 0) as u32) << 23);
-            self.sum[e] += if bits >> 31 == 1 { -(m as i64) } else { m as i64 };
-            self.squares[e] += m as u128 * m as u128;
+        values.iter().for_each(|&v| self.add_one(v));
+    }
+
+    #[inline]
+    pub fn add_one(&mut self, v: f32) {
+        let bits = v.to_bits();
+        let e = ((bits >> 23) & 0xff) as usize;
+        self.count += 1;
+        if e == 255 {
+            self.non_finite = true;
+            return;
         }
-        self.count += values.len() as u64;
+        // Subnormals (e = 0) have no implicit bit and the exponent of e = 1.
+        let m = (bits & 0x7f_ffff) | (((e != 0) as u32) << 23);
+        self.sum[e] += if bits >> 31 == 1 { -(m as i64) } else { m as i64 };
+        self.squares[e] += m as u128 * m as u128;
     }
 
     pub fn merge(&mut self, other: &ChannelSums) {
@@ -100,6 +103,35 @@ impl ChannelSums {
     }
 }
 
+/// Exact sums of a channel's integers (a conv's accumulators less their offset) and of
+/// their squares.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct IntMoments {
+    pub count: u64,
+    pub sum: i128,
+    pub squares: i128,
+}
+
+impl IntMoments {
+    pub fn merge(&mut self, o: &IntMoments) {
+        self.count += o.count;
+        self.sum += o.sum;
+        self.squares += o.squares;
+    }
+
+    /// The mean and the variance (over the count) in f64, the variance's numerator
+    /// `n Σd² - (Σd)²` exact in integers. None for no values.
+    pub fn mean_var(&self) -> Option<(f64, f64)> {
+        if self.count == 0 {
+            return None;
+        }
+        let n = self.count as i128;
+        let num = n.checked_mul(self.squares)?.checked_sub(self.sum.checked_mul(self.sum)?)?;
+        let nf = self.count as f64;
+        Some((self.sum as f64 / nf, num.max(0) as f64 / (nf * nf)))
+    }
+}
+
 /// The statistics of one norm, summed over a tile's share of the volume or merged
 /// over all tiles.
 #[derive(Debug, Clone)]
@@ -108,6 +140,8 @@ pub enum NormSums {
     Bytes(Vec<u64>),
     /// A float norm: one per channel.
     Float(Vec<ChannelSums>),
+    /// A norm of a conv's values, from its integer accumulators: one per channel.
+    Ints(Vec<IntMoments>),
 }
 
 impl NormSums {
@@ -116,6 +150,7 @@ impl NormSums {
         match (self, other) {
             (NormSums::Bytes(a), NormSums::Bytes(b)) if a.len() == b.len() => a.iter_mut().zip(b).for_each(|(a, b)| *a += b),
             (NormSums::Float(a), NormSums::Float(b)) if a.len() == b.len() => a.iter_mut().zip(b).for_each(|(a, b)| a.merge(b)),
+            (NormSums::Ints(a), NormSums::Ints(b)) if a.len() == b.len() => a.iter_mut().zip(b).for_each(|(a, b)| a.merge(b)),
             _ => return Err("the sums of two different norms".into()),
         }
         Ok(())
@@ -126,6 +161,7 @@ impl NormSums {
         match self {
             NormSums::Bytes(h) => h.iter().take(256).sum(),
             NormSums::Float(c) => c.first().map_or(0, |c| c.count()),
+            NormSums::Ints(c) => c.first().map_or(0, |c| c.count),
         }
     }
 }

@@ -81,6 +81,8 @@ pub enum Op {
     Gather(Box<GatherOp>),
     /// InstanceNormalization of a u8 tensor, quantised: see [`InstanceNormOp`].
     InstanceNorm(Box<InstanceNormOp>),
+    /// A conv's float output instance-normalised and quantised: see [`ConvNormOp`].
+    ConvNorm(Box<ConvNormOp>),
     /// GlobalAveragePool: an exact integer sum per channel, requantised.
     MeanPool {
         src: usize,
@@ -166,6 +168,34 @@ pub struct InstanceNormOp {
     pub steps: Vec<MapStep>,
 }
 
+/// `Conv -> InstanceNormalization -> activations -> QuantizeLinear`, the conv in
+/// integers. Two forms:
+/// - `clamp` Some (the conv has no bounds of its own and the activations are clamps,
+///   e.g. a BagNet's ReLU): the norm is affine in the conv's integer sums d = acc -
+///   offset, f = d mult + bias. Each channel's statistics come from the exact integer
+///   moments of d (mean_f = mean_d mult + bias, var_f = var_d mult²), and the whole op
+///   is one requantisation of the sums, d mult inv scale / s_y + ((bias - mean_f) inv
+///   scale + beta) / s_y, clamped to the activations' bounds: the conv kernels' own
+///   vectorised requantisation. Within a quantisation step of the unfused float steps.
+/// - otherwise: the conv's float values f = clamp((acc - offset) mult + bias, lo, hi)
+///   (as [`FloatConv`] dequantises them), statistics from exact sums of those values
+///   ([`crate::norms::ChannelSums`]), then (f - mean) inv scale + beta and the
+///   activations in f32, quantised: every value and rounding of the unfused steps.
+///
+/// Either way the values never exist as float planes.
+#[derive(Debug, Clone)]
+pub struct ConvNormOp {
+    pub conv: FloatConv,
+    pub dst: usize,
+    pub scale: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub eps: f32,
+    pub steps: Vec<MapStep>,
+    /// The activations' bounds per channel, where they are clamps and the conv has no
+    /// bounds of its own (the requantisation form).
+    pub clamp: Option<(Vec<f32>, Vec<f32>)>,
+}
+
 /// dst = bytes of `srcs` copied as `copies` says, each source through its
 /// requantisation table where its scale or zero point differs from dst's (the same
 /// dequantise-then-quantise a float op would do, so exact).
@@ -206,6 +236,7 @@ impl Op {
             Op::Add { a, b, .. } => vec![*a, *b],
             Op::Gather(g) => g.srcs.clone(),
             Op::InstanceNorm(n) => vec![n.src],
+            Op::ConvNorm(n) => vec![n.conv.src],
             Op::MeanPool { src, .. } | Op::GatherMax { src, .. } | Op::Multiply { src, .. } => vec![*src],
         }
     }
@@ -219,12 +250,14 @@ impl Op {
             }
             Op::Gather(g) => g.dst,
             Op::InstanceNorm(n) => n.dst,
+            Op::ConvNorm(n) => n.dst,
         }
     }
 
     pub fn macs(&self) -> u64 {
         match self {
             Op::Conv(c) => c.macs,
+            Op::ConvNorm(n) => n.conv.macs,
             _ => 0,
         }
     }
@@ -388,6 +421,9 @@ impl Plan {
             }
             Step::Int(Op::Gather(g)) => format!("move ({}) {} at {}", g.what, t(g.dst).c, at(g.dst)),
             Step::Int(Op::InstanceNorm(n)) => format!("instance norm {} at {}", t(n.dst).c, at(n.dst)),
+            Step::Int(Op::ConvNorm(n)) => {
+                format!("{} + instance norm at {}", conv_label(&n.conv.layout, &n.conv.kind, t(n.conv.src).c, t(n.dst).c), at(n.dst))
+            }
             Step::Int(Op::MeanPool { src, dst }) => format!("global average pool {} at {}", t(*dst).c, at(*src)),
             Step::Int(Op::GatherMax { dst, group, .. }) => format!("max of {group} {} at {}", t(*dst).c, at(*dst)),
             Step::Int(Op::Multiply { dst, tables, .. }) => {

@@ -94,6 +94,14 @@ impl Compiler<'_> {
                 self.vals.insert(out, Val::PendingNorm { src, scale, bias, eps, steps });
                 Ok(true)
             }
+            Some(Val::PendingConvNorm { conv, scale, bias, eps, mut steps }) if single_use => {
+                if !fits(conv.mult.len()) {
+                    return Ok(false);
+                }
+                steps.push(step);
+                self.vals.insert(out, Val::PendingConvNorm { conv, scale, bias, eps, steps });
+                Ok(true)
+            }
             Some(Val::PendingMap { src, mut steps, alone }) if single_use => {
                 if !fits(self.tensors[src].c) {
                     return Ok(false);

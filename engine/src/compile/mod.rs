@@ -152,6 +152,15 @@ enum Val {
         /// Activations after it so far.
         steps: Vec<MapStep>,
     },
+    /// InstanceNormalization of a conv's float output, awaiting QuantizeLinear.
+    PendingConvNorm {
+        conv: Box<FloatConv>,
+        scale: Vec<f32>,
+        bias: Vec<f32>,
+        eps: f32,
+        /// Activations after it so far.
+        steps: Vec<MapStep>,
+    },
     /// ReduceMax (`op`) of data movement on u8 tensors, awaiting QuantizeLinear.
     PendingMax {
         m: Box<Move>,
@@ -342,6 +351,14 @@ impl<'m> Compiler<'m> {
                 let vector = |v: Vec<f32>| Operand::Const(ArrayD::from_shape_vec(IxDyn(&[v.len()]), v).expect("sized"));
                 let y = self.push_float(FloatOp::InstanceNorm(eps), vec![Operand::Value(f), vector(scale), vector(bias)], name)?;
                 self.steps_in_float(y, self.shapes[src].len(), steps, name)?
+            }
+            Some(Val::PendingConvNorm { conv, scale, bias, eps, steps }) => {
+                let rank = conv.shape.len();
+                let f = self.new_float(conv.shape.clone());
+                self.steps.push(Step::ConvToFloat { conv, dst: f });
+                let vector = |v: Vec<f32>| Operand::Const(ArrayD::from_shape_vec(IxDyn(&[v.len()]), v).expect("sized"));
+                let y = self.push_float(FloatOp::InstanceNorm(eps), vec![Operand::Value(f), vector(scale), vector(bias)], name)?;
+                self.steps_in_float(y, rank, steps, name)?
             }
             Some(Val::PendingMax { m, op, .. }) => {
                 let f = self.move_to_float(&m)?;

@@ -7,13 +7,17 @@
 
 use edgemed_onnx::{attr, pb};
 
+use super::activation::MapStep;
 use super::{input, output, Compiler, Val};
 use crate::error::Result;
-use crate::plan::{InstanceNormOp, Op, QTensor, Step};
+use crate::plan::{ConvNormOp, FloatConv, InstanceNormOp, Op, QTensor, Step};
 
 impl Compiler<'_> {
     pub(super) fn instance_norm(&mut self, n: &pb::NodeProto) -> Result<bool> {
         let (out, inp) = (output(n), |i: usize| input(n, i));
+        if let Some(Val::PendingConv { conv }) = self.vals.get(inp(0)).cloned() {
+            return Ok(self.conv_norm(n, conv));
+        }
         let Some(src) = self.int_of(inp(0)).filter(|_| self.float_views.contains(inp(0))) else { return Ok(false) };
         let c = self.tensors[src].c;
         let (Some(scale), Some(bias)) = (self.konst(inp(1)), self.konst(inp(2))) else { return Ok(false) };
@@ -23,6 +27,46 @@ impl Compiler<'_> {
         }
         self.vals.insert(out, Val::PendingNorm { src, scale: scale.data, bias: bias.data, eps, steps: vec![] });
         Ok(true)
+    }
+
+    /// Rule: `Conv -> InstanceNormalization` (the conv's output read by the norm alone,
+    /// constant scale and bias per channel): pending as one op, [`ConvNormOp`], once a
+    /// QuantizeLinear follows (else the conv's float output and the interpreter's norm).
+    fn conv_norm(&mut self, n: &pb::NodeProto, conv: Box<FloatConv>) -> bool {
+        let (out, inp) = (output(n), |i: usize| input(n, i));
+        let c = conv.mult.len();
+        let (Some(scale), Some(bias)) = (self.konst(inp(1)), self.konst(inp(2))) else { return false };
+        let eps = attr::float(n, "epsilon", 1e-5);
+        if self.uses.get(inp(0)) != Some(&1)
+            || conv.shape.len() < 3
+            || scale.data.len() != c
+            || bias.data.len() != c
+            || eps.is_nan()
+            || eps < 0.0
+        {
+            return false;
+        }
+        self.vals.insert(out, Val::PendingConvNorm { conv, scale: scale.data, bias: bias.data, eps, steps: vec![] });
+        true
+    }
+
+    /// A pending [`ConvNormOp`] quantised with (s, z) into a new tensor (`n.dst` and
+    /// `n.clamp` are set here).
+    pub(super) fn quantized_conv_norm(&mut self, mut n: ConvNormOp, s: f32, z: u8) -> usize {
+        let t = QTensor::of_shape(&n.conv.shape, s, z).expect("conv outputs are [1, C, ...]");
+        n.dst = self.new_tensor(t, n.conv.shape.clone());
+        // Relu, Clip and Min are monotone clamps, so their chain is the clamp to its
+        // images of -inf and +inf.
+        let conv = &n.conv;
+        let unbounded = conv.lo.iter().all(|l| *l == f32::NEG_INFINITY) && conv.hi.iter().all(|h| *h == f32::INFINITY);
+        let clamps = n.steps.iter().all(|st| matches!(st, MapStep::Relu | MapStep::Clip(..) | MapStep::Min(_)));
+        let bound = |from: f32| (0..conv.mult.len()).map(|ch| n.steps.iter().fold(from, |y, st| st.apply(y, ch))).collect::<Vec<f32>>();
+        let (lo, hi) = (bound(f32::NEG_INFINITY), bound(f32::INFINITY));
+        let ordered = lo.iter().zip(&hi).all(|(l, h)| !l.is_nan() && !h.is_nan() && l <= h);
+        n.clamp = (unbounded && clamps && ordered).then_some((lo, hi));
+        let dst = n.dst;
+        self.steps.push(Step::Int(Op::ConvNorm(Box::new(n))));
+        dst
     }
 
     /// Instance normalisation `n` (its activations included), quantised with (s, z)

@@ -120,7 +120,7 @@ impl Compiler<'_> {
             Some(Val::Const(c)) => c.shape.clone(),
             Some(Val::Int(t)) => self.shapes[*t].clone(),
             Some(Val::Float(f)) => self.float_shapes[*f].clone(),
-            Some(Val::PendingConv { conv }) => conv.shape.clone(),
+            Some(Val::PendingConv { conv }) | Some(Val::PendingConvNorm { conv, .. }) => conv.shape.clone(),
             // Tables, adds of two equal shapes, products by a factor that broadcasts
             // to the tensor, and normalisations keep their source's shape.
             Some(

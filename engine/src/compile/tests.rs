@@ -124,6 +124,7 @@ fn kinds(plan: &Plan) -> Vec<&'static str> {
                 Op::Gather(_) => "gather",
                 Op::MeanPool { .. } => "mean pool",
                 Op::InstanceNorm(_) => "instance norm",
+                Op::ConvNorm(_) => "conv + instance norm",
                 Op::GatherMax { .. } => "max",
                 Op::Multiply { .. } => "multiply",
             },
@@ -713,10 +714,12 @@ fn a_clamping_table_on_a_conv_output_narrows_the_convs_clamp() {
     assert_eq!(got, want);
 }
 
-/// A 3-D net with two instance norms: one of u8 tensors (between Q/DQ pairs: a
-/// histogram) and one of a conv's float sums; valid convs 3x3x3 and 1x1x1 stride 2,
-/// so each output sees 3 input voxels per axis, 2 apart.
-fn two_norm_net(n: [usize; 3]) -> OnnxModel {
+/// A 3-D net with three instance norms: one of u8 tensors (between Q/DQ pairs: a
+/// histogram), one of a conv's float values (fused with the conv; with `unfused`, an
+/// Add of 0 between them keeps the conv's float output and the interpreter's norm,
+/// the same values), and one of a table's float output (the interpreter's); valid
+/// convs 3x3x3 and 1x1x1 stride 2, so each output sees 3 input voxels per axis, 2 apart.
+fn norm_net(n: [usize; 3], unfused: bool) -> OnnxModel {
     let mut b = Qdq::new(&[1, 1, n[0], n[1], n[2]]);
     let x = b.qdq("x", 0.03, 100);
     let w1: Vec<i8> = (0..3 * 27).map(|i| ((i * 37 % 23) as i8) - 11).collect();
@@ -731,17 +734,55 @@ fn two_norm_net(n: [usize; 3]) -> OnnxModel {
     let w2: Vec<i8> = (0..4 * 3).map(|i| ((i * 29 % 31) as i8) - 15).collect();
     let w2 = b.weight(&[4, 3, 1, 1, 1], &w2, 0.02);
     let b2 = b.f32s(&[4], &[0.0, 0.1, -0.1, 0.2]);
-    let c2 = b.op("Conv", &[&r1, &w2, &b2], vec![Attr::Ints("strides", vec![2, 2, 2])]);
+    let mut c2 = b.op("Conv", &[&r1, &w2, &b2], vec![Attr::Ints("strides", vec![2, 2, 2])]);
+    if unfused {
+        let zero = b.f32s(&[], &[0.0]);
+        c2 = b.op("Add", &[&c2, &zero], vec![]);
+    }
     let (s2, o2) = (b.f32s(&[4], &[1.0, -0.5, 2.0, 0.7]), b.f32s(&[4], &[0.2, 0.0, -0.3, 0.1]));
     let n2 = b.op("InstanceNormalization", &[&c2, &s2, &o2], vec![Attr::Float("epsilon", 1e-5)]);
-    let y = b.qdq(&n2, 0.03, 128);
+    let r2 = b.op("Relu", &[&n2], vec![]);
+    let y2 = b.qdq(&r2, 0.03, 0);
+    let g = b.op("Sigmoid", &[&y2], vec![]);
+    let (s3, o3) = (b.f32s(&[4], &[0.5, 1.0, -1.0, 2.0]), b.f32s(&[4], &[0.0, 0.3, 0.0, -0.2]));
+    let n3 = b.op("InstanceNormalization", &[&g, &s3, &o3], vec![Attr::Float("epsilon", 1e-5)]);
+    let y = b.qdq(&n3, 0.03, 128);
     b.model(&y)
+}
+
+/// `Conv -> InstanceNormalization -> Relu -> QuantizeLinear` is one step, a
+/// requantisation of the conv's sums with statistics from their integer moments: the
+/// same bytes on every ISA and thread count, and within one output step of the
+/// unfused float steps (conv to float, the interpreter's norm and ReLU, quantize).
+#[test]
+fn a_conv_and_its_instance_norm_are_one_requantisation() {
+    let n = [9, 8, 11];
+    let (fused, unfused) = (norm_net(n, false), norm_net(n, true));
+    let labels = |m: &OnnxModel| {
+        let e = Engine::new(m).unwrap();
+        e.plan.steps.iter().map(|s| e.plan.label(s)).collect::<Vec<_>>()
+    };
+    assert!(labels(&fused).iter().any(|l| l.contains("+ instance norm")), "{:?}", labels(&fused));
+    assert!(!labels(&unfused).iter().any(|l| l.contains("+ instance norm")), "{:?}", labels(&unfused));
+    let x: Vec<f32> = (0..n.iter().product::<usize>()).map(|i| ((i * 7919 % 211) as f32 / 40.0) - 2.5).collect();
+    let float_steps = Engine::new(&unfused).unwrap().run_one(&x).unwrap().remove(0);
+    let want = Engine::with_isa(&fused, Isa::Scalar).unwrap().run_one(&x).unwrap();
+    for isa in Isa::available() {
+        for threads in [1, 3] {
+            let e = Engine::with_isa(&fused, isa).unwrap().with_threads(threads).with_min_part(1, 1);
+            assert_eq!(e.run_one(&x).unwrap(), want, "{isa:?} {threads} threads");
+        }
+    }
+    let d: Vec<f32> = want[0].iter().zip(float_steps.iter()).map(|(a, b)| (a - b).abs()).collect();
+    let same = d.iter().filter(|&&v| v == 0.0).count();
+    assert!(d.iter().all(|&v| v <= 0.03 * 1.001), "max {}", d.iter().fold(0f32, |m, &v| m.max(v)));
+    assert!(same * 100 >= d.len() * 95, "{same} of {} equal", d.len());
 }
 
 /// A volume streamed in tiles ([`crate::norms`]), one pass per instance norm and a
 /// last one for the outputs, gives the whole volume's output bit for bit, for norms
-/// of u8 tensors and of float sums, at 1 and 3 threads; each tile's own statistics
-/// would not.
+/// of u8 tensors, of a conv's values and of a float op's, at 1 and 3 threads; each
+/// tile's own statistics would not.
 #[test]
 fn streamed_instance_norms_equal_the_whole_volume() {
     use crate::norms::{owned_box, site_strides, NormPass, NormSums, PassResult};
@@ -750,13 +791,13 @@ fn streamed_instance_norms_equal_the_whole_volume() {
     let whole_n = m.map(span);
     let x: Vec<f32> =
         (0..whole_n.iter().product::<usize>()).map(|i| ((i * 7919 % 211) as f32 / 40.0) - 2.5 + (i % 13) as f32 * 0.1).collect();
-    let whole = Engine::new(&two_norm_net(whole_n)).unwrap().run_one(&x).unwrap().remove(0);
+    let whole = Engine::new(&norm_net(whole_n, false)).unwrap().run_one(&x).unwrap().remove(0);
     assert_eq!(whole.shape(), &[1, 4, m[0], m[1], m[2]]);
-    let tile_engine = Engine::new(&two_norm_net([span(t); 3])).unwrap();
+    let tile_engine = Engine::new(&norm_net([span(t); 3], false)).unwrap();
     let sites = tile_engine.norm_sites();
-    assert_eq!(sites.iter().map(|s| s.bytes).collect::<Vec<_>>(), [true, false]);
-    let strides = site_strides(&sites, &Engine::new(&two_norm_net([span(t) + s; 3])).unwrap().norm_sites(), s).unwrap();
-    assert_eq!(strides, [vec![1; 3], vec![2; 3]]);
+    assert_eq!(sites.iter().map(|s| s.bytes).collect::<Vec<_>>(), [true, false, false]);
+    let strides = site_strides(&sites, &Engine::new(&norm_net([span(t) + s; 3], false)).unwrap().norm_sites(), s).unwrap();
+    assert_eq!(strides, [vec![1; 3], vec![2; 3], vec![2; 3]]);
     // Map starts per axis, every t voxels, the last flush with the end.
     let starts: Vec<Vec<usize>> = m.iter().map(|&v| (0..v - t).step_by(t).chain([v - t]).collect()).collect();
     let voxel_starts: Vec<Vec<usize>> = starts.iter().map(|v| v.iter().map(|a| a * s).collect()).collect();
@@ -781,7 +822,7 @@ fn streamed_instance_norms_equal_the_whole_volume() {
         v
     };
     for threads in [1, 3] {
-        let e = Engine::new(&two_norm_net([span(t); 3])).unwrap().with_threads(threads).with_min_part(1, 1);
+        let e = Engine::new(&norm_net([span(t); 3], false)).unwrap().with_threads(threads).with_min_part(1, 1);
         let mut given: Vec<NormSums> = vec![];
         for (k, site) in sites.iter().enumerate() {
             let mut total: Option<NormSums> = None;
@@ -800,7 +841,7 @@ fn streamed_instance_norms_equal_the_whole_volume() {
             // Every activation of the volume counted once.
             let whole_len: usize = match k {
                 0 => whole_n.iter().map(|n| n - 2).product(),
-                _ => m.iter().product(),
+                _ => whole_n.iter().map(|n| (n - 3) / 2 + 1).product(),
             };
             assert_eq!(total.count(), whole_len as u64, "norm {k}");
             given.push(total);

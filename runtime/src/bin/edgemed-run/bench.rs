@@ -121,7 +121,8 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
             common.backends.iter().any(|b| b.kind.resolve(profiled) == BackendKind::Int8),
             "--profile times the steps of the INT8 engine: give a QDQ model (or --quantized QDQ_MODEL) and the int8 or auto backend"
         );
-        print_engine_profile(profiled, items[0].iter().product(), args.iters as usize, args.threads)?;
+        let shape: Vec<usize> = std::iter::once(1).chain(items[0].iter().copied()).collect();
+        print_engine_profile(profiled, &shape, args.iters as usize, args.threads)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -243,9 +244,10 @@ fn print_rows(rows: &[Row], macs: Option<u64>, format: BenchFormat) -> Result<()
 }
 
 /// Per-step times of the INT8 engine on the benchmark's input (`item` values).
-fn print_engine_profile(model: &OnnxModel, item: usize, iters: usize, threads: usize) -> Result<()> {
-    let engine = edgemed_engine::Engine::new(model).context("the INT8 engine does not cover this model")?.with_threads(threads);
-    let x = bench::bench_input(item);
+fn print_engine_profile(model: &OnnxModel, shape: &[usize], iters: usize, threads: usize) -> Result<()> {
+    let engine =
+        edgemed_engine::Engine::for_input(model, shape).context("the INT8 engine does not cover this model")?.with_threads(threads);
+    let x = bench::bench_input(shape.iter().product());
     engine.profile(&x, 5)?;
     let steps = engine.profile(&x, iters)?;
     let total: f64 = steps.iter().map(|s| s.seconds).sum();
