@@ -471,10 +471,16 @@ impl Engine {
                     let acc = &acc[..pixels * cout];
                     if let Some((lo, hi)) = &n.clamp {
                         let moments = match use_ {
-                            NormUse::Own => self.conv_moments(&s.lanes, acc, cout, None),
+                            NormUse::Own => self.conv_moments(&s.lanes, acc, cout, h.macs / (pixels * cout).max(1) as u64, None),
                             NormUse::Collect(region) => {
                                 let runs = self.region_runs(&h.shape[2..], region)?;
-                                return Ok(PassResult::Sums(NormSums::Ints(self.conv_moments(&s.lanes, acc, cout, Some(&runs)))));
+                                return Ok(PassResult::Sums(NormSums::Ints(self.conv_moments(
+                                    &s.lanes,
+                                    acc,
+                                    cout,
+                                    h.macs / (pixels * cout).max(1) as u64,
+                                    Some(&runs),
+                                ))));
                             }
                             NormUse::Given(k) => match given(k) {
                                 NormSums::Ints(v) if v.len() == cout => v.clone(),
@@ -888,7 +894,14 @@ impl Engine {
 
     /// Exact integer moments of each channel of a conv's raw sums `acc` (pixel-major)
     /// over all pixels or the pixel ranges `runs`, parts on the pool, merged.
-    fn conv_moments(&self, lanes: &[Mutex<Lane>], acc: &[i32], cout: usize, runs: Option<&[Range<usize>]>) -> Vec<norms::IntMoments> {
+    fn conv_moments(
+        &self,
+        lanes: &[Mutex<Lane>],
+        acc: &[i32],
+        cout: usize,
+        macs_per_output: u64,
+        runs: Option<&[Range<usize>]>,
+    ) -> Vec<norms::IntMoments> {
         let pixels = acc.len() / cout.max(1);
         let all: Vec<Range<usize>> = std::iter::once(0..pixels).collect();
         let runs = runs.unwrap_or(&all);
@@ -904,24 +917,33 @@ impl Engine {
         };
         let cells: Vec<Mutex<Vec<norms::IntMoments>>> = parts.iter().map(|_| Mutex::new(Vec::new())).collect();
         let work: Vec<_> = parts.iter().zip(&cells).collect();
+        // |acc| <= 255 * 128 * k for k multiply-adds per output, so a square is below
+        // 2^30 k^2: i64 partial sums of `flush` pixels' squares cannot overflow; they
+        // go into i128 totals (exact, whatever the split).
+        let k = (macs_per_output.max(1) as f64).min(1e9);
+        let flush = ((2f64.powi(62) / (2f64.powi(30) * k * k)).floor() as usize).clamp(1, 1 << 20);
         self.split(lanes, work, |(part, cell), _| {
-            // Sums of up to 2^32 values of |acc| < 2^31 fit i64; each square fits i64,
-            // their sums need i128.
-            let mut sum = vec![0i64; cout];
-            let mut squares = vec![0i128; cout];
+            let (mut sum, mut squares) = (vec![0i128; cout], vec![0i128; cout]);
+            let (mut s64, mut q64) = (vec![0i64; cout], vec![0i64; cout]);
             let mut count = 0u64;
             for r in part {
-                for a in acc[r.start * cout..r.end * cout].chunks_exact(cout) {
+                for chunk in acc[r.start * cout..r.end * cout].chunks(flush * cout) {
+                    for a in chunk.chunks_exact(cout) {
+                        for ((s, q), &v) in s64.iter_mut().zip(q64.iter_mut()).zip(a) {
+                            let d = v as i64;
+                            *s += d;
+                            *q += d * d;
+                        }
+                    }
                     for c in 0..cout {
-                        let d = a[c] as i64;
-                        sum[c] += d;
-                        squares[c] += (d * d) as i128;
+                        sum[c] += std::mem::take(&mut s64[c]) as i128;
+                        squares[c] += std::mem::take(&mut q64[c]) as i128;
                     }
                 }
                 count += r.len() as u64;
             }
             *cell.lock().unwrap_or_else(|e| e.into_inner()) =
-                sum.iter().zip(&squares).map(|(&s, &q)| norms::IntMoments { count, sum: s as i128, squares: q }).collect();
+                sum.iter().zip(&squares).map(|(&s, &q)| norms::IntMoments { count, sum: s, squares: q }).collect();
         });
         let mut total = vec![norms::IntMoments::default(); cout];
         for cell in cells {

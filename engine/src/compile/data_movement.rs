@@ -12,7 +12,7 @@ use super::{output, unsupported, Compiler, Val};
 use crate::error::Result;
 use crate::float::{self, FloatOp, Operand};
 use crate::ndarray::{ArrayD, IxDyn};
-use crate::plan::{Copies, GatherOp, GatherRun, Op, QTensor, Step};
+use crate::plan::{ConvNormOp, Copies, GatherOp, GatherRun, Op, QTensor, Step};
 
 /// Ops that only move values: on u8 tensors they are byte copies (a U-Net's Concat, a
 /// pixel shuffle's Reshape/Transpose, a flow's Slice, a classifier's Flatten).
@@ -65,8 +65,28 @@ impl Move {
 impl Compiler<'_> {
     /// A data-movement node whose data inputs are u8 tensors' views (or pending moves
     /// of them) and whose other inputs are constants: a pending move. Ok(false): a float op.
+    /// A move (a residual's crop) of a pending conv + instance norm whose result only a
+    /// QuantizeLinear reads: the norm is quantised first with that QuantizeLinear's
+    /// parameters (moving values and quantising them commute), so the move copies bytes.
+    fn quantize_before_move(&mut self, n: &pb::NodeProto) {
+        let (src, out) = (super::input(n, 0), output(n));
+        if self.uses.get(src) != Some(&1) || self.uses.get(out.as_str()) != Some(&1) {
+            return;
+        }
+        let Some(Val::PendingConvNorm { .. }) = self.vals.get(src) else { return };
+        let Some(q) = self.graph.node.iter().find(|m| m.input.first() == Some(&out)) else { return };
+        let Some((s, z)) = (q.op_type == "QuantizeLinear").then(|| self.qparams(q)).flatten() else { return };
+        let Some(Val::PendingConvNorm { conv, scale, bias, eps, steps }) = self.vals.remove(src) else { return };
+        let t = self.quantized_conv_norm(ConvNormOp { conv: *conv, dst: 0, scale, bias, eps, steps, clamp: None }, s, z);
+        self.vals.insert(src.to_string(), Val::Int(t));
+        self.float_views.insert(src.to_string());
+    }
+
     pub(super) fn data_movement(&mut self, n: &pb::NodeProto) -> Result<bool> {
         let Ok(op) = float::float_op(n, self.opset, self.graph) else { return Ok(false) };
+        if n.op_type != "Concat" {
+            self.quantize_before_move(n);
+        }
         let data_inputs = if n.op_type == "Concat" { n.input.len() } else { 1 };
         let mut args = Vec::with_capacity(n.input.len());
         for (i, name) in n.input.iter().enumerate() {
