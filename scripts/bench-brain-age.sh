@@ -29,10 +29,16 @@ for rf in ${@:-9 17 33}; do
     $E export bagnet3d --seed 0 --receptive-field "$rf" --norm "$NORM" --force -o "$D/b$rf.open.onnx"
     $E export --local-map "$D/b$rf.open.onnx" --force -o "$D/b$rf.open.map.onnx"
   } 2>/dev/null
-  for model in b$rf.map b$rf.map.int8; do
+  # Instance norms: the INT8 model whole (the default without a memory budget) and in
+  # streamed tiles of 8 map voxels.
+  runs="b$rf.map b$rf.map.int8"
+  [ "$NORM" = instance ] && runs="$runs b$rf.map.int8:8"
+  for run in $runs; do
+    model=${run%%:*} tile=()
+    [ "$run" != "$model" ] && tile=(--tile "${run#*:}")
     for t in 1 2; do
-      /usr/bin/time -f "%e s wall, %M KiB max RSS" $R --memory-budget 0 brain-age "$MNI" -m "$D/$model.onnx" --output-dir "$D/out-$model-t$t" \
-        --threads "$t" --force ${COMPARE:+--compare "$D/b$rf.map.onnx"} 2>&1 | grep -E "^maps|^peak|wall|vs FP32" | sed "s/^/BagNet-$rf $model t$t: /"
+      /usr/bin/time -f "%e s wall, %M KiB max RSS" $R --memory-budget 0 brain-age "$MNI" -m "$D/$model.onnx" --output-dir "$D/out-$run-t$t" \
+        "${tile[@]}" --threads "$t" --force ${COMPARE:+--compare "$D/b$rf.map.onnx"} 2>&1 | grep -E "^maps|^peak|wall|vs FP32" | sed "s/^/BagNet-$rf $run t$t: /"
     done
   done
   $PY - "$D/b$rf.open.map.onnx" "$MNI" <<'PYEOF' | sed "s/^/BagNet-$rf ORT whole volume: /"

@@ -95,6 +95,17 @@ fn instance_norm_maps_are_streamed_over_tiles_bit_for_bit() {
         println!("instance-norm BagNet-9 INT8, tiles of {tile} on {threads} threads: {n} of {} differ", whole.len());
         assert!(same_bits(&whole, &tiled), "tiles of {tile} on {threads} threads differ from the whole volume");
     }
+    // Under a memory budget that the whole volume's buffers exceed, the whole run is
+    // refused before any work and the streamed tiles fit (the command then streams).
+    let buffers = |n: usize| edgemed_engine::Engine::for_input(&int8, &[1, 1, n, n, n]).unwrap().buffer_bytes() as u64;
+    let (whole_bytes, tile_bytes) = (buffers(8 * 4 + 8), buffers(8 * 2 + 8));
+    println!("engine buffers: whole {whole_bytes} B, tile {tile_bytes} B");
+    assert!(tile_bytes * 4 < whole_bytes);
+    let budget = BackendOptions { kind: BackendKind::Int8, memory_budget: whole_bytes, ..Default::default() };
+    let e = brain_age::local_maps(&int8, &geo, x.view(), 0, 1, &budget, |_, _| {}).unwrap_err();
+    assert!(matches!(e, edgemed_runtime::Error::OverBudget { .. }), "{e}");
+    let tiled = brain_age::local_maps(&int8, &geo, x.view(), 2, 1, &budget, |_, _| {}).unwrap();
+    assert!(same_bits(&whole, &tiled));
     // The FP32 model on tract, whole: the same map grid; the INT8 maps follow it.
     let geo32 = brain_age::geometry(&fp32).unwrap();
     let reference = maps(&fp32, &geo32, &x, 0, 1, BackendKind::Tract);

@@ -44,7 +44,8 @@ pub struct Args {
     no_resample: bool,
     /// Map voxels per tile side (0: the whole volume at once); default 8, or what a model with
     /// a fixed input takes (`edgemed export bagnet3d --window W,W,W`: (W - rf) / 8 + 1). An
-    /// FP32 instance-norm model runs whole; an INT8 one streams its norms' statistics over the tiles.
+    /// instance-norm model runs whole by default; in tiles (INT8 only, and by default when the
+    /// whole volume is over the memory budget) the engine streams its norms' statistics over them.
     #[arg(long)]
     tile: Option<usize>,
     /// Threads (each with one tile in flight); default: every core.
@@ -72,16 +73,16 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
     let vol = Volume::read(&args.input, common.memory_budget)?;
     let mask = args.mask.as_ref().map(|p| Volume::read(p, common.memory_budget)).transpose()?;
     let prepared = brain_age::prepare(&vol, mask.as_ref(), !args.no_resample).with_context(|| args.input.display().to_string())?;
-    // A model with a fixed input (exported with --window, which the INT8 engine needs)
-    // fixes the tile: (window - rf) / stride + 1 map voxels.
+    // A model with a fixed input (exported with --window) fixes the tile: (window - rf) / stride + 1 map voxels.
     let fixed_tile = geo.fixed_input.filter(|f| f[0] == f[1] && f[1] == f[2]).map(|f| geo.map_len(f[0]));
     let opts = common.backend()?;
     // Instance norms are streamed over tiles by the INT8 engine alone.
     let tiles_ok = |m: &edgemed_runtime::model::OnnxModel, g: &MapGeometry| g.local || opts.kind.resolve(m) == BackendKind::Int8;
-    let tile = args.tile.or(fixed_tile).unwrap_or(if tiles_ok(&model, &geo) { DEFAULT_TILE } else { 0 });
+    // An INT8 instance-norm model runs whole when that fits the memory budget (one pass),
+    // else in streamed tiles (a pass per norm, memory that follows the tile).
+    let streams = !geo.local && tiles_ok(&model, &geo) && args.tile.or(fixed_tile).is_none();
+    let mut tile = args.tile.or(fixed_tile).unwrap_or(if geo.local { DEFAULT_TILE } else { 0 });
     let threads = args.threads.unwrap_or_else(crate::common::all_cores).max(1);
-    let settings = format!("tile={tile} resample={} mask={}", !args.no_resample, args.mask.is_some());
-    let made_by = common.volume_provenance(&model, &opts, settings)?;
     let start = Instant::now();
     let compute = |m: &edgemed_runtime::model::OnnxModel, g: &MapGeometry, tile: usize| -> Result<Array4<f32>> {
         let bar = progress_bar("tiles");
@@ -92,7 +93,18 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
         bar.finish_and_clear();
         Ok(maps)
     };
-    let maps = compute(&model, &geo, tile)?;
+    let maps = match compute(&model, &geo, tile) {
+        Err(e) if streams && matches!(e.downcast_ref::<edgemed_runtime::Error>(), Some(edgemed_runtime::Error::OverBudget { .. })) => {
+            log::info!(
+                "the whole volume is over the memory budget ({e}): streaming the instance norms over tiles of {DEFAULT_TILE} map voxels"
+            );
+            tile = DEFAULT_TILE;
+            compute(&model, &geo, tile)?
+        }
+        r => r?,
+    };
+    let settings = format!("tile={tile} resample={} mask={}", !args.no_resample, args.mask.is_some());
+    let made_by = common.volume_provenance(&model, &opts, settings)?;
     let seconds = start.elapsed().as_secs_f64();
     let pred = brain_age::predict(&geo, &maps);
     let dims = [maps.shape()[1], maps.shape()[2], maps.shape()[3]];
