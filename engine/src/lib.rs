@@ -469,70 +469,29 @@ impl Engine {
                     // A transposed conv's sums are in `acc2` (its columns in `acc`).
                     let acc = if matches!(h.layout, ConvLayout::Transposed { .. }) { &s.acc2 } else { &s.acc };
                     let acc = &acc[..pixels * cout];
-                    if let Some((lo, hi)) = &n.clamp {
-                        let moments = match use_ {
-                            NormUse::Own => self.conv_moments(&s.lanes, acc, cout, h.macs / (pixels * cout).max(1) as u64, None),
-                            NormUse::Collect(region) => {
-                                let runs = self.region_runs(&h.shape[2..], region)?;
-                                return Ok(PassResult::Sums(NormSums::Ints(self.conv_moments(
-                                    &s.lanes,
-                                    acc,
-                                    cout,
-                                    h.macs / (pixels * cout).max(1) as u64,
-                                    Some(&runs),
-                                ))));
-                            }
-                            NormUse::Given(k) => match given(k) {
-                                NormSums::Ints(v) if v.len() == cout => v.clone(),
-                                _ => return Err(Error::Invalid(format!("{}: the given statistics are of another norm", p.label(step)))),
-                            },
-                        };
-                        let dst_t = p.tensors[n.dst];
-                        let r = conv_norm_requant(n, &moments, lo, hi, &dst_t)
-                            .ok_or_else(|| Error::NonFinite { what: format!("the statistics of {}", p.label(step)) })?;
-                        let mut dst = std::mem::take(&mut s.slots[slot(n.dst)]);
-                        let out = &mut dst[..dst_t.len()];
-                        let rs = ranges(pixels, self.parts(out.len() as u64, self.min_part.1), PIXEL_ALIGN);
-                        let work: Vec<_> = rs.iter().zip(cut(out, rs.iter().map(|r| r.len() * cout))).collect();
-                        let isa = self.isa;
-                        self.split(&s.lanes, work, |(px, out), _| {
-                            kernels::requantize(isa, &acc[px.start * cout..px.end * cout], cout, &r, out)
-                        });
-                        s.slots[slot(n.dst)] = dst;
-                        lap(times);
-                        continue;
-                    }
-                    let sums = match use_ {
-                        NormUse::Own => self.conv_sums(&s.lanes, acc, h, None),
+                    let (lo, hi) = &n.clamp;
+                    let moments = match use_ {
+                        NormUse::Own => self.conv_moments(&s.lanes, acc, cout, h.macs / (pixels * cout).max(1) as u64, None),
                         NormUse::Collect(region) => {
                             let runs = self.region_runs(&h.shape[2..], region)?;
-                            return Ok(PassResult::Sums(NormSums::Float(self.conv_sums(&s.lanes, acc, h, Some(&runs)))));
+                            let macs = h.macs / (pixels * cout).max(1) as u64;
+                            return Ok(PassResult::Sums(NormSums::Ints(self.conv_moments(&s.lanes, acc, cout, macs, Some(&runs)))));
                         }
                         NormUse::Given(k) => match given(k) {
-                            NormSums::Float(v) if v.len() == cout => v.clone(),
+                            NormSums::Ints(v) if v.len() == cout => v.clone(),
                             _ => return Err(Error::Invalid(format!("{}: the given statistics are of another norm", p.label(step)))),
                         },
                     };
-                    let stats: Vec<(f32, f32)> = sums
-                        .iter()
-                        .map(|c| c.stats(n.eps).ok_or_else(|| Error::NonFinite { what: format!("the statistics of {}", p.label(step)) }))
-                        .collect::<Result<_>>()?;
                     let dst_t = p.tensors[n.dst];
+                    let r = conv_norm_requant(n, &moments, lo, hi, &dst_t)
+                        .ok_or_else(|| Error::NonFinite { what: format!("the statistics of {}", p.label(step)) })?;
                     let mut dst = std::mem::take(&mut s.slots[slot(n.dst)]);
                     let out = &mut dst[..dst_t.len()];
                     let rs = ranges(pixels, self.parts(out.len() as u64, self.min_part.1), PIXEL_ALIGN);
                     let work: Vec<_> = rs.iter().zip(cut(out, rs.iter().map(|r| r.len() * cout))).collect();
-                    self.split(&s.lanes, work, |(r, out), _| {
-                        for (o, a) in out.chunks_exact_mut(cout).zip(acc[r.start * cout..r.end * cout].chunks_exact(cout)) {
-                            for c in 0..cout {
-                                // The unfused steps' arithmetic: conv to float, norm, activations, quantize.
-                                let v = ((a[c] - h.offset[c]) as f32 * h.mult[c] + h.bias[c]).max(h.lo[c]).min(h.hi[c]);
-                                let (mean, inv) = stats[c];
-                                let y = (v - mean) * inv * n.scale[c] + n.bias[c];
-                                let y = n.steps.iter().fold(y, |y, step| step.apply(y, c));
-                                o[c] = kernels::quantize_u8(y, dst_t.scale, dst_t.zp);
-                            }
-                        }
+                    let isa = self.isa;
+                    self.split(&s.lanes, work, |(px, out), _| {
+                        kernels::requantize(isa, &acc[px.start * cout..px.end * cout], cout, &r, out)
                     });
                     s.slots[slot(n.dst)] = dst;
                 }
@@ -845,51 +804,6 @@ impl Engine {
             return Err(Error::Invalid(format!("the box {region:?} is not inside the norm's input {spatial:?}")));
         }
         Ok(norms::box_runs(spatial, region))
-    }
-
-    /// The sums of each channel of a conv's float values (its accumulators `acc`,
-    /// pixel-major, dequantised as [`plan::FloatConv`] says) over all pixels or the
-    /// pixel ranges `runs`: parts of the pixels on the pool, merged (exact sums: the
-    /// same at any thread count).
-    fn conv_sums(&self, lanes: &[Mutex<Lane>], acc: &[i32], h: &plan::FloatConv, runs: Option<&[Range<usize>]>) -> Vec<norms::ChannelSums> {
-        let cout = h.mult.len();
-        let pixels = acc.len() / cout.max(1);
-        let all: Vec<Range<usize>> = std::iter::once(0..pixels).collect();
-        let runs = runs.unwrap_or(&all);
-        let total: usize = runs.iter().map(|r| r.len()).sum();
-        // Parts of whole runs, or of the one run (at most one per thread: each part's
-        // sums take 6 KiB a channel).
-        let parts: Vec<Vec<Range<usize>>> = if runs.len() == 1 {
-            let r0 = runs[0].clone();
-            ranges(r0.len(), self.parts((r0.len() * cout) as u64, self.min_part.1), PIXEL_ALIGN)
-                .into_iter()
-                .map(|r| std::iter::once(r0.start + r.start..r0.start + r.end).collect())
-                .collect()
-        } else {
-            ranges(runs.len(), self.parts((total * cout) as u64, self.min_part.1), 1).into_iter().map(|g| runs[g].to_vec()).collect()
-        };
-        let cells: Vec<Mutex<Vec<norms::ChannelSums>>> = parts.iter().map(|_| Mutex::new(Vec::new())).collect();
-        let work: Vec<_> = parts.iter().zip(&cells).collect();
-        self.split(lanes, work, |(part, cell), _| {
-            let mut sums = vec![norms::ChannelSums::default(); cout];
-            for r in part {
-                for a in acc[r.start * cout..r.end * cout].chunks_exact(cout) {
-                    for (c, sum) in sums.iter_mut().enumerate() {
-                        sum.add_one(((a[c] - h.offset[c]) as f32 * h.mult[c] + h.bias[c]).max(h.lo[c]).min(h.hi[c]));
-                    }
-                }
-            }
-            *cell.lock().unwrap_or_else(|e| e.into_inner()) = sums;
-        });
-        let mut cells = cells.into_iter().map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()));
-        let mut total = cells.next().unwrap_or_default();
-        for part in cells {
-            total.iter_mut().zip(&part).for_each(|(a, b)| a.merge(b));
-        }
-        if total.len() != cout {
-            total = vec![norms::ChannelSums::default(); cout];
-        }
-        total
     }
 
     /// Exact integer moments of each channel of a conv's raw sums `acc` (pixel-major)

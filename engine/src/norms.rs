@@ -83,24 +83,49 @@ impl ChannelSums {
     /// E[x^2] - mean^2 in f64, off by about 1e-16 mean^2 / var of itself. None for no
     /// values or a non-finite one.
     pub fn stats(&self, eps: f32) -> Option<(f32, f32)> {
-        if self.count == 0 || self.non_finite {
+        if self.non_finite {
             return None;
         }
-        let (mut s1, mut s2) = (0f64, 0f64);
-        for e in 0..255 {
-            let p = (e.max(1) as i32 - 150) as f64;
-            if self.sum[e] != 0 {
-                s1 += self.sum[e] as f64 * p.exp2();
-            }
-            if self.squares[e] != 0 {
-                s2 += self.squares[e] as f64 * (2.0 * p).exp2();
-            }
-        }
-        let n = self.count as f64;
-        let mean = s1 / n;
-        let var = (s2 / n - mean * mean).max(0.0);
-        Some((mean as f32, 1.0 / (var as f32 + eps).sqrt()))
+        stats_of(self.count, &self.sum, &self.squares, eps)
     }
+}
+
+/// [`ChannelSums::stats`] of `values` with the sums on the stack (no allocation: one
+/// plane of the interpreter's norm).
+pub fn plane_stats(values: &[f32], eps: f32) -> Option<(f32, f32)> {
+    let (mut sum, mut squares) = ([0i64; 256], [0u128; 256]);
+    for &v in values {
+        let bits = v.to_bits();
+        let e = ((bits >> 23) & 0xff) as usize;
+        if e == 255 {
+            return None;
+        }
+        let m = (bits & 0x7f_ffff) | (((e != 0) as u32) << 23);
+        sum[e] += if bits >> 31 == 1 { -(m as i64) } else { m as i64 };
+        squares[e] += m as u128 * m as u128;
+    }
+    stats_of(values.len() as u64, &sum, &squares, eps)
+}
+
+/// The statistics from the per-exponent sums, in one fixed order.
+fn stats_of(count: u64, sum: &[i64; 256], squares: &[u128; 256], eps: f32) -> Option<(f32, f32)> {
+    if count == 0 {
+        return None;
+    }
+    let (mut s1, mut s2) = (0f64, 0f64);
+    for e in 0..255 {
+        let p = (e.max(1) as i32 - 150) as f64;
+        if sum[e] != 0 {
+            s1 += sum[e] as f64 * p.exp2();
+        }
+        if squares[e] != 0 {
+            s2 += squares[e] as f64 * (2.0 * p).exp2();
+        }
+    }
+    let n = count as f64;
+    let mean = s1 / n;
+    let var = (s2 / n - mean * mean).max(0.0);
+    Some((mean as f32, 1.0 / (var as f32 + eps).sqrt()))
 }
 
 /// Exact sums of a channel's integers (a conv's accumulators less their offset) and of
@@ -311,6 +336,7 @@ mod tests {
                 parts.merge(&ChannelSums::of(chunk));
             }
             assert_eq!(parts.stats(1e-5).unwrap(), whole);
+            assert_eq!(plane_stats(&v, 1e-5).unwrap(), whole);
             let n = v.len() as f64;
             let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
             let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;

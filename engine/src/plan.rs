@@ -168,21 +168,14 @@ pub struct InstanceNormOp {
     pub steps: Vec<MapStep>,
 }
 
-/// `Conv -> InstanceNormalization -> activations -> QuantizeLinear`, the conv in
-/// integers. Two forms:
-/// - `clamp` Some (the conv has no bounds of its own and the activations are clamps,
-///   e.g. a BagNet's ReLU): the norm is affine in the conv's integer sums d = acc -
-///   offset, f = d mult + bias. Each channel's statistics come from the exact integer
-///   moments of d (mean_f = mean_d mult + bias, var_f = var_d mult²), and the whole op
-///   is one requantisation of the sums, d mult inv scale / s_y + ((bias - mean_f) inv
-///   scale + beta) / s_y, clamped to the activations' bounds: the conv kernels' own
-///   vectorised requantisation. Within a quantisation step of the unfused float steps.
-/// - otherwise: the conv's float values f = clamp((acc - offset) mult + bias, lo, hi)
-///   (as [`FloatConv`] dequantises them), statistics from exact sums of those values
-///   ([`crate::norms::ChannelSums`]), then (f - mean) inv scale + beta and the
-///   activations in f32, quantised: every value and rounding of the unfused steps.
-///
-/// Either way the values never exist as float planes.
+/// `Conv -> InstanceNormalization -> clamps (ReLU, Clip, Min) -> QuantizeLinear`, the
+/// conv in integers and without bounds of its own. The norm is affine in the conv's
+/// integer sums (f = (acc - offset) mult + bias), so each channel's statistics come from
+/// the exact integer moments of acc (mean_f = mean_acc mult + bias - offset mult,
+/// var_f = var_acc mult²), and the whole op is one requantisation of the sums: acc
+/// times mult inv scale / s_y, plus ((bias - mean_f) inv scale + beta) / s_y, clamped to
+/// the activations' bounds, by the conv kernels' own vectorised requantisation. Within
+/// a quantisation step of the unfused float steps; the values never exist as floats.
 #[derive(Debug, Clone)]
 pub struct ConvNormOp {
     pub conv: FloatConv,
@@ -190,10 +183,8 @@ pub struct ConvNormOp {
     pub scale: Vec<f32>,
     pub bias: Vec<f32>,
     pub eps: f32,
-    pub steps: Vec<MapStep>,
-    /// The activations' bounds per channel, where they are clamps and the conv has no
-    /// bounds of its own (the requantisation form).
-    pub clamp: Option<(Vec<f32>, Vec<f32>)>,
+    /// The activations' bounds per channel (float values).
+    pub clamp: (Vec<f32>, Vec<f32>),
 }
 
 /// dst = bytes of `srcs` copied as `copies` says, each source through its

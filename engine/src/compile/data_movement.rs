@@ -12,7 +12,7 @@ use super::{output, unsupported, Compiler, Val};
 use crate::error::Result;
 use crate::float::{self, FloatOp, Operand};
 use crate::ndarray::{ArrayD, IxDyn};
-use crate::plan::{ConvNormOp, Copies, GatherOp, GatherRun, Op, QTensor, Step};
+use crate::plan::{Copies, GatherOp, GatherRun, Op, QTensor, Step};
 
 /// Ops that only move values: on u8 tensors they are byte copies (a U-Net's Concat, a
 /// pixel shuffle's Reshape/Transpose, a flow's Slice, a classifier's Flatten).
@@ -76,10 +76,11 @@ impl Compiler<'_> {
         let Some(Val::PendingConvNorm { .. }) = self.vals.get(src) else { return };
         let Some(q) = self.graph.node.iter().find(|m| m.input.first() == Some(&out)) else { return };
         let Some((s, z)) = (q.op_type == "QuantizeLinear").then(|| self.qparams(q)).flatten() else { return };
-        let Some(Val::PendingConvNorm { conv, scale, bias, eps, steps }) = self.vals.remove(src) else { return };
-        let t = self.quantized_conv_norm(ConvNormOp { conv: *conv, dst: 0, scale, bias, eps, steps, clamp: None }, s, z);
-        self.vals.insert(src.to_string(), Val::Int(t));
-        self.float_views.insert(src.to_string());
+        let Some(Val::PendingConvNorm { conv, scale, bias, eps, steps }) = self.vals.get(src).cloned() else { return };
+        if let Some(t) = self.quantized_conv_norm(*conv, scale, bias, eps, &steps, s, z) {
+            self.vals.insert(src.to_string(), Val::Int(t));
+            self.float_views.insert(src.to_string());
+        }
     }
 
     pub(super) fn data_movement(&mut self, n: &pb::NodeProto) -> Result<bool> {

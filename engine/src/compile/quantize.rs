@@ -9,7 +9,7 @@ use edgemed_onnx::{attr, pb, tensor};
 
 use super::{input, invalid, output, unsupported, Compiler, Const, Val};
 use crate::error::Result;
-use crate::plan::{ConvNormOp, InstanceNormOp, QTensor, Step};
+use crate::plan::{InstanceNormOp, QTensor, Step};
 
 impl Compiler<'_> {
     pub(super) fn dequantize_linear(&mut self, n: &pb::NodeProto) -> Result<bool> {
@@ -80,9 +80,7 @@ impl Compiler<'_> {
             Some(Val::PendingNorm { src, scale, bias, eps, steps }) => {
                 Some(self.quantized_instance_norm(InstanceNormOp { src, dst: 0, scale, bias, eps, steps }, s, z))
             }
-            Some(Val::PendingConvNorm { conv, scale, bias, eps, steps }) => {
-                Some(self.quantized_conv_norm(ConvNormOp { conv: *conv, dst: 0, scale, bias, eps, steps, clamp: None }, s, z))
-            }
+            Some(Val::PendingConvNorm { conv, scale, bias, eps, steps }) => self.quantized_conv_norm(*conv, scale, bias, eps, &steps, s, z),
             Some(Val::Int(t)) if self.tensors[t].scale == s && self.tensors[t].zp == z => Some(t),
             _ => None,
         };

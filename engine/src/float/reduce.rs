@@ -98,7 +98,7 @@ pub(super) fn instance_norm(x: &ArrayD<f32>, scale: &ArrayD<f32>, bias: &ArrayD<
 /// ([`crate::norms::ChannelSums`]), so a plane summed in parts (threads, or the tiles
 /// of a streamed volume) gives the same bits; NaN for a non-finite or empty plane.
 pub fn instance_stats(p: &[f32], eps: f32) -> (f32, f32) {
-    crate::norms::ChannelSums::of(p).stats(eps).unwrap_or((f32::NAN, f32::NAN))
+    crate::norms::plane_stats(p, eps).unwrap_or((f32::NAN, f32::NAN))
 }
 
 /// y = (x - mean) inv scale + bias over (any run of) one plane of [`instance_norm`].
