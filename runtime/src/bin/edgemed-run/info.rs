@@ -192,6 +192,10 @@ fn backend_line(opts: &BackendOptions, model: &OnnxModel) -> String {
                         e.plan.macs as f64 / 1e6
                     )
                 }
+                // Open sizes: the engine compiles the model for each input size it is run on.
+                Err(edgemed_runtime::Error::Unsupported(_)) if open_sizes(model) => {
+                    format!("edgemed INT8 engine (CPU, {isa} kernels), compiled for each input size it is run on (open sizes); tract where it does not cover the model")
+                }
                 Err(edgemed_runtime::Error::Unsupported(why)) => format!("tract (CPU): the INT8 engine does not cover this model ({why})"),
                 Err(e) => format!("none: the INT8 engine refuses this model ({e})"),
             }
@@ -213,4 +217,13 @@ fn backend_line(opts: &BackendOptions, model: &OnnxModel) -> String {
         BackendKind::Ort => "ort, not in this build".into(),
     };
     format!("{chosen}{line}")
+}
+
+/// Whether the model's input leaves sizes after the batch open (symbolic).
+fn open_sizes(model: &edgemed_runtime::model::OnnxModel) -> bool {
+    model
+        .inputs
+        .first()
+        .and_then(|i| i.dims.as_ref())
+        .is_some_and(|d| d.iter().skip(1).any(|d| !matches!(d, edgemed_runtime::model::Dim::Fixed(_))))
 }
