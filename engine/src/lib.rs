@@ -740,24 +740,28 @@ impl Engine {
         });
     }
 
+    /// The parts a reduction over pixels is cut into for the pool: the pixel ranges
+    /// `runs` (None: all `pixels`) of `c` values each, as consecutive groups of runs, or
+    /// ranges of the one run.
+    fn pixel_parts(&self, pixels: usize, runs: Option<&[Range<usize>]>, c: usize) -> Vec<Vec<Range<usize>>> {
+        let all: Vec<Range<usize>> = std::iter::once(0..pixels).collect();
+        let runs = runs.unwrap_or(&all);
+        if let [r0] = runs {
+            return ranges(r0.len(), self.parts((r0.len() * c) as u64, self.min_part.1), PIXEL_ALIGN)
+                .into_iter()
+                .map(|r| std::iter::once(r0.start + r.start..r0.start + r.end).collect())
+                .collect();
+        }
+        let total: usize = runs.iter().map(|r| r.len()).sum();
+        ranges(runs.len(), self.parts((total * c) as u64, self.min_part.1), 1).into_iter().map(|g| runs[g].to_vec()).collect()
+    }
+
     /// Counts of each channel's bytes in `x` (tensor `t`), `[channel][256]`: over all
     /// pixels, or over the pixel ranges `runs`. Parts of the pixels on the pool,
     /// summed: integers, the same at any thread count and for any split of a volume.
     fn byte_counts(&self, lanes: &[Mutex<Lane>], x: &[u8], t: &QTensor, runs: Option<&[Range<usize>]>) -> Vec<u64> {
         let c = t.c;
-        let all: Vec<Range<usize>> = std::iter::once(0..t.h * t.w).collect();
-        let runs = runs.unwrap_or(&all);
-        let pixels: usize = runs.iter().map(|r| r.len()).sum();
-        // Parts: consecutive groups of runs (the whole tensor is one run cut in ranges).
-        let parts: Vec<Vec<Range<usize>>> = if runs.len() == 1 {
-            let r0 = runs[0].clone();
-            ranges(r0.len(), self.parts((r0.len() * c) as u64, self.min_part.1), PIXEL_ALIGN)
-                .into_iter()
-                .map(|r| std::iter::once(r0.start + r.start..r0.start + r.end).collect())
-                .collect()
-        } else {
-            ranges(runs.len(), self.parts((pixels * c) as u64, self.min_part.1), 1).into_iter().map(|g| runs[g].to_vec()).collect()
-        };
+        let parts = self.pixel_parts(t.h * t.w, runs, c);
         let mut counts = vec![0u32; parts.len() * c * 256];
         let work: Vec<_> = parts.iter().zip(cut(&mut counts, parts.iter().map(|_| c * 256))).collect();
         self.split(lanes, work, |(part, h), _| {
@@ -816,19 +820,7 @@ impl Engine {
         macs_per_output: u64,
         runs: Option<&[Range<usize>]>,
     ) -> Vec<norms::IntMoments> {
-        let pixels = acc.len() / cout.max(1);
-        let all: Vec<Range<usize>> = std::iter::once(0..pixels).collect();
-        let runs = runs.unwrap_or(&all);
-        let total: usize = runs.iter().map(|r| r.len()).sum();
-        let parts: Vec<Vec<Range<usize>>> = if runs.len() == 1 {
-            let r0 = runs[0].clone();
-            ranges(r0.len(), self.parts((r0.len() * cout) as u64, self.min_part.1), PIXEL_ALIGN)
-                .into_iter()
-                .map(|r| std::iter::once(r0.start + r.start..r0.start + r.end).collect())
-                .collect()
-        } else {
-            ranges(runs.len(), self.parts((total * cout) as u64, self.min_part.1), 1).into_iter().map(|g| runs[g].to_vec()).collect()
-        };
+        let parts = self.pixel_parts(acc.len() / cout.max(1), runs, cout);
         let cells: Vec<Mutex<Vec<norms::IntMoments>>> = parts.iter().map(|_| Mutex::new(Vec::new())).collect();
         let work: Vec<_> = parts.iter().zip(&cells).collect();
         // |acc| <= 255 * 128 * k for k multiply-adds per output, so a square is below

@@ -53,17 +53,14 @@ impl ChannelSums {
 
     #[inline]
     pub fn add_one(&mut self, v: f32) {
-        let bits = v.to_bits();
-        let e = ((bits >> 23) & 0xff) as usize;
         self.count += 1;
-        if e == 255 {
-            self.non_finite = true;
-            return;
+        match exponent_and_mantissa(v) {
+            Some((e, m)) => {
+                self.sum[e] += m;
+                self.squares[e] += (m * m) as u128;
+            }
+            None => self.non_finite = true,
         }
-        // Subnormals (e = 0) have no implicit bit and the exponent of e = 1.
-        let m = (bits & 0x7f_ffff) | (((e != 0) as u32) << 23);
-        self.sum[e] += if bits >> 31 == 1 { -(m as i64) } else { m as i64 };
-        self.squares[e] += m as u128 * m as u128;
     }
 
     pub fn merge(&mut self, other: &ChannelSums) {
@@ -90,19 +87,28 @@ impl ChannelSums {
     }
 }
 
+/// `v` as its biased exponent and signed integer mantissa (v = m 2^(max(e, 1) - 150),
+/// |m| < 2^24); None for NaN and infinities.
+#[inline]
+fn exponent_and_mantissa(v: f32) -> Option<(usize, i64)> {
+    let bits = v.to_bits();
+    let e = ((bits >> 23) & 0xff) as usize;
+    if e == 255 {
+        return None;
+    }
+    // Subnormals (e = 0) have no implicit bit and the exponent of e = 1.
+    let m = ((bits & 0x7f_ffff) | (((e != 0) as u32) << 23)) as i64;
+    Some((e, if bits >> 31 == 1 { -m } else { m }))
+}
+
 /// [`ChannelSums::stats`] of `values` with the sums on the stack (no allocation: one
 /// plane of the interpreter's norm).
 pub fn plane_stats(values: &[f32], eps: f32) -> Option<(f32, f32)> {
     let (mut sum, mut squares) = ([0i64; 256], [0u128; 256]);
     for &v in values {
-        let bits = v.to_bits();
-        let e = ((bits >> 23) & 0xff) as usize;
-        if e == 255 {
-            return None;
-        }
-        let m = (bits & 0x7f_ffff) | (((e != 0) as u32) << 23);
-        sum[e] += if bits >> 31 == 1 { -(m as i64) } else { m as i64 };
-        squares[e] += m as u128 * m as u128;
+        let (e, m) = exponent_and_mantissa(v)?;
+        sum[e] += m;
+        squares[e] += (m * m) as u128;
     }
     stats_of(values.len() as u64, &sum, &squares, eps)
 }

@@ -348,16 +348,38 @@ fn tiled_maps(
     let (_, tiles) = tile_grid(m, t);
     let total = tiles.len();
     let threads = if net.parallel_runs() { threads } else { 1 };
-    let mut maps = Array4::<f32>::zeros((k, m[0], m[1], m[2]));
     let mut done = 0;
-    for_each_tile(
+    map_pass(
+        [k, m[0], m[1], m[2]],
+        t,
         &tiles,
         threads,
-        |at| tile_map(net.run(tile_input(&x, s, span, at))?, k, t, at),
-        |[a, b, c], y| {
-            maps.slice_mut(s![.., a..a + t[0], b..b + t[1], c..c + t[2]]).assign(&y);
+        |at| net.run(tile_input(&x, s, span, at)),
+        || {
             done += 1;
             progress(done, total);
+        },
+    )
+}
+
+/// The maps `[K, m...]` from every tile's run (its map of `t` voxels per side at its
+/// start), on `threads` threads; `tick` after each tile.
+fn map_pass(
+    dims: [usize; 4],
+    t: [usize; 3],
+    tiles: &[[usize; 3]],
+    threads: usize,
+    run: impl Fn([usize; 3]) -> Result<Vec<ArrayD<f32>>> + Sync,
+    mut tick: impl FnMut(),
+) -> Result<Array4<f32>> {
+    let mut maps = Array4::<f32>::zeros(dims);
+    for_each_tile(
+        tiles,
+        threads,
+        |at| tile_map(run(at)?, dims[0], t, at),
+        |[a, b, c], y| {
+            maps.slice_mut(s![.., a..a + t[0], b..b + t[1], c..c + t[2]]).assign(&y);
+            tick();
             Ok(())
         },
     )?;
@@ -443,23 +465,14 @@ fn streamed_maps(
         }
         given.push(sum);
     }
-    let mut maps = Array4::<f32>::zeros((k, m[0], m[1], m[2]));
-    for_each_tile(
-        &tiles,
-        threads,
-        |at| {
-            let xt = tile_input(&x, s, span, at);
-            let y = engine.run_pass(xt.as_slice().expect("standard layout"), NormPass { given: &given, collect: None })?;
-            tile_map(y.outputs(), k, t, at)
-        },
-        |[a, b, c], y| {
-            maps.slice_mut(s![.., a..a + t[0], b..b + t[1], c..c + t[2]]).assign(&y);
-            done += 1;
-            progress(done, total);
-            Ok(())
-        },
-    )?;
-    Ok(maps)
+    let last = |at| {
+        let xt = tile_input(&x, s, span, at);
+        Ok(engine.run_pass(xt.as_slice().expect("standard layout"), NormPass { given: &given, collect: None })?.outputs())
+    };
+    map_pass([k, m[0], m[1], m[2]], t, &tiles, threads, last, || {
+        done += 1;
+        progress(done, total);
+    })
 }
 
 /// The subject's prediction: the maps' means (the model's pooled output).
