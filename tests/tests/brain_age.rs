@@ -120,6 +120,13 @@ fn instance_norm_maps_are_streamed_over_tiles_bit_for_bit() {
     assert!(e.contains("INT8 engine") && e.contains("--tile 0") && !e.contains('\n'), "{e}");
     let e = brain_age::local_maps(&int8, &geo, x.view(), 1, 1, &BackendOptions::default(), |_, _| {}).unwrap_err().to_string();
     assert!(e.contains("at least 2"), "{e}");
+    // A fixed window cannot be compiled one stride wider: refused before any work.
+    let windowed = map_model(&Config { window: Some([24; 3]), ..cfg }, true);
+    let e =
+        brain_age::local_maps(&windowed, &brain_age::geometry(&windowed).unwrap(), x.view(), 2, 1, &BackendOptions::default(), |_, _| {})
+            .unwrap_err()
+            .to_string();
+    assert!(e.contains("without --window") && !e.contains('\n'), "{e}");
     let small = blob(&[15, 40, 40], 0);
     let e = brain_age::local_maps(&int8, &geo, small.view(), 2, 1, &BackendOptions::default(), |_, _| {}).unwrap_err().to_string();
     assert!(e.contains("smaller than the receptive field"), "{e}");
