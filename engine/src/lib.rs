@@ -48,12 +48,13 @@ use pool::Pool;
 use split::{conv_parts, cut, ranges, PIXEL_ALIGN};
 
 /// MACs below which a part of a conv is not worth a thread. Handing a part to a polling
-/// worker and waiting for it costs about a microsecond; 256 K MACs are 2.5 us at the
-/// pointwise kernels' 100 GMAC/s, 6 us at the depthwise kernels' 40.
-const MIN_PART_MACS: u64 = 1 << 18;
-/// Bytes (or floats) per part of an element-wise op below which it is not cut: 4 KiB
-/// of quantised adds or (de)quantisation take 2-4 us.
-const MIN_PART_BYTES: usize = 1 << 12;
+/// worker and waiting for it costs well under a microsecond on a free core; 64 K MACs
+/// are 0.6 us at the pointwise kernels' 100 GMAC/s, 1.6 us at the depthwise kernels' 40.
+/// (Measured on MobileNetV2 x1.0 at 224 on two threads: 3% faster than with 256 K.)
+const MIN_PART_MACS: u64 = 1 << 16;
+/// Bytes (or floats) per part of an element-wise op below which it is not cut: 1 KiB
+/// of quantised adds or (de)quantisation take about a microsecond.
+const MIN_PART_BYTES: usize = 1 << 10;
 
 /// A compiled plan with its memory plan, ready to run one item at a time.
 pub struct Engine {
@@ -208,11 +209,19 @@ impl Scratch {
 }
 
 /// The requantisation that is [`plan::ConvNormOp`]'s clamp form for these moments of
-/// the conv's accumulators (offsets included: `acc` are raw sums): per channel, f =
-/// (acc - offset) mult + bias has mean m_d mult + bias and variance v_d mult², and
-/// y = (f - mean) inv scale + beta, over s_y, rounded once in f64 into the f32
-/// multiplier and bias. None where a channel has no values or a non-finite result.
-fn conv_norm_requant(n: &plan::ConvNormOp, moments: &[norms::IntMoments], lo: &[f32], hi: &[f32], dst: &QTensor) -> Option<Requant> {
+/// the conv's accumulators (offsets included: `acc` are raw sums), its output values
+/// times `slope` per channel (1 without one; a PReLU's negative side) clamped to
+/// [lo, hi]: per channel, f = (acc - offset) mult + bias has mean m_d mult + bias and
+/// variance v_d mult², and y = ((f - mean) inv scale + beta) slope, over s_y, rounded
+/// once in f64 into the f32 multiplier and bias. None where a channel has no values or
+/// a non-finite result.
+fn conv_norm_requant(
+    n: &plan::ConvNormOp,
+    moments: &[norms::IntMoments],
+    slope: Option<&[f32]>,
+    (lo, hi): (&[f32], &[f32]),
+    dst: &QTensor,
+) -> Option<Requant> {
     let h = &n.conv;
     let cout = h.mult.len();
     let (mut mult, mut bias) = (vec![0f32; cout], vec![0f32; cout]);
@@ -220,11 +229,12 @@ fn conv_norm_requant(n: &plan::ConvNormOp, moments: &[norms::IntMoments], lo: &[
         // The moments are of acc; those of acc - offset shift the mean only.
         let (mean_a, var_d) = moments[c].mean_var()?;
         let m = h.mult[c] as f64;
+        let a = slope.map_or(1.0, |s| s[c] as f64);
         let mean_f = (mean_a - h.offset[c] as f64) * m + h.bias[c] as f64;
         let inv = 1.0 / (var_d * m * m + n.eps as f64).sqrt();
         let k = inv * n.scale[c] as f64 / dst.scale as f64;
-        mult[c] = (m * k) as f32;
-        bias[c] = ((h.bias[c] as f64 - mean_f) * k + n.bias[c] as f64 / dst.scale as f64) as f32;
+        mult[c] = (m * k * a) as f32;
+        bias[c] = (((h.bias[c] as f64 - mean_f) * k + n.bias[c] as f64 / dst.scale as f64) * a) as f32;
         if !(mult[c].is_finite() && bias[c].is_finite()) {
             return None;
         }
@@ -483,15 +493,33 @@ impl Engine {
                         },
                     };
                     let dst_t = p.tensors[n.dst];
-                    let r = conv_norm_requant(n, &moments, lo, hi, &dst_t)
-                        .ok_or_else(|| Error::NonFinite { what: format!("the statistics of {}", p.label(step)) })?;
+                    let non_finite = || Error::NonFinite { what: format!("the statistics of {}", p.label(step)) };
+                    // Without a PReLU one requantisation; with one, its positive side
+                    // clamped to [0, hi] and its negative side to [lo, 0] (ConvNormOp::slopes).
+                    let zeros = vec![0f32; cout];
+                    let (pos, neg) = match &n.slopes {
+                        None => (conv_norm_requant(n, &moments, None, (lo, hi), &dst_t).ok_or_else(non_finite)?, None),
+                        Some(a) => {
+                            let side = |c: usize, v: &[f32], up: bool| if (a[c] < 0.0) == up { v[c] } else { 0.0 };
+                            let neg_lo: Vec<f32> = (0..cout).map(|c| side(c, lo, false)).collect();
+                            let neg_hi: Vec<f32> = (0..cout).map(|c| side(c, hi, true)).collect();
+                            (
+                                conv_norm_requant(n, &moments, None, (&zeros, hi), &dst_t).ok_or_else(non_finite)?,
+                                Some(conv_norm_requant(n, &moments, Some(a), (&neg_lo, &neg_hi), &dst_t).ok_or_else(non_finite)?),
+                            )
+                        }
+                    };
                     let mut dst = std::mem::take(&mut s.slots[slot(n.dst)]);
                     let out = &mut dst[..dst_t.len()];
                     let rs = ranges(pixels, self.parts(out.len() as u64, self.min_part.1), PIXEL_ALIGN);
                     let work: Vec<_> = rs.iter().zip(cut(out, rs.iter().map(|r| r.len() * cout))).collect();
                     let isa = self.isa;
                     self.split(&s.lanes, work, |(px, out), _| {
-                        kernels::requantize(isa, &acc[px.start * cout..px.end * cout], cout, &r, out)
+                        let acc = &acc[px.start * cout..px.end * cout];
+                        match &neg {
+                            None => kernels::requantize(isa, acc, cout, &pos, out),
+                            Some(neg) => kernels::requantize_two_sided(isa, acc, cout, &pos, neg, dst_t.zp, out),
+                        }
                     });
                     s.slots[slot(n.dst)] = dst;
                 }
@@ -518,19 +546,34 @@ impl Engine {
                         kernels::quantize_nchw_to_nhwc(isa, &data[r.start..], pixels, &part, o)
                     });
                 }
-                Step::Dequantize { src, dst } => {
+                Step::Dequantize { src, dst, plus } => {
                     let t = p.tensors[*src];
                     let q = &s.slots[slot(*src)][..t.len()];
+                    // The second term: its own bytes and parameters (the same length).
+                    let (tb, qb) = match plus {
+                        Some(b) => (p.tensors[*b], Some(&s.slots[slot(*b)][..t.len()])),
+                        None => (t, None),
+                    };
                     let mut f = vec![0f32; t.len()];
+                    let (za, zb) = (t.zp as i32, tb.zp as i32);
                     self.to_planes(&s.lanes, &mut f, t.c, t.h * t.w, |px, rows| {
-                        // Blocks of 16 pixels: each channel's row of the block is one cache line.
-                        for p0 in (px.start..px.end).step_by(16) {
-                            let n = (px.end - p0).min(16);
-                            let block = &q[p0 * t.c..(p0 + n) * t.c];
-                            for (c, row) in rows.iter_mut().enumerate() {
-                                let row = &mut row[p0 - px.start..][..n];
-                                for (d, &v) in row.iter_mut().zip(block[c..].iter().step_by(t.c)) {
-                                    *d = (v as i32 - t.zp as i32) as f32 * t.scale;
+                        // Pixel by pixel, each channel into its plane: few channels (a
+                        // U-Net's output) would leave per-channel loops a handful long.
+                        let a = q[px.start * t.c..px.end * t.c].chunks_exact(t.c);
+                        match qb {
+                            // DequantizeLinear of each, then their f32 sum (as the float Add).
+                            Some(qb) => {
+                                for (i, (v, w)) in a.zip(qb[px.start * t.c..px.end * t.c].chunks_exact(t.c)).enumerate() {
+                                    for (c, row) in rows.iter_mut().enumerate() {
+                                        row[i] = (v[c] as i32 - za) as f32 * t.scale + (w[c] as i32 - zb) as f32 * tb.scale;
+                                    }
+                                }
+                            }
+                            None => {
+                                for (i, v) in a.enumerate() {
+                                    for (c, row) in rows.iter_mut().enumerate() {
+                                        row[i] = (v[c] as i32 - za) as f32 * t.scale;
+                                    }
                                 }
                             }
                         }
@@ -828,22 +871,28 @@ impl Engine {
         // go into i128 totals (exact, whatever the split).
         let k = (macs_per_output.max(1) as f64).min(1e9);
         let flush = ((2f64.powi(62) / (2f64.powi(30) * k * k)).floor() as usize).clamp(1, 1 << 20);
+        // Partial sums over `width` values, whole pixels (at least 32 values: with few
+        // channels a pixel at a time would not fill the vector lanes); value j of a
+        // block belongs to channel j % cout.
+        let width = cout.max(1) * 32usize.div_ceil(cout.max(1));
         self.split(lanes, work, |(part, cell), _| {
             let (mut sum, mut squares) = (vec![0i128; cout], vec![0i128; cout]);
-            let (mut s64, mut q64) = (vec![0i64; cout], vec![0i64; cout]);
+            let (mut s64, mut q64) = (vec![0i64; width], vec![0i64; width]);
             let mut count = 0u64;
             for r in part {
                 for chunk in acc[r.start * cout..r.end * cout].chunks(flush * cout) {
-                    for a in chunk.chunks_exact(cout) {
+                    let blocks = chunk.chunks_exact(width);
+                    let tail = blocks.remainder();
+                    for a in blocks.chain(tail.chunks_exact(cout)) {
                         for ((s, q), &v) in s64.iter_mut().zip(q64.iter_mut()).zip(a) {
                             let d = v as i64;
                             *s += d;
                             *q += d * d;
                         }
                     }
-                    for c in 0..cout {
-                        sum[c] += std::mem::take(&mut s64[c]) as i128;
-                        squares[c] += std::mem::take(&mut q64[c]) as i128;
+                    for (j, (s, q)) in s64.iter_mut().zip(q64.iter_mut()).enumerate() {
+                        sum[j % cout] += std::mem::take(s) as i128;
+                        squares[j % cout] += std::mem::take(q) as i128;
                     }
                 }
                 count += r.len() as u64;

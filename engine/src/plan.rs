@@ -168,7 +168,7 @@ pub struct InstanceNormOp {
     pub steps: Vec<MapStep>,
 }
 
-/// `Conv -> InstanceNormalization -> clamps (ReLU, Clip, Min) -> QuantizeLinear`, the
+/// `Conv -> InstanceNormalization -> [PReLU] -> clamps (ReLU, Clip, Min) -> QuantizeLinear`, the
 /// conv in integers and without bounds of its own. The norm is affine in the conv's
 /// integer sums (f = (acc - offset) mult + bias), so each channel's statistics come from
 /// the exact integer moments of acc (mean_f = mean_acc mult + bias - offset mult,
@@ -183,7 +183,14 @@ pub struct ConvNormOp {
     pub scale: Vec<f32>,
     pub bias: Vec<f32>,
     pub eps: f32,
-    /// The activations' bounds per channel (float values).
+    /// A PReLU's slopes per channel before the clamps, if there is one. Its two sides
+    /// are two requantisations of the same sums: q+ with the norm's multipliers,
+    /// clamped to [z, hi], and q- with them times the slope, clamped to [lo, z] (to
+    /// [z, hi] for a negative slope, which sends negative values up); the sign of
+    /// acc mult + bias makes one of the two z, so the output is q+ + q- - z, each side
+    /// rounded once as a single requantisation is.
+    pub slopes: Option<Vec<f32>>,
+    /// The clamps' bounds per channel (float values; around 0 where there is a PReLU).
     pub clamp: (Vec<f32>, Vec<f32>),
 }
 
@@ -286,10 +293,13 @@ pub enum Step {
         src: usize,
         dst: usize,
     },
-    /// Tensor `src` dequantised into float value `dst` (NC...).
+    /// Tensor `src` dequantised into float value `dst` (NC...), plus tensor `plus`
+    /// dequantised where given (an Add of two dequantised tensors that no
+    /// QuantizeLinear follows: the same f32 sums, in one pass instead of three).
     Dequantize {
         src: usize,
         dst: usize,
+        plus: Option<usize>,
     },
     /// A convolution run in integers whose output a float op reads.
     ConvToFloat {
@@ -317,7 +327,7 @@ impl Step {
     pub fn tensor_sources(&self) -> Vec<usize> {
         match self {
             Step::Int(op) => op.sources(),
-            Step::Dequantize { src, .. } => vec![*src],
+            Step::Dequantize { src, plus, .. } => [*src].into_iter().chain(*plus).collect(),
             Step::ConvToFloat { conv, .. } => vec![conv.src],
             _ => vec![],
         }
@@ -421,7 +431,8 @@ impl Plan {
                 format!("multiply ({} factors) {} at {}", tables.len() / 256, t(*dst).c, at(*dst))
             }
             Step::Quantize { dst, .. } => format!("quantize {} at {}", t(*dst).c, at(*dst)),
-            Step::Dequantize { src, .. } => format!("dequantize {} at {}", t(*src).c, at(*src)),
+            Step::Dequantize { src, plus: None, .. } => format!("dequantize {} at {}", t(*src).c, at(*src)),
+            Step::Dequantize { src, plus: Some(_), .. } => format!("dequantize + add {} at {}", t(*src).c, at(*src)),
             Step::ConvToFloat { conv, .. } => {
                 format!("{} to float at {:?}", conv_label(&conv.layout, &conv.kind, t(conv.src).c, conv.mult.len()), &conv.shape[2..])
             }

@@ -281,7 +281,7 @@ impl<'m> Compiler<'m> {
             return f;
         }
         let f = self.new_float(self.shapes[t].clone());
-        self.steps.push(Step::Dequantize { src: t, dst: f });
+        self.steps.push(Step::Dequantize { src: t, dst: f, plus: None });
         self.dequantised.insert(t, f);
         f
     }
@@ -332,8 +332,8 @@ impl<'m> Compiler<'m> {
             }
             Some(Val::PendingMap { src, steps, .. }) => self.map_to_float(src, steps, name)?,
             Some(Val::PendingAdd { a, b, steps }) => {
-                let (fa, fb) = (self.dequantised(a), self.dequantised(b));
-                let sum = self.push_float(FloatOp::Binary(float::Binary::Add), vec![Operand::Value(fa), Operand::Value(fb)], name)?;
+                let sum = self.new_float(self.shapes[a].clone());
+                self.steps.push(Step::Dequantize { src: a, dst: sum, plus: Some(b) });
                 self.steps_in_float(sum, self.shapes[a].len(), steps, name)?
             }
             // Bytes move faster than floats: gathered, then dequantised (exact, where

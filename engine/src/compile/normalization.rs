@@ -52,8 +52,9 @@ impl Compiler<'_> {
 
     /// A pending conv + instance norm with its activations (`steps`), quantised with
     /// (s, z) into a new tensor as one [`ConvNormOp`], where the conv has no bounds of its
-    /// own and the activations are clamps; None otherwise (the unfused float steps then
-    /// run: the fused float arithmetic was measured no faster on a MONAI U-Net's PReLUs).
+    /// own and the activations are clamps, optionally after one PReLU (a MONAI U-Net's)
+    /// whose clamps keep 0 inside their bounds; None otherwise
+    /// (the unfused float steps then run).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn quantized_conv_norm(
         &mut self,
@@ -65,19 +66,33 @@ impl Compiler<'_> {
         s: f32,
         z: u8,
     ) -> Option<usize> {
+        let cout = conv.mult.len();
+        let (slopes, clamps) = match steps.split_first() {
+            Some((MapStep::PRelu(a), rest)) => {
+                let of = |c: usize| if a.len() == 1 { a[0] } else { a[c] };
+                let slopes: Vec<f32> = (0..cout).map(of).collect();
+                if slopes.iter().any(|v| !v.is_finite()) {
+                    return None;
+                }
+                (Some(slopes), rest)
+            }
+            _ => (None, steps),
+        };
         // Relu, Clip and Min are monotone clamps, so their chain is the clamp to its
         // images of -inf and +inf.
         let unbounded = conv.lo.iter().all(|l| *l == f32::NEG_INFINITY) && conv.hi.iter().all(|h| *h == f32::INFINITY);
-        let clamps = steps.iter().all(|st| matches!(st, MapStep::Relu | MapStep::Clip(..) | MapStep::Min(_)));
-        let bound = |from: f32| (0..conv.mult.len()).map(|ch| steps.iter().fold(from, |y, st| st.apply(y, ch))).collect::<Vec<f32>>();
+        let only_clamps = clamps.iter().all(|st| matches!(st, MapStep::Relu | MapStep::Clip(..) | MapStep::Min(_)));
+        let bound = |from: f32| (0..cout).map(|ch| clamps.iter().fold(from, |y, st| st.apply(y, ch))).collect::<Vec<f32>>();
         let (lo, hi) = (bound(f32::NEG_INFINITY), bound(f32::INFINITY));
         let ordered = lo.iter().zip(&hi).all(|(l, h)| !l.is_nan() && !h.is_nan() && l <= h);
-        if !(unbounded && clamps && ordered) {
+        // With a PReLU the two sides are clamped apart at 0 (see `ConvNormOp::slopes`).
+        let around_zero = slopes.is_none() || lo.iter().zip(&hi).all(|(l, h)| *l <= 0.0 && *h >= 0.0);
+        if !(unbounded && only_clamps && ordered && around_zero) {
             return None;
         }
         let t = QTensor::of_shape(&conv.shape, s, z)?;
         let dst = self.new_tensor(t, conv.shape.clone());
-        self.steps.push(Step::Int(Op::ConvNorm(Box::new(ConvNormOp { conv, dst, scale, bias, eps, clamp: (lo, hi) }))));
+        self.steps.push(Step::Int(Op::ConvNorm(Box::new(ConvNormOp { conv, dst, scale, bias, eps, slopes, clamp: (lo, hi) }))));
         Some(dst)
     }
 

@@ -720,6 +720,12 @@ fn a_clamping_table_on_a_conv_output_narrows_the_convs_clamp() {
 /// the same values), and one of a table's float output (the interpreter's); valid
 /// convs 3x3x3 and 1x1x1 stride 2, so each output sees 3 input voxels per axis, 2 apart.
 fn norm_net(n: [usize; 3], unfused: bool) -> OnnxModel {
+    norm_net_with(n, unfused, None)
+}
+
+/// [`norm_net`], its second norm followed by a PReLU with `slopes` (one, or one per
+/// channel) instead of a ReLU, where given.
+fn norm_net_with(n: [usize; 3], unfused: bool, slopes: Option<&[f32]>) -> OnnxModel {
     let mut b = Qdq::new(&[1, 1, n[0], n[1], n[2]]);
     let x = b.qdq("x", 0.03, 100);
     let w1: Vec<i8> = (0..3 * 27).map(|i| ((i * 37 % 23) as i8) - 11).collect();
@@ -741,8 +747,18 @@ fn norm_net(n: [usize; 3], unfused: bool) -> OnnxModel {
     }
     let (s2, o2) = (b.f32s(&[4], &[1.0, -0.5, 2.0, 0.7]), b.f32s(&[4], &[0.2, 0.0, -0.3, 0.1]));
     let n2 = b.op("InstanceNormalization", &[&c2, &s2, &o2], vec![Attr::Float("epsilon", 1e-5)]);
-    let r2 = b.op("Relu", &[&n2], vec![]);
-    let y2 = b.qdq(&r2, 0.03, 0);
+    let y2 = match slopes {
+        None => {
+            let r2 = b.op("Relu", &[&n2], vec![]);
+            b.qdq(&r2, 0.03, 0)
+        }
+        Some(a) => {
+            let shape = if a.len() == 1 { vec![1] } else { vec![a.len(), 1, 1, 1] };
+            let a = b.f32s(&shape, a);
+            let r2 = b.op("PRelu", &[&n2, &a], vec![]);
+            b.qdq(&r2, 0.03, 100)
+        }
+    };
     let g = b.op("Sigmoid", &[&y2], vec![]);
     let (s3, o3) = (b.f32s(&[4], &[0.5, 1.0, -1.0, 2.0]), b.f32s(&[4], &[0.0, 0.3, 0.0, -0.2]));
     let n3 = b.op("InstanceNormalization", &[&g, &s3, &o3], vec![Attr::Float("epsilon", 1e-5)]);
@@ -750,33 +766,37 @@ fn norm_net(n: [usize; 3], unfused: bool) -> OnnxModel {
     b.model(&y)
 }
 
-/// `Conv -> InstanceNormalization -> Relu -> QuantizeLinear` is one step, a
-/// requantisation of the conv's sums with statistics from their integer moments: the
-/// same bytes on every ISA and thread count, and within one output step of the
-/// unfused float steps (conv to float, the interpreter's norm and ReLU, quantize).
+/// `Conv -> InstanceNormalization -> Relu | PRelu -> QuantizeLinear` is one step, a
+/// requantisation of the conv's sums with statistics from their integer moments (two,
+/// one per side, with a PReLU): the same bytes on every ISA and thread count, and
+/// within one output step of the unfused float steps (conv to float, the interpreter's
+/// norm and activation, quantize). Slopes of each sign, 0, and one for all channels.
 #[test]
 fn a_conv_and_its_instance_norm_are_one_requantisation() {
     let n = [9, 8, 11];
-    let (fused, unfused) = (norm_net(n, false), norm_net(n, true));
-    let labels = |m: &OnnxModel| {
-        let e = Engine::new(m).unwrap();
-        e.plan.steps.iter().map(|s| e.plan.label(s)).collect::<Vec<_>>()
-    };
-    assert!(labels(&fused).iter().any(|l| l.contains("+ instance norm")), "{:?}", labels(&fused));
-    assert!(!labels(&unfused).iter().any(|l| l.contains("+ instance norm")), "{:?}", labels(&unfused));
-    let x: Vec<f32> = (0..n.iter().product::<usize>()).map(|i| ((i * 7919 % 211) as f32 / 40.0) - 2.5).collect();
-    let float_steps = Engine::new(&unfused).unwrap().run_one(&x).unwrap().remove(0);
-    let want = Engine::with_isa(&fused, Isa::Scalar).unwrap().run_one(&x).unwrap();
-    for isa in Isa::available() {
-        for threads in [1, 3] {
-            let e = Engine::with_isa(&fused, isa).unwrap().with_threads(threads).with_min_part(1, 1);
-            assert_eq!(e.run_one(&x).unwrap(), want, "{isa:?} {threads} threads");
+    let slopes: [Option<&[f32]>; 3] = [None, Some(&[0.25, -0.3, 0.0, 0.1]), Some(&[0.2])];
+    for a in slopes {
+        let (fused, unfused) = (norm_net_with(n, false, a), norm_net_with(n, true, a));
+        let labels = |m: &OnnxModel| {
+            let e = Engine::new(m).unwrap();
+            e.plan.steps.iter().map(|s| e.plan.label(s)).collect::<Vec<_>>()
+        };
+        assert!(labels(&fused).iter().any(|l| l.contains("+ instance norm")), "{:?}", labels(&fused));
+        assert!(!labels(&unfused).iter().any(|l| l.contains("+ instance norm")), "{:?}", labels(&unfused));
+        let x: Vec<f32> = (0..n.iter().product::<usize>()).map(|i| ((i * 7919 % 211) as f32 / 40.0) - 2.5).collect();
+        let float_steps = Engine::new(&unfused).unwrap().run_one(&x).unwrap().remove(0);
+        let want = Engine::with_isa(&fused, Isa::Scalar).unwrap().run_one(&x).unwrap();
+        for isa in Isa::available() {
+            for threads in [1, 3] {
+                let e = Engine::with_isa(&fused, isa).unwrap().with_threads(threads).with_min_part(1, 1);
+                assert_eq!(e.run_one(&x).unwrap(), want, "{isa:?} {threads} threads, slopes {a:?}");
+            }
         }
+        let d: Vec<f32> = want[0].iter().zip(float_steps.iter()).map(|(a, b)| (a - b).abs()).collect();
+        let same = d.iter().filter(|&&v| v == 0.0).count();
+        assert!(d.iter().all(|&v| v <= 0.03 * 1.001), "max {}, slopes {a:?}", d.iter().fold(0f32, |m, &v| m.max(v)));
+        assert!(same * 100 >= d.len() * 95, "{same} of {} equal, slopes {a:?}", d.len());
     }
-    let d: Vec<f32> = want[0].iter().zip(float_steps.iter()).map(|(a, b)| (a - b).abs()).collect();
-    let same = d.iter().filter(|&&v| v == 0.0).count();
-    assert!(d.iter().all(|&v| v <= 0.03 * 1.001), "max {}", d.iter().fold(0f32, |m, &v| m.max(v)));
-    assert!(same * 100 >= d.len() * 95, "{same} of {} equal", d.len());
 }
 
 /// A volume streamed in tiles ([`crate::norms`]), one pass per instance norm and a

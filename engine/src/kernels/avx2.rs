@@ -148,12 +148,12 @@ pub unsafe fn depthwise(x: &[u8], g: &ConvGeometry, zp: u8, w: &[i32], acc: &mut
 /// The CPU must have AVX2.
 #[target_feature(enable = "avx2")]
 pub unsafe fn requantize(acc: &[i32], cout: usize, r: &Requant, out: &mut [u8]) {
-    let full = cout / 8 * 8;
     assert!([r.offset.len(), r.mult.len(), r.bias.len(), r.lo.len(), r.hi.len()].iter().all(|&n| n >= cout));
-    let magic = _mm256_set1_ps(12_582_912.0);
-    let (lim_lo, lim_hi) = (_mm256_set1_ps(-4_194_304.0), _mm256_set1_ps(4_194_304.0));
-    let zp = _mm256_set1_ps(r.out_zp);
-    let mut tmp = [0i32; 8];
+    if !cout.is_multiple_of(8) && cout <= FLAT_CHANNELS {
+        // SAFETY: AVX2, as this function's caller guarantees.
+        return unsafe { requantize_flat(acc, cout, r, out) };
+    }
+    let full = cout / 8 * 8;
     for (a, o) in acc.chunks_exact(cout).zip(out.chunks_exact_mut(cout)) {
         let mut c = 0;
         while c < full {
@@ -161,23 +161,9 @@ pub unsafe fn requantize(acc: &[i32], cout: usize, r: &Requant, out: &mut [u8]) 
             // `cout` sums and the parameters' `cout` entries (checked above), the 8
             // bytes written inside `o` (cout long); loadu/storeu need no alignment.
             unsafe {
-                let x = _mm256_sub_epi32(
-                    _mm256_loadu_si256(a.as_ptr().add(c) as *const __m256i),
-                    _mm256_loadu_si256(r.offset.as_ptr().add(c) as *const __m256i),
-                );
-                let v = _mm256_add_ps(
-                    _mm256_mul_ps(_mm256_cvtepi32_ps(x), _mm256_loadu_ps(r.mult.as_ptr().add(c))),
-                    _mm256_loadu_ps(r.bias.as_ptr().add(c)),
-                );
-                let v = _mm256_min_ps(_mm256_max_ps(v, lim_lo), lim_hi);
-                let q = _mm256_add_ps(_mm256_sub_ps(_mm256_add_ps(v, magic), magic), zp);
-                let lo = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(r.lo.as_ptr().add(c) as *const __m128i)));
-                let hi = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(r.hi.as_ptr().add(c) as *const __m128i)));
-                let q = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(q, lo), hi));
-                _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, q);
-                for (k, &t) in tmp.iter().enumerate() {
-                    *o.get_unchecked_mut(c + k) = t as u8;
-                }
+                let p = Lanes8::load(Params::from(r, c));
+                let x = _mm256_loadu_si256(a.as_ptr().add(c) as *const __m256i);
+                store8(p.requantize(x, r.out_zp), o.as_mut_ptr().add(c));
             }
             c += 8;
         }
@@ -185,6 +171,139 @@ pub unsafe fn requantize(acc: &[i32], cout: usize, r: &Requant, out: &mut [u8]) 
             let v = (a[c] - r.offset[c]) as f32 * r.mult[c] + r.bias[c];
             o[c] = (scalar::round_half_even(v) + r.out_zp).clamp(r.lo[c] as f32, r.hi[c] as f32) as u8;
         }
+    }
+}
+
+/// Channel counts up to which [`requantize`] repeats the parameters over a block of
+/// lcm(cout, 8) values instead of leaving cout % 8 channels of every pixel to scalar
+/// code (a U-Net's 2-4-channel full-resolution layers).
+const FLAT_CHANNELS: usize = 32;
+
+/// 8 channels' requantisation parameters in lanes (`lo`, `hi` as floats).
+struct Lanes8 {
+    offset: __m256i,
+    mult: __m256,
+    bias: __m256,
+    lo: __m256,
+    hi: __m256,
+}
+
+/// Requantisation parameters from some channel on (at least 8 of each).
+struct Params<'a> {
+    offset: &'a [i32],
+    mult: &'a [f32],
+    bias: &'a [f32],
+    lo: &'a [u8],
+    hi: &'a [u8],
+}
+
+impl<'a> Params<'a> {
+    fn from(r: &'a Requant, c: usize) -> Self {
+        Params { offset: &r.offset[c..], mult: &r.mult[c..], bias: &r.bias[c..], lo: &r.lo[c..], hi: &r.hi[c..] }
+    }
+}
+
+impl Lanes8 {
+    /// The first 8 channels of `p`.
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    unsafe fn load(p: Params) -> Lanes8 {
+        assert!(p.offset.len() >= 8 && p.mult.len() >= 8 && p.bias.len() >= 8 && p.lo.len() >= 8 && p.hi.len() >= 8);
+        // SAFETY: 8 entries of each (asserted); loadu needs no alignment.
+        unsafe {
+            Lanes8 {
+                offset: _mm256_loadu_si256(p.offset.as_ptr() as *const __m256i),
+                mult: _mm256_loadu_ps(p.mult.as_ptr()),
+                bias: _mm256_loadu_ps(p.bias.as_ptr()),
+                lo: _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p.lo.as_ptr() as *const __m128i))),
+                hi: _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p.hi.as_ptr() as *const __m128i))),
+            }
+        }
+    }
+
+    /// The scalar reference's arithmetic on 8 sums: (x - offset) as f32 * mult + bias
+    /// (a product then a sum, never fused), rounded half to even by the 1.5 * 2^23
+    /// trick (exact below 2^22 in magnitude, hence the clamp first), plus the zero
+    /// point, clamped to [lo, hi].
+    #[inline(always)]
+    unsafe fn requantize(&self, x: __m256i, out_zp: f32) -> __m256i {
+        // SAFETY: register operations only; AVX2 as the caller guarantees.
+        unsafe {
+            let magic = _mm256_set1_ps(12_582_912.0);
+            let (lim_lo, lim_hi) = (_mm256_set1_ps(-4_194_304.0), _mm256_set1_ps(4_194_304.0));
+            let v = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(x, self.offset)), self.mult), self.bias);
+            let v = _mm256_min_ps(_mm256_max_ps(v, lim_lo), lim_hi);
+            let q = _mm256_add_ps(_mm256_sub_ps(_mm256_add_ps(v, magic), magic), _mm256_set1_ps(out_zp));
+            _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(q, self.lo), self.hi))
+        }
+    }
+}
+
+/// The low bytes of 8 i32 lanes (each in 0..=255) stored at `dst`.
+///
+/// # Safety
+/// AVX2; 8 bytes writable at `dst`.
+#[inline(always)]
+unsafe fn store8(q: __m256i, dst: *mut u8) {
+    // SAFETY: the caller's bounds; storel needs no alignment.
+    unsafe {
+        let picked = _mm256_shuffle_epi8(
+            q,
+            _mm256_setr_epi8(
+                0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+            ),
+        );
+        let joined = _mm256_permutevar8x32_epi32(picked, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
+        _mm_storel_epi64(dst as *mut __m128i, _mm256_castsi256_si128(joined));
+    }
+}
+
+/// [`requantize`] for cout % 8 != 0: the values as one flat run, the parameters
+/// repeated over a period of lcm(cout, 8) values (a multiple of both), 8 values per step.
+///
+/// # Safety
+/// AVX2; the parameters hold at least `cout` (<= [`FLAT_CHANNELS`]) entries.
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx2")]
+unsafe fn requantize_flat(acc: &[i32], cout: usize, r: &Requant, out: &mut [u8]) {
+    const MAX: usize = 8 * FLAT_CHANNELS;
+    let period = cout * 8 / gcd(cout, 8);
+    let (mut offset, mut mult, mut bias, mut lo, mut hi) = ([0i32; MAX], [0f32; MAX], [0f32; MAX], [0u8; MAX], [0u8; MAX]);
+    for j in 0..period {
+        let c = j % cout;
+        (offset[j], mult[j], bias[j], lo[j], hi[j]) = (r.offset[c], r.mult[c], r.bias[c], r.lo[c], r.hi[c]);
+    }
+    let params = |j: usize| Params { offset: &offset[j..], mult: &mult[j..], bias: &bias[j..], lo: &lo[j..], hi: &hi[j..] };
+    let n = acc.len().min(out.len());
+    let whole = n / period * period;
+    let mut i = 0;
+    while i < whole {
+        for j in (0..period).step_by(8) {
+            // SAFETY: j + 8 <= period <= MAX entries of each parameter array; i + j + 8
+            // <= i + period <= whole <= both lengths.
+            unsafe {
+                let p = Lanes8::load(params(j));
+                let x = _mm256_loadu_si256(acc.as_ptr().add(i + j) as *const __m256i);
+                store8(p.requantize(x, r.out_zp), out.as_mut_ptr().add(i + j));
+            }
+        }
+        i += period;
+    }
+    // The last values (fewer than a period; whole pixels), one at a time.
+    for j in whole..n {
+        let c = j % period;
+        let v = (acc[j] - offset[c]) as f32 * mult[c] + bias[c];
+        out[j] = (scalar::round_half_even(v) + r.out_zp).clamp(lo[c] as f32, hi[c] as f32) as u8;
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }
 

@@ -465,6 +465,36 @@ pub fn requantize(isa: Isa, acc: &[i32], cout: usize, r: &Requant, out: &mut [u8
     }
 }
 
+/// A PReLU after a requantisation ([`crate::plan::ConvNormOp::slopes`]): `pos` clamped
+/// to [z, hi] and `neg` (the same values times the slopes) to [lo, z], so one of the two
+/// is z for every value and y = pos + neg - z. Each side is [`requantize`] on this ISA
+/// (so the bits are the same on every ISA), in chunks that fit on the stack.
+pub fn requantize_two_sided(isa: Isa, acc: &[i32], cout: usize, pos: &Requant, neg: &Requant, z: u8, out: &mut [u8]) {
+    const CHUNK: usize = 8192;
+    let cout = cout.max(1);
+    let pixels = (CHUNK / cout).max(1);
+    let mut side = [0u8; CHUNK];
+    for (acc, out) in acc.chunks(pixels * cout).zip(out.chunks_mut(pixels * cout)) {
+        if acc.len() > CHUNK {
+            // More channels than a chunk holds: the negative side on the heap.
+            let mut side = vec![0u8; acc.len()];
+            two_sides(isa, acc, cout, pos, neg, z, out, &mut side);
+        } else {
+            two_sides(isa, acc, cout, pos, neg, z, out, &mut side[..acc.len()]);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn two_sides(isa: Isa, acc: &[i32], cout: usize, pos: &Requant, neg: &Requant, z: u8, out: &mut [u8], side: &mut [u8]) {
+    requantize(isa, acc, cout, pos, out);
+    requantize(isa, acc, cout, neg, side);
+    // pos >= z >= neg, and one of them is z: the sum stays in 0..=255.
+    for (o, s) in out.iter_mut().zip(side.iter()) {
+        *o = o.wrapping_add(*s).wrapping_sub(z);
+    }
+}
+
 /// The model input: float NCHW quantised (ONNX QuantizeLinear) into u8 NHWC; channel c's
 /// floats start at `x[c * stride]` (see [`scalar::quantize_nchw_to_nhwc`]).
 pub fn quantize_nchw_to_nhwc(isa: Isa, x: &[f32], stride: usize, t: &QTensor, out: &mut [u8]) {

@@ -356,6 +356,46 @@ fn depthwise_and_requant_equal_scalar() {
     }
 }
 
+/// Requantisation on every channel count up to 40 (below 8, not a multiple of 8 and
+/// up to [`FLAT_CHANNELS`](super::avx2): the parameters repeated over flat blocks;
+/// multiples of 8; the rest with a scalar tail), on runs of pixels that end inside a
+/// block, and the two-sided form of a PReLU against its definition.
+#[test]
+fn requantisation_equals_scalar_for_every_channel_count() {
+    let mut s = Lcg::new(23);
+    for isa in Isa::available() {
+        for c in 1..=40 {
+            for pixels in [1, 3, 17, 64] {
+                let n = pixels * c;
+                let a: Vec<i32> = (0..n).map(|_| (s.u32() % 200_000) as i32 - 100_000).collect();
+                let r = random_requant(&mut s, c);
+                let (mut qa, mut qb) = (vec![0u8; n], vec![0u8; n]);
+                scalar::requantize(&a, c, &r, &mut qa);
+                requantize(isa, &a, c, &r, &mut qb);
+                assert_eq!(qa, qb, "{isa:?} {c} channels, {pixels} pixels");
+                // pos clamped to [z, 255], neg to [0, z]: one of them is z.
+                let z = s.u8();
+                let pos = Requant { out_zp: z as f32, lo: vec![z; c], hi: vec![255; c], ..r.clone() };
+                let neg = Requant {
+                    out_zp: z as f32,
+                    mult: r.mult.iter().map(|m| m * 0.25).collect(),
+                    bias: r.bias.iter().map(|b| b * 0.25).collect(),
+                    lo: vec![0; c],
+                    hi: vec![z; c],
+                    ..r.clone()
+                };
+                let (mut p, mut q) = (vec![0u8; n], vec![0u8; n]);
+                scalar::requantize(&a, c, &pos, &mut p);
+                scalar::requantize(&a, c, &neg, &mut q);
+                let want: Vec<u8> = p.iter().zip(&q).map(|(&p, &q)| if p != z { p } else { q }).collect();
+                let mut got = vec![0u8; n];
+                requantize_two_sided(isa, &a, c, &pos, &neg, z, &mut got);
+                assert_eq!(got, want, "{isa:?} {c} channels, two-sided");
+            }
+        }
+    }
+}
+
 #[test]
 fn quantisation_of_float_planes_equals_scalar() {
     let mut s = Lcg::new(11);
