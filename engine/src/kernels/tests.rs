@@ -171,6 +171,40 @@ fn grouped_convolutions_equal_scalar_on_random_geometries() {
     assert!(pairs > 30 || !Isa::Avx2.is_available(), "{pairs} cases on AVX2's direct kernel");
 }
 
+/// The fused kernels' requantisation at its edges: multipliers of 1/2 and 1/4 put
+/// many values exactly half-way between two integers (ties go to even), a multiplier
+/// of 1000 sends most far past 2^22 (where the reference clamps before rounding, and
+/// the VNNI kernel rounds with `vrndscaleps`): the same bytes on every ISA.
+#[test]
+fn requantisation_ties_and_huge_values_equal_scalar_in_every_kernel() {
+    let mut s = Lcg::new(29);
+    let spec = ConvSpec { max_hw: 9, max_c: 40, kh: &[1, 3], kw: None, max_stride: 2, extreme_every: 5 };
+    let mut ties = 0;
+    for i in 0..120 {
+        let Some(case) = conv_case(&mut s, &spec) else { continue };
+        let (g, n, cout) = (case.g, case.outputs(), case.cout);
+        let scalar_kind = case.kind(Isa::Scalar);
+        let scratch_len = conv_scratch_len(&g, &scalar_kind) + 64;
+        let mult = [0.5f32, 0.25, 1000.0][i % 3];
+        let mut r = random_requant(&mut s, cout);
+        r.offset.fill(0);
+        r.mult.fill(mult);
+        r.bias = (0..cout).map(|c| [0.0, 0.5, -0.5, 0.25][c % 4]).collect();
+        r.out_zp = 128.0;
+        let mut acc = vec![0i32; n];
+        scalar::accumulate(&case.x, &g, case.zp, &scalar_kind, &mut vec![0; scratch_len], &mut acc);
+        ties += acc.iter().enumerate().filter(|&(j, &a)| (a as f32 * mult + r.bias[j % cout]).fract().abs() == 0.5).count();
+        let mut reference = vec![0u8; n];
+        conv(Isa::Scalar, &case.x, &g, case.zp, &scalar_kind, &r, &mut vec![0; scratch_len], &mut vec![0; n], &mut reference);
+        for isa in Isa::available() {
+            let mut out = vec![0u8; n];
+            conv(isa, &case.x, &g, case.zp, &case.kind(isa), &r, &mut vec![0; scratch_len], &mut vec![0; n], &mut out);
+            assert_eq!(reference, out, "{isa:?} depthwise {} {g:?} cout {cout} mult {mult}", case.depthwise);
+        }
+    }
+    assert!(ties > 1000, "{ties} ties");
+}
+
 /// The scalar grouped reference against the definition in f64, on NCHW-style loops
 /// over groups (a different order from the kernel's): the int32 sums exactly, and the
 /// requantised outputs within one step of (Σ (x - zp) s_x w s_w + bias) / s_y
