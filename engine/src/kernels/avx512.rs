@@ -299,10 +299,10 @@ impl DenseTile {
                     let wv: [__m512i; NB] =
                         std::array::from_fn(|k| _mm512_loadu_si512(wb.add(k * per_block + (i * self.q4 + kk) * 64) as *const _));
                     let off = i * self.row_stride + kk * 4;
-                    for t in 0..PT {
-                        let xv = _mm512_set1_epi32((self.px[t].add(off) as *const i32).read_unaligned());
-                        for k in 0..NB {
-                            acc[k][t] = _mm512_dpbusd_epi32(acc[k][t], xv, wv[k]);
+                    for (t, px) in self.px.iter().enumerate() {
+                        let xv = _mm512_set1_epi32((px.add(off) as *const i32).read_unaligned());
+                        for (acc, w) in acc.iter_mut().zip(&wv) {
+                            acc[t] = _mm512_dpbusd_epi32(acc[t], xv, *w);
                         }
                     }
                 }
