@@ -1065,7 +1065,11 @@ impl Engine {
                 });
             }
             ConvLayout::Narrow(n) => {
-                n.pad(x, zp, &mut s.planar);
+                // The padded planes, over the pool too (a 32³ window's are a tenth of its conv).
+                let planes = ranges(n.planes(), self.parts(n.planar_len() as u64, self.min_part.1), 1);
+                let lens = planes.iter().map(|r| r.len() * n.plane_len());
+                let work: Vec<_> = planes.iter().cloned().zip(cut(&mut s.planar[..n.planar_len()], lens)).collect();
+                self.split(&s.lanes, work, |(r, o), _| n.pad_planes(x, zp, r, o));
                 let planar = &s.planar;
                 let rs = ranges(layout.pixels(), parts, PIXEL_ALIGN);
                 let lens = || rs.iter().map(|r| r.len() * cout);

@@ -72,20 +72,39 @@ impl Narrow3 {
     /// The channels-last input `x` as padded planes in `planar` (its first
     /// [`Self::planar_len`] bytes; the rest is slack the kernel may read).
     pub fn pad(&self, x: &[u8], zp: u8, planar: &mut [u8]) {
+        self.pad_planes(x, zp, 0..self.planes(), &mut planar[..self.planar_len()]);
+    }
+
+    /// Padded planes (input channel, z) there are: [`Self::planar_len`] is this many
+    /// planes of [`Self::plane_len`] bytes.
+    pub fn planes(&self) -> usize {
+        self.g.cin * self.padded[0]
+    }
+
+    pub fn plane_len(&self) -> usize {
+        self.padded[1] * self.padded[2]
+    }
+
+    /// Padded planes `planes` (numbered ci pd + z) of [`Self::pad`] into `out`, which
+    /// holds exactly them: threads can pad disjoint runs of planes.
+    pub fn pad_planes(&self, x: &[u8], zp: u8, planes: std::ops::Range<usize>, out: &mut [u8]) {
         let ([d, h, w], pads) = (self.g.input, self.g.pads);
         let [pd, ph, pw] = self.padded;
         let c = self.g.cin;
-        planar[..self.planar_len()].fill(zp);
+        assert_eq!(out.len(), planes.len() * ph * pw);
         // Input voxels no output reads (past the padded extent) are left out.
         let xs = w.min(pw.saturating_sub(pads[2]));
-        for iz in 0..d.min(pd.saturating_sub(pads[0])) {
-            for iy in 0..h.min(ph.saturating_sub(pads[1])) {
+        let ys = h.min(ph.saturating_sub(pads[1]));
+        for (plane, out) in planes.zip(out.chunks_exact_mut(ph * pw)) {
+            let (ci, z) = (plane / pd, plane % pd);
+            out.fill(zp);
+            let Some(iz) = z.checked_sub(pads[0]).filter(|&iz| iz < d) else { continue };
+            for iy in 0..ys {
                 let src = &x[(iz * h + iy) * w * c..][..xs * c];
-                for ci in 0..c {
-                    let row = ((ci * pd + iz + pads[0]) * ph + iy + pads[1]) * pw + pads[2];
-                    for (o, &v) in planar[row..row + xs].iter_mut().zip(src[ci..].iter().step_by(c)) {
-                        *o = v;
-                    }
+                let row = &mut out[(iy + pads[1]) * pw + pads[2]..][..xs];
+                match c {
+                    1 => row.copy_from_slice(src),
+                    _ => row.iter_mut().zip(src[ci..].iter().step_by(c)).for_each(|(o, &v)| *o = v),
                 }
             }
         }
