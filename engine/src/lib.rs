@@ -831,13 +831,16 @@ impl Engine {
         // Entries of values absent from a channel are never read (the table is applied
         // to bytes that were counted): left 0.
         let mut table = vec![0u8; t.c * 256];
+        let mut present: Vec<(usize, u64)> = Vec::with_capacity(256);
         for (ch, k) in counts.chunks_exact(256).enumerate() {
-            let np = k.iter().sum::<u64>().max(1) as f64;
-            let present = || k.iter().enumerate().filter(|(_, &k)| k > 0);
-            let mean = present().map(|(q, &k)| k as f64 * v[q] as f64).sum::<f64>() / np;
-            let var = present().map(|(q, &k)| k as f64 * (v[q] as f64 - mean) * (v[q] as f64 - mean)).sum::<f64>() / np;
+            // The values present, in increasing order (the order of the sums below).
+            present.clear();
+            present.extend(k.iter().enumerate().filter(|(_, &k)| k > 0).map(|(q, &k)| (q, k)));
+            let np = present.iter().map(|&(_, k)| k).sum::<u64>().max(1) as f64;
+            let mean = present.iter().map(|&(q, k)| k as f64 * v[q] as f64).sum::<f64>() / np;
+            let var = present.iter().map(|&(q, k)| k as f64 * (v[q] as f64 - mean) * (v[q] as f64 - mean)).sum::<f64>() / np;
             let (mean, inv) = (mean as f32, 1.0 / (var as f32 + n.eps).sqrt());
-            for (q, _) in present() {
+            for &(q, _) in &present {
                 let y = n.steps.iter().fold((v[q] - mean) * inv * n.scale[ch] + n.bias[ch], |y, step| step.apply(y, ch));
                 table[ch * 256 + q] = kernels::quantize_u8(y, dst.scale, dst.zp);
             }
