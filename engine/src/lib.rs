@@ -555,26 +555,22 @@ impl Engine {
                         None => (t, None),
                     };
                     let mut f = vec![0f32; t.len()];
-                    let (za, zb) = (t.zp as i32, tb.zp as i32);
-                    self.to_planes(&s.lanes, &mut f, t.c, t.h * t.w, |px, rows| {
-                        // Pixel by pixel, each channel into its plane: few channels (a
-                        // U-Net's output) would leave per-channel loops a handful long.
-                        let a = q[px.start * t.c..px.end * t.c].chunks_exact(t.c);
-                        match qb {
-                            // DequantizeLinear of each, then their f32 sum (as the float Add).
-                            Some(qb) => {
-                                for (i, (v, w)) in a.zip(qb[px.start * t.c..px.end * t.c].chunks_exact(t.c)).enumerate() {
-                                    for (c, row) in rows.iter_mut().enumerate() {
-                                        row[i] = (v[c] as i32 - za) as f32 * t.scale + (w[c] as i32 - zb) as f32 * tb.scale;
-                                    }
+                    // Each byte's dequantised value, computed as DequantizeLinear does
+                    // ((v - z) as f32 * s): a lookup per value instead of the arithmetic.
+                    let deq = |t: &QTensor| -> [f32; 256] { std::array::from_fn(|v| (v as i32 - t.zp as i32) as f32 * t.scale) };
+                    let (da, db) = (deq(&t), deq(&tb));
+                    let c = t.c;
+                    self.to_planes(&s.lanes, &mut f, c, t.h * t.w, |px, rows| {
+                        let a = &q[px.start * c..px.end * c];
+                        for (ch, row) in rows.iter_mut().enumerate() {
+                            let a = a[ch..].iter().step_by(c);
+                            match qb {
+                                // DequantizeLinear of each, then their f32 sum (as the float Add).
+                                Some(qb) => {
+                                    let b = qb[px.start * c..px.end * c][ch..].iter().step_by(c);
+                                    row.iter_mut().zip(a.zip(b)).for_each(|(o, (&v, &w))| *o = da[v as usize] + db[w as usize]);
                                 }
-                            }
-                            None => {
-                                for (i, v) in a.enumerate() {
-                                    for (c, row) in rows.iter_mut().enumerate() {
-                                        row[i] = (v[c] as i32 - za) as f32 * t.scale;
-                                    }
-                                }
+                                None => row.iter_mut().zip(a).for_each(|(o, &v)| *o = da[v as usize]),
                             }
                         }
                     });
@@ -633,10 +629,17 @@ impl Engine {
             }
             lap(times);
         }
+        // Each output moved out of its value (copied only where the model lists one value
+        // twice): a volume's output is megabytes.
         let outputs: Vec<ArrayD<f32>> = p
             .outputs
             .iter()
-            .map(|&o| vals[o].clone().unwrap_or_else(|| if o == 0 { input_array() } else { unreachable!("outputs are kept") }))
+            .enumerate()
+            .map(|(k, &o)| {
+                let again = p.outputs[k + 1..].contains(&o);
+                let v = if again { vals[o].clone() } else { vals[o].take() };
+                v.unwrap_or_else(|| if o == 0 { input_array() } else { unreachable!("outputs are kept") })
+            })
             .collect();
         // Integer ops give finite values; only float arithmetic (overflow, 0/0, exp)
         // could make a non-finite output.
@@ -878,20 +881,18 @@ impl Engine {
         // channels a pixel at a time would not fill the vector lanes); value j of a
         // block belongs to channel j % cout.
         let width = cout.max(1) * 32usize.div_ceil(cout.max(1));
+        let isa = self.isa;
         self.split(lanes, work, |(part, cell), _| {
             let (mut sum, mut squares) = (vec![0i128; cout], vec![0i128; cout]);
             let (mut s64, mut q64) = (vec![0i64; width], vec![0i64; width]);
             let mut count = 0u64;
             for r in part {
                 for chunk in acc[r.start * cout..r.end * cout].chunks(flush * cout) {
-                    let blocks = chunk.chunks_exact(width);
-                    let tail = blocks.remainder();
-                    for a in blocks.chain(tail.chunks_exact(cout)) {
-                        for ((s, q), &v) in s64.iter_mut().zip(q64.iter_mut()).zip(a) {
-                            let d = v as i64;
-                            *s += d;
-                            *q += d * d;
-                        }
+                    let whole = chunk.len() / width * width;
+                    kernels::moment_sums(isa, &chunk[..whole], &mut s64, &mut q64);
+                    // The last pixels (fewer than a block), from slot 0.
+                    for a in chunk[whole..].chunks_exact(cout) {
+                        kernels::moment_sums(isa, a, &mut s64[..cout], &mut q64[..cout]);
                     }
                     for (j, (s, q)) in s64.iter_mut().zip(q64.iter_mut()).enumerate() {
                         sum[j % cout] += std::mem::take(s) as i128;

@@ -316,6 +316,16 @@ pub unsafe fn quantize_nchw_to_nhwc(x: &[f32], stride: usize, t: &QTensor, out: 
     scalar::quantize_nchw_to_nhwc(x, stride, t, out)
 }
 
+/// [`scalar::moment_sums`] compiled for AVX2 (`vpmuldq` squares four values at once;
+/// the baseline build multiplies 64-bit lanes piece by piece).
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[target_feature(enable = "avx2")]
+pub unsafe fn moment_sums(values: &[i32], s: &mut [i64], q: &mut [i64]) {
+    scalar::moment_sums(values, s, q)
+}
+
 /// [`scalar::add_quantized`] compiled for AVX2.
 ///
 /// # Safety

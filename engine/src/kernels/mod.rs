@@ -531,6 +531,16 @@ pub fn add_quantized(isa: Isa, a: &[u8], ta: &QTensor, b: &[u8], tb: &QTensor, t
     }
 }
 
+/// [`scalar::moment_sums`]: exact integer sums and sums of squares per slot.
+pub fn moment_sums(isa: Isa, values: &[i32], s: &mut [i64], q: &mut [i64]) {
+    match isa.checked() {
+        // SAFETY: `checked` confirmed AVX2 on this CPU (AVX-512 VNNI CPUs have it).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { avx2::moment_sums(values, s, q) },
+        _ => scalar::moment_sums(values, s, q),
+    }
+}
+
 /// The input with its padding materialised as the zero point (every tap is then
 /// read, and the correction zp * Σw is exact for border pixels too), and the
 /// geometry on it.

@@ -191,6 +191,21 @@ pub fn add_quantized(a: &[u8], ta: &QTensor, b: &[u8], tb: &QTensor, to: &QTenso
     }
 }
 
+/// s[j] += v, q[j] += v² for the values of `values` in blocks of `s.len()` (value j of
+/// a block into slot j): the partial sums of an instance norm's integer moments. The
+/// caller bounds the number of blocks so that the i64 squares cannot overflow.
+#[inline(always)]
+pub fn moment_sums(values: &[i32], s: &mut [i64], q: &mut [i64]) {
+    let width = s.len().min(q.len()).max(1);
+    for block in values.chunks(width) {
+        for ((s, q), &v) in s.iter_mut().zip(q.iter_mut()).zip(block) {
+            let d = v as i64;
+            *s += d;
+            *q += d * d;
+        }
+    }
+}
+
 /// Round half to even, as ONNX QuantizeLinear does, in plain IEEE arithmetic so that
 /// it vectorises (`f32::round_ties_even` is a library call on x86-64 without SSE4.1):
 /// adding and subtracting 1.5 x 2^23 leaves the nearest integer, ties to even, for

@@ -70,6 +70,10 @@ impl Backend for Int8Backend {
             let x = item.as_standard_layout();
             per_item.push(self.engine.run_one(x.as_slice().expect("standard layout"))?);
         }
+        // One item (batch 1): its outputs already have the batch axis; no copy.
+        if per_item.len() == 1 {
+            return Ok(per_item.pop().expect("one item"));
+        }
         // Stack the items' outputs along the batch axis.
         let n_out = per_item[0].len();
         (0..n_out)
