@@ -881,3 +881,31 @@ fn streamed_instance_norms_equal_the_whole_volume() {
         assert_eq!(streamed, whole, "{threads} threads");
     }
 }
+
+/// A conv + instance norm whose scale is not finite (a corrupt or badly converted
+/// model) is refused when it runs, in one line naming the op: never a panic, never
+/// bytes from a NaN multiplier. With a PReLU after it too.
+#[test]
+fn a_conv_norm_with_an_infinite_scale_is_refused_at_run() {
+    for prelu in [false, true] {
+        let mut b = Qdq::new(&[1, 1, 6, 6, 6]);
+        let x = b.qdq("x", 0.03, 100);
+        let w: Vec<i8> = (0..2 * 27).map(|i| ((i * 37 % 23) as i8) - 11).collect();
+        let w = b.weight(&[2, 1, 3, 3, 3], &w, 0.01);
+        let c = b.op("Conv", &[&x, &w], vec![]);
+        let (s, o) = (b.f32s(&[2], &[f32::INFINITY, 1.0]), b.f32s(&[2], &[0.0, 0.1]));
+        let n = b.op("InstanceNormalization", &[&c, &s, &o], vec![Attr::Float("epsilon", 1e-5)]);
+        let a = if prelu {
+            let slope = b.f32s(&[1], &[0.2]);
+            b.op("PRelu", &[&n, &slope], vec![])
+        } else {
+            b.op("Relu", &[&n], vec![])
+        };
+        let y = b.qdq(&a, 0.03, 100);
+        let e = Engine::new(&b.model(&y)).unwrap();
+        assert!(e.plan.steps.iter().any(|s| e.plan.label(s).contains("+ instance norm")));
+        let err = e.run_one(&vec![0.5; 216]).unwrap_err();
+        assert!(matches!(err, Error::NonFinite { .. }), "{err}");
+        assert!(err.to_string().contains("instance norm"), "{err}");
+    }
+}
