@@ -951,6 +951,53 @@ pub unsafe fn conv_grouped(x: &[u8], g: &ConvGeometry, zp_in: u8, w: &GroupQuads
     }
 }
 
+/// The kernel rows of one step of [`conv3d_narrow`] (16 outputs along x): row (ci, a,
+/// b) starts at `first + ci channel + a plane + b pw`.
+struct NarrowRows<'a> {
+    first: *const u8,
+    cin: usize,
+    kd: usize,
+    kh: usize,
+    plane: usize,
+    channel: usize,
+    pw: usize,
+    mq: usize,
+    windows: &'a [__m512i],
+    quads: *const i32,
+}
+
+impl NarrowRows<'_> {
+    /// The int32 sums of the step's 16 outputs for output channels 0..CO (the rest 0).
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VNNI/VBMI; the reads of [`conv3d_narrow`]'s SAFETY comment, with CO
+    /// its channel count.
+    #[inline(always)]
+    unsafe fn sums<const CO: usize>(&self) -> [__m512i; super::narrow3::NARROW_MAX_COUT] {
+        // SAFETY: the caller's obligations.
+        unsafe {
+            let mut accs = [_mm512_setzero_si512(); CO];
+            for ci in 0..self.cin {
+                for a in 0..self.kd {
+                    for b in 0..self.kh {
+                        let xv = _mm512_loadu_si512(self.first.add(ci * self.channel + a * self.plane + b * self.pw) as *const _);
+                        let wq = self.quads.add(((ci * self.kd + a) * self.kh + b) * self.mq * CO);
+                        for (m, win) in self.windows.iter().enumerate() {
+                            let u = _mm512_permutexvar_epi8(*win, xv);
+                            for (co, acc) in accs.iter_mut().enumerate() {
+                                *acc = _mm512_dpbusd_epi32(*acc, u, _mm512_set1_epi32(*wq.add(m * CO + co)));
+                            }
+                        }
+                    }
+                }
+            }
+            let mut all = [_mm512_setzero_si512(); super::narrow3::NARROW_MAX_COUT];
+            all[..CO].copy_from_slice(&accs);
+            all
+        }
+    }
+}
+
 /// [`super::Narrow3`]'s kernel: outputs `voxels` (in order, from the start of `out`
 /// or `acc`), 16 neighbouring outputs along x at a time, one accumulator per output
 /// channel. Lane p of the register fed to `vpdpbusd` for taps 4m.. of a kernel row
@@ -1032,22 +1079,23 @@ pub unsafe fn conv3d_narrow(
         while v < voxels.end {
             let (oz, oy, ox0) = (v / (oh * ow), v / ow % oh, v % ow);
             let np = (ow - ox0).min(16).min(voxels.end - v);
-            let mut accs = [_mm512_setzero_si512(); super::narrow3::NARROW_MAX_COUT];
-            for ci in 0..g.cin {
-                for a in 0..kd {
-                    for b in 0..kh {
-                        let row = ((ci * pd + oz * sz + a) * ph + oy * sy + b) * pw + ox0 * sx;
-                        let xv = _mm512_loadu_si512(planar.as_ptr().add(row) as *const _);
-                        let wq = qp.add(((ci * kd + a) * kh + b) * mq * cout);
-                        for (m, win) in windows.iter().enumerate() {
-                            let u = _mm512_permutexvar_epi8(*win, xv);
-                            for (co, acc) in accs.iter_mut().enumerate().take(cout) {
-                                *acc = _mm512_dpbusd_epi32(*acc, u, _mm512_set1_epi32(*wq.add(m * cout + co)));
-                            }
-                        }
-                    }
-                }
-            }
+            // The first row of the window's planes; rows follow at fixed strides.
+            let first = planar.as_ptr().add(((oz * sz) * ph + oy * sy) * pw + ox0 * sx);
+            let rows =
+                NarrowRows { first, cin: g.cin, kd, kh, plane: ph * pw, channel: pd * ph * pw, pw, mq, windows: &windows, quads: qp };
+            // The sums in registers: with the channel count a constant, the compiler
+            // keeps one accumulator per channel in a register instead of an indexed
+            // array on the stack (a store and a reload in every chain step).
+            let accs = match cout {
+                1 => rows.sums::<1>(),
+                2 => rows.sums::<2>(),
+                3 => rows.sums::<3>(),
+                4 => rows.sums::<4>(),
+                5 => rows.sums::<5>(),
+                6 => rows.sums::<6>(),
+                7 => rows.sums::<7>(),
+                _ => rows.sums::<8>(),
+            };
             let at = (v - voxels.start) * cout;
             match out_ptr {
                 Some(o) => {
