@@ -29,6 +29,7 @@ pub mod norms;
 pub mod plan;
 pub mod pool;
 pub mod split;
+pub mod subpixel;
 pub mod volume;
 
 // The base layer's modules under the names the engine's files use.
@@ -114,42 +115,55 @@ impl MemoryPlan {
             slot_len[s] = slot_len[s].max(plan.tensors[t].len());
             slot_of[t] = s;
         }
-        let (mut rows_len, mut gather_len, mut acc_len, mut acc2_len, mut planar_len) = (0, 0, 0, 0, 0);
-        let mut conv = |layout: &ConvLayout, kind: &ConvKind, cout: usize| match layout {
-            ConvLayout::Direct(g) => {
-                acc_len = acc_len.max(g.oh * g.ow * cout);
-                rows_len = rows_len.max(kernels::conv_scratch_len(g, kind));
-            }
-            ConvLayout::Planes { plane, .. } => {
-                acc_len = acc_len.max(layout.pixels() * cout);
-                gather_len = gather_len.max(plane.w * plane.cin);
-                rows_len = rows_len.max(kernels::conv_scratch_len(plane, kind));
-            }
-            ConvLayout::Transposed { g, cols, .. } => {
-                acc_len = acc_len.max(cols.ow * g.taps() * cout);
-                acc2_len = acc2_len.max(layout.pixels() * cout);
-                rows_len = rows_len.max(kernels::conv_scratch_len(cols, kind));
-            }
-            ConvLayout::Narrow(n) => {
-                acc_len = acc_len.max(layout.pixels() * cout);
-                planar_len = planar_len.max(n.planar_len());
-            }
-        };
+        let mut m = MemoryPlan { slot_of, slot_len, rows_len: 0, gather_len: 0, acc_len: 0, acc2_len: 0, planar_len: 0 };
         for step in &plan.steps {
             match step {
-                Step::Int(Op::Conv(c)) => conv(&c.layout, &c.kind, c.requant.mult.len()),
-                Step::ConvToFloat { conv: c, .. } => conv(&c.layout, &c.kind, c.mult.len()),
-                Step::Int(Op::ConvNorm(n)) => conv(&n.conv.layout, &n.conv.kind, n.conv.mult.len()),
+                Step::Int(Op::Conv(c)) => m.fit_conv(&c.layout, &c.kind, c.requant.mult.len()),
+                Step::ConvToFloat { conv: c, .. } => m.fit_conv(&c.layout, &c.kind, c.mult.len()),
+                Step::Int(Op::ConvNorm(n)) => m.fit_conv(&n.conv.layout, &n.conv.kind, n.conv.mult.len()),
                 _ => {}
             }
         }
         // A global average pool sums each channel in the accumulator.
         for step in &plan.steps {
             if let Step::Int(Op::MeanPool { src, .. }) = step {
-                acc_len = acc_len.max(plan.tensors[*src].c);
+                m.acc_len = m.acc_len.max(plan.tensors[*src].c);
             }
         }
-        MemoryPlan { slot_of, slot_len, rows_len, gather_len, acc_len, acc2_len, planar_len }
+        m
+    }
+
+    /// Grows the scratch lengths to what a conv of `cout` channels needs.
+    fn fit_conv(&mut self, layout: &ConvLayout, kind: &ConvKind, cout: usize) {
+        match layout {
+            ConvLayout::Direct(g) => {
+                self.acc_len = self.acc_len.max(g.oh * g.ow * cout);
+                self.rows_len = self.rows_len.max(kernels::conv_scratch_len(g, kind));
+            }
+            ConvLayout::Planes { plane, .. } => {
+                self.acc_len = self.acc_len.max(layout.pixels() * cout);
+                self.gather_len = self.gather_len.max(plane.w * plane.cin);
+                self.rows_len = self.rows_len.max(kernels::conv_scratch_len(plane, kind));
+            }
+            ConvLayout::Transposed { g, cols, .. } => {
+                self.acc_len = self.acc_len.max(cols.ow * g.taps() * cout);
+                self.acc2_len = self.acc2_len.max(layout.pixels() * cout);
+                self.rows_len = self.rows_len.max(kernels::conv_scratch_len(cols, kind));
+            }
+            ConvLayout::Narrow(n) => {
+                self.acc_len = self.acc_len.max(layout.pixels() * cout);
+                self.planar_len = self.planar_len.max(n.planar_len());
+            }
+            ConvLayout::Padded(p) => {
+                self.acc_len = self.acc_len.max(layout.pixels() * cout);
+                self.planar_len = self.planar_len.max(p.len());
+            }
+            ConvLayout::SubPixel(sp) => {
+                // The sub-conv's sums in `acc`, the shuffled ones in `acc2`.
+                self.fit_conv(&sp.inner, kind, sp.offset.len());
+                self.acc2_len = self.acc2_len.max(layout.pixels() * cout);
+            }
+        }
     }
 
     /// Bytes held between runs.
@@ -476,15 +490,14 @@ impl Engine {
                     let (pixels, cout) = (h.layout.pixels(), h.mult.len());
                     let use_ = next_norm()?;
                     self.conv(s, h.src, &h.layout, &h.kind, h.macs, None);
-                    // A transposed conv's sums are in `acc2` (its columns in `acc`).
-                    let acc = if matches!(h.layout, ConvLayout::Transposed { .. }) { &s.acc2 } else { &s.acc };
+                    let acc = if h.layout.sums_in_acc2() { &s.acc2 } else { &s.acc };
                     let acc = &acc[..pixels * cout];
                     let (lo, hi) = &n.clamp;
                     let moments = match use_ {
-                        NormUse::Own => self.conv_moments(&s.lanes, acc, cout, h.macs / (pixels * cout).max(1) as u64, None),
+                        NormUse::Own => self.conv_moments(&s.lanes, acc, cout, h.layout.products_per_output(h.macs, cout), None),
                         NormUse::Collect(region) => {
                             let runs = self.region_runs(&h.shape[2..], region)?;
-                            let macs = h.macs / (pixels * cout).max(1) as u64;
+                            let macs = h.layout.products_per_output(h.macs, cout);
                             return Ok(PassResult::Sums(NormSums::Ints(self.conv_moments(&s.lanes, acc, cout, macs, Some(&runs)))));
                         }
                         NormUse::Given(k) => match given(k) {
@@ -579,8 +592,7 @@ impl Engine {
                 Step::ConvToFloat { conv: h, dst } => {
                     let (pixels, cout) = (h.layout.pixels(), h.mult.len());
                     self.conv(s, h.src, &h.layout, &h.kind, h.macs, None);
-                    // A transposed conv's sums are in `acc2` (its columns in `acc`).
-                    let acc = if matches!(h.layout, ConvLayout::Transposed { .. }) { &s.acc2 } else { &s.acc };
+                    let acc = if h.layout.sums_in_acc2() { &s.acc2 } else { &s.acc };
                     let mut f = vec![0f32; pixels * cout];
                     self.to_planes(&s.lanes, &mut f, cout, pixels, |px, rows| {
                         for (i, a) in acc[px.start * cout..px.end * cout].chunks_exact(cout).enumerate() {
@@ -1081,6 +1093,20 @@ impl Engine {
                 let work: Vec<_> = rs.iter().zip(cut(&mut s.acc, lens())).zip(outs).collect();
                 self.split(&s.lanes, work, |((r, a), o), _| kernels::conv3d_narrow(isa, planar, n, r.clone(), requant.zip(o), a));
             }
+            ConvLayout::Padded(p) => {
+                // The padded input, over the pool by planes, then the voxels in runs.
+                let body = p.len() - kernels::PADDED_SLACK;
+                let planes = ranges(p.padded[0], self.parts(body as u64, self.min_part.1), 1);
+                let lens = planes.iter().map(|r| r.len() * p.plane_len());
+                let work: Vec<_> = planes.iter().cloned().zip(cut(&mut s.planar[..body], lens)).collect();
+                self.split(&s.lanes, work, |(r, o), _| p.pad_planes(x, zp, r, o));
+                let padded = &s.planar[..p.len()];
+                let rs = ranges(layout.pixels(), parts, PIXEL_ALIGN);
+                let lens = || rs.iter().map(|r| r.len() * cout);
+                let outs = outs_for(out, lens());
+                let work: Vec<_> = rs.iter().zip(cut(&mut s.acc, lens())).zip(outs).collect();
+                self.split(&s.lanes, work, |((r, a), o), _| kernels::conv3d_padded(isa, padded, p, kind, r.clone(), requant.zip(o), a));
+            }
             ConvLayout::Transposed { g, cols, col_offset } => {
                 // The columns: a pointwise product over the input pixels.
                 let cuts = conv_parts(cols, parts);
@@ -1094,14 +1120,31 @@ impl Engine {
                 let work: Vec<_> = rs.iter().cloned().zip(cut(&mut s.acc2, rs.iter().map(|r| r.len() * plane))).collect();
                 self.split(&s.lanes, work, |(r, a), _| volume::scatter_columns(columns, g, cout, col_offset, r, a));
                 if let (Some(r), Some(out)) = (requant, out) {
-                    let n = layout.pixels();
-                    let rs = ranges(n, self.parts((n * cout) as u64, self.min_part.1), PIXEL_ALIGN);
-                    let sums = &s.acc2;
-                    let work: Vec<_> = rs.iter().zip(cut(out, rs.iter().map(|r| r.len() * cout))).collect();
-                    self.split(&s.lanes, work, |(px, o), _| kernels::requantize(isa, &sums[px.start * cout..px.end * cout], cout, r, o));
+                    self.requantize_sums(&s.lanes, &s.acc2[..layout.pixels() * cout], cout, r, out);
+                }
+            }
+            ConvLayout::SubPixel(sp) => {
+                // The sub-conv into `acc`, then its sums shuffled into `acc2` by output planes.
+                self.conv(s, src, &sp.inner, kind, sp.inner_macs, None);
+                let g = &sp.g;
+                let plane = g.output[1] * g.output[2] * sp.cout;
+                let rs = ranges(g.output[0], parts, 1);
+                let sums = &s.acc;
+                let work: Vec<_> = rs.iter().cloned().zip(cut(&mut s.acc2, rs.iter().map(|r| r.len() * plane))).collect();
+                self.split(&s.lanes, work, |(r, a), _| sp.shuffle(sums, r, a));
+                if let (Some(r), Some(out)) = (requant, out) {
+                    self.requantize_sums(&s.lanes, &s.acc2[..layout.pixels() * sp.cout], sp.cout, r, out);
                 }
             }
         }
+    }
+
+    /// Exact int32 sums [pixels][cout] requantised into `out`, over the pool.
+    fn requantize_sums(&self, lanes: &[Mutex<Lane>], sums: &[i32], cout: usize, r: &Requant, out: &mut [u8]) {
+        let n = sums.len() / cout;
+        let rs = ranges(n, self.parts((n * cout) as u64, self.min_part.1), PIXEL_ALIGN);
+        let work: Vec<_> = rs.iter().zip(cut(out, rs.iter().map(|r| r.len() * cout))).collect();
+        self.split(lanes, work, |(px, o), _| kernels::requantize(self.isa, &sums[px.start * cout..px.end * cout], cout, r, o));
     }
 }
 

@@ -26,6 +26,13 @@ pub enum ConvLayout {
     /// neighbouring outputs of one channel per `vpdpbusd`, each lane's four bytes a
     /// window of four taps along x ([`crate::kernels::Narrow3`]).
     Narrow(Box<crate::kernels::Narrow3>),
+    /// A 3-D convolution read in place from its input padded once with the zero point,
+    /// channels last (AVX-512 VNNI; [`crate::kernels::Padded3`]).
+    Padded(Box<crate::kernels::Padded3>),
+    /// A transposed convolution as a dense conv with one output channel per (output
+    /// parity class, channel) on its input, its sums shuffled into the output
+    /// ([`crate::subpixel`]).
+    SubPixel(Box<crate::subpixel::SubPixel>),
 }
 
 impl ConvLayout {
@@ -35,6 +42,8 @@ impl ConvLayout {
             ConvLayout::Direct(g) => g.oh * g.ow,
             ConvLayout::Planes { g, .. } | ConvLayout::Transposed { g, .. } => g.output.iter().product(),
             ConvLayout::Narrow(n) => n.g.output.iter().product(),
+            ConvLayout::Padded(p) => p.g.output.iter().product(),
+            ConvLayout::SubPixel(sp) => sp.g.output.iter().product(),
         }
     }
 
@@ -44,7 +53,29 @@ impl ConvLayout {
             ConvLayout::Planes { g, .. } => format!("{}x{}x{}/{} 3-D", g.kernel[0], g.kernel[1], g.kernel[2], g.stride[0]),
             ConvLayout::Transposed { g, .. } => format!("{}x{}x{}/{} transposed", g.kernel[0], g.kernel[1], g.kernel[2], g.stride[0]),
             ConvLayout::Narrow(n) => format!("{}x{}x{}/{} 3-D narrow", n.g.kernel[0], n.g.kernel[1], n.g.kernel[2], n.g.stride[0]),
+            ConvLayout::Padded(p) => format!("{}x{}x{}/{} 3-D in place", p.g.kernel[0], p.g.kernel[1], p.g.kernel[2], p.g.stride[0]),
+            ConvLayout::SubPixel(sp) => {
+                let g = &sp.g;
+                format!("{}x{}x{}/{} transposed as sub-pixel {}", g.kernel[0], g.kernel[1], g.kernel[2], g.stride[0], sp.inner.describe())
+            }
         }
+    }
+
+    /// Products summed into one output sum at most (bounding its magnitude): a conv's
+    /// `macs` over its outputs, as every output has as many; a transposed conv's outputs
+    /// receive different numbers of taps, so the most any class receives (its window).
+    pub fn products_per_output(&self, macs: u64, cout: usize) -> u64 {
+        match self {
+            ConvLayout::Transposed { g, .. } => (0..3).map(|a| g.kernel[a].div_ceil(g.stride[a]) as u64).product::<u64>() * g.cin as u64,
+            ConvLayout::SubPixel(sp) => (sp.inner_macs / (sp.sub.iter().product::<usize>() * sp.offset.len()).max(1) as u64).max(1),
+            _ => macs / (self.pixels() * cout).max(1) as u64,
+        }
+    }
+
+    /// Whether the conv's int32 sums end in the engine's second accumulator (a
+    /// transposed conv's: the first holds its columns or its sub-pixel sums).
+    pub fn sums_in_acc2(&self) -> bool {
+        matches!(self, ConvLayout::Transposed { .. } | ConvLayout::SubPixel(_))
     }
 }
 

@@ -9,8 +9,9 @@ use edgemed_onnx::{attr, pb};
 
 use super::{input, invalid, Compiler, Val};
 use crate::error::Result;
-use crate::kernels::{self, ConvGeometry, DepthwiseWeights, GroupedWeights, Isa, Narrow3, PackedWeights, Requant};
+use crate::kernels::{self, ConvGeometry, DepthwiseWeights, GroupedWeights, Isa, Narrow3, PackedWeights, Padded3, Requant};
 use crate::plan::{ConvKind, ConvLayout, ConvOp, FloatConv, Geometry3, Op, QTensor, Step};
+use crate::subpixel::{self, SubPixel};
 
 impl Compiler<'_> {
     /// A Conv or ConvTranspose on a u8 tensor with int8 weights: a pending conv.
@@ -111,26 +112,33 @@ impl Compiler<'_> {
                 .ok_or_else(|| invalid(format!("{}: kernel larger than the padded input", n.name)))
         };
         let (layout, kind, offset, macs) = if transposed {
-            // Columns [tap][cout] of [cin] weights: w is [cin][cout][taps].
-            let mut rows = vec![0i8; taps * cout * x.c];
-            let mut col_offset = vec![0i32; taps * cout];
-            for t in 0..taps {
-                for co in 0..cout {
-                    for ci in 0..x.c {
-                        let v = wq[(ci * cout + co) * taps + t];
-                        rows[(t * cout + co) * x.c + ci] = v;
-                        col_offset[t * cout + co] += zp * v as i32;
+            let g = Geometry3 { input, cin: x.c, kernel: k3, stride: s3, pads: pb, output };
+            let macs = (in_pixels * x.c * cout * taps) as u64;
+            // The sub-pixel form: a dense conv on the input and a shuffle, no scatter.
+            let sub = subpixel::sub_conv(&g, cout, &wq).and_then(|sc| {
+                let (inner, pw) = dense_layout(self.isa, &sc.g, sc.pads_after, sc.cout, &sc.weights, sp == 2)?;
+                let inner_macs = (sc.g.output.iter().product::<usize>() * sc.cout * sc.g.taps() * x.c) as u64;
+                let offset = pw.sums().iter().map(|s| s * zp).collect();
+                Some((SubPixel { g, cout, sub: sc.g.output, inner, inner_macs, offset }, pw))
+            });
+            if let Some((sp, pw)) = sub {
+                (ConvLayout::SubPixel(Box::new(sp)), ConvKind::Dense(pw), vec![0; cout], macs)
+            } else {
+                // Columns [tap][cout] of [cin] weights: w is [cin][cout][taps].
+                let mut rows = vec![0i8; taps * cout * x.c];
+                let mut col_offset = vec![0i32; taps * cout];
+                for t in 0..taps {
+                    for co in 0..cout {
+                        for ci in 0..x.c {
+                            let v = wq[(ci * cout + co) * taps + t];
+                            rows[(t * cout + co) * x.c + ci] = v;
+                            col_offset[t * cout + co] += zp * v as i32;
+                        }
                     }
                 }
+                let layout = ConvLayout::Transposed { g, cols: pointwise_on(in_pixels, x.c), col_offset };
+                (layout, ConvKind::Dense(PackedWeights::new(self.isa, rows, taps * cout, 1, x.c)), vec![0; cout], macs)
             }
-            let g = Geometry3 { input, cin: x.c, kernel: k3, stride: s3, pads: pb, output };
-            let layout = ConvLayout::Transposed { g, cols: pointwise_on(in_pixels, x.c), col_offset };
-            (
-                layout,
-                ConvKind::Dense(PackedWeights::new(self.isa, rows, taps * cout, 1, x.c)),
-                vec![0; cout],
-                (in_pixels * x.c * cout * taps) as u64,
-            )
         } else if depthwise {
             let g = geometry_2d()?;
             let kind = ConvKind::Depthwise(DepthwiseWeights::new(self.isa, &wq, cout, taps));
@@ -141,30 +149,10 @@ impl Compiler<'_> {
             // Zero-point corrected in the kernels, as depthwise.
             (ConvLayout::Direct(g), kind, vec![0; cout], (out_pixels * cout * taps * cin_g) as u64)
         } else {
-            // [cout][cin][taps...] -> rows [cout][taps...][cin], the im2row (and channels-last) order.
             let k = taps * x.c;
-            let mut rows = vec![0i8; cout * k];
-            for c in 0..cout {
-                for ci in 0..x.c {
-                    for t in 0..taps {
-                        rows[c * k + t * x.c + ci] = wq[(c * x.c + ci) * taps + t];
-                    }
-                }
-            }
-            let (layout, pw) = if sp == 2 {
-                let g = geometry_2d()?;
-                (ConvLayout::Direct(g), PackedWeights::new(self.isa, rows, cout, kernel[0], kernel[1] * x.c))
-            } else if taps == 1 && s3 == [1; 3] && pads.iter().all(|&p| p == 0) {
-                (ConvLayout::Direct(pointwise_on(in_pixels, x.c)), PackedWeights::new(self.isa, rows, cout, 1, k))
-            } else {
-                let g = Geometry3 { input, cin: x.c, kernel: k3, stride: s3, pads: pb, output };
-                let layout = if self.isa == Isa::Avx512Vnni && Narrow3::applies(cout, k3, s3) {
-                    ConvLayout::Narrow(Box::new(Narrow3::new(g, cout, &wq)))
-                } else {
-                    ConvLayout::Planes { g, plane: pointwise_on(output[1] * output[2], k) }
-                };
-                (layout, PackedWeights::new(self.isa, rows, cout, 1, k))
-            };
+            let g = Geometry3 { input, cin: x.c, kernel: k3, stride: s3, pads: pb, output };
+            let (layout, pw) = dense_layout(self.isa, &g, pe, cout, &wq, sp == 2)
+                .ok_or_else(|| invalid(format!("{}: kernel larger than the padded input", n.name)))?;
             let offset = pw.sums().iter().map(|s| s * zp).collect();
             (layout, ConvKind::Dense(pw), offset, (out_pixels * cout * k) as u64)
         };
@@ -202,4 +190,49 @@ impl Compiler<'_> {
         self.steps.push(Step::Int(Op::Conv(Box::new(op))));
         dst
     }
+}
+
+/// A dense conv's layout and weights packed for `isa`: `g` (padding `pads_after` after
+/// each axis) on the channels-last input, `wq` its int8 weights as ONNX stores them
+/// ([cout][cin][kd][kh][kw]), `two_d` for a 2-D conv (depth 1). `None` where the kernel
+/// is larger than the padded input.
+fn dense_layout(
+    isa: Isa,
+    g: &Geometry3,
+    pads_after: [usize; 3],
+    cout: usize,
+    wq: &[i8],
+    two_d: bool,
+) -> Option<(ConvLayout, PackedWeights)> {
+    let (cin, taps) = (g.cin, g.taps());
+    // [cout][cin][taps...] -> rows [cout][taps...][cin], the im2row (and channels-last) order.
+    let k = taps * cin;
+    let mut rows = vec![0i8; cout * k];
+    for c in 0..cout {
+        for ci in 0..cin {
+            for t in 0..taps {
+                rows[c * k + t * cin + ci] = wq[(c * cin + ci) * taps + t];
+            }
+        }
+    }
+    let [_, kh, kw] = g.kernel;
+    let pixels: usize = g.input.iter().product();
+    Some(if two_d {
+        let pads = [g.pads[1], g.pads[2], pads_after[1], pads_after[2]];
+        let cg = ConvGeometry::new(g.input[1], g.input[2], cin, kh, kw, [g.stride[1], g.stride[2]], pads)?;
+        (ConvLayout::Direct(cg), PackedWeights::new(isa, rows, cout, kh, kw * cin))
+    } else if taps == 1 && g.stride == [1; 3] && g.pads == [0; 3] && pads_after == [0; 3] {
+        let cg = ConvGeometry::new(1, pixels, cin, 1, 1, [1, 1], [0; 4])?;
+        (ConvLayout::Direct(cg), PackedWeights::new(isa, rows, cout, 1, k))
+    } else {
+        if isa == Isa::Avx512Vnni && Narrow3::applies(cout, g.kernel, g.stride) {
+            (ConvLayout::Narrow(Box::new(Narrow3::new(*g, cout, wq))), PackedWeights::new(isa, rows, cout, 1, k))
+        } else if isa == Isa::Avx512Vnni {
+            // Read in place: kd kh kernel rows of kw cin bytes.
+            (ConvLayout::Padded(Box::new(Padded3::new(*g))), PackedWeights::new(isa, rows, cout, g.kernel[0] * kh, kw * cin))
+        } else {
+            let plane = ConvGeometry::new(1, g.output[1] * g.output[2], k, 1, 1, [1, 1], [0; 4])?;
+            (ConvLayout::Planes { g: *g, plane }, PackedWeights::new(isa, rows, cout, 1, k))
+        }
+    })
 }

@@ -215,18 +215,21 @@ fn conv_with_bias_and_relu_is_one_fused_op() {
     assert_within_one_step(&run(&m, &input), &want, 0.03);
 }
 
-/// 3-D convs with few output channels (the narrow layout on AVX-512 VNNI: pixels in
-/// lanes on zero-point padded planes) give the bytes of every other ISA's gathered rows,
-/// requantised (with a ReLU's clamp) and as sums a float op reads: random channel
-/// counts 1-8 (inputs 1-4 and 8: the de-interleaving has a path per 2, 4 and 8), kernels
-/// 1-5 along x, strides 1-2, padding, odd sizes, threads.
+/// 3-D convs on AVX-512 VNNI: with few output channels the narrow layout (pixels in
+/// lanes on zero-point padded planes), with more the in-place layout (kernel rows read
+/// from the zero-point padded channels-last volume); both give the bytes of every other
+/// ISA's gathered rows, requantised (with a ReLU's clamp) and as sums a float op reads:
+/// random channel counts 1-8 and 9-40 (inputs 1-4 and 8: the narrow de-interleaving has
+/// a path per 2, 4 and 8), kernels 1-5 along x, strides 1-2, padding, odd sizes,
+/// threads.
 #[test]
-fn narrow_3d_convs_equal_every_isa() {
+fn dense_3d_convs_equal_every_isa() {
     use crate::kernels::testgen::Lcg;
     let mut s = Lcg::new(17);
-    let mut narrow_seen = 0;
-    for round in 0..40 {
-        let (cin, cout) = ([1, 2, 3, 4, 8][s.below(5)], 1 + s.below(8));
+    let (mut narrow_seen, mut in_place_seen) = (0, 0);
+    for round in 0..60 {
+        let wide = round % 3 == 2;
+        let (cin, cout) = ([1, 2, 3, 4, 8][s.below(5)], if wide { 9 + s.below(32) } else { 1 + s.below(8) });
         let kernel = [1 + s.below(3), 1 + s.below(3), 1 + s.below(5)];
         let strides = [1 + s.below(2), 1 + s.below(2), 1 + s.below(2)];
         let pads: Vec<i64> = (0..6).map(|i| s.below(kernel[i % 3]) as i64).collect();
@@ -255,12 +258,16 @@ fn narrow_3d_convs_equal_every_isa() {
                 if e.plan.steps.iter().any(|st| e.plan.label(st).contains("narrow")) {
                     narrow_seen += 1;
                 }
+                if e.plan.steps.iter().any(|st| e.plan.label(st).contains("in place")) {
+                    in_place_seen += 1;
+                }
                 assert_eq!(e.run_one(&x).unwrap(), reference, "{isa:?} {threads} threads, {input:?} {kernel:?} {strides:?} -> {cout}");
             }
         }
     }
     if Isa::available().contains(&Isa::Avx512Vnni) {
         assert!(narrow_seen > 20, "the narrow layout ran {narrow_seen} times");
+        assert!(in_place_seen > 10, "the in-place layout ran {in_place_seen} times");
     }
 }
 
@@ -909,4 +916,118 @@ fn a_conv_norm_with_an_infinite_scale_is_refused_at_run() {
         assert!(matches!(err, Error::NonFinite { .. }), "{err}");
         assert!(err.to_string().contains("instance norm"), "{err}");
     }
+}
+
+/// Integer transposed convs (the sub-pixel form: a dense conv on the input and a
+/// shuffle) against their float definition worked out here, each input value times each
+/// tap added where it lands: random 2-D and 3-D geometries (kernels 1-4, strides 1-3,
+/// padding below the kernel, output padding below the stride, 1-9 output channels),
+/// requantised after a ReLU or read by a float op (Sigmoid); the same bytes on every
+/// ISA at 1 and 3 threads. Padding of a whole kernel falls back to the scatter form.
+#[test]
+fn transposed_convs_equal_their_float_definition() {
+    use crate::kernels::testgen::Lcg;
+    let mut s = Lcg::new(29);
+    let (mut checked, mut scattered) = (0, 0);
+    for round in 0..42 {
+        let sp = if round % 3 == 0 { 2 } else { 3 };
+        let (cin, cout) = (1 + s.below(4), [1, 2, 3, 4, 8, 9][s.below(6)]);
+        let mut kernel: Vec<usize> = (0..sp).map(|_| 1 + s.below(4)).collect();
+        let mut strides: Vec<usize> = (0..sp).map(|_| 1 + s.below(3)).collect();
+        let mut pads: Vec<usize> = (0..2 * sp).map(|i| s.below(kernel[i % sp])).collect();
+        let out_pad: Vec<usize> = (0..sp).map(|i| s.below(strides[i])).collect();
+        let mut input: Vec<usize> = (0..sp).map(|_| 1 + s.below(5)).collect();
+        // The last two: padding of the whole kernel before x, which the sub-pixel form
+        // does not take (the scatter of each tap's columns runs instead).
+        let scatter = round >= 40;
+        if scatter {
+            (kernel[sp - 1], strides[sp - 1], pads[sp - 1], pads[2 * sp - 1], input[sp - 1]) = (2, 2, 2, 0, 4);
+        }
+        let output: Vec<usize> = (0..sp)
+            .map(|i| ((input[i] - 1) * strides[i] + kernel[i] + out_pad[i]) as isize - (pads[i] + pads[i + sp]) as isize)
+            .map(|v| v.max(0) as usize)
+            .collect();
+        if output.contains(&0) {
+            continue;
+        }
+        let mut shape = vec![1, cin];
+        shape.extend_from_slice(&input);
+        let mut b = Qdq::new(&shape);
+        let (xs, xz, ws) = (0.03, s.u8(), 0.004);
+        let x = b.qdq("x", xs, xz);
+        let taps: usize = kernel.iter().product();
+        let wv: Vec<i8> = (0..cin * cout * taps).map(|_| s.u8() as i8).collect();
+        let mut wshape = vec![cin, cout];
+        wshape.extend_from_slice(&kernel);
+        let w = b.weight(&wshape, &wv, ws);
+        let bias_v: Vec<f32> = (0..cout).map(|c| c as f32 * 0.05 - 0.2).collect();
+        let bias = b.f32s(&[cout], &bias_v);
+        let ints = |v: &[usize]| v.iter().map(|&u| u as i64).collect::<Vec<_>>();
+        let attrs =
+            vec![Attr::Ints("strides", ints(&strides)), Attr::Ints("pads", ints(&pads)), Attr::Ints("output_padding", ints(&out_pad))];
+        let c = b.op("ConvTranspose", &[&x, &w, &bias], attrs);
+        let requantised = round % 2 == 0;
+        let (ys, yz) = (0.05, 3);
+        let y = if requantised {
+            let r = b.op("Relu", &[&c], vec![]);
+            b.qdq(&r, ys, yz)
+        } else {
+            b.op("Sigmoid", &[&c], vec![])
+        };
+        let n = b.input_len();
+        let m = b.model(&y);
+        let xin: Vec<f32> = (0..n).map(|i| ((i * 7919 % 211) as f32 / 40.0) - 2.5).collect();
+        // The definition, in f64 on the dequantised values; 2-D lifted to depth 1.
+        let lift = |v: &[usize], fill: usize| -> [usize; 3] {
+            let mut o = [fill; 3];
+            o[3 - v.len()..].copy_from_slice(v);
+            o
+        };
+        let (i3, k3, s3, p3, o3) = (lift(&input, 1), lift(&kernel, 1), lift(&strides, 1), lift(&pads[..sp], 0), lift(&output, 1));
+        // QuantizeLinear divides in f32 (ONNX): a quotient near a tie rounds as f32's does.
+        let xq: Vec<f64> =
+            xin.iter().map(|&v| (((v / xs).round_ties_even() + xz as f32).clamp(0.0, 255.0) - xz as f32) as f64 * xs as f64).collect();
+        let opix: usize = o3.iter().product();
+        let mut sums: Vec<f64> = (0..cout * opix).map(|i| bias_v[i / opix] as f64).collect();
+        for ci in 0..cin {
+            for v in 0..i3.iter().product::<usize>() {
+                let iv = [v / (i3[1] * i3[2]), v / i3[2] % i3[1], v % i3[2]];
+                for t in 0..taps {
+                    let kv = [t / (k3[1] * k3[2]), t / k3[2] % k3[1], t % k3[2]];
+                    let o: Vec<isize> = (0..3).map(|a| (iv[a] * s3[a] + kv[a]) as isize - p3[a] as isize).collect();
+                    if (0..3).any(|a| o[a] < 0 || o[a] >= o3[a] as isize) {
+                        continue;
+                    }
+                    let at = (o[0] as usize * o3[1] + o[1] as usize) * o3[2] + o[2] as usize;
+                    for co in 0..cout {
+                        let wq = wv[(ci * cout + co) * taps + t] as f64 * ws as f64;
+                        sums[co * opix + at] += xq[ci * i3.iter().product::<usize>() + v] * wq;
+                    }
+                }
+            }
+        }
+        let got = run(&m, &xin);
+        if requantised {
+            let want: Vec<f32> = sums.iter().map(|&v| fake_quant(v.max(0.0), ys, yz)).collect();
+            assert_within_one_step(&got, &want, ys);
+        } else {
+            for (i, (&g, &v)) in got.iter().zip(&sums).enumerate() {
+                let want = 1.0 / (1.0 + (-v).exp());
+                assert!((g as f64 - want).abs() < 1e-5, "{i}: {g} vs {want}; {shape:?} {kernel:?} /{strides:?} pads {pads:?} -> {cout}");
+            }
+        }
+        let reference = Engine::with_isa(&m, Isa::Scalar).unwrap().run_one(&xin).unwrap();
+        for isa in Isa::available() {
+            for threads in [1, 3] {
+                let e = Engine::with_isa(&m, isa).unwrap().with_threads(threads).with_min_part(1, 1);
+                let sub_pixel = e.plan.steps.iter().any(|st| e.plan.label(st).contains("sub-pixel"));
+                assert_eq!(sub_pixel, !scatter, "{:?}", kinds(&e.plan));
+                assert_eq!(e.run_one(&xin).unwrap(), reference, "{isa:?} {threads} threads, {shape:?} {kernel:?} /{strides:?} -> {cout}");
+            }
+        }
+        checked += 1;
+        scattered += scatter as usize;
+    }
+    assert!(checked > 25, "{checked} geometries");
+    assert!(scattered == 2, "{scattered} scattered");
 }

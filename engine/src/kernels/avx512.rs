@@ -19,7 +19,7 @@
 use std::arch::x86_64::*;
 
 use super::{avx2, padded_input, scalar, ConvGeometry, DepthwiseWeights, GroupQuads, PackedWeights, Requant, CBLOCK};
-use super::{ConvKind, QTensor};
+use super::{ConvKind, Geometry3, QTensor};
 
 /// Pixels per register tile of the dense kernel.
 const PT: usize = 4;
@@ -126,6 +126,7 @@ pub unsafe fn gemm(x: &[u8], pixels: usize, w: &PackedWeights, acc: &mut [i32]) 
 }
 
 /// Requantisation constants of one block of 16 output channels.
+#[derive(Clone, Copy)]
 struct BlockRequant {
     offset: __m512i,
     mult: __m512,
@@ -203,6 +204,76 @@ unsafe fn requantize_store(acc: __m512i, q: &BlockRequant, zp: __m512, out: *mut
     }
 }
 
+/// Longest period (lcm(cout, 16) values) over which [`requantize`] repeats its
+/// parameters: 32 blocks of 16 constants on the stack.
+const FLAT_PERIOD: usize = 512;
+
+/// Whether [`requantize`] takes `cout` channels (else AVX2's does).
+pub fn requantize_applies(cout: usize) -> bool {
+    cout > 0 && cout * 16 / gcd(cout, 16) <= FLAT_PERIOD
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// Sums [pixels][cout] requantised as one flat run of values, 16 per step, with the
+/// parameters repeated over a period of lcm(cout, 16) values (a U-Net's 2- and 4-channel
+/// volumes and its norms' requantisations: every lane busy, the constants loaded once
+/// per call, not per pixel). Rounding as [`requantize_store`]: the reference's bits.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL; [`requantize_applies`] to `cout`. (The slices are
+/// checked here.)
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn requantize(acc: &[i32], cout: usize, r: &Requant, out: &mut [u8]) {
+    assert!(requantize_applies(cout) && requant_covers(r, cout));
+    let period = cout * 16 / gcd(cout, 16);
+    // The parameters of value j of a period (channel j % cout), as a Requant of `period`
+    // channels, then its blocks.
+    let rep = |j: usize| j % cout;
+    let flat = Requant {
+        offset: (0..period).map(|j| r.offset[rep(j)]).collect(),
+        mult: (0..period).map(|j| r.mult[rep(j)]).collect(),
+        bias: (0..period).map(|j| r.bias[rep(j)]).collect(),
+        out_zp: r.out_zp,
+        lo: (0..period).map(|j| r.lo[rep(j)]).collect(),
+        hi: (0..period).map(|j| r.hi[rep(j)]).collect(),
+    };
+    let n = acc.len().min(out.len());
+    // SAFETY: `flat` holds `period` channels, so each block of 16 from b * 16 < period is
+    // inside it. Full steps read acc[i + 16 b..][..16] and write out[..] likewise, with i
+    // + period <= whole <= n; the tail's masked lanes are those below n - i. CPU features:
+    // the caller's obligation.
+    unsafe {
+        let blocks: Vec<BlockRequant> = (0..period / 16).map(|b| block_requant(&flat, b * 16, 16)).collect();
+        let zp = _mm512_set1_ps(r.out_zp);
+        let whole = n / period * period;
+        let mut i = 0;
+        while i < whole {
+            for (b, q) in blocks.iter().enumerate() {
+                let at = i + b * 16;
+                requantize_store(_mm512_loadu_si512(acc.as_ptr().add(at) as *const _), q, zp, out.as_mut_ptr().add(at));
+            }
+            i += period;
+        }
+        // The last values (under a period): masked blocks.
+        for (b, q) in blocks.iter().enumerate() {
+            let at = i + b * 16;
+            if at >= n {
+                break;
+            }
+            let mask: __mmask16 = if n - at >= 16 { 0xffff } else { (1u16 << (n - at)) - 1 };
+            let q = BlockRequant { mask, ..*q };
+            requantize_store(_mm512_maskz_loadu_epi32(mask, acc.as_ptr().add(at)), &q, zp, out.as_mut_ptr().add(at));
+        }
+    }
+}
+
 /// Dense convolution fused with requantisation, as an implicit GEMM: each kernel row
 /// (kw x cin bytes, contiguous in NHWC) is read straight from the unpadded input `x`
 /// in quadruples, so there is no im2row. Pointwise is the case kh = kw = 1. Reads
@@ -214,15 +285,101 @@ unsafe fn requantize_store(acc: __m512i, q: &BlockRequant, zp: __m512, out: *mut
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn conv_dense(x: &[u8], g: &ConvGeometry, w: &PackedWeights, out: DenseOut) {
     debug_assert_eq!(g.pads, [0; 4]);
+    assert!(w.kernel_rows == g.kh && w.row_len == g.kw * g.cin);
+    let walk = Walk::new([1, g.oh, g.ow], [0, g.stride[0] * g.w * g.cin, g.stride[1] * g.cin], 0);
+    let shape = TileShape { kd: 1, kh: g.kh, plane_stride: 0, row_stride: g.w * g.cin };
+    // SAFETY: AVX-512 VNNI is the caller's obligation.
+    unsafe { dense_tiles(x, g.oh * g.ow, walk, shape, w, out) }
+}
+
+/// A 3-D dense convolution as an implicit GEMM on its input padded with the zero point
+/// (channels last, [pd][ph][pw][cin]: no gathered rows): output voxels `voxels` (in
+/// order, written from the start of `out`), each kernel row (a, b) of kw x cin bytes
+/// read in place, as [`conv_dense`] reads a 2-D conv's. `w` is packed with kd kh
+/// kernel rows of kw cin bytes. `x` needs 3 bytes of slack past the padded volume.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL/VNNI. (The slices are checked here.)
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn conv3d_dense(x: &[u8], g: &Geometry3, padded: [usize; 3], w: &PackedWeights, voxels: std::ops::Range<usize>, out: DenseOut) {
+    let [kd, kh, kw] = g.kernel;
+    let [_, ph, pw] = padded;
+    let [_, oh, ow] = g.output;
+    let c = g.cin;
+    assert!(w.kernel_rows == kd * kh && w.row_len == kw * c && voxels.end <= g.output.iter().product());
+    let step = [g.stride[0] * ph * pw * c, g.stride[1] * pw * c, g.stride[2] * c];
+    let walk = Walk::new([g.output[0], oh, ow], step, voxels.start);
+    let shape = TileShape { kd, kh, plane_stride: ph * pw * c, row_stride: pw * c };
+    // SAFETY: AVX-512 VNNI is the caller's obligation.
+    unsafe { dense_tiles(x, voxels.len(), walk, shape, w, out) }
+}
+
+/// Where successive output pixels' (voxels') first kernel rows start in the input: the
+/// output index in [z][y][x] order as a counter, each axis's position times its byte
+/// step, so that a tile's pointers take additions, not divisions.
+#[derive(Clone, Copy)]
+struct Walk {
+    size: [usize; 3],
+    step: [usize; 3],
+    pos: [usize; 3],
+    base: usize,
+}
+
+impl Walk {
+    /// Starting at output `first` of a [size[0]][size[1]][size[2]] output.
+    fn new(size: [usize; 3], step: [usize; 3], first: usize) -> Walk {
+        let pos = [first / (size[1] * size[2]), first / size[2] % size[1], first % size[2]];
+        Walk { size, step, pos, base: (0..3).map(|a| pos[a] * step[a]).sum() }
+    }
+
+    /// The byte offset of the output `n` places on (divisions, once per conv).
+    fn offset_after(&self, n: usize) -> usize {
+        let v = (self.pos[0] * self.size[1] + self.pos[1]) * self.size[2] + self.pos[2] + n;
+        Walk::new(self.size, self.step, v).base
+    }
+
+    #[inline(always)]
+    fn advance(&mut self) {
+        self.pos[2] += 1;
+        self.base += self.step[2];
+        if self.pos[2] == self.size[2] {
+            self.pos[2] = 0;
+            self.pos[1] += 1;
+            self.base = self.base - self.size[2] * self.step[2] + self.step[1];
+            if self.pos[1] == self.size[1] {
+                self.pos[1] = 0;
+                self.pos[0] += 1;
+                self.base = self.base - self.size[1] * self.step[1] + self.step[0];
+            }
+        }
+    }
+}
+
+/// How a tile's kernel rows lie in the input: kd x kh rows, row (a, b) at a
+/// plane_stride + b row_stride.
+struct TileShape {
+    kd: usize,
+    kh: usize,
+    plane_stride: usize,
+    row_stride: usize,
+}
+
+/// The tiles of a dense conv of `pixels` outputs, output p's kernel rows from
+/// x[walk's offset..] (offsets non-decreasing, so the last pixel reads farthest).
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL/VNNI. (The slices are checked here.)
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn dense_tiles(x: &[u8], pixels: usize, mut walk: Walk, shape: TileShape, w: &PackedWeights, out: DenseOut) {
     let cout = w.cout;
-    let (kh, row_len) = (w.kernel_rows, w.row_len);
-    let q4 = row_len.div_ceil(4);
-    let pixels = g.oh * g.ow;
-    let row_stride = g.w * g.cin;
-    let base = |p: usize| ((p / g.ow) * g.stride[0] * g.w + (p % g.ow) * g.stride[1]) * g.cin;
-    assert!(kh == g.kh && row_len == g.kw * g.cin);
-    assert!(pixels == 0 || x.len() >= base(pixels - 1) + (kh - 1) * row_stride + 4 * q4, "input needs slack past its end");
-    assert!(w.quads.len() >= cout.div_ceil(CBLOCK) * kh * q4 * 64, "weights packed without the VNNI quadruples");
+    let TileShape { kd, kh, plane_stride, row_stride } = shape;
+    let q4 = w.row_len.div_ceil(4);
+    let reach = (kd - 1) * plane_stride + (kh - 1) * row_stride + 4 * q4;
+    assert!(w.kernel_rows == kd * kh);
+    // Offsets grow with the output index: the last pixel reads farthest.
+    assert!(pixels == 0 || x.len() >= walk.offset_after(pixels - 1) + reach, "input needs slack past its end");
+    assert!(w.quads.len() >= cout.div_ceil(CBLOCK) * kd * kh * q4 * 64, "weights packed without the VNNI quadruples");
     let blocks = cout.div_ceil(CBLOCK);
     let (zp, params, u8_out, i32_out) = match out {
         DenseOut::U8(r, o) => {
@@ -242,16 +399,22 @@ pub unsafe fn conv_dense(x: &[u8], g: &ConvGeometry, w: &PackedWeights, out: Den
     let xp = x.as_ptr();
     let mut p = 0;
     while p < pixels {
-        // SAFETY: every pixel's kernel rows are read in 4-byte groups up to
-        // base(p) + (kh - 1) row_stride + 4 q4 <= x.len() (checked above, for the last
-        // pixel, the farthest); the tile's pixels past the end repeat the last one.
-        // Block b's weights are kh q4 64-byte groups inside `quads` (checked). Stores
+        // SAFETY: every pixel's kernel rows are read in 4-byte groups up to its
+        // offset + reach <= x.len() (checked above, for the last pixel, the farthest);
+        // the walk stops at the last pixel, so the tile's pixels past the end repeat it. Block b's
+        // weights are kd kh q4 64-byte groups inside `quads` (checked). Stores
         // go to pixels below `pixels`, channels below `cout` (the block's mask), inside
         // the output (checked). loadu/storeu and read_unaligned need no alignment.
         unsafe {
             // Pixels of the tile; past the end, the last pixel again (computed, not stored).
-            let px: [*const u8; PT] = std::array::from_fn(|t| xp.add(base((p + t).min(pixels - 1))));
-            let tile = DenseTile { px, quads: w.quads.as_ptr(), kh, q4, row_stride };
+            let mut px = [xp; PT];
+            for (t, ptr) in px.iter_mut().enumerate() {
+                *ptr = xp.add(walk.base);
+                if p + t + 1 < pixels {
+                    walk.advance();
+                }
+            }
+            let tile = DenseTile { px, quads: w.quads.as_ptr(), kd, kh, q4, plane_stride, row_stride };
             // Two blocks of channels at a time: 8 independent sums hide vpdpbusd's
             // latency where a conv has few inputs (a chain of q4 steps per sum), and
             // each broadcast input quadruple serves both blocks.
@@ -272,13 +435,16 @@ pub unsafe fn conv_dense(x: &[u8], g: &ConvGeometry, w: &PackedWeights, out: Den
     }
 }
 
-/// A tile of [`PT`] pixels of [`conv_dense`]: where each pixel's kernel rows start,
-/// and the packed weights.
+/// A tile of [`PT`] pixels of [`conv_dense`] (or voxels of [`conv3d_dense`]): where
+/// each pixel's kernel rows start, and the packed weights. Kernel row (a, b) starts
+/// a plane_stride + b row_stride bytes after the pixel's first (kd = 1 for 2-D).
 struct DenseTile {
     px: [*const u8; PT],
     quads: *const i8,
+    kd: usize,
     kh: usize,
     q4: usize,
+    plane_stride: usize,
     row_stride: usize,
 }
 
@@ -291,18 +457,21 @@ impl DenseTile {
     unsafe fn sums<const NB: usize>(&self, b: usize) -> [[__m512i; PT]; NB] {
         // SAFETY: the caller's obligations.
         unsafe {
-            let per_block = self.kh * self.q4 * 64;
+            let per_block = self.kd * self.kh * self.q4 * 64;
             let wb = self.quads.add(b * per_block);
             let mut acc = [[_mm512_setzero_si512(); PT]; NB];
-            for i in 0..self.kh {
-                for kk in 0..self.q4 {
-                    let wv: [__m512i; NB] =
-                        std::array::from_fn(|k| _mm512_loadu_si512(wb.add(k * per_block + (i * self.q4 + kk) * 64) as *const _));
-                    let off = i * self.row_stride + kk * 4;
-                    for (t, px) in self.px.iter().enumerate() {
-                        let xv = _mm512_set1_epi32((px.add(off) as *const i32).read_unaligned());
-                        for (acc, w) in acc.iter_mut().zip(&wv) {
-                            acc[t] = _mm512_dpbusd_epi32(acc[t], xv, *w);
+            for a in 0..self.kd {
+                for r in 0..self.kh {
+                    let i = a * self.kh + r;
+                    for kk in 0..self.q4 {
+                        let wv: [__m512i; NB] =
+                            std::array::from_fn(|k| _mm512_loadu_si512(wb.add(k * per_block + (i * self.q4 + kk) * 64) as *const _));
+                        let off = a * self.plane_stride + r * self.row_stride + kk * 4;
+                        for (t, px) in self.px.iter().enumerate() {
+                            let xv = _mm512_set1_epi32((px.add(off) as *const i32).read_unaligned());
+                            for (acc, w) in acc.iter_mut().zip(&wv) {
+                                acc[t] = _mm512_dpbusd_epi32(acc[t], xv, *w);
+                            }
                         }
                     }
                 }

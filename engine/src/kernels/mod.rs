@@ -25,6 +25,7 @@
 #[cfg(any(target_arch = "aarch64", target_arch = "arm"))]
 mod arm;
 mod narrow3;
+mod padded3;
 pub mod scalar;
 mod weights;
 
@@ -45,6 +46,7 @@ mod tests;
 use std::sync::OnceLock;
 
 pub use narrow3::{Narrow3, NARROW_MAX_COUT};
+pub use padded3::{Padded3, PADDED_SLACK};
 pub use scalar::{im2row, quantize_u8, round_half_even};
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub use weights::GroupQuads;
@@ -375,6 +377,33 @@ pub fn conv3d_narrow(
     }
 }
 
+/// A 3-D dense conv ([`Padded3`]) on its padded input, outputs `voxels`: requantised
+/// into `out` when given, else the int32 sums (carrying zp Σw, as dense sums do) in
+/// `acc`; both from the start of their slices.
+pub fn conv3d_padded(
+    isa: Isa,
+    padded: &[u8],
+    p: &Padded3,
+    w: &ConvKind,
+    voxels: std::ops::Range<usize>,
+    requant: Option<(&Requant, &mut [u8])>,
+    acc: &mut [i32],
+) {
+    let ConvKind::Dense(w) = w else { unreachable!("a padded 3-D conv is dense") };
+    match isa.checked() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => {
+            let out = match requant {
+                Some((r, o)) => avx512::DenseOut::U8(r, o),
+                None => avx512::DenseOut::I32(acc),
+            };
+            // SAFETY: `checked` confirmed AVX-512 VNNI on this CPU.
+            unsafe { avx512::conv3d_dense(padded, &p.g, p.padded, w, voxels, out) }
+        }
+        other => unreachable!("a padded 3-D conv compiled for {}: the compiler picks it for AVX-512 VNNI only", other.name()),
+    }
+}
+
 /// The int32 sums of a convolution, acc[p][c] = Σ (x - zp) w, zero-point corrected
 /// for depthwise and grouped but not for dense (whose correction is `zp * Σw`, done by the caller).
 pub fn accumulate(isa: Isa, x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind, scratch: &mut [u8], acc: &mut [i32]) {
@@ -453,6 +482,9 @@ pub fn depthwise(isa: Isa, x: &[u8], g: &ConvGeometry, zp: u8, w: &[i32], acc: &
 pub fn requantize(isa: Isa, acc: &[i32], cout: usize, r: &Requant, out: &mut [u8]) {
     match isa.checked() {
         Isa::Scalar => scalar::requantize(acc, cout, r, out),
+        // SAFETY: `checked` confirmed AVX-512 (and the kernel takes this channel count).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni if avx512::requantize_applies(cout) => unsafe { avx512::requantize(acc, cout, r, out) },
         // SAFETY: `checked` confirmed AVX2 on this CPU (AVX-512 VNNI CPUs have it).
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512Vnni => unsafe { avx2::requantize(acc, cout, r, out) },
