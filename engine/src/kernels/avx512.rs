@@ -645,7 +645,7 @@ pub unsafe fn quantize_nchw_to_nhwc(x: &[f32], stride: usize, t: &QTensor, out: 
     let full = hw / 16 * 16;
     // SAFETY: each step reads 16 floats of a plane from pixel i, i + 16 <= full <= hw,
     // inside x (channel ch from ch stride, (c - 1) stride + hw floats, checked); the permute tables are local 128-byte arrays;
-    // a whole pixel's store writes 16 c bytes from pixel i, inside out (c hw, checked),
+    // a whole pixel's store writes 16 c bytes from pixel i (one channel: 16 bytes), inside out (c hw, checked),
     // the others a local 128-byte block. loadu/storeu need no alignment.
     unsafe {
         let quantize16 = |ch: usize, i: usize| {
@@ -664,6 +664,11 @@ pub unsafe fn quantize_nchw_to_nhwc(x: &[f32], stride: usize, t: &QTensor, out: 
             .collect();
         let mut block = [0u8; 128];
         let mut i = 0;
+        // One channel (a volume's input): planar is channels last, 16 bytes a step.
+        while c == 1 && i < full {
+            _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, quantize16(0, i));
+            i += 16;
+        }
         while i < full {
             for ch0 in (0..c).step_by(8) {
                 let n = (c - ch0).min(8);
