@@ -710,6 +710,28 @@ impl Engine {
                         }
                     });
                 }
+                Copies::Channels(parts) => {
+                    // Runs of whole pixels; each pixel takes its channels from every part.
+                    let c = dst_t.c;
+                    let rs = ranges(out.len() / c.max(1), self.parts(out.len() as u64, self.min_part.1), PIXEL_ALIGN);
+                    let work: Vec<_> = rs.iter().zip(cut(out, rs.iter().map(|r| r.len() * c))).collect();
+                    let slots = &s.slots;
+                    self.split(&s.lanes, work, |(px, out), _| {
+                        let mut at = 0;
+                        for &(k, w) in parts {
+                            let (k, w) = (k as usize, w as usize);
+                            let src = &slots[slot(g.srcs[k])][px.start * w..px.end * w];
+                            let dst = out.chunks_exact_mut(c).map(|o| &mut o[at..at + w]);
+                            match &g.tables[k] {
+                                None => dst.zip(src.chunks_exact(w)).for_each(|(d, v)| d.copy_from_slice(v)),
+                                Some(table) => dst.zip(src.chunks_exact(w)).for_each(|(d, v)| {
+                                    d.iter_mut().zip(v).for_each(|(d, &v)| *d = table[v as usize]);
+                                }),
+                            }
+                            at += w;
+                        }
+                    });
+                }
                 Copies::Bytes(per_source) => {
                     debug_assert!(per_source.iter().all(|v| v.windows(2).all(|w| w[0].0 < w[1].0)), "pairs in dst order");
                     // Ranges of dst bytes; each part takes, from every source, the pairs

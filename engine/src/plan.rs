@@ -242,6 +242,11 @@ pub struct GatherOp {
 pub enum Copies {
     /// Runs of consecutive bytes (a channel concat, a slice of channels), covering dst in order.
     Runs(Vec<GatherRun>),
+    /// A channel concat of whole tensors: each dst pixel is the same pixel of each
+    /// (source, channels) in turn, a source holding [pixels][channels]. Its runs are a
+    /// few bytes long (a U-Net's skip connections: 2-8 channels each), too short for a
+    /// copy call each and too regular for a pair per byte.
+    Channels(Vec<(u32, u32)>),
     /// Byte by byte, per source (dst byte, source byte): channels-last transposes
     /// (a pixel shuffle, fields regrouped) move single bytes. Each source's pairs are
     /// in increasing dst order (the engine finds a range of dst bytes by bisection).

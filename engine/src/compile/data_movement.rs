@@ -156,21 +156,29 @@ impl Compiler<'_> {
         let idx = idx.as_standard_layout();
         let idx = idx.as_slice().expect("standard layout");
         let (c, pixels) = (t.c, t.h * t.w);
-        let mut runs: Vec<GatherRun> = Vec::new();
+        // The runs, and the same runs not merged across pixels (a channel concat's form).
+        let (mut runs, mut pixel_runs): (Vec<GatherRun>, Vec<GatherRun>) = (Vec::new(), Vec::new());
         for p in 0..pixels {
             for ch in 0..c {
                 let g = idx[ch * pixels + p] as usize;
                 let k = bases.partition_point(|&b| b <= g) - 1;
                 let from = (g - bases[k]) as u32;
-                match runs.last_mut() {
-                    Some(r) if r.src == k as u32 && r.from + r.len == from => r.len += 1,
-                    _ => runs.push(GatherRun { src: k as u32, from, len: 1 }),
+                for (list, merge) in [(&mut runs, true), (&mut pixel_runs, ch > 0)] {
+                    match list.last_mut() {
+                        Some(r) if merge && r.src == k as u32 && r.from + r.len == from => r.len += 1,
+                        _ => list.push(GatherRun { src: k as u32, from, len: 1 }),
+                    }
                 }
             }
         }
         let tables = srcs.iter().map(|&src| self.tensors[src].requant_table(s, z)).collect();
-        // A run costs a call to memcpy: short runs go byte by byte.
-        let copies = if runs.len() * 16 > t.len() {
+        // A run costs a call to memcpy: short runs go by pixel (a channel concat) or byte
+        // by byte.
+        let short = runs.len() * 16 > t.len();
+        let concat = if short { channel_concat(&pixel_runs, pixels) } else { None };
+        let copies = if let Some(parts) = concat {
+            Copies::Channels(parts)
+        } else if short {
             let mut bytes = vec![Vec::new(); srcs.len()];
             let mut o = 0u32;
             for r in &runs {
@@ -212,4 +220,20 @@ impl Compiler<'_> {
             }
         }
     }
+}
+
+/// The (source, channels) of each pixel when `runs` (merged within pixels only) are a
+/// channel concat of whole tensors: pixel p is, for each part j in turn, channels
+/// p c_j .. (p + 1) c_j of its source (every pixel's runs alike).
+fn channel_concat(runs: &[GatherRun], pixels: usize) -> Option<Vec<(u32, u32)>> {
+    if pixels == 0 || !runs.len().is_multiple_of(pixels) {
+        return None;
+    }
+    let per = runs.len() / pixels;
+    let parts: Vec<(u32, u32)> = runs[..per].iter().map(|r| (r.src, r.len)).collect();
+    let regular = runs
+        .chunks_exact(per)
+        .enumerate()
+        .all(|(p, px)| px.iter().zip(&parts).all(|(r, &(src, len))| r.src == src && r.len == len && r.from as usize == p * len as usize));
+    regular.then_some(parts)
 }

@@ -527,7 +527,7 @@ fn data_movement_is_byte_copies() {
     assert_eq!(kinds(&plan), ["quantize", "gather", "dequantize"]);
     let Step::Int(Op::Gather(g)) = &plan.steps[1] else { unreachable!() };
     assert!(g.tables.iter().all(|t| t.is_none()), "same parameters: no tables");
-    assert!(matches!(g.copies, Copies::Runs(_) | Copies::Bytes(_)));
+    assert!(matches!(g.copies, Copies::Runs(_) | Copies::Channels(_) | Copies::Bytes(_)));
     let input = ramp(8, -1.0, 1.0);
     let q: Vec<f32> = input.iter().map(|&v| fake_quant(v as f64, 0.05, 128)).collect();
     assert_eq!(run(&m, &input), [q.clone(), q].concat());
@@ -1030,4 +1030,30 @@ fn transposed_convs_equal_their_float_definition() {
     }
     assert!(checked > 25, "{checked} geometries");
     assert!(scattered == 2, "{scattered} scattered");
+}
+
+/// A channel concat of whole tensors with few channels each (a U-Net's skip
+/// connection) copies each pixel's channels from every source, through each source's
+/// requantisation table where its parameters differ from the output's: the float
+/// reference's bytes, the same at any thread count.
+#[test]
+fn a_channel_concat_copies_pixels_from_each_source() {
+    let (c, h, w) = (3, 4, 6);
+    let mut b = Qdq::new(&[1, c, h, w]);
+    let a = b.qdq("x", 0.05, 128);
+    let r = b.op("Relu", &[&a], vec![]);
+    let r = b.qdq(&r, 0.03, 0);
+    let cat = b.op("Concat", &[&a, &r, &a], vec![Attr::Int("axis", 1)]);
+    let y = b.qdq(&cat, 0.07, 120);
+    let m = b.model(&y);
+    let plan = compile_best(&m).unwrap();
+    let gather = plan.steps.iter().find_map(|st| if let Step::Int(Op::Gather(g)) = st { Some(g) } else { None }).expect("a gather");
+    assert!(matches!(&gather.copies, Copies::Channels(p) if p.len() == 3), "{:?}", gather.copies);
+    let input = ramp(c * h * w, -3.0, 4.0);
+    let xa: Vec<f32> = input.iter().map(|&v| fake_quant(v as f64, 0.05, 128)).collect();
+    let xr: Vec<f32> = xa.iter().map(|&v| fake_quant(v.max(0.0) as f64, 0.03, 0)).collect();
+    let want: Vec<f32> = [&xa[..], &xr[..], &xa[..]].concat().iter().map(|&v| fake_quant(v as f64, 0.07, 120)).collect();
+    assert_eq!(run(&m, &input), want);
+    let e = Engine::new(&m).unwrap().with_threads(3).with_min_part(1, 1);
+    assert_eq!(e.run_one(&input).unwrap()[0].iter().copied().collect::<Vec<f32>>(), want);
 }
