@@ -9,7 +9,8 @@
 //! ISA (AVX2 and AVX-512 VNNI on x86-64, NEON and `sdot` on aarch64, NEON on armv7),
 //! each with the weight packing it reads; the ISA is chosen once per engine
 //! ([`kernels::Isa::detect`]) and the weights are packed for it alone at compile time.
-//! [`volume`] runs 3-D and transposed convs on the 2-D kernels. [`Engine`] (this
+//! [`volume`] runs 3-D convs on the 2-D kernels (gathered rows) and [`subpixel`] a
+//! transposed conv as a dense conv on its input and a shuffle. [`Engine`] (this
 //! file) holds a plan with its memory plan and runs it one item at a time, each
 //! integer op cut into parts ([`split`]) over a thread pool made once per engine
 //! ([`pool`]; one thread unless [`Engine::with_threads`] asks for more). The parts
