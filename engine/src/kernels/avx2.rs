@@ -299,7 +299,7 @@ unsafe fn requantize_flat(acc: &[i32], cout: usize, r: &Requant, out: &mut [u8])
     }
 }
 
-fn gcd(a: usize, b: usize) -> usize {
+pub(super) fn gcd(a: usize, b: usize) -> usize {
     if b == 0 {
         a
     } else {

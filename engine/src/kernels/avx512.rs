@@ -210,15 +210,7 @@ const FLAT_PERIOD: usize = 512;
 
 /// Whether [`requantize`] takes `cout` channels (else AVX2's does).
 pub fn requantize_applies(cout: usize) -> bool {
-    cout > 0 && cout * 16 / gcd(cout, 16) <= FLAT_PERIOD
-}
-
-fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
-    }
+    cout > 0 && cout * 16 / avx2::gcd(cout, 16) <= FLAT_PERIOD
 }
 
 /// Sums [pixels][cout] requantised as one flat run of values, 16 per step, with the
@@ -232,7 +224,7 @@ fn gcd(a: usize, b: usize) -> usize {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub unsafe fn requantize(acc: &[i32], cout: usize, r: &Requant, out: &mut [u8]) {
     assert!(requantize_applies(cout) && requant_covers(r, cout));
-    let period = cout * 16 / gcd(cout, 16);
+    let period = cout * 16 / avx2::gcd(cout, 16);
     // The parameters of value j of a period (channel j % cout), as a Requant of `period`
     // channels, then its blocks.
     let rep = |j: usize| j % cout;

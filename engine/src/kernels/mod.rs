@@ -379,7 +379,9 @@ pub fn conv3d_narrow(
 
 /// A 3-D dense conv ([`Padded3`]) on its padded input, outputs `voxels`: requantised
 /// into `out` when given, else the int32 sums (carrying zp Σw, as dense sums do) in
-/// `acc`; both from the start of their slices.
+/// `acc`; both from the start of their slices. Only AVX-512 VNNI has the kernel, and
+/// the compiler picks this layout for it alone.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 pub fn conv3d_padded(
     isa: Isa,
     padded: &[u8],
