@@ -157,7 +157,7 @@ impl MemoryPlan {
             }
             ConvLayout::Padded(p) => {
                 self.acc_len = self.acc_len.max(layout.pixels() * cout);
-                self.planar_len = self.planar_len.max(p.len());
+                self.planar_len = self.planar_len.max(p.planar_len());
             }
             ConvLayout::SubPixel(sp) => {
                 // The sub-conv's sums in `acc`, the shuffled ones in `acc2`.
@@ -1104,31 +1104,18 @@ impl Engine {
                 });
             }
             ConvLayout::Narrow(n) => {
-                // The padded planes, over the pool too (a 32³ window's are a tenth of its conv).
-                let planes = ranges(n.planes(), self.parts(n.planar_len() as u64, self.min_part.1), 1);
-                let lens = planes.iter().map(|r| r.len() * n.plane_len());
-                let work: Vec<_> = planes.iter().cloned().zip(cut(&mut s.planar[..n.planar_len()], lens)).collect();
-                self.split(&s.lanes, work, |(r, o), _| n.pad_planes(x, zp, r, o));
-                let planar = &s.planar;
-                let rs = ranges(layout.pixels(), parts, PIXEL_ALIGN);
-                let lens = || rs.iter().map(|r| r.len() * cout);
-                let outs = outs_for(out, lens());
-                let work: Vec<_> = rs.iter().zip(cut(&mut s.acc, lens())).zip(outs).collect();
-                self.split(&s.lanes, work, |((r, a), o), _| kernels::conv3d_narrow(isa, planar, n, r.clone(), requant.zip(o), a));
+                let pad = |r: Range<usize>, o: &mut [u8]| n.pad_planes(x, zp, r, o);
+                let scratch = (&s.lanes[..], &mut s.planar[..], &mut s.acc[..]);
+                self.on_padded_planes(scratch, (n.planes(), n.plane_len()), pad, (layout.pixels(), parts, cout), out, |planar, r, o, a| {
+                    kernels::conv3d_narrow(isa, planar, n, r, requant.zip(o), a)
+                });
             }
             ConvLayout::Padded(p) => {
-                // The padded input, over the pool by planes, then the voxels in runs.
-                let body = p.len() - kernels::PADDED_SLACK;
-                let planes = ranges(p.padded[0], self.parts(body as u64, self.min_part.1), 1);
-                let lens = planes.iter().map(|r| r.len() * p.plane_len());
-                let work: Vec<_> = planes.iter().cloned().zip(cut(&mut s.planar[..body], lens)).collect();
-                self.split(&s.lanes, work, |(r, o), _| p.pad_planes(x, zp, r, o));
-                let padded = &s.planar[..p.len()];
-                let rs = ranges(layout.pixels(), parts, PIXEL_ALIGN);
-                let lens = || rs.iter().map(|r| r.len() * cout);
-                let outs = outs_for(out, lens());
-                let work: Vec<_> = rs.iter().zip(cut(&mut s.acc, lens())).zip(outs).collect();
-                self.split(&s.lanes, work, |((r, a), o), _| kernels::conv3d_padded(isa, padded, p, kind, r.clone(), requant.zip(o), a));
+                let pad = |r: Range<usize>, o: &mut [u8]| p.pad_planes(x, zp, r, o);
+                let scratch = (&s.lanes[..], &mut s.planar[..], &mut s.acc[..]);
+                self.on_padded_planes(scratch, (p.planes(), p.plane_len()), pad, (layout.pixels(), parts, cout), out, |planar, r, o, a| {
+                    kernels::conv3d_padded(isa, planar, p, kind, r, requant.zip(o), a)
+                });
             }
             ConvLayout::Transposed { g, cols, col_offset } => {
                 // The columns: a pointwise product over the input pixels.
@@ -1160,6 +1147,34 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// A conv on its input padded once into `s.planar` (`planes` planes of `plane_len`
+    /// bytes, made by `pad` over the pool too: a 32³ window's padding is a tenth of its
+    /// conv), then its `voxels` in runs over the pool (`parts` of them, `cout` channels
+    /// each): `conv(planar, run, out, acc)` writes a run's bytes into `out` when the
+    /// conv is requantised, else its sums into `acc` (both from the run's start).
+    #[allow(clippy::type_complexity)]
+    fn on_padded_planes(
+        &self,
+        (lanes, planar, acc): (&[Mutex<Lane>], &mut [u8], &mut [i32]),
+        (planes, plane_len): (usize, usize),
+        pad: impl Fn(Range<usize>, &mut [u8]) + Sync,
+        (voxels, parts, cout): (usize, usize, usize),
+        out: Option<&mut [u8]>,
+        conv: impl Fn(&[u8], Range<usize>, Option<&mut [u8]>, &mut [i32]) + Sync,
+    ) {
+        let len = planes * plane_len;
+        let rs = ranges(planes, self.parts(len as u64, self.min_part.1), 1);
+        let work: Vec<_> = rs.iter().cloned().zip(cut(&mut planar[..len], rs.iter().map(|r| r.len() * plane_len))).collect();
+        self.split(lanes, work, |(r, o), _| pad(r, o));
+        // The whole scratch: the kernels read past the planes into its slack.
+        let planar = &*planar;
+        let rs = ranges(voxels, parts, PIXEL_ALIGN);
+        let lens = || rs.iter().map(|r| r.len() * cout);
+        let outs = outs_for(out, lens());
+        let work: Vec<_> = rs.iter().zip(cut(acc, lens())).zip(outs).collect();
+        self.split(lanes, work, |((r, a), o), _| conv(planar, r.clone(), o, a));
     }
 
     /// Exact int32 sums [pixels][cout] requantised into `out`, over the pool.

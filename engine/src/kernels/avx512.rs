@@ -143,16 +143,38 @@ struct BlockRequant {
 /// at least c0 + min(nc, 16) channels.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn block_requant(r: &Requant, c0: usize, nc: usize) -> BlockRequant {
+    // SAFETY: the caller's obligations.
+    unsafe { block_of(ParamRows { offset: &r.offset, mult: &r.mult, bias: &r.bias, lo: &r.lo, hi: &r.hi }, c0, nc) }
+}
+
+/// Per-channel requantisation parameters as slices (a [`Requant`]'s, or a period of
+/// them repeated on the stack).
+#[derive(Clone, Copy)]
+struct ParamRows<'a> {
+    offset: &'a [i32],
+    mult: &'a [f32],
+    bias: &'a [f32],
+    lo: &'a [u8],
+    hi: &'a [u8],
+}
+
+/// The constants of channels c0..c0 + min(nc, 16) of `p`.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL, and every slice of `p` must hold at least
+/// c0 + min(nc, 16) channels.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn block_of(p: ParamRows, c0: usize, nc: usize) -> BlockRequant {
     let mask: __mmask16 = if nc >= 16 { 0xffff } else { (1u16 << nc) - 1 };
     // SAFETY: masked loads touch only the lanes of `mask`, channels c0..c0 + min(nc,
-    // 16), inside each vector (the caller's obligation); no alignment is required.
+    // 16), inside each slice (the caller's obligation); no alignment is required.
     unsafe {
-        let lo8 = _mm_maskz_loadu_epi8(mask, r.lo.as_ptr().add(c0) as *const i8);
-        let hi8 = _mm_maskz_loadu_epi8(mask, r.hi.as_ptr().add(c0) as *const i8);
+        let lo8 = _mm_maskz_loadu_epi8(mask, p.lo.as_ptr().add(c0) as *const i8);
+        let hi8 = _mm_maskz_loadu_epi8(mask, p.hi.as_ptr().add(c0) as *const i8);
         BlockRequant {
-            offset: _mm512_maskz_loadu_epi32(mask, r.offset.as_ptr().add(c0)),
-            mult: _mm512_maskz_loadu_ps(mask, r.mult.as_ptr().add(c0)),
-            bias: _mm512_maskz_loadu_ps(mask, r.bias.as_ptr().add(c0)),
+            offset: _mm512_maskz_loadu_epi32(mask, p.offset.as_ptr().add(c0)),
+            mult: _mm512_maskz_loadu_ps(mask, p.mult.as_ptr().add(c0)),
+            bias: _mm512_maskz_loadu_ps(mask, p.bias.as_ptr().add(c0)),
             lo: _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo8)),
             hi: _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi8)),
             mask,
@@ -225,24 +247,23 @@ pub fn requantize_applies(cout: usize) -> bool {
 pub unsafe fn requantize(acc: &[i32], cout: usize, r: &Requant, out: &mut [u8]) {
     assert!(requantize_applies(cout) && requant_covers(r, cout));
     let period = cout * 16 / avx2::gcd(cout, 16);
-    // The parameters of value j of a period (channel j % cout), as a Requant of `period`
-    // channels, then its blocks.
-    let rep = |j: usize| j % cout;
-    let flat = Requant {
-        offset: (0..period).map(|j| r.offset[rep(j)]).collect(),
-        mult: (0..period).map(|j| r.mult[rep(j)]).collect(),
-        bias: (0..period).map(|j| r.bias[rep(j)]).collect(),
-        out_zp: r.out_zp,
-        lo: (0..period).map(|j| r.lo[rep(j)]).collect(),
-        hi: (0..period).map(|j| r.hi[rep(j)]).collect(),
-    };
+    // The parameters of value j of a period (channel j % cout), on the stack (this runs
+    // per part and per chunk of an op: no allocation), then its blocks.
+    let (mut offset, mut mult, mut bias) = ([0i32; FLAT_PERIOD], [0f32; FLAT_PERIOD], [0f32; FLAT_PERIOD]);
+    let (mut lo, mut hi) = ([0u8; FLAT_PERIOD], [0u8; FLAT_PERIOD]);
+    for j in 0..period {
+        let c = j % cout;
+        (offset[j], mult[j], bias[j], lo[j], hi[j]) = (r.offset[c], r.mult[c], r.bias[c], r.lo[c], r.hi[c]);
+    }
+    let flat = ParamRows { offset: &offset, mult: &mult, bias: &bias, lo: &lo, hi: &hi };
     let n = acc.len().min(out.len());
-    // SAFETY: `flat` holds `period` channels, so each block of 16 from b * 16 < period is
-    // inside it. Full steps read acc[i + 16 b..][..16] and write out[..] likewise, with i
-    // + period <= whole <= n; the tail's masked lanes are those below n - i. CPU features:
-    // the caller's obligation.
+    // SAFETY: `flat` holds FLAT_PERIOD >= period channels, so each block of 16 from
+    // b * 16 < period is inside it. Full steps read acc[i + 16 b..][..16] and write
+    // out[..] likewise, with i + period <= whole <= n; the tail's masked lanes are those
+    // below n - i. CPU features: the caller's obligation.
     unsafe {
-        let blocks: Vec<BlockRequant> = (0..period / 16).map(|b| block_requant(&flat, b * 16, 16)).collect();
+        let blocks: [BlockRequant; FLAT_PERIOD / 16] = std::array::from_fn(|b| block_of(flat, b * 16, 16));
+        let blocks = &blocks[..period / 16];
         let zp = _mm512_set1_ps(r.out_zp);
         let whole = n / period * period;
         let mut i = 0;
@@ -288,7 +309,8 @@ pub unsafe fn conv_dense(x: &[u8], g: &ConvGeometry, w: &PackedWeights, out: Den
 /// (channels last, [pd][ph][pw][cin]: no gathered rows): output voxels `voxels` (in
 /// order, written from the start of `out`), each kernel row (a, b) of kw x cin bytes
 /// read in place, as [`conv_dense`] reads a 2-D conv's. `w` is packed with kd kh
-/// kernel rows of kw cin bytes. `x` needs 3 bytes of slack past the padded volume.
+/// kernel rows of kw cin bytes. `x` needs 3 bytes of slack past the padded volume
+/// (checked here).
 ///
 /// # Safety
 /// The CPU must have AVX-512 F/BW/VL/VNNI. (The slices are checked here.)

@@ -46,7 +46,7 @@ mod tests;
 use std::sync::OnceLock;
 
 pub use narrow3::{Narrow3, NARROW_MAX_COUT};
-pub use padded3::{Padded3, PADDED_SLACK};
+pub use padded3::Padded3;
 pub use scalar::{im2row, quantize_u8, round_half_even};
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub use weights::GroupQuads;

@@ -11,9 +11,6 @@
 
 use super::Geometry3;
 
-/// Bytes read past the padded volume (a kernel row's last quadruple).
-pub const PADDED_SLACK: usize = 4;
-
 /// A 3-D dense convolution's geometry and its padded input's sizes.
 #[derive(Debug, Clone)]
 pub struct Padded3 {
@@ -28,13 +25,15 @@ impl Padded3 {
         Padded3 { g, padded }
     }
 
-    /// Bytes of the padded volume, slack included.
-    pub fn len(&self) -> usize {
-        self.padded.iter().product::<usize>() * self.g.cin + PADDED_SLACK
+    /// Bytes of the padded volume. The kernel reads up to 3 bytes past it (a kernel
+    /// row's last quadruple, against zero weights): the buffer holding it needs slack.
+    pub fn planar_len(&self) -> usize {
+        self.planes() * self.plane_len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        false
+    /// Padded planes (z) there are.
+    pub fn planes(&self) -> usize {
+        self.padded[0]
     }
 
     /// Bytes of one padded plane (fixed z).
