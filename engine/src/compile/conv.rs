@@ -225,9 +225,9 @@ fn dense_layout(
         let cg = ConvGeometry::new(1, pixels, cin, 1, 1, [1, 1], [0; 4])?;
         (ConvLayout::Direct(cg), PackedWeights::new(isa, rows, cout, 1, k))
     } else {
-        if isa == Isa::Avx512Vnni && Narrow3::applies(cout, g.kernel, g.stride) {
+        if isa.has_avx512_vnni() && Narrow3::applies(cout, g.kernel, g.stride) {
             (ConvLayout::Narrow(Box::new(Narrow3::new(*g, cout, wq))), PackedWeights::new(isa, rows, cout, 1, k))
-        } else if isa == Isa::Avx512Vnni {
+        } else if isa.has_avx512_vnni() {
             // Read in place: kd kh kernel rows of kw cin bytes.
             (ConvLayout::Padded(Box::new(Padded3::new(*g))), PackedWeights::new(isa, rows, cout, g.kernel[0] * kh, kw * cin))
         } else {

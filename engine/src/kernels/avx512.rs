@@ -19,7 +19,7 @@
 use std::arch::x86_64::*;
 
 use super::{avx2, padded_input, scalar, ConvGeometry, DepthwiseWeights, GroupQuads, PackedWeights, Requant, CBLOCK};
-use super::{ConvKind, Geometry3, QTensor};
+use super::{ConvKind, Geometry3, Isa, QTensor};
 
 /// Pixels per register tile of the dense kernel.
 const PT: usize = 4;
@@ -127,13 +127,16 @@ pub unsafe fn gemm(x: &[u8], pixels: usize, w: &PackedWeights, acc: &mut [i32]) 
 
 /// Requantisation constants of one block of 16 output channels.
 #[derive(Clone, Copy)]
-struct BlockRequant {
+pub(super) struct BlockRequant {
     offset: __m512i,
     mult: __m512,
     bias: __m512,
-    lo: __m512,
-    hi: __m512,
-    mask: __mmask16,
+    /// hi - z_y, as a float: the upper clamp, before rounding.
+    top: __m512,
+    /// z_y and the lower clamp, as int32.
+    zp: __m512i,
+    lo: __m512i,
+    pub(super) mask: __mmask16,
 }
 
 /// The requantisation constants of channels c0..c0 + min(nc, 16).
@@ -142,9 +145,9 @@ struct BlockRequant {
 /// The CPU must have AVX-512 F/BW/VL, and every parameter vector of `r` must hold
 /// at least c0 + min(nc, 16) channels.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn block_requant(r: &Requant, c0: usize, nc: usize) -> BlockRequant {
+pub(super) unsafe fn block_requant(r: &Requant, c0: usize, nc: usize) -> BlockRequant {
     // SAFETY: the caller's obligations.
-    unsafe { block_of(ParamRows { offset: &r.offset, mult: &r.mult, bias: &r.bias, lo: &r.lo, hi: &r.hi }, c0, nc) }
+    unsafe { block_of(ParamRows { offset: &r.offset, mult: &r.mult, bias: &r.bias, lo: &r.lo, hi: &r.hi }, r.out_zp, c0, nc) }
 }
 
 /// Per-channel requantisation parameters as slices (a [`Requant`]'s, or a period of
@@ -164,26 +167,30 @@ struct ParamRows<'a> {
 /// The CPU must have AVX-512 F/BW/VL, and every slice of `p` must hold at least
 /// c0 + min(nc, 16) channels.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn block_of(p: ParamRows, c0: usize, nc: usize) -> BlockRequant {
+unsafe fn block_of(p: ParamRows, out_zp: f32, c0: usize, nc: usize) -> BlockRequant {
     let mask: __mmask16 = if nc >= 16 { 0xffff } else { (1u16 << nc) - 1 };
     // SAFETY: masked loads touch only the lanes of `mask`, channels c0..c0 + min(nc,
     // 16), inside each slice (the caller's obligation); no alignment is required.
     unsafe {
-        let lo8 = _mm_maskz_loadu_epi8(mask, p.lo.as_ptr().add(c0) as *const i8);
-        let hi8 = _mm_maskz_loadu_epi8(mask, p.hi.as_ptr().add(c0) as *const i8);
+        let lo = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, p.lo.as_ptr().add(c0) as *const i8));
+        let hi = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, p.hi.as_ptr().add(c0) as *const i8));
+        // Zero points are integers in 0..=255 (u8 tensors'), so hi - z_y is exact.
+        debug_assert!(out_zp.fract() == 0.0 && (0.0..=255.0).contains(&out_zp));
+        let zp = _mm512_set1_epi32(out_zp as i32);
         BlockRequant {
             offset: _mm512_maskz_loadu_epi32(mask, p.offset.as_ptr().add(c0)),
             mult: _mm512_maskz_loadu_ps(mask, p.mult.as_ptr().add(c0)),
             bias: _mm512_maskz_loadu_ps(mask, p.bias.as_ptr().add(c0)),
-            lo: _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo8)),
-            hi: _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi8)),
+            top: _mm512_cvtepi32_ps(_mm512_sub_epi32(hi, zp)),
+            zp,
+            lo,
             mask,
         }
     }
 }
 
 /// Whether every parameter vector of `r` holds at least `n` channels.
-fn requant_covers(r: &Requant, n: usize) -> bool {
+pub(super) fn requant_covers(r: &Requant, n: usize) -> bool {
     [r.offset.len(), r.mult.len(), r.bias.len(), r.lo.len(), r.hi.len()].iter().all(|&len| len >= n)
 }
 
@@ -196,33 +203,38 @@ pub enum DenseOut<'a> {
 
 /// Only the lane mask (int32 output).
 #[target_feature(enable = "avx512f")]
-fn block_mask(nc: usize) -> BlockRequant {
-    let z = _mm512_setzero_ps();
-    BlockRequant { offset: _mm512_setzero_si512(), mult: z, bias: z, lo: z, hi: z, mask: if nc >= 16 { 0xffff } else { (1u16 << nc) - 1 } }
+pub(super) fn block_mask(nc: usize) -> BlockRequant {
+    let (z, zi) = (_mm512_setzero_ps(), _mm512_setzero_si512());
+    BlockRequant { offset: zi, mult: z, bias: z, top: z, zp: zi, lo: zi, mask: if nc >= 16 { 0xffff } else { (1u16 << nc) - 1 } }
 }
 
 /// y = clamp(round_half_even((acc - offset) m + b) + z_y, lo, hi), stored as the
 /// block's `nc` bytes at `out`.
 ///
-/// The rounding is one `vrndscaleps` (to nearest, ties to even) instead of the scalar
-/// reference's clamp to ±2^22 and 1.5 x 2^23 trick: the same integer wherever
-/// |v| <= 2^22, and beyond it both end at lo or hi (the zero point cannot bring a
-/// value of magnitude 2^22 back inside 0..=255). So the bits are the reference's,
-/// with three instructions fewer per 16 outputs (small-K pointwise convs spend more
-/// on requantisation than on their products).
+/// The reference's bits in fewer operations and constants (small-K pointwise convs
+/// spend more on requantisation than on their products): v = (acc - offset) m + b as
+/// the reference computes it; then min(hi - z_y, v), rounded to nearest even by the
+/// conversion itself; + z_y and max(lo) in integers. The upper clamp may come before
+/// the rounding because hi - z_y is an integer (rounding is monotone and keeps
+/// integers), and it must, because the conversion of a float beyond 2^31 gives
+/// i32::MIN; after it, y <= hi needs no second clamp. Below -2^31 that same i32::MIN
+/// (and a NaN's) ends at lo, as the reference's clamp does. Callers looping over
+/// pixels keep `q` in a local copy: through a reference, the stores (raw pointers)
+/// make the compiler reload its seven vectors for every 16 outputs.
 ///
 /// # Safety
 /// The CPU must have AVX-512 F/BW/VL, and `out` must be writable for the lanes of
 /// `q.mask` (one byte each).
 #[inline(always)]
-unsafe fn requantize_store(acc: __m512i, q: &BlockRequant, zp: __m512, out: *mut u8) {
+pub(super) unsafe fn requantize_store(acc: __m512i, q: &BlockRequant, out: *mut u8) {
     // SAFETY: the CPU features and the masked store's bytes are the caller's
     // obligations; the store needs no alignment.
     unsafe {
         let v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, q.offset)), q.mult), q.bias);
-        let r = _mm512_add_ps(_mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v), zp);
-        let r = _mm512_min_ps(_mm512_max_ps(r, q.lo), q.hi);
-        _mm512_mask_cvtepi32_storeu_epi8(out as *mut i8, q.mask, _mm512_cvtps_epi32(r));
+        // min(top, NaN) is the NaN (the second operand), which converts to i32::MIN.
+        let r = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_min_ps(q.top, v));
+        let r = _mm512_max_epi32(_mm512_add_epi32(r, q.zp), q.lo);
+        _mm_mask_storeu_epi8(out as *mut i8, q.mask, _mm512_cvtepi32_epi8(r));
     }
 }
 
@@ -262,18 +274,20 @@ pub unsafe fn requantize(acc: &[i32], cout: usize, r: &Requant, out: &mut [u8]) 
     // out[..] likewise, with i + period <= whole <= n; the tail's masked lanes are those
     // below n - i. CPU features: the caller's obligation.
     unsafe {
-        let blocks: [BlockRequant; FLAT_PERIOD / 16] = std::array::from_fn(|b| block_of(flat, b * 16, 16));
+        let blocks: [BlockRequant; FLAT_PERIOD / 16] = std::array::from_fn(|b| block_of(flat, r.out_zp, b * 16, 16));
         let blocks = &blocks[..period / 16];
-        let zp = _mm512_set1_ps(r.out_zp);
         let whole = n / period * period;
-        let mut i = 0;
-        while i < whole {
-            for (b, q) in blocks.iter().enumerate() {
-                let at = i + b * 16;
-                requantize_store(_mm512_loadu_si512(acc.as_ptr().add(at) as *const _), q, zp, out.as_mut_ptr().add(at));
+        // Block by block, its constants in registers (see `requantize_store`), over
+        // every period.
+        for (b, q) in blocks.iter().enumerate() {
+            let q = *q;
+            let mut at = b * 16;
+            while at < whole {
+                requantize_store(_mm512_loadu_si512(acc.as_ptr().add(at) as *const _), &q, out.as_mut_ptr().add(at));
+                at += period;
             }
-            i += period;
         }
+        let i = whole;
         // The last values (under a period): masked blocks.
         for (b, q) in blocks.iter().enumerate() {
             let at = i + b * 16;
@@ -282,7 +296,7 @@ pub unsafe fn requantize(acc: &[i32], cout: usize, r: &Requant, out: &mut [u8]) 
             }
             let mask: __mmask16 = if n - at >= 16 { 0xffff } else { (1u16 << (n - at)) - 1 };
             let q = BlockRequant { mask, ..*q };
-            requantize_store(_mm512_maskz_loadu_epi32(mask, acc.as_ptr().add(at)), &q, zp, out.as_mut_ptr().add(at));
+            requantize_store(_mm512_maskz_loadu_epi32(mask, acc.as_ptr().add(at)), &q, out.as_mut_ptr().add(at));
         }
     }
 }
@@ -332,11 +346,11 @@ pub unsafe fn conv3d_dense(x: &[u8], g: &Geometry3, padded: [usize; 3], w: &Pack
 /// output index in [z][y][x] order as a counter, each axis's position times its byte
 /// step, so that a tile's pointers take additions, not divisions.
 #[derive(Clone, Copy)]
-struct Walk {
-    size: [usize; 3],
-    step: [usize; 3],
-    pos: [usize; 3],
-    base: usize,
+pub(super) struct Walk {
+    pub(super) size: [usize; 3],
+    pub(super) step: [usize; 3],
+    pub(super) pos: [usize; 3],
+    pub(super) base: usize,
 }
 
 impl Walk {
@@ -347,13 +361,13 @@ impl Walk {
     }
 
     /// The byte offset of the output `n` places on (divisions, once per conv).
-    fn offset_after(&self, n: usize) -> usize {
+    pub(super) fn offset_after(&self, n: usize) -> usize {
         let v = (self.pos[0] * self.size[1] + self.pos[1]) * self.size[2] + self.pos[2] + n;
         Walk::new(self.size, self.step, v).base
     }
 
     #[inline(always)]
-    fn advance(&mut self) {
+    pub(super) fn advance(&mut self) {
         self.pos[2] += 1;
         self.base += self.step[2];
         if self.pos[2] == self.size[2] {
@@ -371,11 +385,11 @@ impl Walk {
 
 /// How a tile's kernel rows lie in the input: kd x kh rows, row (a, b) at a
 /// plane_stride + b row_stride.
-struct TileShape {
-    kd: usize,
-    kh: usize,
-    plane_stride: usize,
-    row_stride: usize,
+pub(super) struct TileShape {
+    pub(super) kd: usize,
+    pub(super) kh: usize,
+    pub(super) plane_stride: usize,
+    pub(super) row_stride: usize,
 }
 
 /// The tiles of a dense conv of `pixels` outputs, output p's kernel rows from
@@ -386,6 +400,12 @@ struct TileShape {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn dense_tiles(x: &[u8], pixels: usize, mut walk: Walk, shape: TileShape, w: &PackedWeights, out: DenseOut) {
+    if w.isa == Isa::Avx512Amx {
+        // SAFETY: the dispatchers run weights only on the ISA they were packed for
+        // (`check_packed`), after `Isa::checked` confirmed that this CPU has it: AMX
+        // with the tile state granted. The rest is the caller's obligation.
+        return unsafe { super::amx::dense(x, pixels, walk, shape, w, out) };
+    }
     let cout = w.cout;
     let TileShape { kd, kh, plane_stride, row_stride } = shape;
     let q4 = w.row_len.div_ceil(4);
@@ -395,19 +415,19 @@ unsafe fn dense_tiles(x: &[u8], pixels: usize, mut walk: Walk, shape: TileShape,
     assert!(pixels == 0 || x.len() >= walk.offset_after(pixels - 1) + reach, "input needs slack past its end");
     assert!(w.quads.len() >= cout.div_ceil(CBLOCK) * kd * kh * q4 * 64, "weights packed without the VNNI quadruples");
     let blocks = cout.div_ceil(CBLOCK);
-    let (zp, params, u8_out, i32_out) = match out {
+    let (params, u8_out, i32_out) = match out {
         DenseOut::U8(r, o) => {
             assert!(o.len() >= pixels * cout && requant_covers(r, cout));
             // SAFETY: AVX-512 is the caller's obligation; `r` covers the `cout`
             // channels of the blocks (checked).
             let params: Vec<BlockRequant> =
                 (0..blocks).map(|b| unsafe { block_requant(r, b * CBLOCK, (cout - b * CBLOCK).min(CBLOCK)) }).collect();
-            (_mm512_set1_ps(r.out_zp), params, o.as_mut_ptr(), std::ptr::null_mut())
+            (params, o.as_mut_ptr(), std::ptr::null_mut())
         }
         DenseOut::I32(o) => {
             assert!(o.len() >= pixels * cout);
             let params = (0..blocks).map(|b| block_mask((cout - b * CBLOCK).min(CBLOCK))).collect();
-            (_mm512_setzero_ps(), params, std::ptr::null_mut(), o.as_mut_ptr())
+            (params, std::ptr::null_mut(), o.as_mut_ptr())
         }
     };
     let xp = x.as_ptr();
@@ -436,13 +456,13 @@ unsafe fn dense_tiles(x: &[u8], pixels: usize, mut walk: Walk, shape: TileShape,
             while b + 2 <= blocks {
                 let acc = tile.sums::<2>(b);
                 for (k, acc) in acc.iter().enumerate() {
-                    tile_out(acc, p, pixels, cout, b + k, &params[b + k], zp, u8_out, i32_out);
+                    tile_out(acc, p, pixels, cout, b + k, &params[b + k], u8_out, i32_out);
                 }
                 b += 2;
             }
             if b < blocks {
                 let [acc] = tile.sums::<1>(b);
-                tile_out(&acc, p, pixels, cout, b, &params[b], zp, u8_out, i32_out);
+                tile_out(&acc, p, pixels, cout, b, &params[b], u8_out, i32_out);
             }
         }
         p += PT;
@@ -508,17 +528,18 @@ unsafe fn tile_out(
     cout: usize,
     b: usize,
     q: &BlockRequant,
-    zp: __m512,
     u8_out: *mut u8,
     i32_out: *mut i32,
 ) {
+    // In registers for the tile's pixels (see `requantize_store`).
+    let q = *q;
     // SAFETY: the caller's obligations.
     unsafe {
         for (t, a) in acc.iter().enumerate() {
             if p + t < pixels {
                 let at = (p + t) * cout + b * CBLOCK;
                 if i32_out.is_null() {
-                    requantize_store(*a, q, zp, u8_out.add(at));
+                    requantize_store(*a, &q, u8_out.add(at));
                 } else {
                     _mm512_mask_storeu_epi32(i32_out.add(at), q.mask, *a);
                 }
@@ -541,7 +562,6 @@ pub unsafe fn conv_depthwise(x: &[u8], g: &ConvGeometry, zp_in: u8, w: &Depthwis
     let taps = g.kh * g.kw;
     assert!(w.taps == taps && w.c == c);
     assert!(x.len() >= g.h * g.w * c + 16 && out.len() >= g.oh * g.ow * c, "input needs slack past its end");
-    let zp_out = _mm512_set1_ps(r.out_zp);
     let blocks = c.div_ceil(CBLOCK);
     let groups = taps.div_ceil(4);
     assert!(w.quads.len() >= blocks * groups * 64 && w.sums.len() >= c && requant_covers(r, c), "weights packed for VNNI");
@@ -593,7 +613,7 @@ pub unsafe fn conv_depthwise(x: &[u8], g: &ConvGeometry, zp_in: u8, w: &Depthwis
                         let v = _mm512_permutexvar_epi8(perm, v);
                         acc = _mm512_dpbusd_epi32(acc, v, _mm512_loadu_si512(wb.add(gi * 64) as *const _));
                     }
-                    requantize_store(_mm512_sub_epi32(acc, zsum[b]), q, zp_out, o.add(b * CBLOCK));
+                    requantize_store(_mm512_sub_epi32(acc, zsum[b]), q, o.add(b * CBLOCK));
                 }
             }
         }
@@ -1114,7 +1134,6 @@ pub unsafe fn conv_grouped(x: &[u8], g: &ConvGeometry, zp_in: u8, w: &GroupQuads
             .collect();
         let idx: Vec<__m512i> = w.idx.iter().map(|i| _mm512_loadu_si512(i.as_ptr() as *const _)).collect();
         let tap_off: Vec<usize> = (0..taps).map(|t| ((t / g.kw) * g.w + t % g.kw) * cin).collect();
-        let zp_out = _mm512_set1_ps(r.out_zp);
         let (sy, sx) = (g.stride[0], g.stride[1]);
         for oy in 0..g.oh {
             for ox in 0..g.ow {
@@ -1132,7 +1151,7 @@ pub unsafe fn conv_grouped(x: &[u8], g: &ConvGeometry, zp_in: u8, w: &GroupQuads
                             acc = _mm512_dpbusd_epi32(acc, _mm512_permutexvar_epi32(perm, v), wq);
                         }
                     }
-                    requantize_store(_mm512_sub_epi32(acc, zsum[b]), q, zp_out, o.add(b * CBLOCK));
+                    requantize_store(_mm512_sub_epi32(acc, zsum[b]), q, o.add(b * CBLOCK));
                 }
             }
         }

@@ -2,7 +2,8 @@
 //! and the requantisation back to u8, one file per architecture:
 //!
 //! - [`scalar`]: the portable reference, what every machine can run;
-//! - `avx2` and `avx512` (x86-64: AVX2, AVX-512 VNNI);
+//! - `avx2` and `avx512` (x86-64: AVX2, AVX-512 VNNI), and `amx` (AMX-INT8 tiles for
+//!   the dense convs of CPUs that have them);
 //! - `neon` (aarch64: NEON, and `sdot` where the CPU has the dot-product extension);
 //! - `armv7` (32-bit ARM NEON, in inline assembly).
 //!
@@ -29,6 +30,8 @@ mod padded3;
 pub mod scalar;
 mod weights;
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 #[cfg(target_arch = "arm")]
 mod armv7;
 #[cfg(target_arch = "x86_64")]
@@ -104,6 +107,10 @@ pub enum Isa {
     Avx2,
     /// AVX-512 with VNNI (`vpdpbusd`): convolutions fused with requantisation.
     Avx512Vnni,
+    /// AVX-512 VNNI with AMX-INT8 tiles (`tdpbusd`, Intel Sapphire Rapids and later),
+    /// where the OS grants the tile state: dense convolutions on tiles of 16 pixels x
+    /// 16 channels x 64 inputs ([`amx`]), everything else as [`Isa::Avx512Vnni`].
+    Avx512Amx,
     /// aarch64 NEON (every aarch64 CPU): `smlal` on i16-widened operands,
     /// convolutions fused with requantisation.
     Neon,
@@ -117,7 +124,7 @@ pub enum Isa {
 
 impl Isa {
     /// The best this CPU has, unless `EDGEMED_INT8_ISA` (scalar, avx2, avx512vnni,
-    /// neon, neondot, armv7neon) asks for another it also has.
+    /// avx512amx, neon, neondot, armv7neon) asks for another it also has.
     pub fn detect() -> Isa {
         let available = Isa::supported();
         if let Some(want) = std::env::var("EDGEMED_INT8_ISA").ok().and_then(|v| available.iter().copied().find(|i| i.name() == v)) {
@@ -149,6 +156,9 @@ impl Isa {
                 }
                 if avx512::available() {
                     v.push(Isa::Avx512Vnni);
+                    if amx::available() {
+                        v.push(Isa::Avx512Amx);
+                    }
                 }
             }
             #[cfg(target_arch = "aarch64")]
@@ -167,11 +177,18 @@ impl Isa {
         })
     }
 
+    /// Whether this ISA runs the AVX-512 VNNI kernels (AMX adds tiles for dense convs
+    /// to them): the layouts only those kernels read are open to it.
+    pub fn has_avx512_vnni(self) -> bool {
+        matches!(self, Isa::Avx512Vnni | Isa::Avx512Amx)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Avx512Vnni => "avx512vnni",
+            Isa::Avx512Amx => "avx512amx",
             Isa::Neon => "neon",
             Isa::NeonDot => "neondot",
             Isa::Armv7Neon => "armv7neon",
@@ -315,7 +332,7 @@ pub fn conv(
     if let ConvKind::Grouped(w) = kind {
         // VNNI and `sdot` with groups of 4k inputs: the direct kernels.
         #[cfg(target_arch = "x86_64")]
-        if let (Isa::Avx512Vnni, Some(q)) = (isa.checked(), &w.quads) {
+        if let (Isa::Avx512Vnni | Isa::Avx512Amx, Some(q)) = (isa.checked(), &w.quads) {
             // SAFETY: `checked` confirmed AVX-512 VNNI on this CPU.
             unsafe { avx512::conv_grouped(x, g, zp, q, r, scratch, out) };
             return;
@@ -347,7 +364,7 @@ pub fn conv(
         Isa::Avx2 => unsafe { avx2::conv(x, g, zp, kind, r, scratch, acc, out) },
         // SAFETY: `checked` confirmed AVX-512 VNNI (with AVX2) on this CPU.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => unsafe { avx512::conv(x, g, zp, kind, r, scratch, out) },
+        Isa::Avx512Vnni | Isa::Avx512Amx => unsafe { avx512::conv(x, g, zp, kind, r, scratch, out) },
         #[cfg(target_arch = "aarch64")]
         Isa::Neon | Isa::NeonDot => neon::conv(isa == Isa::NeonDot, x, g, zp, kind, r, scratch, out),
         #[cfg(target_arch = "arm")]
@@ -372,7 +389,7 @@ pub fn conv3d_narrow(
     match isa.checked() {
         // SAFETY: `checked` confirmed AVX-512 VNNI (with VBMI) on this CPU.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => unsafe { avx512::conv3d_narrow(planar, n, voxels, requant, acc) },
+        Isa::Avx512Vnni | Isa::Avx512Amx => unsafe { avx512::conv3d_narrow(planar, n, voxels, requant, acc) },
         other => unreachable!("a narrow 3-D conv compiled for {}: the compiler picks it for AVX-512 VNNI only", other.name()),
     }
 }
@@ -391,10 +408,11 @@ pub fn conv3d_padded(
     requant: Option<(&Requant, &mut [u8])>,
     acc: &mut [i32],
 ) {
+    check_packed(isa, w);
     let ConvKind::Dense(w) = w else { unreachable!("a padded 3-D conv is dense") };
     match isa.checked() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => {
+        Isa::Avx512Vnni | Isa::Avx512Amx => {
             let out = match requant {
                 Some((r, o)) => avx512::DenseOut::U8(r, o),
                 None => avx512::DenseOut::I32(acc),
@@ -429,7 +447,7 @@ pub fn accumulate(isa: Isa, x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind,
         Isa::Avx2 => unsafe { avx2::accumulate(x, g, zp, kind, scratch, acc) },
         // SAFETY: `checked` confirmed AVX-512 VNNI (with AVX2) on this CPU.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => unsafe { avx512::accumulate(x, g, zp, kind, scratch, acc) },
+        Isa::Avx512Vnni | Isa::Avx512Amx => unsafe { avx512::accumulate(x, g, zp, kind, scratch, acc) },
         #[cfg(target_arch = "aarch64")]
         Isa::Neon | Isa::NeonDot => neon::accumulate(isa == Isa::NeonDot, x, g, zp, kind, scratch, acc),
         #[cfg(target_arch = "arm")]
@@ -450,7 +468,7 @@ pub fn gemm(isa: Isa, x: &[u8], pixels: usize, w: &PackedWeights, acc: &mut [i32
         Isa::Avx2 => unsafe { avx2::gemm(x, pixels, w, acc) },
         // SAFETY: `checked` confirmed AVX-512 VNNI on this CPU.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => unsafe { avx512::gemm(x, pixels, w, acc) },
+        Isa::Avx512Vnni | Isa::Avx512Amx => unsafe { avx512::gemm(x, pixels, w, acc) },
         #[cfg(target_arch = "aarch64")]
         Isa::Neon | Isa::NeonDot => neon::gemm(isa == Isa::NeonDot, x, pixels, w, acc),
         #[cfg(target_arch = "arm")]
@@ -467,7 +485,7 @@ pub fn depthwise(isa: Isa, x: &[u8], g: &ConvGeometry, zp: u8, w: &[i32], acc: &
         Isa::Scalar => scalar::depthwise(x, g, zp, w, acc),
         // SAFETY: `checked` confirmed AVX2 on this CPU (AVX-512 VNNI CPUs have it).
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni => unsafe { avx2::depthwise(x, g, zp, w, acc) },
+        Isa::Avx2 | Isa::Avx512Vnni | Isa::Avx512Amx => unsafe { avx2::depthwise(x, g, zp, w, acc) },
         #[cfg(target_arch = "aarch64")]
         Isa::Neon | Isa::NeonDot => neon::depthwise(x, g, zp, w, acc),
         #[cfg(target_arch = "arm")]
@@ -486,10 +504,10 @@ pub fn requantize(isa: Isa, acc: &[i32], cout: usize, r: &Requant, out: &mut [u8
         Isa::Scalar => scalar::requantize(acc, cout, r, out),
         // SAFETY: `checked` confirmed AVX-512 (and the kernel takes this channel count).
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni if avx512::requantize_applies(cout) => unsafe { avx512::requantize(acc, cout, r, out) },
+        Isa::Avx512Vnni | Isa::Avx512Amx if avx512::requantize_applies(cout) => unsafe { avx512::requantize(acc, cout, r, out) },
         // SAFETY: `checked` confirmed AVX2 on this CPU (AVX-512 VNNI CPUs have it).
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni => unsafe { avx2::requantize(acc, cout, r, out) },
+        Isa::Avx2 | Isa::Avx512Vnni | Isa::Avx512Amx => unsafe { avx2::requantize(acc, cout, r, out) },
         #[cfg(target_arch = "aarch64")]
         Isa::Neon | Isa::NeonDot => neon::requantize(acc, cout, r, out),
         #[cfg(target_arch = "arm")]
@@ -538,7 +556,7 @@ pub fn quantize_nchw_to_nhwc(isa: Isa, x: &[f32], stride: usize, t: &QTensor, ou
         Isa::Avx2 => unsafe { avx2::quantize_nchw_to_nhwc(x, stride, t, out) },
         // SAFETY: `checked` confirmed AVX-512 VNNI (with AVX2) on this CPU.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => unsafe { avx512::quantize_nchw_to_nhwc(x, stride, t, out) },
+        Isa::Avx512Vnni | Isa::Avx512Amx => unsafe { avx512::quantize_nchw_to_nhwc(x, stride, t, out) },
         #[cfg(target_arch = "aarch64")]
         Isa::Neon | Isa::NeonDot => neon::quantize_nchw_to_nhwc(x, stride, t, out),
         // armv7: the portable loop.
@@ -557,7 +575,7 @@ pub fn add_quantized(isa: Isa, a: &[u8], ta: &QTensor, b: &[u8], tb: &QTensor, t
         Isa::Avx2 => unsafe { avx2::add_quantized(a, ta, b, tb, to, bounds, out) },
         // SAFETY: `checked` confirmed AVX-512 F/BW/VL on this CPU.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => unsafe { avx512::add_quantized(a, ta, b, tb, to, bounds, out) },
+        Isa::Avx512Vnni | Isa::Avx512Amx => unsafe { avx512::add_quantized(a, ta, b, tb, to, bounds, out) },
         #[cfg(target_arch = "aarch64")]
         Isa::Neon | Isa::NeonDot => neon::add_quantized(a, ta, b, tb, to, bounds, out),
         // armv7: the portable loop.
@@ -570,7 +588,7 @@ pub fn moment_sums(isa: Isa, values: &[i32], s: &mut [i64], q: &mut [i64]) {
     match isa.checked() {
         // SAFETY: `checked` confirmed AVX2 on this CPU (AVX-512 VNNI CPUs have it).
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni => unsafe { avx2::moment_sums(values, s, q) },
+        Isa::Avx2 | Isa::Avx512Vnni | Isa::Avx512Amx => unsafe { avx2::moment_sums(values, s, q) },
         _ => scalar::moment_sums(values, s, q),
     }
 }

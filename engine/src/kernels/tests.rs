@@ -362,6 +362,42 @@ fn int32_sums_equal_scalar_on_random_geometries() {
     assert!(checked > 200);
 }
 
+/// Dense convs with rows of up to 150 inputs and up to 150 channels: several 64-input
+/// tiles with their tails, odd numbers of 16-channel blocks, pixel counts off the
+/// 32-pixel step of the AMX kernel, pointwise (read in place) and strided, padded
+/// kernels (gathered), on every implementation, fused and as int32 sums, against the
+/// scalar reference.
+#[test]
+fn wide_dense_convolutions_equal_scalar() {
+    let mut s = Lcg::new(23);
+    let spec = ConvSpec { max_hw: 20, max_c: 150, kh: &[1, 1, 3], kw: Some(&[1, 2, 3]), max_stride: 2, extreme_every: 4 };
+    let mut checked = 0;
+    while checked < 40 {
+        let Some(case) = conv_case(&mut s, &spec) else { continue };
+        if case.depthwise {
+            continue;
+        }
+        let (g, n) = (case.g, case.outputs());
+        let scalar_kind = case.kind(Isa::Scalar);
+        let scratch = conv_scratch_len(&g, &scalar_kind) + 64;
+        let mut sums = vec![0i32; n];
+        accumulate(Isa::Scalar, &case.x, &g, case.zp, &scalar_kind, &mut vec![0; scratch], &mut sums);
+        let r = centred_requant(&mut s, &sums, case.cout);
+        let mut reference = vec![0u8; n];
+        conv(Isa::Scalar, &case.x, &g, case.zp, &scalar_kind, &r, &mut vec![0; scratch], &mut vec![0; n], &mut reference);
+        for isa in Isa::available() {
+            let kind = case.kind(isa);
+            let mut acc = vec![0x5a5a_5a5a; n];
+            accumulate(isa, &case.x, &g, case.zp, &kind, &mut vec![0xa5; scratch], &mut acc);
+            assert_eq!(sums, acc, "{isa:?} sums {g:?} cout {}", case.cout);
+            let mut out = vec![0x5a; n];
+            conv(isa, &case.x, &g, case.zp, &kind, &r, &mut vec![0xa5; scratch], &mut vec![0; n], &mut out);
+            assert_eq!(reference, out, "{isa:?} {g:?} cout {}", case.cout);
+        }
+        checked += 1;
+    }
+}
+
 /// The standalone depthwise kernel (raw [taps][c] weights, unpadded input without
 /// slack) and requantisation.
 #[test]

@@ -8,6 +8,7 @@
 //! | scalar       | rows [cout][k]                        | [taps][c] i32                       | [cout][cin_g][taps] i8      |
 //! | avx2         | pairs (`avx2::pack_pairs`)            | [taps][c] i32                       | group pairs (`avx2::GroupPairs`, cin_g even); widened depthwise (below) |
 //! | avx512vnni   | quads ([`pack_quads`])                | quads, 3x3 columns; [taps][c] i32 for int32 sums | group quads ([`GroupQuads`], cin_g % 4 = 0); widened depthwise |
+//! | avx512amx    | quads, and quads in whole tiles (`tiles`) | as avx512vnni                   | as avx512vnni               |
 //! | neon         | i16 by lane (`neon::DenseWeights`)    | i16 blocks of 8 (`arm::depthwise_layout`) | widened depthwise     |
 //! | neondot      | quads, 128 Σw (`neon::DenseWeights`)  | the same as neon                    | group quads, as VNNI; widened depthwise |
 //! | armv7neon    | i16 blocks (`armv7::DenseWeights`)    | i16 blocks of 8 (`arm::depthwise_layout`) | widened depthwise     |
@@ -18,7 +19,7 @@
 //! in the ISA's depthwise layout.
 
 #[cfg(target_arch = "x86_64")]
-use super::{avx2, avx512};
+use super::{amx, avx2, avx512};
 use super::{scalar, Isa};
 
 /// Output channels per block of the SIMD layouts.
@@ -45,6 +46,11 @@ pub struct PackedWeights {
     /// padded): [cout/16][kernel_rows][row_len/4][16][4].
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     pub(crate) quads: Vec<i8>,
+    /// AMX: the quadruples with each kernel row padded to whole tiles of 64 inputs
+    /// ([`amx::row_pitch`]): [cout/16][kernel_rows][pitch/4][16][4], so that every B
+    /// tile (16 quadruples of 16 channels) is 1 KiB at a 64-byte stride.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) tiles: Vec<i8>,
     /// NEON: i16 weights for `smlal` by lane; `sdot`: 128 Σw for its correction.
     #[cfg(target_arch = "aarch64")]
     pub(crate) neon: super::neon::DenseWeights,
@@ -74,6 +80,8 @@ impl PackedWeights {
             pairs: Vec::new(),
             #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
             quads: Vec::new(),
+            #[cfg(target_arch = "x86_64")]
+            tiles: Vec::new(),
             #[cfg(target_arch = "aarch64")]
             neon: super::neon::DenseWeights::default(),
             #[cfg(target_arch = "arm")]
@@ -84,6 +92,12 @@ impl PackedWeights {
             Isa::Avx2 => w.pairs = avx2::pack_pairs(&rows, cout, k),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni => w.quads = pack_quads(&rows, cout, kernel_rows, row_len),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Amx => {
+                // The VNNI kernels stay for what is not a tile's work (`amx::dense`'s choice).
+                w.quads = pack_quads(&rows, cout, kernel_rows, row_len);
+                w.tiles = pack_quads_padded(&rows, cout, kernel_rows, row_len, amx::row_pitch(row_len) / 4);
+            }
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => w.neon = super::neon::DenseWeights::new(&rows, cout, kernel_rows, row_len),
             #[cfg(target_arch = "aarch64")]
@@ -111,8 +125,15 @@ impl PackedWeights {
 /// quadruples (zero padded): [cout/16][kernel_rows][row_len/4][16][4].
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub fn pack_quads(rows: &[i8], cout: usize, kernel_rows: usize, row_len: usize) -> Vec<i8> {
+    pack_quads_padded(rows, cout, kernel_rows, row_len, row_len.div_ceil(4))
+}
+
+/// [`pack_quads`] with `q4` (at least row_len / 4, rounded up) quadruples per kernel
+/// row, those past the row zero.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn pack_quads_padded(rows: &[i8], cout: usize, kernel_rows: usize, row_len: usize, q4: usize) -> Vec<i8> {
     let k = kernel_rows * row_len;
-    let q4 = row_len.div_ceil(4);
+    assert!(q4 * 4 >= row_len);
     let mut quads = vec![0i8; cout.div_ceil(CBLOCK) * kernel_rows * q4 * CBLOCK * 4];
     for c in 0..cout {
         let (b, lane) = (c / CBLOCK, c % CBLOCK);
@@ -176,7 +197,7 @@ impl DepthwiseWeights {
         };
         match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => {
+            Isa::Avx512Vnni | Isa::Avx512Amx => {
                 d.w = scalar::pack_depthwise(w, c, taps);
                 d.quads = avx512::pack_depthwise_quads(w, c, taps);
                 if taps == 9 {
@@ -275,7 +296,7 @@ impl GroupedWeights {
         g.widened = Some(Box::new(ConvKind::Depthwise(DepthwiseWeights::new(isa, &wide, cout, taps))));
         #[cfg(target_arch = "x86_64")]
         match isa {
-            Isa::Avx512Vnni => g.quads = GroupQuads::new(w, cout, cin_g, cout_g, kh * kw),
+            Isa::Avx512Vnni | Isa::Avx512Amx => g.quads = GroupQuads::new(w, cout, cin_g, cout_g, kh * kw),
             Isa::Avx2 => g.pairs = avx2::GroupPairs::new(w, cout, cin_g, cout_g, kh * kw),
             _ => {}
         }

@@ -1,0 +1,351 @@
+//! AMX-INT8 kernels (x86-64 with `amx-tile` and `amx-int8`: Intel Sapphire Rapids and
+//! later): dense convolutions as tile products. One `tdpbusd` multiplies a tile of 16
+//! pixels x 64 u8 inputs by a tile of 64 s8 inputs x 16 channels (quadruples of inputs
+//! per channel, as `vpdpbusd` reads them) into 16 x 16 int32 sums: 16384
+//! multiply-adds, against 1024 for one 512-bit `vpdpbusd`. The products and their sums
+//! are exact integers, so the sums are the scalar reference's, and the requantisation
+//! is [`avx512`]'s: the same bits.
+//!
+//! The tile registers are invisible to the compiler (Rust's AMX intrinsics are
+//! unstable, so the instructions are inline assembly): [`dense`] configures them
+//! (`ldtilecfg`) on the calling thread at its start, touches them only in its own
+//! `asm!` blocks, and releases them (`tilerelease`) before it returns. Linux lends a
+//! process the tile state only when asked (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), which
+//! [`available`] asks once, for every thread of the process.
+//!
+//! Layout: the weights are [`super::weights::pack_quads`]'s quadruples with each kernel
+//! row padded to a whole number of 64-input tiles ([`row_pitch`]), zero past the row;
+//! so an A tile may read up to 63 bytes past a kernel row (the next pixel's bytes, or
+//! the gathered copy's stale bytes): they meet zero weights.
+
+use std::arch::asm;
+use std::arch::x86_64::*;
+
+use super::avx512::{block_mask, block_requant, requant_covers, requantize_store, BlockRequant, DenseOut, TileShape, Walk};
+use super::{Isa, PackedWeights, CBLOCK};
+
+/// Pixels (rows) of an A tile and of a C tile.
+const ROWS: usize = 16;
+/// Bytes of one tile row: 64 u8 inputs of A, 16 quadruples of B, 16 int32 of C.
+const ROW_BYTES: usize = 64;
+
+/// Whether this CPU has AMX-INT8 and the OS lends this process the tile state (asked
+/// here; the answer is the process's, so call it once: [`Isa::available`] does).
+pub fn available() -> bool {
+    // SAFETY: CPUID leaf 7 exists on the AVX-512 CPUs this is asked on (the caller
+    // checks AVX-512 first), and reading it has no other effect. (The intrinsic is
+    // safe in newer Rust; the block keeps older compilers happy.)
+    #[allow(unused_unsafe)]
+    let leaf7 = unsafe { __cpuid_count(7, 0) };
+    let (tile, int8) = (leaf7.edx >> 24 & 1 == 1, leaf7.edx >> 25 & 1 == 1);
+    tile && int8 && os_lends_tiles()
+}
+
+/// `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`: 0 where Linux grants the
+/// process the tile data state (kernels from 5.16 on).
+#[cfg(target_os = "linux")]
+fn os_lends_tiles() -> bool {
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: this request only changes which extended states the kernel saves for the
+    // process; it reads no memory of ours.
+    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+}
+
+/// Elsewhere the tile state is not requested, so the tiles are not used.
+#[cfg(not(target_os = "linux"))]
+fn os_lends_tiles() -> bool {
+    false
+}
+
+/// Bytes a kernel row of `row_len` inputs takes in the tile layout: whole tiles of 64.
+pub fn row_pitch(row_len: usize) -> usize {
+    row_len.div_ceil(ROW_BYTES) * ROW_BYTES
+}
+
+/// The tile configuration (palette 1): tiles 0-3 the C sums, 4-5 the A pixels, 6-7
+/// the B weights, each 16 rows of 64 bytes.
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+}
+
+impl TileConfig {
+    fn all_full() -> TileConfig {
+        let mut c = TileConfig { palette: 1, start_row: 0, reserved: [0; 14], colsb: [0; 16], rows: [0; 16] };
+        for t in 0..8 {
+            c.colsb[t] = ROW_BYTES as u16;
+            c.rows[t] = ROWS as u8;
+        }
+        c
+    }
+}
+
+/// Where an A tile's rows lie: kernel row i, tile column c of pixel t at
+/// `base + off[i] + 64 c + t stride`.
+#[derive(Clone, Copy)]
+struct Rows {
+    base: *const u8,
+    stride: usize,
+    /// In the input (the tile's pixels read in place) or in the gathered copy.
+    gathered: bool,
+}
+
+/// A dense conv of `pixels` outputs (output p's kernel rows from x[walk's offset..]) on
+/// tiles: 32 pixels by 32 channels at a time (C tiles 0-3), the sums requantised into
+/// `out` (or stored as int32). Sixteen pixels in one output row whose reads stay inside
+/// `x` are read in place (one A row a pixel, at the walk's stride); the others (row
+/// ends, the last pixels) are copied first, kernel row after kernel row at the pitch,
+/// into a gathered tile. Only the `row_len` bytes of each kernel row are read from `x`
+/// for a gathered pixel, so `x` needs no slack.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL/VNNI and AMX-INT8 with the tile state granted
+/// ([`available`]). (The slices are checked here.)
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn dense(x: &[u8], pixels: usize, mut walk: Walk, shape: TileShape, w: &PackedWeights, out: DenseOut) {
+    let cout = w.cout;
+    let TileShape { kd, kh, plane_stride, row_stride } = shape;
+    let kr = kd * kh;
+    assert!(w.isa == Isa::Avx512Amx && w.kernel_rows == kr);
+    let (row_len, pitch) = (w.row_len, row_pitch(w.row_len));
+    let (chunks, blocks) = (pitch / ROW_BYTES, cout.div_ceil(CBLOCK));
+    assert!(w.tiles.len() >= blocks * kr * pitch * CBLOCK, "weights packed without the AMX tiles");
+    if pixels == 0 || cout == 0 {
+        return;
+    }
+    // Kernel row i of a pixel: in the input, and in a gathered tile.
+    let in_place: Vec<usize> = (0..kr).map(|i| i / kh * plane_stride + i % kh * row_stride).collect();
+    let gathered: Vec<usize> = (0..kr).map(|i| i * pitch).collect();
+    let last_row = in_place[kr - 1];
+    // Offsets grow with the output index: the last pixel reads farthest.
+    assert!(x.len() >= walk.offset_after(pixels - 1) + last_row + row_len, "input shorter than its pixels' kernel rows");
+    let (params, u8_out, i32_out): (Vec<BlockRequant>, *mut u8, *mut i32) = match out {
+        DenseOut::U8(r, o) => {
+            assert!(o.len() >= pixels * cout && requant_covers(r, cout));
+            // SAFETY: AVX-512 is the caller's obligation; `r` covers the `cout`
+            // channels of the blocks (checked).
+            let params = (0..blocks).map(|b| unsafe { block_requant(r, b * CBLOCK, (cout - b * CBLOCK).min(CBLOCK)) }).collect();
+            (params, o.as_mut_ptr(), std::ptr::null_mut())
+        }
+        DenseOut::I32(o) => {
+            assert!(o.len() >= pixels * cout);
+            let params = (0..blocks).map(|b| block_mask((cout - b * CBLOCK).min(CBLOCK))).collect();
+            (params, std::ptr::null_mut(), o.as_mut_ptr())
+        }
+    };
+    // Two gathered A tiles (ROWS pixels of kr rows at the pitch each).
+    let tile_bytes = ROWS * kr * pitch;
+    let mut copy = vec![0u8; 2 * tile_bytes];
+    let mut sums = C4([[0; ROWS * CBLOCK]; 4]);
+    let config = TileConfig::all_full();
+    let xp = x.as_ptr();
+    // SAFETY: AMX with the tile state granted is the caller's obligation; the
+    // configuration is a valid palette-1 one (8 tiles of 16 x 64 bytes), 64-byte aligned.
+    unsafe { asm!("ldtilecfg [{}]", in(reg) &config as *const TileConfig, options(nostack, readonly)) };
+    let mut p = 0;
+    while p < pixels {
+        // The A tiles of pixels p..p + 16 and p + 16..p + 32 (a missing second one
+        // repeats the first: its sums are computed, not stored).
+        let mut a = [Rows { base: xp, stride: 0, gathered: false }; 2];
+        for t in 0..2 {
+            let first = p + t * ROWS;
+            if first >= pixels {
+                a[t] = a[0];
+                break;
+            }
+            let n = (pixels - first).min(ROWS);
+            let reach = walk.base + (ROWS - 1) * walk.step[2] + last_row + pitch;
+            if n == ROWS && walk.pos[2] + ROWS <= walk.size[2] && reach <= x.len() {
+                // SAFETY: the tile's rows start at walk.base + t step <= reach - pitch,
+                // inside `x` (checked just above).
+                a[t] = Rows { base: unsafe { xp.add(walk.base) }, stride: walk.step[2], gathered: false };
+                for _ in 0..ROWS {
+                    walk.advance();
+                }
+            } else {
+                let tile = &mut copy[t * tile_bytes..(t + 1) * tile_bytes];
+                for px in 0..n {
+                    for (&from, &to) in in_place.iter().zip(&gathered) {
+                        let from = walk.base + from;
+                        // Inside `x`: the assertion on the last pixel covers every pixel.
+                        let (src, dst) = (&x[from..from + row_len], &mut tile[px * kr * pitch + to..][..row_len]);
+                        if row_len <= 64 {
+                            // Short rows (a first conv's 9 bytes) without a call to memcpy.
+                            let m: __mmask64 = u64::MAX >> (64 - row_len);
+                            // SAFETY: the masked load and store touch the row_len bytes of
+                            // `src` and `dst` (slices of that length) only.
+                            unsafe {
+                                _mm512_mask_storeu_epi8(
+                                    dst.as_mut_ptr() as *mut i8,
+                                    m,
+                                    _mm512_maskz_loadu_epi8(m, src.as_ptr() as *const i8),
+                                )
+                            };
+                        } else {
+                            dst.copy_from_slice(src);
+                        }
+                    }
+                    walk.advance();
+                }
+                a[t] = Rows { base: tile.as_ptr(), stride: kr * pitch, gathered: true };
+            }
+        }
+        // Block blk's sums of A tile t (C tile `tile` of `sums`) out: requantised or int32.
+        // SAFETY (of the calls below): the rows stored are pixels below `pixels`, channels
+        // of block blk below `cout` (its mask), inside the output (checked above).
+        let emit = |sums: &C4, tile: usize, t: usize, blk: usize| unsafe {
+            // In registers for the 16 rows (see `requantize_store`).
+            let q = params[blk];
+            for row in 0..ROWS {
+                let px = p + t * ROWS + row;
+                if px >= pixels {
+                    break;
+                }
+                let acc = _mm512_load_si512(sums.0[tile][row * CBLOCK..].as_ptr() as *const _);
+                let at = px * cout + blk * CBLOCK;
+                if i32_out.is_null() {
+                    requantize_store(acc, &q, u8_out.add(at));
+                } else {
+                    _mm512_mask_storeu_epi32(i32_out.add(at), q.mask, acc);
+                }
+            }
+        };
+        if kr * chunks == 1 {
+            // One tile of inputs (K <= 64, a MobileNet's expansions): the A tiles stay
+            // in tmm4-5 for every block; blocks alternate between two sets of B and C
+            // tiles (tmm6, tmm0-1 and tmm7, tmm2-3) and block b's sums are taken out
+            // after block b + 1's products are issued, so that the tile unit works while
+            // the vector units requantise (tile registers are not renamed: one set would
+            // serialise them).
+            // SAFETY: AMX is configured above; the A rows are 64 bytes from each
+            // pixel's start, inside `x` (in place: `reach`) or `copy`; B tiles are block
+            // b's 16 quadruples x 16 channels inside `tiles` (checked); the C tiles go
+            // to `sums` (2 x 2 tiles of 16 rows of 64 bytes).
+            unsafe {
+                asm!(
+                    "tileloadd tmm4, [{a0} + {sa0}*1]",
+                    "tileloadd tmm5, [{a1} + {sa1}*1]",
+                    a0 = in(reg) a[0].base,
+                    sa0 = in(reg) a[0].stride,
+                    a1 = in(reg) a[1].base,
+                    sa1 = in(reg) a[1].stride,
+                    options(nostack, readonly),
+                );
+                for b in 0..=blocks {
+                    if b < blocks {
+                        let wb = w.tiles.as_ptr().add(b * pitch * CBLOCK);
+                        let c = sums.0.as_mut_ptr().add(2 * (b % 2));
+                        if b % 2 == 0 {
+                            asm!(
+                                "tileloadd tmm6, [{w} + {s}*1]",
+                                "tilezero tmm0",
+                                "tilezero tmm1",
+                                "tdpbusd tmm0, tmm4, tmm6",
+                                "tdpbusd tmm1, tmm5, tmm6",
+                                "tilestored [{c0} + {s}*1], tmm0",
+                                "tilestored [{c1} + {s}*1], tmm1",
+                                w = in(reg) wb,
+                                c0 = in(reg) c,
+                                c1 = in(reg) c.add(1),
+                                s = in(reg) ROW_BYTES,
+                                options(nostack),
+                            );
+                        } else {
+                            asm!(
+                                "tileloadd tmm7, [{w} + {s}*1]",
+                                "tilezero tmm2",
+                                "tilezero tmm3",
+                                "tdpbusd tmm2, tmm4, tmm7",
+                                "tdpbusd tmm3, tmm5, tmm7",
+                                "tilestored [{c0} + {s}*1], tmm2",
+                                "tilestored [{c1} + {s}*1], tmm3",
+                                w = in(reg) wb,
+                                c0 = in(reg) c,
+                                c1 = in(reg) c.add(1),
+                                s = in(reg) ROW_BYTES,
+                                options(nostack),
+                            );
+                        }
+                    }
+                    if b > 0 {
+                        let set = 2 * ((b - 1) % 2);
+                        emit(&sums, set, 0, b - 1);
+                        emit(&sums, set + 1, 1, b - 1);
+                    }
+                }
+            }
+            p += 2 * ROWS;
+            continue;
+        }
+        let mut b = 0;
+        while b < blocks {
+            // Blocks b and b + 1 (a missing second one repeats the first, unstored).
+            let b1 = (b + 1).min(blocks - 1);
+            let wb = |blk: usize, i: usize, c: usize| (blk * kr + i) * pitch * CBLOCK + c * ROW_BYTES * CBLOCK;
+            // SAFETY: AMX is configured above. A rows: pixel t's kernel row i, columns
+            // 64c..64c + 64 < pitch; in place those end at most at `reach` <= x.len(),
+            // gathered inside `copy` (tile_bytes per tile). B tiles: block blk's kernel
+            // row i, quadruples 16c..16c + 16 < pitch / 4, inside `tiles` (checked).
+            // The C tiles are stored into `sums` (4 x 16 rows of 64 bytes).
+            unsafe {
+                asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nomem, nostack));
+                for i in 0..kr {
+                    let off = |r: &Rows| if r.gathered { gathered[i] } else { in_place[i] };
+                    for c in 0..chunks {
+                        asm!(
+                            "tileloadd tmm4, [{a0} + {sa0}*1]",
+                            "tileloadd tmm5, [{a1} + {sa1}*1]",
+                            "tileloadd tmm6, [{b0} + {sb}*1]",
+                            "tileloadd tmm7, [{b1} + {sb}*1]",
+                            "tdpbusd tmm0, tmm4, tmm6",
+                            "tdpbusd tmm1, tmm4, tmm7",
+                            "tdpbusd tmm2, tmm5, tmm6",
+                            "tdpbusd tmm3, tmm5, tmm7",
+                            a0 = in(reg) a[0].base.add(off(&a[0]) + c * ROW_BYTES),
+                            sa0 = in(reg) a[0].stride,
+                            a1 = in(reg) a[1].base.add(off(&a[1]) + c * ROW_BYTES),
+                            sa1 = in(reg) a[1].stride,
+                            b0 = in(reg) w.tiles.as_ptr().add(wb(b, i, c)),
+                            b1 = in(reg) w.tiles.as_ptr().add(wb(b1, i, c)),
+                            sb = in(reg) ROW_BYTES,
+                            options(nostack, readonly),
+                        );
+                    }
+                }
+                let s = sums.0.as_mut_ptr();
+                asm!(
+                    "tilestored [{c0} + {s}*1], tmm0",
+                    "tilestored [{c1} + {s}*1], tmm1",
+                    "tilestored [{c2} + {s}*1], tmm2",
+                    "tilestored [{c3} + {s}*1], tmm3",
+                    c0 = in(reg) s.add(0),
+                    c1 = in(reg) s.add(1),
+                    c2 = in(reg) s.add(2),
+                    c3 = in(reg) s.add(3),
+                    s = in(reg) ROW_BYTES,
+                    options(nostack),
+                );
+            }
+            // C0, C2: block b of A tiles 0 and 1; C1, C3: block b1 (only when another).
+            emit(&sums, 0, 0, b);
+            emit(&sums, 2, 1, b);
+            if b1 != b {
+                emit(&sums, 1, 0, b1);
+                emit(&sums, 3, 1, b1);
+            }
+            b += 2;
+        }
+        p += 2 * ROWS;
+    }
+    // SAFETY: releases the tile state configured above (no operands).
+    unsafe { asm!("tilerelease", options(nomem, nostack)) };
+}
+
+/// Four C tiles' int32 sums, 64-byte aligned for the row loads.
+#[repr(C, align(64))]
+struct C4([[i32; ROWS * CBLOCK]; 4]);
