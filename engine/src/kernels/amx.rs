@@ -140,7 +140,9 @@ pub(super) unsafe fn dense(x: &[u8], pixels: usize, mut walk: Walk, shape: TileS
     };
     // Two gathered A tiles (ROWS pixels of kr rows at the pitch each).
     let tile_bytes = ROWS * kr * pitch;
-    let mut copy = vec![0u8; 2 * tile_bytes];
+    // Allocated at the first gathered tile (most parts of a pointwise conv gather none);
+    // never reallocated after, so tiles keep pointing into it.
+    let mut copy: Vec<u8> = Vec::new();
     let mut sums = C4([[0; ROWS * CBLOCK]; 4]);
     let config = TileConfig::all_full();
     let xp = x.as_ptr();
@@ -168,6 +170,9 @@ pub(super) unsafe fn dense(x: &[u8], pixels: usize, mut walk: Walk, shape: TileS
                     walk.advance();
                 }
             } else {
+                if copy.is_empty() {
+                    copy = vec![0u8; 2 * tile_bytes];
+                }
                 let tile = &mut copy[t * tile_bytes..(t + 1) * tile_bytes];
                 for px in 0..n {
                     for (&from, &to) in in_place.iter().zip(&gathered) {
