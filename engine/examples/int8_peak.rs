@@ -6,6 +6,9 @@
 //!     cargo run --release -p edgemed-engine --example int8_peak [seconds]
 //!
 //! Prints GMAC/s on one thread, and what a model of N MMAC would take at half of it.
+//! Where the CPU has AMX-INT8 (and the OS lends the tile state: `Isa::Avx512Amx`), also
+//! the tiles' peak: 4 independent C tiles each take one `tdpbusd` (16 x 16 x 64 u8 x s8
+//! products) per step.
 
 fn main() {
     let seconds: f64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(1.0);
@@ -18,6 +21,65 @@ fn main() {
             }
         }
         None => println!("no AVX-512 VNNI on this CPU (or not x86-64): nothing measured"),
+    }
+    if let Some(g) = amx_peak_gmacs(seconds) {
+        println!("int8 peak of the AMX tiles, one thread: {g:.1} GMAC/s (tdpbusd, 4 accumulator tiles)");
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn amx_peak_gmacs(seconds: f64) -> Option<f64> {
+    if !edgemed_engine::kernels::Isa::Avx512Amx.is_available() {
+        return None;
+    }
+    const STEPS: u64 = 1 << 16;
+    let start = std::time::Instant::now();
+    let mut rounds = 0u64;
+    while start.elapsed().as_secs_f64() < seconds {
+        // SAFETY: the CPU has AMX-INT8 and the engine obtained the tile state for this
+        // process (`is_available`).
+        unsafe { amx_loop(STEPS) };
+        rounds += 1;
+    }
+    let macs = rounds as f64 * STEPS as f64 * 4.0 * 16.0 * 16.0 * 64.0;
+    Some(macs / start.elapsed().as_secs_f64() / 1e9)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn amx_peak_gmacs(_seconds: f64) -> Option<f64> {
+    None
+}
+
+/// `steps` x 4 `tdpbusd` into tiles 0-3 from tiles 4-7 (whatever they hold).
+///
+/// # Safety
+/// The CPU must have AMX-INT8, with the tile state granted to the process.
+#[cfg(target_arch = "x86_64")]
+unsafe fn amx_loop(steps: u64) {
+    use std::arch::asm;
+    // Palette 1, tiles 0-7 of 16 rows x 64 bytes.
+    #[repr(C, align(64))]
+    struct Config([u8; 64]);
+    let mut c = Config([0; 64]);
+    c.0[0] = 1;
+    for t in 0..8 {
+        c.0[16 + 2 * t] = 64;
+        c.0[48 + t] = 16;
+    }
+    // SAFETY: the caller's obligation; a valid palette-1 configuration; the loop touches
+    // tile registers only, and the tiles are released at its end.
+    unsafe {
+        asm!("ldtilecfg [{}]", in(reg) c.0.as_ptr(), options(nostack, readonly));
+        for _ in 0..steps {
+            asm!(
+                "tdpbusd tmm0, tmm4, tmm6",
+                "tdpbusd tmm1, tmm4, tmm7",
+                "tdpbusd tmm2, tmm5, tmm6",
+                "tdpbusd tmm3, tmm5, tmm7",
+                options(nomem, nostack)
+            );
+        }
+        asm!("tilerelease", options(nomem, nostack));
     }
 }
 
