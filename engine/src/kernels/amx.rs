@@ -201,8 +201,9 @@ pub(super) unsafe fn dense(x: &[u8], pixels: usize, mut walk: Walk, shape: TileS
             }
         }
         // Block blk's sums of A tile t (C tile `tile` of `sums`) out: requantised or int32.
-        // SAFETY (of the calls below): the rows stored are pixels below `pixels`, channels
-        // of block blk below `cout` (its mask), inside the output (checked above).
+        // SAFETY: AVX-512 is the caller's obligation; the rows stored are pixels below
+        // `pixels`, channels of block blk below `cout` (its mask), inside the output
+        // (checked above); the loads are aligned rows of `sums`.
         let emit = |sums: &C4, tile: usize, t: usize, blk: usize| unsafe {
             // In registers for the 16 rows (see `requantize_store`).
             let q = params[blk];
