@@ -6,7 +6,8 @@
 //! or a lookup table), with the float ops a QDQ graph leaves between them
 //! (normalisations, a flow's coupling arithmetic, a classifier head) run by edgemed's
 //! interpreter ([`float`]). [`kernels`] holds the scalar reference and one file per
-//! ISA (AVX2 and AVX-512 VNNI on x86-64, NEON and `sdot` on aarch64, NEON on armv7),
+//! ISA (AVX2, AVX-512 VNNI and AMX-INT8 tiles on x86-64, NEON and `sdot` on aarch64,
+//! NEON on armv7),
 //! each with the weight packing it reads; the ISA is chosen once per engine
 //! ([`kernels::Isa::detect`]) and the weights are packed for it alone at compile time.
 //! [`volume`] runs 3-D convs on the 2-D kernels (gathered rows) and [`subpixel`] a
