@@ -26,6 +26,8 @@ use super::{Isa, PackedWeights, CBLOCK};
 
 /// Pixels (rows) of an A tile and of a C tile.
 const ROWS: usize = 16;
+/// The fewest pixels a dense conv runs on tiles for (fewer stay on the VNNI kernel).
+pub(super) const TILE_PIXELS: usize = ROWS;
 /// Bytes of one tile row: 64 u8 inputs of A, 16 quadruples of B, 16 int32 of C.
 const ROW_BYTES: usize = 64;
 

@@ -8,7 +8,7 @@
 //! | scalar       | rows [cout][k]                        | [taps][c] i32                       | [cout][cin_g][taps] i8      |
 //! | avx2         | pairs (`avx2::pack_pairs`)            | [taps][c] i32                       | group pairs (`avx2::GroupPairs`, cin_g even); widened depthwise (below) |
 //! | avx512vnni   | quads ([`pack_quads`])                | quads, 3x3 columns; [taps][c] i32 for int32 sums | group quads ([`GroupQuads`], cin_g % 4 = 0); widened depthwise |
-//! | avx512amx    | quads in whole tiles (`tiles`)        | as avx512vnni                       | as avx512vnni               |
+//! | avx512amx    | quads, and quads in whole tiles (`tiles`) | as avx512vnni                   | as avx512vnni               |
 //! | neon         | i16 by lane (`neon::DenseWeights`)    | i16 blocks of 8 (`arm::depthwise_layout`) | widened depthwise     |
 //! | neondot      | quads, 128 Σw (`neon::DenseWeights`)  | the same as neon                    | group quads, as VNNI; widened depthwise |
 //! | armv7neon    | i16 blocks (`armv7::DenseWeights`)    | i16 blocks of 8 (`arm::depthwise_layout`) | widened depthwise     |
@@ -93,8 +93,12 @@ impl PackedWeights {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni => w.quads = pack_quads(&rows, cout, kernel_rows, row_len),
             #[cfg(target_arch = "x86_64")]
-            // Every dense product runs on tiles (`avx512::dense_tiles` hands them to `amx`).
-            Isa::Avx512Amx => w.tiles = pack_quads_padded(&rows, cout, kernel_rows, row_len, amx::row_pitch(row_len) / 4),
+            // Dense products of at least a tile's pixels run on tiles (`avx512::dense_tiles`
+            // hands them to `amx`), fewer (a classifier's one pixel) on `vpdpbusd`.
+            Isa::Avx512Amx => {
+                w.quads = pack_quads(&rows, cout, kernel_rows, row_len);
+                w.tiles = pack_quads_padded(&rows, cout, kernel_rows, row_len, amx::row_pitch(row_len) / 4);
+            }
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => w.neon = super::neon::DenseWeights::new(&rows, cout, kernel_rows, row_len),
             #[cfg(target_arch = "aarch64")]
