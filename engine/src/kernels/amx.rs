@@ -26,8 +26,6 @@ use super::{Isa, PackedWeights, CBLOCK};
 
 /// Pixels (rows) of an A tile and of a C tile.
 const ROWS: usize = 16;
-/// The fewest pixels a dense conv runs on tiles for (fewer stay on the VNNI kernel).
-pub(super) const TILE_PIXELS: usize = ROWS;
 /// Bytes of one tile row: 64 u8 inputs of A, 16 quadruples of B, 16 int32 of C.
 const ROW_BYTES: usize = 64;
 
@@ -63,6 +61,25 @@ fn os_lends_tiles() -> bool {
 /// Bytes a kernel row of `row_len` inputs takes in the tile layout: whole tiles of 64.
 pub fn row_pitch(row_len: usize) -> usize {
     row_len.div_ceil(ROW_BYTES) * ROW_BYTES
+}
+
+/// Whether a dense conv of `pixels` outputs, `row_pixels` to an output row, on `w`
+/// runs on tiles (else on the VNNI kernel, whose quadruples AMX engines pack too).
+/// Tiles pay a fixed cost per call and per 32-pixel step (configuration, 16-row loads
+/// of every weight tile, a store and reload of the sums), pad each kernel row to 64
+/// inputs, and copy the pixels of output rows shorter than a tile; so they lose on small
+/// convs, on short kernel rows and on short output rows. Measured on an Intel core
+/// (`conv_speed`, MobileNetV2 and U-Net profiles), VNNI against tiles: a 3-channel first
+/// conv (3 rows of 9 inputs) 136 against 170 us; 8 -> 48 pointwise convs slower at any
+/// size; MobileNetV2 x0.25's 12x12 and 6x6 layers (55-124 K MACs) 1.3-2x slower; a
+/// U-Net's sub-pixel conv 8 -> 2x8 at 16³ (4 rows of 16 inputs) 106 against 120 us and
+/// its 3x3x3 conv 16 -> 32 at 4³ (rows of 4 outputs) 9.9 against 11.3. Pointwise convs
+/// of 16 inputs or more and 0.5 M MACs or more win: 16 -> 96 at 112x112 231 -> 203 us,
+/// 576 -> 96 at 14x14 42 -> 15.
+pub(super) fn worth_tiles(pixels: usize, row_pixels: usize, w: &PackedWeights) -> bool {
+    const MIN_MACS: usize = 512 * 1024;
+    let rows_fit = if w.kernel_rows == 1 { w.row_len >= 16 } else { w.row_len >= 32 && row_pixels >= ROWS };
+    pixels >= ROWS && rows_fit && pixels * w.k * w.cout >= MIN_MACS
 }
 
 /// The tile configuration (palette 1): tiles 0-3 the C sums, 4-5 the A pixels, 6-7

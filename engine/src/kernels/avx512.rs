@@ -400,9 +400,7 @@ pub(super) struct TileShape {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn dense_tiles(x: &[u8], pixels: usize, mut walk: Walk, shape: TileShape, w: &PackedWeights, out: DenseOut) {
-    // Fewer pixels than a tile's rows (a classifier's one pixel) stay on `vpdpbusd`:
-    // a tile would multiply 16 rows and load 16 rows of every weight tile for them.
-    if w.isa == Isa::Avx512Amx && pixels >= super::amx::TILE_PIXELS {
+    if w.isa == Isa::Avx512Amx && super::amx::worth_tiles(pixels, walk.size[2], w) {
         // SAFETY: the dispatchers run weights only on the ISA they were packed for
         // (`check_packed`), after `Isa::checked` confirmed that this CPU has it: AMX
         // with the tile state granted. The rest is the caller's obligation.

@@ -370,8 +370,10 @@ fn int32_sums_equal_scalar_on_random_geometries() {
 #[test]
 fn wide_dense_convolutions_equal_scalar() {
     let mut s = Lcg::new(23);
-    let spec = ConvSpec { max_hw: 20, max_c: 150, kh: &[1, 1, 3], kw: Some(&[1, 2, 3]), max_stride: 2, extreme_every: 4 };
-    let mut checked = 0;
+    let spec = ConvSpec { max_hw: 28, max_c: 150, kh: &[1, 1, 3], kw: Some(&[1, 2, 3]), max_stride: 2, extreme_every: 4 };
+    // (Only x86-64 counts tiled convs.)
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+    let (mut checked, mut tiled) = (0, 0);
     while checked < 40 {
         let Some(case) = conv_case(&mut s, &spec) else { continue };
         if case.depthwise {
@@ -387,6 +389,10 @@ fn wide_dense_convolutions_equal_scalar() {
         conv(Isa::Scalar, &case.x, &g, case.zp, &scalar_kind, &r, &mut vec![0; scratch], &mut vec![0; n], &mut reference);
         for isa in Isa::available() {
             let kind = case.kind(isa);
+            #[cfg(target_arch = "x86_64")]
+            if let (Isa::Avx512Amx, ConvKind::Dense(w)) = (isa, &kind) {
+                tiled += usize::from(super::amx::worth_tiles(g.oh * g.ow, g.ow, w));
+            }
             let mut acc = vec![0x5a5a_5a5a; n];
             accumulate(isa, &case.x, &g, case.zp, &kind, &mut vec![0xa5; scratch], &mut acc);
             assert_eq!(sums, acc, "{isa:?} sums {g:?} cout {}", case.cout);
@@ -396,6 +402,8 @@ fn wide_dense_convolutions_equal_scalar() {
         }
         checked += 1;
     }
+    // Where the CPU has tiles, enough of these convs are large enough to run on them.
+    assert!(tiled >= 10 || !Isa::Avx512Amx.is_available(), "{tiled} convs on AMX tiles");
 }
 
 /// The standalone depthwise kernel (raw [taps][c] weights, unpadded input without
