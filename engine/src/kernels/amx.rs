@@ -265,36 +265,30 @@ pub(super) unsafe fn dense(x: &[u8], pixels: usize, mut walk: Walk, shape: TileS
                     if b < blocks {
                         let wb = w.tiles.as_ptr().add(b * pitch * CBLOCK);
                         let c = sums.0.as_mut_ptr().add(2 * (b % 2));
+                        // Block b's weights into B tile `w`, its sums with A tiles 4 and 5
+                        // into C tiles `c0` and `c1`, stored at `c`.
+                        macro_rules! block {
+                            ($w:literal, $c0:literal, $c1:literal) => {
+                                asm!(
+                                    concat!("tileloadd ", $w, ", [{w} + {s}*1]"),
+                                    concat!("tilezero ", $c0),
+                                    concat!("tilezero ", $c1),
+                                    concat!("tdpbusd ", $c0, ", tmm4, ", $w),
+                                    concat!("tdpbusd ", $c1, ", tmm5, ", $w),
+                                    concat!("tilestored [{c0} + {s}*1], ", $c0),
+                                    concat!("tilestored [{c1} + {s}*1], ", $c1),
+                                    w = in(reg) wb,
+                                    c0 = in(reg) c,
+                                    c1 = in(reg) c.add(1),
+                                    s = in(reg) ROW_BYTES,
+                                    options(nostack),
+                                )
+                            };
+                        }
                         if b % 2 == 0 {
-                            asm!(
-                                "tileloadd tmm6, [{w} + {s}*1]",
-                                "tilezero tmm0",
-                                "tilezero tmm1",
-                                "tdpbusd tmm0, tmm4, tmm6",
-                                "tdpbusd tmm1, tmm5, tmm6",
-                                "tilestored [{c0} + {s}*1], tmm0",
-                                "tilestored [{c1} + {s}*1], tmm1",
-                                w = in(reg) wb,
-                                c0 = in(reg) c,
-                                c1 = in(reg) c.add(1),
-                                s = in(reg) ROW_BYTES,
-                                options(nostack),
-                            );
+                            block!("tmm6", "tmm0", "tmm1");
                         } else {
-                            asm!(
-                                "tileloadd tmm7, [{w} + {s}*1]",
-                                "tilezero tmm2",
-                                "tilezero tmm3",
-                                "tdpbusd tmm2, tmm4, tmm7",
-                                "tdpbusd tmm3, tmm5, tmm7",
-                                "tilestored [{c0} + {s}*1], tmm2",
-                                "tilestored [{c1} + {s}*1], tmm3",
-                                w = in(reg) wb,
-                                c0 = in(reg) c,
-                                c1 = in(reg) c.add(1),
-                                s = in(reg) ROW_BYTES,
-                                options(nostack),
-                            );
+                            block!("tmm7", "tmm2", "tmm3");
                         }
                     }
                     if b > 0 {

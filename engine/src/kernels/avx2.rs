@@ -161,7 +161,7 @@ pub unsafe fn requantize(acc: &[i32], cout: usize, r: &Requant, out: &mut [u8]) 
             // `cout` sums and the parameters' `cout` entries (checked above), the 8
             // bytes written inside `o` (cout long); loadu/storeu need no alignment.
             unsafe {
-                let p = Lanes8::load(Params::from(r, c));
+                let p = Lanes8::load(ParamRows::from(r, c));
                 let x = _mm256_loadu_si256(a.as_ptr().add(c) as *const __m256i);
                 store8(p.requantize(x, r.out_zp), o.as_mut_ptr().add(c));
             }
@@ -189,17 +189,54 @@ struct Lanes8 {
 }
 
 /// Requantisation parameters from some channel on (at least 8 of each).
-struct Params<'a> {
-    offset: &'a [i32],
-    mult: &'a [f32],
-    bias: &'a [f32],
-    lo: &'a [u8],
-    hi: &'a [u8],
+/// A [`Requant`]'s per-channel parameters as slices: from some channel on, or a period
+/// of them repeated on the stack ([`Period`]). The AVX-512 kernels read them too.
+#[derive(Clone, Copy)]
+pub(super) struct ParamRows<'a> {
+    pub(super) offset: &'a [i32],
+    pub(super) mult: &'a [f32],
+    pub(super) bias: &'a [f32],
+    pub(super) lo: &'a [u8],
+    pub(super) hi: &'a [u8],
 }
 
-impl<'a> Params<'a> {
-    fn from(r: &'a Requant, c: usize) -> Self {
-        Params { offset: &r.offset[c..], mult: &r.mult[c..], bias: &r.bias[c..], lo: &r.lo[c..], hi: &r.hi[c..] }
+impl<'a> ParamRows<'a> {
+    /// `r`'s parameters from channel c on.
+    pub(super) fn from(r: &'a Requant, c: usize) -> Self {
+        ParamRows { offset: &r.offset[c..], mult: &r.mult[c..], bias: &r.bias[c..], lo: &r.lo[c..], hi: &r.hi[c..] }
+    }
+
+    /// These rows from entry j on.
+    fn skip(self, j: usize) -> Self {
+        ParamRows { offset: &self.offset[j..], mult: &self.mult[j..], bias: &self.bias[j..], lo: &self.lo[j..], hi: &self.hi[j..] }
+    }
+}
+
+/// Value j's parameters (channel j % cout) for the j of one period of a flat run of
+/// [pixels][cout] values, at most N, on the stack: the flat requantisations run per
+/// part and per chunk of an op, so they do not allocate.
+pub(super) struct Period<const N: usize> {
+    offset: [i32; N],
+    mult: [f32; N],
+    bias: [f32; N],
+    lo: [u8; N],
+    hi: [u8; N],
+}
+
+impl<const N: usize> Period<N> {
+    /// `r`'s `cout` channels repeated over `period` (<= N) values.
+    pub(super) fn new(r: &Requant, cout: usize, period: usize) -> Self {
+        assert!(period <= N && cout > 0);
+        let mut p = Period { offset: [0; N], mult: [0.0; N], bias: [0.0; N], lo: [0; N], hi: [0; N] };
+        for j in 0..period {
+            let c = j % cout;
+            (p.offset[j], p.mult[j], p.bias[j], p.lo[j], p.hi[j]) = (r.offset[c], r.mult[c], r.bias[c], r.lo[c], r.hi[c]);
+        }
+        p
+    }
+
+    pub(super) fn rows(&self) -> ParamRows<'_> {
+        ParamRows { offset: &self.offset, mult: &self.mult, bias: &self.bias, lo: &self.lo, hi: &self.hi }
     }
 }
 
@@ -209,7 +246,7 @@ impl Lanes8 {
     /// # Safety
     /// AVX2.
     #[inline(always)]
-    unsafe fn load(p: Params) -> Lanes8 {
+    unsafe fn load(p: ParamRows) -> Lanes8 {
         assert!(p.offset.len() >= 8 && p.mult.len() >= 8 && p.bias.len() >= 8 && p.lo.len() >= 8 && p.hi.len() >= 8);
         // SAFETY: 8 entries of each (asserted); loadu needs no alignment.
         unsafe {
@@ -270,12 +307,8 @@ unsafe fn store8(q: __m256i, dst: *mut u8) {
 unsafe fn requantize_flat(acc: &[i32], cout: usize, r: &Requant, out: &mut [u8]) {
     const MAX: usize = 8 * FLAT_CHANNELS;
     let period = cout * 8 / gcd(cout, 8);
-    let (mut offset, mut mult, mut bias, mut lo, mut hi) = ([0i32; MAX], [0f32; MAX], [0f32; MAX], [0u8; MAX], [0u8; MAX]);
-    for j in 0..period {
-        let c = j % cout;
-        (offset[j], mult[j], bias[j], lo[j], hi[j]) = (r.offset[c], r.mult[c], r.bias[c], r.lo[c], r.hi[c]);
-    }
-    let params = |j: usize| Params { offset: &offset[j..], mult: &mult[j..], bias: &bias[j..], lo: &lo[j..], hi: &hi[j..] };
+    let stack = Period::<MAX>::new(r, cout, period);
+    let rows = stack.rows();
     let n = acc.len().min(out.len());
     let whole = n / period * period;
     let mut i = 0;
@@ -284,7 +317,7 @@ unsafe fn requantize_flat(acc: &[i32], cout: usize, r: &Requant, out: &mut [u8])
             // SAFETY: j + 8 <= period <= MAX entries of each parameter array; i + j + 8
             // <= i + period <= whole <= both lengths.
             unsafe {
-                let p = Lanes8::load(params(j));
+                let p = Lanes8::load(rows.skip(j));
                 let x = _mm256_loadu_si256(acc.as_ptr().add(i + j) as *const __m256i);
                 store8(p.requantize(x, r.out_zp), out.as_mut_ptr().add(i + j));
             }
@@ -294,8 +327,8 @@ unsafe fn requantize_flat(acc: &[i32], cout: usize, r: &Requant, out: &mut [u8])
     // The last values (fewer than a period; whole pixels), one at a time.
     for j in whole..n {
         let c = j % period;
-        let v = (acc[j] - offset[c]) as f32 * mult[c] + bias[c];
-        out[j] = (scalar::round_half_even(v) + r.out_zp).clamp(lo[c] as f32, hi[c] as f32) as u8;
+        let v = (acc[j] - rows.offset[c]) as f32 * rows.mult[c] + rows.bias[c];
+        out[j] = (scalar::round_half_even(v) + r.out_zp).clamp(rows.lo[c] as f32, rows.hi[c] as f32) as u8;
     }
 }
 

@@ -18,7 +18,8 @@
 
 use std::arch::x86_64::*;
 
-use super::{avx2, padded_input, scalar, ConvGeometry, DepthwiseWeights, GroupQuads, PackedWeights, Requant, CBLOCK};
+use super::avx2::{self, ParamRows};
+use super::{padded_input, scalar, ConvGeometry, DepthwiseWeights, GroupQuads, PackedWeights, Requant, CBLOCK};
 use super::{ConvKind, Geometry3, Isa, QTensor};
 
 /// Pixels per register tile of the dense kernel.
@@ -147,18 +148,7 @@ pub(super) struct BlockRequant {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub(super) unsafe fn block_requant(r: &Requant, c0: usize, nc: usize) -> BlockRequant {
     // SAFETY: the caller's obligations.
-    unsafe { block_of(ParamRows { offset: &r.offset, mult: &r.mult, bias: &r.bias, lo: &r.lo, hi: &r.hi }, r.out_zp, c0, nc) }
-}
-
-/// Per-channel requantisation parameters as slices (a [`Requant`]'s, or a period of
-/// them repeated on the stack).
-#[derive(Clone, Copy)]
-struct ParamRows<'a> {
-    offset: &'a [i32],
-    mult: &'a [f32],
-    bias: &'a [f32],
-    lo: &'a [u8],
-    hi: &'a [u8],
+    unsafe { block_of(ParamRows::from(r, 0), r.out_zp, c0, nc) }
 }
 
 /// The constants of channels c0..c0 + min(nc, 16) of `p`.
@@ -259,15 +249,9 @@ pub fn requantize_applies(cout: usize) -> bool {
 pub unsafe fn requantize(acc: &[i32], cout: usize, r: &Requant, out: &mut [u8]) {
     assert!(requantize_applies(cout) && requant_covers(r, cout));
     let period = cout * 16 / avx2::gcd(cout, 16);
-    // The parameters of value j of a period (channel j % cout), on the stack (this runs
-    // per part and per chunk of an op: no allocation), then its blocks.
-    let (mut offset, mut mult, mut bias) = ([0i32; FLAT_PERIOD], [0f32; FLAT_PERIOD], [0f32; FLAT_PERIOD]);
-    let (mut lo, mut hi) = ([0u8; FLAT_PERIOD], [0u8; FLAT_PERIOD]);
-    for j in 0..period {
-        let c = j % cout;
-        (offset[j], mult[j], bias[j], lo[j], hi[j]) = (r.offset[c], r.mult[c], r.bias[c], r.lo[c], r.hi[c]);
-    }
-    let flat = ParamRows { offset: &offset, mult: &mult, bias: &bias, lo: &lo, hi: &hi };
+    // The parameters of value j of a period (channel j % cout), then its blocks.
+    let stack = avx2::Period::<FLAT_PERIOD>::new(r, cout, period);
+    let flat = stack.rows();
     let n = acc.len().min(out.len());
     // SAFETY: `flat` holds FLAT_PERIOD >= period channels, so each block of 16 from
     // b * 16 < period is inside it. Full steps read acc[i + 16 b..][..16] and write

@@ -93,8 +93,8 @@ impl PackedWeights {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni => w.quads = pack_quads(&rows, cout, kernel_rows, row_len),
             #[cfg(target_arch = "x86_64")]
-            // Dense products of at least a tile's pixels run on tiles (`avx512::dense_tiles`
-            // hands them to `amx`), fewer (a classifier's one pixel) on `vpdpbusd`.
+            // Dense products run on tiles where `amx::worth_tiles` says they win
+            // (`avx512::dense_tiles` hands them to `amx`), the others on `vpdpbusd`.
             Isa::Avx512Amx => {
                 w.quads = pack_quads(&rows, cout, kernel_rows, row_len);
                 w.tiles = pack_quads_padded(&rows, cout, kernel_rows, row_len, amx::row_pitch(row_len) / 4);
