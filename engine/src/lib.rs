@@ -545,21 +545,27 @@ impl Engine {
                         v => Some(vals[v].as_ref().expect("computed before use").as_standard_layout()),
                     };
                     let data = v.as_ref().map_or(x, |v| v.as_slice().expect("standard layout"));
-                    // Quantisation would silently map NaN to the zero point's neighbourhood.
-                    if !float::all_finite(data) {
-                        let what = if *src == 0 { "model input".to_string() } else { format!("value before {}", p.label(step)) };
-                        return Err(Error::NonFinite { what });
-                    }
                     let t = p.tensors[*dst];
                     let (isa, pixels) = (self.isa, t.h * t.w);
                     // Runs of pixels: each part reads them in every channel plane and
-                    // writes them whole (channels last).
+                    // writes them whole (channels last). Each part first checks its runs
+                    // are finite, while they are in its cache: quantisation would
+                    // silently map NaN to the zero point's neighbourhood.
+                    let non_finite = std::sync::atomic::AtomicBool::new(false);
                     let rs = ranges(pixels, self.parts(t.len() as u64, self.min_part.1), PIXEL_ALIGN);
                     let outs = cut(&mut s.slots[slot(*dst)][..t.len()], rs.iter().map(|r| r.len() * t.c));
                     self.split(&s.lanes, rs.iter().zip(outs).collect(), |(r, o), _| {
-                        let part = QTensor { h: 1, w: r.len(), ..t };
-                        kernels::quantize_nchw_to_nhwc(isa, &data[r.start..], pixels, &part, o)
+                        if (0..t.c).all(|c| kernels::all_finite(isa, &data[c * pixels + r.start..c * pixels + r.end])) {
+                            let part = QTensor { h: 1, w: r.len(), ..t };
+                            kernels::quantize_nchw_to_nhwc(isa, &data[r.start..], pixels, &part, o)
+                        } else {
+                            non_finite.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
                     });
+                    if non_finite.into_inner() {
+                        let what = if *src == 0 { "model input".to_string() } else { format!("value before {}", p.label(step)) };
+                        return Err(Error::NonFinite { what });
+                    }
                 }
                 Step::Dequantize { src, dst, plus } => {
                     let t = p.tensors[*src];
@@ -657,7 +663,8 @@ impl Engine {
             .collect();
         // Integer ops give finite values; only float arithmetic (overflow, 0/0, exp)
         // could make a non-finite output.
-        if !outputs.iter().all(|y| float::all_finite(y.iter())) {
+        let finite = |y: &ArrayD<f32>| y.as_slice().map_or_else(|| float::all_finite(y.iter()), |v| kernels::all_finite(self.isa, v));
+        if !outputs.iter().all(finite) {
             return Err(Error::NonFinite { what: "model output".into() });
         }
         Ok(PassResult::Outputs(outputs))
@@ -770,17 +777,22 @@ impl Engine {
             Op::MeanPool { src, .. } => {
                 let t = p.tensors[*src];
                 let x = &s.slots[slot(*src)][..t.len()];
-                let sums = &mut s.acc[..t.c];
-                sums.fill(0);
-                for px in x.chunks_exact(t.c) {
-                    sums.iter_mut().zip(px).for_each(|(a, &v)| *a += v as i32);
-                }
-                // The exact integer sum, rounded once by the scale and once by the mean.
                 let pixels = t.h * t.w;
                 let zp_sum = pixels as i32 * t.zp as i32;
-                for (o, &a) in out.iter_mut().zip(sums.iter()) {
-                    *o = kernels::quantize_u8((a - zp_sum) as f32 * t.scale / pixels as f32, dst_t.scale, dst_t.zp);
-                }
+                // Ranges of channels over the pool (each part writes its channels' means).
+                let rs = ranges(t.c, self.parts(t.len() as u64, self.min_part.1), 64);
+                let lens = || rs.iter().map(|r| r.len());
+                let work: Vec<_> = rs.iter().zip(cut(&mut s.acc[..t.c], lens())).zip(cut(out, lens())).collect();
+                self.split(&s.lanes, work, |((r, sums), out), _| {
+                    sums.fill(0);
+                    for px in x.chunks_exact(t.c) {
+                        sums.iter_mut().zip(&px[r.clone()]).for_each(|(a, &v)| *a += v as i32);
+                    }
+                    // The exact integer sum, rounded once by the scale and once by the mean.
+                    for (o, &a) in out.iter_mut().zip(sums.iter()) {
+                        *o = kernels::quantize_u8((a - zp_sum) as f32 * t.scale / pixels as f32, dst_t.scale, dst_t.zp);
+                    }
+                });
             }
         }
         s.slots[slot(op.destination())] = dst;

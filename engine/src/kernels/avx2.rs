@@ -131,6 +131,15 @@ pub unsafe fn gemm(x: &[u8], pixels: usize, w: &PackedWeights, acc: &mut [i32]) 
     }
 }
 
+/// [`scalar::all_finite`] compiled for AVX2 (8 values per step).
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[target_feature(enable = "avx2")]
+pub unsafe fn all_finite(x: &[f32]) -> bool {
+    scalar::all_finite(x)
+}
+
 /// [`scalar::depthwise`] compiled for AVX2: the channel loop vectorises 8 channels
 /// per instruction.
 ///

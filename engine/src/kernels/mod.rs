@@ -583,6 +583,17 @@ pub fn add_quantized(isa: Isa, a: &[u8], ta: &QTensor, b: &[u8], tb: &QTensor, t
     }
 }
 
+/// [`scalar::all_finite`]: whether no value is NaN or infinite (the model input
+/// before quantisation, which would map NaN silently onto the zero point's bytes).
+pub fn all_finite(isa: Isa, x: &[f32]) -> bool {
+    match isa.checked() {
+        // SAFETY: `checked` confirmed AVX2 on this CPU (AVX-512 VNNI CPUs have it).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni | Isa::Avx512Amx => unsafe { avx2::all_finite(x) },
+        _ => scalar::all_finite(x),
+    }
+}
+
 /// [`scalar::moment_sums`]: exact integer sums and sums of squares per slot.
 pub fn moment_sums(isa: Isa, values: &[i32], s: &mut [i64], q: &mut [i64]) {
     match isa.checked() {

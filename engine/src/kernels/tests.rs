@@ -496,6 +496,26 @@ fn moment_sums_equal_scalar() {
 }
 
 #[test]
+fn finiteness_checks_find_every_nan_and_infinity() {
+    // One bad value at every position of lengths around the 64-value blocks, of each
+    // kind (NaN with payloads, both infinities), beside the largest finite values.
+    let bad = [f32::NAN, -f32::NAN, f32::from_bits(0x7f80_0001), f32::INFINITY, f32::NEG_INFINITY];
+    for isa in Isa::available() {
+        for n in [0, 1, 7, 63, 64, 65, 130, 200] {
+            let clean: Vec<f32> = (0..n).map(|i| [f32::MAX, -f32::MAX, 0.0, -0.0, f32::MIN_POSITIVE / 2.0, 1.5][i % 6]).collect();
+            assert!(all_finite(isa, &clean), "{isa:?} n {n}");
+            for at in 0..n {
+                for &b in &bad {
+                    let mut v = clean.clone();
+                    v[at] = b;
+                    assert!(!all_finite(isa, &v), "{isa:?}: {b} at {at} of {n}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn quantisation_of_float_planes_equals_scalar() {
     let mut s = Lcg::new(11);
     for isa in Isa::available() {
