@@ -687,6 +687,20 @@ pub unsafe fn quantize_nchw_to_nhwc(x: &[f32], stride: usize, t: &QTensor, out: 
             _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, quantize16(0, i));
             i += 16;
         }
+        // Three channels (an RGB image, the commonest input): the loop below with its
+        // block fixed, in straight-line code (the general loop's plane array and bounds
+        // checks cost as much as the arithmetic: 54 -> 34 us for 224x224x3, hot). Its 48
+        // bytes index only the first 48 of the joined planes: one single-source permute.
+        if c == 3 {
+            let order = perms[2][0];
+            while i < full {
+                let rg = _mm256_inserti128_si256(_mm256_castsi128_si256(quantize16(0, i)), quantize16(1, i), 1);
+                let rgb = _mm512_inserti64x4(_mm512_castsi256_si512(rg), _mm256_castsi128_si256(quantize16(2, i)), 1);
+                let px = _mm512_permutexvar_epi8(order, rgb);
+                _mm512_mask_storeu_epi8(out.as_mut_ptr().add(i * 3) as *mut i8, (1u64 << 48) - 1, px);
+                i += 16;
+            }
+        }
         while i < full {
             for ch0 in (0..c).step_by(8) {
                 let n = (c - ch0).min(8);
