@@ -777,22 +777,17 @@ impl Engine {
             Op::MeanPool { src, .. } => {
                 let t = p.tensors[*src];
                 let x = &s.slots[slot(*src)][..t.len()];
+                let sums = &mut s.acc[..t.c];
+                sums.fill(0);
+                for px in x.chunks_exact(t.c) {
+                    sums.iter_mut().zip(px).for_each(|(a, &v)| *a += v as i32);
+                }
+                // The exact integer sum, rounded once by the scale and once by the mean.
                 let pixels = t.h * t.w;
                 let zp_sum = pixels as i32 * t.zp as i32;
-                // Ranges of channels over the pool (each part writes its channels' means).
-                let rs = ranges(t.c, self.parts(t.len() as u64, self.min_part.1), 64);
-                let lens = || rs.iter().map(|r| r.len());
-                let work: Vec<_> = rs.iter().zip(cut(&mut s.acc[..t.c], lens())).zip(cut(out, lens())).collect();
-                self.split(&s.lanes, work, |((r, sums), out), _| {
-                    sums.fill(0);
-                    for px in x.chunks_exact(t.c) {
-                        sums.iter_mut().zip(&px[r.clone()]).for_each(|(a, &v)| *a += v as i32);
-                    }
-                    // The exact integer sum, rounded once by the scale and once by the mean.
-                    for (o, &a) in out.iter_mut().zip(sums.iter()) {
-                        *o = kernels::quantize_u8((a - zp_sum) as f32 * t.scale / pixels as f32, dst_t.scale, dst_t.zp);
-                    }
-                });
+                for (o, &a) in out.iter_mut().zip(sums.iter()) {
+                    *o = kernels::quantize_u8((a - zp_sum) as f32 * t.scale / pixels as f32, dst_t.scale, dst_t.zp);
+                }
             }
         }
         s.slots[slot(op.destination())] = dst;

@@ -4,32 +4,18 @@
 //! OS delays is covered by the others, and which thread runs which part never changes
 //! a result (each part writes its own output bytes with the same integer arithmetic).
 //!
-//! An op lasts a few to tens of microseconds, so handing out its parts must cost far
-//! less. The fast path takes no lock:
-//! - a job is published as one atomic *ticket* (generation, parts, next part), and a
-//!   part is claimed by a compare-and-swap of that ticket, so a claim made for an old
-//!   job can never take a part of a new one;
-//! - the caller waits for its job's parts to be *finished* (a counter), not for the
-//!   workers to check in: a worker that wakes after the caller has done every part
-//!   itself finds nothing left and costs the caller nothing. Measured on 2 cores, a
-//!   job of two parts of 2 us with 1 us of serial work between jobs: 4.1 us per job
-//!   with a locked hand-over that waited for every worker, 3.8 us now; two empty
-//!   parts: 3.2 us, now 1.7 us.
-//!
-//! A worker polls the ticket for a short while before it sleeps on a condition
+//! An op lasts tens of microseconds, so waking the workers must cost far less: a
+//! worker polls the job counter for a short while before it sleeps on a condition
 //! variable, and the caller polls likewise before sleeping while the last parts
-//! finish. Polling yields the core at every turn after the first microseconds: on a
-//! machine busy with other work, the thread being waited for may share the poller's
-//! core, and a pure spin would keep it off for the whole spell (measured: +200 us per
-//! op). Sleeping and waking pair a sequentially consistent flag with a re-check under
-//! the lock, so no wake-up is lost.
+//! finish. Polling yields the core at every turn after the first few: on a machine
+//! busy with other work, the thread being waited for may share the poller's core, and
+//! a pure spin would keep it off for the whole spell (measured: +200 us per op).
 //!
 //! The pool runs one job at a time. A second caller that finds it busy (an engine
 //! shared by several threads, each running its own item) runs its parts itself.
 
-use std::cell::UnsafeCell;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -37,121 +23,61 @@ use std::time::{Duration, Instant};
 /// How long a thread polls before it sleeps: longer than the gap between two ops of a
 /// plan (a few microseconds of serial work), short enough not to hold a core long.
 const SPIN: Duration = Duration::from_micros(200);
-/// How long the polling spins before it starts to yield the core at every turn.
-const PURE_SPIN: Duration = Duration::from_micros(1);
+/// Polls that spin before the polling starts to yield the core (about a microsecond).
+const PURE_SPINS: u32 = 64;
 
 /// Polls `ready` until it holds or [`SPIN`] has passed; whether it holds.
 fn poll(ready: impl Fn() -> bool) -> bool {
     let start = Instant::now();
-    loop {
-        for _ in 0..16 {
-            if ready() {
-                return true;
-            }
+    for i in 0u32.. {
+        if ready() {
+            return true;
+        }
+        if i < PURE_SPINS {
             std::hint::spin_loop();
-        }
-        let t = start.elapsed();
-        if t >= SPIN {
-            return ready();
-        }
-        if t >= PURE_SPIN {
+        } else if start.elapsed() < SPIN {
             std::thread::yield_now();
+        } else {
+            return false;
         }
     }
+    unreachable!()
 }
 
-/// The ticket of a job: generation (32 bits) | parts (16) | next part to claim (16).
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Ticket(u64);
-
-/// Parts one ticket can hand out; [`Pool::run`] runs more as several jobs.
-const MAX_PARTS: usize = 0xffff;
-
-impl Ticket {
-    fn new(generation: u32, parts: usize) -> Ticket {
-        debug_assert!(parts <= MAX_PARTS);
-        Ticket((generation as u64) << 32 | (parts as u64) << 16)
-    }
-    fn generation(self) -> u32 {
-        (self.0 >> 32) as u32
-    }
-    fn parts(self) -> usize {
-        (self.0 >> 16 & 0xffff) as usize
-    }
-    fn next(self) -> usize {
-        (self.0 & 0xffff) as usize
-    }
-}
-
-/// A job as the threads see it: `f(part, lane)`. The lifetime is erased; see
-/// [`Pool::run`] for why the pointer stays valid while a thread uses it.
+/// A job as workers see it: `f(lane)` claims parts until none is left. The lifetime is
+/// erased; see [`Pool::run`] for why the pointer stays valid while a worker holds it.
 #[derive(Clone, Copy)]
-struct JobRef(*const (dyn Fn(usize, usize) + Sync));
+struct JobRef(*const (dyn Fn(usize) + Sync));
+
+// SAFETY: the pointee is `Sync` (shared calls from several threads are fine), and
+// `Pool::run` keeps it alive until every worker has finished with it.
+unsafe impl Send for JobRef {}
+
+struct State {
+    job: Option<JobRef>,
+    shutdown: bool,
+    /// A worker's part panicked in the current job.
+    panicked: bool,
+    /// Threads asleep on `wake` (workers) or `done` (the caller).
+    sleeping: usize,
+    caller_sleeping: bool,
+}
 
 struct Shared {
-    ticket: AtomicU64,
-    /// The current job; written by the caller only while no part of any job is
-    /// claimed and unfinished (see [`Pool::run`]).
-    job: UnsafeCell<Option<JobRef>>,
-    /// Parts of the current job that have finished.
-    finished: AtomicUsize,
-    /// A worker's part panicked in the current job.
-    panicked: AtomicBool,
-    shutdown: AtomicBool,
-    /// Workers asleep on `wake`, or about to be (incremented under `lock`).
-    sleepers: AtomicUsize,
-    /// The caller is asleep on `done`, or about to be.
-    caller_sleeping: AtomicBool,
-    lock: Mutex<()>,
+    state: Mutex<State>,
+    /// Bumped (under the lock) when a job is published or at shutdown.
+    generation: AtomicU64,
+    /// Workers still inside the current job.
+    busy: AtomicUsize,
     wake: Condvar,
     done: Condvar,
 }
 
-// SAFETY: `job` is the only field that is not itself Sync. It is written by the one
-// caller holding `Pool::submit`, only between jobs, and read by a thread only after it
-// has claimed a part of the current job (see `Pool::run` for the ordering); the
-// pointee is `Sync`.
-unsafe impl Sync for Shared {}
-unsafe impl Send for Shared {}
-
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, ()> {
-        // Nothing runs under the lock but flag checks: poisoning cannot leave a state to repair.
-        self.lock.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Claims the next part of job `generation`; None when it has none left or
-    /// another job has begun.
-    fn claim(&self, generation: u32) -> Option<usize> {
-        let mut t = Ticket(self.ticket.load(Acquire));
-        loop {
-            if t.generation() != generation || t.next() >= t.parts() {
-                return None;
-            }
-            match self.ticket.compare_exchange_weak(t.0, t.0 + 1, AcqRel, Acquire) {
-                Ok(_) => return Some(t.next()),
-                Err(now) => t = Ticket(now),
-            }
-        }
-    }
-
-    /// Runs part `i` of the current job on `lane` (claimed by this thread), then
-    /// counts it finished, waking the caller if it was the last one. A panic on a
-    /// worker is flagged before the part counts as finished (the caller reads the flag
-    /// once all have); the caller's own (lane 0) payload is returned.
-    fn run_part(&self, i: usize, lane: usize, parts: usize) -> Option<Box<dyn std::any::Any + Send>> {
-        // SAFETY: a claimed, unfinished part keeps the job published and alive (Pool::run).
-        let job = unsafe { (*self.job.get()).expect("a claimed part has a job") };
-        // SAFETY: as above; the pointee lives until every part has finished.
-        let r = panic::catch_unwind(AssertUnwindSafe(|| unsafe { (*job.0)(i, lane) })).err();
-        if r.is_some() && lane != 0 {
-            self.panicked.store(true, Relaxed);
-        }
-        if self.finished.fetch_add(1, SeqCst) + 1 == parts && self.caller_sleeping.load(SeqCst) {
-            let _g = self.lock();
-            self.done.notify_one();
-        }
-        r
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Parts run outside the lock and panics are caught, so poisoning would only
+        // come from a bug in this file; the state stays consistent either way.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -168,14 +94,9 @@ impl Pool {
     /// Workers that the OS refuses to start are simply not there (fewer threads, same results).
     pub fn new(threads: usize) -> Pool {
         let shared = Arc::new(Shared {
-            ticket: AtomicU64::new(Ticket::new(0, 0).0),
-            job: UnsafeCell::new(None),
-            finished: AtomicUsize::new(0),
-            panicked: AtomicBool::new(false),
-            shutdown: AtomicBool::new(false),
-            sleepers: AtomicUsize::new(0),
-            caller_sleeping: AtomicBool::new(false),
-            lock: Mutex::new(()),
+            state: Mutex::new(State { job: None, shutdown: false, panicked: false, sleeping: 0, caller_sleeping: false }),
+            generation: AtomicU64::new(0),
+            busy: AtomicUsize::new(0),
             wake: Condvar::new(),
             done: Condvar::new(),
         });
@@ -208,89 +129,93 @@ impl Pool {
             (0..parts).for_each(|i| f(i, 0));
             return;
         }
-        for first in (0..parts).step_by(MAX_PARTS) {
-            let n = (parts - first).min(MAX_PARTS);
-            self.job(n, &|i, lane| f(first + i, lane));
-        }
-        drop(guard);
-    }
-
-    /// One job of at most [`MAX_PARTS`] parts; the caller holds `submit`.
-    fn job(&self, parts: usize, f: &(dyn Fn(usize, usize) + Sync)) {
+        let next = AtomicUsize::new(0);
+        let job = |lane: usize| loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= parts {
+                break;
+            }
+            f(i, lane);
+        };
+        let job: &(dyn Fn(usize) + Sync) = &job;
+        // SAFETY: only the lifetime is erased (same fat pointer layout). `job` outlives
+        // every use of the pointer: workers call it only between taking it from the
+        // state (set below) and decrementing `busy`, and this function does not return
+        // (nor unwind: the caller's own part is caught) before `busy` is 0 and the
+        // pointer is taken out of the state again.
+        let erased: JobRef = JobRef(unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static (dyn Fn(usize) + Sync)>(job) });
         let sh = &*self.shared;
-        // SAFETY: only the lifetime is erased (same fat pointer layout). Threads call the
-        // pointer only for a part they claimed of this job's ticket, and this function
-        // returns (or unwinds) only after every part has finished: all claims, hence
-        // all calls, end before `f` goes. The previous job's parts have all finished
-        // too, so no thread reads `job` while it is written here; the ticket's Release
-        // store below publishes it to the threads that claim with Acquire.
-        let erased = JobRef(unsafe { std::mem::transmute::<&(dyn Fn(usize, usize) + Sync), &'static (dyn Fn(usize, usize) + Sync)>(f) });
-        unsafe { *sh.job.get() = Some(erased) };
-        sh.finished.store(0, Relaxed);
-        sh.panicked.store(false, Relaxed);
-        let generation = Ticket(sh.ticket.load(Relaxed)).generation().wrapping_add(1);
-        sh.ticket.store(Ticket::new(generation, parts).0, SeqCst);
-        if sh.sleepers.load(SeqCst) > 0 {
-            let _g = sh.lock();
-            sh.wake.notify_all();
-        }
-        let mut mine = None;
-        while let Some(i) = sh.claim(generation) {
-            if let Some(p) = sh.run_part(i, 0, parts) {
-                mine.get_or_insert(p);
+        {
+            let mut st = sh.lock();
+            st.job = Some(erased);
+            st.panicked = false;
+            sh.busy.store(self.workers.len(), Ordering::SeqCst);
+            sh.generation.fetch_add(1, Ordering::SeqCst);
+            if st.sleeping > 0 {
+                sh.wake.notify_all();
             }
         }
-        // The workers' parts end about when ours did: poll, then sleep.
-        if !poll(|| sh.finished.load(Acquire) == parts) {
-            let mut g = sh.lock();
-            sh.caller_sleeping.store(true, SeqCst);
-            while sh.finished.load(SeqCst) != parts {
-                g = sh.done.wait(g).unwrap_or_else(|e| e.into_inner());
-            }
-            sh.caller_sleeping.store(false, SeqCst);
-            drop(g);
+        let mine = panic::catch_unwind(AssertUnwindSafe(|| job(0)));
+        // Wait for the workers: poll first (their parts end about when ours did).
+        poll(|| sh.busy.load(Ordering::Acquire) == 0);
+        let mut st = sh.lock();
+        while sh.busy.load(Ordering::Acquire) != 0 {
+            st.caller_sleeping = true;
+            st = sh.done.wait(st).unwrap_or_else(|e| e.into_inner());
         }
-        // Every part has finished: the pointer goes before `f` does.
-        unsafe { *sh.job.get() = None };
-        if let Some(p) = mine {
+        st.caller_sleeping = false;
+        st.job = None;
+        let theirs = std::mem::take(&mut st.panicked);
+        drop(st);
+        drop(guard);
+        if let Err(p) = mine {
             panic::resume_unwind(p);
         }
-        assert!(!sh.panicked.load(Acquire), "a part of an INT8 engine op panicked on a worker thread");
+        assert!(!theirs, "a part of an INT8 engine op panicked on a worker thread");
     }
 }
 
 fn worker(sh: &Shared, lane: usize) {
-    let mut seen = 0u32;
+    let mut seen = 0u64;
     loop {
         // Poll for the next job, then sleep.
-        let fresh = || Ticket(sh.ticket.load(Acquire)).generation() != seen || sh.shutdown.load(Acquire);
-        if !poll(fresh) {
-            let mut g = sh.lock();
-            sh.sleepers.fetch_add(1, SeqCst);
-            while Ticket(sh.ticket.load(SeqCst)).generation() == seen && !sh.shutdown.load(SeqCst) {
-                g = sh.wake.wait(g).unwrap_or_else(|e| e.into_inner());
+        poll(|| sh.generation.load(Ordering::Acquire) != seen);
+        let job = {
+            let mut st = sh.lock();
+            while !st.shutdown && sh.generation.load(Ordering::Acquire) == seen {
+                st.sleeping += 1;
+                st = sh.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+                st.sleeping -= 1;
             }
-            sh.sleepers.fetch_sub(1, SeqCst);
-            drop(g);
+            if st.shutdown {
+                return;
+            }
+            seen = sh.generation.load(Ordering::Acquire);
+            st.job.expect("a job is published with its generation")
+        };
+        // SAFETY: `Pool::run` keeps the job alive until `busy` reaches 0, which needs
+        // this worker's decrement below.
+        let ok = panic::catch_unwind(AssertUnwindSafe(|| unsafe { (*job.0)(lane) })).is_ok();
+        if !ok {
+            sh.lock().panicked = true;
         }
-        if sh.shutdown.load(Acquire) {
-            return;
-        }
-        let t = Ticket(sh.ticket.load(Acquire));
-        seen = t.generation();
-        while let Some(i) = sh.claim(seen) {
-            sh.run_part(i, lane, t.parts());
+        if sh.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Taking the lock orders this with the caller's check of `busy` before it sleeps.
+            let st = sh.lock();
+            if st.caller_sleeping {
+                sh.done.notify_one();
+            }
         }
     }
 }
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        let sh = &*self.shared;
         {
-            let _g = sh.lock();
-            sh.shutdown.store(true, SeqCst);
-            sh.wake.notify_all();
+            let mut st = self.shared.lock();
+            st.shutdown = true;
+            self.shared.generation.fetch_add(1, Ordering::SeqCst);
+            self.shared.wake.notify_all();
         }
         for w in self.workers.drain(..) {
             let _ = w.join();
@@ -307,12 +232,11 @@ impl std::fmt::Debug for Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::Ordering;
 
     #[test]
     fn back_to_back_jobs_each_run_every_part_once() {
-        // Jobs far shorter than a worker's wake-up: late workers meet newer tickets,
-        // and a claim made for an old job must never take a part of a new one.
+        // Jobs far shorter than a worker's wake-up: workers arrive late, and a worker
+        // still leaving one job must not take a part of the next.
         for threads in [2, 3] {
             let pool = Pool::new(threads);
             for k in 0..20_000usize {

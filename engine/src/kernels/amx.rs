@@ -21,7 +21,7 @@
 use std::arch::asm;
 use std::arch::x86_64::*;
 
-use super::avx512::{block_mask, block_requant, requant_covers, requantize_store, BlockRequant, DenseOut, TileShape, Walk};
+use super::avx512::{block_mask, block_requant, requant_covers, requantize_store4, BlockRequant, DenseOut, TileShape, Walk};
 use super::{Isa, PackedWeights, CBLOCK};
 
 /// Pixels (rows) of an A tile and of a C tile.
@@ -226,17 +226,18 @@ pub(super) unsafe fn dense(x: &[u8], pixels: usize, mut walk: Walk, shape: TileS
         let emit = |sums: &C4, tile: usize, t: usize, blk: usize| unsafe {
             // In registers for the 16 rows (see `requantize_store`).
             let q = params[blk];
-            for row in 0..ROWS {
-                let px = p + t * ROWS + row;
-                if px >= pixels {
-                    break;
+            let row_sums = |row: usize| _mm512_load_si512(sums.0[tile][row * CBLOCK..].as_ptr() as *const _);
+            let first = p + t * ROWS;
+            let rows = pixels.saturating_sub(first).min(ROWS);
+            if i32_out.is_null() {
+                // Four rows (pixels) at a time; rows past `pixels` are computed, not stored.
+                for row in (0..rows).step_by(4) {
+                    let acc = [row_sums(row), row_sums(row + 1), row_sums(row + 2), row_sums(row + 3)];
+                    requantize_store4(&acc, &q, u8_out.add((first + row) * cout + blk * CBLOCK), cout, (rows - row).min(4));
                 }
-                let acc = _mm512_load_si512(sums.0[tile][row * CBLOCK..].as_ptr() as *const _);
-                let at = px * cout + blk * CBLOCK;
-                if i32_out.is_null() {
-                    requantize_store(acc, &q, u8_out.add(at));
-                } else {
-                    _mm512_mask_storeu_epi32(i32_out.add(at), q.mask, acc);
+            } else {
+                for row in 0..rows {
+                    _mm512_mask_storeu_epi32(i32_out.add((first + row) * cout + blk * CBLOCK), q.mask, row_sums(row));
                 }
             }
         };

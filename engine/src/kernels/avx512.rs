@@ -137,6 +137,10 @@ pub(super) struct BlockRequant {
     /// z_y and the lower clamp, as int32.
     zp: __m512i,
     lo: __m512i,
+    /// z_y as int16, and the lower clamp's bytes laid out as [`requantize_store4`]
+    /// packs four pixels (dword 4L + p: channels 4L..4L + 3 of pixel p).
+    zp16: __m512i,
+    lo4: __m512i,
     pub(super) mask: __mmask16,
 }
 
@@ -162,8 +166,12 @@ unsafe fn block_of(p: ParamRows, out_zp: f32, c0: usize, nc: usize) -> BlockRequ
     // SAFETY: masked loads touch only the lanes of `mask`, channels c0..c0 + min(nc,
     // 16), inside each slice (the caller's obligation); no alignment is required.
     unsafe {
-        let lo = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, p.lo.as_ptr().add(c0) as *const i8));
+        let lo_bytes = _mm_maskz_loadu_epi8(mask, p.lo.as_ptr().add(c0) as *const i8);
+        let lo = _mm512_cvtepu8_epi32(lo_bytes);
         let hi = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, p.hi.as_ptr().add(c0) as *const i8));
+        // Dword i of lo4: dword i / 4 of the 16 bytes (channels 4 (i / 4)..).
+        let rep: [i32; 16] = std::array::from_fn(|i| (i / 4) as i32);
+        let lo4 = _mm512_permutexvar_epi32(_mm512_loadu_si512(rep.as_ptr() as *const _), _mm512_broadcast_i32x4(lo_bytes));
         // Zero points are integers in 0..=255 (u8 tensors'), so hi - z_y is exact.
         debug_assert!(out_zp.fract() == 0.0 && (0.0..=255.0).contains(&out_zp));
         let zp = _mm512_set1_epi32(out_zp as i32);
@@ -174,6 +182,8 @@ unsafe fn block_of(p: ParamRows, out_zp: f32, c0: usize, nc: usize) -> BlockRequ
             top: _mm512_cvtepi32_ps(_mm512_sub_epi32(hi, zp)),
             zp,
             lo,
+            zp16: _mm512_set1_epi16(out_zp as i16),
+            lo4,
             mask,
         }
     }
@@ -195,7 +205,8 @@ pub enum DenseOut<'a> {
 #[target_feature(enable = "avx512f")]
 pub(super) fn block_mask(nc: usize) -> BlockRequant {
     let (z, zi) = (_mm512_setzero_ps(), _mm512_setzero_si512());
-    BlockRequant { offset: zi, mult: z, bias: z, top: z, zp: zi, lo: zi, mask: if nc >= 16 { 0xffff } else { (1u16 << nc) - 1 } }
+    let mask = if nc >= 16 { 0xffff } else { (1u16 << nc) - 1 };
+    BlockRequant { offset: zi, mult: z, bias: z, top: z, zp: zi, lo: zi, zp16: zi, lo4: zi, mask }
 }
 
 /// y = clamp(round_half_even((acc - offset) m + b) + z_y, lo, hi), stored as the
@@ -225,6 +236,58 @@ pub(super) unsafe fn requantize_store(acc: __m512i, q: &BlockRequant, out: *mut 
         let r = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_min_ps(q.top, v));
         let r = _mm512_max_epi32(_mm512_add_epi32(r, q.zp), q.lo);
         _mm_mask_storeu_epi8(out as *mut i8, q.mask, _mm512_cvtepi32_epi8(r));
+    }
+}
+
+/// min(hi - z_y, (acc - offset) m + b) rounded to nearest even: [`requantize_store`]'s
+/// value before + z_y.
+///
+/// # Safety
+/// The CPU must have AVX-512 F.
+#[inline(always)]
+unsafe fn rounded(acc: __m512i, q: &BlockRequant) -> __m512i {
+    // SAFETY: register operations; the CPU features are the caller's obligation.
+    unsafe {
+        let v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, q.offset)), q.mult), q.bias);
+        _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_min_ps(q.top, v))
+    }
+}
+
+/// [`requantize_store`] of four pixels' sums of one block (`acc[k]`: pixel k), stored
+/// at `out + k stride` for k < `n`, with the integer steps done on the four together:
+/// the rounded values packed to int16 with saturation, + z_y (saturating), packed to
+/// u8 with saturation, max(lo) bytewise; one permute puts each pixel's 16 bytes in a
+/// lane. The same bytes: the values are at most hi - z_y (clamped before rounding),
+/// so only the lower side saturates, and anything below 0 after + z_y ends at lo
+/// either way (i32::MIN from a NaN or a huge negative value included). Per 64
+/// outputs this is 10 vector operations where four [`requantize_store`]s take 16.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL; `out + k stride` must be writable for the lanes
+/// of `q.mask` for every k < `n` (n <= 4).
+#[inline(always)]
+pub(super) unsafe fn requantize_store4(acc: &[__m512i; 4], q: &BlockRequant, out: *mut u8, stride: usize, n: usize) {
+    // SAFETY: the CPU features and the stores' bytes are the caller's obligations;
+    // the stores need no alignment.
+    unsafe {
+        // Not a closure: one would not inherit the caller's target features, and its
+        // intrinsics would become calls.
+        let r = [rounded(acc[0], q), rounded(acc[1], q), rounded(acc[2], q), rounded(acc[3], q)];
+        let p01 = _mm512_adds_epi16(_mm512_packs_epi32(r[0], r[1]), q.zp16);
+        let p23 = _mm512_adds_epi16(_mm512_packs_epi32(r[2], r[3]), q.zp16);
+        // Lane L: channels 4L..4L + 3 of pixels 0, 1, 2, 3 (4 bytes each).
+        let bytes = _mm512_max_epu8(_mm512_packus_epi16(p01, p23), q.lo4);
+        // Dword 4L + p <- dword 4p + L: lane p holds pixel p's 16 channels.
+        let px = _mm512_permutexvar_epi32(_mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0), bytes);
+        let lanes = [
+            _mm512_castsi512_si128(px),
+            _mm512_extracti32x4_epi32::<1>(px),
+            _mm512_extracti32x4_epi32::<2>(px),
+            _mm512_extracti32x4_epi32::<3>(px),
+        ];
+        for (k, lane) in lanes.iter().enumerate().take(n) {
+            _mm_mask_storeu_epi8(out.add(k * stride) as *mut i8, q.mask, *lane);
+        }
     }
 }
 
@@ -266,6 +329,13 @@ pub unsafe fn requantize(acc: &[i32], cout: usize, r: &Requant, out: &mut [u8]) 
         for (b, q) in blocks.iter().enumerate() {
             let q = *q;
             let mut at = b * 16;
+            // A period of one block (cout dividing 16: a volume's few channels): four
+            // blocks of values at a time, as four pixels 16 bytes apart.
+            while period == 16 && at + 64 <= whole {
+                let load = |k: usize| _mm512_loadu_si512(acc.as_ptr().add(at + 16 * k) as *const _);
+                requantize_store4(&[load(0), load(1), load(2), load(3)], &q, out.as_mut_ptr().add(at), 16, 4);
+                at += 64;
+            }
             while at < whole {
                 requantize_store(_mm512_loadu_si512(acc.as_ptr().add(at) as *const _), &q, out.as_mut_ptr().add(at));
                 at += period;
@@ -519,15 +589,12 @@ unsafe fn tile_out(
     let q = *q;
     // SAFETY: the caller's obligations.
     unsafe {
-        for (t, a) in acc.iter().enumerate() {
-            if p + t < pixels {
-                let at = (p + t) * cout + b * CBLOCK;
-                if i32_out.is_null() {
-                    requantize_store(*a, &q, u8_out.add(at));
-                } else {
-                    _mm512_mask_storeu_epi32(i32_out.add(at), q.mask, *a);
-                }
+        if !i32_out.is_null() {
+            for (t, a) in acc.iter().enumerate().take(pixels.saturating_sub(p)) {
+                _mm512_mask_storeu_epi32(i32_out.add((p + t) * cout + b * CBLOCK), q.mask, *a);
             }
+        } else {
+            requantize_store4(acc, &q, u8_out.add(p * cout + b * CBLOCK), cout, pixels.saturating_sub(p).min(PT));
         }
     }
 }
