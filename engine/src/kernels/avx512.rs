@@ -137,10 +137,6 @@ pub(super) struct BlockRequant {
     /// z_y and the lower clamp, as int32.
     zp: __m512i,
     lo: __m512i,
-    /// z_y as int16, and the lower clamp's bytes laid out as [`requantize_store4`]
-    /// packs four pixels (dword 4L + p: channels 4L..4L + 3 of pixel p).
-    zp16: __m512i,
-    lo4: __m512i,
     pub(super) mask: __mmask16,
 }
 
@@ -166,12 +162,8 @@ unsafe fn block_of(p: ParamRows, out_zp: f32, c0: usize, nc: usize) -> BlockRequ
     // SAFETY: masked loads touch only the lanes of `mask`, channels c0..c0 + min(nc,
     // 16), inside each slice (the caller's obligation); no alignment is required.
     unsafe {
-        let lo_bytes = _mm_maskz_loadu_epi8(mask, p.lo.as_ptr().add(c0) as *const i8);
-        let lo = _mm512_cvtepu8_epi32(lo_bytes);
+        let lo = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, p.lo.as_ptr().add(c0) as *const i8));
         let hi = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, p.hi.as_ptr().add(c0) as *const i8));
-        // Dword i of lo4: dword i / 4 of the 16 bytes (channels 4 (i / 4)..).
-        let rep: [i32; 16] = std::array::from_fn(|i| (i / 4) as i32);
-        let lo4 = _mm512_permutexvar_epi32(_mm512_loadu_si512(rep.as_ptr() as *const _), _mm512_broadcast_i32x4(lo_bytes));
         // Zero points are integers in 0..=255 (u8 tensors'), so hi - z_y is exact.
         debug_assert!(out_zp.fract() == 0.0 && (0.0..=255.0).contains(&out_zp));
         let zp = _mm512_set1_epi32(out_zp as i32);
@@ -182,8 +174,6 @@ unsafe fn block_of(p: ParamRows, out_zp: f32, c0: usize, nc: usize) -> BlockRequ
             top: _mm512_cvtepi32_ps(_mm512_sub_epi32(hi, zp)),
             zp,
             lo,
-            zp16: _mm512_set1_epi16(out_zp as i16),
-            lo4,
             mask,
         }
     }
@@ -206,7 +196,7 @@ pub enum DenseOut<'a> {
 pub(super) fn block_mask(nc: usize) -> BlockRequant {
     let (z, zi) = (_mm512_setzero_ps(), _mm512_setzero_si512());
     let mask = if nc >= 16 { 0xffff } else { (1u16 << nc) - 1 };
-    BlockRequant { offset: zi, mult: z, bias: z, top: z, zp: zi, lo: zi, zp16: zi, lo4: zi, mask }
+    BlockRequant { offset: zi, mult: z, bias: z, top: z, zp: zi, lo: zi, mask }
 }
 
 /// y = clamp(round_half_even((acc - offset) m + b) + z_y, lo, hi), stored as the
@@ -273,10 +263,16 @@ pub(super) unsafe fn requantize_store4(acc: &[__m512i; 4], q: &BlockRequant, out
         // Not a closure: one would not inherit the caller's target features, and its
         // intrinsics would become calls.
         let r = [rounded(acc[0], q), rounded(acc[1], q), rounded(acc[2], q), rounded(acc[3], q)];
-        let p01 = _mm512_adds_epi16(_mm512_packs_epi32(r[0], r[1]), q.zp16);
-        let p23 = _mm512_adds_epi16(_mm512_packs_epi32(r[2], r[3]), q.zp16);
+        // z_y as int16, and lo's bytes as the packs below lay out pixels (dword 4L + p:
+        // channels 4L..4L + 3), from the int32 constants by the same packs (loop
+        // invariants for the callers' loops; the block's constants stay seven vectors).
+        let zp16 = _mm512_packs_epi32(q.zp, q.zp);
+        let lo16 = _mm512_packs_epi32(q.lo, q.lo);
+        let lo4 = _mm512_packus_epi16(lo16, lo16);
+        let p01 = _mm512_adds_epi16(_mm512_packs_epi32(r[0], r[1]), zp16);
+        let p23 = _mm512_adds_epi16(_mm512_packs_epi32(r[2], r[3]), zp16);
         // Lane L: channels 4L..4L + 3 of pixels 0, 1, 2, 3 (4 bytes each).
-        let bytes = _mm512_max_epu8(_mm512_packus_epi16(p01, p23), q.lo4);
+        let bytes = _mm512_max_epu8(_mm512_packus_epi16(p01, p23), lo4);
         // Dword 4L + p <- dword 4p + L: lane p holds pixel p's 16 channels.
         let px = _mm512_permutexvar_epi32(_mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0), bytes);
         let lanes = [
