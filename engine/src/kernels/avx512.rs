@@ -195,8 +195,7 @@ pub enum DenseOut<'a> {
 #[target_feature(enable = "avx512f")]
 pub(super) fn block_mask(nc: usize) -> BlockRequant {
     let (z, zi) = (_mm512_setzero_ps(), _mm512_setzero_si512());
-    let mask = if nc >= 16 { 0xffff } else { (1u16 << nc) - 1 };
-    BlockRequant { offset: zi, mult: z, bias: z, top: z, zp: zi, lo: zi, mask }
+    BlockRequant { offset: zi, mult: z, bias: z, top: z, zp: zi, lo: zi, mask: if nc >= 16 { 0xffff } else { (1u16 << nc) - 1 } }
 }
 
 /// y = clamp(round_half_even((acc - offset) m + b) + z_y, lo, hi), stored as the
@@ -263,26 +262,70 @@ pub(super) unsafe fn requantize_store4(acc: &[__m512i; 4], q: &BlockRequant, out
         // Not a closure: one would not inherit the caller's target features, and its
         // intrinsics would become calls.
         let r = [rounded(acc[0], q), rounded(acc[1], q), rounded(acc[2], q), rounded(acc[3], q)];
-        // z_y as int16, and lo's bytes as the packs below lay out pixels (dword 4L + p:
-        // channels 4L..4L + 3), from the int32 constants by the same packs (loop
-        // invariants for the callers' loops; the block's constants stay seven vectors).
+        // z_y as int16, and lo's bytes as `pack_pixels4` lays out pixels, from the int32
+        // constants by the same packs (loop invariants for the callers' loops; the
+        // block's constants stay seven vectors).
         let zp16 = _mm512_packs_epi32(q.zp, q.zp);
         let lo16 = _mm512_packs_epi32(q.lo, q.lo);
         let lo4 = _mm512_packus_epi16(lo16, lo16);
+        let bytes = _mm512_max_epu8(pack_pixels4(&r, zp16), lo4);
+        store_pixels4(bytes, pixel_transpose(), q.mask, out, stride, n);
+    }
+}
+
+/// Four pixels' rounded values of one block (`r[p]`: pixel p, int32) + z_y (`zp16`,
+/// as int16), in saturating steps: packed to int16, z_y added, packed to u8. Lane L
+/// holds channels 4L..4L + 3 of pixels 0, 1, 2, 3 (dword 4L + p). The steps are
+/// monotone and exact on [0, 255], so a clamp to [lo, hi] of the result gives
+/// clamp(r + z_y, lo, hi).
+///
+/// # Safety
+/// The CPU must have AVX-512 BW.
+#[inline(always)]
+unsafe fn pack_pixels4(r: &[__m512i; 4], zp16: __m512i) -> __m512i {
+    // SAFETY: register operations; the CPU features are the caller's obligation.
+    unsafe {
         let p01 = _mm512_adds_epi16(_mm512_packs_epi32(r[0], r[1]), zp16);
         let p23 = _mm512_adds_epi16(_mm512_packs_epi32(r[2], r[3]), zp16);
-        // Lane L: channels 4L..4L + 3 of pixels 0, 1, 2, 3 (4 bytes each).
-        let bytes = _mm512_max_epu8(_mm512_packus_epi16(p01, p23), lo4);
-        // Dword 4L + p <- dword 4p + L: lane p holds pixel p's 16 channels.
-        let px = _mm512_permutexvar_epi32(_mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0), bytes);
+        _mm512_packus_epi16(p01, p23)
+    }
+}
+
+/// The dword permute from [`pack_pixels4`]'s layout to one pixel per lane: dword
+/// 4L + p <- dword 4p + L.
+///
+/// # Safety
+/// The CPU must have AVX-512 F.
+#[inline(always)]
+unsafe fn pixel_transpose() -> __m512i {
+    // SAFETY: a register constant; the CPU feature is the caller's obligation.
+    unsafe { _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0) }
+}
+
+/// Bytes in [`pack_pixels4`]'s layout stored one pixel per `stride` bytes from `out`,
+/// pixels below `n`, the channels of `mask` (`transpose`: [`pixel_transpose`]).
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL; `out + p stride` must be writable for the lanes
+/// of `mask` for every p < `n` (n <= 4).
+#[inline(always)]
+unsafe fn store_pixels4(bytes: __m512i, transpose: __m512i, mask: __mmask16, out: *mut u8, stride: usize, n: usize) {
+    // SAFETY: the stores are the caller's obligation; they need no alignment.
+    unsafe {
+        let px = _mm512_permutexvar_epi32(transpose, bytes);
         let lanes = [
             _mm512_castsi512_si128(px),
             _mm512_extracti32x4_epi32::<1>(px),
             _mm512_extracti32x4_epi32::<2>(px),
             _mm512_extracti32x4_epi32::<3>(px),
         ];
-        for (k, lane) in lanes.iter().enumerate().take(n) {
-            _mm_mask_storeu_epi8(out.add(k * stride) as *mut i8, q.mask, *lane);
+        for (p, lane) in lanes.iter().enumerate().take(n) {
+            let dst = out.add(p * stride);
+            if mask == 0xffff {
+                _mm_storeu_si128(dst as *mut __m128i, *lane);
+            } else {
+                _mm_mask_storeu_epi8(dst as *mut i8, mask, *lane);
+            }
         }
     }
 }
@@ -982,8 +1025,6 @@ unsafe fn dw3x3<const SX: usize, const CLAMP: bool>(
     // Byte 4c + t of V is byte c of row t: rows 0 and 1 in lanes 0 and 1 of the first
     // operand, row 2 in lane 0 of the second; byte 3 meets a zero weight.
     let il: [u8; 64] = std::array::from_fn(|i| [i / 4, 16 + i / 4, 64 + i / 4, i / 4][i % 4] as u8);
-    // Dword 4L + p of the packed bytes is channels 4L.. of pixel p; one pixel per lane.
-    let tr: [i32; 16] = std::array::from_fn(|i| (4 * (i % 4) + i / 4) as i32);
     // SAFETY: the index tables are local 64-byte arrays. Each output row reads three
     // input rows (inside x, as oh and the strides fit the padded input) or the row of
     // zero points (w c + 16 bytes, filled above) where padding is; `dw_group` reads a
@@ -998,7 +1039,7 @@ unsafe fn dw3x3<const SX: usize, const CLAMP: bool>(
             w: wd,
             zpv: _mm512_set1_epi8(zp_in as i8),
             interleave: _mm512_loadu_si512(il.as_ptr() as *const _),
-            transpose: _mm512_loadu_si512(tr.as_ptr() as *const _),
+            transpose: pixel_transpose(),
             zp16: _mm512_set1_epi16(r.out_zp as i16),
             lim: _mm512_set1_ps(4_194_304.0),
         };
@@ -1128,26 +1169,8 @@ unsafe fn dw_group<const SX: usize, const CHECKED: bool, const CLAMP: bool>(
             ];
             (iq, [v8, v8])
         };
-        // Saturating steps (to i16, + zp, to u8) are monotone and exact on [0, 255], so
-        // clamping their result to [lo, hi] gives clamp(round + zp, lo, hi).
-        let p01 = _mm512_adds_epi16(_mm512_packs_epi32(iq[0], iq[1]), row.zp16);
-        let p23 = _mm512_adds_epi16(_mm512_packs_epi32(iq[2], iq[3]), row.zp16);
-        let bytes = _mm512_min_epu8(_mm512_max_epu8(_mm512_packus_epi16(p01, p23), q.lo), q.hi);
-        let px = _mm512_permutexvar_epi32(row.transpose, bytes);
-        let lanes = [
-            _mm512_castsi512_si128(px),
-            _mm512_extracti32x4_epi32::<1>(px),
-            _mm512_extracti32x4_epi32::<2>(px),
-            _mm512_extracti32x4_epi32::<3>(px),
-        ];
-        for (p, lane) in lanes.iter().enumerate().take(n) {
-            let dst = o.add(p * row.c);
-            if q.mask == 0xffff {
-                _mm_storeu_si128(dst as *mut __m128i, *lane);
-            } else {
-                _mm_mask_storeu_epi8(dst as *mut i8, q.mask, *lane);
-            }
-        }
+        let bytes = _mm512_min_epu8(_mm512_max_epu8(pack_pixels4(&iq, row.zp16), q.lo), q.hi);
+        store_pixels4(bytes, row.transpose, q.mask, o, row.c, n);
         next
     }
 }
