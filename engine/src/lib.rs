@@ -67,8 +67,10 @@ pub struct Engine {
     memory: MemoryPlan,
     /// Float values each step reads for the last time (dropped after it).
     free_after: Vec<Vec<usize>>,
-    /// Buffers kept between runs (a second concurrent caller allocates its own).
-    scratch: Mutex<Option<Scratch>>,
+    /// Buffers kept between runs, one set per caller running at once: a run takes a
+    /// set (or makes one) and puts it back, so callers side by side (a volume's windows,
+    /// a classifier's batches) each reuse their own instead of allocating ~1 MB a run.
+    scratch: Mutex<Vec<Scratch>>,
     /// Threads for one run's ops (the caller is one of them).
     pool: Pool,
     /// Least work per part: MACs of a conv, bytes of an element-wise op.
@@ -320,7 +322,7 @@ impl Engine {
             isa,
             memory,
             free_after,
-            scratch: Mutex::new(None),
+            scratch: Mutex::new(Vec::new()),
             pool: Pool::new(1),
             min_part: (MIN_PART_MACS, MIN_PART_BYTES as u64),
         })
@@ -332,7 +334,7 @@ impl Engine {
     pub fn with_threads(mut self, threads: usize) -> Self {
         self.pool = Pool::new(threads);
         // Buffers made for the old count go: the lanes follow the pool.
-        *self.scratch.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
+        self.scratch.get_mut().unwrap_or_else(|e| e.into_inner()).clear();
         self
     }
 
@@ -424,14 +426,12 @@ impl Engine {
     }
 
     fn with_scratch<T>(&self, f: impl FnOnce(&mut Scratch) -> Result<T>) -> Result<T> {
-        match self.scratch.try_lock() {
-            Ok(mut guard) => {
-                let s = guard.get_or_insert_with(|| Scratch::new(&self.memory, self.threads()));
-                f(s)
-            }
-            // Busy (another thread runs this engine) or poisoned: buffers of our own.
-            Err(_) => f(&mut Scratch::new(&self.memory, self.threads())),
-        }
+        // The lock is held only to take or return a set, never during a run.
+        let spare = self.scratch.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut s = spare.unwrap_or_else(|| Scratch::new(&self.memory, self.threads()));
+        let r = f(&mut s);
+        self.scratch.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+        r
     }
 
     fn execute(&self, s: &mut Scratch, x: &[f32], times: &mut Option<Vec<f64>>, pass: Option<NormPass>) -> Result<PassResult> {
