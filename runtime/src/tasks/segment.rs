@@ -18,6 +18,10 @@ pub struct SegmentOptions {
     /// Keep only the largest 26-connected component of each class (MONAI's default connectivity).
     pub largest_component: bool,
     pub backend: BackendOptions,
+    /// Threads for the whole volume: with a backend that can run side by side (the
+    /// INT8 engine, tract) that many windows at once, each on one thread (a volume of
+    /// one window splits that window's ops instead); ONNX Runtime's ops split over them.
+    pub threads: usize,
 }
 
 #[derive(Debug)]
@@ -70,14 +74,23 @@ pub fn segment(model: &OnnxModel, volume: &Volume, opts: &SegmentOptions, progre
         return Err(Error::Invalid(format!("a 3-D window is needed for a volume, got {roi:?}")));
     }
     let input_shape: Vec<usize> = [&[1usize, 1][..], roi].concat();
-    let net = backend::create(model, &input_shape, &opts.backend)?;
     let [x, y, z] = volume.shape();
+    let plan = opts.window.plan(&[x, y, z])?;
+    let threads = opts.threads.max(1);
+    // Windows side by side where there are several; one window gets the threads inside.
+    let side = threads.min(plan.num_windows());
+    let mut backend_opts = opts.backend.clone().with_threads(threads);
+    if side <= 1 {
+        backend_opts = backend_opts.with_intra_threads(threads);
+    }
+    let net = backend::create(model, &input_shape, &backend_opts)?;
+    let side = if net.parallel_runs() { side } else { 1 };
     let mut labels = Array3::<u8>::zeros((x, y, z));
     let mut classes = 0usize;
     let input = volume.data.view().insert_axis(Axis(0)).into_dyn();
-    let plan = opts.window.plan(&[x, y, z])?;
-    opts.window.run_streaming(
+    opts.window.run_streaming_side_by_side(
         input,
+        side,
         |w| {
             let mut out = net.run(w)?;
             if out.is_empty() {

@@ -70,41 +70,57 @@ fn starts(n: usize, patch: usize) -> Vec<usize> {
 }
 
 /// Upsamples `volume` by the model's rate; `progress(done, total)` after every patch.
+/// `threads`: with a backend that runs side by side (the INT8 engine, tract), that many
+/// patches at once, each on one thread (a volume of one patch splits its ops instead);
+/// ONNX Runtime splits each patch's ops. The output is the same at any count: patches
+/// are written in the same order.
 pub fn upsample(
     model: &OnnxModel,
     volume: ArrayView3<f32>,
     opts: &BackendOptions,
+    threads: usize,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Array3<f32>> {
     let geo = geometry(model)?;
     let (r, h, p) = (geo.scale, geo.halo, geo.patch);
     let inp = p.map(|x| x + 2 * h);
-    let net = backend::create(model, &[1, 1, inp[0], inp[1], inp[2]], opts)?;
     let n = [volume.shape()[0], volume.shape()[1], volume.shape()[2]];
-    let mut out = Array3::<f32>::zeros((n[0] * r, n[1] * r, n[2] * r));
     let (sx, sy, sz) = (starts(n[0], p[0]), starts(n[1], p[1]), starts(n[2], p[2]));
-    let total = sx.len() * sy.len() * sz.len();
+    let mut corners: Vec<[usize; 3]> = Vec::with_capacity(sx.len() * sy.len() * sz.len());
+    for &x in &sx {
+        for &y in &sy {
+            corners.extend(sz.iter().map(|&z| [x, y, z]));
+        }
+    }
+    let total = corners.len();
+    let threads = threads.max(1);
+    let side = threads.min(total);
+    let mut backend_opts = opts.clone().with_threads(threads);
+    if side <= 1 {
+        backend_opts = backend_opts.with_intra_threads(threads);
+    }
+    let net = backend::create(model, &[1, 1, inp[0], inp[1], inp[2]], &backend_opts)?;
+    let side = if net.parallel_runs() { side } else { 1 };
+    // One patch's upsampled voxels, checked: made on whichever thread runs it.
+    let patch = |[x0, y0, z0]: [usize; 3]| -> Result<Array3<f32>> {
+        let tile = tile_with_halo(volume, [x0, y0, z0], inp, h);
+        let mut outs = net.run(tile)?;
+        let y = outs.drain(..).next().ok_or_else(|| Error::Invalid("the model has no output".into()))?;
+        let want = [1, 1, p[0] * r, p[1] * r, p[2] * r];
+        if y.shape() != want {
+            return Err(Error::WrongShape { got: y.shape().to_vec(), expected: want.to_vec() });
+        }
+        if y.iter().any(|v| !v.is_finite()) {
+            return Err(Error::NonFinite { what: format!("model output for the patch at {:?}", [x0, y0, z0]) });
+        }
+        Ok(y.into_shape_with_order((p[0] * r, p[1] * r, p[2] * r)).expect("checked shape"))
+    };
+    let mut out = Array3::<f32>::zeros((n[0] * r, n[1] * r, n[2] * r));
     let mut done = 0;
-    let clamp = |i: i64, len: usize| i.clamp(0, len as i64 - 1) as usize;
-    for &x0 in &sx {
-        for &y0 in &sy {
-            for &z0 in &sz {
-                let tile = ArrayD::from_shape_fn(IxDyn(&[1, 1, inp[0], inp[1], inp[2]]), |ix| {
-                    let i = clamp(x0 as i64 + ix[2] as i64 - h as i64, n[0]);
-                    let j = clamp(y0 as i64 + ix[3] as i64 - h as i64, n[1]);
-                    let k = clamp(z0 as i64 + ix[4] as i64 - h as i64, n[2]);
-                    volume[[i, j, k]]
-                });
-                let mut outs = net.run(tile)?;
-                let y = outs.drain(..).next().ok_or_else(|| Error::Invalid("the model has no output".into()))?;
-                let want = [1, 1, p[0] * r, p[1] * r, p[2] * r];
-                if y.shape() != want {
-                    return Err(Error::WrongShape { got: y.shape().to_vec(), expected: want.to_vec() });
-                }
-                if y.iter().any(|v| !v.is_finite()) {
-                    return Err(Error::NonFinite { what: format!("model output for the patch at {:?}", [x0, y0, z0]) });
-                }
-                let y = y.into_shape_with_order((p[0] * r, p[1] * r, p[2] * r)).expect("checked shape");
+    crate::parallel::with_helpers(side - 1, patch, |helpers| -> Result<()> {
+        for group in corners.chunks(helpers.threads()) {
+            for (&[x0, y0, z0], y) in group.iter().zip(helpers.map(group.to_vec())) {
+                let y = y?;
                 // Only the part inside the volume (patches larger than a small volume).
                 let e = [(n[0] - x0).min(p[0]) * r, (n[1] - y0).min(p[1]) * r, (n[2] - z0).min(p[2]) * r];
                 out.slice_mut(s![x0 * r..x0 * r + e[0], y0 * r..y0 * r + e[1], z0 * r..z0 * r + e[2]]).assign(&y.slice(s![
@@ -116,8 +132,25 @@ pub fn upsample(
                 progress(done, total);
             }
         }
-    }
+        Ok(())
+    })?;
     Ok(out)
+}
+
+/// The model's input for the patch at `corner`: `inp` voxels a side from `halo` before
+/// it, the volume's edge voxels repeated past its faces, as `[1, 1, inp...]`.
+fn tile_with_halo(volume: ArrayView3<f32>, corner: [usize; 3], inp: [usize; 3], halo: usize) -> ArrayD<f32> {
+    let n = volume.shape();
+    let at = |d: usize, i: usize| (corner[d] + i).saturating_sub(halo).min(n[d] - 1);
+    let zs: Vec<usize> = (0..inp[2]).map(|k| at(2, k)).collect();
+    let mut v = Vec::with_capacity(inp[0] * inp[1] * inp[2]);
+    for i in 0..inp[0] {
+        for j in 0..inp[1] {
+            let row = volume.slice(s![at(0, i), at(1, j), ..]);
+            v.extend(zs.iter().map(|&k| row[k]));
+        }
+    }
+    ArrayD::from_shape_vec(IxDyn(&[1, 1, inp[0], inp[1], inp[2]]), v).expect("sized")
 }
 
 /// The header of the upsampled volume: voxels `r` times smaller, the same physical

@@ -100,8 +100,11 @@ pub fn progress_bar(what: &'static str) -> indicatif::ProgressBar {
 /// The options every volume command (segment, upsample, age) takes alike.
 #[derive(clap::Args)]
 pub struct VolumeRun {
-    /// Threads inside one model run: ONNX Runtime's intra-op pool and the INT8
-    /// engine's (each op split over them, same results at any count); tract uses one.
+    /// Threads (default: all cores). `segment` runs that many windows side by side
+    /// with the INT8 engine and tract (a volume of one window splits its ops
+    /// instead); `upsample`, `age` and ONNX Runtime split each model run's ops over
+    /// them (the INT8 engine's pool, ONNX Runtime's intra-op pool; tract uses one).
+    /// Same results at any count.
     #[arg(short, long)]
     pub threads: Option<usize>,
     /// Replace the outputs if they exist (they are kept otherwise).

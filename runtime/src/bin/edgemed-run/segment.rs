@@ -71,13 +71,14 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
     }
     // Label maps are read as float like every volume; class indices once.
     let reference = reference.map(|r| r.data.mapv(|x| x.round().clamp(0.0, 255.0) as u8));
-    let backend = common.backend()?.with_intra_threads(args.run.threads.unwrap_or_else(all_cores));
+    let threads = args.run.threads.unwrap_or_else(all_cores).max(1);
+    let backend = common.backend()?;
     let settings = format!(
         "roi={:?} overlap={} blend={:?} largest_component={} ct_window={}",
         window.roi, args.overlap, window.blend, !args.all_components, args.ct_window
     );
     let made_by = common.volume_provenance(&model, &backend, settings)?;
-    let opts = SegmentOptions { window, largest_component: !args.all_components, backend };
+    let opts = SegmentOptions { window, largest_component: !args.all_components, backend, threads };
     let start = Instant::now();
     let bar = progress_bar("windows");
     let seg = segment::segment(&model, &vol, &opts, |done, total| {

@@ -34,7 +34,8 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
     let model = common.load_model(Some(&args.model))?;
     let geo = upsample::geometry(&model)?;
     fsutil::check_outputs(&[&args.output], &[&args.input, &args.model], Existing::from_flags(args.run.force, false))?;
-    let backend = common.backend()?.with_intra_threads(args.run.threads.unwrap_or_else(all_cores));
+    let threads = args.run.threads.unwrap_or_else(all_cores).max(1);
+    let backend = common.backend()?;
     let made_by = common.volume_provenance(&model, &backend, format!("scale={} patch={:?} halo={}", geo.scale, geo.patch, geo.halo))?;
     let vol = Volume::read(&args.input, common.memory_budget)?;
     let [x, y, z] = vol.shape();
@@ -42,7 +43,7 @@ pub fn run(args: Args, common: &Common) -> Result<ExitCode> {
     budget::check(|| format!("the {}x upsampled volume", r), (x * y * z * r * r * r * 4) as u64, common.memory_budget)?;
     let start = Instant::now();
     let bar = progress_bar("patches");
-    let out = upsample::upsample(&model, vol.data.view(), &backend, |done, total| {
+    let out = upsample::upsample(&model, vol.data.view(), &backend, threads, |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })?;
