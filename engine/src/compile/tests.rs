@@ -1057,3 +1057,44 @@ fn a_channel_concat_copies_pixels_from_each_source() {
     let e = Engine::new(&m).unwrap().with_threads(3).with_min_part(1, 1);
     assert_eq!(e.run_one(&input).unwrap()[0].iter().copied().collect::<Vec<f32>>(), want);
 }
+
+/// A NaN or an infinity that a float op makes mid-graph (Log of zero or of a negative
+/// value) is an error naming the quantisation it would have reached, at any thread
+/// count and however the quantisation is cut into parts; a NaN in the model's input
+/// likewise, naming the input. Finite values give the reference's bytes.
+#[test]
+fn non_finite_values_reaching_a_quantisation_are_errors() {
+    let mut b = Qdq::new(&[1, 2, 3, 5]);
+    let x = b.qdq("x", 0.05, 128);
+    // An integer op first (the engine runs nothing otherwise): a 1x1 conv by the identity.
+    let w = b.weight(&[2, 2, 1, 1], &[100, 0, 0, 100], 0.01);
+    let c = b.op("Conv", &[&x, &w], vec![]);
+    let c = b.qdq(&c, 0.05, 128);
+    let l = b.op("Log", &[&c], vec![]);
+    let y = b.qdq(&l, 0.02, 200);
+    let n = b.input_len();
+    let model = b.model(&y);
+    let good: Vec<f32> = (0..n).map(|i| 0.3 + 0.17 * (i % 11) as f32).collect();
+    let one = Engine::new(&model).unwrap().run_one(&good).unwrap().remove(0);
+    for (i, (&v, &o)) in good.iter().zip(one.iter()).enumerate() {
+        // ln of the quantised input, within one output step (and the identity's rounding).
+        let xq = (v / 0.05).round_ties_even() * 0.05;
+        assert!((o - xq.ln()).abs() <= 0.0201, "element {i}: {o} for ln({xq})");
+    }
+    for threads in [1, 2, 3] {
+        let e = Engine::new(&model).unwrap().with_threads(threads).with_min_part(1, 1);
+        assert_eq!(e.run_one(&good).unwrap().remove(0), one, "{threads} threads");
+        // One element at or below zero, anywhere: -inf or NaN after the Log.
+        for bad in [0, n / 2, n - 1] {
+            let mut x = good.clone();
+            x[bad] = if bad % 2 == 0 { 0.0 } else { -1.0 };
+            let err = e.run_one(&x).unwrap_err();
+            assert!(matches!(err, Error::NonFinite { .. }), "{threads} threads, element {bad}: {err}");
+            assert!(err.to_string().contains("value before"), "{err}");
+        }
+        let mut x = good.clone();
+        x[n - 2] = f32::NAN;
+        let err = e.run_one(&x).unwrap_err();
+        assert!(matches!(err, Error::NonFinite { .. }) && err.to_string().contains("model input"), "{err}");
+    }
+}
