@@ -220,10 +220,7 @@ pub(super) unsafe fn requantize_store(acc: __m512i, q: &BlockRequant, out: *mut 
     // SAFETY: the CPU features and the masked store's bytes are the caller's
     // obligations; the store needs no alignment.
     unsafe {
-        let v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, q.offset)), q.mult), q.bias);
-        // min(top, NaN) is the NaN (the second operand), which converts to i32::MIN.
-        let r = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_min_ps(q.top, v));
-        let r = _mm512_max_epi32(_mm512_add_epi32(r, q.zp), q.lo);
+        let r = _mm512_max_epi32(_mm512_add_epi32(rounded(acc, q), q.zp), q.lo);
         _mm_mask_storeu_epi8(out as *mut i8, q.mask, _mm512_cvtepi32_epi8(r));
     }
 }
@@ -238,6 +235,7 @@ unsafe fn rounded(acc: __m512i, q: &BlockRequant) -> __m512i {
     // SAFETY: register operations; the CPU features are the caller's obligation.
     unsafe {
         let v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, q.offset)), q.mult), q.bias);
+        // min(top, NaN) is the NaN (the second operand), which converts to i32::MIN.
         _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_min_ps(q.top, v))
     }
 }

@@ -252,6 +252,29 @@ pub fn create(model: &OnnxModel, input_shape: &[usize], opts: &BackendOptions) -
     }
 }
 
+/// A backend for a job of `items` independent runs (a volume's windows or patches) on
+/// `threads` threads, and how many of the runs go side by side, one thread each: as
+/// many as there are threads where the backend can run side by side (the INT8 engine,
+/// tract) and there are several items; otherwise one at a time, the threads inside
+/// each run (ONNX Runtime's pool, or the INT8 engine's for a single item).
+pub fn create_side_by_side(
+    model: &OnnxModel,
+    input_shape: &[usize],
+    opts: &BackendOptions,
+    threads: usize,
+    items: usize,
+) -> Result<(Box<dyn Backend>, usize)> {
+    let threads = threads.max(1);
+    let side = threads.min(items);
+    let mut opts = opts.clone().with_threads(threads);
+    if side <= 1 {
+        opts = opts.with_intra_threads(threads);
+    }
+    let net = create(model, input_shape, &opts)?;
+    let side = if net.parallel_runs() { side.max(1) } else { 1 };
+    Ok((net, side))
+}
+
 /// Like [`create`], for a model with several inputs (`shapes` in the graph's order):
 /// tract and ONNX Runtime run them; the INT8 engine compiles models with one input.
 pub fn create_with_inputs(model: &OnnxModel, shapes: &[Vec<usize>], opts: &BackendOptions) -> Result<Box<dyn Backend>> {

@@ -76,15 +76,7 @@ pub fn segment(model: &OnnxModel, volume: &Volume, opts: &SegmentOptions, progre
     let input_shape: Vec<usize> = [&[1usize, 1][..], roi].concat();
     let [x, y, z] = volume.shape();
     let plan = opts.window.plan(&[x, y, z])?;
-    let threads = opts.threads.max(1);
-    // Windows side by side where there are several; one window gets the threads inside.
-    let side = threads.min(plan.num_windows());
-    let mut backend_opts = opts.backend.clone().with_threads(threads);
-    if side <= 1 {
-        backend_opts = backend_opts.with_intra_threads(threads);
-    }
-    let net = backend::create(model, &input_shape, &backend_opts)?;
-    let side = if net.parallel_runs() { side } else { 1 };
+    let (net, side) = backend::create_side_by_side(model, &input_shape, &opts.backend, opts.threads, plan.num_windows())?;
     let mut labels = Array3::<u8>::zeros((x, y, z));
     let mut classes = 0usize;
     let input = volume.data.view().insert_axis(Axis(0)).into_dyn();

@@ -93,14 +93,7 @@ pub fn upsample(
         }
     }
     let total = corners.len();
-    let threads = threads.max(1);
-    let side = threads.min(total);
-    let mut backend_opts = opts.clone().with_threads(threads);
-    if side <= 1 {
-        backend_opts = backend_opts.with_intra_threads(threads);
-    }
-    let net = backend::create(model, &[1, 1, inp[0], inp[1], inp[2]], &backend_opts)?;
-    let side = if net.parallel_runs() { side } else { 1 };
+    let (net, side) = backend::create_side_by_side(model, &[1, 1, inp[0], inp[1], inp[2]], opts, threads, total)?;
     // One patch's upsampled voxels, checked: made on whichever thread runs it.
     let patch = |[x0, y0, z0]: [usize; 3]| -> Result<Array3<f32>> {
         let tile = tile_with_halo(volume, [x0, y0, z0], inp, h);

@@ -100,9 +100,9 @@ pub fn progress_bar(what: &'static str) -> indicatif::ProgressBar {
 /// The options every volume command (segment, upsample, age) takes alike.
 #[derive(clap::Args)]
 pub struct VolumeRun {
-    /// Threads (default: all cores). `segment` runs that many windows side by side
-    /// with the INT8 engine and tract (a volume of one window splits its ops
-    /// instead); `upsample`, `age` and ONNX Runtime split each model run's ops over
+    /// Threads (default: all cores). `segment` and `upsample` run that many windows
+    /// (patches) side by side with the INT8 engine and tract (a volume of one window
+    /// splits its ops instead); `age` and ONNX Runtime split each model run's ops over
     /// them (the INT8 engine's pool, ONNX Runtime's intra-op pool; tract uses one).
     /// Same results at any count.
     #[arg(short, long)]
