@@ -21,7 +21,7 @@
 use std::arch::asm;
 use std::arch::x86_64::*;
 
-use super::avx512::{block_mask, block_requant, requant_covers, requantize_store4, BlockRequant, DenseOut, TileShape, Walk};
+use super::avx512::{block_mask, block_requant, requant_covers, requantize_store4_from, BlockRequant, DenseOut, TileShape, Walk};
 use super::{Isa, PackedWeights, CBLOCK};
 
 /// Pixels (rows) of an A tile and of a C tile.
@@ -124,11 +124,33 @@ struct Rows {
 /// into a gathered tile. Only the `row_len` bytes of each kernel row are read from `x`
 /// for a gathered pixel, so `x` needs no slack.
 ///
+/// The C tiles start from each block's -offset (a tile load whose 16 rows all read the
+/// block's one row of [`BlockRequant::start`]), so the sums come out as acc - offset
+/// and the requantisation is [`requantize_store4_from`]'s, without the subtraction;
+/// `bounded`: [`super::avx512::dense_bounded`] holds (or the output is int32).
+///
 /// # Safety
 /// The CPU must have AVX-512 F/BW/VL/VNNI and AMX-INT8 with the tile state granted
 /// ([`available`]). (The slices are checked here.)
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-pub(super) unsafe fn dense(x: &[u8], pixels: usize, mut walk: Walk, shape: TileShape, w: &PackedWeights, out: DenseOut) {
+pub(super) unsafe fn dense(x: &[u8], pixels: usize, walk: Walk, shape: TileShape, w: &PackedWeights, out: DenseOut, bounded: bool) {
+    // SAFETY: the caller's obligations, passed on; `bounded` is what its name says.
+    unsafe {
+        if bounded {
+            dense_with::<true>(x, pixels, walk, shape, w, out)
+        } else {
+            dense_with::<false>(x, pixels, walk, shape, w, out)
+        }
+    }
+}
+
+/// [`dense`], `BOUNDED` as [`requantize_store4_from`]'s.
+///
+/// # Safety
+/// As [`dense`]; with `BOUNDED`, [`super::avx512::dense_bounded`] must hold for a u8
+/// output.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn dense_with<const BOUNDED: bool>(x: &[u8], pixels: usize, mut walk: Walk, shape: TileShape, w: &PackedWeights, out: DenseOut) {
     let cout = w.cout;
     let TileShape { kd, kh, plane_stride, row_stride } = shape;
     let kr = kd * kh;
@@ -159,6 +181,17 @@ pub(super) unsafe fn dense(x: &[u8], pixels: usize, mut walk: Walk, shape: TileS
             (params, std::ptr::null_mut(), o.as_mut_ptr())
         }
     };
+    // Block b's C tile start: one row of 16 int32, read 16 times (a zero row stride).
+    let starts: Vec<Row64> = params
+        .iter()
+        .map(|q| {
+            let mut row = Row64([0; CBLOCK]);
+            // SAFETY: AVX-512 is the caller's obligation; an unaligned store into the
+            // 64 bytes of `row`.
+            unsafe { _mm512_storeu_si512(row.0.as_mut_ptr() as *mut _, q.start()) };
+            row
+        })
+        .collect();
     // Two gathered A tiles (ROWS pixels of kr rows at the pitch each).
     let tile_bytes = ROWS * kr * pitch;
     // Allocated at the first gathered tile (most parts of a pointwise conv gather none);
@@ -235,7 +268,7 @@ pub(super) unsafe fn dense(x: &[u8], pixels: usize, mut walk: Walk, shape: TileS
                 // Four rows (pixels) at a time; rows past `pixels` are computed, not stored.
                 for row in (0..rows).step_by(4) {
                     let acc = [row_sums(row), row_sums(row + 1), row_sums(row + 2), row_sums(row + 3)];
-                    requantize_store4(&acc, &q, u8_out.add((first + row) * cout + blk * CBLOCK), cout, (rows - row).min(4));
+                    requantize_store4_from::<BOUNDED>(&acc, &q, u8_out.add((first + row) * cout + blk * CBLOCK), cout, (rows - row).min(4));
                 }
             } else {
                 for row in 0..rows {
@@ -252,8 +285,9 @@ pub(super) unsafe fn dense(x: &[u8], pixels: usize, mut walk: Walk, shape: TileS
             // serialise them).
             // SAFETY: AMX is configured above; the A rows are 64 bytes from each
             // pixel's start, inside `x` (in place: `reach`) or `copy`; B tiles are block
-            // b's 16 quadruples x 16 channels inside `tiles` (checked); the C tiles go
-            // to `sums` (2 x 2 tiles of 16 rows of 64 bytes).
+            // b's 16 quadruples x 16 channels inside `tiles` (checked); the C tiles load
+            // block b's start row (64 bytes of `starts[b]`, every tile row at stride 0)
+            // and go to `sums` (2 x 2 tiles of 16 rows of 64 bytes).
             unsafe {
                 asm!(
                     "tileloadd tmm4, [{a0} + {sa0}*1]",
@@ -264,23 +298,27 @@ pub(super) unsafe fn dense(x: &[u8], pixels: usize, mut walk: Walk, shape: TileS
                     sa1 = in(reg) a[1].stride,
                     options(nostack, readonly),
                 );
+                // (An index loop: b runs one past the blocks, to take the last one out.)
+                #[allow(clippy::needless_range_loop)]
                 for b in 0..=blocks {
                     if b < blocks {
                         let wb = w.tiles.as_ptr().add(b * pitch * CBLOCK);
                         let c = sums.0.as_mut_ptr().add(2 * (b % 2));
-                        // Block b's weights into B tile `w`, its sums with A tiles 4 and 5
-                        // into C tiles `c0` and `c1`, stored at `c`.
+                        // Block b's weights into B tile `w`, its sums (from its start row)
+                        // with A tiles 4 and 5 into C tiles `c0` and `c1`, stored at `c`.
                         macro_rules! block {
                             ($w:literal, $c0:literal, $c1:literal) => {
                                 asm!(
                                     concat!("tileloadd ", $w, ", [{w} + {s}*1]"),
-                                    concat!("tilezero ", $c0),
-                                    concat!("tilezero ", $c1),
+                                    concat!("tileloadd ", $c0, ", [{o} + {z}*1]"),
+                                    concat!("tileloadd ", $c1, ", [{o} + {z}*1]"),
                                     concat!("tdpbusd ", $c0, ", tmm4, ", $w),
                                     concat!("tdpbusd ", $c1, ", tmm5, ", $w),
                                     concat!("tilestored [{c0} + {s}*1], ", $c0),
                                     concat!("tilestored [{c1} + {s}*1], ", $c1),
                                     w = in(reg) wb,
+                                    o = in(reg) starts[b].0.as_ptr(),
+                                    z = in(reg) 0usize,
                                     c0 = in(reg) c,
                                     c1 = in(reg) c.add(1),
                                     s = in(reg) ROW_BYTES,
@@ -314,9 +352,20 @@ pub(super) unsafe fn dense(x: &[u8], pixels: usize, mut walk: Walk, shape: TileS
             // gathered inside `copy` (tile_bytes per tile). B tiles: block blk's kernel
             // row i, quadruples 16c..16c + 16 < pitch / 4, inside `tiles` (checked);
             // the prefetched ones likewise, for chunks c + PREFETCH_CHUNKS < chunks.
-            // The C tiles are stored into `sums` (4 x 16 rows of 64 bytes).
+            // The C tiles load the start rows of blocks b and b1 < blocks (64 bytes of
+            // `starts`, stride 0) and are stored into `sums` (4 x 16 rows of 64 bytes).
             unsafe {
-                asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nomem, nostack));
+                // C0, C2: block b's start; C1, C3: block b1's.
+                asm!(
+                    "tileloadd tmm0, [{o0} + {z}*1]",
+                    "tileloadd tmm1, [{o1} + {z}*1]",
+                    "tileloadd tmm2, [{o0} + {z}*1]",
+                    "tileloadd tmm3, [{o1} + {z}*1]",
+                    o0 = in(reg) starts[b].0.as_ptr(),
+                    o1 = in(reg) starts[b1].0.as_ptr(),
+                    z = in(reg) 0usize,
+                    options(nostack, readonly),
+                );
                 for i in 0..kr {
                     let off = |r: &Rows| if r.gathered { gathered[i] } else { in_place[i] };
                     for c in 0..chunks {
@@ -381,6 +430,10 @@ pub(super) unsafe fn dense(x: &[u8], pixels: usize, mut walk: Walk, shape: TileS
     // SAFETY: releases the tile state configured above (no operands).
     unsafe { asm!("tilerelease", options(nomem, nostack)) };
 }
+
+/// One C tile row: a block's 16 int32 start values.
+#[repr(C, align(64))]
+struct Row64([i32; CBLOCK]);
 
 /// Four C tiles' int32 sums, 64-byte aligned for the row loads.
 #[repr(C, align(64))]

@@ -134,9 +134,10 @@ pub(super) struct BlockRequant {
     bias: __m512,
     /// hi - z_y, as a float: the upper clamp, before rounding.
     top: __m512,
-    /// z_y and the lower clamp, as int32.
+    /// z_y and the clamps, as int32.
     zp: __m512i,
     lo: __m512i,
+    hi: __m512i,
     pub(super) mask: __mmask16,
 }
 
@@ -174,6 +175,7 @@ unsafe fn block_of(p: ParamRows, out_zp: f32, c0: usize, nc: usize) -> BlockRequ
             top: _mm512_cvtepi32_ps(_mm512_sub_epi32(hi, zp)),
             zp,
             lo,
+            hi,
             mask,
         }
     }
@@ -195,7 +197,31 @@ pub enum DenseOut<'a> {
 #[target_feature(enable = "avx512f")]
 pub(super) fn block_mask(nc: usize) -> BlockRequant {
     let (z, zi) = (_mm512_setzero_ps(), _mm512_setzero_si512());
-    BlockRequant { offset: zi, mult: z, bias: z, top: z, zp: zi, lo: zi, mask: if nc >= 16 { 0xffff } else { (1u16 << nc) - 1 } }
+    BlockRequant { offset: zi, mult: z, bias: z, top: z, zp: zi, lo: zi, hi: zi, mask: if nc >= 16 { 0xffff } else { (1u16 << nc) - 1 } }
+}
+
+impl BlockRequant {
+    /// -offset: where a dense kernel's sums of this block start, so that they come out
+    /// as acc - offset, the value [`requantize_store4_from`] takes (zero for int32
+    /// output, whose mask-only constants have no offset). Wrapping, as the reference's
+    /// subtraction is in two's complement.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn start(&self) -> __m512i {
+        _mm512_sub_epi32(_mm512_setzero_si512(), self.offset)
+    }
+}
+
+/// Whether the requantised values v = (acc - offset) m + b of a dense conv with
+/// kernel rows of `k` inputs stay below 2^30 in magnitude for every channel of `r`, so
+/// that [`requantize_store4_from`] may round them without the upper clamp first
+/// (see there). |acc| <= 255 x 128 k for u8 inputs and s8 weights; the bound is
+/// computed in f64 from the parameters (a NaN or an infinity fails it).
+pub(super) fn dense_bounded(r: &Requant, k: usize, cout: usize) -> bool {
+    let acc = 255.0 * 128.0 * k as f64;
+    (0..cout).all(|c| {
+        let v = (acc + (r.offset[c] as f64).abs()) * (r.mult[c] as f64).abs() + (r.bias[c] as f64).abs();
+        v < (1u32 << 30) as f64
+    })
 }
 
 /// y = clamp(round_half_even((acc - offset) m + b) + z_y, lo, hi), stored as the
@@ -210,7 +236,7 @@ pub(super) fn block_mask(nc: usize) -> BlockRequant {
 /// i32::MIN; after it, y <= hi needs no second clamp. Below -2^31 that same i32::MIN
 /// (and a NaN's) ends at lo, as the reference's clamp does. Callers looping over
 /// pixels keep `q` in a local copy: through a reference, the stores (raw pointers)
-/// make the compiler reload its seven vectors for every 16 outputs.
+/// make the compiler reload its vectors for every 16 outputs.
 ///
 /// # Safety
 /// The CPU must have AVX-512 F/BW/VL, and `out` must be writable for the lanes of
@@ -262,12 +288,69 @@ pub(super) unsafe fn requantize_store4(acc: &[__m512i; 4], q: &BlockRequant, out
         let r = [rounded(acc[0], q), rounded(acc[1], q), rounded(acc[2], q), rounded(acc[3], q)];
         // z_y as int16, and lo's bytes as `pack_pixels4` lays out pixels, from the int32
         // constants by the same packs (loop invariants for the callers' loops; the
-        // block's constants stay seven vectors).
+        // block's constants stay eight vectors).
         let zp16 = _mm512_packs_epi32(q.zp, q.zp);
         let lo16 = _mm512_packs_epi32(q.lo, q.lo);
         let lo4 = _mm512_packus_epi16(lo16, lo16);
         let bytes = _mm512_max_epu8(pack_pixels4(&r, zp16), lo4);
         store_pixels4(bytes, pixel_transpose(), q.mask, out, stride, n);
+    }
+}
+
+/// [`requantize_store4`] of sums that already are acc - offset (a dense kernel's, which
+/// start from [`BlockRequant::start`]): the same bytes, with fewer operations per 64
+/// outputs. With `BOUNDED` ([`dense_bounded`]), the values are rounded without the
+/// upper clamp before it (below 2^30 in magnitude, the conversion is exact and never
+/// the integer indefinite) and hi is applied bytewise with lo: the saturating packs of
+/// [`pack_pixels4`] are monotone and exact on [0, 255], so clamping their bytes to
+/// [lo, hi] gives clamp(round(v) + z_y, lo, hi), the reference's (whose rounding
+/// saturates at 2^22, beyond any clamp). Per 64 outputs: 24 vector operations where
+/// [`requantize_store4`] takes 31. (Unbounded: the upper clamp as there.)
+///
+/// # Safety
+/// As [`requantize_store4`].
+#[inline(always)]
+pub(super) unsafe fn requantize_store4_from<const BOUNDED: bool>(
+    acc: &[__m512i; 4],
+    q: &BlockRequant,
+    out: *mut u8,
+    stride: usize,
+    n: usize,
+) {
+    // SAFETY: register operations, and the stores the caller vouches for.
+    unsafe {
+        // Not closures (see `requantize_store4`).
+        let r = [
+            rounded_from::<BOUNDED>(acc[0], q),
+            rounded_from::<BOUNDED>(acc[1], q),
+            rounded_from::<BOUNDED>(acc[2], q),
+            rounded_from::<BOUNDED>(acc[3], q),
+        ];
+        let zp16 = _mm512_packs_epi32(q.zp, q.zp);
+        let lo16 = _mm512_packs_epi32(q.lo, q.lo);
+        let bytes = _mm512_max_epu8(pack_pixels4(&r, zp16), _mm512_packus_epi16(lo16, lo16));
+        let bytes = if BOUNDED {
+            let hi16 = _mm512_packs_epi32(q.hi, q.hi);
+            _mm512_min_epu8(bytes, _mm512_packus_epi16(hi16, hi16))
+        } else {
+            bytes
+        };
+        store_pixels4(bytes, pixel_transpose(), q.mask, out, stride, n);
+    }
+}
+
+/// (acc - offset) m + b rounded to nearest even, from sums that are acc - offset;
+/// unless `BOUNDED`, min(hi - z_y, ..) first, as [`rounded`].
+///
+/// # Safety
+/// The CPU must have AVX-512 F.
+#[inline(always)]
+unsafe fn rounded_from<const BOUNDED: bool>(acc: __m512i, q: &BlockRequant) -> __m512i {
+    // SAFETY: register operations; the CPU features are the caller's obligation.
+    unsafe {
+        let v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), q.mult), q.bias);
+        let v = if BOUNDED { v } else { _mm512_min_ps(q.top, v) };
+        _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v)
     }
 }
 
@@ -490,13 +573,36 @@ pub(super) struct TileShape {
 /// The CPU must have AVX-512 F/BW/VL/VNNI. (The slices are checked here.)
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn dense_tiles(x: &[u8], pixels: usize, mut walk: Walk, shape: TileShape, w: &PackedWeights, out: DenseOut) {
+unsafe fn dense_tiles(x: &[u8], pixels: usize, walk: Walk, shape: TileShape, w: &PackedWeights, out: DenseOut) {
+    // int32 output has no clamp to skip.
+    let bounded = match &out {
+        DenseOut::U8(r, _) => requant_covers(r, w.cout) && dense_bounded(r, w.k, w.cout),
+        DenseOut::I32(_) => true,
+    };
     if w.isa == Isa::Avx512Amx && super::amx::worth_tiles(pixels, walk.size[2], w) {
         // SAFETY: the dispatchers run weights only on the ISA they were packed for
         // (`check_packed`), after `Isa::checked` confirmed that this CPU has it: AMX
         // with the tile state granted. The rest is the caller's obligation.
-        return unsafe { super::amx::dense(x, pixels, walk, shape, w, out) };
+        return unsafe { super::amx::dense(x, pixels, walk, shape, w, out, bounded) };
     }
+    // SAFETY: the CPU features and the slices are the caller's obligations, passed
+    // on; `bounded` was checked just above.
+    unsafe {
+        if bounded {
+            vnni_tiles::<true>(x, pixels, walk, shape, w, out)
+        } else {
+            vnni_tiles::<false>(x, pixels, walk, shape, w, out)
+        }
+    }
+}
+
+/// [`dense_tiles`] on the VNNI kernel; `BOUNDED` as [`requantize_store4_from`]'s.
+///
+/// # Safety
+/// As [`dense_tiles`]; with `BOUNDED`, [`dense_bounded`] must hold for a u8 output.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn vnni_tiles<const BOUNDED: bool>(x: &[u8], pixels: usize, mut walk: Walk, shape: TileShape, w: &PackedWeights, out: DenseOut) {
     let cout = w.cout;
     let TileShape { kd, kh, plane_stride, row_stride } = shape;
     let q4 = w.row_len.div_ceil(4);
@@ -521,6 +627,8 @@ unsafe fn dense_tiles(x: &[u8], pixels: usize, mut walk: Walk, shape: TileShape,
             (params, std::ptr::null_mut(), o.as_mut_ptr())
         }
     };
+    // The sums start from -offset (zero for int32 output).
+    let starts: Vec<__m512i> = params.iter().map(|q| q.start()).collect();
     let xp = x.as_ptr();
     let mut p = 0;
     while p < pixels {
@@ -545,15 +653,15 @@ unsafe fn dense_tiles(x: &[u8], pixels: usize, mut walk: Walk, shape: TileShape,
             // each broadcast input quadruple serves both blocks.
             let mut b = 0;
             while b + 2 <= blocks {
-                let acc = tile.sums::<2>(b);
+                let acc = tile.sums::<2>(b, [starts[b], starts[b + 1]]);
                 for (k, acc) in acc.iter().enumerate() {
-                    tile_out(acc, p, pixels, cout, b + k, &params[b + k], u8_out, i32_out);
+                    tile_out::<BOUNDED>(acc, p, pixels, cout, b + k, &params[b + k], u8_out, i32_out);
                 }
                 b += 2;
             }
             if b < blocks {
-                let [acc] = tile.sums::<1>(b);
-                tile_out(&acc, p, pixels, cout, b, &params[b], u8_out, i32_out);
+                let [acc] = tile.sums::<1>(b, [starts[b]]);
+                tile_out::<BOUNDED>(&acc, p, pixels, cout, b, &params[b], u8_out, i32_out);
             }
         }
         p += PT;
@@ -574,17 +682,18 @@ struct DenseTile {
 }
 
 impl DenseTile {
-    /// The int32 sums of the tile's pixels for blocks b..b + NB of 16 channels.
+    /// The int32 sums of the tile's pixels for blocks b..b + NB of 16 channels, block
+    /// b + k's starting from `start[k]`.
     ///
     /// # Safety
     /// AVX-512 F/VNNI; the reads of [`conv_dense`]'s SAFETY comment, for these blocks.
     #[inline(always)]
-    unsafe fn sums<const NB: usize>(&self, b: usize) -> [[__m512i; PT]; NB] {
+    unsafe fn sums<const NB: usize>(&self, b: usize, start: [__m512i; NB]) -> [[__m512i; PT]; NB] {
         // SAFETY: the caller's obligations.
         unsafe {
             let per_block = self.kd * self.kh * self.q4 * 64;
             let wb = self.quads.add(b * per_block);
-            let mut acc = [[_mm512_setzero_si512(); PT]; NB];
+            let mut acc: [[__m512i; PT]; NB] = std::array::from_fn(|k| [start[k]; PT]);
             for a in 0..self.kd {
                 for r in 0..self.kh {
                     let i = a * self.kh + r;
@@ -606,13 +715,14 @@ impl DenseTile {
     }
 }
 
-/// Block `b` of a tile's sums (pixels p..p + PT) written as u8 (requantised) or int32.
+/// Block `b` of a tile's sums (pixels p..p + PT; acc - offset) written as u8
+/// (requantised, see [`requantize_store4_from`]) or int32.
 ///
 /// # Safety
 /// AVX-512 F/BW/VL; the stores of [`conv_dense`]'s SAFETY comment.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_out(
+unsafe fn tile_out<const BOUNDED: bool>(
     acc: &[__m512i; PT],
     p: usize,
     pixels: usize,
@@ -631,7 +741,7 @@ unsafe fn tile_out(
                 _mm512_mask_storeu_epi32(i32_out.add((p + t) * cout + b * CBLOCK), q.mask, *a);
             }
         } else {
-            requantize_store4(acc, &q, u8_out.add(p * cout + b * CBLOCK), cout, pixels.saturating_sub(p).min(PT));
+            requantize_store4_from::<BOUNDED>(acc, &q, u8_out.add(p * cout + b * CBLOCK), cout, pixels.saturating_sub(p).min(PT));
         }
     }
 }

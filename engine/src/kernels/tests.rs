@@ -406,6 +406,70 @@ fn wide_dense_convolutions_equal_scalar() {
     assert!(tiled >= 10 || !Isa::Avx512Amx.is_available(), "{tiled} convs on AMX tiles");
 }
 
+/// Dense convs large enough for the AMX tiles (pointwise with one 64-input chunk and
+/// with several, a 3x3 conv) with each requantisation the x86 dense kernels tell
+/// apart: random zero-point offsets (the sums start from -offset), multipliers small
+/// enough that the values stay below 2^30 (rounded without the upper clamp first, hi
+/// applied to the bytes) and multipliers or biases that send them far past 2^31 (the
+/// upper clamp before the rounding), channels of both kinds in one conv. The same
+/// bytes as the scalar reference on every ISA.
+#[test]
+fn dense_requantisation_with_offsets_and_huge_values_equals_scalar() {
+    let mut s = Lcg::new(0x0ff5e7);
+    // (cin, cout, size, kernel): 0.6-1.9 M MACs each.
+    for (i, &(cin, cout, size, k)) in
+        [(24, 40, 24, 1), (16, 50, 26, 1), (100, 36, 14, 1), (200, 20, 13, 1), (16, 33, 20, 3)].iter().enumerate()
+    {
+        let g = ConvGeometry::new(size, size, cin, k, k, [1, 1], [k / 2; 4]).unwrap();
+        let x: Vec<u8> = (0..size * size * cin + 64).map(|_| s.u8()).collect();
+        let w: Vec<i8> = (0..cout * k * k * cin).map(|j| if j % 7 == 0 { -128 } else { s.i8() }).collect();
+        let zp = s.u8();
+        let n = g.oh * g.ow * cout;
+        let scalar_kind = ConvKind::Dense(PackedWeights::new(Isa::Scalar, w.clone(), cout, k, k * cin));
+        let scratch = conv_scratch_len(&g, &scalar_kind) + 64;
+        let mut sums = vec![0i32; n];
+        accumulate(Isa::Scalar, &x, &g, zp, &scalar_kind, &mut vec![0; scratch], &mut sums);
+        let (mean, sd) = spread(&sums);
+        for huge in [0usize, 1, 2] {
+            let mut r = random_requant(&mut s, cout);
+            // The correction the compiler puts there (zp Σw) plus noise, so that
+            // sums - offset is centred as the real one is.
+            let centre = mean as i32 + (s.below(101) as f64 / 100.0 * sd / 2.0 - sd / 4.0) as i32;
+            for c in 0..cout {
+                r.offset[c] = centre;
+                r.mult[c] = (40.0 / sd) as f32 * (0.5 + s.below(100) as f32 / 100.0);
+                r.bias[c] = s.below(41) as f32 - 20.0;
+                // huge 1: every channel far out of range; huge 2: every third.
+                if huge == 1 || (huge == 2 && c % 3 == 0) {
+                    match s.below(3) {
+                        0 => r.mult[c] = 1e9,
+                        1 => r.bias[c] = 3e9,
+                        _ => r.bias[c] = -3e9,
+                    }
+                }
+            }
+            r.out_zp = (100 + s.below(56)) as f32;
+            let mut reference = vec![0u8; n];
+            conv(Isa::Scalar, &x, &g, zp, &scalar_kind, &r, &mut vec![0; scratch], &mut vec![0; n], &mut reference);
+            let inside = reference.iter().enumerate().filter(|&(j, &y)| y > r.lo[j % cout] && y < r.hi[j % cout]).count();
+            if huge == 0 {
+                assert!(inside * 2 > n, "case {i}: {inside} of {n} outputs inside the clamp");
+            }
+            for isa in Isa::available() {
+                let kind = ConvKind::Dense(PackedWeights::new(isa, w.clone(), cout, k, k * cin));
+                let mut out = vec![0x5a; n];
+                conv(isa, &x, &g, zp, &kind, &r, &mut vec![0xa5; scratch], &mut vec![0; n], &mut out);
+                assert_eq!(reference, out, "{isa:?} case {i} {g:?} cout {cout} huge {huge}");
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        assert!(
+            super::amx::worth_tiles(g.oh * g.ow, g.ow, &PackedWeights::new(Isa::Avx512Amx, w.clone(), cout, k, k * cin)),
+            "case {i} runs on tiles where the CPU has them"
+        );
+    }
+}
+
 /// The standalone depthwise kernel (raw [taps][c] weights, unpadded input without
 /// slack) and requantisation.
 #[test]
