@@ -852,7 +852,10 @@ pub unsafe fn conv_depthwise(x: &[u8], g: &ConvGeometry, zp_in: u8, w: &Depthwis
 /// The quantised Add ([`super::scalar::add_quantized`]), 16 elements a step; the
 /// last few through masked loads and stores (no slack read or written). The same IEEE
 /// operations in the same order as the scalar loop (two products, one sum: no FMA;
-/// a true division by the output scale), so the same bytes.
+/// a true division by the output scale), then the rounding, zero point and clamps in
+/// integers (see the loop), so the same bytes. (The division is about a sixth of the
+/// time: a multiplication by the reciprocal instead, which is not exact, measured
+/// 15% faster.)
 ///
 /// # Safety
 /// The CPU must have AVX-512 F/BW/VL. (The slices are checked here.)
@@ -861,10 +864,8 @@ pub unsafe fn add_quantized(a: &[u8], ta: &QTensor, b: &[u8], tb: &QTensor, to: 
     let n = out.len().min(a.len()).min(b.len());
     let (za, sa) = (_mm512_set1_epi32(ta.zp as i32), _mm512_set1_ps(ta.scale));
     let (zb, sb) = (_mm512_set1_epi32(tb.zp as i32), _mm512_set1_ps(tb.scale));
-    let (so, zo) = (_mm512_set1_ps(to.scale), _mm512_set1_ps(to.zp as f32));
-    let magic = _mm512_set1_ps(12_582_912.0);
-    let (lim_lo, lim_hi) = (_mm512_set1_ps(-4_194_304.0), _mm512_set1_ps(4_194_304.0));
-    let (zero, top) = (_mm512_setzero_ps(), _mm512_set1_ps(255.0));
+    let (so, zo) = (_mm512_set1_ps(to.scale), _mm512_set1_epi32(to.zp as i32));
+    let lim = _mm512_set1_ps(4_194_304.0);
     let (lo, hi) = (_mm_set1_epi8(lo as i8), _mm_set1_epi8(hi as i8));
     // SAFETY: every load and store is masked to elements i..min(i + 16, n), inside
     // a, b and out (n is the shortest length); masked-off bytes are not touched.
@@ -877,9 +878,16 @@ pub unsafe fn add_quantized(a: &[u8], ta: &QTensor, b: &[u8], tb: &QTensor, to: 
                 _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(x, z)), s)
             };
             let v = _mm512_add_ps(deq(a.as_ptr(), za, sa), deq(b.as_ptr(), zb, sb));
-            let v = _mm512_min_ps(_mm512_max_ps(_mm512_div_ps(v, so), lim_lo), lim_hi);
-            let q = _mm512_add_ps(_mm512_sub_ps(_mm512_add_ps(v, magic), magic), zo);
-            let q = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(q, zero), top)));
+            // The reference's round_half_even(v / s) + z, clamped to [0, 255], in
+            // integers: below 2^22 the conversion rounds half to even as the magic
+            // number does, and + z (an integer) is exact either way. Above 2^22 the
+            // reference saturates to 2^22 (255 after the clamp): min(2^22, w) does
+            // the same before the conversion (which would give i32::MIN from 2^31
+            // on); min's second operand is returned for a NaN, which converts to
+            // i32::MIN and ends at 0, as the reference's NaN does. Below -2^22 (or
+            // -2^31) anything ends at 0.
+            let r = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_min_ps(lim, _mm512_div_ps(v, so)));
+            let q = _mm512_cvtusepi32_epi8(_mm512_max_epi32(_mm512_add_epi32(r, zo), _mm512_setzero_si512()));
             _mm_mask_storeu_epi8(out.as_mut_ptr().add(i) as *mut i8, m, _mm_min_epu8(_mm_max_epu8(q, lo), hi));
             i += 16;
         }
