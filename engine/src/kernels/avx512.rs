@@ -909,21 +909,20 @@ pub unsafe fn quantize_nchw_to_nhwc(x: &[f32], stride: usize, t: &QTensor, out: 
         // SAFETY: AVX2 is the caller's obligation.
         return unsafe { avx2::quantize_nchw_to_nhwc(x, stride, t, out) };
     }
-    let (s, z) = (_mm512_set1_ps(scale), _mm512_set1_ps(zp as f32));
-    let magic = _mm512_set1_ps(12_582_912.0);
-    let (lim_lo, lim_hi) = (_mm512_set1_ps(-4_194_304.0), _mm512_set1_ps(4_194_304.0));
-    let (zero, top) = (_mm512_setzero_ps(), _mm512_set1_ps(255.0));
+    let (s, z) = (_mm512_set1_ps(scale), _mm512_set1_epi32(zp as i32));
+    let lim = _mm512_set1_ps(4_194_304.0);
     let full = hw / 16 * 16;
     // SAFETY: each step reads 16 floats of a plane from pixel i, i + 16 <= full <= hw,
     // inside x (channel ch from ch stride, (c - 1) stride + hw floats, checked); the permute tables are local 128-byte arrays;
     // a whole pixel's store writes 16 c bytes from pixel i (one channel: 16 bytes), inside out (c hw, checked),
     // the others a local 128-byte block. loadu/storeu need no alignment.
     unsafe {
+        // round_half_even(v / s) + z clamped to [0, 255] in integers, as the Add
+        // (`add_quantized`) does it: the same bytes, NaN and infinities included.
         let quantize16 = |ch: usize, i: usize| {
             let v = _mm512_div_ps(_mm512_loadu_ps(x.as_ptr().add(ch * stride + i)), s);
-            let v = _mm512_min_ps(_mm512_max_ps(v, lim_lo), lim_hi);
-            let q = _mm512_add_ps(_mm512_sub_ps(_mm512_add_ps(v, magic), magic), z);
-            _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(q, zero), top)))
+            let r = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_min_ps(lim, v));
+            _mm512_cvtusepi32_epi8(_mm512_max_epi32(_mm512_add_epi32(r, z), _mm512_setzero_si512()))
         };
         // Byte j of a block of n channels (pixel j / n, channel j % n) is byte
         // 16 (j % n) + j / n of [ch0 | ch1 | ... | ch7].
