@@ -267,9 +267,8 @@ pub(super) unsafe fn requantize_store(acc: __m512i, q: &BlockRequant, out: *mut 
 unsafe fn rounded(acc: __m512i, q: &BlockRequant) -> __m512i {
     // SAFETY: register operations; the CPU features are the caller's obligation.
     unsafe {
-        let v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, q.offset)), q.mult), q.bias);
         // min(top, NaN) is the NaN (the second operand), which converts to i32::MIN.
-        _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_min_ps(q.top, v))
+        rounded_from::<false>(_mm512_sub_epi32(acc, q.offset), q)
     }
 }
 
@@ -292,15 +291,13 @@ pub(super) unsafe fn requantize_store4(acc: &[__m512i; 4], q: &BlockRequant, out
     unsafe {
         // Not a closure: one would not inherit the caller's target features, and its
         // intrinsics would become calls.
-        let r = [rounded(acc[0], q), rounded(acc[1], q), rounded(acc[2], q), rounded(acc[3], q)];
-        // z_y as int16, and lo's bytes as `pack_pixels4` lays out pixels, from the int32
-        // constants by the same packs (loop invariants for the callers' loops; the
-        // block's constants stay eight vectors).
-        let zp16 = _mm512_packs_epi32(q.zp, q.zp);
-        let lo16 = _mm512_packs_epi32(q.lo, q.lo);
-        let lo4 = _mm512_packus_epi16(lo16, lo16);
-        let bytes = _mm512_max_epu8(pack_pixels4(&r, zp16), lo4);
-        store_pixels4(bytes, pixel_transpose(), q.mask, out, stride, n);
+        let from = [
+            _mm512_sub_epi32(acc[0], q.offset),
+            _mm512_sub_epi32(acc[1], q.offset),
+            _mm512_sub_epi32(acc[2], q.offset),
+            _mm512_sub_epi32(acc[3], q.offset),
+        ];
+        requantize_store4_from::<false>(&from, q, out, stride, n)
     }
 }
 
@@ -333,6 +330,9 @@ pub(super) unsafe fn requantize_store4_from<const BOUNDED: bool>(
             rounded_from::<BOUNDED>(acc[2], q),
             rounded_from::<BOUNDED>(acc[3], q),
         ];
+        // z_y as int16, and lo's (and hi's) bytes as `pack_pixels4` lays out pixels,
+        // from the int32 constants by the same packs (loop invariants for the callers'
+        // loops; the block's constants stay eight vectors).
         let zp16 = _mm512_packs_epi32(q.zp, q.zp);
         let lo16 = _mm512_packs_epi32(q.lo, q.lo);
         let bytes = _mm512_max_epu8(pack_pixels4(&r, zp16), _mm512_packus_epi16(lo16, lo16));
@@ -861,6 +861,22 @@ pub unsafe fn conv_depthwise(x: &[u8], g: &ConvGeometry, zp_in: u8, w: &Depthwis
     }
 }
 
+/// round_half_even(w) + z clamped to [0, 255], as bytes, for w already divided by the
+/// scale (`lim`: 2^22 in every lane, `z`: the zero point): the tail of
+/// [`super::scalar::quantize_u8`] in integers (see [`add_quantized`]'s loop for why
+/// the bytes are the reference's).
+///
+/// # Safety
+/// The CPU must have AVX-512 F.
+#[inline(always)]
+unsafe fn quantized_bytes(w: __m512, lim: __m512, z: __m512i) -> __m128i {
+    // SAFETY: register operations; the CPU features are the caller's obligation.
+    unsafe {
+        let r = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_min_ps(lim, w));
+        _mm512_cvtusepi32_epi8(_mm512_max_epi32(_mm512_add_epi32(r, z), _mm512_setzero_si512()))
+    }
+}
+
 /// The quantised Add ([`super::scalar::add_quantized`]), 16 elements a step; the
 /// last few through masked loads and stores (no slack read or written). The same IEEE
 /// operations in the same order as the scalar loop (two products, one sum: no FMA;
@@ -898,8 +914,7 @@ pub unsafe fn add_quantized(a: &[u8], ta: &QTensor, b: &[u8], tb: &QTensor, to: 
             // on); min's second operand is returned for a NaN, which converts to
             // i32::MIN and ends at 0, as the reference's NaN does. Below -2^22 (or
             // -2^31) anything ends at 0.
-            let r = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_min_ps(lim, _mm512_div_ps(v, so)));
-            let q = _mm512_cvtusepi32_epi8(_mm512_max_epi32(_mm512_add_epi32(r, zo), _mm512_setzero_si512()));
+            let q = quantized_bytes(_mm512_div_ps(v, so), lim, zo);
             _mm_mask_storeu_epi8(out.as_mut_ptr().add(i) as *mut i8, m, _mm_min_epu8(_mm_max_epu8(q, lo), hi));
             i += 16;
         }
@@ -931,11 +946,7 @@ pub unsafe fn quantize_nchw_to_nhwc(x: &[f32], stride: usize, t: &QTensor, out: 
     unsafe {
         // round_half_even(v / s) + z clamped to [0, 255] in integers, as the Add
         // (`add_quantized`) does it: the same bytes, NaN and infinities included.
-        let quantize16 = |ch: usize, i: usize| {
-            let v = _mm512_div_ps(_mm512_loadu_ps(x.as_ptr().add(ch * stride + i)), s);
-            let r = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_min_ps(lim, v));
-            _mm512_cvtusepi32_epi8(_mm512_max_epi32(_mm512_add_epi32(r, z), _mm512_setzero_si512()))
-        };
+        let quantize16 = |ch: usize, i: usize| quantized_bytes(_mm512_div_ps(_mm512_loadu_ps(x.as_ptr().add(ch * stride + i)), s), lim, z);
         // Byte j of a block of n channels (pixel j / n, channel j % n) is byte
         // 16 (j % n) + j / n of [ch0 | ch1 | ... | ch7].
         let perms: Vec<[__m512i; 2]> = (1..=8usize)
