@@ -21,7 +21,10 @@
 use std::arch::asm;
 use std::arch::x86_64::*;
 
-use super::avx512::{block_mask, block_requant, requant_covers, requantize_store4_from, BlockRequant, DenseOut, TileShape, Walk};
+use super::avx512::{
+    block_mask, block_requant, requant_covers, requantize_store4_from, requantize_store_channels64_from, BlockRequant, DenseOut, TileShape,
+    Walk,
+};
 use super::{Isa, PackedWeights, CBLOCK};
 
 /// Pixels (rows) of an A tile and of a C tile.
@@ -167,9 +170,12 @@ unsafe fn dense_with<const BOUNDED: bool>(x: &[u8], pixels: usize, mut walk: Wal
     let last_row = in_place[kr - 1];
     // Offsets grow with the output index: the last pixel reads farthest.
     assert!(x.len() >= walk.offset_after(pixels - 1) + last_row + row_len, "input shorter than its pixels' kernel rows");
+    // The clamps per channel (`emit_quad` takes 64 at once): u8 outputs only.
+    let (mut u8_lo, mut u8_hi): (&[u8], &[u8]) = (&[], &[]);
     let (params, u8_out, i32_out): (Vec<BlockRequant>, *mut u8, *mut i32) = match out {
         DenseOut::U8(r, o) => {
             assert!(o.len() >= pixels * cout && requant_covers(r, cout));
+            (u8_lo, u8_hi) = (&r.lo[..cout], &r.hi[..cout]);
             // SAFETY: AVX-512 is the caller's obligation; `r` covers the `cout`
             // channels of the blocks (checked).
             let params = (0..blocks).map(|b| unsafe { block_requant(r, b * CBLOCK, (cout - b * CBLOCK).min(CBLOCK)) }).collect();
@@ -192,12 +198,17 @@ unsafe fn dense_with<const BOUNDED: bool>(x: &[u8], pixels: usize, mut walk: Wal
             row
         })
         .collect();
+    // The one-chunk path's units of blocks (first, count): groups of four whole blocks
+    // where the output is u8 (taken out a pixel's 64 channels at a time), then single
+    // blocks.
+    let quads = if u8_out.is_null() || kr * chunks != 1 { 0 } else { cout / (4 * CBLOCK) };
+    let units: Vec<(usize, usize)> = (0..quads).map(|g| (4 * g, 4)).chain((4 * quads..blocks).map(|b| (b, 1))).collect();
     // Two gathered A tiles (ROWS pixels of kr rows at the pitch each).
     let tile_bytes = ROWS * kr * pitch;
     // Allocated at the first gathered tile (most parts of a pointwise conv gather none);
     // never reallocated after, so tiles keep pointing into it.
     let mut copy: Vec<u8> = Vec::new();
-    let mut sums = C4([[0; ROWS * CBLOCK]; 4]);
+    let mut sums = SumTiles([[0; ROWS * CBLOCK]; 16]);
     let config = TileConfig::all_full();
     let xp = x.as_ptr();
     // SAFETY: AMX with the tile state granted is the caller's obligation; the
@@ -258,7 +269,7 @@ unsafe fn dense_with<const BOUNDED: bool>(x: &[u8], pixels: usize, mut walk: Wal
         // SAFETY: AVX-512 is the caller's obligation; the rows stored are pixels below
         // `pixels`, channels of block blk below `cout` (its mask), inside the output
         // (checked above); the loads are aligned rows of `sums`.
-        let emit = |sums: &C4, tile: usize, t: usize, blk: usize| unsafe {
+        let emit = |sums: &SumTiles, tile: usize, t: usize, blk: usize| unsafe {
             // In registers for the 16 rows (see `requantize_store`).
             let q = params[blk];
             let row_sums = |row: usize| _mm512_load_si512(sums.0[tile][row * CBLOCK..].as_ptr() as *const _);
@@ -276,18 +287,35 @@ unsafe fn dense_with<const BOUNDED: bool>(x: &[u8], pixels: usize, mut walk: Wal
                 }
             }
         };
+        // Four whole blocks' sums of pixel `row` of A tile t (tiles set + 2j + t, block
+        // b0 + j) out: one pixel's 64 channels at a time.
+        // SAFETY: as `emit`; blocks b0..b0 + 4 are whole (`units`), so each pixel's 64
+        // bytes from channel 16 b0 are inside the output and `lo`/`hi` (checked above).
+        let emit_quad = |sums: &SumTiles, set: usize, t: usize, b0: usize| unsafe {
+            let q = [params[b0], params[b0 + 1], params[b0 + 2], params[b0 + 3]];
+            let bounds = (&u8_lo[b0 * CBLOCK..b0 * CBLOCK + 64], &u8_hi[b0 * CBLOCK..b0 * CBLOCK + 64]);
+            let bounds = (_mm512_loadu_si512(bounds.0.as_ptr() as *const _), _mm512_loadu_si512(bounds.1.as_ptr() as *const _));
+            let first = p + t * ROWS;
+            let rows = pixels.saturating_sub(first).min(ROWS);
+            for row in 0..rows {
+                let sum = |j: usize| _mm512_load_si512(sums.0[set + 2 * j + t][row * CBLOCK..].as_ptr() as *const _);
+                let out = u8_out.add((first + row) * cout + b0 * CBLOCK);
+                requantize_store_channels64_from::<BOUNDED>(&[sum(0), sum(1), sum(2), sum(3)], &q, bounds, out);
+            }
+        };
         if kr * chunks == 1 {
             // One tile of inputs (K <= 64, a MobileNet's expansions): the A tiles stay
             // in tmm4-5 for every block; blocks alternate between two sets of B and C
-            // tiles (tmm6, tmm0-1 and tmm7, tmm2-3) and block b's sums are taken out
-            // after block b + 1's products are issued, so that the tile unit works while
-            // the vector units requantise (tile registers are not renamed: one set would
-            // serialise them).
+            // tiles (tmm6, tmm0-1 and tmm7, tmm2-3). The blocks go in units (four whole
+            // blocks for a u8 output, taken out a pixel's 64 channels at a time, else
+            // one), and unit u's sums are taken out after unit u + 1's products are
+            // issued, so that the tile unit works while the vector units requantise
+            // (tile registers are not renamed: one set would serialise them).
             // SAFETY: AMX is configured above; the A rows are 64 bytes from each
             // pixel's start, inside `x` (in place: `reach`) or `copy`; B tiles are block
             // b's 16 quadruples x 16 channels inside `tiles` (checked); the C tiles load
             // block b's start row (64 bytes of `starts[b]`, every tile row at stride 0)
-            // and go to `sums` (2 x 2 tiles of 16 rows of 64 bytes).
+            // and go to `sums` (2 sets x 4 blocks x 2 tiles of 16 rows of 64 bytes).
             unsafe {
                 asm!(
                     "tileloadd tmm4, [{a0} + {sa0}*1]",
@@ -298,44 +326,54 @@ unsafe fn dense_with<const BOUNDED: bool>(x: &[u8], pixels: usize, mut walk: Wal
                     sa1 = in(reg) a[1].stride,
                     options(nostack, readonly),
                 );
-                // (An index loop: b runs one past the blocks, to take the last one out.)
+                // (An index loop: u runs one past the units, to take the last one out.)
                 #[allow(clippy::needless_range_loop)]
-                for b in 0..=blocks {
-                    if b < blocks {
-                        let wb = w.tiles.as_ptr().add(b * pitch * CBLOCK);
-                        let c = sums.0.as_mut_ptr().add(2 * (b % 2));
-                        // Block b's weights into B tile `w`, its sums (from its start row)
-                        // with A tiles 4 and 5 into C tiles `c0` and `c1`, stored at `c`.
-                        macro_rules! block {
-                            ($w:literal, $c0:literal, $c1:literal) => {
-                                asm!(
-                                    concat!("tileloadd ", $w, ", [{w} + {s}*1]"),
-                                    concat!("tileloadd ", $c0, ", [{o} + {z}*1]"),
-                                    concat!("tileloadd ", $c1, ", [{o} + {z}*1]"),
-                                    concat!("tdpbusd ", $c0, ", tmm4, ", $w),
-                                    concat!("tdpbusd ", $c1, ", tmm5, ", $w),
-                                    concat!("tilestored [{c0} + {s}*1], ", $c0),
-                                    concat!("tilestored [{c1} + {s}*1], ", $c1),
-                                    w = in(reg) wb,
-                                    o = in(reg) starts[b].0.as_ptr(),
-                                    z = in(reg) 0usize,
-                                    c0 = in(reg) c,
-                                    c1 = in(reg) c.add(1),
-                                    s = in(reg) ROW_BYTES,
-                                    options(nostack),
-                                )
-                            };
-                        }
-                        if b % 2 == 0 {
-                            block!("tmm6", "tmm0", "tmm1");
-                        } else {
-                            block!("tmm7", "tmm2", "tmm3");
+                for u in 0..=units.len() {
+                    if u < units.len() {
+                        let (b0, n) = units[u];
+                        for b in b0..b0 + n {
+                            let wb = w.tiles.as_ptr().add(b * pitch * CBLOCK);
+                            let c = sums.0.as_mut_ptr().add(8 * (u % 2) + 2 * (b - b0));
+                            // Block b's weights into B tile `w`, its sums (from its start
+                            // row) with A tiles 4 and 5 into C tiles `c0` and `c1`, stored
+                            // at `c`.
+                            macro_rules! block {
+                                ($w:literal, $c0:literal, $c1:literal) => {
+                                    asm!(
+                                        concat!("tileloadd ", $w, ", [{w} + {s}*1]"),
+                                        concat!("tileloadd ", $c0, ", [{o} + {z}*1]"),
+                                        concat!("tileloadd ", $c1, ", [{o} + {z}*1]"),
+                                        concat!("tdpbusd ", $c0, ", tmm4, ", $w),
+                                        concat!("tdpbusd ", $c1, ", tmm5, ", $w),
+                                        concat!("tilestored [{c0} + {s}*1], ", $c0),
+                                        concat!("tilestored [{c1} + {s}*1], ", $c1),
+                                        w = in(reg) wb,
+                                        o = in(reg) starts[b].0.as_ptr(),
+                                        z = in(reg) 0usize,
+                                        c0 = in(reg) c,
+                                        c1 = in(reg) c.add(1),
+                                        s = in(reg) ROW_BYTES,
+                                        options(nostack),
+                                    )
+                                };
+                            }
+                            if b % 2 == 0 {
+                                block!("tmm6", "tmm0", "tmm1");
+                            } else {
+                                block!("tmm7", "tmm2", "tmm3");
+                            }
                         }
                     }
-                    if b > 0 {
-                        let set = 2 * ((b - 1) % 2);
-                        emit(&sums, set, 0, b - 1);
-                        emit(&sums, set + 1, 1, b - 1);
+                    if u > 0 {
+                        let (b0, n) = units[u - 1];
+                        let set = 8 * ((u - 1) % 2);
+                        if n == 4 {
+                            emit_quad(&sums, set, 0, b0);
+                            emit_quad(&sums, set, 1, b0);
+                        } else {
+                            emit(&sums, set, 0, b0);
+                            emit(&sums, set + 1, 1, b0);
+                        }
                     }
                 }
             }
@@ -435,6 +473,7 @@ unsafe fn dense_with<const BOUNDED: bool>(x: &[u8], pixels: usize, mut walk: Wal
 #[repr(C, align(64))]
 struct Row64([i32; CBLOCK]);
 
-/// Four C tiles' int32 sums, 64-byte aligned for the row loads.
+/// C tiles' int32 sums, 64-byte aligned for the row loads: two sets of four blocks'
+/// two tiles (the one-chunk path; the general path uses the first four tiles).
 #[repr(C, align(64))]
-struct C4([[i32; ROWS * CBLOCK]; 4]);
+struct SumTiles([[i32; ROWS * CBLOCK]; 16]);

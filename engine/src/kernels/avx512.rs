@@ -346,6 +346,41 @@ pub(super) unsafe fn requantize_store4_from<const BOUNDED: bool>(
     }
 }
 
+/// One pixel's 64 channels (four whole blocks, `q[j]`: block j) requantised from sums
+/// that are acc - offset (`acc[j]`: block j) and stored as 64 bytes at `out`; the same
+/// bytes as [`requantize_store4_from`] on each block. [`pack_pixels4`] lays out four
+/// blocks of one pixel as it does four pixels of one block, so [`pixel_transpose`]
+/// puts the channels in order, and the clamps apply to the bytes of all 64 channels
+/// at once (`lo` and `hi`: the channels' bounds, in order). Per 64 outputs this needs
+/// no lane extractions and one 64-byte store, where [`requantize_store4_from`] takes
+/// three extractions and four 16-byte stores, to lines of four pixels.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL; `out` must be writable for 64 bytes; with
+/// `BOUNDED`, [`dense_bounded`] must hold for the four blocks' channels.
+#[inline(always)]
+pub(super) unsafe fn requantize_store_channels64_from<const BOUNDED: bool>(
+    acc: &[__m512i; 4],
+    q: &[BlockRequant; 4],
+    (lo, hi): (__m512i, __m512i),
+    out: *mut u8,
+) {
+    // SAFETY: register operations, and the store the caller vouches for.
+    unsafe {
+        let r = [
+            rounded_from::<BOUNDED>(acc[0], &q[0]),
+            rounded_from::<BOUNDED>(acc[1], &q[1]),
+            rounded_from::<BOUNDED>(acc[2], &q[2]),
+            rounded_from::<BOUNDED>(acc[3], &q[3]),
+        ];
+        // z_y is the tensor's: the same in every block.
+        let zp16 = _mm512_packs_epi32(q[0].zp, q[0].zp);
+        let bytes = _mm512_max_epu8(_mm512_permutexvar_epi32(pixel_transpose(), pack_pixels4(&r, zp16)), lo);
+        let bytes = if BOUNDED { _mm512_min_epu8(bytes, hi) } else { bytes };
+        _mm512_storeu_si512(out as *mut _, bytes);
+    }
+}
+
 /// (acc - offset) m + b rounded to nearest even, from sums that are acc - offset;
 /// unless `BOUNDED`, min(hi - z_y, ..) first, as [`rounded`].
 ///

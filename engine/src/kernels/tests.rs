@@ -416,9 +416,23 @@ fn wide_dense_convolutions_equal_scalar() {
 #[test]
 fn dense_requantisation_with_offsets_and_huge_values_equals_scalar() {
     let mut s = Lcg::new(0x0ff5e7);
-    // (cin, cout, size, kernel): 0.6-1.9 M MACs each.
-    for (i, &(cin, cout, size, k)) in
-        [(24, 40, 24, 1), (16, 50, 26, 1), (100, 36, 14, 1), (200, 20, 13, 1), (16, 33, 20, 3)].iter().enumerate()
+    // (cin, cout, size, kernel): 0.6-3.8 M MACs each. With 64 channels or more (the
+    // last four: one chunk, several, kernel rows), AMX takes four blocks of a pixel at
+    // a time: whole groups of four, then single blocks (200 = 3 x 64 + 8 and 136 =
+    // 2 x 64 + 8 end in a partial block).
+    for (i, &(cin, cout, size, k)) in [
+        (24, 40, 24, 1),
+        (16, 50, 26, 1),
+        (100, 36, 14, 1),
+        (200, 20, 13, 1),
+        (16, 33, 20, 3),
+        (48, 200, 20, 1),
+        (64, 64, 12, 1),
+        (96, 136, 14, 1),
+        (16, 64, 20, 3),
+    ]
+    .iter()
+    .enumerate()
     {
         let g = ConvGeometry::new(size, size, cin, k, k, [1, 1], [k / 2; 4]).unwrap();
         let x: Vec<u8> = (0..size * size * cin + 64).map(|_| s.u8()).collect();
@@ -439,6 +453,8 @@ fn dense_requantisation_with_offsets_and_huge_values_equals_scalar() {
                 r.offset[c] = centre;
                 r.mult[c] = (40.0 / sd) as f32 * (0.5 + s.below(100) as f32 / 100.0);
                 r.bias[c] = s.below(41) as f32 - 20.0;
+                // Bounds that differ between channels (taken 64 at a time by AMX).
+                r.lo[c] = s.below(40) as u8;
                 // huge 1: every channel far out of range; huge 2: every third.
                 if huge == 1 || (huge == 2 && c % 3 == 0) {
                     match s.below(3) {
