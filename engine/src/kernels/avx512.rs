@@ -323,19 +323,11 @@ pub(super) unsafe fn requantize_store4_from<const BOUNDED: bool>(
 ) {
     // SAFETY: register operations, and the stores the caller vouches for.
     unsafe {
-        // Not closures (see `requantize_store4`).
-        let r = [
-            rounded_from::<BOUNDED>(acc[0], q),
-            rounded_from::<BOUNDED>(acc[1], q),
-            rounded_from::<BOUNDED>(acc[2], q),
-            rounded_from::<BOUNDED>(acc[3], q),
-        ];
-        // z_y as int16, and lo's (and hi's) bytes as `pack_pixels4` lays out pixels,
-        // from the int32 constants by the same packs (loop invariants for the callers'
-        // loops; the block's constants stay eight vectors).
-        let zp16 = _mm512_packs_epi32(q.zp, q.zp);
+        // lo's (and hi's) bytes as `pack_pixels4` lays out pixels, from the int32
+        // constants by the same packs (loop invariants for the callers' loops; the
+        // block's constants stay eight vectors).
         let lo16 = _mm512_packs_epi32(q.lo, q.lo);
-        let bytes = _mm512_max_epu8(pack_pixels4(&r, zp16), _mm512_packus_epi16(lo16, lo16));
+        let bytes = _mm512_max_epu8(rounded_packed_from::<BOUNDED>(acc, [q; 4]), _mm512_packus_epi16(lo16, lo16));
         let bytes = if BOUNDED {
             let hi16 = _mm512_packs_epi32(q.hi, q.hi);
             _mm512_min_epu8(bytes, _mm512_packus_epi16(hi16, hi16))
@@ -367,17 +359,33 @@ pub(super) unsafe fn requantize_store_channels64_from<const BOUNDED: bool>(
 ) {
     // SAFETY: register operations, and the store the caller vouches for.
     unsafe {
-        let r = [
-            rounded_from::<BOUNDED>(acc[0], &q[0]),
-            rounded_from::<BOUNDED>(acc[1], &q[1]),
-            rounded_from::<BOUNDED>(acc[2], &q[2]),
-            rounded_from::<BOUNDED>(acc[3], &q[3]),
-        ];
-        // z_y is the tensor's: the same in every block.
-        let zp16 = _mm512_packs_epi32(q[0].zp, q[0].zp);
-        let bytes = _mm512_max_epu8(_mm512_permutexvar_epi32(pixel_transpose(), pack_pixels4(&r, zp16)), lo);
+        let packed = rounded_packed_from::<BOUNDED>(acc, [&q[0], &q[1], &q[2], &q[3]]);
+        let bytes = _mm512_max_epu8(_mm512_permutexvar_epi32(pixel_transpose(), packed), lo);
         let bytes = if BOUNDED { _mm512_min_epu8(bytes, hi) } else { bytes };
         _mm512_storeu_si512(out as *mut _, bytes);
+    }
+}
+
+/// Four vectors of sums that are acc - offset (`acc[j]` with `q[j]`'s constants)
+/// rounded ([`rounded_from`]) and packed with z_y to bytes as [`pack_pixels4`] lays
+/// them out: the unclamped bytes of [`requantize_store4_from`] (four pixels of one
+/// block) and of [`requantize_store_channels64_from`] (four blocks of one pixel).
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW.
+#[inline(always)]
+unsafe fn rounded_packed_from<const BOUNDED: bool>(acc: &[__m512i; 4], q: [&BlockRequant; 4]) -> __m512i {
+    // SAFETY: register operations; the CPU features are the caller's obligation.
+    unsafe {
+        // Not closures (see `requantize_store4`).
+        let r = [
+            rounded_from::<BOUNDED>(acc[0], q[0]),
+            rounded_from::<BOUNDED>(acc[1], q[1]),
+            rounded_from::<BOUNDED>(acc[2], q[2]),
+            rounded_from::<BOUNDED>(acc[3], q[3]),
+        ];
+        // z_y as int16; it is the tensor's, the same in every block.
+        pack_pixels4(&r, _mm512_packs_epi32(q[0].zp, q[0].zp))
     }
 }
 

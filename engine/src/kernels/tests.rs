@@ -416,10 +416,11 @@ fn wide_dense_convolutions_equal_scalar() {
 #[test]
 fn dense_requantisation_with_offsets_and_huge_values_equals_scalar() {
     let mut s = Lcg::new(0x0ff5e7);
-    // (cin, cout, size, kernel): 0.6-3.8 M MACs each. With 64 channels or more (the
-    // last four: one chunk, several, kernel rows), AMX takes four blocks of a pixel at
-    // a time: whole groups of four, then single blocks (200 = 3 x 64 + 8 and 136 =
-    // 2 x 64 + 8 end in a partial block).
+    // (cin, cout, size, kernel): 0.6-3.8 M MACs each. With one chunk and 64 channels
+    // or more (48 -> 200, 64 -> 64), AMX takes four blocks of a pixel at a time: whole
+    // groups of four, then single blocks (200 = 3 x 64 + 8 ends in a partial block).
+    // The last two (several chunks, kernel rows) have as many channels on the general
+    // path, block pair by block pair.
     for (i, &(cin, cout, size, k)) in [
         (24, 40, 24, 1),
         (16, 50, 26, 1),
