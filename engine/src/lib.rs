@@ -556,17 +556,14 @@ impl Engine {
                     let t = p.tensors[*dst];
                     let (isa, pixels) = (self.isa, t.h * t.w);
                     // Runs of pixels: each part reads them in every channel plane and
-                    // writes them whole (channels last). Each part first checks its runs
-                    // are finite, while they are in its cache: quantisation would
-                    // silently map NaN to the zero point's neighbourhood.
+                    // writes them whole (channels last), and says whether they were all
+                    // finite: quantisation would silently map NaN to the zero point's
+                    // neighbourhood.
                     let non_finite = std::sync::atomic::AtomicBool::new(false);
                     let rs = ranges(pixels, self.parts(t.len() as u64, self.min_part.1), PIXEL_ALIGN);
                     let outs = cut(&mut s.slots[slot(*dst)][..t.len()], rs.iter().map(|r| r.len() * t.c));
                     self.split(&s.lanes, rs.iter().zip(outs).collect(), |(r, o), _| {
-                        if (0..t.c).all(|c| kernels::all_finite(isa, &data[c * pixels + r.start..c * pixels + r.end])) {
-                            let part = QTensor { h: 1, w: r.len(), ..t };
-                            kernels::quantize_nchw_to_nhwc(isa, &data[r.start..], pixels, &part, o)
-                        } else {
+                        if !kernels::quantize_nchw_to_nhwc(isa, &data[r.start..], pixels, &QTensor { h: 1, w: r.len(), ..t }, o) {
                             non_finite.store(true, std::sync::atomic::Ordering::Relaxed);
                         }
                     });

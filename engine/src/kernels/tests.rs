@@ -615,16 +615,74 @@ fn quantisation_of_float_planes_equals_scalar() {
                 .collect();
             let (mut a, mut b) = (vec![0u8; c * hw], vec![0u8; c * hw]);
             scalar::quantize_nchw_to_nhwc(&x, hw, &t, &mut a);
-            quantize_nchw_to_nhwc(isa, &x, hw, &t, &mut b);
+            assert!(quantize_nchw_to_nhwc(isa, &x, hw, &t, &mut b), "finite values");
             assert_eq!(a, b, "{} c {c} hw {hw}", isa.name());
             // A run of pixels of the planes (a thread's part) gives those pixels' bytes.
             let (p0, p1) = (s.below(hw), hw.min(hw / 2 + 1 + s.below(hw)));
             if p0 < p1 {
                 let part = QTensor { w: p1 - p0, ..t };
                 let mut run = vec![0u8; c * (p1 - p0)];
-                quantize_nchw_to_nhwc(isa, &x[p0..], hw, &part, &mut run);
+                assert!(quantize_nchw_to_nhwc(isa, &x[p0..], hw, &part, &mut run));
                 assert_eq!(run, a[p0 * c..p1 * c], "{} c {c} hw {hw}, pixels {p0}..{p1}", isa.name());
             }
+        }
+    }
+}
+
+/// The quotients where a kernel's division could go wrong (the AVX-512 input
+/// quantisation divides by a multiplication and two FMAs): for scales of every kind
+/// (powers of two, all-ones significands, random ones, tiny and huge, and outside the
+/// range that kernel takes without a division, where it must divide), the 64 floats
+/// on either side of each tie (k + 1/2) s and each integer step k s for |k| <= 300,
+/// exact ties where they are representable, and sums landing on and near ties through
+/// the quantised Add. Every ISA's bytes equal the scalar reference's `x / scale`.
+/// (Caught: the reciprocal's product alone, and the FMA path taken for every scale.)
+#[test]
+fn quantisation_near_ties_equals_the_division_on_every_isa() {
+    let mut s = Lcg::new(0x0071_e5);
+    let mut scales = vec![1.0f32, 0.5, 0.0078125, 3.0 * 2f32.powi(-10), f32::from_bits(0x3f7f_ffff), f32::from_bits(0x3bff_ffff)];
+    scales.extend([1e-30, 3e-31, 7e29, 2f32.powi(-100), 2f32.powi(100), 2f32.powi(-101), 1.5 * 2f32.powi(100), f32::MIN_POSITIVE / 4.0, 3e38]);
+    // Random significands over the exponents real models use (1e-5 to 10).
+    scales.extend((0..40).map(|_| f32::from_bits(((110 + s.below(20)) as u32) << 23 | (s.u32() & 0x7f_ffff))));
+    for &scale in &scales {
+        let zp = s.u8();
+        let mut x = Vec::new();
+        for k in -300i32..=300 {
+            for centre in [(k as f32 + 0.5) * scale, k as f32 * scale] {
+                if !centre.is_finite() {
+                    continue;
+                }
+                let bits = centre.to_bits() as i64;
+                x.extend((-64i64..=64).map(|d| f32::from_bits((bits + d) as u32)).filter(|v| v.is_finite()));
+            }
+        }
+        let t = QTensor { c: 1, h: 1, w: x.len(), scale, zp };
+        let mut want = vec![0u8; x.len()];
+        scalar::quantize_nchw_to_nhwc(&x, x.len(), &t, &mut want);
+        // The reference itself against the definition (a tie rounds to even).
+        for (&v, &q) in x.iter().zip(&want).step_by(97) {
+            assert_eq!(q as f32, ((v / scale).round_ties_even() + zp as f32).clamp(0.0, 255.0), "{v} / {scale}");
+        }
+        for isa in Isa::available() {
+            let mut got = vec![0u8; x.len()];
+            assert!(quantize_nchw_to_nhwc(isa, &x, x.len(), &t, &mut got));
+            let bad = (0..x.len()).find(|&i| got[i] != want[i]);
+            assert!(bad.is_none(), "{}: {} / {scale:e} gave {} for {}", isa.name(), x[bad.unwrap()], got[bad.unwrap()], want[bad.unwrap()]);
+        }
+    }
+    // The Add: sums of two dequantised bytes divided by output scales whose
+    // quotients land on and near ties (the input scales multiples of the output's).
+    for &scale in &scales[..20] {
+        let to = QTensor { c: 1, h: 1, w: 1 << 16, scale, zp: s.u8() };
+        let ta = QTensor { scale: scale * [0.5f32, 1.5, 3.0, 0.75][s.below(4)], zp: s.u8(), ..to };
+        let tb = QTensor { scale: scale * [0.25f32, 2.5, 1.0][s.below(3)], zp: s.u8(), ..to };
+        let (xa, xb): (Vec<u8>, Vec<u8>) = (0..to.w).map(|i| ((i & 255) as u8, (i >> 8) as u8)).unzip();
+        let mut want = vec![0u8; to.w];
+        scalar::add_quantized(&xa, &ta, &xb, &tb, &to, [0, 255], &mut want);
+        for isa in Isa::available() {
+            let mut got = vec![0u8; to.w];
+            add_quantized(isa, &xa, &ta, &xb, &tb, &to, [0, 255], &mut got);
+            assert_eq!(got, want, "{} scale {scale:e}", isa.name());
         }
     }
 }
@@ -652,7 +710,9 @@ fn input_quantisation_and_add_equal_scalar() {
         let (mut a, mut b) = (vec![0u8; t.len()], vec![0u8; t.len()]);
         scalar::quantize_nchw_to_nhwc(&x, t.h * t.w, &t, &mut a);
         for isa in Isa::available() {
-            quantize_nchw_to_nhwc(isa, &x, t.h * t.w, &t, &mut b);
+            // Whether all were finite, each value tested (the AVX-512 kernel as it
+            // quantises, in its 16-pixel steps and in the tail).
+            assert_eq!(quantize_nchw_to_nhwc(isa, &x, t.h * t.w, &t, &mut b), x.iter().all(|v| v.is_finite()), "{isa:?} {t:?}");
             assert_eq!(a, b, "{isa:?} {t:?}");
         }
         let (ta, tb, mut to) = (tensor(&mut s, c, h, w), tensor(&mut s, c, h, w), tensor(&mut s, c, h, w));
