@@ -303,6 +303,10 @@ unsafe fn dense_with<const BOUNDED: bool>(x: &[u8], pixels: usize, mut walk: Wal
                 requantize_store_channels64_from::<BOUNDED>(&[sum(0), sum(1), sum(2), sum(3)], &q, bounds, out);
             }
         };
+        // Pixels p + 16.. are past the end: A tile 5 (a copy of tile 4) is not
+        // multiplied. (It was, its sums unstored: a 14x14 map is 6 steps of 32 pixels
+        // and one of 4, a 28x28 one 24 steps and one of 16.)
+        let one_tile = p + ROWS >= pixels;
         if kr * chunks == 1 {
             // One tile of inputs (K <= 64, a MobileNet's expansions): the A tiles stay
             // in tmm4-5 for every block; blocks alternate between two sets of B and C
@@ -357,10 +361,29 @@ unsafe fn dense_with<const BOUNDED: bool>(x: &[u8], pixels: usize, mut walk: Wal
                                     )
                                 };
                             }
-                            if b % 2 == 0 {
-                                block!("tmm6", "tmm0", "tmm1");
-                            } else {
-                                block!("tmm7", "tmm2", "tmm3");
+                            // The same with A tile 4 alone (the last step's second
+                            // tile is past the pixels): half the products.
+                            macro_rules! half_block {
+                                ($w:literal, $c0:literal) => {
+                                    asm!(
+                                        concat!("tileloadd ", $w, ", [{w} + {s}*1]"),
+                                        concat!("tileloadd ", $c0, ", [{o} + {z}*1]"),
+                                        concat!("tdpbusd ", $c0, ", tmm4, ", $w),
+                                        concat!("tilestored [{c0} + {s}*1], ", $c0),
+                                        w = in(reg) wb,
+                                        o = in(reg) starts[b].0.as_ptr(),
+                                        z = in(reg) 0usize,
+                                        c0 = in(reg) c,
+                                        s = in(reg) ROW_BYTES,
+                                        options(nostack),
+                                    )
+                                };
+                            }
+                            match (b % 2 == 0, one_tile) {
+                                (true, false) => block!("tmm6", "tmm0", "tmm1"),
+                                (false, false) => block!("tmm7", "tmm2", "tmm3"),
+                                (true, true) => half_block!("tmm6", "tmm0"),
+                                (false, true) => half_block!("tmm7", "tmm2"),
                             }
                         }
                     }
@@ -406,6 +429,33 @@ unsafe fn dense_with<const BOUNDED: bool>(x: &[u8], pixels: usize, mut walk: Wal
                 );
                 for i in 0..kr {
                     let off = |r: &Rows| if r.gathered { gathered[i] } else { in_place[i] };
+                    if one_tile {
+                        for c in 0..chunks {
+                            // As below with A tile 4 alone (C0 and C1 only).
+                            if c + PREFETCH_CHUNKS < chunks {
+                                for blk in [b, b1] {
+                                    let next = w.tiles.as_ptr().add(wb(blk, i, c + PREFETCH_CHUNKS));
+                                    for line in 0..ROWS {
+                                        _mm_prefetch::<_MM_HINT_T0>(next.add(line * ROW_BYTES));
+                                    }
+                                }
+                            }
+                            asm!(
+                                "tileloadd tmm4, [{a0} + {sa0}*1]",
+                                "tileloadd tmm6, [{b0} + {sb}*1]",
+                                "tileloadd tmm7, [{b1} + {sb}*1]",
+                                "tdpbusd tmm0, tmm4, tmm6",
+                                "tdpbusd tmm1, tmm4, tmm7",
+                                a0 = in(reg) a[0].base.add(off(&a[0]) + c * ROW_BYTES),
+                                sa0 = in(reg) a[0].stride,
+                                b0 = in(reg) w.tiles.as_ptr().add(wb(b, i, c)),
+                                b1 = in(reg) w.tiles.as_ptr().add(wb(b1, i, c)),
+                                sb = in(reg) ROW_BYTES,
+                                options(nostack, readonly),
+                            );
+                        }
+                        continue;
+                    }
                     for c in 0..chunks {
                         // The weight tiles PREFETCH_CHUNKS chunks ahead in this kernel row
                         // into L1 now. Without it each tile load waited on L2: MobileNetV2's
@@ -441,20 +491,32 @@ unsafe fn dense_with<const BOUNDED: bool>(x: &[u8], pixels: usize, mut walk: Wal
                     }
                 }
                 let s = sums.0.as_mut_ptr();
-                asm!(
-                    "tilestored [{c0} + {s}*1], tmm0",
-                    "tilestored [{c1} + {s}*1], tmm1",
-                    "tilestored [{c2} + {s}*1], tmm2",
-                    "tilestored [{c3} + {s}*1], tmm3",
-                    c0 = in(reg) s.add(0),
-                    c1 = in(reg) s.add(1),
-                    c2 = in(reg) s.add(2),
-                    c3 = in(reg) s.add(3),
-                    s = in(reg) ROW_BYTES,
-                    options(nostack),
-                );
+                if one_tile {
+                    asm!(
+                        "tilestored [{c0} + {s}*1], tmm0",
+                        "tilestored [{c1} + {s}*1], tmm1",
+                        c0 = in(reg) s.add(0),
+                        c1 = in(reg) s.add(1),
+                        s = in(reg) ROW_BYTES,
+                        options(nostack),
+                    );
+                } else {
+                    asm!(
+                        "tilestored [{c0} + {s}*1], tmm0",
+                        "tilestored [{c1} + {s}*1], tmm1",
+                        "tilestored [{c2} + {s}*1], tmm2",
+                        "tilestored [{c3} + {s}*1], tmm3",
+                        c0 = in(reg) s.add(0),
+                        c1 = in(reg) s.add(1),
+                        c2 = in(reg) s.add(2),
+                        c3 = in(reg) s.add(3),
+                        s = in(reg) ROW_BYTES,
+                        options(nostack),
+                    );
+                }
             }
             // C0, C2: block b of A tiles 0 and 1; C1, C3: block b1 (only when another).
+            // (With one tile, tile 1's emits store no row: its pixels are past the end.)
             emit(&sums, 0, 0, b);
             emit(&sums, 2, 1, b);
             if b1 != b {

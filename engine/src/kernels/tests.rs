@@ -420,8 +420,12 @@ fn dense_requantisation_with_offsets_and_huge_values_equals_scalar() {
     // or more (48 -> 200, 64 -> 64), AMX takes four blocks of a pixel at a time: whole
     // groups of four, then single blocks (200 = 3 x 64 + 8 ends in a partial block).
     // The last two (several chunks, kernel rows) have as many channels on the general
-    // path, block pair by block pair.
+    // path, block pair by block pair. The last 32-pixel step of AMX's tiles: whole
+    // (24x24), 16 pixels or fewer (26x26, 14x14, 13x13: one A tile, multiplied alone),
+    // 17 (7x7: two, the second of one pixel), with one chunk and with several.
     for (i, &(cin, cout, size, k)) in [
+        (64, 192, 7, 1),
+        (160, 96, 7, 1),
         (24, 40, 24, 1),
         (16, 50, 26, 1),
         (100, 36, 14, 1),
