@@ -557,10 +557,10 @@ fn two_sides(isa: Isa, acc: &[i32], cout: usize, pos: &Requant, neg: &Requant, z
 pub fn quantize_nchw_to_nhwc(isa: Isa, x: &[f32], stride: usize, t: &QTensor, out: &mut [u8]) -> bool {
     let planes_finite = || (0..t.c).all(|c| all_finite(isa, &x[c * stride..c * stride + t.h * t.w]));
     match isa.checked() {
-        // SAFETY: `checked` confirmed AVX2 on this CPU.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
             let finite = planes_finite();
+            // SAFETY: `checked` confirmed AVX2 on this CPU.
             unsafe { avx2::quantize_nchw_to_nhwc(x, stride, t, out) };
             finite
         },
