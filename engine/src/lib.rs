@@ -16,7 +16,8 @@
 //! integer op cut into parts ([`split`]) over a thread pool made once per engine
 //! ([`pool`]; one thread unless [`Engine::with_threads`] asks for more). The parts
 //! write disjoint output bytes with unchanged integer arithmetic, so the output is
-//! the same bits at any thread count. Float ops run on the calling thread.
+//! the same bits at any thread count. Float ops run on the calling thread. Several
+//! items ([`Engine::run_items`]) run whole side by side on the same threads instead.
 //! [`norms`] streams a volume's instance-norm statistics over tiles
 //! ([`Engine::run_pass`]).
 //!
@@ -379,6 +380,33 @@ impl Engine {
     /// Runs one input (the model's input shape with batch 1, flattened); returns the model's outputs.
     pub fn run_one(&self, x: &[f32]) -> Result<Vec<ArrayD<f32>>> {
         self.with_scratch(|s| self.execute(s, x, &mut None, None)).map(PassResult::outputs)
+    }
+
+    /// Runs several inputs (each as [`Engine::run_one`] takes it); their outputs in
+    /// order, or the first item's error. With more than one thread and more than one
+    /// item, whole items run side by side, one per thread, each with its ops whole:
+    /// a batch's throughput then grows with the threads as far as the cores allow,
+    /// which cutting each op cannot do for small ops (MobileNetV2 x1.0 at 224: 1.5-1.6x
+    /// on two threads cut op by op). Each item's outputs are the same bits either way.
+    pub fn run_items(&self, items: &[&[f32]]) -> Result<Vec<Vec<ArrayD<f32>>>> {
+        if self.threads() <= 1 || items.len() <= 1 {
+            return items.iter().map(|x| self.run_one(x)).collect();
+        }
+        type Outputs = Result<Vec<ArrayD<f32>>>;
+        let results: Vec<Mutex<Option<Outputs>>> = items.iter().map(|_| Mutex::new(None)).collect();
+        // While this job holds the pool, each item's ops see it busy and run whole on
+        // the item's thread (`parts`), each item in a scratch set of its own.
+        self.pool.run(items.len(), &|i, _lane| {
+            let r = self.run_one(items[i]);
+            *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+        });
+        results.into_iter().map(|r| r.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every item runs once")).collect()
+    }
+
+    /// Scratch sets [`Engine::run_items`] holds at once for `items` items: one per
+    /// item running side by side.
+    pub fn sets_for(&self, items: usize) -> usize {
+        if self.threads() <= 1 { 1 } else { items.clamp(1, self.threads()) }
     }
 
     /// The instance norms of the plan, in the order it runs them.
@@ -799,8 +827,13 @@ impl Engine {
     }
 
     /// How many parts an op of `work` units is cut into: one per thread, fewer where a
-    /// part would get less than `per_part`.
+    /// part would get less than `per_part`; one while the pool is busy with another job
+    /// (whole items side by side, [`Engine::run_items`], or another caller's op), whose
+    /// parts would only run one after the other on this thread.
     fn parts(&self, work: u64, per_part: u64) -> usize {
+        if self.pool.busy() {
+            return 1;
+        }
         (self.threads() as u64).min(work / per_part.max(1)).max(1) as usize
     }
 
@@ -1017,7 +1050,7 @@ impl Engine {
             None => {
                 // Statistics: whole planes per part.
                 let stats: Vec<Mutex<(f32, f32)>> = (0..planes).map(|_| Mutex::new((0.0, 0.0))).collect();
-                let rs = ranges(planes, self.threads(), 1);
+                let rs = ranges(planes, self.parts(planes as u64, 1), 1);
                 let reader: &[f32] = data;
                 self.split(lanes, rs, |r, _| {
                     for i in r {

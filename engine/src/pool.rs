@@ -114,6 +114,12 @@ impl Pool {
         self.threads
     }
 
+    /// Whether a job is running now (from any caller). A hint only: the answer may
+    /// change as soon as it is given, and [`Pool::run`] stays correct either way.
+    pub fn busy(&self) -> bool {
+        matches!(self.submit.try_lock(), Err(TryLockError::WouldBlock))
+    }
+
     /// Runs `f(part, lane)` for every part in `0..parts`, each exactly once, on the
     /// caller and the workers; returns when all have finished. `lane` (below
     /// [`Pool::threads`]) names the thread: no two parts run on one lane at once, so

@@ -87,3 +87,36 @@ fn an_engine_with_threads_shared_by_concurrent_callers_gives_each_the_same_bits(
         }
     });
 }
+
+/// Several items through `run_items` (whole items side by side on the engine's
+/// threads): each item's outputs are the bits `run_one` gives it on one thread, in
+/// item order, for 1 to 5 items on 1 to 3 threads; an item whose input is not finite
+/// makes the whole call an error, whichever thread ran it.
+#[test]
+fn items_side_by_side_give_each_item_its_own_bits() {
+    for (name, model, input) in cases() {
+        let one = Engine::new(&model).unwrap();
+        let x = input_for(&one, &input);
+        // Different inputs per item, so a mix-up of items or outputs shows.
+        let xs: Vec<Vec<f32>> = (0..5).map(|k| x.iter().enumerate().map(|(i, v)| if i % 7 == k { -v } else { *v }).collect()).collect();
+        let want: Vec<_> = xs.iter().map(|x| bits(&one.run_one(x).unwrap())).collect();
+        for threads in [1, 2, 3] {
+            let e = Engine::new(&model).unwrap().with_threads(threads);
+            for n in 1..=5 {
+                let items: Vec<&[f32]> = xs[..n].iter().map(|x| x.as_slice()).collect();
+                let got = e.run_items(&items).unwrap_or_else(|err| panic!("{name}: {err}"));
+                assert_eq!(got.len(), n);
+                for (k, outs) in got.iter().enumerate() {
+                    assert!(bits(outs) == want[k], "{name}: item {k} of {n} on {threads} threads differs from its run alone");
+                }
+            }
+            let mut bad = xs[..3].to_vec();
+            bad[2][0] = f32::NAN;
+            let items: Vec<&[f32]> = bad.iter().map(|x| x.as_slice()).collect();
+            let err = e.run_items(&items).expect_err("a NaN input is an error");
+            assert!(err.to_string().contains("finite") || err.to_string().contains("NaN"), "{name}: {err}");
+            // The engine is still whole after the error.
+            assert!(bits(&e.run_one(&xs[0]).unwrap()) == want[0], "{name}: after an error");
+        }
+    }
+}

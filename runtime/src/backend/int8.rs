@@ -1,6 +1,7 @@
 //! The edgemed INT8 backend: QDQ models run by edgemed's own integer engine
-//! ([`edgemed_engine`]), batches item by item, each item's ops over the engine's
-//! threads (`BackendOptions::intra_threads`; the same bits at any count).
+//! ([`edgemed_engine`]) on its threads (`BackendOptions::intra_threads`; the same bits
+//! at any count): one item's ops cut over them, several items of a batch whole side by
+//! side ([`Engine::run_items`]).
 //!
 //! Fallback policy: a model the engine does not cover ([`Error::Unsupported`]: an
 //! operator or a form of quantisation it does not read, a float model) runs in tract
@@ -26,9 +27,9 @@ pub fn create(model: &OnnxModel, input_shape: &[usize], budget: u64, threads: us
         Ok(engine) => {
             let engine = engine.with_threads(threads);
             let weights = super::check_declared_sizes(model, input_shape, budget)?;
-            // The engine runs a batch item by item in buffers planned at compile time
-            // (and kernel scratch for each further thread).
-            let buffers = engine.buffer_bytes() as u64;
+            // The engine runs an item in buffers planned at compile time (and kernel
+            // scratch for each further thread), a set per item running side by side.
+            let buffers = engine.buffer_bytes() as u64 * engine.sets_for(input_shape.first().copied().unwrap_or(1)) as u64;
             crate::budget::check(|| format!("{}: the INT8 engine's weights and buffers", model.path.display()), weights + buffers, budget)?;
             let (int_ops, float_ops) = engine.plan.counts();
             log::info!(
@@ -65,11 +66,14 @@ impl Backend for Int8Backend {
         if input.shape() != self.input_shape.as_slice() {
             return Err(Error::WrongShape { got: input.shape().to_vec(), expected: self.input_shape.clone() });
         }
-        let mut per_item: Vec<Vec<ArrayD<f32>>> = Vec::new();
-        for item in input.axis_iter(Axis(0)) {
-            let x = item.as_standard_layout();
-            per_item.push(self.engine.run_one(x.as_slice().expect("standard layout"))?);
+        // Item after item, each a contiguous run of the batch in standard layout.
+        let input = input.as_standard_layout();
+        let item_len: usize = self.input_shape[1..].iter().product();
+        let items: Vec<&[f32]> = input.as_slice().expect("standard layout").chunks_exact(item_len.max(1)).collect();
+        if items.is_empty() {
+            return Err(Error::Invalid(format!("an empty batch (input shape {:?})", self.input_shape)));
         }
+        let mut per_item = self.engine.run_items(&items)?;
         // One item (batch 1): its outputs already have the batch axis; no copy.
         if per_item.len() == 1 {
             return Ok(per_item.pop().expect("one item"));
@@ -93,7 +97,9 @@ mod tests {
     use super::*;
     use crate::backend::{BackendKind, BackendOptions};
 
-    /// `intra_threads` reaches the engine, whose outputs are the same bits at any count.
+    /// `intra_threads` reaches the engine, whose outputs are the same bits at any count:
+    /// a batch of two different windows, run item by item (one thread) and side by side
+    /// (three threads: both items at once, in their own order).
     #[test]
     fn intra_threads_give_the_same_bits() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/int8/unet3d_qdq.onnx");

@@ -35,7 +35,8 @@ pub struct Args {
     #[arg(short, long, default_value = "1", value_delimiter = ',')]
     batch: Vec<usize>,
     /// Threads inside one run: ONNX Runtime's intra-op pool and the INT8 engine's
-    /// (each op split over them, same results at any count); tract runs on one.
+    /// (each op of a batch of one split over them, the items of a larger batch whole
+    /// side by side; same results at any count); tract runs on one.
     #[arg(short, long, default_value_t = 1)]
     threads: usize,
     /// Timed runs per backend and batch size (at least 1).
