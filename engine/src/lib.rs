@@ -831,7 +831,8 @@ impl Engine {
     /// (whole items side by side, [`Engine::run_items`], or another caller's op), whose
     /// parts would only run one after the other on this thread.
     fn parts(&self, work: u64, per_part: u64) -> usize {
-        if self.pool.busy() {
+        // (One thread first: no lock to look at.)
+        if self.threads() <= 1 || self.pool.busy() {
             return 1;
         }
         (self.threads() as u64).min(work / per_part.max(1)).max(1) as usize
