@@ -21,7 +21,10 @@ use std::ops::Range;
 pub const PIXEL_ALIGN: usize = 4;
 
 /// `0..n` cut into at most `parts` consecutive non-empty ranges of near-equal length,
-/// every boundary a multiple of `align` (the last range takes the remainder).
+/// every boundary a multiple of `align` (the last range takes the remainder). Where
+/// the units do not divide evenly, the first ranges are the longer ones: the caller
+/// takes part 0 as it hands the others over, and its workers start about half a
+/// microsecond later (7 rows: 4 and 3, not 3 and 4).
 pub fn ranges(n: usize, parts: usize, align: usize) -> Vec<Range<usize>> {
     let align = align.max(1);
     let units = n.div_ceil(align);
@@ -29,7 +32,7 @@ pub fn ranges(n: usize, parts: usize, align: usize) -> Vec<Range<usize>> {
     let mut v = Vec::with_capacity(parts);
     let mut start = 0;
     for i in 1..=parts {
-        let end = (i * units / parts * align).min(n);
+        let end = ((i * units).div_ceil(parts) * align).min(n);
         if end > start {
             v.push(start..end);
             start = end;
