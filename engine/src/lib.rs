@@ -406,7 +406,11 @@ impl Engine {
     /// Scratch sets [`Engine::run_items`] holds at once for `items` items: one per
     /// item running side by side.
     pub fn sets_for(&self, items: usize) -> usize {
-        if self.threads() <= 1 { 1 } else { items.clamp(1, self.threads()) }
+        if self.threads() <= 1 {
+            1
+        } else {
+            items.clamp(1, self.threads())
+        }
     }
 
     /// The instance norms of the plan, in the order it runs them.

@@ -563,7 +563,7 @@ pub fn quantize_nchw_to_nhwc(isa: Isa, x: &[f32], stride: usize, t: &QTensor, ou
             // SAFETY: `checked` confirmed AVX2 on this CPU.
             unsafe { avx2::quantize_nchw_to_nhwc(x, stride, t, out) };
             finite
-        },
+        }
         // SAFETY: `checked` confirmed AVX-512 VNNI (with AVX2) on this CPU.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni | Isa::Avx512Amx => unsafe { avx512::quantize_nchw_to_nhwc(x, stride, t, out) },
@@ -572,13 +572,13 @@ pub fn quantize_nchw_to_nhwc(isa: Isa, x: &[f32], stride: usize, t: &QTensor, ou
             let finite = planes_finite();
             neon::quantize_nchw_to_nhwc(x, stride, t, out);
             finite
-        },
+        }
         // armv7: the portable loop.
         _ => {
             let finite = planes_finite();
             scalar::quantize_nchw_to_nhwc(x, stride, t, out);
             finite
-        },
+        }
     }
 }
 

@@ -645,7 +645,17 @@ fn quantisation_of_float_planes_equals_scalar() {
 fn quantisation_near_ties_equals_the_division_on_every_isa() {
     let mut s = Lcg::new(0x71e5);
     let mut scales = vec![1.0f32, 0.5, 0.0078125, 3.0 * 2f32.powi(-10), f32::from_bits(0x3f7f_ffff), f32::from_bits(0x3bff_ffff)];
-    scales.extend([1e-30, 3e-31, 7e29, 2f32.powi(-100), 2f32.powi(100), 2f32.powi(-101), 1.5 * 2f32.powi(100), f32::MIN_POSITIVE / 4.0, 3e38]);
+    scales.extend([
+        1e-30,
+        3e-31,
+        7e29,
+        2f32.powi(-100),
+        2f32.powi(100),
+        2f32.powi(-101),
+        1.5 * 2f32.powi(100),
+        f32::MIN_POSITIVE / 4.0,
+        3e38,
+    ]);
     // Random significands over the exponents real models use (1e-5 to 10).
     scales.extend((0..40).map(|_| f32::from_bits(((110 + s.below(20)) as u32) << 23 | (s.u32() & 0x7f_ffff))));
     for &scale in &scales {
