@@ -11,7 +11,7 @@
 //! rows) is cut over pixels, in multiples of [`PIXEL_ALIGN`] so that the kernels'
 //! blocks of pixels stay whole.
 
-use crate::kernels::ConvGeometry;
+use crate::kernels::{ConvGeometry, ConvKind, Isa};
 use std::ops::Range;
 
 /// Pixels per tile of the pointwise kernels (AVX2, VNNI and NEON take 4 pixels per
@@ -19,6 +19,31 @@ use std::ops::Range;
 /// than that matters on small maps: 7x7 = 49 pixels cut at multiples of 16 would
 /// leave threads 32 and 17.
 pub const PIXEL_ALIGN: usize = 4;
+
+/// Output pixels per part below which a 2-D conv is cut only if its work is long
+/// enough on its own ([`small_conv_parts`]).
+const MIN_PART_PIXELS: usize = 64;
+/// Microseconds of work per part for a conv of fewer pixels than that.
+const MIN_PART_MICROS: u64 = 4;
+
+/// The most parts worth cutting a 2-D conv of `pixels` outputs and `macs` into: a part
+/// of a small map costs more than its share of the work, as the next op then reads
+/// rows the other core wrote (measured on the Intel Xeon with AMX, two threads: ops
+/// that were not cut ran up to 2x slower after one that was, the bundled C4 at 95x95
+/// 0.196 ms on one thread and 0.221 on two). So a part keeps 64 pixels, unless the
+/// conv's work, at a rough rate of its kind (AMX tiles 300 K MACs per us, other dense
+/// kernels 100 K, depthwise and grouped 30 K), gives each part 4 us: MobileNetV2's 7x7
+/// convs are still cut, the C4's 11x11 and 5x5 ones no longer. Two threads, p50 of 6-10
+/// interleaved runs against cutting by MACs alone: the C4 1.16-1.19x faster,
+/// MobileNetV2 x1.0 and x0.25 and the U-Net window 0.99-1.01.
+pub fn small_conv_parts(pixels: usize, macs: u64, kind: &ConvKind) -> usize {
+    let per_micro: u64 = match kind {
+        ConvKind::Dense(w) if w.isa == Isa::Avx512Amx => 300_000,
+        ConvKind::Dense(_) => 100_000,
+        _ => 30_000,
+    };
+    (pixels / MIN_PART_PIXELS).max((macs / per_micro / MIN_PART_MICROS) as usize).max(1)
+}
 
 /// `0..n` cut into at most `parts` consecutive non-empty ranges of near-equal length,
 /// every boundary a multiple of `align` (the last range takes the remainder). Where
@@ -124,6 +149,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Small maps stay whole unless their work is long (the C4's 11x11 and 5x5 convs);
+    /// MobileNetV2's 7x7 convs and every conv on a large map are still cut.
+    #[test]
+    fn small_maps_are_cut_only_for_long_work() {
+        let dense =
+            |isa: Isa, cin: usize, cout: usize| ConvKind::Dense(crate::kernels::PackedWeights::new(isa, vec![1; cin * cout], cout, 1, cin));
+        let amx = |cin, cout| dense(Isa::Avx512Amx, cin, cout);
+        // The C4's 72 -> 16 at 11x11 and 480 -> 80 at 5x5: one part.
+        assert_eq!(small_conv_parts(121, 121 * 72 * 16, &amx(72, 16)), 1);
+        assert_eq!(small_conv_parts(25, 25 * 480 * 80, &amx(480, 80)), 1);
+        // MobileNetV2's 960 -> 160 and 160 -> 960 at 7x7 (7.5 M MACs): several.
+        assert!(small_conv_parts(49, 49 * 960 * 160, &amx(960, 160)) >= 2);
+        // The same MACs on a slower kernel: more parts.
+        assert!(small_conv_parts(49, 49 * 960 * 160, &dense(Isa::Scalar, 960, 160)) > small_conv_parts(49, 49 * 960 * 160, &amx(960, 160)));
+        // Large maps: by pixels, however light the conv.
+        assert_eq!(small_conv_parts(56 * 56, 56 * 56 * 8, &amx(1, 8)), 49);
+        assert_eq!(small_conv_parts(0, 0, &amx(1, 8)), 1);
     }
 
     /// The conv run part by part equals the conv run whole, byte for byte, on every
