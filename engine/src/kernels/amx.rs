@@ -455,6 +455,9 @@ unsafe fn dense_with<const BOUNDED: bool>(x: &[u8], pixels: usize, mut walk: Wal
                 for i in 0..kr {
                     let off = |r: &Rows| if r.gathered { gathered[i] } else { in_place[i] };
                     if one_tile {
+                        // A loop of its own, not a branch in the one below: merged, the
+                        // compiled hot loop changed, 576 -> 96 at 14x14 12% slower and
+                        // 960 -> 160 at 7x7 15% faster (`conv_speed`, 4 alternating runs).
                         for c in 0..chunks {
                             // As below with A tile 4 alone (C0 and C1 only).
                             prefetch_ahead(b, i, c);

@@ -1028,10 +1028,12 @@ pub unsafe fn add_quantized(a: &[u8], ta: &QTensor, b: &[u8], tb: &QTensor, to: 
 pub unsafe fn quantize_nchw_to_nhwc(x: &[f32], stride: usize, t: &QTensor, out: &mut [u8]) -> bool {
     let (hw, c, scale, zp) = (t.h * t.w, t.c, t.scale, t.zp);
     if c == 0 || stride < hw || x.len() < (c - 1) * stride + hw || out.len() < c * hw {
-        let finite = (0..c).all(|ch| x.get(ch * stride..ch * stride + hw).is_some_and(|p| p.iter().all(|v| v.is_finite())));
         // SAFETY: AVX2 is the caller's obligation.
-        unsafe { avx2::quantize_nchw_to_nhwc(x, stride, t, out) };
-        return finite;
+        unsafe {
+            let finite = (0..c).all(|ch| avx2::all_finite(&x[ch * stride..ch * stride + hw]));
+            avx2::quantize_nchw_to_nhwc(x, stride, t, out);
+            return finite;
+        }
     }
     let exponent = _mm512_set1_epi32(0x7f80_0000);
     let mut non_finite: __mmask16 = 0;

@@ -555,31 +555,22 @@ fn two_sides(isa: Isa, acc: &[i32], cout: usize, pos: &Requant, neg: &Requant, z
 /// the 46 us of MobileNetV2's 224x224x3 input); the others check the planes first.
 #[must_use]
 pub fn quantize_nchw_to_nhwc(isa: Isa, x: &[f32], stride: usize, t: &QTensor, out: &mut [u8]) -> bool {
-    let planes_finite = || (0..t.c).all(|c| all_finite(isa, &x[c * stride..c * stride + t.h * t.w]));
-    match isa.checked() {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
-            let finite = planes_finite();
-            // SAFETY: `checked` confirmed AVX2 on this CPU.
-            unsafe { avx2::quantize_nchw_to_nhwc(x, stride, t, out) };
-            finite
-        }
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa.checked(), Isa::Avx512Vnni | Isa::Avx512Amx) {
         // SAFETY: `checked` confirmed AVX-512 VNNI (with AVX2) on this CPU.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni | Isa::Avx512Amx => unsafe { avx512::quantize_nchw_to_nhwc(x, stride, t, out) },
-        #[cfg(target_arch = "aarch64")]
-        Isa::Neon | Isa::NeonDot => {
-            let finite = planes_finite();
-            neon::quantize_nchw_to_nhwc(x, stride, t, out);
-            finite
-        }
-        // armv7: the portable loop.
-        _ => {
-            let finite = planes_finite();
-            scalar::quantize_nchw_to_nhwc(x, stride, t, out);
-            finite
-        }
+        return unsafe { avx512::quantize_nchw_to_nhwc(x, stride, t, out) };
     }
+    let finite = (0..t.c).all(|c| all_finite(isa, &x[c * stride..c * stride + t.h * t.w]));
+    match isa.checked() {
+        // SAFETY: `checked` confirmed AVX2 on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::quantize_nchw_to_nhwc(x, stride, t, out) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::NeonDot => neon::quantize_nchw_to_nhwc(x, stride, t, out),
+        // armv7: the portable loop.
+        _ => scalar::quantize_nchw_to_nhwc(x, stride, t, out),
+    }
+    finite
 }
 
 /// QuantizeLinear(DequantizeLinear(a) + DequantizeLinear(b)), element-wise, with
