@@ -91,7 +91,8 @@ fn an_engine_with_threads_shared_by_concurrent_callers_gives_each_the_same_bits(
 /// Several items through `run_items` (whole items side by side on the engine's
 /// threads): each item's outputs are the bits `run_one` gives it on one thread, in
 /// item order, for 1 to 5 items on 1 to 3 threads; an item whose input is not finite
-/// makes the whole call an error, whichever thread ran it.
+/// makes the whole call an error, whichever thread ran it. `run_batch` joins the
+/// same outputs along the first axis, item after item.
 #[test]
 fn items_side_by_side_give_each_item_its_own_bits() {
     for (name, model, input) in cases() {
@@ -108,6 +109,22 @@ fn items_side_by_side_give_each_item_its_own_bits() {
                 assert_eq!(got.len(), n);
                 for (k, outs) in got.iter().enumerate() {
                     assert!(bits(outs) == want[k], "{name}: item {k} of {n} on {threads} threads differs from its run alone");
+                }
+                // Joined along the batch axis: item k's values are the k-th run of each
+                // output, whose first axis holds n times an item's.
+                let joined = e.run_batch(&items).unwrap_or_else(|err| panic!("{name}: {err}"));
+                assert_eq!(joined.len(), got[0].len(), "{name}: outputs of the batch");
+                for (o, y) in joined.iter().enumerate() {
+                    let item = got[0][o].shape();
+                    assert_eq!(y.shape()[0], n * item[0], "{name}: output {o}'s first axis");
+                    assert_eq!(&y.shape()[1..], &item[1..], "{name}: output {o}'s other axes");
+                    let flat: Vec<u32> = y.iter().map(|v| v.to_bits()).collect();
+                    for (k, chunk) in flat.chunks(got[0][o].len()).enumerate() {
+                        assert!(
+                            chunk == want[k][o].as_slice(),
+                            "{name}: item {k}'s share of output {o} in a batch of {n} on {threads} threads"
+                        );
+                    }
                 }
             }
             let mut bad = xs[..3].to_vec();

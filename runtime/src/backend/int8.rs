@@ -12,7 +12,7 @@
 use super::Backend;
 use crate::error::{Error, Result};
 use crate::model::OnnxModel;
-use crate::ndarray::{ArrayD, Axis, IxDyn};
+use crate::ndarray::ArrayD;
 use edgemed_engine::Engine;
 
 pub struct Int8Backend {
@@ -73,22 +73,9 @@ impl Backend for Int8Backend {
         if items.is_empty() {
             return Err(Error::Invalid(format!("an empty batch (input shape {:?})", self.input_shape)));
         }
-        let mut per_item = self.engine.run_items(&items)?;
-        // One item (batch 1): its outputs already have the batch axis; no copy.
-        if per_item.len() == 1 {
-            return Ok(per_item.pop().expect("one item"));
-        }
-        // Stack the items' outputs along the batch axis.
-        let n_out = per_item[0].len();
-        (0..n_out)
-            .map(|o| {
-                let views: Vec<_> = per_item.iter().map(|outs| outs[o].view()).collect();
-                let joined = crate::ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Invalid(e.to_string()))?;
-                joined
-                    .into_shape_with_order(IxDyn(&[&[per_item.len()], &per_item[0][o].shape()[1..]].concat()))
-                    .map_err(|e| Error::Invalid(e.to_string()))
-            })
-            .collect()
+        // Whole items side by side on the engine's threads, their outputs joined along
+        // the batch axis.
+        self.engine.run_batch(&items)
     }
 }
 
@@ -96,6 +83,7 @@ impl Backend for Int8Backend {
 mod tests {
     use super::*;
     use crate::backend::{BackendKind, BackendOptions};
+    use crate::ndarray::IxDyn;
 
     /// `intra_threads` reaches the engine, whose outputs are the same bits at any count:
     /// a batch of two different windows, run item by item (one thread) and side by side
