@@ -1347,19 +1347,34 @@ unsafe fn dw3x3<const SX: usize, const CLAMP: bool>(
                     dw_column::<true>(&row, carry_p(1), 1usize.wrapping_sub(pl)),
                 ];
                 let mut ox = 0;
+                // The previous group's rounded values (with its output and pixel count),
+                // packed and stored after this group's products are issued: the pack
+                // waits on the whole chain of a group (products, float requantisation),
+                // and in program order right behind it, it held the next group's
+                // independent work back (the depthwise convs of MobileNetV2 x1.0 at 224:
+                // 4% faster, per-op profiles).
+                let mut pending: Option<([__m512i; 4], *mut u8, usize)> = None;
                 while ox < g.ow {
                     let a = (ox * SX).wrapping_sub(pl);
                     let first_new = a.wrapping_add(3 - SX);
                     let interior = first_new < wd && a.wrapping_add(3 * SX + 2) < wd;
                     let n = (g.ow - ox).min(4);
                     let o = orow.add(ox * c + c0);
-                    carry = if interior && n == 4 {
-                        dw_group::<SX, false, CLAMP>(&row, q, a, p, carry, o, 4)
+                    let (iq, next) = if interior && n == 4 {
+                        dw_group::<SX, false, CLAMP>(&row, q, a, p, carry)
                     } else {
-                        dw_group::<SX, true, CLAMP>(&row, q, a, p, carry, o, n)
+                        dw_group::<SX, true, CLAMP>(&row, q, a, p, carry)
                     };
+                    if let Some((iq, o, n)) = pending {
+                        dw_store(&row, q, &iq, o, n);
+                    }
+                    pending = Some((iq, o, n));
+                    carry = next;
                     p = p.map(|r| r.wrapping_add(4 * SX * c));
                     ox += 4;
+                }
+                if let Some((iq, o, n)) = pending {
+                    dw_store(&row, q, &iq, o, n);
                 }
             }
         }
@@ -1404,15 +1419,30 @@ unsafe fn dw_pixel<const CLAMP: bool>(row: &DwRow, q: &DwBlock, v0: __m512i, v1:
     }
 }
 
+/// Four pixels' rounded values of one block ([`dw_group`]) + z_y, clamped, stored: the
+/// first `n` pixels at `o`, `row.c` bytes apart.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL; `o` must be writable for the block's masked
+/// channels of `n` <= 4 pixels, `row.c` bytes apart.
+#[inline(always)]
+unsafe fn dw_store(row: &DwRow, q: &DwBlock, iq: &[__m512i; 4], o: *mut u8, n: usize) {
+    // SAFETY: the stores the caller vouches for; CPU features likewise.
+    unsafe {
+        let bytes = _mm512_min_epu8(_mm512_max_epu8(pack_pixels4(iq, row.zp16), q.lo), q.hi);
+        store_pixels4(bytes, row.transpose, q.mask, o, row.c, n);
+    }
+}
+
 /// Four output pixels of one block whose first column is `a` (its bytes at `p` in each
-/// row), `carry` holding the V of columns a and a + 1; stores the first `n` pixels at
-/// `o`, `c` bytes apart, and returns the V of the next group's first columns.
+/// row), `carry` holding the V of columns a and a + 1: their rounded values (see
+/// [`dw_pixel`]; [`dw_store`] takes them out), and the V of the next group's first
+/// columns.
 ///
 /// # Safety
 /// The CPU must have AVX-512 F/BW/VL/VNNI/VBMI; the columns a + 3 - SX .. a + 3 SX + 2
 /// must be readable as [`dw_column`] asks (unless `CHECKED`, all of them inside the
-/// input rows), and `o` writable for the block's masked channels of `n` <= 4 pixels,
-/// `row.c` bytes apart.
+/// input rows).
 #[inline(always)]
 unsafe fn dw_group<const SX: usize, const CHECKED: bool, const CLAMP: bool>(
     row: &DwRow,
@@ -1420,9 +1450,7 @@ unsafe fn dw_group<const SX: usize, const CHECKED: bool, const CLAMP: bool>(
     a: usize,
     p: [*const u8; 3],
     carry: [__m512i; 2],
-    o: *mut u8,
-    n: usize,
-) -> [__m512i; 2] {
+) -> ([__m512i; 4], [__m512i; 2]) {
     // SAFETY: the columns read and the pixels stored are those the caller vouches
     // for; unaligned loads and stores; CPU features likewise.
     unsafe {
@@ -1449,9 +1477,7 @@ unsafe fn dw_group<const SX: usize, const CHECKED: bool, const CLAMP: bool>(
             ];
             (iq, [v8, v8])
         };
-        let bytes = _mm512_min_epu8(_mm512_max_epu8(pack_pixels4(&iq, row.zp16), q.lo), q.hi);
-        store_pixels4(bytes, row.transpose, q.mask, o, row.c, n);
-        next
+        (iq, next)
     }
 }
 
