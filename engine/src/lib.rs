@@ -28,6 +28,7 @@
 pub mod compile;
 pub mod float;
 pub mod kernels;
+mod lined;
 pub mod norms;
 pub mod plan;
 pub mod pool;
@@ -46,6 +47,7 @@ use std::ops::Range;
 use std::sync::Mutex;
 
 use kernels::{ConvGeometry, Isa, QTensor, Requant};
+use lined::Lined;
 use norms::{NormPass, NormSite, NormSums, PassResult};
 use plan::{ConvKind, ConvLayout, Copies, Op, Plan, Step};
 use pool::Pool;
@@ -188,42 +190,6 @@ impl MemoryPlan {
 
 /// Bytes past each buffer's largest tensor that kernels may read (never use).
 const SLACK: usize = 64;
-
-/// A zeroed buffer of `len` values whose first value starts a cache line (64 bytes):
-/// a vector's 64-byte rows of a channels-last tensor then never straddle two lines
-/// where the channel count is a multiple of 64. The allocator aligns to 16 bytes only,
-/// so where a buffer began within its line moved with how earlier blocks were laid out:
-/// `edgemed-run` keeping freed memory moved MobileNetV2 x1.0's buffers and made it
-/// 1.5-2% slower on one thread. Lined: 4.4% faster than either (p50, 9 interleaved
-/// runs), its pointwise convs of more than 64 inputs 9% (per-op profiles).
-#[derive(Default)]
-struct Lined<T> {
-    v: Vec<T>,
-    start: usize,
-    len: usize,
-}
-
-impl<T: Copy + Default> Lined<T> {
-    fn zeroed(len: usize) -> Self {
-        let per_line = 64 / std::mem::size_of::<T>().max(1);
-        let v = vec![T::default(); len + per_line];
-        let start = v.as_ptr().align_offset(64).min(per_line);
-        Lined { v, start, len }
-    }
-}
-
-impl<T> std::ops::Deref for Lined<T> {
-    type Target = [T];
-    fn deref(&self) -> &[T] {
-        &self.v[self.start..self.start + self.len]
-    }
-}
-
-impl<T> std::ops::DerefMut for Lined<T> {
-    fn deref_mut(&mut self) -> &mut [T] {
-        &mut self.v[self.start..self.start + self.len]
-    }
-}
 
 struct Scratch {
     slots: Vec<Lined<u8>>,
@@ -1376,28 +1342,5 @@ fn plane_cout(kind: &ConvKind) -> usize {
         ConvKind::Dense(w) => w.cout,
         ConvKind::Depthwise(w) => w.c,
         ConvKind::Grouped(w) => w.cout,
-    }
-}
-
-#[cfg(test)]
-mod lined_tests {
-    use super::Lined;
-
-    /// Every buffer starts a cache line, holds exactly its length of zeros, and keeps
-    /// what is written to it; for bytes and int32, at lengths around a line.
-    #[test]
-    fn lined_buffers_start_a_cache_line() {
-        for len in [0, 1, 15, 16, 63, 64, 65, 1000, 4097] {
-            let mut b = Lined::<u8>::zeroed(len);
-            assert_eq!((b.len(), b.as_ptr() as usize % 64), (len, 0), "u8 x {len}");
-            assert!(b.iter().all(|&v| v == 0));
-            b.iter_mut().enumerate().for_each(|(i, v)| *v = i as u8);
-            assert!(b.iter().enumerate().all(|(i, &v)| v == i as u8));
-            let mut a = Lined::<i32>::zeroed(len);
-            assert_eq!((a.len(), a.as_ptr() as usize % 64), (len, 0), "i32 x {len}");
-            a.iter_mut().enumerate().for_each(|(i, v)| *v = -(i as i32));
-            assert!(a.iter().enumerate().all(|(i, &v)| v == -(i as i32)));
-        }
-        assert_eq!(Lined::<u8>::default().len(), 0);
     }
 }

@@ -21,6 +21,8 @@
 #[cfg(target_arch = "x86_64")]
 use super::{amx, avx2, avx512};
 use super::{scalar, Isa};
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+use crate::lined::Lined;
 
 /// Output channels per block of the SIMD layouts.
 pub const CBLOCK: usize = 16;
@@ -45,12 +47,12 @@ pub struct PackedWeights {
     /// VNNI and `sdot`: blocks of 16 output channels, each kernel row in quadruples (zero
     /// padded): [cout/16][kernel_rows][row_len/4][16][4].
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-    pub(crate) quads: Vec<i8>,
+    pub(crate) quads: Lined<i8>,
     /// AMX: the quadruples with each kernel row padded to whole tiles of 64 inputs
     /// ([`amx::row_pitch`]): [cout/16][kernel_rows][pitch/4][16][4], so that every B
     /// tile (16 quadruples of 16 channels) is 1 KiB at a 64-byte stride.
     #[cfg(target_arch = "x86_64")]
-    pub(crate) tiles: Vec<i8>,
+    pub(crate) tiles: Lined<i8>,
     /// NEON: i16 weights for `smlal` by lane; `sdot`: 128 Σw for its correction.
     #[cfg(target_arch = "aarch64")]
     pub(crate) neon: super::neon::DenseWeights,
@@ -79,9 +81,9 @@ impl PackedWeights {
             #[cfg(target_arch = "x86_64")]
             pairs: Vec::new(),
             #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-            quads: Vec::new(),
+            quads: Lined::default(),
             #[cfg(target_arch = "x86_64")]
-            tiles: Vec::new(),
+            tiles: Lined::default(),
             #[cfg(target_arch = "aarch64")]
             neon: super::neon::DenseWeights::default(),
             #[cfg(target_arch = "arm")]
@@ -91,19 +93,19 @@ impl PackedWeights {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => w.pairs = avx2::pack_pairs(&rows, cout, k),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => w.quads = pack_quads(&rows, cout, kernel_rows, row_len),
+            Isa::Avx512Vnni => w.quads = Lined::from_slice(&pack_quads(&rows, cout, kernel_rows, row_len)),
             #[cfg(target_arch = "x86_64")]
             // Dense products run on tiles where `amx::worth_tiles` says they win
             // (`avx512::dense_tiles` hands them to `amx`), the others on `vpdpbusd`.
             Isa::Avx512Amx => {
-                w.quads = pack_quads(&rows, cout, kernel_rows, row_len);
-                w.tiles = pack_quads_padded(&rows, cout, kernel_rows, row_len, amx::row_pitch(row_len) / 4);
+                w.quads = Lined::from_slice(&pack_quads(&rows, cout, kernel_rows, row_len));
+                w.tiles = Lined::from_slice(&pack_quads_padded(&rows, cout, kernel_rows, row_len, amx::row_pitch(row_len) / 4));
             }
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => w.neon = super::neon::DenseWeights::new(&rows, cout, kernel_rows, row_len),
             #[cfg(target_arch = "aarch64")]
             Isa::NeonDot => {
-                w.quads = pack_quads(&rows, cout, kernel_rows, row_len);
+                w.quads = Lined::from_slice(&pack_quads(&rows, cout, kernel_rows, row_len));
                 w.neon = super::neon::DenseWeights::for_dot(&w.sums);
             }
             #[cfg(target_arch = "arm")]
