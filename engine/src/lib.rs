@@ -894,17 +894,7 @@ impl Engine {
             Op::MeanPool { src, .. } => {
                 let t = p.tensors[*src];
                 let x = &s.slots[slot(*src)][..t.len()];
-                let sums = &mut s.acc[..t.c];
-                sums.fill(0);
-                for px in x.chunks_exact(t.c) {
-                    sums.iter_mut().zip(px).for_each(|(a, &v)| *a += v as i32);
-                }
-                // The exact integer sum, rounded once by the scale and once by the mean.
-                let pixels = t.h * t.w;
-                let zp_sum = pixels as i32 * t.zp as i32;
-                for (o, &a) in out.iter_mut().zip(sums.iter()) {
-                    *o = kernels::quantize_u8((a - zp_sum) as f32 * t.scale / pixels as f32, dst_t.scale, dst_t.zp);
-                }
+                kernels::mean_pool(self.isa, x, &t, &dst_t, &mut s.acc[..t.c], out);
             }
         }
         s.slots[slot(op.destination())] = dst;

@@ -368,6 +368,17 @@ pub unsafe fn moment_sums(values: &[i32], s: &mut [i64], q: &mut [i64]) {
     scalar::moment_sums(values, s, q)
 }
 
+/// [`scalar::mean_pool`] compiled for AVX2 (eight channels widened and added at once,
+/// eight quotients at once; the baseline build widens four at a time in several steps
+/// and divides one value at a time).
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[target_feature(enable = "avx2")]
+pub unsafe fn mean_pool(x: &[u8], t: &QTensor, to: &QTensor, sums: &mut [i32], out: &mut [u8]) {
+    scalar::mean_pool(x, t, to, sums, out)
+}
+
 /// [`scalar::add_quantized`] compiled for AVX2.
 ///
 /// # Safety

@@ -603,6 +603,16 @@ pub fn all_finite(isa: Isa, x: &[f32]) -> bool {
     }
 }
 
+/// [`scalar::mean_pool`]: a global average pool, `sums` its t.c channels' scratch.
+pub fn mean_pool(isa: Isa, x: &[u8], t: &QTensor, to: &QTensor, sums: &mut [i32], out: &mut [u8]) {
+    match isa.checked() {
+        // SAFETY: `checked` confirmed AVX2 on this CPU (AVX-512 VNNI CPUs have it).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni | Isa::Avx512Amx => unsafe { avx2::mean_pool(x, t, to, sums, out) },
+        _ => scalar::mean_pool(x, t, to, sums, out),
+    }
+}
+
 /// [`scalar::moment_sums`]: exact integer sums and sums of squares per slot.
 pub fn moment_sums(isa: Isa, values: &[i32], s: &mut [i64], q: &mut [i64]) {
     match isa.checked() {

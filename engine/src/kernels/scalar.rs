@@ -191,6 +191,23 @@ pub fn add_quantized(a: &[u8], ta: &QTensor, b: &[u8], tb: &QTensor, to: &QTenso
     }
 }
 
+/// A global average pool of a channels-last tensor `t` (bytes `x`, `sums.len()` =
+/// t.c channels) into `out` quantised as `to`: each channel's exact integer sum (2^23
+/// pixels of 255 at most fit an i32), then (sum - pixels z) s / pixels, rounded once
+/// by the float arithmetic and once by the quantisation.
+#[inline(always)]
+pub fn mean_pool(x: &[u8], t: &QTensor, to: &QTensor, sums: &mut [i32], out: &mut [u8]) {
+    sums.fill(0);
+    for px in x.chunks_exact(sums.len().max(1)) {
+        sums.iter_mut().zip(px).for_each(|(a, &v)| *a += v as i32);
+    }
+    let pixels = t.h * t.w;
+    let zp_sum = pixels as i32 * t.zp as i32;
+    for (o, &a) in out.iter_mut().zip(sums.iter()) {
+        *o = quantize_u8((a - zp_sum) as f32 * t.scale / pixels as f32, to.scale, to.zp);
+    }
+}
+
 /// s[j] += v, q[j] += v² for the values of `values` in blocks of `s.len()` (value j of
 /// a block into slot j): the partial sums of an instance norm's integer moments. The
 /// caller bounds the number of blocks so that the i64 squares cannot overflow.

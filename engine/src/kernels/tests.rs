@@ -580,6 +580,34 @@ fn moment_sums_equal_scalar() {
     }
 }
 
+/// A global average pool on every ISA gives the scalar loop's bytes, and the scalar
+/// loop the mean of an independent f64 sum within one output step (it rounds the
+/// float arithmetic and then quantises), over channel counts around the vector widths,
+/// maps from 1x1 to 7x9, and scales and zero points near the edges.
+#[test]
+fn mean_pool_equals_scalar() {
+    let mut s = Lcg::new(37);
+    for isa in Isa::available() {
+        for c in [1, 3, 8, 15, 16, 17, 33, 64, 100, 1280] {
+            for (h, w) in [(1, 1), (2, 3), (7, 7), (7, 9)] {
+                let t = QTensor { c, h, w, scale: 0.02 + (s.u32() % 1000) as f32 * 1e-4, zp: (s.u32() % 256) as u8 };
+                let to = QTensor { c, h: 1, w: 1, scale: 0.01 + (s.u32() % 1000) as f32 * 1e-4, zp: (s.u32() % 256) as u8 };
+                let x: Vec<u8> = (0..c * h * w).map(|i| if i % 13 == 0 { 255 } else { (s.u32() % 256) as u8 }).collect();
+                let (mut s1, mut s2) = (vec![7i32; c], vec![-7i32; c]);
+                let (mut o1, mut o2) = (vec![0u8; c], vec![1u8; c]);
+                scalar::mean_pool(&x, &t, &to, &mut s1, &mut o1);
+                mean_pool(isa, &x, &t, &to, &mut s2, &mut o2);
+                assert_eq!(o1, o2, "{isa:?} {c} channels at {h}x{w}");
+                for ch in 0..c {
+                    let mean = (0..h * w).map(|p| (x[p * c + ch] as f64 - t.zp as f64) * t.scale as f64).sum::<f64>() / (h * w) as f64;
+                    let want = (mean / to.scale as f64 + to.zp as f64).round().clamp(0.0, 255.0);
+                    assert!((o1[ch] as f64 - want).abs() <= 1.0, "{c} channels at {h}x{w}, channel {ch}: {} against {want}", o1[ch]);
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn finiteness_checks_find_every_nan_and_infinity() {
     // One bad value at every position of lengths around the 64-value blocks, of each
