@@ -17,7 +17,9 @@
 //! ([`pool`]; one thread unless [`Engine::with_threads`] asks for more). The parts
 //! write disjoint output bytes with unchanged integer arithmetic, so the output is
 //! the same bits at any thread count. Float ops run on the calling thread. Several
-//! items ([`Engine::run_items`]) run whole side by side on the same threads instead.
+//! items ([`Engine::run_items`]; [`Engine::run_batch`] joins their outputs along the
+//! batch axis) run whole side by side on the same threads instead. Buffers kept
+//! between runs and the dense weights start a cache line ([`lined`]).
 //! [`norms`] streams a volume's instance-norm statistics over tiles
 //! ([`Engine::run_pass`]).
 //!
