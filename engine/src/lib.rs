@@ -19,7 +19,7 @@
 //! the same bits at any thread count. Float ops run on the calling thread. Several
 //! items ([`Engine::run_items`]; [`Engine::run_batch`] joins their outputs along the
 //! batch axis) run whole side by side on the same threads instead. Buffers kept
-//! between runs and the dense weights start a cache line ([`lined`]).
+//! between runs and the dense weights start a cache line (`lined.rs`).
 //! [`norms`] streams a volume's instance-norm statistics over tiles
 //! ([`Engine::run_pass`]).
 //!
