@@ -432,11 +432,11 @@ impl Engine {
             let mut shares: Vec<Vec<&mut [std::mem::MaybeUninit<f32>]>> = (0..items.len()).map(|_| Vec::new()).collect();
             for (buf, s) in joined.iter_mut().zip(&shapes) {
                 let len: usize = s.iter().product();
-                for (i, share) in buf.spare_capacity_mut()[..items.len() * len].chunks_mut(len.max(1)).enumerate() {
-                    shares[i].push(share);
-                }
-                if len == 0 {
-                    shares.iter_mut().for_each(|sh| sh.push(&mut []));
+                let mut rest = buf.spare_capacity_mut();
+                for share in shares.iter_mut() {
+                    let (head, tail) = rest.split_at_mut(len);
+                    share.push(head);
+                    rest = tail;
                 }
             }
             let shares: Vec<Mutex<Vec<&mut [std::mem::MaybeUninit<f32>]>>> = shares.into_iter().map(Mutex::new).collect();

@@ -1455,8 +1455,8 @@ unsafe fn dw_group<const SX: usize, const CHECKED: bool, const CLAMP: bool>(
     p: [*const u8; 3],
     carry: [__m512i; 2],
 ) -> ([__m512i; 4], [__m512i; 2]) {
-    // SAFETY: the columns read and the pixels stored are those the caller vouches
-    // for; unaligned loads and stores; CPU features likewise.
+    // SAFETY: the columns read are those the caller vouches for; unaligned loads;
+    // CPU features likewise.
     unsafe {
         let col = |k: usize| dw_column::<CHECKED>(row, p.map(|r| r.wrapping_add(k * row.c)), a.wrapping_add(k));
         let (iq, next) = if SX == 1 {

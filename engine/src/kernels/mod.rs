@@ -555,13 +555,14 @@ fn two_sides(isa: Isa, acc: &[i32], cout: usize, pos: &Requant, neg: &Requant, z
 /// the 46 us of MobileNetV2's 224x224x3 input); the others check the planes first.
 #[must_use]
 pub fn quantize_nchw_to_nhwc(isa: Isa, x: &[f32], stride: usize, t: &QTensor, out: &mut [u8]) -> bool {
+    let isa = isa.checked();
     #[cfg(target_arch = "x86_64")]
-    if matches!(isa.checked(), Isa::Avx512Vnni | Isa::Avx512Amx) {
+    if matches!(isa, Isa::Avx512Vnni | Isa::Avx512Amx) {
         // SAFETY: `checked` confirmed AVX-512 VNNI (with AVX2) on this CPU.
         return unsafe { avx512::quantize_nchw_to_nhwc(x, stride, t, out) };
     }
     let finite = (0..t.c).all(|c| all_finite(isa, &x[c * stride..c * stride + t.h * t.w]));
-    match isa.checked() {
+    match isa {
         // SAFETY: `checked` confirmed AVX2 on this CPU.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { avx2::quantize_nchw_to_nhwc(x, stride, t, out) },
