@@ -127,6 +127,8 @@ fn items_side_by_side_give_each_item_its_own_bits() {
                     }
                 }
             }
+            // No items: an error, not an empty answer.
+            assert!(e.run_batch(&[]).is_err(), "{name}: an empty batch");
             let mut bad = xs[..3].to_vec();
             bad[2][0] = f32::NAN;
             let items: Vec<&[f32]> = bad.iter().map(|x| x.as_slice()).collect();
