@@ -48,7 +48,7 @@ use crate::ndarray::{ArrayD, IxDyn};
 use std::ops::Range;
 use std::sync::Mutex;
 
-use kernels::{ConvGeometry, Isa, QTensor, Requant};
+use kernels::{ConvGeometry, Isa, QTensor, Requant, Rows2, ROWS2_PITCH};
 use lined::Lined;
 use norms::{NormPass, NormSite, NormSums, PassResult};
 use plan::{ConvKind, ConvLayout, Copies, Op, Plan, Step};
@@ -175,6 +175,12 @@ impl MemoryPlan {
             ConvLayout::Padded(p) => {
                 self.acc_len = self.acc_len.max(layout.pixels() * cout);
                 self.planar_len = self.planar_len.max(p.planar_len());
+            }
+            ConvLayout::Rows(r) => {
+                let n = Rows2::CHUNK.min(layout.pixels());
+                self.acc_len = self.acc_len.max(layout.pixels() * cout);
+                self.gather_len = self.gather_len.max(n * ROWS2_PITCH);
+                self.rows_len = self.rows_len.max(kernels::conv_scratch_len(&r.rows_of(n), kind));
             }
             ConvLayout::SubPixel(sp) => {
                 // The sub-conv's sums in `acc`, the shuffled ones in `acc2`.
@@ -1226,6 +1232,30 @@ impl Engine {
                         let n = (per - p0).min(r.end - v);
                         volume::gather_plane(x, g, zp, oz, p0..p0 + n, &mut l.gather);
                         let pg = ConvGeometry::new(1, n, plane.cin, 1, 1, [1, 1], [0; 4]).expect("a 1x1 conv fits any input");
+                        let span = (v - r.start) * cout..(v - r.start + n) * cout;
+                        match (requant, o.as_deref_mut()) {
+                            (Some(rq), Some(o)) => {
+                                kernels::conv(isa, &l.gather, &pg, zp, kind, rq, &mut l.rows, &mut a[span.clone()], &mut o[span])
+                            }
+                            _ => kernels::accumulate(isa, &l.gather, &pg, zp, kind, &mut l.rows, &mut a[span]),
+                        }
+                        v += n;
+                    }
+                });
+            }
+            ConvLayout::Rows(rows) => {
+                // Runs of output pixels over the pool, each gathered and multiplied a
+                // chunk at a time in its lane's buffer.
+                let rs = ranges(layout.pixels(), parts, PIXEL_ALIGN);
+                let lens = || rs.iter().map(|r| r.len() * cout);
+                let outs = outs_for(out, lens());
+                let work: Vec<_> = rs.iter().zip(cut(&mut s.acc, lens())).zip(outs).collect();
+                self.split(&s.lanes, work, |((r, a), mut o), l| {
+                    let mut v = r.start;
+                    while v < r.end {
+                        let n = (r.end - v).min(Rows2::CHUNK);
+                        rows.gather(isa, x, zp, v..v + n, &mut l.gather[..n * ROWS2_PITCH]);
+                        let pg = rows.rows_of(n);
                         let span = (v - r.start) * cout..(v - r.start + n) * cout;
                         match (requant, o.as_deref_mut()) {
                             (Some(rq), Some(o)) => {

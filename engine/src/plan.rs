@@ -33,6 +33,10 @@ pub enum ConvLayout {
     /// parity class, channel) on its input, its sums shuffled into the output
     /// ([`crate::subpixel`]).
     SubPixel(Box<crate::subpixel::SubPixel>),
+    /// A 2-D convolution with short kernel rows (a 3-channel first layer, on AMX):
+    /// each output pixel's taps gathered into one row, then multiplied as a pointwise
+    /// conv on the rows ([`crate::kernels::Rows2`]).
+    Rows(Box<crate::kernels::Rows2>),
 }
 
 impl ConvLayout {
@@ -44,6 +48,7 @@ impl ConvLayout {
             ConvLayout::Narrow(n) => n.g.output.iter().product(),
             ConvLayout::Padded(p) => p.g.output.iter().product(),
             ConvLayout::SubPixel(sp) => sp.g.output.iter().product(),
+            ConvLayout::Rows(r) => r.g.oh * r.g.ow,
         }
     }
 
@@ -54,6 +59,7 @@ impl ConvLayout {
             ConvLayout::Transposed { g, .. } => format!("{}x{}x{}/{} transposed", g.kernel[0], g.kernel[1], g.kernel[2], g.stride[0]),
             ConvLayout::Narrow(n) => format!("{}x{}x{}/{} 3-D narrow", n.g.kernel[0], n.g.kernel[1], n.g.kernel[2], n.g.stride[0]),
             ConvLayout::Padded(p) => format!("{}x{}x{}/{} 3-D in place", p.g.kernel[0], p.g.kernel[1], p.g.kernel[2], p.g.stride[0]),
+            ConvLayout::Rows(r) => format!("{}x{}/{} gathered", r.g.kh, r.g.kw, r.g.stride[0]),
             ConvLayout::SubPixel(sp) => {
                 let g = &sp.g;
                 format!("{}x{}x{}/{} transposed as sub-pixel {}", g.kernel[0], g.kernel[1], g.kernel[2], g.stride[0], sp.inner.describe())

@@ -9,7 +9,7 @@ use edgemed_onnx::{attr, pb};
 
 use super::{input, invalid, Compiler, Val};
 use crate::error::Result;
-use crate::kernels::{self, ConvGeometry, DepthwiseWeights, GroupedWeights, Isa, Narrow3, PackedWeights, Padded3, Requant};
+use crate::kernels::{self, ConvGeometry, DepthwiseWeights, GroupedWeights, Isa, Narrow3, PackedWeights, Padded3, Requant, Rows2, ROWS2_PITCH};
 use crate::plan::{ConvKind, ConvLayout, ConvOp, FloatConv, Geometry3, Op, QTensor, Step};
 use crate::subpixel::{self, SubPixel};
 
@@ -220,7 +220,13 @@ fn dense_layout(
     Some(if two_d {
         let pads = [g.pads[1], g.pads[2], pads_after[1], pads_after[2]];
         let cg = ConvGeometry::new(g.input[1], g.input[2], cin, kh, kw, [g.stride[1], g.stride[2]], pads)?;
-        (ConvLayout::Direct(cg), PackedWeights::new(isa, rows, cout, kh, kw * cin))
+        if Rows2::applies(isa, &cg, cout) {
+            let r = Rows2 { g: cg };
+            let pw = PackedWeights::new(isa, r.pad_weights(&rows, cout), cout, 1, ROWS2_PITCH);
+            (ConvLayout::Rows(Box::new(r)), pw)
+        } else {
+            (ConvLayout::Direct(cg), PackedWeights::new(isa, rows, cout, kh, kw * cin))
+        }
     } else if taps == 1 && g.stride == [1; 3] && g.pads == [0; 3] && pads_after == [0; 3] {
         let cg = ConvGeometry::new(1, pixels, cin, 1, 1, [1, 1], [0; 4])?;
         (ConvLayout::Direct(cg), PackedWeights::new(isa, rows, cout, 1, k))

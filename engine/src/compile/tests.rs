@@ -271,6 +271,58 @@ fn dense_3d_convs_equal_every_isa() {
     }
 }
 
+/// 2-D convs with short kernel rows (1-4 input channels, kernels up to 3x3): on AMX,
+/// where the work is large enough, as a pointwise conv on gathered rows; the bytes of
+/// every other ISA's in-place form, requantised (with a ReLU's clamp) and as sums a
+/// float op reads, on 1 and 3 threads (a part may start and end anywhere in an output
+/// row), strides 1-2, any padding, odd sizes, outputs of one gathered chunk and of
+/// several.
+#[test]
+fn short_row_convs_equal_every_isa() {
+    use crate::kernels::testgen::Lcg;
+    let mut s = Lcg::new(29);
+    let mut gathered_seen = 0;
+    for round in 0..24 {
+        let (cin, cout) = (1 + s.below(4), [16, 24, 32, 40][s.below(4)]);
+        let kernel = [1 + s.below(3), 2 + s.below(2)];
+        let strides = [1 + s.below(2), 1 + s.below(2)];
+        let pads: Vec<i64> = (0..4).map(|i| s.below(kernel[i % 2]) as i64).collect();
+        // The first rounds: more outputs than one gathered chunk (`Rows2::CHUNK`).
+        let (strides, side) = if round < 2 { ([1, 1], 100) } else { (strides, 40 + s.below(30)) };
+        let input = [1, cin, side, side - 3 + s.below(7)];
+        let mut b = Qdq::new(&input);
+        let x = b.qdq("x", 0.03, s.u8());
+        let wv: Vec<i8> = (0..cout * cin * kernel[0] * kernel[1]).map(|_| s.u8() as i8).collect();
+        let w = b.weight(&[cout, cin, kernel[0], kernel[1]], &wv, 0.004);
+        let bias = b.f32s(&[cout], &(0..cout).map(|c| c as f32 * 0.1 - 0.3).collect::<Vec<_>>());
+        let attrs = vec![Attr::Ints("strides", strides.iter().map(|&v| v as i64).collect()), Attr::Ints("pads", pads)];
+        let c = b.op("Conv", &[&x, &w, &bias], attrs);
+        // Odd rounds: the sums go to a float op (Sigmoid), not to a QuantizeLinear.
+        let y = if round % 2 == 0 {
+            let r = b.op("Relu", &[&c], vec![]);
+            b.qdq(&r, 0.05, 3)
+        } else {
+            b.op("Sigmoid", &[&c], vec![])
+        };
+        let n = b.input_len();
+        let m = b.model(&y);
+        let x: Vec<f32> = (0..n).map(|i| ((i * 7919 % 211) as f32 / 40.0) - 2.5).collect();
+        let reference = Engine::with_isa(&m, Isa::Scalar).unwrap().run_one(&x).unwrap();
+        for isa in Isa::available() {
+            for threads in [1, 3] {
+                let e = Engine::with_isa(&m, isa).unwrap().with_threads(threads).with_min_part(1, 1);
+                if e.plan.steps.iter().any(|st| e.plan.label(st).contains("gathered")) {
+                    gathered_seen += 1;
+                }
+                assert_eq!(e.run_one(&x).unwrap(), reference, "{isa:?} {threads} threads, {input:?} {kernel:?} {strides:?} -> {cout}");
+            }
+        }
+    }
+    if Isa::Avx512Amx.is_available() {
+        assert!(gathered_seen > 10, "the gathered layout ran {gathered_seen} times");
+    }
+}
+
 #[test]
 fn grouped_conv_with_one_channel_per_group_is_depthwise() {
     let mut b = Qdq::new(&[1, 4, 6, 6]);

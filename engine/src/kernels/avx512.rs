@@ -1738,3 +1738,74 @@ pub unsafe fn conv3d_narrow(
         }
     }
 }
+
+// ---------------------------------------------------------------------------------
+// Gathered rows of short-row 2-D convs
+
+/// The byte permute of [`gather_row_pairs`] for `kh` <= 3 kernel rows of `run` bytes
+/// whose outputs step `step` bytes (run + step <= 16, kh run <= 32): byte t of a pair's
+/// 64 bytes (output t / 32, byte b = t % 32 of its row) takes byte b % run of kernel
+/// row i = b / run, loaded into lane i, plus step for the second output; the mask
+/// marks the bytes below kh run, the others are zeroed. `None` where the shape does
+/// not suit.
+pub fn row_pair_table(kh: usize, run: usize, step: usize) -> Option<([u8; 64], u64)> {
+    if kh == 0 || kh > 3 || run == 0 || run + step > 16 || kh * run > 32 {
+        return None;
+    }
+    let (mut idx, mut used) = ([0u8; 64], 0u64);
+    for q in 0..2 {
+        for i in 0..kh {
+            for b in 0..run {
+                let t = 32 * q + i * run + b;
+                idx[t] = (16 * i + q * step + b) as u8;
+                used |= 1 << t;
+            }
+        }
+    }
+    Some((idx, used))
+}
+
+/// The gathered rows of the first `n` outputs of a run ([`super::Rows2::gather`]), two
+/// at a time: output j's row is, for each kernel row i, `run` bytes at `j step` of
+/// `rows[i]`, one after another, then zeros to 32 bytes, as `table`
+/// ([`row_pair_table`] of rows.len(), run and step) lays them out. One 16-byte load
+/// from each kernel row holds both outputs' runs (broadcast into its lane of one
+/// register), one byte permute lays them out and zeroes the rest, one 64-byte store writes the pair (the 32 bytes of an
+/// odd last output, a masked one).
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL/VBMI. (The slices are checked here.)
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi")]
+pub unsafe fn gather_row_pairs(rows: &[&[u8]], step: usize, (table, used): &([u8; 64], u64), n: usize, out: &mut [u8]) {
+    let kh = rows.len();
+    assert!((1..=3).contains(&kh) && out.len() >= 32 * n);
+    // Output j loads 16 bytes from j step of each row.
+    assert!(n == 0 || rows.iter().all(|r| r.len() >= (n - 1) * step + 16), "rows hold every output's load");
+    // Kernel rows past kh load row kh - 1 again (their bytes are never picked).
+    let mut p: [*const u8; 3] = std::array::from_fn(|i| rows[i.min(kh - 1)].as_ptr());
+    // SAFETY: the table is a 64-byte array. Output j < n loads 16 bytes from j step of
+    // each row (p[i] after j steps), inside it (checked). A pair from output j writes
+    // out[32 j..32 j + 64] with j + 2 <= n, the odd last output the 32 bytes from
+    // 32 j, inside out (32 n, checked). No alignment needed. (A loop written out, not
+    // a closure per pair, which was not inlined into this target-feature function.)
+    unsafe {
+        let perm = _mm512_loadu_si512(table.as_ptr() as *const _);
+        let mut op = out.as_mut_ptr();
+        let mut j = 0;
+        while j < n {
+            // Row i in lane i: a broadcast load, then two merging ones (no shuffle).
+            let r0 = _mm512_broadcast_i32x4(_mm_loadu_si128(p[0] as *const __m128i));
+            let r01 = _mm512_mask_broadcast_i32x4(r0, 0x00f0, _mm_loadu_si128(p[1] as *const __m128i));
+            let r012 = _mm512_mask_broadcast_i32x4(r01, 0x0f00, _mm_loadu_si128(p[2] as *const __m128i));
+            let v = _mm512_maskz_permutexvar_epi8(*used, perm, r012);
+            if j + 1 < n {
+                _mm512_storeu_si512(op as *mut _, v);
+            } else {
+                _mm512_mask_storeu_epi8(op as *mut i8, u32::MAX as u64, v);
+            }
+            op = op.wrapping_add(64);
+            p = [p[0].wrapping_add(2 * step), p[1].wrapping_add(2 * step), p[2].wrapping_add(2 * step)];
+            j += 2;
+        }
+    }
+}

@@ -27,6 +27,7 @@
 mod arm;
 mod narrow3;
 mod padded3;
+mod rows2;
 pub mod scalar;
 mod weights;
 
@@ -50,6 +51,7 @@ use std::sync::OnceLock;
 
 pub use narrow3::{Narrow3, NARROW_MAX_COUT};
 pub use padded3::Padded3;
+pub use rows2::{Rows2, ROWS2_PITCH};
 pub use scalar::{im2row, quantize_u8, round_half_even};
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub use weights::GroupQuads;

@@ -608,6 +608,60 @@ fn mean_pool_equals_scalar() {
     }
 }
 
+/// The gathered rows of short-row convs ([`Rows2::gather`]): every ISA's bytes equal
+/// the portable loop's (the AVX-512 pairs for outputs inside the columns, rows of
+/// padding included), and those an independent index computation: each output's kh
+/// kw cin taps, the zero point outside the input, zeros to the pitch. Kernels 1-3 rows
+/// of 1-5 taps, 1-4 channels, strides 1-2, any padding, runs that start and end
+/// anywhere in an output row, inputs with and without slack past them.
+#[test]
+fn gathered_rows_equal_scalar() {
+    let mut s = Lcg::new(41);
+    let mut fast_shapes = 0;
+    for round in 0..300 {
+        let (cin, kh, kw) = (1 + s.below(4), 1 + s.below(3), 1 + s.below(5));
+        if kh * kw * cin > ROWS2_PITCH {
+            continue;
+        }
+        let stride = [1 + s.below(2), 1 + s.below(2)];
+        let pads = [s.below(kh), s.below(kw), s.below(kh), s.below(kw)];
+        let (h, w) = (kh + s.below(6), kw + s.below(30));
+        let Some(g) = ConvGeometry::new(h, w, cin, kh, kw, stride, pads) else { continue };
+        let rows = Rows2 { g };
+        fast_shapes += usize::from((kw + stride[1]) * cin <= 16);
+        let zp = s.u8();
+        // Odd rounds: no slack past the tensor (the fast path must stop short).
+        let slack = if round % 2 == 0 { 64 } else { 0 };
+        let x: Vec<u8> = (0..h * w * cin + slack).map(|_| s.u8()).collect();
+        let total = g.oh * g.ow;
+        let from = s.below(total);
+        let to = from + 1 + s.below(total - from);
+        let n = to - from;
+        let mut want = vec![0u8; n * ROWS2_PITCH];
+        for (j, row) in want.chunks_exact_mut(ROWS2_PITCH).enumerate() {
+            let (oy, ox) = ((from + j) / g.ow, (from + j) % g.ow);
+            for i in 0..kh {
+                for t in 0..kw {
+                    let (iy, ix) = ((oy * stride[0] + i) as isize - pads[0] as isize, (ox * stride[1] + t) as isize - pads[1] as isize);
+                    for ch in 0..cin {
+                        row[(i * kw + t) * cin + ch] = if (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix) {
+                            x[(iy as usize * w + ix as usize) * cin + ch]
+                        } else {
+                            zp
+                        };
+                    }
+                }
+            }
+        }
+        for isa in Isa::available() {
+            let mut got = vec![0x5a; n * ROWS2_PITCH];
+            rows.gather(isa, &x, zp, from..to, &mut got);
+            assert_eq!(got, want, "{isa:?}: {h}x{w}x{cin}, kernel {kh}x{kw}, strides {stride:?}, pads {pads:?}, outputs {from}..{to}");
+        }
+    }
+    assert!(fast_shapes > 100, "{fast_shapes} shapes for the fast path");
+}
+
 #[test]
 fn finiteness_checks_find_every_nan_and_infinity() {
     // One bad value at every position of lengths around the 64-value blocks, of each
