@@ -1122,13 +1122,43 @@ pub unsafe fn quantize_nchw_to_nhwc(x: &[f32], stride: usize, t: &QTensor, out: 
         // block fixed, in straight-line code (the general loop's plane array and bounds
         // checks cost as much as the arithmetic: 54 -> 34 us for 224x224x3, hot). Its 48
         // bytes index only the first 48 of the joined planes: one single-source permute.
+        //
+        // Each step first takes the quick way: the quotient corrected in every lane
+        // ([`Quotient::of_small`]), the rounded values of the three planes packed to
+        // bytes together as the dense epilogues pack four pixels ([`pack_pixels4`]),
+        // one permute into pixel order. It holds where every |q0| is below 2^22 (then
+        // no lane is NaN or infinite either, nor saturates); where one is not, the step
+        // is done again the exact way (the lane kept, the value tested). 224x224x3:
+        // 27.8 -> 25.2 us (per-op profiles, 3 alternated runs); the rest is the reading
+        // of 600 KB of floats.
         if c == 3 {
             let order = wide[0];
+            // Byte 3 p + k (pixel p, channel k) from `pack_pixels4`'s layout: lane p / 4,
+            // dword 4 (p / 4) + k, byte p % 4.
+            let packed: [u8; 64] = std::array::from_fn(|b| if b < 48 { (16 * (b / 12) + 4 * (b % 3) + b / 3 % 4) as u8 } else { 0 });
+            let packed = _mm512_loadu_si512(packed.as_ptr() as *const _);
+            let zp16 = _mm512_set1_epi16(zp as i16);
+            let quick = s.exact;
             while i < full {
-                let rg = _mm256_inserti128_si256(_mm256_castsi128_si256(quantize16(0, i)), quantize16(1, i), 1);
-                let rgb = _mm512_inserti64x4(_mm512_castsi256_si512(rg), _mm256_castsi128_si256(quantize16(2, i)), 1);
-                let px = _mm512_permutexvar_epi8(order, rgb);
-                _mm512_mask_storeu_epi8(out.as_mut_ptr().add(i * 3) as *mut i8, (1u64 << 48) - 1, px);
+                let mut wide_lanes: __mmask16 = if quick { 0 } else { !0 };
+                if quick {
+                    let mut r = [_mm512_setzero_si512(); 3];
+                    for (k, r) in r.iter_mut().enumerate() {
+                        let v = _mm512_loadu_ps(x.as_ptr().add(k * stride + i));
+                        let q0 = _mm512_mul_ps(v, s.y);
+                        wide_lanes |= !_mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_abs_ps(q0), lim);
+                        let q = _mm512_fmadd_ps(_mm512_fnmadd_ps(q0, s.s, v), s.y, q0);
+                        *r = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(q);
+                    }
+                    let px = _mm512_permutexvar_epi8(packed, pack_pixels4(&[r[0], r[1], r[2], r[2]], zp16));
+                    _mm512_mask_storeu_epi8(out.as_mut_ptr().add(i * 3) as *mut i8, (1u64 << 48) - 1, px);
+                }
+                if wide_lanes != 0 {
+                    let rg = _mm256_inserti128_si256(_mm256_castsi128_si256(quantize16(0, i)), quantize16(1, i), 1);
+                    let rgb = _mm512_inserti64x4(_mm512_castsi256_si512(rg), _mm256_castsi128_si256(quantize16(2, i)), 1);
+                    let px = _mm512_permutexvar_epi8(order, rgb);
+                    _mm512_mask_storeu_epi8(out.as_mut_ptr().add(i * 3) as *mut i8, (1u64 << 48) - 1, px);
+                }
                 i += 16;
             }
         }

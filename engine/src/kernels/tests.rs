@@ -721,8 +721,9 @@ fn quantisation_of_float_planes_equals_scalar() {
 /// range that kernel takes without a division, where it must divide), the 64 floats
 /// on either side of each tie (k + 1/2) s and each integer step k s for |k| <= 300,
 /// exact ties where they are representable, and sums landing on and near ties through
-/// the quantised Add. Every ISA's bytes equal the scalar reference's `x / scale`.
-/// (Caught: the reciprocal's product alone, and the FMA path taken for every scale.)
+/// the quantised Add; the values as one plane and as three (an RGB image). Every ISA's
+/// bytes equal the scalar reference's `x / scale`. (Caught: the reciprocal's product
+/// alone, and the FMA path taken for every scale.)
 #[test]
 fn quantisation_near_ties_equals_the_division_on_every_isa() {
     let mut s = Lcg::new(0x71e5);
@@ -764,6 +765,16 @@ fn quantisation_near_ties_equals_the_division_on_every_isa() {
             assert!(quantize_nchw_to_nhwc(isa, &x, x.len(), &t, &mut got));
             let bad = (0..x.len()).find(|&i| got[i] != want[i]);
             assert!(bad.is_none(), "{}: {} / {scale:e} gave {} for {}", isa.name(), x[bad.unwrap()], got[bad.unwrap()], want[bad.unwrap()]);
+        }
+        // The same values as three planes (an RGB image: the AVX-512 kernel's own path).
+        let w3 = x.len() / 3;
+        let t3 = QTensor { c: 3, h: 1, w: w3, scale, zp };
+        let mut want3 = vec![0u8; 3 * w3];
+        scalar::quantize_nchw_to_nhwc(&x, w3, &t3, &mut want3);
+        for isa in Isa::available() {
+            let mut got = vec![0u8; 3 * w3];
+            assert!(quantize_nchw_to_nhwc(isa, &x, w3, &t3, &mut got));
+            assert!(got == want3, "{}: three planes, scale {scale:e}", isa.name());
         }
     }
     // The Add: sums of two dequantised bytes divided by output scales whose
