@@ -7,7 +7,8 @@
 //!   INT8 engine, tract (feature `tract`, on by default) and ONNX Runtime (feature
 //!   `ort`); the fallback policy between them;
 //! - [`budget`]: the memory budget, checked from declared sizes before anything large
-//!   is allocated; [`parallel`]: batches over threads; [`bench`]: benchmarking;
+//!   is allocated; [`parallel`]: batches over threads (and the allocator setting they
+//!   need); [`bench`]: benchmarking;
 //! - [`tasks`]: what runs on a model, one file per task (classify, heatmap, sliding
 //!   window, segment, upsample, aging);
 //! - [`formats`]: the files read and written, one file per format (patches, PCam HDF5,

@@ -102,23 +102,6 @@ enum Command {
     Bench(bench::Args),
 }
 
-/// Runs allocate and free the same large buffers again and again (a batch's outputs, a
-/// volume's windows). glibc hands freed memory at the top of its heap back to the
-/// kernel past 128 KiB by default, and serves blocks past a threshold from fresh
-/// mappings, so each run paid page faults on memory it had just freed: a U-Net window
-/// batch of two on one thread took 1.25 ms against 2 x 0.47 for its items, the join
-/// of its two outputs 140 us. With freed memory kept (up to 256 MiB above what a run
-/// holds), 1.06 ms and 19 us, with the same peak resident memory to 0.5 MiB.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets two of the allocator's thresholds; it is called before
-    // any other thread starts.
-    unsafe {
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-    }
-}
-
 fn main() -> ExitCode {
     // Rust ignores SIGPIPE, so printing to a closed pipe (`edgemed-run classify ... | head`)
     // would fail every later write; a command-line tool ends quietly instead, as cat does.
@@ -127,7 +110,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    keep_freed_memory();
+    edgemed_runtime::parallel::keep_freed_memory();
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "warn",
