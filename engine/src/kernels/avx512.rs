@@ -662,23 +662,28 @@ unsafe fn vnni_tiles<const BOUNDED: bool>(x: &[u8], pixels: usize, mut walk: Wal
     assert!(pixels == 0 || x.len() >= walk.offset_after(pixels - 1) + reach, "input needs slack past its end");
     assert!(w.quads.len() >= cout.div_ceil(CBLOCK) * kd * kh * q4 * 64, "weights packed without the VNNI quadruples");
     let blocks = cout.div_ceil(CBLOCK);
-    let (params, u8_out, i32_out) = match out {
+    // The call's vectors, taken from the thread's and given back at the end.
+    let mut kept = VNNI_KEPT.take();
+    let mut params = std::mem::take(&mut kept.0);
+    params.clear();
+    let (u8_out, i32_out) = match out {
         DenseOut::U8(r, o) => {
             assert!(o.len() >= pixels * cout && requant_covers(r, cout));
             // SAFETY: AVX-512 is the caller's obligation; `r` covers the `cout`
             // channels of the blocks (checked).
-            let params: Vec<BlockRequant> =
-                (0..blocks).map(|b| unsafe { block_requant(r, b * CBLOCK, (cout - b * CBLOCK).min(CBLOCK)) }).collect();
-            (params, o.as_mut_ptr(), std::ptr::null_mut())
+            params.extend((0..blocks).map(|b| unsafe { block_requant(r, b * CBLOCK, (cout - b * CBLOCK).min(CBLOCK)) }));
+            (o.as_mut_ptr(), std::ptr::null_mut())
         }
         DenseOut::I32(o) => {
             assert!(o.len() >= pixels * cout);
-            let params = (0..blocks).map(|b| block_mask((cout - b * CBLOCK).min(CBLOCK))).collect();
-            (params, std::ptr::null_mut(), o.as_mut_ptr())
+            params.extend((0..blocks).map(|b| block_mask((cout - b * CBLOCK).min(CBLOCK))));
+            (std::ptr::null_mut(), o.as_mut_ptr())
         }
     };
     // The sums start from -offset (zero for int32 output).
-    let starts: Vec<__m512i> = params.iter().map(|q| q.start()).collect();
+    let mut starts = std::mem::take(&mut kept.1);
+    starts.clear();
+    starts.extend(params.iter().map(|q| q.start()));
     let xp = x.as_ptr();
     // Panels of pixels whose inputs fit in L1 beside a few blocks' weights: each group
     // of blocks runs over a whole panel, so its weights are read once per panel, not
@@ -687,7 +692,7 @@ unsafe fn vnni_tiles<const BOUNDED: bool>(x: &[u8], pixels: usize, mut walk: Wal
     // made VNNI's pointwise convs of more than 64 inputs about 10% faster, 8 and 32
     // KiB measured the same).
     let panel_tiles = (PANEL_BYTES / (w.k.max(1) * PT)).max(1);
-    let mut tiles: Vec<[*const u8; PT]> = Vec::with_capacity(panel_tiles.min(pixels.div_ceil(PT)));
+    let mut tiles = std::mem::take(&mut kept.2);
     let mut p0 = 0;
     while p0 < pixels {
         // SAFETY: every pixel's kernel rows are read in 4-byte groups up to its
@@ -744,6 +749,16 @@ unsafe fn vnni_tiles<const BOUNDED: bool>(x: &[u8], pixels: usize, mut walk: Wal
             p0 = p;
         }
     }
+    VNNI_KEPT.set((params, starts, tiles));
+}
+
+/// The VNNI kernel's tile pointers.
+type PixelTiles = Vec<[*const u8; PT]>;
+
+thread_local! {
+    /// [`vnni_tiles`]' vectors (block parameters, sum starts, tile pointers), kept by
+    /// each thread between its calls, as the AMX kernel keeps its own.
+    static VNNI_KEPT: std::cell::Cell<(Vec<BlockRequant>, Vec<__m512i>, PixelTiles)> = const { std::cell::Cell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
 /// A tile of [`PT`] pixels of [`conv_dense`] (or voxels of [`conv3d_dense`]): where
