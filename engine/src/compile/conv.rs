@@ -9,7 +9,9 @@ use edgemed_onnx::{attr, pb};
 
 use super::{input, invalid, Compiler, Val};
 use crate::error::Result;
-use crate::kernels::{self, ConvGeometry, DepthwiseWeights, GroupedWeights, Isa, Narrow3, PackedWeights, Padded3, Requant, Rows2, ROWS2_PITCH};
+use crate::kernels::{
+    self, ConvGeometry, DepthwiseWeights, GroupedWeights, Isa, Narrow3, PackedWeights, Padded3, Requant, Rows2, ROWS2_PITCH,
+};
 use crate::plan::{ConvKind, ConvLayout, ConvOp, FloatConv, Geometry3, Op, QTensor, Step};
 use crate::subpixel::{self, SubPixel};
 

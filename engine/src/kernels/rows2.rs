@@ -160,9 +160,7 @@ impl Interior {
     fn new(isa: Isa, kh: usize, run: usize, step: usize) -> Option<Interior> {
         match isa.checked() {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni | Isa::Avx512Amx if step > 0 => {
-                super::avx512::row_pair_table(kh, run, step).map(|table| Interior { table })
-            }
+            Isa::Avx512Vnni | Isa::Avx512Amx if step > 0 => super::avx512::row_pair_table(kh, run, step).map(|table| Interior { table }),
             _ => {
                 let _ = (kh, run, step);
                 None

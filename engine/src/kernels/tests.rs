@@ -831,7 +831,8 @@ fn input_quantisation_and_add_equal_scalar() {
         // One round in five, input scales a half and a quarter of the output's: sums on
         // quarter steps, a quarter of them exact ties (half to even), the others a
         // quarter step away, where a quotient an ulp off would round the other way.
-        let (ta, tb) = if round % 5 == 1 { (QTensor { scale: to.scale * 0.5, ..ta }, QTensor { scale: to.scale * 0.25, ..tb }) } else { (ta, tb) };
+        let (ta, tb) =
+            if round % 5 == 1 { (QTensor { scale: to.scale * 0.5, ..ta }, QTensor { scale: to.scale * 0.25, ..tb }) } else { (ta, tb) };
         let (xa, xb): (Vec<u8>, Vec<u8>) = (0..t.len()).map(|_| (s.u8(), s.u8())).unzip();
         // No clamp, a ReLU's (the zero point up) or a random interval.
         let bounds = match round % 3 {
