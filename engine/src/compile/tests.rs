@@ -215,6 +215,52 @@ fn conv_with_bias_and_relu_is_one_fused_op() {
     assert_within_one_step(&run(&m, &input), &want, 0.03);
 }
 
+/// A conv of `cout` outputs (random int8 weights, a bias) on the `input` shape with
+/// `kernel`, `strides` and `pads`, its output requantised after a ReLU or, with
+/// `to_float`, read as sums by a float op (Sigmoid): every ISA's bytes, on 1 and 3
+/// threads with every op cut, equal the scalar engine's. Returns, for each of `labels`,
+/// how many of those engines had a step whose label contains it.
+fn conv_equals_scalar_on_every_isa(
+    s: &mut crate::kernels::testgen::Lcg,
+    input: &[usize],
+    cout: usize,
+    (kernel, strides, pads): (&[usize], &[usize], Vec<i64>),
+    to_float: bool,
+    labels: &[&str],
+) -> Vec<usize> {
+    let cin = input[1];
+    let mut b = Qdq::new(input);
+    let x = b.qdq("x", 0.03, s.u8());
+    let wv: Vec<i8> = (0..cout * cin * kernel.iter().product::<usize>()).map(|_| s.u8() as i8).collect();
+    let w = b.weight(&[&[cout, cin][..], kernel].concat(), &wv, 0.004);
+    let bias = b.f32s(&[cout], &(0..cout).map(|c| c as f32 * 0.1 - 0.3).collect::<Vec<_>>());
+    let attrs = vec![Attr::Ints("strides", strides.iter().map(|&v| v as i64).collect()), Attr::Ints("pads", pads)];
+    let c = b.op("Conv", &[&x, &w, &bias], attrs);
+    let y = if to_float {
+        b.op("Sigmoid", &[&c], vec![])
+    } else {
+        let r = b.op("Relu", &[&c], vec![]);
+        b.qdq(&r, 0.05, 3)
+    };
+    let n = b.input_len();
+    let m = b.model(&y);
+    let x: Vec<f32> = (0..n).map(|i| ((i * 7919 % 211) as f32 / 40.0) - 2.5).collect();
+    let reference = Engine::with_isa(&m, Isa::Scalar).unwrap().run_one(&x).unwrap();
+    let mut seen = vec![0; labels.len()];
+    for isa in Isa::available() {
+        for threads in [1, 3] {
+            let e = Engine::with_isa(&m, isa).unwrap().with_threads(threads).with_min_part(1, 1);
+            for (count, label) in seen.iter_mut().zip(labels) {
+                if e.plan.steps.iter().any(|st| e.plan.label(st).contains(label)) {
+                    *count += 1;
+                }
+            }
+            assert_eq!(e.run_one(&x).unwrap(), reference, "{isa:?} {threads} threads, {input:?} {kernel:?} {strides:?} -> {cout}");
+        }
+    }
+    seen
+}
+
 /// 3-D convs on AVX-512 VNNI: with few output channels the narrow layout (pixels in
 /// lanes on zero-point padded planes), with more the in-place layout (kernel rows read
 /// from the zero-point padded channels-last volume); both give the bytes of every other
@@ -234,36 +280,11 @@ fn dense_3d_convs_equal_every_isa() {
         let strides = [1 + s.below(2), 1 + s.below(2), 1 + s.below(2)];
         let pads: Vec<i64> = (0..6).map(|i| s.below(kernel[i % 3]) as i64).collect();
         let input = [1, cin, kernel[0] + s.below(5), kernel[1] + s.below(6), kernel[2] + s.below(20)];
-        let mut b = Qdq::new(&input);
-        let x = b.qdq("x", 0.03, s.u8());
-        let wv: Vec<i8> = (0..cout * cin * kernel.iter().product::<usize>()).map(|_| s.u8() as i8).collect();
-        let w = b.weight(&[cout, cin, kernel[0], kernel[1], kernel[2]], &wv, 0.004);
-        let bias = b.f32s(&[cout], &(0..cout).map(|c| c as f32 * 0.1 - 0.3).collect::<Vec<_>>());
-        let attrs = vec![Attr::Ints("strides", strides.iter().map(|&v| v as i64).collect()), Attr::Ints("pads", pads)];
-        let c = b.op("Conv", &[&x, &w, &bias], attrs);
-        // Odd rounds: the sums go to a float op (Sigmoid), not to a QuantizeLinear.
-        let y = if round % 2 == 0 {
-            let r = b.op("Relu", &[&c], vec![]);
-            b.qdq(&r, 0.05, 3)
-        } else {
-            b.op("Sigmoid", &[&c], vec![])
-        };
-        let n = b.input_len();
-        let m = b.model(&y);
-        let x: Vec<f32> = (0..n).map(|i| ((i * 7919 % 211) as f32 / 40.0) - 2.5).collect();
-        let reference = Engine::with_isa(&m, Isa::Scalar).unwrap().run_one(&x).unwrap();
-        for isa in Isa::available() {
-            for threads in [1, 3] {
-                let e = Engine::with_isa(&m, isa).unwrap().with_threads(threads).with_min_part(1, 1);
-                if e.plan.steps.iter().any(|st| e.plan.label(st).contains("narrow")) {
-                    narrow_seen += 1;
-                }
-                if e.plan.steps.iter().any(|st| e.plan.label(st).contains("in place")) {
-                    in_place_seen += 1;
-                }
-                assert_eq!(e.run_one(&x).unwrap(), reference, "{isa:?} {threads} threads, {input:?} {kernel:?} {strides:?} -> {cout}");
-            }
-        }
+        // Odd rounds: the sums go to a float op.
+        let seen =
+            conv_equals_scalar_on_every_isa(&mut s, &input, cout, (&kernel, &strides, pads), round % 2 == 1, &["narrow", "in place"]);
+        narrow_seen += seen[0];
+        in_place_seen += seen[1];
     }
     if Isa::Avx512Vnni.is_available() {
         assert!(narrow_seen > 20, "the narrow layout ran {narrow_seen} times");
@@ -290,33 +311,8 @@ fn short_row_convs_equal_every_isa() {
         // The first rounds: more outputs than one gathered chunk (`Rows2::CHUNK`).
         let (strides, side) = if round < 2 { ([1, 1], 100) } else { (strides, 40 + s.below(30)) };
         let input = [1, cin, side, side - 3 + s.below(7)];
-        let mut b = Qdq::new(&input);
-        let x = b.qdq("x", 0.03, s.u8());
-        let wv: Vec<i8> = (0..cout * cin * kernel[0] * kernel[1]).map(|_| s.u8() as i8).collect();
-        let w = b.weight(&[cout, cin, kernel[0], kernel[1]], &wv, 0.004);
-        let bias = b.f32s(&[cout], &(0..cout).map(|c| c as f32 * 0.1 - 0.3).collect::<Vec<_>>());
-        let attrs = vec![Attr::Ints("strides", strides.iter().map(|&v| v as i64).collect()), Attr::Ints("pads", pads)];
-        let c = b.op("Conv", &[&x, &w, &bias], attrs);
-        // Odd rounds: the sums go to a float op (Sigmoid), not to a QuantizeLinear.
-        let y = if round % 2 == 0 {
-            let r = b.op("Relu", &[&c], vec![]);
-            b.qdq(&r, 0.05, 3)
-        } else {
-            b.op("Sigmoid", &[&c], vec![])
-        };
-        let n = b.input_len();
-        let m = b.model(&y);
-        let x: Vec<f32> = (0..n).map(|i| ((i * 7919 % 211) as f32 / 40.0) - 2.5).collect();
-        let reference = Engine::with_isa(&m, Isa::Scalar).unwrap().run_one(&x).unwrap();
-        for isa in Isa::available() {
-            for threads in [1, 3] {
-                let e = Engine::with_isa(&m, isa).unwrap().with_threads(threads).with_min_part(1, 1);
-                if e.plan.steps.iter().any(|st| e.plan.label(st).contains("gathered")) {
-                    gathered_seen += 1;
-                }
-                assert_eq!(e.run_one(&x).unwrap(), reference, "{isa:?} {threads} threads, {input:?} {kernel:?} {strides:?} -> {cout}");
-            }
-        }
+        // Odd rounds: the sums go to a float op.
+        gathered_seen += conv_equals_scalar_on_every_isa(&mut s, &input, cout, (&kernel, &strides, pads), round % 2 == 1, &["gathered"])[0];
     }
     if Isa::Avx512Amx.is_available() {
         assert!(gathered_seen > 10, "the gathered layout ran {gathered_seen} times");
