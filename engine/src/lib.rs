@@ -1219,53 +1219,24 @@ impl Engine {
             }
             ConvLayout::Planes { g, plane } => {
                 // Output voxels in order (plane by plane), each plane `per` pixels (a
-                // plane's geometry has height 1); a part may span planes or share one.
+                // plane's geometry has height 1); a run never crosses a plane.
                 let per = plane.w;
-                let rs = ranges(g.output[0] * per, parts, PIXEL_ALIGN);
-                let lens = || rs.iter().map(|r| r.len() * cout);
-                let outs = outs_for(out, lens());
-                let work: Vec<_> = rs.iter().zip(cut(&mut s.acc, lens())).zip(outs).collect();
-                self.split(&s.lanes, work, |((r, a), mut o), l| {
-                    let mut v = r.start;
-                    while v < r.end {
-                        let (oz, p0) = (v / per, v % per);
-                        let n = (per - p0).min(r.end - v);
-                        volume::gather_plane(x, g, zp, oz, p0..p0 + n, &mut l.gather);
-                        let pg = ConvGeometry::new(1, n, plane.cin, 1, 1, [1, 1], [0; 4]).expect("a 1x1 conv fits any input");
-                        let span = (v - r.start) * cout..(v - r.start + n) * cout;
-                        match (requant, o.as_deref_mut()) {
-                            (Some(rq), Some(o)) => {
-                                kernels::conv(isa, &l.gather, &pg, zp, kind, rq, &mut l.rows, &mut a[span.clone()], &mut o[span])
-                            }
-                            _ => kernels::accumulate(isa, &l.gather, &pg, zp, kind, &mut l.rows, &mut a[span]),
-                        }
-                        v += n;
-                    }
-                });
+                let run = |v: usize, end: usize| (per - v % per).min(end - v);
+                let gather = |r: Range<usize>, rows: &mut [u8]| {
+                    let p0 = r.start % per;
+                    volume::gather_plane(x, g, zp, r.start / per, p0..p0 + r.len(), rows);
+                    ConvGeometry::new(1, r.len(), plane.cin, 1, 1, [1, 1], [0; 4]).expect("a 1x1 conv fits any input")
+                };
+                self.on_gathered_rows((&s.lanes, &mut s.acc), (layout.pixels(), parts, cout), (kind, zp), requant.zip(out), run, gather);
             }
             ConvLayout::Rows(rows) => {
-                // Runs of output pixels over the pool, each gathered and multiplied a
-                // chunk at a time in its lane's buffer.
-                let rs = ranges(layout.pixels(), parts, PIXEL_ALIGN);
-                let lens = || rs.iter().map(|r| r.len() * cout);
-                let outs = outs_for(out, lens());
-                let work: Vec<_> = rs.iter().zip(cut(&mut s.acc, lens())).zip(outs).collect();
-                self.split(&s.lanes, work, |((r, a), mut o), l| {
-                    let mut v = r.start;
-                    while v < r.end {
-                        let n = (r.end - v).min(Rows2::CHUNK);
-                        rows.gather(isa, x, zp, v..v + n, &mut l.gather[..n * ROWS2_PITCH]);
-                        let pg = rows.rows_of(n);
-                        let span = (v - r.start) * cout..(v - r.start + n) * cout;
-                        match (requant, o.as_deref_mut()) {
-                            (Some(rq), Some(o)) => {
-                                kernels::conv(isa, &l.gather, &pg, zp, kind, rq, &mut l.rows, &mut a[span.clone()], &mut o[span])
-                            }
-                            _ => kernels::accumulate(isa, &l.gather, &pg, zp, kind, &mut l.rows, &mut a[span]),
-                        }
-                        v += n;
-                    }
-                });
+                // A chunk of rows at a time in the lane's buffer.
+                let run = |v: usize, end: usize| (end - v).min(Rows2::CHUNK);
+                let gather = |r: Range<usize>, buf: &mut [u8]| {
+                    rows.gather(isa, x, zp, r.clone(), &mut buf[..r.len() * ROWS2_PITCH]);
+                    rows.rows_of(r.len())
+                };
+                self.on_gathered_rows((&s.lanes, &mut s.acc), (layout.pixels(), parts, cout), (kind, zp), requant.zip(out), run, gather);
             }
             ConvLayout::Narrow(n) => {
                 let pad = |r: Range<usize>, o: &mut [u8]| n.pad_planes(x, zp, r, o);
@@ -1311,6 +1282,44 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// A conv as a pointwise product on rows gathered a run at a time: its `pixels`
+    /// outputs in `parts` ranges over the pool, each range in runs of `run(v, end)`
+    /// outputs from v; `gather(run, lane's buffer)` writes a run's rows and returns
+    /// their pointwise geometry. Each run is requantised into `out` when given, else
+    /// its int32 sums go to `acc` (`cout` channels an output, both from the start).
+    #[allow(clippy::too_many_arguments)]
+    fn on_gathered_rows(
+        &self,
+        (lanes, acc): (&[Mutex<Lane>], &mut [i32]),
+        (pixels, parts, cout): (usize, usize, usize),
+        (kind, zp): (&ConvKind, u8),
+        out: Option<(&Requant, &mut [u8])>,
+        run: impl Fn(usize, usize) -> usize + Sync,
+        gather: impl Fn(Range<usize>, &mut [u8]) -> ConvGeometry + Sync,
+    ) {
+        let isa = self.isa;
+        let (requant, out) = out.map_or((None, None), |(r, o)| (Some(r), Some(o)));
+        let rs = ranges(pixels, parts, PIXEL_ALIGN);
+        let lens = || rs.iter().map(|r| r.len() * cout);
+        let outs = outs_for(out, lens());
+        let work: Vec<_> = rs.iter().zip(cut(acc, lens())).zip(outs).collect();
+        self.split(lanes, work, |((r, a), mut o), l| {
+            let mut v = r.start;
+            while v < r.end {
+                let n = run(v, r.end);
+                let pg = gather(v..v + n, &mut l.gather);
+                let span = (v - r.start) * cout..(v - r.start + n) * cout;
+                match (requant, o.as_deref_mut()) {
+                    (Some(rq), Some(o)) => {
+                        kernels::conv(isa, &l.gather, &pg, zp, kind, rq, &mut l.rows, &mut a[span.clone()], &mut o[span])
+                    }
+                    _ => kernels::accumulate(isa, &l.gather, &pg, zp, kind, &mut l.rows, &mut a[span]),
+                }
+                v += n;
+            }
+        });
     }
 
     /// A conv on its input padded once into `s.planar` (`planes` planes of `plane_len`
