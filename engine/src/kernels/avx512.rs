@@ -957,8 +957,7 @@ impl Quotient {
                 return _mm512_div_ps(x, self.s);
             }
             let q0 = _mm512_mul_ps(x, self.y);
-            let r = _mm512_fnmadd_ps(q0, self.s, x);
-            let q1 = _mm512_fmadd_ps(r, self.y, q0);
+            let q1 = self.corrected(x, q0);
             // Ordered compare: false for NaN, which keeps q0.
             let small = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_abs_ps(q0), self.lim);
             _mm512_mask_blend_ps(small, q0, q1)
@@ -975,10 +974,18 @@ impl Quotient {
     unsafe fn of_small(&self, x: __m512) -> __m512 {
         debug_assert!(self.exact);
         // SAFETY: register operations; the CPU features are the caller's obligation.
-        unsafe {
-            let q0 = _mm512_mul_ps(x, self.y);
-            _mm512_fmadd_ps(_mm512_fnmadd_ps(q0, self.s, x), self.y, q0)
-        }
+        unsafe { self.corrected(x, _mm512_mul_ps(x, self.y)) }
+    }
+
+    /// q0 + (x - q0 s) y for q0 = x y: the correctly rounded quotient where the
+    /// theorem's conditions hold (see the type), the remainder exact in the FMA.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F (FMA included).
+    #[inline(always)]
+    unsafe fn corrected(&self, x: __m512, q0: __m512) -> __m512 {
+        // SAFETY: register operations; the CPU features are the caller's obligation.
+        unsafe { _mm512_fmadd_ps(_mm512_fnmadd_ps(q0, self.s, x), self.y, q0) }
     }
 }
 
@@ -1162,8 +1169,7 @@ pub unsafe fn quantize_nchw_to_nhwc(x: &[f32], stride: usize, t: &QTensor, out: 
                         let v = _mm512_loadu_ps(x.as_ptr().add(k * stride + i));
                         let q0 = _mm512_mul_ps(v, s.y);
                         wide_lanes |= !_mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_abs_ps(q0), lim);
-                        let q = _mm512_fmadd_ps(_mm512_fnmadd_ps(q0, s.s, v), s.y, q0);
-                        *r = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(q);
+                        *r = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(s.corrected(v, q0));
                     }
                     let px = _mm512_permutexvar_epi8(packed, pack_pixels4(&[r[0], r[1], r[2], r[2]], zp16));
                     _mm512_mask_storeu_epi8(out.as_mut_ptr().add(i * 3) as *mut i8, (1u64 << 48) - 1, px);
