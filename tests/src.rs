@@ -45,6 +45,25 @@ pub fn ort_library() -> Option<PathBuf> {
     }
 }
 
+/// Whether ONNX Runtime's optimised INT8 kernels lose bits on this CPU. Without VNNI
+/// (x86-64 with AVX2 only, or AVX-512 without VNNI: AMD Zen 2 and 3, Intel before Ice
+/// Lake) its u8 x s8 products go through `vpmaddubsw`, whose int16 pair sums saturate
+/// (the U8S8 saturation its quantisation guide documents, with `reduce_range` as the
+/// remedy): its fused run of a QDQ model is then not the graph's values. Measured on an
+/// AMD EPYC (Zen 3, family 25 model 1): the C4 QDQ fixture 36 output steps from the
+/// committed output ONNX Runtime gave on a VNNI CPU, while its unoptimised run (the
+/// QDQ graph op by op, no integer kernels) gave that output exactly.
+pub fn ort_int8_saturates() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        !(std::is_x86_feature_detected!("avx512vnni") || std::is_x86_feature_detected!("avxvnni"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// A command for a binary the tests built (`env!("CARGO_BIN_EXE_...")`). When the tests
 /// run under an emulator (scripts/test-arm.sh: `EDGEMED_RUNNER="qemu-aarch64-static"`),
 /// the binary is for that emulator's architecture too, and runs through it.

@@ -8,16 +8,28 @@
 
 use edgemed_converter::graph::Graph;
 use edgemed_engine::{kernels::Isa, Engine};
-use edgemed_runtime::backend::{self, BackendKind, BackendOptions, Device};
+use edgemed_runtime::backend::{self, BackendKind, BackendOptions, Device, OptLevel};
 use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::ndarray::ArrayD;
-use edgemed_tests::{fixture, ort_library};
+use edgemed_tests::{fixture, ort_int8_saturates, ort_library};
 
 mod common;
 use common::noise;
 
+/// The backend's options; ONNX Runtime as the reference: its integer kernels, unless
+/// they saturate on this CPU (`ort_int8_saturates`: no VNNI), then the QDQ graph op by
+/// op (optimisations off), which gives the VNNI kernels' values.
 fn options(kind: BackendKind) -> BackendOptions {
-    BackendOptions { kind, device: Device::Cpu, strict_device: true, ort_library: ort_library(), intra_threads: 1, ..Default::default() }
+    let opt_level = if kind == BackendKind::Ort && ort_int8_saturates() { OptLevel::Disable } else { OptLevel::All };
+    BackendOptions {
+        kind,
+        device: Device::Cpu,
+        strict_device: true,
+        ort_library: ort_library(),
+        intra_threads: 1,
+        opt_level,
+        ..Default::default()
+    }
 }
 
 fn max_diff(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
