@@ -143,7 +143,7 @@ impl Compiler<'_> {
             }
         } else if depthwise {
             let g = geometry_2d()?;
-            let kind = ConvKind::Depthwise(DepthwiseWeights::new(self.isa, &wq, cout, taps));
+            let kind = ConvKind::Depthwise(DepthwiseWeights::new(self.isa, &wq, cout, [g.kh, g.kw]));
             (ConvLayout::Direct(g), kind, vec![0; cout], (out_pixels * cout * taps) as u64)
         } else if grouped {
             let g = geometry_2d()?;

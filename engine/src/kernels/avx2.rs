@@ -1,9 +1,9 @@
-//! x86-64 AVX2 kernels: the dense product on weights packed in pairs ([`pack_pairs`],
-//! read by `vpmaddwd`), requantisation 8 channels per instruction, and the scalar
-//! reference's loops (depthwise, input quantisation, quantised Add) compiled with
-//! AVX2 enabled, where LLVM vectorises them; grouped convs with small even groups on
-//! their own kernel ([`grouped_sums`], weights [`GroupPairs`]). Dense convolutions larger than 1x1 run
-//! on the scalar im2row rows. The AVX-512 VNNI path uses the depthwise, requantisation
+//! x86-64 AVX2 kernels: the dispatch of convolutions to the fused kernels of
+//! [`avx2_fused`] (dense on the input or its scalar im2row rows, depthwise),
+//! requantisation 8 channels per instruction, and the scalar reference's loops
+//! (depthwise int32 sums, input quantisation, quantised Add) compiled with AVX2
+//! enabled, where LLVM vectorises them; grouped convs with small even groups on
+//! their own kernel ([`grouped_sums`], weights [`GroupPairs`]). The AVX-512 VNNI path uses the depthwise, requantisation
 //! and Add kernels of this file for what it has no kernel of its own for.
 //!
 //! Every function here is `unsafe` for one reason beyond the slices' bounds: it needs
@@ -11,25 +11,12 @@
 
 use std::arch::x86_64::*;
 
-use super::{padded_input, scalar, ConvGeometry, PackedWeights, Requant, CBLOCK};
+use super::{avx2_fused, padded_input, scalar, ConvGeometry, PackedWeights, Requant};
 use super::{ConvKind, QTensor};
 
-/// Dense weights `rows` ([cout][k]) in the layout of [`gemm`]: blocks of 16 output
-/// channels, k in pairs (zero padded): [cout/16][k/2][16][2] as i16.
-pub fn pack_pairs(rows: &[i8], cout: usize, k: usize) -> Vec<i16> {
-    let k2 = k.div_ceil(2);
-    let blocks = cout.div_ceil(CBLOCK);
-    let mut pairs = vec![0i16; blocks * k2 * CBLOCK * 2];
-    for c in 0..cout {
-        let (b, lane) = (c / CBLOCK, c % CBLOCK);
-        for kk in 0..k {
-            pairs[((b * k2 + kk / 2) * CBLOCK + lane) * 2 + kk % 2] = rows[c * k + kk] as i16;
-        }
-    }
-    pairs
-}
-
-/// A convolution's sums ([`accumulate`]), then their requantisation into `out`.
+/// One convolution requantised into `out`: dense on the input (pointwise) or its
+/// im2row rows, and depthwise, by the fused kernels of [`avx2_fused`]; a depthwise conv
+/// on an input without 16 bytes of slack as sums, then their requantisation.
 ///
 /// # Safety
 /// The CPU must have AVX2.
@@ -38,97 +25,58 @@ pub fn pack_pairs(rows: &[i8], cout: usize, k: usize) -> Vec<i16> {
 pub unsafe fn conv(x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind, r: &Requant, scratch: &mut [u8], acc: &mut [i32], out: &mut [u8]) {
     let pixels = g.oh * g.ow;
     let cout = r.mult.len();
-    // SAFETY: AVX2 is the caller's obligation, passed on.
-    unsafe {
-        accumulate(x, g, zp, kind, scratch, acc);
-        requantize(&acc[..pixels * cout], cout, r, out);
+    match kind {
+        // SAFETY: AVX2 is the caller's obligation, passed on; the kernel checks its slices.
+        ConvKind::Dense(w) => unsafe { avx2_fused::conv_dense(rows(x, g, zp, scratch), pixels, w, avx2_fused::Out::U8(r, out)) },
+        ConvKind::Depthwise(w) if avx2_fused::depthwise_applies(g, x.len()) => {
+            // SAFETY: as above.
+            unsafe { avx2_fused::conv_depthwise(x, g, zp, &w.pairs, &w.sums, r, out) }
+        }
+        _ => {
+            // SAFETY: as above.
+            unsafe {
+                accumulate(x, g, zp, kind, scratch, acc);
+                requantize(&acc[..pixels * cout], cout, r, out);
+            }
+        }
     }
 }
 
-/// The int32 sums of a convolution (see [`super::accumulate`]): the scalar im2row
-/// rows (or the input itself for pointwise) times the pairs; depthwise on [taps][c].
+/// A dense conv's input rows: the input itself for pointwise, else its im2row rows
+/// (in `scratch`).
+fn rows<'a>(x: &'a [u8], g: &ConvGeometry, zp: u8, scratch: &'a mut [u8]) -> &'a [u8] {
+    if g.is_pointwise() {
+        x
+    } else {
+        scalar::im2row(x, g, zp, scratch);
+        scratch
+    }
+}
+
+/// The int32 sums of a convolution (see [`super::accumulate`]): dense on the input
+/// or its im2row rows (the fused kernel's int32 output); depthwise on [taps][c].
 ///
 /// # Safety
 /// The CPU must have AVX2.
 #[target_feature(enable = "avx2")]
 pub unsafe fn accumulate(x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind, scratch: &mut [u8], acc: &mut [i32]) {
     match kind {
-        ConvKind::Dense(w) => {
-            let input: &[u8] = if g.is_pointwise() {
-                x
-            } else {
-                scalar::im2row(x, g, zp, scratch);
-                scratch
-            };
-            // SAFETY: AVX2 is the caller's obligation, passed on.
-            unsafe { gemm(input, g.oh * g.ow, w, acc) }
-        }
+        // SAFETY: AVX2 is the caller's obligation, passed on.
+        ConvKind::Dense(w) => unsafe { avx2_fused::conv_dense(rows(x, g, zp, scratch), g.oh * g.ow, w, avx2_fused::Out::I32(acc)) },
         // SAFETY: as above.
         ConvKind::Depthwise(w) => unsafe { depthwise(x, g, zp, &w.w, acc) },
         ConvKind::Grouped(_) => unreachable!("grouped convs run as depthwise on their widened input (kernels::conv)"),
     }
 }
 
-/// acc[p][c] = Σ_k x[p][k] w[c][k], 4 pixels x 16 channels per step: each pair of
-/// inputs is broadcast as one i32 and multiplied with 16 channels' weight pairs by
-/// `vpmaddwd` (u8 and s8 widened to i16, so nothing saturates, unlike `vpmaddubsw`).
+/// acc[p][c] = Σ_k x[p][k] w[c][k]: the fused dense kernel's int32 output.
 ///
 /// # Safety
-/// The CPU must have AVX2. (The slices are checked here.)
+/// The CPU must have AVX2. (The slices are checked by the kernel.)
 #[target_feature(enable = "avx2")]
 pub unsafe fn gemm(x: &[u8], pixels: usize, w: &PackedWeights, acc: &mut [i32]) {
-    let (k, cout) = (w.k, w.cout);
-    let k2 = k.div_ceil(2);
-    let blocks = cout.div_ceil(CBLOCK);
-    assert!(w.pairs.len() >= blocks * k2 * CBLOCK * 2, "weights packed without the AVX2 pairs");
-    assert!(x.len() >= pixels * k && acc.len() >= pixels * cout);
-    // Input pairs as i32 (lo | hi << 16), 4 pixels at a time.
-    let mut xp = vec![0i32; 4 * k2];
-    let mut out = [0i32; 4 * CBLOCK];
-    let mut p = 0;
-    while p < pixels {
-        let np = (pixels - p).min(4);
-        for q in 0..4 {
-            for kk in 0..k2 {
-                xp[q * k2 + kk] = if q < np {
-                    let r = &x[(p + q) * k..(p + q + 1) * k];
-                    let lo = r[2 * kk] as i32;
-                    let hi = if 2 * kk + 1 < k { r[2 * kk + 1] as i32 } else { 0 };
-                    lo | (hi << 16)
-                } else {
-                    0
-                };
-            }
-        }
-        for b in 0..blocks {
-            // SAFETY: block b's pairs are k2 x 32 i16 inside `pairs` (checked above); the
-            // two 16-i16 loads per kk stay in them, and loadu needs no alignment. xp
-            // holds 4 x k2 values (q < 4, kk < k2). The stores write 64 i32s of `out`.
-            unsafe {
-                let wb = w.pairs.as_ptr().add(b * k2 * CBLOCK * 2);
-                let mut a = [_mm256_setzero_si256(); 8];
-                for kk in 0..k2 {
-                    let w0 = _mm256_loadu_si256(wb.add(kk * CBLOCK * 2) as *const __m256i);
-                    let w1 = _mm256_loadu_si256(wb.add(kk * CBLOCK * 2 + 16) as *const __m256i);
-                    for q in 0..4 {
-                        let xb = _mm256_set1_epi32(*xp.get_unchecked(q * k2 + kk));
-                        a[2 * q] = _mm256_add_epi32(a[2 * q], _mm256_madd_epi16(xb, w0));
-                        a[2 * q + 1] = _mm256_add_epi32(a[2 * q + 1], _mm256_madd_epi16(xb, w1));
-                    }
-                }
-                for q in 0..4 {
-                    _mm256_storeu_si256(out.as_mut_ptr().add(q * CBLOCK) as *mut __m256i, a[2 * q]);
-                    _mm256_storeu_si256(out.as_mut_ptr().add(q * CBLOCK + 8) as *mut __m256i, a[2 * q + 1]);
-                }
-            }
-            let c0 = b * CBLOCK;
-            let nc = (cout - c0).min(CBLOCK);
-            for q in 0..np {
-                acc[(p + q) * cout + c0..(p + q) * cout + c0 + nc].copy_from_slice(&out[q * CBLOCK..q * CBLOCK + nc]);
-            }
-        }
-        p += 4;
-    }
+    // SAFETY: AVX2 is the caller's obligation, passed on.
+    unsafe { avx2_fused::conv_dense(x, pixels, w, avx2_fused::Out::I32(acc)) }
 }
 
 /// [`scalar::all_finite`] compiled for AVX2 (8 values per step).
@@ -349,13 +297,58 @@ pub(super) fn gcd(a: usize, b: usize) -> usize {
     }
 }
 
-/// [`scalar::quantize_nchw_to_nhwc`] compiled for AVX2.
+/// [`scalar::quantize_nchw_to_nhwc`], 8 values per step with the reference's float
+/// operations in its order (x / s, the clamp to ±2^22, + 1.5 2^23 - 1.5 2^23, + z,
+/// the clamp to [0, 255]), runs of 32 pixels quantised plane by plane into a buffer
+/// and then interleaved (the reference's strided stores keep LLVM from vectorising
+/// it: 300 us for MobileNetV2's 224x224x3 input). Non-finite values (which the caller
+/// refuses) may give other bytes than the reference's.
 ///
 /// # Safety
 /// The CPU must have AVX2.
 #[target_feature(enable = "avx2")]
 pub unsafe fn quantize_nchw_to_nhwc(x: &[f32], stride: usize, t: &QTensor, out: &mut [u8]) {
-    scalar::quantize_nchw_to_nhwc(x, stride, t, out)
+    const RUN: usize = 32;
+    const MAX_C: usize = 8;
+    let (hw, c) = (t.h * t.w, t.c);
+    if c > MAX_C || c == 0 {
+        return scalar::quantize_nchw_to_nhwc(x, stride, t, out);
+    }
+    assert!(out.len() >= hw * c && (c - 1) * stride + hw <= x.len());
+    let whole = hw / RUN * RUN;
+    let mut planes = [[0u8; RUN]; MAX_C];
+    let (s, z) = (_mm256_set1_ps(t.scale), _mm256_set1_ps(t.zp as f32));
+    let (lim, magic) = (_mm256_set1_ps(4_194_304.0), _mm256_set1_ps(12_582_912.0));
+    let (zero, top) = (_mm256_setzero_ps(), _mm256_set1_ps(255.0));
+    let mut i = 0;
+    while i < whole {
+        for (ch, plane) in planes.iter_mut().enumerate().take(c) {
+            for j in (0..RUN).step_by(8) {
+                // SAFETY: 8 floats at ch stride + i + j < (c - 1) stride + hw <= x.len()
+                // (checked); 8 bytes stored inside the plane's RUN.
+                unsafe {
+                    let v = _mm256_loadu_ps(x.as_ptr().add(ch * stride + i + j));
+                    let q = _mm256_min_ps(_mm256_max_ps(_mm256_div_ps(v, s), _mm256_sub_ps(zero, lim)), lim);
+                    let q = _mm256_add_ps(_mm256_sub_ps(_mm256_add_ps(q, magic), magic), z);
+                    let q = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(q, zero), top));
+                    store8(q, plane.as_mut_ptr().add(j));
+                }
+            }
+        }
+        let o = &mut out[i * c..(i + RUN) * c];
+        for (p, px) in o.chunks_exact_mut(c).enumerate() {
+            for (ch, v) in px.iter_mut().enumerate() {
+                *v = planes[ch][p];
+            }
+        }
+        i += RUN;
+    }
+    // The last pixels (fewer than a run) as the reference does them.
+    for ch in 0..c {
+        for p in whole..hw {
+            out[p * c + ch] = scalar::quantize_u8(x[ch * stride + p], t.scale, t.zp);
+        }
+    }
 }
 
 /// [`scalar::moment_sums`] compiled for AVX2 (`vpmuldq` squares four values at once;

@@ -2,7 +2,8 @@
 //! and the requantisation back to u8, one file per architecture:
 //!
 //! - [`scalar`]: the portable reference, what every machine can run;
-//! - `avx2` and `avx512` (x86-64: AVX2, AVX-512 VNNI), and `amx` (AMX-INT8 tiles for
+//! - `avx2` and `avx512` (x86-64: AVX2, AVX-512 VNNI; `avx2_fused`, AVX2's convolutions
+//!   fused with their requantisation), and `amx` (AMX-INT8 tiles for
 //!   the dense convs of CPUs that have them);
 //! - `neon` (aarch64: NEON, and `sdot` where the CPU has the dot-product extension);
 //! - `armv7` (32-bit ARM NEON, in inline assembly).
@@ -37,6 +38,8 @@ mod amx;
 mod armv7;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx2_fused;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "aarch64")]

@@ -100,15 +100,29 @@ pub fn gemm(x: &[u8], pixels: usize, w: &PackedWeights, acc: &mut [i32]) {
 /// with the input zero point (a real 0).
 pub fn im2row(x: &[u8], g: &ConvGeometry, zp: u8, rows: &mut [u8]) {
     let k = g.kh * g.kw * g.cin;
+    let run = g.kw * g.cin;
     for oy in 0..g.oh {
         for ox in 0..g.ow {
             let row = &mut rows[(oy * g.ow + ox) * k..(oy * g.ow + ox + 1) * k];
+            let ix0 = (ox * g.stride[1]) as isize - g.pads[1] as isize;
+            // A kernel row inside the input's columns is one run of kw cin bytes.
+            let inside = ix0 >= 0 && ix0 as usize + g.kw <= g.w;
             for i in 0..g.kh {
                 let iy = (oy * g.stride[0] + i) as isize - g.pads[0] as isize;
+                let dst = &mut row[i * run..(i + 1) * run];
+                if iy < 0 || iy >= g.h as isize {
+                    dst.fill(zp);
+                    continue;
+                }
+                if inside {
+                    let s = (iy as usize * g.w + ix0 as usize) * g.cin;
+                    dst.copy_from_slice(&x[s..s + run]);
+                    continue;
+                }
                 for j in 0..g.kw {
-                    let ix = (ox * g.stride[1] + j) as isize - g.pads[1] as isize;
-                    let dst = &mut row[(i * g.kw + j) * g.cin..(i * g.kw + j + 1) * g.cin];
-                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                    let ix = ix0 + j as isize;
+                    let dst = &mut dst[j * g.cin..(j + 1) * g.cin];
+                    if ix < 0 || ix >= g.w as isize {
                         dst.fill(zp);
                     } else {
                         let s = (iy as usize * g.w + ix as usize) * g.cin;

@@ -77,9 +77,9 @@ pub struct ConvCase {
 impl ConvCase {
     /// The weights packed for `isa`.
     pub fn kind(&self, isa: Isa) -> ConvKind {
-        let (g, taps) = (&self.g, self.g.kh * self.g.kw);
+        let g = &self.g;
         if self.depthwise {
-            ConvKind::Depthwise(DepthwiseWeights::new(isa, &self.w, g.cin, taps))
+            ConvKind::Depthwise(DepthwiseWeights::new(isa, &self.w, g.cin, [g.kh, g.kw]))
         } else {
             ConvKind::Dense(PackedWeights::new(isa, self.w.clone(), self.cout, g.kh, g.kw * g.cin))
         }

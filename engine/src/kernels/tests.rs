@@ -293,7 +293,7 @@ fn depthwise3x3_equals_scalar_on_random_geometries() {
                 _ => s.i8(),
             })
             .collect();
-        let scalar_kind = ConvKind::Depthwise(DepthwiseWeights::new(Isa::Scalar, &wt, c, 9));
+        let scalar_kind = ConvKind::Depthwise(DepthwiseWeights::new(Isa::Scalar, &wt, c, [3, 3]));
         let n = g.oh * g.ow * c;
         let mut r = random_requant(&mut s, c);
         r.out_zp = [0.0, 128.0, 255.0, (s.u32() % 256) as f32][(case / 2) % 4];
@@ -319,7 +319,7 @@ fn depthwise3x3_equals_scalar_on_random_geometries() {
         let mut reference = vec![0u8; n];
         conv(Isa::Scalar, &x, &g, zp, &scalar_kind, &r, &mut vec![0; scratch_len], &mut vec![0; n], &mut reference);
         for isa in Isa::available() {
-            let kind = ConvKind::Depthwise(DepthwiseWeights::new(isa, &wt, c, 9));
+            let kind = ConvKind::Depthwise(DepthwiseWeights::new(isa, &wt, c, [3, 3]));
             // Output and scratch start dirty: every byte must be written, none read.
             let mut out = vec![0xa5u8; n];
             conv(isa, &x, &g, zp, &kind, &r, &mut vec![0x5a; scratch_len], &mut vec![0; n], &mut out);

@@ -6,7 +6,7 @@
 //! | ISA          | dense                                 | depthwise                           | grouped                     |
 //! |--------------|---------------------------------------|-------------------------------------|-----------------------------|
 //! | scalar       | rows [cout][k]                        | [taps][c] i32                       | [cout][cin_g][taps] i8      |
-//! | avx2         | pairs (`avx2::pack_pairs`)            | [taps][c] i32                       | group pairs (`avx2::GroupPairs`, cin_g even); widened depthwise (below) |
+//! | avx2         | pairs in LH order (`avx2_fused::pack_pairs`) | tap pairs in LH order (`avx2_fused::pack_depthwise_pairs`); [taps][c] i32 for int32 sums | group pairs (`avx2::GroupPairs`, cin_g even); widened depthwise (below) |
 //! | avx512vnni   | quads ([`pack_quads`])                | quads, 3x3 columns; [taps][c] i32 for int32 sums | group quads ([`GroupQuads`], cin_g % 4 = 0); widened depthwise |
 //! | avx512amx    | quads, and quads in whole tiles (`tiles`) | as avx512vnni                   | as avx512vnni               |
 //! | neon         | i16 by lane (`neon::DenseWeights`)    | i16 blocks of 8 (`arm::depthwise_layout`) | widened depthwise     |
@@ -91,7 +91,7 @@ impl PackedWeights {
         };
         match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => w.pairs = avx2::pack_pairs(&rows, cout, k),
+            Isa::Avx2 => w.pairs = super::avx2_fused::pack_pairs(&rows, cout, k),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni => w.quads = Lined::from_slice(&pack_quads(&rows, cout, kernel_rows, row_len)),
             #[cfg(target_arch = "x86_64")]
@@ -164,6 +164,10 @@ pub struct DepthwiseWeights {
     /// VNNI: blocks of 16 channels, taps in quadruples (zero padded): [c/16][taps/4][16][4].
     #[cfg(target_arch = "x86_64")]
     pub(crate) quads: Vec<i8>,
+    /// AVX2: blocks of 16 channels in `avx2_fused::LH` order, taps in pairs (zero
+    /// padded): [c/16][taps/2][16][2] as i16.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) pairs: Vec<i16>,
     /// VNNI, 3x3 kernels (taps = 9): blocks of 16 channels, one register per kernel
     /// column holding its three rows as the bytes of each channel's int32 (zero
     /// padded): [c/16][3][16][4]. Empty for other kernels.
@@ -178,8 +182,9 @@ pub struct DepthwiseWeights {
 }
 
 impl DepthwiseWeights {
-    /// `w`: [c][taps] as ONNX stores them. Packed for `isa`.
-    pub fn new(isa: Isa, w: &[i8], c: usize, taps: usize) -> Self {
+    /// `w`: [c][taps] as ONNX stores them, taps kh x kw. Packed for `isa`.
+    pub fn new(isa: Isa, w: &[i8], c: usize, [kh, kw]: [usize; 2]) -> Self {
+        let taps = kh * kw;
         assert_eq!(w.len(), c * taps);
         let sums = (0..c).map(|ch| w[ch * taps..(ch + 1) * taps].iter().map(|&v| v as i32).sum()).collect();
         #[allow(unused_mut)]
@@ -190,6 +195,8 @@ impl DepthwiseWeights {
             w: Vec::new(),
             sums,
             #[cfg(target_arch = "x86_64")]
+            pairs: Vec::new(),
+            #[cfg(target_arch = "x86_64")]
             quads: Vec::new(),
             #[cfg(target_arch = "x86_64")]
             cols: Vec::new(),
@@ -199,6 +206,11 @@ impl DepthwiseWeights {
             armv7: Vec::new(),
         };
         match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                d.w = scalar::pack_depthwise(w, c, taps);
+                d.pairs = super::avx2_fused::pack_depthwise_pairs(w, c, kh, kw);
+            }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni | Isa::Avx512Amx => {
                 d.w = scalar::pack_depthwise(w, c, taps);
@@ -211,7 +223,7 @@ impl DepthwiseWeights {
             Isa::Neon | Isa::NeonDot => d.neon = super::arm::depthwise_layout(c, taps, |ch, t| w[ch * taps + t] as i16),
             #[cfg(target_arch = "arm")]
             Isa::Armv7Neon => d.armv7 = super::arm::depthwise_layout(c, taps, |ch, t| w[ch * taps + t] as i16),
-            // Scalar and AVX2 (and an ISA of another architecture, which no
+            // Scalar (and an ISA of another architecture, which no
             // dispatcher runs: `Isa::checked`).
             _ => d.w = scalar::pack_depthwise(w, c, taps),
         }
@@ -296,7 +308,7 @@ impl GroupedWeights {
                 }
             }
         }
-        g.widened = Some(Box::new(ConvKind::Depthwise(DepthwiseWeights::new(isa, &wide, cout, taps))));
+        g.widened = Some(Box::new(ConvKind::Depthwise(DepthwiseWeights::new(isa, &wide, cout, [kh, kw * cin_g]))));
         #[cfg(target_arch = "x86_64")]
         match isa {
             Isa::Avx512Vnni | Isa::Avx512Amx => g.quads = GroupQuads::new(w, cout, cin_g, cout_g, kh * kw),

@@ -1,0 +1,490 @@
+//! AVX2 convolutions fused with their requantisation, for x86-64 CPUs without AVX-512
+//! VNNI (AMD Zen 2 and 3, Intel before Ice Lake): the int32 sums of a block of 16
+//! output channels stay in registers and leave as bytes.
+//!
+//! - [`conv_dense`]: dense convs on rows of inputs (the input itself for pointwise,
+//!   the scalar im2row rows otherwise), tiles of 6 pixels x 16 channels: each pair of
+//!   a pixel's inputs, widened to int16 once per tile, is broadcast as one int32 and
+//!   multiplied with 16 channels' weight pairs by `vpmaddwd` (12 accumulators).
+//! - [`conv_depthwise`]: depthwise convs of any kernel, stride and padding, 16
+//!   channels per step, taps in pairs: the two taps' bytes widened and interleaved
+//!   (`vpunpck*wd`) meet their weight pairs in one `vpmaddwd`; padding reads a row of
+//!   zero points, so the zero-point correction zp Σw is one constant per channel.
+//!
+//! `vpmaddwd` on u8 and s8 widened to int16 is exact (`vpmaddubsw`, twice as dense,
+//! saturates its int16 pair sums for u8 x s8, which the reference does not). Both
+//! kernels keep a block's channels in the "LH" order of `vpunpck*wd`: the first
+//! vector holds channels 0-3 and 8-11, the second 4-7 and 12-15, so that one
+//! `vpackssdw` of the two gives the 16 channels in order (the dense weights are packed
+//! in that order, [`LH`]). The requantisation is the reference's float operations
+//! (see [`requantize_pair`]); every result is the scalar reference's bytes.
+//!
+//! Every function here is `unsafe` for one reason beyond the slices' bounds: it needs
+//! AVX2, which the dispatcher checked ([`super::Isa::checked`]).
+
+use std::arch::x86_64::*;
+use std::cell::Cell;
+
+use super::{ConvGeometry, PackedWeights, Requant, CBLOCK};
+
+/// The channel of each lane of a block's two accumulators (lanes 0-7: the first,
+/// 8-15: the second): the order `vpunpcklwd` / `vpunpckhwd` give 16 channels.
+pub(super) const LH: [usize; 16] = [0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15];
+
+/// Pixels per dense tile: 12 accumulators, two weight vectors and a broadcast fill
+/// 15 of the 16 ymm registers.
+const MR: usize = 6;
+
+/// One block of 16 output channels' requantisation parameters, in [`LH`] order
+/// (`lo` in channel order: it applies to the packed bytes).
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct BlockParams {
+    /// Where the sums start: -offset (- zp Σw for depthwise), so that they end as
+    /// acc - offset, the reference's first step (wrapping, as its subtraction).
+    start: [i32; 16],
+    mult: [f32; 16],
+    bias: [f32; 16],
+    /// hi - z_y as a float: the upper clamp, before rounding (see [`requantize_pair`]).
+    top: [f32; 16],
+    /// lo, for both halves of a two-pixel vector (channel order).
+    lo: [u8; 32],
+}
+
+/// Where a fused kernel writes: requantised bytes, or the raw int32 sums.
+pub enum Out<'a> {
+    U8(&'a Requant, &'a mut [u8]),
+    I32(&'a mut [i32]),
+}
+
+thread_local! {
+    /// Vectors the kernels fill per call (block parameters, widened inputs, tap
+    /// pointers), kept by each thread between calls: a conv call must not allocate
+    /// (a part of a MobileNetV2 layer is a few microseconds).
+    static KEPT: Cell<(Vec<BlockParams>, Vec<u32>, Vec<*const u8>)> = const { Cell::new((Vec::new(), Vec::new(), Vec::new())) };
+}
+
+/// The parameters of channels 0..cout in blocks of 16 ([`LH`] order), the sums of
+/// channel c starting at -(offset[c] + extra(c)); lanes past cout are zero.
+fn block_params(r: &Requant, cout: usize, extra: impl Fn(usize) -> i32, into: &mut Vec<BlockParams>) {
+    into.clear();
+    let zp = r.out_zp as i32;
+    for b in 0..cout.div_ceil(16) {
+        let mut p = BlockParams { start: [0; 16], mult: [0.0; 16], bias: [0.0; 16], top: [0.0; 16], lo: [0; 32] };
+        for (lane, &d) in LH.iter().enumerate() {
+            let c = b * 16 + d;
+            if c < cout {
+                p.start[lane] = 0i32.wrapping_sub(r.offset[c]).wrapping_sub(extra(c));
+                p.mult[lane] = r.mult[c];
+                p.bias[lane] = r.bias[c];
+                // hi and z_y are integers in 0..=255: hi - z_y is exact.
+                p.top[lane] = (r.hi[c] as i32 - zp) as f32;
+            }
+        }
+        for d in 0..16 {
+            let c = b * 16 + d;
+            let lo = if c < cout { r.lo[c] } else { 0 };
+            (p.lo[d], p.lo[16 + d]) = (lo, lo);
+        }
+        into.push(p);
+    }
+}
+
+/// Whether every parameter vector of `r` holds at least `n` channels.
+fn covers(r: &Requant, n: usize) -> bool {
+    [r.offset.len(), r.mult.len(), r.bias.len(), r.lo.len(), r.hi.len()].iter().all(|&len| len >= n)
+}
+
+/// Dense weights `rows` ([cout][k]) in the layout of [`conv_dense`]: blocks of 16
+/// output channels in [`LH`] order, k in pairs (zero padded): [cout/16][k/2][16][2]
+/// as i16.
+pub fn pack_pairs(rows: &[i8], cout: usize, k: usize) -> Vec<i16> {
+    let k2 = k.div_ceil(2);
+    let blocks = cout.div_ceil(CBLOCK);
+    let mut pairs = vec![0i16; blocks * k2 * CBLOCK * 2];
+    for b in 0..blocks {
+        for (lane, &d) in LH.iter().enumerate() {
+            let c = b * CBLOCK + d;
+            if c >= cout {
+                continue;
+            }
+            for kk in 0..k {
+                pairs[((b * k2 + kk / 2) * CBLOCK + lane) * 2 + kk % 2] = rows[c * k + kk] as i16;
+            }
+        }
+    }
+    pairs
+}
+
+/// y = clamp(round_half_even((acc - offset) m + b) + z_y, lo, hi) of two pixels'
+/// sums of one block (each in [`LH`] order, already acc - offset), as 32 bytes: pixel
+/// p's 16 channels in the low half, q's in the high one.
+///
+/// The reference's bits: v = (acc - offset) m + b as it computes it (a product, then a
+/// sum); min(hi - z_y, v), rounded to nearest even by the conversion (the default
+/// MXCSR mode, which Rust never changes); then packed to int16 with saturation, + z_y
+/// saturating, packed to u8 with saturation, max(lo). The upper clamp may come
+/// before the rounding because hi - z_y is an integer, and must: a float beyond 2^31
+/// converts to i32::MIN. Below, that i32::MIN (and anything under 0 after + z_y)
+/// ends at lo, as the reference's clamp does; the steps are monotone and exact on
+/// [0, 255].
+///
+/// # Safety
+/// AVX2.
+#[inline(always)]
+unsafe fn requantize_pair(p: [__m256i; 2], q: [__m256i; 2], prm: &BlockParams, zp16: __m256i) -> __m256i {
+    // SAFETY: register operations and loads from `prm` (aligned, 32-byte fields).
+    unsafe {
+        let m = [_mm256_load_ps(prm.mult.as_ptr()), _mm256_load_ps(prm.mult.as_ptr().add(8))];
+        let b = [_mm256_load_ps(prm.bias.as_ptr()), _mm256_load_ps(prm.bias.as_ptr().add(8))];
+        let t = [_mm256_load_ps(prm.top.as_ptr()), _mm256_load_ps(prm.top.as_ptr().add(8))];
+        let r = |a: __m256i, h: usize| {
+            let v = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a), m[h]), b[h]);
+            _mm256_cvtps_epi32(_mm256_min_ps(t[h], v))
+        };
+        // Channels 0-7 | 8-15 as int16, + z_y.
+        let wp = _mm256_adds_epi16(_mm256_packs_epi32(r(p[0], 0), r(p[1], 1)), zp16);
+        let wq = _mm256_adds_epi16(_mm256_packs_epi32(r(q[0], 0), r(q[1], 1)), zp16);
+        // [p 0-7, q 0-7 | p 8-15, q 8-15] -> [p 0-15 | q 0-15].
+        let bytes = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi16(wp, wq));
+        _mm256_max_epu8(bytes, _mm256_load_si256(prm.lo.as_ptr() as *const __m256i))
+    }
+}
+
+/// The 16 bytes of `v`'s half `h` stored at `dst`, or its first `n` of them.
+///
+/// # Safety
+/// AVX2; `n.min(16)` bytes writable at `dst`.
+#[inline(always)]
+unsafe fn store_half(v: __m256i, h: usize, dst: *mut u8, n: usize) {
+    // SAFETY: the caller's bounds; unaligned stores.
+    unsafe {
+        let x = if h == 0 { _mm256_castsi256_si128(v) } else { _mm256_extracti128_si256::<1>(v) };
+        if n >= 16 {
+            _mm_storeu_si128(dst as *mut __m128i, x);
+        } else {
+            let mut tmp = [0u8; 16];
+            _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, x);
+            std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, n);
+        }
+    }
+}
+
+/// A block's int32 sums (in [`LH`] order) stored in channel order at `dst`, its
+/// first `n` channels.
+///
+/// # Safety
+/// AVX2; `n.min(16)` int32 writable at `dst`.
+#[inline(always)]
+unsafe fn store_sums(a: [__m256i; 2], dst: *mut i32, n: usize) {
+    // SAFETY: the caller's bounds; unaligned stores.
+    unsafe {
+        let lo = _mm256_permute2x128_si256::<0x20>(a[0], a[1]);
+        let hi = _mm256_permute2x128_si256::<0x31>(a[0], a[1]);
+        if n >= 16 {
+            _mm256_storeu_si256(dst as *mut __m256i, lo);
+            _mm256_storeu_si256(dst.add(8) as *mut __m256i, hi);
+        } else {
+            let mut tmp = [0i32; 16];
+            _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, lo);
+            _mm256_storeu_si256(tmp.as_mut_ptr().add(8) as *mut __m256i, hi);
+            std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, n);
+        }
+    }
+}
+
+/// Rows of `k` u8 inputs widened to pairs (lo | hi << 16), `k2` per row, written for
+/// rows 0..n of `x` into `xp` (`MR` rows and 8 values of slack; the rows from n on
+/// zero). 16 inputs per step; a row's last step reads on into the next row (or `x`'s
+/// slack) where `x` has the bytes, and writes on into the next row's values, which
+/// that row then overwrites: the pair values past k meet zero weights (an odd k's last
+/// hi included), so what they hold does not matter. Rows are widened in order.
+///
+/// # Safety
+/// AVX2.
+#[inline(always)]
+unsafe fn widen_rows(x: &[u8], k: usize, n: usize, xp: &mut [u32]) {
+    let k2 = k.div_ceil(2);
+    assert!(x.len() >= n * k && xp.len() >= MR * k2 + 8 && n <= MR);
+    for q in 0..MR {
+        if q >= n {
+            xp[q * k2..(q + 1) * k2].fill(0);
+            continue;
+        }
+        let mut i = 0;
+        while i < k {
+            let from = q * k + i;
+            if from + 16 <= x.len() {
+                // SAFETY: 16 bytes of x from `from` (checked); 8 values of xp from
+                // q k2 + i / 2 <= q k2 + k2 - 1, inside MR k2 + 8.
+                unsafe {
+                    let v = _mm256_cvtepu8_epi16(_mm_loadu_si128(x.as_ptr().add(from) as *const __m128i));
+                    _mm256_storeu_si256(xp.as_mut_ptr().add(q * k2 + i / 2) as *mut __m256i, v);
+                }
+            } else {
+                // The end of x: the rest of the row one pair at a time.
+                for j in i / 2..k2 {
+                    let lo = x[q * k + 2 * j] as u32;
+                    let hi = if 2 * j + 1 < k { x[q * k + 2 * j + 1] as u32 } else { 0 };
+                    xp[q * k2 + j] = lo | (hi << 16);
+                }
+                break;
+            }
+            i += 16;
+        }
+    }
+}
+
+/// acc[p][c] = Σ_k x[p][k] w[c][k] for `pixels` rows of `k` = `w.k` inputs, requantised
+/// into `Out::U8` (offset included) or stored as the raw sums.
+///
+/// # Safety
+/// The CPU must have AVX2. (The slices are checked here.)
+#[target_feature(enable = "avx2")]
+pub unsafe fn conv_dense(x: &[u8], pixels: usize, w: &PackedWeights, out: Out) {
+    let (k, cout) = (w.k, w.cout);
+    let k2 = k.div_ceil(2);
+    let blocks = cout.div_ceil(CBLOCK);
+    assert!(w.pairs.len() >= blocks * k2 * CBLOCK * 2, "weights packed without the AVX2 pairs");
+    assert!(x.len() >= pixels * k);
+    let (mut params, mut xp, ptrs) = KEPT.take();
+    let (requant, zp16) = match &out {
+        Out::U8(r, o) => {
+            assert!(o.len() >= pixels * cout && covers(r, cout));
+            block_params(r, cout, |_| 0, &mut params);
+            (true, _mm256_set1_epi16(r.out_zp as i16))
+        }
+        Out::I32(a) => {
+            assert!(a.len() >= pixels * cout);
+            (false, _mm256_setzero_si256())
+        }
+    };
+    let (out_u8, out_i32) = match out {
+        Out::U8(_, o) => (o.as_mut_ptr(), std::ptr::null_mut()),
+        Out::I32(a) => (std::ptr::null_mut(), a.as_mut_ptr()),
+    };
+    xp.clear();
+    xp.resize(MR * k2 + 8, 0);
+    let mut p = 0;
+    while p < pixels {
+        let np = (pixels - p).min(MR);
+        // SAFETY: AVX2; rows p..p + np of x (checked above); xp holds MR k2.
+        unsafe { widen_rows(&x[p * k..], k, np, &mut xp) };
+        for b in 0..blocks {
+            let nc = (cout - b * CBLOCK).min(CBLOCK);
+            // SAFETY: block b's weights are k2 x 32 i16 inside `pairs` (checked); the
+            // loads at kk < k2 stay in them; xp holds MR x k2 values. Parameters:
+            // `params` has `blocks` entries when requantising. Stores: pixel p + q < pixels
+            // (q < np), channels b 16 + (< nc) <= cout, inside `out` (checked).
+            unsafe {
+                let wb = w.pairs.as_ptr().add(b * k2 * CBLOCK * 2);
+                let start = if requant {
+                    let s = params.get_unchecked(b).start.as_ptr();
+                    [_mm256_load_si256(s as *const __m256i), _mm256_load_si256(s.add(8) as *const __m256i)]
+                } else {
+                    [_mm256_setzero_si256(); 2]
+                };
+                let mut a = [[start[0], start[1]]; MR];
+                let xs = xp.as_ptr();
+                for kk in 0..k2 {
+                    let w0 = _mm256_loadu_si256(wb.add(kk * 32) as *const __m256i);
+                    let w1 = _mm256_loadu_si256(wb.add(kk * 32 + 16) as *const __m256i);
+                    for (q, aq) in a.iter_mut().enumerate() {
+                        let xb = _mm256_set1_epi32(*xs.add(q * k2 + kk) as i32);
+                        aq[0] = _mm256_add_epi32(aq[0], _mm256_madd_epi16(xb, w0));
+                        aq[1] = _mm256_add_epi32(aq[1], _mm256_madd_epi16(xb, w1));
+                    }
+                }
+                if requant {
+                    let prm = params.get_unchecked(b);
+                    for q in (0..np).step_by(2) {
+                        let bytes = requantize_pair(a[q], a[q + 1], prm, zp16);
+                        store_half(bytes, 0, out_u8.add((p + q) * cout + b * CBLOCK), nc);
+                        if q + 1 < np {
+                            store_half(bytes, 1, out_u8.add((p + q + 1) * cout + b * CBLOCK), nc);
+                        }
+                    }
+                } else {
+                    for (q, aq) in a.iter().enumerate().take(np) {
+                        store_sums(*aq, out_i32.add((p + q) * cout + b * CBLOCK), nc);
+                    }
+                }
+            }
+        }
+        p += np;
+    }
+    KEPT.set((params, xp, ptrs));
+}
+
+/// Whether [`conv_depthwise`] runs `g` on an input of `len` bytes: it reads 16
+/// channels at a time, up to 15 bytes past the last pixel's channels.
+pub fn depthwise_applies(g: &ConvGeometry, len: usize) -> bool {
+    len >= g.h * g.w * g.cin + 16 && g.cin > 0 && g.kh * g.kw > 0
+}
+
+/// Depthwise weights ([c][taps] as ONNX stores them, taps kh x kw) for
+/// [`conv_depthwise`]: blocks of 16 channels in [`LH`] order, kernel rows in pairs
+/// (2 i, 2 i + 1; the second zero past kh), then the kernel column:
+/// [c/16][kh/2][kw][16][2] as i16.
+pub fn pack_depthwise_pairs(w: &[i8], c: usize, kh: usize, kw: usize) -> Vec<i16> {
+    let (kh2, taps) = (kh.div_ceil(2), kh * kw);
+    let blocks = c.div_ceil(16);
+    let mut pairs = vec![0i16; blocks * kh2 * kw * 32];
+    for b in 0..blocks {
+        for (lane, &d) in LH.iter().enumerate() {
+            let ch = b * 16 + d;
+            if ch >= c {
+                continue;
+            }
+            for i in 0..kh {
+                for j in 0..kw {
+                    pairs[(((b * kh2 + i / 2) * kw + j) * 16 + lane) * 2 + i % 2] = w[ch * taps + i * kw + j] as i16;
+                }
+            }
+        }
+    }
+    pairs
+}
+
+/// Row r of the zero-point padded input and row r + 1 as int16 pairs: per padded
+/// column and block of 16 channels, 16 pairs (x[r][col][ch], x[r + 1][col][ch]) in
+/// [`LH`] order (64 bytes), the zero point outside the input.
+///
+/// # Safety
+/// AVX2; `x` holds the h x w x c input and 16 bytes of slack ([`depthwise_applies`]),
+/// `zrow` at least blocks 16 + 16 zero-point bytes, `out` wp blocks 32 values.
+#[inline(always)]
+unsafe fn pair_row(x: &[u8], g: &ConvGeometry, zrow: *const u8, r: usize, out: &mut [i16]) {
+    let (c, blocks) = (g.cin, g.cin.div_ceil(16));
+    let wp = g.w + g.pads[1] + g.pads[3];
+    assert!(out.len() >= wp * blocks * 32);
+    let row = |y: usize| y.checked_sub(g.pads[0]).filter(|&y| y < g.h);
+    let (ya, yb) = (row(r), row(r + 1));
+    for col in 0..wp {
+        let ix = col.checked_sub(g.pads[1]).filter(|&ix| ix < g.w);
+        let at = |y: Option<usize>| match (y, ix) {
+            // SAFETY: pixel (y, ix) of the h x w input, c bytes each.
+            (Some(y), Some(ix)) => unsafe { x.as_ptr().add((y * g.w + ix) * c) },
+            _ => zrow,
+        };
+        let (pa, pb) = (at(ya), at(yb));
+        for b in 0..blocks {
+            // SAFETY: the 16-byte loads end at most 15 bytes past a pixel's channels:
+            // inside the input's slack or the zero-point row (the caller's
+            // obligations); the stores write 32 values at (col blocks + b) 32, inside
+            // `out` (checked).
+            unsafe {
+                let u = _mm256_cvtepu8_epi16(_mm_loadu_si128(pa.add(b * 16) as *const __m128i));
+                let v = _mm256_cvtepu8_epi16(_mm_loadu_si128(pb.add(b * 16) as *const __m128i));
+                let o = out.as_mut_ptr().add((col * blocks + b) * 32);
+                _mm256_storeu_si256(o as *mut __m256i, _mm256_unpacklo_epi16(u, v));
+                _mm256_storeu_si256(o.add(16) as *mut __m256i, _mm256_unpackhi_epi16(u, v));
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// [`conv_depthwise`]'s rows of input pairs (a ring) and the padded row each holds.
+    static PAIR_ROWS: Cell<(Vec<i16>, Vec<usize>)> = const { Cell::new((Vec::new(), Vec::new())) };
+}
+
+/// A depthwise conv of any kernel, stride and padding, requantised into `out`;
+/// weights `pairs` from [`pack_depthwise_pairs`], `sums` Σ_taps w per channel.
+///
+/// Kernel rows go in pairs: rows r and r + 1 of the zero-point padded input are
+/// interleaved once as int16 pairs ([`pair_row`], kept in a ring of rows: each is
+/// built once per call, and read by every output row and kernel column that needs
+/// it), so each pair of taps is one load and one `vpmaddwd` per 8 channels. Every tap
+/// reads a value (the zero point in the padding; an odd kh's partner row meets zero
+/// weights), so the zero-point correction is zp Σw, in the sums' start. Two output
+/// pixels per step share the weights' loads and the requantisation's packing.
+///
+/// # Safety
+/// The CPU must have AVX2. (The slices are checked here.)
+#[target_feature(enable = "avx2")]
+pub unsafe fn conv_depthwise(x: &[u8], g: &ConvGeometry, zp: u8, pairs: &[i16], sums: &[i32], r: &Requant, out: &mut [u8]) {
+    let c = g.cin;
+    let (kh2, kw) = (g.kh.div_ceil(2), g.kw);
+    let blocks = c.div_ceil(16);
+    let wp = g.w + g.pads[1] + g.pads[3];
+    let (sy, sx) = (g.stride[0], g.stride[1]);
+    assert!(depthwise_applies(g, x.len()), "the input needs 16 bytes of slack");
+    assert!(pairs.len() >= blocks * kh2 * kw * 32 && sums.len() >= c && out.len() >= g.oh * g.ow * c);
+    assert!(covers(r, c));
+    // Output pixels read padded columns up to (ow - 1) sx + kw - 1 < wp.
+    assert!((g.ow - 1) * sx + kw <= wp && (g.oh - 1) * sy + g.kh <= g.h + g.pads[0] + g.pads[2]);
+    let (mut params, mut zrow, ptrs) = KEPT.take();
+    let (mut ring, mut held) = PAIR_ROWS.take();
+    let zpi = zp as i32;
+    block_params(r, c, |ch| zpi.wrapping_mul(sums[ch]), &mut params);
+    // A pixel of zero points (and 16 bytes past it), as u32 words of four.
+    zrow.clear();
+    zrow.resize((blocks * 16).div_ceil(4) + 4, u32::from_ne_bytes([zp; 4]));
+    // The ring: the rows an output row reads span 2 (kh2 - 1) + 1 < 2 kh2 padded rows,
+    // so rows r mod 2 kh2 of one output row never share a slot.
+    let slots = 2 * kh2;
+    let row_len = wp * blocks * 32;
+    ring.clear();
+    ring.resize(slots * row_len, 0);
+    held.clear();
+    held.resize(slots, usize::MAX);
+    let zp16 = _mm256_set1_epi16(r.out_zp as i16);
+    let mut rows = [std::ptr::null::<i16>(); 8];
+    assert!(kh2 <= rows.len(), "kernels of at most 16 rows");
+    for oy in 0..g.oh {
+        for (i2, row) in rows.iter_mut().enumerate().take(kh2) {
+            let pr = oy * sy + 2 * i2;
+            let slot = pr % slots;
+            if held[slot] != pr {
+                // SAFETY: AVX2; the input's slack (asserted), the zero-point row's
+                // blocks 16 + 16 bytes, the slot's wp blocks 32 values.
+                unsafe { pair_row(x, g, zrow.as_ptr() as *const u8, pr, &mut ring[slot * row_len..(slot + 1) * row_len]) };
+                held[slot] = pr;
+            }
+            *row = ring[slot * row_len..].as_ptr();
+        }
+        let mut ox = 0;
+        while ox < g.ow {
+            let two = ox + 1 < g.ow;
+            // The second pixel's columns: the next pixel's, or the first's again.
+            let (cp, cq) = (ox * sx, if two { (ox + 1) * sx } else { ox * sx });
+            for b in 0..blocks {
+                let c0 = b * 16;
+                // SAFETY: row pointers are ring slots of wp blocks 32 values; columns
+                // cp + j, cq + j < wp (asserted), block b < blocks: the 32-value loads
+                // stay in their row. Weights: block b's kh2 kw 32 values (checked).
+                // `params` has `blocks` entries. Stores: min(16, c - c0) bytes of output
+                // pixels oy ow + ox (+ 1 when two) inside `out` (checked).
+                unsafe {
+                    let prm = params.get_unchecked(b);
+                    let s = prm.start.as_ptr();
+                    let start = [_mm256_load_si256(s as *const __m256i), _mm256_load_si256(s.add(8) as *const __m256i)];
+                    let (mut ap, mut aq) = (start, start);
+                    let wb = pairs.as_ptr().add(b * kh2 * kw * 32);
+                    for (i2, &row) in rows.iter().enumerate().take(kh2) {
+                        for j in 0..kw {
+                            let wt = wb.add((i2 * kw + j) * 32);
+                            let (w0, w1) = (_mm256_loadu_si256(wt as *const __m256i), _mm256_loadu_si256(wt.add(16) as *const __m256i));
+                            let zp_ = row.add(((cp + j) * blocks + b) * 32);
+                            let zq = row.add(((cq + j) * blocks + b) * 32);
+                            ap[0] = _mm256_add_epi32(ap[0], _mm256_madd_epi16(_mm256_loadu_si256(zp_ as *const __m256i), w0));
+                            ap[1] = _mm256_add_epi32(ap[1], _mm256_madd_epi16(_mm256_loadu_si256(zp_.add(16) as *const __m256i), w1));
+                            aq[0] = _mm256_add_epi32(aq[0], _mm256_madd_epi16(_mm256_loadu_si256(zq as *const __m256i), w0));
+                            aq[1] = _mm256_add_epi32(aq[1], _mm256_madd_epi16(_mm256_loadu_si256(zq.add(16) as *const __m256i), w1));
+                        }
+                    }
+                    let bytes = requantize_pair(ap, aq, prm, zp16);
+                    let o = out.as_mut_ptr().add((oy * g.ow + ox) * c + c0);
+                    store_half(bytes, 0, o, c - c0);
+                    if two {
+                        store_half(bytes, 1, o.add(c), c - c0);
+                    }
+                }
+            }
+            ox += 2;
+        }
+    }
+    PAIR_ROWS.set((ring, held));
+    KEPT.set((params, zrow, ptrs));
+}
