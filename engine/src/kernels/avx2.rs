@@ -372,13 +372,42 @@ pub unsafe fn mean_pool(x: &[u8], t: &QTensor, to: &QTensor, sums: &mut [i32], o
     scalar::mean_pool(x, t, to, sums, out)
 }
 
-/// [`scalar::add_quantized`] compiled for AVX2.
+/// [`scalar::add_quantized`], 8 values per step with the reference's float operations
+/// in its order: (x - z_a) s_a + (y - z_b) s_b (two products, then their sum, never
+/// fused), / s_o (`vdivps`, correctly rounded as the reference's division), rounded
+/// half to even by + 1.5 2^23 - 1.5 2^23 after the clamp to ±2^22, + z_o, clamped to
+/// [0, 255], then to [lo, hi].
 ///
 /// # Safety
 /// The CPU must have AVX2.
 #[target_feature(enable = "avx2")]
 pub unsafe fn add_quantized(a: &[u8], ta: &QTensor, b: &[u8], tb: &QTensor, to: &QTensor, bounds: [u8; 2], out: &mut [u8]) {
-    scalar::add_quantized(a, ta, b, tb, to, bounds, out)
+    let n = out.len().min(a.len()).min(b.len());
+    let whole = n / 8 * 8;
+    let (za, zb) = (_mm256_set1_epi32(ta.zp as i32), _mm256_set1_epi32(tb.zp as i32));
+    let (sa, sb, so) = (_mm256_set1_ps(ta.scale), _mm256_set1_ps(tb.scale), _mm256_set1_ps(to.scale));
+    let (lim, magic, zo) = (_mm256_set1_ps(4_194_304.0), _mm256_set1_ps(12_582_912.0), _mm256_set1_ps(to.zp as f32));
+    let (lo, hi) = (_mm256_set1_ps(bounds[0] as f32), _mm256_set1_ps(bounds[1] as f32));
+    let (zero, top) = (_mm256_setzero_ps(), _mm256_set1_ps(255.0));
+    let mut i = 0;
+    while i < whole {
+        // SAFETY: i + 8 <= whole <= the three lengths: the 8-byte loads and the store.
+        unsafe {
+            let x = _mm256_cvtepu8_epi32(_mm_loadl_epi64(a.as_ptr().add(i) as *const __m128i));
+            let y = _mm256_cvtepu8_epi32(_mm_loadl_epi64(b.as_ptr().add(i) as *const __m128i));
+            let vx = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(x, za)), sa);
+            let vy = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(y, zb)), sb);
+            let q = _mm256_div_ps(_mm256_add_ps(vx, vy), so);
+            let q = _mm256_min_ps(_mm256_max_ps(q, _mm256_sub_ps(zero, lim)), lim);
+            let q = _mm256_add_ps(_mm256_sub_ps(_mm256_add_ps(q, magic), magic), zo);
+            // The quantisation's [0, 255], then the activation's [lo, hi] (lo <= hi
+            // inside it, so one clamp to [max(0, lo), min(255, hi)] is both).
+            let q = _mm256_min_ps(_mm256_max_ps(_mm256_min_ps(_mm256_max_ps(q, zero), top), lo), hi);
+            store8(_mm256_cvttps_epi32(q), out.as_mut_ptr().add(i));
+        }
+        i += 8;
+    }
+    scalar::add_quantized(&a[whole..n], ta, &b[whole..n], tb, to, bounds, &mut out[whole..n]);
 }
 
 /// Grouped weights for [`grouped_sums`] (cin_g even): for each block of 8 output

@@ -444,47 +444,85 @@ pub unsafe fn conv_depthwise(x: &[u8], g: &ConvGeometry, zp: u8, pairs: &[i16], 
             }
             *row = ring[slot * row_len..].as_ptr();
         }
-        let mut ox = 0;
-        while ox < g.ow {
-            let two = ox + 1 < g.ow;
-            // The second pixel's columns: the next pixel's, or the first's again.
-            let (cp, cq) = (ox * sx, if two { (ox + 1) * sx } else { ox * sx });
-            for b in 0..blocks {
-                let c0 = b * 16;
-                // SAFETY: row pointers are ring slots of wp blocks 32 values; columns
-                // cp + j, cq + j < wp (asserted), block b < blocks: the 32-value loads
-                // stay in their row. Weights: block b's kh2 kw 32 values (checked).
-                // `params` has `blocks` entries. Stores: min(16, c - c0) bytes of output
-                // pixels oy ow + ox (+ 1 when two) inside `out` (checked).
-                unsafe {
-                    let prm = params.get_unchecked(b);
-                    let s = prm.start.as_ptr();
-                    let start = [_mm256_load_si256(s as *const __m256i), _mm256_load_si256(s.add(8) as *const __m256i)];
-                    let (mut ap, mut aq) = (start, start);
-                    let wb = pairs.as_ptr().add(b * kh2 * kw * 32);
-                    for (i2, &row) in rows.iter().enumerate().take(kh2) {
-                        for j in 0..kw {
-                            let wt = wb.add((i2 * kw + j) * 32);
-                            let (w0, w1) = (_mm256_loadu_si256(wt as *const __m256i), _mm256_loadu_si256(wt.add(16) as *const __m256i));
-                            let zp_ = row.add(((cp + j) * blocks + b) * 32);
-                            let zq = row.add(((cq + j) * blocks + b) * 32);
-                            ap[0] = _mm256_add_epi32(ap[0], _mm256_madd_epi16(_mm256_loadu_si256(zp_ as *const __m256i), w0));
-                            ap[1] = _mm256_add_epi32(ap[1], _mm256_madd_epi16(_mm256_loadu_si256(zp_.add(16) as *const __m256i), w1));
-                            aq[0] = _mm256_add_epi32(aq[0], _mm256_madd_epi16(_mm256_loadu_si256(zq as *const __m256i), w0));
-                            aq[1] = _mm256_add_epi32(aq[1], _mm256_madd_epi16(_mm256_loadu_si256(zq.add(16) as *const __m256i), w1));
-                        }
-                    }
-                    let bytes = requantize_pair(ap, aq, prm, zp16);
-                    let o = out.as_mut_ptr().add((oy * g.ow + ox) * c + c0);
-                    store_half(bytes, 0, o, c - c0);
-                    if two {
-                        store_half(bytes, 1, o.add(c), c - c0);
-                    }
-                }
+        let row = DwRow { rows: &rows, blocks, ow: g.ow, c, pairs, params: &params, zp16 };
+        // SAFETY: AVX2; the rows are ring slots of wp blocks 32 values and every output
+        // pixel's columns (ow - 1) sx + kw <= wp (asserted); `pairs` holds blocks kh2 kw
+        // 32 values and `params` blocks entries (checked); the output row's ow c bytes
+        // are inside `out` (checked).
+        unsafe {
+            let o = out.as_mut_ptr().add(oy * g.ow * c);
+            // The common kernels with their sizes known, so that the taps unroll.
+            match (kh2, kw, sx) {
+                (2, 3, 1) => dw_row(&row, 2, 3, 1, o),
+                (2, 3, 2) => dw_row(&row, 2, 3, 2, o),
+                _ => dw_row(&row, kh2, kw, sx, o),
             }
-            ox += 2;
         }
     }
     PAIR_ROWS.set((ring, held));
     KEPT.set((params, zrow, ptrs));
+}
+
+/// What [`dw_row`] reads: the kh2 rows of input pairs of one output row, the weights
+/// and parameters.
+struct DwRow<'a> {
+    rows: &'a [*const i16; 8],
+    blocks: usize,
+    ow: usize,
+    c: usize,
+    pairs: &'a [i16],
+    params: &'a [BlockParams],
+    zp16: __m256i,
+}
+
+/// One output row of [`conv_depthwise`] into `o` (ow c bytes), two pixels per step.
+///
+/// # Safety
+/// AVX2; `r.rows[..kh2]` rows of pairs holding the columns (ow - 1) sx + kw, blocks
+/// 32 values each; `r.pairs` blocks kh2 kw 32 values; `r.params` blocks entries; ow c
+/// bytes writable at `o`.
+#[inline(always)]
+unsafe fn dw_row(r: &DwRow, kh2: usize, kw: usize, sx: usize, o: *mut u8) {
+    let (blocks, c) = (r.blocks, r.c);
+    let cs = blocks * 32;
+    // Block by block, the row's pixels inside: the block's weights and parameters
+    // stay in registers (or L1) across the row.
+    for b in 0..blocks {
+        let c0 = b * 16;
+        // SAFETY: the caller's bounds: columns cp + j, cq + j of each row, block b
+        // < blocks; block b's weights; `params[b]`; min(16, c - c0) bytes of output
+        // pixels ox (and ox + 1 when two).
+        unsafe {
+            let prm = r.params.get_unchecked(b);
+            let s = prm.start.as_ptr();
+            let start = [_mm256_load_si256(s as *const __m256i), _mm256_load_si256(s.add(8) as *const __m256i)];
+            let wb = r.pairs.as_ptr().add(b * kh2 * kw * 32);
+            let mut ox = 0;
+            while ox < r.ow {
+                let two = ox + 1 < r.ow;
+                // The second pixel's columns: the next pixel's, or the first's again.
+                let (cp, cq) = (ox * sx, if two { (ox + 1) * sx } else { ox * sx });
+                let (mut ap, mut aq) = (start, start);
+                for i2 in 0..kh2 {
+                    let row = r.rows.get_unchecked(i2).add(b * 32);
+                    for j in 0..kw {
+                        let wt = wb.add((i2 * kw + j) * 32);
+                        let (w0, w1) = (_mm256_loadu_si256(wt as *const __m256i), _mm256_loadu_si256(wt.add(16) as *const __m256i));
+                        let (zp_, zq) = (row.add((cp + j) * cs), row.add((cq + j) * cs));
+                        ap[0] = _mm256_add_epi32(ap[0], _mm256_madd_epi16(_mm256_loadu_si256(zp_ as *const __m256i), w0));
+                        ap[1] = _mm256_add_epi32(ap[1], _mm256_madd_epi16(_mm256_loadu_si256(zp_.add(16) as *const __m256i), w1));
+                        aq[0] = _mm256_add_epi32(aq[0], _mm256_madd_epi16(_mm256_loadu_si256(zq as *const __m256i), w0));
+                        aq[1] = _mm256_add_epi32(aq[1], _mm256_madd_epi16(_mm256_loadu_si256(zq.add(16) as *const __m256i), w1));
+                    }
+                }
+                let bytes = requantize_pair(ap, aq, prm, r.zp16);
+                let dst = o.add(ox * c + c0);
+                store_half(bytes, 0, dst, c - c0);
+                if two {
+                    store_half(bytes, 1, dst.add(c), c - c0);
+                }
+                ox += 2;
+            }
+        }
+    }
 }
