@@ -240,7 +240,7 @@ impl Lanes8 {
 /// # Safety
 /// AVX2; 8 bytes writable at `dst`.
 #[inline(always)]
-unsafe fn store8(q: __m256i, dst: *mut u8) {
+pub(super) unsafe fn store8(q: __m256i, dst: *mut u8) {
     // SAFETY: the caller's bounds; storel needs no alignment.
     unsafe {
         let picked = _mm256_shuffle_epi8(

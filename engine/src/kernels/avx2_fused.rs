@@ -97,9 +97,20 @@ fn covers(r: &Requant, n: usize) -> bool {
 
 /// Dense weights `rows` ([cout][k]) in the layout of [`conv_dense`]: blocks of 16
 /// output channels in [`LH`] order, k in pairs (zero padded): [cout/16][k/2][16][2]
-/// as i16.
+/// as i16; where [`narrow_applies`], that of [`conv_dense_narrow`]: each channel's
+/// pairs in a row of whole vectors (zero padded), [cout][8 ceil(k2 / 8)][2].
 pub fn pack_pairs(rows: &[i8], cout: usize, k: usize) -> Vec<i16> {
     let k2 = k.div_ceil(2);
+    if narrow_applies(cout, k) {
+        let k2p = k2.div_ceil(8) * 8;
+        let mut pairs = vec![0i16; cout * k2p * 2];
+        for c in 0..cout {
+            for kk in 0..k {
+                pairs[c * k2p * 2 + kk] = rows[c * k + kk] as i16;
+            }
+        }
+        return pairs;
+    }
     let blocks = cout.div_ceil(CBLOCK);
     let mut pairs = vec![0i16; blocks * k2 * CBLOCK * 2];
     for b in 0..blocks {
@@ -194,7 +205,7 @@ unsafe fn store_sums(a: [__m256i; 2], dst: *mut i32, n: usize) {
 }
 
 /// Rows of `k` u8 inputs widened to pairs (lo | hi << 16), `k2` per row, written for
-/// rows 0..n of `x` into `xp` (`MR` rows and 8 values of slack; the rows from n on
+/// rows 0..n of `x` into `xp` (`tile` rows and 8 values of slack; the rows from n on
 /// zero). 16 inputs per step; a row's last step reads on into the next row (or `x`'s
 /// slack) where `x` has the bytes, and writes on into the next row's values, which
 /// that row then overwrites: the pair values past k meet zero weights (an odd k's last
@@ -203,10 +214,10 @@ unsafe fn store_sums(a: [__m256i; 2], dst: *mut i32, n: usize) {
 /// # Safety
 /// AVX2.
 #[inline(always)]
-unsafe fn widen_rows(x: &[u8], k: usize, n: usize, xp: &mut [u32]) {
+unsafe fn widen_rows(x: &[u8], k: usize, n: usize, tile: usize, xp: &mut [u32]) {
     let k2 = k.div_ceil(2);
-    assert!(x.len() >= n * k && xp.len() >= MR * k2 + 8 && n <= MR);
-    for q in 0..MR {
+    assert!(x.len() >= n * k && xp.len() >= tile * k2 + 8 && n <= tile);
+    for q in 0..tile {
         if q >= n {
             xp[q * k2..(q + 1) * k2].fill(0);
             continue;
@@ -216,7 +227,7 @@ unsafe fn widen_rows(x: &[u8], k: usize, n: usize, xp: &mut [u32]) {
             let from = q * k + i;
             if from + 16 <= x.len() {
                 // SAFETY: 16 bytes of x from `from` (checked); 8 values of xp from
-                // q k2 + i / 2 <= q k2 + k2 - 1, inside MR k2 + 8.
+                // q k2 + i / 2 <= q k2 + k2 - 1, inside tile k2 + 8.
                 unsafe {
                     let v = _mm256_cvtepu8_epi16(_mm_loadu_si128(x.as_ptr().add(from) as *const __m128i));
                     _mm256_storeu_si256(xp.as_mut_ptr().add(q * k2 + i / 2) as *mut __m256i, v);
@@ -243,6 +254,10 @@ unsafe fn widen_rows(x: &[u8], k: usize, n: usize, xp: &mut [u32]) {
 #[target_feature(enable = "avx2")]
 pub unsafe fn conv_dense(x: &[u8], pixels: usize, w: &PackedWeights, out: Out) {
     let (k, cout) = (w.k, w.cout);
+    if narrow_applies(cout, k) {
+        // SAFETY: AVX2, passed on; the kernel checks its slices.
+        return unsafe { conv_dense_narrow(x, pixels, w, out) };
+    }
     let k2 = k.div_ceil(2);
     let blocks = cout.div_ceil(CBLOCK);
     assert!(w.pairs.len() >= blocks * k2 * CBLOCK * 2, "weights packed without the AVX2 pairs");
@@ -269,7 +284,7 @@ pub unsafe fn conv_dense(x: &[u8], pixels: usize, w: &PackedWeights, out: Out) {
     while p < pixels {
         let np = (pixels - p).min(MR);
         // SAFETY: AVX2; rows p..p + np of x (checked above); xp holds MR k2.
-        unsafe { widen_rows(&x[p * k..], k, np, &mut xp) };
+        unsafe { widen_rows(&x[p * k..], k, np, MR, &mut xp) };
         for b in 0..blocks {
             let nc = (cout - b * CBLOCK).min(CBLOCK);
             // SAFETY: block b's weights are k2 x 32 i16 inside `pairs` (checked); the
@@ -524,5 +539,181 @@ unsafe fn dw_row(r: &DwRow, kh2: usize, kw: usize, sx: usize, o: *mut u8) {
                 ox += 2;
             }
         }
+    }
+}
+
+/// Whether a dense conv of `cout` outputs and `k` inputs runs on [`conv_dense_narrow`]:
+/// where its vectors of 8 input pairs are fuller than the 16-channel blocks of
+/// [`conv_dense`] (a U-Net's 2-8-channel layers: a block of 16 channels for 2 of them
+/// wastes 7 of 8 multiplies), weighed at 3/4 for its extra loads and sums across lanes.
+pub(super) fn narrow_applies(cout: usize, k: usize) -> bool {
+    let k2 = k.div_ceil(2);
+    let blocks = cout.div_ceil(16);
+    let block_use = cout as f64 / (16 * blocks) as f64;
+    let narrow_use = k2 as f64 / (8 * k2.div_ceil(8)) as f64 * 0.75;
+    cout > 0 && k > 0 && narrow_use > block_use
+}
+
+/// Pixels per tile of [`conv_dense_narrow`]: 8, so that a tile's items (pixel x
+/// channel) are whole groups of 8.
+const NR: usize = 8;
+
+/// Eight items' requantisation parameters, for the phase (first item's channel) of a
+/// group: lane l is channel (phase + l) mod cout.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct PhaseParams {
+    start: [i32; 8],
+    mult: [f32; 8],
+    bias: [f32; 8],
+    top: [f32; 8],
+    /// lo and z_y as int32.
+    lo: [i32; 8],
+    zp: [i32; 8],
+}
+
+thread_local! {
+    /// [`conv_dense_narrow`]'s parameters per phase, kept between calls.
+    static PHASES: Cell<Vec<PhaseParams>> = const { Cell::new(Vec::new()) };
+}
+
+/// A dense conv with few output channels: each output (pixel p, channel c), an "item",
+/// is the dot product of p's input pairs and c's weight pairs, 8 pairs per `vpmaddwd`
+/// (the vectors of [`pack_pairs`]' narrow layout), in one accumulator per item; eight
+/// consecutive items (NHWC order: p cout + c) are summed across lanes together
+/// (`vphaddd`) into one vector, requantised and stored as 8 contiguous bytes.
+///
+/// # Safety
+/// The CPU must have AVX2. (The slices are checked here.)
+#[target_feature(enable = "avx2")]
+unsafe fn conv_dense_narrow(x: &[u8], pixels: usize, w: &PackedWeights, out: Out) {
+    let (k, cout) = (w.k, w.cout);
+    let k2 = k.div_ceil(2);
+    let (k2p, nv) = (k2.div_ceil(8) * 8, k2.div_ceil(8));
+    assert!(w.pairs.len() >= cout * k2p * 2, "weights packed without the AVX2 narrow pairs");
+    assert!(x.len() >= pixels * k);
+    let (params, mut xp, ptrs) = KEPT.take();
+    let mut phases = PHASES.take();
+    let (out_u8, out_i32) = match out {
+        Out::U8(r, o) => {
+            assert!(o.len() >= pixels * cout && covers(r, cout));
+            phases.clear();
+            let step = gcd(8, cout);
+            for phase in (0..cout).step_by(step) {
+                let mut q =
+                    PhaseParams { start: [0; 8], mult: [0.0; 8], bias: [0.0; 8], top: [0.0; 8], lo: [0; 8], zp: [r.out_zp as i32; 8] };
+                for l in 0..8 {
+                    let c = (phase + l) % cout;
+                    q.start[l] = 0i32.wrapping_sub(r.offset[c]);
+                    q.mult[l] = r.mult[c];
+                    q.bias[l] = r.bias[c];
+                    q.top[l] = (r.hi[c] as i32 - r.out_zp as i32) as f32;
+                    q.lo[l] = r.lo[c] as i32;
+                }
+                phases.push(q);
+            }
+            (o.as_mut_ptr(), std::ptr::null_mut())
+        }
+        Out::I32(a) => {
+            assert!(a.len() >= pixels * cout);
+            (std::ptr::null_mut(), a.as_mut_ptr())
+        }
+    };
+    let step = gcd(8, cout);
+    // Rows of k2 values, then at least a vector's worth more: the last vector of a row
+    // reads up to 7 values past it (into the next row, or the slack), which meet zero
+    // weights.
+    xp.clear();
+    xp.resize(NR * k2 + 8, 0);
+    let wp = w.pairs.as_ptr() as *const u32;
+    let mut p = 0;
+    while p < pixels {
+        let np = (pixels - p).min(NR);
+        // SAFETY: AVX2; rows p..p + np of x (checked above); xp holds NR k2 + 8.
+        unsafe { widen_rows(&x[p * k..], k, np, NR, &mut xp) };
+        let items = np * cout;
+        let mut f = 0;
+        while f < items {
+            // SAFETY: item f + i < NR cout reads row (f + i) / cout < NR of xp: nv
+            // vectors from its start, at most k2p - 1 <= k2 + 7 values on, inside NR k2
+            // + 8; channel (f + i) % cout's nv vectors inside `pairs` (checked).
+            // Stores: items f.. of this tile, min(8, items - f) of them, inside `out`
+            // (checked: (p + np) cout <= pixels cout).
+            unsafe {
+                let mut a = [_mm256_setzero_si256(); 8];
+                for (i, ai) in a.iter_mut().enumerate() {
+                    let g = (f + i).min(items - 1);
+                    let (row, c) = (xp.as_ptr().add(g / cout * k2), wp.add((g % cout) * k2p));
+                    for v in 0..nv {
+                        let xv = _mm256_loadu_si256(row.add(8 * v) as *const __m256i);
+                        let wv = _mm256_loadu_si256(c.add(8 * v) as *const __m256i);
+                        *ai = _mm256_add_epi32(*ai, _mm256_madd_epi16(xv, wv));
+                    }
+                }
+                let sums = across_lanes(&a);
+                let n = (items - f).min(8);
+                let at = (p * cout + f) as isize;
+                if out_u8.is_null() {
+                    let mut tmp = [0i32; 8];
+                    _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, sums);
+                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), out_i32.offset(at), n);
+                } else {
+                    // Items f.. of a tile starting at pixel p (a multiple of 8): channel
+                    // (8 m) mod cout for group m of the whole conv, a multiple of
+                    // gcd(8, cout).
+                    let q = phases.get_unchecked((((p * cout + f) % cout) / step) as usize);
+                    let v = _mm256_add_epi32(sums, _mm256_load_si256(q.start.as_ptr() as *const __m256i));
+                    let v = _mm256_add_ps(
+                        _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_load_ps(q.mult.as_ptr())),
+                        _mm256_load_ps(q.bias.as_ptr()),
+                    );
+                    let r = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_load_ps(q.top.as_ptr()), v));
+                    // + z_y cannot overflow (i32::MIN from a huge or NaN value + at most
+                    // 255); max(lo) then leaves every lane in [lo, hi].
+                    let r = _mm256_max_epi32(
+                        _mm256_add_epi32(r, _mm256_load_si256(q.zp.as_ptr() as *const __m256i)),
+                        _mm256_load_si256(q.lo.as_ptr() as *const __m256i),
+                    );
+                    if n == 8 {
+                        super::avx2::store8(r, out_u8.offset(at));
+                    } else {
+                        let mut tmp = [0u8; 8];
+                        super::avx2::store8(r, tmp.as_mut_ptr());
+                        std::ptr::copy_nonoverlapping(tmp.as_ptr(), out_u8.offset(at), n);
+                    }
+                }
+            }
+            f += 8;
+        }
+        p += np;
+    }
+    PHASES.set(phases);
+    KEPT.set((params, xp, ptrs));
+}
+
+/// The sums across lanes of eight vectors: lane i of the result is Σ a[i].
+///
+/// # Safety
+/// AVX2.
+#[inline(always)]
+unsafe fn across_lanes(a: &[__m256i; 8]) -> __m256i {
+    // SAFETY: register operations.
+    unsafe {
+        let h01 = _mm256_hadd_epi32(a[0], a[1]);
+        let h23 = _mm256_hadd_epi32(a[2], a[3]);
+        let h45 = _mm256_hadd_epi32(a[4], a[5]);
+        let h67 = _mm256_hadd_epi32(a[6], a[7]);
+        // [a0 a1 a2 a3 (low halves) | a0 a1 a2 a3 (high halves)], likewise for 4-7.
+        let h03 = _mm256_hadd_epi32(h01, h23);
+        let h47 = _mm256_hadd_epi32(h45, h67);
+        _mm256_add_epi32(_mm256_permute2x128_si256::<0x20>(h03, h47), _mm256_permute2x128_si256::<0x31>(h03, h47))
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }
