@@ -661,7 +661,7 @@ unsafe fn conv_dense_narrow(x: &[u8], pixels: usize, w: &PackedWeights, out: Out
                     // Items f.. of a tile starting at pixel p (a multiple of 8): channel
                     // (8 m) mod cout for group m of the whole conv, a multiple of
                     // gcd(8, cout).
-                    let q = phases.get_unchecked((((p * cout + f) % cout) / step) as usize);
+                    let q = phases.get_unchecked(((p * cout + f) % cout) / step);
                     let v = _mm256_add_epi32(sums, _mm256_load_si256(q.start.as_ptr() as *const __m256i));
                     let v = _mm256_add_ps(
                         _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_load_ps(q.mult.as_ptr())),
