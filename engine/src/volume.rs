@@ -30,6 +30,11 @@ pub fn gather_plane(x: &[u8], g: &Geometry3, zp: u8, oz: usize, pixels: Range<us
         let (oy, ox0) = (px / ow, px % ow);
         let n = (ow - ox0).min(pixels.end - px);
         let r0 = px - pixels.start;
+        if run <= 16 && kd * kh <= MAX_SEGMENTS {
+            gather_row_short(x, g, zp, (oz, oy, ox0), (r0, n), rows);
+            px += n;
+            continue;
+        }
         for a in 0..kd {
             let iz = (oz * g.stride[0] + a) as isize - g.pads[0] as isize;
             for b in 0..kh {
@@ -61,6 +66,82 @@ pub fn gather_plane(x: &[u8], g: &Geometry3, zp: u8, oz: usize, pixels: Range<us
             }
         }
         px += n;
+    }
+}
+
+/// Kernel rows per output pixel that [`gather_row_short`] handles (3x3 and 5x5 in depth
+/// and height).
+const MAX_SEGMENTS: usize = 32;
+
+/// [`gather_plane`] for one output row (`n` pixels from ox0, at row r0 of `rows`) whose
+/// kernel rows are short (kw cin <= 16 bytes), pixel by pixel in increasing order: each
+/// kernel row of a pixel inside the input is one 16-byte move, which may write past
+/// its run into the next ones. Those are written after it (the pixel's next kernel
+/// rows, then the next pixel's), every run writing all its own bytes, so the rows
+/// end as the copies define them; a move is made only where its 16 bytes lie inside
+/// `x` and `rows` (else the exact copy). Sources and validity are found once per row.
+fn gather_row_short(x: &[u8], g: &Geometry3, zp: u8, (oz, oy, ox0): (usize, usize, usize), (r0, n): (usize, usize), rows: &mut [u8]) {
+    let [d, h, w] = g.input.map(|v| v as isize);
+    let c = g.cin;
+    let [kd, kh, kw] = g.kernel;
+    let (run, k, segs) = (kw * c, kd * kh * kw * c, kd * kh);
+    // Each kernel row's source row start in x, or None (outside: the zero point).
+    let mut base = [None; MAX_SEGMENTS];
+    for a in 0..kd {
+        let iz = (oz * g.stride[0] + a) as isize - g.pads[0] as isize;
+        for b in 0..kh {
+            let iy = (oy * g.stride[1] + b) as isize - g.pads[1] as isize;
+            let valid = (0..d).contains(&iz) && (0..h).contains(&iy);
+            base[a * kh + b] = valid.then(|| ((iz * h + iy) * w) as usize * c);
+        }
+    }
+    // Where every kernel row reads the input (an interior output row), the largest
+    // source start: one bounds check per pixel covers all its moves.
+    let all: Option<Vec<usize>> = base[..segs].iter().copied().collect();
+    let top = all.as_ref().map(|b| b.iter().copied().max().unwrap_or(0));
+    for i in 0..n {
+        let ix0 = ((ox0 + i) * g.stride[2]) as isize - g.pads[2] as isize;
+        let inside = ix0 >= 0 && ix0 + kw as isize <= w;
+        let row = (r0 + i) * k;
+        if let (Some(bases), Some(top), true) = (&all, top, inside) {
+            let off = ix0 as usize * c;
+            if top + off + 16 <= x.len() && row + (segs - 1) * run + 16 <= rows.len() {
+                for (s, &b) in bases.iter().enumerate() {
+                    // SAFETY: b + off + 16 <= top + off + 16 <= x.len() and row + s run +
+                    // 16 <= rows.len() (checked above); unaligned 16-byte moves between
+                    // distinct buffers.
+                    unsafe {
+                        let v = std::ptr::read_unaligned(x.as_ptr().add(b + off) as *const [u8; 16]);
+                        std::ptr::write_unaligned(rows.as_mut_ptr().add(row + s * run) as *mut [u8; 16], v);
+                    }
+                }
+                continue;
+            }
+        }
+        for (s, b) in base.iter().enumerate().take(segs) {
+            let at = row + s * run;
+            match b {
+                Some(b) if inside => {
+                    let from = b + ix0 as usize * c;
+                    if from + 16 <= x.len() && at + 16 <= rows.len() {
+                        rows[at..at + 16].copy_from_slice(&x[from..from + 16]);
+                    } else {
+                        copy_short(&mut rows[at..at + run], &x[from..from + run]);
+                    }
+                }
+                Some(b) => {
+                    for (j, o) in rows[at..at + run].chunks_exact_mut(c).enumerate() {
+                        let ix = ix0 + j as isize;
+                        if (0..w).contains(&ix) {
+                            copy_short(o, &x[b + ix as usize * c..][..c]);
+                        } else {
+                            o.fill(zp);
+                        }
+                    }
+                }
+                None => rows[at..at + run].fill(zp),
+            }
+        }
     }
 }
 
