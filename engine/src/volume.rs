@@ -149,7 +149,7 @@ fn gather_row_short(x: &[u8], g: &Geometry3, zp: u8, (oz, oy, ox0): (usize, usiz
 /// bytes): two overlapping fixed-size moves (the first and the last 2, 4, 8 or 16
 /// bytes) instead of a `memcpy` call per run; only `dst`'s own bytes are written.
 #[inline(always)]
-fn copy_short(dst: &mut [u8], src: &[u8]) {
+pub(crate) fn copy_short(dst: &mut [u8], src: &[u8]) {
     #[inline(always)]
     fn ends<const N: usize>(dst: &mut [u8], src: &[u8]) {
         let n = dst.len();

@@ -634,22 +634,25 @@ unsafe fn conv_dense_narrow(x: &[u8], pixels: usize, w: &PackedWeights, out: Out
         let items = np * cout;
         let mut f = 0;
         while f < items {
-            // SAFETY: item f + i < NR cout reads row (f + i) / cout < NR of xp: nv
+            // SAFETY: item f + i < NR cout (a multiple of 8) reads row (f + i) / cout < NR of xp: nv
             // vectors from its start, at most k2p - 1 <= k2 + 7 values on, inside NR k2
             // + 8; channel (f + i) % cout's nv vectors inside `pairs` (checked).
             // Stores: items f.. of this tile, min(8, items - f) of them, inside `out`
             // (checked: (p + np) cout <= pixels cout).
             unsafe {
-                let mut a = [_mm256_setzero_si256(); 8];
-                for (i, ai) in a.iter_mut().enumerate() {
-                    let g = (f + i).min(items - 1);
-                    let (row, c) = (xp.as_ptr().add(g / cout * k2), wp.add((g % cout) * k2p));
-                    for v in 0..nv {
-                        let xv = _mm256_loadu_si256(row.add(8 * v) as *const __m256i);
-                        let wv = _mm256_loadu_si256(c.add(8 * v) as *const __m256i);
-                        *ai = _mm256_add_epi32(*ai, _mm256_madd_epi16(xv, wv));
-                    }
-                }
+                // Item f + i is (pixel, channel) (pix, ch): the first by a division, the
+                // rest stepped. Items past the tile's (at most 7, to a multiple of 8,
+                // which NR cout is) read rows below NR, zero-filled, and are not stored.
+                let first = (f / cout, f % cout);
+                let (xs, ws) = (xp.as_ptr(), (wp, k2p, cout));
+                // The common lengths with the vector count known, so that it unrolls.
+                let a = match nv {
+                    1 => dot8(xs, k2, ws, first, 1),
+                    2 => dot8(xs, k2, ws, first, 2),
+                    3 => dot8(xs, k2, ws, first, 3),
+                    4 => dot8(xs, k2, ws, first, 4),
+                    _ => dot8(xs, k2, ws, first, nv),
+                };
                 let sums = across_lanes(&a);
                 let n = (items - f).min(8);
                 let at = (p * cout + f) as isize;
@@ -689,6 +692,41 @@ unsafe fn conv_dense_narrow(x: &[u8], pixels: usize, w: &PackedWeights, out: Out
     }
     PHASES.set(phases);
     KEPT.set((params, xp, ptrs));
+}
+
+/// The eight accumulators of [`conv_dense_narrow`]'s items from (pixel, channel)
+/// `first` on: item i's `nv` vectors of 8 input pairs (row pix of `xs`, rows k2 apart)
+/// times its channel's (row ch of the weights, k2p apart), multiplied and added.
+///
+/// # Safety
+/// AVX2; the rows of the 8 items' pixels hold nv 8 values from their start, and the
+/// weights of their channels (< cout) too.
+#[inline(always)]
+unsafe fn dot8(
+    xs: *const u32,
+    k2: usize,
+    (wp, k2p, cout): (*const u32, usize, usize),
+    (mut pix, mut ch): (usize, usize),
+    nv: usize,
+) -> [__m256i; 8] {
+    // SAFETY: AVX2, the caller's obligation.
+    let mut a = [unsafe { _mm256_setzero_si256() }; 8];
+    for ai in a.iter_mut() {
+        // SAFETY: the caller's bounds.
+        unsafe {
+            let (row, c) = (xs.add(pix * k2), wp.add(ch * k2p));
+            for v in 0..nv {
+                let xv = _mm256_loadu_si256(row.add(8 * v) as *const __m256i);
+                let wv = _mm256_loadu_si256(c.add(8 * v) as *const __m256i);
+                *ai = _mm256_add_epi32(*ai, _mm256_madd_epi16(xv, wv));
+            }
+        }
+        ch += 1;
+        if ch == cout {
+            (pix, ch) = (pix + 1, 0);
+        }
+    }
+    a
 }
 
 /// The sums across lanes of eight vectors: lane i of the result is Σ a[i].

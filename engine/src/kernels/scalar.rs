@@ -116,7 +116,9 @@ pub fn im2row(x: &[u8], g: &ConvGeometry, zp: u8, rows: &mut [u8]) {
                 }
                 if inside {
                     let s = (iy as usize * g.w + ix0 as usize) * g.cin;
-                    dst.copy_from_slice(&x[s..s + run]);
+                    // Short runs (a first conv's 3 channels x 3 columns) as fixed-size
+                    // moves: a `memmove` call per run cost more than the conv's products.
+                    crate::volume::copy_short(dst, &x[s..s + run]);
                     continue;
                 }
                 for j in 0..g.kw {
