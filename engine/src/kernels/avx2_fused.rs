@@ -544,13 +544,15 @@ unsafe fn dw_row(r: &DwRow, kh2: usize, kw: usize, sx: usize, o: *mut u8) {
 
 /// Whether a dense conv of `cout` outputs and `k` inputs runs on [`conv_dense_narrow`]:
 /// where its vectors of 8 input pairs are fuller than the 16-channel blocks of
-/// [`conv_dense`] (a U-Net's 2-8-channel layers: a block of 16 channels for 2 of them
-/// wastes 7 of 8 multiplies), weighed at 3/4 for its extra loads and sums across lanes.
+/// [`conv_dense`] (a U-Net's 2-4-channel layers: a block of 16 channels for 2 of them
+/// wastes 7 of 8 multiplies), weighed at 0.45 for its extra loads and sums across
+/// lanes: measured on a Zen 3 core (`conv_speed`), 8 output channels ran faster on half
+/// empty blocks (3 -> 8 3x3/2 at 95: 63 against 76 us; 48 -> 8 at 24: 10.7 against 12.7).
 pub(super) fn narrow_applies(cout: usize, k: usize) -> bool {
     let k2 = k.div_ceil(2);
     let blocks = cout.div_ceil(16);
     let block_use = cout as f64 / (16 * blocks) as f64;
-    let narrow_use = k2 as f64 / (8 * k2.div_ceil(8)) as f64 * 0.75;
+    let narrow_use = k2 as f64 / (8 * k2.div_ceil(8)) as f64 * 0.45;
     cout > 0 && k > 0 && narrow_use > block_use
 }
 
