@@ -332,10 +332,15 @@ pub unsafe fn conv_dense(x: &[u8], pixels: usize, w: &PackedWeights, out: Out) {
 }
 
 /// Whether [`conv_depthwise`] runs `g` on an input of `len` bytes: it reads 16
-/// channels at a time, up to 15 bytes past the last pixel's channels.
+/// channels at a time, up to 15 bytes past the last pixel's channels, and holds at most
+/// [`MAX_ROW_PAIRS`] pairs of kernel rows.
 pub fn depthwise_applies(g: &ConvGeometry, len: usize) -> bool {
-    len >= g.h * g.w * g.cin + 16 && g.cin > 0 && g.kh * g.kw > 0
+    len >= g.h * g.w * g.cin + 16 && g.cin > 0 && g.kh * g.kw > 0 && g.kh.div_ceil(2) <= MAX_ROW_PAIRS
 }
+
+/// Pairs of kernel rows [`conv_depthwise`] holds (kernels of up to 16 rows; taller
+/// ones run on the depthwise sums and a requantisation).
+const MAX_ROW_PAIRS: usize = 8;
 
 /// Depthwise weights ([c][taps] as ONNX stores them, taps kh x kw) for
 /// [`conv_depthwise`]: blocks of 16 channels in [`LH`] order, kernel rows in pairs
@@ -445,8 +450,8 @@ pub unsafe fn conv_depthwise(x: &[u8], g: &ConvGeometry, zp: u8, pairs: &[i16], 
     held.clear();
     held.resize(slots, usize::MAX);
     let zp16 = _mm256_set1_epi16(r.out_zp as i16);
-    let mut rows = [std::ptr::null::<i16>(); 8];
-    assert!(kh2 <= rows.len(), "kernels of at most 16 rows");
+    let mut rows = [std::ptr::null::<i16>(); MAX_ROW_PAIRS];
+    assert!(kh2 <= rows.len(), "kernels of at most 16 rows (depthwise_applies)");
     for oy in 0..g.oh {
         for (i2, row) in rows.iter_mut().enumerate().take(kh2) {
             let pr = oy * sy + 2 * i2;
@@ -481,7 +486,7 @@ pub unsafe fn conv_depthwise(x: &[u8], g: &ConvGeometry, zp: u8, pairs: &[i16], 
 /// What [`dw_row`] reads: the kh2 rows of input pairs of one output row, the weights
 /// and parameters.
 struct DwRow<'a> {
-    rows: &'a [*const i16; 8],
+    rows: &'a [*const i16; MAX_ROW_PAIRS],
     blocks: usize,
     ow: usize,
     c: usize,

@@ -67,11 +67,30 @@ fn gemm_equals_scalar_on_random_shapes() {
 /// on every implementation this CPU has, against the scalar reference.
 #[test]
 fn convolutions_equal_scalar_on_random_geometries() {
-    let mut s = Lcg::new(11);
     let spec = ConvSpec { max_hw: 14, max_c: 40, kh: &[1, 3, 5], kw: None, max_stride: 2, extreme_every: 5 };
-    let (mut checked, mut inside, mut total) = (0, 0, 0);
-    for _ in 0..160 {
-        let Some(case) = conv_case(&mut s, &spec) else { continue };
+    let (checked, inside, total, _) = convs_equal_scalar(11, &spec, 160);
+    assert!(checked > 100);
+    // Most outputs unsaturated: the comparisons say something.
+    assert!(inside * 2 > total, "{inside} of {total} outputs inside the clamp");
+}
+
+/// Kernels taller than 16 rows (a depthwise conv along one long axis): kernels whose
+/// fast paths hold a bounded number of kernel rows (AVX2's depthwise: 8 row pairs) must
+/// hand them to their general path, not stop.
+#[test]
+fn tall_kernels_equal_scalar() {
+    let spec = ConvSpec { max_hw: 24, max_c: 20, kh: &[17, 18, 21], kw: Some(&[1, 2]), max_stride: 1, extreme_every: 5 };
+    let (checked, _, _, depthwise) = convs_equal_scalar(12, &spec, 120);
+    assert!(checked > 20 && depthwise > 10, "{checked} cases, {depthwise} depthwise");
+}
+
+/// `rounds` random convs of `spec` requantised on every ISA, each equal to the scalar
+/// reference's bytes: (cases checked, outputs inside the clamp, outputs, depthwise cases).
+fn convs_equal_scalar(seed: u64, spec: &ConvSpec, rounds: usize) -> (usize, usize, usize, usize) {
+    let mut s = Lcg::new(seed);
+    let (mut checked, mut inside, mut total, mut depthwise) = (0, 0, 0, 0);
+    for _ in 0..rounds {
+        let Some(case) = conv_case(&mut s, spec) else { continue };
         let (g, n, cout) = (case.g, case.outputs(), case.cout);
         let scalar_kind = case.kind(Isa::Scalar);
         let scratch_len = conv_scratch_len(&g, &scalar_kind) + 64;
@@ -98,10 +117,9 @@ fn convolutions_equal_scalar_on_random_geometries() {
         inside += reference.iter().filter(|&&v| v > r.lo[0] && v < 235).count();
         total += n;
         checked += 1;
+        depthwise += case.depthwise as usize;
     }
-    assert!(checked > 100);
-    // Most outputs unsaturated: the comparisons say something.
-    assert!(inside * 2 > total, "{inside} of {total} outputs inside the clamp");
+    (checked, inside, total, depthwise)
 }
 
 /// Requantisation of `case`'s sums `acc` scaled and centred on them (most outputs
