@@ -53,14 +53,7 @@ pub fn gather_plane(x: &[u8], g: &Geometry3, zp: u8, oz: usize, pixels: Range<us
                     if ix0 >= 0 && ix0 + kw as isize <= w {
                         copy_short(dst, &x[base + ix0 as usize * c..][..run]);
                     } else {
-                        for (j, o) in dst.chunks_exact_mut(c).enumerate() {
-                            let ix = ix0 + j as isize;
-                            if (0..w).contains(&ix) {
-                                copy_short(o, &x[base + ix as usize * c..][..c]);
-                            } else {
-                                o.fill(zp);
-                            }
-                        }
+                        copy_clipped(dst, &x[base..], ix0, (c, w as usize), zp);
                     }
                 }
             }
@@ -96,22 +89,22 @@ fn gather_row_short(x: &[u8], g: &Geometry3, zp: u8, (oz, oy, ox0): (usize, usiz
         }
     }
     // Where every kernel row reads the input (an interior output row), the largest
-    // source start: one bounds check per pixel covers all its moves.
-    let all: Option<Vec<usize>> = base[..segs].iter().copied().collect();
-    let top = all.as_ref().map(|b| b.iter().copied().max().unwrap_or(0));
+    // source start: one bounds check per pixel then covers all its moves.
+    let top = base[..segs].iter().try_fold(0, |m, b| b.map(|b| m.max(b)));
     for i in 0..n {
         let ix0 = ((ox0 + i) * g.stride[2]) as isize - g.pads[2] as isize;
         let inside = ix0 >= 0 && ix0 + kw as isize <= w;
         let row = (r0 + i) * k;
-        if let (Some(bases), Some(top), true) = (&all, top, inside) {
+        if let (Some(top), true) = (top, inside) {
             let off = ix0 as usize * c;
             if top + off + 16 <= x.len() && row + (segs - 1) * run + 16 <= rows.len() {
-                for (s, &b) in bases.iter().enumerate() {
-                    // SAFETY: b + off + 16 <= top + off + 16 <= x.len() and row + s run +
-                    // 16 <= rows.len() (checked above); unaligned 16-byte moves between
-                    // distinct buffers.
+                for (s, b) in base[..segs].iter().enumerate() {
+                    let from = b.unwrap_or(0) + off;
+                    // SAFETY: every base is Some (`top`) and at most top: from + 16 <= top
+                    // + off + 16 <= x.len(); row + s run + 16 <= rows.len() (both checked
+                    // above). Unaligned 16-byte moves between distinct buffers.
                     unsafe {
-                        let v = std::ptr::read_unaligned(x.as_ptr().add(b + off) as *const [u8; 16]);
+                        let v = std::ptr::read_unaligned(x.as_ptr().add(from) as *const [u8; 16]);
                         std::ptr::write_unaligned(rows.as_mut_ptr().add(row + s * run) as *mut [u8; 16], v);
                     }
                 }
@@ -129,18 +122,22 @@ fn gather_row_short(x: &[u8], g: &Geometry3, zp: u8, (oz, oy, ox0): (usize, usiz
                         copy_short(&mut rows[at..at + run], &x[from..from + run]);
                     }
                 }
-                Some(b) => {
-                    for (j, o) in rows[at..at + run].chunks_exact_mut(c).enumerate() {
-                        let ix = ix0 + j as isize;
-                        if (0..w).contains(&ix) {
-                            copy_short(o, &x[b + ix as usize * c..][..c]);
-                        } else {
-                            o.fill(zp);
-                        }
-                    }
-                }
+                Some(b) => copy_clipped(&mut rows[at..at + run], &x[*b..], ix0, (c, w as usize), zp),
                 None => rows[at..at + run].fill(zp),
             }
+        }
+    }
+}
+
+/// A kernel row crossing the input's edge: its pixels from column ix0 of the input
+/// row `src` (w pixels of c bytes), the zero point for the columns outside.
+fn copy_clipped(dst: &mut [u8], src: &[u8], ix0: isize, (c, w): (usize, usize), zp: u8) {
+    for (j, o) in dst.chunks_exact_mut(c).enumerate() {
+        let ix = ix0 + j as isize;
+        if (0..w as isize).contains(&ix) {
+            copy_short(o, &src[ix as usize * c..][..c]);
+        } else {
+            o.fill(zp);
         }
     }
 }

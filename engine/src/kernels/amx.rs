@@ -22,8 +22,7 @@ use std::arch::asm;
 use std::arch::x86_64::*;
 
 use super::avx512::{
-    block_mask, block_requant, requant_covers, requantize_store4_from, requantize_store_channels64_from, BlockRequant, DenseOut, TileShape,
-    Walk,
+    block_mask, block_requant, requantize_store4_from, requantize_store_channels64_from, BlockRequant, DenseOut, TileShape, Walk,
 };
 use super::{Isa, PackedWeights, CBLOCK};
 
@@ -182,7 +181,7 @@ unsafe fn dense_with<const BOUNDED: bool>(x: &[u8], pixels: usize, mut walk: Wal
     params.clear();
     let (u8_out, i32_out): (*mut u8, *mut i32) = match out {
         DenseOut::U8(r, o) => {
-            assert!(o.len() >= pixels * cout && requant_covers(r, cout));
+            assert!(o.len() >= pixels * cout && r.covers(cout));
             (u8_lo, u8_hi) = (&r.lo[..cout], &r.hi[..cout]);
             // SAFETY: AVX-512 is the caller's obligation; `r` covers the `cout`
             // channels of the blocks (checked).

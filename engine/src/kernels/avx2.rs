@@ -105,7 +105,7 @@ pub unsafe fn depthwise(x: &[u8], g: &ConvGeometry, zp: u8, w: &[i32], acc: &mut
 /// The CPU must have AVX2.
 #[target_feature(enable = "avx2")]
 pub unsafe fn requantize(acc: &[i32], cout: usize, r: &Requant, out: &mut [u8]) {
-    assert!([r.offset.len(), r.mult.len(), r.bias.len(), r.lo.len(), r.hi.len()].iter().all(|&n| n >= cout));
+    assert!(r.covers(cout));
     if !cout.is_multiple_of(8) && cout <= FLAT_CHANNELS {
         // SAFETY: AVX2, as this function's caller guarantees.
         return unsafe { requantize_flat(acc, cout, r, out) };

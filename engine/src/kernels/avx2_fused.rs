@@ -25,6 +25,7 @@
 use std::arch::x86_64::*;
 use std::cell::Cell;
 
+use super::avx2::gcd;
 use super::{ConvGeometry, PackedWeights, Requant, CBLOCK};
 
 /// The channel of each lane of a block's two accumulators (lanes 0-7: the first,
@@ -58,10 +59,10 @@ pub enum Out<'a> {
 }
 
 thread_local! {
-    /// Vectors the kernels fill per call (block parameters, widened inputs, tap
-    /// pointers), kept by each thread between calls: a conv call must not allocate
-    /// (a part of a MobileNetV2 layer is a few microseconds).
-    static KEPT: Cell<(Vec<BlockParams>, Vec<u32>, Vec<*const u8>)> = const { Cell::new((Vec::new(), Vec::new(), Vec::new())) };
+    /// Vectors the kernels fill per call (block parameters; widened inputs, or the
+    /// depthwise kernel's zero-point pixel), kept by each thread between calls: a conv
+    /// call must not allocate (a part of a MobileNetV2 layer is a few microseconds).
+    static KEPT: Cell<(Vec<BlockParams>, Vec<u32>)> = const { Cell::new((Vec::new(), Vec::new())) };
 }
 
 /// The parameters of channels 0..cout in blocks of 16 ([`LH`] order), the sums of
@@ -88,11 +89,6 @@ fn block_params(r: &Requant, cout: usize, extra: impl Fn(usize) -> i32, into: &m
         }
         into.push(p);
     }
-}
-
-/// Whether every parameter vector of `r` holds at least `n` channels.
-fn covers(r: &Requant, n: usize) -> bool {
-    [r.offset.len(), r.mult.len(), r.bias.len(), r.lo.len(), r.hi.len()].iter().all(|&len| len >= n)
 }
 
 /// Dense weights `rows` ([cout][k]) in the layout of [`conv_dense`]: blocks of 16
@@ -262,22 +258,19 @@ pub unsafe fn conv_dense(x: &[u8], pixels: usize, w: &PackedWeights, out: Out) {
     let blocks = cout.div_ceil(CBLOCK);
     assert!(w.pairs.len() >= blocks * k2 * CBLOCK * 2, "weights packed without the AVX2 pairs");
     assert!(x.len() >= pixels * k);
-    let (mut params, mut xp, ptrs) = KEPT.take();
-    let (requant, zp16) = match &out {
+    let (mut params, mut xp) = KEPT.take();
+    let (out_u8, out_i32, zp16) = match out {
         Out::U8(r, o) => {
-            assert!(o.len() >= pixels * cout && covers(r, cout));
+            assert!(o.len() >= pixels * cout && r.covers(cout));
             block_params(r, cout, |_| 0, &mut params);
-            (true, _mm256_set1_epi16(r.out_zp as i16))
+            (o.as_mut_ptr(), std::ptr::null_mut(), _mm256_set1_epi16(r.out_zp as i16))
         }
         Out::I32(a) => {
             assert!(a.len() >= pixels * cout);
-            (false, _mm256_setzero_si256())
+            (std::ptr::null_mut(), a.as_mut_ptr(), _mm256_setzero_si256())
         }
     };
-    let (out_u8, out_i32) = match out {
-        Out::U8(_, o) => (o.as_mut_ptr(), std::ptr::null_mut()),
-        Out::I32(a) => (std::ptr::null_mut(), a.as_mut_ptr()),
-    };
+    let requant = !out_u8.is_null();
     xp.clear();
     xp.resize(MR * k2 + 8, 0);
     let mut p = 0;
@@ -328,7 +321,7 @@ pub unsafe fn conv_dense(x: &[u8], pixels: usize, w: &PackedWeights, out: Out) {
         }
         p += np;
     }
-    KEPT.set((params, xp, ptrs));
+    KEPT.set((params, xp));
 }
 
 /// Whether [`conv_depthwise`] runs `g` on an input of `len` bytes: it reads 16
@@ -431,10 +424,10 @@ pub unsafe fn conv_depthwise(x: &[u8], g: &ConvGeometry, zp: u8, pairs: &[i16], 
     let (sy, sx) = (g.stride[0], g.stride[1]);
     assert!(depthwise_applies(g, x.len()), "the input needs 16 bytes of slack");
     assert!(pairs.len() >= blocks * kh2 * kw * 32 && sums.len() >= c && out.len() >= g.oh * g.ow * c);
-    assert!(covers(r, c));
+    assert!(r.covers(c));
     // Output pixels read padded columns up to (ow - 1) sx + kw - 1 < wp.
     assert!((g.ow - 1) * sx + kw <= wp && (g.oh - 1) * sy + g.kh <= g.h + g.pads[0] + g.pads[2]);
-    let (mut params, mut zrow, ptrs) = KEPT.take();
+    let (mut params, mut zrow) = KEPT.take();
     let (mut ring, mut held) = PAIR_ROWS.take();
     let zpi = zp as i32;
     block_params(r, c, |ch| zpi.wrapping_mul(sums[ch]), &mut params);
@@ -480,7 +473,7 @@ pub unsafe fn conv_depthwise(x: &[u8], g: &ConvGeometry, zp: u8, pairs: &[i16], 
         }
     }
     PAIR_ROWS.set((ring, held));
-    KEPT.set((params, zrow, ptrs));
+    KEPT.set((params, zrow));
 }
 
 /// What [`dw_row`] reads: the kh2 rows of input pairs of one output row, the weights
@@ -599,13 +592,14 @@ unsafe fn conv_dense_narrow(x: &[u8], pixels: usize, w: &PackedWeights, out: Out
     let (k2p, nv) = (k2.div_ceil(8) * 8, k2.div_ceil(8));
     assert!(w.pairs.len() >= cout * k2p * 2, "weights packed without the AVX2 narrow pairs");
     assert!(x.len() >= pixels * k);
-    let (params, mut xp, ptrs) = KEPT.take();
+    let (params, mut xp) = KEPT.take();
     let mut phases = PHASES.take();
+    // A group of 8 items starts at a channel that is a multiple of gcd(8, cout): its phase.
+    let step = gcd(8, cout);
     let (out_u8, out_i32) = match out {
         Out::U8(r, o) => {
-            assert!(o.len() >= pixels * cout && covers(r, cout));
+            assert!(o.len() >= pixels * cout && r.covers(cout));
             phases.clear();
-            let step = gcd(8, cout);
             for phase in (0..cout).step_by(step) {
                 let mut q =
                     PhaseParams { start: [0; 8], mult: [0.0; 8], bias: [0.0; 8], top: [0.0; 8], lo: [0; 8], zp: [r.out_zp as i32; 8] };
@@ -626,7 +620,6 @@ unsafe fn conv_dense_narrow(x: &[u8], pixels: usize, w: &PackedWeights, out: Out
             (std::ptr::null_mut(), a.as_mut_ptr())
         }
     };
-    let step = gcd(8, cout);
     // Rows of k2 values, then at least a vector's worth more: the last vector of a row
     // reads up to 7 values past it (into the next row, or the slack), which meet zero
     // weights.
@@ -698,7 +691,7 @@ unsafe fn conv_dense_narrow(x: &[u8], pixels: usize, w: &PackedWeights, out: Out
         p += np;
     }
     PHASES.set(phases);
-    KEPT.set((params, xp, ptrs));
+    KEPT.set((params, xp));
 }
 
 /// The eight accumulators of [`conv_dense_narrow`]'s items from (pixel, channel)
@@ -752,13 +745,5 @@ unsafe fn across_lanes(a: &[__m256i; 8]) -> __m256i {
         let h03 = _mm256_hadd_epi32(h01, h23);
         let h47 = _mm256_hadd_epi32(h45, h67);
         _mm256_add_epi32(_mm256_permute2x128_si256::<0x20>(h03, h47), _mm256_permute2x128_si256::<0x31>(h03, h47))
-    }
-}
-
-fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
     }
 }

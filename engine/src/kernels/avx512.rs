@@ -188,11 +188,6 @@ unsafe fn block_of(p: ParamRows, out_zp: f32, c0: usize, nc: usize) -> BlockRequ
     }
 }
 
-/// Whether every parameter vector of `r` holds at least `n` channels.
-pub(super) fn requant_covers(r: &Requant, n: usize) -> bool {
-    [r.offset.len(), r.mult.len(), r.bias.len(), r.lo.len(), r.hi.len()].iter().all(|&len| len >= n)
-}
-
 /// Where the dense kernel writes: requantised u8, or the raw int32 sums (a conv
 /// whose output the float tail takes).
 pub enum DenseOut<'a> {
@@ -480,7 +475,7 @@ pub fn requantize_applies(cout: usize) -> bool {
 /// checked here.)
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub unsafe fn requantize(acc: &[i32], cout: usize, r: &Requant, out: &mut [u8]) {
-    assert!(requantize_applies(cout) && requant_covers(r, cout));
+    assert!(requantize_applies(cout) && r.covers(cout));
     let period = cout * 16 / avx2::gcd(cout, 16);
     // The parameters of value j of a period (channel j % cout), then its blocks.
     let stack = avx2::Period::<FLAT_PERIOD>::new(r, cout, period);
@@ -626,7 +621,7 @@ pub(super) struct TileShape {
 unsafe fn dense_tiles(x: &[u8], pixels: usize, walk: Walk, shape: TileShape, w: &PackedWeights, out: DenseOut) {
     // int32 output has no clamp to skip.
     let bounded = match &out {
-        DenseOut::U8(r, _) => requant_covers(r, w.cout) && dense_bounded(r, w.k, w.cout),
+        DenseOut::U8(r, _) => r.covers(w.cout) && dense_bounded(r, w.k, w.cout),
         DenseOut::I32(_) => true,
     };
     if w.isa == Isa::Avx512Amx && super::amx::worth_tiles(pixels, walk.size[2], w) {
@@ -668,7 +663,7 @@ unsafe fn vnni_tiles<const BOUNDED: bool>(x: &[u8], pixels: usize, mut walk: Wal
     params.clear();
     let (u8_out, i32_out) = match out {
         DenseOut::U8(r, o) => {
-            assert!(o.len() >= pixels * cout && requant_covers(r, cout));
+            assert!(o.len() >= pixels * cout && r.covers(cout));
             // SAFETY: AVX-512 is the caller's obligation; `r` covers the `cout`
             // channels of the blocks (checked).
             params.extend((0..blocks).map(|b| unsafe { block_requant(r, b * CBLOCK, (cout - b * CBLOCK).min(CBLOCK)) }));
@@ -863,7 +858,7 @@ pub unsafe fn conv_depthwise(x: &[u8], g: &ConvGeometry, zp_in: u8, w: &Depthwis
     assert!(x.len() >= g.h * g.w * c + 16 && out.len() >= g.oh * g.ow * c, "input needs slack past its end");
     let blocks = c.div_ceil(CBLOCK);
     let groups = taps.div_ceil(4);
-    assert!(w.quads.len() >= blocks * groups * 64 && w.sums.len() >= c && requant_covers(r, c), "weights packed for VNNI");
+    assert!(w.quads.len() >= blocks * groups * 64 && w.sums.len() >= c && r.covers(c), "weights packed for VNNI");
     // SAFETY: every block's masked loads (parameters, Σw) touch channels below c,
     // inside each vector (checked above). Each pixel's taps are read as 16 bytes at
     // its top-left byte + the block's first channel + a tap's offset: at most the
@@ -1323,7 +1318,7 @@ pub unsafe fn conv_depthwise3x3(
     let c = g.cin;
     assert!(depthwise3x3_applies(g, w, r));
     assert!(w.cols.len() >= c.div_ceil(CBLOCK) * 3 * 64 && w.sums.len() >= c);
-    assert!(requant_covers(r, c));
+    assert!(r.covers(c));
     assert!(x.len() >= g.h * g.w * c + 16 && out.len() >= g.oh * g.ow * c, "input needs slack past its end");
     // SAFETY: the masked loads of each block (Σw, parameters) touch channels below c,
     // inside each vector (checked above); block b's three column registers are 192
@@ -1638,7 +1633,7 @@ pub unsafe fn conv_grouped(x: &[u8], g: &ConvGeometry, zp_in: u8, w: &GroupQuads
     let (cin, cout, taps, q4) = (g.cin, w.sums.len(), w.taps, w.cin_g / 4);
     let blocks = cout.div_ceil(CBLOCK);
     assert!(taps == g.kh * g.kw && w.d0.len() == blocks && w.idx.len() == blocks * q4);
-    assert!(w.quads.len() >= blocks * taps * q4 * 64 && requant_covers(r, cout) && out.len() >= g.oh * g.ow * cout);
+    assert!(w.quads.len() >= blocks * taps * q4 * 64 && r.covers(cout) && out.len() >= g.oh * g.ow * cout);
     // Every block's dwords lie inside one pixel's cin bytes; the 64-byte load from the
     // last pixel's block needs 64 bytes past that pixel's first read dword.
     assert!(
@@ -1765,7 +1760,7 @@ pub unsafe fn conv3d_narrow(
     assert!(planar.len() >= n.planar_len() + 64 && n.quads.len() >= g.cin * kd * kh * mq * cout);
     assert!(voxels.end <= g.output.iter().product::<usize>() && acc.len() >= count * cout);
     if let Some((r, out)) = &requant {
-        assert!(out.len() >= count * cout && requant_covers(r, cout));
+        assert!(out.len() >= count * cout && r.covers(cout));
     }
     // SAFETY: the index tables are local arrays. Each kernel row's load reads 64 bytes
     // from row + ox0 sx, row + ox0 sx < planar_len (the row lies inside the padded

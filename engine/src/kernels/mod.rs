@@ -280,6 +280,14 @@ pub struct Requant {
     pub hi: Vec<u8>,
 }
 
+impl Requant {
+    /// Whether every parameter vector holds at least `n` channels (what the SIMD
+    /// kernels, which read them in whole vectors, check first).
+    pub fn covers(&self, n: usize) -> bool {
+        [self.offset.len(), self.mult.len(), self.bias.len(), self.lo.len(), self.hi.len()].iter().all(|&len| len >= n)
+    }
+}
+
 /// Bytes of scratch [`conv`] needs for `g`: im2row rows (scalar, AVX2) or a padded
 /// copy of the input (VNNI, NEON, armv7 NEON).
 pub fn conv_scratch_len(g: &ConvGeometry, kind: &ConvKind) -> usize {
