@@ -11,16 +11,14 @@ use edgemed_engine::{kernels::Isa, Engine};
 use edgemed_runtime::backend::{self, BackendKind, BackendOptions, Device, OptLevel};
 use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::ndarray::ArrayD;
-use edgemed_tests::{fixture, ort_int8_saturates, ort_library};
+use edgemed_tests::{fixture, ort_library};
 
 mod common;
 use common::noise;
 
-/// The backend's options; ONNX Runtime as the reference: its integer kernels, unless
-/// they saturate on this CPU (`ort_int8_saturates`: no VNNI), then the QDQ graph op by
-/// op (optimisations off), which gives the VNNI kernels' values.
+/// The backend's options; ONNX Runtime at the reference level (`common::ort_int8_level`).
 fn options(kind: BackendKind) -> BackendOptions {
-    let opt_level = if kind == BackendKind::Ort && ort_int8_saturates() { OptLevel::Disable } else { OptLevel::All };
+    let opt_level = if kind == BackendKind::Ort { common::ort_int8_level() } else { OptLevel::All };
     BackendOptions {
         kind,
         device: Device::Cpu,

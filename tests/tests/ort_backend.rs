@@ -13,7 +13,7 @@ use edgemed_runtime::backend::{self, BackendKind, BackendOptions, Device, OptLev
 use edgemed_runtime::error::Error;
 use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::ndarray::ArrayD;
-use edgemed_tests::{fixture, ort_int8_saturates, ort_library};
+use edgemed_tests::{fixture, ort_library};
 
 mod common;
 use common::noise;
@@ -35,17 +35,6 @@ fn both_at(model: &OnnxModel, batch: usize, seed: u64, level: OptLevel) -> (Vec<
     let ort = backend::create(model, &shape, &BackendOptions { opt_level: level, ..options(BackendKind::Ort, Device::Cpu, true) }).unwrap();
     assert_eq!((tract.name(), ort.name(), ort.device().as_str()), ("tract", "ort", "cpu"));
     (tract.run(x.clone()).unwrap(), ort.run(x).unwrap())
-}
-
-/// ONNX Runtime's level for INT8 comparisons: all optimisations (its integer kernels),
-/// unless those saturate on this CPU (`ort_int8_saturates`: no VNNI), then none (the
-/// QDQ graph op by op, which gives the VNNI kernels' values).
-fn int8_level() -> OptLevel {
-    if ort_int8_saturates() {
-        OptLevel::Disable
-    } else {
-        OptLevel::All
-    }
 }
 
 fn max_abs(a: &ArrayD<f32>) -> f32 {
@@ -94,7 +83,7 @@ fn int8_models_agree_within_one_output_step() {
     let step = case["output_step"].as_f64().unwrap() as f32;
     let m = OnnxModel::load(fixture("eqmnv2_c4_qdq.onnx")).unwrap();
     for seed in [1, 2, 3] {
-        let (t, o) = both_at(&m, 4, seed, int8_level());
+        let (t, o) = both_at(&m, 4, seed, common::ort_int8_level());
         let d = max_diff(&t[0], &o[0]);
         println!("eqmnv2_c4_qdq seed {seed}: max |ort - tract| = {:.2} output steps", d / step);
         assert!(d <= step * 1.001, "{} steps apart", d / step);
@@ -108,7 +97,7 @@ fn int8_models_agree_within_one_output_step() {
     // 0.5 on average, the same class.
     let (q, step) = common::demo_int8_with_last_activation();
     for seed in [4, 5] {
-        let (t, o) = both_at(&q, 8, seed, int8_level());
+        let (t, o) = both_at(&q, 8, seed, common::ort_int8_level());
         let d = max_diff(&t[1], &o[1]) / step;
         let mean = t[1].iter().zip(o[1].iter()).map(|(a, b)| (a - b).abs()).sum::<f32>() / t[1].len() as f32 / step;
         println!("pcam-c4-demo INT8 (edgemed DFQ) seed {seed}: last activation max {d:.2} steps, mean {mean:.4} steps apart");

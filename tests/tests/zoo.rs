@@ -16,7 +16,10 @@ use edgemed_engine::Engine;
 use edgemed_runtime::backend::{self, BackendKind, BackendOptions, Device, OptLevel};
 use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::ndarray::{ArrayD, IxDyn};
-use edgemed_tests::{ort_int8_saturates, ort_library, read_f32, repo_root};
+use edgemed_tests::{ort_library, read_f32, repo_root};
+
+#[allow(dead_code)] // each test file uses a part of the shared helpers
+mod common;
 
 fn zoo(name: &str) -> std::path::PathBuf {
     repo_root().join("tests/fixtures/zoo").join(name)
@@ -117,8 +120,8 @@ fn classifier(name: &str, min_sqnr_db: f64) {
         assert!(e_int8 <= e_fp32, "{name}: INT8 rotation error {e_int8:.2e} above FP32's {e_fp32:.2e}");
         if ort_library().is_some() {
             // Its integer kernels, unless they saturate on this CPU (no VNNI: then its
-            // fused run is not the file's function, see `ort_int8_saturates`).
-            let opt_level = if ort_int8_saturates() { OptLevel::Disable } else { OptLevel::All };
+            // fused run is not the file's function, see `common::ort_int8_level`).
+            let opt_level = common::ort_int8_level();
             let e_ort = rotation_error(|x| run_backend(&model, &BackendOptions { opt_level, ..options(BackendKind::Ort) }, x), &x);
             println!("{name}: rotation error INT8 ONNX Runtime {e_ort:.2e}");
             assert!(e_ort <= e_fp32.max(1e-6), "{name}: ONNX Runtime INT8 rotation error {e_ort:.2e} above FP32's {e_fp32:.2e}");

@@ -1,8 +1,20 @@
 //! Setup shared by the backend comparison tests (ort_backend.rs, int8_engine.rs).
 
 use edgemed_converter::graph::Graph;
+use edgemed_runtime::backend::OptLevel;
 use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::ndarray::{ArrayD, IxDyn};
+
+/// ONNX Runtime's optimisation level as the reference for INT8 comparisons: all (its
+/// integer kernels), unless those saturate on this CPU (`edgemed_tests::ort_int8_saturates`:
+/// no VNNI), then none (the QDQ graph op by op, which gives the VNNI kernels' values).
+pub fn ort_int8_level() -> OptLevel {
+    if edgemed_tests::ort_int8_saturates() {
+        OptLevel::Disable
+    } else {
+        OptLevel::All
+    }
+}
 
 /// Seeded uniform noise in [-2, 2).
 pub fn noise(shape: &[usize], seed: u64) -> ArrayD<f32> {
