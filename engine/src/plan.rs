@@ -27,7 +27,7 @@ pub enum ConvLayout {
     /// window of four taps along x ([`crate::kernels::Narrow3`]).
     Narrow(Box<crate::kernels::Narrow3>),
     /// A 3-D convolution read in place from its input padded once with the zero point,
-    /// channels last (AVX-512 VNNI; [`crate::kernels::Padded3`]).
+    /// channels last (AVX-512 VNNI; AVX2 for few input channels; [`crate::kernels::Padded3`]).
     Padded(Box<crate::kernels::Padded3>),
     /// A transposed convolution as a dense conv with one output channel per (output
     /// parity class, channel) on its input, its sums shuffled into the output
@@ -58,7 +58,10 @@ impl ConvLayout {
             ConvLayout::Planes { g, .. } => format!("{}x{}x{}/{} 3-D", g.kernel[0], g.kernel[1], g.kernel[2], g.stride[0]),
             ConvLayout::Transposed { g, .. } => format!("{}x{}x{}/{} transposed", g.kernel[0], g.kernel[1], g.kernel[2], g.stride[0]),
             ConvLayout::Narrow(n) => format!("{}x{}x{}/{} 3-D narrow", n.g.kernel[0], n.g.kernel[1], n.g.kernel[2], n.g.stride[0]),
-            ConvLayout::Padded(p) => format!("{}x{}x{}/{} 3-D in place", p.g.kernel[0], p.g.kernel[1], p.g.kernel[2], p.g.stride[0]),
+            ConvLayout::Padded(p) => {
+                let lanes = if p.lanes.is_some() { ", voxels in lanes" } else { "" };
+                format!("{}x{}x{}/{} 3-D in place{lanes}", p.g.kernel[0], p.g.kernel[1], p.g.kernel[2], p.g.stride[0])
+            }
             ConvLayout::Rows(r) => format!("{}x{}/{} gathered", r.g.kh, r.g.kw, r.g.stride[0]),
             ConvLayout::SubPixel(sp) => {
                 let g = &sp.g;

@@ -1,7 +1,8 @@
 //! 3-D convolutions built on the 2-D kernels. A 3-D conv gathers each output plane's
 //! patches into rows (in the weights' [kd][kh][kw][cin] order) and multiplies them as a
 //! pointwise conv, so it runs on the same VNNI / `sdot` / AVX2 products as a MobileNet's
-//! 1x1 layers (AVX-512 VNNI reads the rows in place instead: `kernels::Padded3`). A
+//! 1x1 layers (AVX-512 VNNI reads the rows in place instead, and AVX2 does for convs of
+//! few input channels, with the voxels in lanes: `kernels::Padded3`). A
 //! transposed conv runs as a sub-pixel conv ([`crate::subpixel`]) wherever its padding
 //! is below the kernel; otherwise it multiplies every input pixel by every tap's weights
 //! (one pointwise product with taps x cout columns) and adds each tap's column into the

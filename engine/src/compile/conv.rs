@@ -238,6 +238,10 @@ fn dense_layout(
         } else if isa.has_avx512_vnni() {
             // Read in place: kd kh kernel rows of kw cin bytes.
             (ConvLayout::Padded(Box::new(Padded3::new(*g))), PackedWeights::new(isa, rows, cout, g.kernel[0] * kh, kw * cin))
+        } else if isa == Isa::Avx2 && Padded3::lanes_apply(g, cout) {
+            // Few input channels: voxels in lanes, read in place (the packed rows only
+            // carry cout and k for the plan).
+            (ConvLayout::Padded(Box::new(Padded3::with_lanes(*g, cout, wq))), PackedWeights::new(isa, rows, cout, 1, k))
         } else {
             let plane = ConvGeometry::new(1, g.output[1] * g.output[2], k, 1, 1, [1, 1], [0; 4])?;
             (ConvLayout::Planes { g: *g, plane }, PackedWeights::new(isa, rows, cout, 1, k))

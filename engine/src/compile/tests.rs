@@ -263,16 +263,18 @@ fn conv_equals_scalar_on_every_isa(
 
 /// 3-D convs on AVX-512 VNNI: with few output channels the narrow layout (pixels in
 /// lanes on zero-point padded planes), with more the in-place layout (kernel rows read
-/// from the zero-point padded channels-last volume); both give the bytes of every other
-/// ISA's gathered rows, requantised (with a ReLU's clamp) and as sums a float op reads:
-/// random channel counts 1-8 and 9-40 (inputs 1-4 and 8: the narrow de-interleaving has
-/// a path per 2, 4 and 8), kernels 1-5 along x, strides 1-2, padding, odd sizes,
-/// threads.
+/// from the zero-point padded channels-last volume); on AVX2, with few input channels,
+/// the in-place layout with voxels in lanes (units of 2, 4 and 8 bytes, channel groups
+/// of 8, 4, 2 and 1, runs that start and end inside rows on 3 threads). All give the
+/// bytes of every other ISA's gathered rows, requantised (with a ReLU's clamp) and as
+/// sums a float op reads: random channel counts 1-8 and 9-40 (inputs 1-4 and 8: the
+/// narrow de-interleaving has a path per 2, 4 and 8), kernels 1-5 along x, strides
+/// 1-2, padding, odd sizes, threads.
 #[test]
 fn dense_3d_convs_equal_every_isa() {
     use crate::kernels::testgen::Lcg;
     let mut s = Lcg::new(17);
-    let (mut narrow_seen, mut in_place_seen) = (0, 0);
+    let (mut narrow_seen, mut in_place_seen, mut lanes_seen) = (0, 0, 0);
     for round in 0..60 {
         let wide = round % 3 == 2;
         let (cin, cout) = ([1, 2, 3, 4, 8][s.below(5)], if wide { 9 + s.below(32) } else { 1 + s.below(8) });
@@ -281,10 +283,20 @@ fn dense_3d_convs_equal_every_isa() {
         let pads: Vec<i64> = (0..6).map(|i| s.below(kernel[i % 3]) as i64).collect();
         let input = [1, cin, kernel[0] + s.below(5), kernel[1] + s.below(6), kernel[2] + s.below(20)];
         // Odd rounds: the sums go to a float op.
-        let seen =
-            conv_equals_scalar_on_every_isa(&mut s, &input, cout, (&kernel, &strides, pads), round % 2 == 1, &["narrow", "in place"]);
+        let seen = conv_equals_scalar_on_every_isa(
+            &mut s,
+            &input,
+            cout,
+            (&kernel, &strides, pads),
+            round % 2 == 1,
+            &["narrow", "in place", "voxels in lanes"],
+        );
         narrow_seen += seen[0];
         in_place_seen += seen[1];
+        lanes_seen += seen[2];
+    }
+    if Isa::Avx2.is_available() {
+        assert!(lanes_seen > 20, "voxels in lanes ran {lanes_seen} times");
     }
     if Isa::Avx512Vnni.is_available() {
         assert!(narrow_seen > 20, "the narrow layout ran {narrow_seen} times");

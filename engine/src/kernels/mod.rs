@@ -41,6 +41,8 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx2_fused;
 #[cfg(target_arch = "x86_64")]
+mod avx2_padded3;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "aarch64")]
 mod neon;
@@ -53,7 +55,7 @@ mod tests;
 use std::sync::OnceLock;
 
 pub use narrow3::{Narrow3, NARROW_MAX_COUT};
-pub use padded3::Padded3;
+pub use padded3::{Padded3, VoxelLanes};
 pub use rows2::{Rows2, ROWS2_PITCH};
 pub use scalar::{im2row, quantize_u8, round_half_even};
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -409,8 +411,9 @@ pub fn conv3d_narrow(
 
 /// A 3-D dense conv ([`Padded3`]) on its padded input, outputs `voxels`: requantised
 /// into `out` when given, else the int32 sums (carrying zp Σw, as dense sums do) in
-/// `acc`; both from the start of their slices. Only AVX-512 VNNI has the kernel, and
-/// the compiler picks this layout for it alone.
+/// `acc`; both from the start of their slices. AVX-512 VNNI has a kernel for any such
+/// conv, AVX2 one for those with voxels in lanes ([`Padded3::lanes`]); the compiler
+/// picks this layout for them alone.
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 pub fn conv3d_padded(
     isa: Isa,
@@ -433,7 +436,19 @@ pub fn conv3d_padded(
             // SAFETY: `checked` confirmed AVX-512 VNNI on this CPU.
             unsafe { avx512::conv3d_dense(padded, &p.g, p.padded, w, voxels, out) }
         }
-        other => unreachable!("a padded 3-D conv compiled for {}: the compiler picks it for AVX-512 VNNI only", other.name()),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if p.lanes.is_some() => {
+            let n = voxels.len() * w.cout;
+            // SAFETY: `checked` confirmed AVX2 on this CPU.
+            unsafe { avx2_padded3::conv3d(padded, p, voxels, acc) };
+            if let Some((r, o)) = requant {
+                requantize(isa, &acc[..n], w.cout, r, &mut o[..n]);
+            }
+        }
+        other => unreachable!(
+            "a padded 3-D conv compiled for {}: the compiler picks it for AVX-512 VNNI and AVX2 (voxels in lanes) only",
+            other.name()
+        ),
     }
 }
 
