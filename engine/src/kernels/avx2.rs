@@ -106,6 +106,10 @@ pub unsafe fn depthwise(x: &[u8], g: &ConvGeometry, zp: u8, w: &[i32], acc: &mut
 #[target_feature(enable = "avx2")]
 pub unsafe fn requantize(acc: &[i32], cout: usize, r: &Requant, out: &mut [u8]) {
     assert!(r.covers(cout));
+    if cout > 0 && 8 % cout == 0 {
+        // SAFETY: AVX2, as this function's caller guarantees.
+        return unsafe { requantize_sides(acc, cout, (r, None), out) };
+    }
     if !cout.is_multiple_of(8) && cout <= FLAT_CHANNELS {
         // SAFETY: AVX2, as this function's caller guarantees.
         return unsafe { requantize_flat(acc, cout, r, out) };
@@ -128,6 +132,56 @@ pub unsafe fn requantize(acc: &[i32], cout: usize, r: &Requant, out: &mut [u8]) 
             let v = (a[c] - r.offset[c]) as f32 * r.mult[c] + r.bias[c];
             o[c] = (scalar::round_half_even(v) + r.out_zp).clamp(r.lo[c] as f32, r.hi[c] as f32) as u8;
         }
+    }
+}
+
+/// [`requantize`] for a channel count that divides 8 (a U-Net's full-resolution
+/// layers), the parameters of 8 values loaded once; with `neg`, also the negative side
+/// of a PReLU ([`super::requantize_two_sided`]): y = pos + neg - z, each side the
+/// reference's requantisation, in the same pass.
+///
+/// # Safety
+/// AVX2; `cout` divides 8 and both requantisations cover it.
+#[target_feature(enable = "avx2")]
+pub unsafe fn requantize_sides(acc: &[i32], cout: usize, (pos, neg): (&Requant, Option<(&Requant, u8)>), out: &mut [u8]) {
+    assert!(cout > 0 && 8 % cout == 0 && pos.covers(cout) && neg.is_none_or(|(r, _)| r.covers(cout)));
+    let n = acc.len().min(out.len());
+    let whole = n / 8 * 8;
+    let p = Period::<8>::new(pos, cout, 8);
+    let q = neg.map(|(r, _)| Period::<8>::new(r, cout, 8));
+    // SAFETY: 8 entries of each parameter array; value i + 8 <= whole <= both lengths.
+    unsafe {
+        let lp = Lanes8::load(p.rows());
+        match (&q, neg) {
+            (Some(q), Some((r, z))) => {
+                let lq = Lanes8::load(q.rows());
+                let z = _mm256_set1_epi32(z as i32);
+                for i in (0..whole).step_by(8) {
+                    let x = _mm256_loadu_si256(acc.as_ptr().add(i) as *const __m256i);
+                    // pos >= z >= neg, and one of them is z: the sum stays in 0..=255.
+                    let y = _mm256_sub_epi32(_mm256_add_epi32(lp.requantize(x, pos.out_zp), lq.requantize(x, r.out_zp)), z);
+                    store8(y, out.as_mut_ptr().add(i));
+                }
+            }
+            _ => {
+                for i in (0..whole).step_by(8) {
+                    let x = _mm256_loadu_si256(acc.as_ptr().add(i) as *const __m256i);
+                    store8(lp.requantize(x, pos.out_zp), out.as_mut_ptr().add(i));
+                }
+            }
+        }
+    }
+    // The last values (fewer than 8; whole pixels), one at a time.
+    let one = |r: &Requant, j: usize| {
+        let c = j % cout;
+        let v = (acc[j] - r.offset[c]) as f32 * r.mult[c] + r.bias[c];
+        (scalar::round_half_even(v) + r.out_zp).clamp(r.lo[c] as f32, r.hi[c] as f32) as u8
+    };
+    for j in whole..n {
+        out[j] = match neg {
+            Some((r, z)) => one(pos, j).wrapping_add(one(r, j)).wrapping_sub(z),
+            None => one(pos, j),
+        };
     }
 }
 

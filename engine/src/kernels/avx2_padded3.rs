@@ -166,23 +166,19 @@ unsafe fn tile<const T: usize, const G: usize>(src: *const u8, s: &Shape, c0: us
 #[inline(always)]
 unsafe fn store<const T: usize, const G: usize, const P: usize>(a: &[[__m256i; G]; T], n: usize, cout: usize, out: *mut i32) {
     let per = 8 / P;
-    let mut lanes = [[[0i32; 8]; G]; T];
-    // SAFETY: T G vectors into `lanes`; the stores: voxel t per + k < n, channel gi < G.
+    // SAFETY: the stores: voxel t per + k < n, channel gi < G.
     unsafe {
-        for t in 0..T {
-            for gi in 0..G {
-                _mm256_storeu_si256(lanes[t][gi].as_mut_ptr() as *mut __m256i, a[t][gi]);
+        let mut lanes = [[[0i32; 8]; G]; T];
+        if n < T * per {
+            for t in 0..T {
+                for gi in 0..G {
+                    _mm256_storeu_si256(lanes[t][gi].as_mut_ptr() as *mut __m256i, a[t][gi]);
+                }
             }
         }
         if n == T * per {
-            for t in 0..T {
-                for k in 0..per {
-                    let o = out.add((t * per + k) * cout);
-                    for gi in 0..G {
-                        let l = &lanes[t][gi][k * P..(k + 1) * P];
-                        *o.add(gi) = l.iter().fold(0i32, |s, &x| s.wrapping_add(x));
-                    }
-                }
+            for (t, at) in a.iter().enumerate() {
+                store_vector::<G, P>(at, cout, out.add(t * per * cout));
             }
         } else {
             for q in 0..n {
@@ -190,6 +186,133 @@ unsafe fn store<const T: usize, const G: usize, const P: usize>(a: &[[__m256i; G
                 for gi in 0..G {
                     let l = &lanes[t][gi][k * P..(k + 1) * P];
                     *out.add(q * cout + gi) = l.iter().fold(0i32, |s, &x| s.wrapping_add(x));
+                }
+            }
+        }
+    }
+}
+
+/// The 8 / P voxels' sums of one vector per channel (lanes (voxel, pair), P pairs
+/// summed by `vphaddd`), each voxel's G channels stored together at out + v cout.
+///
+/// # Safety
+/// AVX2; 8 / P voxels x cout int32 writable at `out`, G <= cout.
+#[inline(always)]
+unsafe fn store_vector<const G: usize, const P: usize>(a: &[__m256i; G], cout: usize, out: *mut i32) {
+    // SAFETY: register operations; stores of G int32 at voxel v < 8 / P (the caller's).
+    unsafe {
+        let at = |v: usize| out.add(v * cout);
+        let lo = |x: __m256i| _mm256_castsi256_si128(x);
+        let hi = |x: __m256i| _mm256_extracti128_si256::<1>(x);
+        let st128 = |v: usize, x: __m128i| _mm_storeu_si128(at(v) as *mut __m128i, x);
+        let st64 = |v: usize, x: __m128i| _mm_storel_epi64(at(v) as *mut __m128i, x);
+        let st256 = |v: usize, x: __m256i| _mm256_storeu_si256(at(v) as *mut __m256i, x);
+        let z = _mm256_setzero_si256();
+        match (P, G) {
+            // Lanes are voxels: a transpose of G channels x 8 voxels.
+            (1, 1) => {
+                let mut l = [0i32; 8];
+                _mm256_storeu_si256(l.as_mut_ptr() as *mut __m256i, a[0]);
+                for (v, &x) in l.iter().enumerate() {
+                    *at(v) = x;
+                }
+            }
+            (1, 2) => {
+                // [v0 v1 | v4 v5], [v2 v3 | v6 v7], each voxel (c0, c1).
+                let (t0, t1) = (_mm256_unpacklo_epi32(a[0], a[1]), _mm256_unpackhi_epi32(a[0], a[1]));
+                for (v, x) in [(0, lo(t0)), (2, lo(t1)), (4, hi(t0)), (6, hi(t1))] {
+                    st64(v, x);
+                    st64(v + 1, _mm_unpackhi_epi64(x, x));
+                }
+            }
+            (1, 4) | (1, 8) => {
+                // Four channels at a time: r[k] = [voxel k c..c+4 | voxel k + 4 c..c+4].
+                let quad = |c: usize| {
+                    let (t0, t1) = (_mm256_unpacklo_epi32(a[c], a[c + 1]), _mm256_unpacklo_epi32(a[c + 2], a[c + 3]));
+                    let (t2, t3) = (_mm256_unpackhi_epi32(a[c], a[c + 1]), _mm256_unpackhi_epi32(a[c + 2], a[c + 3]));
+                    [
+                        _mm256_unpacklo_epi64(t0, t1),
+                        _mm256_unpackhi_epi64(t0, t1),
+                        _mm256_unpacklo_epi64(t2, t3),
+                        _mm256_unpackhi_epi64(t2, t3),
+                    ]
+                };
+                let r = quad(0);
+                if G == 4 {
+                    for (k, x) in r.iter().enumerate() {
+                        st128(k, lo(*x));
+                        st128(k + 4, hi(*x));
+                    }
+                } else {
+                    let s = quad(4);
+                    for k in 0..4 {
+                        st256(k, _mm256_permute2x128_si256::<0x20>(r[k], s[k]));
+                        st256(k + 4, _mm256_permute2x128_si256::<0x31>(r[k], s[k]));
+                    }
+                }
+            }
+            // Two pairs a voxel: hadd(c, c + 1) = [c v0 v1, c+1 v0 v1 | c v2 v3, c+1 v2 v3],
+            // reordered to [v0 (c, c+1), v1 (c, c+1) | v2 .., v3 ..].
+            (2, 1) => {
+                let h = _mm256_hadd_epi32(a[0], z);
+                let mut l = [0i32; 8];
+                _mm256_storeu_si256(l.as_mut_ptr() as *mut __m256i, h);
+                for (v, i) in [0, 1, 4, 5].into_iter().enumerate() {
+                    *at(v) = l[i];
+                }
+            }
+            (2, _) => {
+                let pair = |c: usize| _mm256_shuffle_epi32::<0b11_01_10_00>(_mm256_hadd_epi32(a[c], a[c + 1]));
+                if G == 2 {
+                    let x = pair(0);
+                    st64(0, lo(x));
+                    st64(1, _mm_unpackhi_epi64(lo(x), lo(x)));
+                    st64(2, hi(x));
+                    st64(3, _mm_unpackhi_epi64(hi(x), hi(x)));
+                } else {
+                    // [v0 c..c+4 | v2 c..c+4] and [v1 .. | v3 ..].
+                    let quad = |c: usize| {
+                        let (x, y) = (pair(c), pair(c + 2));
+                        (_mm256_unpacklo_epi64(x, y), _mm256_unpackhi_epi64(x, y))
+                    };
+                    let (r0, r1) = quad(0);
+                    if G == 4 {
+                        st128(0, lo(r0));
+                        st128(1, lo(r1));
+                        st128(2, hi(r0));
+                        st128(3, hi(r1));
+                    } else {
+                        let (s0, s1) = quad(4);
+                        st256(0, _mm256_permute2x128_si256::<0x20>(r0, s0));
+                        st256(1, _mm256_permute2x128_si256::<0x20>(r1, s1));
+                        st256(2, _mm256_permute2x128_si256::<0x31>(r0, s0));
+                        st256(3, _mm256_permute2x128_si256::<0x31>(r1, s1));
+                    }
+                }
+            }
+            // Four pairs a voxel: two hadds give [v0 c..c+4 | v1 c..c+4].
+            _ => {
+                let get = |c: usize| if c < G { a[c] } else { z };
+                let quad = |c: usize| _mm256_hadd_epi32(_mm256_hadd_epi32(get(c), get(c + 1)), _mm256_hadd_epi32(get(c + 2), get(c + 3)));
+                let q0 = quad(0);
+                match G {
+                    1 => {
+                        *at(0) = _mm_cvtsi128_si32(lo(q0));
+                        *at(1) = _mm_cvtsi128_si32(hi(q0));
+                    }
+                    2 => {
+                        st64(0, lo(q0));
+                        st64(1, hi(q0));
+                    }
+                    4 => {
+                        st128(0, lo(q0));
+                        st128(1, hi(q0));
+                    }
+                    _ => {
+                        let q1 = quad(4);
+                        st256(0, _mm256_permute2x128_si256::<0x20>(q0, q1));
+                        st256(1, _mm256_permute2x128_si256::<0x31>(q0, q1));
+                    }
                 }
             }
         }
