@@ -142,6 +142,7 @@ pub unsafe fn requantize(acc: &[i32], cout: usize, r: &Requant, out: &mut [u8]) 
 ///
 /// # Safety
 /// AVX2; `cout` divides 8 and both requantisations cover it.
+#[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx2")]
 pub unsafe fn requantize_sides(acc: &[i32], cout: usize, (pos, neg): (&Requant, Option<(&Requant, u8)>), out: &mut [u8]) {
     assert!(cout > 0 && 8 % cout == 0 && pos.covers(cout) && neg.is_none_or(|(r, _)| r.covers(cout)));
