@@ -59,8 +59,13 @@ impl ConvLayout {
             ConvLayout::Transposed { g, .. } => format!("{}x{}x{}/{} transposed", g.kernel[0], g.kernel[1], g.kernel[2], g.stride[0]),
             ConvLayout::Narrow(n) => format!("{}x{}x{}/{} 3-D narrow", n.g.kernel[0], n.g.kernel[1], n.g.kernel[2], n.g.stride[0]),
             ConvLayout::Padded(p) => {
-                let lanes = if p.lanes.is_some() { ", voxels in lanes" } else { "" };
-                format!("{}x{}x{}/{} 3-D in place{lanes}", p.g.kernel[0], p.g.kernel[1], p.g.kernel[2], p.g.stride[0])
+                let (k, s) = (p.g.kernel, p.g.stride);
+                match (p.g.input[0], &p.lanes) {
+                    // A 2-D conv as a 3-D one of depth 1.
+                    (1, Some(_)) if k[0] == 1 => format!("{}x{}/{} pixels in lanes", k[1], k[2], s[1]),
+                    (_, Some(_)) => format!("{}x{}x{}/{} 3-D in place, voxels in lanes", k[0], k[1], k[2], s[0]),
+                    _ => format!("{}x{}x{}/{} 3-D in place", k[0], k[1], k[2], s[0]),
+                }
             }
             ConvLayout::Rows(r) => format!("{}x{}/{} gathered", r.g.kh, r.g.kw, r.g.stride[0]),
             ConvLayout::SubPixel(sp) => {

@@ -222,7 +222,10 @@ fn dense_layout(
     Some(if two_d {
         let pads = [g.pads[1], g.pads[2], pads_after[1], pads_after[2]];
         let cg = ConvGeometry::new(g.input[1], g.input[2], cin, kh, kw, [g.stride[1], g.stride[2]], pads)?;
-        if Rows2::applies(isa, &cg, cout) {
+        if isa == Isa::Avx2 && Padded3::lanes_apply(g, cout) {
+            // Few input and output channels: pixels in lanes, as a 3-D conv of depth 1.
+            (ConvLayout::Padded(Box::new(Padded3::with_lanes(*g, cout, wq))), PackedWeights::new(isa, rows, cout, 1, k))
+        } else if Rows2::applies(isa, &cg, cout) {
             let r = Rows2 { g: cg };
             let pw = PackedWeights::new(isa, r.pad_weights(&rows, cout), cout, 1, ROWS2_PITCH);
             (ConvLayout::Rows(Box::new(r)), pw)

@@ -304,6 +304,29 @@ fn dense_3d_convs_equal_every_isa() {
     }
 }
 
+/// 2-D convs of few input and output channels (an RGB stem at stride 2, a MobileNet
+/// x0.25's 8 -> 8 pointwise): on AVX2 with the pixels in lanes (units of 2, 4, 6 and 8
+/// bytes), the bytes of every other ISA, requantised and as sums a float op reads, on 1
+/// and 3 threads, any kernel up to 5x5, strides 1-2, padding, odd sizes.
+#[test]
+fn few_channel_2d_convs_equal_every_isa() {
+    use crate::kernels::testgen::Lcg;
+    let mut s = Lcg::new(41);
+    let mut lanes_seen = 0;
+    for round in 0..40 {
+        let (cin, cout) = ([1, 2, 3, 4, 8][s.below(5)], 1 + s.below(16));
+        let kernel = [1 + s.below(5), 1 + s.below(5)];
+        let strides = [1 + s.below(2), 1 + s.below(2)];
+        let pads: Vec<i64> = (0..4).map(|i| s.below(kernel[i % 2]) as i64).collect();
+        let input = [1, cin, kernel[0] + s.below(12), kernel[1] + s.below(30)];
+        lanes_seen +=
+            conv_equals_scalar_on_every_isa(&mut s, &input, cout, (&kernel, &strides, pads), round % 2 == 1, &["pixels in lanes"])[0];
+    }
+    if Isa::Avx2.is_available() {
+        assert!(lanes_seen > 20, "pixels in lanes ran {lanes_seen} times");
+    }
+}
+
 /// 2-D convs with short kernel rows (1-4 input channels, kernels up to 3x3): on AMX,
 /// where the work is large enough, as a pointwise conv on gathered rows; the bytes of
 /// every other ISA's in-place form, requantised (with a ReLU's clamp) and as sums a

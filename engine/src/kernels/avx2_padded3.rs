@@ -41,7 +41,7 @@ pub unsafe fn conv3d(x: &[u8], p: &Padded3, voxels: Range<usize>, acc: &mut [i32
     let (cin, cout, unit, units) = (g.cin, lanes.cout, lanes.unit, lanes.units);
     assert!(voxels.end <= od * oh * ow && acc.len() >= voxels.len() * cout);
     assert!(x.len() >= p.planar_len() + 16, "the padded volume needs 16 bytes of slack");
-    assert!(matches!(unit, 2 | 4 | 8) && unit == g.stride[2] * cin);
+    assert!(matches!(unit, 2 | 4 | 6 | 8) && unit == g.stride[2] * cin);
     assert!(kd * kh * units <= MAX_LANE_UNITS && lanes.pairs.len() >= kd * kh * units * cout * 16);
     let (plane_stride, row_stride) = (ph * pw * cin, pw * cin);
     let mut offsets = [0u32; MAX_LANE_UNITS];
@@ -76,6 +76,7 @@ pub unsafe fn conv3d(x: &[u8], p: &Padded3, voxels: Range<usize>, acc: &mut [i32
                 match unit {
                     2 => run::<1>(src, &shape, c0, n, out),
                     4 => run::<2>(src, &shape, c0, n, out),
+                    6 => run::<3>(src, &shape, c0, n, out),
                     _ => run::<4>(src, &shape, c0, n, out),
                 }
             };
@@ -102,7 +103,7 @@ unsafe fn run<const P: usize>(src: *const u8, s: &Shape, c0: usize, n: usize, ou
 }
 
 /// The sums of channels c0 .. c0 + G for all `n` voxels of a row run starting at `src`
-/// (P pairs, 8 / P voxels per vector), in tiles of T vectors, then single vectors for
+/// (P pairs, 8 / P voxels per vector, 16 / 2P bytes), in tiles of T vectors, then single vectors for
 /// the rest; returns G.
 ///
 /// # Safety
@@ -114,12 +115,12 @@ unsafe fn group<const T: usize, const G: usize, const P: usize>(src: *const u8, 
     // SAFETY: the caller's bounds, voxel by voxel.
     unsafe {
         while q + T * per <= n {
-            let a = tile::<T, G>(src.add(q * 2 * P), s, c0);
+            let a = tile::<T, G>(src.add(q * 2 * P), s, c0, per * 2 * P);
             store::<T, G, P>(&a, T * per, s.cout, out.add(q * s.cout + c0));
             q += T * per;
         }
         while q < n {
-            let a = tile::<1, G>(src.add(q * 2 * P), s, c0);
+            let a = tile::<1, G>(src.add(q * 2 * P), s, c0, per * 2 * P);
             store::<1, G, P>(&a, (n - q).min(per), s.cout, out.add(q * s.cout + c0));
             q += per;
         }
@@ -127,14 +128,14 @@ unsafe fn group<const T: usize, const G: usize, const P: usize>(src: *const u8, 
     G
 }
 
-/// The accumulators of T vectors (16 input bytes apart from `src` on) x channels
-/// c0 .. c0 + G over every unit.
+/// The accumulators of T vectors (`step` input bytes apart from `src` on: 16, or 12
+/// for U = 6) x channels c0 .. c0 + G over every unit.
 ///
 /// # Safety
 /// AVX2; the loads as [`conv3d`] states.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-unsafe fn tile<const T: usize, const G: usize>(src: *const u8, s: &Shape, c0: usize) -> [[__m256i; G]; T] {
+unsafe fn tile<const T: usize, const G: usize>(src: *const u8, s: &Shape, c0: usize, step: usize) -> [[__m256i; G]; T] {
     // SAFETY: the caller's bounds; unaligned loads.
     unsafe {
         let mut a = [[_mm256_setzero_si256(); G]; T];
@@ -143,7 +144,7 @@ unsafe fn tile<const T: usize, const G: usize>(src: *const u8, s: &Shape, c0: us
             let r = src.add(off as usize);
             let mut xs = [_mm256_setzero_si256(); T];
             for (t, xt) in xs.iter_mut().enumerate() {
-                *xt = _mm256_cvtepu8_epi16(_mm_loadu_si128(r.add(t * 16) as *const __m128i));
+                *xt = _mm256_cvtepu8_epi16(_mm_loadu_si128(r.add(t * step) as *const __m128i));
             }
             for gi in 0..G {
                 let wv = _mm256_loadu_si256(w.add(gi * 16) as *const __m256i);
@@ -169,14 +170,14 @@ unsafe fn store<const T: usize, const G: usize, const P: usize>(a: &[[__m256i; G
     // SAFETY: the stores: voxel t per + k < n, channel gi < G.
     unsafe {
         let mut lanes = [[[0i32; 8]; G]; T];
-        if n < T * per {
+        if n < T * per || P == 3 {
             for t in 0..T {
                 for gi in 0..G {
                     _mm256_storeu_si256(lanes[t][gi].as_mut_ptr() as *mut __m256i, a[t][gi]);
                 }
             }
         }
-        if n == T * per {
+        if n == T * per && P != 3 {
             for (t, at) in a.iter().enumerate() {
                 store_vector::<G, P>(at, cout, out.add(t * per * cout));
             }
@@ -291,7 +292,7 @@ unsafe fn store_vector<const G: usize, const P: usize>(a: &[__m256i; G], cout: u
                 }
             }
             // Four pairs a voxel: two hadds give [v0 c..c+4 | v1 c..c+4].
-            _ => {
+            (4, _) => {
                 let get = |c: usize| if c < G { a[c] } else { z };
                 let quad = |c: usize| _mm256_hadd_epi32(_mm256_hadd_epi32(get(c), get(c + 1)), _mm256_hadd_epi32(get(c + 2), get(c + 3)));
                 let q0 = quad(0);
@@ -315,6 +316,7 @@ unsafe fn store_vector<const G: usize, const P: usize>(a: &[__m256i; G], cout: u
                     }
                 }
             }
+            _ => unreachable!("three pairs a voxel leave through the lanes, one at a time"),
         }
     }
 }

@@ -35,10 +35,12 @@ pub const MAX_LANE_UNITS: usize = 256;
 ///
 /// Along x, output voxel v's kernel row starts U = stride_x cin bytes after voxel v - 1's,
 /// so 16 input bytes from voxel v's start hold a "unit" of U bytes (U / 2 = P byte
-/// pairs) for each of the 8 / P voxels v, v + 1, ...: widened to int16, pair p of voxel
-/// v' is int32 lane (v' - v) P + p, which one `vpmaddwd` multiplies with the weights of
-/// those two bytes. A kernel row (kw cin bytes) is M = ceil(kw / stride_x) units; bytes
-/// past kw cin meet zero weights. The P lanes of a voxel are summed at the end.
+/// pairs) for each of the V = 16 / U voxels v, v + 1, ... (8 / P; 2 for U = 6, an RGB
+/// input at stride 2, whose lanes 6 and 7 meet zero weights): widened to int16, pair p
+/// of voxel v' is int32 lane (v' - v) P + p, which one `vpmaddwd` multiplies with the
+/// weights of those two bytes. A kernel row (kw cin bytes) is M = ceil(kw / stride_x)
+/// units; bytes past kw cin meet zero weights. The P lanes of a voxel are summed at the
+/// end.
 #[derive(Debug, Clone)]
 pub struct VoxelLanes {
     pub cout: usize,
@@ -57,12 +59,12 @@ impl Padded3 {
         Padded3 { g, padded, lanes: None }
     }
 
-    /// Whether the voxels-in-lanes kernel takes a conv of `cout` outputs: a unit of 2, 4
-    /// or 8 bytes (cin 2 at stride 1, cin 1 at stride 2, cin 4 or 8, ...), at most 16
+    /// Whether the voxels-in-lanes kernel takes a conv of `cout` outputs: a unit of 2, 4,
+    /// 6 or 8 bytes (cin 2 at stride 1, cin 1 or 3 at stride 2, cin 4 or 8, ...), at most 16
     /// outputs (a block of 16 channels fills its lanes beyond that).
     pub fn lanes_apply(g: &Geometry3, cout: usize) -> bool {
         let units = g.kernel[0] * g.kernel[1] * g.kernel[2].div_ceil(g.stride[2]);
-        matches!(g.stride[2] * g.cin, 2 | 4 | 8) && (1..=16).contains(&cout) && units <= MAX_LANE_UNITS
+        matches!(g.stride[2] * g.cin, 2 | 4 | 6 | 8) && (1..=16).contains(&cout) && units <= MAX_LANE_UNITS
     }
 
     /// The layout with its voxels-in-lanes weights; `w` as ONNX stores them,
@@ -87,7 +89,8 @@ impl Padded3 {
             for b in 0..kh {
                 for m in 0..units {
                     for co in 0..cout {
-                        for lane in 0..8 {
+                        // Lanes past V P (U = 6) stay zero.
+                        for lane in 0..16 / unit * pairs_per_voxel {
                             let o = m * unit + 2 * (lane % pairs_per_voxel);
                             let at = ((((a * kh + b) * units + m) * cout + co) * 8 + lane) * 2;
                             pairs[at] = weight(co, a, b, o);
