@@ -36,6 +36,12 @@ pub(super) const LH: [usize; 16] = [0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13
 /// 15 of the 16 ymm registers.
 const MR: usize = 6;
 
+/// Bytes of weight pairs beyond which a dense conv goes block by block over all its
+/// pixels, widened at once, rather than tile by tile over all blocks (L1 is 32 KiB on
+/// the AVX2 CPUs seen), where the widened pixels take at most [`WIDENED_WHOLE`] bytes.
+const WEIGHTS_BY_TILE: usize = 32 << 10;
+const WIDENED_WHOLE: usize = 192 << 10;
+
 /// One block of 16 output channels' requantisation parameters, in [`LH`] order
 /// (`lo` in channel order: it applies to the packed bytes).
 #[derive(Clone, Copy)]
@@ -290,55 +296,75 @@ pub unsafe fn conv_dense(x: &[u8], pixels: usize, w: &PackedWeights, out: Out) {
         }
     };
     let requant = !out_u8.is_null();
-    xp.clear();
-    xp.resize(MR * k2 + 8, 0);
-    let mut p = 0;
-    while p < pixels {
-        let np = (pixels - p).min(MR);
-        // SAFETY: AVX2; rows p..p + np of x (checked above); xp holds MR k2.
-        unsafe { widen_rows(&x[p * k..], k, np, MR, &mut xp) };
-        for b in 0..blocks {
-            let nc = (cout - b * CBLOCK).min(CBLOCK);
-            // SAFETY: block b's weights are k2 x 32 i16 inside `pairs` (checked); the
-            // loads at kk < k2 stay in them; xp holds MR x k2 values. Parameters:
-            // `params` has `blocks` entries when requantising. Stores: pixel p + q < pixels
-            // (q < np), channels b 16 + (< nc) <= cout, inside `out` (checked).
-            unsafe {
-                let wb = w.pairs.as_ptr().add(b * k2 * CBLOCK * 2);
-                let start = if requant {
-                    let s = params.get_unchecked(b).start.as_ptr();
-                    [_mm256_load_si256(s as *const __m256i), _mm256_load_si256(s.add(8) as *const __m256i)]
-                } else {
-                    [_mm256_setzero_si256(); 2]
-                };
-                let mut a = [[start[0], start[1]]; MR];
-                let xs = xp.as_ptr();
-                for kk in 0..k2 {
-                    let w0 = _mm256_loadu_si256(wb.add(kk * 32) as *const __m256i);
-                    let w1 = _mm256_loadu_si256(wb.add(kk * 32 + 16) as *const __m256i);
-                    for (q, aq) in a.iter_mut().enumerate() {
-                        let xb = _mm256_set1_epi32(*xs.add(q * k2 + kk) as i32);
-                        aq[0] = _mm256_add_epi32(aq[0], _mm256_madd_epi16(xb, w0));
-                        aq[1] = _mm256_add_epi32(aq[1], _mm256_madd_epi16(xb, w1));
+    // One tile of pixels p..p + np (widened at `xs`) times block b's weights.
+    let tile = |xs: *const u32, p: usize, np: usize, b: usize| {
+        let nc = (cout - b * CBLOCK).min(CBLOCK);
+        // SAFETY: block b's weights are k2 x 32 i16 inside `pairs` (checked); the loads
+        // at kk < k2 stay in them; xs holds MR x k2 values (the callers'). Parameters:
+        // `params` has `blocks` entries when requantising. Stores: pixel p + q < pixels
+        // (q < np), channels b 16 + (< nc) <= cout, inside `out` (checked).
+        unsafe {
+            let wb = w.pairs.as_ptr().add(b * k2 * CBLOCK * 2);
+            let start = if requant {
+                let s = params.get_unchecked(b).start.as_ptr();
+                [_mm256_load_si256(s as *const __m256i), _mm256_load_si256(s.add(8) as *const __m256i)]
+            } else {
+                [_mm256_setzero_si256(); 2]
+            };
+            let mut a = [[start[0], start[1]]; MR];
+            for kk in 0..k2 {
+                let w0 = _mm256_loadu_si256(wb.add(kk * 32) as *const __m256i);
+                let w1 = _mm256_loadu_si256(wb.add(kk * 32 + 16) as *const __m256i);
+                for (q, aq) in a.iter_mut().enumerate() {
+                    let xb = _mm256_set1_epi32(*xs.add(q * k2 + kk) as i32);
+                    aq[0] = _mm256_add_epi32(aq[0], _mm256_madd_epi16(xb, w0));
+                    aq[1] = _mm256_add_epi32(aq[1], _mm256_madd_epi16(xb, w1));
+                }
+            }
+            if requant {
+                let prm = params.get_unchecked(b);
+                for q in (0..np).step_by(2) {
+                    let bytes = requantize_pair(a[q], a[q + 1], prm, zp16);
+                    store_half(bytes, 0, out_u8.add((p + q) * cout + b * CBLOCK), nc);
+                    if q + 1 < np {
+                        store_half(bytes, 1, out_u8.add((p + q + 1) * cout + b * CBLOCK), nc);
                     }
                 }
-                if requant {
-                    let prm = params.get_unchecked(b);
-                    for q in (0..np).step_by(2) {
-                        let bytes = requantize_pair(a[q], a[q + 1], prm, zp16);
-                        store_half(bytes, 0, out_u8.add((p + q) * cout + b * CBLOCK), nc);
-                        if q + 1 < np {
-                            store_half(bytes, 1, out_u8.add((p + q + 1) * cout + b * CBLOCK), nc);
-                        }
-                    }
-                } else {
-                    for (q, aq) in a.iter().enumerate().take(np) {
-                        store_sums(*aq, out_i32.add((p + q) * cout + b * CBLOCK), nc);
-                    }
+            } else {
+                for (q, aq) in a.iter().enumerate().take(np) {
+                    store_sums(*aq, out_i32.add((p + q) * cout + b * CBLOCK), nc);
                 }
             }
         }
-        p += np;
+    };
+    let padded = pixels.div_ceil(MR) * MR;
+    xp.clear();
+    if blocks * k2 * CBLOCK * 4 > WEIGHTS_BY_TILE && padded * k2 * 4 <= WIDENED_WHOLE && pixels > MR {
+        // Large weights, few pixels (a MobileNet's 7x7 layers): every pixel widened
+        // once, then block by block, so that each block's weights are read from memory
+        // once and stay in L1 across the tiles (tile by tile, every tile read all of
+        // them: 320 -> 1280 at 7x7, 820 KB of pairs, nine times).
+        xp.resize(padded * k2 + 8, 0);
+        // SAFETY: AVX2; rows 0..pixels of x (checked above); xp holds padded k2 + 8.
+        unsafe { widen_rows(x, k, pixels, padded, &mut xp) };
+        for b in 0..blocks {
+            for p in (0..pixels).step_by(MR) {
+                // SAFETY: tile p's MR rows inside the padded k2 values.
+                tile(unsafe { xp.as_ptr().add(p * k2) }, p, (pixels - p).min(MR), b);
+            }
+        }
+    } else {
+        xp.resize(MR * k2 + 8, 0);
+        let mut p = 0;
+        while p < pixels {
+            let np = (pixels - p).min(MR);
+            // SAFETY: AVX2; rows p..p + np of x (checked above); xp holds MR k2.
+            unsafe { widen_rows(&x[p * k..], k, np, MR, &mut xp) };
+            for b in 0..blocks {
+                tile(xp.as_ptr(), p, np, b);
+            }
+            p += np;
+        }
     }
     KEPT.set((params, xp));
 }
