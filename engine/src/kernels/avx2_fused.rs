@@ -444,7 +444,7 @@ unsafe fn pair_row(x: &[u8], g: &ConvGeometry, zrow: *const u8, r: usize, out: &
 
 thread_local! {
     /// [`conv_depthwise`]'s rows of input pairs (a ring) and the padded row each holds.
-    static PAIR_ROWS: Cell<(Vec<i16>, Vec<usize>)> = const { Cell::new((Vec::new(), Vec::new())) };
+    static PAIR_ROWS: Cell<(Vec<__m256i>, Vec<usize>, Vec<__m256i>)> = const { Cell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
 /// A depthwise conv of any kernel, stride and padding, requantised into `out`;
@@ -473,7 +473,10 @@ pub unsafe fn conv_depthwise(x: &[u8], g: &ConvGeometry, zp: u8, pairs: &[i16], 
     // Output pixels read padded columns up to (ow - 1) sx + kw - 1 < wp.
     assert!((g.ow - 1) * sx + kw <= wp && (g.oh - 1) * sy + g.kh <= g.h + g.pads[0] + g.pads[2]);
     let (mut params, mut zrow) = KEPT.take();
-    let (mut ring, mut held) = PAIR_ROWS.take();
+    let (mut ring_store, mut held, mut sums_row) = PAIR_ROWS.take();
+    // One block's sums of an output row (two vectors a pixel, one pixel of slack).
+    sums_row.clear();
+    sums_row.resize(2 * g.ow + 2, _mm256_setzero_si256());
     let zpi = zp as i32;
     block_params(r, c, |ch| zpi.wrapping_mul(sums[ch]), &mut params);
     // A pixel of zero points (and 16 bytes past it), as u32 words of four.
@@ -483,8 +486,14 @@ pub unsafe fn conv_depthwise(x: &[u8], g: &ConvGeometry, zp: u8, pairs: &[i16], 
     // so rows r mod 2 kh2 of one output row never share a slot.
     let slots = 2 * kh2;
     let row_len = wp * blocks * 32;
+    // Vectors, so that every 32-byte load from a row is aligned: a row's column block is
+    // 64 bytes, and on the allocator's 16-byte alignment half the loads crossed a cache
+    // line.
+    let ring = &mut ring_store;
     ring.clear();
-    ring.resize(slots * row_len, 0);
+    ring.resize(slots * row_len / 16, _mm256_setzero_si256());
+    // SAFETY: the vectors' bytes as i16 values (any bit pattern is valid for both).
+    let ring = unsafe { std::slice::from_raw_parts_mut(ring.as_mut_ptr() as *mut i16, slots * row_len) };
     held.clear();
     held.resize(slots, usize::MAX);
     let zp16 = _mm256_set1_epi16(r.out_zp as i16);
@@ -502,7 +511,7 @@ pub unsafe fn conv_depthwise(x: &[u8], g: &ConvGeometry, zp: u8, pairs: &[i16], 
             }
             *row = ring[slot * row_len..].as_ptr();
         }
-        let row = DwRow { rows: &rows, blocks, ow: g.ow, c, pairs, params: &params, zp16 };
+        let row = DwRow { rows: &rows, blocks, ow: g.ow, c, pairs, params: &params, zp16, sums: sums_row.as_mut_ptr() };
         // SAFETY: AVX2; the rows are ring slots of wp blocks 32 values and every output
         // pixel's columns (ow - 1) sx + kw <= wp (asserted); `pairs` holds blocks kh2 kw
         // 32 values and `params` blocks entries (checked); the output row's ow c bytes
@@ -517,7 +526,7 @@ pub unsafe fn conv_depthwise(x: &[u8], g: &ConvGeometry, zp: u8, pairs: &[i16], 
             }
         }
     }
-    PAIR_ROWS.set((ring, held));
+    PAIR_ROWS.set((ring_store, held, sums_row));
     KEPT.set((params, zrow));
 }
 
@@ -531,6 +540,8 @@ struct DwRow<'a> {
     pairs: &'a [i16],
     params: &'a [BlockParams],
     zp16: __m256i,
+    /// 2 ow + 2 vectors: a block's sums of the row, before their requantisation.
+    sums: *mut __m256i,
 }
 
 /// One output row of [`conv_depthwise`] into `o` (ow c bytes), two pixels per step.
@@ -555,6 +566,9 @@ unsafe fn dw_row(r: &DwRow, kh2: usize, kw: usize, sx: usize, o: *mut u8) {
             let s = prm.start.as_ptr();
             let start = [_mm256_load_si256(s as *const __m256i), _mm256_load_si256(s.add(8) as *const __m256i)];
             let wb = r.pairs.as_ptr().add(b * kh2 * kw * 32);
+            // The sums of the row first, then their requantisation: two loops of
+            // independent steps (one loop holding both ran at half the rate, each step
+            // waiting on its own chain of conversions).
             let mut ox = 0;
             while ox < r.ow {
                 let two = ox + 1 < r.ow;
@@ -573,10 +587,17 @@ unsafe fn dw_row(r: &DwRow, kh2: usize, kw: usize, sx: usize, o: *mut u8) {
                         aq[1] = _mm256_add_epi32(aq[1], _mm256_madd_epi16(_mm256_loadu_si256(zq.add(16) as *const __m256i), w1));
                     }
                 }
-                let bytes = requantize_pair(ap, aq, prm, r.zp16);
+                let at = r.sums.add(2 * ox);
+                (*at, *at.add(1), *at.add(2), *at.add(3)) = (ap[0], ap[1], aq[0], aq[1]);
+                ox += 2;
+            }
+            let mut ox = 0;
+            while ox < r.ow {
+                let at = r.sums.add(2 * ox);
+                let bytes = requantize_pair([*at, *at.add(1)], [*at.add(2), *at.add(3)], prm, r.zp16);
                 let dst = o.add(ox * c + c0);
                 store_half(bytes, 0, dst, c - c0);
-                if two {
+                if ox + 1 < r.ow {
                     store_half(bytes, 1, dst.add(c), c - c0);
                 }
                 ox += 2;
