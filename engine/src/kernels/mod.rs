@@ -3,7 +3,8 @@
 //!
 //! - [`scalar`]: the portable reference, what every machine can run;
 //! - `avx2` and `avx512` (x86-64: AVX2, AVX-512 VNNI; `avx2_fused`, AVX2's convolutions
-//!   fused with their requantisation), and `amx` (AMX-INT8 tiles for
+//!   fused with their requantisation; `avx2_padded3`, AVX2's 2-D and 3-D convs of few
+//!   input channels with the output voxels in lanes), and `amx` (AMX-INT8 tiles for
 //!   the dense convs of CPUs that have them);
 //! - `neon` (aarch64: NEON, and `sdot` where the CPU has the dot-product extension);
 //! - `armv7` (32-bit ARM NEON, in inline assembly).
