@@ -554,9 +554,10 @@ pub fn requantize_two_sided(isa: Isa, acc: &[i32], cout: usize, pos: &Requant, n
     const CHUNK: usize = 8192;
     let cout = cout.max(1);
     #[cfg(target_arch = "x86_64")]
-    if matches!(isa.checked(), Isa::Avx2 | Isa::Avx512Vnni | Isa::Avx512Amx) && 8 % cout == 0 {
-        // SAFETY: `checked` confirmed AVX2 on this CPU (AVX-512 CPUs have it); the same
-        // float operations as `requantize` on each side, in one pass.
+    if isa.checked() == Isa::Avx2 && 8 % cout == 0 {
+        // SAFETY: `checked` confirmed AVX2 on this CPU; the same float operations as
+        // `requantize` on each side, in one pass (the AVX-512 ISAs keep their own
+        // 16-lane requantisation, twice).
         return unsafe { avx2::requantize_sides(acc, cout, (pos, Some((neg, z))), out) };
     }
     let pixels = (CHUNK / cout).max(1);
