@@ -705,8 +705,14 @@ fn quantisation_of_float_planes_equals_scalar() {
     let mut s = Lcg::new(11);
     for isa in Isa::available() {
         for _ in 0..200 {
-            // One channel in a quarter of the rounds (its own path: a volume's input).
-            let (hw, c) = (1 + s.below(70), if s.below(4) == 0 { 1 } else { 1 + s.below(40) });
+            // One channel in a quarter of the rounds (its own path: a volume's input), three
+            // in another quarter (RGB: AVX2 interleaves them by byte shuffles).
+            let c = match s.below(4) {
+                0 => 1,
+                1 => 3,
+                _ => 1 + s.below(40),
+            };
+            let hw = 1 + s.below(70);
             let scale = (1 + s.u32() % 1000) as f32 * 1e-4;
             let t = QTensor { c, h: 1, w: hw, scale, zp: s.u8() };
             // Ties (k + 0.5 steps), saturating and huge values among ordinary ones.
