@@ -402,7 +402,10 @@ pub unsafe fn quantize_nchw_to_nhwc(x: &[f32], stride: usize, t: &QTensor, out: 
                     let p = [0, 1, 2].map(|ch| _mm_loadu_si128(planes[ch].as_ptr().add(j) as *const __m128i));
                     for (k, m) in RGB_INTERLEAVE.iter().enumerate() {
                         let v = _mm_or_si128(
-                            _mm_or_si128(_mm_shuffle_epi8(p[0], _mm_loadu_si128(m[0].as_ptr() as *const __m128i)), _mm_shuffle_epi8(p[1], _mm_loadu_si128(m[1].as_ptr() as *const __m128i))),
+                            _mm_or_si128(
+                                _mm_shuffle_epi8(p[0], _mm_loadu_si128(m[0].as_ptr() as *const __m128i)),
+                                _mm_shuffle_epi8(p[1], _mm_loadu_si128(m[1].as_ptr() as *const __m128i)),
+                            ),
                             _mm_shuffle_epi8(p[2], _mm_loadu_si128(m[2].as_ptr() as *const __m128i)),
                         );
                         _mm_storeu_si128(o.as_mut_ptr().add(3 * j + 16 * k) as *mut __m128i, v);

@@ -170,14 +170,14 @@ unsafe fn store<const T: usize, const G: usize, const P: usize>(a: &[[__m256i; G
     // SAFETY: the stores: voxel t per + k < n, channel gi < G.
     unsafe {
         let mut lanes = [[[0i32; 8]; G]; T];
-        if n < T * per || P == 3 {
+        if n < T * per {
             for t in 0..T {
                 for gi in 0..G {
                     _mm256_storeu_si256(lanes[t][gi].as_mut_ptr() as *mut __m256i, a[t][gi]);
                 }
             }
         }
-        if n == T * per && P != 3 {
+        if n == T * per {
             for (t, at) in a.iter().enumerate() {
                 store_vector::<G, P>(at, cout, out.add(t * per * cout));
             }
@@ -316,7 +316,39 @@ unsafe fn store_vector<const G: usize, const P: usize>(a: &[__m256i; G], cout: u
                     }
                 }
             }
-            _ => unreachable!("three pairs a voxel leave through the lanes, one at a time"),
+            // Three pairs a voxel (6-byte units), two voxels: lanes 6 and 7 are zero (their
+            // weights are). [v0 p0, v1 p0, v0 p1, v1 p1 | v0 p2, v1 p2, 0, 0], the halves
+            // added, then lanes 2, 3 onto 0, 1: (v0, v1) of the channel in lanes 0 and 1.
+            (3, _) => {
+                let idx = _mm256_setr_epi32(0, 3, 1, 4, 2, 5, 6, 7);
+                let two = |c: usize| {
+                    let t = _mm256_permutevar8x32_epi32(a[c], idx);
+                    let s = _mm_add_epi32(lo(t), hi(t));
+                    _mm_add_epi32(s, _mm_shuffle_epi32::<0b11_10_11_10>(s))
+                };
+                match G {
+                    1 => {
+                        let r = two(0);
+                        *at(0) = _mm_cvtsi128_si32(r);
+                        *at(1) = _mm_extract_epi32::<1>(r);
+                    }
+                    2 => {
+                        // [c0 v0, c1 v0, c0 v1, c1 v1].
+                        let u = _mm_unpacklo_epi32(two(0), two(1));
+                        st64(0, u);
+                        st64(1, _mm_unpackhi_epi64(u, u));
+                    }
+                    _ => {
+                        // Four channels at a time: [c..c+4 v0], [c..c+4 v1].
+                        for c in (0..G).step_by(4) {
+                            let (u, w) = (_mm_unpacklo_epi32(two(c), two(c + 1)), _mm_unpacklo_epi32(two(c + 2), two(c + 3)));
+                            _mm_storeu_si128(at(0).add(c) as *mut __m128i, _mm_unpacklo_epi64(u, w));
+                            _mm_storeu_si128(at(1).add(c) as *mut __m128i, _mm_unpackhi_epi64(u, w));
+                        }
+                    }
+                }
+            }
+            _ => unreachable!("units of 2, 4, 6 or 8 bytes"),
         }
     }
 }

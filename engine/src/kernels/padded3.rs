@@ -89,7 +89,8 @@ impl Padded3 {
             for b in 0..kh {
                 for m in 0..units {
                     for co in 0..cout {
-                        // Lanes past V P (U = 6) stay zero.
+                        // Lanes past V P (U = 6) stay zero: the kernel's reduction of
+                        // three pairs a voxel adds them.
                         for lane in 0..16 / unit * pairs_per_voxel {
                             let o = m * unit + 2 * (lane % pairs_per_voxel);
                             let at = ((((a * kh + b) * units + m) * cout + co) * 8 + lane) * 2;
