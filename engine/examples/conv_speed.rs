@@ -8,7 +8,9 @@
 //! expansion (16 -> 96 at 112x112), a projection (96 -> 24 at 56x56) and a deep
 //! layer (576 -> 96 at 14x14).
 
-use edgemed_engine::kernels::{conv, conv_scratch_len, ConvGeometry, ConvKind, Isa, PackedWeights, Requant};
+mod common;
+
+use edgemed_engine::kernels::{ConvGeometry, ConvKind, Isa, PackedWeights};
 
 fn main() {
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
@@ -23,34 +25,14 @@ fn main() {
             eprintln!("no output for {cin} -> {cout} at {size}, kernel {k} stride {stride}");
             continue;
         };
-        let mut seed = 12345u32;
-        let mut next = move || {
-            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
-            (seed >> 16) as u8
-        };
-        let x: Vec<u8> = (0..size * size * cin + 64).map(|_| next()).collect();
-        let w: Vec<i8> = (0..cout * k * k * cin).map(|_| next() as i8).collect();
-        let r = Requant {
-            offset: vec![0; cout],
-            mult: vec![1e-3; cout],
-            bias: vec![-20.0; cout],
-            out_zp: 3.0,
-            lo: vec![3; cout],
-            hi: vec![255; cout],
-        };
-        let (n, macs) = (g.oh * g.ow * cout, (g.oh * g.ow * cout * k * k * cin) as f64);
+        let mut bytes = common::Bytes::default();
+        let x = bytes.take(size * size * cin + 64);
+        let w: Vec<i8> = bytes.take(cout * k * k * cin).into_iter().map(|b| b as i8).collect();
+        let r = common::requant(cout);
+        let macs = (g.oh * g.ow * cout * k * k * cin) as f64;
         for isa in Isa::available().into_iter().filter(|&i| i != Isa::Scalar) {
             let kind = ConvKind::Dense(PackedWeights::new(isa, w.clone(), cout, k, k * cin));
-            let (mut scratch, mut acc, mut out) = (vec![0u8; conv_scratch_len(&g, &kind) + 64], vec![0; n], vec![0u8; n]);
-            let reps = (2e9 / macs).clamp(20.0, 20_000.0) as usize;
-            let mut best = f64::MAX;
-            for _ in 0..5 {
-                let t = std::time::Instant::now();
-                for _ in 0..reps {
-                    conv(isa, &x, &g, 128, &kind, &r, &mut scratch, &mut acc, &mut out);
-                }
-                best = best.min(t.elapsed().as_secs_f64() / reps as f64);
-            }
+            let best = common::seconds_per_conv(isa, &x, &g, &kind, &r, macs, 2e9);
             println!(
                 "{cin:>4} -> {cout:<4} {k}x{k}/{stride} at {size:>3}x{size:<3} {:>11}: {:8.2} us, {:6.1} GMAC/s",
                 isa.name(),
