@@ -142,7 +142,6 @@ pub unsafe fn requantize(acc: &[i32], cout: usize, r: &Requant, out: &mut [u8]) 
 ///
 /// # Safety
 /// AVX2; `cout` divides 8 and both requantisations cover it.
-#[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx2")]
 pub unsafe fn requantize_sides(acc: &[i32], cout: usize, (pos, neg): (&Requant, Option<(&Requant, u8)>), out: &mut [u8]) {
     assert!(cout > 0 && 8 % cout == 0 && pos.covers(cout) && neg.is_none_or(|(r, _)| r.covers(cout)));
@@ -172,17 +171,15 @@ pub unsafe fn requantize_sides(acc: &[i32], cout: usize, (pos, neg): (&Requant, 
             }
         }
     }
-    // The last values (fewer than 8; whole pixels), one at a time.
-    let one = |r: &Requant, j: usize| {
-        let c = j % cout;
-        let v = (acc[j] - r.offset[c]) as f32 * r.mult[c] + r.bias[c];
-        (scalar::round_half_even(v) + r.out_zp).clamp(r.lo[c] as f32, r.hi[c] as f32) as u8
-    };
-    for j in whole..n {
-        out[j] = match neg {
-            Some((r, z)) => one(pos, j).wrapping_add(one(r, j)).wrapping_sub(z),
-            None => one(pos, j),
-        };
+    // The last values (fewer than 8; whole pixels, as 8 is): the reference's loop.
+    let (acc, out) = (&acc[whole..n], &mut out[whole..n]);
+    scalar::requantize(acc, cout, pos, out);
+    if let Some((r, z)) = neg {
+        let mut side = [0u8; 8];
+        scalar::requantize(acc, cout, r, &mut side[..acc.len()]);
+        for (o, s) in out.iter_mut().zip(side) {
+            *o = o.wrapping_add(s).wrapping_sub(z);
+        }
     }
 }
 

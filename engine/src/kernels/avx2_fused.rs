@@ -489,11 +489,10 @@ pub unsafe fn conv_depthwise(x: &[u8], g: &ConvGeometry, zp: u8, pairs: &[i16], 
     // Vectors, so that every 32-byte load from a row is aligned: a row's column block is
     // 64 bytes, and on the allocator's 16-byte alignment half the loads crossed a cache
     // line.
-    let ring = &mut ring_store;
-    ring.clear();
-    ring.resize(slots * row_len / 16, _mm256_setzero_si256());
+    ring_store.clear();
+    ring_store.resize(slots * row_len / 16, _mm256_setzero_si256());
     // SAFETY: the vectors' bytes as i16 values (any bit pattern is valid for both).
-    let ring = unsafe { std::slice::from_raw_parts_mut(ring.as_mut_ptr() as *mut i16, slots * row_len) };
+    let ring = unsafe { std::slice::from_raw_parts_mut(ring_store.as_mut_ptr() as *mut i16, slots * row_len) };
     held.clear();
     held.resize(slots, usize::MAX);
     let zp16 = _mm256_set1_epi16(r.out_zp as i16);

@@ -103,8 +103,8 @@ unsafe fn run<const P: usize>(src: *const u8, s: &Shape, c0: usize, n: usize, ou
 }
 
 /// The sums of channels c0 .. c0 + G for all `n` voxels of a row run starting at `src`
-/// (P pairs, 8 / P voxels per vector, 16 / 2P bytes), in tiles of T vectors, then single vectors for
-/// the rest; returns G.
+/// (P pairs, 2P bytes and 8 / P voxels per vector), in tiles of T vectors, then single
+/// vectors for the rest; returns G.
 ///
 /// # Safety
 /// As [`conv3d`]'s loop states.
@@ -169,25 +169,24 @@ unsafe fn store<const T: usize, const G: usize, const P: usize>(a: &[[__m256i; G
     let per = 8 / P;
     // SAFETY: the stores: voxel t per + k < n, channel gi < G.
     unsafe {
-        let mut lanes = [[[0i32; 8]; G]; T];
-        if n < T * per {
-            for t in 0..T {
-                for gi in 0..G {
-                    _mm256_storeu_si256(lanes[t][gi].as_mut_ptr() as *mut __m256i, a[t][gi]);
-                }
-            }
-        }
         if n == T * per {
             for (t, at) in a.iter().enumerate() {
                 store_vector::<G, P>(at, cout, out.add(t * per * cout));
             }
-        } else {
-            for q in 0..n {
-                let (t, k) = (q / per, q % per);
-                for gi in 0..G {
-                    let l = &lanes[t][gi][k * P..(k + 1) * P];
-                    *out.add(q * cout + gi) = l.iter().fold(0i32, |s, &x| s.wrapping_add(x));
-                }
+            return;
+        }
+        // A run's last vector, part of it: lane by lane.
+        let mut lanes = [[[0i32; 8]; G]; T];
+        for t in 0..T {
+            for gi in 0..G {
+                _mm256_storeu_si256(lanes[t][gi].as_mut_ptr() as *mut __m256i, a[t][gi]);
+            }
+        }
+        for q in 0..n {
+            let (t, k) = (q / per, q % per);
+            for gi in 0..G {
+                let l = &lanes[t][gi][k * P..(k + 1) * P];
+                *out.add(q * cout + gi) = l.iter().fold(0i32, |s, &x| s.wrapping_add(x));
             }
         }
     }
