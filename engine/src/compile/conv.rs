@@ -219,12 +219,16 @@ fn dense_layout(
     }
     let [_, kh, kw] = g.kernel;
     let pixels: usize = g.input.iter().product();
+    // AVX2, few input and output channels: pixels (voxels) in lanes, read in place from
+    // the padded input (a 2-D conv as a 3-D one of depth 1; the packed rows only carry
+    // cout and k for the plan).
+    let lanes_fit = isa == Isa::Avx2 && Padded3::lanes_apply(g, cout);
+    let lanes = |rows| (ConvLayout::Padded(Box::new(Padded3::with_lanes(*g, cout, wq))), PackedWeights::new(isa, rows, cout, 1, k));
     Some(if two_d {
         let pads = [g.pads[1], g.pads[2], pads_after[1], pads_after[2]];
         let cg = ConvGeometry::new(g.input[1], g.input[2], cin, kh, kw, [g.stride[1], g.stride[2]], pads)?;
-        if isa == Isa::Avx2 && Padded3::lanes_apply(g, cout) {
-            // Few input and output channels: pixels in lanes, as a 3-D conv of depth 1.
-            (ConvLayout::Padded(Box::new(Padded3::with_lanes(*g, cout, wq))), PackedWeights::new(isa, rows, cout, 1, k))
+        if lanes_fit {
+            lanes(rows)
         } else if Rows2::applies(isa, &cg, cout) {
             let r = Rows2 { g: cg };
             let pw = PackedWeights::new(isa, r.pad_weights(&rows, cout), cout, 1, ROWS2_PITCH);
@@ -241,10 +245,8 @@ fn dense_layout(
         } else if isa.has_avx512_vnni() {
             // Read in place: kd kh kernel rows of kw cin bytes.
             (ConvLayout::Padded(Box::new(Padded3::new(*g))), PackedWeights::new(isa, rows, cout, g.kernel[0] * kh, kw * cin))
-        } else if isa == Isa::Avx2 && Padded3::lanes_apply(g, cout) {
-            // Few input channels: voxels in lanes, read in place (the packed rows only
-            // carry cout and k for the plan).
-            (ConvLayout::Padded(Box::new(Padded3::with_lanes(*g, cout, wq))), PackedWeights::new(isa, rows, cout, 1, k))
+        } else if lanes_fit {
+            lanes(rows)
         } else {
             let plane = ConvGeometry::new(1, g.output[1] * g.output[2], k, 1, 1, [1, 1], [0; 4])?;
             (ConvLayout::Planes { g: *g, plane }, PackedWeights::new(isa, rows, cout, 1, k))
