@@ -30,7 +30,7 @@ pub unsafe fn conv(x: &[u8], g: &ConvGeometry, zp: u8, kind: &ConvKind, r: &Requ
         ConvKind::Dense(w) => unsafe { avx2_fused::conv_dense(rows(x, g, zp, scratch), pixels, w, avx2_fused::Out::U8(r, out)) },
         ConvKind::Depthwise(w) if avx2_fused::depthwise_applies(g, x.len()) => {
             // SAFETY: as above.
-            unsafe { avx2_fused::conv_depthwise(x, g, zp, &w.pairs, &w.sums, r, out) }
+            unsafe { avx2_fused::conv_depthwise(x, g, zp, (&w.pairs, &w.sums, &w.avx2_params), r, out) }
         }
         _ => {
             // SAFETY: as above.

@@ -269,7 +269,7 @@ impl ConvGeometry {
 }
 
 /// Per-channel requantisation parameters of one convolution.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Requant {
     /// Subtracted from the accumulator (input zero point x Σw; 0 for depthwise and grouped, which correct in the loop).
     pub offset: Vec<i32>,

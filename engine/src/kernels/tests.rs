@@ -74,6 +74,49 @@ fn convolutions_equal_scalar_on_random_geometries() {
     assert!(inside * 2 > total, "{inside} of {total} outputs inside the clamp");
 }
 
+/// One layer's weights, packed once, called with one requantisation and input zero
+/// point, then others, then the first again, as a caller may: the kernels that keep
+/// parameters made at a layer's first call with its weights (AVX2's `KeptParams`) must
+/// give each call the reference's bytes for what that call passed.
+#[test]
+fn weights_called_with_other_requantisations_give_their_outputs() {
+    let spec = ConvSpec { max_hw: 9, max_c: 40, kh: &[1, 3], kw: None, max_stride: 2, extreme_every: 7 };
+    let mut s = Lcg::new(13);
+    let mut checked = 0;
+    for _ in 0..60 {
+        let Some(case) = conv_case(&mut s, &spec) else { continue };
+        let (g, n, cout) = (case.g, case.outputs(), case.cout);
+        let scalar_kind = case.kind(Isa::Scalar);
+        let scratch_len = conv_scratch_len(&g, &scalar_kind) + 64;
+        let mut acc = vec![0i32; n];
+        scalar::accumulate(&case.x, &g, case.zp, &scalar_kind, &mut vec![0; scratch_len], &mut acc);
+        let (r1, r2) = (centred_requant(&mut s, &acc, cout), centred_requant(&mut s, &acc, cout));
+        // The same parameters but one channel's clamp, and another input zero point.
+        let mut r3 = r1.clone();
+        r3.hi[cout - 1] = r3.hi[cout - 1].saturating_sub(40);
+        let zp2 = case.zp ^ 0x5a;
+        let calls = [(&r1, case.zp), (&r2, case.zp), (&r1, zp2), (&r3, case.zp), (&r1, case.zp)];
+        let reference: Vec<Vec<u8>> = calls
+            .iter()
+            .map(|&(r, zp)| {
+                let mut out = vec![0u8; n];
+                conv(Isa::Scalar, &case.x, &g, zp, &scalar_kind, r, &mut vec![0; scratch_len], &mut vec![0; n], &mut out);
+                out
+            })
+            .collect();
+        for isa in Isa::available() {
+            let kind = case.kind(isa);
+            for (k, &(r, zp)) in calls.iter().enumerate() {
+                let mut out = vec![0u8; n];
+                conv(isa, &case.x, &g, zp, &kind, r, &mut vec![0; scratch_len], &mut vec![0; n], &mut out);
+                assert_eq!(reference[k], out, "{isa:?} call {k}, depthwise {} {g:?} cout {cout}", case.depthwise);
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked > 40, "{checked} cases");
+}
+
 /// Kernels taller than 16 rows (a depthwise conv along one long axis): kernels whose
 /// fast paths hold a bounded number of kernel rows (AVX2's depthwise: 8 row pairs) must
 /// hand them to their general path, not stop.

@@ -44,6 +44,9 @@ pub struct PackedWeights {
     /// AVX2: blocks of 16 output channels, k in pairs: [cout/16][k/2][16][2] as i16.
     #[cfg(target_arch = "x86_64")]
     pub(crate) pairs: Vec<i16>,
+    /// AVX2: the requantisation parameters of the layer's first call, in blocks.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) avx2_params: super::avx2_fused::KeptParams,
     /// VNNI and `sdot`: blocks of 16 output channels, each kernel row in quadruples (zero
     /// padded): [cout/16][kernel_rows][row_len/4][16][4].
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -80,6 +83,8 @@ impl PackedWeights {
             rows: Vec::new(),
             #[cfg(target_arch = "x86_64")]
             pairs: Vec::new(),
+            #[cfg(target_arch = "x86_64")]
+            avx2_params: Default::default(),
             #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
             quads: Lined::default(),
             #[cfg(target_arch = "x86_64")]
@@ -168,6 +173,9 @@ pub struct DepthwiseWeights {
     /// padded): [c/16][taps/2][16][2] as i16.
     #[cfg(target_arch = "x86_64")]
     pub(crate) pairs: Vec<i16>,
+    /// AVX2: the requantisation parameters of the layer's first call, in blocks.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) avx2_params: super::avx2_fused::KeptParams,
     /// VNNI, 3x3 kernels (taps = 9): blocks of 16 channels, one register per kernel
     /// column holding its three rows as the bytes of each channel's int32 (zero
     /// padded): [c/16][3][16][4]. Empty for other kernels.
@@ -196,6 +204,8 @@ impl DepthwiseWeights {
             sums,
             #[cfg(target_arch = "x86_64")]
             pairs: Vec::new(),
+            #[cfg(target_arch = "x86_64")]
+            avx2_params: Default::default(),
             #[cfg(target_arch = "x86_64")]
             quads: Vec::new(),
             #[cfg(target_arch = "x86_64")]
