@@ -1208,7 +1208,7 @@ impl Engine {
         let (requant, out) = out.map_or((None, None), |(r, o)| (Some(r), Some(o)));
         match layout {
             ConvLayout::Direct(g) => {
-                let cuts = conv_parts(g, parts);
+                let cuts = conv_parts(g, parts, kernels::pixel_tile(kind));
                 let lens = || cuts.iter().map(|p| p.pixels.len() * cout);
                 let outs = outs_for(out, lens());
                 let work: Vec<_> = cuts.iter().zip(cut(&mut s.acc, lens())).zip(outs).collect();
@@ -1254,7 +1254,7 @@ impl Engine {
             }
             ConvLayout::Transposed { g, cols, col_offset } => {
                 // The columns: a pointwise product over the input pixels.
-                let cuts = conv_parts(cols, parts);
+                let cuts = conv_parts(cols, parts, kernels::pixel_tile(kind));
                 let work: Vec<_> = cuts.iter().zip(cut(&mut s.acc, cuts.iter().map(|p| p.pixels.len() * cout))).collect();
                 self.split(&s.lanes, work, |(p, a), l| kernels::accumulate(isa, &x[p.from..], &p.g, zp, kind, &mut l.rows, a));
                 // Their scatter into the output, by output planes.

@@ -79,13 +79,17 @@ pub struct ConvPart {
 }
 
 /// Conv `g` cut into at most `parts` parts (see the module's comment); one part,
-/// the whole conv, where cutting would leave a part that reads no input row.
-pub fn conv_parts(g: &ConvGeometry, parts: usize) -> Vec<ConvPart> {
+/// the whole conv, where cutting would leave a part that reads no input row. A
+/// pointwise conv's parts start at multiples of `tile` pixels, its kernel's tile
+/// ([`crate::kernels::pixel_tile`]): an 80 -> 1280 conv at 3x3 (9 pixels) on AVX2's
+/// 6-pixel tiles, cut at multiples of 4, gave parts of 8 and 1 pixels, two tiles
+/// against one.
+pub fn conv_parts(g: &ConvGeometry, parts: usize, tile: usize) -> Vec<ConvPart> {
     if g.is_pointwise() {
         // Even whole: as one row of pixels, which the kernels read in place by tiles
         // of 16 (the AMX kernel copies each pixel of a row shorter than a tile first:
         // MobileNetV2's 960 -> 160 at 7x7 took 12.9 us as 7 rows, 7.9 as one row).
-        return ranges(g.h * g.w, parts, PIXEL_ALIGN)
+        return ranges(g.h * g.w, parts, tile)
             .into_iter()
             .map(|r| ConvPart {
                 g: ConvGeometry::new(1, r.len(), g.cin, 1, 1, [1, 1], [0; 4]).expect("a 1x1 conv fits any input"),
@@ -151,6 +155,24 @@ mod tests {
         }
     }
 
+    /// A pointwise conv's parts start at multiples of its kernel's tile: 9 pixels on
+    /// AVX2's 6-pixel tiles go 6 + 3 (a tile each), not 8 + 1 (two tiles and one).
+    #[test]
+    fn pointwise_parts_keep_the_kernels_tiles_whole() {
+        let g = ConvGeometry::new(3, 3, 80, 1, 1, [1, 1], [0; 4]).unwrap();
+        let lens = |tile| conv_parts(&g, 2, tile).iter().map(|p| p.pixels.len()).collect::<Vec<_>>();
+        assert_eq!(lens(PIXEL_ALIGN), [8, 1]);
+        assert_eq!(lens(6), [6, 3]);
+        #[cfg(target_arch = "x86_64")]
+        {
+            let dense =
+                |cin: usize, cout: usize| ConvKind::Dense(crate::kernels::PackedWeights::new(Isa::Avx2, vec![1; cin * cout], cout, 1, cin));
+            assert_eq!(kernels::pixel_tile(&dense(80, 1280)), 6);
+            // The narrow kernel (2-4 outputs) keeps 4.
+            assert_eq!(kernels::pixel_tile(&dense(8, 2)), PIXEL_ALIGN);
+        }
+    }
+
     /// Small maps stay whole unless their work is long (the C4's 11x11 and 5x5 convs);
     /// MobileNetV2's 7x7 convs and every conv on a large map are still cut.
     #[test]
@@ -195,7 +217,7 @@ mod tests {
                 kernels::conv(*isa, &x, &g, zp, kind, &r, &mut vec![0; scratch_len], &mut vec![0; n], &mut whole);
                 kernels::accumulate(*isa, &x, &g, zp, kind, &mut vec![0; scratch_len], &mut whole_sums);
                 for parts in 2..=4 {
-                    let cuts = conv_parts(&g, parts);
+                    let cuts = conv_parts(&g, parts, kernels::pixel_tile(kind));
                     assert_eq!(cuts.last().unwrap().pixels.end, g.oh * g.ow);
                     let (mut out, mut sums) = (vec![0u8; n], vec![0i32; n]);
                     let lens = || cuts.iter().map(|p| p.pixels.len() * cout);

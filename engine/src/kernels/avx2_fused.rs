@@ -35,7 +35,7 @@ pub(super) const LH: [usize; 16] = [0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13
 
 /// Pixels per dense tile: 12 accumulators, two weight vectors and a broadcast fill
 /// 15 of the 16 ymm registers.
-const MR: usize = 6;
+pub(super) const MR: usize = 6;
 
 /// Bytes of weight pairs beyond which a dense conv goes block by block over all its
 /// pixels, widened at once, rather than tile by tile over all blocks (L1 is 32 KiB on

@@ -291,6 +291,18 @@ impl Requant {
     }
 }
 
+/// Pixels per tile of the kernel that runs a pointwise conv of `kind`, each tile
+/// costing the same however many of its pixels are real: where a pointwise conv is cut
+/// into parts ([`crate::split::conv_parts`]), at multiples of it. AVX2's dense kernel
+/// takes 6 pixels a tile (its narrow one, and the others, 4 or a multiple of 4).
+pub fn pixel_tile(kind: &ConvKind) -> usize {
+    match kind {
+        #[cfg(target_arch = "x86_64")]
+        ConvKind::Dense(w) if w.isa == Isa::Avx2 && !avx2_fused::narrow_applies(w.cout, w.k) => avx2_fused::MR,
+        _ => crate::split::PIXEL_ALIGN,
+    }
+}
+
 /// Bytes of scratch [`conv`] needs for `g`: im2row rows (scalar, AVX2) or a padded
 /// copy of the input (VNNI, NEON, armv7 NEON).
 pub fn conv_scratch_len(g: &ConvGeometry, kind: &ConvKind) -> usize {
