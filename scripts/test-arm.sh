@@ -21,14 +21,17 @@ cd "$(dirname "$0")/.."
 targets=${EDGEMED_ARM_TARGETS:-"aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf"}
 scripts/setup-cross.sh
 
-# x86 references, from the host's release build (scripts/test.sh built it already).
-cargo build --release -q -p edgemed-runtime --bin edgemed-run
+# x86 references, from the host's release build: the workspace's binaries, as scripts/test.sh
+# built them (nothing to rebuild; `cargo run -p edgemed-converter` alone resolves the
+# runtime's features otherwise and rebuilt it and the converter, 1-2 minutes of CI).
+cargo build --release -q --workspace --bins
 host=target/release/edgemed-run
+converter=target/release/edgemed
 ref=target/arm-check
 rm -rf "$ref" && mkdir -p "$ref"
 qdq=(tests/fixtures/eqmnv2_c4_qdq.onnx --input tests/fixtures/eqmnv2_c4_qdq.input.f32)
 fp32=(tests/fixtures/eqmnv2_c8.onnx --input tests/fixtures/eqmnv2_c8.input.f32)
-cargo run --release -q -p edgemed-converter -- quantize models/bundled/pcam-c4-demo.onnx -o "$ref/pcam-int8.onnx" >/dev/null
+"$converter" quantize models/bundled/pcam-c4-demo.onnx -o "$ref/pcam-int8.onnx" >/dev/null
 int8=("$ref/pcam-int8.onnx" --input tests/fixtures/eqmnv2_c4.input.f32)
 "$host" run "${qdq[@]}" --output-dir "$ref/x86-qdq" >/dev/null
 "$host" --backend tract run "${int8[@]}" --output-dir "$ref/x86-int8" >/dev/null
@@ -39,7 +42,7 @@ int8=("$ref/pcam-int8.onnx" --input tests/fixtures/eqmnv2_c4.input.f32)
 "$host" --backend int8 run "${qdq[@]}" --output-dir "$ref/x86-qdq-engine" >/dev/null
 "$host" --backend int8 classify examples/data/pcam -m "$ref/pcam-int8.onnx" --format csv -o "$ref/x86-engine.csv" 2>/dev/null
 # escnn's own export (grouped equivariant convs) after the converter's defaults.
-cargo run --release -q -p edgemed-converter -- quantize tests/fixtures/zoo/c4_legacy_bn.onnx -o "$ref/escnn-c4-int8.onnx" 2>/dev/null
+"$converter" quantize tests/fixtures/zoo/c4_legacy_bn.onnx -o "$ref/escnn-c4-int8.onnx" 2>/dev/null
 head -c $((3 * 95 * 95 * 4)) tests/fixtures/zoo/input95.f32 > "$ref/escnn.input.f32"    # its first image
 escnn=("$ref/escnn-c4-int8.onnx" --input "$ref/escnn.input.f32")
 "$host" --backend int8 run "${escnn[@]}" --output-dir "$ref/x86-escnn-engine" >/dev/null
