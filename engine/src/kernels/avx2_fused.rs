@@ -421,25 +421,43 @@ const MAX_ROW_PAIRS: usize = 8;
 /// Depthwise weights ([c][taps] as ONNX stores them, taps kh x kw) for
 /// [`conv_depthwise`]: blocks of 16 channels in [`LH`] order, kernel rows in pairs
 /// (2 i, 2 i + 1; the second zero past kh), then the kernel column:
-/// [c/16][kh/2][kw][16][2] as i16.
+/// [c/16][kh/2][kw][16][2] as i16. For an odd kh, the same again with the rows paired
+/// one row up ((2 i - 1, 2 i): the first pair's first row zero), for the output rows
+/// that start on an odd padded row ([`odd_rows_shift`]).
 pub fn pack_depthwise_pairs(w: &[i8], c: usize, kh: usize, kw: usize) -> Vec<i16> {
     let (kh2, taps) = (kh.div_ceil(2), kh * kw);
     let blocks = c.div_ceil(16);
-    let mut pairs = vec![0i16; blocks * kh2 * kw * 32];
-    for b in 0..blocks {
-        for (lane, &d) in LH.iter().enumerate() {
-            let ch = b * 16 + d;
-            if ch >= c {
-                continue;
-            }
-            for i in 0..kh {
-                for j in 0..kw {
-                    pairs[(((b * kh2 + i / 2) * kw + j) * 16 + lane) * 2 + i % 2] = w[ch * taps + i * kw + j] as i16;
+    let half = blocks * kh2 * kw * 32;
+    let shifts = if kh % 2 == 1 { 2 } else { 1 };
+    let mut pairs = vec![0i16; shifts * half];
+    for (shift, pairs) in pairs.chunks_exact_mut(half).enumerate() {
+        for b in 0..blocks {
+            for (lane, &d) in LH.iter().enumerate() {
+                let ch = b * 16 + d;
+                if ch >= c {
+                    continue;
+                }
+                for i in 0..kh {
+                    // Kernel row i sits at row i + shift of the pairs.
+                    let at = i + shift;
+                    for j in 0..kw {
+                        pairs[(((b * kh2 + at / 2) * kw + j) * 16 + lane) * 2 + at % 2] = w[ch * taps + i * kw + j] as i16;
+                    }
                 }
             }
         }
     }
     pairs
+}
+
+/// Whether [`conv_depthwise`] builds pairs of input rows that start on even padded rows
+/// only: kernels of odd height, whose rows paired one row up (see
+/// [`pack_depthwise_pairs`]) still fit kh / 2 + 1 = ceil(kh / 2) pairs. A stride-1
+/// conv then widens each input row into one pair row instead of two (`depthwise_speed`,
+/// Zen 3, best of 6 alternations: 144 channels at 56x56 217 -> 202 us, 32 at 112x112
+/// 199 -> 180, 384 at 14x14 37.4 -> 34.3, 240 at 3x3 1.93 -> 1.67; stride 2 level).
+fn odd_rows_shift(kh: usize) -> bool {
+    kh % 2 == 1
 }
 
 /// Row r of the zero-point padded input and row r + 1 as int16 pairs: per padded
@@ -492,9 +510,11 @@ thread_local! {
 /// Kernel rows go in pairs: rows r and r + 1 of the zero-point padded input are
 /// interleaved once as int16 pairs ([`pair_row`], kept in a ring of rows: each is
 /// built once per call, and read by every output row and kernel column that needs
-/// it), so each pair of taps is one load and one `vpmaddwd` per 8 channels. Every tap
-/// reads a value (the zero point in the padding; an odd kh's partner row meets zero
-/// weights), so the zero-point correction is zp Σw, in the sums' start. Two output
+/// it), so each pair of taps is one load and one `vpmaddwd` per 8 channels. For odd
+/// kh, r is always even: an output row starting on an odd row pairs its kernel rows one
+/// row up ([`odd_rows_shift`]). Every tap reads a value (the zero point in the padding;
+/// a row past the kernel meets zero weights), so the zero-point correction is zp Σw, in
+/// the sums' start. Two output
 /// pixels per step share the weights' loads and the requantisation's packing.
 ///
 /// # Safety
@@ -514,7 +534,8 @@ pub unsafe fn conv_depthwise(
     let wp = g.w + g.pads[1] + g.pads[3];
     let (sy, sx) = (g.stride[0], g.stride[1]);
     assert!(depthwise_applies(g, x.len()), "the input needs 16 bytes of slack");
-    assert!(pairs.len() >= blocks * kh2 * kw * 32 && sums.len() >= c && out.len() >= g.oh * g.ow * c);
+    let shifts = if odd_rows_shift(g.kh) { 2 } else { 1 };
+    assert!(pairs.len() >= shifts * blocks * kh2 * kw * 32 && sums.len() >= c && out.len() >= g.oh * g.ow * c);
     assert!(r.covers(c));
     // Output pixels read padded columns up to (ow - 1) sx + kw - 1 < wp.
     assert!((g.ow - 1) * sx + kw <= wp && (g.oh - 1) * sy + g.kh <= g.h + g.pads[0] + g.pads[2]);
@@ -553,9 +574,14 @@ pub unsafe fn conv_depthwise(
     let zp16 = _mm256_set1_epi16(r.out_zp as i16);
     let mut rows = [std::ptr::null::<i16>(); MAX_ROW_PAIRS];
     assert!(kh2 <= rows.len(), "kernels of at most 16 rows (depthwise_applies)");
+    // An output row starting on an odd padded row reads the pair rows from the even
+    // row above with the weights paired one row up (odd kernels, `odd_rows_shift`).
+    let half = blocks * kh2 * kw * 32;
+    let shift = odd_rows_shift(g.kh);
     for oy in 0..g.oh {
+        let (first, weights) = if shift && oy * sy % 2 == 1 { (oy * sy - 1, &pairs[half..]) } else { (oy * sy, pairs) };
         for (i2, row) in rows.iter_mut().enumerate().take(kh2) {
-            let pr = oy * sy + 2 * i2;
+            let pr = first + 2 * i2;
             let slot = pr % slots;
             if held[slot] != pr {
                 // SAFETY: AVX2; the input's slack (asserted), the zero-point row's
@@ -565,7 +591,7 @@ pub unsafe fn conv_depthwise(
             }
             *row = ring[slot * row_len..].as_ptr();
         }
-        let row = DwRow { rows: &rows, blocks, ow: g.ow, c, pairs, params, zp16, sums: sums_row.as_mut_ptr() };
+        let row = DwRow { rows: &rows, blocks, ow: g.ow, c, pairs: weights, params, zp16, sums: sums_row.as_mut_ptr() };
         // SAFETY: AVX2; the rows are ring slots of wp blocks 32 values and every output
         // pixel's columns (ow - 1) sx + kw <= wp (asserted); `pairs` holds blocks kh2 kw
         // 32 values and `params` blocks entries (checked); the output row's ow c bytes
