@@ -169,8 +169,9 @@ pub struct DepthwiseWeights {
     /// VNNI: blocks of 16 channels, taps in quadruples (zero padded): [c/16][taps/4][16][4].
     #[cfg(target_arch = "x86_64")]
     pub(crate) quads: Vec<i8>,
-    /// AVX2: blocks of 16 channels in `avx2_fused::LH` order, taps in pairs (zero
-    /// padded): [c/16][taps/2][16][2] as i16.
+    /// AVX2: blocks of 16 channels in `avx2_fused::LH` order, kernel rows in pairs (zero
+    /// padded): [c/16][kh/2][kw][16][2] as i16; for an odd kh, again with the rows paired
+    /// one row up (`avx2_fused::pack_depthwise_pairs`).
     #[cfg(target_arch = "x86_64")]
     pub(crate) pairs: Vec<i16>,
     /// AVX2: the requantisation parameters of the layer's first call, in blocks.
