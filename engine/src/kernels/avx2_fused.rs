@@ -68,8 +68,8 @@ pub enum Out<'a> {
 thread_local! {
     /// Vectors the kernels fill per call (block parameters where a call's differ from
     /// those kept with its weights; widened inputs, or the depthwise kernel's zero-point
-    /// pixel), kept by each thread between calls: a conv
-    /// call must not allocate (a part of a MobileNetV2 layer is a few microseconds).
+    /// pixel), kept by each thread between calls: a conv call must not allocate (a part
+    /// of a MobileNetV2 layer is a few microseconds).
     static KEPT: Cell<(Vec<BlockParams>, Vec<u32>)> = const { Cell::new((Vec::new(), Vec::new())) };
 }
 
@@ -89,17 +89,28 @@ impl std::fmt::Debug for KeptParams {
 }
 
 impl KeptParams {
-    /// The parameters of `r` with input zero point `zp` ([`block_params`] with `extra`),
-    /// made at the first call; `None` where this call's `r` or `zp` differs from the
-    /// first's (compared in full: 14 bytes a channel, against the making's scalar
-    /// conversions and shuffles).
-    fn get(&self, r: &Requant, zp: u8, cout: usize, extra: impl Fn(usize) -> i32) -> Option<&[BlockParams]> {
-        let (kr, kzp, p) = self.0.get_or_init(|| {
+    /// The parameters of `r` with input zero point `zp` ([`block_params`] with `extra`):
+    /// those made at the first call where this call's `r` and `zp` are the first's
+    /// (compared in full: 14 bytes a channel, against the making's scalar conversions
+    /// and shuffles), else made into `made`.
+    fn params<'a>(
+        &'a self,
+        r: &Requant,
+        zp: u8,
+        cout: usize,
+        extra: impl Fn(usize) -> i32,
+        made: &'a mut Vec<BlockParams>,
+    ) -> &'a [BlockParams] {
+        let (kr, kzp, kept) = self.0.get_or_init(|| {
             let mut v = Vec::new();
-            block_params(r, cout, extra, &mut v);
+            block_params(r, cout, &extra, &mut v);
             (r.clone(), zp, v)
         });
-        (kr == r && *kzp == zp).then_some(p.as_slice())
+        if kr == r && *kzp == zp {
+            return kept;
+        }
+        block_params(r, cout, extra, made);
+        made
     }
 }
 
@@ -319,13 +330,7 @@ pub unsafe fn conv_dense(x: &[u8], pixels: usize, w: &PackedWeights, out: Out) {
     let (out_u8, out_i32, zp16, params) = match out {
         Out::U8(r, o) => {
             assert!(o.len() >= pixels * cout && r.covers(cout));
-            let params = match w.avx2_params.get(r, 0, cout, |_| 0) {
-                Some(kept) => kept,
-                None => {
-                    block_params(r, cout, |_| 0, &mut made);
-                    &made[..]
-                }
-            };
+            let params = w.avx2_params.params(r, 0, cout, |_| 0, &mut made);
             (o.as_mut_ptr(), std::ptr::null_mut(), _mm256_set1_epi16(r.out_zp as i16), params)
         }
         Out::I32(a) => {
@@ -428,8 +433,7 @@ pub fn pack_depthwise_pairs(w: &[i8], c: usize, kh: usize, kw: usize) -> Vec<i16
     let (kh2, taps) = (kh.div_ceil(2), kh * kw);
     let blocks = c.div_ceil(16);
     let half = blocks * kh2 * kw * 32;
-    let shifts = if kh % 2 == 1 { 2 } else { 1 };
-    let mut pairs = vec![0i16; shifts * half];
+    let mut pairs = vec![0i16; (1 + odd_rows_shift(kh) as usize) * half];
     for (shift, pairs) in pairs.chunks_exact_mut(half).enumerate() {
         for b in 0..blocks {
             for (lane, &d) in LH.iter().enumerate() {
@@ -514,8 +518,8 @@ thread_local! {
 /// kh, r is always even: an output row starting on an odd row pairs its kernel rows one
 /// row up ([`odd_rows_shift`]). Every tap reads a value (the zero point in the padding;
 /// a row past the kernel meets zero weights), so the zero-point correction is zp Σw, in
-/// the sums' start. Two output
-/// pixels per step share the weights' loads and the requantisation's packing.
+/// the sums' start. Two output pixels per step share the weights' loads and the
+/// requantisation's packing.
 ///
 /// # Safety
 /// The CPU must have AVX2. (The slices are checked here.)
@@ -534,8 +538,11 @@ pub unsafe fn conv_depthwise(
     let wp = g.w + g.pads[1] + g.pads[3];
     let (sy, sx) = (g.stride[0], g.stride[1]);
     assert!(depthwise_applies(g, x.len()), "the input needs 16 bytes of slack");
-    let shifts = if odd_rows_shift(g.kh) { 2 } else { 1 };
-    assert!(pairs.len() >= shifts * blocks * kh2 * kw * 32 && sums.len() >= c && out.len() >= g.oh * g.ow * c);
+    // An output row starting on an odd padded row reads the pair rows from the even
+    // row above with the weights paired one row up, the second `half` of `pairs` (odd
+    // kernels, `odd_rows_shift`).
+    let (shift, half) = (odd_rows_shift(g.kh), blocks * kh2 * kw * 32);
+    assert!(pairs.len() >= (1 + shift as usize) * half && sums.len() >= c && out.len() >= g.oh * g.ow * c);
     assert!(r.covers(c));
     // Output pixels read padded columns up to (ow - 1) sx + kw - 1 < wp.
     assert!((g.ow - 1) * sx + kw <= wp && (g.oh - 1) * sy + g.kh <= g.h + g.pads[0] + g.pads[2]);
@@ -545,14 +552,7 @@ pub unsafe fn conv_depthwise(
     sums_row.clear();
     sums_row.resize(2 * g.ow + 2, _mm256_setzero_si256());
     let zpi = zp as i32;
-    let extra = |ch: usize| zpi.wrapping_mul(sums[ch]);
-    let params = match kept.get(r, zp, c, extra) {
-        Some(kept) => kept,
-        None => {
-            block_params(r, c, extra, &mut made);
-            &made[..]
-        }
-    };
+    let params = kept.params(r, zp, c, |ch| zpi.wrapping_mul(sums[ch]), &mut made);
     // A pixel of zero points (and 16 bytes past it), as u32 words of four.
     zrow.clear();
     zrow.resize((blocks * 16).div_ceil(4) + 4, u32::from_ne_bytes([zp; 4]));
@@ -574,10 +574,6 @@ pub unsafe fn conv_depthwise(
     let zp16 = _mm256_set1_epi16(r.out_zp as i16);
     let mut rows = [std::ptr::null::<i16>(); MAX_ROW_PAIRS];
     assert!(kh2 <= rows.len(), "kernels of at most 16 rows (depthwise_applies)");
-    // An output row starting on an odd padded row reads the pair rows from the even
-    // row above with the weights paired one row up (odd kernels, `odd_rows_shift`).
-    let half = blocks * kh2 * kw * 32;
-    let shift = odd_rows_shift(g.kh);
     for oy in 0..g.oh {
         let (first, weights) = if shift && oy * sy % 2 == 1 { (oy * sy - 1, &pairs[half..]) } else { (oy * sy, pairs) };
         for (i2, row) in rows.iter_mut().enumerate().take(kh2) {

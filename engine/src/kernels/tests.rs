@@ -7,7 +7,7 @@
 //! as the compiler packs them. What only one architecture can differ in (armv7's
 //! subnormal flushing) is tested in that architecture's file.
 
-use super::testgen::{conv_case, grouped_case, random_requant, ConvSpec, GroupedCase, Lcg};
+use super::testgen::{conv_case, grouped_case, random_requant, ConvCase, ConvSpec, GroupedCase, Lcg};
 use super::*;
 use super::{ConvKind, QTensor};
 
@@ -86,10 +86,7 @@ fn weights_called_with_other_requantisations_give_their_outputs() {
     for _ in 0..60 {
         let Some(case) = conv_case(&mut s, &spec) else { continue };
         let (g, n, cout) = (case.g, case.outputs(), case.cout);
-        let scalar_kind = case.kind(Isa::Scalar);
-        let scratch_len = conv_scratch_len(&g, &scalar_kind) + 64;
-        let mut acc = vec![0i32; n];
-        scalar::accumulate(&case.x, &g, case.zp, &scalar_kind, &mut vec![0; scratch_len], &mut acc);
+        let (scalar_kind, scratch_len, acc) = scalar_sums(&case);
         let (r1, r2) = (centred_requant(&mut s, &acc, cout), centred_requant(&mut s, &acc, cout));
         // The same parameters but one channel's clamp, and another input zero point.
         let mut r3 = r1.clone();
@@ -135,20 +132,8 @@ fn convs_equal_scalar(seed: u64, spec: &ConvSpec, rounds: usize) -> (usize, usiz
     for _ in 0..rounds {
         let Some(case) = conv_case(&mut s, spec) else { continue };
         let (g, n, cout) = (case.g, case.outputs(), case.cout);
-        let scalar_kind = case.kind(Isa::Scalar);
-        let scratch_len = conv_scratch_len(&g, &scalar_kind) + 64;
-        // Scale and centre the requantisation on these sums, so that most
-        // outputs fall inside the clamp and the comparison says something.
-        let mut r = random_requant(&mut s, cout);
-        let mut acc = vec![0i32; n];
-        scalar::accumulate(&case.x, &g, case.zp, &scalar_kind, &mut vec![0; scratch_len], &mut acc);
-        let (mean, sd) = spread(&acc);
-        r.offset.fill(0);
-        for c in 0..cout {
-            r.mult[c] *= (40.0 / sd / 0.01) as f32;
-            r.bias[c] = (-mean * r.mult[c] as f64) as f32 + r.bias[c] * 0.1;
-        }
-        r.out_zp = 128.0;
+        let (scalar_kind, scratch_len, acc) = scalar_sums(&case);
+        let r = centred_requant(&mut s, &acc, cout);
         let mut reference = vec![0u8; n];
         conv(Isa::Scalar, &case.x, &g, case.zp, &scalar_kind, &r, &mut vec![0; scratch_len], &mut vec![0; n], &mut reference);
         for isa in Isa::available() {
@@ -163,6 +148,16 @@ fn convs_equal_scalar(seed: u64, spec: &ConvSpec, rounds: usize) -> (usize, usiz
         depthwise += case.depthwise as usize;
     }
     (checked, inside, total, depthwise)
+}
+
+/// `case`'s weights for the scalar reference, the scratch bytes its conv needs (with
+/// slack for every ISA's), and its int32 sums.
+fn scalar_sums(case: &ConvCase) -> (ConvKind, usize, Vec<i32>) {
+    let kind = case.kind(Isa::Scalar);
+    let scratch_len = conv_scratch_len(&case.g, &kind) + 64;
+    let mut acc = vec![0i32; case.outputs()];
+    scalar::accumulate(&case.x, &case.g, case.zp, &kind, &mut vec![0; scratch_len], &mut acc);
+    (kind, scratch_len, acc)
 }
 
 /// Requantisation of `case`'s sums `acc` scaled and centred on them (most outputs
@@ -244,16 +239,13 @@ fn requantisation_ties_and_huge_values_equal_scalar_in_every_kernel() {
     for i in 0..120 {
         let Some(case) = conv_case(&mut s, &spec) else { continue };
         let (g, n, cout) = (case.g, case.outputs(), case.cout);
-        let scalar_kind = case.kind(Isa::Scalar);
-        let scratch_len = conv_scratch_len(&g, &scalar_kind) + 64;
+        let (scalar_kind, scratch_len, acc) = scalar_sums(&case);
         let mult = [0.5f32, 0.25, 1000.0][i % 3];
         let mut r = random_requant(&mut s, cout);
         r.offset.fill(0);
         r.mult.fill(mult);
         r.bias = (0..cout).map(|c| [0.0, 0.5, -0.5, 0.25][c % 4]).collect();
         r.out_zp = 128.0;
-        let mut acc = vec![0i32; n];
-        scalar::accumulate(&case.x, &g, case.zp, &scalar_kind, &mut vec![0; scratch_len], &mut acc);
         ties += acc.iter().enumerate().filter(|&(j, &a)| (a as f32 * mult + r.bias[j % cout]).fract().abs() == 0.5).count();
         let mut reference = vec![0u8; n];
         conv(Isa::Scalar, &case.x, &g, case.zp, &scalar_kind, &r, &mut vec![0; scratch_len], &mut vec![0; n], &mut reference);
