@@ -888,16 +888,11 @@ impl Engine {
             },
             Op::GatherMax { src, group, index, table, .. } => {
                 let x = &s.slots[slot(*src)][..p.tensors[*src].len()];
-                for (o, g) in out.iter_mut().zip(index.chunks_exact(*group)) {
-                    let m = g.iter().fold(0u8, |m, &i| m.max(x[i as usize]));
-                    *o = table.as_ref().map_or(m, |t| t[m as usize]);
-                }
+                kernels::max_groups(x, *group, index, table.as_deref(), out);
             }
-            Op::Multiply { src, tables, select, .. } => {
-                let x = &s.slots[slot(*src)][..p.tensors[*src].len()];
-                for ((o, &v), &k) in out.iter_mut().zip(x).zip(select) {
-                    *o = tables[k as usize * 256 + v as usize];
-                }
+            Op::Multiply { src, tables, factors, .. } => {
+                let t = p.tensors[*src];
+                kernels::map_bytes(&s.slots[slot(*src)][..t.len()], t.c, tables, factors, out);
             }
             Op::MeanPool { src, .. } => {
                 let t = p.tensors[*src];

@@ -7,7 +7,7 @@
 use crate::float::{FloatOp, Operand};
 use crate::kernels::{ConvGeometry, Requant};
 // A plan's tensors and conv weights are the kernels' own types: the kernels know no plan.
-pub use crate::kernels::{ConvKind, Geometry3, QTensor};
+pub use crate::kernels::{ByteMap, ConvKind, Factors, Geometry3, MaxGroups, QTensor};
 
 /// How a convolution's int32 sums are formed from the 2-D kernels.
 #[derive(Debug, Clone)]
@@ -140,17 +140,18 @@ pub enum Op {
         src: usize,
         dst: usize,
         group: usize,
-        index: Vec<u32>,
+        index: MaxGroups,
         table: Option<Vec<u8>>,
     },
     /// Multiplication by a constant (a circular mask): dst byte j is
-    /// `tables[select[j] * 256 + src[j]]`, one table per distinct factor, each
-    /// computed with the float ops' dequantise, multiply, quantise (so exact).
+    /// `tables[k * 256 + src[j]]`, k the factor of byte j ([`Factors`]), one table per
+    /// distinct factor, each computed with the float ops' dequantise, multiply, quantise
+    /// (so exact).
     Multiply {
         src: usize,
         dst: usize,
         tables: Vec<u8>,
-        select: Vec<u8>,
+        factors: Factors,
     },
 }
 

@@ -11,7 +11,7 @@ use super::{input, output, Compiler, Val};
 use crate::error::Result;
 use crate::kernels;
 use crate::ndarray::{ArrayD, IxDyn};
-use crate::plan::{Op, QTensor, Step};
+use crate::plan::{ByteMap, Factors, Op, QTensor, Step};
 
 impl Compiler<'_> {
     pub(super) fn mul(&mut self, n: &pb::NodeProto) -> Result<bool> {
@@ -60,8 +60,15 @@ impl Compiler<'_> {
                 select.push(id);
             }
         }
+        // A factor the same across each pixel's channels (a spatial mask): one table
+        // per pixel, so that its bytes are copied or filled where the table allows.
+        let per_pixel = c > 0 && select.chunks_exact(c).all(|p| p.iter().all(|&k| k == p[0]));
+        if per_pixel {
+            select = select.chunks_exact(c).map(|p| p[0]).collect();
+        }
+        let maps = tables.chunks_exact(256).map(ByteMap::of).collect();
         let dst = self.new_tensor(QTensor { scale: s, zp: z, ..st }, shape);
-        self.steps.push(Step::Int(Op::Multiply { src, dst, tables, select }));
+        self.steps.push(Step::Int(Op::Multiply { src, dst, tables, factors: Factors { select, per_pixel, maps } }));
         Ok(Some(dst))
     }
 }

@@ -10,7 +10,7 @@ use super::{input, output, Compiler, Val};
 use crate::error::Result;
 use crate::float::{self, FloatOp};
 use crate::ndarray::IxDyn;
-use crate::plan::{Op, QTensor, Step};
+use crate::plan::{MaxGroups, Op, QTensor, Step};
 
 impl Compiler<'_> {
     pub(super) fn global_average_pool(&mut self, n: &pb::NodeProto) -> Result<bool> {
@@ -95,6 +95,13 @@ impl Compiler<'_> {
             }
         }
         let table = st.requant_table(s, z);
+        // Each field's rotations side by side (escnn's layout, channels last): read in
+        // place, without the index.
+        let index = if index.iter().enumerate().all(|(i, &v)| v as usize == i) && index.len() == st.len() {
+            MaxGroups::Contiguous
+        } else {
+            MaxGroups::Indexed(index)
+        };
         let dst = self.new_tensor(t, shape);
         self.steps.push(Step::Int(Op::GatherMax { src, dst, group, index, table }));
         Ok(Some(dst))

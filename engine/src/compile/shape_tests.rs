@@ -15,7 +15,7 @@ use prost::Message;
 use super::compile;
 use crate::error::Error;
 use crate::kernels::Isa;
-use crate::plan::{Op, Plan, Step};
+use crate::plan::{MaxGroups, Op, Plan, Step};
 use crate::Engine;
 
 /// A QDQ graph with a symbolic batch under construction; every value is a fresh name.
@@ -111,8 +111,21 @@ fn input() -> Vec<f32> {
 /// The reference: the conv in f64 on the quantised input, quantised with 0.04, then the
 /// max over each field's 4 channels (the same scale: exact).
 fn group_pooled(x: &[f32], relu: bool) -> Vec<f32> {
+    let y = conv_reference(x, relu);
+    (0..2).flat_map(|f| (0..9).map(move |p| (f, p))).map(|(f, p)| (0..4).map(|k| y[(f * 4 + k) * 9 + p]).fold(f32::MIN, f32::max)).collect()
+}
+
+/// The conv of [`conv_front`] (no Relu) quantised with 0.04, then `pool(y, k, p)` for
+/// each of `groups` outputs k at each of the 9 pixels p, in NCHW order.
+fn group_pooled_by(x: &[f32], pool: impl Fn(&[f32], usize, usize) -> f32, groups: usize) -> Vec<f32> {
+    let y = conv_reference(x, false);
+    (0..groups).flat_map(|k| (0..9).map(move |p| (k, p))).map(|(k, p)| pool(&y, k, p)).collect()
+}
+
+/// The conv in f64 on the quantised input, quantised with 0.04: [8][9] (NCHW).
+fn conv_reference(x: &[f32], relu: bool) -> Vec<f32> {
     let xq: Vec<f64> = x.iter().map(|&v| fake_quant(v as f64, 0.05, 128) as f64).collect();
-    let y: Vec<f32> = (0..8)
+    (0..8)
         .flat_map(|o| {
             let xq = &xq;
             (0..9).map(move |p| {
@@ -120,8 +133,7 @@ fn group_pooled(x: &[f32], relu: bool) -> Vec<f32> {
                 fake_quant(if relu { v.max(0.0) } else { v }, 0.04, 128)
             })
         })
-        .collect();
-    (0..2).flat_map(|f| (0..9).map(move |p| (f, p))).map(|(f, p)| (0..4).map(|k| y[(f * 4 + k) * 9 + p]).fold(f32::MIN, f32::max)).collect()
+        .collect()
 }
 
 fn compile_best(model: &OnnxModel) -> crate::error::Result<Plan> {
@@ -156,8 +168,9 @@ fn assert_within_one_step(got: &[f32], want: &[f32], step: f32) {
 fn check_group_pooling(model: &OnnxModel, relu: bool) {
     let plan = compile_best(model).unwrap();
     assert_eq!(kinds(&plan), ["quantize", "conv", "max", "dequantize"]);
-    let Step::Int(Op::GatherMax { group, .. }) = &plan.steps[2] else { unreachable!() };
+    let Step::Int(Op::GatherMax { group, index, .. }) = &plan.steps[2] else { unreachable!() };
     assert_eq!(*group, 4, "4 rotations per field");
+    assert_eq!(*index, MaxGroups::Contiguous, "a field's rotations are read in place");
     let got: Vec<f32> = Engine::new(model).unwrap().run_one(&input()).unwrap()[0].iter().copied().collect();
     assert_within_one_step(&got, &group_pooled(&input(), relu), 0.04);
 }
@@ -187,6 +200,30 @@ fn legacy_exporter_group_pooling_folds_into_the_integer_reduce_max() {
     let pooled = b.op("ReduceMax", &[&view], vec![Attr::Ints("axes", vec![2]), Attr::Int("keepdims", 0)]);
     let out = b.qdq(&pooled, 0.04, 128);
     check_group_pooling(&b.model(&out, 13), false);
+}
+
+/// A max over each rotation's fields (channels k and 4 + k: strided groups), with a
+/// constant shape: the integer ReduceMax through its index, not read in place as a
+/// field's contiguous rotations are.
+#[test]
+fn a_max_over_strided_channels_goes_through_its_index() {
+    let mut b = Graph::new(&[2, 3, 3]);
+    let c = conv_front(&mut b, false);
+    let y = b.qdq(&c, 0.04, 128);
+    let shape = b.i64s(&[5], &[1, 2, 4, 3, 3]);
+    let view = b.op("Reshape", &[&y, &shape], vec![]);
+    let pooled = b.op("ReduceMax", &[&view], vec![Attr::Ints("axes", vec![1]), Attr::Int("keepdims", 0)]);
+    let out = b.qdq(&pooled, 0.04, 128);
+    let model = b.model(&out, 13);
+    let plan = compile_best(&model).unwrap();
+    assert_eq!(kinds(&plan), ["quantize", "conv", "max", "dequantize"]);
+    let Step::Int(Op::GatherMax { group, index, .. }) = &plan.steps[2] else { unreachable!() };
+    assert_eq!(*group, 2, "2 fields per rotation");
+    assert!(matches!(index, MaxGroups::Indexed(_)), "strided groups need the index");
+    let got: Vec<f32> = Engine::new(&model).unwrap().run_one(&input()).unwrap()[0].iter().copied().collect();
+    // The reference: y as group_pooled computes it, the max over f of channel 4 f + k.
+    let fields = group_pooled_by(&input(), |y, k, p| (0..2).map(|f| y[(f * 4 + k) * 9 + p]).fold(f32::MIN, f32::max), 4);
+    assert_within_one_step(&got, &fields, 0.04);
 }
 
 #[test]

@@ -24,9 +24,9 @@
 
 use std::arch::x86_64::*;
 use std::cell::Cell;
-use std::sync::OnceLock;
 
 use super::avx2::gcd;
+use super::kept::Kept;
 use super::{ConvGeometry, PackedWeights, Requant, CBLOCK};
 
 /// The channel of each lane of a block's two accumulators (lanes 0-7: the first,
@@ -47,7 +47,7 @@ const WIDENED_WHOLE: usize = 192 << 10;
 /// (`lo` in channel order: it applies to the packed bytes).
 #[derive(Clone, Copy)]
 #[repr(C, align(32))]
-struct BlockParams {
+pub(super) struct BlockParams {
     /// Where the sums start: -offset (- zp Σw for depthwise), so that they end as
     /// acc - offset, the reference's first step (wrapping, as its subtraction).
     start: [i32; 16],
@@ -73,46 +73,8 @@ thread_local! {
     static KEPT: Cell<(Vec<BlockParams>, Vec<u32>)> = const { Cell::new((Vec::new(), Vec::new())) };
 }
 
-/// A layer's [`BlockParams`], made at its first call and kept with its weights. Made
-/// per call (and per part, on every thread), they were 17% of the profile of a
-/// 240-channel depthwise conv at 3x3; kept, an 80 -> 1280 pointwise conv at 3x3 went
-/// 21.9 -> 20.6 us (Zen 3, `conv_speed`, best of 6 alternations). They serve only the
-/// requantisation (and input zero point) they were made from: a call with another
-/// makes its own, so a result never depends on what an earlier call passed.
-#[derive(Default, Clone)]
-pub struct KeptParams(OnceLock<(Requant, u8, Vec<BlockParams>)>);
-
-impl std::fmt::Debug for KeptParams {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "KeptParams({})", if self.0.get().is_some() { "made" } else { "none yet" })
-    }
-}
-
-impl KeptParams {
-    /// The parameters of `r` with input zero point `zp` ([`block_params`] with `extra`):
-    /// those made at the first call where this call's `r` and `zp` are the first's
-    /// (compared in full: 14 bytes a channel, against the making's scalar conversions
-    /// and shuffles), else made into `made`.
-    fn params<'a>(
-        &'a self,
-        r: &Requant,
-        zp: u8,
-        cout: usize,
-        extra: impl Fn(usize) -> i32,
-        made: &'a mut Vec<BlockParams>,
-    ) -> &'a [BlockParams] {
-        let (kr, kzp, kept) = self.0.get_or_init(|| {
-            let mut v = Vec::new();
-            block_params(r, cout, &extra, &mut v);
-            (r.clone(), zp, v)
-        });
-        if kr == r && *kzp == zp {
-            return kept;
-        }
-        block_params(r, cout, extra, made);
-        made
-    }
-}
+/// A layer's [`BlockParams`], kept with its weights ([`Kept`]).
+pub(super) type KeptParams = Kept<Vec<BlockParams>>;
 
 /// The parameters of channels 0..cout in blocks of 16 ([`LH`] order), the sums of
 /// channel c starting at -(offset[c] + extra(c)); lanes past cout are zero.
@@ -330,8 +292,8 @@ pub unsafe fn conv_dense(x: &[u8], pixels: usize, w: &PackedWeights, out: Out) {
     let (out_u8, out_i32, zp16, params) = match out {
         Out::U8(r, o) => {
             assert!(o.len() >= pixels * cout && r.covers(cout));
-            let params = w.avx2_params.params(r, 0, cout, |_| 0, &mut made);
-            (o.as_mut_ptr(), std::ptr::null_mut(), _mm256_set1_epi16(r.out_zp as i16), params)
+            let params = w.avx2_params.get(r, 0, |v| block_params(r, cout, |_| 0, v), &mut made);
+            (o.as_mut_ptr(), std::ptr::null_mut(), _mm256_set1_epi16(r.out_zp as i16), &params[..])
         }
         Out::I32(a) => {
             assert!(a.len() >= pixels * cout);
@@ -552,7 +514,7 @@ pub unsafe fn conv_depthwise(
     sums_row.clear();
     sums_row.resize(2 * g.ow + 2, _mm256_setzero_si256());
     let zpi = zp as i32;
-    let params = kept.params(r, zp, c, |ch| zpi.wrapping_mul(sums[ch]), &mut made);
+    let params = &kept.get(r, zp, |v| block_params(r, c, |ch| zpi.wrapping_mul(sums[ch]), v), &mut made)[..];
     // A pixel of zero points (and 16 bytes past it), as u32 words of four.
     zrow.clear();
     zrow.resize((blocks * 16).div_ceil(4) + 4, u32::from_ne_bytes([zp; 4]));

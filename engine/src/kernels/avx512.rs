@@ -1252,7 +1252,8 @@ pub fn depthwise3x3_applies(g: &ConvGeometry, w: &DepthwiseWeights, r: &Requant)
 }
 
 /// Constants of one block of 16 channels.
-struct DwBlock {
+#[derive(Clone, Copy)]
+pub(super) struct DwBlock {
     w: [__m512i; 3],
     /// -(zp_in Σw + offset): the sums start from the whole correction.
     init: __m512i,
@@ -1265,11 +1266,24 @@ struct DwBlock {
     mask: __mmask16,
 }
 
+/// [`conv_depthwise3x3`]'s constants of a layer: its blocks, and whether its
+/// requantised values stay below 2^30 (no clamp before rounding). Made at the layer's
+/// first call and kept with its weights (`DepthwiseWeights::dw3x3`): made per call (and
+/// per part on every thread), 60 blocks of about 25 operations took 0.8 us of a
+/// 960-channel conv's 10.6 us at 7x7 (`depthwise_speed`, Xeon with AMX: 10.55-11.08 ->
+/// 9.80-9.87 us kept, 3 alternations; 1x1: 1.76-2.19 -> 0.98-1.00 us).
+#[derive(Clone, Default)]
+pub(super) struct DwConsts {
+    blocks: Vec<DwBlock>,
+    bounded: bool,
+}
+
 thread_local! {
-    /// [`conv_depthwise3x3`]'s blocks, kept by each thread between its calls: a new
-    /// vector each call (64-byte aligned: `posix_memalign`) and its free were among the
-    /// allocator's 2% of MobileNetV2's time on one thread.
-    static DW_BLOCKS: std::cell::Cell<Vec<DwBlock>> = const { std::cell::Cell::new(Vec::new()) };
+    /// [`conv_depthwise3x3`]'s blocks for a call whose requantisation is not its
+    /// layer's first, kept by each thread between its calls: a new vector each call
+    /// (64-byte aligned: `posix_memalign`) and its free were among the allocator's 2% of
+    /// MobileNetV2's time on one thread.
+    static DW_BLOCKS: std::cell::Cell<DwConsts> = std::cell::Cell::new(DwConsts::default());
 }
 
 /// What every group of pixels of the kernel reads besides its block's constants.
@@ -1320,11 +1334,38 @@ pub unsafe fn conv_depthwise3x3(
     assert!(w.cols.len() >= c.div_ceil(CBLOCK) * 3 * 64 && w.sums.len() >= c);
     assert!(r.covers(c));
     assert!(x.len() >= g.h * g.w * c + 16 && out.len() >= g.oh * g.ow * c, "input needs slack past its end");
+    // SAFETY: `dw_consts` gets what its contract asks: `cols` holds c.div_ceil(16)
+    // blocks of three registers, `sums` and `r` c channels (checked above). `dw3x3` gets
+    // what its contract asks: x and out checked above, blocks built for g.cin = w.c
+    // channels (kept ones too: a layer's weights have one channel count); it checks the
+    // scratch row itself. AVX-512 is the caller's obligation.
+    unsafe {
+        // The layer's blocks, made at its first call and kept with its weights (see
+        // `DwConsts`), or made into the thread's vector for another requantisation.
+        let mut made = DW_BLOCKS.take();
+        let consts = w.dw3x3.get(r, zp_in, |d| dw_consts(w, r, zp_in, c, d), &mut made);
+        let blocks = &consts.blocks[..];
+        match (g.stride[1], consts.bounded) {
+            (1, true) => dw3x3::<1, false>(x, g, zp_in, blocks, r, scratch, out),
+            (1, false) => dw3x3::<1, true>(x, g, zp_in, blocks, r, scratch, out),
+            (_, true) => dw3x3::<2, false>(x, g, zp_in, blocks, r, scratch, out),
+            (_, false) => dw3x3::<2, true>(x, g, zp_in, blocks, r, scratch, out),
+        }
+        DW_BLOCKS.set(made);
+    }
+}
+
+/// [`conv_depthwise3x3`]'s constants of `c` channels of `w` for requantisation `r` and
+/// input zero point `zp_in`, into `into`.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL/VNNI; `w.cols` must hold c.div_ceil(16) blocks of
+/// three registers, `w.sums` and every vector of `r` at least c channels.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn dw_consts(w: &DepthwiseWeights, r: &Requant, zp_in: u8, c: usize, into: &mut DwConsts) {
     // SAFETY: the masked loads of each block (Σw, parameters) touch channels below c,
-    // inside each vector (checked above); block b's three column registers are 192
-    // bytes inside `cols` (checked); `rep_idx` is a local 64-byte array. `dw3x3` gets
-    // what its contract asks: x and out checked above, blocks built for g.cin
-    // channels; it checks the scratch row itself. AVX-512 is the caller's obligation.
+    // inside each vector; block b's three column registers are 192 bytes inside
+    // `cols`; `rep_idx` is a local 64-byte array (the caller's obligations).
     unsafe {
         // Lane L of a block's lo/hi bytes, repeated for the four pixels.
         let rep_idx: [i32; 16] = std::array::from_fn(|i| (i / 4) as i32);
@@ -1340,8 +1381,7 @@ pub unsafe fn conv_depthwise3x3(
         // (2.5% of MobileNetV2's depthwise time on one thread, paid again by every part on
         // two); as a loop, the depthwise convs 0.981 (per-op profiles).
         let (ones, zpv, lim) = (_mm512_set1_epi8(1), _mm512_set1_epi32(zp_in as i32), _mm512_set1_ps((1u32 << 30) as f32));
-        // The thread's vector of blocks, kept between calls (see `DW_BLOCKS`).
-        let mut blocks = DW_BLOCKS.take();
+        let blocks = &mut into.blocks;
         blocks.clear();
         for b in 0..c.div_ceil(CBLOCK) {
             let c0 = b * CBLOCK;
@@ -1375,13 +1415,7 @@ pub unsafe fn conv_depthwise3x3(
             bounded &= _mm512_cmp_ps_mask::<_CMP_LT_OQ>(max_v, lim) == 0xffff;
             blocks.push(DwBlock { w: wv, init: _mm512_sub_epi32(_mm512_setzero_si512(), corr), mult, bias, lo, hi, mask });
         }
-        match (g.stride[1], bounded) {
-            (1, true) => dw3x3::<1, false>(x, g, zp_in, &blocks, r, scratch, out),
-            (1, false) => dw3x3::<1, true>(x, g, zp_in, &blocks, r, scratch, out),
-            (_, true) => dw3x3::<2, false>(x, g, zp_in, &blocks, r, scratch, out),
-            (_, false) => dw3x3::<2, true>(x, g, zp_in, &blocks, r, scratch, out),
-        }
-        DW_BLOCKS.set(blocks);
+        into.bounded = bounded;
     }
 }
 

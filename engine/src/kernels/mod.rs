@@ -27,6 +27,7 @@
 
 #[cfg(any(target_arch = "aarch64", target_arch = "arm"))]
 mod arm;
+mod bytes;
 mod narrow3;
 mod padded3;
 mod rows2;
@@ -45,6 +46,9 @@ mod avx2_fused;
 mod avx2_padded3;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+// Only x86-64's kernels keep constants with their weights so far.
+#[cfg(target_arch = "x86_64")]
+mod kept;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 
@@ -55,6 +59,7 @@ mod tests;
 
 use std::sync::OnceLock;
 
+pub use bytes::{map_bytes, max_groups, ByteMap, Factors, MaxGroups};
 pub use narrow3::{Narrow3, NARROW_MAX_COUT};
 pub use padded3::{Padded3, VoxelLanes};
 pub use rows2::{Rows2, ROWS2_PITCH};
@@ -288,6 +293,20 @@ impl Requant {
     /// kernels, which read them in whole vectors, check first).
     pub fn covers(&self, n: usize) -> bool {
         [self.offset.len(), self.mult.len(), self.bias.len(), self.lo.len(), self.hi.len()].iter().all(|&len| len >= n)
+    }
+
+    /// Whether `other` holds the same parameters bit for bit: then constants a kernel
+    /// made from one serve the other (x86-64's `kept::Kept`). The float vectors are compared
+    /// as bytes (one `memcmp` each: `==` on `[f32]` is a scalar loop, and -0.0 == 0.0
+    /// would let constants of another sign's zero through).
+    pub fn same_bits(&self, other: &Requant) -> bool {
+        use bytemuck::cast_slice;
+        self.offset == other.offset
+            && cast_slice::<f32, u8>(&self.mult) == cast_slice::<f32, u8>(&other.mult)
+            && cast_slice::<f32, u8>(&self.bias) == cast_slice::<f32, u8>(&other.bias)
+            && self.out_zp.to_bits() == other.out_zp.to_bits()
+            && self.lo == other.lo
+            && self.hi == other.hi
     }
 }
 

@@ -46,7 +46,7 @@ pub struct PackedWeights {
     pub(crate) pairs: Vec<i16>,
     /// AVX2: the requantisation parameters of the layer's first call, in blocks.
     #[cfg(target_arch = "x86_64")]
-    pub(crate) avx2_params: super::avx2_fused::KeptParams,
+    pub(super) avx2_params: super::avx2_fused::KeptParams,
     /// VNNI and `sdot`: blocks of 16 output channels, each kernel row in quadruples (zero
     /// padded): [cout/16][kernel_rows][row_len/4][16][4].
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -176,12 +176,15 @@ pub struct DepthwiseWeights {
     pub(crate) pairs: Vec<i16>,
     /// AVX2: the requantisation parameters of the layer's first call, in blocks.
     #[cfg(target_arch = "x86_64")]
-    pub(crate) avx2_params: super::avx2_fused::KeptParams,
+    pub(super) avx2_params: super::avx2_fused::KeptParams,
     /// VNNI, 3x3 kernels (taps = 9): blocks of 16 channels, one register per kernel
     /// column holding its three rows as the bytes of each channel's int32 (zero
     /// padded): [c/16][3][16][4]. Empty for other kernels.
     #[cfg(target_arch = "x86_64")]
     pub(crate) cols: Vec<i8>,
+    /// VNNI, 3x3 kernels: the blocks of the layer's first call (`avx512::DwConsts`).
+    #[cfg(target_arch = "x86_64")]
+    pub(super) dw3x3: super::kept::Kept<avx512::DwConsts>,
     /// NEON: blocks of 8 channels, [c/8][taps][8] as i16 (zero padded).
     #[cfg(target_arch = "aarch64")]
     pub(crate) neon: Vec<i16>,
@@ -211,6 +214,8 @@ impl DepthwiseWeights {
             quads: Vec::new(),
             #[cfg(target_arch = "x86_64")]
             cols: Vec::new(),
+            #[cfg(target_arch = "x86_64")]
+            dw3x3: Default::default(),
             #[cfg(target_arch = "aarch64")]
             neon: Vec::new(),
             #[cfg(target_arch = "arm")]
