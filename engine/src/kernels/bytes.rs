@@ -14,7 +14,8 @@ pub enum MaxGroups {
     Indexed(Vec<u32>),
 }
 
-/// Which table of a multiplication by a constant (the plan's `Multiply`) each byte goes through, and what each table is.
+/// Which table of a multiplication by a constant (the plan's `Multiply`) each byte
+/// goes through, and what each table is.
 #[derive(Debug, Clone)]
 pub struct Factors {
     /// The table of each pixel (`per_pixel`: a factor the same across channels, as a
