@@ -343,6 +343,8 @@ fn short_row_convs_equal_every_isa() {
     for round in 0..24 {
         let (cin, cout) = (1 + s.below(4), [16, 24, 32, 40][s.below(4)]);
         let kernel = [1 + s.below(3), 2 + s.below(2)];
+        // Every third round a 3-channel 3x3 kernel: 27 inputs, the rows AVX2 gathers.
+        let (cin, kernel) = if round % 3 == 2 { (3, [3, 3]) } else { (cin, kernel) };
         let strides = [1 + s.below(2), 1 + s.below(2)];
         let pads: Vec<i64> = (0..4).map(|i| s.below(kernel[i % 2]) as i64).collect();
         // The first rounds: more outputs than one gathered chunk (`Rows2::CHUNK`).
@@ -354,6 +356,17 @@ fn short_row_convs_equal_every_isa() {
     if Isa::Avx512Amx.is_available() {
         assert!(gathered_seen > 10, "the gathered layout ran {gathered_seen} times");
     }
+    // AVX2 gathers kernel rows of 8-16 bytes (its two shuffles' lanes) of more than 24
+    // inputs in all, AMX those whose two neighbouring outputs' bytes fit 16; neither
+    // the others.
+    let g = |c, k, s| crate::kernels::ConvGeometry::new(224, 224, c, k, k, [s, s], [1; 4]).unwrap();
+    use crate::kernels::Rows2;
+    #[cfg(target_arch = "x86_64")]
+    assert!(Rows2::applies(Isa::Avx2, &g(3, 3, 2), 32), "MobileNetV2's first conv on AVX2");
+    assert!(!Rows2::applies(Isa::Avx2, &g(1, 3, 1), 32), "rows of 3 bytes on AVX2");
+    assert!(!Rows2::applies(Isa::Avx2, &g(4, 2, 1), 32), "16 inputs on AVX2");
+    assert!(!Rows2::applies(Isa::Avx2, &g(3, 3, 2), 8), "8 outputs");
+    assert!(!Rows2::applies(Isa::Avx512Vnni, &g(3, 3, 2), 32) && !Rows2::applies(Isa::Scalar, &g(3, 3, 2), 32));
 }
 
 #[test]

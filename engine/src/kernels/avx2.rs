@@ -3,7 +3,8 @@
 //! requantisation 8 channels per instruction, and the scalar reference's loops
 //! (depthwise int32 sums, input quantisation, quantised Add) compiled with AVX2
 //! enabled, where LLVM vectorises them; grouped convs with small even groups on
-//! their own kernel ([`grouped_sums`], weights [`GroupPairs`]). The AVX-512 VNNI path uses the depthwise, requantisation
+//! their own kernel ([`grouped_sums`], weights [`GroupPairs`]); the gathered rows of
+//! short-row convs ([`gather_rows`], for [`super::Rows2`]). The AVX-512 VNNI path uses the depthwise, requantisation
 //! and Add kernels of this file for what it has no kernel of its own for.
 //!
 //! Every function here is `unsafe` for one reason beyond the slices' bounds: it needs
@@ -633,6 +634,66 @@ pub unsafe fn grouped_sums(x: &[u8], g: &ConvGeometry, zp: u8, w: &GroupPairs, s
                 }
             }
             ox += n;
+        }
+    }
+}
+
+/// The byte shuffles of [`gather_rows`] for kernels of `kh` <= 3 rows of `run` bytes
+/// (kh run <= 32): byte p of a gathered row is byte p mod run of kernel row p / run,
+/// zero from kh run on. The first shuffle reads registers [row 0 | row 1] (the low and
+/// high 16 bytes), the second [row 1 | row 2]; 0x80 picks zero. `None` where a row's
+/// bytes would need a lane they are not in: the low 16 bytes may come from rows 0
+/// and 1 only (run >= 8), the high ones from rows 1 and 2 (run <= 16).
+pub fn row_shuffles(kh: usize, run: usize) -> Option<[[u8; 32]; 2]> {
+    if kh == 0 || kh > 3 || !(8..=16).contains(&run) || kh * run > 32 {
+        return None;
+    }
+    let (mut first, mut second) = ([0x80u8; 32], [0x80u8; 32]);
+    for (p, (f, s)) in first.iter_mut().zip(second.iter_mut()).enumerate().take(kh * run) {
+        let (i, b) = (p / run, (p % run) as u8);
+        // Low lane: row 0 from the first register, row 1 from the second; high lane:
+        // row 1 from the first, row 2 from the second.
+        if (p < 16 && i == 1) || (p >= 16 && i == 2) {
+            *s = b;
+        } else {
+            *f = b;
+        }
+    }
+    Some([first, second])
+}
+
+/// The gathered rows of the first `n` outputs of a run ([`super::Rows2::gather`]):
+/// output j's row is, for each kernel row i, `run` bytes at `j step` of `rows[i]`,
+/// one after another, then zeros to 32 bytes, as `masks` ([`row_shuffles`] of
+/// rows.len() and run) lay them out. One 16-byte load from each kernel row, two
+/// in-lane byte shuffles, one 32-byte store per output.
+///
+/// # Safety
+/// The CPU must have AVX2. (The slices are checked here.)
+#[target_feature(enable = "avx2")]
+pub unsafe fn gather_rows(rows: &[&[u8]], step: usize, masks: &[[u8; 32]; 2], n: usize, out: &mut [u8]) {
+    let kh = rows.len();
+    assert!((1..=3).contains(&kh) && out.len() >= 32 * n);
+    // Output j loads 16 bytes from j step of each row.
+    assert!(n == 0 || rows.iter().all(|r| r.len() >= (n - 1) * step + 16), "rows hold every output's load");
+    // Kernel rows past kh load row kh - 1 again (their bytes are never picked).
+    let p: [*const u8; 3] = std::array::from_fn(|i| rows[i.min(kh - 1)].as_ptr());
+    // SAFETY: the masks are 32-byte arrays. Output j < n loads 16 bytes from j step of
+    // each row, inside it (checked), and stores 32 bytes at 32 j, inside out (32 n,
+    // checked). No alignment needed.
+    unsafe {
+        let (ma, mb) = (_mm256_loadu_si256(masks[0].as_ptr() as *const __m256i), _mm256_loadu_si256(masks[1].as_ptr() as *const __m256i));
+        for j in 0..n {
+            let o = j * step;
+            let (r0, r1, r2) = (
+                _mm_loadu_si128(p[0].add(o) as *const __m128i),
+                _mm_loadu_si128(p[1].add(o) as *const __m128i),
+                _mm_loadu_si128(p[2].add(o) as *const __m128i),
+            );
+            let a = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(r0), r1);
+            let b = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(r1), r2);
+            let v = _mm256_or_si256(_mm256_shuffle_epi8(a, ma), _mm256_shuffle_epi8(b, mb));
+            _mm256_storeu_si256(out.as_mut_ptr().add(32 * j) as *mut __m256i, v);
         }
     }
 }

@@ -6,13 +6,17 @@
 //! used) and three `vpdpbusd` quadruples (one of them a quarter used) in VNNI's;
 //! gathered, the 27 inputs are one chunk. The sums are the same integers (a tap of
 //! padding reads the zero point in both forms, the pad bytes meet zero weights), so
-//! the requantisation gives the same bytes; the compiler picks this layout for AMX
-//! alone, and `short_row_convs_equal_every_isa` checks it against the other ISAs.
+//! the requantisation gives the same bytes. The compiler picks this layout for AMX
+//! and for AVX2 (whose dense kernel otherwise reads scalar im2row rows: 27 bytes a
+//! pixel copied tap by tap, 38% of that conv's time on a Zen 3 core), and
+//! `short_row_convs_equal_every_isa` checks it against the other ISAs.
 //!
 //! MobileNetV2 x1.0's first conv (3 -> 32, 3x3 stride 2 at 224x224) on an Intel core
 //! with AMX: read in place on VNNI 90 us (`conv_speed`; AMX in place, three chunks a
 //! pixel, is slower); gathered, the gather 10-12 us and the product on tiles 57. In
-//! the model (per-op profiles, 8 alternated runs): 99 -> 82 us, the model 0.989.
+//! the model (per-op profiles, 8 alternated runs): 99 -> 82 us, the model 0.989. On an
+//! AMD Zen 3 (AVX2): im2row rows 462-567 us in the model, gathered 358-404 (the gather
+//! about 25 us of it; per-op profiles, 4 alternations; ONNX Runtime's MobileNetV2 file).
 
 use std::ops::Range;
 
@@ -37,9 +41,11 @@ impl Rows2 {
     pub const CHUNK: usize = 4096;
 
     /// Whether `isa` runs the dense conv `g` with `cout` outputs on gathered rows: AMX
-    /// (whose tiles gain a chunk per kernel row), a kernel of at most 3 rows whose
-    /// inputs fit a row, rows short enough that two neighbouring outputs' rows fit 16
-    /// bytes (the gather's fast path), and enough work for the tiles (their per-call
+    /// (whose tiles gain a chunk per kernel row) where two neighbouring outputs' kernel
+    /// rows fit 16 bytes (its gather's fast path), AVX2 where a kernel row is 8-16
+    /// bytes (its gather's shuffles, [`super::avx2::row_shuffles`]) and the kernel's
+    /// inputs more than 24; a kernel of at
+    /// most 3 rows whose inputs fit a row, and enough work for the tiles (their per-call
     /// costs lose on small convs; see `amx::worth_tiles`): at least 16 inputs and a
     /// whole block of 16 outputs. Measured on an Intel core with AMX, gathered against
     /// in place (the conv alone, 3x3 kernels): 3 -> 32 at 224 stride 2 0.78, 3 -> 64
@@ -49,13 +55,19 @@ impl Rows2 {
     pub fn applies(isa: Isa, g: &ConvGeometry, cout: usize) -> bool {
         const MIN_MACS: usize = 512 * 1024;
         let (run, step) = (g.kw * g.cin, g.stride[1] * g.cin);
-        isa == Isa::Avx512Amx
-            && g.kh * g.kw > 1
+        let fast = match isa {
+            Isa::Avx512Amx => run + step <= 16,
+            #[cfg(target_arch = "x86_64")]
+            // Rows of at least 25 inputs: the 32-byte rows' product then costs at most
+            // 28% more than im2row's rows (16 pairs against 13); shorter ones, more.
+            Isa::Avx2 => super::avx2::row_shuffles(g.kh, run).is_some() && g.kh * run > 24,
+            _ => false,
+        };
+        fast && g.kh * g.kw > 1
             && g.kh <= 3
             && g.kh * run >= 16
             && cout >= 16
             && g.kh * run <= ROWS2_PITCH
-            && run + step <= 16
             && g.oh * g.ow >= 16
             && g.oh * g.ow * ROWS2_PITCH * cout >= MIN_MACS
     }
@@ -147,12 +159,16 @@ impl Rows2 {
     }
 }
 
-/// The ISA's fast path for the outputs whose taps lie inside the input's columns: on
-/// AVX-512 VBMI, two outputs' rows from one 16-byte load per kernel row
-/// ([`super::avx512::gather_row_pairs`]), the byte permute made once per call.
-struct Interior {
+/// The ISA's fast path for the outputs whose taps lie inside the input's columns.
+enum Interior {
+    /// AVX-512 VBMI: two outputs' rows from one 16-byte load per kernel row
+    /// ([`super::avx512::gather_row_pairs`]), the byte permute made once per call.
     #[cfg(target_arch = "x86_64")]
-    table: ([u8; 64], u64),
+    Vbmi([u8; 64], u64),
+    /// AVX2: one output's row from one 16-byte load per kernel row and two byte
+    /// shuffles ([`super::avx2::gather_rows`]).
+    #[cfg(target_arch = "x86_64")]
+    Avx2([[u8; 32]; 2]),
 }
 
 impl Interior {
@@ -160,7 +176,9 @@ impl Interior {
     fn new(isa: Isa, kh: usize, run: usize, step: usize) -> Option<Interior> {
         match isa.checked() {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni | Isa::Avx512Amx if step > 0 => super::avx512::row_pair_table(kh, run, step).map(|table| Interior { table }),
+            Isa::Avx512Vnni | Isa::Avx512Amx if step > 0 => super::avx512::row_pair_table(kh, run, step).map(|(t, u)| Interior::Vbmi(t, u)),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => super::avx2::row_shuffles(kh, run).map(Interior::Avx2),
             _ => {
                 let _ = (kh, run, step);
                 None
@@ -171,13 +189,18 @@ impl Interior {
     /// The rows of the first `n` outputs: kernel row i of output j is `run` bytes at
     /// `j step` of `rows[i]`.
     fn gather(&self, rows: &[&[u8]], step: usize, n: usize, out: &mut [u8]) {
-        // SAFETY: an `Interior` is only made for AVX-512 VNNI, confirmed on this CPU by
-        // `Isa::checked`, whose kernels need VBMI too (`avx512::available`).
-        #[cfg(target_arch = "x86_64")]
-        unsafe {
-            super::avx512::gather_row_pairs(rows, step, &self.table, n, out)
+        match self {
+            // SAFETY: made only for AVX-512 VNNI, confirmed on this CPU by
+            // `Isa::checked`, whose kernels need VBMI too (`avx512::available`).
+            #[cfg(target_arch = "x86_64")]
+            Interior::Vbmi(t, u) => unsafe { super::avx512::gather_row_pairs(rows, step, &(*t, *u), n, out) },
+            // SAFETY: made only for AVX2, confirmed on this CPU by `Isa::checked`.
+            #[cfg(target_arch = "x86_64")]
+            Interior::Avx2(m) => unsafe { super::avx2::gather_rows(rows, step, m, n, out) },
+            #[allow(unreachable_patterns)]
+            _ => {
+                let _ = (rows, step, n, out);
+            }
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (rows, step, n, out);
     }
 }

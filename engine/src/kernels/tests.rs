@@ -662,8 +662,8 @@ fn mean_pool_equals_scalar() {
 }
 
 /// The gathered rows of short-row convs ([`Rows2::gather`]): every ISA's bytes equal
-/// the portable loop's (the AVX-512 pairs for outputs inside the columns, rows of
-/// padding included), and those an independent index computation: each output's kh
+/// the portable loop's (the AVX-512 pairs and AVX2's shuffles for outputs inside the
+/// columns, rows of padding included), and those an independent index computation: each output's kh
 /// kw cin taps, the zero point outside the input, zeros to the pitch. Kernels 1-3 rows
 /// of 1-5 taps, 1-4 channels, strides 1-2, any padding, runs that start and end
 /// anywhere in an output row, inputs with and without slack past them.
@@ -671,6 +671,8 @@ fn mean_pool_equals_scalar() {
 fn gathered_rows_equal_scalar() {
     let mut s = Lcg::new(41);
     let mut fast_shapes = 0;
+    #[cfg(target_arch = "x86_64")]
+    let mut avx2_shapes = 0;
     for round in 0..300 {
         let (cin, kh, kw) = (1 + s.below(4), 1 + s.below(3), 1 + s.below(5));
         if kh * kw * cin > ROWS2_PITCH {
@@ -682,6 +684,10 @@ fn gathered_rows_equal_scalar() {
         let Some(g) = ConvGeometry::new(h, w, cin, kh, kw, stride, pads) else { continue };
         let rows = Rows2 { g };
         fast_shapes += usize::from((kw + stride[1]) * cin <= 16);
+        #[cfg(target_arch = "x86_64")]
+        {
+            avx2_shapes += usize::from(super::avx2::row_shuffles(kh, kw * cin).is_some());
+        }
         let zp = s.u8();
         // Odd rounds: no slack past the tensor (the fast path must stop short).
         let slack = if round % 2 == 0 { 64 } else { 0 };
@@ -713,6 +719,8 @@ fn gathered_rows_equal_scalar() {
         }
     }
     assert!(fast_shapes > 100, "{fast_shapes} shapes for the fast path");
+    #[cfg(target_arch = "x86_64")]
+    assert!(avx2_shapes > 50, "{avx2_shapes} shapes for AVX2's fast path");
 }
 
 #[test]
