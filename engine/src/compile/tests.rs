@@ -359,8 +359,8 @@ fn short_row_convs_equal_every_isa() {
     // AVX2 gathers kernel rows of 8-16 bytes (its two shuffles' lanes) of more than 24
     // inputs in all, AMX those whose two neighbouring outputs' bytes fit 16; neither
     // the others.
-    let g = |c, k, s| crate::kernels::ConvGeometry::new(224, 224, c, k, k, [s, s], [1; 4]).unwrap();
-    use crate::kernels::Rows2;
+    use crate::kernels::{ConvGeometry, Rows2};
+    let g = |c, k, s| ConvGeometry::new(224, 224, c, k, k, [s, s], [1; 4]).unwrap();
     #[cfg(target_arch = "x86_64")]
     assert!(Rows2::applies(Isa::Avx2, &g(3, 3, 2), 32), "MobileNetV2's first conv on AVX2");
     assert!(!Rows2::applies(Isa::Avx2, &g(1, 3, 1), 32), "rows of 3 bytes on AVX2");

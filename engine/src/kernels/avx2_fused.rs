@@ -185,10 +185,7 @@ unsafe fn requantize_pair(p: [__m256i; 2], q: [__m256i; 2], prm: &BlockParams, z
         let m = [_mm256_load_ps(prm.mult.as_ptr()), _mm256_load_ps(prm.mult.as_ptr().add(8))];
         let b = [_mm256_load_ps(prm.bias.as_ptr()), _mm256_load_ps(prm.bias.as_ptr().add(8))];
         let t = [_mm256_load_ps(prm.top.as_ptr()), _mm256_load_ps(prm.top.as_ptr().add(8))];
-        let r = |a: __m256i, h: usize| {
-            let v = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a), m[h]), b[h]);
-            _mm256_cvtps_epi32(_mm256_min_ps(t[h], v))
-        };
+        let r = |a: __m256i, h: usize| requantize8(a, m[h], b[h], t[h]);
         // Channels 0-7 | 8-15 as int16, + z_y.
         let wp = _mm256_adds_epi16(_mm256_packs_epi32(r(p[0], 0), r(p[1], 1)), zp16);
         let wq = _mm256_adds_epi16(_mm256_packs_epi32(r(q[0], 0), r(q[1], 1)), zp16);
@@ -196,6 +193,18 @@ unsafe fn requantize_pair(p: [__m256i; 2], q: [__m256i; 2], prm: &BlockParams, z
         let bytes = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi16(wp, wq));
         _mm256_max_epu8(bytes, _mm256_load_si256(prm.lo.as_ptr() as *const __m256i))
     }
+}
+
+/// round_half_even(min(top, acc m + b)) of 8 sums (already acc - offset), as int32: the
+/// reference's float operations in its order (a product, then a sum, never fused; see
+/// [`requantize_pair`] for why the clamp comes before the rounding conversion).
+///
+/// # Safety
+/// AVX2.
+#[inline(always)]
+unsafe fn requantize8(acc: __m256i, m: __m256, b: __m256, top: __m256) -> __m256i {
+    // SAFETY: register operations.
+    unsafe { _mm256_cvtps_epi32(_mm256_min_ps(top, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc), m), b))) }
 }
 
 /// The 16 bytes of `v`'s half `h` stored at `dst`, or its first `n` of them.
@@ -451,8 +460,7 @@ unsafe fn half_block_tile(xs: *const u32, k2: usize, np: usize, wb: *const i16, 
             HalfOut::U8(o, prm, zp16) => {
                 let (m, b, t) = (_mm256_load_ps(prm.mult.as_ptr()), _mm256_load_ps(prm.bias.as_ptr()), _mm256_load_ps(prm.top.as_ptr()));
                 let lo = _mm_load_si128(prm.lo.as_ptr() as *const __m128i);
-                // The reference's operations, as in `requantize_pair`.
-                let r = |v: __m256i| _mm256_cvtps_epi32(_mm256_min_ps(t, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(v), m), b)));
+                let r = |v: __m256i| requantize8(v, m, b, t);
                 let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
                 for q in (0..np).step_by(2) {
                     let w16 = _mm256_adds_epi16(_mm256_packs_epi32(r(a[q]), r(a[q + 1])), zp16);

@@ -44,8 +44,8 @@ impl Rows2 {
     /// (whose tiles gain a chunk per kernel row) where two neighbouring outputs' kernel
     /// rows fit 16 bytes (its gather's fast path), AVX2 where a kernel row is 8-16
     /// bytes (its gather's shuffles, [`super::avx2::row_shuffles`]) and the kernel's
-    /// inputs more than 24; a kernel of at
-    /// most 3 rows whose inputs fit a row, and enough work for the tiles (their per-call
+    /// inputs more than 24; a kernel of at most 3 rows whose inputs fit a row, and
+    /// enough work for the tiles (their per-call
     /// costs lose on small convs; see `amx::worth_tiles`): at least 16 inputs and a
     /// whole block of 16 outputs. Measured on an Intel core with AMX, gathered against
     /// in place (the conv alone, 3x3 kernels): 3 -> 32 at 224 stride 2 0.78, 3 -> 64
@@ -164,7 +164,7 @@ enum Interior {
     /// AVX-512 VBMI: two outputs' rows from one 16-byte load per kernel row
     /// ([`super::avx512::gather_row_pairs`]), the byte permute made once per call.
     #[cfg(target_arch = "x86_64")]
-    Vbmi([u8; 64], u64),
+    Vbmi(([u8; 64], u64)),
     /// AVX2: one output's row from one 16-byte load per kernel row and two byte
     /// shuffles ([`super::avx2::gather_rows`]).
     #[cfg(target_arch = "x86_64")]
@@ -176,7 +176,7 @@ impl Interior {
     fn new(isa: Isa, kh: usize, run: usize, step: usize) -> Option<Interior> {
         match isa.checked() {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni | Isa::Avx512Amx if step > 0 => super::avx512::row_pair_table(kh, run, step).map(|(t, u)| Interior::Vbmi(t, u)),
+            Isa::Avx512Vnni | Isa::Avx512Amx if step > 0 => super::avx512::row_pair_table(kh, run, step).map(Interior::Vbmi),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => super::avx2::row_shuffles(kh, run).map(Interior::Avx2),
             _ => {
@@ -193,7 +193,7 @@ impl Interior {
             // SAFETY: made only for AVX-512 VNNI, confirmed on this CPU by
             // `Isa::checked`, whose kernels need VBMI too (`avx512::available`).
             #[cfg(target_arch = "x86_64")]
-            Interior::Vbmi(t, u) => unsafe { super::avx512::gather_row_pairs(rows, step, &(*t, *u), n, out) },
+            Interior::Vbmi(table) => unsafe { super::avx512::gather_row_pairs(rows, step, table, n, out) },
             // SAFETY: made only for AVX2, confirmed on this CPU by `Isa::checked`.
             #[cfg(target_arch = "x86_64")]
             Interior::Avx2(m) => unsafe { super::avx2::gather_rows(rows, step, m, n, out) },

@@ -663,8 +663,8 @@ fn mean_pool_equals_scalar() {
 
 /// The gathered rows of short-row convs ([`Rows2::gather`]): every ISA's bytes equal
 /// the portable loop's (the AVX-512 pairs and AVX2's shuffles for outputs inside the
-/// columns, rows of padding included), and those an independent index computation: each output's kh
-/// kw cin taps, the zero point outside the input, zeros to the pitch. Kernels 1-3 rows
+/// columns, rows of padding included), and those an independent index computation:
+/// each output's kh kw cin taps, the zero point outside the input, zeros to the pitch. Kernels 1-3 rows
 /// of 1-5 taps, 1-4 channels, strides 1-2, any padding, runs that start and end
 /// anywhere in an output row, inputs with and without slack past them.
 #[test]
