@@ -168,7 +168,7 @@ mod tests {
             let dense =
                 |cin: usize, cout: usize| ConvKind::Dense(crate::kernels::PackedWeights::new(Isa::Avx2, vec![1; cin * cout], cout, 1, cin));
             assert_eq!(kernels::pixel_tile(&dense(80, 1280)), 6);
-            // The narrow kernel (2-4 outputs) keeps 4.
+            // The narrow kernel (1-3 outputs) keeps 4.
             assert_eq!(kernels::pixel_tile(&dense(8, 2)), PIXEL_ALIGN);
         }
     }

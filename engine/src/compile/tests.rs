@@ -334,14 +334,14 @@ fn few_channel_2d_convs_equal_every_isa() {
 /// every other ISA's in-place form, requantised (with a ReLU's clamp) and as sums a
 /// float op reads, on 1 and 3 threads (a part may start and end anywhere in an output
 /// row), strides 1-2, any padding, odd sizes, outputs of one gathered chunk and of
-/// several.
+/// several, 8-40 output channels (AVX2's half blocks among them).
 #[test]
 fn short_row_convs_equal_every_isa() {
     use crate::kernels::testgen::Lcg;
     let mut s = Lcg::new(29);
-    let mut gathered_seen = 0;
+    let (mut gathered_seen, mut half_gathered_seen) = (0, 0);
     for round in 0..24 {
-        let (cin, cout) = (1 + s.below(4), [16, 24, 32, 40][s.below(4)]);
+        let (cin, cout) = (1 + s.below(4), [8, 16, 24, 32, 40][s.below(5)]);
         let kernel = [1 + s.below(3), 2 + s.below(2)];
         // Every third round a 3-channel 3x3 kernel: 27 inputs, the rows AVX2 gathers.
         let (cin, kernel) = if round % 3 == 2 { (3, [3, 3]) } else { (cin, kernel) };
@@ -349,12 +349,23 @@ fn short_row_convs_equal_every_isa() {
         let pads: Vec<i64> = (0..4).map(|i| s.below(kernel[i % 2]) as i64).collect();
         // The first rounds: more outputs than one gathered chunk (`Rows2::CHUNK`).
         let (strides, side) = if round < 2 { ([1, 1], 100) } else { (strides, 40 + s.below(30)) };
+        // Rounds 5, 11, 17, 23: MobileNetV2 x0.25's first conv (3 -> 8, 3x3, large
+        // enough to gather on AVX2 at stride 2).
+        let (cout, side) = if round % 6 == 5 { (8, 95 + s.below(4)) } else { (cout, side) };
         let input = [1, cin, side, side - 3 + s.below(7)];
         // Odd rounds: the sums go to a float op.
-        gathered_seen += conv_equals_scalar_on_every_isa(&mut s, &input, cout, (&kernel, &strides, pads), round % 2 == 1, &["gathered"])[0];
+        let seen = conv_equals_scalar_on_every_isa(&mut s, &input, cout, (&kernel, &strides, pads), round % 2 == 1, &["gathered"])[0];
+        gathered_seen += seen;
+        if cout == 8 {
+            half_gathered_seen += seen;
+        }
     }
     if Isa::Avx512Amx.is_available() {
         assert!(gathered_seen > 10, "the gathered layout ran {gathered_seen} times");
+    }
+    if Isa::Avx2.is_available() {
+        // AVX2's half blocks on gathered rows (8 outputs), on 1 and 3 threads.
+        assert!(half_gathered_seen >= 2, "8 outputs on gathered rows ran {half_gathered_seen} times");
     }
     // AVX2 gathers kernel rows of 8-16 bytes (its two shuffles' lanes) of more than 24
     // inputs in all, AMX those whose two neighbouring outputs' bytes fit 16; neither
@@ -365,7 +376,10 @@ fn short_row_convs_equal_every_isa() {
     assert!(Rows2::applies(Isa::Avx2, &g(3, 3, 2), 32), "MobileNetV2's first conv on AVX2");
     assert!(!Rows2::applies(Isa::Avx2, &g(1, 3, 1), 32), "rows of 3 bytes on AVX2");
     assert!(!Rows2::applies(Isa::Avx2, &g(4, 2, 1), 32), "16 inputs on AVX2");
-    assert!(!Rows2::applies(Isa::Avx2, &g(3, 3, 2), 8), "8 outputs");
+    #[cfg(target_arch = "x86_64")]
+    assert!(Rows2::applies(Isa::Avx2, &g(3, 3, 2), 8), "8 outputs on AVX2: a half block");
+    assert!(!Rows2::applies(Isa::Avx2, &g(3, 3, 2), 7), "7 outputs on AVX2");
+    assert!(!Rows2::applies(Isa::Avx512Amx, &g(3, 3, 2), 8), "8 outputs on AMX");
     assert!(!Rows2::applies(Isa::Avx512Vnni, &g(3, 3, 2), 32) && !Rows2::applies(Isa::Scalar, &g(3, 3, 2), 32));
 }
 

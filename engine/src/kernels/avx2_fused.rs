@@ -157,8 +157,8 @@ pub fn pack_pairs(rows: &[i8], cout: usize, k: usize) -> Vec<i16> {
 /// two vectors of which one is zero weights (MobileNetV2's 96 -> 24 and 144 -> 24
 /// projections: 16 + 8 channels). On a Zen 3 core (`conv_speed`, best of 4
 /// alternations): 96 -> 24 at 56x56 163 -> 137 us, 144 -> 24 233 -> 195, 48 -> 8 at
-/// 24x24 10.0 -> 6.5, 144 -> 40 at 12x12 15.5 -> 13.9. ([`narrow_applies`] still
-/// weighs 8 or fewer outputs against a whole block, as measured before.)
+/// 24x24 10.0 -> 6.5, 144 -> 40 at 12x12 15.5 -> 13.9. ([`narrow_applies`] weighs
+/// fewer outputs against this half block.)
 pub(super) fn half_tail(cout: usize) -> bool {
     (1..=8).contains(&(cout % CBLOCK))
 }
@@ -780,18 +780,19 @@ unsafe fn dw_row(r: &DwRow, kh2: usize, kw: usize, sx: usize, o: *mut u8) {
     }
 }
 
-/// Whether a dense conv of `cout` outputs and `k` inputs runs on [`conv_dense_narrow`]:
-/// where its vectors of 8 input pairs are fuller than the 16-channel blocks of
-/// [`conv_dense`] (a U-Net's 2-4-channel layers: a block of 16 channels for 2 of them
-/// wastes 7 of 8 multiplies), weighed at 0.45 for its extra loads and sums across
-/// lanes: measured on a Zen 3 core (`conv_speed`), 8 output channels ran faster on half
-/// empty blocks (3 -> 8 3x3/2 at 95: 63 against 76 us; 48 -> 8 at 24: 10.7 against 12.7).
+/// Whether a dense conv of `cout` outputs and `k` inputs runs on [`conv_dense_narrow`]
+/// rather than on [`conv_dense`]'s half block ([`half_tail`], one vector of 8 channels
+/// a pixel): for 1-3 outputs (a U-Net's head), where the half block wastes 5 of 8
+/// multiplies or more; from 4 outputs the half block, whose lanes are then at least
+/// half full, against the narrow kernel's extra loads and sums across lanes. Measured
+/// on a Zen 3 core (`conv_speed`, best of 2 alternations, narrow against the half
+/// block): 16 -> 2 3x3 at 32x32 42 against 51 us, 64 -> 3 3x3 at 16x16 24 against 32,
+/// 8 -> 2 1x1 at 64x64 26 against 34, 2 -> 1 3x3 at 64x64 73 against 89 (2 -> 3 1x1,
+/// 33 against 29, the one loss); but 8 -> 4 1x1 at 64x64 42 against 31, 8 -> 4 3x3
+/// 156 against 136, 16 -> 6 3x3 at 32x32 64 against 51, 16 -> 8 80 against 48.
+/// (Against whole blocks of 16, before the half block, narrow won up to 7 outputs.)
 pub(super) fn narrow_applies(cout: usize, k: usize) -> bool {
-    let k2 = k.div_ceil(2);
-    let blocks = cout.div_ceil(16);
-    let block_use = cout as f64 / (16 * blocks) as f64;
-    let narrow_use = k2 as f64 / (8 * k2.div_ceil(8)) as f64 * 0.45;
-    cout > 0 && k > 0 && narrow_use > block_use
+    (1..=3).contains(&cout) && k > 0
 }
 
 /// Pixels per tile of [`conv_dense_narrow`]: 8, so that a tile's items (pixel x

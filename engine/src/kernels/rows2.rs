@@ -47,7 +47,7 @@ impl Rows2 {
     /// inputs more than 24; a kernel of at most 3 rows whose inputs fit a row, and
     /// enough work for the tiles (their per-call
     /// costs lose on small convs; see `amx::worth_tiles`): at least 16 inputs and a
-    /// whole block of 16 outputs. Measured on an Intel core with AMX, gathered against
+    /// whole block of 16 outputs on AMX, half a block (8) on AVX2. Measured on an Intel core with AMX, gathered against
     /// in place (the conv alone, 3x3 kernels): 3 -> 32 at 224 stride 2 0.78, 3 -> 64
     /// 0.61, 3 -> 16 at 95 0.89, 3 -> 24 at 96 stride 1 0.86; but 3 -> 8 at 95 0.97
     /// (1.1-1.2 in the model) and 1 -> 16 at 128 (9 inputs, where VNNI's three
@@ -55,18 +55,21 @@ impl Rows2 {
     pub fn applies(isa: Isa, g: &ConvGeometry, cout: usize) -> bool {
         const MIN_MACS: usize = 512 * 1024;
         let (run, step) = (g.kw * g.cin, g.stride[1] * g.cin);
-        let fast = match isa {
-            Isa::Avx512Amx => run + step <= 16,
+        let (fast, min_cout) = match isa {
+            Isa::Avx512Amx => (run + step <= 16, 16),
             #[cfg(target_arch = "x86_64")]
             // Rows of at least 25 inputs: the 32-byte rows' product then costs at most
             // 28% more than im2row's rows (16 pairs against 13); shorter ones, more.
-            Isa::Avx2 => super::avx2::row_shuffles(g.kh, run).is_some() && g.kh * run > 24,
-            _ => false,
+            // From 8 outputs, a half block of the dense kernel (MobileNetV2 x0.25's
+            // 3 -> 8 3x3/2 at 95x95 on a Zen 3 core, per-op profiles, 4 alternations:
+            // 27.4-32.0 us in pixels in lanes, 25.0-25.6 on gathered rows).
+            Isa::Avx2 => (super::avx2::row_shuffles(g.kh, run).is_some() && g.kh * run > 24, 8),
+            _ => (false, usize::MAX),
         };
         fast && g.kh * g.kw > 1
             && g.kh <= 3
             && g.kh * run >= 16
-            && cout >= 16
+            && cout >= min_cout
             && g.kh * run <= ROWS2_PITCH
             && g.oh * g.ow >= 16
             && g.oh * g.ow * ROWS2_PITCH * cout >= MIN_MACS
