@@ -71,7 +71,8 @@ same_classes() {
 
 export CARGO_TARGET_DIR=target/device
 for triple in $targets; do
-    echo "=== $triple" >&2
+    echo "=== $triple ($(date -u +%T) UTC)" >&2
+    t0=$SECONDS
     (
         source scripts/cross-env.sh
         cross_env "$triple"
@@ -90,6 +91,7 @@ for triple in $targets; do
         cargo test --release --target "$triple" -p edgemed-runtime --lib --bins --tests "${build_std[@]}" \
             -- --skip brain_age_writes_maps_overlay_and_summaries_that_say_what_made_them
         cargo test --release --target "$triple" -p edgemed-engine --lib "${build_std[@]}"
+        echo "=== $triple: built and tested in $((SECONDS - t0)) s" >&2
 
         bin="$CARGO_TARGET_DIR/$triple/release/edgemed-run"
         out="$ref/$triple"
@@ -136,5 +138,6 @@ for triple in $targets; do
             $max "$bin" --backend int8 run "${escnn[@]}" --expect "$ref/x86-escnn-engine"
         fi
     )
+    echo "=== $triple: $((SECONDS - t0)) s in all" >&2
 done
 echo "ARM: tests pass and outputs match x86 on: $targets" >&2
