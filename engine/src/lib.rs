@@ -53,7 +53,7 @@ use lined::Lined;
 use norms::{NormPass, NormSite, NormSums, PassResult};
 use plan::{ConvKind, ConvLayout, Copies, Op, Plan, Step};
 use pool::Pool;
-use split::{conv_parts, cut, ranges, small_conv_parts, PIXEL_ALIGN};
+use split::{avx2_conv_parts, conv_parts, cut, ranges, small_conv_parts, PIXEL_ALIGN};
 
 /// MACs below which a part of a conv is not worth a thread. Handing a part to a polling
 /// worker and waiting for it costs well under a microsecond on a free core; 64 K MACs
@@ -1187,10 +1187,14 @@ impl Engine {
         let x: &[u8] = &s.slots[self.memory.slot_of[src]];
         let zp = self.plan.tensors[src].zp;
         let mut parts = self.parts(macs, self.min_part.0);
-        // A 2-D conv on a small map stays whole unless its work is long (the tests' cut
-        // of every op, a least part of 1, keeps every cut).
+        // A 2-D conv on a small map stays whole unless its work is long; on AVX2, one
+        // part per 1.25 us of estimated work (the tests' cut of every op, a least part
+        // of 1, keeps every cut).
         if matches!(layout, ConvLayout::Direct(_)) && self.min_part.0 > 1 {
-            parts = parts.min(small_conv_parts(layout.pixels(), macs, kind));
+            parts = match avx2_conv_parts(macs, kind) {
+                Some(n) => self.parts(n as u64, 1),
+                None => parts.min(small_conv_parts(layout.pixels(), macs, kind)),
+            };
         }
         if matches!(layout, ConvLayout::Narrow(_) | ConvLayout::Padded(_)) {
             // A 3-D conv on padded planes pays per part for its set-up and its share of

@@ -35,7 +35,8 @@ const MIN_PART_MICROS: u64 = 4;
 /// kernels 100 K, depthwise and grouped 30 K), gives each part 4 us: MobileNetV2's 7x7
 /// convs are still cut, the C4's 11x11 and 5x5 ones no longer. Two threads, p50 of 6-10
 /// interleaved runs against cutting by MACs alone: the C4 1.16-1.19x faster,
-/// MobileNetV2 x1.0 and x0.25 and the U-Net window 0.99-1.01.
+/// MobileNetV2 x1.0 and x0.25 and the U-Net window 0.99-1.01. (AVX2's kernels cut by
+/// their estimated time instead: [`avx2_conv_parts`].)
 pub fn small_conv_parts(pixels: usize, macs: u64, kind: &ConvKind) -> usize {
     let per_micro: u64 = match kind {
         ConvKind::Dense(w) if w.isa == Isa::Avx512Amx => 300_000,
@@ -43,6 +44,35 @@ pub fn small_conv_parts(pixels: usize, macs: u64, kind: &ConvKind) -> usize {
         _ => 30_000,
     };
     (pixels / MIN_PART_PIXELS).max((macs / per_micro / MIN_PART_MICROS) as usize).max(1)
+}
+
+/// AVX2's rough rates, MACs per microsecond on one Zen 3 core in MobileNetV2's small
+/// layers (`bench --profile`): dense convs 40 K (the small-K expansions and 3x3 maps
+/// run slower), depthwise and grouped 15 K.
+const AVX2_MACS_PER_MICRO: (u64, u64) = (40_000, 15_000);
+/// Hundredths of a microsecond of estimated work per part of an AVX2 conv.
+const AVX2_PART_CENTIMICROS: u64 = 125;
+
+/// The parts worth cutting a 2-D conv of `macs` on AVX2's kernels into, by its
+/// estimated time: one per 1.25 us (`None` for the other kernel sets, which keep
+/// [`small_conv_parts`] and the engine's least MACs a part). Handing a part over costs
+/// about 0.5 us here (a job of two empty parts on a 2-vCPU Zen 3 VM), and the next op
+/// pays for the rows the other core wrote; measured on that VM, two threads, per-op
+/// minima of 4 alternated profiles: the C4's 11x11 and 5x5 convs (2.6-10.7 us whole)
+/// ran 0.68-0.83x as long cut in two, MobileNetV2 x0.25's 24 -> 144 and 144 -> 24 at
+/// 6x6 (2.8-3.4 us) 0.76-0.82x, the whole x0.25 0.95x (sum of the minima; p50s
+/// 0.222-0.334 against 0.237-0.352 ms); cut below about 2 us (48 -> 16 at 6x6, 1.0
+/// us; a depthwise 96 at 6x6, 2.0 us) they ran 1.1-1.4x as long. (In this VM's noisy
+/// spells, when the other vCPU is taken away, a cut op waits for it: x0.25's cut 6x6
+/// convs then ran 1.4-2.2x as long; so did LiteRT's two threads.)
+pub fn avx2_conv_parts(macs: u64, kind: &ConvKind) -> Option<usize> {
+    let rate = match kind {
+        ConvKind::Dense(w) if w.isa == Isa::Avx2 => AVX2_MACS_PER_MICRO.0,
+        ConvKind::Depthwise(w) if w.isa == Isa::Avx2 => AVX2_MACS_PER_MICRO.1,
+        ConvKind::Grouped(w) if w.isa == Isa::Avx2 => AVX2_MACS_PER_MICRO.1,
+        _ => return None,
+    };
+    Some((macs * 100 / rate / AVX2_PART_CENTIMICROS) as usize)
 }
 
 /// `0..n` cut into at most `parts` consecutive non-empty ranges of near-equal length,
@@ -190,6 +220,24 @@ mod tests {
         // Large maps: by pixels, however light the conv.
         assert_eq!(small_conv_parts(56 * 56, 56 * 56 * 8, &amx(1, 8)), 49);
         assert_eq!(small_conv_parts(0, 0, &amx(1, 8)), 1);
+    }
+
+    /// AVX2 cuts by estimated time: the C4's 11x11 and 5x5 convs and x0.25's 6x6
+    /// expansions in two, 1-2 us convs (48 -> 16 and a depthwise 96 at 6x6) not; the
+    /// other kernel sets keep their rule.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_cuts_convs_of_more_than_about_two_microseconds() {
+        let dense =
+            |isa: Isa, cin: usize, cout: usize| ConvKind::Dense(crate::kernels::PackedWeights::new(isa, vec![1; cin * cout], cout, 1, cin));
+        let dw = |c: usize| ConvKind::Depthwise(crate::kernels::DepthwiseWeights::new(Isa::Avx2, &vec![1; c * 9], c, [3, 3]));
+        let parts = |macs: usize, kind: &ConvKind| avx2_conv_parts(macs as u64, kind);
+        assert_eq!(parts(121 * 72 * 16, &dense(Isa::Avx2, 72, 16)), Some(2));
+        assert!(parts(36 * 24 * 144, &dense(Isa::Avx2, 24, 144)) >= Some(2));
+        assert!(parts(144 * 48 * 9, &dw(48)) >= Some(2));
+        assert!(parts(36 * 48 * 16, &dense(Isa::Avx2, 48, 16)) <= Some(1));
+        assert!(parts(36 * 96 * 9, &dw(96)) <= Some(1));
+        assert_eq!(parts(121 * 72 * 16, &dense(Isa::Scalar, 72, 16)), None);
     }
 
     /// The conv run part by part equals the conv run whole, byte for byte, on every
