@@ -855,13 +855,8 @@ impl Engine {
                         for &(k, w) in parts {
                             let (k, w) = (k as usize, w as usize);
                             let src = &slots[slot(g.srcs[k])][px.start * w..px.end * w];
-                            let dst = out.chunks_exact_mut(c).map(|o| &mut o[at..at + w]);
-                            match &g.tables[k] {
-                                None => dst.zip(src.chunks_exact(w)).for_each(|(d, v)| d.copy_from_slice(v)),
-                                Some(table) => dst.zip(src.chunks_exact(w)).for_each(|(d, v)| {
-                                    d.iter_mut().zip(v).for_each(|(d, &v)| *d = table[v as usize]);
-                                }),
-                            }
+                            let table = g.tables[k].as_deref().map(|t| t.try_into().expect("256 entries"));
+                            kernels::copy_channels(src, w, table, out, c, at);
                             at += w;
                         }
                     });

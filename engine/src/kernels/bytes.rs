@@ -117,10 +117,70 @@ pub fn map_bytes(x: &[u8], c: usize, tables: &[u8], f: &Factors, out: &mut [u8])
     }
 }
 
+/// Channels `at..at + w` of each `c`-byte pixel of `out` from the `w`-byte pixels of
+/// `src` (a channel concat), each byte mapped through `table` when given (a source on
+/// another grid). The common widths are compile-time constants, so that a pixel's
+/// bytes move as one load and store rather than a copy call: a U-Net's 4 + 4-channel
+/// concat at 16^3 took 21 us that way.
+pub fn copy_channels(src: &[u8], w: usize, table: Option<&[u8; 256]>, out: &mut [u8], c: usize, at: usize) {
+    fn pixels<const W: usize>(src: &[u8], table: Option<&[u8; 256]>, out: &mut [u8], c: usize, at: usize) {
+        let dst = out.chunks_exact_mut(c).map(|o| &mut o[at..at + W]);
+        match table {
+            None => dst.zip(src.chunks_exact(W)).for_each(|(d, v)| d.copy_from_slice(v)),
+            Some(t) => dst.zip(src.chunks_exact(W)).for_each(|(d, v)| d.iter_mut().zip(v).for_each(|(d, &v)| *d = t[v as usize])),
+        }
+    }
+    assert!(w > 0 && at + w <= c && src.len() / w >= out.len() / c, "{w} channels at {at} of {c}");
+    match w {
+        1 => pixels::<1>(src, table, out, c, at),
+        2 => pixels::<2>(src, table, out, c, at),
+        3 => pixels::<3>(src, table, out, c, at),
+        4 => pixels::<4>(src, table, out, c, at),
+        8 => pixels::<8>(src, table, out, c, at),
+        16 => pixels::<16>(src, table, out, c, at),
+        _ => {
+            let dst = out.chunks_exact_mut(c).map(|o| &mut o[at..at + w]);
+            match table {
+                None => dst.zip(src.chunks_exact(w)).for_each(|(d, v)| d.copy_from_slice(v)),
+                Some(t) => dst.zip(src.chunks_exact(w)).for_each(|(d, v)| d.iter_mut().zip(v).for_each(|(d, &v)| *d = t[v as usize])),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kernels::testgen::Lcg;
+
+    /// Each width (the constant ones and the others) puts every source pixel's bytes,
+    /// through the table when given, at its channels of the destination pixel, and
+    /// leaves the other channels alone.
+    #[test]
+    fn copied_channels_land_at_their_offset() {
+        let mut s = Lcg::new(33);
+        for _ in 0..300 {
+            let w = 1 + s.below(18);
+            let (at, rest) = (s.below(5), s.below(5));
+            let c = at + w + rest;
+            let n = s.below(40);
+            let src: Vec<u8> = (0..n * w).map(|_| s.u8()).collect();
+            let table: Option<[u8; 256]> = s.coin().then(|| std::array::from_fn(|_| s.u8()));
+            let mut out = vec![0xa5u8; n * c];
+            copy_channels(&src, w, table.as_ref(), &mut out, c, at);
+            for p in 0..n {
+                for ch in 0..c {
+                    let want = if (at..at + w).contains(&ch) {
+                        let v = src[p * w + ch - at];
+                        table.map_or(v, |t| t[v as usize])
+                    } else {
+                        0xa5
+                    };
+                    assert_eq!(out[p * c + ch], want, "pixel {p} channel {ch}: {w} channels at {at} of {c}");
+                }
+            }
+        }
+    }
 
     /// Contiguous groups read in place give what the same groups through an index
     /// give, for every group width (the word-wise widths 4, 8 and 16 and the others),

@@ -59,7 +59,7 @@ mod tests;
 
 use std::sync::OnceLock;
 
-pub use bytes::{map_bytes, max_groups, ByteMap, Factors, MaxGroups};
+pub use bytes::{copy_channels, map_bytes, max_groups, ByteMap, Factors, MaxGroups};
 pub use narrow3::{Narrow3, NARROW_MAX_COUT};
 pub use padded3::{Padded3, VoxelLanes};
 pub use rows2::{Rows2, ROWS2_PITCH};
