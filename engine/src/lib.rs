@@ -246,8 +246,9 @@ impl Scratch {
     }
 }
 
-/// The requantisation that is [`plan::ConvNormOp`]'s clamp form for these moments of
-/// the conv's accumulators (offsets included: `acc` are raw sums), its output values
+/// The requantisation that is [`plan::ConvNormOp`]'s clamp form for these statistics
+/// (mean and variance, [`norms::IntMoments::mean_var`]; computed once for both sides
+/// of a PReLU) of the conv's accumulators (offsets included: `acc` are raw sums), its output values
 /// times `slope` per channel (1 without one; a PReLU's negative side) clamped to
 /// [lo, hi]: per channel, f = (acc - offset) mult + bias has mean m_d mult + bias and
 /// variance v_d mult², and y = ((f - mean) inv scale + beta) slope, over s_y, rounded
@@ -255,7 +256,7 @@ impl Scratch {
 /// a non-finite result.
 fn conv_norm_requant(
     n: &plan::ConvNormOp,
-    moments: &[norms::IntMoments],
+    stats: &[Option<(f64, f64)>],
     slope: Option<&[f32]>,
     (lo, hi): (&[f32], &[f32]),
     dst: &QTensor,
@@ -265,7 +266,7 @@ fn conv_norm_requant(
     let (mut mult, mut bias) = (vec![0f32; cout], vec![0f32; cout]);
     for c in 0..cout {
         // The moments are of acc; those of acc - offset shift the mean only.
-        let (mean_a, var_d) = moments[c].mean_var()?;
+        let (mean_a, var_d) = stats[c]?;
         let m = h.mult[c] as f64;
         let a = slope.map_or(1.0, |s| s[c] as f64);
         let mean_f = (mean_a - h.offset[c] as f64) * m + h.bias[c] as f64;
@@ -637,18 +638,19 @@ impl Engine {
                     };
                     let dst_t = p.tensors[n.dst];
                     let non_finite = || Error::NonFinite { what: format!("the statistics of {}", p.label(step)) };
+                    let stats: Vec<Option<(f64, f64)>> = moments.iter().map(|m| m.mean_var()).collect();
                     // Without a PReLU one requantisation; with one, its positive side
                     // clamped to [0, hi] and its negative side to [lo, 0] (ConvNormOp::slopes).
                     let zeros = vec![0f32; cout];
                     let (pos, neg) = match &n.slopes {
-                        None => (conv_norm_requant(n, &moments, None, (lo, hi), &dst_t).ok_or_else(non_finite)?, None),
+                        None => (conv_norm_requant(n, &stats, None, (lo, hi), &dst_t).ok_or_else(non_finite)?, None),
                         Some(a) => {
                             let side = |c: usize, v: &[f32], up: bool| if (a[c] < 0.0) == up { v[c] } else { 0.0 };
                             let neg_lo: Vec<f32> = (0..cout).map(|c| side(c, lo, false)).collect();
                             let neg_hi: Vec<f32> = (0..cout).map(|c| side(c, hi, true)).collect();
                             (
-                                conv_norm_requant(n, &moments, None, (&zeros, hi), &dst_t).ok_or_else(non_finite)?,
-                                Some(conv_norm_requant(n, &moments, Some(a), (&neg_lo, &neg_hi), &dst_t).ok_or_else(non_finite)?),
+                                conv_norm_requant(n, &stats, None, (&zeros, hi), &dst_t).ok_or_else(non_finite)?,
+                                Some(conv_norm_requant(n, &stats, Some(a), (&neg_lo, &neg_hi), &dst_t).ok_or_else(non_finite)?),
                             )
                         }
                     };
