@@ -247,13 +247,13 @@ impl Scratch {
 }
 
 /// The requantisation that is [`plan::ConvNormOp`]'s clamp form for these statistics
-/// (mean and variance, [`norms::IntMoments::mean_var`]; computed once for both sides
-/// of a PReLU) of the conv's accumulators (offsets included: `acc` are raw sums), its output values
-/// times `slope` per channel (1 without one; a PReLU's negative side) clamped to
-/// [lo, hi]: per channel, f = (acc - offset) mult + bias has mean m_d mult + bias and
-/// variance v_d mult², and y = ((f - mean) inv scale + beta) slope, over s_y, rounded
-/// once in f64 into the f32 multiplier and bias. None where a channel has no values or
-/// a non-finite result.
+/// (mean and variance, [`norms::IntMoments::mean_var`], computed once for both sides
+/// of a PReLU) of the conv's accumulators (offsets included: `acc` are raw sums), its
+/// output values times `slope` per channel (1 without one; a PReLU's negative side)
+/// clamped to [lo, hi]: per channel, f = (acc - offset) mult + bias has mean
+/// m_d mult + bias and variance v_d mult², and y = ((f - mean) inv scale + beta)
+/// slope, over s_y, rounded once in f64 into the f32 multiplier and bias. None where a
+/// channel has no values or a non-finite result.
 fn conv_norm_requant(
     n: &plan::ConvNormOp,
     stats: &[Option<(f64, f64)>],
