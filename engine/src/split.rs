@@ -56,7 +56,8 @@ const AVX2_PART_CENTIMICROS: u64 = 125;
 /// The parts worth cutting a 2-D conv of `macs` on AVX2's kernels into, by its
 /// estimated time: one per 1.25 us (`None` for the other kernel sets, which keep
 /// [`small_conv_parts`] and the engine's least MACs a part). Handing a part over costs
-/// about 0.5 us here (a job of two empty parts on a 2-vCPU Zen 3 VM), and the next op
+/// about 0.5 us here (`examples/pool_handover.rs` on a 2-vCPU Zen 3 VM: two parts of
+/// 0.5-4 us each took 0.42-0.48 us more than one of them), and the next op
 /// pays for the rows the other core wrote; measured on that VM, two threads, per-op
 /// minima of 4 alternated profiles: the C4's 11x11 and 5x5 convs (2.6-10.7 us whole)
 /// ran 0.68-0.83x as long cut in two, MobileNetV2 x0.25's 24 -> 144 and 144 -> 24 at
