@@ -703,24 +703,11 @@ impl Engine {
                         None => (t, None),
                     };
                     let mut f = vec![0f32; t.len()];
-                    // Each byte's dequantised value, computed as DequantizeLinear does
-                    // ((v - z) as f32 * s): a lookup per value instead of the arithmetic.
-                    let deq = |t: &QTensor| -> [f32; 256] { std::array::from_fn(|v| (v as i32 - t.zp as i32) as f32 * t.scale) };
-                    let (da, db) = (deq(&t), deq(&tb));
-                    let c = t.c;
+                    let (c, isa) = (t.c, self.isa);
                     self.to_planes(&s.lanes, &mut f, c, t.h * t.w, |px, rows| {
                         let a = &q[px.start * c..px.end * c];
-                        for (ch, row) in rows.iter_mut().enumerate() {
-                            let a = a[ch..].iter().step_by(c);
-                            match qb {
-                                // DequantizeLinear of each, then their f32 sum (as the float Add).
-                                Some(qb) => {
-                                    let b = qb[px.start * c..px.end * c][ch..].iter().step_by(c);
-                                    row.iter_mut().zip(a.zip(b)).for_each(|(o, (&v, &w))| *o = da[v as usize] + db[w as usize]);
-                                }
-                                None => row.iter_mut().zip(a).for_each(|(o, &v)| *o = da[v as usize]),
-                            }
-                        }
+                        let b = qb.map(|qb| (&qb[px.start * c..px.end * c], &tb));
+                        kernels::dequantize_rows(isa, a, &t, b, rows);
                     });
                     vals[*dst] = Some(ArrayD::from_shape_vec(IxDyn(&p.shapes[*src]), f).expect("sized"));
                 }

@@ -641,6 +641,17 @@ pub fn quantize_nchw_to_nhwc(isa: Isa, x: &[f32], stride: usize, t: &QTensor, ou
     finite
 }
 
+/// DequantizeLinear of channels-last bytes into one row of floats per channel, plus
+/// that of `b` when given ([`scalar::dequantize_rows`]): a float value's planes.
+pub fn dequantize_rows(isa: Isa, a: &[u8], ta: &QTensor, b: Option<(&[u8], &QTensor)>, rows: &mut [&mut [f32]]) {
+    match isa.checked() {
+        // SAFETY: `checked` confirmed AVX2 on this CPU (AVX-512 VNNI CPUs have it).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni | Isa::Avx512Amx => unsafe { avx2::dequantize_rows(a, ta, b, rows) },
+        _ => scalar::dequantize_rows(a, ta, b, rows),
+    }
+}
+
 /// QuantizeLinear(DequantizeLinear(a) + DequantizeLinear(b)), element-wise, with
 /// the float operations of the QDQ graph, clamped to `bounds` (the activation after
 /// the add on the output's grid; `[0, 255]` for none).

@@ -195,6 +195,28 @@ pub fn quantize_nchw_to_nhwc(x: &[f32], stride: usize, t: &QTensor, out: &mut [u
     }
 }
 
+/// DequantizeLinear of the channels-last bytes `a` (tensor `ta`, `rows.len()` channels,
+/// `rows[0].len()` pixels) into one row of floats per channel, plus that of `b` when
+/// given (the float Add of a residual: two products, then their sum). Each byte's value
+/// from a table of the 256, computed as DequantizeLinear does: (v - z) as f32 * s.
+pub fn dequantize_rows(a: &[u8], ta: &QTensor, b: Option<(&[u8], &QTensor)>, rows: &mut [&mut [f32]]) {
+    let c = rows.len();
+    let deq = |t: &QTensor| -> [f32; 256] { std::array::from_fn(|v| (v as i32 - t.zp as i32) as f32 * t.scale) };
+    let da = deq(ta);
+    let db = b.map(|(_, tb)| deq(tb));
+    // (No pixels: the rows are empty and the bytes may be too.)
+    for (ch, row) in rows.iter_mut().enumerate().filter(|(_, r)| !r.is_empty()) {
+        let va = a[ch..].iter().step_by(c);
+        match (b, &db) {
+            (Some((b, _)), Some(db)) => {
+                let vb = b[ch..].iter().step_by(c);
+                row.iter_mut().zip(va.zip(vb)).for_each(|(o, (&v, &w))| *o = da[v as usize] + db[w as usize]);
+            }
+            _ => row.iter_mut().zip(va).for_each(|(o, &v)| *o = da[v as usize]),
+        }
+    }
+}
+
 /// QuantizeLinear(DequantizeLinear(a) + DequantizeLinear(b)), element-wise, then
 /// clamped to `[lo, hi]` (an activation after the add, on the output's grid: exact,
 /// since QuantizeLinear is monotone; `[0, 255]` for none).
