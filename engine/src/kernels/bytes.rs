@@ -123,28 +123,24 @@ pub fn map_bytes(x: &[u8], c: usize, tables: &[u8], f: &Factors, out: &mut [u8])
 /// bytes move as one load and store rather than a copy call: a U-Net's 4 + 4-channel
 /// concat at 16^3 took 21 us that way.
 pub fn copy_channels(src: &[u8], w: usize, table: Option<&[u8; 256]>, out: &mut [u8], c: usize, at: usize) {
-    fn pixels<const W: usize>(src: &[u8], table: Option<&[u8; 256]>, out: &mut [u8], c: usize, at: usize) {
-        let dst = out.chunks_exact_mut(c).map(|o| &mut o[at..at + W]);
+    // Inlined with `w` a constant at the common widths below.
+    #[inline(always)]
+    fn pixels(src: &[u8], w: usize, table: Option<&[u8; 256]>, out: &mut [u8], c: usize, at: usize) {
+        let dst = out.chunks_exact_mut(c).map(|o| &mut o[at..at + w]);
         match table {
-            None => dst.zip(src.chunks_exact(W)).for_each(|(d, v)| d.copy_from_slice(v)),
-            Some(t) => dst.zip(src.chunks_exact(W)).for_each(|(d, v)| d.iter_mut().zip(v).for_each(|(d, &v)| *d = t[v as usize])),
+            None => dst.zip(src.chunks_exact(w)).for_each(|(d, v)| d.copy_from_slice(v)),
+            Some(t) => dst.zip(src.chunks_exact(w)).for_each(|(d, v)| d.iter_mut().zip(v).for_each(|(d, &v)| *d = t[v as usize])),
         }
     }
     assert!(w > 0 && at + w <= c && src.len() / w >= out.len() / c, "{w} channels at {at} of {c}");
     match w {
-        1 => pixels::<1>(src, table, out, c, at),
-        2 => pixels::<2>(src, table, out, c, at),
-        3 => pixels::<3>(src, table, out, c, at),
-        4 => pixels::<4>(src, table, out, c, at),
-        8 => pixels::<8>(src, table, out, c, at),
-        16 => pixels::<16>(src, table, out, c, at),
-        _ => {
-            let dst = out.chunks_exact_mut(c).map(|o| &mut o[at..at + w]);
-            match table {
-                None => dst.zip(src.chunks_exact(w)).for_each(|(d, v)| d.copy_from_slice(v)),
-                Some(t) => dst.zip(src.chunks_exact(w)).for_each(|(d, v)| d.iter_mut().zip(v).for_each(|(d, &v)| *d = t[v as usize])),
-            }
-        }
+        1 => pixels(src, 1, table, out, c, at),
+        2 => pixels(src, 2, table, out, c, at),
+        3 => pixels(src, 3, table, out, c, at),
+        4 => pixels(src, 4, table, out, c, at),
+        8 => pixels(src, 8, table, out, c, at),
+        16 => pixels(src, 16, table, out, c, at),
+        _ => pixels(src, w, table, out, c, at),
     }
 }
 
