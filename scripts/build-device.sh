@@ -6,8 +6,8 @@
 #
 # With a container engine (docker/podman) and `cross` installed it runs `cross build`
 # (cross.toml); otherwise Debian's multiarch Rust (rustc-web, libstd-rust-web-dev:arm64,
-# rust-web-src, gcc-<triple>; see README "ARM boards"). armv7 has no packaged std that
-# installs cleanly, so std is built from rust-web-src (-Zbuild-std).
+# rust-web-src, gcc-<triple>; see README "ARM boards"). Where Debian's armhf std did not
+# install (scripts/setup-cross.sh), std is built from rust-web-src (-Zbuild-std).
 # The binary lands in target/device/<triple>/device/edgemed-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -13,7 +13,14 @@ cross_env() {
             runner="qemu-aarch64-static -cpu cortex-a72" ;;
         armv7-unknown-linux-gnueabihf)
             gcc_prefix=arm-linux-gnueabihf
-            runner="qemu-arm-static -L /usr/arm-linux-gnueabihf"
+            # With Debian's armhf std its libc is installed multiarch (setup-cross.sh) and,
+            # as on aarch64, -L would break threads (the threaded tests segfault); without
+            # it, the cross libc's tree.
+            if [[ -e /lib/ld-linux-armhf.so.3 ]]; then
+                runner="qemu-arm-static"
+            else
+                runner="qemu-arm-static -L /usr/arm-linux-gnueabihf"
+            fi
             # tract probes NEON through /proc/cpuinfo, which qemu-user does not fake.
             export TRACT_CPU_ARM32_NEON=1 ;;
         *) echo "no cross toolchain recipe for $triple" >&2; return 1 ;;

@@ -88,12 +88,13 @@ for triple in $targets; do
         # (every kernel this CPU has against the scalar reference). brain-age's end-to-end
         # CLI test (a 1 mm brain through tract) takes 1-3 minutes per target under qemu and
         # checks nothing the other tests do not check here: it runs on x86 only.
-        cargo test --release --target "$triple" -p edgemed-runtime --lib --bins --tests "${build_std[@]}" \
+        # One cargo run for both crates: built apart, the engine's dependencies resolve
+        # other features and half of them build again (1-2 minutes per target).
+        cargo test --profile arm-test --target "$triple" -p edgemed-runtime -p edgemed-engine --lib --bins --tests "${build_std[@]}" \
             -- --skip brain_age_writes_maps_overlay_and_summaries_that_say_what_made_them
-        cargo test --release --target "$triple" -p edgemed-engine --lib "${build_std[@]}"
         echo "=== $triple: built and tested in $((SECONDS - t0)) s" >&2
 
-        bin="$CARGO_TARGET_DIR/$triple/release/edgemed-run"
+        bin="$CARGO_TARGET_DIR/$triple/arm-test/edgemed-run"
         out="$ref/$triple"
         $runner "$bin" run "${qdq[@]}" --expect "$ref/x86-qdq"
         # Its logits come from a float Gemm after the last DequantizeLinear: the integer
@@ -130,8 +131,12 @@ for triple in $targets; do
             # chosen, and the property tests compare them (and NEON) with the scalar
             # reference on random convolutions; whole models must keep x86's bits.
             max="qemu-aarch64-static -cpu max"
-            CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="$max" \
-                cargo test --release --target "$triple" -p edgemed-engine --lib "${build_std[@]}"
+            # The engine's test binary of the run above (the same flags: nothing rebuilds).
+            engine_tests=$(cargo test --profile arm-test --target "$triple" -p edgemed-runtime -p edgemed-engine \
+                --lib --bins --tests "${build_std[@]}" --no-run --message-format=json |
+                grep -o '"executable":"[^"]*/edgemed_engine-[^"]*"' | cut -d'"' -f4)
+            [[ -n "$engine_tests" ]] || { echo "no test binary of edgemed-engine" >&2; exit 1; }
+            $max "$engine_tests"
             $max "$bin" --backend int8 run "${qdq[@]}" --expect "$ref/x86-qdq-engine"
             $max "$bin" --backend int8 classify examples/data/pcam -m "$ref/pcam-int8.onnx" --format csv -o "$out-engine-dot.csv" 2>/dev/null
             same_classes "$ref/x86-engine.csv" "$out-engine-dot.csv" 0
