@@ -115,6 +115,10 @@ pub unsafe fn requantize(acc: &[i32], cout: usize, r: &Requant, out: &mut [u8]) 
         // SAFETY: AVX2, as this function's caller guarantees.
         return unsafe { requantize_flat(acc, cout, r, out) };
     }
+    if cout.is_multiple_of(8) && cout <= BLOCK_CHANNELS {
+        // SAFETY: AVX2, as this function's caller guarantees; the sizes as checked.
+        return unsafe { requantize_blocks(acc, cout, (r, None), out) };
+    }
     let full = cout / 8 * 8;
     for (a, o) in acc.chunks_exact(cout).zip(out.chunks_exact_mut(cout)) {
         let mut c = 0;
@@ -184,12 +188,69 @@ pub unsafe fn requantize_sides(acc: &[i32], cout: usize, (pos, neg): (&Requant, 
     }
 }
 
+/// Channel counts (multiples of 8) up to which [`requantize_blocks`] holds every
+/// channel's parameters in lanes for the whole run: 2 x 8 blocks of 5 vectors on the stack.
+pub const BLOCK_CHANNELS: usize = 64;
+
+/// [`requantize`] for cout a multiple of 8 up to [`BLOCK_CHANNELS`] (a U-Net's 16-64
+/// channel layers); with `neg`, also the negative side of a PReLU in the same pass, as
+/// [`requantize_sides`]. Each block of 8 channels' parameters is loaded and widened once
+/// per run, not once per pixel; the same float operations as the reference on each side.
+///
+/// # Safety
+/// AVX2; `cout` is a multiple of 8, at most [`BLOCK_CHANNELS`], and both
+/// requantisations cover it.
+#[target_feature(enable = "avx2")]
+pub unsafe fn requantize_blocks(acc: &[i32], cout: usize, (pos, neg): (&Requant, Option<(&Requant, u8)>), out: &mut [u8]) {
+    const B: usize = BLOCK_CHANNELS / 8;
+    assert!(cout > 0 && cout.is_multiple_of(8) && cout <= BLOCK_CHANNELS);
+    assert!(pos.covers(cout) && neg.is_none_or(|(r, _)| r.covers(cout)));
+    let blocks = cout / 8;
+    // SAFETY: register operations and loads of 8 parameters at channel 8 b + 8 <= cout,
+    // which both requantisations cover (asserted); the accumulator loads and byte
+    // stores at 8 b + 8 <= cout inside one pixel's `cout` values (chunks_exact).
+    unsafe {
+        let zero = Lanes8::zero();
+        let (mut lp, mut lq) = ([zero; B], [zero; B]);
+        for (b, (p, q)) in lp.iter_mut().zip(lq.iter_mut()).take(blocks).enumerate() {
+            *p = Lanes8::load(ParamRows::from(pos, 8 * b));
+            if let Some((r, _)) = neg {
+                *q = Lanes8::load(ParamRows::from(r, 8 * b));
+            }
+        }
+        let (lp, lq) = (&lp[..blocks], &lq[..blocks]);
+        let pixels = acc.chunks_exact(cout).zip(out.chunks_exact_mut(cout));
+        match neg {
+            Some((r, z)) => {
+                let z = _mm256_set1_epi32(z as i32);
+                for (a, o) in pixels {
+                    for (b, (p, q)) in lp.iter().zip(lq).enumerate() {
+                        let x = _mm256_loadu_si256(a.as_ptr().add(8 * b) as *const __m256i);
+                        // pos >= z >= neg, and one of them is z: the sum stays in 0..=255.
+                        let y = _mm256_add_epi32(p.requantize(x, pos.out_zp), q.requantize(x, r.out_zp));
+                        store8(_mm256_sub_epi32(y, z), o.as_mut_ptr().add(8 * b));
+                    }
+                }
+            }
+            None => {
+                for (a, o) in pixels {
+                    for (b, p) in lp.iter().enumerate() {
+                        let x = _mm256_loadu_si256(a.as_ptr().add(8 * b) as *const __m256i);
+                        store8(p.requantize(x, pos.out_zp), o.as_mut_ptr().add(8 * b));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Channel counts up to which [`requantize`] repeats the parameters over a block of
 /// lcm(cout, 8) values instead of leaving cout % 8 channels of every pixel to scalar
 /// code (a U-Net's 2-4-channel full-resolution layers).
 const FLAT_CHANNELS: usize = 32;
 
 /// 8 channels' requantisation parameters in lanes (`lo`, `hi` as floats).
+#[derive(Clone, Copy)]
 struct Lanes8 {
     offset: __m256i,
     mult: __m256,
@@ -251,6 +312,19 @@ impl<const N: usize> Period<N> {
 }
 
 impl Lanes8 {
+    /// All lanes zero (a placeholder, overwritten before use).
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    unsafe fn zero() -> Lanes8 {
+        // SAFETY: register operations only.
+        unsafe {
+            let (i, f) = (_mm256_setzero_si256(), _mm256_setzero_ps());
+            Lanes8 { offset: i, mult: f, bias: f, lo: f, hi: f }
+        }
+    }
+
     /// The first 8 channels of `p`.
     ///
     /// # Safety

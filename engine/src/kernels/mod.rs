@@ -591,6 +591,11 @@ pub fn requantize_two_sided(isa: Isa, acc: &[i32], cout: usize, pos: &Requant, n
         // 16-lane requantisation, twice).
         return unsafe { avx2::requantize_sides(acc, cout, (pos, Some((neg, z))), out) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if isa.checked() == Isa::Avx2 && cout.is_multiple_of(8) && cout <= avx2::BLOCK_CHANNELS {
+        // SAFETY: as above; cout is a multiple of 8 up to BLOCK_CHANNELS.
+        return unsafe { avx2::requantize_blocks(acc, cout, (pos, Some((neg, z))), out) };
+    }
     let pixels = (CHUNK / cout).max(1);
     let mut side = [0u8; CHUNK];
     for (acc, out) in acc.chunks(pixels * cout).zip(out.chunks_mut(pixels * cout)) {
