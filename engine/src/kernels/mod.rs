@@ -622,9 +622,10 @@ fn two_sides(isa: Isa, acc: &[i32], cout: usize, pos: &Requant, neg: &Requant, z
 /// The model input: float NCHW quantised (ONNX QuantizeLinear) into u8 NHWC; channel c's
 /// floats start at `x[c * stride]` (see [`scalar::quantize_nchw_to_nhwc`]). Returns
 /// whether every value read was finite: quantisation would map NaN silently near the
-/// zero point, so the caller refuses the bytes where it was not. The AVX-512 kernel
-/// tests each value as it quantises it (a separate pass over the floats took 18 of
-/// the 46 us of MobileNetV2's 224x224x3 input); the others check the planes first.
+/// zero point, so the caller refuses the bytes where it was not. The x86 kernels
+/// (AVX-512, AVX2) test each value as they quantise it (a separate pass over the floats
+/// took 18 of the 46 us of MobileNetV2's 224x224x3 input on AVX-512); the ARM ones and
+/// the reference check the planes first.
 #[must_use]
 pub fn quantize_nchw_to_nhwc(isa: Isa, x: &[f32], stride: usize, t: &QTensor, out: &mut [u8]) -> bool {
     let isa = isa.checked();
@@ -633,11 +634,13 @@ pub fn quantize_nchw_to_nhwc(isa: Isa, x: &[f32], stride: usize, t: &QTensor, ou
         // SAFETY: `checked` confirmed AVX-512 VNNI (with AVX2) on this CPU.
         return unsafe { avx512::quantize_nchw_to_nhwc(x, stride, t, out) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        // SAFETY: `checked` confirmed AVX2 on this CPU. It tests the values as it goes.
+        return unsafe { avx2::quantize_nchw_to_nhwc(x, stride, t, out) };
+    }
     let finite = (0..t.c).all(|c| all_finite(isa, &x[c * stride..c * stride + t.h * t.w]));
     match isa {
-        // SAFETY: `checked` confirmed AVX2 on this CPU.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { avx2::quantize_nchw_to_nhwc(x, stride, t, out) },
         #[cfg(target_arch = "aarch64")]
         Isa::Neon | Isa::NeonDot => neon::quantize_nchw_to_nhwc(x, stride, t, out),
         // armv7: the portable loop.

@@ -782,6 +782,34 @@ fn quantisation_of_float_planes_equals_scalar() {
     }
 }
 
+/// The input quantisation's answer to one NaN or infinity anywhere among finite values:
+/// in a whole run of the kernels' steps or in the tail, in any plane, first and last
+/// values included, for plane counts the x86 kernels take and past them (9, 17), with
+/// planes further apart than their pixels (a thread's part). Every ISA must say "not
+/// finite"; the same values without it, "finite".
+#[test]
+fn one_non_finite_input_value_anywhere_is_reported() {
+    let mut s = Lcg::new(0xf1);
+    for isa in Isa::available() {
+        for c in (1..=9).chain([17]) {
+            let hw = 16 * s.below(7) + s.below(16) + 1;
+            let stride = hw + s.below(5);
+            let t = QTensor { c, h: 1, w: hw, scale: 0.02, zp: 128 };
+            let x: Vec<f32> = (0..c * stride).map(|_| (s.u32() as f32 / u32::MAX as f32 - 0.5) * 4.0).collect();
+            let mut out = vec![0u8; c * hw];
+            assert!(quantize_nchw_to_nhwc(isa, &x, stride, &t, &mut out), "{isa:?} c {c} hw {hw}: finite");
+            let mut places: Vec<(usize, usize)> = (0..c).flat_map(|ch| [(ch, 0), (ch, hw - 1)]).collect();
+            places.extend((0..24).map(|_| (s.below(c), s.below(hw))));
+            for (ch, p) in places {
+                let mut y = x.clone();
+                y[ch * stride + p] = s.pick(&[f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -f32::NAN]);
+                let v = y[ch * stride + p];
+                assert!(!quantize_nchw_to_nhwc(isa, &y, stride, &t, &mut out), "{isa:?} c {c} hw {hw}: {v} at plane {ch} pixel {p}");
+            }
+        }
+    }
+}
+
 /// The quotients where a kernel's division could go wrong (the AVX-512 input
 /// quantisation divides by a multiplication and two FMAs): for scales of every kind
 /// (powers of two, all-ones significands, random ones, tiny and huge, and outside the
