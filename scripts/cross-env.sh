@@ -13,9 +13,9 @@ cross_env() {
             runner="qemu-aarch64-static -cpu cortex-a72" ;;
         armv7-unknown-linux-gnueabihf)
             gcc_prefix=arm-linux-gnueabihf
-            # With Debian's armhf std its libc is installed multiarch (setup-cross.sh) and,
-            # as on aarch64, -L would break threads (the threaded tests segfault); without
-            # it, the cross libc's tree.
+            # With Debian's armhf std (setup-cross.sh) its libc is installed multiarch,
+            # and -L would break threads as on aarch64 (the threaded tests segfault).
+            # Without it (build-std), the binaries' libc is the cross one's tree.
             if [[ -e /lib/ld-linux-armhf.so.3 ]]; then
                 runner="qemu-arm-static"
             else

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# CI's ARM leg: builds edgemed-run and the runtime crate's tests for aarch64 and armv7
-# with Debian's multiarch Rust, runs the tests under qemu-user, then checks that ARM
-# computes what x86 computes on the same inputs:
+# CI's ARM leg: builds edgemed-run, the runtime crate's tests and the INT8 engine's
+# for aarch64 and armv7 with Debian's multiarch Rust (the arm-test profile in
+# Cargo.toml), runs the tests under qemu-user, then checks that ARM computes what x86
+# computes on the same inputs:
 #   - the INT8 QDQ fixture (quantized output): identical bits;
 #   - the bundled model quantized by the converter (DFQ, INT8 QDQ, float logits from the
 #     last Gemm) in tract: logits of the fixture input within 1e-6; `classify` of the
@@ -84,10 +85,12 @@ for triple in $targets; do
         # crashes at load in its CPU probe (cpuinfo reads the x86 host's /proc/cpuinfo and
         # /sys topology), and there is no armv7 wheel. The ort tests run on x86.
         export EDGEMED_SKIP_ORT=1
-        # Only the runtime crate (the device side), and the INT8 engine's property tests
-        # (every kernel this CPU has against the scalar reference). brain-age's end-to-end
-        # CLI test (a 1 mm brain through tract) takes 1-3 minutes per target under qemu and
-        # checks nothing the other tests do not check here: it runs on x86 only.
+        # Only the runtime crate (the device side), and the INT8 engine's tests: its kernel
+        # property tests (every kernel this CPU has against the scalar reference) and the
+        # same bits at every thread count on the repository's fixtures (tests/threads.rs).
+        # brain-age's end-to-end CLI test (a 1 mm brain through tract) takes 1-3 minutes per
+        # target under qemu and checks nothing the other tests do not check here: it runs
+        # on x86 only.
         # One cargo run for both crates: built apart, the engine's dependencies resolve
         # other features and half of them build again (1-2 minutes per target).
         cargo test --profile arm-test --target "$triple" -p edgemed-runtime -p edgemed-engine --lib --bins --tests "${build_std[@]}" \
