@@ -429,7 +429,7 @@ pub(super) fn gcd(a: usize, b: usize) -> usize {
 /// the clamp to [0, 255]), runs of 32 pixels quantised plane by plane into a buffer
 /// and then interleaved (the reference's strided stores keep LLVM from vectorising
 /// it: 300 us for MobileNetV2's 224x224x3 input). Returns whether every value read was
-/// finite, each tested as it is quantised (a separate pass over the planes took 2-3 us
+/// finite, each tested as it is quantised (a separate pass over the planes took 1-2 us
 /// of MobileNetV2 x0.25's 95x95x3 input). Non-finite values (which the caller refuses)
 /// may give other bytes than the reference's.
 ///
