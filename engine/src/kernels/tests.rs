@@ -575,7 +575,8 @@ fn depthwise_and_requant_equal_scalar() {
 /// Requantisation on every channel count up to 40 (below 8, not a multiple of 8 and
 /// up to [`FLAT_CHANNELS`](super::avx2): the parameters repeated over flat blocks;
 /// multiples of 8; the rest with a scalar tail), on runs of pixels that end inside a
-/// block, and the two-sided form of a PReLU against its definition.
+/// block, with many ties and values past 2^22, and the two-sided form of a PReLU
+/// against its definition.
 #[test]
 fn requantisation_equals_scalar_for_every_channel_count() {
     let mut s = Lcg::new(23);
@@ -584,7 +585,18 @@ fn requantisation_equals_scalar_for_every_channel_count() {
             for pixels in [1, 3, 17, 64] {
                 let n = pixels * c;
                 let a: Vec<i32> = (0..n).map(|_| (s.u32() % 200_000) as i32 - 100_000).collect();
-                let r = random_requant(&mut s, c);
+                let mut r = random_requant(&mut s, c);
+                // Every third case: multipliers of 1/2 and 1/4 with biases on halves
+                // and quarters (many values exactly half-way: ties go to even), or of
+                // 1000 (most values far past 2^22, where the reference saturates).
+                match (c + pixels) % 3 {
+                    0 => {}
+                    k => {
+                        r.offset.fill(0);
+                        r.mult = (0..c).map(|j| if k == 2 { 1000.0 } else { [0.5, 0.25][j % 2] }).collect();
+                        r.bias = (0..c).map(|j| [0.0, 0.5, -0.5, 0.25][j % 4]).collect();
+                    }
+                }
                 let (mut qa, mut qb) = (vec![0u8; n], vec![0u8; n]);
                 scalar::requantize(&a, c, &r, &mut qa);
                 requantize(isa, &a, c, &r, &mut qb);
@@ -607,6 +619,13 @@ fn requantisation_equals_scalar_for_every_channel_count() {
                 let mut got = vec![0u8; n];
                 requantize_two_sided(isa, &a, c, &pos, &neg, z, &mut got);
                 assert_eq!(got, want, "{isa:?} {c} channels, two-sided");
+                // A negative side with offsets of its own (the kernels convert the sums
+                // once only where they are the same): with pos held at z, y is its bytes.
+                let held = Requant { lo: vec![z; c], hi: vec![z; c], ..pos.clone() };
+                let own = Requant { offset: neg.offset.iter().map(|o| o.wrapping_add(977)).collect(), ..neg.clone() };
+                scalar::requantize(&a, c, &own, &mut q);
+                requantize_two_sided(isa, &a, c, &held, &own, z, &mut got);
+                assert_eq!(got, q, "{isa:?} {c} channels, two-sided with the negative side's own offsets");
             }
         }
     }
@@ -618,8 +637,9 @@ fn requantisation_equals_scalar_for_every_channel_count() {
 fn moment_sums_equal_scalar() {
     let mut s = Lcg::new(31);
     for isa in Isa::available() {
-        for width in [1, 2, 3, 8, 32, 36, 40] {
-            let n = width * (1 + s.below(50));
+        for width in [1, 2, 3, 8, 16, 24, 32, 36, 40, 48, 64] {
+            // Whole blocks, and some with a partial last block.
+            let n = width * (1 + s.below(50)) + if s.below(2) == 0 { 0 } else { s.below(width) };
             let v: Vec<i32> =
                 (0..n).map(|i| if i % 11 == 0 { -(255 * 128 * 27 * 8) } else { (s.u32() % 1_000_000) as i32 - 500_000 }).collect();
             let (mut s1, mut q1) = (vec![3i64; width], vec![5i64; width]);
@@ -629,6 +649,8 @@ fn moment_sums_equal_scalar() {
             assert_eq!((s1.clone(), q1.clone()), (s2, q2), "{isa:?} width {width}");
             let want: i64 = v.iter().map(|&x| x as i64 * x as i64).sum::<i64>() + 5 * width as i64;
             assert_eq!(q1.iter().sum::<i64>(), want);
+            let slot = |j: usize| v.iter().skip(j).step_by(width).map(|&x| x as i64).sum::<i64>();
+            assert_eq!(s1, (0..width).map(|j| slot(j) + 3).collect::<Vec<_>>(), "sums per slot, width {width}");
         }
     }
 }
