@@ -236,7 +236,7 @@ unsafe fn sides8<const TWO: bool, const SHARED: bool>(lp: &Lanes8, lq: &Lanes8, 
 }
 
 /// Channel counts (multiples of 8) up to which [`requantize_blocks`] holds every
-/// channel's parameters in lanes for the whole run: 2 x 8 blocks of 5 vectors on the stack.
+/// channel's parameters in lanes for the whole run: 2 x 8 blocks of 6 vectors on the stack.
 pub const BLOCK_CHANNELS: usize = 64;
 
 /// [`requantize`] for cout a multiple of 8 up to [`BLOCK_CHANNELS`] (a U-Net's 16-64
