@@ -183,9 +183,11 @@ impl MemoryPlan {
                 self.rows_len = self.rows_len.max(kernels::conv_scratch_len(&r.rows_of(n), kind));
             }
             ConvLayout::SubPixel(sp) => {
-                // The sub-conv's sums in `acc`, the shuffled ones in `acc2`.
+                // The sub-conv's sums in `acc`, the shuffled ones in `acc2`; requantised,
+                // a sub plane's bytes at a time in a lane's `rows`.
                 self.fit_conv(&sp.inner, kind, sp.offset.len());
                 self.acc2_len = self.acc2_len.max(layout.pixels() * cout);
+                self.rows_len = self.rows_len.max(sp.sub[1] * sp.sub[2] * sp.offset.len());
             }
         }
     }
@@ -620,15 +622,32 @@ impl Engine {
                     let h = &n.conv;
                     let (pixels, cout) = (h.layout.pixels(), h.mult.len());
                     let use_ = next_norm()?;
-                    self.conv(s, h.src, &h.layout, &h.kind, h.macs, None);
-                    let acc = if h.layout.sums_in_acc2() { &s.acc2 } else { &s.acc };
-                    let acc = &acc[..pixels * cout];
+                    // A sub-pixel conv whose class voxels are all outputs is normalised and
+                    // requantised on its sums as they are, then shuffled as bytes.
+                    let sub = match &h.layout {
+                        ConvLayout::SubPixel(sp) if sp.covers_exactly() && !matches!(use_, NormUse::Collect(_)) => Some(&**sp),
+                        _ => None,
+                    };
+                    let acc = match sub {
+                        Some(sp) => {
+                            self.conv(s, h.src, &sp.inner, &h.kind, sp.inner_macs, None);
+                            &s.acc[..sp.inner.pixels() * sp.offset.len()]
+                        }
+                        None => {
+                            self.conv(s, h.src, &h.layout, &h.kind, h.macs, None);
+                            let acc = if h.layout.sums_in_acc2() { &s.acc2 } else { &s.acc };
+                            &acc[..pixels * cout]
+                        }
+                    };
                     let (lo, hi) = &n.clamp;
+                    let macs = h.layout.products_per_output(h.macs, cout);
                     let moments = match use_ {
-                        NormUse::Own => self.conv_moments(&s.lanes, acc, cout, h.layout.products_per_output(h.macs, cout), None),
+                        NormUse::Own => match sub {
+                            Some(sp) => sp.output_moments(&self.conv_moments(&s.lanes, acc, sp.offset.len(), macs, None)),
+                            None => self.conv_moments(&s.lanes, acc, cout, macs, None),
+                        },
                         NormUse::Collect(region) => {
                             let runs = self.region_runs(&h.shape[2..], region)?;
-                            let macs = h.layout.products_per_output(h.macs, cout);
                             return Ok(PassResult::Sums(NormSums::Ints(self.conv_moments(&s.lanes, acc, cout, macs, Some(&runs)))));
                         }
                         NormUse::Given(k) => match given(k) {
@@ -656,16 +675,21 @@ impl Engine {
                     };
                     let mut dst = std::mem::take(&mut s.slots[slot(n.dst)]);
                     let out = &mut dst[..dst_t.len()];
-                    let rs = ranges(pixels, self.parts(out.len() as u64, self.min_part.1), PIXEL_ALIGN);
-                    let work: Vec<_> = rs.iter().zip(cut(out, rs.iter().map(|r| r.len() * cout))).collect();
-                    let isa = self.isa;
-                    self.split(&s.lanes, work, |(px, out), _| {
-                        let acc = &acc[px.start * cout..px.end * cout];
-                        match &neg {
-                            None => kernels::requantize(isa, acc, cout, &pos, out),
-                            Some(neg) => kernels::requantize_two_sided(isa, acc, cout, &pos, neg, dst_t.zp, out),
-                        }
-                    });
+                    if let Some(sp) = sub {
+                        let neg = neg.map(|r| sp.sub_requant(&r));
+                        self.sub_pixel_bytes(&s.lanes, sp, acc, &sp.sub_requant(&pos), neg.as_ref().map(|r| (r, dst_t.zp)), out);
+                    } else {
+                        let rs = ranges(pixels, self.parts(out.len() as u64, self.min_part.1), PIXEL_ALIGN);
+                        let work: Vec<_> = rs.iter().zip(cut(out, rs.iter().map(|r| r.len() * cout))).collect();
+                        let isa = self.isa;
+                        self.split(&s.lanes, work, |(px, out), _| {
+                            let acc = &acc[px.start * cout..px.end * cout];
+                            match &neg {
+                                None => kernels::requantize(isa, acc, cout, &pos, out),
+                                Some(neg) => kernels::requantize_two_sided(isa, acc, cout, &pos, neg, dst_t.zp, out),
+                            }
+                        });
+                    }
                     s.slots[slot(n.dst)] = dst;
                 }
                 Step::Int(op) => self.int_op(s, op),
@@ -1252,17 +1276,20 @@ impl Engine {
                 }
             }
             ConvLayout::SubPixel(sp) => {
-                // The sub-conv into `acc`, then its sums shuffled into `acc2` by output planes.
+                // The sub-conv into `acc`; requantised as they are and shuffled as bytes,
+                // or shuffled into `acc2` by output planes.
                 self.conv(s, src, &sp.inner, kind, sp.inner_macs, None);
+                if let (Some(r), Some(out)) = (requant, out) {
+                    let sums = &s.acc[..sp.inner.pixels() * sp.offset.len()];
+                    self.sub_pixel_bytes(&s.lanes, sp, sums, &sp.sub_requant(r), None, out);
+                    return;
+                }
                 let g = &sp.g;
                 let plane = g.output[1] * g.output[2] * sp.cout;
                 let rs = ranges(g.output[0], parts, 1);
                 let sums = &s.acc;
                 let work: Vec<_> = rs.iter().cloned().zip(cut(&mut s.acc2, rs.iter().map(|r| r.len() * plane))).collect();
                 self.split(&s.lanes, work, |(r, a), _| sp.shuffle(sums, r, a));
-                if let (Some(r), Some(out)) = (requant, out) {
-                    self.requantize_sums(&s.lanes, &s.acc2[..layout.pixels() * sp.cout], sp.cout, r, out);
-                }
             }
         }
     }
@@ -1331,6 +1358,41 @@ impl Engine {
         let outs = outs_for(out, lens());
         let work: Vec<_> = rs.iter().zip(cut(acc, lens())).zip(outs).collect();
         self.split(lanes, work, |((r, a), o), _| conv(planar, r.clone(), o, a));
+    }
+
+    /// A sub-pixel conv's output bytes from its sub-conv's sums (`sums`: [sub voxels]
+    /// [classes x cout], zp Σw still in them) and requantisation per sub channel
+    /// ([`subpixel::SubPixel::sub_requant`]; with `neg`, a PReLU's negative side and
+    /// the output's zero point): parts of sub planes over the pool, each plane
+    /// requantised into the lane's buffer and placed at its output planes (one job for
+    /// both steps, and bytes shuffled instead of int32 sums).
+    fn sub_pixel_bytes(
+        &self,
+        lanes: &[Mutex<Lane>],
+        sp: &subpixel::SubPixel,
+        sums: &[i32],
+        pos: &Requant,
+        neg: Option<(&Requant, u8)>,
+        out: &mut [u8],
+    ) {
+        let [od, oh, ow] = sp.g.output;
+        let wide = sp.offset.len();
+        let (sz, plane, out_plane) = (sp.g.stride[0], sp.sub[1] * sp.sub[2] * wide, oh * ow * sp.cout);
+        let rs = ranges(sp.sub[0], self.parts(out.len() as u64, self.min_part.1), 1);
+        let outs = cut(out, rs.iter().map(|r| ((r.end * sz).min(od) - (r.start * sz).min(od)) * out_plane));
+        let isa = self.isa;
+        self.split(lanes, rs.into_iter().zip(outs).collect(), |(r, o), l| {
+            let bytes = &mut l.rows[..plane];
+            for qz in r.clone() {
+                let acc = &sums[qz * plane..][..plane];
+                match neg {
+                    None => kernels::requantize(isa, acc, wide, pos, bytes),
+                    Some((neg, zp)) => kernels::requantize_two_sided(isa, acc, wide, pos, neg, zp, bytes),
+                }
+                let at = ((qz * sz).min(od) - (r.start * sz).min(od)) * out_plane;
+                sp.place_bytes(bytes, qz, &mut o[at..]);
+            }
+        });
     }
 
     /// Exact int32 sums [pixels][cout] requantised into `out`, over the pool.

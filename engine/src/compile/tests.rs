@@ -919,6 +919,68 @@ fn a_conv_and_its_instance_norm_are_one_requantisation() {
     }
 }
 
+/// A transposed conv (the sub-pixel form) and its instance norm are one step too: where
+/// every class voxel of the sub-conv is an output (output padding 1, a U-Net's
+/// up-conv), its sums are normalised and requantised as they are and shuffled as
+/// bytes; where the output cuts the last class voxels off (output padding 0), the sums
+/// are shuffled first. Both give the same bytes on every ISA and thread count, within
+/// one output step of the unfused float steps, with a ReLU or a PReLU.
+#[test]
+fn a_transposed_conv_and_its_instance_norm_are_one_requantisation() {
+    let (cin, cout, n) = (3, 4, [3, 4, 5]);
+    for (out_pad, slopes) in [(1, None), (0, None), (1, Some([0.25f32, -0.3, 0.0, 0.1])), (0, Some([0.2, 0.2, -1.0, 0.5]))] {
+        let net = |unfused: bool| {
+            let mut b = Qdq::new(&[1, cin, n[0], n[1], n[2]]);
+            let x = b.qdq("x", 0.03, 100);
+            let w: Vec<i8> = (0..cin * cout * 27).map(|i| ((i * 37 % 51) as i8) - 25).collect();
+            let w = b.weight(&[cin, cout, 3, 3, 3], &w, 0.01);
+            let bias = b.f32s(&[cout], &[0.1, -0.2, 0.3, 0.0]);
+            let attrs =
+                vec![Attr::Ints("strides", vec![2, 2, 2]), Attr::Ints("pads", vec![1; 6]), Attr::Ints("output_padding", vec![out_pad; 3])];
+            let mut c = b.op("ConvTranspose", &[&x, &w, &bias], attrs);
+            if unfused {
+                let zero = b.f32s(&[], &[0.0]);
+                c = b.op("Add", &[&c, &zero], vec![]);
+            }
+            let (s, o) = (b.f32s(&[cout], &[1.0, -0.5, 2.0, 0.7]), b.f32s(&[cout], &[0.2, 0.0, -0.3, 0.1]));
+            let nrm = b.op("InstanceNormalization", &[&c, &s, &o], vec![Attr::Float("epsilon", 1e-5)]);
+            let y = match slopes {
+                None => {
+                    let r = b.op("Relu", &[&nrm], vec![]);
+                    b.qdq(&r, 0.03, 0)
+                }
+                Some(a) => {
+                    let a = b.f32s(&[cout, 1, 1, 1], &a);
+                    let r = b.op("PRelu", &[&nrm, &a], vec![]);
+                    b.qdq(&r, 0.03, 100)
+                }
+            };
+            b.model(&y)
+        };
+        let (fused, unfused) = (net(false), net(true));
+        let e = Engine::new(&fused).unwrap();
+        let labels: Vec<String> = e.plan.steps.iter().map(|s| e.plan.label(s)).collect();
+        assert!(labels.iter().any(|l| l.contains("sub-pixel") && l.contains("+ instance norm")), "{labels:?}");
+        let x: Vec<f32> = (0..cin * n.iter().product::<usize>()).map(|i| ((i * 7919 % 211) as f32 / 40.0) - 2.5).collect();
+        let float_steps = Engine::new(&unfused).unwrap().run_one(&x).unwrap().remove(0);
+        let want = Engine::with_isa(&fused, Isa::Scalar).unwrap().run_one(&x).unwrap();
+        assert_eq!(
+            want[0].shape(),
+            &[1, cout, 2 * n[0] - 1 + out_pad as usize, 2 * n[1] - 1 + out_pad as usize, 2 * n[2] - 1 + out_pad as usize]
+        );
+        for isa in Isa::available() {
+            for threads in [1, 3] {
+                let e = Engine::with_isa(&fused, isa).unwrap().with_threads(threads).with_min_part(1, 1);
+                assert_eq!(e.run_one(&x).unwrap(), want, "{isa:?} {threads} threads, output padding {out_pad}, slopes {slopes:?}");
+            }
+        }
+        let d: Vec<f32> = want[0].iter().zip(float_steps.iter()).map(|(a, b)| (a - b).abs()).collect();
+        let same = d.iter().filter(|&&v| v == 0.0).count();
+        assert!(d.iter().all(|&v| v <= 0.03 * 1.001), "max {}, output padding {out_pad}", d.iter().fold(0f32, |m, &v| m.max(v)));
+        assert!(same * 100 >= d.len() * 95, "{same} of {} equal, output padding {out_pad}", d.len());
+    }
+}
+
 /// A volume streamed in tiles ([`crate::norms`]), one pass per instance norm and a
 /// last one for the outputs, gives the whole volume's output bit for bit, for norms
 /// of u8 tensors, of a conv's values and of a float op's, at 1 and 3 threads; each
