@@ -154,26 +154,17 @@ impl SubPixel {
     /// sums, so `acc` is written, not added to.
     pub fn shuffle(&self, sums: &[i32], planes: Range<usize>, acc: &mut [i32]) {
         let [_, oh, ow] = self.g.output;
-        let [sz, sy, sx] = self.g.stride;
+        let [sz, _, sx] = self.g.stride;
         let [_, qh, qw] = self.sub;
         let (cout, wide) = (self.cout, self.offset.len());
         assert!(planes.end <= self.g.output[0] && acc.len() >= planes.len() * oh * ow * cout);
         assert!(sums.len() >= self.sub.iter().product::<usize>() * wide);
         for (k, oz) in planes.enumerate() {
             let (qz, cz) = (oz / sz, oz % sz);
-            for oy in 0..oh {
-                let (qy, cy) = (oy / sy, oy % sy);
-                // The classes (cz, cy, 0..sx) are neighbouring sub-conv channels, and so are
-                // their outputs along x: sub voxel q gives output x = q sx .. q sx + sx, one
-                // run of sx cout sums from channel `first`.
-                let first = (cz * sy + cy) * sx * cout;
-                let run = Runs {
-                    out_row: &mut acc[(k * oh + oy) * ow * cout..][..ow * cout],
-                    in_row: &sums[(qz * qh + qy) * qw * wide..][..qw * wide],
-                    off: &self.offset[first..][..sx * cout],
-                    first,
-                    wide,
-                };
+            let sub_plane = &sums[qz * qh * qw * wide..][..qh * qw * wide];
+            let out_plane = &mut acc[k * oh * ow * cout..][..oh * ow * cout];
+            self.class_rows(cz, sub_plane, out_plane, |out_row, in_row, first| {
+                let run = Runs { out_row, in_row, off: &self.offset[first..][..sx * cout], first, wide };
                 // The run lengths of a U-Net's up-convs known to the compiler.
                 match sx * cout {
                     2 => run.copy::<2>(),
@@ -182,7 +173,26 @@ impl SubPixel {
                     16 => run.copy::<16>(),
                     len => run.copy_any(len),
                 }
-            }
+            });
+        }
+    }
+
+    /// The rows of one output plane of class `cz` along z from a sub plane's values
+    /// (`sub_plane`: [qh][qw][classes x cout], sums or bytes): `row(out_row, in_row,
+    /// first)` for each output row, with sub row qy and the class channel its runs start
+    /// at. Shared by [`Self::shuffle`] and [`Self::place_bytes`].
+    fn class_rows<T>(&self, cz: usize, sub_plane: &[T], out_plane: &mut [T], mut row: impl FnMut(&mut [T], &[T], usize)) {
+        let [_, oh, ow] = self.g.output;
+        let [_, sy, sx] = self.g.stride;
+        let [_, _, qw] = self.sub;
+        let (cout, wide) = (self.cout, self.offset.len());
+        for (oy, out_row) in out_plane[..oh * ow * cout].chunks_exact_mut(ow * cout).enumerate() {
+            let (qy, cy) = (oy / sy, oy % sy);
+            // The classes (cz, cy, 0..sx) are neighbouring sub-conv channels, and so are
+            // their outputs along x: sub voxel q gives output x = q sx .. q sx + sx, one
+            // run of sx cout values from channel `first`.
+            let first = (cz * sy + cy) * sx * cout;
+            row(out_row, &sub_plane[qy * qw * wide..][..qw * wide], first);
         }
     }
 }
@@ -233,28 +243,23 @@ impl SubPixel {
     /// a quarter of the data moved, and each sub plane read while it is in cache.
     pub fn place_bytes(&self, bytes: &[u8], qz: usize, out: &mut [u8]) {
         let [od, oh, ow] = self.g.output;
-        let [sz, sy, sx] = self.g.stride;
+        let [sz, _, sx] = self.g.stride;
         let [_, qh, qw] = self.sub;
         let (cout, wide) = (self.cout, self.offset.len());
         let planes = (qz * sz..((qz + 1) * sz).min(od)).len();
         assert!(bytes.len() >= qh * qw * wide && out.len() >= planes * oh * ow * cout);
         for (cz, out_plane) in out.chunks_exact_mut(oh * ow * cout).take(planes).enumerate() {
-            for (oy, out_row) in out_plane.chunks_exact_mut(ow * cout).enumerate() {
-                let (qy, cy) = (oy / sy, oy % sy);
-                let first = (cz * sy + cy) * sx * cout;
-                let in_row = &bytes[qy * qw * wide..][..qw * wide];
-                match sx * cout {
-                    2 => byte_runs::<2>(out_row, in_row, first, wide),
-                    4 => byte_runs::<4>(out_row, in_row, first, wide),
-                    8 => byte_runs::<8>(out_row, in_row, first, wide),
-                    16 => byte_runs::<16>(out_row, in_row, first, wide),
-                    len => {
-                        for (q, d) in out_row.chunks_mut(len).enumerate() {
-                            d.copy_from_slice(&in_row[q * wide + first..][..d.len()]);
-                        }
+            self.class_rows(cz, bytes, out_plane, |out_row, in_row, first| match sx * cout {
+                2 => byte_runs::<2>(out_row, in_row, first, wide),
+                4 => byte_runs::<4>(out_row, in_row, first, wide),
+                8 => byte_runs::<8>(out_row, in_row, first, wide),
+                16 => byte_runs::<16>(out_row, in_row, first, wide),
+                len => {
+                    for (q, d) in out_row.chunks_mut(len).enumerate() {
+                        d.copy_from_slice(&in_row[q * wide + first..][..d.len()]);
                     }
                 }
-            }
+            });
         }
     }
 }

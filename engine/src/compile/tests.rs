@@ -904,19 +904,33 @@ fn a_conv_and_its_instance_norm_are_one_requantisation() {
         assert!(labels(&fused).iter().any(|l| l.contains("+ instance norm")), "{:?}", labels(&fused));
         assert!(!labels(&unfused).iter().any(|l| l.contains("+ instance norm")), "{:?}", labels(&unfused));
         let x: Vec<f32> = (0..n.iter().product::<usize>()).map(|i| ((i * 7919 % 211) as f32 / 40.0) - 2.5).collect();
-        let float_steps = Engine::new(&unfused).unwrap().run_one(&x).unwrap().remove(0);
-        let want = Engine::with_isa(&fused, Isa::Scalar).unwrap().run_one(&x).unwrap();
-        for isa in Isa::available() {
-            for threads in [1, 3] {
-                let e = Engine::with_isa(&fused, isa).unwrap().with_threads(threads).with_min_part(1, 1);
-                assert_eq!(e.run_one(&x).unwrap(), want, "{isa:?} {threads} threads, slopes {a:?}");
-            }
-        }
-        let d: Vec<f32> = want[0].iter().zip(float_steps.iter()).map(|(a, b)| (a - b).abs()).collect();
-        let same = d.iter().filter(|&&v| v == 0.0).count();
-        assert!(d.iter().all(|&v| v <= 0.03 * 1.001), "max {}, slopes {a:?}", d.iter().fold(0f32, |m, &v| m.max(v)));
-        assert!(same * 100 >= d.len() * 95, "{same} of {} equal, slopes {a:?}", d.len());
+        fused_equals_its_float_steps(&fused, &unfused, &x, 0.03, &format!("slopes {a:?}"));
     }
+}
+
+/// The fused model's output, which must be the same bits on every ISA at 1 and 3
+/// threads and within one output `step` of the `unfused` float steps' (95% or more of
+/// its elements equal); `what` names the case in failures.
+fn fused_equals_its_float_steps(
+    fused: &OnnxModel,
+    unfused: &OnnxModel,
+    x: &[f32],
+    step: f32,
+    what: &str,
+) -> Vec<crate::ndarray::ArrayD<f32>> {
+    let float_steps = Engine::new(unfused).unwrap().run_one(x).unwrap().remove(0);
+    let want = Engine::with_isa(fused, Isa::Scalar).unwrap().run_one(x).unwrap();
+    for isa in Isa::available() {
+        for threads in [1, 3] {
+            let e = Engine::with_isa(fused, isa).unwrap().with_threads(threads).with_min_part(1, 1);
+            assert_eq!(e.run_one(x).unwrap(), want, "{isa:?} {threads} threads, {what}");
+        }
+    }
+    let d: Vec<f32> = want[0].iter().zip(float_steps.iter()).map(|(a, b)| (a - b).abs()).collect();
+    let same = d.iter().filter(|&&v| v == 0.0).count();
+    assert!(d.iter().all(|&v| v <= step * 1.001), "max {}, {what}", d.iter().fold(0f32, |m, &v| m.max(v)));
+    assert!(same * 100 >= d.len() * 95, "{same} of {} equal, {what}", d.len());
+    want
 }
 
 /// A transposed conv (the sub-pixel form) and its instance norm are one step too: where
@@ -962,22 +976,11 @@ fn a_transposed_conv_and_its_instance_norm_are_one_requantisation() {
         let labels: Vec<String> = e.plan.steps.iter().map(|s| e.plan.label(s)).collect();
         assert!(labels.iter().any(|l| l.contains("sub-pixel") && l.contains("+ instance norm")), "{labels:?}");
         let x: Vec<f32> = (0..cin * n.iter().product::<usize>()).map(|i| ((i * 7919 % 211) as f32 / 40.0) - 2.5).collect();
-        let float_steps = Engine::new(&unfused).unwrap().run_one(&x).unwrap().remove(0);
-        let want = Engine::with_isa(&fused, Isa::Scalar).unwrap().run_one(&x).unwrap();
+        let want = fused_equals_its_float_steps(&fused, &unfused, &x, 0.03, &format!("output padding {out_pad}, slopes {slopes:?}"));
         assert_eq!(
             want[0].shape(),
             &[1, cout, 2 * n[0] - 1 + out_pad as usize, 2 * n[1] - 1 + out_pad as usize, 2 * n[2] - 1 + out_pad as usize]
         );
-        for isa in Isa::available() {
-            for threads in [1, 3] {
-                let e = Engine::with_isa(&fused, isa).unwrap().with_threads(threads).with_min_part(1, 1);
-                assert_eq!(e.run_one(&x).unwrap(), want, "{isa:?} {threads} threads, output padding {out_pad}, slopes {slopes:?}");
-            }
-        }
-        let d: Vec<f32> = want[0].iter().zip(float_steps.iter()).map(|(a, b)| (a - b).abs()).collect();
-        let same = d.iter().filter(|&&v| v == 0.0).count();
-        assert!(d.iter().all(|&v| v <= 0.03 * 1.001), "max {}, output padding {out_pad}", d.iter().fold(0f32, |m, &v| m.max(v)));
-        assert!(same * 100 >= d.len() * 95, "{same} of {} equal, output padding {out_pad}", d.len());
     }
 }
 
