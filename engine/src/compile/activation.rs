@@ -146,11 +146,14 @@ impl Compiler<'_> {
             return false;
         }
         let mut bounds = Vec::with_capacity(c);
+        let mut checked: Option<&[u8]> = None;
         for (ch, t) in table.chunks(256).enumerate() {
             let (lo, hi) = (t[0], t[255]);
-            if !(0..256).all(|q| t[q] == (q as u8).clamp(lo, hi)) {
+            // Channels' tables are mostly the same bytes (see `table`): checked once.
+            if checked != Some(t) && !(0..256).all(|q| t[q] == (q as u8).clamp(lo, hi)) {
                 return false;
             }
+            checked = Some(t);
             let (nlo, nhi) = (conv.requant.lo[ch].max(lo), conv.requant.hi[ch].min(hi));
             if nlo > nhi {
                 return false;
@@ -164,17 +167,21 @@ impl Compiler<'_> {
         true
     }
 
-    /// The per-channel table of `steps` on tensor `src`'s values, quantised with (s, z).
+    /// The per-channel table of `steps` on tensor `src`'s values, quantised with (s, z):
+    /// entry (c, q) = Q(steps(deq(q), c)), Q = [`kernels::quantize_u8`]. A model's
+    /// activations make most of its tables (ReLU6s after cross-layer equalisation have
+    /// a bound per channel), and evaluating every entry in floats took 40% of the
+    /// bundled model's start-up on x86, more on a small core without fast floats or
+    /// under an emulator. So:
+    /// - steps with one value for all channels: one channel's 256 bytes, copied;
+    /// - clamps only (ReLU, Min, Clip): Q is non-decreasing (a positive scale's
+    ///   division, rounding and the clamp to 0..255 all are), so
+    ///   Q(min(v, b)) = min(Q(v), Q(b)) and Q(max(v, a)) = max(Q(v), Q(a)) exactly, and
+    ///   each channel's table is the channel-free Q(deq(q)) clamped in bytes. NaN
+    ///   bounds (which `f32::min` ignores) take the float path;
+    /// - otherwise (per-channel PReLU slopes: not monotone) every entry in floats.
     fn table(&self, src: usize, steps: &[MapStep], s: f32, z: u8) -> Vec<u8> {
-        let st = self.tensors[src];
-        let mut table = vec![0u8; st.c * 256];
-        for c in 0..st.c {
-            for qv in 0..256usize {
-                let v = steps.iter().fold(st.deq(qv as u8), |v, step| step.apply(v, c));
-                table[c * 256 + qv] = kernels::quantize_u8(v, s, z);
-            }
-        }
-        table
+        map_table(self.tensors[src], steps, s, z)
     }
 
     /// `steps` on the view of tensor `src` as float ops, for a float op that reads them.
@@ -219,4 +226,95 @@ fn per_channel(v: Vec<f32>, rank: usize) -> Operand {
     let mut shape = vec![1; rank];
     shape[1] = v.len();
     Operand::Const(ArrayD::from_shape_vec(IxDyn(&shape), v).expect("sized"))
+}
+
+/// [`Compiler::table`]'s bytes: entry (c, q) = Q(steps(deq(q), c)) for tensor `st`'s
+/// channels, Q quantising with (s, z).
+fn map_table(st: QTensor, steps: &[MapStep], s: f32, z: u8) -> Vec<u8> {
+    let quantize = |v: f32| kernels::quantize_u8(v, s, z);
+    let in_floats = |c: usize| (0..256usize).map(move |q| quantize(steps.iter().fold(st.deq(q as u8), |v, step| step.apply(v, c))));
+    if steps.iter().all(|step| step.per_channel().is_none_or(|b| b.len() == 1)) {
+        return in_floats(0).collect::<Vec<u8>>().repeat(st.c);
+    }
+    let clamps_only = s > 0.0
+        && s.is_finite()
+        && steps.iter().all(|step| match step {
+            MapStep::Relu => true,
+            MapStep::Min(b) => !b.iter().any(|v| v.is_nan()),
+            MapStep::Clip(lo, hi) => !lo.is_nan() && !hi.is_nan(),
+            MapStep::PRelu(_) => false,
+        });
+    if !clamps_only {
+        return (0..st.c).flat_map(in_floats).collect();
+    }
+    let base: Vec<u8> = (0..256usize).map(|q| quantize(st.deq(q as u8))).collect();
+    let mut table = Vec::with_capacity(st.c * 256);
+    for c in 0..st.c {
+        // The channel's steps as byte bounds: max with `lo`, then min with `hi`.
+        let (mut lo, mut hi) = (0u8, 255u8);
+        for step in steps {
+            let (a, b) = match step {
+                MapStep::Relu => (quantize(0.0), 255),
+                MapStep::Min(b) => (0, quantize(b[if b.len() == 1 { 0 } else { c }])),
+                MapStep::Clip(a, b) => (quantize(*a), quantize(*b)),
+                MapStep::PRelu(_) => unreachable!("not a clamp"),
+            };
+            // clamp(clamp(x, lo, hi), a, b) as one (lo, hi): max then min, as
+            // `MapStep::apply` does (crossed bounds give b).
+            lo = lo.max(a).min(b);
+            hi = hi.max(a).min(b);
+        }
+        table.extend(base.iter().map(|&x| x.max(lo).min(hi)));
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::testgen::Lcg;
+
+    /// The same bytes as every entry evaluated in floats, on random tensors and
+    /// chains of steps: per-channel and shared bounds, crossed and infinite Clips,
+    /// NaN bounds, scales small and large, PReLU slopes of both signs (the float path).
+    #[test]
+    fn tables_are_the_float_steps_quantised() {
+        let mut r = Lcg::new(23);
+        let mut bytes = 0;
+        for case in 0..1000 {
+            let c = 1 + r.below(9);
+            let st = QTensor { c, h: 1, w: 1, scale: r.pick(&[0.003, 0.02, 0.1, 0.7]), zp: r.u8() };
+            // Bounds inside the tensor's range mostly (so the steps cut its values),
+            // some outside it, some infinite or NaN.
+            let value = |r: &mut Lcg| match r.below(14) {
+                0 => f32::INFINITY,
+                1 => f32::NEG_INFINITY,
+                2 => 0.0,
+                3 if case % 10 == 0 => f32::NAN,
+                4 => (r.below(2001) as f32 - 1000.0) * st.scale,
+                _ => (r.u8() as f32 - st.zp as f32 + (r.below(9) as f32 - 4.0) / 8.0) * st.scale,
+            };
+            let per = |r: &mut Lcg| if r.coin() { 1 } else { c };
+            let steps: Vec<MapStep> = (0..r.below(4))
+                .map(|_| match r.below(if case % 4 == 0 { 4 } else { 3 }) {
+                    0 => MapStep::Relu,
+                    1 => MapStep::Min((0..per(&mut r)).map(|_| value(&mut r)).collect()),
+                    2 => MapStep::Clip(value(&mut r), value(&mut r)),
+                    _ => MapStep::PRelu((0..per(&mut r)).map(|_| (r.below(41) as f32 - 20.0) / 10.0).collect()),
+                })
+                .collect();
+            let (s, z) = (st.scale * r.pick(&[0.3, 0.5, 1.0, 1.7, 4.0]), r.u8());
+            let table = map_table(st, &steps, s, z);
+            assert_eq!(table.len(), c * 256);
+            for ch in 0..c {
+                for q in 0..=255u8 {
+                    let v = steps.iter().fold(st.deq(q), |v, step| step.apply(v, ch));
+                    assert_eq!(table[ch * 256 + q as usize], kernels::quantize_u8(v, s, z), "case {case}: {steps:?} channel {ch} byte {q}");
+                }
+            }
+            let clamps = !steps.iter().any(|step| matches!(step, MapStep::PRelu(_)));
+            bytes += (clamps && steps.iter().any(|step| step.per_channel().is_some_and(|b| b.len() > 1))) as usize;
+        }
+        assert!(bytes > 50, "{bytes} cases of per-channel clamps");
+    }
 }
