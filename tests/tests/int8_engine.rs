@@ -13,7 +13,7 @@ use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::ndarray::ArrayD;
 use edgemed_tests::{fixture, ort_library};
 
-mod common;
+use crate::common;
 use common::noise;
 
 /// The backend's options; ONNX Runtime at the reference level (`common::ort_int8_level`).

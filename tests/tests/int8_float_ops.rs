@@ -11,8 +11,7 @@ use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::ndarray::{ArrayD, IxDyn};
 use prost::Message;
 
-#[allow(dead_code)] // each test file uses a part of the shared helpers
-mod common;
+use crate::common;
 use common::noise;
 
 const SYMS: [&str; 6] = ["o0", "o1", "o2", "o3", "o4", "o5"];

@@ -16,8 +16,7 @@ use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::ndarray::ArrayD;
 use prost::Message;
 
-#[allow(dead_code)] // each test file uses a part of the shared helpers
-mod common;
+use crate::common;
 use common::noise;
 
 /// A QDQ graph under construction.

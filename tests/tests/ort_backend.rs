@@ -15,7 +15,7 @@ use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::ndarray::ArrayD;
 use edgemed_tests::{fixture, ort_library};
 
-mod common;
+use crate::common;
 use common::noise;
 
 fn options(kind: BackendKind, device: Device, strict_device: bool) -> BackendOptions {

@@ -18,8 +18,7 @@ use edgemed_runtime::model::OnnxModel;
 use edgemed_runtime::ndarray::{ArrayD, IxDyn};
 use edgemed_tests::{ort_library, read_f32, repo_root};
 
-#[allow(dead_code)] // each test file uses a part of the shared helpers
-mod common;
+use crate::common;
 
 fn zoo(name: &str) -> std::path::PathBuf {
     repo_root().join("tests/fixtures/zoo").join(name)
