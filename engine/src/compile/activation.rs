@@ -149,7 +149,7 @@ impl Compiler<'_> {
         let mut checked: Option<&[u8]> = None;
         for (ch, t) in table.chunks(256).enumerate() {
             let (lo, hi) = (t[0], t[255]);
-            // Channels' tables are mostly the same bytes (see `table`): checked once.
+            // Channels with shared steps have the same bytes (see `table`): checked once.
             if checked != Some(t) && !(0..256).all(|q| t[q] == (q as u8).clamp(lo, hi)) {
                 return false;
             }
