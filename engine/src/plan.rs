@@ -167,12 +167,22 @@ pub enum MapStep {
     PRelu(Vec<f32>),
 }
 
+/// Channel `c`'s value of a parameter given as one value for all channels or one per
+/// channel (a scalar or [C] operand, broadcast as ONNX does).
+pub fn channel_value(v: &[f32], c: usize) -> f32 {
+    if v.len() == 1 {
+        v[0]
+    } else {
+        v[c]
+    }
+}
+
 impl MapStep {
     /// The step on value `v` of channel `c`, as the float ops compute it (Clip as
     /// max then min, so crossed bounds give `hi`, as ONNX says). Monotone in `v`
     /// except PRelu with a negative slope.
     pub fn apply(&self, v: f32, c: usize) -> f32 {
-        let of = |b: &[f32]| if b.len() == 1 { b[0] } else { b[c] };
+        let of = |b: &[f32]| channel_value(b, c);
         match self {
             MapStep::Relu => v.max(0.0),
             MapStep::Min(b) => v.min(of(b)),

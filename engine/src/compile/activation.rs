@@ -16,7 +16,7 @@ use crate::float::{self, FloatOp, Operand};
 use crate::kernels;
 use crate::ndarray::{ArrayD, IxDyn};
 pub(super) use crate::plan::MapStep;
-use crate::plan::{Op, QTensor, Step};
+use crate::plan::{channel_value, Op, QTensor, Step};
 
 impl Compiler<'_> {
     pub(super) fn activation(&mut self, n: &pb::NodeProto) -> Result<bool> {
@@ -57,7 +57,7 @@ impl Compiler<'_> {
                 match &step {
                     MapStep::Relu => conv.lo.iter_mut().for_each(|l| *l = l.max(0.0)),
                     MapStep::Min(b) if b.len() == 1 || b.len() == cout => {
-                        conv.hi.iter_mut().enumerate().for_each(|(c, h)| *h = h.min(if b.len() == 1 { b[0] } else { b[c] }))
+                        conv.hi.iter_mut().enumerate().for_each(|(c, h)| *h = h.min(channel_value(b, c)))
                     }
                     MapStep::Clip(lo, hi) => conv.lo.iter_mut().zip(conv.hi.iter_mut()).for_each(|(l, h)| {
                         *l = l.max(*lo);
@@ -255,7 +255,7 @@ fn map_table(st: QTensor, steps: &[MapStep], s: f32, z: u8) -> Vec<u8> {
         for step in steps {
             let (a, b) = match step {
                 MapStep::Relu => (quantize(0.0), 255),
-                MapStep::Min(b) => (0, quantize(b[if b.len() == 1 { 0 } else { c }])),
+                MapStep::Min(b) => (0, quantize(channel_value(b, c))),
                 MapStep::Clip(a, b) => (quantize(*a), quantize(*b)),
                 MapStep::PRelu(_) => unreachable!("not a clamp"),
             };

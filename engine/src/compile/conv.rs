@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::kernels::{
     self, ConvGeometry, DepthwiseWeights, GroupedWeights, Isa, Narrow3, PackedWeights, Padded3, Requant, Rows2, ROWS2_PITCH,
 };
-use crate::plan::{ConvKind, ConvLayout, ConvOp, FloatConv, Geometry3, Op, QTensor, Step};
+use crate::plan::{channel_value, ConvKind, ConvLayout, ConvOp, FloatConv, Geometry3, Op, QTensor, Step};
 use crate::subpixel::{self, SubPixel};
 
 impl Compiler<'_> {
@@ -71,7 +71,7 @@ impl Compiler<'_> {
         if !(depthwise || grouped || group == 1 && cin_g == x.c) {
             return Ok(false);
         }
-        let sw = |c: usize| if wscale.len() == 1 { wscale[0] } else { wscale[c] };
+        let sw = |c: usize| channel_value(&wscale, c);
         let mult: Vec<f32> = (0..cout).map(|c| x.scale * sw(c)).collect();
         let taps: usize = kernel.iter().product();
         let zp = x.zp as i32;

@@ -8,7 +8,7 @@ use edgemed_onnx::{attr, pb};
 use super::{input, output, Compiler, Val};
 use crate::error::Result;
 use crate::kernels::{ConvGeometry, PackedWeights};
-use crate::plan::{ConvKind, ConvLayout, FloatConv};
+use crate::plan::{channel_value, ConvKind, ConvLayout, FloatConv};
 
 impl Compiler<'_> {
     /// `Gemm(DQ(x), DQ(w int8), c)` or `MatMul(DQ(x), DQ(w int8))` on a [1, K] tensor: a
@@ -46,7 +46,7 @@ impl Compiler<'_> {
         let pw = PackedWeights::new(self.isa, rows, cout, 1, k);
         let zp = x.zp as i32;
         let offset = pw.sums().iter().map(|s| s * zp).collect();
-        let sw = |c: usize| if wscale.len() == 1 { wscale[0] } else { wscale[c] };
+        let sw = |c: usize| channel_value(&wscale, c);
         let conv = FloatConv {
             src,
             layout: ConvLayout::Direct(ConvGeometry::new(1, 1, k, 1, 1, [1, 1], [0; 4]).expect("1x1 fits")),

@@ -10,7 +10,7 @@ use edgemed_onnx::{attr, pb};
 use super::activation::MapStep;
 use super::{input, output, Compiler, Val};
 use crate::error::Result;
-use crate::plan::{ConvNormOp, FloatConv, InstanceNormOp, Op, QTensor, Step};
+use crate::plan::{channel_value, ConvNormOp, FloatConv, InstanceNormOp, Op, QTensor, Step};
 
 impl Compiler<'_> {
     pub(super) fn instance_norm(&mut self, n: &pb::NodeProto) -> Result<bool> {
@@ -69,8 +69,7 @@ impl Compiler<'_> {
         let cout = conv.mult.len();
         let (slopes, clamps) = match steps.split_first() {
             Some((MapStep::PRelu(a), rest)) => {
-                let of = |c: usize| if a.len() == 1 { a[0] } else { a[c] };
-                let slopes: Vec<f32> = (0..cout).map(of).collect();
+                let slopes: Vec<f32> = (0..cout).map(|c| channel_value(a, c)).collect();
                 if slopes.iter().any(|v| !v.is_finite()) {
                     return None;
                 }
